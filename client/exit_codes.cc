@@ -1,0 +1,35 @@
+#include "exit_codes.h"
+
+namespace tailor::cli {
+
+int ExitCodeForStatus(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kOk:
+      return kExitOk;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kUnimplemented:
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kAlreadyExists:
+      return kExitInvalidInput;
+    case absl::StatusCode::kNotFound:
+      return kExitNotFound;
+    case absl::StatusCode::kPermissionDenied:
+      return kExitPermissionDenied;
+    default:
+      return kExitInternal;
+  }
+}
+
+const char* ExitCodeHelp() {
+  return "Exit codes:\n"
+         "  0  success\n"
+         "  1  internal error\n"
+         "  2  usage error (bad flags or arguments)\n"
+         "  3  invalid input (malformed or unsupported file, URI or value)\n"
+         "  4  not found\n"
+         "  5  permission denied (outside --allowed-root, or no access)\n";
+}
+
+}  // namespace tailor::cli

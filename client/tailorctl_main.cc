@@ -1,0 +1,65 @@
+// tailorctl: the command-line client of tailor.
+
+#include <iostream>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "exit_codes.h"
+#include "inspect_command.h"
+
+namespace {
+
+int Fail(const absl::Status& status) {
+  std::cerr << "tailorctl: error: " << status.message() << "\n";
+  return tailor::cli::ExitCodeForStatus(status);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "tailorctl: inspect checkpoints and fuse fine-tuned models into their "
+      "pre-trained base (Model Tailor)."};
+  app.footer(tailor::cli::ExitCodeHelp());
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "tailorctl 0.1.0");
+
+  tailor::cli::InspectArgs inspect;
+  CLI::App* inspect_cmd = app.add_subcommand(
+      "inspect",
+      "List a checkpoint's tensors (name, dtype, shape, bytes, file) and "
+      "totals. URI: a directory with model.safetensors.index.json or "
+      "model.safetensors, a .safetensors file, or a PEFT LoRA adapter "
+      "directory; plain path or file://.");
+  inspect_cmd->add_option("uri", inspect.uri, "checkpoint location")->required();
+  inspect_cmd->add_option(
+      "--base", inspect.base_uri,
+      "for a LoRA adapter: the base checkpoint to show the merged view over");
+  inspect_cmd
+      ->add_option("-o,--output", inspect.output, "output format: table|json")
+      ->check(CLI::IsMember({"table", "json"}))
+      ->capture_default_str();
+  inspect_cmd->add_option(
+      "--allowed-root", inspect.allowed_roots,
+      "directory the URIs must lie under (repeatable; default: /)");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return tailor::cli::kExitUsage;
+  }
+
+  if (*inspect_cmd) {
+    absl::Status status = tailor::cli::RunInspect(inspect, std::cout);
+    if (!status.ok()) return Fail(status);
+    return tailor::cli::kExitOk;
+  }
+  return tailor::cli::kExitUsage;
+}

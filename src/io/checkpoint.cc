@@ -1,0 +1,265 @@
+#include "io/checkpoint.h"
+
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "io/tensor_convert.h"
+#include "util/file_util.h"
+#include "util/json_util.h"
+#include "util/status_macros.h"
+
+namespace tailor {
+namespace {
+
+// Index files of real 7B-70B checkpoints are well under 1 MB.
+constexpr uint64_t kMaxIndexBytes = 64ull << 20;
+
+absl::Status IndexError(absl::string_view index_path,
+                        absl::string_view message) {
+  return absl::InvalidArgumentError(absl::StrCat(index_path, ": ", message));
+}
+
+// A shard reference from an index must stay inside the checkpoint directory.
+absl::Status CheckShardName(absl::string_view index_path,
+                            absl::string_view tensor, absl::string_view shard) {
+  if (shard.empty() || shard == "." || shard == ".." ||
+      absl::StrContains(shard, '/') || absl::StrContains(shard, '\\') ||
+      absl::StrContains(shard, '\0')) {
+    return IndexError(
+        index_path,
+        absl::StrCat("weight_map['", tensor, "'] = '", shard,
+                     "' is not a plain file name in the checkpoint directory"));
+  }
+  return absl::OkStatus();
+}
+
+struct ParsedIndex {
+  std::map<std::string, std::string> weight_map;  // tensor -> shard
+  std::optional<uint64_t> total_size;
+};
+
+absl::StatusOr<ParsedIndex> ParseIndex(const std::string& index_path) {
+  TAILOR_ASSIGN_OR_RETURN(std::string text,
+                          ReadFileToString(index_path, kMaxIndexBytes));
+  TAILOR_ASSIGN_OR_RETURN(nlohmann::json json,
+                          ParseJsonStrict(text, index_path));
+  if (!json.is_object()) {
+    return IndexError(index_path, "the index must be a JSON object");
+  }
+  auto wm = json.find("weight_map");
+  if (wm == json.end() || !wm->is_object()) {
+    return IndexError(index_path,
+                      "missing 'weight_map' object (tensor name -> shard file)");
+  }
+  ParsedIndex index;
+  for (auto it = wm->begin(); it != wm->end(); ++it) {
+    if (!it.value().is_string()) {
+      return IndexError(index_path, absl::StrCat("weight_map['", it.key(),
+                                                 "'] must be a string"));
+    }
+    const std::string& shard = it.value().get_ref<const std::string&>();
+    TAILOR_RETURN_IF_ERROR(CheckShardName(index_path, it.key(), shard));
+    index.weight_map.emplace(it.key(), shard);
+  }
+  auto md = json.find("metadata");
+  if (md != json.end()) {
+    if (!md->is_object()) {
+      return IndexError(index_path, "'metadata' must be an object");
+    }
+    auto ts = md->find("total_size");
+    if (ts != md->end()) {
+      if (!ts->is_number_unsigned() && !ts->is_number_integer()) {
+        return IndexError(index_path,
+                          "metadata.total_size must be a non-negative integer");
+      }
+      if (ts->is_number_integer() && ts->get<int64_t>() < 0) {
+        return IndexError(index_path, "metadata.total_size is negative");
+      }
+      index.total_size = ts->get<uint64_t>();
+    }
+  }
+  return index;
+}
+
+// What a directory holds, for the error when it is not a checkpoint.
+absl::Status NotACheckpoint(const std::string& dir) {
+  absl::StatusOr<std::vector<std::string>> names = ListDirectory(dir);
+  if (!names.ok()) return names.status();
+  if (PathExists(JoinPath(dir, "adapter_config.json"))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir,
+        " is a PEFT adapter directory (adapter_config.json): open it as a "
+        "fine-tuned checkpoint over its base model"));
+  }
+  std::vector<std::string> safetensors;
+  for (const std::string& n : *names) {
+    if (absl::EndsWith(n, ".safetensors")) safetensors.push_back(n);
+    TAILOR_RETURN_IF_ERROR(
+        absl::EndsWith(n, ".index.json") ? absl::OkStatus()
+                                         : RefuseIfPickleName(JoinPath(dir, n)));
+  }
+  if (!safetensors.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, " has no ", kIndexFileName, " or ", kSingleFileName,
+        " and several .safetensors files (", absl::StrJoin(safetensors, ", "),
+        "); name the file to open"));
+  }
+  return absl::NotFoundError(absl::StrCat(dir, " holds no ", kIndexFileName,
+                                          " or ", kSingleFileName));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
+    const std::string& path, const Options& options) {
+  std::unique_ptr<Checkpoint> ckpt(new Checkpoint());
+  ckpt->path_ = path;
+  std::string index_path;
+  std::string single_path;
+  if (IsDirectory(path)) {
+    ckpt->directory_ = path;
+    if (IsRegularFile(JoinPath(path, kIndexFileName))) {
+      index_path = JoinPath(path, kIndexFileName);
+    } else if (IsRegularFile(JoinPath(path, kSingleFileName))) {
+      single_path = JoinPath(path, kSingleFileName);
+    } else {
+      TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> names,
+                              ListDirectory(path));
+      std::vector<std::string> found;
+      for (const std::string& n : names) {
+        if (absl::EndsWith(n, ".safetensors")) found.push_back(n);
+      }
+      if (found.size() != 1 || PathExists(JoinPath(path, "adapter_config.json"))) {
+        return NotACheckpoint(path);
+      }
+      single_path = JoinPath(path, found[0]);
+    }
+  } else if (PathExists(path)) {
+    ckpt->directory_ = Dirname(path);
+    if (absl::EndsWith(path, ".index.json")) {
+      index_path = path;
+    } else {
+      single_path = path;
+    }
+  } else {
+    return absl::NotFoundError(absl::StrCat("checkpoint ", path, " not found"));
+  }
+
+  auto open_file = [&](const std::string& file_path)
+      -> absl::StatusOr<std::unique_ptr<SafetensorsFile>> {
+    if (options.resolver != nullptr) {
+      TAILOR_RETURN_IF_ERROR(options.resolver->CheckLocalPath(file_path).status());
+    }
+    return SafetensorsFile::Open(file_path);
+  };
+
+  // name -> file index, filled from each file's header.
+  std::map<std::string, size_t> owner;
+  if (!index_path.empty()) {
+    ckpt->sharded_ = true;
+    if (options.resolver != nullptr) {
+      TAILOR_RETURN_IF_ERROR(options.resolver->CheckLocalPath(index_path).status());
+    }
+    TAILOR_ASSIGN_OR_RETURN(ParsedIndex index, ParseIndex(index_path));
+    ckpt->index_total_size_ = index.total_size;
+    std::vector<std::string> shard_names;
+    for (const auto& [tensor, shard] : index.weight_map) {
+      shard_names.push_back(shard);
+    }
+    std::sort(shard_names.begin(), shard_names.end());
+    shard_names.erase(std::unique(shard_names.begin(), shard_names.end()),
+                      shard_names.end());
+    for (const std::string& shard : shard_names) {
+      const std::string shard_path = JoinPath(ckpt->directory_, shard);
+      TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(shard_path));
+      if (!PathExists(shard_path)) {
+        return absl::NotFoundError(absl::StrCat(
+            index_path, ": shard '", shard, "' named in weight_map (e.g. for '",
+            std::find_if(index.weight_map.begin(), index.weight_map.end(),
+                         [&](const auto& kv) { return kv.second == shard; })
+                ->first,
+            "') does not exist"));
+      }
+      TAILOR_ASSIGN_OR_RETURN(auto file, open_file(shard_path));
+      ckpt->files_.push_back(std::move(file));
+    }
+    for (size_t i = 0; i < ckpt->files_.size(); ++i) {
+      for (const TensorEntry& e : ckpt->files_[i]->header().tensors) {
+        auto [it, inserted] = owner.emplace(e.name, i);
+        if (!inserted) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              index_path, ": tensor '", e.name, "' is stored in two shards, '",
+              shard_names[it->second], "' and '", shard_names[i], "'"));
+        }
+      }
+    }
+    for (const auto& [tensor, shard] : index.weight_map) {
+      auto it = owner.find(tensor);
+      if (it == owner.end() || shard_names[it->second] != shard) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            index_path, ": weight_map names tensor '", tensor, "' in shard '",
+            shard, "' but that shard does not hold it"));
+      }
+    }
+    for (const auto& [tensor, file_index] : owner) {
+      if (index.weight_map.count(tensor) == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            index_path, ": shard '", shard_names[file_index],
+            "' holds tensor '", tensor, "' which weight_map does not list"));
+      }
+    }
+  } else {
+    TAILOR_ASSIGN_OR_RETURN(auto file, open_file(single_path));
+    for (const TensorEntry& e : file->header().tensors) owner.emplace(e.name, 0);
+    ckpt->files_.push_back(std::move(file));
+  }
+
+  for (const auto& [name, file_index] : owner) {
+    const SafetensorsFile* file = ckpt->files_[file_index].get();
+    const TensorEntry* entry = file->header().Find(name);
+    TensorInfo info;
+    info.name = name;
+    info.dtype = entry->dtype;
+    info.shape = entry->shape;
+    info.numel = entry->numel;
+    info.nbytes = entry->nbytes();
+    info.file = Basename(file->path());
+    ckpt->tensors_.push_back(std::move(info));
+    ckpt->locations_.push_back(Location{file, entry});
+  }
+  if (ckpt->index_total_size_.has_value() &&
+      *ckpt->index_total_size_ != ckpt->TotalBytes()) {
+    ckpt->warnings_.push_back(absl::StrCat(
+        index_path, ": metadata.total_size is ", *ckpt->index_total_size_,
+        " but the shards hold ", ckpt->TotalBytes(), " tensor bytes"));
+  }
+  return ckpt;
+}
+
+absl::StatusOr<Checkpoint::Location> Checkpoint::Locate(
+    absl::string_view name) const {
+  const TensorInfo* info = Find(name);
+  if (info == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat(path_, ": no tensor named '", name, "'"));
+  }
+  return locations_[static_cast<size_t>(info - tensors_.data())];
+}
+
+absl::StatusOr<at::Tensor> Checkpoint::Read(absl::string_view name,
+                                            const ReadOptions& options) const {
+  TAILOR_ASSIGN_OR_RETURN(Location loc, Locate(name));
+  return ReadTensor(*loc.file, *loc.entry, options);
+}
+
+absl::StatusOr<std::string> Checkpoint::ReadRaw(absl::string_view name) const {
+  TAILOR_ASSIGN_OR_RETURN(Location loc, Locate(name));
+  std::string bytes(loc.entry->nbytes(), '\0');
+  TAILOR_RETURN_IF_ERROR(loc.file->ReadRaw(*loc.entry, bytes.data()));
+  return bytes;
+}
+
+}  // namespace tailor

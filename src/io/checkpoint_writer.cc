@@ -1,0 +1,382 @@
+#include "io/checkpoint_writer.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <numeric>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "io/checkpoint.h"
+#include "io/tensor_convert.h"
+#include "nlohmann/json.hpp"
+#include "util/status_macros.h"
+
+namespace tailor {
+namespace {
+
+bool IsWeightFileName(absl::string_view name) {
+  for (absl::string_view ext :
+       {".safetensors", ".index.json", ".bin", ".pt", ".pth", ".ckpt", ".pkl",
+        ".pickle", ".h5", ".msgpack", ".gguf", ".onnx"}) {
+    if (absl::EndsWithIgnoreCase(name, ext)) return true;
+  }
+  return false;
+}
+
+// rename(2) that atomically swaps two existing paths (Linux renameat2
+// RENAME_EXCHANGE).
+absl::Status ExchangePaths(const std::string& a, const std::string& b) {
+#if defined(__linux__) && defined(SYS_renameat2)
+  constexpr unsigned kRenameExchange = 1u << 1;
+  if (::syscall(SYS_renameat2, AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(),
+                kRenameExchange) == 0) {
+    return absl::OkStatus();
+  }
+  return ErrnoToStatus(errno, absl::StrCat("exchange ", a, " <-> ", b));
+#else
+  return absl::UnimplementedError("atomic directory exchange is Linux-only");
+#endif
+}
+
+std::string ShardHeader(const std::vector<const TensorInfo*>& ordered,
+                        const std::vector<uint64_t>& begins,
+                        const std::map<std::string, std::string>& metadata) {
+  // Written by hand (not through a JSON object) to fix the key order: the
+  // metadata first, then tensors in data order, as the reference writer does.
+  std::string header = "{";
+  if (!metadata.empty()) {
+    header += "\"__metadata__\":";
+    header += nlohmann::json(metadata).dump();
+  }
+  for (size_t i = 0; i < ordered.size(); ++i) {
+    const TensorInfo& t = *ordered[i];
+    nlohmann::json shape = nlohmann::json::array();
+    for (int64_t d : t.shape) shape.push_back(d);
+    absl::StrAppend(&header, header.size() > 1 ? "," : "",
+                    nlohmann::json(t.name).dump(), ":{\"dtype\":\"",
+                    DTypeName(t.dtype), "\",\"shape\":", shape.dump(),
+                    ",\"data_offsets\":[", begins[i], ",",
+                    begins[i] + t.nbytes, "]}");
+  }
+  header += "}";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  return header;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
+    const std::string& out_dir, std::vector<TensorInfo> layout,
+    const CheckpointWriterOptions& options) {
+  if (out_dir.empty()) {
+    return absl::InvalidArgumentError("checkpoint writer: empty output path");
+  }
+  if (PathExists(out_dir) && !options.overwrite) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        out_dir, " already exists; choose a new output path or overwrite it"));
+  }
+  const std::string parent = Dirname(out_dir);
+  if (!IsDirectory(parent)) {
+    return absl::NotFoundError(absl::StrCat(
+        "parent directory ", parent, " of output ", out_dir, " does not exist"));
+  }
+  if (options.max_shard_bytes == 0) {
+    return absl::InvalidArgumentError("max_shard_bytes must be positive");
+  }
+  std::sort(layout.begin(), layout.end(),
+            [](const TensorInfo& a, const TensorInfo& b) {
+              return a.name < b.name;
+            });
+  for (size_t i = 0; i < layout.size(); ++i) {
+    if (i > 0 && layout[i].name == layout[i - 1].name) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint writer: tensor '", layout[i].name, "' listed twice"));
+    }
+    if (layout[i].name.empty()) {
+      return absl::InvalidArgumentError("checkpoint writer: empty tensor name");
+    }
+  }
+
+  std::unique_ptr<CheckpointWriter> w(new CheckpointWriter());
+  w->out_dir_ = out_dir;
+  w->options_ = options;
+  static std::atomic<uint64_t> counter{0};
+  w->staging_dir_ = absl::StrCat(parent, "/.", Basename(out_dir), ".partial-",
+                                 ::getpid(), "-", counter.fetch_add(1));
+  for (TensorInfo& info : layout) {
+    Slot slot;
+    slot.info = std::move(info);
+    w->slots_.push_back(std::move(slot));
+  }
+  {
+    absl::MutexLock lock(&w->mu_);
+    w->claimed_.assign(w->slots_.size(), false);
+  }
+  if (::mkdir(w->staging_dir_.c_str(), 0755) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("create ", w->staging_dir_));
+  }
+  TAILOR_RETURN_IF_ERROR(w->Plan(options));
+  return w;
+}
+
+absl::Status CheckpointWriter::Plan(const CheckpointWriterOptions& options) {
+  // 1. Assign slots to files.
+  std::vector<std::vector<size_t>> members;
+  if (options.preserve_file_assignment) {
+    std::map<std::string, size_t> by_name;
+    for (const Slot& s : slots_) {
+      const std::string& f = s.info.file;
+      if (f.empty() || absl::StrContains(f, '/') || f == "." || f == ".." ||
+          !absl::EndsWith(f, ".safetensors")) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "checkpoint writer: tensor '", s.info.name, "' has file '", f,
+            "', which is not a plain *.safetensors file name"));
+      }
+      by_name.emplace(f, 0);
+    }
+    for (auto& [name, index] : by_name) {
+      index = file_names_.size();
+      file_names_.push_back(name);
+    }
+    members.resize(file_names_.size());
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      members[by_name[slots_[i].info.file]].push_back(i);
+    }
+    if (file_names_.empty()) file_names_.push_back(kSingleFileName);
+    members.resize(file_names_.size());
+  } else {
+    uint64_t current = 0;
+    members.emplace_back();
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      const uint64_t n = slots_[i].info.nbytes;
+      if (!members.back().empty() && current + n > options.max_shard_bytes) {
+        members.emplace_back();
+        current = 0;
+      }
+      members.back().push_back(i);
+      current += n;
+    }
+    if (members.size() == 1) {
+      file_names_.push_back(kSingleFileName);
+    } else {
+      for (size_t f = 0; f < members.size(); ++f) {
+        file_names_.push_back(absl::StrFormat(
+            "model-%05d-of-%05d.safetensors", f + 1, members.size()));
+      }
+    }
+  }
+
+  // 2. Lay out each file and write its header.
+  for (size_t f = 0; f < members.size(); ++f) {
+    std::vector<size_t>& ids = members[f];
+    std::sort(ids.begin(), ids.end(), [&](size_t a, size_t b) {
+      const size_t sa = DTypeSize(slots_[a].info.dtype);
+      const size_t sb = DTypeSize(slots_[b].info.dtype);
+      if (sa != sb) return sa > sb;
+      return slots_[a].info.name < slots_[b].info.name;
+    });
+    std::vector<const TensorInfo*> ordered;
+    std::vector<uint64_t> begins;
+    uint64_t data_size = 0;
+    for (size_t id : ids) {
+      ordered.push_back(&slots_[id].info);
+      begins.push_back(data_size);
+      data_size += slots_[id].info.nbytes;
+    }
+    const std::string header = ShardHeader(ordered, begins, options_.metadata);
+    OutFile out;
+    out.name = file_names_[f];
+    const std::string path = JoinPath(staging_dir_, out.name);
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", path));
+    out.fd = ScopedFd(fd);
+    std::string prefix(8, '\0');
+    for (int i = 0; i < 8; ++i) {
+      prefix[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+    }
+    TAILOR_RETURN_IF_ERROR(PWriteFully(fd, prefix.data(), 8, 0, path));
+    TAILOR_RETURN_IF_ERROR(
+        PWriteFully(fd, header.data(), header.size(), 8, path));
+    const uint64_t data_offset = 8 + header.size();
+    out.size = data_offset + data_size;
+    // Sets the final size now: a tensor never written reads back as zeros,
+    // but Commit() refuses to publish in that case anyway.
+    if (::ftruncate(fd, static_cast<off_t>(out.size)) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("resize ", path));
+    }
+    for (size_t k = 0; k < ids.size(); ++k) {
+      slots_[ids[k]].file = f;
+      slots_[ids[k]].offset = data_offset + begins[k];
+      slots_[ids[k]].info.file = out.name;
+    }
+    files_.push_back(std::move(out));
+  }
+  return absl::OkStatus();
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (!committed_) {
+    files_.clear();  // close descriptors first
+    (void)RemoveAll(staging_dir_);
+  }
+}
+
+void CheckpointWriter::MarkFailed() {
+  absl::MutexLock lock(&mu_);
+  failed_ = true;
+}
+
+absl::StatusOr<const CheckpointWriter::Slot*> CheckpointWriter::Claim(
+    absl::string_view name, uint64_t nbytes) {
+  auto it = std::lower_bound(
+      slots_.begin(), slots_.end(), name,
+      [](const Slot& s, absl::string_view n) { return s.info.name < n; });
+  if (it == slots_.end() || it->info.name != name) {
+    return absl::NotFoundError(absl::StrCat(
+        "checkpoint writer: tensor '", name, "' is not in the output layout"));
+  }
+  if (nbytes != it->info.nbytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint writer: tensor '", name, "' has ", nbytes,
+        " bytes; the layout expects ", it->info.nbytes));
+  }
+  absl::MutexLock lock(&mu_);
+  const size_t index = static_cast<size_t>(it - slots_.begin());
+  if (claimed_[index]) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint writer: tensor '", name, "' written twice"));
+  }
+  claimed_[index] = true;
+  return &*it;
+}
+
+absl::Status CheckpointWriter::Write(absl::string_view name,
+                                     const at::Tensor& tensor) {
+  const std::string label = absl::StrCat("output tensor '", name, "'");
+  auto it = std::lower_bound(
+      slots_.begin(), slots_.end(), name,
+      [](const Slot& s, absl::string_view n) { return s.info.name < n; });
+  if (it != slots_.end() && it->info.name == name &&
+      tensor.sizes().vec() != it->info.shape) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, ": shape ", c10::str(tensor.sizes()),
+                     " differs from the layout's ", c10::str(at::IntArrayRef(it->info.shape))));
+  }
+  if (it == slots_.end() || it->info.name != name) {
+    return Claim(name, 0).status();  // the NOT_FOUND error
+  }
+  TAILOR_ASSIGN_OR_RETURN(at::Tensor stored,
+                          ToStoredTensor(tensor, it->info.dtype, label));
+  const uint64_t nbytes =
+      static_cast<uint64_t>(stored.numel()) * stored.element_size();
+  return WriteRaw(name, absl::string_view(
+                            static_cast<const char*>(stored.data_ptr()),
+                            static_cast<size_t>(nbytes)));
+}
+
+absl::Status CheckpointWriter::WriteRaw(absl::string_view name,
+                                        absl::string_view bytes) {
+  TAILOR_ASSIGN_OR_RETURN(const Slot* slot, Claim(name, bytes.size()));
+  const OutFile& file = files_[slot->file];
+  absl::Status s = PWriteFully(file.fd.get(), bytes.data(), bytes.size(),
+                               slot->offset,
+                               JoinPath(staging_dir_, file.name));
+  if (!s.ok()) MarkFailed();
+  return s;
+}
+
+absl::Status CheckpointWriter::WriteIndex() {
+  uint64_t total = 0;
+  nlohmann::json weight_map = nlohmann::json::object();
+  for (const Slot& s : slots_) {
+    total += s.info.nbytes;
+    weight_map[s.info.name] = file_names_[s.file];
+  }
+  nlohmann::json index = {{"metadata", {{"total_size", total}}},
+                          {"weight_map", weight_map}};
+  return WriteFileAtomically(JoinPath(staging_dir_, kIndexFileName),
+                             index.dump(2) + "\n");
+}
+
+absl::Status CheckpointWriter::CopyNonTensorFiles() {
+  if (options_.copy_files_from.empty()) return absl::OkStatus();
+  TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> names,
+                          ListDirectory(options_.copy_files_from));
+  for (const std::string& name : names) {
+    const std::string from = JoinPath(options_.copy_files_from, name);
+    if (name.front() == '.' || IsWeightFileName(name) || !IsRegularFile(from)) {
+      continue;
+    }
+    if (std::find(file_names_.begin(), file_names_.end(), name) !=
+        file_names_.end()) {
+      continue;
+    }
+    TAILOR_RETURN_IF_ERROR(CopyFileDurably(from, JoinPath(staging_dir_, name)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointWriter::Publish() {
+  const std::string parent = Dirname(out_dir_);
+  if (PathExists(out_dir_)) {
+    if (!options_.overwrite) {
+      return absl::AlreadyExistsError(
+          absl::StrCat(out_dir_, " appeared while writing; not replacing it"));
+    }
+    TAILOR_RETURN_IF_ERROR(ExchangePaths(staging_dir_, out_dir_));
+    committed_ = true;
+    // staging_dir_ now holds the previous output.
+    TAILOR_RETURN_IF_ERROR(FsyncDirectory(parent));
+    return RemoveAll(staging_dir_);
+  }
+  if (::rename(staging_dir_.c_str(), out_dir_.c_str()) != 0) {
+    return ErrnoToStatus(errno,
+                         absl::StrCat("rename ", staging_dir_, " -> ", out_dir_));
+  }
+  committed_ = true;
+  return FsyncDirectory(parent);
+}
+
+absl::Status CheckpointWriter::Commit() {
+  if (committed_) {
+    return absl::FailedPreconditionError("checkpoint writer: already committed");
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (failed_) {
+      return absl::FailedPreconditionError(
+          "checkpoint writer: a tensor write failed; output not published");
+    }
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      if (!claimed_[i]) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "checkpoint writer: tensor '", slots_[i].info.name,
+            "' was never written; output not published"));
+      }
+    }
+  }
+  for (OutFile& f : files_) {
+    const std::string path = JoinPath(staging_dir_, f.name);
+    if (::fsync(f.fd.get()) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("fsync ", path));
+    }
+    f.fd = ScopedFd();
+  }
+  // Hugging Face finds a lone file only under the name model.safetensors;
+  // anything else needs the index.
+  if (files_.size() > 1 || file_names_[0] != kSingleFileName) {
+    TAILOR_RETURN_IF_ERROR(WriteIndex());
+  }
+  TAILOR_RETURN_IF_ERROR(CopyNonTensorFiles());
+  TAILOR_RETURN_IF_ERROR(FsyncDirectory(staging_dir_));
+  return Publish();
+}
+
+}  // namespace tailor

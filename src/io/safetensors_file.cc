@@ -1,0 +1,80 @@
+#include "io/safetensors_file.h"
+
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "util/status_macros.h"
+
+namespace tailor {
+namespace {
+
+absl::Status PickleError(absl::string_view label, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      label, ": ", what,
+      " is refused: loading pickle checkpoints (.bin/.pt/.pth) can execute "
+      "arbitrary code. Convert it to safetensors first, e.g. in Python: "
+      "`from transformers import AutoModel; "
+      "AutoModel.from_pretrained(DIR).save_pretrained(OUT, "
+      "safe_serialization=True)`, or for a plain state dict: "
+      "`safetensors.torch.save_file(torch.load(F, weights_only=True), "
+      "'model.safetensors')` in an environment you trust"));
+}
+
+}  // namespace
+
+absl::Status RefuseIfPickle(absl::string_view prefix, absl::string_view label) {
+  if (absl::StartsWith(prefix, absl::string_view("PK\x03\x04", 4))) {
+    return PickleError(label, "a PyTorch zip archive (torch.save format)");
+  }
+  if (prefix.size() >= 2 && static_cast<uint8_t>(prefix[0]) == 0x80 &&
+      static_cast<uint8_t>(prefix[1]) >= 2 &&
+      static_cast<uint8_t>(prefix[1]) <= 5) {
+    return PickleError(label, "a Python pickle stream");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RefuseIfPickleName(absl::string_view path) {
+  for (absl::string_view ext :
+       {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}) {
+    if (absl::EndsWithIgnoreCase(path, ext)) {
+      return PickleError(path, absl::StrCat("a pickle checkpoint (", ext, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
+    const std::string& path) {
+  TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(path));
+  TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(path));
+  TAILOR_ASSIGN_OR_RETURN(uint64_t file_size, RegularFileSize(fd.get(), path));
+  char prefix[8] = {};
+  if (file_size >= 8) {
+    TAILOR_RETURN_IF_ERROR(PReadFully(fd.get(), prefix, 8, 0, path));
+    TAILOR_RETURN_IF_ERROR(RefuseIfPickle(absl::string_view(prefix, 8), path));
+  }
+  TAILOR_ASSIGN_OR_RETURN(
+      uint64_t header_size,
+      ParseSafetensorsHeaderLength(absl::string_view(prefix, 8), file_size,
+                                   path));
+  // header_size <= min(100 MB, file_size - 8): the allocation is bounded by
+  // the file itself.
+  std::string json(header_size, '\0');
+  TAILOR_RETURN_IF_ERROR(PReadFully(fd.get(), json.data(), json.size(), 8, path));
+  TAILOR_ASSIGN_OR_RETURN(
+      SafetensorsHeader header,
+      ParseSafetensorsHeaderJson(json, file_size - 8 - header_size, path));
+  return std::unique_ptr<SafetensorsFile>(new SafetensorsFile(
+      path, std::move(fd), file_size, std::move(header)));
+}
+
+absl::Status SafetensorsFile::ReadRaw(const TensorEntry& entry,
+                                      void* buffer) const {
+  return PReadFully(fd_.get(), buffer, entry.nbytes(),
+                    header_.data_offset() + entry.begin,
+                    absl::StrCat(path_, ": tensor '", entry.name, "'"));
+}
+
+}  // namespace tailor

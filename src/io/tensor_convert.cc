@@ -1,0 +1,100 @@
+#include "io/tensor_convert.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "util/status_macros.h"
+#include "util/torch_status.h"
+
+namespace tailor {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "safetensors data is little-endian; this host is not");
+
+std::optional<at::ScalarType> ToScalarType(DType dtype) {
+  switch (dtype) {
+    case DType::kBOOL:
+      return at::kBool;
+    case DType::kU8:
+      return at::kByte;
+    case DType::kI8:
+      return at::kChar;
+    case DType::kI16:
+      return at::kShort;
+    case DType::kI32:
+      return at::kInt;
+    case DType::kI64:
+      return at::kLong;
+    case DType::kF16:
+      return at::kHalf;
+    case DType::kBF16:
+      return at::kBFloat16;
+    case DType::kF32:
+      return at::kFloat;
+    case DType::kF64:
+      return at::kDouble;
+    default:
+      return std::nullopt;
+  }
+}
+
+std::optional<DType> FromScalarType(at::ScalarType type) {
+  for (DType d : {DType::kBOOL, DType::kU8, DType::kI8, DType::kI16,
+                  DType::kI32, DType::kI64, DType::kF16, DType::kBF16,
+                  DType::kF32, DType::kF64}) {
+    if (ToScalarType(d) == type) return d;
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<at::Tensor> ApplyReadOptions(const at::Tensor& tensor,
+                                            const ReadOptions& options,
+                                            absl::string_view label) {
+  return CatchTorch(label, [&]() -> at::Tensor {
+    at::Tensor out = tensor;
+    if (options.floating_dtype.has_value() && out.is_floating_point() &&
+        out.scalar_type() != *options.floating_dtype) {
+      out = out.to(*options.floating_dtype);
+    }
+    if (out.device() != options.device) out = out.to(options.device);
+    return out.contiguous();
+  });
+}
+
+absl::StatusOr<at::Tensor> ReadTensor(const SafetensorsFile& file,
+                                      const TensorEntry& entry,
+                                      const ReadOptions& options) {
+  const std::string label = absl::StrCat(file.path(), ": tensor '", entry.name, "'");
+  std::optional<at::ScalarType> type = ToScalarType(entry.dtype);
+  if (!type.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, ": dtype ", DTypeName(entry.dtype),
+                     " has no LibTorch type; it can only be copied as raw bytes"));
+  }
+  TAILOR_ASSIGN_OR_RETURN(
+      at::Tensor raw, CatchTorch(label, [&] {
+        return at::empty(entry.shape, at::TensorOptions().dtype(*type));
+      }));
+  if (entry.nbytes() > 0) {
+    TAILOR_RETURN_IF_ERROR(file.ReadRaw(entry, raw.data_ptr()));
+  }
+  return ApplyReadOptions(raw, options, label);
+}
+
+absl::StatusOr<at::Tensor> ToStoredTensor(const at::Tensor& tensor, DType dtype,
+                                          absl::string_view label) {
+  std::optional<at::ScalarType> type = ToScalarType(dtype);
+  if (!type.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, ": cannot store a LibTorch tensor as ",
+                     DTypeName(dtype), "; pass raw bytes instead"));
+  }
+  return CatchTorch(label, [&] {
+    return tensor.to(at::kCPU, *type).contiguous();
+  });
+}
+
+}  // namespace tailor

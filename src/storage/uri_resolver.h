@@ -1,0 +1,66 @@
+#ifndef TAILOR_STORAGE_URI_RESOLVER_H_
+#define TAILOR_STORAGE_URI_RESOLVER_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace tailor {
+
+// Maps user-supplied URIs to local paths under a fixed set of allowed roots.
+//
+// Accepted forms: plain absolute or relative paths (taken literally, relative
+// ones against the process's working directory) and `file://` URIs
+// (`file:///abs/path` or `file://localhost/abs/path`, percent-decoded once).
+// Every other scheme (s3://, gs://, hf://, http(s)://, ...) is refused with
+// UNIMPLEMENTED "unsupported scheme": remote storage is the seam a later
+// backend plugs into (a scheme dispatch here that downloads or mounts into a
+// local path).
+//
+// A resolved path is canonical (realpath: no `.`/`..`, no symlinks) and lies
+// inside one of the allowed roots, compared component-wise (root `/data` does
+// not admit `/data2`). Anything else is PERMISSION_DENIED; a URI with a NUL
+// byte, a bad percent escape, or an empty path is INVALID_ARGUMENT; a missing
+// file is NOT_FOUND.
+//
+// Thread-safe: immutable after Create().
+class UriResolver {
+ public:
+  // Roots are canonicalised with realpath; each must exist and be a
+  // directory. An empty list is INVALID_ARGUMENT (deny-all is never what a
+  // caller means); pass {"/"} to allow everything.
+  static absl::StatusOr<UriResolver> Create(
+      const std::vector<std::string>& allowed_roots);
+
+  // Resolves a URI naming an existing file or directory.
+  absl::StatusOr<std::string> ResolveExisting(absl::string_view uri) const;
+
+  // Resolves a URI naming a file or directory that may not exist yet (an
+  // output): the longest existing ancestor is canonicalised and must be inside
+  // a root; the remaining components must be plain names (no `.`/`..`). If the
+  // full path exists, this behaves like ResolveExisting.
+  absl::StatusOr<std::string> ResolveForWrite(absl::string_view uri) const;
+
+  // Checks that an already-local path (e.g. a shard named inside a checkpoint
+  // directory) canonicalises to a location inside a root. Returns the
+  // canonical path.
+  absl::StatusOr<std::string> CheckLocalPath(absl::string_view path) const;
+
+  const std::vector<std::string>& roots() const { return roots_; }
+
+ private:
+  explicit UriResolver(std::vector<std::string> roots)
+      : roots_(std::move(roots)) {}
+  std::vector<std::string> roots_;  // canonical, no trailing slash except "/"
+};
+
+// Returns the scheme of `uri` ("file", "s3", ...) lower-cased, or "" for a
+// plain path. A scheme is RFC 3986: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+// followed by "://".
+std::string UriScheme(absl::string_view uri);
+
+}  // namespace tailor
+
+#endif  // TAILOR_STORAGE_URI_RESOLVER_H_

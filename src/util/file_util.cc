@@ -1,0 +1,269 @@
+#include "util/file_util.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace tailor {
+
+ScopedFd& ScopedFd::operator=(ScopedFd&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.release();
+  }
+  return *this;
+}
+
+ScopedFd::~ScopedFd() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+absl::Status ErrnoToStatus(int errno_value, absl::string_view context) {
+  std::string message = absl::StrCat(context, ": ", std::strerror(errno_value));
+  switch (errno_value) {
+    case ENOENT:
+    case ENOTDIR:
+      return absl::NotFoundError(message);
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return absl::PermissionDeniedError(message);
+    case ENOSPC:
+    case EDQUOT:
+    case EMFILE:
+    case ENFILE:
+    case ENOMEM:
+      return absl::ResourceExhaustedError(message);
+    case EEXIST:
+      return absl::AlreadyExistsError(message);
+    case EINVAL:
+    case ENAMETOOLONG:
+    case ELOOP:
+    case EISDIR:
+      return absl::InvalidArgumentError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+absl::StatusOr<ScopedFd> OpenForRead(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open ", path));
+  return ScopedFd(fd);
+}
+
+absl::StatusOr<uint64_t> RegularFileSize(int fd, absl::string_view label) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("stat ", label));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, ": not a regular file"));
+  }
+  return static_cast<uint64_t>(st.st_size);
+}
+
+absl::Status PReadFully(int fd, void* buffer, size_t size, uint64_t offset,
+                        absl::string_view label) {
+  auto* out = static_cast<char*>(buffer);
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::pread(fd, out + done, size - done,
+                        static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, absl::StrCat("read ", label));
+    }
+    if (n == 0) {
+      return absl::DataLossError(absl::StrCat(
+          label, ": unexpected end of file at byte ", offset + done,
+          " (the file shrank or is truncated)"));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PWriteFully(int fd, const void* data, size_t size,
+                         uint64_t offset, absl::string_view label) {
+  const auto* in = static_cast<const char*>(data);
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::pwrite(fd, in + done, size - done,
+                         static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, absl::StrCat("write ", label));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path,
+                                             uint64_t max_bytes) {
+  absl::StatusOr<ScopedFd> fd = OpenForRead(path);
+  if (!fd.ok()) return fd.status();
+  absl::StatusOr<uint64_t> size = RegularFileSize(fd->get(), path);
+  if (!size.ok()) return size.status();
+  if (*size > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": file is ", *size, " bytes; the limit is ", max_bytes));
+  }
+  std::string contents(*size, '\0');
+  absl::Status s = PReadFully(fd->get(), contents.data(), contents.size(), 0,
+                              path);
+  if (!s.ok()) return s;
+  return contents;
+}
+
+namespace {
+
+std::string TempSibling(const std::string& path) {
+  static std::atomic<uint64_t> counter{0};
+  return absl::StrCat(Dirname(path), "/.", Basename(path), ".tmp-",
+                      ::getpid(), "-", counter.fetch_add(1));
+}
+
+absl::Status FsyncFd(int fd, absl::string_view label) {
+  while (::fsync(fd) != 0) {
+    if (errno != EINTR) return ErrnoToStatus(errno, absl::StrCat("fsync ", label));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status FsyncDirectory(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open directory ", dir));
+  ScopedFd owned(fd);
+  return FsyncFd(fd, dir);
+}
+
+absl::Status WriteFileAtomically(const std::string& path,
+                                 absl::string_view contents) {
+  const std::string tmp = TempSibling(path);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", tmp));
+  absl::Status s;
+  {
+    ScopedFd owned(fd);
+    s = PWriteFully(fd, contents.data(), contents.size(), 0, tmp);
+    if (s.ok()) s = FsyncFd(fd, tmp);
+  }
+  if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    s = ErrnoToStatus(errno, absl::StrCat("rename ", tmp, " -> ", path));
+  }
+  if (!s.ok()) {
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  return FsyncDirectory(Dirname(path));
+}
+
+absl::Status CopyFileDurably(const std::string& from, const std::string& to) {
+  absl::StatusOr<ScopedFd> in = OpenForRead(from);
+  if (!in.ok()) return in.status();
+  int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", to));
+  ScopedFd out(fd);
+  std::vector<char> buffer(1 << 20);
+  uint64_t offset = 0;
+  for (;;) {
+    ssize_t n = ::read(in->get(), buffer.data(), buffer.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, absl::StrCat("read ", from));
+    }
+    if (n == 0) break;
+    absl::Status s = PWriteFully(fd, buffer.data(), static_cast<size_t>(n),
+                                 offset, to);
+    if (!s.ok()) return s;
+    offset += static_cast<uint64_t>(n);
+  }
+  return FsyncFd(fd, to);
+}
+
+absl::Status RemoveAll(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoToStatus(errno, absl::StrCat("stat ", path));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return ErrnoToStatus(errno, absl::StrCat("remove ", path));
+    }
+    return absl::OkStatus();
+  }
+  auto remove_entry = [](const char* p, const struct stat*, int,
+                         struct FTW*) -> int { return ::remove(p); };
+  if (::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("remove ", path));
+  }
+  return absl::OkStatus();
+}
+
+bool PathExists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool IsRegularFile(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return ErrnoToStatus(errno, absl::StrCat("list ", dir));
+  std::vector<std::string> names;
+  while (struct dirent* e = ::readdir(d)) {
+    absl::string_view name = e->d_name;
+    if (name == "." || name == "..") continue;
+    names.emplace_back(name);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string JoinPath(absl::string_view a, absl::string_view b) {
+  if (a.empty()) return std::string(b);
+  if (!b.empty() && b.front() == '/') return std::string(b);
+  if (a.back() == '/') return absl::StrCat(a, b);
+  return absl::StrCat(a, "/", b);
+}
+
+std::string Dirname(absl::string_view path) {
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  size_t slash = path.rfind('/');
+  if (slash == absl::string_view::npos) return ".";
+  if (slash == 0) return "/";
+  return std::string(path.substr(0, slash));
+}
+
+std::string Basename(absl::string_view path) {
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  size_t slash = path.rfind('/');
+  if (slash == absl::string_view::npos) return std::string(path);
+  return std::string(path.substr(slash + 1));
+}
+
+}  // namespace tailor

@@ -1,0 +1,90 @@
+#ifndef TAILOR_UTIL_FILE_UTIL_H_
+#define TAILOR_UTIL_FILE_UTIL_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace tailor {
+
+// Owns a POSIX file descriptor; closes it on destruction. Movable.
+class ScopedFd {
+ public:
+  ScopedFd() = default;
+  explicit ScopedFd(int fd) : fd_(fd) {}
+  ScopedFd(ScopedFd&& other) noexcept : fd_(other.release()) {}
+  ScopedFd& operator=(ScopedFd&& other) noexcept;
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+  ~ScopedFd();
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// Maps errno to a status code (ENOENT -> NOT_FOUND, EACCES -> PERMISSION_DENIED,
+// ENOSPC/EDQUOT -> RESOURCE_EXHAUSTED, ...) with "<context>: <strerror>".
+absl::Status ErrnoToStatus(int errno_value, absl::string_view context);
+
+// Opens `path` read-only (O_CLOEXEC).
+absl::StatusOr<ScopedFd> OpenForRead(const std::string& path);
+
+// Size of an open file; errors if it is not a regular file.
+absl::StatusOr<uint64_t> RegularFileSize(int fd, absl::string_view label);
+
+// Reads exactly `size` bytes at `offset` (pread, retried on EINTR and short
+// reads). A premature end of file is DATA_LOSS naming `label`. Thread-safe
+// for concurrent callers on the same fd.
+absl::Status PReadFully(int fd, void* buffer, size_t size, uint64_t offset,
+                        absl::string_view label);
+
+// Writes all of `data` at `offset` (pwrite, retried).
+absl::Status PWriteFully(int fd, const void* data, size_t size,
+                         uint64_t offset, absl::string_view label);
+
+// Reads a whole file of at most `max_bytes` (larger is INVALID_ARGUMENT).
+absl::StatusOr<std::string> ReadFileToString(const std::string& path,
+                                             uint64_t max_bytes);
+
+// Writes `contents` to `path` atomically: a temporary file in the same
+// directory, fsync, rename over `path`, fsync of the directory. A crash
+// leaves either the old file or the new one, never a torn one.
+absl::Status WriteFileAtomically(const std::string& path,
+                                 absl::string_view contents);
+
+// fsync on a directory, making renames and creations inside it durable.
+absl::Status FsyncDirectory(const std::string& dir);
+
+// Copies a regular file (contents only, mode 0644) and fsyncs the copy.
+absl::Status CopyFileDurably(const std::string& from, const std::string& to);
+
+// Removes a file or a directory tree; a missing path is OK.
+absl::Status RemoveAll(const std::string& path);
+
+bool PathExists(const std::string& path);
+bool IsDirectory(const std::string& path);
+bool IsRegularFile(const std::string& path);
+
+// Plain-name entries of a directory (no "." or ".."), sorted.
+absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& dir);
+
+std::string JoinPath(absl::string_view a, absl::string_view b);
+// "dir/name" -> "dir"; "name" -> "."; "/name" -> "/".
+std::string Dirname(absl::string_view path);
+std::string Basename(absl::string_view path);
+
+}  // namespace tailor
+
+#endif  // TAILOR_UTIL_FILE_UTIL_H_

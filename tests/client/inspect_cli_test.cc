@@ -1,0 +1,161 @@
+// Runs the real tailorctl binary (path in $TAILORCTL, set by CTest).
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+#include "testing/test_util.h"
+
+namespace tailor {
+namespace {
+
+using ::tailor::testing::ReadFileOrDie;
+using ::tailor::testing::SerializeSafetensors;
+using ::tailor::testing::TempDir;
+using ::tailor::testing::ToRaw;
+using ::tailor::testing::WriteFileOrDie;
+using ::tailor::testing::WriteShardedCheckpoint;
+
+struct CliResult {
+  int code;
+  std::string out;
+  std::string err;
+};
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+class InspectCliTest : public ::testing::Test {
+ protected:
+  CliResult Tailorctl(const std::vector<std::string>& args) {
+    const char* bin = std::getenv("TAILORCTL");
+    EXPECT_NE(bin, nullptr) << "TAILORCTL is not set (run through ctest)";
+    std::vector<std::string> quoted;
+    for (const auto& a : args) quoted.push_back(Quote(a));
+    const std::string cmd = absl::StrCat(
+        Quote(bin ? bin : "tailorctl"), " ", absl::StrJoin(quoted, " "), " >",
+        dir_.Join("stdout"), " 2>", dir_.Join("stderr"));
+    int status = std::system(cmd.c_str());
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+            ReadFileOrDie(dir_.Join("stdout")),
+            ReadFileOrDie(dir_.Join("stderr"))};
+  }
+  std::string MakeDir(const std::string& name) {
+    std::string p = dir_.Join(name);
+    ::mkdir(p.c_str(), 0755);
+    return p;
+  }
+  TempDir dir_;
+};
+
+TEST_F(InspectCliTest, SingleFileTable) {
+  const std::string ckpt = MakeDir("single");
+  WriteFileOrDie(ckpt + "/model.safetensors",
+                 SerializeSafetensors({ToRaw("model.embed.weight",
+                                             at::zeros({8, 4}, at::kBFloat16)),
+                                       ToRaw("model.norm.weight", at::ones({4}))}));
+  CliResult r = Tailorctl({"inspect", ckpt});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "model.embed.weight")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "BF16"));
+  EXPECT_TRUE(absl::StrContains(r.out, "[8, 4]"));
+  EXPECT_TRUE(absl::StrContains(r.out, "tensors: 2  parameters: 36  bytes: 80"))
+      << r.out;
+}
+
+TEST_F(InspectCliTest, ShardedJson) {
+  const std::string ckpt = MakeDir("sharded");
+  WriteShardedCheckpoint(ckpt, {{ToRaw("a", at::ones({2, 3}))},
+                                {ToRaw("b", at::ones({5}, at::kHalf))}});
+  CliResult r = Tailorctl({"inspect", "file://" + ckpt, "--output", "json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["kind"], "safetensors");
+  EXPECT_TRUE(j["sharded"].get<bool>());
+  EXPECT_EQ(j["files"].size(), 2u);
+  EXPECT_EQ(j["totals"]["tensors"], 2);
+  EXPECT_EQ(j["totals"]["bytes"], 34);
+  EXPECT_EQ(j["tensors"][1]["name"], "b");
+  EXPECT_EQ(j["tensors"][1]["dtype"], "F16");
+  EXPECT_EQ(j["tensors"][1]["file"], "model-00002-of-00002.safetensors");
+}
+
+TEST_F(InspectCliTest, LoraAdapterAloneAndMerged) {
+  const std::string base = MakeDir("base");
+  WriteFileOrDie(base + "/model.safetensors",
+                 SerializeSafetensors({ToRaw("model.layers.0.q_proj.weight",
+                                             at::zeros({6, 4})),
+                                       ToRaw("model.norm.weight", at::ones({4}))}));
+  const std::string adapter = MakeDir("adapter");
+  WriteFileOrDie(adapter + "/adapter_config.json",
+                 R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                     "target_modules": ["q_proj"]})");
+  WriteFileOrDie(
+      adapter + "/adapter_model.safetensors",
+      SerializeSafetensors(
+          {ToRaw("base_model.model.model.layers.0.q_proj.lora_A.weight",
+                 at::ones({2, 4})),
+           ToRaw("base_model.model.model.layers.0.q_proj.lora_B.weight",
+                 at::ones({6, 2}))}));
+  CliResult alone = Tailorctl({"inspect", adapter, "-o", "json"});
+  ASSERT_EQ(alone.code, 0) << alone.err;
+  nlohmann::json j = nlohmann::json::parse(alone.out);
+  EXPECT_EQ(j["kind"], "lora-adapter");
+  EXPECT_EQ(j["adapter"]["r"], 2);
+  EXPECT_EQ(j["tensors"].size(), 2u);
+
+  CliResult merged = Tailorctl({"inspect", adapter, "--base", base, "-o", "json"});
+  ASSERT_EQ(merged.code, 0) << merged.err;
+  j = nlohmann::json::parse(merged.out);
+  EXPECT_EQ(j["kind"], "lora-merged");
+  EXPECT_EQ(j["tensors"].size(), 2u);
+  EXPECT_EQ(j["tensors"][0]["name"], "model.layers.0.q_proj.weight");
+  EXPECT_EQ(j["tensors"][0]["from"], "lora");
+  EXPECT_EQ(j["tensors"][1]["from"], "base");
+}
+
+TEST_F(InspectCliTest, ErrorsHaveDistinctExitCodes) {
+  const std::string bad = dir_.Join("bad.safetensors");
+  WriteFileOrDie(bad, tailor::testing::AssembleSafetensors("[1]", ""));
+  CliResult invalid = Tailorctl({"inspect", bad});
+  EXPECT_EQ(invalid.code, 3);
+  EXPECT_TRUE(absl::StrContains(invalid.err, bad)) << invalid.err;
+  EXPECT_TRUE(invalid.out.empty());
+
+  CliResult missing = Tailorctl({"inspect", dir_.Join("nope")});
+  EXPECT_EQ(missing.code, 4) << missing.err;
+
+  const std::string root = MakeDir("root");
+  CliResult denied = Tailorctl({"inspect", bad, "--allowed-root", root});
+  EXPECT_EQ(denied.code, 5) << denied.err;
+  EXPECT_TRUE(absl::StrContains(denied.err, "outside")) << denied.err;
+
+  CliResult scheme = Tailorctl({"inspect", "s3://bucket/model"});
+  EXPECT_EQ(scheme.code, 3) << scheme.err;
+  EXPECT_TRUE(absl::StrContains(scheme.err, "unsupported scheme"));
+
+  WriteFileOrDie(dir_.Join("pytorch_model.bin"), "\x80\x02");
+  CliResult pickle = Tailorctl({"inspect", dir_.Join("pytorch_model.bin")});
+  EXPECT_EQ(pickle.code, 3);
+  EXPECT_TRUE(absl::StrContains(pickle.err, "execute arbitrary code"));
+
+  EXPECT_EQ(Tailorctl({"inspect"}).code, 2);
+  EXPECT_EQ(Tailorctl({"inspect", bad, "--output", "xml"}).code, 2);
+  EXPECT_EQ(Tailorctl({"frobnicate"}).code, 2);
+  CliResult help = Tailorctl({"--help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_TRUE(absl::StrContains(help.out, "Exit codes")) << help.out;
+}
+
+}  // namespace
+}  // namespace tailor

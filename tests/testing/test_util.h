@@ -1,0 +1,63 @@
+#ifndef TAILOR_TESTS_TESTING_TEST_UTIL_H_
+#define TAILOR_TESTS_TESTING_TEST_UTIL_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/strings/string_view.h"
+
+namespace tailor::testing {
+
+// A fresh directory under $TMPDIR (or /tmp), removed on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string Join(absl::string_view name) const;
+
+ private:
+  std::string path_;
+};
+
+// A tensor as bytes, for building files independently of the project's
+// writer (so reader tests do not trust the code under test).
+struct RawTensor {
+  std::string name;
+  std::string dtype;  // header spelling, e.g. "BF16"
+  std::vector<int64_t> shape;
+  std::string data;
+};
+
+// `tensor` (any LibTorch dtype with a safetensors name) as a RawTensor.
+RawTensor ToRaw(const std::string& name, const at::Tensor& tensor);
+
+// A well-formed safetensors file: tensors laid out in the given order.
+std::string SerializeSafetensors(
+    const std::vector<RawTensor>& tensors,
+    const std::map<std::string, std::string>& metadata = {});
+
+// 8-byte little-endian length of `header`, `header`, then `data`.
+std::string AssembleSafetensors(absl::string_view header,
+                                absl::string_view data);
+
+void WriteFileOrDie(const std::string& path, absl::string_view bytes);
+std::string ReadFileOrDie(const std::string& path);
+
+// Writes shards "model-0000i-of-0000n.safetensors" and
+// model.safetensors.index.json into `dir` (a single shard is still indexed).
+void WriteShardedCheckpoint(const std::string& dir,
+                            const std::vector<std::vector<RawTensor>>& shards);
+
+// Bit-exact tensor equality (same dtype, shape and bytes; NaN payloads too).
+bool BitEqual(const at::Tensor& a, const at::Tensor& b);
+
+}  // namespace tailor::testing
+
+#endif  // TAILOR_TESTS_TESTING_TEST_UTIL_H_
