@@ -1,0 +1,84 @@
+#include "fusion/layer_options.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace tailor {
+namespace {
+
+template <typename E, size_t N>
+absl::StatusOr<E> ParseEnum(absl::string_view text, absl::string_view knob,
+                            const std::pair<absl::string_view, E> (&table)[N]) {
+  std::string allowed;
+  for (const auto& [name, value] : table) {
+    if (name == text) return value;
+    absl::StrAppend(&allowed, allowed.empty() ? "" : "|", name);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(knob, " must be one of ", allowed, ", not '", text, "'"));
+}
+
+constexpr std::pair<absl::string_view, Scope> kScopes[] = {
+    {"layer", Scope::kLayer}, {"row", Scope::kRow}, {"block", Scope::kBlock}};
+constexpr std::pair<absl::string_view, Normalization> kNorms[] = {
+    {"minmax", Normalization::kMinMax}, {"zscore", Normalization::kZScore}};
+constexpr std::pair<absl::string_view, Compensation> kComps[] = {
+    {"sequential", Compensation::kSequential},
+    {"exact", Compensation::kExact},
+    {"none", Compensation::kNone}};
+
+template <typename E, size_t N>
+absl::string_view NameOf(E value,
+                         const std::pair<absl::string_view, E> (&table)[N]) {
+  for (const auto& [name, v] : table) {
+    if (v == value) return name;
+  }
+  return "?";
+}
+
+}  // namespace
+
+absl::StatusOr<Scope> ParseScope(absl::string_view text) {
+  return ParseEnum(text, "scope", kScopes);
+}
+absl::StatusOr<Normalization> ParseNormalization(absl::string_view text) {
+  return ParseEnum(text, "normalize", kNorms);
+}
+absl::StatusOr<Compensation> ParseCompensation(absl::string_view text) {
+  return ParseEnum(text, "compensation", kComps);
+}
+absl::string_view ScopeName(Scope scope) { return NameOf(scope, kScopes); }
+absl::string_view NormalizationName(Normalization n) {
+  return NameOf(n, kNorms);
+}
+absl::string_view CompensationName(Compensation c) { return NameOf(c, kComps); }
+
+absl::Status TailorOptions::Validate() const {
+  if (!(keep_ratio > 0 && keep_ratio <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("keep ratio must be in (0, 1], not ", keep_ratio));
+  }
+  if (!(omega >= 0 && omega <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("omega must be in [0, 1], not ", omega));
+  }
+  if (!(damp >= 0) || !std::isfinite(damp)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("damp must be a finite number >= 0, not ", damp));
+  }
+  if (block_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block size must be >= 1, not ", block_size));
+  }
+  if (!(max_damp >= damp)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max damp (", max_damp, ") must be >= damp (", damp, ")"));
+  }
+  if (exact_chunk_bytes < 1) {
+    return absl::InvalidArgumentError("exact chunk bytes must be positive");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tailor

@@ -1,0 +1,57 @@
+#ifndef TAILOR_FUSION_LAYER_OPTIONS_H_
+#define TAILOR_FUSION_LAYER_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace tailor {
+
+// Where top-k selection happens (DESIGN section 2).
+enum class Scope { kLayer, kRow, kBlock };
+// How salience and sensitivity are brought to one scale before fusing.
+enum class Normalization { kMinMax, kZScore };
+// How the kept entries absorb the reverted ones.
+enum class Compensation { kSequential, kExact, kNone };
+
+absl::StatusOr<Scope> ParseScope(absl::string_view text);
+absl::StatusOr<Normalization> ParseNormalization(absl::string_view text);
+absl::StatusOr<Compensation> ParseCompensation(absl::string_view text);
+absl::string_view ScopeName(Scope scope);
+absl::string_view NormalizationName(Normalization n);
+absl::string_view CompensationName(Compensation c);
+
+// The knobs of the per-layer Model Tailor kernel.
+struct TailorOptions {
+  // rho: fraction of the fine-tuned entries kept, in (0, 1].
+  double keep_ratio = 0.10;
+  // omega: weight of salience against sensitivity, in [0, 1].
+  double omega = 0.5;
+  Scope scope = Scope::kLayer;
+  // kMinMax normalises over the selection scope (the paper); kZScore per row
+  // within each block of `block_size` columns (the authors' released code).
+  Normalization normalization = Normalization::kMinMax;
+  Compensation compensation = Compensation::kSequential;
+  // lambda: H += lambda * mean(diag H) * I before inversion; >= 0.
+  double damp = 0.01;
+  // B: columns per lazy-update block (and per selection block for
+  // Scope::kBlock, and per z-score group).
+  int64_t block_size = 128;
+  // Hessian preparation retries with 10x damping while lambda <= this bound;
+  // past it the layer falls back to no compensation.
+  double max_damp = 10.0;
+  // Arithmetic type of the kernel: float32 (default) or float64.
+  bool float64 = false;
+  // Bound on the scratch memory of exact compensation's batched solves.
+  int64_t exact_chunk_bytes = 256ll << 20;
+
+  // INVALID_ARGUMENT naming the knob and its rule.
+  absl::Status Validate() const;
+};
+
+}  // namespace tailor
+
+#endif  // TAILOR_FUSION_LAYER_OPTIONS_H_
