@@ -1,0 +1,68 @@
+#ifndef TAILOR_FUSION_MERGE_METHODS_H_
+#define TAILOR_FUSION_MERGE_METHODS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace tailor {
+
+// One task's contribution to one tensor: a mask and a delta that is zero
+// wherever the mask is false (both shaped like the weight; delta float32 or
+// float64).
+struct TaskDelta {
+  at::Tensor mask;
+  at::Tensor delta;
+};
+
+// The merged result for one tensor: fused = pre + delta on `mask` entries.
+struct MergedDelta {
+  at::Tensor mask;   // bool: entries the merge changes
+  at::Tensor delta;  // zero wherever mask is false
+};
+
+// How stitched task patches combine where they overlap (DESIGN, multi-task).
+enum class Aggregation { kMeanSelected, kMeanAll, kSum };
+absl::StatusOr<Aggregation> ParseAggregation(absl::string_view text);
+absl::string_view AggregationName(Aggregation a);
+
+// Union of the task masks; per entry, the aggregate of the deltas of the
+// tasks that selected it: kMeanSelected divides by the number of selecting
+// tasks, kMeanAll by the number of tasks (the paper's C_agg), kSum not at all.
+// REQUIRES: at least one task; equal shapes.
+MergedDelta Stitch(const std::vector<TaskDelta>& tasks, Aggregation aggregation);
+
+// --- Baselines: dense task vectors D_i = W_ft_i - W_pre in, merged out. ---
+
+// Task arithmetic: lambda * sum_i D_i, on every entry where it is non-zero.
+MergedDelta TaskArithmetic(const std::vector<at::Tensor>& deltas, double lambda);
+
+// TIES: trim each D_i to its top round(density * n) entries by |D_i| (ties to
+// the lower index), elect per entry the sign of the sum of trimmed values,
+// average the trimmed values that agree with it (disjoint mean), scale by
+// lambda.
+MergedDelta Ties(const std::vector<at::Tensor>& deltas, double density,
+                 double lambda);
+
+// DARE: drops each entry of each D_i with probability p, rescales survivors
+// by 1/(1-p), then task arithmetic with lambda. The random draw depends only
+// on (seed, tensor name, task index): the same on any thread count, device or
+// tensor order (drawn on the CPU).
+MergedDelta Dare(const std::vector<at::Tensor>& deltas, double drop,
+                 double lambda, uint64_t seed, absl::string_view tensor_name);
+
+// SPIDER (post hoc): I = sigmoid(zscore(|W_pre|)), G = sigmoid(zscore(g))
+// with g = `importance` when given (accumulated |gradient|), else |D|;
+// M = G / (G + I) where G > I, else 0; M is rescaled by the mean of its
+// non-zeros and capped at 1; delta = M * D. One task.
+MergedDelta Spider(const at::Tensor& w_pre, const at::Tensor& delta,
+                   const at::Tensor& importance);
+
+}  // namespace tailor
+
+#endif  // TAILOR_FUSION_MERGE_METHODS_H_

@@ -1,0 +1,128 @@
+#ifndef TAILOR_FUSION_PATCH_H_
+#define TAILOR_FUSION_PATCH_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "fusion/merge_methods.h"
+#include "io/checkpoint.h"
+#include "io/dtype.h"
+#include "nlohmann/json.hpp"
+#include "util/file_util.h"
+
+namespace tailor {
+
+inline constexpr char kPatchFormat[] = "tailor-patch/1";
+
+// Patch file (DESIGN section 3): a safetensors file any reader opens. Per
+// patched weight W (shape S, n entries, k kept):
+//   "<W>.mask"   U8  [ceil(n / 8)]  bit i of row-major flat index i is byte
+//                                   i / 8, bit i % 8 (LSB first, numpy
+//                                   packbits(bitorder="little")); pad bits 0
+//   "<W>.values" F32 [k]            the kept delta D at set bits, row-major
+// `__metadata__` (all strings): format = tailor-patch/1; method; knobs (JSON
+// object); sources (JSON array of {role, uri, sha256 of the safetensors
+// header bytes}); tensors (JSON object {W: {shape, dtype (of the base),
+// kept, stats}}).
+//
+// The fused tensor is FuseTensor(pre, mask, values): fuse and apply-patch
+// both go through it, so applying a patch reproduces the fused checkpoint
+// bit for bit.
+
+struct PatchMetadata {
+  std::string method;
+  nlohmann::json knobs = nlohmann::json::object();
+  nlohmann::json sources = nlohmann::json::array();
+};
+
+// pre (any floating dtype) + values scattered at the set entries of mask,
+// computed in float32; entries outside the mask are pre exactly (no -0/+0
+// change). Returns float32; the caller stores it in the base dtype.
+at::Tensor FuseTensor(const at::Tensor& pre, const at::Tensor& mask,
+                      const at::Tensor& values);
+
+// The kept values of `delta` at `mask`, row-major, as float32 [k].
+at::Tensor KeptValues(const at::Tensor& mask, const at::Tensor& delta);
+
+// Writes a patch whose tensors arrive one at a time with sizes unknown up
+// front: data is spooled to a hidden temp file beside `path`; Finish()
+// writes header + data to another temp file, fsyncs and renames it over
+// `path` (then fsyncs the directory). Without Finish() nothing appears under
+// `path`. Deterministic: same Add() sequence, same bytes.
+// Not thread-safe.
+class PatchWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<PatchWriter>> Create(
+      const std::string& path);
+  ~PatchWriter();
+
+  // Adds weight `name` (shape of mask): bit-packs mask, stores values =
+  // KeptValues(mask, delta). `stats` goes into the tensors metadata.
+  absl::Status Add(const std::string& name, const at::Tensor& mask,
+                   const at::Tensor& delta, DType base_dtype,
+                   const nlohmann::json& stats);
+  absl::Status Finish(const PatchMetadata& metadata);
+
+ private:
+  PatchWriter() = default;
+  struct Entry;
+  std::string path_;
+  std::string spool_path_;
+  ScopedFd spool_;
+  uint64_t spool_size_ = 0;
+  std::vector<std::unique_ptr<Entry>> entries_;
+  nlohmann::json tensors_ = nlohmann::json::object();
+  bool finished_ = false;
+};
+
+// A validated patch file. Open() checks the format tag, that every weight
+// has both .mask and .values with consistent sizes (mask bytes =
+// ceil(n / 8) for the recorded shape), the metadata JSON; Load() checks
+// the popcount equals the values count and the pad bits are zero.
+// Thread-safe after Open().
+class PatchFile {
+ public:
+  struct TensorEntry {
+    std::string name;
+    std::vector<int64_t> shape;
+    DType base_dtype = DType::kF32;
+    int64_t kept = 0;
+  };
+
+  static absl::StatusOr<std::unique_ptr<PatchFile>> Open(
+      const std::string& path, const Checkpoint::Options& options);
+
+  const std::vector<TensorEntry>& tensors() const { return tensors_; }
+  const TensorEntry* Find(absl::string_view name) const;
+  // Mask (bool, shape) and dense float32 delta (zero outside the mask).
+  absl::StatusOr<TaskDelta> Load(absl::string_view name) const;
+  // The values as stored (float32 [k]) with the mask.
+  absl::StatusOr<std::pair<at::Tensor, at::Tensor>> LoadPacked(
+      absl::string_view name) const;
+
+  const std::string& method() const { return method_; }
+  const nlohmann::json& knobs() const { return knobs_; }
+  const nlohmann::json& sources() const { return sources_; }
+  const nlohmann::json& tensor_metadata() const { return tensor_metadata_; }
+  const std::string& path() const { return file_->description(); }
+
+ private:
+  PatchFile() = default;
+  std::unique_ptr<Checkpoint> file_;
+  std::vector<TensorEntry> tensors_;  // sorted by name
+  std::string method_;
+  nlohmann::json knobs_, sources_, tensor_metadata_;
+};
+
+// sha256 (hex) of a safetensors file's header bytes (the 8-byte length and
+// the JSON): a cheap fingerprint of a checkpoint's layout and identity.
+absl::StatusOr<std::string> HeaderFingerprint(const std::string& path);
+
+}  // namespace tailor
+
+#endif  // TAILOR_FUSION_PATCH_H_
