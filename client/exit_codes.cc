@@ -17,6 +17,8 @@ int ExitCodeForStatus(const absl::Status& status) {
       return kExitNotFound;
     case absl::StatusCode::kPermissionDenied:
       return kExitPermissionDenied;
+    case absl::StatusCode::kCancelled:
+      return kExitCancelled;
     default:
       return kExitInternal;
   }
@@ -29,7 +31,8 @@ const char* ExitCodeHelp() {
          "  2  usage error (bad flags or arguments)\n"
          "  3  invalid input (malformed or unsupported file, URI or value)\n"
          "  4  not found\n"
-         "  5  permission denied (outside --allowed-root, or no access)\n";
+         "  5  permission denied (outside --allowed-root, or no access)\n"
+         "  130  cancelled (SIGINT/SIGTERM); nothing was published\n";
 }
 
 }  // namespace tailor::cli

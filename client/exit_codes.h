@@ -13,6 +13,7 @@ enum ExitCode : int {
   kExitInvalidInput = 3,      // malformed or unsupported input (file, URI)
   kExitNotFound = 4,          // a named file, tensor or job does not exist
   kExitPermissionDenied = 5,  // outside the allowed roots, or no access
+  kExitCancelled = 130,       // interrupted; nothing published
 };
 
 // The exit code for a failed status (kExitOk for OK).

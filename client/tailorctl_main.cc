@@ -5,6 +5,7 @@
 
 #include "CLI/CLI.hpp"
 #include "exit_codes.h"
+#include "fuse_command.h"
 #include "inspect_command.h"
 
 namespace {
@@ -43,6 +44,11 @@ int main(int argc, char** argv) {
       "--allowed-root", inspect.allowed_roots,
       "directory the URIs must lie under (repeatable; default: /)");
 
+  tailor::cli::FuseCommand fuse;
+  CLI::App* fuse_cmd = fuse.Add(app);
+  tailor::cli::ApplyPatchCommand apply_patch;
+  CLI::App* apply_cmd = apply_patch.Add(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -61,5 +67,7 @@ int main(int argc, char** argv) {
     if (!status.ok()) return Fail(status);
     return tailor::cli::kExitOk;
   }
+  if (*fuse_cmd) return fuse.Run();
+  if (*apply_cmd) return apply_patch.Run();
   return tailor::cli::kExitUsage;
 }

@@ -82,15 +82,6 @@ at::Tensor SelectBlock(const at::Tensor& scores, double keep_ratio) {
       .view(scores.sizes());
 }
 
-absl::Status CheckFinite(const at::Tensor& t, absl::string_view name,
-                         absl::string_view what) {
-  if (!at::isfinite(t).all().item<bool>()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name, ": ", what, " contains NaN or Inf"));
-  }
-  return absl::OkStatus();
-}
-
 // OBS inside one block of columns: reverts the entries of `w1` where `m1` is
 // false, column by column, pushing each error onto the block's later columns
 // through `u1` (the block's diagonal part of U). Returns the per-column
@@ -122,6 +113,15 @@ void FinishBlock(at::Tensor& d, const at::Tensor& w1, const at::Tensor& err1,
 }
 
 }  // namespace
+
+absl::Status CheckFiniteTensor(const at::Tensor& t, absl::string_view name,
+                         absl::string_view what) {
+  if (!at::isfinite(t).all().item<bool>()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": ", what, " contains NaN or Inf"));
+  }
+  return absl::OkStatus();
+}
 
 int64_t KeepCount(double keep_ratio, int64_t n) {
   const long long k = std::llround(keep_ratio * static_cast<double>(n));
@@ -305,8 +305,8 @@ absl::StatusOr<LayerResult> TailorLayer(absl::string_view name,
         " differs from fine-tuned shape ", c10::str(w_ft.sizes())));
   }
   return CatchTorch(name, [&]() -> absl::StatusOr<LayerResult> {
-    TAILOR_RETURN_IF_ERROR(CheckFinite(w_pre, name, "pre-trained tensor"));
-    TAILOR_RETURN_IF_ERROR(CheckFinite(w_ft, name, "fine-tuned tensor"));
+    TAILOR_RETURN_IF_ERROR(CheckFiniteTensor(w_pre, name, "pre-trained tensor"));
+    TAILOR_RETURN_IF_ERROR(CheckFiniteTensor(w_ft, name, "fine-tuned tensor"));
     const at::ScalarType type = KernelType(options);
     at::Tensor d0_full = (w_ft.to(type) - w_pre.to(type));
     // Everything but a 2-D matrix is scored as one row.
@@ -326,7 +326,7 @@ absl::StatusOr<LayerResult> TailorLayer(absl::string_view name,
             " does not match the ", d0.size(1), " input columns of weight ",
             c10::str(d0_full.sizes())));
       }
-      TAILOR_RETURN_IF_ERROR(CheckFinite(hessian, name, "Hessian"));
+      TAILOR_RETURN_IF_ERROR(CheckFiniteTensor(hessian, name, "Hessian"));
       stats.has_hessian = true;
       absl::StatusOr<PreparedHessian> p =
           PrepareHessian(hessian.to(d0.device()), options);

@@ -68,6 +68,10 @@ absl::StatusOr<LayerResult> TailorLayer(absl::string_view name,
 
 // --- Building blocks, exposed for tests and benchmarks. ---
 
+// INVALID_ARGUMENT "<name>: <what> contains NaN or Inf" unless all finite.
+absl::Status CheckFiniteTensor(const at::Tensor& t, absl::string_view name,
+                               absl::string_view what);
+
 // k = round(rho * n), half away from zero, clamped to [0, n].
 int64_t KeepCount(double keep_ratio, int64_t n);
 

@@ -1,0 +1,49 @@
+#ifndef TAILOR_CLIENT_FUSE_COMMAND_H_
+#define TAILOR_CLIENT_FUSE_COMMAND_H_
+
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+
+namespace tailor::cli {
+
+// `tailorctl fuse --local ...` (in-process fusion job) and
+// `tailorctl apply-patch ...`. Add() registers the subcommand; Run() is
+// called when it was chosen and returns the exit code.
+class FuseCommand {
+ public:
+  CLI::App* Add(CLI::App& app);
+  int Run();
+
+ private:
+  CLI::App* cmd_ = nullptr;
+  bool local_ = false;
+  std::string job_file_;
+  std::string pretrained_;
+  std::vector<std::string> finetuned_, patches_, hessians_, labels_;
+  std::string method_, scope_, normalize_, compensation_, aggregate_, on_mismatch_;
+  double keep_ = 0, omega_ = 0, damp_ = 0, lambda_ = 0, density_ = 0, drop_ = 0;
+  int64_t block_size_ = 0;
+  uint64_t seed_ = 0;
+  bool float64_ = false, overwrite_ = false;
+  std::vector<std::string> include_, exclude_, allowed_roots_;
+  std::string out_, patch_out_, report_, device_;
+  int threads_ = 0;
+  bool quiet_ = false;
+};
+
+class ApplyPatchCommand {
+ public:
+  CLI::App* Add(CLI::App& app);
+  int Run();
+
+ private:
+  std::string pretrained_, patch_, out_;
+  bool overwrite_ = false;
+  std::vector<std::string> allowed_roots_;
+};
+
+}  // namespace tailor::cli
+
+#endif  // TAILOR_CLIENT_FUSE_COMMAND_H_

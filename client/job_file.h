@@ -1,0 +1,33 @@
+#ifndef TAILOR_CLIENT_JOB_FILE_H_
+#define TAILOR_CLIENT_JOB_FILE_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "fusion/fusion_spec.h"
+
+namespace tailor::cli {
+
+// Reads a job file (YAML; JSON is YAML too) into a FusionSpec. Its keys are
+// the long flag names of `tailorctl fuse` with '-' or '_' (pretrained,
+// finetuned, patch, hessians, labels, method, keep, omega, scope, normalize,
+// compensation, damp, block-size, float64, aggregate, lambda, density, drop,
+// seed, include, exclude, on-mismatch, out, patch-out, report, overwrite,
+// device, threads), plus `tasks:` — a list of {label, finetuned | patch,
+// hessians, keep, omega} for per-task settings (not together with the
+// top-level finetuned/patch/hessians lists). Unknown keys and wrongly typed
+// values are INVALID_ARGUMENT naming the file and the key.
+absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path);
+
+// Tasks from the flag-style lists: each finetuned URI (paired in order with
+// a hessians URI when any are given), then each patch URI; labels, when
+// given, name them in that order.
+absl::StatusOr<std::vector<TaskSpec>> TasksFromLists(
+    const std::vector<std::string>& finetuned,
+    const std::vector<std::string>& patches,
+    const std::vector<std::string>& hessians,
+    const std::vector<std::string>& labels);
+
+}  // namespace tailor::cli
+
+#endif  // TAILOR_CLIENT_JOB_FILE_H_

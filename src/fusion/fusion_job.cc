@@ -1,0 +1,631 @@
+#include "fusion/fusion_job.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <regex>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "fusion/calibration.h"
+#include "fusion/patch.h"
+#include "fusion/tailor_kernel.h"
+#include "io/checkpoint_writer.h"
+#include "io/lora_adapter.h"
+#include "io/open_checkpoint.h"
+#include "util/file_util.h"
+#include "util/status_macros.h"
+#include "util/torch_status.h"
+
+namespace tailor {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+absl::StatusOr<at::Device> ResolveDevice(const std::string& device) {
+  if (device == "cpu") return at::Device(at::kCPU);
+  if (device == "auto") {
+    return at::hasCUDA() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  }
+  if (!at::hasCUDA()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device '", device, "' requested but no CUDA device is available"));
+  }
+  int index = 0;
+  if (device.size() > 5) {
+    char* end = nullptr;
+    index = static_cast<int>(std::strtol(device.c_str() + 5, &end, 10));
+    if (*end != '\0' || index < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("bad device '", device, "'"));
+    }
+  }
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+// Per-file header fingerprints of a checkpoint-like source.
+absl::StatusOr<nlohmann::json> Fingerprints(const Checkpoint& ckpt) {
+  nlohmann::json files = nlohmann::json::object();
+  for (const auto& f : ckpt.files()) {
+    TAILOR_ASSIGN_OR_RETURN(std::string sha, HeaderFingerprint(f->path()));
+    files[Basename(f->path())] = sha;
+  }
+  return files;
+}
+
+std::string PatchPathFor(const std::string& stitched, const std::string& label) {
+  std::string stem = stitched;
+  if (absl::EndsWith(stem, ".safetensors")) {
+    stem.resize(stem.size() - std::string(".safetensors").size());
+  }
+  return absl::StrCat(stem, ".", label, ".safetensors");
+}
+
+nlohmann::json NumberOrNull(double v) {
+  return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
+struct Task {
+  std::string label;
+  const TaskSpec* spec = nullptr;
+  std::unique_ptr<TensorSource> finetuned;
+  std::unique_ptr<PatchFile> patch;
+  std::unique_ptr<CalibrationFile> calibration;
+  TailorOptions options;
+  std::string patch_out;  // per-task patch path, if written
+  std::unique_ptr<PatchWriter> patch_writer;
+};
+
+struct WorkItem {
+  const TensorInfo* info = nullptr;
+  bool fuse = false;
+  std::string why_copied;  // for copied tensors
+};
+
+class Job {
+ public:
+  Job(const FusionSpec& spec, const UriResolver& resolver,
+      const RunOptions& options)
+      : spec_(spec), resolver_(resolver), options_(options) {}
+
+  absl::StatusOr<nlohmann::json> Run() {
+    start_ = Clock::now();
+    TAILOR_RETURN_IF_ERROR(spec_.Validate());
+    if (spec_.threads > 0) at::set_num_threads(spec_.threads);
+    TAILOR_ASSIGN_OR_RETURN(device_, ResolveDevice(spec_.device));
+    TAILOR_RETURN_IF_ERROR(OpenInputs());
+    TAILOR_RETURN_IF_ERROR(Plan());
+    TAILOR_RETURN_IF_ERROR(OpenOutputs());
+    Emit(ProgressEvent::Kind::kPlanned);
+    for (const WorkItem& item : plan_) {
+      if (options_.cancel != nullptr && options_.cancel->load()) {
+        return absl::CancelledError(absl::StrCat(
+            "cancelled after ", done_, " of ", plan_.size(),
+            " tensors; no output was published"));
+      }
+      nlohmann::json entry;
+      if (item.fuse) {
+        TAILOR_ASSIGN_OR_RETURN(entry, FuseOne(*item.info));
+      } else {
+        TAILOR_ASSIGN_OR_RETURN(entry, CopyOne(*item.info, item.why_copied));
+      }
+      ++done_;
+      bytes_done_ += item.info->nbytes;
+      ProgressEvent event;
+      event.kind = ProgressEvent::Kind::kTensorDone;
+      event.tensor = item.info->name;
+      event.action = item.fuse ? "fused" : "copied";
+      event.stats = entry;
+      Emit(event);
+      tensors_.push_back(std::move(entry));
+    }
+    TAILOR_RETURN_IF_ERROR(Publish());
+    Emit(ProgressEvent::Kind::kFinished);
+    return report_;
+  }
+
+ private:
+  void Emit(ProgressEvent::Kind kind) {
+    ProgressEvent event;
+    event.kind = kind;
+    Emit(event);
+  }
+  void Emit(ProgressEvent event) {
+    if (options_.progress == nullptr) return;
+    event.done = done_;
+    event.total = static_cast<int64_t>(plan_.size());
+    event.bytes_done = bytes_done_;
+    event.bytes_total = bytes_total_;
+    event.elapsed_seconds = Seconds(start_);
+    options_.progress->OnEvent(event);
+  }
+  void Warn(std::string message) {
+    ProgressEvent event;
+    event.kind = ProgressEvent::Kind::kWarning;
+    event.message = message;
+    Emit(event);
+    warnings_.push_back(std::move(message));
+  }
+
+  absl::Status OpenInputs() {
+    TAILOR_ASSIGN_OR_RETURN(base_, OpenCheckpointUri(spec_.pretrained_uri, resolver_));
+    for (const std::string& w : base_->warnings()) Warn(w);
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json base_fp, Fingerprints(*base_));
+    sources_.push_back(
+        {{"role", "pretrained"}, {"uri", spec_.pretrained_uri}, {"files", base_fp}});
+    Checkpoint::Options open;
+    open.resolver = &resolver_;
+    for (size_t i = 0; i < spec_.tasks.size(); ++i) {
+      const TaskSpec& ts = spec_.tasks[i];
+      auto task = std::make_unique<Task>();
+      task->spec = &ts;
+      task->label = ts.label.empty() ? absl::StrCat("task", i) : ts.label;
+      task->options = spec_.tailor;
+      if (ts.keep_ratio) task->options.keep_ratio = *ts.keep_ratio;
+      if (ts.omega) task->options.omega = *ts.omega;
+      if (spec_.method == Method::kMagnitude) {
+        task->options.omega = 1.0;
+        task->options.compensation = Compensation::kNone;
+      }
+      if (!ts.patch_uri.empty()) {
+        TAILOR_ASSIGN_OR_RETURN(std::string path, resolver_.ResolveExisting(ts.patch_uri));
+        TAILOR_ASSIGN_OR_RETURN(task->patch, PatchFile::Open(path, open));
+        TAILOR_ASSIGN_OR_RETURN(std::string sha, HeaderFingerprint(path));
+        sources_.push_back({{"role", "patch"},
+                            {"label", task->label},
+                            {"uri", ts.patch_uri},
+                            {"sha256", sha}});
+      } else {
+        TAILOR_ASSIGN_OR_RETURN(task->finetuned,
+                                OpenFineTunedUri(ts.finetuned_uri, *base_, resolver_));
+        nlohmann::json fp;
+        if (auto* ckpt = dynamic_cast<const Checkpoint*>(task->finetuned.get())) {
+          TAILOR_ASSIGN_OR_RETURN(fp, Fingerprints(*ckpt));
+        } else if (auto* lora =
+                       dynamic_cast<const LoraFineTuned*>(task->finetuned.get())) {
+          TAILOR_ASSIGN_OR_RETURN(fp, Fingerprints(lora->adapter()));
+        }
+        sources_.push_back({{"role", "finetuned"},
+                            {"label", task->label},
+                            {"uri", ts.finetuned_uri},
+                            {"files", fp}});
+      }
+      if (!ts.hessian_uri.empty()) {
+        TAILOR_ASSIGN_OR_RETURN(std::string path,
+                                resolver_.ResolveExisting(ts.hessian_uri));
+        TAILOR_ASSIGN_OR_RETURN(task->calibration, CalibrationFile::Open(path, open));
+        TAILOR_ASSIGN_OR_RETURN(std::string sha, HeaderFingerprint(path));
+        sources_.push_back({{"role", "hessians"},
+                            {"label", task->label},
+                            {"uri", ts.hessian_uri},
+                            {"sha256", sha}});
+      }
+      tasks_.push_back(std::move(task));
+    }
+    return absl::OkStatus();
+  }
+
+  // Why `task` cannot be paired with base tensor `info`; empty if it can.
+  std::string Mismatch(const Task& task, const TensorInfo& info) const {
+    if (task.patch) {
+      const PatchFile::TensorEntry* e = task.patch->Find(info.name);
+      if (e != nullptr && e->shape != info.shape) {
+        return absl::StrCat("patch of task '", task.label, "' has shape ",
+                            c10::str(at::IntArrayRef(e->shape)), " for '",
+                            info.name, "', the base has ",
+                            c10::str(at::IntArrayRef(info.shape)));
+      }
+      return "";
+    }
+    const TensorInfo* ft = task.finetuned->Find(info.name);
+    if (ft == nullptr) {
+      return absl::StrCat("task '", task.label, "' (", task.finetuned->description(),
+                          ") has no tensor '", info.name, "'");
+    }
+    if (ft->shape != info.shape || ft->dtype != info.dtype) {
+      return absl::StrCat("task '", task.label, "' has '", info.name, "' as ",
+                          DTypeName(ft->dtype), " ",
+                          c10::str(at::IntArrayRef(ft->shape)), ", the base as ",
+                          DTypeName(info.dtype), " ",
+                          c10::str(at::IntArrayRef(info.shape)));
+    }
+    return "";
+  }
+
+  absl::Status Plan() {
+    std::vector<std::regex> include, exclude;
+    for (const auto& p : spec_.include) include.emplace_back(p);
+    for (const auto& p : spec_.exclude) exclude.emplace_back(p);
+    for (const TensorInfo& info : base_->tensors()) {
+      WorkItem item;
+      item.info = &info;
+      bytes_total_ += info.nbytes;
+      const bool included =
+          include.empty() || std::any_of(include.begin(), include.end(), [&](const std::regex& r) {
+            return std::regex_search(info.name, r);
+          });
+      const bool excluded = std::any_of(exclude.begin(), exclude.end(), [&](const std::regex& r) {
+        return std::regex_search(info.name, r);
+      });
+      if (!IsFloatingDType(info.dtype)) {
+        item.why_copied = "not a floating-point tensor";
+      } else if (!included) {
+        item.why_copied = "not matched by include";
+      } else if (excluded) {
+        item.why_copied = "matched by exclude";
+      } else {
+        for (const auto& task : tasks_) {
+          std::string why = Mismatch(*task, info);
+          if (why.empty()) continue;
+          if (spec_.on_mismatch == MismatchPolicy::kError) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                why, " (set on_mismatch: copy_base to keep the base tensor)"));
+          }
+          Warn(absl::StrCat(why, "; copied from the base"));
+          item.why_copied = why;
+          break;
+        }
+        item.fuse = item.why_copied.empty();
+      }
+      plan_.push_back(std::move(item));
+    }
+    // Fine-tuned tensors the base lacks are never silently dropped.
+    for (const auto& task : tasks_) {
+      const std::vector<std::string> names = TaskTensorNames(*task);
+      for (const std::string& name : names) {
+        if (base_->Find(name) != nullptr) continue;
+        std::string why = absl::StrCat("task '", task->label, "' has tensor '", name,
+                                       "' which the base checkpoint lacks");
+        if (task->patch || spec_.on_mismatch == MismatchPolicy::kError) {
+          return absl::InvalidArgumentError(why);
+        }
+        Warn(absl::StrCat(why, "; ignored"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  static std::vector<std::string> TaskTensorNames(const Task& task) {
+    std::vector<std::string> names;
+    if (task.patch) {
+      for (const auto& e : task.patch->tensors()) names.push_back(e.name);
+    } else {
+      for (const auto& t : task.finetuned->tensors()) names.push_back(t.name);
+    }
+    return names;
+  }
+
+  bool WritesTaskPatches() const {
+    return !spec_.patch_uri.empty() && tasks_.size() > 1 &&
+           (spec_.method == Method::kTailor || spec_.method == Method::kMagnitude);
+  }
+
+  absl::Status OpenOutputs() {
+    if (!spec_.output_uri.empty()) {
+      TAILOR_ASSIGN_OR_RETURN(std::string out, resolver_.ResolveForWrite(spec_.output_uri));
+      CheckpointWriterOptions options;
+      options.preserve_file_assignment = true;
+      options.overwrite = spec_.overwrite;
+      options.copy_files_from = base_->directory();
+      TAILOR_ASSIGN_OR_RETURN(writer_,
+                              CheckpointWriter::Create(out, base_->tensors(), options));
+    }
+    if (!spec_.patch_uri.empty()) {
+      TAILOR_ASSIGN_OR_RETURN(patch_path_, resolver_.ResolveForWrite(spec_.patch_uri));
+      if (PathExists(patch_path_) && !spec_.overwrite) {
+        return absl::AlreadyExistsError(absl::StrCat(patch_path_, " already exists"));
+      }
+      TAILOR_ASSIGN_OR_RETURN(stitched_, PatchWriter::Create(patch_path_));
+      if (WritesTaskPatches()) {
+        for (auto& task : tasks_) {
+          if (task->patch) continue;  // already a patch
+          task->patch_out = PatchPathFor(patch_path_, task->label);
+          if (PathExists(task->patch_out) && !spec_.overwrite) {
+            return absl::AlreadyExistsError(absl::StrCat(task->patch_out, " already exists"));
+          }
+          TAILOR_ASSIGN_OR_RETURN(task->patch_writer, PatchWriter::Create(task->patch_out));
+        }
+      }
+    }
+    if (!spec_.report_uri.empty()) {
+      TAILOR_ASSIGN_OR_RETURN(report_path_, resolver_.ResolveForWrite(spec_.report_uri));
+      if (PathExists(report_path_) && !spec_.overwrite) {
+        return absl::AlreadyExistsError(absl::StrCat(report_path_, " already exists"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  ReadOptions ComputeRead() const {
+    ReadOptions r;
+    r.floating_dtype = spec_.tailor.float64 ? at::kDouble : at::kFloat;
+    r.device = device_;
+    return r;
+  }
+
+  absl::StatusOr<nlohmann::json> FuseOne(const TensorInfo& info) {
+    const auto t0 = Clock::now();
+    const std::string& name = info.name;
+    TAILOR_ASSIGN_OR_RETURN(at::Tensor pre, base_->Read(name, ComputeRead()));
+    TAILOR_RETURN_IF_ERROR(CheckFiniteTensor(pre, name, "pre-trained tensor"));
+    std::vector<TaskDelta> deltas;
+    std::vector<at::Tensor> dense;
+    nlohmann::json per_task = nlohmann::json::array();
+    for (auto& task : tasks_) {
+      nlohmann::json tj = {{"label", task->label}};
+      if (task->patch) {
+        if (task->patch->Find(name) != nullptr) {
+          TAILOR_ASSIGN_OR_RETURN(TaskDelta d, task->patch->Load(name));
+          TAILOR_ASSIGN_OR_RETURN(d, CatchTorch(name, [&] {
+                                    return TaskDelta{d.mask.to(device_),
+                                                     d.delta.to(device_, pre.scalar_type())};
+                                  }));
+          deltas.push_back(std::move(d));
+        } else {
+          TAILOR_ASSIGN_OR_RETURN(TaskDelta d, CatchTorch(name, [&] {
+                                    return TaskDelta{at::zeros(pre.sizes(), pre.options().dtype(at::kBool)),
+                                                     at::zeros_like(pre)};
+                                  }));
+          deltas.push_back(std::move(d));
+        }
+        tj["source"] = "patch";
+        tj["kept"] = deltas.back().mask.sum().item<int64_t>();
+        per_task.push_back(tj);
+        continue;
+      }
+      TAILOR_ASSIGN_OR_RETURN(at::Tensor ft, task->finetuned->Read(name, ComputeRead()));
+      if (spec_.method == Method::kTailor || spec_.method == Method::kMagnitude) {
+        at::Tensor h;
+        if (task->calibration && info.shape.size() == 2 && spec_.method == Method::kTailor) {
+          if (std::optional<std::string> key = task->calibration->KeyFor(name)) {
+            TAILOR_ASSIGN_OR_RETURN(h, task->calibration->Load(*key));
+          }
+        }
+        TAILOR_ASSIGN_OR_RETURN(LayerResult r, TailorLayer(name, pre, ft, h, task->options));
+        const LayerStats& s = r.stats;
+        tj["kept"] = s.kept;
+        tj["kept_fraction"] = s.count ? static_cast<double>(s.kept) / s.count : 0.0;
+        tj["hessian"] = s.has_hessian;
+        tj["compensation"] = s.compensation;
+        if (!s.fallback_reason.empty()) {
+          tj["fallback_reason"] = s.fallback_reason;
+          Warn(absl::StrCat(name, " (task '", task->label,
+                            "'): compensation skipped: ", s.fallback_reason));
+        }
+        if (s.has_hessian) {
+          tj["damp"] = s.damp;
+          tj["dead_columns"] = s.dead_columns;
+          tj["error_mask_only"] = NumberOrNull(s.error_mask_only);
+          tj["error_compensated"] = NumberOrNull(s.error_compensated);
+          error_mask_only_ += std::isfinite(s.error_mask_only) ? s.error_mask_only : 0;
+          error_compensated_ +=
+              std::isfinite(s.error_compensated) ? s.error_compensated : 0;
+        }
+        tj["seconds"] = s.seconds;
+        if (task->patch_writer) {
+          TAILOR_RETURN_IF_ERROR(task->patch_writer->Add(name, r.mask, r.delta, info.dtype, tj));
+        }
+        deltas.push_back(TaskDelta{r.mask, r.delta});
+      } else {
+        TAILOR_RETURN_IF_ERROR(CheckFiniteTensor(ft, name, "fine-tuned tensor"));
+        TAILOR_ASSIGN_OR_RETURN(at::Tensor d, CatchTorch(name, [&] { return ft - pre; }));
+        dense.push_back(std::move(d));
+      }
+      per_task.push_back(tj);
+    }
+    TAILOR_ASSIGN_OR_RETURN(MergedDelta merged, CatchTorch(name, [&]() -> MergedDelta {
+      switch (spec_.method) {
+        case Method::kTailor:
+        case Method::kMagnitude:
+          if (deltas.size() == 1) return MergedDelta{deltas[0].mask, deltas[0].delta};
+          return Stitch(deltas, spec_.aggregation);
+        case Method::kTaskArithmetic:
+          return TaskArithmetic(dense, spec_.lambda);
+        case Method::kTies:
+          return Ties(dense, spec_.density, spec_.lambda);
+        case Method::kDare:
+          return Dare(dense, spec_.drop, spec_.lambda, spec_.seed, name);
+        case Method::kSpider:
+          return Spider(pre, dense[0], at::Tensor());
+      }
+      return MergedDelta{};
+    }));
+    const int64_t kept = merged.mask.sum().item<int64_t>();
+    nlohmann::json entry = {{"name", name},
+                            {"action", "fused"},
+                            {"shape", info.shape},
+                            {"dtype", std::string(DTypeName(info.dtype))},
+                            {"count", info.numel},
+                            {"kept", kept},
+                            {"kept_fraction", info.numel ? static_cast<double>(kept) / info.numel : 0.0},
+                            {"tasks", per_task}};
+    if (writer_) {
+      TAILOR_ASSIGN_OR_RETURN(at::Tensor fused, CatchTorch(name, [&] {
+                                return FuseTensor(pre, merged.mask,
+                                                  KeptValues(merged.mask, merged.delta));
+                              }));
+      TAILOR_RETURN_IF_ERROR(writer_->Write(name, fused));
+    }
+    if (stitched_) {
+      TAILOR_RETURN_IF_ERROR(stitched_->Add(name, merged.mask, merged.delta, info.dtype,
+                                            {{"kept", kept}, {"tasks", per_task}}));
+    }
+    total_count_ += info.numel;
+    total_kept_ += kept;
+    ++fused_tensors_;
+    entry["seconds"] = Seconds(t0);
+    return entry;
+  }
+
+  absl::StatusOr<nlohmann::json> CopyOne(const TensorInfo& info,
+                                         const std::string& why) {
+    if (writer_) {
+      TAILOR_ASSIGN_OR_RETURN(std::string bytes, base_->ReadRaw(info.name));
+      TAILOR_RETURN_IF_ERROR(writer_->WriteRaw(info.name, bytes));
+    }
+    ++copied_tensors_;
+    return nlohmann::json{{"name", info.name},
+                          {"action", "copied"},
+                          {"reason", why},
+                          {"shape", info.shape},
+                          {"dtype", std::string(DTypeName(info.dtype))},
+                          {"count", info.numel}};
+  }
+
+  nlohmann::json Knobs() const {
+    nlohmann::json knobs = spec_.ToJson();
+    for (const char* k : {"pretrained", "tasks", "out", "patch_out", "report", "device",
+                          "threads"}) {
+      knobs.erase(k);
+    }
+    return knobs;
+  }
+
+  absl::Status Publish() {
+    PatchMetadata metadata;
+    metadata.method = std::string(MethodName(spec_.method));
+    metadata.knobs = Knobs();
+    metadata.sources = sources_;
+    for (auto& task : tasks_) {
+      if (!task->patch_writer) continue;
+      PatchMetadata m = metadata;
+      m.knobs["keep"] = task->options.keep_ratio;
+      m.knobs["omega"] = task->options.omega;
+      m.knobs["task"] = task->label;
+      TAILOR_RETURN_IF_ERROR(task->patch_writer->Finish(m));
+    }
+    if (stitched_) TAILOR_RETURN_IF_ERROR(stitched_->Finish(metadata));
+    if (writer_) TAILOR_RETURN_IF_ERROR(writer_->Commit());
+
+    report_["method"] = metadata.method;
+    report_["spec"] = spec_.ToJson();
+    report_["sources"] = sources_;
+    report_["tensors"] = tensors_;
+    report_["warnings"] = warnings_;
+    nlohmann::json outputs = nlohmann::json::object();
+    if (writer_) outputs["fused"] = spec_.output_uri;
+    if (stitched_) outputs["patch"] = patch_path_;
+    nlohmann::json task_patches = nlohmann::json::object();
+    for (auto& task : tasks_) {
+      if (task->patch_writer) task_patches[task->label] = task->patch_out;
+    }
+    if (!task_patches.empty()) outputs["task_patches"] = task_patches;
+    report_["outputs"] = outputs;
+    const double reduction = error_mask_only_ > 0
+                                 ? 1.0 - error_compensated_ / error_mask_only_
+                                 : std::numeric_limits<double>::quiet_NaN();
+    report_["totals"] = {
+        {"tensors_fused", fused_tensors_},
+        {"tensors_copied", copied_tensors_},
+        {"entries", total_count_},
+        {"kept", total_kept_},
+        {"kept_fraction",
+         total_count_ ? static_cast<double>(total_kept_) / total_count_ : 0.0},
+        {"error_mask_only", error_mask_only_},
+        {"error_compensated", error_compensated_},
+        {"error_reduction", NumberOrNull(reduction)},
+        {"device", device_.str()},
+        {"seconds", Seconds(start_)}};
+    if (!report_path_.empty()) {
+      TAILOR_RETURN_IF_ERROR(WriteFileAtomically(report_path_, report_.dump(2) + "\n"));
+    }
+    return absl::OkStatus();
+  }
+
+  const FusionSpec& spec_;
+  const UriResolver& resolver_;
+  const RunOptions& options_;
+  Clock::time_point start_;
+  at::Device device_ = at::kCPU;
+  std::unique_ptr<Checkpoint> base_;
+  std::vector<std::unique_ptr<Task>> tasks_;
+  std::vector<WorkItem> plan_;
+  std::unique_ptr<CheckpointWriter> writer_;
+  std::unique_ptr<PatchWriter> stitched_;
+  std::string patch_path_, report_path_;
+  nlohmann::json sources_ = nlohmann::json::array();
+  nlohmann::json tensors_ = nlohmann::json::array();
+  std::vector<std::string> warnings_;
+  nlohmann::json report_;
+  int64_t done_ = 0;
+  uint64_t bytes_done_ = 0, bytes_total_ = 0;
+  int64_t fused_tensors_ = 0, copied_tensors_ = 0;
+  int64_t total_count_ = 0, total_kept_ = 0;
+  double error_mask_only_ = 0, error_compensated_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<nlohmann::json> RunFusionJob(const FusionSpec& spec,
+                                            const UriResolver& resolver,
+                                            const RunOptions& options) {
+  Job job(spec, resolver, options);
+  return CatchTorch("fusion job", [&] { return job.Run(); });
+}
+
+absl::Status ApplyPatch(const std::string& pretrained_uri,
+                        const std::string& patch_uri,
+                        const std::string& output_uri, bool overwrite,
+                        const UriResolver& resolver) {
+  return CatchTorch("apply-patch", [&]() -> absl::Status {
+    TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> base,
+                            OpenCheckpointUri(pretrained_uri, resolver));
+    TAILOR_ASSIGN_OR_RETURN(std::string patch_path, resolver.ResolveExisting(patch_uri));
+    Checkpoint::Options open;
+    open.resolver = &resolver;
+    TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<PatchFile> patch, PatchFile::Open(patch_path, open));
+    // The patch records the base it was made for.
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json base_fp, Fingerprints(*base));
+    for (const auto& source : patch->sources()) {
+      if (source.value("role", "") == "pretrained" && source.contains("files") &&
+          source["files"] != base_fp) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            patch_path, " was made for a different pre-trained checkpoint (",
+            source.value("uri", "?"), "): its header fingerprints differ from ",
+            pretrained_uri));
+      }
+    }
+    for (const PatchFile::TensorEntry& e : patch->tensors()) {
+      const TensorInfo* info = base->Find(e.name);
+      if (info == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            patch_path, ": patches tensor '", e.name, "' which ", pretrained_uri, " lacks"));
+      }
+      if (info->shape != e.shape || info->dtype != e.base_dtype) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            patch_path, ": tensor '", e.name, "' is ", DTypeName(e.base_dtype), " ",
+            c10::str(at::IntArrayRef(e.shape)), " in the patch but ",
+            DTypeName(info->dtype), " ", c10::str(at::IntArrayRef(info->shape)),
+            " in the base"));
+      }
+    }
+    TAILOR_ASSIGN_OR_RETURN(std::string out, resolver.ResolveForWrite(output_uri));
+    CheckpointWriterOptions options;
+    options.preserve_file_assignment = true;
+    options.overwrite = overwrite;
+    options.copy_files_from = base->directory();
+    TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> writer,
+                            CheckpointWriter::Create(out, base->tensors(), options));
+    for (const TensorInfo& info : base->tensors()) {
+      if (patch->Find(info.name) == nullptr) {
+        TAILOR_ASSIGN_OR_RETURN(std::string bytes, base->ReadRaw(info.name));
+        TAILOR_RETURN_IF_ERROR(writer->WriteRaw(info.name, bytes));
+        continue;
+      }
+      TAILOR_ASSIGN_OR_RETURN(at::Tensor pre, base->Read(info.name));
+      TAILOR_ASSIGN_OR_RETURN(auto packed, patch->LoadPacked(info.name));
+      TAILOR_RETURN_IF_ERROR(
+          writer->Write(info.name, FuseTensor(pre, packed.first, packed.second)));
+    }
+    return writer->Commit();
+  });
+}
+
+}  // namespace tailor

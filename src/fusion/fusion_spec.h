@@ -1,0 +1,77 @@
+#ifndef TAILOR_FUSION_FUSION_SPEC_H_
+#define TAILOR_FUSION_FUSION_SPEC_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "fusion/layer_options.h"
+#include "fusion/merge_methods.h"
+#include "nlohmann/json.hpp"
+
+namespace tailor {
+
+enum class Method {
+  kTailor,          // Model Tailor: fused score mask + compensation
+  kMagnitude,       // salience-only mask, no compensation ("before decoration")
+  kTaskArithmetic,  // W_pre + lambda * sum_i D_i
+  kTies,            // trim, elect sign, disjoint mean
+  kDare,            // drop and rescale, then task arithmetic
+  kSpider,          // post-hoc importance weighting (one task)
+};
+absl::StatusOr<Method> ParseMethod(absl::string_view text);
+absl::string_view MethodName(Method method);
+
+// What to do with a base tensor a task cannot be paired with (missing, or a
+// different shape or dtype).
+enum class MismatchPolicy { kError, kCopyBase };
+absl::StatusOr<MismatchPolicy> ParseMismatchPolicy(absl::string_view text);
+absl::string_view MismatchPolicyName(MismatchPolicy policy);
+
+// One task: a fine-tuned checkpoint (or LoRA adapter directory), or a patch
+// file written by an earlier job.
+struct TaskSpec {
+  std::string label;          // defaults to "task<i>"
+  std::string finetuned_uri;  // exactly one of finetuned_uri / patch_uri
+  std::string patch_uri;
+  std::string hessian_uri;    // calibration file (tailor only; optional)
+  std::optional<double> keep_ratio;  // per-task rho; default: the job's
+  std::optional<double> omega;       // per-task omega; default: the job's
+};
+
+// A fusion job, everything the engine needs. URIs go through the
+// UriResolver of the caller.
+struct FusionSpec {
+  std::string pretrained_uri;
+  std::vector<TaskSpec> tasks;
+  Method method = Method::kTailor;
+  TailorOptions tailor;  // job-wide defaults and kernel knobs
+  Aggregation aggregation = Aggregation::kMeanSelected;
+  double lambda = 1.0;   // task_arithmetic, ties, dare: scale
+  double density = 0.2;  // ties: fraction kept per task
+  double drop = 0.9;     // dare: drop probability p
+  uint64_t seed = 0;     // dare
+  std::vector<std::string> include;  // ECMAScript regexes on tensor names
+  std::vector<std::string> exclude;
+  MismatchPolicy on_mismatch = MismatchPolicy::kError;
+  // Outputs: at least one.
+  std::string output_uri;  // fused checkpoint directory (base's layout)
+  std::string patch_uri;   // stitched patch (per-task patches beside it)
+  std::string report_uri;  // JSON report
+  bool overwrite = false;  // replace existing outputs
+  std::string device = "auto";  // cpu | cuda | cuda:N | auto
+  int threads = 0;              // intra-op threads; 0 = LibTorch default
+
+  // INVALID_ARGUMENT naming the field and the rule; checks everything that
+  // does not need the files.
+  absl::Status Validate() const;
+  // The spec as JSON (for reports and request fingerprints).
+  nlohmann::json ToJson() const;
+};
+
+}  // namespace tailor
+
+#endif  // TAILOR_FUSION_FUSION_SPEC_H_
