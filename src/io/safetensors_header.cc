@@ -33,6 +33,8 @@ class HeaderSax {
       : label_(label), out_(out) {}
 
   const absl::Status& status() const { return status_; }
+  // Byte position of a JSON syntax error (1-based, nlohmann's), or 0.
+  size_t error_position() const { return error_position_; }
 
   bool null() { return Scalar("null"); }
   bool boolean(bool) { return Scalar("a boolean"); }
@@ -56,6 +58,10 @@ class HeaderSax {
   bool string(string_t& v) {
     switch (state_) {
       case State::kMetadata: {
+        if (out_->metadata.size() >= kMaxMetadataEntries) {
+          return Fail(absl::StrCat("__metadata__ has more than ",
+                                   kMaxMetadataEntries, " entries"));
+        }
         if (!out_->metadata.emplace(key_, v).second) {
           return Fail(absl::StrCat("__metadata__ has duplicate key '", key_,
                                    "'"));
@@ -88,7 +94,7 @@ class HeaderSax {
       case State::kTop:
         if (key_ == kMetadataKey) {
           if (out_->has_metadata) {
-            return Fail("duplicate key '__metadata__'");
+            return Fail("has duplicate key '__metadata__'");
           }
           out_->has_metadata = true;
           state_ = State::kMetadata;
@@ -187,6 +193,7 @@ class HeaderSax {
   bool parse_error(std::size_t position, const std::string&,
                    const nlohmann::detail::exception& ex) {
     // nlohmann's message already includes the line/column and the token.
+    error_position_ = position;
     return Fail(absl::StrCat("is not valid JSON (byte ", position, "): ",
                              ex.what()));
   }
@@ -348,6 +355,7 @@ class HeaderSax {
   Field field_ = Field::kDType;
   unsigned seen_fields_ = 0;
   int offsets_count_ = 0;
+  size_t error_position_ = 0;
 };
 
 absl::Status HeaderError(absl::string_view label, absl::string_view message) {
@@ -460,11 +468,6 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeaderJson(
   }
   absl::string_view trimmed = json;
   while (!trimmed.empty() && trimmed.back() == ' ') trimmed.remove_suffix(1);
-  if (trimmed.back() != '}') {
-    return HeaderError(label,
-                       "has bytes after the JSON object; only space (0x20) "
-                       "padding may follow it");
-  }
   SafetensorsHeader header;
   header.header_size = json.size();
   header.data_size = data_size;
@@ -472,6 +475,17 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeaderJson(
   const bool ok = nlohmann::json::sax_parse(trimmed.begin(), trimmed.end(),
                                             &sax, nlohmann::json::input_format_t::json,
                                             /*strict=*/true);
+  if (trimmed.back() != '}') {
+    // Either the object never closes (truncated) or something follows it.
+    if (!ok && sax.error_position() >= trimmed.size()) {
+      return HeaderError(label, absl::StrCat("is truncated: the JSON object is not "
+                                             "closed before the end of the ",
+                                             json.size(), "-byte header"));
+    }
+    return HeaderError(label,
+                       "has bytes after the JSON object; only space (0x20) "
+                       "padding may follow it");
+  }
   if (!sax.status().ok()) return sax.status();
   if (!ok) return HeaderError(label, "is not valid JSON");
   if (absl::Status s = ValidateLayout(label, header); !s.ok()) return s;

@@ -20,6 +20,9 @@ namespace tailor {
 inline constexpr uint64_t kMaxSafetensorsHeaderSize = 100'000'000;
 // Largest tensor rank accepted (bounds memory per header entry).
 inline constexpr size_t kMaxTensorRank = 64;
+// Most `__metadata__` entries accepted (bounds memory per header byte; real
+// files carry a handful).
+inline constexpr size_t kMaxMetadataEntries = 1024;
 
 struct TensorEntry {
   std::string name;
