@@ -49,12 +49,14 @@ absl::StatusOr<std::unique_ptr<CalibrationFile>> CalibrationFile::Open(
         absl::StrCat("calibration file ", path, ": ", message));
   };
   if (IsDirectory(path)) {
-    return error("is a directory; a calibration file is a single .safetensors "
-                 "file");
+    return error(
+        "is a directory; a calibration file is a single .safetensors "
+        "file");
   }
   if (absl::EndsWith(path, ".index.json")) {
-    return error("is a checkpoint index; a calibration file is a single "
-                 ".safetensors file");
+    return error(
+        "is a checkpoint index; a calibration file is a single "
+        ".safetensors file");
   }
   std::unique_ptr<CalibrationFile> calib(new CalibrationFile());
   TAILOR_ASSIGN_OR_RETURN(calib->file_, Checkpoint::Open(path, options));
@@ -68,14 +70,14 @@ absl::StatusOr<std::unique_ptr<CalibrationFile>> CalibrationFile::Open(
   if (format == md.end() || format->second != kHessianFormat) {
     return error(absl::StrCat(
         "not a calibration file: __metadata__ format is ",
-        format == md.end() ? "missing"
-                           : absl::StrCat("'", format->second, "'"),
+        format == md.end() ? "missing" : absl::StrCat("'", format->second, "'"),
         ", expected '", kHessianFormat, "'"));
   }
   auto nsamples = md.find("nsamples");
   if (nsamples == md.end()) {
-    return error("__metadata__ lacks 'nsamples' (the number of calibration "
-                 "samples, a positive decimal integer)");
+    return error(
+        "__metadata__ lacks 'nsamples' (the number of calibration "
+        "samples, a positive decimal integer)");
   }
   std::optional<int64_t> n = ParseNsamples(nsamples->second);
   if (!n.has_value()) {
@@ -107,12 +109,13 @@ absl::StatusOr<std::unique_ptr<CalibrationFile>> CalibrationFile::Open(
   if (aliases != md.end()) {
     TAILOR_ASSIGN_OR_RETURN(
         nlohmann::json json,
-        ParseJsonStrict(aliases->second,
-                        absl::StrCat("calibration file ", path,
-                                     ": __metadata__ aliases")));
+        ParseJsonStrict(
+            aliases->second,
+            absl::StrCat("calibration file ", path, ": __metadata__ aliases")));
     if (!json.is_object()) {
-      return error("__metadata__ aliases must be a JSON object {weight name: "
-                   "hessian key}");
+      return error(
+          "__metadata__ aliases must be a JSON object {weight name: "
+          "hessian key}");
     }
     for (auto it = json.begin(); it != json.end(); ++it) {
       if (!it.value().is_string()) {
@@ -159,30 +162,25 @@ absl::StatusOr<at::Tensor> CalibrationFile::Load(absl::string_view key) const {
     double max_abs = 0;
     double max_asym = 0;
   };
-  TAILOR_ASSIGN_OR_RETURN(Check check, CatchTorch(label, [&] {
-                            Check c;
-                            const int64_t rows = h.size(0);
-                            for (int64_t r = 0; r < rows && c.finite;
-                                 r += kCheckBlockRows) {
-                              const int64_t len =
-                                  std::min(kCheckBlockRows, rows - r);
-                              const at::Tensor block = h.narrow(0, r, len);
-                              if (!at::isfinite(block).all().item<bool>()) {
-                                c.finite = false;
-                                break;
-                              }
-                              if (block.numel() == 0) continue;
-                              c.max_abs = std::max(
-                                  c.max_abs,
-                                  block.abs().max().item<double>());
-                              const at::Tensor mirror =
-                                  h.narrow(1, r, len).t();
-                              c.max_asym = std::max(
-                                  c.max_asym,
-                                  (block - mirror).abs().max().item<double>());
-                            }
-                            return c;
-                          }));
+  TAILOR_ASSIGN_OR_RETURN(
+      Check check, CatchTorch(label, [&] {
+        Check c;
+        const int64_t rows = h.size(0);
+        for (int64_t r = 0; r < rows && c.finite; r += kCheckBlockRows) {
+          const int64_t len = std::min(kCheckBlockRows, rows - r);
+          const at::Tensor block = h.narrow(0, r, len);
+          if (!at::isfinite(block).all().item<bool>()) {
+            c.finite = false;
+            break;
+          }
+          if (block.numel() == 0) continue;
+          c.max_abs = std::max(c.max_abs, block.abs().max().item<double>());
+          const at::Tensor mirror = h.narrow(1, r, len).t();
+          c.max_asym =
+              std::max(c.max_asym, (block - mirror).abs().max().item<double>());
+        }
+        return c;
+      }));
   if (!check.finite) {
     return absl::InvalidArgumentError(absl::StrCat(
         label, ": holds NaN or infinite entries; a Hessian must be finite"));

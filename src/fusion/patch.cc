@@ -42,25 +42,6 @@ std::string HiddenSibling(const std::string& path, absl::string_view kind) {
 // relative to the data section): "__metadata__" first, then the tensors in
 // that order, padded with spaces to a multiple of 8 so the data section
 // starts aligned. Same layout as the checkpoint writer's.
-std::string SerializeHeader(const std::map<std::string, std::string>& metadata,
-                            const std::vector<TensorEntry>& tensors) {
-  std::string header = "{";
-  if (!metadata.empty()) {
-    header += "\"__metadata__\":";
-    header += nlohmann::json(metadata).dump();
-  }
-  for (const TensorEntry& t : tensors) {
-    absl::StrAppend(&header, header.size() > 1 ? "," : "",
-                    nlohmann::json(t.name).dump(), ":{\"dtype\":\"",
-                    DTypeName(t.dtype),
-                    "\",\"shape\":", nlohmann::json(t.shape).dump(),
-                    ",\"data_offsets\":[", t.begin, ",", t.end, "]}");
-  }
-  header += "}";
-  header.append((8 - header.size() % 8) % 8, ' ');
-  return header;
-}
-
 // Packs a bool mask, row-major: flat index i -> byte i / 8, bit i % 8 (LSB
 // first); pad bits are zero. Returns U8 [ceil(n / 8)] on the CPU.
 absl::StatusOr<at::Tensor> PackBits(const at::Tensor& mask,
@@ -70,15 +51,16 @@ absl::StatusOr<at::Tensor> PackBits(const at::Tensor& mask,
     const int64_t n = flat.numel();
     at::Tensor packed = at::empty({(n + 7) / 8}, at::kByte);
     // A bool tensor holds one byte per entry, 0 or 1.
-    const uint8_t* src = reinterpret_cast<const uint8_t*>(flat.data_ptr<bool>());
+    const uint8_t* src =
+        reinterpret_cast<const uint8_t*>(flat.data_ptr<bool>());
     uint8_t* dst = packed.data_ptr<uint8_t>();
     const int64_t full = n / 8;
     for (int64_t j = 0; j < full; ++j) {
       const uint8_t* s = src + 8 * j;
-      dst[j] = static_cast<uint8_t>(
-          (s[0] != 0) | (s[1] != 0) << 1 | (s[2] != 0) << 2 |
-          (s[3] != 0) << 3 | (s[4] != 0) << 4 | (s[5] != 0) << 5 |
-          (s[6] != 0) << 6 | (s[7] != 0) << 7);
+      dst[j] = static_cast<uint8_t>((s[0] != 0) | (s[1] != 0) << 1 |
+                                    (s[2] != 0) << 2 | (s[3] != 0) << 3 |
+                                    (s[4] != 0) << 4 | (s[5] != 0) << 5 |
+                                    (s[6] != 0) << 6 | (s[7] != 0) << 7);
     }
     if (n % 8 != 0) {
       uint8_t b = 0;
@@ -173,7 +155,7 @@ at::Tensor KeptValues(const at::Tensor& mask, const at::Tensor& delta) {
       .contiguous();
 }
 
-// --- PatchWriter --------------------------------------------------------------
+// --- PatchWriter -------------------------------------------------------------
 
 struct PatchWriter::Entry {
   std::string name;  // the weight W
@@ -195,9 +177,9 @@ absl::StatusOr<std::unique_ptr<PatchWriter>> PatchWriter::Create(
   }
   const std::string parent = Dirname(path);
   if (!IsDirectory(parent)) {
-    return absl::NotFoundError(absl::StrCat(
-        "parent directory ", parent, " of patch output ", path,
-        " does not exist"));
+    return absl::NotFoundError(absl::StrCat("parent directory ", parent,
+                                            " of patch output ", path,
+                                            " does not exist"));
   }
   std::unique_ptr<PatchWriter> w(new PatchWriter());
   w->path_ = path;
@@ -221,7 +203,8 @@ PatchWriter::~PatchWriter() {
 absl::Status PatchWriter::Add(const std::string& name, const at::Tensor& mask,
                               const at::Tensor& delta, DType base_dtype,
                               const nlohmann::json& stats) {
-  const std::string label = absl::StrCat("patch ", path_, ": tensor '", name, "'");
+  const std::string label =
+      absl::StrCat("patch ", path_, ": tensor '", name, "'");
   if (finished_) {
     return absl::FailedPreconditionError(
         absl::StrCat(label, ": the patch is already finished"));
@@ -318,7 +301,8 @@ absl::Status PatchWriter::Finish(const PatchMetadata& metadata) {
     Piece values;
     values.entry.name = e->name + kValuesSuffix;
     values.entry.dtype = DType::kF32;
-    values.entry.shape = {static_cast<int64_t>(e->values_bytes / sizeof(float))};
+    values.entry.shape = {
+        static_cast<int64_t>(e->values_bytes / sizeof(float))};
     values.entry.end = e->values_bytes;
     values.spool_offset = e->values_offset;
     pieces.push_back(std::move(values));
@@ -345,10 +329,10 @@ absl::Status PatchWriter::Finish(const PatchMetadata& metadata) {
     data_size += n;
     ordered.push_back(p.entry);
   }
-  const std::string header = SerializeHeader(md, ordered);
-  if (header.size() > kMaxSafetensorsHeaderSize) {
+  const std::string head = SerializeSafetensorsHead(md, ordered);
+  if (head.size() - 8 > kMaxSafetensorsHeaderSize) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "patch ", path_, ": header of ", header.size(),
+        "patch ", path_, ": header of ", head.size() - 8,
         " bytes exceeds the safetensors limit of ", kMaxSafetensorsHeaderSize));
   }
 
@@ -358,14 +342,9 @@ absl::Status PatchWriter::Finish(const PatchMetadata& metadata) {
   if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", tmp_path));
   ScopedFd out(fd);
   auto write_all = [&]() -> absl::Status {
-    std::string prefix(8, '\0');
-    for (int i = 0; i < 8; ++i) {
-      prefix[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
-    }
-    prefix += header;
     TAILOR_RETURN_IF_ERROR(
-        PWriteFully(out.get(), prefix.data(), prefix.size(), 0, tmp_path));
-    const uint64_t data_offset = prefix.size();
+        PWriteFully(out.get(), head.data(), head.size(), 0, tmp_path));
+    const uint64_t data_offset = head.size();
     std::string buffer;
     for (const Piece& p : pieces) {
       uint64_t done = 0;
@@ -404,7 +383,7 @@ absl::Status PatchWriter::Finish(const PatchMetadata& metadata) {
   return FsyncDirectory(Dirname(path_));
 }
 
-// --- PatchFile ------------------------------------------------------------------
+// --- PatchFile ---------------------------------------------------------------
 
 absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
     const std::string& path, const Checkpoint::Options& options) {
@@ -412,11 +391,13 @@ absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", message));
   };
   if (IsDirectory(path)) {
-    return error("is a directory; a tailor patch is a single .safetensors file");
+    return error(
+        "is a directory; a tailor patch is a single .safetensors file");
   }
   if (absl::EndsWith(path, ".index.json")) {
-    return error("is a checkpoint index; a tailor patch is a single "
-                 ".safetensors file");
+    return error(
+        "is a checkpoint index; a tailor patch is a single "
+        ".safetensors file");
   }
   std::unique_ptr<PatchFile> patch(new PatchFile());
   TAILOR_ASSIGN_OR_RETURN(patch->file_, Checkpoint::Open(path, options));
@@ -430,8 +411,7 @@ absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
   if (format == md.end() || format->second != kPatchFormat) {
     return error(absl::StrCat(
         "not a tailor patch: __metadata__ format is ",
-        format == md.end() ? "missing"
-                           : absl::StrCat("'", format->second, "'"),
+        format == md.end() ? "missing" : absl::StrCat("'", format->second, "'"),
         ", expected '", kPatchFormat, "'"));
   }
   auto field = [&](const std::string& key) -> absl::StatusOr<std::string> {
@@ -441,13 +421,14 @@ absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
     }
     return it->second;
   };
-  auto json_field = [&](const std::string& key,
-                        nlohmann::json::value_t type,
-                        absl::string_view what) -> absl::StatusOr<nlohmann::json> {
+  auto json_field =
+      [&](const std::string& key, nlohmann::json::value_t type,
+          absl::string_view what) -> absl::StatusOr<nlohmann::json> {
     TAILOR_ASSIGN_OR_RETURN(std::string text, field(key));
     TAILOR_ASSIGN_OR_RETURN(
         nlohmann::json value,
-        ParseJsonStrict(text, absl::StrCat(path, ": __metadata__ '", key, "'")));
+        ParseJsonStrict(text,
+                        absl::StrCat(path, ": __metadata__ '", key, "'")));
     if (value.type() != type) {
       return error(absl::StrCat("__metadata__ '", key, "' must be ", what));
     }
@@ -499,8 +480,8 @@ absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
     }
     auto md_it = patch->tensor_metadata_.find(name);
     if (md_it == patch->tensor_metadata_.end() || !md_it->is_object()) {
-      return error(absl::StrCat("__metadata__ tensors has no object for '",
-                                name, "'"));
+      return error(
+          absl::StrCat("__metadata__ tensors has no object for '", name, "'"));
     }
     const nlohmann::json& m = *md_it;
     const std::string what = absl::StrCat("__metadata__ tensors['", name, "']");
@@ -526,8 +507,8 @@ absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
       parsed = ParseDType(dtype->get_ref<const std::string&>());
     }
     if (!parsed.has_value()) {
-      return error(absl::StrCat(what,
-                                ".dtype must be a safetensors dtype name"));
+      return error(
+          absl::StrCat(what, ".dtype must be a safetensors dtype name"));
     }
     entry.base_dtype = *parsed;
     auto kept = m.find("kept");
@@ -548,18 +529,16 @@ absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
                                 mask.shape.size()));
     }
     if (values.dtype != DType::kF32 || values.shape.size() != 1) {
-      return error(absl::StrCat("tensor '", values.name,
-                                "' must be F32 1-D, is ",
-                                DTypeName(values.dtype), " of rank ",
-                                values.shape.size()));
+      return error(absl::StrCat(
+          "tensor '", values.name, "' must be F32 1-D, is ",
+          DTypeName(values.dtype), " of rank ", values.shape.size()));
     }
     const int64_t mask_bytes = *numel / 8 + (*numel % 8 != 0 ? 1 : 0);
     if (mask.shape[0] != mask_bytes) {
-      return error(absl::StrCat("tensor '", mask.name, "' has ", mask.shape[0],
-                                " bytes; shape ",
-                                c10::str(at::IntArrayRef(entry.shape)), " (",
-                                *numel, " entries) needs ceil(", *numel,
-                                " / 8) = ", mask_bytes));
+      return error(absl::StrCat(
+          "tensor '", mask.name, "' has ", mask.shape[0], " bytes; shape ",
+          c10::str(at::IntArrayRef(entry.shape)), " (", *numel,
+          " entries) needs ceil(", *numel, " / 8) = ", mask_bytes));
     }
     if (values.shape[0] != entry.kept) {
       return error(absl::StrCat("tensor '", values.name, "' has ",
@@ -567,8 +546,8 @@ absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
                                 ".kept is ", entry.kept));
     }
     if (entry.kept > *numel) {
-      return error(absl::StrCat(what, ".kept = ", entry.kept,
-                                " exceeds the ", *numel, " entries"));
+      return error(absl::StrCat(what, ".kept = ", entry.kept, " exceeds the ",
+                                *numel, " entries"));
     }
     patch->tensors_.push_back(std::move(entry));
   }
@@ -622,7 +601,7 @@ absl::StatusOr<TaskDelta> PatchFile::Load(absl::string_view name) const {
   });
 }
 
-// --- Fingerprint --------------------------------------------------------------
+// --- Fingerprint -------------------------------------------------------------
 
 absl::StatusOr<std::string> HeaderFingerprint(const std::string& path) {
   TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
@@ -630,7 +609,8 @@ absl::StatusOr<std::string> HeaderFingerprint(const std::string& path) {
   const uint64_t size = file->header().data_offset();
   TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(path));
   std::string bytes(static_cast<size_t>(size), '\0');
-  TAILOR_RETURN_IF_ERROR(PReadFully(fd.get(), bytes.data(), bytes.size(), 0, path));
+  TAILOR_RETURN_IF_ERROR(
+      PReadFully(fd.get(), bytes.data(), bytes.size(), 0, path));
   // The file may have changed since it was validated; the length prefix
   // must still match what was validated.
   uint64_t prefix = 0;
@@ -643,8 +623,8 @@ absl::StatusOr<std::string> HeaderFingerprint(const std::string& path) {
   }
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int digest_size = 0;
-  if (EVP_Digest(bytes.data(), bytes.size(), digest, &digest_size,
-                 EVP_sha256(), nullptr) != 1) {
+  if (EVP_Digest(bytes.data(), bytes.size(), digest, &digest_size, EVP_sha256(),
+                 nullptr) != 1) {
     return absl::InternalError(absl::StrCat(path, ": sha256 failed"));
   }
   static constexpr char kHex[] = "0123456789abcdef";

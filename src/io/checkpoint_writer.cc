@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "io/checkpoint.h"
 #include "io/tensor_convert.h"
+#include "io/safetensors_header.h"
 #include "nlohmann/json.hpp"
 #include "util/status_macros.h"
 
@@ -43,31 +44,6 @@ absl::Status ExchangePaths(const std::string& a, const std::string& b) {
 #else
   return absl::UnimplementedError("atomic directory exchange is Linux-only");
 #endif
-}
-
-std::string ShardHeader(const std::vector<const TensorInfo*>& ordered,
-                        const std::vector<uint64_t>& begins,
-                        const std::map<std::string, std::string>& metadata) {
-  // Written by hand (not through a JSON object) to fix the key order: the
-  // metadata first, then tensors in data order, as the reference writer does.
-  std::string header = "{";
-  if (!metadata.empty()) {
-    header += "\"__metadata__\":";
-    header += nlohmann::json(metadata).dump();
-  }
-  for (size_t i = 0; i < ordered.size(); ++i) {
-    const TensorInfo& t = *ordered[i];
-    nlohmann::json shape = nlohmann::json::array();
-    for (int64_t d : t.shape) shape.push_back(d);
-    absl::StrAppend(&header, header.size() > 1 ? "," : "",
-                    nlohmann::json(t.name).dump(), ":{\"dtype\":\"",
-                    DTypeName(t.dtype), "\",\"shape\":", shape.dump(),
-                    ",\"data_offsets\":[", begins[i], ",",
-                    begins[i] + t.nbytes, "]}");
-  }
-  header += "}";
-  header.append((8 - header.size() % 8) % 8, ' ');
-  return header;
 }
 
 }  // namespace
@@ -182,29 +158,28 @@ absl::Status CheckpointWriter::Plan(const CheckpointWriterOptions& options) {
       if (sa != sb) return sa > sb;
       return slots_[a].info.name < slots_[b].info.name;
     });
-    std::vector<const TensorInfo*> ordered;
-    std::vector<uint64_t> begins;
+    std::vector<TensorEntry> entries;
     uint64_t data_size = 0;
     for (size_t id : ids) {
-      ordered.push_back(&slots_[id].info);
-      begins.push_back(data_size);
-      data_size += slots_[id].info.nbytes;
+      const TensorInfo& info = slots_[id].info;
+      TensorEntry e;
+      e.name = info.name;
+      e.dtype = info.dtype;
+      e.shape = info.shape;
+      e.begin = data_size;
+      e.end = data_size + info.nbytes;
+      data_size = e.end;
+      entries.push_back(std::move(e));
     }
-    const std::string header = ShardHeader(ordered, begins, options_.metadata);
+    const std::string head = SerializeSafetensorsHead(options_.metadata, entries);
     OutFile out;
     out.name = file_names_[f];
     const std::string path = JoinPath(staging_dir_, out.name);
     int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", path));
     out.fd = ScopedFd(fd);
-    std::string prefix(8, '\0');
-    for (int i = 0; i < 8; ++i) {
-      prefix[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
-    }
-    TAILOR_RETURN_IF_ERROR(PWriteFully(fd, prefix.data(), 8, 0, path));
-    TAILOR_RETURN_IF_ERROR(
-        PWriteFully(fd, header.data(), header.size(), 8, path));
-    const uint64_t data_offset = 8 + header.size();
+    TAILOR_RETURN_IF_ERROR(PWriteFully(fd, head.data(), head.size(), 0, path));
+    const uint64_t data_offset = head.size();
     out.size = data_offset + data_size;
     // Sets the final size now: a tensor never written reads back as zeros,
     // but Commit() refuses to publish in that case anyway.
@@ -213,7 +188,7 @@ absl::Status CheckpointWriter::Plan(const CheckpointWriterOptions& options) {
     }
     for (size_t k = 0; k < ids.size(); ++k) {
       slots_[ids[k]].file = f;
-      slots_[ids[k]].offset = data_offset + begins[k];
+      slots_[ids[k]].offset = data_offset + entries[k].begin;
       slots_[ids[k]].info.file = out.name;
     }
     files_.push_back(std::move(out));

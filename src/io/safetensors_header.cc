@@ -492,6 +492,31 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeaderJson(
   return header;
 }
 
+std::string SerializeSafetensorsHead(
+    const std::map<std::string, std::string>& metadata,
+    const std::vector<TensorEntry>& tensors) {
+  // Written by hand (not through a JSON object) to fix the key order.
+  std::string header = "{";
+  if (!metadata.empty()) {
+    header += "\"__metadata__\":";
+    header += nlohmann::json(metadata).dump();
+  }
+  for (const TensorEntry& t : tensors) {
+    absl::StrAppend(&header, header.size() > 1 ? "," : "",
+                    nlohmann::json(t.name).dump(), ":{\"dtype\":\"",
+                    DTypeName(t.dtype), "\",\"shape\":",
+                    nlohmann::json(t.shape).dump(), ",\"data_offsets\":[",
+                    t.begin, ",", t.end, "]}");
+  }
+  header += "}";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::string head(8, '\0');
+  for (int i = 0; i < 8; ++i) {
+    head[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  }
+  return head + header;
+}
+
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsBytes(
     absl::string_view bytes, absl::string_view label) {
   absl::StatusOr<uint64_t> n =

@@ -69,6 +69,14 @@ absl::StatusOr<uint64_t> ParseSafetensorsHeaderLength(
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeaderJson(
     absl::string_view json, uint64_t data_size, absl::string_view label);
 
+// The head of a safetensors file: the 8-byte little-endian length, then the
+// JSON header with `__metadata__` first (when non-empty) and `tensors` in the
+// order given (their data_offsets as set), space-padded to a multiple of 8 so
+// the data section starts aligned. Deterministic.
+std::string SerializeSafetensorsHead(
+    const std::map<std::string, std::string>& metadata,
+    const std::vector<TensorEntry>& tensors);
+
 // Both steps on a whole file held in memory (tests and the fuzzer).
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsBytes(
     absl::string_view bytes, absl::string_view label);

@@ -1,0 +1,391 @@
+// End to end: generated multi-shard BF16 checkpoints with calibration files
+// through RunFusionJob and ApplyPatch.
+
+#include "fusion/fusion_job.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "fusion/patch.h"
+#include "fusion/tailor_kernel.h"
+#include "io/checkpoint.h"
+#include "testing/test_util.h"
+#include "util/file_util.h"
+
+namespace tailor {
+namespace {
+
+using ::tailor::testing::RawTensor;
+using ::tailor::testing::ReadFileOrDie;
+using ::tailor::testing::SerializeSafetensors;
+using ::tailor::testing::TempDir;
+using ::tailor::testing::ToRaw;
+using ::tailor::testing::WriteFileOrDie;
+using ::tailor::testing::WriteShardedCheckpoint;
+
+constexpr int64_t kHidden = 24, kInter = 40, kVocab = 50;
+
+// name -> shape of the linear weights (out x in).
+std::vector<std::pair<std::string, std::vector<int64_t>>> Linears() {
+  return {{"model.layers.0.self_attn.q_proj.weight", {kHidden, kHidden}},
+          {"model.layers.0.self_attn.k_proj.weight", {kHidden, kHidden}},
+          {"model.layers.0.self_attn.v_proj.weight", {kHidden, kHidden}},
+          {"model.layers.0.mlp.up_proj.weight", {kInter, kHidden}},
+          {"model.layers.0.mlp.down_proj.weight", {kHidden, kInter}}};
+}
+
+class FusionJobTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    at::manual_seed(42);
+    base_ = Dir("base");
+    std::map<std::string, at::Tensor> pre;
+    for (const auto& [name, shape] : Linears()) pre[name] = at::randn(shape);
+    pre["model.embed_tokens.weight"] = at::randn({kVocab, kHidden});
+    pre["model.norm.weight"] = at::ones({kHidden}) + 0.1 * at::randn({kHidden});
+    WriteCheckpoint(base_, pre, at::kBFloat16);
+    WriteFileOrDie(JoinPath(base_, "config.json"), "{\"model_type\": \"llama\"}");
+    WriteFileOrDie(JoinPath(base_, "tokenizer.json"), "{}");
+    for (int t = 0; t < 2; ++t) {
+      std::map<std::string, at::Tensor> ft;
+      for (auto& [name, w] : pre) ft[name] = w + 0.3 * at::randn(w.sizes());
+      const std::string dir = Dir(absl::StrCat("ft", t));
+      WriteCheckpoint(dir, ft, at::kBFloat16);
+      ft_.push_back(dir);
+      hessians_.push_back(WriteHessians(Dir(absl::StrCat("cal", t)) + "/h.safetensors"));
+    }
+  }
+
+  std::string Dir(const std::string& name) {
+    const std::string p = tmp_.Join(name);
+    ::mkdir(p.c_str(), 0755);
+    return p;
+  }
+
+  // Two shards plus an integer buffer, as real checkpoints have.
+  void WriteCheckpoint(const std::string& dir, const std::map<std::string, at::Tensor>& ts,
+                       at::ScalarType type) {
+    std::vector<RawTensor> a, b;
+    for (const auto& [name, w] : ts) {
+      (absl::StrContains(name, "mlp") ? b : a).push_back(ToRaw(name, w.to(type)));
+    }
+    b.push_back(ToRaw("model.position_ids", at::arange(8, at::kLong)));
+    WriteShardedCheckpoint(dir, {a, b});
+  }
+
+  std::string WriteHessians(const std::string& path) {
+    auto gram = [](int64_t c) {
+      at::Tensor x = at::randn({200, c}).matmul(at::eye(c) + 0.3 * at::randn({c, c}));
+      return (2.0 / 200 * x.t().matmul(x)).contiguous();
+    };
+    std::vector<RawTensor> t = {
+        ToRaw("model.layers.0.self_attn.q_proj.hessian", gram(kHidden)),
+        ToRaw("model.layers.0.mlp.up_proj.hessian", gram(kHidden)),
+        ToRaw("model.layers.0.mlp.down_proj.hessian", gram(kInter))};
+    WriteFileOrDie(path,
+                   SerializeSafetensors(
+                       t, {{"format", "tailor-hessian/1"},
+                           {"nsamples", "200"},
+                           {"aliases",
+                            "{\"model.layers.0.self_attn.k_proj.weight\": "
+                            "\"model.layers.0.self_attn.q_proj.hessian\", "
+                            "\"model.layers.0.self_attn.v_proj.weight\": "
+                            "\"model.layers.0.self_attn.q_proj.hessian\", "
+                            "\"model.layers.0.mlp.gate_proj.weight\": "
+                            "\"model.layers.0.mlp.up_proj.hessian\"}"}}));
+    return path;
+  }
+
+  FusionSpec Spec(const std::string& name, int tasks = 1) {
+    FusionSpec spec;
+    spec.pretrained_uri = base_;
+    for (int t = 0; t < tasks; ++t) {
+      TaskSpec task;
+      task.label = absl::StrCat("t", t);
+      task.finetuned_uri = ft_[t];
+      task.hessian_uri = hessians_[t];
+      spec.tasks.push_back(task);
+    }
+    spec.output_uri = tmp_.Join(name + "-out");
+    spec.patch_uri = tmp_.Join(name + ".patch.safetensors");
+    spec.report_uri = tmp_.Join(name + ".report.json");
+    spec.device = "cpu";
+    return spec;
+  }
+
+  absl::StatusOr<nlohmann::json> Run(const FusionSpec& spec, ProgressSink* sink = nullptr,
+                                     const std::atomic<bool>* cancel = nullptr) {
+    auto resolver = UriResolver::Create({tmp_.path()});
+    if (!resolver.ok()) return resolver.status();
+    RunOptions options;
+    options.progress = sink;
+    options.cancel = cancel;
+    return RunFusionJob(spec, *resolver, options);
+  }
+
+  static void ExpectSameFiles(const std::string& a, const std::string& b) {
+    auto na = ListDirectory(a);
+    auto nb = ListDirectory(b);
+    ASSERT_TRUE(na.ok() && nb.ok());
+    ASSERT_EQ(*na, *nb);
+    for (const std::string& n : *na) {
+      EXPECT_EQ(ReadFileOrDie(JoinPath(a, n)), ReadFileOrDie(JoinPath(b, n))) << n;
+    }
+  }
+
+  TempDir tmp_;
+  std::string base_;
+  std::vector<std::string> ft_, hessians_;
+};
+
+TEST_F(FusionJobTest, TailorFusesWithTheBaseLayoutAndExactKeptFraction) {
+  FusionSpec spec = Spec("tailor");
+  auto report = Run(spec);
+  ASSERT_TRUE(report.ok()) << report.status();
+  auto base = Checkpoint::Open(base_);
+  auto out = Checkpoint::Open(spec.output_uri);
+  ASSERT_TRUE(base.ok() && out.ok()) << out.status();
+  ASSERT_EQ((*out)->tensors().size(), (*base)->tensors().size());
+  EXPECT_TRUE((*out)->sharded());
+  EXPECT_TRUE(IsRegularFile(JoinPath(spec.output_uri, "config.json")));
+  EXPECT_TRUE(IsRegularFile(JoinPath(spec.output_uri, "tokenizer.json")));
+  int64_t expected_kept = 0, differing = 0, entries = 0;
+  for (const TensorInfo& t : (*base)->tensors()) {
+    const TensorInfo* o = (*out)->Find(t.name);
+    ASSERT_NE(o, nullptr) << t.name;
+    EXPECT_EQ(o->dtype, t.dtype);
+    EXPECT_EQ(o->shape, t.shape);
+    EXPECT_EQ(o->file, t.file);
+    if (t.dtype == DType::kI64) {
+      EXPECT_EQ(*(*out)->ReadRaw(t.name), *(*base)->ReadRaw(t.name));
+      continue;
+    }
+    expected_kept += KeepCount(0.1, t.numel);
+    entries += t.numel;
+    ReadOptions keep;
+    keep.floating_dtype = std::nullopt;
+    at::Tensor a = *(*base)->Read(t.name, keep);
+    at::Tensor b = *(*out)->Read(t.name, keep);
+    differing += a.view(at::kShort).ne(b.view(at::kShort)).sum().item<int64_t>();
+  }
+  const nlohmann::json& totals = (*report)["totals"];
+  EXPECT_EQ(totals["kept"].get<int64_t>(), expected_kept);
+  EXPECT_EQ(totals["entries"].get<int64_t>(), entries);
+  EXPECT_EQ(totals["tensors_fused"].get<int64_t>(), 7);
+  EXPECT_EQ(totals["tensors_copied"].get<int64_t>(), 1);
+  // Exactly the kept entries changed: fine-tuning moved every entry by far
+  // more than a BF16 step, so each kept delta shows.
+  EXPECT_EQ(differing, expected_kept);
+  // Compensation lowered the summed layer error.
+  EXPECT_LT(totals["error_compensated"].get<double>(),
+            totals["error_mask_only"].get<double>());
+  // Hessians were found for all five linears (q/k/v via aliases).
+  int with_h = 0;
+  for (const auto& t : (*report)["tensors"]) {
+    if (t["action"] == "fused" && t["tasks"][0].value("hessian", false)) ++with_h;
+  }
+  EXPECT_EQ(with_h, 5);
+  // The report file holds the same report.
+  EXPECT_EQ(nlohmann::json::parse(ReadFileOrDie(spec.report_uri))["totals"]["kept"],
+            totals["kept"]);
+}
+
+TEST_F(FusionJobTest, ApplyPatchReproducesTheFusedCheckpointBitForBit) {
+  for (const char* method : {"tailor", "magnitude", "ties", "dare"}) {
+    FusionSpec spec = Spec(method);
+    spec.method = *ParseMethod(method);
+    if (spec.method != Method::kTailor) spec.tasks[0].hessian_uri.clear();
+    auto report = Run(spec);
+    ASSERT_TRUE(report.ok()) << method << ": " << report.status();
+    auto resolver = UriResolver::Create({tmp_.path()});
+    const std::string rebuilt = tmp_.Join(absl::StrCat(method, "-rebuilt"));
+    absl::Status s = ApplyPatch(base_, spec.patch_uri, rebuilt, false, *resolver);
+    ASSERT_TRUE(s.ok()) << s;
+    ExpectSameFiles(spec.output_uri, rebuilt);
+  }
+}
+
+TEST_F(FusionJobTest, EveryMethodProducesACheckpointAndIsDeterministic) {
+  for (const char* method : {"tailor", "magnitude", "task_arithmetic", "ties", "dare",
+                             "spider"}) {
+    for (int run = 0; run < 2; ++run) {
+      FusionSpec spec = Spec(absl::StrCat(method, run));
+      spec.method = *ParseMethod(method);
+      if (spec.method != Method::kTailor) spec.tasks[0].hessian_uri.clear();
+      spec.seed = 7;
+      spec.threads = run == 0 ? 1 : 2;
+      auto report = Run(spec);
+      ASSERT_TRUE(report.ok()) << method << ": " << report.status();
+      EXPECT_EQ((*report)["method"], method);
+      if (run == 1) {
+        ExpectSameFiles(tmp_.Join(absl::StrCat(method, 0, "-out")), spec.output_uri);
+        EXPECT_EQ(ReadFileOrDie(tmp_.Join(absl::StrCat(method, 0, ".patch.safetensors"))),
+                  ReadFileOrDie(spec.patch_uri));
+      }
+    }
+  }
+}
+
+TEST_F(FusionJobTest, StitchesTasksAndRestitchesFromTheirPatches) {
+  FusionSpec spec = Spec("multi", 2);
+  spec.tasks[0].keep_ratio = 0.05;
+  spec.tasks[1].keep_ratio = 0.05;
+  auto report = Run(spec);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const std::string p0 = tmp_.Join("multi.patch.t0.safetensors");
+  const std::string p1 = tmp_.Join("multi.patch.t1.safetensors");
+  ASSERT_TRUE(IsRegularFile(p0) && IsRegularFile(p1));
+  // Stitched mask = union of the task masks.
+  Checkpoint::Options open;
+  auto stitched = PatchFile::Open(spec.patch_uri, open);
+  auto a = PatchFile::Open(p0, open);
+  auto b = PatchFile::Open(p1, open);
+  ASSERT_TRUE(stitched.ok() && a.ok() && b.ok());
+  const std::string name = "model.layers.0.mlp.up_proj.weight";
+  TaskDelta sa = *(*a)->Load(name), sb = *(*b)->Load(name), ss = *(*stitched)->Load(name);
+  EXPECT_TRUE(ss.mask.equal(sa.mask | sb.mask));
+  EXPECT_EQ(sa.mask.sum().item<int64_t>(), KeepCount(0.05, kInter * kHidden));
+
+  // A later job stitches the two saved patches without the fine-tuned models.
+  FusionSpec again;
+  again.pretrained_uri = base_;
+  again.tasks = {TaskSpec{"t0", "", p0, "", {}, {}}, TaskSpec{"t1", "", p1, "", {}, {}}};
+  again.output_uri = tmp_.Join("restitched");
+  again.device = "cpu";
+  auto report2 = Run(again);
+  ASSERT_TRUE(report2.ok()) << report2.status();
+  ExpectSameFiles(spec.output_uri, again.output_uri);
+}
+
+TEST_F(FusionJobTest, LoraAdapterIsAFineTunedCheckpoint) {
+  const std::string lora = Dir("lora");
+  WriteFileOrDie(lora + "/adapter_config.json",
+                 R"({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+                     "target_modules": ["up_proj"]})");
+  WriteFileOrDie(lora + "/adapter_model.safetensors",
+                 SerializeSafetensors(
+                     {ToRaw("base_model.model.model.layers.0.mlp.up_proj.lora_A.weight",
+                            at::randn({4, kHidden})),
+                      ToRaw("base_model.model.model.layers.0.mlp.up_proj.lora_B.weight",
+                            at::randn({kInter, 4}))}));
+  FusionSpec spec = Spec("lora");
+  spec.tasks[0].finetuned_uri = lora;
+  spec.include = {"mlp"};
+  auto report = Run(spec);
+  ASSERT_TRUE(report.ok()) << report.status();
+  int fused = 0;
+  for (const auto& t : (*report)["tensors"]) {
+    if (t["action"] == "fused") {
+      ++fused;
+      // Only up_proj differs from the base.
+      if (t["name"] != "model.layers.0.mlp.up_proj.weight") {
+        EXPECT_EQ(t["kept"], KeepCount(0.1, t["count"].get<int64_t>()));
+      }
+    }
+  }
+  EXPECT_EQ(fused, 2);  // up_proj, down_proj
+}
+
+TEST_F(FusionJobTest, MismatchesAreErrorsOrCopiesWithWarnings) {
+  // A fine-tuned checkpoint missing one tensor and with another reshaped.
+  const std::string bad = Dir("bad");
+  std::vector<RawTensor> tensors;
+  auto base = Checkpoint::Open(base_);
+  ReadOptions keep;
+  keep.floating_dtype = std::nullopt;
+  for (const TensorInfo& t : (*base)->tensors()) {
+    if (t.name == "model.norm.weight") continue;
+    at::Tensor w = *(*base)->Read(t.name, keep);
+    if (t.name == "model.embed_tokens.weight") w = w.reshape({kHidden, kVocab});
+    tensors.push_back(ToRaw(t.name, w));
+  }
+  WriteShardedCheckpoint(bad, {tensors});
+  FusionSpec spec = Spec("mismatch");
+  spec.tasks[0].finetuned_uri = bad;
+  auto failed = Run(spec);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(failed.status().message(), "model.embed_tokens.weight") ||
+              absl::StrContains(failed.status().message(), "model.norm.weight"))
+      << failed.status();
+  EXPECT_FALSE(PathExists(spec.output_uri));
+  spec.on_mismatch = MismatchPolicy::kCopyBase;
+  auto copied = Run(spec);
+  ASSERT_TRUE(copied.ok()) << copied.status();
+  EXPECT_EQ((*copied)["warnings"].size(), 2u);
+  EXPECT_EQ((*copied)["totals"]["tensors_copied"], 3);
+}
+
+TEST_F(FusionJobTest, BadSpecsAndInputsAreClearErrors) {
+  FusionSpec spec = Spec("bad");
+  spec.tailor.keep_ratio = 1.5;
+  EXPECT_TRUE(absl::StrContains(Run(spec).status().message(), "keep ratio"));
+  spec = Spec("bad");
+  spec.tasks.clear();
+  EXPECT_EQ(Run(spec).status().code(), absl::StatusCode::kInvalidArgument);
+  spec = Spec("bad");
+  spec.tasks[0].hessian_uri = hessians_[0] + ".missing";
+  EXPECT_EQ(Run(spec).status().code(), absl::StatusCode::kNotFound);
+  spec = Spec("bad");
+  spec.pretrained_uri = "/etc";
+  EXPECT_EQ(Run(spec).status().code(), absl::StatusCode::kPermissionDenied);
+  spec = Spec("bad");
+  spec.include = {"("};
+  EXPECT_TRUE(absl::StrContains(Run(spec).status().message(), "include[0]"));
+  // An existing output is never clobbered without overwrite.
+  spec = Spec("exists");
+  ASSERT_TRUE(Run(spec).ok());
+  EXPECT_EQ(Run(spec).status().code(), absl::StatusCode::kAlreadyExists);
+  spec.overwrite = true;
+  EXPECT_TRUE(Run(spec).ok());
+}
+
+class Recorder : public ProgressSink {
+ public:
+  void OnEvent(const ProgressEvent& e) override {
+    events.push_back(e);
+    if (cancel_after > 0 && e.kind == ProgressEvent::Kind::kTensorDone &&
+        e.done >= cancel_after) {
+      cancel.store(true);
+    }
+  }
+  std::vector<ProgressEvent> events;
+  int cancel_after = 0;
+  std::atomic<bool> cancel{false};
+};
+
+TEST_F(FusionJobTest, ProgressEventsAreOrderedAndComplete) {
+  Recorder rec;
+  auto report = Run(Spec("progress"), &rec);
+  ASSERT_TRUE(report.ok());
+  ASSERT_GE(rec.events.size(), 10u);
+  EXPECT_EQ(rec.events.front().kind, ProgressEvent::Kind::kPlanned);
+  EXPECT_EQ(rec.events.front().total, 8);
+  EXPECT_EQ(rec.events.back().kind, ProgressEvent::Kind::kFinished);
+  int done = 0;
+  for (const ProgressEvent& e : rec.events) {
+    if (e.kind == ProgressEvent::Kind::kTensorDone) EXPECT_EQ(e.done, ++done);
+  }
+  EXPECT_EQ(done, 8);
+  EXPECT_EQ(rec.events.back().bytes_done, rec.events.back().bytes_total);
+}
+
+TEST_F(FusionJobTest, CancellationPublishesNothing) {
+  Recorder rec;
+  rec.cancel_after = 3;
+  FusionSpec spec = Spec("cancel", 2);
+  auto report = Run(spec, &rec, &rec.cancel);
+  EXPECT_EQ(report.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(PathExists(spec.output_uri));
+  EXPECT_FALSE(PathExists(spec.patch_uri));
+  EXPECT_FALSE(PathExists(spec.report_uri));
+  // No staging directories or spool files left behind.
+  for (const std::string& n : *ListDirectory(tmp_.path())) {
+    EXPECT_FALSE(absl::StartsWith(n, ".")) << n;
+  }
+}
+
+}  // namespace
+}  // namespace tailor
