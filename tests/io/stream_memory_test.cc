@@ -26,7 +26,9 @@ namespace {
 constexpr int64_t kElements = 8 << 20;         // 16 MiB per BF16 tensor
 constexpr int kTensors = 32;                   // 512 MiB checkpoint
 constexpr uint64_t kShardBytes = 128ull << 20;  // 4 shards
-constexpr long kCapKiB = 256 << 10;            // peak RSS cap: 256 MiB
+// Cap on the growth of peak RSS while streaming (the process's own baseline,
+// LibTorch loaded, comes before): four float32 copies of one tensor.
+constexpr long kCapKiB = 128 << 10;
 
 long PeakRssKiB() {
   struct rusage usage;
@@ -80,8 +82,8 @@ TEST(StreamMemoryTest, PeakRssStaysUnderCapForCheckpointLargerThanCap) {
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
   ASSERT_EQ((*ckpt)->files().size(), 4u);
   const uint64_t total = (*ckpt)->TotalBytes();
-  ASSERT_GT(total, static_cast<uint64_t>(kCapKiB) * 1024 * 2)
-      << "the checkpoint must be larger than the cap";
+  ASSERT_GE(total, static_cast<uint64_t>(kCapKiB) * 1024 * 4)
+      << "the checkpoint must be several times the cap";
 
   const long before = PeakRssKiB();
   for (int i = 0; i < kTensors; ++i) {
@@ -98,8 +100,8 @@ TEST(StreamMemoryTest, PeakRssStaysUnderCapForCheckpointLargerThanCap) {
   const long after = PeakRssKiB();
   std::cout << "checkpoint " << (total >> 20) << " MiB; peak RSS before "
             << (before >> 10) << " MiB, after streaming " << (after >> 10)
-            << " MiB (cap " << (kCapKiB >> 10) << " MiB)\n";
-  EXPECT_LT(after, kCapKiB);
+            << " MiB (growth cap " << (kCapKiB >> 10) << " MiB)\n";
+  EXPECT_LT(after - before, kCapKiB);
 }
 
 }  // namespace

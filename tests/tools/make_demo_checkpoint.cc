@@ -1,6 +1,8 @@
 // Writes the embedded demo inputs: a small LLaMA-shaped checkpoint (BF16,
-// Hugging Face tensor names, sharded with an index, config.json) and a PEFT
-// LoRA adapter for it. Deterministic (fixed seed).
+// Hugging Face tensor names, sharded with an index, config.json), a PEFT
+// LoRA adapter for it, and a calibration file (tailor-hessian/1) for the
+// adapter's task. Deterministic (fixed seed). Synthetic weights: this shows
+// the pipeline, not model quality (the real-data benchmark does that).
 //
 //   make_demo_checkpoint OUT_DIR
 
@@ -124,6 +126,50 @@ int main(int argc, char** argv) {
       !s.ok()) {
     return Fail(s);
   }
-  std::cout << "wrote " << base << " and " << lora << "\n";
+  // Calibration statistics for the adapter's task: H = (2/n) X^T X of random
+  // correlated inputs per linear input (q/k/v and gate/up share theirs).
+  const std::string cal_staging = tailor::JoinPath(out, "calibration.staging");
+  (void)tailor::RemoveAll(cal_staging);
+  std::vector<tailor::TensorInfo> cal_layout;
+  std::string aliases = "{";
+  for (int l = 0; l < kLayers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    cal_layout.push_back(Info(p + "self_attn.q_proj.hessian", {kHidden, kHidden},
+                              tailor::DType::kF32));
+    cal_layout.push_back(Info(p + "self_attn.o_proj.hessian", {kHidden, kHidden},
+                              tailor::DType::kF32));
+    cal_layout.push_back(Info(p + "mlp.up_proj.hessian", {kHidden, kHidden},
+                              tailor::DType::kF32));
+    cal_layout.push_back(Info(p + "mlp.down_proj.hessian", {kIntermediate, kIntermediate},
+                              tailor::DType::kF32));
+    for (const char* shared : {"k_proj", "v_proj"}) {
+      absl::StrAppend(&aliases, aliases.size() > 1 ? ", " : "", "\"", p, "self_attn.",
+                      shared, ".weight\": \"", p, "self_attn.q_proj.hessian\"");
+    }
+    absl::StrAppend(&aliases, ", \"", p, "mlp.gate_proj.weight\": \"", p,
+                    "mlp.up_proj.hessian\"");
+  }
+  aliases += "}";
+  constexpr int64_t kSamples = 512;
+  tailor::CheckpointWriterOptions cal_options;
+  cal_options.metadata = {{"format", "tailor-hessian/1"},
+                          {"nsamples", std::to_string(kSamples)},
+                          {"aliases", aliases}};
+  auto cal_writer = tailor::CheckpointWriter::Create(cal_staging, cal_layout, cal_options);
+  if (!cal_writer.ok()) return Fail(cal_writer.status());
+  for (const tailor::TensorInfo& t : cal_layout) {
+    const int64_t c = t.shape[0];
+    at::Tensor x = at::randn({kSamples, c}).matmul(at::eye(c) + 0.2 * at::randn({c, c}));
+    at::Tensor h = 2.0 / kSamples * x.t().matmul(x);
+    if (absl::Status s = (*cal_writer)->Write(t.name, (h + h.t()) / 2); !s.ok()) return Fail(s);
+  }
+  if (absl::Status s = (*cal_writer)->Commit(); !s.ok()) return Fail(s);
+  const std::string cal = tailor::JoinPath(out, "tiny-llama-lora.hessians.safetensors");
+  if (::rename(tailor::JoinPath(cal_staging, "model.safetensors").c_str(), cal.c_str()) != 0) {
+    std::cerr << "make_demo_checkpoint: cannot move the calibration file\n";
+    return 1;
+  }
+  (void)tailor::RemoveAll(cal_staging);
+  std::cout << "wrote " << base << ", " << lora << " and " << cal << "\n";
   return 0;
 }
