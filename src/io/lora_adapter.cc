@@ -44,10 +44,11 @@
 // dropped. A full tensor for a tensor that is also LoRA-merged is refused.
 //
 // Merge (LoraLayer.get_delta_weight):
-//   Linear:    W += scaling * B @ A         (B @ A transposed if fan_in_fan_out)
-//   Embedding: W += scaling * (B @ A)^T     A: (r, num_embeddings), B: (dim, r)
-//   scaling = alpha / r, or alpha / sqrt(r) with use_rslora, where r and alpha
-//   come from rank_pattern / alpha_pattern when a key matches the module.
+//   Linear:    W += scaling * B @ A         (B @ A transposed if
+//   fan_in_fan_out) Embedding: W += scaling * (B @ A)^T     A: (r,
+//   num_embeddings), B: (dim, r) scaling = alpha / r, or alpha / sqrt(r) with
+//   use_rslora, where r and alpha come from rank_pattern / alpha_pattern when a
+//   key matches the module.
 //
 // rank_pattern / alpha_pattern. PEFT's get_pattern_key() returns the first key,
 // in the file's (dict) order, for which re.match(rf"(.*\.)?({key})$", module)
@@ -61,13 +62,13 @@
 // wrapped (e.g. "model.layers.0.self_attn.q_proj" for a *ForCausalLM), and the
 // base tensor is "<module>.weight". If the wrapped model and the base
 // checkpoint disagree on the transformers base-model prefix (adapter trained
-// on LlamaModel: "layers.0..." against a checkpoint holding "model.layers.0...";
-// or GPT-2's "transformer.h.0..." against a checkpoint holding "h.0..."), the
-// names are mapped the way transformers' from_pretrained maps such
-// checkpoints: one prefix component is added to every name, or stripped from
-// every name that has it. A mapping is only used when it resolves every
-// adapter tensor (the exact names are always preferred); otherwise the first
-// unresolved tensor is NOT_FOUND, naming the names tried.
+// on LlamaModel: "layers.0..." against a checkpoint holding
+// "model.layers.0..."; or GPT-2's "transformer.h.0..." against a checkpoint
+// holding "h.0..."), the names are mapped the way transformers' from_pretrained
+// maps such checkpoints: one prefix component is added to every name, or
+// stripped from every name that has it. A mapping is only used when it resolves
+// every adapter tensor (the exact names are always preferred); otherwise the
+// first unresolved tensor is NOT_FOUND, naming the names tried.
 
 namespace tailor {
 namespace {
@@ -104,8 +105,8 @@ absl::StatusOr<bool> OptionalBool(const Json& config, absl::string_view path,
   auto it = config.find(field);
   if (it == config.end() || it->is_null()) return false;
   if (!it->is_boolean()) {
-    return ConfigError(path, field, absl::StrCat("must be true or false, not ",
-                                                 it->dump()));
+    return ConfigError(path, field,
+                       absl::StrCat("must be true or false, not ", it->dump()));
   }
   return it->get<bool>();
 }
@@ -115,8 +116,9 @@ absl::StatusOr<int> PositiveInt(const Json& v, absl::string_view path,
   // nlohmann stores non-negative integers as unsigned, negative ones signed.
   if (!v.is_number_unsigned() || v.get<uint64_t>() == 0 ||
       v.get<uint64_t>() > static_cast<uint64_t>(INT_MAX)) {
-    return ConfigError(path, field,
-                       absl::StrCat("must be a positive integer, not ", v.dump()));
+    return ConfigError(
+        path, field,
+        absl::StrCat("must be a positive integer, not ", v.dump()));
   }
   return static_cast<int>(v.get<uint64_t>());
 }
@@ -174,8 +176,7 @@ absl::StatusOr<std::vector<Pattern>> ParsePatterns(
     Pattern pattern;
     pattern.key = p.key();
     if (integer) {
-      TAILOR_ASSIGN_OR_RETURN(int r,
-                              PositiveInt(Json(p.value()), path, label));
+      TAILOR_ASSIGN_OR_RETURN(int r, PositiveInt(Json(p.value()), path, label));
       pattern.value = r;
     } else {
       TAILOR_ASSIGN_OR_RETURN(pattern.value,
@@ -200,17 +201,16 @@ absl::StatusOr<std::vector<Pattern>> ParsePatterns(
 
 // PEFT's get_pattern_key: the first pattern (in file order) matching the
 // whole module name or a dot-separated suffix of it.
-absl::StatusOr<const Pattern*> MatchPattern(const std::vector<Pattern>& patterns,
-                                            const std::string& module,
-                                            absl::string_view path) {
+absl::StatusOr<const Pattern*> MatchPattern(
+    const std::vector<Pattern>& patterns, const std::string& module,
+    absl::string_view path) {
   for (const Pattern& p : patterns) {
     try {
       if (std::regex_match(module, p.regex)) return &p;
     } catch (const std::regex_error& e) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": pattern '", p.key,
-                       "' cannot be matched against module '", module,
-                       "': ", e.what()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": pattern '", p.key, "' cannot be matched against module '",
+          module, "': ", e.what()));
     }
   }
   return nullptr;
@@ -432,8 +432,8 @@ absl::StatusOr<ParsedKey> ParseKey(absl::string_view file,
           "'.weight' / at the end)");
     }
   }
-  // A full tensor: <module>.<param>, <module>.modules_to_save.<adapter>.<param>,
-  // <module>.base_layer.<param>.
+  // A full tensor: <module>.<param>,
+  // <module>.modules_to_save.<adapter>.<param>, <module>.base_layer.<param>.
   std::vector<std::string> target;
   for (size_t i = 0; i < n; ++i) {
     if (parts[i] == "modules_to_save") {
@@ -525,14 +525,12 @@ absl::StatusOr<NameMap> ChooseNameMap(const TensorSource& base,
   std::vector<NameMap> candidates;
   const size_t dot = missing->name.find('.');
   if (dot != std::string::npos) {
-    candidates.push_back(
-        {NameMap::kStrip, missing->name.substr(0, dot + 1)});
+    candidates.push_back({NameMap::kStrip, missing->name.substr(0, dot + 1)});
   }
   const std::string suffix = absl::StrCat(".", missing->name);
   for (const TensorInfo& t : base.tensors()) {
     if (t.name.size() > suffix.size() && absl::EndsWith(t.name, suffix)) {
-      const std::string head =
-          t.name.substr(0, t.name.size() - suffix.size());
+      const std::string head = t.name.substr(0, t.name.size() - suffix.size());
       if (!absl::StrContains(head, '.')) {
         candidates.push_back({NameMap::kPrepend, head + "."});
       }
@@ -589,15 +587,15 @@ absl::StatusOr<at::Tensor> MergeModule(const TensorSource& base,
   TAILOR_ASSIGN_OR_RETURN(at::Tensor a, adapter.Read(m.a_key, compute));
   TAILOR_ASSIGN_OR_RETURN(at::Tensor b, adapter.Read(m.b_key, compute));
   const bool transpose = NeedsTranspose(m, fan_in_fan_out);
-  return CatchTorch(
-      absl::StrCat(adapter.description(), ": merging LoRA '", m.a_key,
-                   "' into '", m.base_tensor, "'"),
-      [&]() -> at::Tensor {
-        // W + s * B A, or W + s * (B A)^T = W + s * A^T B^T.
-        return transpose ? at::addmm(w, a.t(), b.t(), /*beta=*/1,
-                                     /*alpha=*/m.scaling)
-                         : at::addmm(w, b, a, /*beta=*/1, /*alpha=*/m.scaling);
-      });
+  return CatchTorch(absl::StrCat(adapter.description(), ": merging LoRA '",
+                                 m.a_key, "' into '", m.base_tensor, "'"),
+                    [&]() -> at::Tensor {
+                      // W + s * B A, or W + s * (B A)^T = W + s * A^T B^T.
+                      return transpose ? at::addmm(w, a.t(), b.t(), /*beta=*/1,
+                                                   /*alpha=*/m.scaling)
+                                       : at::addmm(w, b, a, /*beta=*/1,
+                                                   /*alpha=*/m.scaling);
+                    });
 }
 
 absl::StatusOr<std::string> TensorBytes(const at::Tensor& stored,
@@ -646,10 +644,10 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
       const std::string path = JoinPath(adapter_dir, pickle);
       if (PathExists(path)) TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(path));
     }
-    return absl::NotFoundError(absl::StrCat(
-        adapter_dir, ": no ", kAdapterWeightsName,
-        " (a PEFT LoRA adapter directory holds ", kAdapterConfigName,
-        " and ", kAdapterWeightsName, ")"));
+    return absl::NotFoundError(
+        absl::StrCat(adapter_dir, ": no ", kAdapterWeightsName,
+                     " (a PEFT LoRA adapter directory holds ",
+                     kAdapterConfigName, " and ", kAdapterWeightsName, ")"));
   }
   std::unique_ptr<LoraFineTuned> lora(new LoraFineTuned());
   lora->base_ = base;
@@ -671,17 +669,17 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
     const TensorInfo* b = nullptr;
     bool embedding = false;
   };
-  std::map<std::string, Pair> pairs;            // PEFT module -> factors
+  std::map<std::string, Pair> pairs;              // PEFT module -> factors
   std::map<std::string, const TensorInfo*> full;  // target -> adapter tensor
   for (const TensorInfo& t : adapter.tensors()) {
     TAILOR_ASSIGN_OR_RETURN(ParsedKey k, ParseKey(file, t.name));
     if (!k.lora) {
       auto [it, inserted] = full.emplace(k.target, &t);
       if (!inserted) {
-        return KeyError(file, t.name,
-                        absl::StrCat("replaces '", k.target,
-                                     "', which tensor '", it->second->name,
-                                     "' already replaces"));
+        return KeyError(
+            file, t.name,
+            absl::StrCat("replaces '", k.target, "', which tensor '",
+                         it->second->name, "' already replaces"));
       }
       continue;
     }
@@ -689,11 +687,11 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
     const TensorInfo*& slot = k.factor == Factor::kA ? pair.a : pair.b;
     const TensorInfo* other = k.factor == Factor::kA ? pair.b : pair.a;
     if (slot != nullptr) {
-      return KeyError(file, t.name,
-                      absl::StrCat("module '", k.module,
-                                   "' already has this factor in tensor '",
-                                   slot->name,
-                                   "' (one adapter per file is supported)"));
+      return KeyError(
+          file, t.name,
+          absl::StrCat("module '", k.module,
+                       "' already has this factor in tensor '", slot->name,
+                       "' (one adapter per file is supported)"));
     }
     if (other != nullptr && pair.embedding != k.embedding) {
       return KeyError(file, t.name,
@@ -708,13 +706,14 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
     if (pair.a == nullptr || pair.b == nullptr) {
       const TensorInfo* have = pair.a != nullptr ? pair.a : pair.b;
       const char* need =
-          pair.embedding ? (pair.a != nullptr ? "lora_embedding_B"
-                                              : "lora_embedding_A")
-                         : (pair.a != nullptr ? "lora_B" : "lora_A");
-      return KeyError(file, have->name,
-                      absl::StrCat("module '", module, "' has no matching ",
-                                   need, " tensor (LoRA factors come in A/B "
-                                   "pairs)"));
+          pair.embedding
+              ? (pair.a != nullptr ? "lora_embedding_B" : "lora_embedding_A")
+              : (pair.a != nullptr ? "lora_B" : "lora_A");
+      return KeyError(
+          file, have->name,
+          absl::StrCat("module '", module, "' has no matching ", need,
+                       " tensor (LoRA factors come in A/B "
+                       "pairs)"));
     }
   }
 
@@ -740,10 +739,10 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
     m.embedding = pair.embedding;
     if (auto [it, inserted] = merged_from.emplace(m.base_tensor, module);
         !inserted) {
-      return KeyError(file, m.a_key,
-                      absl::StrCat("module '", module, "' and module '",
-                                   it->second, "' both map to base tensor '",
-                                   m.base_tensor, "'"));
+      return KeyError(
+          file, m.a_key,
+          absl::StrCat("module '", module, "' and module '", it->second,
+                       "' both map to base tensor '", m.base_tensor, "'"));
     }
     const TensorInfo* w = base->Find(m.base_tensor);  // resolved above
     if (!IsFloatingDType(w->dtype) || w->shape.size() != 2) {
@@ -756,11 +755,11 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
     }
     for (const TensorInfo* f : {pair.a, pair.b}) {
       if (!IsFloatingDType(f->dtype) || f->shape.size() != 2) {
-        return KeyError(file, f->name,
-                        absl::StrCat("is ", DTypeName(f->dtype), " ",
-                                     Shape(f->shape),
-                                     "; LoRA factors must be 2-D "
-                                     "floating-point matrices"));
+        return KeyError(
+            file, f->name,
+            absl::StrCat("is ", DTypeName(f->dtype), " ", Shape(f->shape),
+                         "; LoRA factors must be 2-D "
+                         "floating-point matrices"));
       }
     }
     TAILOR_ASSIGN_OR_RETURN(
@@ -769,8 +768,8 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
     TAILOR_ASSIGN_OR_RETURN(
         const Pattern* alpha_match,
         MatchPattern(parsed.alpha_patterns, module, config_path));
-    m.rank = rank_match != nullptr ? static_cast<int>(rank_match->value)
-                                   : config.r;
+    m.rank =
+        rank_match != nullptr ? static_cast<int>(rank_match->value) : config.r;
     const double alpha =
         alpha_match != nullptr ? alpha_match->value : config.lora_alpha;
     const std::string rank_source =
@@ -782,8 +781,8 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
       return KeyError(
           file, bad->name,
           absl::StrCat("rank mismatch: lora_A is ", Shape(pair.a->shape),
-                       " and lora_B is ", Shape(pair.b->shape),
-                       " but ", kAdapterConfigName, " gives ", rank_source,
+                       " and lora_B is ", Shape(pair.b->shape), " but ",
+                       kAdapterConfigName, " gives ", rank_source,
                        " for module '", module,
                        "' (lora_A must be [r, in], lora_B [out, r])"));
     }
@@ -799,9 +798,9 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
           file, bad->name,
           absl::StrCat(
               "shape mismatch: lora_A ", Shape(pair.a->shape), " and lora_B ",
-              Shape(pair.b->shape), " give a ",
-              transpose ? "transposed " : "", "update of shape [",
-              pair.b->shape[0], ", ", pair.a->shape[1], "] but base tensor '",
+              Shape(pair.b->shape), " give an update B @ A of shape [",
+              pair.b->shape[0], ", ", pair.a->shape[1], "]",
+              transpose ? " (applied transposed)" : "", " but base tensor '",
               m.base_tensor, "' is ", Shape(w->shape),
               m.embedding ? " (embedding LoRA: A is [r, num_embeddings], B "
                             "is [dim, r])"
@@ -809,8 +808,9 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
                   ? " (fan_in_fan_out: the base weight is [in, out])"
                   : " (the base weight is [out, in])"));
     }
-    m.scaling = config.use_rslora ? alpha / std::sqrt(static_cast<double>(m.rank))
-                                  : alpha / m.rank;
+    m.scaling = config.use_rslora
+                    ? alpha / std::sqrt(static_cast<double>(m.rank))
+                    : alpha / m.rank;
     lora->modules_.push_back(std::move(m));
   }
   std::sort(lora->modules_.begin(), lora->modules_.end(),
@@ -825,16 +825,15 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
     if (merged_from.count(name) > 0) {
       return KeyError(file, info->name,
                       absl::StrCat("replaces base tensor '", name,
-                                   "', which LoRA module '",
-                                   merged_from[name],
+                                   "', which LoRA module '", merged_from[name],
                                    "' also updates; refusing to guess which "
                                    "applies"));
     }
     if (info->shape != w->shape) {
       return KeyError(file, info->name,
                       absl::StrCat("shape ", Shape(info->shape),
-                                   " does not match base tensor '", name,
-                                   "' ", Shape(w->shape),
+                                   " does not match base tensor '", name, "' ",
+                                   Shape(w->shape),
                                    " (a modules_to_save tensor replaces the "
                                    "base tensor and must have its shape)"));
     }
@@ -876,9 +875,10 @@ absl::StatusOr<at::Tensor> LoraFineTuned::Read(
     return adapter_->Read(it->second, keep);
   }
 
-  auto m = std::lower_bound(
-      modules_.begin(), modules_.end(), name,
-      [](const LoraModule& x, absl::string_view n) { return x.base_tensor < n; });
+  auto m = std::lower_bound(modules_.begin(), modules_.end(), name,
+                            [](const LoraModule& x, absl::string_view n) {
+                              return x.base_tensor < n;
+                            });
   if (m == modules_.end() || m->base_tensor != name) {
     return base_->Read(name, options);
   }
@@ -888,8 +888,7 @@ absl::StatusOr<at::Tensor> LoraFineTuned::Read(
   ReadOptions out = options;
   if (!out.floating_dtype.has_value()) out.floating_dtype = stored;
   return ApplyReadOptions(
-      merged, out,
-      absl::StrCat(description_, ": tensor '", info->name, "'"));
+      merged, out, absl::StrCat(description_, ": tensor '", info->name, "'"));
 }
 
 absl::StatusOr<std::string> LoraFineTuned::ReadRaw(
@@ -910,9 +909,10 @@ absl::StatusOr<std::string> LoraFineTuned::ReadRaw(
     return TensorBytes(stored, *info, label);
   }
 
-  auto m = std::lower_bound(
-      modules_.begin(), modules_.end(), name,
-      [](const LoraModule& x, absl::string_view n) { return x.base_tensor < n; });
+  auto m = std::lower_bound(modules_.begin(), modules_.end(), name,
+                            [](const LoraModule& x, absl::string_view n) {
+                              return x.base_tensor < n;
+                            });
   if (m == modules_.end() || m->base_tensor != name) {
     return base_->ReadRaw(name);
   }

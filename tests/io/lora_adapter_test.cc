@@ -29,14 +29,14 @@ using ::tailor::testing::ToRaw;
 using ::tailor::testing::WriteFileOrDie;
 using ::tailor::testing::WriteShardedCheckpoint;
 
-constexpr char kQ[] = "model.layers.0.self_attn.q_proj.weight";      // F32 8x6
-constexpr char kV[] = "model.layers.0.self_attn.v_proj.weight";      // BF16 4x6
-constexpr char kUp[] = "model.layers.0.mlp.up_proj.weight";          // F32 12x6
-constexpr char kDown[] = "model.layers.0.mlp.down_proj.weight";      // F64 6x12
-constexpr char kConv1D[] = "model.layers.0.attn.c_attn.weight";      // F32 6x9
-constexpr char kEmbed[] = "model.embed_tokens.weight";               // BF16 10x6
-constexpr char kNorm[] = "model.norm.weight";                        // F32 6
-constexpr char kHead[] = "lm_head.weight";                           // BF16 10x6
+constexpr char kQ[] = "model.layers.0.self_attn.q_proj.weight";  // F32 8x6
+constexpr char kV[] = "model.layers.0.self_attn.v_proj.weight";  // BF16 4x6
+constexpr char kUp[] = "model.layers.0.mlp.up_proj.weight";      // F32 12x6
+constexpr char kDown[] = "model.layers.0.mlp.down_proj.weight";  // F64 6x12
+constexpr char kConv1D[] = "model.layers.0.attn.c_attn.weight";  // F32 6x9
+constexpr char kEmbed[] = "model.embed_tokens.weight";           // BF16 10x6
+constexpr char kNorm[] = "model.norm.weight";                    // F32 6
+constexpr char kHead[] = "lm_head.weight";                       // BF16 10x6
 
 // "model.layers.0.self_attn.q_proj" -> its PEFT key prefix.
 std::string Peft(const std::string& module) {
@@ -59,8 +59,7 @@ ReadOptions AsDouble() {
 // test: W + scaling * B @ A, transposed for fan_in_fan_out and embeddings.
 at::Tensor Reference(const at::Tensor& w, const at::Tensor& a,
                      const at::Tensor& b, double scaling, bool transpose) {
-  at::Tensor delta =
-      at::matmul(b.to(at::kDouble), a.to(at::kDouble)) * scaling;
+  at::Tensor delta = at::matmul(b.to(at::kDouble), a.to(at::kDouble)) * scaling;
   if (transpose) delta = delta.t();
   return w.to(at::kDouble) + delta;
 }
@@ -68,8 +67,10 @@ at::Tensor Reference(const at::Tensor& w, const at::Tensor& a,
 void ExpectClose(const at::Tensor& actual, const at::Tensor& expected,
                  double tol = 1e-5) {
   ASSERT_EQ(actual.sizes(), expected.sizes());
-  const double diff =
-      (actual.to(at::kDouble) - expected.to(at::kDouble)).abs().max().item<double>();
+  const double diff = (actual.to(at::kDouble) - expected.to(at::kDouble))
+                          .abs()
+                          .max()
+                          .item<double>();
   EXPECT_LE(diff, tol);
 }
 
@@ -305,9 +306,9 @@ TEST_F(LoraAdapterTest, RankAndAlphaPatternsFollowPeftMatching) {
   for (const LoraModule& m : lora.modules()) by_name[m.base_tensor] = &m;
   ASSERT_EQ(by_name.size(), 3u);
   EXPECT_EQ(by_name[kQ]->rank, 4);
-  EXPECT_DOUBLE_EQ(by_name[kQ]->scaling, 1.0);   // 4 / 4
+  EXPECT_DOUBLE_EQ(by_name[kQ]->scaling, 1.0);  // 4 / 4
   EXPECT_EQ(by_name[kV]->rank, 2);
-  EXPECT_DOUBLE_EQ(by_name[kV]->scaling, 8.0);   // 16 / 2
+  EXPECT_DOUBLE_EQ(by_name[kV]->scaling, 8.0);  // 16 / 2
   EXPECT_EQ(by_name[kUp]->rank, 2);
   EXPECT_DOUBLE_EQ(by_name[kUp]->scaling, 3.0);  // 6 / 2
   ExpectClose(*lora.Read(kQ), Reference(base_tensors_[kQ], qa, qb, 1.0, false));
@@ -316,14 +317,14 @@ TEST_F(LoraAdapterTest, RankAndAlphaPatternsFollowPeftMatching) {
               Reference(base_tensors_[kUp], ua, ub, 3.0, false));
 
   // The pattern rank is enforced: q_proj factors of rank 3 do not fit r = 4.
-  const std::string bad = WriteAdapter(
-      "patterns-bad",
-      R"({"peft_type": "LORA", "r": 3, "lora_alpha": 4,
+  const std::string bad =
+      WriteAdapter("patterns-bad",
+                   R"({"peft_type": "LORA", "r": 3, "lora_alpha": 4,
           "rank_pattern": {"q_proj": 4}})",
-      {ToRaw(Peft("model.layers.0.self_attn.q_proj.lora_A.weight"),
-             at::randn({3, 6})),
-       ToRaw(Peft("model.layers.0.self_attn.q_proj.lora_B.weight"),
-             at::randn({8, 3}))});
+                   {ToRaw(Peft("model.layers.0.self_attn.q_proj.lora_A.weight"),
+                          at::randn({3, 6})),
+                    ToRaw(Peft("model.layers.0.self_attn.q_proj.lora_B.weight"),
+                          at::randn({8, 3}))});
   ExpectError(Open(bad).status(), absl::StatusCode::kInvalidArgument,
               {"rank mismatch", "rank_pattern['q_proj'] = 4"});
 }
@@ -393,11 +394,11 @@ TEST_F(LoraAdapterTest, ModulesToSaveReplaceTheBaseTensor) {
   ExpectUntouchedExcept(lora, {kHead, kNorm, kQ});
 
   // Shape must match the base tensor.
-  const std::string bad_shape = WriteAdapter(
-      "mts-shape",
-      R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8,
+  const std::string bad_shape =
+      WriteAdapter("mts-shape",
+                   R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8,
           "modules_to_save": ["lm_head"]})",
-      {ToRaw(Peft("lm_head.weight"), at::randn({11, 6}))});
+                   {ToRaw(Peft("lm_head.weight"), at::randn({11, 6}))});
   ExpectError(Open(bad_shape).status(), absl::StatusCode::kInvalidArgument,
               {Peft("lm_head.weight"), "[11, 6]", "[10, 6]", kHead});
   // A floating base tensor cannot be replaced by an integer one.
@@ -505,8 +506,8 @@ TEST_F(LoraAdapterTest, MapsTheBaseModelPrefix) {
       "full", kBasicConfig,
       {ToRaw(Peft("model.layers.0.self_attn.q_proj.lora_A.weight"), qa),
        ToRaw(Peft("model.layers.0.self_attn.q_proj.lora_B.weight"), qb)});
-  auto ft2 = LoraFineTuned::Create(stripped_base->get(), full,
-                                   Checkpoint::Options());
+  auto ft2 =
+      LoraFineTuned::Create(stripped_base->get(), full, Checkpoint::Options());
   ASSERT_TRUE(ft2.ok()) << ft2.status();
   EXPECT_EQ((*ft2)->modules()[0].base_tensor,
             "layers.0.self_attn.q_proj.weight");
@@ -538,7 +539,8 @@ TEST_F(LoraAdapterTest, RefusesUnsupportedVariantsInTheConfig) {
     const char* field;
   };
   const Case cases[] = {
-      {"dora", R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8, "use_dora": true})",
+      {"dora",
+       R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8, "use_dora": true})",
        "'use_dora'"},
       {"lora-bias",
        R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8, "lora_bias": true})",
@@ -551,11 +553,13 @@ TEST_F(LoraAdapterTest, RefusesUnsupportedVariantsInTheConfig) {
        R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8,
            "init_lora_weights": "pissa_niter_4"})",
        "'init_lora_weights'"},
-      {"ia3", R"({"peft_type": "IA3", "r": 2, "lora_alpha": 8})", "'peft_type'"},
+      {"ia3", R"({"peft_type": "IA3", "r": 2, "lora_alpha": 8})",
+       "'peft_type'"},
       {"no-type", R"({"r": 2, "lora_alpha": 8})", "'peft_type'"},
       {"r-zero", R"({"peft_type": "LORA", "r": 0, "lora_alpha": 8})", "'r'"},
       {"r-float", R"({"peft_type": "LORA", "r": 2.5, "lora_alpha": 8})", "'r'"},
-      {"r-string", R"({"peft_type": "LORA", "r": "2", "lora_alpha": 8})", "'r'"},
+      {"r-string", R"({"peft_type": "LORA", "r": "2", "lora_alpha": 8})",
+       "'r'"},
       {"no-alpha", R"({"peft_type": "LORA", "r": 2})", "'lora_alpha'"},
       {"fifo-string",
        R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8, "fan_in_fan_out": "yes"})",
@@ -564,8 +568,7 @@ TEST_F(LoraAdapterTest, RefusesUnsupportedVariantsInTheConfig) {
        R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8,
            "rank_pattern": {"q_proj(": 4}})",
        "rank_pattern['q_proj(']"},
-      {"duplicate",
-       R"({"peft_type": "LORA", "r": 2, "r": 4, "lora_alpha": 8})",
+      {"duplicate", R"({"peft_type": "LORA", "r": 2, "r": 4, "lora_alpha": 8})",
        "duplicate JSON key 'r'"},
       {"array", R"([1, 2])", "JSON object"},
   };
@@ -670,12 +673,12 @@ TEST_F(LoraAdapterTest, MissingFilesAndDirectories) {
 }
 
 TEST_F(LoraAdapterTest, ChecksFilesAgainstTheResolverRoots) {
-  const std::string dir = WriteAdapter(
-      "outside", kBasicConfig,
-      {ToRaw(Peft("model.layers.0.self_attn.q_proj.lora_A.weight"),
-             at::randn({2, 6})),
-       ToRaw(Peft("model.layers.0.self_attn.q_proj.lora_B.weight"),
-             at::randn({8, 2}))});
+  const std::string dir =
+      WriteAdapter("outside", kBasicConfig,
+                   {ToRaw(Peft("model.layers.0.self_attn.q_proj.lora_A.weight"),
+                          at::randn({2, 6})),
+                    ToRaw(Peft("model.layers.0.self_attn.q_proj.lora_B.weight"),
+                          at::randn({8, 2}))});
   auto resolver = UriResolver::Create({base_dir_});
   ASSERT_TRUE(resolver.ok()) << resolver.status();
   Checkpoint::Options options;

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "io/checkpoint.h"
 #include "io/checkpoint_writer.h"
+#include "fusion/fusion_job.h"
 #include "testing/test_util.h"
 
 // AddressSanitizer's quarantine would otherwise keep freed tensors resident.
@@ -30,6 +31,8 @@ constexpr uint64_t kShardBytes = 128ull << 20;  // 4 shards
 // LibTorch loaded, comes before): four float32 copies of one tensor.
 constexpr long kCapKiB = 128 << 10;
 
+int64_t KeepCountForTest(int64_t n) { return (n + 5) / 10; }  // round(0.1 n)
+
 long PeakRssKiB() {
   struct rusage usage;
   getrusage(RUSAGE_SELF, &usage);
@@ -44,7 +47,7 @@ uint16_t Pattern(int i, int64_t j) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
-TEST(StreamMemoryTest, PeakRssStaysUnderCapForCheckpointLargerThanCap) {
+TEST(StreamMemoryTest, ReaderPeakRssStaysUnderCapForCheckpointLargerThanCap) {
   tailor::testing::TempDir dir;
   const std::string out = dir.Join("big");
   std::vector<TensorInfo> layout;
@@ -102,6 +105,71 @@ TEST(StreamMemoryTest, PeakRssStaysUnderCapForCheckpointLargerThanCap) {
             << (before >> 10) << " MiB, after streaming " << (after >> 10)
             << " MiB (growth cap " << (kCapKiB >> 10) << " MiB)\n";
   EXPECT_LT(after - before, kCapKiB);
+}
+
+// Generates, in a child process, a checkpoint of `count` BF16 tensors of
+// `elements` each whose element j of tensor i is Pattern(i + shift, j).
+void GenerateInChild(const std::string& out, int count, int64_t elements, int shift,
+                     uint64_t shard_bytes) {
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::vector<TensorInfo> layout;
+    for (int i = 0; i < count; ++i) {
+      layout.push_back({absl::StrCat("layers.", i, ".weight"), DType::kBF16,
+                        {elements / 512, 512}, elements,
+                        static_cast<uint64_t>(elements) * 2, ""});
+    }
+    CheckpointWriterOptions options;
+    options.max_shard_bytes = shard_bytes;
+    auto writer = CheckpointWriter::Create(out, layout, options);
+    if (!writer.ok()) ::_exit(1);
+    std::vector<uint16_t> buffer(elements);
+    for (int i = 0; i < count; ++i) {
+      for (int64_t j = 0; j < elements; ++j) buffer[j] = Pattern(i + shift, j);
+      if (!(*writer)->WriteRaw(layout[i].name,
+                               absl::string_view(reinterpret_cast<char*>(buffer.data()),
+                                                 buffer.size() * 2))
+               .ok()) {
+        ::_exit(2);
+      }
+    }
+    ::_exit((*writer)->Commit().ok() ? 0 : 3);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
+TEST(StreamMemoryTest, FusionJobPeakRssIsIndependentOfModelSize) {
+  constexpr int kCount = 64;
+  constexpr int64_t kJobElements = 2 << 20;  // 4 MiB BF16 per tensor
+  constexpr long kJobCapKiB = 160 << 10;
+  tailor::testing::TempDir dir;
+  GenerateInChild(dir.Join("base"), kCount, kJobElements, 0, 64ull << 20);
+  GenerateInChild(dir.Join("ft"), kCount, kJobElements, 1, 64ull << 20);
+  FusionSpec spec;
+  spec.pretrained_uri = dir.Join("base");
+  spec.tasks.push_back(TaskSpec{"ft", dir.Join("ft"), "", "", {}, {}});
+  spec.method = Method::kMagnitude;
+  spec.output_uri = dir.Join("out");
+  spec.patch_uri = dir.Join("patch.safetensors");
+  spec.device = "cpu";
+  auto resolver = UriResolver::Create({dir.path()});
+  ASSERT_TRUE(resolver.ok());
+  const long before = PeakRssKiB();
+  auto report = RunFusionJob(spec, *resolver);
+  const long after = PeakRssKiB();
+  ASSERT_TRUE(report.ok()) << report.status();
+  const uint64_t inputs = 2ull * kCount * kJobElements * 2;
+  std::cout << "fusion inputs " << (inputs >> 20) << " MiB (+ output "
+            << (inputs >> 21) << " MiB); peak RSS before " << (before >> 10)
+            << " MiB, after " << (after >> 10) << " MiB (growth cap "
+            << (kJobCapKiB >> 10) << " MiB)\n";
+  ASSERT_GE(inputs, static_cast<uint64_t>(kJobCapKiB) * 1024 * 3);
+  EXPECT_EQ((*report)["totals"]["kept"].get<int64_t>(),
+            kCount * KeepCountForTest(kJobElements));
+  EXPECT_LT(after - before, kJobCapKiB);
 }
 
 }  // namespace
