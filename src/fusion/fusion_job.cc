@@ -18,6 +18,7 @@
 #include "io/lora_adapter.h"
 #include "io/open_checkpoint.h"
 #include "util/file_util.h"
+#include "util/memory.h"
 #include "util/status_macros.h"
 #include "util/torch_status.h"
 
@@ -408,10 +409,11 @@ class Job {
           error_compensated_ +=
               std::isfinite(s.error_compensated) ? s.error_compensated : 0;
         }
-        tj["seconds"] = s.seconds;
         if (task->patch_writer) {
           TAILOR_RETURN_IF_ERROR(task->patch_writer->Add(name, r.mask, r.delta, info.dtype, tj));
         }
+        // Timings go to the report only: patches stay byte-deterministic.
+        tj["seconds"] = s.seconds;
         deltas.push_back(TaskDelta{r.mask, r.delta});
       } else {
         TAILOR_RETURN_IF_ERROR(CheckFiniteTensor(ft, name, "fine-tuned tensor"));
@@ -454,8 +456,10 @@ class Job {
       TAILOR_RETURN_IF_ERROR(writer_->Write(name, fused));
     }
     if (stitched_) {
-      TAILOR_RETURN_IF_ERROR(stitched_->Add(name, merged.mask, merged.delta, info.dtype,
-                                            {{"kept", kept}, {"tasks", per_task}}));
+      nlohmann::json patch_stats = {{"kept", kept}, {"tasks", per_task}};
+      for (auto& t : patch_stats["tasks"]) t.erase("seconds");
+      TAILOR_RETURN_IF_ERROR(
+          stitched_->Add(name, merged.mask, merged.delta, info.dtype, patch_stats));
     }
     total_count_ += info.numel;
     total_kept_ += kept;
@@ -566,6 +570,7 @@ class Job {
 absl::StatusOr<nlohmann::json> RunFusionJob(const FusionSpec& spec,
                                             const UriResolver& resolver,
                                             const RunOptions& options) {
+  ConfigureAllocatorForStreaming();
   Job job(spec, resolver, options);
   return CatchTorch("fusion job", [&] { return job.Run(); });
 }
@@ -574,6 +579,7 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
                         const std::string& patch_uri,
                         const std::string& output_uri, bool overwrite,
                         const UriResolver& resolver) {
+  ConfigureAllocatorForStreaming();
   return CatchTorch("apply-patch", [&]() -> absl::Status {
     TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> base,
                             OpenCheckpointUri(pretrained_uri, resolver));

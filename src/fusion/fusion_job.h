@@ -57,6 +57,9 @@ struct RunOptions {
 // succeeded: patches, then the fused checkpoint, then the report. Returns
 // the report (also written to spec.report_uri when set).
 //
+// Calls ConfigureAllocatorForStreaming() (util/memory.h) so that memory stays
+// flat over many tensors.
+//
 // Per-task patches go next to the stitched patch as
 // "<patch stem>.<label>.safetensors" when there are several tasks.
 absl::StatusOr<nlohmann::json> RunFusionJob(const FusionSpec& spec,

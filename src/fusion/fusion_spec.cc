@@ -6,6 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "util/enum_names.h"
 #include "util/status_macros.h"
 
 namespace tailor {
@@ -21,26 +22,6 @@ constexpr std::pair<absl::string_view, Method> kMethods[] = {
 
 constexpr std::pair<absl::string_view, MismatchPolicy> kPolicies[] = {
     {"error", MismatchPolicy::kError}, {"copy_base", MismatchPolicy::kCopyBase}};
-
-template <typename E, size_t N>
-absl::StatusOr<E> Lookup(absl::string_view text, absl::string_view field,
-                         const std::pair<absl::string_view, E> (&table)[N]) {
-  std::string allowed;
-  for (const auto& [name, value] : table) {
-    if (name == text) return value;
-    absl::StrAppend(&allowed, allowed.empty() ? "" : "|", name);
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat(field, " must be one of ", allowed, ", not '", text, "'"));
-}
-
-template <typename E, size_t N>
-absl::string_view Name(E value, const std::pair<absl::string_view, E> (&table)[N]) {
-  for (const auto& [name, v] : table) {
-    if (v == value) return name;
-  }
-  return "?";
-}
 
 absl::Status Invalid(absl::string_view field, absl::string_view rule) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
@@ -64,14 +45,14 @@ absl::Status CheckRegexes(const std::vector<std::string>& patterns,
 }  // namespace
 
 absl::StatusOr<Method> ParseMethod(absl::string_view text) {
-  return Lookup(text, "method", kMethods);
+  return ParseEnumName(text, "method", kMethods);
 }
-absl::string_view MethodName(Method method) { return Name(method, kMethods); }
+absl::string_view MethodName(Method method) { return EnumName(method, kMethods); }
 absl::StatusOr<MismatchPolicy> ParseMismatchPolicy(absl::string_view text) {
-  return Lookup(text, "on_mismatch", kPolicies);
+  return ParseEnumName(text, "on_mismatch", kPolicies);
 }
 absl::string_view MismatchPolicyName(MismatchPolicy policy) {
-  return Name(policy, kPolicies);
+  return EnumName(policy, kPolicies);
 }
 
 absl::Status FusionSpec::Validate() const {

@@ -3,21 +3,10 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "util/enum_names.h"
 
 namespace tailor {
 namespace {
-
-template <typename E, size_t N>
-absl::StatusOr<E> ParseEnum(absl::string_view text, absl::string_view knob,
-                            const std::pair<absl::string_view, E> (&table)[N]) {
-  std::string allowed;
-  for (const auto& [name, value] : table) {
-    if (name == text) return value;
-    absl::StrAppend(&allowed, allowed.empty() ? "" : "|", name);
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat(knob, " must be one of ", allowed, ", not '", text, "'"));
-}
 
 constexpr std::pair<absl::string_view, Scope> kScopes[] = {
     {"layer", Scope::kLayer}, {"row", Scope::kRow}, {"block", Scope::kBlock}};
@@ -28,31 +17,22 @@ constexpr std::pair<absl::string_view, Compensation> kComps[] = {
     {"exact", Compensation::kExact},
     {"none", Compensation::kNone}};
 
-template <typename E, size_t N>
-absl::string_view NameOf(E value,
-                         const std::pair<absl::string_view, E> (&table)[N]) {
-  for (const auto& [name, v] : table) {
-    if (v == value) return name;
-  }
-  return "?";
-}
-
 }  // namespace
 
 absl::StatusOr<Scope> ParseScope(absl::string_view text) {
-  return ParseEnum(text, "scope", kScopes);
+  return ParseEnumName(text, "scope", kScopes);
 }
 absl::StatusOr<Normalization> ParseNormalization(absl::string_view text) {
-  return ParseEnum(text, "normalize", kNorms);
+  return ParseEnumName(text, "normalize", kNorms);
 }
 absl::StatusOr<Compensation> ParseCompensation(absl::string_view text) {
-  return ParseEnum(text, "compensation", kComps);
+  return ParseEnumName(text, "compensation", kComps);
 }
-absl::string_view ScopeName(Scope scope) { return NameOf(scope, kScopes); }
+absl::string_view ScopeName(Scope scope) { return EnumName(scope, kScopes); }
 absl::string_view NormalizationName(Normalization n) {
-  return NameOf(n, kNorms);
+  return EnumName(n, kNorms);
 }
-absl::string_view CompensationName(Compensation c) { return NameOf(c, kComps); }
+absl::string_view CompensationName(Compensation c) { return EnumName(c, kComps); }
 
 absl::Status TailorOptions::Validate() const {
   if (!(keep_ratio > 0 && keep_ratio <= 1)) {

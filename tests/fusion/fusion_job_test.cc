@@ -366,7 +366,9 @@ TEST_F(FusionJobTest, ProgressEventsAreOrderedAndComplete) {
   EXPECT_EQ(rec.events.back().kind, ProgressEvent::Kind::kFinished);
   int done = 0;
   for (const ProgressEvent& e : rec.events) {
-    if (e.kind == ProgressEvent::Kind::kTensorDone) EXPECT_EQ(e.done, ++done);
+    if (e.kind == ProgressEvent::Kind::kTensorDone) {
+      EXPECT_EQ(e.done, ++done);
+    }
   }
   EXPECT_EQ(done, 8);
   EXPECT_EQ(rec.events.back().bytes_done, rec.events.back().bytes_total);
@@ -382,9 +384,9 @@ TEST_F(FusionJobTest, CancellationPublishesNothing) {
   EXPECT_FALSE(PathExists(spec.patch_uri));
   EXPECT_FALSE(PathExists(spec.report_uri));
   // No staging directories or spool files left behind.
-  for (const std::string& n : *ListDirectory(tmp_.path())) {
-    EXPECT_FALSE(absl::StartsWith(n, ".")) << n;
-  }
+  auto names = ListDirectory(tmp_.path());
+  ASSERT_TRUE(names.ok());
+  for (const std::string& n : *names) EXPECT_FALSE(absl::StartsWith(n, ".")) << n;
 }
 
 }  // namespace
