@@ -2,7 +2,8 @@
 // exact compensation against a naive unblocked column loop, measured in the
 // same run on the same layer; prints times and ratios.
 //
-//   kernel_bench [--device cpu|cuda] [--keep 0.1] [--shapes 4096x4096,4096x11008]
+//   kernel_bench [--device cpu|cuda] [--keep 0.1] [--shapes
+//   4096x4096,4096x11008]
 //                [--reps N] [--skip-naive]
 
 #include <ATen/ATen.h>
@@ -34,7 +35,8 @@ double TimeIt(const at::Device& d, int reps, const std::function<void()>& fn) {
     auto t0 = Clock::now();
     fn();
     Sync(d);
-    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
+    best = std::min(best,
+                    std::chrono::duration<double>(Clock::now() - t0).count());
   }
   return best;
 }
@@ -46,9 +48,11 @@ at::Tensor NaiveColumnLoop(const at::Tensor& d0, const at::Tensor& mask,
   at::Tensor d = d0.clone();
   for (int64_t j = 0; j < d.size(1); ++j) {
     at::Tensor w = d.select(1, j);
-    at::Tensor err = at::where(mask.select(1, j), at::zeros_like(w), w) / u.index({j, j});
+    at::Tensor err =
+        at::where(mask.select(1, j), at::zeros_like(w), w) / u.index({j, j});
     d.index({Slice(), Slice(j, at::indexing::None)})
-        .sub_(err.unsqueeze(1) * u.index({j, Slice(j, at::indexing::None)}).unsqueeze(0));
+        .sub_(err.unsqueeze(1) *
+              u.index({j, Slice(j, at::indexing::None)}).unsqueeze(0));
     d.select(1, j).masked_fill_(mask.select(1, j).logical_not(), 0);
   }
   return d;
@@ -63,27 +67,36 @@ int main(int argc, char** argv) {
   bool naive = true;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--device") device_name = next();
-    else if (a == "--keep") keep = std::stod(next());
-    else if (a == "--shapes") shapes = next();
-    else if (a == "--reps") reps = std::stoi(next());
-    else if (a == "--skip-naive") naive = false;
+    auto next = [&] {
+      return i + 1 < argc ? std::string(argv[++i]) : std::string();
+    };
+    if (a == "--device")
+      device_name = next();
+    else if (a == "--keep")
+      keep = std::stod(next());
+    else if (a == "--shapes")
+      shapes = next();
+    else if (a == "--reps")
+      reps = std::stoi(next());
+    else if (a == "--skip-naive")
+      naive = false;
     else {
-      std::fprintf(stderr, "usage: kernel_bench [--device cpu|cuda] [--keep R] "
-                           "[--shapes RxC,...] [--reps N] [--skip-naive]\n");
+      std::fprintf(stderr,
+                   "usage: kernel_bench [--device cpu|cuda] [--keep R] "
+                   "[--shapes RxC,...] [--reps N] [--skip-naive]\n");
       return 2;
     }
   }
-  const at::Device device = device_name == "cuda" ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  const at::Device device =
+      device_name == "cuda" ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   if (device.is_cuda() && !at::hasCUDA()) {
     std::fprintf(stderr, "no CUDA device\n");
     return 1;
   }
-  std::printf("device %s, threads %d, keep %.2f, best of %d\n", device.str().c_str(),
-              at::get_num_threads(), keep, reps);
-  std::printf("%-12s %12s %12s %12s %12s %14s\n", "layer", "naive s", "sequential s",
-              "exact s", "naive/seq", "E seq/mask");
+  std::printf("device %s, threads %d, keep %.2f, best of %d\n",
+              device.str().c_str(), at::get_num_threads(), keep, reps);
+  std::printf("%-12s %12s %12s %12s %12s %14s\n", "layer", "naive s",
+              "sequential s", "exact s", "naive/seq", "E seq/mask");
   size_t start = 0;
   while (start < shapes.size()) {
     size_t end = shapes.find(',', start);
@@ -106,7 +119,8 @@ int main(int argc, char** argv) {
       return 1;
     }
     at::Tensor d0 = ft - pre;
-    at::Tensor mask = tailor::SelectMask(tailor::FusedScores(d0, prepared->hinv_diag, o), o);
+    at::Tensor mask =
+        tailor::SelectMask(tailor::FusedScores(d0, prepared->hinv_diag, o), o);
     at::Tensor seq_d;
     const double t_seq = TimeIt(device, reps, [&] {
       seq_d = tailor::CompensateSequential(d0, mask, prepared->u, o.block_size);
@@ -117,15 +131,22 @@ int main(int argc, char** argv) {
     double t_naive = 0;
     if (naive) {
       at::Tensor naive_d;
-      t_naive = TimeIt(device, reps, [&] { naive_d = NaiveColumnLoop(d0, mask, prepared->u); });
+      t_naive = TimeIt(device, reps, [&] {
+        naive_d = NaiveColumnLoop(d0, mask, prepared->u);
+      });
       const double diff = (naive_d - seq_d).abs().max().item<double>();
-      if (diff > 1e-3) std::fprintf(stderr, "warning: naive and sequential differ by %g\n", diff);
+      if (diff > 1e-3)
+        std::fprintf(stderr, "warning: naive and sequential differ by %g\n",
+                     diff);
     }
-    const double e_mask = tailor::ReconstructionError(d0, d0 * mask, prepared->h);
+    const double e_mask =
+        tailor::ReconstructionError(d0, d0 * mask, prepared->h);
     const double e_seq = tailor::ReconstructionError(d0, seq_d, prepared->h);
-    std::printf("%-12s %12.3f %12.3f %12.3f %12s %14.4f\n", shape.c_str(), t_naive, t_seq,
-                t_exact, naive ? std::to_string(t_naive / t_seq).substr(0, 6).c_str() : "-",
-                e_seq / e_mask);
+    std::printf(
+        "%-12s %12.3f %12.3f %12.3f %12s %14.4f\n", shape.c_str(), t_naive,
+        t_seq, t_exact,
+        naive ? std::to_string(t_naive / t_seq).substr(0, 6).c_str() : "-",
+        e_seq / e_mask);
     std::fflush(stdout);
   }
   return 0;

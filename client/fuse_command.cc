@@ -1,8 +1,9 @@
 #include "fuse_command.h"
 
+#include <unistd.h>
+
 #include <csignal>
 #include <iostream>
-#include <unistd.h>
 
 #include "absl/strings/str_format.h"
 #include "exit_codes.h"
@@ -53,9 +54,9 @@ class TerminalProgress : public ProgressSink {
       const int secs = static_cast<int>(e.elapsed_seconds * (1 - frac) / frac);
       eta = absl::StrFormat("%d:%02d", secs / 60, secs % 60);
     }
-    std::cerr << absl::StrFormat("\r\033[K[%s] %3.0f%% %d/%d tensors  ETA %s  %s",
-                                 bar, frac * 100, e.done, e.total, eta,
-                                 e.tensor.substr(0, 40))
+    std::cerr << absl::StrFormat(
+                     "\r\033[K[%s] %3.0f%% %d/%d tensors  ETA %s  %s", bar,
+                     frac * 100, e.done, e.total, eta, e.tensor.substr(0, 40))
               << std::flush;
   }
 
@@ -66,21 +67,26 @@ class TerminalProgress : public ProgressSink {
 void PrintSummary(const nlohmann::json& report) {
   const nlohmann::json& t = report["totals"];
   std::cout << absl::StrFormat(
-      "method %s: %d tensors fused, %d copied; kept %d of %d entries (%.4f%%)\n",
+      "method %s: %d tensors fused, %d copied; kept %d of %d entries "
+      "(%.4f%%)\n",
       report["method"].get<std::string>(), t["tensors_fused"].get<int64_t>(),
       t["tensors_copied"].get<int64_t>(), t["kept"].get<int64_t>(),
       t["entries"].get<int64_t>(), 100 * t["kept_fraction"].get<double>());
   if (t["error_mask_only"].get<double>() > 0) {
     std::cout << absl::StrFormat(
-        "layer reconstruction error: mask only %.6g, compensated %.6g (%.2f%% lower)\n",
-        t["error_mask_only"].get<double>(), t["error_compensated"].get<double>(),
+        "layer reconstruction error: mask only %.6g, compensated %.6g (%.2f%% "
+        "lower)\n",
+        t["error_mask_only"].get<double>(),
+        t["error_compensated"].get<double>(),
         100 * t["error_reduction"].get<double>());
   }
   for (const auto& [kind, where] : report["outputs"].items()) {
-    std::cout << kind << ": " << (where.is_string() ? where.get<std::string>() : where.dump())
+    std::cout << kind << ": "
+              << (where.is_string() ? where.get<std::string>() : where.dump())
               << "\n";
   }
-  std::cout << absl::StrFormat("device %s, %.2f s\n", t["device"].get<std::string>(),
+  std::cout << absl::StrFormat("device %s, %.2f s\n",
+                               t["device"].get<std::string>(),
                                t["seconds"].get<double>());
 }
 
@@ -92,45 +98,66 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
       "Fuse fine-tuned checkpoints (or patches) into a pre-trained base. With "
       "--local the job runs in this process.");
   CLI::App* c = cmd_;
-  c->add_flag("--local", local_, "run in-process (required until the server exists)");
-  c->add_option("-f,--job-file", job_file_,
-                "YAML job file with the same fields as these flags; flags override it")
+  c->add_flag("--local", local_,
+              "run in-process (required until the server exists)");
+  c->add_option(
+       "-f,--job-file", job_file_,
+       "YAML job file with the same fields as these flags; flags override it")
       ->check(CLI::ExistingFile);
   c->add_option("--pretrained", pretrained_, "pre-trained checkpoint URI");
-  c->add_option("--finetuned", finetuned_,
-                "fine-tuned checkpoint or LoRA adapter URI (repeatable: one per task)");
-  c->add_option("--patch", patches_, "patch file from an earlier job, as a task (repeatable)");
-  c->add_option("--hessians", hessians_,
-                "calibration file, paired in order with --finetuned (repeatable)");
+  c->add_option(
+      "--finetuned", finetuned_,
+      "fine-tuned checkpoint or LoRA adapter URI (repeatable: one per task)");
+  c->add_option("--patch", patches_,
+                "patch file from an earlier job, as a task (repeatable)");
+  c->add_option(
+      "--hessians", hessians_,
+      "calibration file, paired in order with --finetuned (repeatable)");
   c->add_option("--label", labels_, "task labels, in task order (repeatable)");
-  c->add_option("--method", method_,
-                "tailor|magnitude|task_arithmetic|ties|dare|spider (default tailor)");
-  c->add_option("--keep", keep_, "rho: fraction of fine-tuned entries kept, (0,1] (default 0.1)");
-  c->add_option("--omega", omega_, "weight of salience vs sensitivity, [0,1] (default 0.5)");
-  c->add_option("--scope", scope_, "selection scope: layer|row|block (default layer)");
-  c->add_option("--normalize", normalize_, "score normalisation: minmax|zscore (default minmax)");
+  c->add_option(
+      "--method", method_,
+      "tailor|magnitude|task_arithmetic|ties|dare|spider (default tailor)");
+  c->add_option(
+      "--keep", keep_,
+      "rho: fraction of fine-tuned entries kept, (0,1] (default 0.1)");
+  c->add_option("--omega", omega_,
+                "weight of salience vs sensitivity, [0,1] (default 0.5)");
+  c->add_option("--scope", scope_,
+                "selection scope: layer|row|block (default layer)");
+  c->add_option("--normalize", normalize_,
+                "score normalisation: minmax|zscore (default minmax)");
   c->add_option("--compensation", compensation_,
                 "sequential|exact|none (default sequential)");
   c->add_option("--damp", damp_, "Hessian damping lambda >= 0 (default 0.01)");
-  c->add_option("--block-size", block_size_, "columns per OBS block (default 128)");
-  c->add_flag("--float64", float64_, "run the kernel in float64 (default float32)");
-  c->add_option("--aggregate", aggregate_,
-                "stitching: mean_selected|mean_all|sum (default mean_selected)");
-  c->add_option("--lambda", lambda_, "task_arithmetic/ties/dare scale (default 1)");
-  c->add_option("--density", density_, "ties: fraction kept per task (default 0.2)");
-  c->add_option("--drop", drop_, "dare: drop probability p in [0,1) (default 0.9)");
+  c->add_option("--block-size", block_size_,
+                "columns per OBS block (default 128)");
+  c->add_flag("--float64", float64_,
+              "run the kernel in float64 (default float32)");
+  c->add_option(
+      "--aggregate", aggregate_,
+      "stitching: mean_selected|mean_all|sum (default mean_selected)");
+  c->add_option("--lambda", lambda_,
+                "task_arithmetic/ties/dare scale (default 1)");
+  c->add_option("--density", density_,
+                "ties: fraction kept per task (default 0.2)");
+  c->add_option("--drop", drop_,
+                "dare: drop probability p in [0,1) (default 0.9)");
   c->add_option("--seed", seed_, "dare: random seed (default 0)");
-  c->add_option("--include", include_, "regex: fuse only matching tensor names (repeatable)");
-  c->add_option("--exclude", exclude_, "regex: never fuse matching tensor names (repeatable)");
+  c->add_option("--include", include_,
+                "regex: fuse only matching tensor names (repeatable)");
+  c->add_option("--exclude", exclude_,
+                "regex: never fuse matching tensor names (repeatable)");
   c->add_option("--on-mismatch", on_mismatch_,
-                "error|copy_base for tensors a task cannot be paired with (default error)");
+                "error|copy_base for tensors a task cannot be paired with "
+                "(default error)");
   c->add_option("--out", out_, "output directory for the fused checkpoint");
   c->add_option("--patch-out", patch_out_,
                 "stitched patch file (per-task patches are written beside it)");
   c->add_option("--report", report_, "JSON report path");
   c->add_flag("--overwrite", overwrite_, "replace existing outputs");
   c->add_option("--device", device_, "cpu|cuda|cuda:N|auto (default auto)");
-  c->add_option("--threads", threads_, "intra-op threads (default: LibTorch's)");
+  c->add_option("--threads", threads_,
+                "intra-op threads (default: LibTorch's)");
   c->add_option("--allowed-root", allowed_roots_,
                 "directory every URI must lie under (repeatable; default /)");
   c->add_flag("-q,--quiet", quiet_, "no progress bar");
@@ -139,8 +166,9 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
 
 int FuseCommand::Run() {
   if (!local_) {
-    std::cerr << "tailorctl: error: fuse needs --local (remote jobs arrive with "
-                 "the tailord server)\n";
+    std::cerr
+        << "tailorctl: error: fuse needs --local (remote jobs arrive with "
+           "the tailord server)\n";
     return kExitUsage;
   }
   FusionSpec spec;
@@ -150,7 +178,8 @@ int FuseCommand::Run() {
     spec = *loaded;
   }
   auto given = [&](const char* flag) { return cmd_->count(flag) > 0; };
-  auto apply = [&](const char* flag, auto parse, auto* field, const std::string& text) {
+  auto apply = [&](const char* flag, auto parse, auto* field,
+                   const std::string& text) {
     if (!given(flag)) return absl::OkStatus();
     auto parsed = parse(text);
     if (!parsed.ok()) return parsed.status();
@@ -158,21 +187,23 @@ int FuseCommand::Run() {
     return absl::OkStatus();
   };
   if (given("--pretrained")) spec.pretrained_uri = pretrained_;
-  if (given("--finetuned") || given("--patch") || given("--hessians") || given("--label")) {
+  if (given("--finetuned") || given("--patch") || given("--hessians") ||
+      given("--label")) {
     absl::StatusOr<std::vector<TaskSpec>> tasks =
         TasksFromLists(finetuned_, patches_, hessians_, labels_);
     if (!tasks.ok()) return Fail(tasks.status());
     spec.tasks = *tasks;
   }
-  for (absl::Status s : {apply("--method", ParseMethod, &spec.method, method_),
-                         apply("--scope", ParseScope, &spec.tailor.scope, scope_),
-                         apply("--normalize", ParseNormalization, &spec.tailor.normalization,
-                               normalize_),
-                         apply("--compensation", ParseCompensation,
-                               &spec.tailor.compensation, compensation_),
-                         apply("--aggregate", ParseAggregation, &spec.aggregation, aggregate_),
-                         apply("--on-mismatch", ParseMismatchPolicy, &spec.on_mismatch,
-                               on_mismatch_)}) {
+  for (absl::Status s :
+       {apply("--method", ParseMethod, &spec.method, method_),
+        apply("--scope", ParseScope, &spec.tailor.scope, scope_),
+        apply("--normalize", ParseNormalization, &spec.tailor.normalization,
+              normalize_),
+        apply("--compensation", ParseCompensation, &spec.tailor.compensation,
+              compensation_),
+        apply("--aggregate", ParseAggregation, &spec.aggregation, aggregate_),
+        apply("--on-mismatch", ParseMismatchPolicy, &spec.on_mismatch,
+              on_mismatch_)}) {
     if (!s.ok()) return Fail(s);
   }
   if (given("--keep")) spec.tailor.keep_ratio = keep_;
@@ -201,7 +232,8 @@ int FuseCommand::Run() {
   options.cancel = &g_cancel;
   std::signal(SIGINT, OnInterrupt);
   std::signal(SIGTERM, OnInterrupt);
-  absl::StatusOr<nlohmann::json> report = RunFusionJob(spec, *resolver, options);
+  absl::StatusOr<nlohmann::json> report =
+      RunFusionJob(spec, *resolver, options);
   if (!report.ok()) return Fail(report.status());
   PrintSummary(*report);
   return kExitOk;
@@ -212,10 +244,12 @@ CLI::App* ApplyPatchCommand::Add(CLI::App& app) {
       "apply-patch",
       "Rebuild a fused checkpoint from the pre-trained base and a patch "
       "(bit-identical to the fuse output that wrote the patch).");
-  c->add_option("--pretrained", pretrained_, "pre-trained checkpoint URI")->required();
+  c->add_option("--pretrained", pretrained_, "pre-trained checkpoint URI")
+      ->required();
   c->add_option("--patch", patch_, "patch file URI")->required();
   c->add_option("--out", out_, "output directory")->required();
-  c->add_flag("--overwrite", overwrite_, "replace an existing output directory");
+  c->add_flag("--overwrite", overwrite_,
+              "replace an existing output directory");
   c->add_option("--allowed-root", allowed_roots_,
                 "directory every URI must lie under (repeatable; default /)");
   return c;

@@ -32,7 +32,8 @@ std::string HumanBytes(uint64_t bytes) {
     v /= 1024;
     ++u;
   }
-  return u == 0 ? absl::StrCat(bytes, " B") : absl::StrFormat("%.2f %s", v, units[u]);
+  return u == 0 ? absl::StrCat(bytes, " B")
+                : absl::StrFormat("%.2f %s", v, units[u]);
 }
 
 // What we show, gathered from any kind of input.
@@ -44,7 +45,7 @@ struct View {
   const std::vector<TensorInfo>* tensors = nullptr;
   std::map<std::string, std::string> metadata;
   std::vector<std::string> warnings;
-  nlohmann::json lora;                       // adapter summary, if any
+  nlohmann::json lora;                        // adapter summary, if any
   std::map<std::string, std::string> origin;  // tensor -> "lora"/"replaced"
 };
 
@@ -53,7 +54,8 @@ void FillFromCheckpoint(const Checkpoint& ckpt, View* view) {
   for (const auto& f : ckpt.files()) {
     view->files.emplace_back(Basename(f->path()), f->file_size());
   }
-  if (ckpt.files().size() == 1) view->metadata = ckpt.files()[0]->header().metadata;
+  if (ckpt.files().size() == 1)
+    view->metadata = ckpt.files()[0]->header().metadata;
   view->warnings = ckpt.warnings();
   view->tensors = &ckpt.tensors();
 }
@@ -89,7 +91,8 @@ void PrintTable(const View& view, std::ostream& out) {
   }
   std::vector<size_t> width(rows[0].size(), 0);
   for (const auto& row : rows) {
-    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+    for (size_t i = 0; i < row.size(); ++i)
+      width[i] = std::max(width[i], row[i].size());
   }
   for (const auto& row : rows) {
     std::string line;
@@ -97,7 +100,9 @@ void PrintTable(const View& view, std::ostream& out) {
       const bool right = i == 3;  // bytes
       std::string cell = row[i];
       std::string pad(width[i] - cell.size(), ' ');
-      absl::StrAppend(&line, i ? "  " : "", right ? pad + cell : cell + (i + 1 < row.size() ? pad : ""));
+      absl::StrAppend(
+          &line, i ? "  " : "",
+          right ? pad + cell : cell + (i + 1 < row.size() ? pad : ""));
     }
     out << line << "\n";
   }
@@ -111,10 +116,10 @@ void PrintTable(const View& view, std::ostream& out) {
   out << "\n" << view.kind << " " << view.path << "\n";
   out << "tensors: " << tensors.size() << "  parameters: " << params
       << "  bytes: " << bytes << " (" << HumanBytes(bytes) << ")\n";
-  out << "dtypes: "
-      << absl::StrJoin(by_dtype, ", ", absl::PairFormatter("=")) << "\n";
-  out << "files: " << view.files.size() << (view.sharded ? " (sharded, indexed)" : "")
+  out << "dtypes: " << absl::StrJoin(by_dtype, ", ", absl::PairFormatter("="))
       << "\n";
+  out << "files: " << view.files.size()
+      << (view.sharded ? " (sharded, indexed)" : "") << "\n";
   if (!view.lora.is_null()) out << "adapter: " << view.lora.dump() << "\n";
   for (const std::string& w : view.warnings) out << "warning: " << w << "\n";
 }
@@ -191,8 +196,10 @@ absl::Status RunInspect(const InspectArgs& args, std::ostream& out) {
       TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<LoraFineTuned> lora,
                               LoraFineTuned::Create(base.get(), path, options));
       FillFromCheckpoint(*base, &view);
-      for (const LoraModule& m : lora->modules()) view.origin[m.base_tensor] = "lora";
-      for (const auto& [name, key] : lora->replaced()) view.origin[name] = "replaced";
+      for (const LoraModule& m : lora->modules())
+        view.origin[m.base_tensor] = "lora";
+      for (const auto& [name, key] : lora->replaced())
+        view.origin[name] = "replaced";
       view.tensors = &lora->tensors();
       merged = std::move(lora);
     }

@@ -11,7 +11,7 @@ namespace tailor::cli {
 
 struct InspectArgs {
   std::string uri;
-  std::string base_uri;  // for a LoRA adapter: show the merged view
+  std::string base_uri;          // for a LoRA adapter: show the merged view
   std::string output = "table";  // table | json
   std::vector<std::string> allowed_roots;
 };

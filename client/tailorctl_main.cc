@@ -32,7 +32,8 @@ int main(int argc, char** argv) {
       "totals. URI: a directory with model.safetensors.index.json or "
       "model.safetensors, a .safetensors file, or a PEFT LoRA adapter "
       "directory; plain path or file://.");
-  inspect_cmd->add_option("uri", inspect.uri, "checkpoint location")->required();
+  inspect_cmd->add_option("uri", inspect.uri, "checkpoint location")
+      ->required();
   inspect_cmd->add_option(
       "--base", inspect.base_uri,
       "for a LoRA adapter: the base checkpoint to show the merged view over");

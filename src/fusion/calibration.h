@@ -1,12 +1,12 @@
 #ifndef TAILOR_FUSION_CALIBRATION_H_
 #define TAILOR_FUSION_CALIBRATION_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "io/checkpoint.h"

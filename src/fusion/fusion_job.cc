@@ -45,7 +45,8 @@ absl::StatusOr<at::Device> ResolveDevice(const std::string& device) {
     char* end = nullptr;
     index = static_cast<int>(std::strtol(device.c_str() + 5, &end, 10));
     if (*end != '\0' || index < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("bad device '", device, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad device '", device, "'"));
     }
   }
   return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
@@ -61,7 +62,8 @@ absl::StatusOr<nlohmann::json> Fingerprints(const Checkpoint& ckpt) {
   return files;
 }
 
-std::string PatchPathFor(const std::string& stitched, const std::string& label) {
+std::string PatchPathFor(const std::string& stitched,
+                         const std::string& label) {
   std::string stem = stitched;
   if (absl::EndsWith(stem, ".safetensors")) {
     stem.resize(stem.size() - std::string(".safetensors").size());
@@ -107,9 +109,9 @@ class Job {
     Emit(ProgressEvent::Kind::kPlanned);
     for (const WorkItem& item : plan_) {
       if (options_.cancel != nullptr && options_.cancel->load()) {
-        return absl::CancelledError(absl::StrCat(
-            "cancelled after ", done_, " of ", plan_.size(),
-            " tensors; no output was published"));
+        return absl::CancelledError(
+            absl::StrCat("cancelled after ", done_, " of ", plan_.size(),
+                         " tensors; no output was published"));
       }
       nlohmann::json entry;
       if (item.fuse) {
@@ -156,11 +158,13 @@ class Job {
   }
 
   absl::Status OpenInputs() {
-    TAILOR_ASSIGN_OR_RETURN(base_, OpenCheckpointUri(spec_.pretrained_uri, resolver_));
+    TAILOR_ASSIGN_OR_RETURN(base_,
+                            OpenCheckpointUri(spec_.pretrained_uri, resolver_));
     for (const std::string& w : base_->warnings()) Warn(w);
     TAILOR_ASSIGN_OR_RETURN(nlohmann::json base_fp, Fingerprints(*base_));
-    sources_.push_back(
-        {{"role", "pretrained"}, {"uri", spec_.pretrained_uri}, {"files", base_fp}});
+    sources_.push_back({{"role", "pretrained"},
+                        {"uri", spec_.pretrained_uri},
+                        {"files", base_fp}});
     Checkpoint::Options open;
     open.resolver = &resolver_;
     for (size_t i = 0; i < spec_.tasks.size(); ++i) {
@@ -176,7 +180,8 @@ class Job {
         task->options.compensation = Compensation::kNone;
       }
       if (!ts.patch_uri.empty()) {
-        TAILOR_ASSIGN_OR_RETURN(std::string path, resolver_.ResolveExisting(ts.patch_uri));
+        TAILOR_ASSIGN_OR_RETURN(std::string path,
+                                resolver_.ResolveExisting(ts.patch_uri));
         TAILOR_ASSIGN_OR_RETURN(task->patch, PatchFile::Open(path, open));
         TAILOR_ASSIGN_OR_RETURN(std::string sha, HeaderFingerprint(path));
         sources_.push_back({{"role", "patch"},
@@ -184,13 +189,15 @@ class Job {
                             {"uri", ts.patch_uri},
                             {"sha256", sha}});
       } else {
-        TAILOR_ASSIGN_OR_RETURN(task->finetuned,
-                                OpenFineTunedUri(ts.finetuned_uri, *base_, resolver_));
+        TAILOR_ASSIGN_OR_RETURN(
+            task->finetuned,
+            OpenFineTunedUri(ts.finetuned_uri, *base_, resolver_));
         nlohmann::json fp;
-        if (auto* ckpt = dynamic_cast<const Checkpoint*>(task->finetuned.get())) {
+        if (auto* ckpt =
+                dynamic_cast<const Checkpoint*>(task->finetuned.get())) {
           TAILOR_ASSIGN_OR_RETURN(fp, Fingerprints(*ckpt));
-        } else if (auto* lora =
-                       dynamic_cast<const LoraFineTuned*>(task->finetuned.get())) {
+        } else if (auto* lora = dynamic_cast<const LoraFineTuned*>(
+                       task->finetuned.get())) {
           TAILOR_ASSIGN_OR_RETURN(fp, Fingerprints(lora->adapter()));
         }
         sources_.push_back({{"role", "finetuned"},
@@ -201,7 +208,8 @@ class Job {
       if (!ts.hessian_uri.empty()) {
         TAILOR_ASSIGN_OR_RETURN(std::string path,
                                 resolver_.ResolveExisting(ts.hessian_uri));
-        TAILOR_ASSIGN_OR_RETURN(task->calibration, CalibrationFile::Open(path, open));
+        TAILOR_ASSIGN_OR_RETURN(task->calibration,
+                                CalibrationFile::Open(path, open));
         TAILOR_ASSIGN_OR_RETURN(std::string sha, HeaderFingerprint(path));
         sources_.push_back({{"role", "hessians"},
                             {"label", task->label},
@@ -227,14 +235,15 @@ class Job {
     }
     const TensorInfo* ft = task.finetuned->Find(info.name);
     if (ft == nullptr) {
-      return absl::StrCat("task '", task.label, "' (", task.finetuned->description(),
-                          ") has no tensor '", info.name, "'");
+      return absl::StrCat("task '", task.label, "' (",
+                          task.finetuned->description(), ") has no tensor '",
+                          info.name, "'");
     }
     if (ft->shape != info.shape || ft->dtype != info.dtype) {
       return absl::StrCat("task '", task.label, "' has '", info.name, "' as ",
                           DTypeName(ft->dtype), " ",
-                          c10::str(at::IntArrayRef(ft->shape)), ", the base as ",
-                          DTypeName(info.dtype), " ",
+                          c10::str(at::IntArrayRef(ft->shape)),
+                          ", the base as ", DTypeName(info.dtype), " ",
                           c10::str(at::IntArrayRef(info.shape)));
     }
     return "";
@@ -249,12 +258,13 @@ class Job {
       item.info = &info;
       bytes_total_ += info.nbytes;
       const bool included =
-          include.empty() || std::any_of(include.begin(), include.end(), [&](const std::regex& r) {
+          include.empty() ||
+          std::any_of(include.begin(), include.end(), [&](const std::regex& r) {
             return std::regex_search(info.name, r);
           });
-      const bool excluded = std::any_of(exclude.begin(), exclude.end(), [&](const std::regex& r) {
-        return std::regex_search(info.name, r);
-      });
+      const bool excluded = std::any_of(
+          exclude.begin(), exclude.end(),
+          [&](const std::regex& r) { return std::regex_search(info.name, r); });
       if (!IsFloatingDType(info.dtype)) {
         item.why_copied = "not a floating-point tensor";
       } else if (!included) {
@@ -282,8 +292,9 @@ class Job {
       const std::vector<std::string> names = TaskTensorNames(*task);
       for (const std::string& name : names) {
         if (base_->Find(name) != nullptr) continue;
-        std::string why = absl::StrCat("task '", task->label, "' has tensor '", name,
-                                       "' which the base checkpoint lacks");
+        std::string why =
+            absl::StrCat("task '", task->label, "' has tensor '", name,
+                         "' which the base checkpoint lacks");
         if (task->patch || spec_.on_mismatch == MismatchPolicy::kError) {
           return absl::InvalidArgumentError(why);
         }
@@ -305,23 +316,27 @@ class Job {
 
   bool WritesTaskPatches() const {
     return !spec_.patch_uri.empty() && tasks_.size() > 1 &&
-           (spec_.method == Method::kTailor || spec_.method == Method::kMagnitude);
+           (spec_.method == Method::kTailor ||
+            spec_.method == Method::kMagnitude);
   }
 
   absl::Status OpenOutputs() {
     if (!spec_.output_uri.empty()) {
-      TAILOR_ASSIGN_OR_RETURN(std::string out, resolver_.ResolveForWrite(spec_.output_uri));
+      TAILOR_ASSIGN_OR_RETURN(std::string out,
+                              resolver_.ResolveForWrite(spec_.output_uri));
       CheckpointWriterOptions options;
       options.preserve_file_assignment = true;
       options.overwrite = spec_.overwrite;
       options.copy_files_from = base_->directory();
-      TAILOR_ASSIGN_OR_RETURN(writer_,
-                              CheckpointWriter::Create(out, base_->tensors(), options));
+      TAILOR_ASSIGN_OR_RETURN(
+          writer_, CheckpointWriter::Create(out, base_->tensors(), options));
     }
     if (!spec_.patch_uri.empty()) {
-      TAILOR_ASSIGN_OR_RETURN(patch_path_, resolver_.ResolveForWrite(spec_.patch_uri));
+      TAILOR_ASSIGN_OR_RETURN(patch_path_,
+                              resolver_.ResolveForWrite(spec_.patch_uri));
       if (PathExists(patch_path_) && !spec_.overwrite) {
-        return absl::AlreadyExistsError(absl::StrCat(patch_path_, " already exists"));
+        return absl::AlreadyExistsError(
+            absl::StrCat(patch_path_, " already exists"));
       }
       TAILOR_ASSIGN_OR_RETURN(stitched_, PatchWriter::Create(patch_path_));
       if (WritesTaskPatches()) {
@@ -329,16 +344,20 @@ class Job {
           if (task->patch) continue;  // already a patch
           task->patch_out = PatchPathFor(patch_path_, task->label);
           if (PathExists(task->patch_out) && !spec_.overwrite) {
-            return absl::AlreadyExistsError(absl::StrCat(task->patch_out, " already exists"));
+            return absl::AlreadyExistsError(
+                absl::StrCat(task->patch_out, " already exists"));
           }
-          TAILOR_ASSIGN_OR_RETURN(task->patch_writer, PatchWriter::Create(task->patch_out));
+          TAILOR_ASSIGN_OR_RETURN(task->patch_writer,
+                                  PatchWriter::Create(task->patch_out));
         }
       }
     }
     if (!spec_.report_uri.empty()) {
-      TAILOR_ASSIGN_OR_RETURN(report_path_, resolver_.ResolveForWrite(spec_.report_uri));
+      TAILOR_ASSIGN_OR_RETURN(report_path_,
+                              resolver_.ResolveForWrite(spec_.report_uri));
       if (PathExists(report_path_) && !spec_.overwrite) {
-        return absl::AlreadyExistsError(absl::StrCat(report_path_, " already exists"));
+        return absl::AlreadyExistsError(
+            absl::StrCat(report_path_, " already exists"));
       }
     }
     return absl::OkStatus();
@@ -365,15 +384,18 @@ class Job {
         if (task->patch->Find(name) != nullptr) {
           TAILOR_ASSIGN_OR_RETURN(TaskDelta d, task->patch->Load(name));
           TAILOR_ASSIGN_OR_RETURN(d, CatchTorch(name, [&] {
-                                    return TaskDelta{d.mask.to(device_),
-                                                     d.delta.to(device_, pre.scalar_type())};
+                                    return TaskDelta{
+                                        d.mask.to(device_),
+                                        d.delta.to(device_, pre.scalar_type())};
                                   }));
           deltas.push_back(std::move(d));
         } else {
-          TAILOR_ASSIGN_OR_RETURN(TaskDelta d, CatchTorch(name, [&] {
-                                    return TaskDelta{at::zeros(pre.sizes(), pre.options().dtype(at::kBool)),
-                                                     at::zeros_like(pre)};
-                                  }));
+          TAILOR_ASSIGN_OR_RETURN(
+              TaskDelta d, CatchTorch(name, [&] {
+                return TaskDelta{
+                    at::zeros(pre.sizes(), pre.options().dtype(at::kBool)),
+                    at::zeros_like(pre)};
+              }));
           deltas.push_back(std::move(d));
         }
         tj["source"] = "patch";
@@ -381,18 +403,24 @@ class Job {
         per_task.push_back(tj);
         continue;
       }
-      TAILOR_ASSIGN_OR_RETURN(at::Tensor ft, task->finetuned->Read(name, ComputeRead()));
-      if (spec_.method == Method::kTailor || spec_.method == Method::kMagnitude) {
+      TAILOR_ASSIGN_OR_RETURN(at::Tensor ft,
+                              task->finetuned->Read(name, ComputeRead()));
+      if (spec_.method == Method::kTailor ||
+          spec_.method == Method::kMagnitude) {
         at::Tensor h;
-        if (task->calibration && info.shape.size() == 2 && spec_.method == Method::kTailor) {
-          if (std::optional<std::string> key = task->calibration->KeyFor(name)) {
+        if (task->calibration && info.shape.size() == 2 &&
+            spec_.method == Method::kTailor) {
+          if (std::optional<std::string> key =
+                  task->calibration->KeyFor(name)) {
             TAILOR_ASSIGN_OR_RETURN(h, task->calibration->Load(*key));
           }
         }
-        TAILOR_ASSIGN_OR_RETURN(LayerResult r, TailorLayer(name, pre, ft, h, task->options));
+        TAILOR_ASSIGN_OR_RETURN(LayerResult r,
+                                TailorLayer(name, pre, ft, h, task->options));
         const LayerStats& s = r.stats;
         tj["kept"] = s.kept;
-        tj["kept_fraction"] = s.count ? static_cast<double>(s.kept) / s.count : 0.0;
+        tj["kept_fraction"] =
+            s.count ? static_cast<double>(s.kept) / s.count : 0.0;
         tj["hessian"] = s.has_hessian;
         tj["compensation"] = s.compensation;
         if (!s.fallback_reason.empty()) {
@@ -405,61 +433,70 @@ class Job {
           tj["dead_columns"] = s.dead_columns;
           tj["error_mask_only"] = NumberOrNull(s.error_mask_only);
           tj["error_compensated"] = NumberOrNull(s.error_compensated);
-          error_mask_only_ += std::isfinite(s.error_mask_only) ? s.error_mask_only : 0;
+          error_mask_only_ +=
+              std::isfinite(s.error_mask_only) ? s.error_mask_only : 0;
           error_compensated_ +=
               std::isfinite(s.error_compensated) ? s.error_compensated : 0;
         }
         if (task->patch_writer) {
-          TAILOR_RETURN_IF_ERROR(task->patch_writer->Add(name, r.mask, r.delta, info.dtype, tj));
+          TAILOR_RETURN_IF_ERROR(
+              task->patch_writer->Add(name, r.mask, r.delta, info.dtype, tj));
         }
         // Timings go to the report only: patches stay byte-deterministic.
         tj["seconds"] = s.seconds;
         deltas.push_back(TaskDelta{r.mask, r.delta});
       } else {
-        TAILOR_RETURN_IF_ERROR(CheckFiniteTensor(ft, name, "fine-tuned tensor"));
-        TAILOR_ASSIGN_OR_RETURN(at::Tensor d, CatchTorch(name, [&] { return ft - pre; }));
+        TAILOR_RETURN_IF_ERROR(
+            CheckFiniteTensor(ft, name, "fine-tuned tensor"));
+        TAILOR_ASSIGN_OR_RETURN(at::Tensor d,
+                                CatchTorch(name, [&] { return ft - pre; }));
         dense.push_back(std::move(d));
       }
       per_task.push_back(tj);
     }
-    TAILOR_ASSIGN_OR_RETURN(MergedDelta merged, CatchTorch(name, [&]() -> MergedDelta {
-      switch (spec_.method) {
-        case Method::kTailor:
-        case Method::kMagnitude:
-          if (deltas.size() == 1) return MergedDelta{deltas[0].mask, deltas[0].delta};
-          return Stitch(deltas, spec_.aggregation);
-        case Method::kTaskArithmetic:
-          return TaskArithmetic(dense, spec_.lambda);
-        case Method::kTies:
-          return Ties(dense, spec_.density, spec_.lambda);
-        case Method::kDare:
-          return Dare(dense, spec_.drop, spec_.lambda, spec_.seed, name);
-        case Method::kSpider:
-          return Spider(pre, dense[0], at::Tensor());
-      }
-      return MergedDelta{};
-    }));
+    TAILOR_ASSIGN_OR_RETURN(
+        MergedDelta merged, CatchTorch(name, [&]() -> MergedDelta {
+          switch (spec_.method) {
+            case Method::kTailor:
+            case Method::kMagnitude:
+              if (deltas.size() == 1)
+                return MergedDelta{deltas[0].mask, deltas[0].delta};
+              return Stitch(deltas, spec_.aggregation);
+            case Method::kTaskArithmetic:
+              return TaskArithmetic(dense, spec_.lambda);
+            case Method::kTies:
+              return Ties(dense, spec_.density, spec_.lambda);
+            case Method::kDare:
+              return Dare(dense, spec_.drop, spec_.lambda, spec_.seed, name);
+            case Method::kSpider:
+              return Spider(pre, dense[0], at::Tensor());
+          }
+          return MergedDelta{};
+        }));
     const int64_t kept = merged.mask.sum().item<int64_t>();
-    nlohmann::json entry = {{"name", name},
-                            {"action", "fused"},
-                            {"shape", info.shape},
-                            {"dtype", std::string(DTypeName(info.dtype))},
-                            {"count", info.numel},
-                            {"kept", kept},
-                            {"kept_fraction", info.numel ? static_cast<double>(kept) / info.numel : 0.0},
-                            {"tasks", per_task}};
+    nlohmann::json entry = {
+        {"name", name},
+        {"action", "fused"},
+        {"shape", info.shape},
+        {"dtype", std::string(DTypeName(info.dtype))},
+        {"count", info.numel},
+        {"kept", kept},
+        {"kept_fraction",
+         info.numel ? static_cast<double>(kept) / info.numel : 0.0},
+        {"tasks", per_task}};
     if (writer_) {
       TAILOR_ASSIGN_OR_RETURN(at::Tensor fused, CatchTorch(name, [&] {
-                                return FuseTensor(pre, merged.mask,
-                                                  KeptValues(merged.mask, merged.delta));
+                                return FuseTensor(
+                                    pre, merged.mask,
+                                    KeptValues(merged.mask, merged.delta));
                               }));
       TAILOR_RETURN_IF_ERROR(writer_->Write(name, fused));
     }
     if (stitched_) {
       nlohmann::json patch_stats = {{"kept", kept}, {"tasks", per_task}};
       for (auto& t : patch_stats["tasks"]) t.erase("seconds");
-      TAILOR_RETURN_IF_ERROR(
-          stitched_->Add(name, merged.mask, merged.delta, info.dtype, patch_stats));
+      TAILOR_RETURN_IF_ERROR(stitched_->Add(name, merged.mask, merged.delta,
+                                            info.dtype, patch_stats));
     }
     total_count_ += info.numel;
     total_kept_ += kept;
@@ -485,8 +522,8 @@ class Job {
 
   nlohmann::json Knobs() const {
     nlohmann::json knobs = spec_.ToJson();
-    for (const char* k : {"pretrained", "tasks", "out", "patch_out", "report", "device",
-                          "threads"}) {
+    for (const char* k : {"pretrained", "tasks", "out", "patch_out", "report",
+                          "device", "threads"}) {
       knobs.erase(k);
     }
     return knobs;
@@ -538,7 +575,8 @@ class Job {
         {"device", device_.str()},
         {"seconds", Seconds(start_)}};
     if (!report_path_.empty()) {
-      TAILOR_RETURN_IF_ERROR(WriteFileAtomically(report_path_, report_.dump(2) + "\n"));
+      TAILOR_RETURN_IF_ERROR(
+          WriteFileAtomically(report_path_, report_.dump(2) + "\n"));
     }
     return absl::OkStatus();
   }
@@ -583,15 +621,17 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
   return CatchTorch("apply-patch", [&]() -> absl::Status {
     TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> base,
                             OpenCheckpointUri(pretrained_uri, resolver));
-    TAILOR_ASSIGN_OR_RETURN(std::string patch_path, resolver.ResolveExisting(patch_uri));
+    TAILOR_ASSIGN_OR_RETURN(std::string patch_path,
+                            resolver.ResolveExisting(patch_uri));
     Checkpoint::Options open;
     open.resolver = &resolver;
-    TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<PatchFile> patch, PatchFile::Open(patch_path, open));
+    TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<PatchFile> patch,
+                            PatchFile::Open(patch_path, open));
     // The patch records the base it was made for.
     TAILOR_ASSIGN_OR_RETURN(nlohmann::json base_fp, Fingerprints(*base));
     for (const auto& source : patch->sources()) {
-      if (source.value("role", "") == "pretrained" && source.contains("files") &&
-          source["files"] != base_fp) {
+      if (source.value("role", "") == "pretrained" &&
+          source.contains("files") && source["files"] != base_fp) {
         return absl::FailedPreconditionError(absl::StrCat(
             patch_path, " was made for a different pre-trained checkpoint (",
             source.value("uri", "?"), "): its header fingerprints differ from ",
@@ -601,24 +641,27 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
     for (const PatchFile::TensorEntry& e : patch->tensors()) {
       const TensorInfo* info = base->Find(e.name);
       if (info == nullptr) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            patch_path, ": patches tensor '", e.name, "' which ", pretrained_uri, " lacks"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(patch_path, ": patches tensor '", e.name, "' which ",
+                         pretrained_uri, " lacks"));
       }
       if (info->shape != e.shape || info->dtype != e.base_dtype) {
         return absl::InvalidArgumentError(absl::StrCat(
-            patch_path, ": tensor '", e.name, "' is ", DTypeName(e.base_dtype), " ",
-            c10::str(at::IntArrayRef(e.shape)), " in the patch but ",
+            patch_path, ": tensor '", e.name, "' is ", DTypeName(e.base_dtype),
+            " ", c10::str(at::IntArrayRef(e.shape)), " in the patch but ",
             DTypeName(info->dtype), " ", c10::str(at::IntArrayRef(info->shape)),
             " in the base"));
       }
     }
-    TAILOR_ASSIGN_OR_RETURN(std::string out, resolver.ResolveForWrite(output_uri));
+    TAILOR_ASSIGN_OR_RETURN(std::string out,
+                            resolver.ResolveForWrite(output_uri));
     CheckpointWriterOptions options;
     options.preserve_file_assignment = true;
     options.overwrite = overwrite;
     options.copy_files_from = base->directory();
-    TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> writer,
-                            CheckpointWriter::Create(out, base->tensors(), options));
+    TAILOR_ASSIGN_OR_RETURN(
+        std::unique_ptr<CheckpointWriter> writer,
+        CheckpointWriter::Create(out, base->tensors(), options));
     for (const TensorInfo& info : base->tensors()) {
       if (patch->Find(info.name) == nullptr) {
         TAILOR_ASSIGN_OR_RETURN(std::string bytes, base->ReadRaw(info.name));
@@ -627,8 +670,8 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
       }
       TAILOR_ASSIGN_OR_RETURN(at::Tensor pre, base->Read(info.name));
       TAILOR_ASSIGN_OR_RETURN(auto packed, patch->LoadPacked(info.name));
-      TAILOR_RETURN_IF_ERROR(
-          writer->Write(info.name, FuseTensor(pre, packed.first, packed.second)));
+      TAILOR_RETURN_IF_ERROR(writer->Write(
+          info.name, FuseTensor(pre, packed.first, packed.second)));
     }
     return writer->Commit();
   });

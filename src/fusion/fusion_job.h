@@ -22,15 +22,15 @@ struct ProgressEvent {
     kFinished,    // outputs published
   };
   Kind kind = Kind::kPlanned;
-  std::string tensor;      // kTensorDone
-  std::string action;      // kTensorDone: "fused" | "copied"
-  int64_t done = 0;        // tensors finished so far
-  int64_t total = 0;       // tensors in the plan
-  uint64_t bytes_done = 0;   // base-checkpoint bytes finished so far
+  std::string tensor;       // kTensorDone
+  std::string action;       // kTensorDone: "fused" | "copied"
+  int64_t done = 0;         // tensors finished so far
+  int64_t total = 0;        // tensors in the plan
+  uint64_t bytes_done = 0;  // base-checkpoint bytes finished so far
   uint64_t bytes_total = 0;
   double elapsed_seconds = 0;
-  std::string message;     // kWarning
-  nlohmann::json stats;    // kTensorDone: the tensor's report entry
+  std::string message;   // kWarning
+  nlohmann::json stats;  // kTensorDone: the tensor's report entry
 };
 
 // Receives progress; implementations must be fast (they run on the job's

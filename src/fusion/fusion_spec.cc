@@ -21,7 +21,8 @@ constexpr std::pair<absl::string_view, Method> kMethods[] = {
     {"spider", Method::kSpider}};
 
 constexpr std::pair<absl::string_view, MismatchPolicy> kPolicies[] = {
-    {"error", MismatchPolicy::kError}, {"copy_base", MismatchPolicy::kCopyBase}};
+    {"error", MismatchPolicy::kError},
+    {"copy_base", MismatchPolicy::kCopyBase}};
 
 absl::Status Invalid(absl::string_view field, absl::string_view rule) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
@@ -33,10 +34,10 @@ absl::Status CheckRegexes(const std::vector<std::string>& patterns,
     try {
       std::regex re(patterns[i], std::regex::ECMAScript);
     } catch (const std::regex_error& e) {
-      return Invalid(absl::StrCat(field, "[", i, "]"),
-                     absl::StrCat("'", patterns[i],
-                                  "' is not a valid regular expression: ",
-                                  e.what()));
+      return Invalid(
+          absl::StrCat(field, "[", i, "]"),
+          absl::StrCat("'", patterns[i],
+                       "' is not a valid regular expression: ", e.what()));
     }
   }
   return absl::OkStatus();
@@ -47,7 +48,9 @@ absl::Status CheckRegexes(const std::vector<std::string>& patterns,
 absl::StatusOr<Method> ParseMethod(absl::string_view text) {
   return ParseEnumName(text, "method", kMethods);
 }
-absl::string_view MethodName(Method method) { return EnumName(method, kMethods); }
+absl::string_view MethodName(Method method) {
+  return EnumName(method, kMethods);
+}
 absl::StatusOr<MismatchPolicy> ParseMismatchPolicy(absl::string_view text) {
   return ParseEnumName(text, "on_mismatch", kPolicies);
 }
@@ -58,11 +61,13 @@ absl::string_view MismatchPolicyName(MismatchPolicy policy) {
 absl::Status FusionSpec::Validate() const {
   if (pretrained_uri.empty()) return Invalid("pretrained", "is required");
   if (tasks.empty()) {
-    return Invalid("tasks", "at least one fine-tuned checkpoint or patch is required");
+    return Invalid("tasks",
+                   "at least one fine-tuned checkpoint or patch is required");
   }
   if (output_uri.empty() && patch_uri.empty() && report_uri.empty()) {
-    return Invalid("outputs",
-                   "name at least one of out (fused checkpoint), patch_out, report");
+    return Invalid(
+        "outputs",
+        "name at least one of out (fused checkpoint), patch_out, report");
   }
   TAILOR_RETURN_IF_ERROR(tailor.Validate());
   std::set<std::string> labels;
@@ -77,8 +82,8 @@ absl::Status FusionSpec::Validate() const {
                      absl::StrCat("'", t.label, "' is used twice"));
     }
     for (char c : t.label) {
-      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' ||
-            c == '.')) {
+      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' ||
+            c == '_' || c == '.')) {
         return Invalid(absl::StrCat(field, ".label"),
                        "may contain only letters, digits, '-', '_' and '.'");
       }
@@ -91,15 +96,18 @@ absl::Status FusionSpec::Validate() const {
     }
     if (!t.patch_uri.empty() && method != Method::kTailor &&
         method != Method::kMagnitude) {
-      return Invalid(field,
-                     "patch tasks can only be stitched (method tailor or magnitude)");
+      return Invalid(
+          field,
+          "patch tasks can only be stitched (method tailor or magnitude)");
     }
     if (!t.patch_uri.empty() && !t.hessian_uri.empty()) {
-      return Invalid(field, "a patch task takes no hessians (the patch is final)");
+      return Invalid(field,
+                     "a patch task takes no hessians (the patch is final)");
     }
     if (!t.hessian_uri.empty() && method != Method::kTailor) {
-      return Invalid(field, absl::StrCat("hessians are used only by method tailor, not ",
-                                         MethodName(method)));
+      return Invalid(
+          field, absl::StrCat("hessians are used only by method tailor, not ",
+                              MethodName(method)));
     }
   }
   if (method == Method::kSpider && tasks.size() != 1) {
@@ -108,7 +116,8 @@ absl::Status FusionSpec::Validate() const {
   if (!(lambda > 0) || !std::isfinite(lambda)) {
     return Invalid("lambda", "must be a finite number > 0");
   }
-  if (!(density > 0 && density <= 1)) return Invalid("density", "must be in (0, 1]");
+  if (!(density > 0 && density <= 1))
+    return Invalid("density", "must be in (0, 1]");
   if (!(drop >= 0 && drop < 1)) return Invalid("drop", "must be in [0, 1)");
   if (threads < 0) return Invalid("threads", "must be >= 0");
   if (device != "auto" && device != "cpu" && device != "cuda" &&

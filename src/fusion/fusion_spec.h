@@ -37,7 +37,7 @@ struct TaskSpec {
   std::string label;          // defaults to "task<i>"
   std::string finetuned_uri;  // exactly one of finetuned_uri / patch_uri
   std::string patch_uri;
-  std::string hessian_uri;    // calibration file (tailor only; optional)
+  std::string hessian_uri;           // calibration file (tailor only; optional)
   std::optional<double> keep_ratio;  // per-task rho; default: the job's
   std::optional<double> omega;       // per-task omega; default: the job's
 };
@@ -50,18 +50,18 @@ struct FusionSpec {
   Method method = Method::kTailor;
   TailorOptions tailor;  // job-wide defaults and kernel knobs
   Aggregation aggregation = Aggregation::kMeanSelected;
-  double lambda = 1.0;   // task_arithmetic, ties, dare: scale
-  double density = 0.2;  // ties: fraction kept per task
-  double drop = 0.9;     // dare: drop probability p
-  uint64_t seed = 0;     // dare
+  double lambda = 1.0;               // task_arithmetic, ties, dare: scale
+  double density = 0.2;              // ties: fraction kept per task
+  double drop = 0.9;                 // dare: drop probability p
+  uint64_t seed = 0;                 // dare
   std::vector<std::string> include;  // ECMAScript regexes on tensor names
   std::vector<std::string> exclude;
   MismatchPolicy on_mismatch = MismatchPolicy::kError;
   // Outputs: at least one.
-  std::string output_uri;  // fused checkpoint directory (base's layout)
-  std::string patch_uri;   // stitched patch (per-task patches beside it)
-  std::string report_uri;  // JSON report
-  bool overwrite = false;  // replace existing outputs
+  std::string output_uri;       // fused checkpoint directory (base's layout)
+  std::string patch_uri;        // stitched patch (per-task patches beside it)
+  std::string report_uri;       // JSON report
+  bool overwrite = false;       // replace existing outputs
   std::string device = "auto";  // cpu | cuda | cuda:N | auto
   int threads = 0;              // intra-op threads; 0 = LibTorch default
 

@@ -32,7 +32,9 @@ absl::string_view ScopeName(Scope scope) { return EnumName(scope, kScopes); }
 absl::string_view NormalizationName(Normalization n) {
   return EnumName(n, kNorms);
 }
-absl::string_view CompensationName(Compensation c) { return EnumName(c, kComps); }
+absl::string_view CompensationName(Compensation c) {
+  return EnumName(c, kComps);
+}
 
 absl::Status TailorOptions::Validate() const {
   if (!(keep_ratio > 0 && keep_ratio <= 1)) {

@@ -47,9 +47,11 @@ absl::string_view AggregationName(Aggregation a) {
   return EnumName(a, kAggregations);
 }
 
-MergedDelta Stitch(const std::vector<TaskDelta>& tasks, Aggregation aggregation) {
+MergedDelta Stitch(const std::vector<TaskDelta>& tasks,
+                   Aggregation aggregation) {
   at::Tensor mask = tasks[0].mask.clone();
-  at::Tensor sum = at::where(tasks[0].mask, tasks[0].delta, Zero(tasks[0].delta));
+  at::Tensor sum =
+      at::where(tasks[0].mask, tasks[0].delta, Zero(tasks[0].delta));
   at::Tensor selected = tasks[0].mask.to(sum.scalar_type());
   for (size_t i = 1; i < tasks.size(); ++i) {
     mask.logical_or_(tasks[i].mask);
@@ -71,7 +73,8 @@ MergedDelta Stitch(const std::vector<TaskDelta>& tasks, Aggregation aggregation)
   return {mask, delta};
 }
 
-MergedDelta TaskArithmetic(const std::vector<at::Tensor>& deltas, double lambda) {
+MergedDelta TaskArithmetic(const std::vector<at::Tensor>& deltas,
+                           double lambda) {
   at::Tensor sum = deltas[0].clone();
   for (size_t i = 1; i < deltas.size(); ++i) sum.add_(deltas[i]);
   at::Tensor delta = sum * lambda;
@@ -87,8 +90,8 @@ MergedDelta Ties(const std::vector<at::Tensor>& deltas, double density,
     const int64_t k = KeepCount(density, d.numel());
     at::Tensor keep = at::zeros({d.numel()}, d.options().dtype(at::kBool));
     if (k > 0) {
-      at::Tensor order = std::get<1>(
-          d.abs().reshape({-1}).sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+      at::Tensor order = std::get<1>(d.abs().reshape({-1}).sort(
+          /*stable=*/true, /*dim=*/0, /*descending=*/true));
       keep.index_put_({order.slice(0, 0, k)}, true);
     }
     at::Tensor t = at::where(keep.view(d.sizes()), d, Zero(d));
@@ -108,7 +111,8 @@ MergedDelta Ties(const std::vector<at::Tensor>& deltas, double density,
     agree_count.add_(agrees.to(total.scalar_type()));
   }
   at::Tensor delta =
-      at::where(agree_count > 0, agree_sum / agree_count.clamp_min(1), Zero(total)) *
+      at::where(agree_count > 0, agree_sum / agree_count.clamp_min(1),
+                Zero(total)) *
       lambda;
   return {delta.ne(0), delta};
 }
@@ -123,7 +127,8 @@ MergedDelta Dare(const std::vector<at::Tensor>& deltas, double drop,
     // private generator, whatever the device, thread count or call order.
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
         Mix(Mix(seed) ^ name_hash ^ Mix(static_cast<uint64_t>(i) + 1)));
-    at::Tensor u = at::rand(d.sizes(), gen, at::TensorOptions().dtype(at::kDouble));
+    at::Tensor u =
+        at::rand(d.sizes(), gen, at::TensorOptions().dtype(at::kDouble));
     at::Tensor survive = (u >= drop).to(d.device());
     sum.add_(at::where(survive, d / (1.0 - drop), Zero(d)));
   }
@@ -136,10 +141,12 @@ MergedDelta Spider(const at::Tensor& w_pre, const at::Tensor& delta,
   auto zscore = [](const at::Tensor& x) {
     at::Tensor mean = x.mean();
     at::Tensor std = (x - mean).pow(2).mean().sqrt();
-    return at::where(std > 0, (x - mean) / std.clamp_min(1e-300), at::zeros_like(x));
+    return at::where(std > 0, (x - mean) / std.clamp_min(1e-300),
+                     at::zeros_like(x));
   };
   at::Tensor i_score = at::sigmoid(zscore(w_pre.abs()));
-  at::Tensor g = importance.defined() ? importance.to(delta.options()) : delta.abs();
+  at::Tensor g =
+      importance.defined() ? importance.to(delta.options()) : delta.abs();
   at::Tensor g_score = at::sigmoid(zscore(g));
   at::Tensor m = at::where(g_score > i_score, g_score / (g_score + i_score),
                            at::zeros_like(g_score));

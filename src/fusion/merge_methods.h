@@ -1,11 +1,11 @@
 #ifndef TAILOR_FUSION_MERGE_METHODS_H_
 #define TAILOR_FUSION_MERGE_METHODS_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -35,12 +35,14 @@ absl::string_view AggregationName(Aggregation a);
 // tasks that selected it: kMeanSelected divides by the number of selecting
 // tasks, kMeanAll by the number of tasks (the paper's C_agg), kSum not at all.
 // REQUIRES: at least one task; equal shapes.
-MergedDelta Stitch(const std::vector<TaskDelta>& tasks, Aggregation aggregation);
+MergedDelta Stitch(const std::vector<TaskDelta>& tasks,
+                   Aggregation aggregation);
 
 // --- Baselines: dense task vectors D_i = W_ft_i - W_pre in, merged out. ---
 
 // Task arithmetic: lambda * sum_i D_i, on every entry where it is non-zero.
-MergedDelta TaskArithmetic(const std::vector<at::Tensor>& deltas, double lambda);
+MergedDelta TaskArithmetic(const std::vector<at::Tensor>& deltas,
+                           double lambda);
 
 // TIES: trim each D_i to its top round(density * n) entries by |D_i| (ties to
 // the lower index), elect per entry the sign of the sum of trimmed values,

@@ -1,12 +1,12 @@
 #ifndef TAILOR_FUSION_PATCH_H_
 #define TAILOR_FUSION_PATCH_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "fusion/merge_methods.h"

@@ -69,16 +69,18 @@ at::Tensor ScoresWithDiag(const at::Tensor& d, const at::Tensor& diag,
 // Mask of the k highest entries of each row of `scores` (n x m); ties go to
 // the lower column (stable sort).
 at::Tensor TopKRows(const at::Tensor& scores, int64_t k) {
-  at::Tensor mask = at::zeros(scores.sizes(), scores.options().dtype(at::kBool));
+  at::Tensor mask =
+      at::zeros(scores.sizes(), scores.options().dtype(at::kBool));
   if (k <= 0) return mask;
-  at::Tensor order = std::get<1>(
-      scores.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
+  at::Tensor order =
+      std::get<1>(scores.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
   mask.scatter_(1, order.index({Slice(), Slice(0, k)}), true);
   return mask;
 }
 
 at::Tensor SelectBlock(const at::Tensor& scores, double keep_ratio) {
-  return TopKRows(scores.reshape({1, -1}), KeepCount(keep_ratio, scores.numel()))
+  return TopKRows(scores.reshape({1, -1}),
+                  KeepCount(keep_ratio, scores.numel()))
       .view(scores.sizes());
 }
 
@@ -86,7 +88,8 @@ at::Tensor SelectBlock(const at::Tensor& scores, double keep_ratio) {
 // false, column by column, pushing each error onto the block's later columns
 // through `u1` (the block's diagonal part of U). Returns the per-column
 // errors for the lazy update of the columns after the block.
-at::Tensor ObsBlock(at::Tensor& w1, const at::Tensor& m1, const at::Tensor& u1) {
+at::Tensor ObsBlock(at::Tensor& w1, const at::Tensor& m1,
+                    const at::Tensor& u1) {
   at::Tensor err1 = at::zeros_like(w1);
   for (int64_t i = 0; i < w1.size(1); ++i) {
     at::Tensor w = w1.select(1, i);
@@ -108,14 +111,15 @@ void FinishBlock(at::Tensor& d, const at::Tensor& w1, const at::Tensor& err1,
   d.index({Slice(), Slice(i1, i2)}).copy_(w1);
   if (i2 < d.size(1)) {
     d.index({Slice(), Slice(i2, at::indexing::None)})
-        .sub_(err1.matmul(u.index({Slice(i1, i2), Slice(i2, at::indexing::None)})));
+        .sub_(err1.matmul(
+            u.index({Slice(i1, i2), Slice(i2, at::indexing::None)})));
   }
 }
 
 }  // namespace
 
 absl::Status CheckFiniteTensor(const at::Tensor& t, absl::string_view name,
-                         absl::string_view what) {
+                               absl::string_view what) {
   if (!at::isfinite(t).all().item<bool>()) {
     return absl::InvalidArgumentError(
         absl::StrCat(name, ": ", what, " contains NaN or Inf"));
@@ -143,8 +147,8 @@ at::Tensor SelectMask(const at::Tensor& scores, const TailorOptions& options) {
       std::vector<at::Tensor> parts;
       for (int64_t j = 0; j < scores.size(1); j += options.block_size) {
         const int64_t j2 = std::min(scores.size(1), j + options.block_size);
-        parts.push_back(
-            SelectBlock(scores.index({Slice(), Slice(j, j2)}), options.keep_ratio));
+        parts.push_back(SelectBlock(scores.index({Slice(), Slice(j, j2)}),
+                                    options.keep_ratio));
       }
       return at::cat(parts, 1);
     }
@@ -154,39 +158,41 @@ at::Tensor SelectMask(const at::Tensor& scores, const TailorOptions& options) {
 
 absl::StatusOr<PreparedHessian> PrepareHessian(const at::Tensor& h_in,
                                                const TailorOptions& options) {
-  return CatchTorch("prepare hessian", [&]() -> absl::StatusOr<PreparedHessian> {
-    at::Tensor h = h_in.to(KernelType(options)).clone();
-    at::Tensor diag = h.diagonal();
-    at::Tensor dead = diag == 0;
-    PreparedHessian out;
-    out.dead_columns = dead.sum().item<int64_t>();
-    diag.masked_fill_(dead, 1.0);
-    const double mean_diag = diag.mean().item<double>();
-    double damp = options.damp;
-    for (;;) {
-      at::Tensor damped = h.clone();
-      damped.diagonal().add_(damp * mean_diag);
-      auto [l, info] = at::linalg_cholesky_ex(damped);
-      if (info.item<int64_t>() == 0) {
-        at::Tensor hinv = at::cholesky_inverse(l);
-        auto [u, info_u] = at::linalg_cholesky_ex(hinv, /*upper=*/true);
-        if (info_u.item<int64_t>() == 0 && at::isfinite(u).all().item<bool>()) {
-          out.h = damped;
-          out.hinv_diag = hinv.diagonal().clone();
-          out.u = u;
-          out.damp = damp;
-          return out;
+  return CatchTorch(
+      "prepare hessian", [&]() -> absl::StatusOr<PreparedHessian> {
+        at::Tensor h = h_in.to(KernelType(options)).clone();
+        at::Tensor diag = h.diagonal();
+        at::Tensor dead = diag == 0;
+        PreparedHessian out;
+        out.dead_columns = dead.sum().item<int64_t>();
+        diag.masked_fill_(dead, 1.0);
+        const double mean_diag = diag.mean().item<double>();
+        double damp = options.damp;
+        for (;;) {
+          at::Tensor damped = h.clone();
+          damped.diagonal().add_(damp * mean_diag);
+          auto [l, info] = at::linalg_cholesky_ex(damped);
+          if (info.item<int64_t>() == 0) {
+            at::Tensor hinv = at::cholesky_inverse(l);
+            auto [u, info_u] = at::linalg_cholesky_ex(hinv, /*upper=*/true);
+            if (info_u.item<int64_t>() == 0 &&
+                at::isfinite(u).all().item<bool>()) {
+              out.h = damped;
+              out.hinv_diag = hinv.diagonal().clone();
+              out.u = u;
+              out.damp = damp;
+              return out;
+            }
+          }
+          const double next = damp > 0 ? damp * 10 : 1e-3;
+          if (next > options.max_damp) {
+            return absl::FailedPreconditionError(absl::StrCat(
+                "Hessian is not positive definite even with damping ", damp,
+                " (bound ", options.max_damp, ")"));
+          }
+          damp = next;
         }
-      }
-      const double next = damp > 0 ? damp * 10 : 1e-3;
-      if (next > options.max_damp) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "Hessian is not positive definite even with damping ", damp,
-            " (bound ", options.max_damp, ")"));
-      }
-      damp = next;
-    }
-  });
+      });
 }
 
 at::Tensor CompensateSequential(const at::Tensor& d0, const at::Tensor& mask,
@@ -278,7 +284,8 @@ absl::StatusOr<at::Tensor> CompensateExact(const at::Tensor& d0,
     // whole row is exact.
     at::Tensor chunk = at::zeros_like(m, d0.options());
     chunk.scatter_(1, idx, kept);
-    out.index({Slice(r1, r2)}).copy_(at::where(m, chunk, at::zeros({}, chunk.options())));
+    out.index({Slice(r1, r2)})
+        .copy_(at::where(m, chunk, at::zeros({}, chunk.options())));
     r1 = r2;
   }
   return out;
@@ -305,7 +312,8 @@ absl::StatusOr<LayerResult> TailorLayer(absl::string_view name,
         " differs from fine-tuned shape ", c10::str(w_ft.sizes())));
   }
   return CatchTorch(name, [&]() -> absl::StatusOr<LayerResult> {
-    TAILOR_RETURN_IF_ERROR(CheckFiniteTensor(w_pre, name, "pre-trained tensor"));
+    TAILOR_RETURN_IF_ERROR(
+        CheckFiniteTensor(w_pre, name, "pre-trained tensor"));
     TAILOR_RETURN_IF_ERROR(CheckFiniteTensor(w_ft, name, "fine-tuned tensor"));
     const at::ScalarType type = KernelType(options);
     at::Tensor d0_full = (w_ft.to(type) - w_pre.to(type));
@@ -380,9 +388,9 @@ absl::StatusOr<LayerResult> TailorLayer(absl::string_view name,
     stats.kept = mask.sum().item<int64_t>();
     result.mask = mask.view(d0_full.sizes());
     result.delta = delta.view(d0_full.sizes());
-    stats.seconds = std::chrono::duration<double>(
-                        std::chrono::steady_clock::now() - start)
-                        .count();
+    stats.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
     return result;
   });
 }

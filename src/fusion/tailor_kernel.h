@@ -1,10 +1,10 @@
 #ifndef TAILOR_FUSION_TAILOR_KERNEL_H_
 #define TAILOR_FUSION_TAILOR_KERNEL_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <optional>
 #include <string>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"

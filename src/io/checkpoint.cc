@@ -51,8 +51,8 @@ absl::StatusOr<ParsedIndex> ParseIndex(const std::string& index_path) {
   }
   auto wm = json.find("weight_map");
   if (wm == json.end() || !wm->is_object()) {
-    return IndexError(index_path,
-                      "missing 'weight_map' object (tensor name -> shard file)");
+    return IndexError(
+        index_path, "missing 'weight_map' object (tensor name -> shard file)");
   }
   ParsedIndex index;
   for (auto it = wm->begin(); it != wm->end(); ++it) {
@@ -97,9 +97,9 @@ absl::Status NotACheckpoint(const std::string& dir) {
   std::vector<std::string> safetensors;
   for (const std::string& n : *names) {
     if (absl::EndsWith(n, ".safetensors")) safetensors.push_back(n);
-    TAILOR_RETURN_IF_ERROR(
-        absl::EndsWith(n, ".index.json") ? absl::OkStatus()
-                                         : RefuseIfPickleName(JoinPath(dir, n)));
+    TAILOR_RETURN_IF_ERROR(absl::EndsWith(n, ".index.json")
+                               ? absl::OkStatus()
+                               : RefuseIfPickleName(JoinPath(dir, n)));
   }
   if (!safetensors.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -107,8 +107,8 @@ absl::Status NotACheckpoint(const std::string& dir) {
         " and several .safetensors files (", absl::StrJoin(safetensors, ", "),
         "); name the file to open"));
   }
-  return absl::NotFoundError(absl::StrCat(dir, " holds no ", kIndexFileName,
-                                          " or ", kSingleFileName));
+  return absl::NotFoundError(
+      absl::StrCat(dir, " holds no ", kIndexFileName, " or ", kSingleFileName));
 }
 
 }  // namespace
@@ -132,7 +132,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
       for (const std::string& n : names) {
         if (absl::EndsWith(n, ".safetensors")) found.push_back(n);
       }
-      if (found.size() != 1 || PathExists(JoinPath(path, "adapter_config.json"))) {
+      if (found.size() != 1 ||
+          PathExists(JoinPath(path, "adapter_config.json"))) {
         return NotACheckpoint(path);
       }
       single_path = JoinPath(path, found[0]);
@@ -151,7 +152,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
   auto open_file = [&](const std::string& file_path)
       -> absl::StatusOr<std::unique_ptr<SafetensorsFile>> {
     if (options.resolver != nullptr) {
-      TAILOR_RETURN_IF_ERROR(options.resolver->CheckLocalPath(file_path).status());
+      TAILOR_RETURN_IF_ERROR(
+          options.resolver->CheckLocalPath(file_path).status());
     }
     return SafetensorsFile::Open(file_path);
   };
@@ -161,7 +163,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
   if (!index_path.empty()) {
     ckpt->sharded_ = true;
     if (options.resolver != nullptr) {
-      TAILOR_RETURN_IF_ERROR(options.resolver->CheckLocalPath(index_path).status());
+      TAILOR_RETURN_IF_ERROR(
+          options.resolver->CheckLocalPath(index_path).status());
     }
     TAILOR_ASSIGN_OR_RETURN(ParsedIndex index, ParseIndex(index_path));
     ckpt->index_total_size_ = index.total_size;
@@ -213,7 +216,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
     }
   } else {
     TAILOR_ASSIGN_OR_RETURN(auto file, open_file(single_path));
-    for (const TensorEntry& e : file->header().tensors) owner.emplace(e.name, 0);
+    for (const TensorEntry& e : file->header().tensors)
+      owner.emplace(e.name, 0);
     ckpt->files_.push_back(std::move(file));
   }
 

@@ -78,8 +78,8 @@ class Checkpoint : public TensorSource {
   std::optional<uint64_t> index_total_size_;
   std::vector<std::string> warnings_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
-  std::vector<TensorInfo> tensors_;     // sorted by name
-  std::vector<Location> locations_;     // parallel to tensors_
+  std::vector<TensorInfo> tensors_;  // sorted by name
+  std::vector<Location> locations_;  // parallel to tensors_
 };
 
 }  // namespace tailor

@@ -14,8 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "io/checkpoint.h"
-#include "io/tensor_convert.h"
 #include "io/safetensors_header.h"
+#include "io/tensor_convert.h"
 #include "nlohmann/json.hpp"
 #include "util/status_macros.h"
 
@@ -60,16 +60,16 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
   }
   const std::string parent = Dirname(out_dir);
   if (!IsDirectory(parent)) {
-    return absl::NotFoundError(absl::StrCat(
-        "parent directory ", parent, " of output ", out_dir, " does not exist"));
+    return absl::NotFoundError(absl::StrCat("parent directory ", parent,
+                                            " of output ", out_dir,
+                                            " does not exist"));
   }
   if (options.max_shard_bytes == 0) {
     return absl::InvalidArgumentError("max_shard_bytes must be positive");
   }
-  std::sort(layout.begin(), layout.end(),
-            [](const TensorInfo& a, const TensorInfo& b) {
-              return a.name < b.name;
-            });
+  std::sort(
+      layout.begin(), layout.end(),
+      [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
   for (size_t i = 0; i < layout.size(); ++i) {
     if (i > 0 && layout[i].name == layout[i - 1].name) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -143,8 +143,8 @@ absl::Status CheckpointWriter::Plan(const CheckpointWriterOptions& options) {
       file_names_.push_back(kSingleFileName);
     } else {
       for (size_t f = 0; f < members.size(); ++f) {
-        file_names_.push_back(absl::StrFormat(
-            "model-%05d-of-%05d.safetensors", f + 1, members.size()));
+        file_names_.push_back(absl::StrFormat("model-%05d-of-%05d.safetensors",
+                                              f + 1, members.size()));
       }
     }
   }
@@ -171,7 +171,8 @@ absl::Status CheckpointWriter::Plan(const CheckpointWriterOptions& options) {
       data_size = e.end;
       entries.push_back(std::move(e));
     }
-    const std::string head = SerializeSafetensorsHead(options_.metadata, entries);
+    const std::string head =
+        SerializeSafetensorsHead(options_.metadata, entries);
     OutFile out;
     out.name = file_names_[f];
     const std::string path = JoinPath(staging_dir_, out.name);
@@ -214,19 +215,19 @@ absl::StatusOr<const CheckpointWriter::Slot*> CheckpointWriter::Claim(
       slots_.begin(), slots_.end(), name,
       [](const Slot& s, absl::string_view n) { return s.info.name < n; });
   if (it == slots_.end() || it->info.name != name) {
-    return absl::NotFoundError(absl::StrCat(
-        "checkpoint writer: tensor '", name, "' is not in the output layout"));
+    return absl::NotFoundError(absl::StrCat("checkpoint writer: tensor '", name,
+                                            "' is not in the output layout"));
   }
   if (nbytes != it->info.nbytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "checkpoint writer: tensor '", name, "' has ", nbytes,
-        " bytes; the layout expects ", it->info.nbytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint writer: tensor '", name, "' has ", nbytes,
+                     " bytes; the layout expects ", it->info.nbytes));
   }
   absl::MutexLock lock(&mu_);
   const size_t index = static_cast<size_t>(it - slots_.begin());
   if (claimed_[index]) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "checkpoint writer: tensor '", name, "' written twice"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("checkpoint writer: tensor '", name, "' written twice"));
   }
   claimed_[index] = true;
   return &*it;
@@ -242,7 +243,8 @@ absl::Status CheckpointWriter::Write(absl::string_view name,
       tensor.sizes().vec() != it->info.shape) {
     return absl::InvalidArgumentError(
         absl::StrCat(label, ": shape ", c10::str(tensor.sizes()),
-                     " differs from the layout's ", c10::str(at::IntArrayRef(it->info.shape))));
+                     " differs from the layout's ",
+                     c10::str(at::IntArrayRef(it->info.shape))));
   }
   if (it == slots_.end() || it->info.name != name) {
     return Claim(name, 0).status();  // the NOT_FOUND error
@@ -251,9 +253,9 @@ absl::Status CheckpointWriter::Write(absl::string_view name,
                           ToStoredTensor(tensor, it->info.dtype, label));
   const uint64_t nbytes =
       static_cast<uint64_t>(stored.numel()) * stored.element_size();
-  return WriteRaw(name, absl::string_view(
-                            static_cast<const char*>(stored.data_ptr()),
-                            static_cast<size_t>(nbytes)));
+  return WriteRaw(name,
+                  absl::string_view(static_cast<const char*>(stored.data_ptr()),
+                                    static_cast<size_t>(nbytes)));
 }
 
 absl::Status CheckpointWriter::WriteRaw(absl::string_view name,
@@ -261,8 +263,7 @@ absl::Status CheckpointWriter::WriteRaw(absl::string_view name,
   TAILOR_ASSIGN_OR_RETURN(const Slot* slot, Claim(name, bytes.size()));
   const OutFile& file = files_[slot->file];
   absl::Status s = PWriteFully(file.fd.get(), bytes.data(), bytes.size(),
-                               slot->offset,
-                               JoinPath(staging_dir_, file.name));
+                               slot->offset, JoinPath(staging_dir_, file.name));
   if (!s.ok()) MarkFailed();
   return s;
 }
@@ -312,8 +313,8 @@ absl::Status CheckpointWriter::Publish() {
     return RemoveAll(staging_dir_);
   }
   if (::rename(staging_dir_.c_str(), out_dir_.c_str()) != 0) {
-    return ErrnoToStatus(errno,
-                         absl::StrCat("rename ", staging_dir_, " -> ", out_dir_));
+    return ErrnoToStatus(
+        errno, absl::StrCat("rename ", staging_dir_, " -> ", out_dir_));
   }
   committed_ = true;
   return FsyncDirectory(parent);
@@ -321,7 +322,8 @@ absl::Status CheckpointWriter::Publish() {
 
 absl::Status CheckpointWriter::Commit() {
   if (committed_) {
-    return absl::FailedPreconditionError("checkpoint writer: already committed");
+    return absl::FailedPreconditionError(
+        "checkpoint writer: already committed");
   }
   {
     absl::MutexLock lock(&mu_);
@@ -331,9 +333,9 @@ absl::Status CheckpointWriter::Commit() {
     }
     for (size_t i = 0; i < slots_.size(); ++i) {
       if (!claimed_[i]) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "checkpoint writer: tensor '", slots_[i].info.name,
-            "' was never written; output not published"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("checkpoint writer: tensor '", slots_[i].info.name,
+                         "' was never written; output not published"));
       }
     }
   }

@@ -1,13 +1,13 @@
 #ifndef TAILOR_IO_CHECKPOINT_WRITER_H_
 #define TAILOR_IO_CHECKPOINT_WRITER_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"

@@ -29,9 +29,7 @@ constexpr std::array<DTypeRow, 15> kDTypes = {{
     {DType::kF64, "F64", 8},
 }};
 
-const DTypeRow& Row(DType dtype) {
-  return kDTypes[static_cast<size_t>(dtype)];
-}
+const DTypeRow& Row(DType dtype) { return kDTypes[static_cast<size_t>(dtype)]; }
 
 }  // namespace
 

@@ -36,9 +36,9 @@ struct LoraModule {
   std::string base_tensor;  // e.g. "model.layers.0.self_attn.q_proj.weight"
   std::string a_key;        // adapter tensor names
   std::string b_key;
-  bool embedding = false;   // lora_embedding_A/B (delta = (B A)^T)
+  bool embedding = false;  // lora_embedding_A/B (delta = (B A)^T)
   int rank = 0;
-  double scaling = 0;       // alpha / r (or alpha / sqrt(r) with rsLoRA)
+  double scaling = 0;  // alpha / r (or alpha / sqrt(r) with rsLoRA)
 };
 
 // A fine-tuned checkpoint given as base + PEFT LoRA adapter directory
@@ -86,8 +86,8 @@ class LoraFineTuned : public TensorSource {
   std::unique_ptr<Checkpoint> adapter_;
   std::string description_;
   LoraConfig config_;
-  std::vector<LoraModule> modules_;               // sorted by base_tensor
-  std::map<std::string, std::string> replaced_;   // base name -> adapter key
+  std::vector<LoraModule> modules_;              // sorted by base_tensor
+  std::map<std::string, std::string> replaced_;  // base name -> adapter key
 };
 
 }  // namespace tailor

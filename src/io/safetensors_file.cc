@@ -55,19 +55,19 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     TAILOR_RETURN_IF_ERROR(PReadFully(fd.get(), prefix, 8, 0, path));
     TAILOR_RETURN_IF_ERROR(RefuseIfPickle(absl::string_view(prefix, 8), path));
   }
-  TAILOR_ASSIGN_OR_RETURN(
-      uint64_t header_size,
-      ParseSafetensorsHeaderLength(absl::string_view(prefix, 8), file_size,
-                                   path));
+  TAILOR_ASSIGN_OR_RETURN(uint64_t header_size,
+                          ParseSafetensorsHeaderLength(
+                              absl::string_view(prefix, 8), file_size, path));
   // header_size <= min(100 MB, file_size - 8): the allocation is bounded by
   // the file itself.
   std::string json(header_size, '\0');
-  TAILOR_RETURN_IF_ERROR(PReadFully(fd.get(), json.data(), json.size(), 8, path));
+  TAILOR_RETURN_IF_ERROR(
+      PReadFully(fd.get(), json.data(), json.size(), 8, path));
   TAILOR_ASSIGN_OR_RETURN(
       SafetensorsHeader header,
       ParseSafetensorsHeaderJson(json, file_size - 8 - header_size, path));
-  return std::unique_ptr<SafetensorsFile>(new SafetensorsFile(
-      path, std::move(fd), file_size, std::move(header)));
+  return std::unique_ptr<SafetensorsFile>(
+      new SafetensorsFile(path, std::move(fd), file_size, std::move(header)));
 }
 
 absl::Status SafetensorsFile::ReadRaw(const TensorEntry& entry,

@@ -63,8 +63,8 @@ class HeaderSax {
                                    kMaxMetadataEntries, " entries"));
         }
         if (!out_->metadata.emplace(key_, v).second) {
-          return Fail(absl::StrCat("__metadata__ has duplicate key '", key_,
-                                   "'"));
+          return Fail(
+              absl::StrCat("__metadata__ has duplicate key '", key_, "'"));
         }
         return true;
       }
@@ -194,8 +194,8 @@ class HeaderSax {
                    const nlohmann::detail::exception& ex) {
     // nlohmann's message already includes the line/column and the token.
     error_position_ = position;
-    return Fail(absl::StrCat("is not valid JSON (byte ", position, "): ",
-                             ex.what()));
+    return Fail(
+        absl::StrCat("is not valid JSON (byte ", position, "): ", ex.what()));
   }
 
  private:
@@ -318,11 +318,11 @@ class HeaderSax {
                                " overflows a 64-bit byte count"));
     }
     if (nbytes != entry_.end - entry_.begin) {
-      return Fail(absl::StrCat(
-          TensorContext(), "shape ", ShapeText(), " of ",
-          DTypeName(entry_.dtype), " needs ", nbytes,
-          " bytes but data_offsets [", entry_.begin, ", ", entry_.end,
-          "] span ", entry_.end - entry_.begin));
+      return Fail(absl::StrCat(TensorContext(), "shape ", ShapeText(), " of ",
+                               DTypeName(entry_.dtype), " needs ", nbytes,
+                               " bytes but data_offsets [", entry_.begin, ", ",
+                               entry_.end, "] span ",
+                               entry_.end - entry_.begin));
     }
     entry_.numel = static_cast<int64_t>(numel);
     out_->tensors.push_back(std::move(entry_));
@@ -372,8 +372,8 @@ absl::Status ValidateLayout(absl::string_view label,
             });
   for (size_t i = 1; i < tensors.size(); ++i) {
     if (tensors[i].name == tensors[i - 1].name) {
-      return HeaderError(label, absl::StrCat("has duplicate key '",
-                                             tensors[i].name, "'"));
+      return HeaderError(
+          label, absl::StrCat("has duplicate key '", tensors[i].name, "'"));
     }
   }
   std::vector<const TensorEntry*> by_offset;
@@ -389,35 +389,33 @@ absl::Status ValidateLayout(absl::string_view label,
   for (const TensorEntry* t : by_offset) {
     if (t->end > header.data_size) {
       return HeaderError(
-          label, absl::StrCat("tensor '", t->name, "': data_offsets [",
-                              t->begin, ", ", t->end,
-                              "] extend past the end of the data section (",
-                              header.data_size, " bytes)"));
+          label,
+          absl::StrCat("tensor '", t->name, "': data_offsets [", t->begin, ", ",
+                       t->end, "] extend past the end of the data section (",
+                       header.data_size, " bytes)"));
     }
     if (t->begin < covered) {
       return HeaderError(
           label, absl::StrCat("tensor '", t->name, "': data_offsets [",
-                              t->begin, ", ", t->end,
-                              "] overlap tensor '", previous->name,
-                              "' which ends at ", covered));
+                              t->begin, ", ", t->end, "] overlap tensor '",
+                              previous->name, "' which ends at ", covered));
     }
     if (t->begin > covered) {
       return HeaderError(
-          label,
-          absl::StrCat("tensor '", t->name, "': data_offsets [", t->begin,
-                       ", ", t->end, "] leave a hole of ", t->begin - covered,
-                       " bytes after offset ", covered,
-                       " (tensors must be contiguous)"));
+          label, absl::StrCat("tensor '", t->name, "': data_offsets [",
+                              t->begin, ", ", t->end, "] leave a hole of ",
+                              t->begin - covered, " bytes after offset ",
+                              covered, " (tensors must be contiguous)"));
     }
     covered = t->end;
     previous = t;
   }
   if (covered != header.data_size) {
     return HeaderError(
-        label, absl::StrCat("tensors cover ", covered,
-                            " bytes but the data section has ",
-                            header.data_size, " (", header.data_size - covered,
-                            " trailing bytes)"));
+        label,
+        absl::StrCat("tensors cover ", covered,
+                     " bytes but the data section has ", header.data_size, " (",
+                     header.data_size - covered, " trailing bytes)"));
   }
   return absl::OkStatus();
 }
@@ -432,12 +430,13 @@ const TensorEntry* SafetensorsHeader::Find(absl::string_view name) const {
   return &*it;
 }
 
-absl::StatusOr<uint64_t> ParseSafetensorsHeaderLength(
-    absl::string_view prefix, uint64_t file_size, absl::string_view label) {
+absl::StatusOr<uint64_t> ParseSafetensorsHeaderLength(absl::string_view prefix,
+                                                      uint64_t file_size,
+                                                      absl::string_view label) {
   if (file_size < 8 || prefix.size() < 8) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        label, ": not a safetensors file: ", file_size,
-        " bytes is shorter than the 8-byte header length prefix"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, ": not a safetensors file: ", file_size,
+                     " bytes is shorter than the 8-byte header length prefix"));
   }
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) {
@@ -472,15 +471,17 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeaderJson(
   header.header_size = json.size();
   header.data_size = data_size;
   HeaderSax sax(label, &header);
-  const bool ok = nlohmann::json::sax_parse(trimmed.begin(), trimmed.end(),
-                                            &sax, nlohmann::json::input_format_t::json,
-                                            /*strict=*/true);
+  const bool ok =
+      nlohmann::json::sax_parse(trimmed.begin(), trimmed.end(), &sax,
+                                nlohmann::json::input_format_t::json,
+                                /*strict=*/true);
   if (trimmed.back() != '}') {
     // Either the object never closes (truncated) or something follows it.
     if (!ok && sax.error_position() >= trimmed.size()) {
-      return HeaderError(label, absl::StrCat("is truncated: the JSON object is not "
-                                             "closed before the end of the ",
-                                             json.size(), "-byte header"));
+      return HeaderError(label,
+                         absl::StrCat("is truncated: the JSON object is not "
+                                      "closed before the end of the ",
+                                      json.size(), "-byte header"));
     }
     return HeaderError(label,
                        "has bytes after the JSON object; only space (0x20) "
@@ -504,9 +505,9 @@ std::string SerializeSafetensorsHead(
   for (const TensorEntry& t : tensors) {
     absl::StrAppend(&header, header.size() > 1 ? "," : "",
                     nlohmann::json(t.name).dump(), ":{\"dtype\":\"",
-                    DTypeName(t.dtype), "\",\"shape\":",
-                    nlohmann::json(t.shape).dump(), ",\"data_offsets\":[",
-                    t.begin, ",", t.end, "]}");
+                    DTypeName(t.dtype),
+                    "\",\"shape\":", nlohmann::json(t.shape).dump(),
+                    ",\"data_offsets\":[", t.begin, ",", t.end, "]}");
   }
   header += "}";
   header.append((8 - header.size() % 8) % 8, ' ');
@@ -522,8 +523,8 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsBytes(
   absl::StatusOr<uint64_t> n =
       ParseSafetensorsHeaderLength(bytes, bytes.size(), label);
   if (!n.ok()) return n.status();
-  return ParseSafetensorsHeaderJson(bytes.substr(8, *n),
-                                    bytes.size() - 8 - *n, label);
+  return ParseSafetensorsHeaderJson(bytes.substr(8, *n), bytes.size() - 8 - *n,
+                                    label);
 }
 
 }  // namespace tailor

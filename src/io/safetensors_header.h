@@ -52,8 +52,9 @@ struct SafetensorsHeader {
 // Validates the 8-byte length prefix against the file size and returns N.
 // Errors (INVALID_ARGUMENT) name `label` and the rule: file shorter than 8
 // bytes, N > kMaxSafetensorsHeaderSize, N > file_size - 8.
-absl::StatusOr<uint64_t> ParseSafetensorsHeaderLength(
-    absl::string_view prefix, uint64_t file_size, absl::string_view label);
+absl::StatusOr<uint64_t> ParseSafetensorsHeaderLength(absl::string_view prefix,
+                                                      uint64_t file_size,
+                                                      absl::string_view label);
 
 // Parses and validates the JSON header text (exactly N bytes) for a file
 // whose data section holds `data_size` bytes. Rules, each with its own

@@ -42,9 +42,9 @@ std::optional<at::ScalarType> ToScalarType(DType dtype) {
 }
 
 std::optional<DType> FromScalarType(at::ScalarType type) {
-  for (DType d : {DType::kBOOL, DType::kU8, DType::kI8, DType::kI16,
-                  DType::kI32, DType::kI64, DType::kF16, DType::kBF16,
-                  DType::kF32, DType::kF64}) {
+  for (DType d :
+       {DType::kBOOL, DType::kU8, DType::kI8, DType::kI16, DType::kI32,
+        DType::kI64, DType::kF16, DType::kBF16, DType::kF32, DType::kF64}) {
     if (ToScalarType(d) == type) return d;
   }
   return std::nullopt;
@@ -67,17 +67,18 @@ absl::StatusOr<at::Tensor> ApplyReadOptions(const at::Tensor& tensor,
 absl::StatusOr<at::Tensor> ReadTensor(const SafetensorsFile& file,
                                       const TensorEntry& entry,
                                       const ReadOptions& options) {
-  const std::string label = absl::StrCat(file.path(), ": tensor '", entry.name, "'");
+  const std::string label =
+      absl::StrCat(file.path(), ": tensor '", entry.name, "'");
   std::optional<at::ScalarType> type = ToScalarType(entry.dtype);
   if (!type.has_value()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(label, ": dtype ", DTypeName(entry.dtype),
-                     " has no LibTorch type; it can only be copied as raw bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        label, ": dtype ", DTypeName(entry.dtype),
+        " has no LibTorch type; it can only be copied as raw bytes"));
   }
-  TAILOR_ASSIGN_OR_RETURN(
-      at::Tensor raw, CatchTorch(label, [&] {
-        return at::empty(entry.shape, at::TensorOptions().dtype(*type));
-      }));
+  TAILOR_ASSIGN_OR_RETURN(at::Tensor raw, CatchTorch(label, [&] {
+                            return at::empty(entry.shape,
+                                             at::TensorOptions().dtype(*type));
+                          }));
   if (entry.nbytes() > 0) {
     TAILOR_RETURN_IF_ERROR(file.ReadRaw(entry, raw.data_ptr()));
   }
@@ -92,9 +93,8 @@ absl::StatusOr<at::Tensor> ToStoredTensor(const at::Tensor& tensor, DType dtype,
         absl::StrCat(label, ": cannot store a LibTorch tensor as ",
                      DTypeName(dtype), "; pass raw bytes instead"));
   }
-  return CatchTorch(label, [&] {
-    return tensor.to(at::kCPU, *type).contiguous();
-  });
+  return CatchTorch(label,
+                    [&] { return tensor.to(at::kCPU, *type).contiguous(); });
 }
 
 }  // namespace tailor

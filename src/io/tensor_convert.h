@@ -1,10 +1,10 @@
 #ifndef TAILOR_IO_TENSOR_CONVERT_H_
 #define TAILOR_IO_TENSOR_CONVERT_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <optional>
 #include <string>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "io/dtype.h"

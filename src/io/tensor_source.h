@@ -1,12 +1,12 @@
 #ifndef TAILOR_IO_TENSOR_SOURCE_H_
 #define TAILOR_IO_TENSOR_SOURCE_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"

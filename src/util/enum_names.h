@@ -14,8 +14,9 @@ namespace tailor {
 // The value spelled `text`, or INVALID_ARGUMENT "<field> must be one of
 // a|b|c, not '<text>'".
 template <typename E, size_t N>
-absl::StatusOr<E> ParseEnumName(absl::string_view text, absl::string_view field,
-                                const std::pair<absl::string_view, E> (&table)[N]) {
+absl::StatusOr<E> ParseEnumName(
+    absl::string_view text, absl::string_view field,
+    const std::pair<absl::string_view, E> (&table)[N]) {
   std::string allowed;
   for (const auto& [name, value] : table) {
     if (name == text) return value;

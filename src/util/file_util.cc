@@ -78,29 +78,29 @@ absl::Status PReadFully(int fd, void* buffer, size_t size, uint64_t offset,
   auto* out = static_cast<char*>(buffer);
   size_t done = 0;
   while (done < size) {
-    ssize_t n = ::pread(fd, out + done, size - done,
-                        static_cast<off_t>(offset + done));
+    ssize_t n =
+        ::pread(fd, out + done, size - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoToStatus(errno, absl::StrCat("read ", label));
     }
     if (n == 0) {
-      return absl::DataLossError(absl::StrCat(
-          label, ": unexpected end of file at byte ", offset + done,
-          " (the file shrank or is truncated)"));
+      return absl::DataLossError(
+          absl::StrCat(label, ": unexpected end of file at byte ",
+                       offset + done, " (the file shrank or is truncated)"));
     }
     done += static_cast<size_t>(n);
   }
   return absl::OkStatus();
 }
 
-absl::Status PWriteFully(int fd, const void* data, size_t size,
-                         uint64_t offset, absl::string_view label) {
+absl::Status PWriteFully(int fd, const void* data, size_t size, uint64_t offset,
+                         absl::string_view label) {
   const auto* in = static_cast<const char*>(data);
   size_t done = 0;
   while (done < size) {
-    ssize_t n = ::pwrite(fd, in + done, size - done,
-                         static_cast<off_t>(offset + done));
+    ssize_t n =
+        ::pwrite(fd, in + done, size - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoToStatus(errno, absl::StrCat("write ", label));
@@ -121,8 +121,8 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path,
         path, ": file is ", *size, " bytes; the limit is ", max_bytes));
   }
   std::string contents(*size, '\0');
-  absl::Status s = PReadFully(fd->get(), contents.data(), contents.size(), 0,
-                              path);
+  absl::Status s =
+      PReadFully(fd->get(), contents.data(), contents.size(), 0, path);
   if (!s.ok()) return s;
   return contents;
 }
@@ -131,13 +131,14 @@ namespace {
 
 std::string TempSibling(const std::string& path) {
   static std::atomic<uint64_t> counter{0};
-  return absl::StrCat(Dirname(path), "/.", Basename(path), ".tmp-",
-                      ::getpid(), "-", counter.fetch_add(1));
+  return absl::StrCat(Dirname(path), "/.", Basename(path), ".tmp-", ::getpid(),
+                      "-", counter.fetch_add(1));
 }
 
 absl::Status FsyncFd(int fd, absl::string_view label) {
   while (::fsync(fd) != 0) {
-    if (errno != EINTR) return ErrnoToStatus(errno, absl::StrCat("fsync ", label));
+    if (errno != EINTR)
+      return ErrnoToStatus(errno, absl::StrCat("fsync ", label));
   }
   return absl::OkStatus();
 }
@@ -187,8 +188,8 @@ absl::Status CopyFileDurably(const std::string& from, const std::string& to) {
       return ErrnoToStatus(errno, absl::StrCat("read ", from));
     }
     if (n == 0) break;
-    absl::Status s = PWriteFully(fd, buffer.data(), static_cast<size_t>(n),
-                                 offset, to);
+    absl::Status s =
+        PWriteFully(fd, buffer.data(), static_cast<size_t>(n), offset, to);
     if (!s.ok()) return s;
     offset += static_cast<uint64_t>(n);
   }

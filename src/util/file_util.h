@@ -34,8 +34,9 @@ class ScopedFd {
   int fd_ = -1;
 };
 
-// Maps errno to a status code (ENOENT -> NOT_FOUND, EACCES -> PERMISSION_DENIED,
-// ENOSPC/EDQUOT -> RESOURCE_EXHAUSTED, ...) with "<context>: <strerror>".
+// Maps errno to a status code (ENOENT -> NOT_FOUND, EACCES ->
+// PERMISSION_DENIED, ENOSPC/EDQUOT -> RESOURCE_EXHAUSTED, ...) with "<context>:
+// <strerror>".
 absl::Status ErrnoToStatus(int errno_value, absl::string_view context);
 
 // Opens `path` read-only (O_CLOEXEC).
@@ -51,8 +52,8 @@ absl::Status PReadFully(int fd, void* buffer, size_t size, uint64_t offset,
                         absl::string_view label);
 
 // Writes all of `data` at `offset` (pwrite, retried).
-absl::Status PWriteFully(int fd, const void* data, size_t size,
-                         uint64_t offset, absl::string_view label);
+absl::Status PWriteFully(int fd, const void* data, size_t size, uint64_t offset,
+                         absl::string_view label);
 
 // Reads a whole file of at most `max_bytes` (larger is INVALID_ARGUMENT).
 absl::StatusOr<std::string> ReadFileToString(const std::string& path,

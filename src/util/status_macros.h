@@ -18,8 +18,8 @@
 // ASSIGN_OR_RETURN(lhs, expr): evaluates `expr` (a StatusOr), returns its
 // status if not OK, else moves its value into `lhs` (which may declare a
 // variable, e.g. `auto x`).
-#define TAILOR_ASSIGN_OR_RETURN(lhs, expr)                                   \
-  TAILOR_ASSIGN_OR_RETURN_IMPL_(                                             \
+#define TAILOR_ASSIGN_OR_RETURN(lhs, expr) \
+  TAILOR_ASSIGN_OR_RETURN_IMPL_(           \
       TAILOR_STATUS_CONCAT_(tailor_statusor_, __LINE__), lhs, expr)
 #define TAILOR_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr) \
   auto statusor = (expr);                                  \

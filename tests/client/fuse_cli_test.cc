@@ -32,28 +32,34 @@ class FuseCliTest : public ::testing::Test {
  protected:
   void SetUp() override {
     at::manual_seed(5);
-    at::Tensor up = at::randn({12, 8}), down = at::randn({8, 12}), norm = at::ones({8});
+    at::Tensor up = at::randn({12, 8}), down = at::randn({8, 12}),
+               norm = at::ones({8});
     base_ = Dir("base");
     ft_ = Dir("ft");
-    WriteFileOrDie(base_ + "/model.safetensors",
-                   SerializeSafetensors({ToRaw("m.up.weight", up.to(at::kBFloat16)),
-                                         ToRaw("m.down.weight", down.to(at::kBFloat16)),
-                                         ToRaw("m.norm.weight", norm.to(at::kBFloat16))}));
+    WriteFileOrDie(
+        base_ + "/model.safetensors",
+        SerializeSafetensors({ToRaw("m.up.weight", up.to(at::kBFloat16)),
+                              ToRaw("m.down.weight", down.to(at::kBFloat16)),
+                              ToRaw("m.norm.weight", norm.to(at::kBFloat16))}));
     WriteFileOrDie(
         ft_ + "/model.safetensors",
         SerializeSafetensors(
-            {ToRaw("m.up.weight", (up + 0.3 * at::randn({12, 8})).to(at::kBFloat16)),
-             ToRaw("m.down.weight", (down + 0.3 * at::randn({8, 12})).to(at::kBFloat16)),
-             ToRaw("m.norm.weight", (norm + 0.3 * at::randn({8})).to(at::kBFloat16))}));
+            {ToRaw("m.up.weight",
+                   (up + 0.3 * at::randn({12, 8})).to(at::kBFloat16)),
+             ToRaw("m.down.weight",
+                   (down + 0.3 * at::randn({8, 12})).to(at::kBFloat16)),
+             ToRaw("m.norm.weight",
+                   (norm + 0.3 * at::randn({8})).to(at::kBFloat16))}));
     auto gram = [](int64_t c) {
       at::Tensor x = at::randn({64, c});
       return (2.0 / 64 * x.t().matmul(x)).contiguous();
     };
     hessians_ = tmp_.Join("h.safetensors");
-    WriteFileOrDie(hessians_, SerializeSafetensors({ToRaw("m.up.hessian", gram(8)),
-                                                    ToRaw("m.down.hessian", gram(12))},
-                                                   {{"format", "tailor-hessian/1"},
-                                                    {"nsamples", "64"}}));
+    WriteFileOrDie(
+        hessians_,
+        SerializeSafetensors(
+            {ToRaw("m.up.hessian", gram(8)), ToRaw("m.down.hessian", gram(12))},
+            {{"format", "tailor-hessian/1"}, {"nsamples", "64"}}));
   }
 
   std::string Dir(const std::string& name) {
@@ -67,9 +73,11 @@ class FuseCliTest : public ::testing::Test {
     EXPECT_NE(bin, nullptr) << "TAILORCTL is not set (run through ctest)";
     std::string cmd = bin ? bin : "tailorctl";
     for (const auto& a : args) absl::StrAppend(&cmd, " '", a, "'");
-    absl::StrAppend(&cmd, " >", tmp_.Join("stdout"), " 2>", tmp_.Join("stderr"));
+    absl::StrAppend(&cmd, " >", tmp_.Join("stdout"), " 2>",
+                    tmp_.Join("stderr"));
     const int status = std::system(cmd.c_str());
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ReadFileOrDie(tmp_.Join("stdout")),
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+            ReadFileOrDie(tmp_.Join("stdout")),
             ReadFileOrDie(tmp_.Join("stderr"))};
   }
 
@@ -80,15 +88,16 @@ class FuseCliTest : public ::testing::Test {
 TEST_F(FuseCliTest, FuseThenApplyPatchIsBitIdentical) {
   const std::string out = tmp_.Join("out"), patch = tmp_.Join("p.safetensors"),
                     report = tmp_.Join("r.json");
-  CliResult r = Tailorctl({"fuse", "--local", "--pretrained", base_, "--finetuned", ft_,
-                           "--hessians", hessians_, "--keep", "0.25", "--out", out,
-                           "--patch-out", patch, "--report", report, "--device", "cpu"});
+  CliResult r =
+      Tailorctl({"fuse", "--local", "--pretrained", base_, "--finetuned", ft_,
+                 "--hessians", hessians_, "--keep", "0.25", "--out", out,
+                 "--patch-out", patch, "--report", report, "--device", "cpu"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(absl::StrContains(r.out, "kept 50 of 200 entries")) << r.out;
   nlohmann::json rep = nlohmann::json::parse(ReadFileOrDie(report));
   EXPECT_EQ(rep["totals"]["kept"], 50);  // 24 + 24 + 2: round(0.25 * n)
-  CliResult a = Tailorctl({"apply-patch", "--pretrained", base_, "--patch", patch, "--out",
-                           tmp_.Join("again")});
+  CliResult a = Tailorctl({"apply-patch", "--pretrained", base_, "--patch",
+                           patch, "--out", tmp_.Join("again")});
   ASSERT_EQ(a.code, 0) << a.err;
   EXPECT_EQ(ReadFileOrDie(out + "/model.safetensors"),
             ReadFileOrDie(tmp_.Join("again") + "/model.safetensors"));
@@ -96,15 +105,18 @@ TEST_F(FuseCliTest, FuseThenApplyPatchIsBitIdentical) {
 
 TEST_F(FuseCliTest, JobFileWithFlagOverrides) {
   const std::string job = tmp_.Join("job.yaml");
-  WriteFileOrDie(job, absl::StrCat("pretrained: ", base_, "\n",
-                                   "tasks:\n  - label: code\n    finetuned: ", ft_,
-                                   "\n    hessians: ", hessians_, "\n    omega: 0.25\n",
-                                   "method: tailor\nkeep: 0.2\ncompensation: exact\n",
-                                   "block-size: 4\nreport: ", tmp_.Join("job.json"),
-                                   "\n"));
-  CliResult r = Tailorctl({"fuse", "--local", "-f", job, "--keep", "0.5", "-q"});
+  WriteFileOrDie(
+      job,
+      absl::StrCat("pretrained: ", base_, "\n",
+                   "tasks:\n  - label: code\n    finetuned: ", ft_,
+                   "\n    hessians: ", hessians_, "\n    omega: 0.25\n",
+                   "method: tailor\nkeep: 0.2\ncompensation: exact\n",
+                   "block-size: 4\nreport: ", tmp_.Join("job.json"), "\n"));
+  CliResult r =
+      Tailorctl({"fuse", "--local", "-f", job, "--keep", "0.5", "-q"});
   ASSERT_EQ(r.code, 0) << r.err;
-  nlohmann::json rep = nlohmann::json::parse(ReadFileOrDie(tmp_.Join("job.json")));
+  nlohmann::json rep =
+      nlohmann::json::parse(ReadFileOrDie(tmp_.Join("job.json")));
   EXPECT_EQ(rep["spec"]["keep"], 0.5);
   EXPECT_EQ(rep["spec"]["compensation"], "exact");
   EXPECT_EQ(rep["spec"]["block_size"], 4);
@@ -115,28 +127,33 @@ TEST_F(FuseCliTest, JobFileWithFlagOverrides) {
 
 TEST_F(FuseCliTest, BadInputsExitWithCodes) {
   const std::string job = tmp_.Join("bad.yaml");
-  WriteFileOrDie(job, absl::StrCat("pretrained: ", base_, "\nfinetuned: ", ft_,
-                                   "\nkeep_ratio: 0.1\nout: ", tmp_.Join("x"), "\n"));
+  WriteFileOrDie(
+      job, absl::StrCat("pretrained: ", base_, "\nfinetuned: ", ft_,
+                        "\nkeep_ratio: 0.1\nout: ", tmp_.Join("x"), "\n"));
   CliResult unknown = Tailorctl({"fuse", "--local", "-f", job});
   EXPECT_EQ(unknown.code, 3);
   EXPECT_TRUE(absl::StrContains(unknown.err, "keep_ratio")) << unknown.err;
   EXPECT_TRUE(absl::StrContains(unknown.err, job)) << unknown.err;
 
   EXPECT_EQ(Tailorctl({"fuse", "--pretrained", base_}).code, 2);  // no --local
-  CliResult method = Tailorctl({"fuse", "--local", "--pretrained", base_, "--finetuned", ft_,
-                                "--method", "average", "--out", tmp_.Join("y")});
+  CliResult method =
+      Tailorctl({"fuse", "--local", "--pretrained", base_, "--finetuned", ft_,
+                 "--method", "average", "--out", tmp_.Join("y")});
   EXPECT_EQ(method.code, 3);
   EXPECT_TRUE(absl::StrContains(method.err, "tailor|magnitude")) << method.err;
-  CliResult pairs = Tailorctl({"fuse", "--local", "--pretrained", base_, "--finetuned", ft_,
-                               "--hessians", hessians_, "--hessians", hessians_, "--out",
-                               tmp_.Join("z")});
+  CliResult pairs =
+      Tailorctl({"fuse", "--local", "--pretrained", base_, "--finetuned", ft_,
+                 "--hessians", hessians_, "--hessians", hessians_, "--out",
+                 tmp_.Join("z")});
   EXPECT_EQ(pairs.code, 3);
   EXPECT_TRUE(absl::StrContains(pairs.err, "pair")) << pairs.err;
-  CliResult missing = Tailorctl({"fuse", "--local", "--pretrained", tmp_.Join("nope"),
-                                 "--finetuned", ft_, "--out", tmp_.Join("w")});
+  CliResult missing =
+      Tailorctl({"fuse", "--local", "--pretrained", tmp_.Join("nope"),
+                 "--finetuned", ft_, "--out", tmp_.Join("w")});
   EXPECT_EQ(missing.code, 4) << missing.err;
-  CliResult denied = Tailorctl({"apply-patch", "--pretrained", base_, "--patch", job, "--out",
-                                tmp_.Join("v"), "--allowed-root", ft_});
+  CliResult denied =
+      Tailorctl({"apply-patch", "--pretrained", base_, "--patch", job, "--out",
+                 tmp_.Join("v"), "--allowed-root", ft_});
   EXPECT_EQ(denied.code, 5) << denied.err;
 }
 

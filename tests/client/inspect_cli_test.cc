@@ -60,10 +60,11 @@ class InspectCliTest : public ::testing::Test {
 
 TEST_F(InspectCliTest, SingleFileTable) {
   const std::string ckpt = MakeDir("single");
-  WriteFileOrDie(ckpt + "/model.safetensors",
-                 SerializeSafetensors({ToRaw("model.embed.weight",
-                                             at::zeros({8, 4}, at::kBFloat16)),
-                                       ToRaw("model.norm.weight", at::ones({4}))}));
+  WriteFileOrDie(
+      ckpt + "/model.safetensors",
+      SerializeSafetensors(
+          {ToRaw("model.embed.weight", at::zeros({8, 4}, at::kBFloat16)),
+           ToRaw("model.norm.weight", at::ones({4}))}));
   CliResult r = Tailorctl({"inspect", ckpt});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(absl::StrContains(r.out, "model.embed.weight")) << r.out;
@@ -93,9 +94,9 @@ TEST_F(InspectCliTest, ShardedJson) {
 TEST_F(InspectCliTest, LoraAdapterAloneAndMerged) {
   const std::string base = MakeDir("base");
   WriteFileOrDie(base + "/model.safetensors",
-                 SerializeSafetensors({ToRaw("model.layers.0.q_proj.weight",
-                                             at::zeros({6, 4})),
-                                       ToRaw("model.norm.weight", at::ones({4}))}));
+                 SerializeSafetensors(
+                     {ToRaw("model.layers.0.q_proj.weight", at::zeros({6, 4})),
+                      ToRaw("model.norm.weight", at::ones({4}))}));
   const std::string adapter = MakeDir("adapter");
   WriteFileOrDie(adapter + "/adapter_config.json",
                  R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
@@ -114,7 +115,8 @@ TEST_F(InspectCliTest, LoraAdapterAloneAndMerged) {
   EXPECT_EQ(j["adapter"]["r"], 2);
   EXPECT_EQ(j["tensors"].size(), 2u);
 
-  CliResult merged = Tailorctl({"inspect", adapter, "--base", base, "-o", "json"});
+  CliResult merged =
+      Tailorctl({"inspect", adapter, "--base", base, "-o", "json"});
   ASSERT_EQ(merged.code, 0) << merged.err;
   j = nlohmann::json::parse(merged.out);
   EXPECT_EQ(j["kind"], "lora-merged");

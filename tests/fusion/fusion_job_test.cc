@@ -47,7 +47,8 @@ class FusionJobTest : public ::testing::Test {
     pre["model.embed_tokens.weight"] = at::randn({kVocab, kHidden});
     pre["model.norm.weight"] = at::ones({kHidden}) + 0.1 * at::randn({kHidden});
     WriteCheckpoint(base_, pre, at::kBFloat16);
-    WriteFileOrDie(JoinPath(base_, "config.json"), "{\"model_type\": \"llama\"}");
+    WriteFileOrDie(JoinPath(base_, "config.json"),
+                   "{\"model_type\": \"llama\"}");
     WriteFileOrDie(JoinPath(base_, "tokenizer.json"), "{}");
     for (int t = 0; t < 2; ++t) {
       std::map<std::string, at::Tensor> ft;
@@ -55,7 +56,8 @@ class FusionJobTest : public ::testing::Test {
       const std::string dir = Dir(absl::StrCat("ft", t));
       WriteCheckpoint(dir, ft, at::kBFloat16);
       ft_.push_back(dir);
-      hessians_.push_back(WriteHessians(Dir(absl::StrCat("cal", t)) + "/h.safetensors"));
+      hessians_.push_back(
+          WriteHessians(Dir(absl::StrCat("cal", t)) + "/h.safetensors"));
     }
   }
 
@@ -66,11 +68,13 @@ class FusionJobTest : public ::testing::Test {
   }
 
   // Two shards plus an integer buffer, as real checkpoints have.
-  void WriteCheckpoint(const std::string& dir, const std::map<std::string, at::Tensor>& ts,
+  void WriteCheckpoint(const std::string& dir,
+                       const std::map<std::string, at::Tensor>& ts,
                        at::ScalarType type) {
     std::vector<RawTensor> a, b;
     for (const auto& [name, w] : ts) {
-      (absl::StrContains(name, "mlp") ? b : a).push_back(ToRaw(name, w.to(type)));
+      (absl::StrContains(name, "mlp") ? b : a)
+          .push_back(ToRaw(name, w.to(type)));
     }
     b.push_back(ToRaw("model.position_ids", at::arange(8, at::kLong)));
     WriteShardedCheckpoint(dir, {a, b});
@@ -78,7 +82,8 @@ class FusionJobTest : public ::testing::Test {
 
   std::string WriteHessians(const std::string& path) {
     auto gram = [](int64_t c) {
-      at::Tensor x = at::randn({200, c}).matmul(at::eye(c) + 0.3 * at::randn({c, c}));
+      at::Tensor x =
+          at::randn({200, c}).matmul(at::eye(c) + 0.3 * at::randn({c, c}));
       return (2.0 / 200 * x.t().matmul(x)).contiguous();
     };
     std::vector<RawTensor> t = {
@@ -116,8 +121,9 @@ class FusionJobTest : public ::testing::Test {
     return spec;
   }
 
-  absl::StatusOr<nlohmann::json> Run(const FusionSpec& spec, ProgressSink* sink = nullptr,
-                                     const std::atomic<bool>* cancel = nullptr) {
+  absl::StatusOr<nlohmann::json> Run(
+      const FusionSpec& spec, ProgressSink* sink = nullptr,
+      const std::atomic<bool>* cancel = nullptr) {
     auto resolver = UriResolver::Create({tmp_.path()});
     if (!resolver.ok()) return resolver.status();
     RunOptions options;
@@ -132,7 +138,8 @@ class FusionJobTest : public ::testing::Test {
     ASSERT_TRUE(na.ok() && nb.ok());
     ASSERT_EQ(*na, *nb);
     for (const std::string& n : *na) {
-      EXPECT_EQ(ReadFileOrDie(JoinPath(a, n)), ReadFileOrDie(JoinPath(b, n))) << n;
+      EXPECT_EQ(ReadFileOrDie(JoinPath(a, n)), ReadFileOrDie(JoinPath(b, n)))
+          << n;
     }
   }
 
@@ -169,7 +176,8 @@ TEST_F(FusionJobTest, TailorFusesWithTheBaseLayoutAndExactKeptFraction) {
     keep.floating_dtype = std::nullopt;
     at::Tensor a = *(*base)->Read(t.name, keep);
     at::Tensor b = *(*out)->Read(t.name, keep);
-    differing += a.view(at::kShort).ne(b.view(at::kShort)).sum().item<int64_t>();
+    differing +=
+        a.view(at::kShort).ne(b.view(at::kShort)).sum().item<int64_t>();
   }
   const nlohmann::json& totals = (*report)["totals"];
   EXPECT_EQ(totals["kept"].get<int64_t>(), expected_kept);
@@ -185,12 +193,14 @@ TEST_F(FusionJobTest, TailorFusesWithTheBaseLayoutAndExactKeptFraction) {
   // Hessians were found for all five linears (q/k/v via aliases).
   int with_h = 0;
   for (const auto& t : (*report)["tensors"]) {
-    if (t["action"] == "fused" && t["tasks"][0].value("hessian", false)) ++with_h;
+    if (t["action"] == "fused" && t["tasks"][0].value("hessian", false))
+      ++with_h;
   }
   EXPECT_EQ(with_h, 5);
   // The report file holds the same report.
-  EXPECT_EQ(nlohmann::json::parse(ReadFileOrDie(spec.report_uri))["totals"]["kept"],
-            totals["kept"]);
+  EXPECT_EQ(
+      nlohmann::json::parse(ReadFileOrDie(spec.report_uri))["totals"]["kept"],
+      totals["kept"]);
 }
 
 TEST_F(FusionJobTest, ApplyPatchReproducesTheFusedCheckpointBitForBit) {
@@ -202,15 +212,16 @@ TEST_F(FusionJobTest, ApplyPatchReproducesTheFusedCheckpointBitForBit) {
     ASSERT_TRUE(report.ok()) << method << ": " << report.status();
     auto resolver = UriResolver::Create({tmp_.path()});
     const std::string rebuilt = tmp_.Join(absl::StrCat(method, "-rebuilt"));
-    absl::Status s = ApplyPatch(base_, spec.patch_uri, rebuilt, false, *resolver);
+    absl::Status s =
+        ApplyPatch(base_, spec.patch_uri, rebuilt, false, *resolver);
     ASSERT_TRUE(s.ok()) << s;
     ExpectSameFiles(spec.output_uri, rebuilt);
   }
 }
 
 TEST_F(FusionJobTest, EveryMethodProducesACheckpointAndIsDeterministic) {
-  for (const char* method : {"tailor", "magnitude", "task_arithmetic", "ties", "dare",
-                             "spider"}) {
+  for (const char* method :
+       {"tailor", "magnitude", "task_arithmetic", "ties", "dare", "spider"}) {
     for (int run = 0; run < 2; ++run) {
       FusionSpec spec = Spec(absl::StrCat(method, run));
       spec.method = *ParseMethod(method);
@@ -221,8 +232,10 @@ TEST_F(FusionJobTest, EveryMethodProducesACheckpointAndIsDeterministic) {
       ASSERT_TRUE(report.ok()) << method << ": " << report.status();
       EXPECT_EQ((*report)["method"], method);
       if (run == 1) {
-        ExpectSameFiles(tmp_.Join(absl::StrCat(method, 0, "-out")), spec.output_uri);
-        EXPECT_EQ(ReadFileOrDie(tmp_.Join(absl::StrCat(method, 0, ".patch.safetensors"))),
+        ExpectSameFiles(tmp_.Join(absl::StrCat(method, 0, "-out")),
+                        spec.output_uri);
+        EXPECT_EQ(ReadFileOrDie(
+                      tmp_.Join(absl::StrCat(method, 0, ".patch.safetensors"))),
                   ReadFileOrDie(spec.patch_uri));
       }
     }
@@ -245,14 +258,16 @@ TEST_F(FusionJobTest, StitchesTasksAndRestitchesFromTheirPatches) {
   auto b = PatchFile::Open(p1, open);
   ASSERT_TRUE(stitched.ok() && a.ok() && b.ok());
   const std::string name = "model.layers.0.mlp.up_proj.weight";
-  TaskDelta sa = *(*a)->Load(name), sb = *(*b)->Load(name), ss = *(*stitched)->Load(name);
+  TaskDelta sa = *(*a)->Load(name), sb = *(*b)->Load(name),
+            ss = *(*stitched)->Load(name);
   EXPECT_TRUE(ss.mask.equal(sa.mask | sb.mask));
   EXPECT_EQ(sa.mask.sum().item<int64_t>(), KeepCount(0.05, kInter * kHidden));
 
   // A later job stitches the two saved patches without the fine-tuned models.
   FusionSpec again;
   again.pretrained_uri = base_;
-  again.tasks = {TaskSpec{"t0", "", p0, "", {}, {}}, TaskSpec{"t1", "", p1, "", {}, {}}};
+  again.tasks = {TaskSpec{"t0", "", p0, "", {}, {}},
+                 TaskSpec{"t1", "", p1, "", {}, {}}};
   again.output_uri = tmp_.Join("restitched");
   again.device = "cpu";
   auto report2 = Run(again);
@@ -265,12 +280,13 @@ TEST_F(FusionJobTest, LoraAdapterIsAFineTunedCheckpoint) {
   WriteFileOrDie(lora + "/adapter_config.json",
                  R"({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
                      "target_modules": ["up_proj"]})");
-  WriteFileOrDie(lora + "/adapter_model.safetensors",
-                 SerializeSafetensors(
-                     {ToRaw("base_model.model.model.layers.0.mlp.up_proj.lora_A.weight",
-                            at::randn({4, kHidden})),
-                      ToRaw("base_model.model.model.layers.0.mlp.up_proj.lora_B.weight",
-                            at::randn({kInter, 4}))}));
+  WriteFileOrDie(
+      lora + "/adapter_model.safetensors",
+      SerializeSafetensors(
+          {ToRaw("base_model.model.model.layers.0.mlp.up_proj.lora_A.weight",
+                 at::randn({4, kHidden})),
+           ToRaw("base_model.model.model.layers.0.mlp.up_proj.lora_B.weight",
+                 at::randn({kInter, 4}))}));
   FusionSpec spec = Spec("lora");
   spec.tasks[0].finetuned_uri = lora;
   spec.include = {"mlp"};
@@ -307,7 +323,8 @@ TEST_F(FusionJobTest, MismatchesAreErrorsOrCopiesWithWarnings) {
   spec.tasks[0].finetuned_uri = bad;
   auto failed = Run(spec);
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(absl::StrContains(failed.status().message(), "model.embed_tokens.weight") ||
+  EXPECT_TRUE(absl::StrContains(failed.status().message(),
+                                "model.embed_tokens.weight") ||
               absl::StrContains(failed.status().message(), "model.norm.weight"))
       << failed.status();
   EXPECT_FALSE(PathExists(spec.output_uri));
@@ -386,7 +403,8 @@ TEST_F(FusionJobTest, CancellationPublishesNothing) {
   // No staging directories or spool files left behind.
   auto names = ListDirectory(tmp_.path());
   ASSERT_TRUE(names.ok());
-  for (const std::string& n : *names) EXPECT_FALSE(absl::StartsWith(n, ".")) << n;
+  for (const std::string& n : *names)
+    EXPECT_FALSE(absl::StartsWith(n, ".")) << n;
 }
 
 }  // namespace

@@ -18,7 +18,8 @@ at::Tensor M(std::vector<int> v) {
   return at::tensor(b, at::kByte).to(at::kBool);
 }
 
-void ExpectTensor(const at::Tensor& got, std::vector<double> want, double tol = 1e-12) {
+void ExpectTensor(const at::Tensor& got, std::vector<double> want,
+                  double tol = 1e-12) {
   ASSERT_EQ(got.numel(), static_cast<int64_t>(want.size()));
   at::Tensor g = got.to(at::kDouble).reshape({-1});
   for (size_t i = 0; i < want.size(); ++i) {
@@ -30,15 +31,14 @@ class StitchTest : public ::testing::Test {
  protected:
   // t0 selects {0, 1}, t1 selects {1, 2}, t2 selects nothing; t1 carries a
   // stray value outside its mask, which must be ignored.
-  std::vector<TaskDelta> tasks_ = {
-      {M({1, 1, 0, 0}), T({2, 4, 0, 0})},
-      {M({0, 1, 1, 0}), T({99, 6, 3, 0})},
-      {M({0, 0, 0, 0}), T({0, 0, 0, 0})}};
+  std::vector<TaskDelta> tasks_ = {{M({1, 1, 0, 0}), T({2, 4, 0, 0})},
+                                   {M({0, 1, 1, 0}), T({99, 6, 3, 0})},
+                                   {M({0, 0, 0, 0}), T({0, 0, 0, 0})}};
 };
 
 TEST_F(StitchTest, MaskIsTheUnion) {
-  for (Aggregation a : {Aggregation::kMeanSelected, Aggregation::kMeanAll,
-                        Aggregation::kSum}) {
+  for (Aggregation a :
+       {Aggregation::kMeanSelected, Aggregation::kMeanAll, Aggregation::kSum}) {
     EXPECT_TRUE(Stitch(tasks_, a).mask.equal(M({1, 1, 1, 0})));
   }
 }
@@ -48,7 +48,8 @@ TEST_F(StitchTest, MeanSelectedDividesBySelectingTasks) {
 }
 
 TEST_F(StitchTest, MeanAllDividesByTaskCount) {
-  ExpectTensor(Stitch(tasks_, Aggregation::kMeanAll).delta, {2.0 / 3, 10.0 / 3, 1, 0});
+  ExpectTensor(Stitch(tasks_, Aggregation::kMeanAll).delta,
+               {2.0 / 3, 10.0 / 3, 1, 0});
 }
 
 TEST_F(StitchTest, SumAddsSelectedDeltas) {
@@ -56,7 +57,8 @@ TEST_F(StitchTest, SumAddsSelectedDeltas) {
 }
 
 TEST_F(StitchTest, DisjointMasksKeepEachTaskValue) {
-  std::vector<TaskDelta> disjoint = {{M({1, 0}), T({1.5, 0})}, {M({0, 1}), T({0, -2})}};
+  std::vector<TaskDelta> disjoint = {{M({1, 0}), T({1.5, 0})},
+                                     {M({0, 1}), T({0, -2})}};
   ExpectTensor(Stitch(disjoint, Aggregation::kMeanSelected).delta, {1.5, -2});
   ExpectTensor(Stitch(disjoint, Aggregation::kMeanAll).delta, {0.75, -1});
 }
@@ -74,7 +76,8 @@ TEST(TiesTest, TrimElectDisjointMean) {
   //   D3 = [ 1,  1, 1,  1] -> all tied: lower indices -> [1, 1, 0, 0]
   // sum [0, 3, 0, -5]: sign [0, +, 0, -]; agreeing means [0, 1.5, 0, -5];
   // lambda 2.
-  MergedDelta m = Ties({T({3, -1, 2, -5}), T({-4, 2, 1, -1}), T({1, 1, 1, 1})}, 0.5, 2.0);
+  MergedDelta m =
+      Ties({T({3, -1, 2, -5}), T({-4, 2, 1, -1}), T({1, 1, 1, 1})}, 0.5, 2.0);
   ExpectTensor(m.delta, {0, 3, 0, -10});
   EXPECT_TRUE(m.mask.equal(M({0, 1, 0, 1})));
 }
@@ -85,15 +88,18 @@ TEST(TiesTest, DensityOneWithoutConflictIsTheMean) {
 }
 
 TEST(DareTest, NoDropIsTaskArithmetic) {
-  std::vector<at::Tensor> d = {at::randn({5, 7}, at::kDouble), at::randn({5, 7}, at::kDouble)};
-  EXPECT_TRUE(Dare(d, 0.0, 0.7, 1, "w").delta.equal(TaskArithmetic(d, 0.7).delta));
+  std::vector<at::Tensor> d = {at::randn({5, 7}, at::kDouble),
+                               at::randn({5, 7}, at::kDouble)};
+  EXPECT_TRUE(
+      Dare(d, 0.0, 0.7, 1, "w").delta.equal(TaskArithmetic(d, 0.7).delta));
 }
 
 TEST(DareTest, SurvivorsAreRescaledAndDropRateIsP) {
   at::Tensor d = at::ones({100000}, at::kDouble) * 3;
   MergedDelta m = Dare({d}, 0.75, 1.0, 123, "layer.weight");
   at::Tensor kept = m.delta.ne(0);
-  EXPECT_TRUE(m.delta.index({kept}).eq(12).all().item<bool>());  // 3 / (1 - 0.75)
+  EXPECT_TRUE(
+      m.delta.index({kept}).eq(12).all().item<bool>());  // 3 / (1 - 0.75)
   const double dropped = 1.0 - kept.to(at::kDouble).mean().item<double>();
   EXPECT_NEAR(dropped, 0.75, 0.01);
   EXPECT_TRUE(m.mask.equal(kept));
@@ -110,8 +116,9 @@ TEST(DareTest, DeterministicPerSeedNameAndTask) {
   EXPECT_TRUE(two.eq(4).any().item<bool>());  // both survived: 2 + 2
   EXPECT_TRUE(two.eq(2).any().item<bool>());  // exactly one survived
   // Float32 input works too.
-  EXPECT_EQ(Dare({d.to(at::kFloat)}, 0.5, 1.0, 7, "a.weight").delta.scalar_type(),
-            at::kFloat);
+  EXPECT_EQ(
+      Dare({d.to(at::kFloat)}, 0.5, 1.0, 7, "a.weight").delta.scalar_type(),
+      at::kFloat);
 }
 
 TEST(DareTest, SameResultFromConcurrentThreadsInAnyOrder) {
@@ -122,10 +129,12 @@ TEST(DareTest, SameResultFromConcurrentThreadsInAnyOrder) {
   std::vector<at::Tensor> parallel(names.size());
   std::vector<std::thread> threads;
   for (int i = static_cast<int>(names.size()) - 1; i >= 0; --i) {
-    threads.emplace_back([&, i] { parallel[i] = Dare({d}, 0.9, 1.0, 3, names[i]).delta; });
+    threads.emplace_back(
+        [&, i] { parallel[i] = Dare({d}, 0.9, 1.0, 3, names[i]).delta; });
   }
   for (auto& t : threads) t.join();
-  for (size_t i = 0; i < names.size(); ++i) EXPECT_TRUE(parallel[i].equal(serial[i]));
+  for (size_t i = 0; i < names.size(); ++i)
+    EXPECT_TRUE(parallel[i].equal(serial[i]));
 }
 
 TEST(SpiderTest, HandComputedWithoutImportance) {
@@ -158,7 +167,8 @@ TEST(MergeMethodsTest, ParseAggregation) {
   EXPECT_EQ(AggregationName(Aggregation::kMeanAll), "mean_all");
   auto bad = ParseAggregation("median");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(absl::StrContains(bad.status().message(), "mean_selected|mean_all|sum"));
+  EXPECT_TRUE(
+      absl::StrContains(bad.status().message(), "mean_selected|mean_all|sum"));
 }
 
 }  // namespace

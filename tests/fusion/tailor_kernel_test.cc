@@ -28,9 +28,9 @@ Matrix ToMatrix(const at::Tensor& t) {
 }
 
 at::Tensor FromMatrix(const Matrix& m) {
-  at::Tensor t = at::empty({static_cast<int64_t>(m.size()),
-                            static_cast<int64_t>(m[0].size())},
-                           at::kDouble);
+  at::Tensor t = at::empty(
+      {static_cast<int64_t>(m.size()), static_cast<int64_t>(m[0].size())},
+      at::kDouble);
   auto a = t.accessor<double, 2>();
   for (size_t i = 0; i < m.size(); ++i) {
     for (size_t j = 0; j < m[0].size(); ++j) a[i][j] = m[i][j];
@@ -45,8 +45,8 @@ struct Layer {
 
 Layer RandomLayer(int64_t rows, int64_t cols, int64_t samples, uint64_t seed) {
   at::manual_seed(seed);
-  at::Tensor mix = at::randn({cols, cols}, at::kDouble) * 0.5 +
-                   at::eye(cols, at::kDouble);
+  at::Tensor mix =
+      at::randn({cols, cols}, at::kDouble) * 0.5 + at::eye(cols, at::kDouble);
   at::Tensor x = at::randn({samples, cols}, at::kDouble).matmul(mix);
   Layer l;
   l.h = 2.0 / samples * x.t().matmul(x);
@@ -112,7 +112,8 @@ std::vector<double> RefScores(const Matrix& d, const Matrix& hinv,
   sal = MinMax(sal);
   sen = MinMax(sen);
   std::vector<double> s(sal.size());
-  for (size_t i = 0; i < s.size(); ++i) s[i] = omega * sal[i] + (1 - omega) * sen[i];
+  for (size_t i = 0; i < s.size(); ++i)
+    s[i] = omega * sal[i] + (1 - omega) * sen[i];
   return s;
 }
 
@@ -192,8 +193,8 @@ TEST(TailorKernelTest, ScoresAndLayerMaskMatchReference) {
     EXPECT_TRUE(r->mask.equal(MaskTensor(keep, 6, 10))) << "omega " << omega;
     EXPECT_EQ(r->stats.kept, 15);  // round(0.25 * 60)
     // No compensation: the kept entries are D0 exactly.
-    EXPECT_TRUE(r->delta.equal(at::where(r->mask, l.w_ft - l.w_pre,
-                                         at::zeros({}, at::kDouble))));
+    EXPECT_TRUE(r->delta.equal(
+        at::where(r->mask, l.w_ft - l.w_pre, at::zeros({}, at::kDouble))));
   }
   // Scores themselves.
   auto p = PrepareHessian(l.h, F64(0.1));
@@ -215,8 +216,7 @@ TEST(TailorKernelTest, PreparedHessianMatchesReference) {
   RefHessian ref = RefPrepare(l.h, 0.01);
   ExpectNear(p->h, ref.h, 1e-12);
   ExpectNear(p->u, ref.u, 1e-9);
-  ExpectNear(p->hinv_diag.unsqueeze(0),
-             Matrix{[&] {
+  ExpectNear(p->hinv_diag.unsqueeze(0), Matrix{[&] {
                std::vector<double> d;
                for (size_t j = 0; j < 8; ++j) d.push_back(ref.hinv[j][j]);
                return d;
@@ -246,11 +246,12 @@ TEST(TailorKernelTest, ExactMaskCountsPerScope) {
           expect += k;
         }
         EXPECT_EQ(r->stats.kept, expect);
-        EXPECT_EQ(r->mask.index({at::indexing::Slice(),
-                                 at::indexing::Slice(256, 300)})
-                      .sum()
-                      .item<int64_t>(),
-                  KeepCount(rho, 7 * 44));
+        EXPECT_EQ(
+            r->mask
+                .index({at::indexing::Slice(), at::indexing::Slice(256, 300)})
+                .sum()
+                .item<int64_t>(),
+            KeepCount(rho, 7 * 44));
       }
       EXPECT_EQ(r->mask.sum().item<int64_t>(), r->stats.kept);
       // Nothing outside the mask.
@@ -306,7 +307,8 @@ TEST(TailorKernelTest, SingleRevertedColumnIsTheorem45) {
         closed[r][j] -= delta / ref.hinv[m][m] * ref.hinv[j][m];
       }
     }
-    auto exact = CompensateExact(FromMatrix(d0), mask, FromMatrix(ref.h), 1 << 20);
+    auto exact =
+        CompensateExact(FromMatrix(d0), mask, FromMatrix(ref.h), 1 << 20);
     ASSERT_TRUE(exact.ok());
     ExpectNear(*exact, closed, 1e-9);
     if (m == 0) {
@@ -359,9 +361,11 @@ TEST(TailorKernelTest, ErrorOrderingOverRandomTrials) {
       ASSERT_TRUE(seq->mask.equal(exact->mask));
       RefHessian ref = RefPrepare(l.h, 0.01);
       const Matrix d0 = Delta(l);
-      const double e_mask = RefError(
-          d0, ToMatrix(at::where(seq->mask, l.w_ft - l.w_pre, at::zeros({}, at::kDouble))),
-          ref.h);
+      const double e_mask =
+          RefError(d0,
+                   ToMatrix(at::where(seq->mask, l.w_ft - l.w_pre,
+                                      at::zeros({}, at::kDouble))),
+                   ref.h);
       const double e_seq = RefError(d0, ToMatrix(seq->delta), ref.h);
       const double e_exact = RefError(d0, ToMatrix(exact->delta), ref.h);
       EXPECT_NEAR(seq->stats.error_mask_only, e_mask, 1e-9 * e_mask);
@@ -436,7 +440,8 @@ TEST(TailorKernelTest, BlockScopeSelectsAdaptivelyFromCompensatedDelta) {
     sal = MinMax(sal);
     sen = MinMax(sen);
     std::vector<double> s;
-    for (size_t i = 0; i < sal.size(); ++i) s.push_back(0.5 * sal[i] + 0.5 * sen[i]);
+    for (size_t i = 0; i < sal.size(); ++i)
+      s.push_back(0.5 * sal[i] + 0.5 * sen[i]);
     std::vector<bool> keep = RefTopK(s, KeepCount(0.3, 4 * (b2 - b1)));
     for (size_t i = 0; i < 4; ++i) {
       for (size_t j = b1; j < b2; ++j) {
@@ -470,7 +475,8 @@ TEST(TailorKernelTest, ZScoreIsPerRowWithinBlocks) {
     for (int64_t b = 0; b < 10; b += 4) {
       const int64_t e = std::min<int64_t>(10, b + 4);
       std::vector<double> v;
-      for (int64_t j = b; j < e; ++j) v.push_back(std::abs(d[i][j].item<double>()));
+      for (int64_t j = b; j < e; ++j)
+        v.push_back(std::abs(d[i][j].item<double>()));
       double mean = std::accumulate(v.begin(), v.end(), 0.0) / v.size();
       double var = 0;
       for (double x : v) var += (x - mean) * (x - mean);
@@ -501,7 +507,11 @@ TEST(TailorKernelTest, DeterministicAndFloat32CloseToFloat64) {
   // Masks may differ at near-ties; compare the deltas on the common support.
   at::Tensor both = a->mask & c->mask;
   EXPECT_GT(both.sum().item<int64_t>(), a->stats.kept * 9 / 10);
-  EXPECT_LT((a->delta.to(at::kDouble) - c->delta).index({both}).abs().max().item<double>(),
+  EXPECT_LT((a->delta.to(at::kDouble) - c->delta)
+                .index({both})
+                .abs()
+                .max()
+                .item<double>(),
             1e-4);
 }
 

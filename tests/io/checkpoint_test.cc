@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <atomic>
-
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -193,14 +192,14 @@ TEST_F(CheckpointTest, ShardSymlinkOutsideTheRootsIsDenied) {
   // The checkpoint directory sits inside the root, one shard links out.
   const std::string ckpt_dir = dir_.Join("ckpt");
   ASSERT_EQ(::mkdir(ckpt_dir.c_str(), 0755), 0);
-  for (const char* f : {"model.safetensors.index.json",
-                        "model-00001-of-00002.safetensors"}) {
+  for (const char* f :
+       {"model.safetensors.index.json", "model-00001-of-00002.safetensors"}) {
     ASSERT_TRUE(CopyFileDurably(outside.Join(f), JoinPath(ckpt_dir, f)).ok());
   }
-  ASSERT_EQ(::symlink(outside.Join("model-00002-of-00002.safetensors").c_str(),
-                      JoinPath(ckpt_dir, "model-00002-of-00002.safetensors")
-                          .c_str()),
-            0);
+  ASSERT_EQ(
+      ::symlink(outside.Join("model-00002-of-00002.safetensors").c_str(),
+                JoinPath(ckpt_dir, "model-00002-of-00002.safetensors").c_str()),
+      0);
   auto resolver = UriResolver::Create({dir_.path()});
   ASSERT_TRUE(resolver.ok()) << resolver.status();
   Checkpoint::Options options;

@@ -87,8 +87,12 @@ std::vector<RawTensor> EveryDType() {
   // Types LibTorch 1.13 lacks travel as raw bytes.
   for (const char* dtype : {"U16", "U32", "U64", "F8_E4M3", "F8_E5M2"}) {
     RawTensor r{absl::StrCat("raw.", dtype), dtype, {3}, ""};
-    size_t size = dtype[0] == 'F' ? 1 : (dtype[1] == '1' ? 2 : dtype[1] == '3' ? 4 : 8);
-    for (size_t i = 0; i < 3 * size; ++i) r.data.push_back(static_cast<char>(i * 37 + 1));
+    size_t size = dtype[0] == 'F' ? 1
+                                  : (dtype[1] == '1'   ? 2
+                                     : dtype[1] == '3' ? 4
+                                                       : 8);
+    for (size_t i = 0; i < 3 * size; ++i)
+      r.data.push_back(static_cast<char>(i * 37 + 1));
     all.push_back(r);
   }
   return all;
@@ -345,7 +349,8 @@ TEST(CheckpointWriterTest, RejectsBadWrites) {
 
 TEST(CheckpointWriterTest, NarrowingRoundsLikeLibTorch) {
   TempDir dir;
-  std::vector<TensorInfo> layout = {{"a", DType::kBF16, {1000}, 1000, 2000, ""}};
+  std::vector<TensorInfo> layout = {
+      {"a", DType::kBF16, {1000}, 1000, 2000, ""}};
   const std::string out = dir.Join("out");
   auto writer = CheckpointWriter::Create(out, layout, {});
   ASSERT_TRUE(writer.ok());

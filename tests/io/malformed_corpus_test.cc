@@ -424,9 +424,8 @@ std::vector<CorpusCase> JsonSyntaxCases() {
       "TruncatedJsonMidTensor",
       File(R"({"w":{"dtype":"F32","shape":[2],"data_offs)"), kInvalid,
       {"safetensors header is truncated: the JSON object is not closed"}));
-  cases.push_back(
-      FileCase("TruncatedJsonOpenBraceOnly", File("{"), kInvalid,
-               {"safetensors header is truncated"}));
+  cases.push_back(FileCase("TruncatedJsonOpenBraceOnly", File("{"), kInvalid,
+                           {"safetensors header is truncated"}));
   // Ends in '}' but the JSON is incomplete or has a second value: reported
   // by the JSON parser with its position.
   cases.push_back(FileCase(
@@ -497,10 +496,10 @@ std::vector<CorpusCase> StructureCases() {
                R"("w":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}})"),
            6),
       kInvalid, {"safetensors header has duplicate key 'w'"}));
-  cases.push_back(
-      FileCase("DuplicateMetadata",
-               File(R"({"__metadata__":{"a":"1"},"__metadata__":{"b":"2"}})"),
-               kInvalid, {"safetensors header has duplicate key '__metadata__'"}));
+  cases.push_back(FileCase(
+      "DuplicateMetadata",
+      File(R"({"__metadata__":{"a":"1"},"__metadata__":{"b":"2"}})"), kInvalid,
+      {"safetensors header has duplicate key '__metadata__'"}));
   cases.push_back(
       FileCase("DuplicateKeyInsideMetadata",
                File(R"({"__metadata__":{"k":"1","k":"2"}})"), kInvalid,
@@ -1125,8 +1124,9 @@ std::vector<CorpusCase> LargeHeaderCases() {
     absl::StrAppend(&meta, i ? "," : "", "\"", ShortKey(i), "\":\"\"");
   }
   meta += "}}";
-  large(FileCase("LargeHeaderTooManyMetadataKeys", File(meta, 1), kInvalid,
-                 {"safetensors header __metadata__ has more than 1024 entries"}));
+  large(
+      FileCase("LargeHeaderTooManyMetadataKeys", File(meta, 1), kInvalid,
+               {"safetensors header __metadata__ has more than 1024 entries"}));
   large(FileCase("LargeHeaderOneMegabyteMetadataValue",
                  File(absl::StrCat(R"({"__metadata__":{"k":")",
                                    std::string(1 << 20, 'v'), R"("}})"),

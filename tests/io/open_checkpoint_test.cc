@@ -34,8 +34,8 @@ TEST(OpenCheckpointTest, ResolvesUrisThroughTheRoots) {
 
   auto escaped = OpenCheckpointUri(root + "/../model.safetensors", *resolver);
   EXPECT_EQ(escaped.status().code(), absl::StatusCode::kPermissionDenied);
-  auto encoded =
-      OpenCheckpointUri("file://" + root + "/%2e%2e/model.safetensors", *resolver);
+  auto encoded = OpenCheckpointUri(
+      "file://" + root + "/%2e%2e/model.safetensors", *resolver);
   EXPECT_EQ(encoded.status().code(), absl::StatusCode::kPermissionDenied);
   auto scheme = OpenCheckpointUri("hf://meta-llama/Llama-2-7b", *resolver);
   EXPECT_EQ(scheme.status().code(), absl::StatusCode::kUnimplemented);

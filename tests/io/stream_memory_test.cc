@@ -11,9 +11,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "fusion/fusion_job.h"
 #include "io/checkpoint.h"
 #include "io/checkpoint_writer.h"
-#include "fusion/fusion_job.h"
 #include "testing/test_util.h"
 
 // AddressSanitizer's quarantine would otherwise keep freed tensors resident.
@@ -24,8 +24,8 @@ extern "C" const char* __asan_default_options() {
 namespace tailor {
 namespace {
 
-constexpr int64_t kElements = 8 << 20;         // 16 MiB per BF16 tensor
-constexpr int kTensors = 32;                   // 512 MiB checkpoint
+constexpr int64_t kElements = 8 << 20;          // 16 MiB per BF16 tensor
+constexpr int kTensors = 32;                    // 512 MiB checkpoint
 constexpr uint64_t kShardBytes = 128ull << 20;  // 4 shards
 // Cap on the growth of peak RSS while streaming (the process's own baseline,
 // LibTorch loaded, comes before): four float32 copies of one tensor.
@@ -49,16 +49,19 @@ uint16_t Pattern(int i, int64_t j) {
 
 // Generates, in a child process, a checkpoint of `count` BF16 tensors of
 // `elements` each whose element j of tensor i is Pattern(i + shift, j).
-void GenerateInChild(const std::string& out, int count, int64_t elements, int shift,
-                     uint64_t shard_bytes) {
+void GenerateInChild(const std::string& out, int count, int64_t elements,
+                     int shift, uint64_t shard_bytes) {
   pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     std::vector<TensorInfo> layout;
     for (int i = 0; i < count; ++i) {
-      layout.push_back({absl::StrCat("layers.", i, ".weight"), DType::kBF16,
-                        {elements / 512, 512}, elements,
-                        static_cast<uint64_t>(elements) * 2, ""});
+      layout.push_back({absl::StrCat("layers.", i, ".weight"),
+                        DType::kBF16,
+                        {elements / 512, 512},
+                        elements,
+                        static_cast<uint64_t>(elements) * 2,
+                        ""});
     }
     CheckpointWriterOptions options;
     options.max_shard_bytes = shard_bytes;
@@ -67,9 +70,11 @@ void GenerateInChild(const std::string& out, int count, int64_t elements, int sh
     std::vector<uint16_t> buffer(elements);
     for (int i = 0; i < count; ++i) {
       for (int64_t j = 0; j < elements; ++j) buffer[j] = Pattern(i + shift, j);
-      if (!(*writer)->WriteRaw(layout[i].name,
-                               absl::string_view(reinterpret_cast<char*>(buffer.data()),
-                                                 buffer.size() * 2))
+      if (!(*writer)
+               ->WriteRaw(
+                   layout[i].name,
+                   absl::string_view(reinterpret_cast<char*>(buffer.data()),
+                                     buffer.size() * 2))
                .ok()) {
         ::_exit(2);
       }

@@ -6,8 +6,8 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -609,8 +609,8 @@ TEST_F(UriResolverTest, ForWriteUnderRegularFileIsFailedPrecondition) {
 TEST_F(UriResolverTest, ForWriteInUnsearchableDirectoryIsPermissionDenied) {
   EXPECT_TRUE(HoldsWithoutPrivileges(data(), [&] {
     return static_cast<bool>(
-        IsError(resolver().ResolveForWrite(data() + "/noperm/new.bin"),
-                kDenied, {"Permission denied"}));
+        IsError(resolver().ResolveForWrite(data() + "/noperm/new.bin"), kDenied,
+                {"Permission denied"}));
   }));
 }
 

@@ -34,17 +34,28 @@ namespace {
 
 std::string DTypeNameOf(at::ScalarType t) {
   switch (t) {
-    case at::kBool: return "BOOL";
-    case at::kByte: return "U8";
-    case at::kChar: return "I8";
-    case at::kShort: return "I16";
-    case at::kInt: return "I32";
-    case at::kLong: return "I64";
-    case at::kHalf: return "F16";
-    case at::kBFloat16: return "BF16";
-    case at::kFloat: return "F32";
-    case at::kDouble: return "F64";
-    default: throw std::runtime_error("no safetensors dtype");
+    case at::kBool:
+      return "BOOL";
+    case at::kByte:
+      return "U8";
+    case at::kChar:
+      return "I8";
+    case at::kShort:
+      return "I16";
+    case at::kInt:
+      return "I32";
+    case at::kLong:
+      return "I64";
+    case at::kHalf:
+      return "F16";
+    case at::kBFloat16:
+      return "BF16";
+    case at::kFloat:
+      return "F32";
+    case at::kDouble:
+      return "F64";
+    default:
+      throw std::runtime_error("no safetensors dtype");
   }
 }
 
@@ -139,8 +150,8 @@ void WriteShardedCheckpoint(const std::string& dir,
   std::string weight_map;
   uint64_t total = 0;
   for (size_t i = 0; i < shards.size(); ++i) {
-    std::string shard = absl::StrFormat("model-%05d-of-%05d.safetensors",
-                                        i + 1, shards.size());
+    std::string shard =
+        absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards.size());
     WriteFileOrDie(JoinPath(dir, shard), SerializeSafetensors(shards[i]));
     for (const RawTensor& t : shards[i]) {
       absl::StrAppend(&weight_map, weight_map.empty() ? "" : ",\n", "    \"",
@@ -148,10 +159,10 @@ void WriteShardedCheckpoint(const std::string& dir,
       total += t.data.size();
     }
   }
-  WriteFileOrDie(JoinPath(dir, "model.safetensors.index.json"),
-                 absl::StrCat("{\n  \"metadata\": {\"total_size\": ", total,
-                              "},\n  \"weight_map\": {\n", weight_map,
-                              "\n  }\n}\n"));
+  WriteFileOrDie(
+      JoinPath(dir, "model.safetensors.index.json"),
+      absl::StrCat("{\n  \"metadata\": {\"total_size\": ", total,
+                   "},\n  \"weight_map\": {\n", weight_map, "\n  }\n}\n"));
 }
 
 bool BitEqual(const at::Tensor& a, const at::Tensor& b) {

@@ -1,12 +1,12 @@
 #ifndef TAILOR_TESTS_TESTING_TEST_UTIL_H_
 #define TAILOR_TESTS_TESTING_TEST_UTIL_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "absl/strings/string_view.h"
 

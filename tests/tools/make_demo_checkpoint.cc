@@ -28,8 +28,12 @@ tailor::TensorInfo Info(const std::string& name, std::vector<int64_t> shape,
                         tailor::DType dtype = tailor::DType::kBF16) {
   int64_t numel = 1;
   for (int64_t d : shape) numel *= d;
-  return {name, dtype, shape, numel,
-          static_cast<uint64_t>(numel) * tailor::DTypeSize(dtype), ""};
+  return {name,
+          dtype,
+          shape,
+          numel,
+          static_cast<uint64_t>(numel) * tailor::DTypeSize(dtype),
+          ""};
 }
 
 }  // namespace
@@ -54,11 +58,14 @@ int main(int argc, char** argv) {
   for (int l = 0; l < kLayers; ++l) {
     const std::string p = absl::StrCat("model.layers.", l, ".");
     for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
-      layout.push_back(Info(p + "self_attn." + proj + ".weight", {kHidden, kHidden}));
+      layout.push_back(
+          Info(p + "self_attn." + proj + ".weight", {kHidden, kHidden}));
     }
-    layout.push_back(Info(p + "mlp.gate_proj.weight", {kIntermediate, kHidden}));
+    layout.push_back(
+        Info(p + "mlp.gate_proj.weight", {kIntermediate, kHidden}));
     layout.push_back(Info(p + "mlp.up_proj.weight", {kIntermediate, kHidden}));
-    layout.push_back(Info(p + "mlp.down_proj.weight", {kHidden, kIntermediate}));
+    layout.push_back(
+        Info(p + "mlp.down_proj.weight", {kHidden, kIntermediate}));
     layout.push_back(Info(p + "input_layernorm.weight", {kHidden}));
     layout.push_back(Info(p + "post_attention_layernorm.weight", {kHidden}));
   }
@@ -67,20 +74,23 @@ int main(int argc, char** argv) {
   auto writer = tailor::CheckpointWriter::Create(base, layout, options);
   if (!writer.ok()) return Fail(writer.status());
   for (const tailor::TensorInfo& t : layout) {
-    at::Tensor value = t.shape.size() == 1 ? at::ones(t.shape)
-                                           : at::randn(t.shape) * 0.02;
-    if (absl::Status s = (*writer)->Write(t.name, value); !s.ok()) return Fail(s);
+    at::Tensor value =
+        t.shape.size() == 1 ? at::ones(t.shape) : at::randn(t.shape) * 0.02;
+    if (absl::Status s = (*writer)->Write(t.name, value); !s.ok())
+      return Fail(s);
   }
   if (absl::Status s = (*writer)->Commit(); !s.ok()) return Fail(s);
   const std::string config = absl::StrCat(
       "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n"
-      "  \"model_type\": \"llama\",\n  \"hidden_size\": ", kHidden,
-      ",\n  \"intermediate_size\": ", kIntermediate,
+      "  \"model_type\": \"llama\",\n  \"hidden_size\": ",
+      kHidden, ",\n  \"intermediate_size\": ", kIntermediate,
       ",\n  \"num_hidden_layers\": ", kLayers,
       ",\n  \"num_attention_heads\": 4,\n  \"num_key_value_heads\": 4,\n"
       "  \"rms_norm_eps\": 1e-06,\n  \"rope_theta\": 10000.0,\n"
-      "  \"vocab_size\": ", kVocab,
-      ",\n  \"tie_word_embeddings\": false,\n  \"torch_dtype\": \"bfloat16\"\n}\n");
+      "  \"vocab_size\": ",
+      kVocab,
+      ",\n  \"tie_word_embeddings\": false,\n  \"torch_dtype\": "
+      "\"bfloat16\"\n}\n");
   if (absl::Status s = tailor::WriteFileAtomically(
           tailor::JoinPath(base, "config.json"), config);
       !s.ok()) {
@@ -105,7 +115,8 @@ int main(int argc, char** argv) {
       tailor::CheckpointWriter::Create(staging, adapter_layout, {});
   if (!adapter_writer.ok()) return Fail(adapter_writer.status());
   for (const tailor::TensorInfo& t : adapter_layout) {
-    if (absl::Status s = (*adapter_writer)->Write(t.name, at::randn(t.shape) * 0.05);
+    if (absl::Status s =
+            (*adapter_writer)->Write(t.name, at::randn(t.shape) * 0.05);
         !s.ok()) {
       return Fail(s);
     }
@@ -113,7 +124,8 @@ int main(int argc, char** argv) {
   if (absl::Status s = (*adapter_writer)->Commit(); !s.ok()) return Fail(s);
   ::mkdir(lora.c_str(), 0755);
   if (::rename(tailor::JoinPath(staging, "model.safetensors").c_str(),
-               tailor::JoinPath(lora, "adapter_model.safetensors").c_str()) != 0) {
+               tailor::JoinPath(lora, "adapter_model.safetensors").c_str()) !=
+      0) {
     std::cerr << "make_demo_checkpoint: cannot move adapter weights\n";
     return 1;
   }
@@ -134,17 +146,19 @@ int main(int argc, char** argv) {
   std::string aliases = "{";
   for (int l = 0; l < kLayers; ++l) {
     const std::string p = absl::StrCat("model.layers.", l, ".");
-    cal_layout.push_back(Info(p + "self_attn.q_proj.hessian", {kHidden, kHidden},
-                              tailor::DType::kF32));
-    cal_layout.push_back(Info(p + "self_attn.o_proj.hessian", {kHidden, kHidden},
-                              tailor::DType::kF32));
+    cal_layout.push_back(Info(p + "self_attn.q_proj.hessian",
+                              {kHidden, kHidden}, tailor::DType::kF32));
+    cal_layout.push_back(Info(p + "self_attn.o_proj.hessian",
+                              {kHidden, kHidden}, tailor::DType::kF32));
     cal_layout.push_back(Info(p + "mlp.up_proj.hessian", {kHidden, kHidden},
                               tailor::DType::kF32));
-    cal_layout.push_back(Info(p + "mlp.down_proj.hessian", {kIntermediate, kIntermediate},
+    cal_layout.push_back(Info(p + "mlp.down_proj.hessian",
+                              {kIntermediate, kIntermediate},
                               tailor::DType::kF32));
     for (const char* shared : {"k_proj", "v_proj"}) {
-      absl::StrAppend(&aliases, aliases.size() > 1 ? ", " : "", "\"", p, "self_attn.",
-                      shared, ".weight\": \"", p, "self_attn.q_proj.hessian\"");
+      absl::StrAppend(&aliases, aliases.size() > 1 ? ", " : "", "\"", p,
+                      "self_attn.", shared, ".weight\": \"", p,
+                      "self_attn.q_proj.hessian\"");
     }
     absl::StrAppend(&aliases, ", \"", p, "mlp.gate_proj.weight\": \"", p,
                     "mlp.up_proj.hessian\"");
@@ -155,17 +169,22 @@ int main(int argc, char** argv) {
   cal_options.metadata = {{"format", "tailor-hessian/1"},
                           {"nsamples", std::to_string(kSamples)},
                           {"aliases", aliases}};
-  auto cal_writer = tailor::CheckpointWriter::Create(cal_staging, cal_layout, cal_options);
+  auto cal_writer =
+      tailor::CheckpointWriter::Create(cal_staging, cal_layout, cal_options);
   if (!cal_writer.ok()) return Fail(cal_writer.status());
   for (const tailor::TensorInfo& t : cal_layout) {
     const int64_t c = t.shape[0];
-    at::Tensor x = at::randn({kSamples, c}).matmul(at::eye(c) + 0.2 * at::randn({c, c}));
+    at::Tensor x =
+        at::randn({kSamples, c}).matmul(at::eye(c) + 0.2 * at::randn({c, c}));
     at::Tensor h = 2.0 / kSamples * x.t().matmul(x);
-    if (absl::Status s = (*cal_writer)->Write(t.name, (h + h.t()) / 2); !s.ok()) return Fail(s);
+    if (absl::Status s = (*cal_writer)->Write(t.name, (h + h.t()) / 2); !s.ok())
+      return Fail(s);
   }
   if (absl::Status s = (*cal_writer)->Commit(); !s.ok()) return Fail(s);
-  const std::string cal = tailor::JoinPath(out, "tiny-llama-lora.hessians.safetensors");
-  if (::rename(tailor::JoinPath(cal_staging, "model.safetensors").c_str(), cal.c_str()) != 0) {
+  const std::string cal =
+      tailor::JoinPath(out, "tiny-llama-lora.hessians.safetensors");
+  if (::rename(tailor::JoinPath(cal_staging, "model.safetensors").c_str(),
+               cal.c_str()) != 0) {
     std::cerr << "make_demo_checkpoint: cannot move the calibration file\n";
     return 1;
   }
