@@ -48,31 +48,12 @@ absl::StatusOr<std::unique_ptr<CalibrationFile>> CalibrationFile::Open(
     return absl::InvalidArgumentError(
         absl::StrCat("calibration file ", path, ": ", message));
   };
-  if (IsDirectory(path)) {
-    return error(
-        "is a directory; a calibration file is a single .safetensors "
-        "file");
-  }
-  if (absl::EndsWith(path, ".index.json")) {
-    return error(
-        "is a checkpoint index; a calibration file is a single "
-        ".safetensors file");
-  }
   std::unique_ptr<CalibrationFile> calib(new CalibrationFile());
-  TAILOR_ASSIGN_OR_RETURN(calib->file_, Checkpoint::Open(path, options));
-  if (calib->file_->sharded() || calib->file_->files().size() != 1) {
-    return error("a calibration file is a single .safetensors file");
-  }
+  TAILOR_ASSIGN_OR_RETURN(
+      calib->file_,
+      OpenFormattedFile(path, options, "calibration file", kHessianFormat));
   const SafetensorsHeader& header = calib->file_->files()[0]->header();
   const std::map<std::string, std::string>& md = header.metadata;
-
-  auto format = md.find("format");
-  if (format == md.end() || format->second != kHessianFormat) {
-    return error(absl::StrCat(
-        "not a calibration file: __metadata__ format is ",
-        format == md.end() ? "missing" : absl::StrCat("'", format->second, "'"),
-        ", expected '", kHessianFormat, "'"));
-  }
   auto nsamples = md.find("nsamples");
   if (nsamples == md.end()) {
     return error(

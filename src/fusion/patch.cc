@@ -390,30 +390,13 @@ absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
   auto error = [&](absl::string_view message) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", message));
   };
-  if (IsDirectory(path)) {
-    return error(
-        "is a directory; a tailor patch is a single .safetensors file");
-  }
-  if (absl::EndsWith(path, ".index.json")) {
-    return error(
-        "is a checkpoint index; a tailor patch is a single "
-        ".safetensors file");
-  }
   std::unique_ptr<PatchFile> patch(new PatchFile());
-  TAILOR_ASSIGN_OR_RETURN(patch->file_, Checkpoint::Open(path, options));
-  if (patch->file_->sharded() || patch->file_->files().size() != 1) {
-    return error("a tailor patch is a single .safetensors file");
-  }
+  TAILOR_ASSIGN_OR_RETURN(
+      patch->file_,
+      OpenFormattedFile(path, options, "tailor patch", kPatchFormat));
   const SafetensorsHeader& header = patch->file_->files()[0]->header();
   const std::map<std::string, std::string>& md = header.metadata;
 
-  auto format = md.find("format");
-  if (format == md.end() || format->second != kPatchFormat) {
-    return error(absl::StrCat(
-        "not a tailor patch: __metadata__ format is ",
-        format == md.end() ? "missing" : absl::StrCat("'", format->second, "'"),
-        ", expected '", kPatchFormat, "'"));
-  }
   auto field = [&](const std::string& key) -> absl::StatusOr<std::string> {
     auto it = md.find(key);
     if (it == md.end()) {

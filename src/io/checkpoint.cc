@@ -266,4 +266,35 @@ absl::StatusOr<std::string> Checkpoint::ReadRaw(absl::string_view name) const {
   return bytes;
 }
 
+absl::StatusOr<std::unique_ptr<Checkpoint>> OpenFormattedFile(
+    const std::string& path, const Checkpoint::Options& options,
+    absl::string_view kind, absl::string_view format) {
+  auto error = [&](absl::string_view message) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", message));
+  };
+  if (IsDirectory(path)) {
+    return error(absl::StrCat("is a directory; a ", kind,
+                              " is a single .safetensors file"));
+  }
+  if (absl::EndsWith(path, ".index.json")) {
+    return error(absl::StrCat("is a checkpoint index; a ", kind,
+                              " is a single .safetensors file"));
+  }
+  TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> file,
+                          Checkpoint::Open(path, options));
+  if (file->sharded() || file->files().size() != 1) {
+    return error(absl::StrCat("a ", kind, " is a single .safetensors file"));
+  }
+  const std::map<std::string, std::string>& md =
+      file->files()[0]->header().metadata;
+  auto tag = md.find("format");
+  if (tag == md.end() || tag->second != format) {
+    return error(absl::StrCat(
+        "not a ", kind, ": __metadata__ format is ",
+        tag == md.end() ? "missing" : absl::StrCat("'", tag->second, "'"),
+        ", expected '", format, "'"));
+  }
+  return file;
+}
+
 }  // namespace tailor

@@ -82,6 +82,14 @@ class Checkpoint : public TensorSource {
   std::vector<Location> locations_;  // parallel to tensors_
 };
 
+// Opens a single-file safetensors format of the project's own (a calibration
+// file, a patch): `path` must be one .safetensors file (not a directory or an
+// index) whose `__metadata__` "format" is `format`. Errors are
+// INVALID_ARGUMENT "<path>: ..." naming `kind` (e.g. "tailor patch").
+absl::StatusOr<std::unique_ptr<Checkpoint>> OpenFormattedFile(
+    const std::string& path, const Checkpoint::Options& options,
+    absl::string_view kind, absl::string_view format);
+
 }  // namespace tailor
 
 #endif  // TAILOR_IO_CHECKPOINT_H_
