@@ -17,16 +17,13 @@
 namespace tailor {
 namespace {
 
+using ::tailor::testing::CliResult;
 using ::tailor::testing::ReadFileOrDie;
+using ::tailor::testing::RunTailorctl;
 using ::tailor::testing::SerializeSafetensors;
 using ::tailor::testing::TempDir;
 using ::tailor::testing::ToRaw;
 using ::tailor::testing::WriteFileOrDie;
-
-struct CliResult {
-  int code;
-  std::string out, err;
-};
 
 class FuseCliTest : public ::testing::Test {
  protected:
@@ -69,16 +66,7 @@ class FuseCliTest : public ::testing::Test {
   }
 
   CliResult Tailorctl(const std::vector<std::string>& args) {
-    const char* bin = std::getenv("TAILORCTL");
-    EXPECT_NE(bin, nullptr) << "TAILORCTL is not set (run through ctest)";
-    std::string cmd = bin ? bin : "tailorctl";
-    for (const auto& a : args) absl::StrAppend(&cmd, " '", a, "'");
-    absl::StrAppend(&cmd, " >", tmp_.Join("stdout"), " 2>",
-                    tmp_.Join("stderr"));
-    const int status = std::system(cmd.c_str());
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1,
-            ReadFileOrDie(tmp_.Join("stdout")),
-            ReadFileOrDie(tmp_.Join("stderr"))};
+    return RunTailorctl(args, tmp_.path());
   }
 
   TempDir tmp_;

@@ -16,39 +16,19 @@
 namespace tailor {
 namespace {
 
+using ::tailor::testing::CliResult;
 using ::tailor::testing::ReadFileOrDie;
+using ::tailor::testing::RunTailorctl;
 using ::tailor::testing::SerializeSafetensors;
 using ::tailor::testing::TempDir;
 using ::tailor::testing::ToRaw;
 using ::tailor::testing::WriteFileOrDie;
 using ::tailor::testing::WriteShardedCheckpoint;
 
-struct CliResult {
-  int code;
-  std::string out;
-  std::string err;
-};
-
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
 class InspectCliTest : public ::testing::Test {
  protected:
   CliResult Tailorctl(const std::vector<std::string>& args) {
-    const char* bin = std::getenv("TAILORCTL");
-    EXPECT_NE(bin, nullptr) << "TAILORCTL is not set (run through ctest)";
-    std::vector<std::string> quoted;
-    for (const auto& a : args) quoted.push_back(Quote(a));
-    const std::string cmd = absl::StrCat(
-        Quote(bin ? bin : "tailorctl"), " ", absl::StrJoin(quoted, " "), " >",
-        dir_.Join("stdout"), " 2>", dir_.Join("stderr"));
-    int status = std::system(cmd.c_str());
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1,
-            ReadFileOrDie(dir_.Join("stdout")),
-            ReadFileOrDie(dir_.Join("stderr"))};
+    return RunTailorctl(args, dir_.path());
   }
   std::string MakeDir(const std::string& name) {
     std::string p = dir_.Join(name);

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
 #include <cstring>
 #include <fstream>
@@ -163,6 +164,33 @@ void WriteShardedCheckpoint(const std::string& dir,
       JoinPath(dir, "model.safetensors.index.json"),
       absl::StrCat("{\n  \"metadata\": {\"total_size\": ", total,
                    "},\n  \"weight_map\": {\n", weight_map, "\n  }\n}\n"));
+}
+
+namespace {
+
+std::string ShellQuote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+}  // namespace
+
+CliResult RunTailorctl(const std::vector<std::string>& args,
+                       const std::string& scratch_dir) {
+  const char* bin = std::getenv("TAILORCTL");
+  if (bin == nullptr) {
+    throw std::runtime_error(
+        "TAILORCTL is not set (run the test through ctest)");
+  }
+  std::string cmd = ShellQuote(bin);
+  for (const auto& a : args) absl::StrAppend(&cmd, " ", ShellQuote(a));
+  const std::string out = JoinPath(scratch_dir, ".tailorctl.stdout");
+  const std::string err = JoinPath(scratch_dir, ".tailorctl.stderr");
+  absl::StrAppend(&cmd, " >", ShellQuote(out), " 2>", ShellQuote(err));
+  const int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ReadFileOrDie(out),
+          ReadFileOrDie(err)};
 }
 
 bool BitEqual(const at::Tensor& a, const at::Tensor& b) {

@@ -55,6 +55,18 @@ std::string ReadFileOrDie(const std::string& path);
 void WriteShardedCheckpoint(const std::string& dir,
                             const std::vector<std::vector<RawTensor>>& shards);
 
+// The outcome of running the tailorctl binary.
+struct CliResult {
+  int code;  // exit status, -1 if it did not exit normally
+  std::string out;
+  std::string err;
+};
+
+// Runs $TAILORCTL (set by CTest) with `args`, each shell-quoted, capturing
+// stdout and stderr through files in `scratch_dir`.
+CliResult RunTailorctl(const std::vector<std::string>& args,
+                       const std::string& scratch_dir);
+
 // Bit-exact tensor equality (same dtype, shape and bytes; NaN payloads too).
 bool BitEqual(const at::Tensor& a, const at::Tensor& b);
 
