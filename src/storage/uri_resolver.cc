@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -210,18 +211,28 @@ absl::StatusOr<Ancestor> LongestExistingAncestor(const std::string& path) {
       absl::StrCat("no existing ancestor of ", Quote(path)));
 }
 
+// If `path` exists: its canonical form, or PERMISSION_DENIED when that lies
+// outside the roots. Otherwise nullopt, with realpath's errno in *err.
+std::optional<absl::StatusOr<std::string>> CanonicalIfExists(
+    absl::string_view subject, const std::string& path,
+    const std::vector<std::string>& roots, int* err) {
+  std::string canonical;
+  if (!RealPath(path, &canonical, err)) return std::nullopt;
+  if (!IsUnderAnyRoot(canonical, roots)) {
+    return absl::StatusOr<std::string>(OutsideRoots(subject, canonical, roots));
+  }
+  return absl::StatusOr<std::string>(std::move(canonical));
+}
+
 // Canonicalises `path` (named by `subject` in messages), which must exist and
 // be inside a root.
 absl::StatusOr<std::string> ResolveExistingPath(
     absl::string_view subject, const std::string& path,
     const std::vector<std::string>& roots) {
-  std::string canonical;
   int err = 0;
-  if (RealPath(path, &canonical, &err)) {
-    if (!IsUnderAnyRoot(canonical, roots)) {
-      return OutsideRoots(subject, canonical, roots);
-    }
-    return canonical;
+  if (std::optional<absl::StatusOr<std::string>> existing =
+          CanonicalIfExists(subject, path, roots, &err)) {
+    return *std::move(existing);
   }
   // Report a location outside the roots as PERMISSION_DENIED whether or not
   // it exists, so callers cannot probe the file system outside the roots.
@@ -236,13 +247,10 @@ absl::StatusOr<std::string> ResolveExistingPath(
 absl::StatusOr<std::string> ResolveWritablePath(
     absl::string_view subject, const std::string& path,
     const std::vector<std::string>& roots) {
-  std::string canonical;
   int err = 0;
-  if (RealPath(path, &canonical, &err)) {
-    if (!IsUnderAnyRoot(canonical, roots)) {
-      return OutsideRoots(subject, canonical, roots);
-    }
-    return canonical;
+  if (std::optional<absl::StatusOr<std::string>> existing =
+          CanonicalIfExists(subject, path, roots, &err)) {
+    return *std::move(existing);
   }
   const absl::Status resolve_error =
       ErrnoStatus(err, absl::StrCat(subject, " cannot be resolved"));
