@@ -1,0 +1,197 @@
+#include "model/hessian_collector.h"
+
+#include <ATen/ATen.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "io/checkpoint.h"
+#include "io/checkpoint_writer.h"
+#include "nlohmann/json.hpp"
+#include "util/file_util.h"
+#include "util/status_macros.h"
+#include "util/torch_status.h"
+
+namespace tailor {
+namespace {
+
+constexpr char kWeightSuffix[] = ".weight";
+constexpr char kHessianSuffix[] = ".hessian";
+constexpr char kFormat[] = "tailor-hessian/1";
+
+// Weight-name suffix -> the sibling whose Hessian it shares.
+constexpr std::pair<const char*, const char*> kAliasRules[] = {
+    {"self_attn.k_proj.weight", "self_attn.q_proj.hessian"},
+    {"self_attn.v_proj.weight", "self_attn.q_proj.hessian"},
+    {"mlp.gate_proj.weight", "mlp.up_proj.hessian"},
+};
+
+// The aliased key for `weight_name`, when a rule applies.
+std::optional<std::string> AliasFor(absl::string_view weight_name) {
+  for (const auto& [suffix, target] : kAliasRules) {
+    if (absl::EndsWith(weight_name, suffix)) {
+      const absl::string_view prefix =
+          weight_name.substr(0, weight_name.size() - strlen(suffix));
+      return absl::StrCat(prefix, target);
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::string> HessianCollector::KeyFor(
+    absl::string_view weight_name) {
+  if (!absl::EndsWith(weight_name, kWeightSuffix)) return std::nullopt;
+  if (std::optional<std::string> alias = AliasFor(weight_name)) return alias;
+  return absl::StrCat(
+      weight_name.substr(0, weight_name.size() - strlen(kWeightSuffix)),
+      kHessianSuffix);
+}
+
+void HessianCollector::Fail(absl::Status status) {
+  if (status_.ok()) status_ = std::move(status);
+}
+
+void HessianCollector::OnLinearInput(const std::string& weight_name,
+                                     const at::Tensor& input) {
+  if (!status_.ok()) return;
+  std::optional<std::string> key = KeyFor(weight_name);
+  if (!key.has_value()) {
+    Fail(absl::InvalidArgumentError(
+        absl::StrCat("hessian collector: '", weight_name,
+                     "' is not a weight name (must end with '.weight')")));
+    return;
+  }
+  if (AliasFor(weight_name).has_value()) {
+    // Shares the input reported under the key's own weight.
+    aliases_[weight_name] = *key;
+    return;
+  }
+  if (input.dim() < 1) {
+    Fail(absl::InvalidArgumentError(absl::StrCat(
+        "hessian collector: '", weight_name, "' input has no feature axis")));
+    return;
+  }
+  const int64_t c = input.size(-1);
+  const at::Tensor x = input.detach().reshape({-1, c}).to(at::kFloat);
+  Accumulator& acc = sums_[*key];
+  if (!acc.sum.defined()) {
+    acc.sum = at::zeros({c, c}, x.options());
+  } else if (acc.sum.size(0) != c) {
+    Fail(absl::InvalidArgumentError(absl::StrCat(
+        "hessian collector: '", weight_name, "' input width changed from ",
+        acc.sum.size(0), " to ", c)));
+    return;
+  }
+  acc.sum.addmm_(x.t(), x);
+  acc.rows += x.size(0);
+}
+
+absl::Status HessianCollector::Calibrate(const LlamaModel& model,
+                                         const at::Tensor& tokens) {
+  TAILOR_RETURN_IF_ERROR(model.CheckTokens(tokens));
+  TAILOR_RETURN_IF_ERROR(CatchTorch("calibration forward", [&] {
+    at::NoGradGuard no_grad;
+    (void)model.Forward(tokens, this);
+  }));
+  return status_;
+}
+
+int64_t HessianCollector::nsamples() const {
+  return sums_.empty() ? 0 : sums_.begin()->second.rows;
+}
+
+absl::StatusOr<at::Tensor> HessianCollector::Hessian(
+    const std::string& key) const {
+  auto it = sums_.find(key);
+  if (it == sums_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("hessian collector: no statistics for '", key, "'"));
+  }
+  const Accumulator& acc = it->second;
+  return CatchTorch(absl::StrCat("hessian '", key, "'"), [&] {
+    // (2/n) * (S + S^T) / 2: exactly symmetric whatever the BLAS rounding.
+    return ((acc.sum + acc.sum.t()) * (1.0 / static_cast<double>(acc.rows)))
+        .to(at::kCPU, at::kFloat)
+        .contiguous();
+  });
+}
+
+absl::Status HessianCollector::Write(const std::string& path) const {
+  TAILOR_RETURN_IF_ERROR(status_);
+  if (sums_.empty()) {
+    return absl::FailedPreconditionError(
+        "hessian collector: no inputs accumulated; run forward passes first");
+  }
+  const int64_t n = nsamples();
+  for (const auto& [key, acc] : sums_) {
+    if (acc.rows != n) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("hessian collector: '", key, "' saw ", acc.rows,
+                       " rows but '", sums_.begin()->first, "' saw ", n,
+                       "; accumulate whole forward passes"));
+    }
+  }
+  for (const auto& [weight, key] : aliases_) {
+    if (sums_.count(key) == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("hessian collector: '", weight, "' shares '", key,
+                       "', whose own weight was never reported"));
+    }
+  }
+  if (PathExists(path)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(path, " already exists; choose a new output path"));
+  }
+
+  std::vector<TensorInfo> layout;
+  for (const auto& [key, acc] : sums_) {
+    TensorInfo info;
+    info.name = key;
+    info.dtype = DType::kF32;
+    const int64_t c = acc.sum.size(0);
+    info.shape = {c, c};
+    info.numel = c * c;
+    info.nbytes = static_cast<uint64_t>(info.numel) * sizeof(float);
+    layout.push_back(std::move(info));
+  }
+  nlohmann::json aliases = nlohmann::json::object();
+  for (const auto& [weight, key] : aliases_) aliases[weight] = key;
+  CheckpointWriterOptions options;
+  options.max_shard_bytes = ~uint64_t{0};  // always one file
+  options.metadata = {{"format", kFormat},
+                      {"nsamples", std::to_string(n)},
+                      {"aliases", aliases.dump()}};
+
+  static std::atomic<uint64_t> counter{0};
+  const std::string staging =
+      absl::StrCat(Dirname(path), "/.", Basename(path), ".staging-", ::getpid(),
+                   "-", counter.fetch_add(1));
+  auto write = [&]() -> absl::Status {
+    TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> writer,
+                            CheckpointWriter::Create(staging, layout, options));
+    for (const TensorInfo& info : layout) {
+      TAILOR_ASSIGN_OR_RETURN(at::Tensor h, Hessian(info.name));
+      TAILOR_RETURN_IF_ERROR(writer->Write(info.name, h));
+    }
+    TAILOR_RETURN_IF_ERROR(writer->Commit());
+    const std::string file = JoinPath(staging, kSingleFileName);
+    if (::rename(file.c_str(), path.c_str()) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("rename ", file, " -> ", path));
+    }
+    return FsyncDirectory(Dirname(path));
+  };
+  absl::Status status = write();
+  absl::Status cleanup = RemoveAll(staging);
+  return status.ok() ? cleanup : status;
+}
+
+}  // namespace tailor
