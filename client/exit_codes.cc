@@ -1,5 +1,7 @@
 #include "exit_codes.h"
 
+#include <iostream>
+
 namespace tailor::cli {
 
 int ExitCodeForStatus(const absl::Status& status) {
@@ -22,6 +24,11 @@ int ExitCodeForStatus(const absl::Status& status) {
     default:
       return kExitInternal;
   }
+}
+
+int ReportFailure(const absl::Status& status) {
+  std::cerr << "tailorctl: error: " << status.message() << "\n";
+  return ExitCodeForStatus(status);
 }
 
 const char* ExitCodeHelp() {

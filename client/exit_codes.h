@@ -19,6 +19,10 @@ enum ExitCode : int {
 // The exit code for a failed status (kExitOk for OK).
 int ExitCodeForStatus(const absl::Status& status);
 
+// Prints "tailorctl: error: <message>" on stderr and returns
+// ExitCodeForStatus(status).
+int ReportFailure(const absl::Status& status);
+
 // One line per code, for --help.
 const char* ExitCodeHelp();
 

@@ -18,11 +18,6 @@ std::atomic<bool> g_cancel{false};
 
 extern "C" void OnInterrupt(int) { g_cancel.store(true); }
 
-int Fail(const absl::Status& status) {
-  std::cerr << "tailorctl: error: " << status.message() << "\n";
-  return ExitCodeForStatus(status);
-}
-
 absl::StatusOr<UriResolver> MakeResolver(std::vector<std::string> roots) {
   if (roots.empty()) roots.push_back("/");
   return UriResolver::Create(roots);
@@ -174,7 +169,7 @@ int FuseCommand::Run() {
   FusionSpec spec;
   if (!job_file_.empty()) {
     absl::StatusOr<FusionSpec> loaded = LoadJobFile(job_file_);
-    if (!loaded.ok()) return Fail(loaded.status());
+    if (!loaded.ok()) return ReportFailure(loaded.status());
     spec = *loaded;
   }
   auto given = [&](const char* flag) { return cmd_->count(flag) > 0; };
@@ -191,7 +186,7 @@ int FuseCommand::Run() {
       given("--label")) {
     absl::StatusOr<std::vector<TaskSpec>> tasks =
         TasksFromLists(finetuned_, patches_, hessians_, labels_);
-    if (!tasks.ok()) return Fail(tasks.status());
+    if (!tasks.ok()) return ReportFailure(tasks.status());
     spec.tasks = *tasks;
   }
   for (absl::Status s :
@@ -204,7 +199,7 @@ int FuseCommand::Run() {
         apply("--aggregate", ParseAggregation, &spec.aggregation, aggregate_),
         apply("--on-mismatch", ParseMismatchPolicy, &spec.on_mismatch,
               on_mismatch_)}) {
-    if (!s.ok()) return Fail(s);
+    if (!s.ok()) return ReportFailure(s);
   }
   if (given("--keep")) spec.tailor.keep_ratio = keep_;
   if (given("--omega")) spec.tailor.omega = omega_;
@@ -225,7 +220,7 @@ int FuseCommand::Run() {
   if (given("--threads")) spec.threads = threads_;
 
   absl::StatusOr<UriResolver> resolver = MakeResolver(allowed_roots_);
-  if (!resolver.ok()) return Fail(resolver.status());
+  if (!resolver.ok()) return ReportFailure(resolver.status());
   TerminalProgress progress(quiet_);
   RunOptions options;
   options.progress = &progress;
@@ -234,7 +229,7 @@ int FuseCommand::Run() {
   std::signal(SIGTERM, OnInterrupt);
   absl::StatusOr<nlohmann::json> report =
       RunFusionJob(spec, *resolver, options);
-  if (!report.ok()) return Fail(report.status());
+  if (!report.ok()) return ReportFailure(report.status());
   PrintSummary(*report);
   return kExitOk;
 }
@@ -257,9 +252,9 @@ CLI::App* ApplyPatchCommand::Add(CLI::App& app) {
 
 int ApplyPatchCommand::Run() {
   absl::StatusOr<UriResolver> resolver = MakeResolver(allowed_roots_);
-  if (!resolver.ok()) return Fail(resolver.status());
+  if (!resolver.ok()) return ReportFailure(resolver.status());
   absl::Status s = ApplyPatch(pretrained_, patch_, out_, overwrite_, *resolver);
-  if (!s.ok()) return Fail(s);
+  if (!s.ok()) return ReportFailure(s);
   std::cout << "wrote " << out_ << "\n";
   return kExitOk;
 }

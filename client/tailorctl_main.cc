@@ -7,15 +7,7 @@
 #include "exit_codes.h"
 #include "fuse_command.h"
 #include "inspect_command.h"
-
-namespace {
-
-int Fail(const absl::Status& status) {
-  std::cerr << "tailorctl: error: " << status.message() << "\n";
-  return tailor::cli::ExitCodeForStatus(status);
-}
-
-}  // namespace
+#include "model_commands.h"
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -49,6 +41,10 @@ int main(int argc, char** argv) {
   CLI::App* fuse_cmd = fuse.Add(app);
   tailor::cli::ApplyPatchCommand apply_patch;
   CLI::App* apply_cmd = apply_patch.Add(app);
+  tailor::cli::CalibrateCommand calibrate;
+  CLI::App* calibrate_cmd = calibrate.Add(app);
+  tailor::cli::DemoCommand demo;
+  CLI::App* demo_cmd = demo.Add(app);
 
   try {
     app.parse(argc, argv);
@@ -65,10 +61,12 @@ int main(int argc, char** argv) {
 
   if (*inspect_cmd) {
     absl::Status status = tailor::cli::RunInspect(inspect, std::cout);
-    if (!status.ok()) return Fail(status);
+    if (!status.ok()) return tailor::cli::ReportFailure(status);
     return tailor::cli::kExitOk;
   }
   if (*fuse_cmd) return fuse.Run();
   if (*apply_cmd) return apply_patch.Run();
+  if (*calibrate_cmd) return calibrate.Run();
+  if (*demo_cmd) return demo.Run();
   return tailor::cli::kExitUsage;
 }

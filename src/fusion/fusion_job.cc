@@ -17,6 +17,7 @@
 #include "io/checkpoint_writer.h"
 #include "io/lora_adapter.h"
 #include "io/open_checkpoint.h"
+#include "util/device.h"
 #include "util/file_util.h"
 #include "util/memory.h"
 #include "util/status_macros.h"
@@ -29,27 +30,6 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
-}
-
-absl::StatusOr<at::Device> ResolveDevice(const std::string& device) {
-  if (device == "cpu") return at::Device(at::kCPU);
-  if (device == "auto") {
-    return at::hasCUDA() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  }
-  if (!at::hasCUDA()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "device '", device, "' requested but no CUDA device is available"));
-  }
-  int index = 0;
-  if (device.size() > 5) {
-    char* end = nullptr;
-    index = static_cast<int>(std::strtol(device.c_str() + 5, &end, 10));
-    if (*end != '\0' || index < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("bad device '", device, "'"));
-    }
-  }
-  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
 }
 
 // Per-file header fingerprints of a checkpoint-like source.

@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +17,7 @@
 #include "io/safetensors_file.h"
 #include "io/safetensors_header.h"
 #include "util/json_util.h"
+#include "util/sha256.h"
 #include "util/status_macros.h"
 #include "util/torch_status.h"
 
@@ -604,20 +604,7 @@ absl::StatusOr<std::string> HeaderFingerprint(const std::string& path) {
     return absl::AbortedError(
         absl::StrCat(path, ": the file changed while it was fingerprinted"));
   }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int digest_size = 0;
-  if (EVP_Digest(bytes.data(), bytes.size(), digest, &digest_size, EVP_sha256(),
-                 nullptr) != 1) {
-    return absl::InternalError(absl::StrCat(path, ": sha256 failed"));
-  }
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string hex;
-  hex.reserve(2 * digest_size);
-  for (unsigned int i = 0; i < digest_size; ++i) {
-    hex += kHex[digest[i] >> 4];
-    hex += kHex[digest[i] & 0xf];
-  }
-  return hex;
+  return Sha256Hex(bytes);
 }
 
 }  // namespace tailor

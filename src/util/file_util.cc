@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "util/status_macros.h"
 
 namespace tailor {
 
@@ -194,6 +195,21 @@ absl::Status CopyFileDurably(const std::string& from, const std::string& to) {
     offset += static_cast<uint64_t>(n);
   }
   return FsyncFd(fd, to);
+}
+
+absl::Status MakeDirectories(const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("empty directory path");
+  if (IsDirectory(dir)) return absl::OkStatus();
+  if (PathExists(dir)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(dir, " exists and is not a directory"));
+  }
+  const std::string parent = Dirname(dir);
+  if (parent != dir) TAILOR_RETURN_IF_ERROR(MakeDirectories(parent));
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return ErrnoToStatus(errno, absl::StrCat("create directory ", dir));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status RemoveAll(const std::string& path) {

@@ -71,6 +71,10 @@ absl::Status FsyncDirectory(const std::string& dir);
 // Copies a regular file (contents only, mode 0644) and fsyncs the copy.
 absl::Status CopyFileDurably(const std::string& from, const std::string& to);
 
+// Creates `dir` and any missing parents (mode 0755); an existing directory
+// is OK, an existing non-directory is FAILED_PRECONDITION.
+absl::Status MakeDirectories(const std::string& dir);
+
 // Removes a file or a directory tree; a missing path is OK.
 absl::Status RemoveAll(const std::string& path);
 

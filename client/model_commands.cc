@@ -1,0 +1,188 @@
+#include "model_commands.h"
+
+#include <ATen/Parallel.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "demo/forgetting_demo.h"
+#include "exit_codes.h"
+#include "model/calibrate.h"
+#include "storage/uri_resolver.h"
+#include "util/file_util.h"
+
+namespace tailor::cli {
+namespace {
+
+std::string DefaultDemoWorkdir() {
+  if (const char* cache = getenv("XDG_CACHE_HOME"); cache && *cache) {
+    return JoinPath(cache, "tailor/demo");
+  }
+  if (const char* home = getenv("HOME"); home && *home) {
+    return JoinPath(home, ".cache/tailor/demo");
+  }
+  return "tailor-demo";
+}
+
+// Runs gnuplot on `script` when it is installed; false (with a note on
+// stderr) otherwise.
+bool RunGnuplot(const std::string& script) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execlp("gnuplot", "gnuplot", script.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) return false;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 127) {
+    std::cerr << "tailorctl: gnuplot not found (Debian package gnuplot-nox); "
+                 "plot script left at "
+              << script << "\n";
+    return false;
+  }
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+}  // namespace
+
+CLI::App* CalibrateCommand::Add(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand(
+      "calibrate",
+      "Collect calibration statistics: run a LLaMA-family checkpoint (Hugging "
+      "Face layout with config.json) on token windows and write, for every "
+      "linear layer, H = (2/n) X^T X of its inputs as a tailor-hessian/1 "
+      "safetensors file (q/k/v and gate/up share one matrix through the "
+      "aliases table). Use the fine-tuned model and target-task data.");
+  cmd->add_option("--model", model_, "checkpoint directory (or file) URI")
+      ->required();
+  cmd->add_option("--data", data_,
+                  "calibration data: a .safetensors file with one integer "
+                  "tensor of token ids (1-D stream or 2-D [sequences, "
+                  "tokens]), or any other file read as bytes (byte-level "
+                  "vocabulary, as the demo models use)")
+      ->required();
+  cmd->add_option("--out", out_, "calibration file to write (must not exist)")
+      ->required();
+  cmd->add_option("--samples", samples_,
+                  "windows to run (from a stream: evenly spaced)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--seq-len", seq_len_, "tokens per window")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--batch-size", batch_size_, "windows per forward pass")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--device", device_, "auto | cpu | cuda | cuda:N")
+      ->capture_default_str();
+  cmd->add_option("--threads", threads_,
+                  "intra-op CPU threads (0: LibTorch's default)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--allowed-root", allowed_roots_,
+                  "directory the URIs must lie under (repeatable; default: /)");
+  cmd->add_flag("-q,--quiet", quiet_, "no progress on stderr");
+  return cmd;
+}
+
+int CalibrateCommand::Run() {
+  if (threads_ > 0) at::set_num_threads(threads_);
+  std::vector<std::string> roots = allowed_roots_;
+  if (roots.empty()) roots.push_back("/");
+  absl::StatusOr<UriResolver> resolver = UriResolver::Create(roots);
+  if (!resolver.ok()) return ReportFailure(resolver.status());
+  CalibrateJob job;
+  job.model_uri = model_;
+  job.data_uri = data_;
+  job.out_uri = out_;
+  job.samples = samples_;
+  job.seq_len = seq_len_;
+  job.device = device_;
+  job.options.batch_size = batch_size_;
+  const bool tty = !quiet_ && ::isatty(2);
+  if (tty) {
+    job.options.on_progress = [](int64_t done, int64_t total) {
+      std::cerr << absl::StrFormat("\r\033[Kcalibrating: %d/%d windows", done,
+                                   total)
+                << std::flush;
+    };
+  }
+  absl::Status status = RunCalibrateJob(job, *resolver);
+  if (tty) std::cerr << "\r\033[K";
+  if (!status.ok()) return ReportFailure(status);
+  std::cout << absl::StrFormat("wrote %s (%d windows x %d tokens)\n", out_,
+                               samples_, seq_len_);
+  return kExitOk;
+}
+
+CLI::App* DemoCommand::Add(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand(
+      "demo",
+      "The forgetting benchmark on real text: pre-train a byte-level LLaMA on "
+      "English prose (A), fine-tune it on Python (B) and C (C) source, fuse "
+      "back with every method at rho = 10% (and a rho x omega sweep, and a "
+      "B + C stitch), and print the paper-style tables (accuracy on held-out "
+      "A and B, Avg, H-score, retention). Trained checkpoints are cached in "
+      "the work directory, keyed by the configuration.");
+  cmd->add_flag("--quick", quick_,
+                "small preset (2 layers, hidden 64, fewer steps): for tests");
+  cmd->add_option("--json", json_, "also write the report as JSON here");
+  cmd->add_option("--workdir", workdir_,
+                  "cache and outputs (default: $XDG_CACHE_HOME/tailor/demo or "
+                  "~/.cache/tailor/demo)");
+  cmd->add_option("--device", device_, "auto | cpu | cuda | cuda:N")
+      ->capture_default_str();
+  cmd->add_option("--threads", threads_,
+                  "intra-op CPU threads (0: LibTorch's default)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--no-plot", no_plot_,
+                "skip the trade-off plot (otherwise gnuplot draws "
+                "tradeoff.png in the work directory when installed)");
+  cmd->add_flag("-q,--quiet", quiet_, "no progress lines on stderr");
+  return cmd;
+}
+
+int DemoCommand::Run() {
+  if (threads_ > 0) at::set_num_threads(threads_);
+  DemoOptions options;
+  options.preset = quick_ ? QuickDemoPreset() : FullDemoPreset();
+  options.workdir = workdir_.empty() ? DefaultDemoWorkdir() : workdir_;
+  options.device = device_;
+  if (!quiet_) {
+    options.log = [](const std::string& line) {
+      std::cerr << "demo: " << line << "\n";
+    };
+  }
+  absl::StatusOr<nlohmann::json> report = RunForgettingDemo(options);
+  if (!report.ok()) return ReportFailure(report.status());
+  if (!no_plot_ && report->contains("sweep")) {
+    const std::string dir = (*report)["workdir"].get<std::string>();
+    absl::StatusOr<std::string> script = WriteTradeoffPlotScript(*report, dir);
+    if (!script.ok()) return ReportFailure(script.status());
+    if (RunGnuplot(*script)) {
+      (*report)["plot"] = JoinPath(dir, "tradeoff.png");
+    }
+  }
+  std::cout << FormatDemoTables(*report);
+  std::cout << absl::StrFormat(
+      "\ndevice %s, %d thread(s); %.1f s in all (work directory %s)\n",
+      (*report)["device"].get<std::string>(), (*report)["threads"].get<int>(),
+      (*report)["seconds"]["total"].get<double>(),
+      (*report)["workdir"].get<std::string>());
+  if (report->contains("plot")) {
+    std::cout << "trade-off plot: " << (*report)["plot"].get<std::string>()
+              << "\n";
+  }
+  if (!json_.empty()) {
+    absl::Status status = WriteFileAtomically(json_, report->dump(2) + "\n");
+    if (!status.ok()) return ReportFailure(status);
+  }
+  return kExitOk;
+}
+
+}  // namespace tailor::cli

@@ -1,0 +1,618 @@
+#include "demo/forgetting_demo.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "fusion/fusion_job.h"
+#include "fusion/fusion_spec.h"
+#include "io/checkpoint.h"
+#include "model/calibrate.h"
+#include "model/llama.h"
+#include "storage/uri_resolver.h"
+#include "util/device.h"
+#include "util/file_util.h"
+#include "util/sha256.h"
+#include "util/status_macros.h"
+#include "util/torch_status.h"
+
+namespace tailor {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Bump when the scenario's code changes what a cached artifact holds.
+constexpr int kCacheVersion = 1;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+nlohmann::json TrainJson(const TrainOptions& o) {
+  return {{"steps", o.steps},
+          {"batch_size", o.batch_size},
+          {"seq_len", o.seq_len},
+          {"lr", o.lr},
+          {"min_lr_ratio", o.min_lr_ratio},
+          {"warmup_steps", o.warmup_steps},
+          {"weight_decay", o.weight_decay},
+          {"beta1", o.beta1},
+          {"beta2", o.beta2},
+          {"grad_clip", o.grad_clip},
+          {"seed", o.seed}};
+}
+
+double HarmonicMean(double a, double b) {
+  return a + b > 0 ? 2 * a * b / (a + b) : 0.0;
+}
+
+nlohmann::json EvalJson(const EvalResult& r) {
+  return {{"accuracy", 100.0 * r.accuracy},
+          {"perplexity", r.perplexity},
+          {"loss", r.loss},
+          {"tokens", r.tokens}};
+}
+
+// One task of the scenario: a corpus and its held-out windows.
+struct Task {
+  std::string key;  // "A" | "B" | "C"
+  ByteCorpus corpus;
+  at::Tensor eval_windows;
+};
+
+class Demo {
+ public:
+  explicit Demo(const DemoOptions& options)
+      : options_(options), preset_(options.preset) {}
+
+  absl::StatusOr<nlohmann::json> Run() {
+    const Clock::time_point start = Clock::now();
+    TAILOR_ASSIGN_OR_RETURN(device_, ResolveDevice(options_.device));
+    TAILOR_RETURN_IF_ERROR(Setup());
+    TAILOR_ASSIGN_OR_RETURN(UriResolver resolver,
+                            UriResolver::Create({cache_dir_}));
+    resolver_ = std::make_unique<UriResolver>(std::move(resolver));
+
+    // Models: pre-trained on A; fine-tuned on B (full and partial) and C.
+    TAILOR_RETURN_IF_ERROR(
+        EnsureModel("pretrained", nullptr, "A", preset_.pretrain, nullptr));
+    TAILOR_RETURN_IF_ERROR(
+        EnsureModel("ft-B", &pretrained_dir(), "B", preset_.finetune, nullptr));
+    if (preset_.partial) {
+      const int64_t first =
+          preset_.model.num_hidden_layers - preset_.partial_layers;
+      auto last_layers = [first](const std::string& name) {
+        int64_t layer = -1;
+        return std::sscanf(name.c_str(), "model.layers.%ld.", &layer) == 1 &&
+               layer >= first;
+      };
+      TAILOR_RETURN_IF_ERROR(EnsureModel("ft-B-partial", &pretrained_dir(), "B",
+                                         preset_.finetune_partial,
+                                         last_layers));
+    }
+    if (preset_.multitask) {
+      TAILOR_RETURN_IF_ERROR(EnsureModel("ft-C", &pretrained_dir(), "C",
+                                         preset_.finetune, nullptr));
+    }
+    TAILOR_RETURN_IF_ERROR(EnsureHessians("ft-B", "B"));
+    if (preset_.partial) {
+      TAILOR_RETURN_IF_ERROR(EnsureHessians("ft-B-partial", "B"));
+    }
+    if (preset_.multitask) TAILOR_RETURN_IF_ERROR(EnsureHessians("ft-C", "C"));
+
+    const Clock::time_point fuse_start = Clock::now();
+    nlohmann::json single = nlohmann::json::array();
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json full, SingleTask("full", "ft-B"));
+    single.push_back(std::move(full));
+    if (preset_.partial) {
+      TAILOR_ASSIGN_OR_RETURN(nlohmann::json partial,
+                              SingleTask("partial", "ft-B-partial"));
+      single.push_back(std::move(partial));
+    }
+    report_["single_task"] = std::move(single);
+    if (!preset_.sweep_keep.empty() && !preset_.sweep_omega.empty()) {
+      TAILOR_ASSIGN_OR_RETURN(report_["sweep"], Sweep());
+    }
+    if (preset_.multitask) {
+      TAILOR_ASSIGN_OR_RETURN(report_["multi_task"], MultiTask());
+    }
+    seconds_["fuse_and_evaluate"] = Seconds(fuse_start);
+    seconds_["total"] = Seconds(start);
+    report_["seconds"] = seconds_;
+    return report_;
+  }
+
+ private:
+  void Log(const std::string& line) const {
+    if (options_.log) options_.log(line);
+  }
+
+  const std::string& pretrained_dir() const {
+    return model_dirs_.at("pretrained");
+  }
+
+  absl::Status Setup() {
+    if (preset_.model.vocab_size != kByteLevelVocabSize) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("demo preset: vocab_size must be ", kByteLevelVocabSize,
+                       " (byte-level)"));
+    }
+    TAILOR_RETURN_IF_ERROR(preset_.model.Validate());
+    if (preset_.partial_layers < 1 ||
+        preset_.partial_layers > preset_.model.num_hidden_layers) {
+      return absl::InvalidArgumentError(
+          "demo preset: partial_layers must be in [1, num_hidden_layers]");
+    }
+    TAILOR_ASSIGN_OR_RETURN(CorpusSource a, ProseCorpusSource());
+    TAILOR_ASSIGN_OR_RETURN(CorpusSource b, PythonCorpusSource());
+    std::vector<std::pair<std::string, CorpusSource>> sources = {{"A", a},
+                                                                 {"B", b}};
+    if (preset_.multitask) {
+      TAILOR_ASSIGN_OR_RETURN(CorpusSource c, CCorpusSource());
+      sources.emplace_back("C", c);
+    }
+    nlohmann::json corpora = nlohmann::json::object();
+    nlohmann::json key = {{"version", kCacheVersion},
+                          {"preset", preset_.ToJson()}};
+    for (auto& [task_key, source] : sources) {
+      TAILOR_ASSIGN_OR_RETURN(ByteCorpus corpus,
+                              ByteCorpus::Load(source, preset_.corpus));
+      Task task{task_key, std::move(corpus), at::Tensor()};
+      task.eval_windows = ByteCorpus::Windows(
+          task.corpus.heldout(), preset_.eval_seq_len, preset_.eval_windows);
+      if (task.eval_windows.size(0) < 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("corpus '", task.corpus.name(),
+                         "': held-out stream shorter than one window"));
+      }
+      corpora[task_key] = {{"name", task.corpus.name()},
+                           {"description", task.corpus.description()},
+                           {"files", task.corpus.files_used()},
+                           {"train_tokens", task.corpus.train().numel()},
+                           {"heldout_tokens", task.corpus.heldout().numel()},
+                           {"eval_tokens", task.eval_windows.numel()},
+                           {"digest", task.corpus.digest()}};
+      key["corpora"][task_key] = task.corpus.digest();
+      tasks_.emplace(task_key, std::move(task));
+    }
+    if (!IsDirectory(options_.workdir)) {
+      TAILOR_RETURN_IF_ERROR(MakeDirectories(options_.workdir));
+    }
+    cache_dir_ = JoinPath(
+        options_.workdir,
+        absl::StrCat(preset_.name, "-", Sha256Hex(key.dump()).substr(0, 16)));
+    if (!IsDirectory(cache_dir_)) {
+      TAILOR_RETURN_IF_ERROR(MakeDirectories(cache_dir_));
+    }
+    TAILOR_RETURN_IF_ERROR(RemoveAll(JoinPath(cache_dir_, "fused")));
+    TAILOR_RETURN_IF_ERROR(MakeDirectories(JoinPath(cache_dir_, "fused")));
+    report_["preset"] = preset_.ToJson();
+    report_["device"] = device_.str();
+    report_["threads"] = at::get_num_threads();
+    report_["workdir"] = cache_dir_;
+    report_["corpora"] = corpora;
+    Log(absl::StrCat("work directory ", cache_dir_));
+    return absl::OkStatus();
+  }
+
+  // Trains (or finds cached) the model `name`: from `init_dir` (nullptr:
+  // fresh init) on task `task_key`.
+  absl::Status EnsureModel(const std::string& name, const std::string* init_dir,
+                           const std::string& task_key,
+                           const TrainOptions& train,
+                           std::function<bool(const std::string&)> trainable) {
+    const std::string dir = JoinPath(cache_dir_, name);
+    const std::string log_path = JoinPath(cache_dir_, name + ".train.json");
+    model_dirs_[name] = dir;
+    if (IsDirectory(dir) && IsRegularFile(log_path)) {
+      TAILOR_ASSIGN_OR_RETURN(std::string text,
+                              ReadFileToString(log_path, 1 << 20));
+      nlohmann::json entry = nlohmann::json::parse(text, nullptr, false);
+      if (!entry.is_discarded()) {
+        entry["cached"] = true;
+        report_["training"][name] = entry;
+        Log(absl::StrCat(name, ": cached"));
+        return absl::OkStatus();
+      }
+    }
+    TAILOR_RETURN_IF_ERROR(RemoveAll(dir));
+    std::optional<LlamaModel> model;
+    if (init_dir == nullptr) {
+      TAILOR_ASSIGN_OR_RETURN(
+          model, LlamaModel::Init(preset_.model, preset_.init_seed, at::kFloat,
+                                  device_));
+    } else {
+      TAILOR_ASSIGN_OR_RETURN(model, LoadModel(*init_dir));
+    }
+    TrainOptions options = train;
+    options.trainable = std::move(trainable);
+    const Task& task = tasks_.at(task_key);
+    options.on_log = [&](int64_t step, double loss) {
+      Log(absl::StrFormat("%s: step %d/%d loss %.4f (%s)", name, step,
+                          options.steps, loss, task.corpus.name()));
+    };
+    Log(absl::StrCat(name, ": training on ", task.corpus.name(), " (",
+                     options.steps, " steps)"));
+    TAILOR_ASSIGN_OR_RETURN(TrainResult result,
+                            Train(*model, task.corpus, options));
+    LlamaSaveOptions save;
+    save.dtype = DType::kF32;
+    TAILOR_RETURN_IF_ERROR(model->Save(dir, save));
+    nlohmann::json entry = {
+        {"task", task_key},
+        {"corpus", task.corpus.name()},
+        {"final_loss", result.final_loss},
+        {"trainable_parameters", result.trainable_parameters},
+        {"seconds", result.seconds}};
+    TAILOR_RETURN_IF_ERROR(WriteFileAtomically(log_path, entry.dump(2) + "\n"));
+    entry["cached"] = false;
+    report_["training"][name] = entry;
+    seconds_[absl::StrCat("train_", name)] = result.seconds;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<LlamaModel> LoadModel(const std::string& dir) const {
+    TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt,
+                            Checkpoint::Open(dir));
+    return LlamaModel::Load(*ckpt, preset_.model, device_, at::kFloat);
+  }
+
+  std::string HessianPath(const std::string& model_name) const {
+    return JoinPath(cache_dir_, model_name + ".hessians.safetensors");
+  }
+
+  absl::Status EnsureHessians(const std::string& model_name,
+                              const std::string& task_key) {
+    const std::string path = HessianPath(model_name);
+    if (IsRegularFile(path)) return absl::OkStatus();
+    const Clock::time_point start = Clock::now();
+    TAILOR_ASSIGN_OR_RETURN(LlamaModel model,
+                            LoadModel(model_dirs_.at(model_name)));
+    const at::Tensor windows =
+        EvenlySpacedWindows(tasks_.at(task_key).corpus.train(),
+                            preset_.calib_samples, preset_.calib_seq_len);
+    TAILOR_RETURN_IF_ERROR(WriteCalibration(model, windows, path));
+    seconds_[absl::StrCat("calibrate_", model_name)] = Seconds(start);
+    Log(absl::StrCat(model_name, ": calibration written (",
+                     preset_.calib_samples, " x ", preset_.calib_seq_len,
+                     " tokens)"));
+    return absl::OkStatus();
+  }
+
+  // Scores of a checkpoint directory on the given tasks.
+  absl::StatusOr<nlohmann::json> Score(const std::string& dir,
+                                       const std::vector<std::string>& keys) {
+    TAILOR_ASSIGN_OR_RETURN(LlamaModel model, LoadModel(dir));
+    nlohmann::json out = nlohmann::json::object();
+    for (const std::string& key : keys) {
+      TAILOR_ASSIGN_OR_RETURN(EvalResult r,
+                              Evaluate(model, tasks_.at(key).eval_windows));
+      out[key] = EvalJson(r);
+    }
+    return out;
+  }
+
+  FusionSpec BaseSpec(const std::string& out_dir) const {
+    FusionSpec spec;
+    spec.pretrained_uri = pretrained_dir();
+    spec.output_uri = out_dir;
+    spec.overwrite = true;
+    spec.device = device_.is_cuda() ? device_.str() : "cpu";
+    spec.tailor.keep_ratio = preset_.keep;
+    spec.tailor.omega = preset_.omega;
+    spec.lambda = 1.0;
+    spec.density = preset_.ties_density;
+    spec.drop = preset_.dare_drop;
+    spec.seed = 0;
+    return spec;
+  }
+
+  // Runs a fusion job into fused/<slug> and scores it; the fused checkpoint
+  // is removed afterwards unless `keep_output`.
+  absl::StatusOr<nlohmann::json> FuseAndScore(
+      const std::string& slug, FusionSpec spec,
+      const std::vector<std::string>& keys, bool keep_output) {
+    const std::string out = JoinPath(JoinPath(cache_dir_, "fused"), slug);
+    spec.output_uri = out;
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json job, RunFusionJob(spec, *resolver_));
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json scores, Score(out, keys));
+    if (!keep_output) TAILOR_RETURN_IF_ERROR(RemoveAll(out));
+    const nlohmann::json& totals = job["totals"];
+    scores["kept_fraction"] = totals.value("kept_fraction", 0.0);
+    if (totals.contains("error_reduction") &&
+        totals["error_reduction"].is_number()) {
+      scores["error_reduction"] = totals["error_reduction"];
+    }
+    return scores;
+  }
+
+  // Adds avg, h_score and retention (accuracies in percent) to a row.
+  void Summarise(nlohmann::json& row, double zero_shot_a,
+                 double finetuned_b) const {
+    const double a = row["A"]["accuracy"].get<double>();
+    const double b = row["B"]["accuracy"].get<double>();
+    row["avg"] = (a + b) / 2;
+    row["h_score"] = HarmonicMean(a, b);
+    row["retention_a"] = 100.0 * a / zero_shot_a;
+    row["retention_b"] = 100.0 * b / finetuned_b;
+  }
+
+  absl::StatusOr<nlohmann::json> SingleTask(const std::string& setting,
+                                            const std::string& ft_name) {
+    Log(absl::StrCat("single task (", setting, " fine-tune): fusing"));
+    const std::string& ft_dir = model_dirs_.at(ft_name);
+    TaskSpec task;
+    task.label = "B";
+    task.finetuned_uri = ft_dir;
+    task.hessian_uri = HessianPath(ft_name);
+    const std::vector<std::string> keys = {"A", "B"};
+
+    nlohmann::json rows = nlohmann::json::array();
+    auto add = [&](const std::string& method, nlohmann::json row) {
+      row["method"] = method;
+      rows.push_back(std::move(row));
+    };
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json zero_shot,
+                            Score(pretrained_dir(), keys));
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json finetuned, Score(ft_dir, keys));
+    const double zero_a = zero_shot["A"]["accuracy"].get<double>();
+    const double ft_b = finetuned["B"]["accuracy"].get<double>();
+    add("zero-shot", zero_shot);
+    add("fine-tuned", finetuned);
+
+    struct Variant {
+      std::string method, slug;
+      Method engine;
+      Compensation compensation;
+    };
+    const std::vector<Variant> variants = {
+        {"magnitude", "magnitude", Method::kMagnitude, Compensation::kNone},
+        {"tailor (sequential)", "tailor-seq", Method::kTailor,
+         Compensation::kSequential},
+        {"tailor (exact)", "tailor-exact", Method::kTailor,
+         Compensation::kExact},
+        {"dare", "dare", Method::kDare, Compensation::kNone},
+        {"ties", "ties", Method::kTies, Compensation::kNone},
+        {"task arithmetic", "task-arithmetic", Method::kTaskArithmetic,
+         Compensation::kNone},
+    };
+    for (const Variant& v : variants) {
+      FusionSpec spec = BaseSpec("");
+      spec.method = v.engine;
+      spec.tailor.compensation = v.compensation;
+      spec.tasks = {task};
+      if (v.engine != Method::kTailor) spec.tasks[0].hessian_uri.clear();
+      if (v.engine == Method::kTaskArithmetic) {
+        spec.lambda = preset_.task_arithmetic_lambda;
+      }
+      TAILOR_ASSIGN_OR_RETURN(
+          nlohmann::json row,
+          FuseAndScore(absl::StrCat(setting, "-", v.slug), spec, keys,
+                       /*keep_output=*/v.engine == Method::kTailor));
+      add(v.method, std::move(row));
+    }
+    for (nlohmann::json& row : rows) Summarise(row, zero_a, ft_b);
+    return nlohmann::json{{"setting", setting},
+                          {"finetuned", ft_name},
+                          {"keep", preset_.keep},
+                          {"omega", preset_.omega},
+                          {"rows", rows}};
+  }
+
+  absl::StatusOr<nlohmann::json> Sweep() {
+    Log("sweep: tailor (sequential) over rho x omega");
+    const nlohmann::json& full = report_["single_task"][0]["rows"];
+    const double zero_a = full[0]["A"]["accuracy"].get<double>();
+    const double ft_b = full[1]["B"]["accuracy"].get<double>();
+    TaskSpec task;
+    task.label = "B";
+    task.finetuned_uri = model_dirs_.at("ft-B");
+    task.hessian_uri = HessianPath("ft-B");
+    nlohmann::json points = nlohmann::json::array();
+    for (double keep : preset_.sweep_keep) {
+      for (double omega : preset_.sweep_omega) {
+        FusionSpec spec = BaseSpec("");
+        spec.tailor.keep_ratio = keep;
+        spec.tailor.omega = omega;
+        spec.tasks = {task};
+        TAILOR_ASSIGN_OR_RETURN(
+            nlohmann::json row,
+            FuseAndScore(absl::StrFormat("sweep-%g-%g", keep, omega), spec,
+                         {"A", "B"}, /*keep_output=*/false));
+        row["keep"] = keep;
+        row["omega"] = omega;
+        Summarise(row, zero_a, ft_b);
+        points.push_back(std::move(row));
+      }
+    }
+    return points;
+  }
+
+  absl::StatusOr<nlohmann::json> MultiTask() {
+    Log("multi-task: B + C");
+    const std::vector<std::string> keys = {"A", "B", "C"};
+    auto task_for = [&](const std::string& label, const std::string& ft) {
+      TaskSpec t;
+      t.label = label;
+      t.finetuned_uri = model_dirs_.at(ft);
+      t.hessian_uri = HessianPath(ft);
+      return t;
+    };
+    const TaskSpec b = task_for("B", "ft-B");
+    const TaskSpec c = task_for("C", "ft-C");
+    nlohmann::json rows = nlohmann::json::array();
+    auto add = [&](const std::string& method, nlohmann::json row) {
+      row["method"] = method;
+      double sum = 0;
+      for (const std::string& k : keys) sum += row[k]["accuracy"].get<double>();
+      row["avg"] = sum / keys.size();
+      rows.push_back(std::move(row));
+    };
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json zero, Score(pretrained_dir(), keys));
+    add("zero-shot", zero);
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json ft_b,
+                            Score(model_dirs_.at("ft-B"), keys));
+    add("fine-tuned B", ft_b);
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json ft_c,
+                            Score(model_dirs_.at("ft-C"), keys));
+    add("fine-tuned C", ft_c);
+
+    const std::string pct =
+        absl::StrFormat("%g%%", 100 * preset_.multitask_keep);
+    for (const auto& [label, spec_task] :
+         std::vector<std::pair<std::string, TaskSpec>>{{"B", b}, {"C", c}}) {
+      FusionSpec spec = BaseSpec("");
+      spec.tailor.keep_ratio = preset_.multitask_keep;
+      spec.tasks = {spec_task};
+      TAILOR_ASSIGN_OR_RETURN(
+          nlohmann::json row,
+          FuseAndScore(absl::StrCat("multi-tailor-", label), spec, keys,
+                       /*keep_output=*/false));
+      add(absl::StrCat("tailor ", label, " (", pct, ")"), std::move(row));
+    }
+    FusionSpec stitched = BaseSpec("");
+    stitched.tailor.keep_ratio = preset_.multitask_keep;
+    stitched.tasks = {b, c};
+    TAILOR_ASSIGN_OR_RETURN(
+        nlohmann::json row,
+        FuseAndScore("multi-tailor-stitched", stitched, keys,
+                     /*keep_output=*/true));
+    add(absl::StrCat("tailor B+C stitched (", pct, " each)"), std::move(row));
+
+    struct Baseline {
+      std::string method, slug;
+      Method engine;
+    };
+    for (const Baseline& base :
+         std::vector<Baseline>{{"dare B+C", "dare", Method::kDare},
+                               {"ties B+C", "ties", Method::kTies},
+                               {"task arithmetic B+C", "task-arithmetic",
+                                Method::kTaskArithmetic}}) {
+      FusionSpec spec = BaseSpec("");
+      spec.method = base.engine;
+      spec.tasks = {b, c};
+      for (TaskSpec& t : spec.tasks) t.hessian_uri.clear();
+      if (base.engine == Method::kTaskArithmetic) {
+        spec.lambda = preset_.task_arithmetic_lambda;
+      }
+      TAILOR_ASSIGN_OR_RETURN(
+          nlohmann::json r,
+          FuseAndScore(absl::StrCat("multi-", base.slug), spec, keys,
+                       /*keep_output=*/false));
+      add(base.method, std::move(r));
+    }
+    return nlohmann::json{{"keep_per_task", preset_.multitask_keep},
+                          {"rows", rows}};
+  }
+
+  const DemoOptions& options_;
+  const DemoPreset& preset_;
+  at::Device device_ = at::kCPU;
+  std::map<std::string, Task> tasks_;
+  std::string cache_dir_;
+  std::unique_ptr<UriResolver> resolver_;
+  std::map<std::string, std::string> model_dirs_;
+  nlohmann::json report_ = nlohmann::json::object();
+  nlohmann::json seconds_ = nlohmann::json::object();
+};
+
+TrainOptions MakeTrain(int64_t steps, int64_t batch, int64_t seq, double lr,
+                       int64_t warmup, uint64_t seed) {
+  TrainOptions o;
+  o.steps = steps;
+  o.batch_size = batch;
+  o.seq_len = seq;
+  o.lr = lr;
+  o.warmup_steps = warmup;
+  o.seed = seed;
+  o.log_every = std::max<int64_t>(1, steps / 5);
+  return o;
+}
+
+}  // namespace
+
+nlohmann::json DemoPreset::ToJson() const {
+  return {{"name", name},
+          {"model", model.ToJson()},
+          {"init_seed", init_seed},
+          {"corpus",
+           {{"max_bytes", corpus.max_bytes},
+            {"chunk_tokens", corpus.chunk_tokens},
+            {"heldout_every", corpus.heldout_every}}},
+          {"pretrain", TrainJson(pretrain)},
+          {"finetune", TrainJson(finetune)},
+          {"finetune_partial", TrainJson(finetune_partial)},
+          {"partial_layers", partial_layers},
+          {"calib_samples", calib_samples},
+          {"calib_seq_len", calib_seq_len},
+          {"eval_windows", eval_windows},
+          {"eval_seq_len", eval_seq_len},
+          {"keep", keep},
+          {"omega", omega},
+          {"multitask_keep", multitask_keep},
+          {"ties_density", ties_density},
+          {"dare_drop", dare_drop},
+          {"task_arithmetic_lambda", task_arithmetic_lambda},
+          {"sweep_keep", sweep_keep},
+          {"sweep_omega", sweep_omega},
+          {"partial", partial},
+          {"multitask", multitask}};
+}
+
+DemoPreset FullDemoPreset() {
+  DemoPreset p;
+  p.name = "full";
+  p.model.hidden_size = 128;
+  p.model.intermediate_size = 320;
+  p.model.num_hidden_layers = 4;
+  p.model.num_attention_heads = 4;
+  p.model.num_key_value_heads = 2;
+  p.model.vocab_size = kByteLevelVocabSize;
+  p.model.rms_norm_eps = 1e-5;
+  p.model.max_position_embeddings = 512;
+  p.corpus.max_bytes = 1u << 20;
+  p.pretrain = MakeTrain(600, 16, 128, 3e-3, 50, 11);
+  p.finetune = MakeTrain(300, 16, 128, 1e-3, 20, 12);
+  p.finetune_partial = MakeTrain(300, 16, 128, 1e-3, 20, 13);
+  p.sweep_keep = {0.01, 0.05, 0.10, 0.20, 0.50};
+  p.sweep_omega = {0.0, 0.25, 0.5, 0.75, 1.0};
+  return p;
+}
+
+DemoPreset QuickDemoPreset() {
+  DemoPreset p = FullDemoPreset();
+  p.name = "quick";
+  p.model.hidden_size = 64;
+  p.model.intermediate_size = 160;
+  p.model.num_hidden_layers = 2;
+  p.partial_layers = 1;
+  p.corpus.max_bytes = 256u << 10;
+  p.pretrain = MakeTrain(200, 16, 64, 3e-3, 20, 11);
+  p.finetune = MakeTrain(100, 16, 64, 1e-3, 10, 12);
+  p.finetune_partial = MakeTrain(100, 16, 64, 1e-3, 10, 13);
+  p.calib_samples = 32;
+  p.calib_seq_len = 64;
+  p.eval_windows = 64;
+  p.eval_seq_len = 64;
+  p.sweep_keep = {0.05, 0.5};
+  p.sweep_omega = {0.0, 1.0};
+  return p;
+}
+
+absl::StatusOr<nlohmann::json> RunForgettingDemo(const DemoOptions& options) {
+  if (options.workdir.empty()) {
+    return absl::InvalidArgumentError("demo: workdir must be set");
+  }
+  Demo demo(options);
+  return demo.Run();
+}
+
+}  // namespace tailor
