@@ -78,14 +78,14 @@ class Demo {
     TAILOR_ASSIGN_OR_RETURN(device_, ResolveDevice(options_.device));
     TAILOR_RETURN_IF_ERROR(Setup());
     TAILOR_ASSIGN_OR_RETURN(UriResolver resolver,
-                            UriResolver::Create({cache_dir_}));
+                            UriResolver::Create({options_.workdir}));
     resolver_ = std::make_unique<UriResolver>(std::move(resolver));
 
     // Models: pre-trained on A; fine-tuned on B (full and partial) and C.
     TAILOR_RETURN_IF_ERROR(
-        EnsureModel("pretrained", nullptr, "A", preset_.pretrain, nullptr));
-    TAILOR_RETURN_IF_ERROR(
-        EnsureModel("ft-B", &pretrained_dir(), "B", preset_.finetune, nullptr));
+        EnsureModel("pretrained", "", "A", preset_.pretrain, nullptr, ""));
+    TAILOR_RETURN_IF_ERROR(EnsureModel("ft-B", "pretrained", "B",
+                                       preset_.finetune, nullptr, ""));
     if (preset_.partial) {
       const int64_t first =
           preset_.model.num_hidden_layers - preset_.partial_layers;
@@ -94,19 +94,27 @@ class Demo {
         return std::sscanf(name.c_str(), "model.layers.%ld.", &layer) == 1 &&
                layer >= first;
       };
-      TAILOR_RETURN_IF_ERROR(EnsureModel("ft-B-partial", &pretrained_dir(), "B",
-                                         preset_.finetune_partial,
-                                         last_layers));
+      TAILOR_RETURN_IF_ERROR(EnsureModel(
+          "ft-B-partial", "pretrained", "B", preset_.finetune_partial,
+          last_layers, absl::StrCat("layers >= ", first)));
     }
     if (preset_.multitask) {
-      TAILOR_RETURN_IF_ERROR(EnsureModel("ft-C", &pretrained_dir(), "C",
-                                         preset_.finetune, nullptr));
+      TAILOR_RETURN_IF_ERROR(EnsureModel("ft-C", "pretrained", "C",
+                                         preset_.finetune, nullptr, ""));
     }
     TAILOR_RETURN_IF_ERROR(EnsureHessians("ft-B", "B"));
     if (preset_.partial) {
       TAILOR_RETURN_IF_ERROR(EnsureHessians("ft-B-partial", "B"));
     }
     if (preset_.multitask) TAILOR_RETURN_IF_ERROR(EnsureHessians("ft-C", "C"));
+    for (const auto& [name, dir] : model_dirs_) {
+      report_["models"][name] = {{"checkpoint", dir},
+                                 {"hessians", model_keys_.count(name) &&
+                                                      IsRegularFile(
+                                                          HessianPath(name))
+                                                  ? HessianPath(name)
+                                                  : ""}};
+    }
 
     const Clock::time_point fuse_start = Clock::now();
     nlohmann::json single = nlohmann::json::array();
@@ -203,14 +211,31 @@ class Demo {
     return absl::OkStatus();
   }
 
-  // Trains (or finds cached) the model `name`: from `init_dir` (nullptr:
-  // fresh init) on task `task_key`.
-  absl::Status EnsureModel(const std::string& name, const std::string* init_dir,
+  // Trains (or finds cached) the model `name`: from the model `parent`
+  // (empty: a fresh init) on task `task_key`. The cache entry is keyed by
+  // the model's whole lineage (parents' keys, corpora, training options), so
+  // changing one step retrains only what depends on it.
+  absl::Status EnsureModel(const std::string& name, const std::string& parent,
                            const std::string& task_key,
                            const TrainOptions& train,
-                           std::function<bool(const std::string&)> trainable) {
-    const std::string dir = JoinPath(cache_dir_, name);
-    const std::string log_path = JoinPath(cache_dir_, name + ".train.json");
+                           std::function<bool(const std::string&)> trainable,
+                           const std::string& trainable_description) {
+    const Task& task = tasks_.at(task_key);
+    nlohmann::json lineage = {{"version", kCacheVersion},
+                              {"corpus", task.corpus.digest()},
+                              {"train", TrainJson(train)},
+                              {"trainable", trainable_description}};
+    if (parent.empty()) {
+      lineage["init"] = {{"model", preset_.model.ToJson()},
+                         {"seed", preset_.init_seed}};
+    } else {
+      lineage["parent"] = model_keys_.at(parent);
+    }
+    model_keys_[name] = Sha256Hex(lineage.dump()).substr(0, 16);
+    const std::string dir = JoinPath(
+        JoinPath(options_.workdir, "models"),
+        absl::StrCat(name, "-", model_keys_[name]));
+    const std::string log_path = dir + ".train.json";
     model_dirs_[name] = dir;
     if (IsDirectory(dir) && IsRegularFile(log_path)) {
       TAILOR_ASSIGN_OR_RETURN(std::string text,
@@ -224,17 +249,17 @@ class Demo {
       }
     }
     TAILOR_RETURN_IF_ERROR(RemoveAll(dir));
+    TAILOR_RETURN_IF_ERROR(MakeDirectories(Dirname(dir)));
     std::optional<LlamaModel> model;
-    if (init_dir == nullptr) {
+    if (parent.empty()) {
       TAILOR_ASSIGN_OR_RETURN(
           model, LlamaModel::Init(preset_.model, preset_.init_seed, at::kFloat,
                                   device_));
     } else {
-      TAILOR_ASSIGN_OR_RETURN(model, LoadModel(*init_dir));
+      TAILOR_ASSIGN_OR_RETURN(model, LoadModel(model_dirs_.at(parent)));
     }
     TrainOptions options = train;
     options.trainable = std::move(trainable);
-    const Task& task = tasks_.at(task_key);
     options.on_log = [&](int64_t step, double loss) {
       Log(absl::StrFormat("%s: step %d/%d loss %.4f (%s)", name, step,
                           options.steps, loss, task.corpus.name()));
@@ -266,7 +291,9 @@ class Demo {
   }
 
   std::string HessianPath(const std::string& model_name) const {
-    return JoinPath(cache_dir_, model_name + ".hessians.safetensors");
+    return absl::StrCat(model_dirs_.at(model_name), ".hessians-",
+                        preset_.calib_samples, "x", preset_.calib_seq_len,
+                        ".safetensors");
   }
 
   absl::Status EnsureHessians(const std::string& model_name,
@@ -520,6 +547,7 @@ class Demo {
   std::string cache_dir_;
   std::unique_ptr<UriResolver> resolver_;
   std::map<std::string, std::string> model_dirs_;
+  std::map<std::string, std::string> model_keys_;  // lineage hashes
   nlohmann::json report_ = nlohmann::json::object();
   nlohmann::json seconds_ = nlohmann::json::object();
 };
@@ -580,8 +608,8 @@ DemoPreset FullDemoPreset() {
   p.model.max_position_embeddings = 512;
   p.corpus.max_bytes = 1u << 20;
   p.pretrain = MakeTrain(600, 16, 128, 3e-3, 50, 11);
-  p.finetune = MakeTrain(300, 16, 128, 1e-3, 20, 12);
-  p.finetune_partial = MakeTrain(300, 16, 128, 1e-3, 20, 13);
+  p.finetune = MakeTrain(300, 16, 128, 5e-4, 20, 12);
+  p.finetune_partial = MakeTrain(300, 16, 128, 5e-4, 20, 13);
   p.sweep_keep = {0.01, 0.05, 0.10, 0.20, 0.50};
   p.sweep_omega = {0.0, 0.25, 0.5, 0.75, 1.0};
   return p;
@@ -595,9 +623,9 @@ DemoPreset QuickDemoPreset() {
   p.model.num_hidden_layers = 2;
   p.partial_layers = 1;
   p.corpus.max_bytes = 256u << 10;
-  p.pretrain = MakeTrain(200, 16, 64, 3e-3, 20, 11);
-  p.finetune = MakeTrain(100, 16, 64, 1e-3, 10, 12);
-  p.finetune_partial = MakeTrain(100, 16, 64, 1e-3, 10, 13);
+  p.pretrain = MakeTrain(600, 16, 64, 3e-3, 50, 11);
+  p.finetune = MakeTrain(300, 16, 64, 5e-4, 20, 12);
+  p.finetune_partial = MakeTrain(300, 16, 64, 5e-4, 20, 13);
   p.calib_samples = 32;
   p.calib_seq_len = 64;
   p.eval_windows = 64;
