@@ -47,6 +47,15 @@ bool RunGnuplot(const std::string& script) {
   return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
+void AddDeviceOptions(CLI::App& cmd, std::string& device, int& threads) {
+  cmd.add_option("--device", device, "auto | cpu | cuda | cuda:N")
+      ->capture_default_str();
+  cmd.add_option("--threads", threads,
+                 "intra-op CPU threads (0: LibTorch's default)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+}
+
 }  // namespace
 
 CLI::App* CalibrateCommand::Add(CLI::App& app) {
@@ -77,12 +86,7 @@ CLI::App* CalibrateCommand::Add(CLI::App& app) {
   cmd->add_option("--batch-size", batch_size_, "windows per forward pass")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--device", device_, "auto | cpu | cuda | cuda:N")
-      ->capture_default_str();
-  cmd->add_option("--threads", threads_,
-                  "intra-op CPU threads (0: LibTorch's default)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+  AddDeviceOptions(*cmd, device_, threads_);
   cmd->add_option("--allowed-root", allowed_roots_,
                   "directory the URIs must lie under (repeatable; default: /)");
   cmd->add_flag("-q,--quiet", quiet_, "no progress on stderr");
@@ -134,12 +138,7 @@ CLI::App* DemoCommand::Add(CLI::App& app) {
   cmd->add_option("--workdir", workdir_,
                   "cache and outputs (default: $XDG_CACHE_HOME/tailor/demo or "
                   "~/.cache/tailor/demo)");
-  cmd->add_option("--device", device_, "auto | cpu | cuda | cuda:N")
-      ->capture_default_str();
-  cmd->add_option("--threads", threads_,
-                  "intra-op CPU threads (0: LibTorch's default)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+  AddDeviceOptions(*cmd, device_, threads_);
   cmd->add_flag("--no-plot", no_plot_,
                 "skip the trade-off plot (otherwise gnuplot draws "
                 "tradeoff.png in the work directory when installed)");

@@ -151,13 +151,23 @@ absl::StatusOr<std::string> WriteTradeoffPlotScript(
       "plot ",
       script_path, png_path, report["corpora"]["A"]["name"].get<std::string>(),
       report["corpora"]["B"]["name"].get<std::string>());
+  const auto& first_points = by_omega.begin()->second;
+  const std::string rho_range =
+      absl::StrFormat("rho %g..%g%%", 100 * first_points.begin()->first,
+                      100 * first_points.rbegin()->first);
   int index = 0;
   for (const auto& [omega, points] : by_omega) {
     absl::StrAppendFormat(&script,
                           "'%s' index %d using 2:3 with linespoints pt 7 "
-                          "title 'tailor, omega = %g (rho 1..50%%)', \\\n     ",
-                          data_path, index++, omega);
+                          "title 'tailor, omega = %g (%s)', \\\n     ",
+                          data_path, index++, omega, rho_range);
   }
+  // rho of each point, next to the first omega's curve.
+  absl::StrAppendFormat(&script,
+                        "'%s' index 0 using 2:3:(sprintf('%%g%%%%', "
+                        "100*$1)) with labels offset char -2.5,0 font ',8' "
+                        "notitle, \\\n     ",
+                        data_path);
   absl::StrAppendFormat(&script,
                         "'%s' using 2:3:1 with labels point pt 5 offset "
                         "char 1,0.7 left font ',9' notitle\n",

@@ -84,8 +84,8 @@ class Demo {
     // Models: pre-trained on A; fine-tuned on B (full and partial) and C.
     TAILOR_RETURN_IF_ERROR(
         EnsureModel("pretrained", "", "A", preset_.pretrain, nullptr, ""));
-    TAILOR_RETURN_IF_ERROR(EnsureModel("ft-B", "pretrained", "B",
-                                       preset_.finetune, nullptr, ""));
+    TAILOR_RETURN_IF_ERROR(
+        EnsureModel("ft-B", "pretrained", "B", preset_.finetune, nullptr, ""));
     if (preset_.partial) {
       const int64_t first =
           preset_.model.num_hidden_layers - preset_.partial_layers;
@@ -94,9 +94,9 @@ class Demo {
         return std::sscanf(name.c_str(), "model.layers.%ld.", &layer) == 1 &&
                layer >= first;
       };
-      TAILOR_RETURN_IF_ERROR(EnsureModel(
-          "ft-B-partial", "pretrained", "B", preset_.finetune_partial,
-          last_layers, absl::StrCat("layers >= ", first)));
+      TAILOR_RETURN_IF_ERROR(EnsureModel("ft-B-partial", "pretrained", "B",
+                                         preset_.finetune_partial, last_layers,
+                                         absl::StrCat("layers >= ", first)));
     }
     if (preset_.multitask) {
       TAILOR_RETURN_IF_ERROR(EnsureModel("ft-C", "pretrained", "C",
@@ -108,12 +108,12 @@ class Demo {
     }
     if (preset_.multitask) TAILOR_RETURN_IF_ERROR(EnsureHessians("ft-C", "C"));
     for (const auto& [name, dir] : model_dirs_) {
-      report_["models"][name] = {{"checkpoint", dir},
-                                 {"hessians", model_keys_.count(name) &&
-                                                      IsRegularFile(
-                                                          HessianPath(name))
-                                                  ? HessianPath(name)
-                                                  : ""}};
+      report_["models"][name] = {
+          {"checkpoint", dir},
+          {"hessians",
+           model_keys_.count(name) && IsRegularFile(HessianPath(name))
+               ? HessianPath(name)
+               : ""}};
     }
 
     const Clock::time_point fuse_start = Clock::now();
@@ -232,9 +232,9 @@ class Demo {
       lineage["parent"] = model_keys_.at(parent);
     }
     model_keys_[name] = Sha256Hex(lineage.dump()).substr(0, 16);
-    const std::string dir = JoinPath(
-        JoinPath(options_.workdir, "models"),
-        absl::StrCat(name, "-", model_keys_[name]));
+    const std::string dir =
+        JoinPath(JoinPath(options_.workdir, "models"),
+                 absl::StrCat(name, "-", model_keys_[name]));
     const std::string log_path = dir + ".train.json";
     model_dirs_[name] = dir;
     if (IsDirectory(dir) && IsRegularFile(log_path)) {

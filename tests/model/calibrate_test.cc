@@ -9,6 +9,7 @@
 #include "fusion/calibration.h"
 #include "model/byte_corpus.h"
 #include "model/llama.h"
+#include "model/tiny_llama.h"
 #include "testing/test_util.h"
 #include "util/file_util.h"
 
@@ -22,16 +23,7 @@ using ::tailor::testing::TempDir;
 using ::tailor::testing::ToRaw;
 using ::tailor::testing::WriteFileOrDie;
 
-LlamaConfig TinyConfig() {
-  LlamaConfig c;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_hidden_layers = 1;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.vocab_size = kByteLevelVocabSize;
-  return c;
-}
+LlamaConfig TinyConfig() { return ::tailor::testing::TinyByteLlama(1); }
 
 std::string Text() {
   std::string text;

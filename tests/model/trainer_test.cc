@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "model/byte_corpus.h"
 #include "model/llama.h"
+#include "model/tiny_llama.h"
 #include "testing/test_util.h"
 
 namespace tailor {
@@ -18,16 +19,7 @@ namespace {
 
 using ::tailor::testing::BitEqual;
 
-LlamaConfig TinyConfig() {
-  LlamaConfig c;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.vocab_size = kByteLevelVocabSize;
-  return c;
-}
+LlamaConfig TinyConfig() { return ::tailor::testing::TinyByteLlama(2); }
 
 ByteCorpus TextCorpus() {
   std::string text;
