@@ -5,7 +5,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <iostream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -139,6 +141,11 @@ CLI::App* DemoCommand::Add(CLI::App& app) {
                   "cache and outputs (default: $XDG_CACHE_HOME/tailor/demo or "
                   "~/.cache/tailor/demo)");
   AddDeviceOptions(*cmd, device_, threads_);
+  cmd->add_option("--jobs", jobs_,
+                  "fusion jobs run (and scored) at once; the results do not "
+                  "depend on it (0: CPU cores / intra-op threads)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--no-plot", no_plot_,
                 "skip the trade-off plot (otherwise gnuplot draws "
                 "tradeoff.png in the work directory when installed)");
@@ -152,6 +159,11 @@ int DemoCommand::Run() {
   options.preset = quick_ ? QuickDemoPreset() : FullDemoPreset();
   options.workdir = workdir_.empty() ? DefaultDemoWorkdir() : workdir_;
   options.device = device_;
+  options.jobs = jobs_;
+  if (options.jobs == 0) {
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    options.jobs = std::max(1, cores / std::max(1, at::get_num_threads()));
+  }
   if (!quiet_) {
     options.log = [](const std::string& line) {
       std::cerr << "demo: " << line << "\n";

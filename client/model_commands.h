@@ -35,6 +35,7 @@ class DemoCommand {
   bool quick_ = false;
   std::string json_, workdir_, device_ = "auto";
   int threads_ = 0;
+  int jobs_ = 0;
   bool no_plot_ = false, quiet_ = false;
 };
 

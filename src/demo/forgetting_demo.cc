@@ -3,15 +3,19 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <map>
 #include <memory>
 #include <optional>
+#include <thread>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "fusion/fusion_job.h"
 #include "fusion/fusion_spec.h"
 #include "io/checkpoint.h"
@@ -133,6 +137,13 @@ class Demo {
       TAILOR_ASSIGN_OR_RETURN(report_["multi_task"], MultiTask());
     }
     seconds_["fuse_and_evaluate"] = Seconds(fuse_start);
+    {
+      absl::MutexLock lock(&mu_);
+      seconds_["fusion_jobs"] = fuse_seconds_;
+      seconds_["evaluation"] = evaluate_seconds_;
+      report_["fusion_jobs"] = fusion_jobs_;
+    }
+    report_["jobs"] = options_.jobs;
     seconds_["total"] = Seconds(start);
     report_["seconds"] = seconds_;
     return report_;
@@ -314,9 +325,33 @@ class Demo {
     return absl::OkStatus();
   }
 
-  // Scores of a checkpoint directory on the given tasks.
+  // Scores of a trained model (pre-trained or fine-tuned) on the given
+  // tasks, remembered for the run: they appear in several tables.
   absl::StatusOr<nlohmann::json> Score(const std::string& dir,
                                        const std::vector<std::string>& keys) {
+    nlohmann::json out = nlohmann::json::object();
+    std::vector<std::string> missing;
+    for (const std::string& key : keys) {
+      auto it = trained_scores_.find({dir, key});
+      if (it != trained_scores_.end()) {
+        out[key] = it->second;
+      } else {
+        missing.push_back(key);
+      }
+    }
+    if (missing.empty()) return out;
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json fresh, ScoreFused(dir, missing));
+    for (const std::string& key : missing) {
+      out[key] = fresh[key];
+      trained_scores_[{dir, key}] = fresh[key];
+    }
+    return out;
+  }
+
+  // Scores of any checkpoint directory, computed afresh. Thread-safe.
+  absl::StatusOr<nlohmann::json> ScoreFused(
+      const std::string& dir, const std::vector<std::string>& keys) {
+    const Clock::time_point start = Clock::now();
     TAILOR_ASSIGN_OR_RETURN(LlamaModel model, LoadModel(dir));
     nlohmann::json out = nlohmann::json::object();
     for (const std::string& key : keys) {
@@ -324,6 +359,8 @@ class Demo {
                               Evaluate(model, tasks_.at(key).eval_windows));
       out[key] = EvalJson(r);
     }
+    absl::MutexLock lock(&mu_);
+    evaluate_seconds_ += Seconds(start);
     return out;
   }
 
@@ -342,23 +379,67 @@ class Demo {
     return spec;
   }
 
-  // Runs a fusion job into fused/<slug> and scores it; the fused checkpoint
-  // is removed afterwards unless `keep_output`.
+  // One fusion to run and score.
+  struct FusionRow {
+    std::string method;  // row label
+    std::string slug;    // fused/<slug>
+    FusionSpec spec;
+    bool keep_output = false;  // leave the fused checkpoint on disk
+  };
+
+  // Runs a fusion job into fused/<slug> and scores it on `keys`; the fused
+  // checkpoint is removed afterwards unless row.keep_output. Thread-safe.
   absl::StatusOr<nlohmann::json> FuseAndScore(
-      const std::string& slug, FusionSpec spec,
-      const std::vector<std::string>& keys, bool keep_output) {
-    const std::string out = JoinPath(JoinPath(cache_dir_, "fused"), slug);
-    spec.output_uri = out;
-    TAILOR_ASSIGN_OR_RETURN(nlohmann::json job, RunFusionJob(spec, *resolver_));
-    TAILOR_ASSIGN_OR_RETURN(nlohmann::json scores, Score(out, keys));
-    if (!keep_output) TAILOR_RETURN_IF_ERROR(RemoveAll(out));
+      FusionRow row, const std::vector<std::string>& keys) {
+    const std::string out = JoinPath(JoinPath(cache_dir_, "fused"), row.slug);
+    row.spec.output_uri = out;
+    const Clock::time_point start = Clock::now();
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json job,
+                            RunFusionJob(row.spec, *resolver_));
+    const double fuse_seconds = Seconds(start);
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json scores, ScoreFused(out, keys));
+    if (!row.keep_output) TAILOR_RETURN_IF_ERROR(RemoveAll(out));
+    {
+      absl::MutexLock lock(&mu_);
+      fuse_seconds_ += fuse_seconds;
+      ++fusion_jobs_;
+    }
     const nlohmann::json& totals = job["totals"];
+    scores["method"] = row.method;
     scores["kept_fraction"] = totals.value("kept_fraction", 0.0);
     if (totals.contains("error_reduction") &&
         totals["error_reduction"].is_number()) {
       scores["error_reduction"] = totals["error_reduction"];
     }
     return scores;
+  }
+
+  // FuseAndScore over `rows` on options_.jobs worker threads; results in
+  // the rows' order (each row's result depends only on its spec, so the
+  // schedule changes nothing but the time). The first error wins.
+  absl::StatusOr<std::vector<nlohmann::json>> FuseAndScoreAll(
+      const std::vector<FusionRow>& rows,
+      const std::vector<std::string>& keys) {
+    std::vector<absl::StatusOr<nlohmann::json>> results(
+        rows.size(), absl::UnknownError("not run"));
+    std::atomic<size_t> next{0};
+    auto worker = [&] {
+      for (size_t i = next++; i < rows.size(); i = next++) {
+        results[i] = FuseAndScore(rows[i], keys);
+      }
+    };
+    const int workers = std::max(
+        1, std::min<int>(options_.jobs, static_cast<int>(rows.size())));
+    std::vector<std::thread> threads;
+    for (int w = 1; w < workers; ++w) threads.emplace_back(worker);
+    worker();
+    for (std::thread& t : threads) t.join();
+    std::vector<nlohmann::json> out;
+    for (auto& r : results) {
+      if (!r.ok()) return r.status();
+      out.push_back(*std::move(r));
+    }
+    return out;
   }
 
   // Adds avg, h_score and retention (accuracies in percent) to a row.
@@ -372,60 +453,69 @@ class Demo {
     row["retention_b"] = 100.0 * b / finetuned_b;
   }
 
+  TaskSpec TaskFor(const std::string& label, const std::string& ft_name,
+                   bool with_hessians) const {
+    TaskSpec t;
+    t.label = label;
+    t.finetuned_uri = model_dirs_.at(ft_name);
+    if (with_hessians) t.hessian_uri = HessianPath(ft_name);
+    return t;
+  }
+
+  // The baselines' knobs (DemoPreset) on `tasks`, without Hessians.
+  FusionSpec BaselineSpec(Method method, std::vector<TaskSpec> tasks) const {
+    FusionSpec spec = BaseSpec("");
+    spec.method = method;
+    spec.tasks = std::move(tasks);
+    for (TaskSpec& t : spec.tasks) t.hessian_uri.clear();
+    if (method == Method::kTaskArithmetic) {
+      spec.lambda = preset_.task_arithmetic_lambda;
+    }
+    return spec;
+  }
+
   absl::StatusOr<nlohmann::json> SingleTask(const std::string& setting,
                                             const std::string& ft_name) {
     Log(absl::StrCat("single task (", setting, " fine-tune): fusing"));
-    const std::string& ft_dir = model_dirs_.at(ft_name);
-    TaskSpec task;
-    task.label = "B";
-    task.finetuned_uri = ft_dir;
-    task.hessian_uri = HessianPath(ft_name);
     const std::vector<std::string> keys = {"A", "B"};
-
-    nlohmann::json rows = nlohmann::json::array();
-    auto add = [&](const std::string& method, nlohmann::json row) {
-      row["method"] = method;
-      rows.push_back(std::move(row));
-    };
     TAILOR_ASSIGN_OR_RETURN(nlohmann::json zero_shot,
                             Score(pretrained_dir(), keys));
-    TAILOR_ASSIGN_OR_RETURN(nlohmann::json finetuned, Score(ft_dir, keys));
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json finetuned,
+                            Score(model_dirs_.at(ft_name), keys));
+    zero_shot["method"] = "zero-shot";
+    finetuned["method"] = "fine-tuned";
+    const TaskSpec task = TaskFor("B", ft_name, /*with_hessians=*/true);
+
+    std::vector<FusionRow> fusions;
+    auto tailor = [&](const std::string& method, const std::string& slug,
+                      Method engine, Compensation compensation) {
+      FusionRow row{method, absl::StrCat(setting, "-", slug), BaseSpec(""),
+                    /*keep_output=*/engine == Method::kTailor};
+      row.spec.method = engine;
+      row.spec.tailor.compensation = compensation;
+      row.spec.tasks = {task};
+      if (engine != Method::kTailor) row.spec.tasks[0].hessian_uri.clear();
+      fusions.push_back(std::move(row));
+    };
+    tailor("magnitude", "magnitude", Method::kMagnitude, Compensation::kNone);
+    tailor("tailor (sequential)", "tailor-seq", Method::kTailor,
+           Compensation::kSequential);
+    tailor("tailor (exact)", "tailor-exact", Method::kTailor,
+           Compensation::kExact);
+    for (const auto& [method, slug, engine] :
+         std::vector<std::tuple<std::string, std::string, Method>>{
+             {"dare", "dare", Method::kDare},
+             {"ties", "ties", Method::kTies},
+             {"task arithmetic", "task-arithmetic", Method::kTaskArithmetic}}) {
+      fusions.push_back(FusionRow{method, absl::StrCat(setting, "-", slug),
+                                  BaselineSpec(engine, {task}), false});
+    }
+    TAILOR_ASSIGN_OR_RETURN(std::vector<nlohmann::json> fused,
+                            FuseAndScoreAll(fusions, keys));
+    nlohmann::json rows = nlohmann::json::array({zero_shot, finetuned});
+    for (nlohmann::json& row : fused) rows.push_back(std::move(row));
     const double zero_a = zero_shot["A"]["accuracy"].get<double>();
     const double ft_b = finetuned["B"]["accuracy"].get<double>();
-    add("zero-shot", zero_shot);
-    add("fine-tuned", finetuned);
-
-    struct Variant {
-      std::string method, slug;
-      Method engine;
-      Compensation compensation;
-    };
-    const std::vector<Variant> variants = {
-        {"magnitude", "magnitude", Method::kMagnitude, Compensation::kNone},
-        {"tailor (sequential)", "tailor-seq", Method::kTailor,
-         Compensation::kSequential},
-        {"tailor (exact)", "tailor-exact", Method::kTailor,
-         Compensation::kExact},
-        {"dare", "dare", Method::kDare, Compensation::kNone},
-        {"ties", "ties", Method::kTies, Compensation::kNone},
-        {"task arithmetic", "task-arithmetic", Method::kTaskArithmetic,
-         Compensation::kNone},
-    };
-    for (const Variant& v : variants) {
-      FusionSpec spec = BaseSpec("");
-      spec.method = v.engine;
-      spec.tailor.compensation = v.compensation;
-      spec.tasks = {task};
-      if (v.engine != Method::kTailor) spec.tasks[0].hessian_uri.clear();
-      if (v.engine == Method::kTaskArithmetic) {
-        spec.lambda = preset_.task_arithmetic_lambda;
-      }
-      TAILOR_ASSIGN_OR_RETURN(
-          nlohmann::json row,
-          FuseAndScore(absl::StrCat(setting, "-", v.slug), spec, keys,
-                       /*keep_output=*/v.engine == Method::kTailor));
-      add(v.method, std::move(row));
-    }
     for (nlohmann::json& row : rows) Summarise(row, zero_a, ft_b);
     return nlohmann::json{{"setting", setting},
                           {"finetuned", ft_name},
@@ -439,102 +529,75 @@ class Demo {
     const nlohmann::json& full = report_["single_task"][0]["rows"];
     const double zero_a = full[0]["A"]["accuracy"].get<double>();
     const double ft_b = full[1]["B"]["accuracy"].get<double>();
-    TaskSpec task;
-    task.label = "B";
-    task.finetuned_uri = model_dirs_.at("ft-B");
-    task.hessian_uri = HessianPath("ft-B");
-    nlohmann::json points = nlohmann::json::array();
+    const TaskSpec task = TaskFor("B", "ft-B", /*with_hessians=*/true);
+    std::vector<FusionRow> fusions;
     for (double keep : preset_.sweep_keep) {
       for (double omega : preset_.sweep_omega) {
-        FusionSpec spec = BaseSpec("");
-        spec.tailor.keep_ratio = keep;
-        spec.tailor.omega = omega;
-        spec.tasks = {task};
-        TAILOR_ASSIGN_OR_RETURN(
-            nlohmann::json row,
-            FuseAndScore(absl::StrFormat("sweep-%g-%g", keep, omega), spec,
-                         {"A", "B"}, /*keep_output=*/false));
-        row["keep"] = keep;
-        row["omega"] = omega;
-        Summarise(row, zero_a, ft_b);
-        points.push_back(std::move(row));
+        FusionRow row{"tailor (sequential)",
+                      absl::StrFormat("sweep-%g-%g", keep, omega), BaseSpec(""),
+                      false};
+        row.spec.tailor.keep_ratio = keep;
+        row.spec.tailor.omega = omega;
+        row.spec.tasks = {task};
+        fusions.push_back(std::move(row));
       }
     }
-    return points;
+    TAILOR_ASSIGN_OR_RETURN(std::vector<nlohmann::json> points,
+                            FuseAndScoreAll(fusions, {"A", "B"}));
+    for (size_t i = 0; i < points.size(); ++i) {
+      points[i]["keep"] = fusions[i].spec.tailor.keep_ratio;
+      points[i]["omega"] = fusions[i].spec.tailor.omega;
+      Summarise(points[i], zero_a, ft_b);
+    }
+    return nlohmann::json(points);
   }
 
   absl::StatusOr<nlohmann::json> MultiTask() {
     Log("multi-task: B + C");
     const std::vector<std::string> keys = {"A", "B", "C"};
-    auto task_for = [&](const std::string& label, const std::string& ft) {
-      TaskSpec t;
-      t.label = label;
-      t.finetuned_uri = model_dirs_.at(ft);
-      t.hessian_uri = HessianPath(ft);
-      return t;
-    };
-    const TaskSpec b = task_for("B", "ft-B");
-    const TaskSpec c = task_for("C", "ft-C");
+    const TaskSpec b = TaskFor("B", "ft-B", /*with_hessians=*/true);
+    const TaskSpec c = TaskFor("C", "ft-C", /*with_hessians=*/true);
     nlohmann::json rows = nlohmann::json::array();
-    auto add = [&](const std::string& method, nlohmann::json row) {
+    for (const auto& [method, name] :
+         std::vector<std::pair<std::string, std::string>>{
+             {"zero-shot", "pretrained"},
+             {"fine-tuned B", "ft-B"},
+             {"fine-tuned C", "ft-C"}}) {
+      TAILOR_ASSIGN_OR_RETURN(nlohmann::json row,
+                              Score(model_dirs_.at(name), keys));
       row["method"] = method;
+      rows.push_back(std::move(row));
+    }
+    const std::string pct =
+        absl::StrFormat("%g%%", 100 * preset_.multitask_keep);
+    std::vector<FusionRow> fusions;
+    auto tailor = [&](const std::string& method, const std::string& slug,
+                      std::vector<TaskSpec> tasks, bool keep_output) {
+      FusionRow row{method, slug, BaseSpec(""), keep_output};
+      row.spec.tailor.keep_ratio = preset_.multitask_keep;
+      row.spec.tasks = std::move(tasks);
+      fusions.push_back(std::move(row));
+    };
+    tailor(absl::StrCat("tailor B (", pct, ")"), "multi-tailor-B", {b}, false);
+    tailor(absl::StrCat("tailor C (", pct, ")"), "multi-tailor-C", {c}, false);
+    tailor(absl::StrCat("tailor B+C stitched (", pct, " each)"),
+           "multi-tailor-stitched", {b, c}, true);
+    for (const auto& [method, slug, engine] :
+         std::vector<std::tuple<std::string, std::string, Method>>{
+             {"dare B+C", "multi-dare", Method::kDare},
+             {"ties B+C", "multi-ties", Method::kTies},
+             {"task arithmetic B+C", "multi-task-arithmetic",
+              Method::kTaskArithmetic}}) {
+      fusions.push_back(
+          FusionRow{method, slug, BaselineSpec(engine, {b, c}), false});
+    }
+    TAILOR_ASSIGN_OR_RETURN(std::vector<nlohmann::json> fused,
+                            FuseAndScoreAll(fusions, keys));
+    for (nlohmann::json& row : fused) rows.push_back(std::move(row));
+    for (nlohmann::json& row : rows) {
       double sum = 0;
       for (const std::string& k : keys) sum += row[k]["accuracy"].get<double>();
       row["avg"] = sum / keys.size();
-      rows.push_back(std::move(row));
-    };
-    TAILOR_ASSIGN_OR_RETURN(nlohmann::json zero, Score(pretrained_dir(), keys));
-    add("zero-shot", zero);
-    TAILOR_ASSIGN_OR_RETURN(nlohmann::json ft_b,
-                            Score(model_dirs_.at("ft-B"), keys));
-    add("fine-tuned B", ft_b);
-    TAILOR_ASSIGN_OR_RETURN(nlohmann::json ft_c,
-                            Score(model_dirs_.at("ft-C"), keys));
-    add("fine-tuned C", ft_c);
-
-    const std::string pct =
-        absl::StrFormat("%g%%", 100 * preset_.multitask_keep);
-    for (const auto& [label, spec_task] :
-         std::vector<std::pair<std::string, TaskSpec>>{{"B", b}, {"C", c}}) {
-      FusionSpec spec = BaseSpec("");
-      spec.tailor.keep_ratio = preset_.multitask_keep;
-      spec.tasks = {spec_task};
-      TAILOR_ASSIGN_OR_RETURN(
-          nlohmann::json row,
-          FuseAndScore(absl::StrCat("multi-tailor-", label), spec, keys,
-                       /*keep_output=*/false));
-      add(absl::StrCat("tailor ", label, " (", pct, ")"), std::move(row));
-    }
-    FusionSpec stitched = BaseSpec("");
-    stitched.tailor.keep_ratio = preset_.multitask_keep;
-    stitched.tasks = {b, c};
-    TAILOR_ASSIGN_OR_RETURN(
-        nlohmann::json row,
-        FuseAndScore("multi-tailor-stitched", stitched, keys,
-                     /*keep_output=*/true));
-    add(absl::StrCat("tailor B+C stitched (", pct, " each)"), std::move(row));
-
-    struct Baseline {
-      std::string method, slug;
-      Method engine;
-    };
-    for (const Baseline& base :
-         std::vector<Baseline>{{"dare B+C", "dare", Method::kDare},
-                               {"ties B+C", "ties", Method::kTies},
-                               {"task arithmetic B+C", "task-arithmetic",
-                                Method::kTaskArithmetic}}) {
-      FusionSpec spec = BaseSpec("");
-      spec.method = base.engine;
-      spec.tasks = {b, c};
-      for (TaskSpec& t : spec.tasks) t.hessian_uri.clear();
-      if (base.engine == Method::kTaskArithmetic) {
-        spec.lambda = preset_.task_arithmetic_lambda;
-      }
-      TAILOR_ASSIGN_OR_RETURN(
-          nlohmann::json r,
-          FuseAndScore(absl::StrCat("multi-", base.slug), spec, keys,
-                       /*keep_output=*/false));
-      add(base.method, std::move(r));
     }
     return nlohmann::json{{"keep_per_task", preset_.multitask_keep},
                           {"rows", rows}};
@@ -550,6 +613,12 @@ class Demo {
   std::map<std::string, std::string> model_keys_;  // lineage hashes
   nlohmann::json report_ = nlohmann::json::object();
   nlohmann::json seconds_ = nlohmann::json::object();
+  absl::Mutex mu_;  // guards the three counters below (worker threads)
+  double fuse_seconds_ ABSL_GUARDED_BY(mu_) = 0;  // summed over the run
+  double evaluate_seconds_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t fusion_jobs_ ABSL_GUARDED_BY(mu_) = 0;
+  // (checkpoint dir, task) -> scores of the trained models; main thread.
+  std::map<std::pair<std::string, std::string>, nlohmann::json> trained_scores_;
 };
 
 TrainOptions MakeTrain(int64_t steps, int64_t batch, int64_t seq, double lr,
@@ -608,8 +677,8 @@ DemoPreset FullDemoPreset() {
   p.model.max_position_embeddings = 512;
   p.corpus.max_bytes = 1u << 20;
   p.pretrain = MakeTrain(600, 16, 128, 3e-3, 50, 11);
-  p.finetune = MakeTrain(300, 16, 128, 5e-4, 20, 12);
-  p.finetune_partial = MakeTrain(300, 16, 128, 5e-4, 20, 13);
+  p.finetune = MakeTrain(300, 16, 128, 1e-3, 20, 12);
+  p.finetune_partial = MakeTrain(300, 16, 128, 1e-3, 20, 13);
   p.sweep_keep = {0.01, 0.05, 0.10, 0.20, 0.50};
   p.sweep_omega = {0.0, 0.25, 0.5, 0.75, 1.0};
   return p;
@@ -624,8 +693,8 @@ DemoPreset QuickDemoPreset() {
   p.partial_layers = 1;
   p.corpus.max_bytes = 256u << 10;
   p.pretrain = MakeTrain(600, 16, 64, 3e-3, 50, 11);
-  p.finetune = MakeTrain(300, 16, 64, 5e-4, 20, 12);
-  p.finetune_partial = MakeTrain(300, 16, 64, 5e-4, 20, 13);
+  p.finetune = MakeTrain(300, 16, 64, 1e-3, 20, 12);
+  p.finetune_partial = MakeTrain(300, 16, 64, 1e-3, 20, 13);
   p.calib_samples = 32;
   p.calib_seq_len = 64;
   p.eval_windows = 64;

@@ -67,6 +67,9 @@ struct DemoOptions {
   DemoPreset preset;
   std::string workdir;          // created if missing
   std::string device = "auto";  // training, calibration, fusion, evaluation
+  // Fusion jobs (each fused and scored) run at once; >= 1. The results do
+  // not depend on it.
+  int jobs = 1;
   // Progress lines (phase, step, loss); optional.
   std::function<void(const std::string&)> log;
 };
