@@ -134,8 +134,10 @@ CLI::App* DemoCommand::Add(CLI::App& app) {
       "B + C stitch), and print the paper-style tables (accuracy on held-out "
       "A and B, Avg, H-score, retention). Trained checkpoints are cached in "
       "the work directory, keyed by the configuration.");
-  cmd->add_flag("--quick", quick_,
-                "small preset (2 layers, hidden 64, fewer steps): for tests");
+  cmd->add_flag(
+      "--quick", quick_,
+      "small preset for tests (2 layers, hidden 64, 64-token windows, "
+      "256 KiB corpora; same steps and rates)");
   cmd->add_option("--json", json_, "also write the report as JSON here");
   cmd->add_option("--workdir", workdir_,
                   "cache and outputs (default: $XDG_CACHE_HOME/tailor/demo or "
