@@ -50,6 +50,11 @@ JobMetrics::JobMetrics(metrics::Registry* r)
           {"reason"})),
       last_success(
           r->AddGauge("tailor_last_success_timestamp_seconds",
-                      "Unix time at which the last fusion job succeeded.")) {}
+                      "Unix time at which the last fusion job succeeded.")) {
+  // Label-less counters exist from the start, at zero.
+  for (metrics::Family* f : {submitted, read_bytes, written_bytes}) {
+    f->Increment({}, 0);
+  }
+}
 
 }  // namespace tailor::jobs
