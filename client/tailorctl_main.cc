@@ -7,6 +7,7 @@
 #include "exit_codes.h"
 #include "fuse_command.h"
 #include "inspect_command.h"
+#include "remote_commands.h"
 
 namespace {
 
@@ -20,7 +21,7 @@ int Fail(const absl::Status& status) {
 int main(int argc, char** argv) {
   CLI::App app{
       "tailorctl: inspect checkpoints and fuse fine-tuned models into their "
-      "pre-trained base (Model Tailor)."};
+      "pre-trained base (Model Tailor), locally or through tailord."};
   app.footer(tailor::cli::ExitCodeHelp());
   app.require_subcommand(1);
   app.set_version_flag("--version", "tailorctl 0.1.0");
@@ -49,6 +50,8 @@ int main(int argc, char** argv) {
   CLI::App* fuse_cmd = fuse.Add(app);
   tailor::cli::ApplyPatchCommand apply_patch;
   CLI::App* apply_cmd = apply_patch.Add(app);
+  tailor::cli::RemoteCommands remote;
+  remote.Add(app);
 
   try {
     app.parse(argc, argv);
@@ -70,5 +73,6 @@ int main(int argc, char** argv) {
   }
   if (*fuse_cmd) return fuse.Run();
   if (*apply_cmd) return apply_patch.Run();
+  if (std::optional<int> code = remote.Run()) return *code;
   return tailor::cli::kExitUsage;
 }

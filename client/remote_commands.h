@@ -1,0 +1,55 @@
+#ifndef TAILOR_CLIENT_REMOTE_COMMANDS_H_
+#define TAILOR_CLIENT_REMOTE_COMMANDS_H_
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+
+namespace tailor::cli {
+
+// The client subcommands of tailord: submit, watch, get, list, cancel,
+// fetch. Each takes --server HOST:PORT, --timeout SECONDS (the deadline of
+// every call) and -o table|json|yaml. Add() registers them; Run() runs the
+// one chosen and returns its exit code (nullopt if none was chosen).
+class RemoteCommands {
+ public:
+  void Add(CLI::App& app);
+  std::optional<int> Run();
+
+ private:
+  int Submit();
+  int Watch(const std::string& name, int64_t after);
+  int Get();
+  int List();
+  int Cancel();
+  int Fetch();
+
+  CLI::App *submit_ = nullptr, *watch_ = nullptr, *get_ = nullptr,
+           *list_ = nullptr, *cancel_ = nullptr, *fetch_ = nullptr;
+  std::string server_ = "127.0.0.1:50051";
+  double timeout_ = 30;
+  double watch_timeout_ = 7 * 24 * 3600;
+  std::string output_ = "table";
+  bool quiet_ = false;
+
+  std::string name_;
+  // submit
+  std::string job_file_, request_id_;
+  bool wait_ = false;
+  int priority_ = 0;
+  std::vector<std::string> labels_;
+  // watch
+  int64_t after_ = 0;
+  // list
+  int page_size_ = 0;
+  std::string page_token_, filter_;
+  // fetch
+  std::string patch_path_, report_path_;
+};
+
+}  // namespace tailor::cli
+
+#endif  // TAILOR_CLIENT_REMOTE_COMMANDS_H_
