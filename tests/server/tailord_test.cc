@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <iostream>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -72,11 +73,11 @@ class TailordTest : public ::testing::Test {
   std::unique_ptr<TailordProcess> Start(std::vector<std::string> args = {}) {
     args.push_back("--allowed-root");
     args.push_back(tmp_.path());
-    auto p = std::make_unique<TailordProcess>(tmp_.Join("data"), args,
-                                              tmp_.path());
+    auto p =
+        std::make_unique<TailordProcess>(tmp_.Join("data"), args, tmp_.path());
     EXPECT_TRUE(p->ok()) << p->Log();
-    stub_ = v1::FusionService::NewStub(grpc::CreateChannel(
-        p->address(), grpc::InsecureChannelCredentials()));
+    stub_ = v1::FusionService::NewStub(
+        grpc::CreateChannel(p->address(), grpc::InsecureChannelCredentials()));
     return p;
   }
 
@@ -185,12 +186,12 @@ TEST_F(TailordTest, SubmitWaitFetchMatchesLocalFuse) {
   ASSERT_EQ(local.code, 0) << local.err;
   WriteFileOrDie(
       tmp_.Join("job.yaml"),
-      absl::StrCat("pretrained: ", tmp_.Join("base"),
-                   "\ntasks:\n  - finetuned: ", tmp_.Join("ft"),
-                   "\n    hessians: ", tmp_.Join("h.safetensors"),
-                   "\nkeep: 0.25\ndevice: cpu\nout: ", tmp_.Join("remote-fused"),
-                   "\npatch_out: ", tmp_.Join("remote.patch.safetensors"),
-                   "\nreport: ", tmp_.Join("remote.json"), "\n"));
+      absl::StrCat(
+          "pretrained: ", tmp_.Join("base"), "\ntasks:\n  - finetuned: ",
+          tmp_.Join("ft"), "\n    hessians: ", tmp_.Join("h.safetensors"),
+          "\nkeep: 0.25\ndevice: cpu\nout: ", tmp_.Join("remote-fused"),
+          "\npatch_out: ", tmp_.Join("remote.patch.safetensors"),
+          "\nreport: ", tmp_.Join("remote.json"), "\n"));
   CliResult submit =
       Tailorctl({"submit", "-f", tmp_.Join("job.yaml"), "--server",
                  server->address(), "--wait", "-q", "--label", "team=qa"});
@@ -212,16 +213,16 @@ TEST_F(TailordTest, SubmitWaitFetchMatchesLocalFuse) {
   EXPECT_EQ(ReadFileOrDie(tmp_.Join("remote-fused/model.safetensors")),
             ReadFileOrDie(tmp_.Join("local-fused/model.safetensors")));
 
-  CliResult get = Tailorctl({"get", name, "--server", server->address(),
-                             "-o", "yaml"});
+  CliResult get =
+      Tailorctl({"get", name, "--server", server->address(), "-o", "yaml"});
   ASSERT_EQ(get.code, 0) << get.err;
   EXPECT_TRUE(absl::StrContains(get.out, "state: \"SUCCEEDED\"")) << get.out;
-  CliResult list = Tailorctl({"list", "--server", server->address(),
-                              "--filter", "labels.team=qa", "-o", "json"});
+  CliResult list = Tailorctl({"list", "--server", server->address(), "--filter",
+                              "labels.team=qa", "-o", "json"});
   ASSERT_EQ(list.code, 0) << list.err;
   EXPECT_TRUE(absl::StrContains(list.out, name)) << list.out;
-  CliResult none = Tailorctl({"list", "--server", server->address(),
-                              "--filter", "state=FAILED"});
+  CliResult none = Tailorctl(
+      {"list", "--server", server->address(), "--filter", "state=FAILED"});
   EXPECT_FALSE(absl::StrContains(none.out, name)) << none.out;
 }
 
@@ -245,7 +246,8 @@ TEST_F(TailordTest, RequestIdIsIdempotentAndBadInputGetsTheRightCode) {
   keep.set_keep(2);
   s = Create(keep, &c);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_TRUE(absl::StrContains(s.error_message(), "keep")) << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "keep"))
+      << s.error_message();
   v1::FusionJobSpec outside = Spec("x");
   outside.set_pretrained("/etc");
   EXPECT_EQ(Create(outside, &c).error_code(),
@@ -291,14 +293,15 @@ TEST_F(TailordTest, RequestIdIsIdempotentAndBadInputGetsTheRightCode) {
             4);
   EXPECT_EQ(Tailorctl({"get", "jobs/7", "--server", server->address()}).code,
             3);
-  EXPECT_EQ(Tailorctl({"cancel", a.name(), "--server", server->address()})
-                .code == 0 ||
-                Get(a.name()).state() == v1::SUCCEEDED,
-            true);
-  EXPECT_EQ(Tailorctl({"get", a.name(), "--server", "127.0.0.1:1",
-                       "--timeout", "5"})
-                .code,
-            7);
+  EXPECT_EQ(
+      Tailorctl({"cancel", a.name(), "--server", server->address()}).code ==
+              0 ||
+          Get(a.name()).state() == v1::SUCCEEDED,
+      true);
+  EXPECT_EQ(
+      Tailorctl({"get", a.name(), "--server", "127.0.0.1:1", "--timeout", "5"})
+          .code,
+      7);
   // The server is still up and answering.
   EXPECT_EQ(Get(a.name()).name(), a.name());
 }
@@ -379,15 +382,15 @@ TEST_F(TailordTest, DrainEndsWatchersThenARestartFinishesTheJob) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     const auto t0 = std::chrono::steady_clock::now();
     EXPECT_EQ(server->Stop(SIGTERM), 0);
-    const double drain_s = std::chrono::duration<double>(
-                               std::chrono::steady_clock::now() - t0)
-                               .count();
+    const double drain_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+            .count();
     watcher.join();
     EXPECT_LT(drain_s, 10.0);
     EXPECT_EQ(watch_status.error_code(), grpc::StatusCode::UNAVAILABLE)
         << watch_status.error_message();
-    EXPECT_TRUE(absl::StrContains(watch_status.error_message(),
-                                  "after_sequence"));
+    EXPECT_TRUE(
+        absl::StrContains(watch_status.error_message(), "after_sequence"));
     ExpectGapFree(seen, 1);
     ASSERT_FALSE(seen.empty());
     // The job went back to the queue, and the watcher saw that.
@@ -405,14 +408,121 @@ TEST_F(TailordTest, DrainEndsWatchersThenARestartFinishesTheJob) {
   ExpectGapFree(all, 1);
   // Byte-identical to an uninterrupted local run.
   CliResult local = Tailorctl(
-      {"fuse", "--local", "--pretrained", tmp_.Join("slow-base"),
-       "--finetuned", tmp_.Join("slow-ft"), "--hessians",
-       tmp_.Join("slow-h.safetensors"), "--keep", "0.25", "--compensation",
-       "exact", "--float64", "--patch-out", tmp_.Join("slow-local.patch"),
-       "--device", "cpu", "-q"});
+      {"fuse", "--local", "--pretrained", tmp_.Join("slow-base"), "--finetuned",
+       tmp_.Join("slow-ft"), "--hessians", tmp_.Join("slow-h.safetensors"),
+       "--keep", "0.25", "--compensation", "exact", "--float64", "--patch-out",
+       tmp_.Join("slow-local.patch"), "--device", "cpu", "-q"});
   ASSERT_EQ(local.code, 0) << local.err;
   EXPECT_EQ(ReadFileOrDie(tmp_.Join("drained.patch.safetensors")),
             ReadFileOrDie(tmp_.Join("slow-local.patch")));
+}
+
+TEST_F(TailordTest, SigkillMidJobThenRestartIsByteIdentical) {
+  // Kill points: after 1, about a third, and about two thirds of the tensors.
+  v1::FusionJobSpec spec = SlowSpec("killed");
+  std::string name;
+  int total = 0;
+  for (int point : {1, 80, 160}) {
+    auto server = Start();
+    ASSERT_TRUE(server->ok());
+    if (name.empty()) {
+      v1::FusionJob job;
+      ASSERT_TRUE(Create(spec, &job).ok());
+      name = job.name();
+    }
+    v1::FusionJob seen = WaitUntil(name, [&](const v1::FusionJob& j) {
+      return j.progress().tensors_done() >= point || j.state() == v1::SUCCEEDED;
+    });
+    ASSERT_EQ(seen.state(), v1::RUNNING)
+        << "the job finished before kill point " << point;
+    total = static_cast<int>(seen.progress().tensors_total());
+    server->Stop(SIGKILL);
+    EXPECT_FALSE(PathExists(tmp_.Join("killed.patch.safetensors")));
+  }
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  v1::FusionJob done = WaitUntil(name, [](const v1::FusionJob& j) {
+    return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED;
+  });
+  ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  EXPECT_EQ(done.progress().tensors_done(), total);
+  grpc::Status status;
+  std::vector<v1::JobEvent> all = Watch(name, 0, &status);
+  ASSERT_TRUE(status.ok());
+  ExpectGapFree(all, 1);
+  int requeued = 0;
+  for (const v1::JobEvent& e : all) {
+    if (e.has_state_change() && e.state_change().state() == v1::QUEUED &&
+        e.sequence() > 1) {
+      ++requeued;
+    }
+  }
+  EXPECT_EQ(requeued, 3);  // one per kill
+  CliResult local = Tailorctl({"fuse",
+                               "--local",
+                               "--pretrained",
+                               tmp_.Join("slow-base"),
+                               "--finetuned",
+                               tmp_.Join("slow-ft"),
+                               "--hessians",
+                               tmp_.Join("slow-h.safetensors"),
+                               "--keep",
+                               "0.25",
+                               "--compensation",
+                               "exact",
+                               "--float64",
+                               "--out",
+                               tmp_.Join("slow-local-fused"),
+                               "--patch-out",
+                               tmp_.Join("slow-local.patch"),
+                               "--device",
+                               "cpu",
+                               "-q"});
+  ASSERT_EQ(local.code, 0) << local.err;
+  EXPECT_EQ(ReadFileOrDie(tmp_.Join("killed.patch.safetensors")),
+            ReadFileOrDie(tmp_.Join("slow-local.patch")));
+  EXPECT_EQ(ReadFileOrDie(tmp_.Join("killed-fused/model.safetensors")),
+            ReadFileOrDie(tmp_.Join("slow-local-fused/model.safetensors")));
+}
+
+// Bounded load on loopback: 30 queued jobs, 100 concurrent watchers; every
+// watcher must see every event of its job, in order, without gaps.
+TEST_F(TailordTest, HundredWatchersThirtyQueuedJobs) {
+  auto server = Start({"--max-concurrent-jobs", "2"});
+  ASSERT_TRUE(server->ok());
+  std::vector<std::string> names;
+  for (int i = 0; i < 30; ++i) {
+    v1::FusionJob job;
+    ASSERT_TRUE(Create(Spec(absl::StrCat("load", i)), &job).ok());
+    names.push_back(job.name());
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> watchers;
+  std::vector<int> complete(100, 0);
+  for (int w = 0; w < 100; ++w) {
+    watchers.emplace_back([&, w] {
+      grpc::Status status;
+      std::vector<v1::JobEvent> events = Watch(names[w % 30], 0, &status);
+      bool ok = status.ok() && !events.empty() &&
+                events.back().state_change().state() == v1::SUCCEEDED;
+      for (size_t i = 0; ok && i < events.size(); ++i) {
+        ok = events[i].sequence() == static_cast<int64_t>(i + 1);
+      }
+      complete[w] = ok;
+    });
+  }
+  for (std::thread& t : watchers) t.join();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  EXPECT_EQ(std::count(complete.begin(), complete.end(), 1), 100);
+  // Peak RSS of the server, for the record.
+  const std::string status =
+      ReadFileOrDie(absl::StrCat("/proc/", server->pid(), "/status"));
+  const size_t hwm = status.find("VmHWM:");
+  ASSERT_NE(hwm, std::string::npos);
+  std::cout << "load: 30 jobs, 100 watchers, " << seconds << " s, server "
+            << status.substr(hwm, status.find('\n', hwm) - hwm) << "\n";
 }
 
 TEST_F(TailordTest, MetricsPassPromtoolAndMove) {
@@ -439,13 +549,15 @@ TEST_F(TailordTest, MetricsPassPromtoolAndMove) {
         "tailor_tensors_processed_total{device=\"cpu\",action=\"fused\"} 4\n",
         "tailor_validation_failures_total{reason=\"invalid_argument\"} 1\n",
         "tailor_rpcs_total{method=\"CreateFusionJob\",code=\"ok\"} 1\n",
-        "tailor_rpcs_total{method=\"CreateFusionJob\",code=\"invalid_argument\"}"
+        "tailor_rpcs_total{method=\"CreateFusionJob\",code=\"invalid_"
+        "argument\"}"
         " 1\n",
         "tailor_job_duration_seconds_count{outcome=\"succeeded\"} 1\n",
         "tailor_job_queue_wait_seconds_count 1\n"}) {
     EXPECT_TRUE(absl::StrContains(text, line)) << "missing: " << line;
   }
-  EXPECT_TRUE(absl::StrContains(text, "tailor_last_success_timestamp_seconds "));
+  EXPECT_TRUE(
+      absl::StrContains(text, "tailor_last_success_timestamp_seconds "));
   EXPECT_TRUE(absl::StrContains(text, "tailor_device_memory_in_use_bytes{"));
   EXPECT_FALSE(absl::StrContains(text, "fusionJobs/")) << "job ids as labels";
   EXPECT_FALSE(absl::StrContains(text, tmp_.path())) << "URIs as labels";

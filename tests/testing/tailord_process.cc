@@ -43,20 +43,15 @@ TailordProcess::TailordProcess(const std::string& data_dir,
   const std::string tag = absl::StrCat(::getpid(), "-", ++counter);
   const std::string ready = JoinPath(scratch_dir, "ready-" + tag + ".json");
   log_path_ = JoinPath(scratch_dir, "tailord-" + tag + ".log");
-  std::vector<std::string> argv = {bin,
-                                   "--listen",
-                                   "127.0.0.1:0",
-                                   "--metrics-listen",
-                                   "127.0.0.1:0",
-                                   "--data-dir",
-                                   data_dir,
-                                   "--ready-file",
-                                   ready};
+  std::vector<std::string> argv = {
+      bin,           "--listen",   "127.0.0.1:0", "--metrics-listen",
+      "127.0.0.1:0", "--data-dir", data_dir,      "--ready-file",
+      ready};
   argv.insert(argv.end(), args.begin(), args.end());
   pid_ = ::fork();
   if (pid_ == 0) {
-    const int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                          0644);
+    const int fd =
+        ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     ::dup2(fd, 2);
     std::vector<char*> cargv;
     for (std::string& a : argv) cargv.push_back(a.data());
@@ -133,8 +128,7 @@ HttpResponse HttpGet(int port, const std::string& path) {
   return r;
 }
 
-CommandResult RunWithInput(const std::string& command,
-                           const std::string& input,
+CommandResult RunWithInput(const std::string& command, const std::string& input,
                            const std::string& scratch_dir) {
   static int counter = 0;
   const std::string tag = absl::StrCat(::getpid(), "-", ++counter);
