@@ -51,50 +51,40 @@ void RemoteClient::SetDeadline(grpc::ClientContext* context,
   context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
 }
 
-absl::StatusOr<v1::FusionJob> RemoteClient::Create(
-    const v1::CreateFusionJobRequest& request) {
+template <typename Request, typename Response>
+absl::StatusOr<Response> RemoteClient::Unary(
+    grpc::Status (v1::FusionService::Stub::*method)(grpc::ClientContext*,
+                                                    const Request&, Response*),
+    const Request& request) {
   grpc::ClientContext context;
   SetDeadline(&context, timeout_);
-  v1::FusionJob job;
+  Response response;
   absl::Status s =
-      FromGrpc(stub_->CreateFusionJob(&context, request, &job), server_);
-  if (!s.ok()) return s;
-  return job;
-}
-
-absl::StatusOr<v1::FusionJob> RemoteClient::Get(const std::string& name) {
-  grpc::ClientContext context;
-  SetDeadline(&context, timeout_);
-  v1::GetFusionJobRequest request;
-  request.set_name(name);
-  v1::FusionJob job;
-  absl::Status s =
-      FromGrpc(stub_->GetFusionJob(&context, request, &job), server_);
-  if (!s.ok()) return s;
-  return job;
-}
-
-absl::StatusOr<v1::ListFusionJobsResponse> RemoteClient::List(
-    const v1::ListFusionJobsRequest& request) {
-  grpc::ClientContext context;
-  SetDeadline(&context, timeout_);
-  v1::ListFusionJobsResponse response;
-  absl::Status s =
-      FromGrpc(stub_->ListFusionJobs(&context, request, &response), server_);
+      FromGrpc(((*stub_).*method)(&context, request, &response), server_);
   if (!s.ok()) return s;
   return response;
 }
 
+absl::StatusOr<v1::FusionJob> RemoteClient::Create(
+    const v1::CreateFusionJobRequest& request) {
+  return Unary(&v1::FusionService::Stub::CreateFusionJob, request);
+}
+
+absl::StatusOr<v1::FusionJob> RemoteClient::Get(const std::string& name) {
+  v1::GetFusionJobRequest request;
+  request.set_name(name);
+  return Unary(&v1::FusionService::Stub::GetFusionJob, request);
+}
+
+absl::StatusOr<v1::ListFusionJobsResponse> RemoteClient::List(
+    const v1::ListFusionJobsRequest& request) {
+  return Unary(&v1::FusionService::Stub::ListFusionJobs, request);
+}
+
 absl::StatusOr<v1::FusionJob> RemoteClient::Cancel(const std::string& name) {
-  grpc::ClientContext context;
-  SetDeadline(&context, timeout_);
   v1::CancelFusionJobRequest request;
   request.set_name(name);
-  v1::FusionJob job;
-  absl::Status s =
-      FromGrpc(stub_->CancelFusionJob(&context, request, &job), server_);
-  if (!s.ok()) return s;
-  return job;
+  return Unary(&v1::FusionService::Stub::CancelFusionJob, request);
 }
 
 absl::Status RemoteClient::Watch(

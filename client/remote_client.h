@@ -43,6 +43,12 @@ class RemoteClient {
 
  private:
   void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) const;
+  // One unary call with the unary deadline.
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> Unary(
+      grpc::Status (tailor::v1::FusionService::Stub::*method)(
+          grpc::ClientContext*, const Request&, Response*),
+      const Request& request);
 
   const std::string server_;
   const absl::Duration timeout_, watch_timeout_;

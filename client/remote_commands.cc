@@ -135,6 +135,15 @@ void RemoteCommands::Add(CLI::App& app) {
 }
 
 std::optional<int> RemoteCommands::Run() {
+  const bool chosen = (submit_ && *submit_) || (watch_ && *watch_) ||
+                      (get_ && *get_) || (list_ && *list_) ||
+                      (cancel_ && *cancel_) || (fetch_ && *fetch_);
+  if (!chosen) return std::nullopt;
+  absl::StatusOr<OutputFormat> format = ParseOutputFormat(output_);
+  if (!format.ok()) return Fail(format.status());
+  format_ = *format;
+  client_ = std::make_unique<RemoteClient>(server_, absl::Seconds(timeout_),
+                                           absl::Seconds(watch_timeout_));
   if (submit_ != nullptr && *submit_) return Submit();
   if (watch_ != nullptr && *watch_) return Watch(name_, after_);
   if (get_ != nullptr && *get_) return Get();
@@ -145,8 +154,6 @@ std::optional<int> RemoteCommands::Run() {
 }
 
 int RemoteCommands::Submit() {
-  absl::StatusOr<OutputFormat> format = ParseOutputFormat(output_);
-  if (!format.ok()) return Fail(format.status());
   absl::StatusOr<nlohmann::json> json = LoadJobFileJson(job_file_);
   if (!json.ok()) return Fail(json.status());
   AbsolutizePaths(&*json);
@@ -164,29 +171,19 @@ int RemoteCommands::Submit() {
     }
     (*request.mutable_labels())[label.substr(0, eq)] = label.substr(eq + 1);
   }
-  RemoteClient client(server_, absl::Seconds(timeout_),
-                      absl::Seconds(watch_timeout_));
-  absl::StatusOr<v1::FusionJob> job = client.Create(request);
-  if (!job.ok()) return Fail(job.status());
-  if (!wait_) {
-    std::cout << FormatJobs({*job}, *format, /*single=*/true);
-    return kExitOk;
-  }
+  absl::StatusOr<v1::FusionJob> job = client_->Create(request);
+  if (!job.ok() || !wait_) return PrintJob(job);
   std::cerr << "submitted " << job->name() << "\n";
   return Watch(job->name(), 0);
 }
 
 int RemoteCommands::Watch(const std::string& name, int64_t after) {
-  absl::StatusOr<OutputFormat> format = ParseOutputFormat(output_);
-  if (!format.ok()) return Fail(format.status());
-  RemoteClient client(server_, absl::Seconds(timeout_),
-                      absl::Seconds(watch_timeout_));
   TerminalProgress bar(quiet_);
   int64_t last = after;
-  absl::Status s = client.Watch(name, after, [&](const v1::JobEvent& e) {
+  absl::Status s = client_->Watch(name, after, [&](const v1::JobEvent& e) {
     last = e.sequence();
     bar.Clear();
-    std::cout << FormatEvent(e, *format) << std::flush;
+    std::cout << FormatEvent(e, format_) << std::flush;
     if (e.has_progress()) bar.OnEvent(ToProgressEvent(e));
   });
   bar.Clear();
@@ -197,7 +194,7 @@ int RemoteCommands::Watch(const std::string& name, int64_t after) {
     }
     return Fail(s);
   }
-  absl::StatusOr<v1::FusionJob> job = client.Get(name);
+  absl::StatusOr<v1::FusionJob> job = client_->Get(name);
   if (!job.ok()) return Fail(job.status());
   if (job->state() != v1::SUCCEEDED) {
     std::cerr << "tailorctl: " << name << " " << v1::State_Name(job->state())
@@ -207,45 +204,29 @@ int RemoteCommands::Watch(const std::string& name, int64_t after) {
   return ExitCodeForState(job->state());
 }
 
-int RemoteCommands::Get() {
-  absl::StatusOr<OutputFormat> format = ParseOutputFormat(output_);
-  if (!format.ok()) return Fail(format.status());
-  RemoteClient client(server_, absl::Seconds(timeout_),
-                      absl::Seconds(watch_timeout_));
-  absl::StatusOr<v1::FusionJob> job = client.Get(name_);
+int RemoteCommands::PrintJob(const absl::StatusOr<v1::FusionJob>& job) {
   if (!job.ok()) return Fail(job.status());
-  std::cout << FormatJobs({*job}, *format, /*single=*/true);
+  std::cout << FormatJobs({*job}, format_, /*single=*/true);
   return kExitOk;
 }
 
+int RemoteCommands::Get() { return PrintJob(client_->Get(name_)); }
+
 int RemoteCommands::List() {
-  absl::StatusOr<OutputFormat> format = ParseOutputFormat(output_);
-  if (!format.ok()) return Fail(format.status());
-  RemoteClient client(server_, absl::Seconds(timeout_),
-                      absl::Seconds(watch_timeout_));
   v1::ListFusionJobsRequest request;
   request.set_page_size(page_size_);
   request.set_page_token(page_token_);
   request.set_filter(filter_);
-  absl::StatusOr<v1::ListFusionJobsResponse> list = client.List(request);
+  absl::StatusOr<v1::ListFusionJobsResponse> list = client_->List(request);
   if (!list.ok()) return Fail(list.status());
   std::vector<v1::FusionJob> jobs(list->fusion_jobs().begin(),
                                   list->fusion_jobs().end());
-  std::cout << FormatJobs(jobs, *format, /*single=*/false,
+  std::cout << FormatJobs(jobs, format_, /*single=*/false,
                           list->next_page_token());
   return kExitOk;
 }
 
-int RemoteCommands::Cancel() {
-  absl::StatusOr<OutputFormat> format = ParseOutputFormat(output_);
-  if (!format.ok()) return Fail(format.status());
-  RemoteClient client(server_, absl::Seconds(timeout_),
-                      absl::Seconds(watch_timeout_));
-  absl::StatusOr<v1::FusionJob> job = client.Cancel(name_);
-  if (!job.ok()) return Fail(job.status());
-  std::cout << FormatJobs({*job}, *format, /*single=*/true);
-  return kExitOk;
-}
+int RemoteCommands::Cancel() { return PrintJob(client_->Cancel(name_)); }
 
 int RemoteCommands::Fetch() {
   if (patch_path_.empty() && report_path_.empty()) {
@@ -253,13 +234,11 @@ int RemoteCommands::Fetch() {
                  "PATH\n";
     return kExitUsage;
   }
-  RemoteClient client(server_, absl::Seconds(timeout_),
-                      absl::Seconds(watch_timeout_));
   for (const auto& [path, kind] :
        {std::make_pair(patch_path_, v1::ReadJobResultRequest::PATCH),
         std::make_pair(report_path_, v1::ReadJobResultRequest::REPORT)}) {
     if (path.empty()) continue;
-    absl::StatusOr<std::string> sha = client.Fetch(name_, kind, path);
+    absl::StatusOr<std::string> sha = client_->Fetch(name_, kind, path);
     if (!sha.ok()) return Fail(sha.status());
     std::cout << path << " sha256:" << *sha << "\n";
   }

@@ -2,11 +2,14 @@
 #define TAILOR_CLIENT_REMOTE_COMMANDS_H_
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "job_output.h"
+#include "remote_client.h"
 
 namespace tailor::cli {
 
@@ -26,6 +29,8 @@ class RemoteCommands {
   int List();
   int Cancel();
   int Fetch();
+  // Prints the job in the chosen format (or fails with its status).
+  int PrintJob(const absl::StatusOr<tailor::v1::FusionJob>& job);
 
   CLI::App *submit_ = nullptr, *watch_ = nullptr, *get_ = nullptr,
            *list_ = nullptr, *cancel_ = nullptr, *fetch_ = nullptr;
@@ -34,6 +39,9 @@ class RemoteCommands {
   double watch_timeout_ = 7 * 24 * 3600;
   std::string output_ = "table";
   bool quiet_ = false;
+  // Set by Run() from the flags.
+  OutputFormat format_ = OutputFormat::kTable;
+  std::unique_ptr<RemoteClient> client_;
 
   std::string name_;
   // submit

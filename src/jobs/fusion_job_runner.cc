@@ -21,21 +21,23 @@ class FusionJobRunner : public JobRunner {
       const nlohmann::json& json) const override {
     TAILOR_ASSIGN_OR_RETURN(FusionSpec spec, FusionSpec::FromJson(json));
     TAILOR_RETURN_IF_ERROR(spec.Validate());
-    auto existing = [&](const std::string& field,
-                        const std::string& uri) -> absl::Status {
+    // An unset URI passes; a set one must resolve (as an input that
+    // exists, or as an output location); errors name the field.
+    auto check = [&](const std::string& field, const std::string& uri,
+                     bool output) -> absl::Status {
       if (uri.empty()) return absl::OkStatus();
-      absl::StatusOr<std::string> path = resolver_.ResolveExisting(uri);
+      absl::StatusOr<std::string> path = output
+                                             ? resolver_.ResolveForWrite(uri)
+                                             : resolver_.ResolveExisting(uri);
       if (path.ok()) return absl::OkStatus();
       return absl::Status(path.status().code(),
                           absl::StrCat(field, ": ", path.status().message()));
     };
-    auto writable = [&](const std::string& field,
-                        const std::string& uri) -> absl::Status {
-      if (uri.empty()) return absl::OkStatus();
-      absl::StatusOr<std::string> path = resolver_.ResolveForWrite(uri);
-      if (path.ok()) return absl::OkStatus();
-      return absl::Status(path.status().code(),
-                          absl::StrCat(field, ": ", path.status().message()));
+    auto existing = [&](const std::string& field, const std::string& uri) {
+      return check(field, uri, false);
+    };
+    auto writable = [&](const std::string& field, const std::string& uri) {
+      return check(field, uri, true);
     };
     TAILOR_RETURN_IF_ERROR(existing("pretrained", spec.pretrained_uri));
     for (size_t i = 0; i < spec.tasks.size(); ++i) {

@@ -43,12 +43,22 @@ class Statement {
   int rc_;
 };
 
-absl::StatusOr<nlohmann::json> ParseStored(const std::string& text) {
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded()) {
-    return absl::DataLossError("job store: a stored row is not valid JSON");
+// Steps `query` to the end, parsing column 0 of each row (JSON) into a T
+// with T::FromJson.
+template <typename T>
+absl::StatusOr<std::vector<T>> ReadRows(sqlite3* db, Statement& query) {
+  std::vector<T> rows;
+  int rc;
+  while ((rc = query.Step()) == SQLITE_ROW) {
+    nlohmann::json j = nlohmann::json::parse(query.Text(0), nullptr, false);
+    if (j.is_discarded()) {
+      return absl::DataLossError("job store: a stored row is not valid JSON");
+    }
+    TAILOR_ASSIGN_OR_RETURN(T row, T::FromJson(j));
+    rows.push_back(std::move(row));
   }
-  return j;
+  if (rc != SQLITE_DONE) return SqliteError(db, "read");
+  return rows;
 }
 
 }  // namespace
@@ -147,15 +157,7 @@ absl::StatusOr<std::vector<Job>> JobStore::LoadJobs() {
   absl::MutexLock lock(&mu_);
   Statement q(db_, "SELECT body FROM jobs ORDER BY create_order");
   TAILOR_RETURN_IF_ERROR(q.status());
-  std::vector<Job> jobs;
-  int rc;
-  while ((rc = q.Step()) == SQLITE_ROW) {
-    TAILOR_ASSIGN_OR_RETURN(nlohmann::json j, ParseStored(q.Text(0)));
-    TAILOR_ASSIGN_OR_RETURN(Job job, Job::FromJson(j));
-    jobs.push_back(std::move(job));
-  }
-  if (rc != SQLITE_DONE) return SqliteError(db_, "read jobs");
-  return jobs;
+  return ReadRows<Job>(db_, q);
 }
 
 absl::StatusOr<std::vector<JobEvent>> JobStore::LoadEvents(
@@ -165,15 +167,7 @@ absl::StatusOr<std::vector<JobEvent>> JobStore::LoadEvents(
               "SELECT body FROM events WHERE job_id = ? ORDER BY sequence");
   TAILOR_RETURN_IF_ERROR(q.status());
   q.Bind(1, job_id);
-  std::vector<JobEvent> events;
-  int rc;
-  while ((rc = q.Step()) == SQLITE_ROW) {
-    TAILOR_ASSIGN_OR_RETURN(nlohmann::json j, ParseStored(q.Text(0)));
-    TAILOR_ASSIGN_OR_RETURN(JobEvent e, JobEvent::FromJson(j));
-    events.push_back(std::move(e));
-  }
-  if (rc != SQLITE_DONE) return SqliteError(db_, "read events");
-  return events;
+  return ReadRows<JobEvent>(db_, q);
 }
 
 }  // namespace tailor::jobs
