@@ -62,7 +62,7 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
       "--local the job runs in this process.");
   CLI::App* c = cmd_;
   c->add_flag("--local", local_,
-              "run in-process (required until the server exists)");
+              "run in-process (required; to run on tailord, use submit)");
   c->add_option(
        "-f,--job-file", job_file_,
        "YAML job file with the same fields as these flags; flags override it")
@@ -130,8 +130,8 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
 int FuseCommand::Run() {
   if (!local_) {
     std::cerr
-        << "tailorctl: error: fuse needs --local (remote jobs arrive with "
-           "the tailord server)\n";
+        << "tailorctl: error: fuse needs --local (to run the job on tailord, "
+           "use `tailorctl submit -f job.yaml`)\n";
     return kExitUsage;
   }
   FusionSpec spec;

@@ -23,7 +23,8 @@ absl::Status CheckHostPort(absl::string_view key, const std::string& value) {
                      absl::StrCat("port must be a number in '", value, "'"));
     }
   }
-  if (std::stol(value.substr(colon + 1)) > 65535) {
+  if (value.size() - colon - 1 > 5 ||
+      std::stoi(value.substr(colon + 1)) > 65535) {
     return Invalid(key, "port must be at most 65535");
   }
   return absl::OkStatus();
