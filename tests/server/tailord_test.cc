@@ -386,6 +386,8 @@ TEST_F(TailordTest, DrainEndsWatchersThenARestartFinishesTheJob) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
             .count();
     watcher.join();
+    std::cout << "drain: SIGTERM to exit " << drain_s << " s, watcher saw "
+              << seen.size() << " events\n";
     EXPECT_LT(drain_s, 10.0);
     EXPECT_EQ(watch_status.error_code(), grpc::StatusCode::UNAVAILABLE)
         << watch_status.error_message();
@@ -446,6 +448,8 @@ TEST_F(TailordTest, SigkillMidJobThenRestartIsByteIdentical) {
   });
   ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
   EXPECT_EQ(done.progress().tensors_done(), total);
+  std::cout << "crash-resume: SIGKILL after 1, 80, 160 of " << total
+            << " tensors, then a clean run\n";
   grpc::Status status;
   std::vector<v1::JobEvent> all = Watch(name, 0, &status);
   ASSERT_TRUE(status.ok());
