@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <chrono>
 #include <iostream>
 #include <thread>
@@ -378,8 +379,24 @@ TEST_F(TailordTest, DrainEndsWatchersThenARestartFinishesTheJob) {
     });
     grpc::Status watch_status;
     std::vector<v1::JobEvent> seen;
-    std::thread watcher([&] { seen = Watch(name, 0, &watch_status); });
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::atomic<int> received{0};
+    std::thread watcher([&] {
+      grpc::ClientContext context;
+      v1::WatchFusionJobRequest request;
+      request.set_name(name);
+      auto reader = stub_->WatchFusionJob(&context, request);
+      v1::JobEvent e;
+      while (reader->Read(&e)) {
+        seen.push_back(e);
+        ++received;
+      }
+      watch_status = reader->Finish();
+    });
+    // SIGTERM only once the watcher is attached and streaming.
+    for (int i = 0; i < 3000 && received.load() == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_GT(received.load(), 0);
     const auto t0 = std::chrono::steady_clock::now();
     EXPECT_EQ(server->Stop(SIGTERM), 0);
     const double drain_s =
