@@ -21,6 +21,10 @@ int ExitCodeForStatus(const absl::Status& status) {
       return kExitPermissionDenied;
     case absl::StatusCode::kCancelled:
       return kExitCancelled;
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kResourceExhausted:
+      return kExitUnavailable;
     default:
       return kExitInternal;
   }
@@ -39,7 +43,11 @@ const char* ExitCodeHelp() {
          "  3  invalid input (malformed or unsupported file, URI or value)\n"
          "  4  not found\n"
          "  5  permission denied (outside --allowed-root, or no access)\n"
-         "  130  cancelled (SIGINT/SIGTERM); nothing was published\n";
+         "  6  the job failed (submit --wait, watch)\n"
+         "  7  server unavailable, draining or overloaded, or the deadline "
+         "passed: retry later\n"
+         "  130  cancelled (SIGINT/SIGTERM, or the job was cancelled); "
+         "nothing was published\n";
 }
 
 }  // namespace tailor::cli

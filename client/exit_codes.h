@@ -13,6 +13,9 @@ enum ExitCode : int {
   kExitInvalidInput = 3,      // malformed or unsupported input (file, URI)
   kExitNotFound = 4,          // a named file, tensor or job does not exist
   kExitPermissionDenied = 5,  // outside the allowed roots, or no access
+  kExitJobFailed = 6,         // the job ended FAILED (submit --wait, watch)
+  kExitUnavailable = 7,       // server unreachable, draining, overloaded, or
+                              // the deadline passed: retry later
   kExitCancelled = 130,       // interrupted; nothing published
 };
 

@@ -1,7 +1,5 @@
 #include "fuse_command.h"
 
-#include <unistd.h>
-
 #include <csignal>
 #include <iostream>
 
@@ -9,6 +7,7 @@
 #include "exit_codes.h"
 #include "fusion/fusion_job.h"
 #include "job_file.h"
+#include "progress_bar.h"
 #include "storage/uri_resolver.h"
 
 namespace tailor::cli {
@@ -22,42 +21,6 @@ absl::StatusOr<UriResolver> MakeResolver(std::vector<std::string> roots) {
   if (roots.empty()) roots.push_back("/");
   return UriResolver::Create(roots);
 }
-
-// A one-line progress bar on a terminal; nothing but warnings otherwise.
-class TerminalProgress : public ProgressSink {
- public:
-  explicit TerminalProgress(bool quiet) : tty_(!quiet && ::isatty(2)) {}
-  void OnEvent(const ProgressEvent& e) override {
-    if (e.kind == ProgressEvent::Kind::kWarning) {
-      if (tty_) std::cerr << "\r\033[K";
-      std::cerr << "warning: " << e.message << "\n";
-      return;
-    }
-    if (!tty_) return;
-    if (e.kind == ProgressEvent::Kind::kFinished) {
-      std::cerr << "\r\033[K";
-      return;
-    }
-    const double frac =
-        e.bytes_total ? static_cast<double>(e.bytes_done) / e.bytes_total : 0;
-    const int width = 30;
-    const int filled = static_cast<int>(frac * width);
-    std::string bar(filled, '#');
-    bar.append(width - filled, '-');
-    std::string eta = "--:--";
-    if (frac > 0.01) {
-      const int secs = static_cast<int>(e.elapsed_seconds * (1 - frac) / frac);
-      eta = absl::StrFormat("%d:%02d", secs / 60, secs % 60);
-    }
-    std::cerr << absl::StrFormat(
-                     "\r\033[K[%s] %3.0f%% %d/%d tensors  ETA %s  %s", bar,
-                     frac * 100, e.done, e.total, eta, e.tensor.substr(0, 40))
-              << std::flush;
-  }
-
- private:
-  const bool tty_;
-};
 
 void PrintSummary(const nlohmann::json& report) {
   const nlohmann::json& t = report["totals"];
@@ -94,7 +57,7 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
       "--local the job runs in this process.");
   CLI::App* c = cmd_;
   c->add_flag("--local", local_,
-              "run in-process (required until the server exists)");
+              "run in-process (required; to run on tailord, use submit)");
   c->add_option(
        "-f,--job-file", job_file_,
        "YAML job file with the same fields as these flags; flags override it")
@@ -162,8 +125,8 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
 int FuseCommand::Run() {
   if (!local_) {
     std::cerr
-        << "tailorctl: error: fuse needs --local (remote jobs arrive with "
-           "the tailord server)\n";
+        << "tailorctl: error: fuse needs --local (to run the job on tailord, "
+           "use `tailorctl submit -f job.yaml`)\n";
     return kExitUsage;
   }
   FusionSpec spec;

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "job_spec_json.h"
 #include "util/file_util.h"
 #include "util/status_macros.h"
 #include "yaml-cpp/yaml.h"
@@ -218,6 +219,14 @@ absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
     spec.tasks = *tasks;
   }
   return spec;
+}
+
+absl::StatusOr<nlohmann::json> LoadJobFileJson(const std::string& path) {
+  TAILOR_ASSIGN_OR_RETURN(FusionSpec spec, LoadJobFile(path));
+  TAILOR_RETURN_IF_ERROR(spec.Validate());
+  nlohmann::json json = spec.ToJson();
+  json["overwrite"] = spec.overwrite;
+  return json;
 }
 
 absl::StatusOr<std::vector<TaskSpec>> TasksFromLists(

@@ -8,11 +8,12 @@
 #include "fuse_command.h"
 #include "inspect_command.h"
 #include "model_commands.h"
+#include "remote_commands.h"
 
 int main(int argc, char** argv) {
   CLI::App app{
       "tailorctl: inspect checkpoints and fuse fine-tuned models into their "
-      "pre-trained base (Model Tailor)."};
+      "pre-trained base (Model Tailor), locally or through tailord."};
   app.footer(tailor::cli::ExitCodeHelp());
   app.require_subcommand(1);
   app.set_version_flag("--version", "tailorctl 0.1.0");
@@ -45,6 +46,8 @@ int main(int argc, char** argv) {
   CLI::App* calibrate_cmd = calibrate.Add(app);
   tailor::cli::DemoCommand demo;
   CLI::App* demo_cmd = demo.Add(app);
+  tailor::cli::RemoteCommands remote;
+  remote.Add(app);
 
   try {
     app.parse(argc, argv);
@@ -68,5 +71,6 @@ int main(int argc, char** argv) {
   if (*apply_cmd) return apply_patch.Run();
   if (*calibrate_cmd) return calibrate.Run();
   if (*demo_cmd) return demo.Run();
+  if (std::optional<int> code = remote.Run()) return *code;
   return tailor::cli::kExitUsage;
 }

@@ -1,52 +1,15 @@
 #ifndef TAILOR_FUSION_FUSION_JOB_H_
 #define TAILOR_FUSION_FUSION_JOB_H_
 
-#include <atomic>
-#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "fusion/fusion_spec.h"
+#include "fusion/progress.h"
 #include "nlohmann/json.hpp"
 #include "storage/uri_resolver.h"
 
 namespace tailor {
-
-// One progress report of a running job. Events of a job arrive in order,
-// from the thread running it.
-struct ProgressEvent {
-  enum class Kind {
-    kPlanned,     // the plan is known: total tensors and bytes
-    kTensorDone,  // one tensor fused or copied
-    kWarning,     // something the report will also list
-    kFinished,    // outputs published
-  };
-  Kind kind = Kind::kPlanned;
-  std::string tensor;       // kTensorDone
-  std::string action;       // kTensorDone: "fused" | "copied"
-  int64_t done = 0;         // tensors finished so far
-  int64_t total = 0;        // tensors in the plan
-  uint64_t bytes_done = 0;  // base-checkpoint bytes finished so far
-  uint64_t bytes_total = 0;
-  double elapsed_seconds = 0;
-  std::string message;   // kWarning
-  nlohmann::json stats;  // kTensorDone: the tensor's report entry
-};
-
-// Receives progress; implementations must be fast (they run on the job's
-// thread between tensors).
-class ProgressSink {
- public:
-  virtual ~ProgressSink() = default;
-  virtual void OnEvent(const ProgressEvent& event) = 0;
-};
-
-struct RunOptions {
-  ProgressSink* progress = nullptr;  // optional, not owned
-  // Checked between tensors; when it becomes true the job stops with
-  // CANCELLED and publishes nothing. Optional, not owned.
-  const std::atomic<bool>* cancel = nullptr;
-};
 
 // Runs a fusion job in-process: validates the spec, opens and validates
 // every input, plans per-tensor work (include/exclude, pairing, mismatch

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <regex>
 #include <set>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "util/enum_names.h"
@@ -41,6 +42,88 @@ absl::Status CheckRegexes(const std::vector<std::string>& patterns,
     }
   }
   return absl::OkStatus();
+}
+
+// Typed readers for FromJson: the key must hold the named JSON type.
+absl::Status WrongType(absl::string_view key, absl::string_view type) {
+  return Invalid(key, absl::StrCat("must be ", type));
+}
+absl::Status ReadString(const nlohmann::json& v, absl::string_view key,
+                        std::string* out) {
+  if (!v.is_string()) return WrongType(key, "a string");
+  *out = v.get<std::string>();
+  return absl::OkStatus();
+}
+absl::Status ReadNumber(const nlohmann::json& v, absl::string_view key,
+                        double* out) {
+  if (!v.is_number()) return WrongType(key, "a number");
+  *out = v.get<double>();
+  return absl::OkStatus();
+}
+absl::Status ReadBool(const nlohmann::json& v, absl::string_view key,
+                      bool* out) {
+  if (!v.is_boolean()) return WrongType(key, "true or false");
+  *out = v.get<bool>();
+  return absl::OkStatus();
+}
+template <typename Int>
+absl::Status ReadInt(const nlohmann::json& v, absl::string_view key, Int* out) {
+  if (!v.is_number_integer()) return WrongType(key, "an integer");
+  if (std::is_unsigned_v<Int> && !v.is_number_unsigned()) {
+    return WrongType(key, "a non-negative integer");
+  }
+  *out = v.get<Int>();
+  return absl::OkStatus();
+}
+absl::Status ReadStrings(const nlohmann::json& v, absl::string_view key,
+                         std::vector<std::string>* out) {
+  if (!v.is_array()) return WrongType(key, "a list of strings");
+  out->clear();
+  for (size_t i = 0; i < v.size(); ++i) {
+    std::string s;
+    TAILOR_RETURN_IF_ERROR(
+        ReadString(v[i], absl::StrCat(key, "[", i, "]"), &s));
+    out->push_back(std::move(s));
+  }
+  return absl::OkStatus();
+}
+template <typename E, typename Parse>
+absl::Status ReadEnum(const nlohmann::json& v, absl::string_view key,
+                      Parse parse, E* out) {
+  std::string s;
+  TAILOR_RETURN_IF_ERROR(ReadString(v, key, &s));
+  TAILOR_ASSIGN_OR_RETURN(*out, parse(s));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TaskSpec> TaskFromJson(const nlohmann::json& j,
+                                      const std::string& field) {
+  if (!j.is_object()) return WrongType(field, "an object");
+  TaskSpec t;
+  for (const auto& [key, v] : j.items()) {
+    const std::string f = absl::StrCat(field, ".", key);
+    double d = 0;
+    if (key == "label") {
+      TAILOR_RETURN_IF_ERROR(ReadString(v, f, &t.label));
+    } else if (key == "finetuned") {
+      TAILOR_RETURN_IF_ERROR(ReadString(v, f, &t.finetuned_uri));
+    } else if (key == "patch") {
+      TAILOR_RETURN_IF_ERROR(ReadString(v, f, &t.patch_uri));
+    } else if (key == "hessians") {
+      TAILOR_RETURN_IF_ERROR(ReadString(v, f, &t.hessian_uri));
+    } else if (key == "keep") {
+      TAILOR_RETURN_IF_ERROR(ReadNumber(v, f, &d));
+      t.keep_ratio = d;
+    } else if (key == "omega") {
+      TAILOR_RETURN_IF_ERROR(ReadNumber(v, f, &d));
+      t.omega = d;
+    } else {
+      return Invalid(f,
+                     "unknown key (allowed: label, finetuned, patch, "
+                     "hessians, keep, omega)");
+    }
+  }
+  return t;
 }
 
 }  // namespace
@@ -167,6 +250,74 @@ nlohmann::json FusionSpec::ToJson() const {
   j["device"] = device;
   j["threads"] = threads;
   return j;
+}
+
+absl::StatusOr<FusionSpec> FusionSpec::FromJson(const nlohmann::json& j) {
+  if (!j.is_object()) return WrongType("spec", "a JSON object");
+  FusionSpec s;
+  for (const auto& [key, v] : j.items()) {
+    absl::Status st;
+    if (key == "pretrained") {
+      st = ReadString(v, key, &s.pretrained_uri);
+    } else if (key == "tasks") {
+      if (!v.is_array()) return WrongType(key, "a list of tasks");
+      for (size_t i = 0; i < v.size(); ++i) {
+        TAILOR_ASSIGN_OR_RETURN(
+            TaskSpec t, TaskFromJson(v[i], absl::StrCat("tasks[", i, "]")));
+        s.tasks.push_back(std::move(t));
+      }
+    } else if (key == "method") {
+      st = ReadEnum(v, key, ParseMethod, &s.method);
+    } else if (key == "keep") {
+      st = ReadNumber(v, key, &s.tailor.keep_ratio);
+    } else if (key == "omega") {
+      st = ReadNumber(v, key, &s.tailor.omega);
+    } else if (key == "scope") {
+      st = ReadEnum(v, key, ParseScope, &s.tailor.scope);
+    } else if (key == "normalize") {
+      st = ReadEnum(v, key, ParseNormalization, &s.tailor.normalization);
+    } else if (key == "compensation") {
+      st = ReadEnum(v, key, ParseCompensation, &s.tailor.compensation);
+    } else if (key == "damp") {
+      st = ReadNumber(v, key, &s.tailor.damp);
+    } else if (key == "block_size") {
+      st = ReadInt(v, key, &s.tailor.block_size);
+    } else if (key == "float64") {
+      st = ReadBool(v, key, &s.tailor.float64);
+    } else if (key == "aggregate") {
+      st = ReadEnum(v, key, ParseAggregation, &s.aggregation);
+    } else if (key == "lambda") {
+      st = ReadNumber(v, key, &s.lambda);
+    } else if (key == "density") {
+      st = ReadNumber(v, key, &s.density);
+    } else if (key == "drop") {
+      st = ReadNumber(v, key, &s.drop);
+    } else if (key == "seed") {
+      st = ReadInt(v, key, &s.seed);
+    } else if (key == "include") {
+      st = ReadStrings(v, key, &s.include);
+    } else if (key == "exclude") {
+      st = ReadStrings(v, key, &s.exclude);
+    } else if (key == "on_mismatch") {
+      st = ReadEnum(v, key, ParseMismatchPolicy, &s.on_mismatch);
+    } else if (key == "out") {
+      st = ReadString(v, key, &s.output_uri);
+    } else if (key == "patch_out") {
+      st = ReadString(v, key, &s.patch_uri);
+    } else if (key == "report") {
+      st = ReadString(v, key, &s.report_uri);
+    } else if (key == "overwrite") {
+      st = ReadBool(v, key, &s.overwrite);
+    } else if (key == "device") {
+      st = ReadString(v, key, &s.device);
+    } else if (key == "threads") {
+      st = ReadInt(v, key, &s.threads);
+    } else {
+      st = Invalid(key, "unknown key");
+    }
+    TAILOR_RETURN_IF_ERROR(st);
+  }
+  return s;
 }
 
 }  // namespace tailor

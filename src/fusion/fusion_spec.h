@@ -68,8 +68,13 @@ struct FusionSpec {
   // INVALID_ARGUMENT naming the field and the rule; checks everything that
   // does not need the files.
   absl::Status Validate() const;
-  // The spec as JSON (for reports and request fingerprints).
+  // The spec as JSON (for reports and request fingerprints). `overwrite`
+  // is left out (it is not a property of the result).
   nlohmann::json ToJson() const;
+  // The inverse of ToJson(), also reading "overwrite": keys may be missing
+  // (defaults apply); unknown keys and wrongly typed values are
+  // INVALID_ARGUMENT naming the key. Does not call Validate().
+  static absl::StatusOr<FusionSpec> FromJson(const nlohmann::json& json);
 };
 
 }  // namespace tailor

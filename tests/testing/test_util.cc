@@ -15,22 +15,6 @@
 
 namespace tailor::testing {
 
-TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string tmpl =
-      absl::StrCat(base && *base ? base : "/tmp", "/tailor-test-XXXXXX");
-  if (::mkdtemp(tmpl.data()) == nullptr) {
-    throw std::runtime_error("mkdtemp failed for " + tmpl);
-  }
-  path_ = tmpl;
-}
-
-TempDir::~TempDir() { (void)RemoveAll(path_); }
-
-std::string TempDir::Join(absl::string_view name) const {
-  return JoinPath(path_, name);
-}
-
 namespace {
 
 std::string DTypeNameOf(at::ScalarType t) {

@@ -9,22 +9,9 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "testing/temp_dir.h"
 
 namespace tailor::testing {
-
-// A fresh directory under $TMPDIR (or /tmp), removed on destruction.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string Join(absl::string_view name) const;
-
- private:
-  std::string path_;
-};
 
 // A tensor as bytes, for building files independently of the project's
 // writer (so reader tests do not trust the code under test).

@@ -1,0 +1,176 @@
+#include "remote_client.h"
+
+#include <grpcpp/grpcpp.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+#include "util/file_util.h"
+
+namespace tailor::cli {
+namespace {
+
+namespace v1 = ::tailor::v1;
+
+absl::Status FromGrpc(const grpc::Status& s, const std::string& server) {
+  if (s.ok()) return absl::OkStatus();
+  std::string message = s.error_message();
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+      s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    message = absl::StrCat("server ", server, ": ", message);
+  }
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), message);
+}
+
+std::string Hex(const unsigned char* data, unsigned int n) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(kHex[data[i] >> 4]);
+    out.push_back(kHex[data[i] & 15]);
+  }
+  return out;
+}
+
+}  // namespace
+
+RemoteClient::RemoteClient(const std::string& server, absl::Duration timeout,
+                           absl::Duration watch_timeout)
+    : server_(server),
+      timeout_(timeout),
+      watch_timeout_(watch_timeout),
+      stub_(v1::FusionService::NewStub(
+          grpc::CreateChannel(server, grpc::InsecureChannelCredentials()))) {}
+
+void RemoteClient::SetDeadline(grpc::ClientContext* context,
+                               absl::Duration timeout) const {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+template <typename Request, typename Response>
+absl::StatusOr<Response> RemoteClient::Unary(
+    grpc::Status (v1::FusionService::Stub::*method)(grpc::ClientContext*,
+                                                    const Request&, Response*),
+    const Request& request) {
+  grpc::ClientContext context;
+  SetDeadline(&context, timeout_);
+  Response response;
+  absl::Status s =
+      FromGrpc(((*stub_).*method)(&context, request, &response), server_);
+  if (!s.ok()) return s;
+  return response;
+}
+
+absl::StatusOr<v1::FusionJob> RemoteClient::Create(
+    const v1::CreateFusionJobRequest& request) {
+  return Unary(&v1::FusionService::Stub::CreateFusionJob, request);
+}
+
+absl::StatusOr<v1::FusionJob> RemoteClient::Get(const std::string& name) {
+  v1::GetFusionJobRequest request;
+  request.set_name(name);
+  return Unary(&v1::FusionService::Stub::GetFusionJob, request);
+}
+
+absl::StatusOr<v1::ListFusionJobsResponse> RemoteClient::List(
+    const v1::ListFusionJobsRequest& request) {
+  return Unary(&v1::FusionService::Stub::ListFusionJobs, request);
+}
+
+absl::StatusOr<v1::FusionJob> RemoteClient::Cancel(const std::string& name) {
+  v1::CancelFusionJobRequest request;
+  request.set_name(name);
+  return Unary(&v1::FusionService::Stub::CancelFusionJob, request);
+}
+
+absl::Status RemoteClient::Watch(
+    const std::string& name, int64_t after_sequence,
+    const std::function<void(const v1::JobEvent&)>& on_event) {
+  grpc::ClientContext context;
+  SetDeadline(&context, watch_timeout_);
+  v1::WatchFusionJobRequest request;
+  request.set_name(name);
+  request.set_after_sequence(after_sequence);
+  std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader =
+      stub_->WatchFusionJob(&context, request);
+  v1::JobEvent event;
+  while (reader->Read(&event)) on_event(event);
+  return FromGrpc(reader->Finish(), server_);
+}
+
+absl::StatusOr<std::string> RemoteClient::Fetch(
+    const std::string& name, v1::ReadJobResultRequest::Kind kind,
+    const std::string& path) {
+  // Stream into a temporary sibling; rename it into place only when the
+  // size and digest check out.
+  std::string temp = path + ".part-XXXXXX";
+  const int fd = ::mkstemp(temp.data());
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", temp));
+  ScopedFd file(fd);
+  ::fchmod(fd, 0644);
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> sha(EVP_MD_CTX_new(),
+                                                         &EVP_MD_CTX_free);
+  EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr);
+
+  grpc::ClientContext context;
+  SetDeadline(&context, timeout_);
+  v1::ReadJobResultRequest request;
+  request.set_name(name);
+  request.set_kind(kind);
+  std::unique_ptr<grpc::ClientReader<v1::ResultChunk>> reader =
+      stub_->ReadJobResult(&context, request);
+  uint64_t received = 0, total = 0;
+  std::string announced;
+  v1::ResultChunk chunk;
+  absl::Status problem;
+  while (reader->Read(&chunk)) {
+    if (!problem.ok()) continue;
+    if (chunk.offset() != received) {
+      problem = absl::DataLossError(
+          absl::StrCat("result stream: chunk at offset ", chunk.offset(),
+                       " after ", received, " bytes"));
+      context.TryCancel();
+      continue;
+    }
+    problem = PWriteFully(file.get(), chunk.data().data(), chunk.data().size(),
+                          received, temp);
+    EVP_DigestUpdate(sha.get(), chunk.data().data(), chunk.data().size());
+    received += chunk.data().size();
+    total = chunk.total_size();
+    if (!chunk.sha256().empty()) announced = chunk.sha256();
+  }
+  absl::Status s = FromGrpc(reader->Finish(), server_);
+  if (s.ok()) s = problem;
+  unsigned char digest[32];
+  unsigned int n = 0;
+  EVP_DigestFinal_ex(sha.get(), digest, &n);
+  if (s.ok() && (received != total || announced.empty())) {
+    s = absl::DataLossError(absl::StrCat("result stream ended after ", received,
+                                         " of ", total,
+                                         " bytes without its digest"));
+  }
+  if (s.ok() && Hex(digest, n) != announced) {
+    s = absl::DataLossError(absl::StrCat("result stream: SHA-256 ",
+                                         Hex(digest, n), " != announced ",
+                                         announced));
+  }
+  if (s.ok() && ::fsync(file.get()) != 0) {
+    s = ErrnoToStatus(errno, absl::StrCat("fsync ", temp));
+  }
+  if (s.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
+    s = ErrnoToStatus(errno, absl::StrCat("rename to ", path));
+  }
+  if (!s.ok()) {
+    ::unlink(temp.c_str());
+    return s;
+  }
+  absl::Status d = FsyncDirectory(Dirname(path));
+  if (!d.ok()) return d;
+  return announced;
+}
+
+}  // namespace tailor::cli

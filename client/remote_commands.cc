@@ -1,0 +1,248 @@
+#include "remote_commands.h"
+
+#include <unistd.h>
+
+#include <iostream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "api/spec_convert.h"
+#include "exit_codes.h"
+#include "job_output.h"
+#include "job_spec_json.h"
+#include "progress_bar.h"
+#include "remote_client.h"
+#include "storage/uri_resolver.h"
+
+namespace tailor::cli {
+namespace {
+
+namespace v1 = ::tailor::v1;
+
+int Fail(const absl::Status& status) {
+  std::cerr << "tailorctl: error: " << status.message() << "\n";
+  return ExitCodeForStatus(status);
+}
+
+// Plain relative paths in a job file are relative to where tailorctl runs
+// (as with `fuse --local`); the server sees them absolute.
+void AbsolutizePaths(nlohmann::json* spec) {
+  char cwd[4096];
+  if (::getcwd(cwd, sizeof(cwd)) == nullptr) return;
+  auto fix = [&](nlohmann::json& obj, const char* key) {
+    auto it = obj.find(key);
+    if (it == obj.end() || !it->is_string()) return;
+    const std::string uri = it->get<std::string>();
+    if (uri.empty() || uri[0] == '/' || !UriScheme(uri).empty()) return;
+    *it = absl::StrCat(cwd, "/", uri);
+  };
+  for (const char* key : {"pretrained", "out", "patch_out", "report"}) {
+    fix(*spec, key);
+  }
+  if (spec->contains("tasks")) {
+    for (nlohmann::json& task : (*spec)["tasks"]) {
+      for (const char* key : {"finetuned", "patch", "hessians"}) {
+        fix(task, key);
+      }
+    }
+  }
+}
+
+// The exit code a finished job's state stands for.
+int ExitCodeForState(v1::State state) {
+  switch (state) {
+    case v1::SUCCEEDED:
+      return kExitOk;
+    case v1::CANCELLED:
+      return kExitCancelled;
+    default:
+      return kExitJobFailed;
+  }
+}
+
+}  // namespace
+
+void RemoteCommands::Add(CLI::App& app) {
+  auto common = [&](CLI::App* c) {
+    c->add_option("--server", server_, "tailord address HOST:PORT")
+        ->envname("TAILOR_SERVER")
+        ->capture_default_str();
+    c->add_option("--timeout", timeout_,
+                  "deadline of each call in seconds (watches: --watch-timeout)")
+        ->capture_default_str();
+    c->add_option("-o,--output", output_, "output format: table|json|yaml")
+        ->check(CLI::IsMember({"table", "json", "yaml"}))
+        ->capture_default_str();
+  };
+  submit_ = app.add_subcommand(
+      "submit",
+      "Submit a fusion job to tailord (the job file of `fuse -f`; plain "
+      "relative paths are made absolute here). Prints the job.");
+  common(submit_);
+  submit_->add_option("-f,--job-file", job_file_, "YAML job file")
+      ->required()
+      ->check(CLI::ExistingFile);
+  submit_->add_flag("--wait", wait_,
+                    "watch the job to its end; exit with its outcome");
+  submit_->add_option("--priority", priority_,
+                      "0 (default) to 9; higher first");
+  submit_->add_option("--label", labels_,
+                      "job label KEY=VALUE (repeatable; [a-z0-9_-])");
+  submit_->add_option(
+      "--request-id", request_id_,
+      "idempotency key (<= 36 chars): resubmitting with the same id and job "
+      "returns the same job");
+  submit_->add_option("--watch-timeout", watch_timeout_,
+                      "deadline of --wait in seconds");
+  submit_->add_flag("-q,--quiet", quiet_, "no progress bar");
+
+  watch_ = app.add_subcommand(
+      "watch",
+      "Stream a job's events (history, then live) until it ends; exit with "
+      "its outcome. A progress bar goes to stderr on a terminal.");
+  common(watch_);
+  watch_->add_option("name", name_, "fusionJobs/<id>")->required();
+  watch_->add_option("--after", after_,
+                     "resume after this event sequence number");
+  watch_->add_option("--watch-timeout", watch_timeout_,
+                     "deadline of the watch in seconds");
+  watch_->add_flag("-q,--quiet", quiet_, "no progress bar");
+
+  get_ = app.add_subcommand("get", "Show one job.");
+  common(get_);
+  get_->add_option("name", name_, "fusionJobs/<id>")->required();
+
+  list_ = app.add_subcommand("list", "List jobs, newest first.");
+  common(list_);
+  list_->add_option("--page-size", page_size_, "jobs per page (default 50)");
+  list_->add_option("--page-token", page_token_, "from a previous page");
+  list_->add_option("--filter", filter_,
+                    "e.g. 'state=RUNNING AND labels.team=vision'");
+
+  cancel_ = app.add_subcommand(
+      "cancel", "Cancel a queued or running job; nothing is published.");
+  common(cancel_);
+  cancel_->add_option("name", name_, "fusionJobs/<id>")->required();
+
+  fetch_ = app.add_subcommand(
+      "fetch",
+      "Download a succeeded job's stitched patch and/or JSON report (checked "
+      "against the server's SHA-256).");
+  common(fetch_);
+  fetch_->add_option("name", name_, "fusionJobs/<id>")->required();
+  fetch_->add_option("--patch", patch_path_, "where to write the patch");
+  fetch_->add_option("--report", report_path_, "where to write the report");
+}
+
+std::optional<int> RemoteCommands::Run() {
+  const bool chosen = (submit_ && *submit_) || (watch_ && *watch_) ||
+                      (get_ && *get_) || (list_ && *list_) ||
+                      (cancel_ && *cancel_) || (fetch_ && *fetch_);
+  if (!chosen) return std::nullopt;
+  absl::StatusOr<OutputFormat> format = ParseOutputFormat(output_);
+  if (!format.ok()) return Fail(format.status());
+  format_ = *format;
+  client_ = std::make_unique<RemoteClient>(server_, absl::Seconds(timeout_),
+                                           absl::Seconds(watch_timeout_));
+  if (submit_ != nullptr && *submit_) return Submit();
+  if (watch_ != nullptr && *watch_) return Watch(name_, after_);
+  if (get_ != nullptr && *get_) return Get();
+  if (list_ != nullptr && *list_) return List();
+  if (cancel_ != nullptr && *cancel_) return Cancel();
+  if (fetch_ != nullptr && *fetch_) return Fetch();
+  return std::nullopt;
+}
+
+int RemoteCommands::Submit() {
+  absl::StatusOr<nlohmann::json> json = LoadJobFileJson(job_file_);
+  if (!json.ok()) return Fail(json.status());
+  AbsolutizePaths(&*json);
+  absl::StatusOr<v1::FusionJobSpec> proto = api::SpecFromJson(*json);
+  if (!proto.ok()) return Fail(proto.status());
+  v1::CreateFusionJobRequest request;
+  *request.mutable_spec() = *proto;
+  request.set_priority(priority_);
+  request.set_request_id(request_id_);
+  for (const std::string& label : labels_) {
+    const size_t eq = label.find('=');
+    if (eq == std::string::npos) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--label: expected KEY=VALUE, not '", label, "'")));
+    }
+    (*request.mutable_labels())[label.substr(0, eq)] = label.substr(eq + 1);
+  }
+  absl::StatusOr<v1::FusionJob> job = client_->Create(request);
+  if (!job.ok() || !wait_) return PrintJob(job);
+  std::cerr << "submitted " << job->name() << "\n";
+  return Watch(job->name(), 0);
+}
+
+int RemoteCommands::Watch(const std::string& name, int64_t after) {
+  TerminalProgress bar(quiet_);
+  int64_t last = after;
+  absl::Status s = client_->Watch(name, after, [&](const v1::JobEvent& e) {
+    last = e.sequence();
+    bar.Clear();
+    std::cout << FormatEvent(e, format_) << std::flush;
+    if (e.has_progress()) bar.OnEvent(ToProgressEvent(e));
+  });
+  bar.Clear();
+  if (!s.ok()) {
+    if (s.code() == absl::StatusCode::kUnavailable) {
+      std::cerr << "tailorctl: resume with: tailorctl watch " << name
+                << " --after " << last << "\n";
+    }
+    return Fail(s);
+  }
+  absl::StatusOr<v1::FusionJob> job = client_->Get(name);
+  if (!job.ok()) return Fail(job.status());
+  if (job->state() != v1::SUCCEEDED) {
+    std::cerr << "tailorctl: " << name << " " << v1::State_Name(job->state())
+              << (job->error_message().empty() ? "" : ": ")
+              << job->error_message() << "\n";
+  }
+  return ExitCodeForState(job->state());
+}
+
+int RemoteCommands::PrintJob(const absl::StatusOr<v1::FusionJob>& job) {
+  if (!job.ok()) return Fail(job.status());
+  std::cout << FormatJobs({*job}, format_, /*single=*/true);
+  return kExitOk;
+}
+
+int RemoteCommands::Get() { return PrintJob(client_->Get(name_)); }
+
+int RemoteCommands::List() {
+  v1::ListFusionJobsRequest request;
+  request.set_page_size(page_size_);
+  request.set_page_token(page_token_);
+  request.set_filter(filter_);
+  absl::StatusOr<v1::ListFusionJobsResponse> list = client_->List(request);
+  if (!list.ok()) return Fail(list.status());
+  std::vector<v1::FusionJob> jobs(list->fusion_jobs().begin(),
+                                  list->fusion_jobs().end());
+  std::cout << FormatJobs(jobs, format_, /*single=*/false,
+                          list->next_page_token());
+  return kExitOk;
+}
+
+int RemoteCommands::Cancel() { return PrintJob(client_->Cancel(name_)); }
+
+int RemoteCommands::Fetch() {
+  if (patch_path_.empty() && report_path_.empty()) {
+    std::cerr << "tailorctl: error: fetch needs --patch PATH and/or --report "
+                 "PATH\n";
+    return kExitUsage;
+  }
+  for (const auto& [path, kind] :
+       {std::make_pair(patch_path_, v1::ReadJobResultRequest::PATCH),
+        std::make_pair(report_path_, v1::ReadJobResultRequest::REPORT)}) {
+    if (path.empty()) continue;
+    absl::StatusOr<std::string> sha = client_->Fetch(name_, kind, path);
+    if (!sha.ok()) return Fail(sha.status());
+    std::cout << path << " sha256:" << *sha << "\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace tailor::cli

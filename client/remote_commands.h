@@ -1,0 +1,63 @@
+#ifndef TAILOR_CLIENT_REMOTE_COMMANDS_H_
+#define TAILOR_CLIENT_REMOTE_COMMANDS_H_
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "job_output.h"
+#include "remote_client.h"
+
+namespace tailor::cli {
+
+// The client subcommands of tailord: submit, watch, get, list, cancel,
+// fetch. Each takes --server HOST:PORT, --timeout SECONDS (the deadline of
+// every call) and -o table|json|yaml. Add() registers them; Run() runs the
+// one chosen and returns its exit code (nullopt if none was chosen).
+class RemoteCommands {
+ public:
+  void Add(CLI::App& app);
+  std::optional<int> Run();
+
+ private:
+  int Submit();
+  int Watch(const std::string& name, int64_t after);
+  int Get();
+  int List();
+  int Cancel();
+  int Fetch();
+  // Prints the job in the chosen format (or fails with its status).
+  int PrintJob(const absl::StatusOr<tailor::v1::FusionJob>& job);
+
+  CLI::App *submit_ = nullptr, *watch_ = nullptr, *get_ = nullptr,
+           *list_ = nullptr, *cancel_ = nullptr, *fetch_ = nullptr;
+  std::string server_ = "127.0.0.1:50051";
+  double timeout_ = 30;
+  double watch_timeout_ = 7 * 24 * 3600;
+  std::string output_ = "table";
+  bool quiet_ = false;
+  // Set by Run() from the flags.
+  OutputFormat format_ = OutputFormat::kTable;
+  std::unique_ptr<RemoteClient> client_;
+
+  std::string name_;
+  // submit
+  std::string job_file_, request_id_;
+  bool wait_ = false;
+  int priority_ = 0;
+  std::vector<std::string> labels_;
+  // watch
+  int64_t after_ = 0;
+  // list
+  int page_size_ = 0;
+  std::string page_token_, filter_;
+  // fetch
+  std::string patch_path_, report_path_;
+};
+
+}  // namespace tailor::cli
+
+#endif  // TAILOR_CLIENT_REMOTE_COMMANDS_H_

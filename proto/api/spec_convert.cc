@@ -1,0 +1,178 @@
+#include "api/spec_convert.h"
+
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
+
+namespace tailor::api {
+namespace {
+
+using ::google::protobuf::Descriptor;
+using ::google::protobuf::EnumDescriptor;
+using ::google::protobuf::EnumValueDescriptor;
+using ::google::protobuf::FieldDescriptor;
+using ::google::protobuf::Message;
+using ::google::protobuf::Reflection;
+
+// METHOD_TASK_ARITHMETIC -> "task_arithmetic" for field `method`.
+std::string EnumPrefix(const FieldDescriptor* f) {
+  return absl::AsciiStrToUpper(f->name()) + "_";
+}
+
+nlohmann::json ToJson(const Message& m) {
+  nlohmann::json j = nlohmann::json::object();
+  const Descriptor* d = m.GetDescriptor();
+  const Reflection* r = m.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const FieldDescriptor* f = d->field(i);
+    if (f->is_repeated()) {
+      nlohmann::json list = nlohmann::json::array();
+      for (int k = 0; k < r->FieldSize(m, f); ++k) {
+        if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+          list.push_back(ToJson(r->GetRepeatedMessage(m, f, k)));
+        } else {
+          list.push_back(r->GetRepeatedString(m, f, k));
+        }
+      }
+      if (!list.empty()) j[f->name()] = list;
+      continue;
+    }
+    if (f->has_presence() && !r->HasField(m, f)) continue;
+    switch (f->cpp_type()) {
+      case FieldDescriptor::CPPTYPE_STRING: {
+        std::string v = r->GetString(m, f);
+        if (!v.empty()) j[f->name()] = v;
+        break;
+      }
+      case FieldDescriptor::CPPTYPE_DOUBLE:
+        j[f->name()] = r->GetDouble(m, f);
+        break;
+      case FieldDescriptor::CPPTYPE_INT64:
+        j[f->name()] = r->GetInt64(m, f);
+        break;
+      case FieldDescriptor::CPPTYPE_UINT64:
+        j[f->name()] = r->GetUInt64(m, f);
+        break;
+      case FieldDescriptor::CPPTYPE_INT32:
+        j[f->name()] = r->GetInt32(m, f);
+        break;
+      case FieldDescriptor::CPPTYPE_BOOL:
+        j[f->name()] = r->GetBool(m, f);
+        break;
+      case FieldDescriptor::CPPTYPE_ENUM: {
+        const EnumValueDescriptor* v = r->GetEnum(m, f);
+        if (v->number() == 0) break;
+        std::string name = v->name();
+        const std::string prefix = EnumPrefix(f);
+        if (absl::StartsWith(name, prefix)) name = name.substr(prefix.size());
+        j[f->name()] = absl::AsciiStrToLower(name);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  return j;
+}
+
+absl::Status Bad(const std::string& field, absl::string_view rule) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
+}
+
+absl::Status FromJson(const nlohmann::json& j, const std::string& path,
+                      Message* m) {
+  if (!j.is_object()) {
+    return Bad(path.empty() ? "spec" : path, "must be an object");
+  }
+  const Descriptor* d = m->GetDescriptor();
+  const Reflection* r = m->GetReflection();
+  for (const auto& [key, v] : j.items()) {
+    const FieldDescriptor* f = d->FindFieldByName(key);
+    const std::string name = path.empty() ? key : absl::StrCat(path, ".", key);
+    if (f == nullptr) return Bad(name, "unknown field");
+    if (v.is_null()) continue;
+    if (f->is_repeated()) {
+      if (!v.is_array()) return Bad(name, "must be a list");
+      for (size_t k = 0; k < v.size(); ++k) {
+        const std::string item = absl::StrCat(name, "[", k, "]");
+        if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+          absl::Status s = FromJson(v[k], item, r->AddMessage(m, f));
+          if (!s.ok()) return s;
+        } else {
+          if (!v[k].is_string()) return Bad(item, "must be a string");
+          r->AddString(m, f, v[k].get<std::string>());
+        }
+      }
+      continue;
+    }
+    switch (f->cpp_type()) {
+      case FieldDescriptor::CPPTYPE_STRING:
+        if (!v.is_string()) return Bad(name, "must be a string");
+        r->SetString(m, f, v.get<std::string>());
+        break;
+      case FieldDescriptor::CPPTYPE_DOUBLE:
+        if (!v.is_number()) return Bad(name, "must be a number");
+        r->SetDouble(m, f, v.get<double>());
+        break;
+      case FieldDescriptor::CPPTYPE_INT64:
+        if (!v.is_number_integer()) return Bad(name, "must be an integer");
+        r->SetInt64(m, f, v.get<int64_t>());
+        break;
+      case FieldDescriptor::CPPTYPE_UINT64:
+        if (!v.is_number_unsigned()) {
+          return Bad(name, "must be a non-negative integer");
+        }
+        r->SetUInt64(m, f, v.get<uint64_t>());
+        break;
+      case FieldDescriptor::CPPTYPE_INT32:
+        if (!v.is_number_integer()) return Bad(name, "must be an integer");
+        r->SetInt32(m, f, v.get<int32_t>());
+        break;
+      case FieldDescriptor::CPPTYPE_BOOL:
+        if (!v.is_boolean()) return Bad(name, "must be true or false");
+        r->SetBool(m, f, v.get<bool>());
+        break;
+      case FieldDescriptor::CPPTYPE_ENUM: {
+        if (!v.is_string()) return Bad(name, "must be a string");
+        const EnumDescriptor* e = f->enum_type();
+        const EnumValueDescriptor* ev = e->FindValueByName(
+            EnumPrefix(f) + absl::AsciiStrToUpper(v.get<std::string>()));
+        if (ev == nullptr || ev->number() == 0) {
+          std::string allowed;
+          for (int k = 1; k < e->value_count(); ++k) {
+            std::string n = e->value(k)->name().substr(EnumPrefix(f).size());
+            absl::StrAppend(&allowed, k > 1 ? "|" : "",
+                            absl::AsciiStrToLower(n));
+          }
+          return Bad(name, absl::StrCat("must be one of ", allowed, ", not '",
+                                        v.get<std::string>(), "'"));
+        }
+        r->SetEnum(m, f, ev);
+        break;
+      }
+      default:
+        return Bad(name, "unsupported field type");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+nlohmann::json SpecToJson(const tailor::v1::FusionJobSpec& spec) {
+  return ToJson(spec);
+}
+
+absl::StatusOr<tailor::v1::FusionJobSpec> SpecFromJson(
+    const nlohmann::json& json) {
+  tailor::v1::FusionJobSpec spec;
+  absl::Status s = FromJson(json, "", &spec);
+  if (!s.ok()) return s;
+  return spec;
+}
+
+}  // namespace tailor::api

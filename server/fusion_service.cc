@@ -1,0 +1,390 @@
+#include "fusion_service.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <memory>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "api/spec_convert.h"
+#include "grpc_status.h"
+#include "job_convert.h"
+#include "util/file_util.h"
+#include "util/log.h"
+
+namespace tailor::server {
+namespace {
+
+namespace v1 = ::tailor::v1;
+
+constexpr size_t kChunkBytes = 1 << 20;  // well under gRPC's 4 MiB default
+
+std::string CodeLabel(absl::StatusCode code) {
+  return absl::AsciiStrToLower(absl::StatusCodeToString(code));
+}
+
+}  // namespace
+
+// Streams a job's events: history after `after_sequence`, then live events
+// (woken by a JobManager listener), one write at a time. Ends with OK after
+// the job's last event, UNAVAILABLE when the service closes watches,
+// CANCELLED when the client goes away.
+class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
+ public:
+  WatchReactor(FusionServiceImpl* service, std::string name, int64_t after)
+      : service_(service), name_(std::move(name)), after_(after) {}
+
+  void Start() {
+    absl::StatusOr<jobs::JobManager::EventBatch> probe =
+        service_->manager_->ReadEvents(name_, after_, 0);
+    if (!probe.ok()) {
+      absl::MutexLock lock(&mu_);
+      FinishLocked(probe.status());
+      return;
+    }
+    absl::StatusOr<std::string> id = jobs::JobIdFromName(name_);
+    listener_ = service_->manager_->AddListener(*id, [this] { Pump(); });
+    service_->Register(this);
+    Pump();
+  }
+
+  // Sends the next event if no write is in flight; finishes when there is
+  // nothing more to send and the job is over (or watches are closed).
+  // StartWrite and Finish are called under mu_ so that no write can start
+  // after Finish (gRPC runs reactions on its own threads, never inline).
+  void Pump() {
+    absl::MutexLock lock(&mu_);
+    if (writing_ || finished_) return;
+    absl::StatusOr<jobs::JobManager::EventBatch> batch =
+        service_->manager_->ReadEvents(name_, after_, 1);
+    if (!batch.ok()) {
+      FinishLocked(batch.status());
+    } else if (!batch->events.empty()) {
+      message_.Clear();
+      EventToProto(batch->events[0], &message_);
+      after_ = batch->events[0].sequence;
+      writing_ = true;
+      StartWrite(&message_);
+    } else if (batch->end) {
+      FinishLocked(absl::OkStatus());
+    } else if (service_->watches_closed_.load()) {
+      FinishLocked(absl::UnavailableError(
+          absl::StrCat("the server is shutting down; resume the watch with "
+                       "after_sequence=",
+                       after_)));
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) FinishLocked(absl::CancelledError("the watcher went away"));
+    }
+    if (ok) Pump();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    FinishLocked(absl::CancelledError("the watcher cancelled"));
+  }
+
+  void OnDone() override {
+    if (listener_ != 0) {
+      service_->manager_->RemoveListener(listener_);
+      service_->Unregister(this);
+    }
+    delete this;
+  }
+
+ private:
+  void FinishLocked(const absl::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(service_->Outcome("WatchFusionJob", status));
+  }
+
+  FusionServiceImpl* const service_;
+  const std::string name_;
+  int64_t listener_ = 0;
+  absl::Mutex mu_;  // guards after_, writing_, finished_ and message_
+  int64_t after_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  v1::JobEvent message_;  // owned by gRPC while writing_
+};
+
+namespace {
+
+// Streams a result file in 1 MiB chunks with offsets and a final SHA-256.
+// File reads run on the service's BlockingExecutor, never in a reaction.
+class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
+ public:
+  ResultReactor(FusionServiceImpl* service, BlockingExecutor* executor,
+                jobs::JobManager* manager)
+      : service_(service), executor_(executor), manager_(manager) {}
+  ~ResultReactor() override { EVP_MD_CTX_free(sha_); }
+
+  void Start(std::string name, v1::ReadJobResultRequest::Kind kind) {
+    Post([this, name = std::move(name), kind] {
+      absl::Status s = Open(name, kind);
+      if (!s.ok()) {
+        FinishOnce(s);
+        return;
+      }
+      ReadNext();
+    });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      FinishOnce(absl::CancelledError("the reader went away"));
+    } else if (last_) {
+      FinishOnce(absl::OkStatus());
+    } else {
+      Post([this] { ReadNext(); });
+    }
+  }
+
+  void OnCancel() override {
+    FinishOnce(absl::CancelledError("the reader cancelled"));
+  }
+
+  // The reactor outlives both the RPC and its last executor task.
+  void OnDone() override {
+    bool last;
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+      last = pending_ == 0;
+    }
+    if (last) delete this;
+  }
+
+ private:
+  absl::Status Open(const std::string& name,
+                    v1::ReadJobResultRequest::Kind kind) {
+    if (kind != v1::ReadJobResultRequest::PATCH &&
+        kind != v1::ReadJobResultRequest::REPORT) {
+      return absl::InvalidArgumentError("kind: must be PATCH or REPORT");
+    }
+    absl::StatusOr<jobs::JobManager::Result> r =
+        manager_->GetResult(name, kind == v1::ReadJobResultRequest::PATCH
+                                      ? jobs::ResultKind::kPatch
+                                      : jobs::ResultKind::kReport);
+    if (!r.ok()) return r.status();
+    result_ = std::move(*r);
+    if (!result_.is_inline) {
+      absl::StatusOr<ScopedFd> fd = OpenForRead(result_.path);
+      if (!fd.ok()) return fd.status();
+      absl::StatusOr<uint64_t> size = RegularFileSize(fd->get(), result_.path);
+      if (!size.ok()) return size.status();
+      fd_ = std::move(*fd);
+      size_ = *size;
+    } else {
+      size_ = result_.data.size();
+    }
+    sha_ = EVP_MD_CTX_new();
+    if (sha_ == nullptr ||
+        EVP_DigestInit_ex(sha_, EVP_sha256(), nullptr) != 1) {
+      return absl::InternalError("cannot initialise SHA-256");
+    }
+    return absl::OkStatus();
+  }
+
+  // On the executor: reads the next chunk and starts its write.
+  void ReadNext() {
+    const size_t n =
+        static_cast<size_t>(std::min<uint64_t>(kChunkBytes, size_ - offset_));
+    chunk_.Clear();
+    chunk_.set_offset(offset_);
+    chunk_.set_total_size(size_);
+    std::string* data = chunk_.mutable_data();
+    if (result_.is_inline) {
+      data->assign(result_.data, offset_, n);
+    } else {
+      data->resize(n);
+      absl::Status s =
+          PReadFully(fd_.get(), data->data(), n, offset_, result_.path);
+      if (!s.ok()) {
+        FinishOnce(s);
+        return;
+      }
+    }
+    EVP_DigestUpdate(sha_, data->data(), data->size());
+    offset_ += n;
+    if (offset_ == size_) {
+      unsigned char digest[32];
+      unsigned int len = 0;
+      EVP_DigestFinal_ex(sha_, digest, &len);
+      static const char kHex[] = "0123456789abcdef";
+      std::string hex;
+      for (unsigned int i = 0; i < len; ++i) {
+        hex.push_back(kHex[digest[i] >> 4]);
+        hex.push_back(kHex[digest[i] & 15]);
+      }
+      chunk_.set_sha256(hex);
+      last_ = true;
+    }
+    absl::MutexLock lock(&mu_);
+    if (!finished_) StartWrite(&chunk_);
+  }
+
+  void Post(std::function<void()> task) {
+    {
+      absl::MutexLock lock(&mu_);
+      ++pending_;
+    }
+    executor_->Post([this, task = std::move(task)] {
+      task();
+      bool last;
+      {
+        absl::MutexLock lock(&mu_);
+        --pending_;
+        last = done_ && pending_ == 0;
+      }
+      if (last) delete this;
+    });
+  }
+
+  void FinishOnce(const absl::Status& status) {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    finished_ = true;
+    Finish(service_->Outcome("ReadJobResult", status));
+  }
+
+  FusionServiceImpl* const service_;
+  BlockingExecutor* const executor_;
+  jobs::JobManager* const manager_;
+  // Touched by one task or reaction at a time (each write is started only
+  // after the previous one completed).
+  jobs::JobManager::Result result_;
+  ScopedFd fd_;
+  uint64_t size_ = 0, offset_ = 0;
+  EVP_MD_CTX* sha_ = nullptr;
+  bool last_ = false;
+  v1::ResultChunk chunk_;
+  absl::Mutex mu_;  // guards finished_, done_, pending_ (and orders writes)
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish() was called
+  bool done_ ABSL_GUARDED_BY(mu_) = false;      // OnDone() ran
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;        // executor tasks not yet run
+};
+
+}  // namespace
+
+FusionServiceImpl::FusionServiceImpl(jobs::JobManager* manager,
+                                     metrics::Registry* registry)
+    : manager_(manager),
+      rpcs_(registry->AddCounter("tailor_rpcs_total",
+                                 "gRPC calls handled, by method and status "
+                                 "code.",
+                                 {"method", "code"})),
+      executor_(2) {}
+
+FusionServiceImpl::~FusionServiceImpl() = default;
+
+grpc::Status FusionServiceImpl::Outcome(const char* method,
+                                        const absl::Status& status) {
+  rpcs_->Increment({method, CodeLabel(status.code())});
+  return ToGrpcStatus(status);
+}
+
+grpc::ServerUnaryReactor* FusionServiceImpl::FinishUnary(
+    grpc::CallbackServerContext* context, const char* method,
+    const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(Outcome(method, status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* FusionServiceImpl::CreateFusionJob(
+    grpc::CallbackServerContext* context,
+    const v1::CreateFusionJobRequest* request, v1::FusionJob* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  // Validation resolves paths and creation fsyncs the store: off the
+  // reaction thread.
+  executor_.Post([this, reactor, request, response] {
+    jobs::CreateJobRequest r;
+    r.spec = api::SpecToJson(request->spec());
+    r.priority = request->priority();
+    r.labels.insert(request->labels().begin(), request->labels().end());
+    r.request_id = request->request_id();
+    absl::StatusOr<jobs::Job> job = manager_->CreateJob(r);
+    if (job.ok()) JobToProto(*job, response);
+    reactor->Finish(Outcome("CreateFusionJob", job.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* FusionServiceImpl::GetFusionJob(
+    grpc::CallbackServerContext* context,
+    const v1::GetFusionJobRequest* request, v1::FusionJob* response) {
+  absl::StatusOr<jobs::Job> job = manager_->GetJob(request->name());
+  if (job.ok()) JobToProto(*job, response);
+  return FinishUnary(context, "GetFusionJob", job.status());
+}
+
+grpc::ServerUnaryReactor* FusionServiceImpl::ListFusionJobs(
+    grpc::CallbackServerContext* context,
+    const v1::ListFusionJobsRequest* request,
+    v1::ListFusionJobsResponse* response) {
+  absl::StatusOr<jobs::ListJobsResult> list = manager_->ListJobs(
+      request->page_size(), request->page_token(), request->filter());
+  if (list.ok()) {
+    for (const jobs::Job& job : list->jobs) {
+      JobToProto(job, response->add_fusion_jobs());
+    }
+    response->set_next_page_token(list->next_page_token);
+  }
+  return FinishUnary(context, "ListFusionJobs", list.status());
+}
+
+grpc::ServerUnaryReactor* FusionServiceImpl::CancelFusionJob(
+    grpc::CallbackServerContext* context,
+    const v1::CancelFusionJobRequest* request, v1::FusionJob* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  executor_.Post([this, reactor, request, response] {
+    absl::StatusOr<jobs::Job> job = manager_->CancelJob(request->name());
+    if (job.ok()) JobToProto(*job, response);
+    reactor->Finish(Outcome("CancelFusionJob", job.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::JobEvent>* FusionServiceImpl::WatchFusionJob(
+    grpc::CallbackServerContext* /*context*/,
+    const v1::WatchFusionJobRequest* request) {
+  auto* reactor =
+      new WatchReactor(this, request->name(), request->after_sequence());
+  reactor->Start();
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::ResultChunk>* FusionServiceImpl::ReadJobResult(
+    grpc::CallbackServerContext* /*context*/,
+    const v1::ReadJobResultRequest* request) {
+  auto* reactor = new ResultReactor(this, &executor_, manager_);
+  reactor->Start(request->name(), request->kind());
+  return reactor;
+}
+
+void FusionServiceImpl::Register(WatchReactor* watch) {
+  absl::MutexLock lock(&watches_mu_);
+  watches_.insert(watch);
+}
+
+void FusionServiceImpl::Unregister(WatchReactor* watch) {
+  absl::MutexLock lock(&watches_mu_);
+  watches_.erase(watch);
+}
+
+void FusionServiceImpl::CloseWatches() {
+  watches_closed_.store(true);
+  absl::MutexLock lock(&watches_mu_);
+  for (WatchReactor* w : watches_) w->Pump();
+}
+
+}  // namespace tailor::server

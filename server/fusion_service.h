@@ -1,0 +1,83 @@
+#ifndef TAILOR_SERVER_FUSION_SERVICE_H_
+#define TAILOR_SERVER_FUSION_SERVICE_H_
+
+#include <atomic>
+#include <set>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "blocking_executor.h"
+#include "jobs/job_manager.h"
+#include "metrics/registry.h"
+#include "tailor/v1/fusion_service.grpc.pb.h"
+
+namespace tailor::server {
+
+class WatchReactor;
+
+// tailor.v1.FusionService on the gRPC callback API: a thin adapter over
+// jobs::JobManager. Handlers translate messages and statuses; reactions
+// never block (store writes and file reads go to a BlockingExecutor; event
+// reads are in-memory). Every RPC's outcome is counted in
+// tailor_rpcs_total{method, code}.
+//
+// Thread-safe. `manager` and `registry` must outlive the service, and the
+// gRPC server must be shut down before the service is destroyed.
+class FusionServiceImpl final
+    : public tailor::v1::FusionService::CallbackService {
+ public:
+  FusionServiceImpl(jobs::JobManager* manager, metrics::Registry* registry);
+  ~FusionServiceImpl() override;
+
+  // Ends every open watch once it has sent the events available now, with
+  // UNAVAILABLE (the server is going away; resume with after_sequence); new
+  // watches end the same way. For the drain, after the jobs stopped.
+  void CloseWatches();
+
+  grpc::ServerUnaryReactor* CreateFusionJob(
+      grpc::CallbackServerContext* context,
+      const tailor::v1::CreateFusionJobRequest* request,
+      tailor::v1::FusionJob* response) override;
+  grpc::ServerUnaryReactor* GetFusionJob(
+      grpc::CallbackServerContext* context,
+      const tailor::v1::GetFusionJobRequest* request,
+      tailor::v1::FusionJob* response) override;
+  grpc::ServerUnaryReactor* ListFusionJobs(
+      grpc::CallbackServerContext* context,
+      const tailor::v1::ListFusionJobsRequest* request,
+      tailor::v1::ListFusionJobsResponse* response) override;
+  grpc::ServerUnaryReactor* CancelFusionJob(
+      grpc::CallbackServerContext* context,
+      const tailor::v1::CancelFusionJobRequest* request,
+      tailor::v1::FusionJob* response) override;
+  grpc::ServerWriteReactor<tailor::v1::JobEvent>* WatchFusionJob(
+      grpc::CallbackServerContext* context,
+      const tailor::v1::WatchFusionJobRequest* request) override;
+  grpc::ServerWriteReactor<tailor::v1::ResultChunk>* ReadJobResult(
+      grpc::CallbackServerContext* context,
+      const tailor::v1::ReadJobResultRequest* request) override;
+
+  // For reactors: counts the outcome and converts the status.
+  grpc::Status Outcome(const char* method, const absl::Status& status);
+
+ private:
+  friend class WatchReactor;
+  grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
+                                        const char* method,
+                                        const absl::Status& status);
+  void Register(WatchReactor* watch);
+  void Unregister(WatchReactor* watch);
+
+  jobs::JobManager* const manager_;
+  metrics::Family* const rpcs_;
+  BlockingExecutor executor_;
+  std::atomic<bool> watches_closed_{false};
+  absl::Mutex watches_mu_;  // guards watches_
+  std::set<WatchReactor*> watches_ ABSL_GUARDED_BY(watches_mu_);
+};
+
+}  // namespace tailor::server
+
+#endif  // TAILOR_SERVER_FUSION_SERVICE_H_

@@ -1,0 +1,82 @@
+#include "metrics_http_server.h"
+
+#include <civetweb.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "util/log.h"
+
+namespace tailor::server {
+namespace {
+
+int Reply(::mg_connection* conn, int code, const char* reason, const char* type,
+          const std::string& body) {
+  mg_printf(conn,
+            "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+            "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+            code, reason, type, body.size());
+  mg_write(conn, body.data(), body.size());
+  return code;
+}
+
+int LogCivetweb(const ::mg_connection*, const char* message) {
+  Log(LogLevel::kWarning, "", absl::StrCat("metrics http: ", message));
+  return 1;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
+    const std::string& listen, metrics::Registry* registry,
+    std::function<bool()> ready) {
+  // civetweb wants its library initialised once per process.
+  static const bool initialised = (mg_init_library(0), true);
+  (void)initialised;
+  std::unique_ptr<MetricsHttpServer> s(
+      new MetricsHttpServer(registry, std::move(ready)));
+  const char* options[] = {
+      "listening_ports",    listen.c_str(), "num_threads", "4",
+      "request_timeout_ms", "10000",        nullptr};
+  mg_callbacks callbacks;
+  std::memset(&callbacks, 0, sizeof(callbacks));
+  callbacks.log_message = &LogCivetweb;
+  s->context_ = mg_start(&callbacks, s.get(), options);
+  if (s->context_ == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("metrics-listen: cannot serve HTTP on '", listen,
+                     "' (expected IPV4:PORT, with the port free)"));
+  }
+  mg_set_request_handler(s->context_, "/metrics$", &HandleMetrics, s.get());
+  mg_set_request_handler(s->context_, "/healthz$", &HandleHealth, s.get());
+  mg_set_request_handler(s->context_, "/readyz$", &HandleReady, s.get());
+  mg_server_port ports[4];
+  const int n = mg_get_server_ports(s->context_, 4, ports);
+  if (n > 0) s->port_ = ports[0].port;
+  return s;
+}
+
+MetricsHttpServer::~MetricsHttpServer() {
+  if (context_ != nullptr) mg_stop(context_);
+}
+
+int MetricsHttpServer::HandleMetrics(::mg_connection* conn, void* self) {
+  auto* s = static_cast<MetricsHttpServer*>(self);
+  return Reply(conn, 200, "OK", "text/plain; version=0.0.4; charset=utf-8",
+               s->registry_->Render());
+}
+
+int MetricsHttpServer::HandleHealth(::mg_connection* conn, void*) {
+  return Reply(conn, 200, "OK", "text/plain; charset=utf-8", "ok\n");
+}
+
+int MetricsHttpServer::HandleReady(::mg_connection* conn, void* self) {
+  auto* s = static_cast<MetricsHttpServer*>(self);
+  if (s->ready_()) {
+    return Reply(conn, 200, "OK", "text/plain; charset=utf-8", "ready\n");
+  }
+  return Reply(conn, 503, "Service Unavailable", "text/plain; charset=utf-8",
+               "draining\n");
+}
+
+}  // namespace tailor::server

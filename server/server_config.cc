@@ -1,0 +1,201 @@
+#include "server_config.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "util/file_util.h"
+#include "yaml-cpp/yaml.h"
+
+namespace tailor::server {
+namespace {
+
+absl::Status Invalid(absl::string_view key, absl::string_view rule) {
+  return absl::InvalidArgumentError(absl::StrCat(key, ": ", rule));
+}
+
+absl::Status CheckHostPort(absl::string_view key, const std::string& value) {
+  const size_t colon = value.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == value.size()) {
+    return Invalid(key, absl::StrCat("must be HOST:PORT, not '", value, "'"));
+  }
+  for (size_t i = colon + 1; i < value.size(); ++i) {
+    if (value[i] < '0' || value[i] > '9') {
+      return Invalid(key,
+                     absl::StrCat("port must be a number in '", value, "'"));
+    }
+  }
+  if (value.size() - colon - 1 > 5 ||
+      std::stoi(value.substr(colon + 1)) > 65535) {
+    return Invalid(key, "port must be at most 65535");
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status Read(const YAML::Node& node, const std::string& where,
+                  const char* type, T* out) {
+  try {
+    if (!node.IsScalar()) return Invalid(where, absl::StrCat("must be ", type));
+    *out = node.as<T>();
+    return absl::OkStatus();
+  } catch (const YAML::Exception&) {
+    return Invalid(
+        where, absl::StrCat("must be ", type, ", not '", node.Scalar(), "'"));
+  }
+}
+
+}  // namespace
+
+absl::Status ServerConfig::Validate() const {
+  if (absl::Status s = CheckHostPort("listen", listen); !s.ok()) return s;
+  if (absl::Status s = CheckHostPort("metrics-listen", metrics_listen);
+      !s.ok()) {
+    return s;
+  }
+  if (data_dir.empty()) return Invalid("data-dir", "must not be empty");
+  if (max_concurrent_jobs < 1 || max_concurrent_jobs > 256) {
+    return Invalid("max-concurrent-jobs", "must be in 1..256");
+  }
+  if (max_queued_jobs < 1) return Invalid("max-queued-jobs", "must be >= 1");
+  if (max_spec_bytes < 1024 || max_spec_bytes > (4 << 20)) {
+    return Invalid("max-spec-bytes", "must be in 1024..4194304");
+  }
+  if (!(drain_timeout_seconds > 0 && drain_timeout_seconds < 30)) {
+    return Invalid("drain-timeout",
+                   "must be in (0, 30) seconds (shorter than Kubernetes' "
+                   "default 30 s grace period)");
+  }
+  if (log_level != "debug" && log_level != "info" && log_level != "warning" &&
+      log_level != "error") {
+    return Invalid("log-level", "must be debug, info, warning or error");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LoadServerConfigFile(const std::string& path,
+                                  ServerConfig* config) {
+  absl::StatusOr<std::string> text = ReadFileToString(path, 1 << 20);
+  if (!text.ok()) return text.status();
+  YAML::Node root;
+  try {
+    root = YAML::Load(*text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not valid YAML: ", e.what()));
+  }
+  if (root.IsNull()) return absl::OkStatus();
+  if (!root.IsMap()) {
+    return Invalid(path, "must be a mapping of settings");
+  }
+  for (const auto& kv : root) {
+    const std::string key =
+        absl::StrReplaceAll(kv.first.as<std::string>(), {{"_", "-"}});
+    const std::string where = absl::StrCat(path, ": ", key);
+    const YAML::Node& v = kv.second;
+    absl::Status s;
+    if (key == "listen") {
+      s = Read(v, where, "a string", &config->listen);
+    } else if (key == "metrics-listen") {
+      s = Read(v, where, "a string", &config->metrics_listen);
+    } else if (key == "data-dir") {
+      s = Read(v, where, "a string", &config->data_dir);
+    } else if (key == "allowed-root") {
+      config->allowed_roots.clear();
+      if (v.IsScalar()) {
+        config->allowed_roots.push_back(v.Scalar());
+      } else if (v.IsSequence()) {
+        for (size_t i = 0; i < v.size() && s.ok(); ++i) {
+          std::string root_dir;
+          s = Read(v[i], absl::StrCat(where, "[", i, "]"), "a string",
+                   &root_dir);
+          config->allowed_roots.push_back(root_dir);
+        }
+      } else {
+        s = Invalid(where, "must be a string or a list of strings");
+      }
+    } else if (key == "max-concurrent-jobs") {
+      s = Read(v, where, "an integer", &config->max_concurrent_jobs);
+    } else if (key == "max-queued-jobs") {
+      s = Read(v, where, "an integer", &config->max_queued_jobs);
+    } else if (key == "max-spec-bytes") {
+      s = Read(v, where, "an integer", &config->max_spec_bytes);
+    } else if (key == "drain-timeout") {
+      s = Read(v, where, "a number of seconds", &config->drain_timeout_seconds);
+    } else if (key == "ready-file") {
+      s = Read(v, where, "a string", &config->ready_file);
+    } else if (key == "log-level") {
+      s = Read(v, where, "a string", &config->log_level);
+    } else {
+      s = Invalid(where, "unknown setting (see tailord --help)");
+    }
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+void ServerFlags::Add(CLI::App& app) {
+  app_ = &app;
+  const ServerConfig d;
+  app.add_option("--config", config_file_,
+                 "YAML file with any of these settings (keys: the long flag "
+                 "names, '-' or '_'); flags given here override it")
+      ->check(CLI::ExistingFile);
+  app.add_option("--listen", flags_.listen,
+                 "gRPC address HOST:PORT (port 0: any free port; default " +
+                     d.listen + ")");
+  app.add_option("--metrics-listen", flags_.metrics_listen,
+                 "HTTP address IPV4:PORT for /metrics, /healthz, /readyz "
+                 "(port 0: any free port; default " +
+                     d.metrics_listen + ")");
+  app.add_option("--data-dir", flags_.data_dir,
+                 "directory of the job store (jobs.db), created if missing "
+                 "(default " +
+                     d.data_dir + ")");
+  app.add_option("--allowed-root", flags_.allowed_roots,
+                 "directory every job URI must lie under (repeatable; "
+                 "default: the working directory)");
+  app.add_option("--max-concurrent-jobs", flags_.max_concurrent_jobs,
+                 "jobs that run at the same time, 1..256 (default 1)");
+  app.add_option("--max-queued-jobs", flags_.max_queued_jobs,
+                 "queued jobs allowed; more creates are RESOURCE_EXHAUSTED "
+                 "(default 100)");
+  app.add_option("--max-spec-bytes", flags_.max_spec_bytes,
+                 "largest job spec accepted (as JSON), 1024..4194304 bytes; "
+                 "larger is RESOURCE_EXHAUSTED (default 65536)");
+  app.add_option("--drain-timeout", flags_.drain_timeout_seconds,
+                 "seconds from SIGTERM to exit, in (0, 30) (default 20)");
+  app.add_option("--ready-file", flags_.ready_file,
+                 "write {\"grpc_port\": N, \"metrics_port\": M} here once "
+                 "serving (for scripts and tests using port 0)");
+  app.add_option("--log-level", flags_.log_level,
+                 "debug|info|warning|error (default info)");
+}
+
+absl::StatusOr<ServerConfig> ServerFlags::Resolve() const {
+  ServerConfig config;
+  if (!config_file_.empty()) {
+    absl::Status s = LoadServerConfigFile(config_file_, &config);
+    if (!s.ok()) return s;
+  }
+  auto given = [&](const char* flag) { return app_->count(flag) > 0; };
+  if (given("--listen")) config.listen = flags_.listen;
+  if (given("--metrics-listen")) config.metrics_listen = flags_.metrics_listen;
+  if (given("--data-dir")) config.data_dir = flags_.data_dir;
+  if (given("--allowed-root")) config.allowed_roots = flags_.allowed_roots;
+  if (given("--max-concurrent-jobs")) {
+    config.max_concurrent_jobs = flags_.max_concurrent_jobs;
+  }
+  if (given("--max-queued-jobs")) {
+    config.max_queued_jobs = flags_.max_queued_jobs;
+  }
+  if (given("--max-spec-bytes")) config.max_spec_bytes = flags_.max_spec_bytes;
+  if (given("--drain-timeout")) {
+    config.drain_timeout_seconds = flags_.drain_timeout_seconds;
+  }
+  if (given("--ready-file")) config.ready_file = flags_.ready_file;
+  if (given("--log-level")) config.log_level = flags_.log_level;
+  absl::Status s = config.Validate();
+  if (!s.ok()) return s;
+  return config;
+}
+
+}  // namespace tailor::server

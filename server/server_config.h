@@ -1,0 +1,55 @@
+#ifndef TAILOR_SERVER_SERVER_CONFIG_H_
+#define TAILOR_SERVER_SERVER_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace tailor::server {
+
+// tailord's settings. The defaults work out of the box on one machine:
+// loopback ports, a data directory under the working directory, and the
+// working directory as the only allowed storage root.
+struct ServerConfig {
+  std::string listen = "127.0.0.1:50051";
+  std::string metrics_listen = "127.0.0.1:9464";
+  std::string data_dir = "tailord-data";
+  std::vector<std::string> allowed_roots;  // empty: the working directory
+  int max_concurrent_jobs = 1;
+  int max_queued_jobs = 100;
+  int64_t max_spec_bytes = 64 << 10;
+  double drain_timeout_seconds = 20;
+  std::string ready_file;  // written once serving: {"grpc_port", ...}
+  std::string log_level = "info";
+
+  // INVALID_ARGUMENT naming the setting and its rule.
+  absl::Status Validate() const;
+};
+
+// Binds tailord's flags and --config. Parse, then call Resolve().
+class ServerFlags {
+ public:
+  void Add(CLI::App& app);
+  // The configuration: defaults, then the --config file (YAML, keys as the
+  // long flag names with '-' or '_'), then the flags given on the command
+  // line; validated.
+  absl::StatusOr<ServerConfig> Resolve() const;
+
+ private:
+  CLI::App* app_ = nullptr;
+  std::string config_file_;
+  ServerConfig flags_;
+};
+
+// Reads a YAML config file over `config`. Unknown keys and wrongly typed
+// values are INVALID_ARGUMENT naming the file and the key.
+absl::Status LoadServerConfigFile(const std::string& path,
+                                  ServerConfig* config);
+
+}  // namespace tailor::server
+
+#endif  // TAILOR_SERVER_SERVER_CONFIG_H_

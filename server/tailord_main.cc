@@ -1,0 +1,178 @@
+// tailord: the tailor gRPC service. See `tailord --help` and README.md.
+//
+// Life cycle: start the job manager (requeuing unfinished jobs), the gRPC
+// server (FusionService, grpc.health.v1, reflection) and the metrics
+// endpoint; then wait for SIGTERM/SIGINT and drain: health NOT_SERVING and
+// /readyz 503, creates UNAVAILABLE, running jobs stop and go back to QUEUED,
+// watchers get their remaining events and a final UNAVAILABLE, and the
+// process exits within --drain-timeout.
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <iostream>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "fusion_service.h"
+#include "jobs/job_manager.h"
+#include "jobs/job_runner.h"
+#include "metrics/registry.h"
+#include "metrics_http_server.h"
+#include "nlohmann/json.hpp"
+#include "server_config.h"
+#include "util/file_util.h"
+#include "util/log.h"
+
+namespace tailor::server {
+namespace {
+
+constexpr char kServiceName[] = "tailor.v1.FusionService";
+
+int Fail(const absl::Status& status) {
+  Log(LogLevel::kError, "", std::string(status.message()));
+  return 1;
+}
+
+LogLevel ParseLevel(const std::string& level) {
+  if (level == "debug") return LogLevel::kDebug;
+  if (level == "warning") return LogLevel::kWarning;
+  if (level == "error") return LogLevel::kError;
+  return LogLevel::kInfo;
+}
+
+int Serve(const ServerConfig& config, const sigset_t& signals) {
+  SetMinLogLevel(ParseLevel(config.log_level));
+  std::vector<std::string> roots = config.allowed_roots;
+  if (roots.empty()) {
+    char cwd[4096];
+    if (::getcwd(cwd, sizeof(cwd)) == nullptr) {
+      return Fail(ErrnoToStatus(errno, "getcwd"));
+    }
+    roots.push_back(cwd);
+  }
+  absl::StatusOr<std::unique_ptr<jobs::JobRunner>> runner =
+      jobs::NewFusionJobRunner(roots);
+  if (!runner.ok()) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("allowed-root: ", runner.status().message())));
+  }
+  metrics::Registry registry;
+  jobs::JobManagerOptions options;
+  options.data_dir = config.data_dir;
+  options.max_concurrent_jobs = config.max_concurrent_jobs;
+  options.max_queued_jobs = config.max_queued_jobs;
+  options.max_spec_bytes = static_cast<size_t>(config.max_spec_bytes);
+  absl::StatusOr<std::unique_ptr<jobs::JobManager>> manager =
+      jobs::JobManager::Create(options, std::move(*runner), &registry);
+  if (!manager.ok()) return Fail(manager.status());
+
+  FusionServiceImpl service(manager->get(), &registry);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(),
+                           &grpc_port);
+  builder.RegisterService(&service);
+  // Specs are bounded by --max-spec-bytes; leave room for the envelope.
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_spec_bytes) +
+                                   (64 << 10));
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || grpc_port == 0) {
+    return Fail(absl::UnavailableError(
+        absl::StrCat("listen: cannot serve gRPC on '", config.listen, "'")));
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(kServiceName, true);
+  health->SetServingStatus(true);
+
+  std::atomic<bool> ready{true};
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
+      MetricsHttpServer::Start(config.metrics_listen, &registry,
+                               [&ready] { return ready.load(); });
+  if (!http.ok()) {
+    server->Shutdown();
+    return Fail(http.status());
+  }
+  Log(LogLevel::kInfo, "",
+      absl::StrCat("serving gRPC on ", config.listen, " (port ", grpc_port,
+                   "), metrics on ", config.metrics_listen, " (port ",
+                   (*http)->port(), "), data in ", config.data_dir));
+  if (!config.ready_file.empty()) {
+    nlohmann::json ports = {{"grpc_port", grpc_port},
+                            {"metrics_port", (*http)->port()}};
+    absl::Status s = WriteFileAtomically(config.ready_file, ports.dump());
+    if (!s.ok()) Log(LogLevel::kError, "", s.ToString());
+  }
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  const absl::Time deadline =
+      absl::Now() + absl::Seconds(config.drain_timeout_seconds);
+  Log(LogLevel::kInfo, "",
+      absl::StrCat("signal ", signal_number, ": draining (deadline ",
+                   config.drain_timeout_seconds, " s)"));
+  ready.store(false);
+  health->SetServingStatus(kServiceName, false);
+  health->SetServingStatus(false);
+  (*manager)->BeginDrain();
+  // Leave a quarter of the time to end the RPCs once the jobs stopped.
+  const absl::Time jobs_deadline =
+      absl::Now() + (deadline - absl::Now()) * 3 / 4;
+  const bool stopped = (*manager)->WaitForWorkers(jobs_deadline);
+  service.CloseWatches();
+  server->Shutdown(absl::ToChronoTime(deadline));
+  http->reset();
+  if (!stopped) {
+    // A tensor outlived the deadline. The store still says RUNNING, so the
+    // job runs again after the restart, as after a crash.
+    Log(LogLevel::kWarning, "",
+        "a running job did not stop before the deadline; exiting anyway");
+    std::_Exit(0);
+  }
+  server.reset();
+  manager->reset();
+  Log(LogLevel::kInfo, "", "drained; bye");
+  return 0;
+}
+
+}  // namespace
+}  // namespace tailor::server
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "tailord: the tailor gRPC service. Runs Model Tailor fusion jobs "
+      "submitted over gRPC (tailor.v1.FusionService), keeps them in a "
+      "durable job store, streams their progress and results, and exposes "
+      "Prometheus metrics. SIGTERM drains it gracefully."};
+  app.footer(
+      "Exit status: 0 after a drain, 1 on a startup error, 2 on bad flags.");
+  app.set_version_flag("--version", "tailord 0.1.0");
+  tailor::server::ServerFlags flags;
+  flags.Add(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  absl::StatusOr<tailor::server::ServerConfig> config = flags.Resolve();
+  if (!config.ok()) {
+    std::cerr << "tailord: error: " << config.status().message() << "\n";
+    return 2;
+  }
+  // Every thread inherits this mask; the main thread takes the signals
+  // with sigwait.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return tailor::server::Serve(*config, signals);
+}

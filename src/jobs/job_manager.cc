@@ -1,0 +1,773 @@
+#include "jobs/job_manager.h"
+
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "absl/random/random.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "util/file_util.h"
+#include "util/log.h"
+#include "util/status_macros.h"
+
+namespace tailor::jobs {
+namespace {
+
+constexpr int kMaxPriority = 9;
+constexpr size_t kMaxRequestId = 36;
+constexpr size_t kMaxLabels = 16;
+constexpr size_t kMaxLabelLength = 63;
+constexpr int kDefaultPageSize = 50;
+constexpr int kMaxPageSize = 1000;
+
+absl::Status Invalid(absl::string_view field, absl::string_view rule) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
+}
+
+absl::Status CheckLabelText(absl::string_view field, absl::string_view text) {
+  if (text.empty() || text.size() > kMaxLabelLength) {
+    return Invalid(field, "must be 1 to 63 characters");
+  }
+  for (char c : text) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+          c == '-')) {
+      return Invalid(field, absl::StrCat("'", text,
+                                         "' may contain only a-z, 0-9, "
+                                         "'_' and '-'"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckRequest(const CreateJobRequest& r) {
+  if (r.priority < 0 || r.priority > kMaxPriority) {
+    return Invalid("priority", absl::StrCat("must be in 0..", kMaxPriority,
+                                            ", not ", r.priority));
+  }
+  if (r.request_id.size() > kMaxRequestId) {
+    return Invalid("request_id", "must be at most 36 characters");
+  }
+  for (char c : r.request_id) {
+    if (c < 0x21 || c > 0x7e) {
+      return Invalid("request_id", "must be printable ASCII without spaces");
+    }
+  }
+  if (r.labels.size() > kMaxLabels) {
+    return Invalid("labels", "at most 16 labels");
+  }
+  for (const auto& [k, v] : r.labels) {
+    TAILOR_RETURN_IF_ERROR(CheckLabelText("labels key", k));
+    TAILOR_RETURN_IF_ERROR(CheckLabelText(absl::StrCat("labels[", k, "]"), v));
+  }
+  return absl::OkStatus();
+}
+
+std::string NewJobId() {
+  static absl::Mutex mu;
+  static absl::BitGen* gen = new absl::BitGen();
+  absl::MutexLock lock(&mu);
+  return absl::StrFormat("%016x", absl::Uniform<uint64_t>(*gen));
+}
+
+JobEvent StateEvent(JobState state, const absl::Status& status = {},
+                    nlohmann::json result = nullptr) {
+  JobEvent e;
+  e.kind = JobEvent::Kind::kStateChange;
+  e.state = state;
+  e.error_code = static_cast<int>(status.code());
+  e.error_message = std::string(status.message());
+  e.result = std::move(result);
+  return e;
+}
+
+std::string OutcomeLabel(JobState s) {
+  return absl::AsciiStrToLower(JobStateName(s));
+}
+
+// The result summary of a report: method, totals, outputs.
+nlohmann::json Summary(const nlohmann::json& report,
+                       const nlohmann::json& spec) {
+  nlohmann::json s = report.value("totals", nlohmann::json::object());
+  s["method"] = report.value("method", "");
+  s["fused"] = spec.value("out", "");
+  s["patch"] = spec.value("patch_out", "");
+  s["report"] = spec.value("report", "");
+  return s;
+}
+
+uint64_t PathBytes(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return 0;
+  if (S_ISREG(st.st_mode)) return static_cast<uint64_t>(st.st_size);
+  if (!S_ISDIR(st.st_mode)) return 0;
+  uint64_t total = 0;
+  absl::StatusOr<std::vector<std::string>> names = ListDirectory(path);
+  if (!names.ok()) return 0;
+  for (const std::string& n : *names) total += PathBytes(JoinPath(path, n));
+  return total;
+}
+
+// Resident set size of this process (Linux), bytes; 0 if unknown.
+double ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, resident = 0;
+  if (!(statm >> pages >> resident)) return 0;
+  return static_cast<double>(resident) * ::sysconf(_SC_PAGESIZE);
+}
+
+struct Filter {
+  std::optional<JobState> state;
+  std::map<std::string, std::string> labels;
+};
+
+absl::StatusOr<Filter> ParseFilter(const std::string& text) {
+  Filter f;
+  if (absl::StripAsciiWhitespace(text).empty()) return f;
+  for (absl::string_view term : absl::StrSplit(text, " AND ")) {
+    term = absl::StripAsciiWhitespace(term);
+    std::pair<std::string, std::string> kv =
+        absl::StrSplit(term, absl::MaxSplits('=', 1));
+    std::string key(absl::StripAsciiWhitespace(kv.first));
+    std::string value(absl::StripAsciiWhitespace(kv.second));
+    if (key == "state") {
+      f.state = ParseJobState(value);
+      if (!f.state || *f.state == JobState::kUnspecified) {
+        return Invalid("filter", absl::StrCat("unknown state '", value,
+                                              "' (QUEUED, RUNNING, SUCCEEDED, "
+                                              "FAILED, CANCELLED)"));
+      }
+    } else if (absl::StartsWith(key, "labels.") && key.size() > 7 &&
+               term.find('=') != absl::string_view::npos) {
+      f.labels[key.substr(7)] = value;
+    } else {
+      return Invalid("filter",
+                     absl::StrCat("term '", term,
+                                  "' is not state=STATE or labels.KEY=VALUE "
+                                  "(terms are joined by ' AND ')"));
+    }
+  }
+  return f;
+}
+
+bool Matches(const Filter& f, const Job& job) {
+  if (f.state && job.state != *f.state) return false;
+  for (const auto& [k, v] : f.labels) {
+    auto it = job.labels.find(k);
+    if (it == job.labels.end() || it->second != v) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+// Turns engine progress into job events (on the job's worker thread).
+class JobManager::ProgressAdapter : public ProgressSink {
+ public:
+  ProgressAdapter(JobManager* manager, std::string id, std::string device)
+      : manager_(manager), id_(std::move(id)), device_(std::move(device)) {}
+
+  void OnEvent(const ProgressEvent& e) override {
+    JobEvent event;
+    if (e.kind == ProgressEvent::Kind::kFinished) return;
+    if (e.kind == ProgressEvent::Kind::kWarning) {
+      event.kind = JobEvent::Kind::kWarning;
+      event.warning = e.message;
+      Log(LogLevel::kWarning, "fusionJobs/" + id_, e.message);
+    } else {
+      event.kind = JobEvent::Kind::kProgress;
+      JobProgress& p = event.progress;
+      p.tensors_done = e.done;
+      p.tensors_total = e.total;
+      p.bytes_done = e.bytes_done;
+      p.bytes_total = e.bytes_total;
+      p.elapsed_seconds = e.elapsed_seconds;
+      if (e.bytes_done > 0 && e.bytes_total >= e.bytes_done) {
+        p.eta_seconds = e.elapsed_seconds *
+                        static_cast<double>(e.bytes_total - e.bytes_done) /
+                        static_cast<double>(e.bytes_done);
+      }
+      p.tensor = e.tensor;
+      p.action = e.action;
+      if (e.kind == ProgressEvent::Kind::kTensorDone && manager_->metrics_) {
+        JobMetrics& m = *manager_->metrics_;
+        m.tensors->Increment({device_, e.action});
+        m.tensor_duration->Observe({device_},
+                                   e.elapsed_seconds - last_elapsed_);
+        m.read_bytes->Increment(
+            {}, static_cast<double>(e.bytes_done - last_bytes_));
+      }
+      last_elapsed_ = e.elapsed_seconds;
+      last_bytes_ = e.bytes_done;
+    }
+    absl::Status s = manager_->Record(id_, [&](Job& job) {
+      if (event.kind == JobEvent::Kind::kProgress)
+        job.progress = event.progress;
+      return std::optional<JobEvent>(event);
+    });
+    if (!s.ok()) Log(LogLevel::kError, "fusionJobs/" + id_, s.ToString());
+  }
+
+ private:
+  JobManager* const manager_;
+  const std::string id_, device_;
+  double last_elapsed_ = 0;
+  uint64_t last_bytes_ = 0;
+};
+
+JobManager::JobManager(const JobManagerOptions& options,
+                       std::unique_ptr<JobRunner> runner,
+                       std::unique_ptr<JobStore> store,
+                       metrics::Registry* registry)
+    : options_(options),
+      runner_(std::move(runner)),
+      store_(std::move(store)),
+      registry_(registry) {
+  if (registry != nullptr) {
+    metrics_ = std::make_unique<JobMetrics>(registry);
+    collector_id_ = registry->AddCollector([this] { Collect(); });
+  }
+}
+
+absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
+    const JobManagerOptions& options, std::unique_ptr<JobRunner> runner,
+    metrics::Registry* registry) {
+  if (options.max_concurrent_jobs < 1) {
+    return Invalid("max_concurrent_jobs", "must be >= 1");
+  }
+  if (options.max_queued_jobs < 1) {
+    return Invalid("max_queued_jobs", "must be >= 1");
+  }
+  if (options.data_dir.empty()) return Invalid("data_dir", "is required");
+  if (::mkdir(options.data_dir.c_str(), 0750) != 0 && errno != EEXIST) {
+    return ErrnoToStatus(errno, absl::StrCat("data_dir ", options.data_dir));
+  }
+  if (!IsDirectory(options.data_dir)) {
+    return Invalid("data_dir",
+                   absl::StrCat(options.data_dir, " is not a directory"));
+  }
+  TAILOR_ASSIGN_OR_RETURN(
+      std::unique_ptr<JobStore> store,
+      JobStore::Open(JoinPath(options.data_dir, "jobs.db")));
+  std::unique_ptr<JobManager> m(
+      new JobManager(options, std::move(runner), std::move(store), registry));
+  TAILOR_RETURN_IF_ERROR(m->Load());
+  {
+    absl::MutexLock lock(&m->mu_);
+    m->active_workers_ = options.max_concurrent_jobs;
+  }
+  for (int i = 0; i < options.max_concurrent_jobs; ++i) {
+    m->workers_.emplace_back([p = m.get()] { p->WorkerLoop(); });
+  }
+  return m;
+}
+
+absl::Status JobManager::Load() {
+  TAILOR_ASSIGN_OR_RETURN(std::vector<Job> jobs, store_->LoadJobs());
+  std::vector<std::string> requeue;
+  {
+    absl::MutexLock lock(&mu_);
+    for (Job& job : jobs) {
+      TAILOR_ASSIGN_OR_RETURN(std::vector<JobEvent> events,
+                              store_->LoadEvents(job.id));
+      if (static_cast<int64_t>(events.size()) != job.last_sequence) {
+        return absl::DataLossError(absl::StrCat(
+            "job store: fusionJobs/", job.id, " has ", events.size(),
+            " events but its last sequence is ", job.last_sequence));
+      }
+      next_order_ = std::max(next_order_, job.create_order + 1);
+      if (!job.request_id.empty()) by_request_id_[job.request_id] = job.id;
+      by_order_[job.create_order] = job.id;
+      if (job.state == JobState::kQueued) {
+        queue_.emplace(-job.priority, job.create_order, job.id);
+      } else if (job.state == JobState::kRunning) {
+        requeue.push_back(job.id);
+      }
+      Entry& e = jobs_[job.id];
+      e.job = std::move(job);
+      e.events = std::move(events);
+    }
+  }
+  // Jobs that were running when the server stopped run again from the start.
+  for (const std::string& id : requeue) {
+    JobEvent e = StateEvent(
+        JobState::kQueued,
+        absl::UnavailableError("the server stopped while the job ran; it "
+                               "runs again"));
+    TAILOR_RETURN_IF_ERROR(Record(id, [&](Job& job) {
+      job.state = JobState::kQueued;
+      job.progress = JobProgress();
+      return std::optional<JobEvent>(e);
+    }));
+    absl::MutexLock lock(&mu_);
+    const Job& job = jobs_[id].job;
+    queue_.emplace(-job.priority, job.create_order, job.id);
+    Log(LogLevel::kInfo, job.name(), "requeued after restart");
+  }
+  absl::MutexLock lock(&mu_);
+  if (!jobs_.empty()) {
+    Log(LogLevel::kInfo, "",
+        absl::StrCat("loaded ", jobs_.size(), " jobs, ", queue_.size(),
+                     " queued"));
+  }
+  return absl::OkStatus();
+}
+
+JobManager::~JobManager() {
+  BeginDrain();
+  for (std::thread& t : workers_) t.join();
+  if (registry_ != nullptr) registry_->RemoveCollector(collector_id_);
+}
+
+absl::Status JobManager::Record(const std::string& id, const Update& update) {
+  absl::MutexLock write_lock(&write_mu_);
+  Job updated;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return absl::NotFoundError("fusionJobs/" + id);
+    updated = it->second.job;
+  }
+  std::optional<JobEvent> event = update(updated);
+  std::vector<JobEvent> events;
+  if (event) {
+    event->sequence = ++updated.last_sequence;
+    event->time = absl::Now();
+    events.push_back(*event);
+  }
+  TAILOR_RETURN_IF_ERROR(store_->Commit(updated, events));
+  {
+    absl::MutexLock lock(&mu_);
+    Entry& e = jobs_[id];
+    e.job = std::move(updated);
+    for (JobEvent& ev : events) e.events.push_back(std::move(ev));
+  }
+  if (event) Notify(id);
+  return absl::OkStatus();
+}
+
+void JobManager::Notify(const std::string& job_id) {
+  absl::MutexLock lock(&listeners_mu_);
+  for (auto& [id, l] : listeners_) {
+    if (l.job_id == job_id) l.fn();
+  }
+}
+
+void JobManager::NotifyAll() {
+  absl::MutexLock lock(&listeners_mu_);
+  for (auto& [id, l] : listeners_) l.fn();
+}
+
+int64_t JobManager::AddListener(const std::string& job_id,
+                                std::function<void()> listener) {
+  absl::MutexLock lock(&listeners_mu_);
+  const int64_t id = next_listener_++;
+  listeners_[id] = Listener{job_id, std::move(listener)};
+  return id;
+}
+
+void JobManager::RemoveListener(int64_t id) {
+  absl::MutexLock lock(&listeners_mu_);
+  listeners_.erase(id);
+}
+
+absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request) {
+  auto refuse = [&](absl::Status s) {
+    if (metrics_) {
+      metrics_->validation_failures->Increment(
+          {absl::AsciiStrToLower(absl::StatusCodeToString(s.code()))});
+    }
+    return s;
+  };
+  if (draining()) {
+    return absl::UnavailableError(
+        "the server is draining and accepts no new jobs; retry on another "
+        "replica or after the restart");
+  }
+  absl::Status s = CheckRequest(request);
+  if (!s.ok()) return refuse(s);
+  const size_t spec_bytes = request.spec.dump().size();
+  if (spec_bytes > options_.max_spec_bytes) {
+    return refuse(absl::ResourceExhaustedError(
+        absl::StrCat("spec: ", spec_bytes,
+                     " bytes (as JSON) exceeds the "
+                     "limit of ",
+                     options_.max_spec_bytes)));
+  }
+  absl::StatusOr<nlohmann::json> spec = runner_->Prepare(request.spec);
+  if (!spec.ok()) {
+    s = spec.status();
+    if (s.code() == absl::StatusCode::kInvalidArgument &&
+        !absl::StartsWith(s.message(), "spec")) {
+      s = absl::InvalidArgumentError(absl::StrCat("spec.", s.message()));
+    }
+    return refuse(s);
+  }
+  const std::string fingerprint = nlohmann::json{
+      {"spec", *spec},
+      {"priority", request.priority},
+      {"labels", request.labels}}.dump();
+
+  absl::MutexLock write_lock(&write_mu_);
+  Job job;
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_) {
+      return absl::UnavailableError(
+          "the server is draining and accepts no new jobs");
+    }
+    if (!request.request_id.empty()) {
+      auto it = by_request_id_.find(request.request_id);
+      if (it != by_request_id_.end()) {
+        const Job& existing = jobs_[it->second].job;
+        if (existing.fingerprint == fingerprint) return existing;
+        return refuse(absl::AlreadyExistsError(
+            absl::StrCat("request_id: '", request.request_id, "' was used for ",
+                         existing.name(),
+                         " with a different request; use a new request_id")));
+      }
+    }
+    if (queue_.size() >= static_cast<size_t>(options_.max_queued_jobs)) {
+      return refuse(absl::ResourceExhaustedError(
+          absl::StrCat("the queue is full (", options_.max_queued_jobs,
+                       " jobs queued); retry later")));
+    }
+    do {
+      job.id = NewJobId();
+    } while (jobs_.count(job.id) > 0);
+    job.create_order = next_order_++;
+  }
+  job.request_id = request.request_id;
+  job.spec = *spec;
+  job.priority = request.priority;
+  job.labels = request.labels;
+  job.fingerprint = fingerprint;
+  job.state = JobState::kQueued;
+  job.create_time = absl::Now();
+  JobEvent event = StateEvent(JobState::kQueued);
+  event.sequence = job.last_sequence = 1;
+  event.time = job.create_time;
+  TAILOR_RETURN_IF_ERROR(store_->Commit(job, {event}));
+  {
+    absl::MutexLock lock(&mu_);
+    Entry& e = jobs_[job.id];
+    e.job = job;
+    e.events.push_back(event);
+    by_order_[job.create_order] = job.id;
+    if (!job.request_id.empty()) by_request_id_[job.request_id] = job.id;
+    queue_.emplace(-job.priority, job.create_order, job.id);
+  }
+  if (metrics_) metrics_->submitted->Increment({});
+  Log(LogLevel::kInfo, job.name(),
+      absl::StrCat("queued (priority ", job.priority, ")"));
+  return job;
+}
+
+absl::StatusOr<const JobManager::Entry*> JobManager::Find(
+    absl::string_view name) const {
+  TAILOR_ASSIGN_OR_RETURN(std::string id, JobIdFromName(name));
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("no job named ", name));
+  }
+  return &it->second;
+}
+
+absl::StatusOr<Job> JobManager::GetJob(absl::string_view name) const {
+  absl::ReaderMutexLock lock(&mu_);
+  TAILOR_ASSIGN_OR_RETURN(const Entry* e, Find(name));
+  return e->job;
+}
+
+absl::StatusOr<ListJobsResult> JobManager::ListJobs(
+    int page_size, const std::string& page_token,
+    const std::string& filter) const {
+  if (page_size < 0) return Invalid("page_size", "must be >= 0");
+  if (page_size == 0) page_size = kDefaultPageSize;
+  page_size = std::min(page_size, kMaxPageSize);
+  TAILOR_ASSIGN_OR_RETURN(Filter f, ParseFilter(filter));
+  int64_t before = std::numeric_limits<int64_t>::max();
+  if (!page_token.empty() &&
+      (!absl::SimpleAtoi(page_token, &before) || before <= 0)) {
+    return Invalid("page_token", "is not a token this server returned");
+  }
+  ListJobsResult result;
+  absl::ReaderMutexLock lock(&mu_);
+  for (auto it = std::make_reverse_iterator(by_order_.lower_bound(before));
+       it != by_order_.rend(); ++it) {
+    const Job& job = jobs_.at(it->second).job;
+    if (!Matches(f, job)) continue;
+    if (static_cast<int>(result.jobs.size()) == page_size) {
+      result.next_page_token = absl::StrCat(result.jobs.back().create_order);
+      break;
+    }
+    result.jobs.push_back(job);
+  }
+  return result;
+}
+
+absl::StatusOr<Job> JobManager::CancelJob(absl::string_view name) {
+  std::string id;
+  bool was_queued = false;
+  {
+    absl::MutexLock lock(&mu_);
+    TAILOR_ASSIGN_OR_RETURN(const Entry* found, Find(name));
+    id = found->job.id;
+    Entry& e = jobs_[id];
+    if (IsTerminal(e.job.state)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(name, " already finished (", JobStateName(e.job.state),
+                       "); only QUEUED or RUNNING jobs can be cancelled"));
+    }
+    // A job still in the queue is ours to cancel; one a worker took is
+    // stopped through its flag (the runner checks it before each tensor).
+    was_queued = queue_.erase({-e.job.priority, e.job.create_order, id}) > 0;
+    if (!was_queued) e.stop->store(true);
+  }
+  const absl::Status cancelled =
+      absl::CancelledError("cancelled before it started");
+  TAILOR_RETURN_IF_ERROR(Record(id, [&](Job& job) -> std::optional<JobEvent> {
+    job.cancel_requested = true;
+    if (!was_queued) return std::nullopt;
+    job.state = JobState::kCancelled;
+    job.end_time = absl::Now();
+    job.error_code = static_cast<int>(cancelled.code());
+    job.error_message = std::string(cancelled.message());
+    return StateEvent(JobState::kCancelled, cancelled);
+  }));
+  if (was_queued && metrics_) metrics_->finished->Increment({"cancelled"});
+  absl::ReaderMutexLock lock(&mu_);
+  const Job& job = jobs_.at(id).job;
+  Log(LogLevel::kInfo, job.name(),
+      was_queued ? "cancelled while queued" : "cancel requested");
+  return job;
+}
+
+absl::StatusOr<JobManager::EventBatch> JobManager::ReadEvents(
+    absl::string_view name, int64_t after_sequence, size_t max) const {
+  if (after_sequence < 0) return Invalid("after_sequence", "must be >= 0");
+  absl::ReaderMutexLock lock(&mu_);
+  TAILOR_ASSIGN_OR_RETURN(const Entry* e, Find(name));
+  EventBatch batch;
+  const int64_t last = static_cast<int64_t>(e->events.size());
+  for (int64_t seq = after_sequence + 1;
+       seq <= last && batch.events.size() < max; ++seq) {
+    batch.events.push_back(e->events[seq - 1]);
+  }
+  const int64_t reached = after_sequence + batch.events.size();
+  batch.end = IsTerminal(e->job.state) && reached >= last;
+  return batch;
+}
+
+absl::StatusOr<JobManager::Result> JobManager::GetResult(
+    absl::string_view name, ResultKind kind) const {
+  Job job;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    TAILOR_ASSIGN_OR_RETURN(const Entry* e, Find(name));
+    job = e->job;
+  }
+  if (job.state != JobState::kSucceeded) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(name, " is ", JobStateName(job.state),
+                     "; results exist only for SUCCEEDED jobs"));
+  }
+  Result r;
+  if (kind == ResultKind::kReport) {
+    r.is_inline = true;
+    r.data = job.report_text;
+    return r;
+  }
+  const std::string uri = job.spec.value("patch_out", "");
+  if (uri.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(name, " wrote no patch (its spec has no patch_out)"));
+  }
+  TAILOR_ASSIGN_OR_RETURN(r.path, runner_->ResolveOutput(uri));
+  return r;
+}
+
+void JobManager::BeginDrain() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_) return;
+    draining_ = true;
+    for (auto& [id, e] : jobs_) {
+      if (e.running) {
+        e.interrupted = true;
+        e.stop->store(true);
+      }
+    }
+  }
+  Log(LogLevel::kInfo, "", "draining: no new jobs; running jobs stop");
+  NotifyAll();
+}
+
+bool JobManager::draining() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return draining_;
+}
+
+bool JobManager::WaitForWorkers(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithDeadline(
+      absl::Condition(this, &JobManager::WorkersStopped), deadline);
+}
+
+bool JobManager::WorkReady() const { return draining_ || !queue_.empty(); }
+
+bool JobManager::WorkersStopped() const { return active_workers_ == 0; }
+
+void JobManager::WorkerLoop() {
+  while (true) {
+    std::string id;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(this, &JobManager::WorkReady));
+      if (draining_) break;
+      id = std::get<2>(*queue_.begin());
+      queue_.erase(queue_.begin());
+      Entry& e = jobs_[id];
+      e.stop->store(false);
+      e.interrupted = false;
+      e.running = true;
+    }
+    RunJob(id);
+    absl::MutexLock lock(&mu_);
+    jobs_[id].running = false;
+  }
+  absl::MutexLock lock(&mu_);
+  --active_workers_;
+}
+
+void JobManager::RunJob(const std::string& id) {
+  const std::string name = "fusionJobs/" + id;
+  const absl::Time start = absl::Now();
+  nlohmann::json spec;
+  absl::Time created;
+  std::atomic<bool>* stop;
+  {
+    absl::MutexLock lock(&mu_);
+    Entry& e = jobs_[id];
+    spec = e.job.spec;
+    created = e.job.create_time;
+    stop = e.stop.get();
+  }
+  absl::Status s = Record(id, [&](Job& job) {
+    job.state = JobState::kRunning;
+    job.start_time = start;
+    job.progress = JobProgress();
+    return std::optional<JobEvent>(StateEvent(JobState::kRunning));
+  });
+  if (!s.ok()) {
+    Log(LogLevel::kError, name, s.ToString());
+    return;
+  }
+  if (metrics_) {
+    metrics_->queue_wait->Observe({}, absl::ToDoubleSeconds(start - created));
+  }
+  Log(LogLevel::kInfo, name, "running");
+  ProgressAdapter progress(this, id, runner_->DeviceLabel(spec));
+  RunOptions options;
+  options.progress = &progress;
+  options.cancel = stop;
+  absl::StatusOr<nlohmann::json> report = runner_->Run(spec, options);
+
+  bool interrupted, user_cancel;
+  {
+    absl::MutexLock lock(&mu_);
+    Entry& e = jobs_[id];
+    interrupted = e.interrupted;
+    user_cancel = e.job.cancel_requested;
+  }
+  const absl::Time end = absl::Now();
+  JobState final_state;
+  JobEvent event;
+  std::string report_text;
+  nlohmann::json summary;
+  if (report.ok()) {
+    final_state = JobState::kSucceeded;
+    report_text = report->dump(2) + "\n";
+    summary = Summary(*report, spec);
+    event = StateEvent(final_state, absl::OkStatus(), summary);
+  } else if (report.status().code() == absl::StatusCode::kCancelled &&
+             interrupted && !user_cancel) {
+    final_state = JobState::kQueued;
+    event = StateEvent(
+        final_state,
+        absl::UnavailableError(
+            "interrupted by a server shutdown; runs again after the restart"));
+  } else {
+    final_state = report.status().code() == absl::StatusCode::kCancelled
+                      ? JobState::kCancelled
+                      : JobState::kFailed;
+    event = StateEvent(final_state, report.status());
+  }
+  // Metrics first, so that a client that sees the final state also sees
+  // it counted.
+  if (final_state != JobState::kQueued) {
+    Log(final_state == JobState::kFailed ? LogLevel::kWarning : LogLevel::kInfo,
+        name,
+        absl::StrCat(JobStateName(final_state), report.ok() ? "" : ": ",
+                     report.status().message()));
+    if (metrics_) {
+      const std::string outcome = OutcomeLabel(final_state);
+      metrics_->finished->Increment({outcome});
+      metrics_->job_duration->Observe({outcome},
+                                      absl::ToDoubleSeconds(end - start));
+      if (final_state == JobState::kSucceeded) {
+        metrics_->last_success->Set(
+            {}, absl::ToDoubleSeconds(end - absl::UnixEpoch()));
+        uint64_t written = report_text.size();
+        for (const char* key : {"out", "patch_out"}) {
+          const std::string uri = spec.value(key, "");
+          if (uri.empty()) continue;
+          absl::StatusOr<std::string> path = runner_->ResolveOutput(uri);
+          if (path.ok()) written += PathBytes(*path);
+        }
+        metrics_->written_bytes->Increment({}, static_cast<double>(written));
+      }
+    }
+  } else {
+    Log(LogLevel::kInfo, name, "interrupted by the drain; stays queued");
+  }
+  s = Record(id, [&](Job& job) {
+    job.state = final_state;
+    job.error_code = event.error_code;
+    job.error_message = event.error_message;
+    if (final_state == JobState::kQueued) {
+      job.progress = JobProgress();
+    } else {
+      job.end_time = end;
+      job.result = summary;
+      job.report_text = report_text;
+    }
+    return std::optional<JobEvent>(event);
+  });
+  if (!s.ok()) Log(LogLevel::kError, name, s.ToString());
+}
+
+void JobManager::Collect() const {
+  std::map<JobState, int> counts;
+  for (JobState s :
+       {JobState::kQueued, JobState::kRunning, JobState::kSucceeded,
+        JobState::kFailed, JobState::kCancelled}) {
+    counts[s] = 0;
+  }
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [id, e] : jobs_) ++counts[e.job.state];
+  }
+  for (const auto& [s, n] : counts) {
+    metrics_->jobs->Set({OutcomeLabel(s)}, n);
+  }
+  metrics_->device_memory->Set({"cpu"}, ResidentBytes());
+}
+
+}  // namespace tailor::jobs

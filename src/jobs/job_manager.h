@@ -1,0 +1,200 @@
+#ifndef TAILOR_JOBS_JOB_MANAGER_H_
+#define TAILOR_JOBS_JOB_MANAGER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "jobs/job.h"
+#include "jobs/job_metrics.h"
+#include "jobs/job_runner.h"
+#include "jobs/job_store.h"
+#include "metrics/registry.h"
+
+namespace tailor::jobs {
+
+struct JobManagerOptions {
+  // Directory of the job store (jobs.db); created if missing.
+  std::string data_dir;
+  // Jobs that run at the same time, >= 1.
+  int max_concurrent_jobs = 1;
+  // QUEUED jobs allowed at once; more creates are RESOURCE_EXHAUSTED.
+  int max_queued_jobs = 100;
+  // Largest accepted spec (its JSON), bytes; larger is RESOURCE_EXHAUSTED.
+  size_t max_spec_bytes = 64 << 10;
+};
+
+struct CreateJobRequest {
+  nlohmann::json spec;  // FusionSpec::FromJson form
+  int priority = 0;     // 0..9
+  std::map<std::string, std::string> labels;
+  std::string request_id;  // optional idempotency key
+};
+
+struct ListJobsResult {
+  std::vector<Job> jobs;  // newest first
+  std::string next_page_token;
+};
+
+enum class ResultKind { kPatch, kReport };
+
+// The service core: validates and queues jobs, runs them on worker threads
+// it owns (a priority queue, `max_concurrent_jobs` at a time), records every
+// state change and progress event durably (JobStore) with a gap-free
+// per-job sequence, and lets watchers follow them. Jobs QUEUED or RUNNING
+// when the process stopped run again after a restart (from the start: the
+// engine publishes nothing until a job succeeds).
+//
+// Thread-safe. Methods never wait on a running job; ReadEvents, AddListener
+// and RemoveListener only take short in-memory locks (safe in RPC
+// reactions); the others may write the store (an fsync).
+class JobManager {
+ public:
+  // Opens the store under options.data_dir, requeues unfinished jobs and
+  // starts the workers. `registry` may be null (no metrics); if set, it
+  // must outlive the manager and hold no other job manager's families.
+  static absl::StatusOr<std::unique_ptr<JobManager>> Create(
+      const JobManagerOptions& options, std::unique_ptr<JobRunner> runner,
+      metrics::Registry* registry);
+  // Drains (BeginDrain) and joins the workers.
+  ~JobManager();
+
+  // Validates and queues a job. INVALID_ARGUMENT (spec, priority, labels,
+  // request_id: the message names the field), NOT_FOUND / PERMISSION_DENIED
+  // (input URIs), RESOURCE_EXHAUSTED (queue full, spec too large),
+  // ALREADY_EXISTS (request_id reused with a different request),
+  // UNAVAILABLE (draining). The same request_id with the same request
+  // returns the existing job.
+  absl::StatusOr<Job> CreateJob(const CreateJobRequest& request);
+
+  // NOT_FOUND if there is no such job; INVALID_ARGUMENT for a bad name.
+  absl::StatusOr<Job> GetJob(absl::string_view name) const;
+
+  // Newest first. page_size: 0 means 50, capped at 1000, negative is
+  // INVALID_ARGUMENT. filter: terms joined by " AND ", each `state=STATE`
+  // or `labels.KEY=VALUE`.
+  absl::StatusOr<ListJobsResult> ListJobs(int page_size,
+                                          const std::string& page_token,
+                                          const std::string& filter) const;
+
+  // QUEUED: CANCELLED at once. RUNNING: asks the run to stop (it ends
+  // CANCELLED unless it finishes first). Finished: FAILED_PRECONDITION.
+  absl::StatusOr<Job> CancelJob(absl::string_view name);
+
+  struct EventBatch {
+    std::vector<JobEvent> events;
+    // True when the job is finished and `events` reach its last event.
+    bool end = false;
+  };
+  // Up to `max` events with sequence > after_sequence, in order.
+  absl::StatusOr<EventBatch> ReadEvents(absl::string_view name,
+                                        int64_t after_sequence,
+                                        size_t max) const;
+
+  // `listener` runs (on some internal thread, without the manager's locks)
+  // after every new event of job `job_id` and once when draining begins. It
+  // must be quick and must not call AddListener/RemoveListener.
+  int64_t AddListener(const std::string& job_id,
+                      std::function<void()> listener);
+  // After this returns the listener is not running and will not run again.
+  void RemoveListener(int64_t id);
+
+  // A succeeded job's result: a file path (kPatch) or the bytes (kReport).
+  // FAILED_PRECONDITION if the job has not succeeded or has no such result.
+  struct Result {
+    std::string path;  // set for files
+    std::string data;  // set when inline
+    bool is_inline = false;
+  };
+  absl::StatusOr<Result> GetResult(absl::string_view name,
+                                   ResultKind kind) const;
+
+  // Starts the drain: new creates are UNAVAILABLE, no queued job starts,
+  // running jobs stop before their next tensor and go back to QUEUED (they
+  // run again after a restart), listeners are notified. Idempotent.
+  void BeginDrain();
+  bool draining() const;
+  // Waits until every worker has stopped or `deadline` passes; true if they
+  // stopped.
+  bool WaitForWorkers(absl::Time deadline);
+
+ private:
+  struct Entry {
+    Job job;
+    std::vector<JobEvent> events;
+    std::unique_ptr<std::atomic<bool>> stop =
+        std::make_unique<std::atomic<bool>>(false);
+    bool running = false;      // taken off the queue by a worker
+    bool interrupted = false;  // stopped by the drain, not by a user
+  };
+  class ProgressAdapter;
+
+  JobManager(const JobManagerOptions& options,
+             std::unique_ptr<JobRunner> runner, std::unique_ptr<JobStore> store,
+             metrics::Registry* registry);
+  absl::Status Load();
+  void WorkerLoop();
+  void RunJob(const std::string& id);
+  // Applies `update` to a copy of the job; the event it returns (if any)
+  // gets the next sequence number. Commits both to the store, then
+  // publishes them in memory and notifies listeners. Writers are
+  // serialised, so sequence numbers and store order agree, and nothing is
+  // visible before it is durable.
+  using Update = std::function<std::optional<JobEvent>(Job&)>;
+  absl::Status Record(const std::string& id, const Update& update);
+  bool WorkReady() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  bool WorkersStopped() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  void Notify(const std::string& job_id);
+  void NotifyAll();
+  absl::StatusOr<const Entry*> Find(absl::string_view name) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  void Collect() const;
+
+  const JobManagerOptions options_;
+  const std::unique_ptr<JobRunner> runner_;
+  const std::unique_ptr<JobStore> store_;
+  metrics::Registry* const registry_;    // may be null
+  std::unique_ptr<JobMetrics> metrics_;  // null without a registry
+  int64_t collector_id_ = 0;
+
+  // Serialises Record() (store write + publish) so that events are durable
+  // before they are visible and stored in sequence order.
+  absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+
+  mutable absl::Mutex mu_;  // guards the job table, the queue and draining_
+  std::map<std::string, Entry> jobs_ ABSL_GUARDED_BY(mu_);  // by id
+  std::map<int64_t, std::string> by_order_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> by_request_id_ ABSL_GUARDED_BY(mu_);
+  // (-priority, create_order, id) of QUEUED jobs: begin() runs next.
+  std::set<std::tuple<int, int64_t, std::string>> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t next_order_ ABSL_GUARDED_BY(mu_) = 1;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  int active_workers_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // Guards the listener table; held while a listener runs.
+  absl::Mutex listeners_mu_;
+  struct Listener {
+    std::string job_id;
+    std::function<void()> fn;
+  };
+  std::map<int64_t, Listener> listeners_ ABSL_GUARDED_BY(listeners_mu_);
+  int64_t next_listener_ ABSL_GUARDED_BY(listeners_mu_) = 1;
+
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace tailor::jobs
+
+#endif  // TAILOR_JOBS_JOB_MANAGER_H_

@@ -1,0 +1,384 @@
+// The job manager over a fake runner: queueing, priorities, events,
+// cancellation, idempotency, limits, drain and restart.
+
+#include "jobs/job_manager.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
+#include "testing/temp_dir.h"
+
+namespace tailor::jobs {
+namespace {
+
+using ::tailor::testing::TempDir;
+
+// Runs "jobs" described by their spec: {"pretrained": "...", "tensors": N,
+// "block": bool, "fail": "message"}. Blocked jobs wait until Release() or
+// cancellation.
+class FakeRunner : public JobRunner {
+ public:
+  struct Shared {
+    std::atomic<bool> released{false};
+    absl::Mutex mu;
+    std::vector<std::string> started ABSL_GUARDED_BY(mu);
+  };
+  explicit FakeRunner(Shared* shared) : shared_(shared) {}
+
+  absl::StatusOr<nlohmann::json> Prepare(
+      const nlohmann::json& spec) const override {
+    if (!spec.is_object() || !spec.contains("pretrained")) {
+      return absl::InvalidArgumentError("pretrained: is required");
+    }
+    if (spec["pretrained"] == "/denied") {
+      return absl::PermissionDeniedError("pretrained: outside the roots");
+    }
+    nlohmann::json canonical = spec;
+    canonical["canonical"] = true;
+    return canonical;
+  }
+
+  absl::StatusOr<nlohmann::json> Run(const nlohmann::json& spec,
+                                     const RunOptions& options) override {
+    {
+      absl::MutexLock lock(&shared_->mu);
+      shared_->started.push_back(spec["pretrained"].get<std::string>());
+    }
+    const int n = spec.value("tensors", 2);
+    ProgressEvent e;
+    e.total = n;
+    e.bytes_total = 100 * n;
+    options.progress->OnEvent(e);
+    while (spec.value("block", false) && !shared_->released.load()) {
+      if (options.cancel->load()) return absl::CancelledError("stopped");
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    for (int i = 0; i < n; ++i) {
+      if (options.cancel->load()) return absl::CancelledError("stopped");
+      e.kind = ProgressEvent::Kind::kTensorDone;
+      e.tensor = "t" + std::to_string(i);
+      e.action = "fused";
+      e.done = i + 1;
+      e.bytes_done = 100 * (i + 1);
+      e.elapsed_seconds = 0.01 * (i + 1);
+      options.progress->OnEvent(e);
+    }
+    if (spec.contains("fail")) {
+      return absl::InvalidArgumentError(spec["fail"].get<std::string>());
+    }
+    return nlohmann::json{{"method", "fake"}, {"totals", {{"kept", n}}}};
+  }
+
+  absl::StatusOr<std::string> ResolveOutput(
+      const std::string& uri) const override {
+    return uri;
+  }
+  std::string DeviceLabel(const nlohmann::json&) const override {
+    return "cpu";
+  }
+
+ private:
+  Shared* shared_;
+};
+
+class JobManagerTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<JobManager> Start(JobManagerOptions options = {}) {
+    options.data_dir = dir_.Join("data");
+    registry_ = std::make_unique<metrics::Registry>();  // one per manager
+    auto m = JobManager::Create(options, std::make_unique<FakeRunner>(&shared_),
+                                registry_.get());
+    EXPECT_TRUE(m.ok()) << m.status();
+    return m.ok() ? std::move(*m) : nullptr;
+  }
+
+  static CreateJobRequest Request(nlohmann::json spec) {
+    CreateJobRequest r;
+    r.spec = std::move(spec);
+    return r;
+  }
+
+  // Polls until the job is in `state` (or 10 s pass).
+  static Job WaitFor(JobManager& m, const std::string& name, JobState state) {
+    for (int i = 0; i < 10000; ++i) {
+      absl::StatusOr<Job> job = m.GetJob(name);
+      if (job.ok() && job->state == state) return *job;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ADD_FAILURE() << name << " never reached " << JobStateName(state);
+    return Job();
+  }
+
+  static std::vector<JobEvent> AllEvents(JobManager& m,
+                                         const std::string& name) {
+    absl::StatusOr<JobManager::EventBatch> b = m.ReadEvents(name, 0, 100000);
+    EXPECT_TRUE(b.ok()) << b.status();
+    return b.ok() ? b->events : std::vector<JobEvent>{};
+  }
+
+  static void ExpectGapFree(const std::vector<JobEvent>& events) {
+    for (size_t i = 0; i < events.size(); ++i) {
+      EXPECT_EQ(events[i].sequence, static_cast<int64_t>(i + 1));
+    }
+  }
+
+  TempDir dir_;
+  FakeRunner::Shared shared_;
+  std::unique_ptr<metrics::Registry> registry_;
+};
+
+TEST_F(JobManagerTest, RunsToSucceededWithGapFreeEvents) {
+  auto m = Start();
+  absl::StatusOr<Job> job =
+      m->CreateJob(Request({{"pretrained", "/a"}, {"tensors", 3}}));
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->state, JobState::kQueued);
+  EXPECT_TRUE(job->spec["canonical"]);
+  Job done = WaitFor(*m, job->name(), JobState::kSucceeded);
+  EXPECT_EQ(done.result["kept"], 3);
+  EXPECT_EQ(done.result["method"], "fake");
+  EXPECT_EQ(done.progress.tensors_done, 3);
+  EXPECT_FALSE(done.report_text.empty());
+  std::vector<JobEvent> events = AllEvents(*m, job->name());
+  ASSERT_EQ(events.size(), 7u);  // QUEUED RUNNING planned 3x tensor SUCCEEDED
+  ExpectGapFree(events);
+  EXPECT_EQ(events[0].state, JobState::kQueued);
+  EXPECT_EQ(events[1].state, JobState::kRunning);
+  EXPECT_EQ(events[2].kind, JobEvent::Kind::kProgress);
+  EXPECT_EQ(events[5].progress.tensor, "t2");
+  EXPECT_DOUBLE_EQ(events[3].progress.eta_seconds, 0.02);
+  EXPECT_EQ(events[6].kind, JobEvent::Kind::kStateChange);
+  EXPECT_EQ(events[6].state, JobState::kSucceeded);
+  EXPECT_EQ(events[6].result["kept"], 3);
+  EXPECT_EQ(done.last_sequence, 7);
+
+  // Resume after a sequence number, and the end marker.
+  auto tail = m->ReadEvents(job->name(), 5, 1);
+  ASSERT_TRUE(tail.ok());
+  ASSERT_EQ(tail->events.size(), 1u);
+  EXPECT_EQ(tail->events[0].sequence, 6);
+  EXPECT_FALSE(tail->end);
+  tail = m->ReadEvents(job->name(), 6, 10);
+  EXPECT_TRUE(tail->end);
+  EXPECT_EQ(m->ReadEvents(job->name(), -1, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  const std::string text = registry_->Render();
+  EXPECT_TRUE(absl::StrContains(text, "tailor_jobs_submitted_total 1\n"));
+  EXPECT_TRUE(absl::StrContains(
+      text, "tailor_jobs_finished_total{outcome=\"succeeded\"} 1\n"));
+  EXPECT_TRUE(absl::StrContains(
+      text,
+      "tailor_tensors_processed_total{device=\"cpu\",action=\"fused\"} 3\n"));
+  EXPECT_TRUE(absl::StrContains(text, "tailor_io_read_bytes_total 300\n"));
+  EXPECT_TRUE(absl::StrContains(text, "tailor_jobs{state=\"succeeded\"} 1\n"));
+}
+
+TEST_F(JobManagerTest, FailedJobRecordsCodeAndMessage) {
+  auto m = Start();
+  auto job = m->CreateJob(
+      Request({{"pretrained", "/a"}, {"fail", "tensor x: bad shape"}}));
+  ASSERT_TRUE(job.ok());
+  Job done = WaitFor(*m, job->name(), JobState::kFailed);
+  EXPECT_EQ(done.error_code,
+            static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(done.error_message, "tensor x: bad shape");
+  EXPECT_TRUE(AllEvents(*m, job->name()).back().state == JobState::kFailed);
+}
+
+TEST_F(JobManagerTest, RequestIdMakesCreateIdempotent) {
+  auto m = Start();
+  CreateJobRequest r = Request({{"pretrained", "/a"}});
+  r.request_id = "5f1c3a4e-0000-4000-8000-000000000001";
+  auto first = m->CreateJob(r);
+  auto again = m->CreateJob(r);
+  ASSERT_TRUE(first.ok() && again.ok());
+  EXPECT_EQ(first->name(), again->name());
+  r.priority = 3;
+  auto other = m->CreateJob(r);
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE(absl::StrContains(other.status().message(), first->name()));
+  r.request_id = std::string(37, 'x');
+  EXPECT_EQ(m->CreateJob(r).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ListJobsResult all = *m->ListJobs(0, "", "");
+  EXPECT_EQ(all.jobs.size(), 1u);
+}
+
+TEST_F(JobManagerTest, BadRequestsAreRefusedWithTheRightCode) {
+  JobManagerOptions o;
+  o.max_spec_bytes = 200;
+  auto m = Start(o);
+  auto code = [&](CreateJobRequest r) { return m->CreateJob(r).status(); };
+  absl::Status s = code(Request({{"x", 1}}));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "spec.pretrained: is required");
+  EXPECT_EQ(code(Request({{"pretrained", "/denied"}})).code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(code(Request({{"pretrained", std::string(300, 'a')}})).code(),
+            absl::StatusCode::kResourceExhausted);
+  CreateJobRequest r = Request({{"pretrained", "/a"}});
+  r.priority = 10;
+  s = code(r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(s.message(), "priority")) << s;
+  r.priority = 0;
+  r.labels = {{"Team", "x"}};
+  s = code(r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(s.message(), "labels")) << s;
+  EXPECT_EQ(m->GetJob("fusionJobs/0123456789abcdef").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->GetJob("jobs/1").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(
+      registry_->Render(),
+      "tailor_validation_failures_total{reason=\"invalid_argument\"} 3\n"));
+}
+
+TEST_F(JobManagerTest, QueueLimitAndPriorityOrder) {
+  JobManagerOptions o;
+  o.max_queued_jobs = 2;
+  auto m = Start(o);
+  auto blocker =
+      m->CreateJob(Request({{"pretrained", "/block"}, {"block", true}}));
+  ASSERT_TRUE(blocker.ok());
+  WaitFor(*m, blocker->name(), JobState::kRunning);
+  CreateJobRequest low = Request({{"pretrained", "/low"}});
+  CreateJobRequest high = Request({{"pretrained", "/high"}});
+  high.priority = 5;
+  ASSERT_TRUE(m->CreateJob(low).ok());
+  auto h = m->CreateJob(high);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(m->CreateJob(Request({{"pretrained", "/c"}})).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  shared_.released = true;
+  WaitFor(*m, h->name(), JobState::kSucceeded);
+  m.reset();
+  absl::MutexLock lock(&shared_.mu);
+  EXPECT_EQ(shared_.started,
+            (std::vector<std::string>{"/block", "/high", "/low"}));
+}
+
+TEST_F(JobManagerTest, CancelQueuedRunningAndFinished) {
+  auto m = Start();
+  auto running = m->CreateJob(Request({{"pretrained", "/r"}, {"block", true}}));
+  auto queued = m->CreateJob(Request({{"pretrained", "/q"}}));
+  ASSERT_TRUE(running.ok() && queued.ok());
+  WaitFor(*m, running->name(), JobState::kRunning);
+  auto c = m->CancelJob(queued->name());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->state, JobState::kCancelled);
+  auto r = m->CancelJob(running->name());
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->cancel_requested);
+  Job done = WaitFor(*m, running->name(), JobState::kCancelled);
+  EXPECT_EQ(done.error_code, static_cast<int>(absl::StatusCode::kCancelled));
+  EXPECT_EQ(m->CancelJob(running->name()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  for (const std::string& n : {queued->name(), running->name()}) {
+    std::vector<JobEvent> events = AllEvents(*m, n);
+    ExpectGapFree(events);
+    EXPECT_EQ(events.back().state, JobState::kCancelled);
+  }
+  EXPECT_EQ(m->GetResult(queued->name(), ResultKind::kReport).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(JobManagerTest, ListPagesAndFilters) {
+  JobManagerOptions o;
+  auto m = Start(o);
+  std::vector<std::string> names;
+  for (int i = 0; i < 5; ++i) {
+    CreateJobRequest r = Request({{"pretrained", "/" + std::to_string(i)}});
+    r.labels = {{"team", i % 2 ? "odd" : "even"}};
+    names.push_back(m->CreateJob(r)->name());
+  }
+  for (const std::string& n : names) WaitFor(*m, n, JobState::kSucceeded);
+  auto p1 = m->ListJobs(2, "", "");
+  ASSERT_TRUE(p1.ok());
+  ASSERT_EQ(p1->jobs.size(), 2u);
+  EXPECT_EQ(p1->jobs[0].name(), names[4]);  // newest first
+  auto p2 = m->ListJobs(2, p1->next_page_token, "");
+  auto p3 = m->ListJobs(2, p2->next_page_token, "");
+  EXPECT_EQ(p2->jobs[1].name(), names[1]);
+  EXPECT_EQ(p3->jobs.size(), 1u);
+  EXPECT_EQ(p3->next_page_token, "");
+  auto odd = m->ListJobs(0, "", "state=SUCCEEDED AND labels.team=odd");
+  ASSERT_TRUE(odd.ok());
+  EXPECT_EQ(odd->jobs.size(), 2u);
+  EXPECT_EQ(m->ListJobs(0, "", "state=RUNNING")->jobs.size(), 0u);
+  EXPECT_EQ(m->ListJobs(0, "", "state=DONE").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->ListJobs(0, "", "owner=me").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->ListJobs(0, "abc", "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->ListJobs(-1, "", "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(JobManagerTest, ListenersHearEveryEventAndTheDrain) {
+  auto m = Start();
+  auto job = m->CreateJob(Request({{"pretrained", "/a"}, {"block", true}}));
+  ASSERT_TRUE(job.ok());
+  std::atomic<int> calls{0};
+  int64_t id = m->AddListener(job->id, [&] { ++calls; });
+  WaitFor(*m, job->name(), JobState::kRunning);
+  // RUNNING is visible just before its listeners run.
+  for (int i = 0; i < 10000 && calls.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const int before = calls.load();
+  EXPECT_GE(before, 1);
+  m->BeginDrain();
+  EXPECT_GT(calls.load(), before);
+  EXPECT_TRUE(m->draining());
+  EXPECT_EQ(m->CreateJob(Request({{"pretrained", "/b"}})).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(m->WaitForWorkers(absl::Now() + absl::Seconds(10)));
+  m->RemoveListener(id);
+  Job back = *m->GetJob(job->name());
+  EXPECT_EQ(back.state, JobState::kQueued);  // interrupted, not cancelled
+}
+
+TEST_F(JobManagerTest, UnfinishedJobsRunAgainAfterARestart) {
+  std::string interrupted, queued, finished;
+  {
+    auto m = Start();
+    finished = m->CreateJob(Request({{"pretrained", "/f"}}))->name();
+    WaitFor(*m, finished, JobState::kSucceeded);
+    interrupted =
+        m->CreateJob(Request({{"pretrained", "/i"}, {"block", true}}))->name();
+    queued = m->CreateJob(Request({{"pretrained", "/q"}}))->name();
+    WaitFor(*m, interrupted, JobState::kRunning);
+    m->BeginDrain();
+    ASSERT_TRUE(m->WaitForWorkers(absl::Now() + absl::Seconds(10)));
+  }
+  shared_.released = true;
+  auto m = Start();
+  Job i = WaitFor(*m, interrupted, JobState::kSucceeded);
+  Job q = WaitFor(*m, queued, JobState::kSucceeded);
+  EXPECT_EQ(m->GetJob(finished)->state, JobState::kSucceeded);
+  std::vector<JobEvent> events = AllEvents(*m, interrupted);
+  ExpectGapFree(events);
+  // QUEUED RUNNING planned | QUEUED (interrupted) RUNNING planned 2x SUCCEEDED
+  ASSERT_EQ(events.size(), 9u);
+  EXPECT_EQ(events[3].state, JobState::kQueued);
+  EXPECT_EQ(events[3].error_code,
+            static_cast<int>(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(events[4].state, JobState::kRunning);
+  EXPECT_EQ(events[5].kind, JobEvent::Kind::kProgress);
+  EXPECT_EQ(i.last_sequence, 9);
+  ExpectGapFree(AllEvents(*m, queued));
+  // Creation order survives: the finished job is the oldest.
+  EXPECT_EQ(m->ListJobs(0, "", "")->jobs.back().name(), finished);
+}
+
+}  // namespace
+}  // namespace tailor::jobs

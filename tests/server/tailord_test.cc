@@ -1,0 +1,599 @@
+// tailord end to end on loopback: tailorctl and a gRPC stub against a real
+// server process, compared with `tailorctl fuse --local`.
+
+#include <ATen/ATen.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <chrono>
+#include <iostream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "tailor/v1/fusion_service.grpc.pb.h"
+#include "testing/tailord_process.h"
+#include "testing/test_util.h"
+#include "util/file_util.h"
+
+namespace tailor {
+namespace {
+
+namespace v1 = ::tailor::v1;
+using ::tailor::testing::CliResult;
+using ::tailor::testing::HttpGet;
+using ::tailor::testing::ReadFileOrDie;
+using ::tailor::testing::RunTailorctl;
+using ::tailor::testing::SerializeSafetensors;
+using ::tailor::testing::TailordProcess;
+using ::tailor::testing::TempDir;
+using ::tailor::testing::ToRaw;
+using ::tailor::testing::WriteFileOrDie;
+
+class TailordTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    at::manual_seed(11);
+    WriteCheckpoint("base", "ft", "h.safetensors", /*tensors=*/3, /*dim=*/12);
+  }
+
+  // Base and fine-tuned checkpoints of `n` dim x dim linear weights (BF16)
+  // plus one norm vector, and their calibration file.
+  void WriteCheckpoint(const std::string& base, const std::string& ft,
+                       const std::string& hessians, int n, int dim) {
+    std::vector<testing::RawTensor> b, f, h;
+    for (int i = 0; i < n; ++i) {
+      const std::string stem = absl::StrCat("m.l", i, ".proj");
+      at::Tensor w = at::randn({dim, dim});
+      b.push_back(ToRaw(stem + ".weight", w.to(at::kBFloat16)));
+      f.push_back(ToRaw(stem + ".weight",
+                        (w + 0.3 * at::randn({dim, dim})).to(at::kBFloat16)));
+      at::Tensor x = at::randn({4 * dim, dim});
+      h.push_back(ToRaw(stem + ".hessian",
+                        (2.0 / (4 * dim) * x.t().matmul(x)).contiguous()));
+    }
+    at::Tensor norm = at::ones({dim});
+    b.push_back(ToRaw("m.norm.weight", norm.to(at::kBFloat16)));
+    f.push_back(ToRaw("m.norm.weight",
+                      (norm + 0.1 * at::randn({dim})).to(at::kBFloat16)));
+    ::mkdir(tmp_.Join(base).c_str(), 0755);
+    ::mkdir(tmp_.Join(ft).c_str(), 0755);
+    WriteFileOrDie(tmp_.Join(base) + "/model.safetensors",
+                   SerializeSafetensors(b));
+    WriteFileOrDie(tmp_.Join(ft) + "/model.safetensors",
+                   SerializeSafetensors(f));
+    WriteFileOrDie(tmp_.Join(hessians),
+                   SerializeSafetensors(h, {{"format", "tailor-hessian/1"},
+                                            {"nsamples", "48"}}));
+  }
+
+  std::unique_ptr<TailordProcess> Start(std::vector<std::string> args = {}) {
+    args.push_back("--allowed-root");
+    args.push_back(tmp_.path());
+    auto p =
+        std::make_unique<TailordProcess>(tmp_.Join("data"), args, tmp_.path());
+    EXPECT_TRUE(p->ok()) << p->Log();
+    stub_ = v1::FusionService::NewStub(
+        grpc::CreateChannel(p->address(), grpc::InsecureChannelCredentials()));
+    return p;
+  }
+
+  // The spec of the fixture's job, writing outputs named after `tag`.
+  v1::FusionJobSpec Spec(const std::string& tag,
+                         const std::string& base = "base",
+                         const std::string& ft = "ft",
+                         const std::string& hessians = "h.safetensors") {
+    v1::FusionJobSpec spec;
+    spec.set_pretrained(tmp_.Join(base));
+    v1::TaskSpec* task = spec.add_tasks();
+    task->set_finetuned(tmp_.Join(ft));
+    task->set_hessians(tmp_.Join(hessians));
+    spec.set_keep(0.25);
+    spec.set_out(tmp_.Join(tag + "-fused"));
+    spec.set_patch_out(tmp_.Join(tag + ".patch.safetensors"));
+    spec.set_report(tmp_.Join(tag + ".report.json"));
+    spec.set_device("cpu");
+    return spec;
+  }
+
+  grpc::Status Create(const v1::FusionJobSpec& spec, v1::FusionJob* job,
+                      const std::string& request_id = "") {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(30));
+    v1::CreateFusionJobRequest request;
+    *request.mutable_spec() = spec;
+    request.set_request_id(request_id);
+    return stub_->CreateFusionJob(&context, request, job);
+  }
+
+  v1::FusionJob Get(const std::string& name) {
+    grpc::ClientContext context;
+    v1::GetFusionJobRequest request;
+    request.set_name(name);
+    v1::FusionJob job;
+    grpc::Status s = stub_->GetFusionJob(&context, request, &job);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return job;
+  }
+
+  // Polls until `done(job)` (or 60 s pass).
+  template <typename Pred>
+  v1::FusionJob WaitUntil(const std::string& name, Pred done) {
+    for (int i = 0; i < 6000; ++i) {
+      v1::FusionJob job = Get(name);
+      if (done(job)) return job;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ADD_FAILURE() << "timed out waiting for " << name;
+    return v1::FusionJob();
+  }
+
+  std::vector<v1::JobEvent> Watch(const std::string& name, int64_t after,
+                                  grpc::Status* status) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(60));
+    v1::WatchFusionJobRequest request;
+    request.set_name(name);
+    request.set_after_sequence(after);
+    auto reader = stub_->WatchFusionJob(&context, request);
+    std::vector<v1::JobEvent> events;
+    v1::JobEvent e;
+    while (reader->Read(&e)) events.push_back(e);
+    *status = reader->Finish();
+    return events;
+  }
+
+  static void ExpectGapFree(const std::vector<v1::JobEvent>& events,
+                            int64_t first) {
+    for (size_t i = 0; i < events.size(); ++i) {
+      ASSERT_EQ(events[i].sequence(), first + static_cast<int64_t>(i));
+    }
+  }
+
+  // A job long enough to be interrupted: many tensors, each event fsynced.
+  v1::FusionJobSpec SlowSpec(const std::string& tag) {
+    if (!PathExists(tmp_.Join("slow-base"))) {
+      WriteCheckpoint("slow-base", "slow-ft", "slow-h.safetensors", 240, 48);
+    }
+    v1::FusionJobSpec spec =
+        Spec(tag, "slow-base", "slow-ft", "slow-h.safetensors");
+    spec.set_compensation(v1::COMPENSATION_EXACT);
+    spec.set_float64(true);
+    return spec;
+  }
+
+  CliResult Tailorctl(const std::vector<std::string>& args) {
+    return RunTailorctl(args, tmp_.path());
+  }
+
+  TempDir tmp_;
+  std::unique_ptr<v1::FusionService::Stub> stub_;
+};
+
+TEST_F(TailordTest, SubmitWaitFetchMatchesLocalFuse) {
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  CliResult local = Tailorctl(
+      {"fuse", "--local", "--pretrained", tmp_.Join("base"), "--finetuned",
+       tmp_.Join("ft"), "--hessians", tmp_.Join("h.safetensors"), "--keep",
+       "0.25", "--out", tmp_.Join("local-fused"), "--patch-out",
+       tmp_.Join("local.patch.safetensors"), "--device", "cpu", "-q"});
+  ASSERT_EQ(local.code, 0) << local.err;
+  WriteFileOrDie(
+      tmp_.Join("job.yaml"),
+      absl::StrCat(
+          "pretrained: ", tmp_.Join("base"), "\ntasks:\n  - finetuned: ",
+          tmp_.Join("ft"), "\n    hessians: ", tmp_.Join("h.safetensors"),
+          "\nkeep: 0.25\ndevice: cpu\nout: ", tmp_.Join("remote-fused"),
+          "\npatch_out: ", tmp_.Join("remote.patch.safetensors"),
+          "\nreport: ", tmp_.Join("remote.json"), "\n"));
+  CliResult submit =
+      Tailorctl({"submit", "-f", tmp_.Join("job.yaml"), "--server",
+                 server->address(), "--wait", "-q", "--label", "team=qa"});
+  ASSERT_EQ(submit.code, 0) << submit.err << server->Log();
+  EXPECT_TRUE(absl::StrContains(submit.out, "SUCCEEDED")) << submit.out;
+  const size_t at = submit.err.find("fusionJobs/");
+  ASSERT_NE(at, std::string::npos) << submit.err;
+  const std::string name = submit.err.substr(at, 27);
+
+  CliResult fetch = Tailorctl({"fetch", name, "--server", server->address(),
+                               "--patch", tmp_.Join("fetched.patch"),
+                               "--report", tmp_.Join("fetched.json")});
+  ASSERT_EQ(fetch.code, 0) << fetch.err;
+  const std::string patch = ReadFileOrDie(tmp_.Join("fetched.patch"));
+  EXPECT_EQ(patch, ReadFileOrDie(tmp_.Join("local.patch.safetensors")));
+  EXPECT_EQ(patch, ReadFileOrDie(tmp_.Join("remote.patch.safetensors")));
+  EXPECT_EQ(ReadFileOrDie(tmp_.Join("fetched.json")),
+            ReadFileOrDie(tmp_.Join("remote.json")));
+  EXPECT_EQ(ReadFileOrDie(tmp_.Join("remote-fused/model.safetensors")),
+            ReadFileOrDie(tmp_.Join("local-fused/model.safetensors")));
+
+  CliResult get =
+      Tailorctl({"get", name, "--server", server->address(), "-o", "yaml"});
+  ASSERT_EQ(get.code, 0) << get.err;
+  EXPECT_TRUE(absl::StrContains(get.out, "state: \"SUCCEEDED\"")) << get.out;
+  CliResult list = Tailorctl({"list", "--server", server->address(), "--filter",
+                              "labels.team=qa", "-o", "json"});
+  ASSERT_EQ(list.code, 0) << list.err;
+  EXPECT_TRUE(absl::StrContains(list.out, name)) << list.out;
+  CliResult none = Tailorctl(
+      {"list", "--server", server->address(), "--filter", "state=FAILED"});
+  EXPECT_FALSE(absl::StrContains(none.out, name)) << none.out;
+}
+
+TEST_F(TailordTest, RequestIdIsIdempotentAndBadInputGetsTheRightCode) {
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  v1::FusionJob a, b, c;
+  ASSERT_TRUE(Create(Spec("idem"), &a, "req-0001").ok());
+  ASSERT_TRUE(Create(Spec("idem"), &b, "req-0001").ok());
+  EXPECT_EQ(a.name(), b.name());
+  grpc::Status s = Create(Spec("other"), &c, "req-0001");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_TRUE(absl::StrContains(s.error_message(), a.name()));
+
+  v1::FusionJobSpec no_base = Spec("x");
+  no_base.clear_pretrained();
+  s = Create(no_base, &c);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(), "spec.pretrained: is required");
+  v1::FusionJobSpec keep = Spec("x");
+  keep.set_keep(2);
+  s = Create(keep, &c);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "keep"))
+      << s.error_message();
+  v1::FusionJobSpec outside = Spec("x");
+  outside.set_pretrained("/etc");
+  EXPECT_EQ(Create(outside, &c).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  v1::FusionJobSpec missing = Spec("x");
+  missing.set_pretrained(tmp_.Join("nope"));
+  s = Create(missing, &c);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_TRUE(absl::StartsWith(s.error_message(), "pretrained:"))
+      << s.error_message();
+  v1::FusionJobSpec no_out = Spec("x");
+  no_out.clear_out();
+  no_out.clear_patch_out();
+  no_out.clear_report();
+  EXPECT_EQ(Create(no_out, &c).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  {
+    grpc::ClientContext context;
+    v1::CreateFusionJobRequest request;
+    *request.mutable_spec() = Spec("x");
+    request.set_priority(12);
+    EXPECT_EQ(stub_->CreateFusionJob(&context, request, &c).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    grpc::ClientContext context;
+    v1::ListFusionJobsRequest request;
+    request.set_filter("state=DONE");
+    v1::ListFusionJobsResponse response;
+    EXPECT_EQ(stub_->ListFusionJobs(&context, request, &response).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  grpc::Status watch;
+  Watch("fusionJobs/0000000000000000", 0, &watch);
+  EXPECT_EQ(watch.error_code(), grpc::StatusCode::NOT_FOUND);
+  Watch(a.name(), -3, &watch);
+  EXPECT_EQ(watch.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  // tailorctl's exit codes for the same kinds of trouble.
+  EXPECT_EQ(Tailorctl({"get", "fusionJobs/0000000000000000", "--server",
+                       server->address()})
+                .code,
+            4);
+  EXPECT_EQ(Tailorctl({"get", "jobs/7", "--server", server->address()}).code,
+            3);
+  EXPECT_EQ(
+      Tailorctl({"cancel", a.name(), "--server", server->address()}).code ==
+              0 ||
+          Get(a.name()).state() == v1::SUCCEEDED,
+      true);
+  EXPECT_EQ(
+      Tailorctl({"get", a.name(), "--server", "127.0.0.1:1", "--timeout", "5"})
+          .code,
+      7);
+  // The server is still up and answering.
+  EXPECT_EQ(Get(a.name()).name(), a.name());
+}
+
+TEST_F(TailordTest, WatchersSeeGapFreeSequencesLiveLateAndResumed) {
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  v1::FusionJob job;
+  ASSERT_TRUE(Create(Spec("watch"), &job).ok());
+  grpc::Status live_status, late_status, resumed_status;
+  std::vector<v1::JobEvent> live = Watch(job.name(), 0, &live_status);
+  ASSERT_TRUE(live_status.ok()) << live_status.error_message();
+  ExpectGapFree(live, 1);
+  ASSERT_GE(live.size(), 6u);  // QUEUED RUNNING planned 4 tensors SUCCEEDED
+  EXPECT_EQ(live.front().state_change().state(), v1::QUEUED);
+  EXPECT_EQ(live.back().state_change().state(), v1::SUCCEEDED);
+  EXPECT_EQ(live.back().state_change().result().tensors_fused(), 4);
+
+  std::vector<v1::JobEvent> late = Watch(job.name(), 0, &late_status);
+  ASSERT_TRUE(late_status.ok());
+  ASSERT_EQ(late.size(), live.size());
+  for (size_t i = 0; i < late.size(); ++i) {
+    EXPECT_EQ(late[i].SerializeAsString(), live[i].SerializeAsString());
+  }
+  const int64_t k = 3;
+  std::vector<v1::JobEvent> resumed = Watch(job.name(), k, &resumed_status);
+  ASSERT_TRUE(resumed_status.ok());
+  ExpectGapFree(resumed, k + 1);
+  EXPECT_EQ(resumed.size(), live.size() - k);
+  std::vector<v1::JobEvent> none =
+      Watch(job.name(), live.back().sequence(), &resumed_status);
+  EXPECT_TRUE(resumed_status.ok());
+  EXPECT_TRUE(none.empty());
+}
+
+TEST_F(TailordTest, CancelMidJobPublishesNothing) {
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  v1::FusionJob job;
+  ASSERT_TRUE(Create(SlowSpec("cancelled"), &job).ok());
+  WaitUntil(job.name(), [](const v1::FusionJob& j) {
+    return j.progress().tensors_done() >= 1;
+  });
+  CliResult cancel =
+      Tailorctl({"cancel", job.name(), "--server", server->address()});
+  ASSERT_EQ(cancel.code, 0) << cancel.err;
+  v1::FusionJob done = WaitUntil(job.name(), [](const v1::FusionJob& j) {
+    return j.state() == v1::CANCELLED || j.state() == v1::SUCCEEDED;
+  });
+  ASSERT_EQ(done.state(), v1::CANCELLED);
+  EXPECT_LT(done.progress().tensors_done(), done.progress().tensors_total());
+  EXPECT_FALSE(PathExists(tmp_.Join("cancelled-fused")));
+  EXPECT_FALSE(PathExists(tmp_.Join("cancelled.patch.safetensors")));
+  EXPECT_FALSE(PathExists(tmp_.Join("cancelled.report.json")));
+  CliResult again =
+      Tailorctl({"cancel", job.name(), "--server", server->address()});
+  EXPECT_EQ(again.code, 3) << again.err;  // FAILED_PRECONDITION
+  CliResult watch =
+      Tailorctl({"watch", job.name(), "--server", server->address(), "-q"});
+  EXPECT_EQ(watch.code, 130) << watch.err;
+  EXPECT_TRUE(absl::StrContains(watch.out, "CANCELLED")) << watch.out;
+}
+
+TEST_F(TailordTest, DrainEndsWatchersThenARestartFinishesTheJob) {
+  std::string name;
+  {
+    auto server = Start({"--drain-timeout", "10"});
+    ASSERT_TRUE(server->ok());
+    v1::FusionJob job;
+    ASSERT_TRUE(Create(SlowSpec("drained"), &job).ok());
+    name = job.name();
+    WaitUntil(name, [](const v1::FusionJob& j) {
+      return j.progress().tensors_done() >= 1;
+    });
+    grpc::Status watch_status;
+    std::vector<v1::JobEvent> seen;
+    std::atomic<int> received{0};
+    std::thread watcher([&] {
+      grpc::ClientContext context;
+      v1::WatchFusionJobRequest request;
+      request.set_name(name);
+      auto reader = stub_->WatchFusionJob(&context, request);
+      v1::JobEvent e;
+      while (reader->Read(&e)) {
+        seen.push_back(e);
+        ++received;
+      }
+      watch_status = reader->Finish();
+    });
+    // SIGTERM only once the watcher is attached and streaming.
+    for (int i = 0; i < 3000 && received.load() == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_GT(received.load(), 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(server->Stop(SIGTERM), 0);
+    const double drain_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+            .count();
+    watcher.join();
+    std::cout << "drain: SIGTERM to exit " << drain_s << " s, watcher saw "
+              << seen.size() << " events\n";
+    EXPECT_LT(drain_s, 10.0);
+    EXPECT_EQ(watch_status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << watch_status.error_message();
+    EXPECT_TRUE(
+        absl::StrContains(watch_status.error_message(), "after_sequence"));
+    ExpectGapFree(seen, 1);
+    ASSERT_FALSE(seen.empty());
+    // The job went back to the queue, and the watcher saw that.
+    EXPECT_EQ(seen.back().state_change().state(), v1::QUEUED);
+  }
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  v1::FusionJob done = WaitUntil(name, [](const v1::FusionJob& j) {
+    return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED;
+  });
+  ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  grpc::Status status;
+  std::vector<v1::JobEvent> all = Watch(name, 0, &status);
+  ASSERT_TRUE(status.ok());
+  ExpectGapFree(all, 1);
+  // Byte-identical to an uninterrupted local run.
+  CliResult local = Tailorctl(
+      {"fuse", "--local", "--pretrained", tmp_.Join("slow-base"), "--finetuned",
+       tmp_.Join("slow-ft"), "--hessians", tmp_.Join("slow-h.safetensors"),
+       "--keep", "0.25", "--compensation", "exact", "--float64", "--patch-out",
+       tmp_.Join("slow-local.patch"), "--device", "cpu", "-q"});
+  ASSERT_EQ(local.code, 0) << local.err;
+  EXPECT_EQ(ReadFileOrDie(tmp_.Join("drained.patch.safetensors")),
+            ReadFileOrDie(tmp_.Join("slow-local.patch")));
+}
+
+TEST_F(TailordTest, SigkillMidJobThenRestartIsByteIdentical) {
+  // Kill points: after 1, about a third, and about two thirds of the tensors.
+  v1::FusionJobSpec spec = SlowSpec("killed");
+  std::string name;
+  int total = 0;
+  for (int point : {1, 80, 160}) {
+    auto server = Start();
+    ASSERT_TRUE(server->ok());
+    if (name.empty()) {
+      v1::FusionJob job;
+      ASSERT_TRUE(Create(spec, &job).ok());
+      name = job.name();
+    }
+    v1::FusionJob seen = WaitUntil(name, [&](const v1::FusionJob& j) {
+      return j.progress().tensors_done() >= point || j.state() == v1::SUCCEEDED;
+    });
+    ASSERT_EQ(seen.state(), v1::RUNNING)
+        << "the job finished before kill point " << point;
+    total = static_cast<int>(seen.progress().tensors_total());
+    server->Stop(SIGKILL);
+    EXPECT_FALSE(PathExists(tmp_.Join("killed.patch.safetensors")));
+  }
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  v1::FusionJob done = WaitUntil(name, [](const v1::FusionJob& j) {
+    return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED;
+  });
+  ASSERT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  EXPECT_EQ(done.progress().tensors_done(), total);
+  std::cout << "crash-resume: SIGKILL after 1, 80, 160 of " << total
+            << " tensors, then a clean run\n";
+  grpc::Status status;
+  std::vector<v1::JobEvent> all = Watch(name, 0, &status);
+  ASSERT_TRUE(status.ok());
+  ExpectGapFree(all, 1);
+  int requeued = 0;
+  for (const v1::JobEvent& e : all) {
+    if (e.has_state_change() && e.state_change().state() == v1::QUEUED &&
+        e.sequence() > 1) {
+      ++requeued;
+    }
+  }
+  EXPECT_EQ(requeued, 3);  // one per kill
+  CliResult local = Tailorctl({"fuse",
+                               "--local",
+                               "--pretrained",
+                               tmp_.Join("slow-base"),
+                               "--finetuned",
+                               tmp_.Join("slow-ft"),
+                               "--hessians",
+                               tmp_.Join("slow-h.safetensors"),
+                               "--keep",
+                               "0.25",
+                               "--compensation",
+                               "exact",
+                               "--float64",
+                               "--out",
+                               tmp_.Join("slow-local-fused"),
+                               "--patch-out",
+                               tmp_.Join("slow-local.patch"),
+                               "--device",
+                               "cpu",
+                               "-q"});
+  ASSERT_EQ(local.code, 0) << local.err;
+  EXPECT_EQ(ReadFileOrDie(tmp_.Join("killed.patch.safetensors")),
+            ReadFileOrDie(tmp_.Join("slow-local.patch")));
+  EXPECT_EQ(ReadFileOrDie(tmp_.Join("killed-fused/model.safetensors")),
+            ReadFileOrDie(tmp_.Join("slow-local-fused/model.safetensors")));
+}
+
+// Bounded load on loopback: 30 queued jobs, 100 concurrent watchers; every
+// watcher must see every event of its job, in order, without gaps.
+TEST_F(TailordTest, HundredWatchersThirtyQueuedJobs) {
+  auto server = Start({"--max-concurrent-jobs", "2"});
+  ASSERT_TRUE(server->ok());
+  std::vector<std::string> names;
+  for (int i = 0; i < 30; ++i) {
+    v1::FusionJob job;
+    ASSERT_TRUE(Create(Spec(absl::StrCat("load", i)), &job).ok());
+    names.push_back(job.name());
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> watchers;
+  std::vector<int> complete(100, 0);
+  for (int w = 0; w < 100; ++w) {
+    watchers.emplace_back([&, w] {
+      grpc::Status status;
+      std::vector<v1::JobEvent> events = Watch(names[w % 30], 0, &status);
+      bool ok = status.ok() && !events.empty() &&
+                events.back().state_change().state() == v1::SUCCEEDED;
+      for (size_t i = 0; ok && i < events.size(); ++i) {
+        ok = events[i].sequence() == static_cast<int64_t>(i + 1);
+      }
+      complete[w] = ok;
+    });
+  }
+  for (std::thread& t : watchers) t.join();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  EXPECT_EQ(std::count(complete.begin(), complete.end(), 1), 100);
+  // Peak RSS of the server, for the record.
+  const std::string status =
+      ReadFileOrDie(absl::StrCat("/proc/", server->pid(), "/status"));
+  const size_t hwm = status.find("VmHWM:");
+  ASSERT_NE(hwm, std::string::npos);
+  std::cout << "load: 30 jobs, 100 watchers, " << seconds << " s, server "
+            << status.substr(hwm, status.find('\n', hwm) - hwm) << "\n";
+}
+
+TEST_F(TailordTest, MetricsPassPromtoolAndMove) {
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  testing::HttpResponse before = HttpGet(server->metrics_port(), "/metrics");
+  ASSERT_EQ(before.status, 200);
+  v1::FusionJob job;
+  ASSERT_TRUE(Create(Spec("metrics"), &job).ok());
+  WaitUntil(job.name(),
+            [](const v1::FusionJob& j) { return j.state() == v1::SUCCEEDED; });
+  v1::FusionJob bad;
+  v1::FusionJobSpec invalid = Spec("m2");
+  invalid.set_keep(-1);
+  EXPECT_FALSE(Create(invalid, &bad).ok());
+
+  testing::HttpResponse after = HttpGet(server->metrics_port(), "/metrics");
+  ASSERT_EQ(after.status, 200);
+  const std::string& text = after.body;
+  for (const char* line :
+       {"tailor_jobs_submitted_total 1\n",
+        "tailor_jobs_finished_total{outcome=\"succeeded\"} 1\n",
+        "tailor_jobs{state=\"succeeded\"} 1\n",
+        "tailor_tensors_processed_total{device=\"cpu\",action=\"fused\"} 4\n",
+        "tailor_validation_failures_total{reason=\"invalid_argument\"} 1\n",
+        "tailor_rpcs_total{method=\"CreateFusionJob\",code=\"ok\"} 1\n",
+        "tailor_rpcs_total{method=\"CreateFusionJob\",code=\"invalid_"
+        "argument\"}"
+        " 1\n",
+        "tailor_job_duration_seconds_count{outcome=\"succeeded\"} 1\n",
+        "tailor_job_queue_wait_seconds_count 1\n"}) {
+    EXPECT_TRUE(absl::StrContains(text, line)) << "missing: " << line;
+  }
+  EXPECT_TRUE(
+      absl::StrContains(text, "tailor_last_success_timestamp_seconds "));
+  EXPECT_TRUE(absl::StrContains(text, "tailor_device_memory_in_use_bytes{"));
+  EXPECT_FALSE(absl::StrContains(text, "fusionJobs/")) << "job ids as labels";
+  EXPECT_FALSE(absl::StrContains(text, tmp_.path())) << "URIs as labels";
+  EXPECT_FALSE(absl::StrContains(before.body, "succeeded\"} 1"));
+
+  testing::CommandResult promtool = testing::RunWithInput(
+      std::string(TAILOR_PROMTOOL) + " check metrics", text, tmp_.path());
+  EXPECT_EQ(promtool.code, 0) << promtool.output;
+  // promtool must not be passing an empty or truncated scrape.
+  EXPECT_GT(std::count(text.begin(), text.end(), '\n'), 60);
+
+  EXPECT_EQ(HttpGet(server->metrics_port(), "/healthz").status, 200);
+  EXPECT_EQ(HttpGet(server->metrics_port(), "/readyz").status, 200);
+  EXPECT_EQ(HttpGet(server->metrics_port(), "/nothing").status, 404);
+}
+
+}  // namespace
+}  // namespace tailor
