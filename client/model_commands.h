@@ -36,7 +36,7 @@ class DemoCommand {
   std::string json_, workdir_, device_ = "auto";
   int threads_ = 0;
   int jobs_ = 0;
-  bool no_plot_ = false, quiet_ = false;
+  bool rescore_ = false, no_plot_ = false, quiet_ = false;
 };
 
 }  // namespace tailor::cli

@@ -1,7 +1,6 @@
 #include "remote_client.h"
 
 #include <grpcpp/grpcpp.h>
-#include <openssl/evp.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "util/file_util.h"
+#include "util/sha256.h"
 
 namespace tailor::cli {
 namespace {
@@ -24,16 +24,6 @@ absl::Status FromGrpc(const grpc::Status& s, const std::string& server) {
     message = absl::StrCat("server ", server, ": ", message);
   }
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), message);
-}
-
-std::string Hex(const unsigned char* data, unsigned int n) {
-  static const char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < n; ++i) {
-    out.push_back(kHex[data[i] >> 4]);
-    out.push_back(kHex[data[i] & 15]);
-  }
-  return out;
 }
 
 }  // namespace
@@ -112,9 +102,7 @@ absl::StatusOr<std::string> RemoteClient::Fetch(
   if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", temp));
   ScopedFd file(fd);
   ::fchmod(fd, 0644);
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> sha(EVP_MD_CTX_new(),
-                                                         &EVP_MD_CTX_free);
-  EVP_DigestInit_ex(sha.get(), EVP_sha256(), nullptr);
+  Sha256 sha;
 
   grpc::ClientContext context;
   SetDeadline(&context, timeout_);
@@ -138,24 +126,22 @@ absl::StatusOr<std::string> RemoteClient::Fetch(
     }
     problem = PWriteFully(file.get(), chunk.data().data(), chunk.data().size(),
                           received, temp);
-    EVP_DigestUpdate(sha.get(), chunk.data().data(), chunk.data().size());
+    sha.Update(chunk.data());
     received += chunk.data().size();
     total = chunk.total_size();
     if (!chunk.sha256().empty()) announced = chunk.sha256();
   }
   absl::Status s = FromGrpc(reader->Finish(), server_);
   if (s.ok()) s = problem;
-  unsigned char digest[32];
-  unsigned int n = 0;
-  EVP_DigestFinal_ex(sha.get(), digest, &n);
+  const std::string digest = sha.FinalHex();
   if (s.ok() && (received != total || announced.empty())) {
     s = absl::DataLossError(absl::StrCat("result stream ended after ", received,
                                          " of ", total,
                                          " bytes without its digest"));
   }
-  if (s.ok() && Hex(digest, n) != announced) {
+  if (s.ok() && digest != announced) {
     s = absl::DataLossError(absl::StrCat("result stream: SHA-256 ",
-                                         Hex(digest, n), " != announced ",
+                                         digest, " != announced ",
                                          announced));
   }
   if (s.ok() && ::fsync(file.get()) != 0) {

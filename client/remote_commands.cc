@@ -19,11 +19,6 @@ namespace {
 
 namespace v1 = ::tailor::v1;
 
-int Fail(const absl::Status& status) {
-  std::cerr << "tailorctl: error: " << status.message() << "\n";
-  return ExitCodeForStatus(status);
-}
-
 // Plain relative paths in a job file are relative to where tailorctl runs
 // (as with `fuse --local`); the server sees them absolute.
 void AbsolutizePaths(nlohmann::json* spec) {
@@ -140,7 +135,7 @@ std::optional<int> RemoteCommands::Run() {
                       (cancel_ && *cancel_) || (fetch_ && *fetch_);
   if (!chosen) return std::nullopt;
   absl::StatusOr<OutputFormat> format = ParseOutputFormat(output_);
-  if (!format.ok()) return Fail(format.status());
+  if (!format.ok()) return ReportFailure(format.status());
   format_ = *format;
   client_ = std::make_unique<RemoteClient>(server_, absl::Seconds(timeout_),
                                            absl::Seconds(watch_timeout_));
@@ -155,10 +150,10 @@ std::optional<int> RemoteCommands::Run() {
 
 int RemoteCommands::Submit() {
   absl::StatusOr<nlohmann::json> json = LoadJobFileJson(job_file_);
-  if (!json.ok()) return Fail(json.status());
+  if (!json.ok()) return ReportFailure(json.status());
   AbsolutizePaths(&*json);
   absl::StatusOr<v1::FusionJobSpec> proto = api::SpecFromJson(*json);
-  if (!proto.ok()) return Fail(proto.status());
+  if (!proto.ok()) return ReportFailure(proto.status());
   v1::CreateFusionJobRequest request;
   *request.mutable_spec() = *proto;
   request.set_priority(priority_);
@@ -166,7 +161,7 @@ int RemoteCommands::Submit() {
   for (const std::string& label : labels_) {
     const size_t eq = label.find('=');
     if (eq == std::string::npos) {
-      return Fail(absl::InvalidArgumentError(
+      return ReportFailure(absl::InvalidArgumentError(
           absl::StrCat("--label: expected KEY=VALUE, not '", label, "'")));
     }
     (*request.mutable_labels())[label.substr(0, eq)] = label.substr(eq + 1);
@@ -192,10 +187,10 @@ int RemoteCommands::Watch(const std::string& name, int64_t after) {
       std::cerr << "tailorctl: resume with: tailorctl watch " << name
                 << " --after " << last << "\n";
     }
-    return Fail(s);
+    return ReportFailure(s);
   }
   absl::StatusOr<v1::FusionJob> job = client_->Get(name);
-  if (!job.ok()) return Fail(job.status());
+  if (!job.ok()) return ReportFailure(job.status());
   if (job->state() != v1::SUCCEEDED) {
     std::cerr << "tailorctl: " << name << " " << v1::State_Name(job->state())
               << (job->error_message().empty() ? "" : ": ")
@@ -205,7 +200,7 @@ int RemoteCommands::Watch(const std::string& name, int64_t after) {
 }
 
 int RemoteCommands::PrintJob(const absl::StatusOr<v1::FusionJob>& job) {
-  if (!job.ok()) return Fail(job.status());
+  if (!job.ok()) return ReportFailure(job.status());
   std::cout << FormatJobs({*job}, format_, /*single=*/true);
   return kExitOk;
 }
@@ -218,7 +213,7 @@ int RemoteCommands::List() {
   request.set_page_token(page_token_);
   request.set_filter(filter_);
   absl::StatusOr<v1::ListFusionJobsResponse> list = client_->List(request);
-  if (!list.ok()) return Fail(list.status());
+  if (!list.ok()) return ReportFailure(list.status());
   std::vector<v1::FusionJob> jobs(list->fusion_jobs().begin(),
                                   list->fusion_jobs().end());
   std::cout << FormatJobs(jobs, format_, /*single=*/false,
@@ -239,7 +234,7 @@ int RemoteCommands::Fetch() {
         std::make_pair(report_path_, v1::ReadJobResultRequest::REPORT)}) {
     if (path.empty()) continue;
     absl::StatusOr<std::string> sha = client_->Fetch(name_, kind, path);
-    if (!sha.ok()) return Fail(sha.status());
+    if (!sha.ok()) return ReportFailure(sha.status());
     std::cout << path << " sha256:" << *sha << "\n";
   }
   return kExitOk;

@@ -1,6 +1,5 @@
 #include "fusion_service.h"
 
-#include <openssl/evp.h>
 
 #include <algorithm>
 #include <memory>
@@ -11,6 +10,7 @@
 #include "grpc_status.h"
 #include "job_convert.h"
 #include "util/file_util.h"
+#include "util/sha256.h"
 #include "util/log.h"
 
 namespace tailor::server {
@@ -125,7 +125,6 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
   ResultReactor(FusionServiceImpl* service, BlockingExecutor* executor,
                 jobs::JobManager* manager)
       : service_(service), executor_(executor), manager_(manager) {}
-  ~ResultReactor() override { EVP_MD_CTX_free(sha_); }
 
   void Start(std::string name, v1::ReadJobResultRequest::Kind kind) {
     Post([this, name = std::move(name), kind] {
@@ -186,11 +185,6 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
     } else {
       size_ = result_.data.size();
     }
-    sha_ = EVP_MD_CTX_new();
-    if (sha_ == nullptr ||
-        EVP_DigestInit_ex(sha_, EVP_sha256(), nullptr) != 1) {
-      return absl::InternalError("cannot initialise SHA-256");
-    }
     return absl::OkStatus();
   }
 
@@ -213,19 +207,10 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
         return;
       }
     }
-    EVP_DigestUpdate(sha_, data->data(), data->size());
+    sha_.Update(*data);
     offset_ += n;
     if (offset_ == size_) {
-      unsigned char digest[32];
-      unsigned int len = 0;
-      EVP_DigestFinal_ex(sha_, digest, &len);
-      static const char kHex[] = "0123456789abcdef";
-      std::string hex;
-      for (unsigned int i = 0; i < len; ++i) {
-        hex.push_back(kHex[digest[i] >> 4]);
-        hex.push_back(kHex[digest[i] & 15]);
-      }
-      chunk_.set_sha256(hex);
+      chunk_.set_sha256(sha_.FinalHex());
       last_ = true;
     }
     absl::MutexLock lock(&mu_);
@@ -264,7 +249,7 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
   jobs::JobManager::Result result_;
   ScopedFd fd_;
   uint64_t size_ = 0, offset_ = 0;
-  EVP_MD_CTX* sha_ = nullptr;
+  Sha256 sha_;
   bool last_ = false;
   v1::ResultChunk chunk_;
   absl::Mutex mu_;  // guards finished_, done_, pending_ (and orders writes)

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "absl/synchronization/mutex.h"
 #include "fusion/fusion_job.h"
 #include "fusion/fusion_spec.h"
@@ -24,6 +25,7 @@
 #include "storage/uri_resolver.h"
 #include "util/device.h"
 #include "util/file_util.h"
+#include "util/json_util.h"
 #include "util/sha256.h"
 #include "util/status_macros.h"
 #include "util/torch_status.h"
@@ -35,6 +37,8 @@ using Clock = std::chrono::steady_clock;
 
 // Bump when the scenario's code changes what a cached artifact holds.
 constexpr int kCacheVersion = 1;
+// Bump when Evaluate changes what a memoized score means.
+constexpr int kScoreVersion = 1;
 
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
@@ -63,6 +67,22 @@ nlohmann::json EvalJson(const EvalResult& r) {
           {"perplexity", r.perplexity},
           {"loss", r.loss},
           {"tokens", r.tokens}};
+}
+
+// SHA-256 over a checkpoint directory's regular files: names, sizes, bytes.
+// Demo checkpoints are a few MiB.
+absl::StatusOr<std::string> CheckpointDigest(const std::string& dir) {
+  TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDirectory(dir));
+  Sha256 sha;
+  for (const std::string& name : names) {
+    const std::string path = JoinPath(dir, name);
+    if (!IsRegularFile(path)) continue;
+    TAILOR_ASSIGN_OR_RETURN(std::string bytes,
+                            ReadFileToString(path, uint64_t{1} << 32));
+    sha.Update(absl::StrCat(name, "\n", bytes.size(), "\n"));
+    sha.Update(bytes);
+  }
+  return sha.FinalHex();
 }
 
 // One task of the scenario: a corpus and its held-out windows.
@@ -142,6 +162,8 @@ class Demo {
       seconds_["fusion_jobs"] = fuse_seconds_;
       seconds_["evaluation"] = evaluate_seconds_;
       report_["fusion_jobs"] = fusion_jobs_;
+      report_["score_memo"] = {{"hits", score_memo_hits_},
+                               {"misses", score_memo_misses_}};
     }
     report_["jobs"] = options_.jobs;
     seconds_["total"] = Seconds(start);
@@ -213,6 +235,7 @@ class Demo {
     }
     TAILOR_RETURN_IF_ERROR(RemoveAll(JoinPath(cache_dir_, "fused")));
     TAILOR_RETURN_IF_ERROR(MakeDirectories(JoinPath(cache_dir_, "fused")));
+    TAILOR_RETURN_IF_ERROR(MakeDirectories(JoinPath(cache_dir_, "scores")));
     report_["preset"] = preset_.ToJson();
     report_["device"] = device_.str();
     report_["threads"] = at::get_num_threads();
@@ -348,19 +371,50 @@ class Demo {
     return out;
   }
 
-  // Scores of any checkpoint directory, computed afresh. Thread-safe.
+  // Scores of any checkpoint directory on `keys`. The evaluation windows
+  // are fixed by the preset (cache_dir_ is keyed by it), so the scores are
+  // a function of the checkpoint's bytes and the device: they are memoized
+  // in scores/<sha256 of the files>-<device>.json. Thread-safe.
   absl::StatusOr<nlohmann::json> ScoreFused(
       const std::string& dir, const std::vector<std::string>& keys) {
-    const Clock::time_point start = Clock::now();
-    TAILOR_ASSIGN_OR_RETURN(LlamaModel model, LoadModel(dir));
-    nlohmann::json out = nlohmann::json::object();
-    for (const std::string& key : keys) {
-      TAILOR_ASSIGN_OR_RETURN(EvalResult r,
-                              Evaluate(model, tasks_.at(key).eval_windows));
-      out[key] = EvalJson(r);
+    TAILOR_ASSIGN_OR_RETURN(std::string digest, CheckpointDigest(dir));
+    const std::string memo_path = JoinPath(
+        JoinPath(cache_dir_, "scores"),
+        absl::StrCat("v", kScoreVersion, "-", digest, "-",
+                     absl::StrReplaceAll(device_.str(), {{":", "_"}}),
+                     ".json"));
+    nlohmann::json memo = nlohmann::json::object();
+    if (IsRegularFile(memo_path)) {
+      // A memo that cannot be read is recomputed and rewritten.
+      absl::StatusOr<std::string> text = ReadFileToString(memo_path, 1 << 20);
+      if (text.ok()) {
+        absl::StatusOr<nlohmann::json> read = ParseJsonStrict(*text, memo_path);
+        if (read.ok() && read->is_object()) memo = *std::move(read);
+      }
     }
-    absl::MutexLock lock(&mu_);
-    evaluate_seconds_ += Seconds(start);
+    std::vector<std::string> missing;
+    for (const std::string& key : keys) {
+      if (!options_.reuse_scores || !memo.contains(key)) missing.push_back(key);
+    }
+    if (missing.empty()) {
+      absl::MutexLock lock(&mu_);
+      ++score_memo_hits_;
+    } else {
+      const Clock::time_point start = Clock::now();
+      TAILOR_ASSIGN_OR_RETURN(LlamaModel model, LoadModel(dir));
+      for (const std::string& key : missing) {
+        TAILOR_ASSIGN_OR_RETURN(EvalResult r,
+                                Evaluate(model, tasks_.at(key).eval_windows));
+        memo[key] = EvalJson(r);
+      }
+      TAILOR_RETURN_IF_ERROR(
+          WriteFileAtomically(memo_path, memo.dump(1) + "\n"));
+      absl::MutexLock lock(&mu_);
+      evaluate_seconds_ += Seconds(start);
+      ++score_memo_misses_;
+    }
+    nlohmann::json out = nlohmann::json::object();
+    for (const std::string& key : keys) out[key] = memo[key];
     return out;
   }
 
@@ -613,10 +667,12 @@ class Demo {
   std::map<std::string, std::string> model_keys_;  // lineage hashes
   nlohmann::json report_ = nlohmann::json::object();
   nlohmann::json seconds_ = nlohmann::json::object();
-  absl::Mutex mu_;  // guards the three counters below (worker threads)
+  absl::Mutex mu_;  // guards the counters below (worker threads)
   double fuse_seconds_ ABSL_GUARDED_BY(mu_) = 0;  // summed over the run
   double evaluate_seconds_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t fusion_jobs_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t score_memo_hits_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t score_memo_misses_ ABSL_GUARDED_BY(mu_) = 0;
   // (checkpoint dir, task) -> scores of the trained models; main thread.
   std::map<std::pair<std::string, std::string>, nlohmann::json> trained_scores_;
 };

@@ -70,6 +70,11 @@ struct DemoOptions {
   // Fusion jobs (each fused and scored) run at once; >= 1. The results do
   // not depend on it.
   int jobs = 1;
+  // Scores are memoized on disk by the SHA-256 of the scored checkpoint's
+  // files (and the device), so a warm run re-runs every fusion job but
+  // evaluates only weights it has not seen byte for byte. false: evaluate
+  // everything afresh (the memo is still written).
+  bool reuse_scores = true;
   // Progress lines (phase, step, loss); optional.
   std::function<void(const std::string&)> log;
 };
@@ -82,6 +87,8 @@ struct DemoOptions {
 //   kept_fraction?, error_reduction?}]}],
 //   sweep: [{keep, omega, A, B, avg, h_score, ...}],
 //   multi_task: {rows: [{method, A, B, C, avg}]},
+//   score_memo {hits, misses}: checkpoints whose scores came from the memo
+//   (same bytes as a checkpoint scored before) and those evaluated,
 //   seconds {total, ...}.
 // Accuracies are percentages; Avg is the mean of A and B; H-score their
 // harmonic mean; retention_a = A / A(zero-shot), retention_b = B /

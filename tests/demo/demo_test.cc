@@ -39,8 +39,10 @@ class DemoTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new TempDir();
     const auto start = std::chrono::steady_clock::now();
+    // Two workers, whatever the machine: RescoreOnOneWorkerReproduces
+    // compares against one.
     cold_ = RunTailorctl({"demo", "--quick", "--workdir", dir_->Join("work"),
-                          "--json", dir_->Join("cold.json")},
+                          "--json", dir_->Join("cold.json"), "--jobs", "2"},
                          dir_->path());
     cold_seconds_ =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
@@ -165,11 +167,33 @@ TEST_F(DemoTest, WarmRunUsesTheCacheAndReproduces) {
   for (const auto& [name, entry] : again["training"].items()) {
     EXPECT_TRUE(entry["cached"].get<bool>()) << name;
   }
+  // Every fusion job ran again and wrote the same bytes as in the cold run:
+  // all scores come from the memo, none had to be evaluated.
+  EXPECT_EQ(again["score_memo"]["misses"], 0);
+  EXPECT_EQ(again["score_memo"]["hits"],
+            (*report_)["score_memo"]["hits"].get<int>() +
+                (*report_)["score_memo"]["misses"].get<int>());
+  EXPECT_GT((*report_)["score_memo"]["misses"].get<int>(), 0);
   EXPECT_EQ(again["single_task"], (*report_)["single_task"]);
   EXPECT_EQ(again["multi_task"], (*report_)["multi_task"]);
   EXPECT_LT(warm_seconds, cold_seconds_);
   std::cout << "quick demo: cold " << cold_seconds_ << " s, warm "
             << warm_seconds << " s\n";
+}
+
+// Evaluated afresh on one worker (the cold run used two), the numbers are the same: --jobs changes only the
+// schedule, and the memo holds what evaluation computes.
+TEST_F(DemoTest, RescoreOnOneWorkerReproduces) {
+  auto rescored = RunTailorctl(
+      {"demo", "--quick", "--workdir", dir_->Join("work"), "--json",
+       dir_->Join("rescored.json"), "--no-plot", "--rescore", "--jobs", "1"},
+      dir_->path());
+  ASSERT_EQ(rescored.code, 0) << rescored.err;
+  const Json again = Json::parse(ReadFileOrDie(dir_->Join("rescored.json")));
+  EXPECT_EQ(again["score_memo"]["hits"], 0);
+  EXPECT_EQ(again["single_task"], (*report_)["single_task"]);
+  EXPECT_EQ(again["sweep"], (*report_)["sweep"]);
+  EXPECT_EQ(again["multi_task"], (*report_)["multi_task"]);
 }
 
 }  // namespace
