@@ -454,6 +454,10 @@ TEST_F(TailordTest, DrainEndsWatchersThenARestartFinishesTheJob) {
       journal->begin(), journal->end(),
       [](const std::string& n) { return absl::EndsWith(n, ".safetensors"); }));
   EXPECT_GE(journalled, 1);
+  uint64_t journal_bytes = 0;
+  for (const std::string& n : *journal) {
+    journal_bytes += ReadFileOrDie(JoinPath(JournalDir(name), n)).size();
+  }
   auto server = Start();
   ASSERT_TRUE(server->ok());
   v1::FusionJob done = WaitUntil(name, [](const v1::FusionJob& j) {
@@ -468,7 +472,8 @@ TEST_F(TailordTest, DrainEndsWatchersThenARestartFinishesTheJob) {
   ASSERT_EQ(runs.size(), 2u);
   std::cout << "drain-resume: " << journalled
             << " tensors journalled at the drain; the rerun resumed "
-            << runs[1].resumed << " and computed " << runs[1].fused << "\n";
+            << runs[1].resumed << " and computed " << runs[1].fused
+            << "; journal " << journal_bytes << " bytes\n";
   EXPECT_EQ(runs[1].resumed, journalled);
   EXPECT_TRUE(GoneSoon(JournalDir(name)));
   // Byte-identical to an uninterrupted local run.
