@@ -547,6 +547,7 @@ TEST_F(TailordTest, SigkillMidJobThenRestartIsByteIdentical) {
         << "run " << k;
   }
   EXPECT_GT(runs.back().resumed, 0);
+  EXPECT_EQ(done.result().resumed_tensors(), runs.back().resumed);
   EXPECT_EQ(runs.back().fused + runs.back().resumed + runs.back().copied,
             total);
   EXPECT_LT(runs.back().fused, total - 160 + 1);
