@@ -54,6 +54,7 @@ void SummaryToProto(const nlohmann::json& s, tailor::v1::ResultSummary* out) {
   out->set_fused(Text(s, "fused"));
   out->set_patch(Text(s, "patch"));
   out->set_report(Text(s, "report"));
+  out->set_resumed_tensors(Integer(s, "resumed_tensors"));
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <cmath>
@@ -12,14 +13,17 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "fusion/calibration.h"
+#include "fusion/journal.h"
 #include "fusion/patch.h"
 #include "fusion/tailor_kernel.h"
 #include "io/checkpoint_writer.h"
 #include "io/lora_adapter.h"
 #include "io/open_checkpoint.h"
+#include "io/tensor_convert.h"
 #include "util/device.h"
 #include "util/file_util.h"
 #include "util/memory.h"
+#include "util/sha256.h"
 #include "util/status_macros.h"
 #include "util/torch_status.h"
 
@@ -30,6 +34,17 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// Identity of an input file beyond its header: the same header with other
+// values (a checkpoint rewritten in place) changes its size, mtime or inode.
+nlohmann::json FileStamp(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return {path, nullptr};
+  return {path, static_cast<int64_t>(st.st_size),
+          static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 +
+              st.st_mtim.tv_nsec,
+          static_cast<int64_t>(st.st_ino)};
 }
 
 // Per-file header fingerprints of a checkpoint-like source.
@@ -87,15 +102,24 @@ class Job {
     TAILOR_RETURN_IF_ERROR(Plan());
     TAILOR_RETURN_IF_ERROR(OpenOutputs());
     Emit(ProgressEvent::Kind::kPlanned);
-    for (const WorkItem& item : plan_) {
+    TAILOR_RETURN_IF_ERROR(OpenJournal());
+    for (size_t i = 0; i < plan_.size(); ++i) {
+      const WorkItem& item = plan_[i];
       if (options_.cancel != nullptr && options_.cancel->load()) {
         return absl::CancelledError(
             absl::StrCat("cancelled after ", done_, " of ", plan_.size(),
                          " tensors; no output was published"));
       }
       nlohmann::json entry;
+      std::string action = "copied";
       if (item.fuse) {
-        TAILOR_ASSIGN_OR_RETURN(entry, FuseOne(*item.info));
+        std::optional<JournalEntry> fused = Resume(i, *item.info);
+        action = fused ? "resumed" : "fused";
+        if (!fused) {
+          TAILOR_ASSIGN_OR_RETURN(fused, FuseOne(i, *item.info));
+          if (journal_) WriteJournal(*fused);
+        }
+        TAILOR_ASSIGN_OR_RETURN(entry, ApplyFused(*item.info, *fused));
       } else {
         TAILOR_ASSIGN_OR_RETURN(entry, CopyOne(*item.info, item.why_copied));
       }
@@ -104,7 +128,7 @@ class Job {
       ProgressEvent event;
       event.kind = ProgressEvent::Kind::kTensorDone;
       event.tensor = item.info->name;
-      event.action = item.fuse ? "fused" : "copied";
+      event.action = action;
       event.stats = entry;
       Emit(event);
       tensors_.push_back(std::move(entry));
@@ -128,6 +152,14 @@ class Job {
     event.bytes_total = bytes_total_;
     event.elapsed_seconds = Seconds(start_);
     options_.progress->OnEvent(event);
+  }
+  // A warning event that the report does not list (journal notes: they
+  // would make a resumed run's report differ from an uninterrupted one's).
+  void Note(std::string message) {
+    ProgressEvent event;
+    event.kind = ProgressEvent::Kind::kWarning;
+    event.message = std::move(message);
+    Emit(event);
   }
   void Warn(std::string message) {
     ProgressEvent event;
@@ -343,6 +375,91 @@ class Job {
     return absl::OkStatus();
   }
 
+  // What a journal must have been written by: this spec over these inputs.
+  nlohmann::json JournalIdentity() const {
+    nlohmann::json files = nlohmann::json::array();
+    auto stamp = [&](const Checkpoint& ckpt) {
+      for (const auto& f : ckpt.files()) files.push_back(FileStamp(f->path()));
+    };
+    stamp(*base_);
+    for (const auto& task : tasks_) {
+      if (task->patch) files.push_back(FileStamp(task->patch->path()));
+      if (task->calibration) {
+        files.push_back(FileStamp(task->calibration->path()));
+      }
+      if (auto* c = dynamic_cast<const Checkpoint*>(task->finetuned.get())) {
+        stamp(*c);
+      } else if (auto* lora = dynamic_cast<const LoraFineTuned*>(
+                     task->finetuned.get())) {
+        stamp(lora->adapter());
+      }
+    }
+    return {{"spec_sha256", Sha256Hex(spec_.ToJson().dump())},
+            {"sources", sources_},
+            {"files", files}};
+  }
+
+  absl::Status OpenJournal() {
+    if (options_.journal_dir.empty()) return absl::OkStatus();
+    TAILOR_ASSIGN_OR_RETURN(
+        FusionJournal::Opened opened,
+        FusionJournal::Open(options_.journal_dir, JournalIdentity()));
+    journal_ = std::move(opened.journal);
+    if (opened.discarded) {
+      Note(absl::StrCat("journal ", options_.journal_dir,
+                        " belonged to another spec or other inputs; "
+                        "discarded, starting from the first tensor"));
+    } else if (opened.entries > 0) {
+      Note(absl::StrCat("resuming from journal ", options_.journal_dir, ": ",
+                        opened.entries, " fused tensors already done"));
+    }
+    return absl::OkStatus();
+  }
+
+  // The journal is an optimisation: when it cannot be written (a full data
+  // volume) the job goes on without it, and a later run recomputes what it
+  // lacks.
+  void WriteJournal(const JournalEntry& entry) {
+    const absl::Status s = journal_->Write(entry);
+    if (s.ok()) return;
+    Note(absl::StrCat("journal ", journal_->dir(), ": cannot record tensor ",
+                      entry.index, " ('", entry.name, "'): ", s.message(),
+                      "; continuing without the journal"));
+    journal_.reset();
+  }
+
+  // The journal's entry for plan item `index`, if it has a valid one that
+  // fits this job's outputs; otherwise nullopt (and a note if it was
+  // damaged), and the tensor is computed again.
+  std::optional<JournalEntry> Resume(size_t index, const TensorInfo& info) {
+    if (!journal_ || !journal_->Has(static_cast<int64_t>(index))) {
+      return std::nullopt;
+    }
+    absl::StatusOr<JournalEntry> e =
+        journal_->Read(static_cast<int64_t>(index));
+    absl::Status fits = e.status();
+    if (fits.ok() && (e->name != info.name ||
+                      (writer_ && (!e->fused.has_value() ||
+                                   e->fused->size() != info.nbytes)) ||
+                      (stitched_ && e->FindPatch("stitched") == nullptr))) {
+      fits = absl::InvalidArgumentError("it does not fit the plan");
+    }
+    for (size_t t = 0; fits.ok() && t < tasks_.size(); ++t) {
+      if (tasks_[t]->patch_writer &&
+          e->FindPatch(absl::StrCat("task", t)) == nullptr) {
+        fits = absl::InvalidArgumentError("it lacks a per-task patch");
+      }
+    }
+    if (!fits.ok()) {
+      Note(
+          absl::StrCat("journal entry ", index, " ('", info.name,
+                       "') is unusable, computing it again: ", fits.message()));
+      return std::nullopt;
+    }
+    ++resumed_tensors_;
+    return *std::move(e);
+  }
+
   ReadOptions ComputeRead() const {
     ReadOptions r;
     r.floating_dtype = spec_.tailor.float64 ? at::kDouble : at::kFloat;
@@ -350,15 +467,21 @@ class Job {
     return r;
   }
 
-  absl::StatusOr<nlohmann::json> FuseOne(const TensorInfo& info) {
+  // Computes fused tensor `index` of the plan: everything it contributes to
+  // the outputs and the report, without touching them (ApplyFused does).
+  absl::StatusOr<JournalEntry> FuseOne(size_t index, const TensorInfo& info) {
     const auto t0 = Clock::now();
     const std::string& name = info.name;
+    JournalEntry out;
+    out.index = static_cast<int64_t>(index);
+    out.name = name;
     TAILOR_ASSIGN_OR_RETURN(at::Tensor pre, base_->Read(name, ComputeRead()));
     TAILOR_RETURN_IF_ERROR(CheckFiniteTensor(pre, name, "pre-trained tensor"));
     std::vector<TaskDelta> deltas;
     std::vector<at::Tensor> dense;
     nlohmann::json per_task = nlohmann::json::array();
-    for (auto& task : tasks_) {
+    for (size_t t = 0; t < tasks_.size(); ++t) {
+      Task* task = tasks_[t].get();
       nlohmann::json tj = {{"label", task->label}};
       if (task->patch) {
         if (task->patch->Find(name) != nullptr) {
@@ -405,22 +528,27 @@ class Job {
         tj["compensation"] = s.compensation;
         if (!s.fallback_reason.empty()) {
           tj["fallback_reason"] = s.fallback_reason;
-          Warn(absl::StrCat(name, " (task '", task->label,
-                            "'): compensation skipped: ", s.fallback_reason));
+          out.warnings.push_back(
+              absl::StrCat(name, " (task '", task->label,
+                           "'): compensation skipped: ", s.fallback_reason));
         }
         if (s.has_hessian) {
           tj["damp"] = s.damp;
           tj["dead_columns"] = s.dead_columns;
           tj["error_mask_only"] = NumberOrNull(s.error_mask_only);
           tj["error_compensated"] = NumberOrNull(s.error_compensated);
-          error_mask_only_ +=
-              std::isfinite(s.error_mask_only) ? s.error_mask_only : 0;
-          error_compensated_ +=
-              std::isfinite(s.error_compensated) ? s.error_compensated : 0;
+          out.errors.emplace_back(
+              std::isfinite(s.error_mask_only) ? s.error_mask_only : 0,
+              std::isfinite(s.error_compensated) ? s.error_compensated : 0);
         }
         if (task->patch_writer) {
-          TAILOR_RETURN_IF_ERROR(
-              task->patch_writer->Add(name, r.mask, r.delta, info.dtype, tj));
+          TAILOR_ASSIGN_OR_RETURN(
+              PackedPatchEntry packed,
+              PatchWriter::Pack(r.mask, r.delta,
+                                absl::StrCat("patch of task '", task->label,
+                                             "': tensor '", name, "'")));
+          out.patches.push_back(
+              JournalPatch{absl::StrCat("task", t), std::move(packed), tj});
         }
         // Timings go to the report only: patches stay byte-deterministic.
         tj["seconds"] = s.seconds;
@@ -470,19 +598,55 @@ class Job {
                                     pre, merged.mask,
                                     KeptValues(merged.mask, merged.delta));
                               }));
-      TAILOR_RETURN_IF_ERROR(writer_->Write(name, fused));
+      const std::string label = absl::StrCat("output tensor '", name, "'");
+      TAILOR_ASSIGN_OR_RETURN(at::Tensor stored,
+                              ToStoredTensor(fused, info.dtype, label));
+      out.fused.emplace(
+          static_cast<const char*>(stored.data_ptr()),
+          static_cast<size_t>(stored.numel()) * stored.element_size());
     }
     if (stitched_) {
       nlohmann::json patch_stats = {{"kept", kept}, {"tasks", per_task}};
       for (auto& t : patch_stats["tasks"]) t.erase("seconds");
-      TAILOR_RETURN_IF_ERROR(stitched_->Add(name, merged.mask, merged.delta,
-                                            info.dtype, patch_stats));
+      TAILOR_ASSIGN_OR_RETURN(
+          PackedPatchEntry packed,
+          PatchWriter::Pack(
+              merged.mask, merged.delta,
+              absl::StrCat("patch ", patch_path_, ": tensor '", name, "'")));
+      out.patches.push_back(
+          JournalPatch{"stitched", std::move(packed), std::move(patch_stats)});
+    }
+    entry["seconds"] = Seconds(t0);
+    out.report = std::move(entry);
+    return out;
+  }
+
+  // Feeds a fused tensor's recorded work -- computed now or read back from
+  // the journal -- to the writers, the report and the totals, in the same
+  // order either way. Returns the tensor's report entry.
+  absl::StatusOr<nlohmann::json> ApplyFused(const TensorInfo& info,
+                                            const JournalEntry& e) {
+    for (const std::string& w : e.warnings) Warn(w);
+    for (const auto& [mask_only, compensated] : e.errors) {
+      error_mask_only_ += mask_only;
+      error_compensated_ += compensated;
+    }
+    for (size_t t = 0; t < tasks_.size(); ++t) {
+      if (!tasks_[t]->patch_writer) continue;
+      const JournalPatch* p = e.FindPatch(absl::StrCat("task", t));
+      TAILOR_RETURN_IF_ERROR(tasks_[t]->patch_writer->AddPacked(
+          info.name, p->packed, info.dtype, p->stats));
+    }
+    if (writer_) TAILOR_RETURN_IF_ERROR(writer_->WriteRaw(info.name, *e.fused));
+    if (stitched_) {
+      const JournalPatch* p = e.FindPatch("stitched");
+      TAILOR_RETURN_IF_ERROR(
+          stitched_->AddPacked(info.name, p->packed, info.dtype, p->stats));
     }
     total_count_ += info.numel;
-    total_kept_ += kept;
+    total_kept_ += e.report.value("kept", int64_t{0});
     ++fused_tensors_;
-    entry["seconds"] = Seconds(t0);
-    return entry;
+    return e.report;
   }
 
   absl::StatusOr<nlohmann::json> CopyOne(const TensorInfo& info,
@@ -552,6 +716,7 @@ class Job {
         {"error_mask_only", error_mask_only_},
         {"error_compensated", error_compensated_},
         {"error_reduction", NumberOrNull(reduction)},
+        {"resumed_tensors", resumed_tensors_},
         {"device", device_.str()},
         {"seconds", Seconds(start_)}};
     if (!report_path_.empty()) {
@@ -571,6 +736,8 @@ class Job {
   std::vector<WorkItem> plan_;
   std::unique_ptr<CheckpointWriter> writer_;
   std::unique_ptr<PatchWriter> stitched_;
+  std::unique_ptr<FusionJournal> journal_;
+  int64_t resumed_tensors_ = 0;
   std::string patch_path_, report_path_;
   nlohmann::json sources_ = nlohmann::json::array();
   nlohmann::json tensors_ = nlohmann::json::array();

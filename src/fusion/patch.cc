@@ -113,13 +113,6 @@ absl::StatusOr<at::Tensor> UnpackBits(const at::Tensor& packed, int64_t n,
   return out;
 }
 
-absl::Status WriteSpool(int fd, const at::Tensor& t, uint64_t offset,
-                        const std::string& label) {
-  return PWriteFully(fd, t.data_ptr(),
-                     static_cast<size_t>(t.numel()) * t.element_size(), offset,
-                     label);
-}
-
 // Product of `shape` with overflow checks; nullopt on overflow or a negative
 // dimension.
 std::optional<int64_t> Numel(const std::vector<int64_t>& shape) {
@@ -200,9 +193,46 @@ PatchWriter::~PatchWriter() {
   }
 }
 
+absl::StatusOr<PackedPatchEntry> PatchWriter::Pack(const at::Tensor& mask,
+                                                   const at::Tensor& delta,
+                                                   absl::string_view label) {
+  if (!mask.defined() || mask.scalar_type() != at::kBool) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, ": mask must be a bool tensor"));
+  }
+  if (!delta.defined() || !delta.is_floating_point() ||
+      delta.sizes() != mask.sizes()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        label, ": delta must be a floating tensor shaped like the mask ",
+        c10::str(mask.sizes())));
+  }
+  TAILOR_ASSIGN_OR_RETURN(at::Tensor packed, PackBits(mask, label));
+  TAILOR_ASSIGN_OR_RETURN(
+      at::Tensor values, CatchTorch(label, [&] {
+        return KeptValues(mask, delta).to(at::kCPU).contiguous();
+      }));
+  PackedPatchEntry out;
+  out.shape = mask.sizes().vec();
+  out.mask.assign(static_cast<const char*>(packed.data_ptr()),
+                  static_cast<size_t>(packed.numel()));
+  out.values.assign(static_cast<const char*>(values.data_ptr()),
+                    static_cast<size_t>(values.numel()) * sizeof(float));
+  return out;
+}
+
 absl::Status PatchWriter::Add(const std::string& name, const at::Tensor& mask,
                               const at::Tensor& delta, DType base_dtype,
                               const nlohmann::json& stats) {
+  const std::string label =
+      absl::StrCat("patch ", path_, ": tensor '", name, "'");
+  TAILOR_ASSIGN_OR_RETURN(PackedPatchEntry packed, Pack(mask, delta, label));
+  return AddPacked(name, packed, base_dtype, stats);
+}
+
+absl::Status PatchWriter::AddPacked(const std::string& name,
+                                    const PackedPatchEntry& packed,
+                                    DType base_dtype,
+                                    const nlohmann::json& stats) {
   const std::string label =
       absl::StrCat("patch ", path_, ": tensor '", name, "'");
   if (finished_) {
@@ -217,15 +247,14 @@ absl::Status PatchWriter::Add(const std::string& name, const at::Tensor& mask,
     return absl::InvalidArgumentError(
         absl::StrCat(label, ": added twice; each weight appears once"));
   }
-  if (!mask.defined() || mask.scalar_type() != at::kBool) {
+  const std::optional<int64_t> n = Numel(packed.shape);
+  if (!n || packed.mask.size() != static_cast<uint64_t>((*n + 7) / 8) ||
+      packed.values.size() % sizeof(float) != 0 ||
+      packed.values.size() / sizeof(float) > static_cast<uint64_t>(*n)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(label, ": mask must be a bool tensor"));
-  }
-  if (!delta.defined() || !delta.is_floating_point() ||
-      delta.sizes() != mask.sizes()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        label, ": delta must be a floating tensor shaped like the mask ",
-        c10::str(mask.sizes())));
+        absl::StrCat(label, ": packed entry sizes do not fit the shape (mask ",
+                     packed.mask.size(), " bytes, values ",
+                     packed.values.size(), " bytes)"));
   }
   try {
     (void)stats.dump();
@@ -234,29 +263,26 @@ absl::Status PatchWriter::Add(const std::string& name, const at::Tensor& mask,
         absl::StrCat(label, ": stats are not serialisable JSON: ", e.what()));
   }
 
-  TAILOR_ASSIGN_OR_RETURN(at::Tensor packed, PackBits(mask, label));
-  TAILOR_ASSIGN_OR_RETURN(
-      at::Tensor values, CatchTorch(label, [&] {
-        return KeptValues(mask, delta).to(at::kCPU).contiguous();
-      }));
-
   auto entry = std::make_unique<Entry>();
   entry->name = name;
-  entry->shape = mask.sizes().vec();
+  entry->shape = packed.shape;
   entry->mask_offset = spool_size_;
-  entry->mask_bytes = static_cast<uint64_t>(packed.numel());
+  entry->mask_bytes = packed.mask.size();
   entry->values_offset = entry->mask_offset + entry->mask_bytes;
-  entry->values_bytes = static_cast<uint64_t>(values.numel()) * sizeof(float);
-  TAILOR_RETURN_IF_ERROR(
-      WriteSpool(spool_.get(), packed, entry->mask_offset, spool_path_));
-  TAILOR_RETURN_IF_ERROR(
-      WriteSpool(spool_.get(), values, entry->values_offset, spool_path_));
+  entry->values_bytes = packed.values.size();
+  TAILOR_RETURN_IF_ERROR(PWriteFully(spool_.get(), packed.mask.data(),
+                                     packed.mask.size(), entry->mask_offset,
+                                     spool_path_));
+  TAILOR_RETURN_IF_ERROR(PWriteFully(spool_.get(), packed.values.data(),
+                                     packed.values.size(), entry->values_offset,
+                                     spool_path_));
   spool_size_ = entry->values_offset + entry->values_bytes;
 
-  tensors_[name] = {{"shape", entry->shape},
-                    {"dtype", std::string(DTypeName(base_dtype))},
-                    {"kept", values.numel()},
-                    {"stats", stats}};
+  tensors_[name] = {
+      {"shape", entry->shape},
+      {"dtype", std::string(DTypeName(base_dtype))},
+      {"kept", static_cast<int64_t>(packed.values.size() / sizeof(float))},
+      {"stats", stats}};
   entries_.push_back(std::move(entry));
   return absl::OkStatus();
 }

@@ -49,6 +49,14 @@ at::Tensor FuseTensor(const at::Tensor& pre, const at::Tensor& mask,
 // The kept values of `delta` at `mask`, row-major, as float32 [k].
 at::Tensor KeptValues(const at::Tensor& mask, const at::Tensor& delta);
 
+// The bytes a patch stores for one weight, as PatchWriter spools them: what
+// a job journal records so that a resumed job adds exactly the same entry.
+struct PackedPatchEntry {
+  std::vector<int64_t> shape;  // of the weight
+  std::string mask;            // U8 [ceil(n / 8)], packed as described above
+  std::string values;          // F32 [k] (host byte order), k = popcount
+};
+
 // Writes a patch whose tensors arrive one at a time with sizes unknown up
 // front: data is spooled to a hidden temp file beside `path`; Finish()
 // writes header + data to another temp file, fsyncs and renames it over
@@ -66,6 +74,15 @@ class PatchWriter {
   absl::Status Add(const std::string& name, const at::Tensor& mask,
                    const at::Tensor& delta, DType base_dtype,
                    const nlohmann::json& stats);
+  // Add() in two steps: Pack() computes the stored bytes of (mask, delta);
+  // AddPacked() appends them. Add(n, m, d, t, s) is AddPacked(n, Pack(m, d),
+  // t, s), byte for byte. AddPacked checks the sizes (mask bytes for the
+  // shape, whole float values) but not the popcount.
+  static absl::StatusOr<PackedPatchEntry> Pack(const at::Tensor& mask,
+                                               const at::Tensor& delta,
+                                               absl::string_view label);
+  absl::Status AddPacked(const std::string& name, const PackedPatchEntry& entry,
+                         DType base_dtype, const nlohmann::json& stats);
   absl::Status Finish(const PatchMetadata& metadata);
 
  private:

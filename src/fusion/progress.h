@@ -17,13 +17,14 @@ namespace tailor {
 struct ProgressEvent {
   enum class Kind {
     kPlanned,     // the plan is known: total tensors and bytes
-    kTensorDone,  // one tensor fused or copied
-    kWarning,     // something the report will also list
+    kTensorDone,  // one tensor fused, copied or resumed (from the journal)
+    kWarning,     // something the report also lists, or a note about the
+                  // journal (resumed from it, discarded it) that it does not
     kFinished,    // outputs published
   };
   Kind kind = Kind::kPlanned;
   std::string tensor;       // kTensorDone
-  std::string action;       // kTensorDone: "fused" | "copied"
+  std::string action;       // kTensorDone: "fused" | "copied" | "resumed"
   int64_t done = 0;         // tensors finished so far
   int64_t total = 0;        // tensors in the plan
   uint64_t bytes_done = 0;  // base-checkpoint bytes finished so far
@@ -46,6 +47,18 @@ struct RunOptions {
   // Checked between tensors; when it becomes true the job stops with
   // CANCELLED and publishes nothing. Optional, not owned.
   const std::atomic<bool>* cancel = nullptr;
+  // Optional per-tensor journal (fusion/journal.h). When set, the job
+  // records durably, right after computing each fused tensor, everything it
+  // feeds its writers and report for it; a job started again with the same
+  // directory (same spec and inputs) replays the recorded tensors instead of
+  // recomputing them, so an interrupted job continues from its last
+  // completed tensor, and its outputs are byte-identical to an uninterrupted
+  // run's (the report differs only in timings and totals.resumed_tensors).
+  // A journal of another spec or other inputs is emptied, never reused; a
+  // damaged entry is recomputed. The job never deletes the directory: the
+  // caller removes it when the job is over. It holds up to one extra copy
+  // of the fused tensors (plus the patches) until then.
+  std::string journal_dir;
 };
 
 }  // namespace tailor

@@ -294,7 +294,22 @@ absl::Status JobManager::Load() {
       e.events = std::move(events);
     }
   }
-  // Jobs that were running when the server stopped run again from the start.
+  // Journals of finished (or unknown) jobs are leftovers of a stop between
+  // a job's end and its journal's removal.
+  const std::string journals = JoinPath(options_.data_dir, kJournalDirName);
+  if (IsDirectory(journals)) {
+    TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> names,
+                            ListDirectory(journals));
+    absl::ReaderMutexLock lock(&mu_);
+    for (const std::string& id : names) {
+      auto it = jobs_.find(id);
+      if (it == jobs_.end() || IsTerminal(it->second.job.state)) {
+        RemoveJournal(id);
+      }
+    }
+  }
+  // Jobs that were running when the server stopped run again; their journal
+  // lets them continue from their last completed tensor.
   for (const std::string& id : requeue) {
     JobEvent e = StateEvent(
         JobState::kQueued,
@@ -541,7 +556,10 @@ absl::StatusOr<Job> JobManager::CancelJob(absl::string_view name) {
     job.error_message = std::string(cancelled.message());
     return StateEvent(JobState::kCancelled, cancelled);
   }));
-  if (was_queued && metrics_) metrics_->finished->Increment({"cancelled"});
+  if (was_queued) {
+    RemoveJournal(id);  // a drained job's, if any
+    if (metrics_) metrics_->finished->Increment({"cancelled"});
+  }
   absl::ReaderMutexLock lock(&mu_);
   const Job& job = jobs_.at(id).job;
   Log(LogLevel::kInfo, job.name(),
@@ -677,6 +695,7 @@ void JobManager::RunJob(const std::string& id) {
   RunOptions options;
   options.progress = &progress;
   options.cancel = stop;
+  options.journal_dir = JournalDir(id);
   absl::StatusOr<nlohmann::json> report = runner_->Run(spec, options);
 
   bool interrupted, user_cancel;
@@ -750,7 +769,25 @@ void JobManager::RunJob(const std::string& id) {
     }
     return std::optional<JobEvent>(event);
   });
-  if (!s.ok()) Log(LogLevel::kError, name, s.ToString());
+  if (!s.ok()) {
+    // The store still says RUNNING: a restart requeues the job, and the
+    // journal lets it continue.
+    Log(LogLevel::kError, name, s.ToString());
+    return;
+  }
+  if (final_state != JobState::kQueued) RemoveJournal(id);
+}
+
+std::string JobManager::JournalDir(const std::string& id) const {
+  return JoinPath(JoinPath(options_.data_dir, kJournalDirName), id);
+}
+
+void JobManager::RemoveJournal(const std::string& id) const {
+  const absl::Status s = RemoveAll(JournalDir(id));
+  if (!s.ok()) {
+    Log(LogLevel::kWarning, "fusionJobs/" + id,
+        absl::StrCat("could not remove the journal: ", s.ToString()));
+  }
 }
 
 void JobManager::Collect() const {

@@ -25,8 +25,13 @@
 
 namespace tailor::jobs {
 
+// Subdirectory of the data directory holding one journal per unfinished job.
+inline constexpr char kJournalDirName[] = "journal";
+
 struct JobManagerOptions {
-  // Directory of the job store (jobs.db); created if missing.
+  // Directory of the job store (jobs.db) and of the journals of unfinished
+  // jobs (journal/<job id>/, see RunOptions::journal_dir); created if
+  // missing.
   std::string data_dir;
   // Jobs that run at the same time, >= 1.
   int max_concurrent_jobs = 1;
@@ -54,8 +59,13 @@ enum class ResultKind { kPatch, kReport };
 // it owns (a priority queue, `max_concurrent_jobs` at a time), records every
 // state change and progress event durably (JobStore) with a gap-free
 // per-job sequence, and lets watchers follow them. Jobs QUEUED or RUNNING
-// when the process stopped run again after a restart (from the start: the
-// engine publishes nothing until a job succeeds).
+// when the process stopped run again after a restart. Each run keeps a
+// per-tensor journal in <data_dir>/journal/<job id>/ (RunOptions::
+// journal_dir), so a job interrupted by a crash or a drain continues from its
+// last completed tensor, with outputs byte-identical to an uninterrupted
+// run's (the engine publishes nothing until a job succeeds). The journal is
+// removed when the job ends (succeeded, failed, cancelled), and at startup
+// for jobs that have ended.
 //
 // Thread-safe. Methods never wait on a running job; ReadEvents, AddListener
 // and RemoveListener only take short in-memory locks (safe in RPC
@@ -123,7 +133,8 @@ class JobManager {
 
   // Starts the drain: new creates are UNAVAILABLE, no queued job starts,
   // running jobs stop before their next tensor and go back to QUEUED (they
-  // run again after a restart), listeners are notified. Idempotent.
+  // run again after a restart, continuing from their journal), listeners
+  // are notified. Idempotent.
   void BeginDrain();
   bool draining() const;
   // Waits until every worker has stopped or `deadline` passes; true if they
@@ -147,6 +158,9 @@ class JobManager {
   absl::Status Load();
   void WorkerLoop();
   void RunJob(const std::string& id);
+  std::string JournalDir(const std::string& id) const;
+  // Removes a job's journal (logs a failure).
+  void RemoveJournal(const std::string& id) const;
   // Applies `update` to a copy of the job; the event it returns (if any)
   // gets the next sequence number. Commits both to the store, then
   // publishes them in memory and notifies listeners. Writers are

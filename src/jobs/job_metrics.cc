@@ -28,7 +28,8 @@ JobMetrics::JobMetrics(metrics::Registry* r)
           "tailor_job_queue_wait_seconds",
           "Time from job creation to the start of its run.", {}, kJobBuckets)),
       tensors(r->AddCounter("tailor_tensors_processed_total",
-                            "Tensors fused or copied, by device and action.",
+                            "Tensors fused, copied or resumed (from a "
+                            "journal), by device and action.",
                             {"device", "action"})),
       tensor_duration(
           r->AddHistogram("tailor_tensor_duration_seconds",

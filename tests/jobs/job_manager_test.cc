@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "testing/temp_dir.h"
+#include "util/file_util.h"
 
 namespace tailor::jobs {
 namespace {
@@ -27,6 +28,9 @@ class FakeRunner : public JobRunner {
     std::atomic<bool> released{false};
     absl::Mutex mu;
     std::vector<std::string> started ABSL_GUARDED_BY(mu);
+    // Per run: the journal directory given, and whether the previous run's
+    // marker was in it.
+    std::vector<std::pair<std::string, bool>> journals ABSL_GUARDED_BY(mu);
   };
   explicit FakeRunner(Shared* shared) : shared_(shared) {}
 
@@ -48,6 +52,12 @@ class FakeRunner : public JobRunner {
     {
       absl::MutexLock lock(&shared_->mu);
       shared_->started.push_back(spec["pretrained"].get<std::string>());
+      const std::string marker = JoinPath(options.journal_dir, "marker");
+      shared_->journals.emplace_back(options.journal_dir, PathExists(marker));
+      // Stands for the engine's journal: there from the run's start.
+      absl::Status s = MakeDirectories(options.journal_dir);
+      if (s.ok()) s = WriteFileAtomically(marker, spec.dump());
+      if (!s.ok()) return s;
     }
     const int n = spec.value("tensors", 2);
     ProgressEvent e;
@@ -378,6 +388,69 @@ TEST_F(JobManagerTest, UnfinishedJobsRunAgainAfterARestart) {
   ExpectGapFree(AllEvents(*m, queued));
   // Creation order survives: the finished job is the oldest.
   EXPECT_EQ(m->ListJobs(0, "", "")->jobs.back().name(), finished);
+}
+
+// Polls until `path` is gone (or 10 s pass).
+bool Gone(const std::string& path) {
+  for (int i = 0; i < 10000 && PathExists(path); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return !PathExists(path);
+}
+
+TEST_F(JobManagerTest, JournalLivesUntilTheJobEnds) {
+  const std::string journals = dir_.Join("data/journal");
+  std::string interrupted, succeeded;
+  {
+    auto m = Start();
+    auto ok = m->CreateJob(Request({{"pretrained", "/s"}}));
+    auto failed = m->CreateJob(Request({{"pretrained", "/f"}, {"fail", "x"}}));
+    auto cancelled =
+        m->CreateJob(Request({{"pretrained", "/c"}, {"block", true}}));
+    ASSERT_TRUE(ok.ok() && failed.ok() && cancelled.ok());
+    WaitFor(*m, cancelled->name(), JobState::kRunning);
+    ASSERT_TRUE(m->CancelJob(cancelled->name()).ok());
+    WaitFor(*m, ok->name(), JobState::kSucceeded);
+    WaitFor(*m, failed->name(), JobState::kFailed);
+    WaitFor(*m, cancelled->name(), JobState::kCancelled);
+    {
+      absl::MutexLock lock(&shared_.mu);
+      ASSERT_EQ(shared_.journals.size(), 3u);
+      EXPECT_EQ(shared_.journals[0].first, JoinPath(journals, ok->id));
+      for (const auto& [dir, existed] : shared_.journals) {
+        EXPECT_FALSE(existed) << dir;
+      }
+    }
+    for (const auto* job : {&*ok, &*failed, &*cancelled}) {
+      EXPECT_TRUE(Gone(JoinPath(journals, job->id))) << job->name();
+    }
+    succeeded = ok->id;
+
+    auto i = m->CreateJob(Request({{"pretrained", "/i"}, {"block", true}}));
+    ASSERT_TRUE(i.ok());
+    interrupted = i->id;
+    WaitFor(*m, i->name(), JobState::kRunning);
+    m->BeginDrain();
+    ASSERT_TRUE(m->WaitForWorkers(absl::Now() + absl::Seconds(10)));
+    EXPECT_EQ(m->GetJob(i->name())->state, JobState::kQueued);
+  }
+  // The drained job's journal survives; leftovers of a finished job and of
+  // an unknown one (a stop between a job's end and the removal) do not.
+  EXPECT_TRUE(IsRegularFile(JoinPath(journals, interrupted + "/marker")));
+  ASSERT_TRUE(MakeDirectories(JoinPath(journals, succeeded)).ok());
+  ASSERT_TRUE(MakeDirectories(JoinPath(journals, "unknown")).ok());
+  shared_.released = true;
+  auto m = Start();
+  EXPECT_FALSE(PathExists(JoinPath(journals, succeeded)));
+  EXPECT_FALSE(PathExists(JoinPath(journals, "unknown")));
+  WaitFor(*m, "fusionJobs/" + interrupted, JobState::kSucceeded);
+  {
+    absl::MutexLock lock(&shared_.mu);
+    ASSERT_EQ(shared_.journals.size(), 5u);
+    EXPECT_EQ(shared_.journals[4].first, JoinPath(journals, interrupted));
+    EXPECT_TRUE(shared_.journals[4].second);  // the rerun found its journal
+  }
+  EXPECT_TRUE(Gone(JoinPath(journals, interrupted)));
 }
 
 }  // namespace

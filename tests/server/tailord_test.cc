@@ -71,6 +71,38 @@ class TailordTest : public ::testing::Test {
                                             {"nsamples", "48"}}));
   }
 
+  // Tensor actions of one run of a job (between RUNNING state changes).
+  struct RunTally {
+    int fused = 0, resumed = 0, copied = 0;
+  };
+  static std::vector<RunTally> TallyRuns(const std::vector<v1::JobEvent>& all) {
+    std::vector<RunTally> runs;
+    for (const v1::JobEvent& e : all) {
+      if (e.has_state_change() && e.state_change().state() == v1::RUNNING) {
+        runs.emplace_back();
+      } else if (e.has_progress() && !runs.empty()) {
+        const std::string& action = e.progress().action();
+        if (action == "fused") ++runs.back().fused;
+        if (action == "resumed") ++runs.back().resumed;
+        if (action == "copied") ++runs.back().copied;
+      }
+    }
+    return runs;
+  }
+
+  // The journal directory tailord keeps for job `name` ("fusionJobs/ID").
+  std::string JournalDir(const std::string& name) const {
+    return tmp_.Join("data/journal/" + name.substr(name.find('/') + 1));
+  }
+
+  // Polls until `path` is gone (or 10 s pass).
+  static bool GoneSoon(const std::string& path) {
+    for (int i = 0; i < 1000 && PathExists(path); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return !PathExists(path);
+  }
+
   std::unique_ptr<TailordProcess> Start(std::vector<std::string> args = {}) {
     args.push_back("--allowed-root");
     args.push_back(tmp_.path());
@@ -415,6 +447,17 @@ TEST_F(TailordTest, DrainEndsWatchersThenARestartFinishesTheJob) {
     // The job went back to the queue, and the watcher saw that.
     EXPECT_EQ(seen.back().state_change().state(), v1::QUEUED);
   }
+  // The drained job checkpointed: its journal holds its completed tensors.
+  auto journal = ListDirectory(JournalDir(name));
+  ASSERT_TRUE(journal.ok()) << journal.status();
+  const int journalled = static_cast<int>(std::count_if(
+      journal->begin(), journal->end(),
+      [](const std::string& n) { return absl::EndsWith(n, ".safetensors"); }));
+  EXPECT_GE(journalled, 1);
+  uint64_t journal_bytes = 0;
+  for (const std::string& n : *journal) {
+    journal_bytes += ReadFileOrDie(JoinPath(JournalDir(name), n)).size();
+  }
   auto server = Start();
   ASSERT_TRUE(server->ok());
   v1::FusionJob done = WaitUntil(name, [](const v1::FusionJob& j) {
@@ -425,6 +468,14 @@ TEST_F(TailordTest, DrainEndsWatchersThenARestartFinishesTheJob) {
   std::vector<v1::JobEvent> all = Watch(name, 0, &status);
   ASSERT_TRUE(status.ok());
   ExpectGapFree(all, 1);
+  std::vector<RunTally> runs = TallyRuns(all);
+  ASSERT_EQ(runs.size(), 2u);
+  std::cout << "drain-resume: " << journalled
+            << " tensors journalled at the drain; the rerun resumed "
+            << runs[1].resumed << " and computed " << runs[1].fused
+            << "; journal " << journal_bytes << " bytes\n";
+  EXPECT_EQ(runs[1].resumed, journalled);
+  EXPECT_TRUE(GoneSoon(JournalDir(name)));
   // Byte-identical to an uninterrupted local run.
   CliResult local = Tailorctl(
       {"fuse", "--local", "--pretrained", tmp_.Join("slow-base"), "--finetuned",
@@ -479,6 +530,29 @@ TEST_F(TailordTest, SigkillMidJobThenRestartIsByteIdentical) {
     }
   }
   EXPECT_EQ(requeued, 3);  // one per kill
+  // Each run after a kill continued from the journal: it resumed at least
+  // every tensor the runs before it had completed (a killed run may have
+  // journalled one more tensor than its events show).
+  std::vector<RunTally> runs = TallyRuns(all);
+  ASSERT_EQ(runs.size(), 4u);
+  std::cout << "crash-resume: per run (fused computed / resumed from the "
+               "journal / copied):";
+  for (const RunTally& r : runs) {
+    std::cout << " " << r.fused << "/" << r.resumed << "/" << r.copied;
+  }
+  std::cout << "\n";
+  EXPECT_EQ(runs[0].resumed, 0);
+  for (size_t k = 1; k < runs.size(); ++k) {
+    EXPECT_GE(runs[k].resumed, runs[k - 1].resumed + runs[k - 1].fused)
+        << "run " << k;
+  }
+  EXPECT_GT(runs.back().resumed, 0);
+  EXPECT_EQ(done.result().resumed_tensors(), runs.back().resumed);
+  EXPECT_EQ(runs.back().fused + runs.back().resumed + runs.back().copied,
+            total);
+  EXPECT_LT(runs.back().fused, total - 160 + 1);
+  // The journal goes once the job has succeeded.
+  EXPECT_TRUE(GoneSoon(JournalDir(name)));
   CliResult local = Tailorctl({"fuse",
                                "--local",
                                "--pretrained",

@@ -1,0 +1,101 @@
+#ifndef TAILOR_FUSION_JOURNAL_H_
+#define TAILOR_FUSION_JOURNAL_H_
+
+// The per-tensor journal of a fusion job (RunOptions::journal_dir): what the
+// job fed its writers for each fused tensor, durable as soon as the tensor
+// is done, so that an interrupted job continues from its last completed
+// tensor instead of starting over. Torch-free: entries are bytes and JSON.
+//
+// Layout of the journal directory:
+//   manifest.json               {"format": "tailor-journal/1",
+//                                "identity": <the job's identity>}
+//   <plan index, 8 digits>.safetensors
+//                               one fused tensor; a safetensors file whose
+//                               tensors are U8 byte strings:
+//     "fused"                   the output tensor bytes as written (absent
+//                               when the job writes no fused checkpoint)
+//     "<key>.mask", "<key>.values"
+//                               a patch entry (PackedPatchEntry) for patch
+//                               "<key>" ("stitched", "task<i>")
+//   and whose `__metadata__` holds format, index, name, "record" (JSON: the
+//   report entry, warnings, accumulator increments, patch keys, shapes and
+//   stats) and "sha256" (of the data section).
+// Every file is written atomically (temp file, fsync, rename, directory
+// fsync), so an entry is either absent or complete; a damaged one fails
+// Read() and is recomputed by the caller.
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "fusion/patch.h"
+#include "nlohmann/json.hpp"
+
+namespace tailor {
+
+inline constexpr char kJournalFormat[] = "tailor-journal/1";
+
+// One patch entry of a journalled tensor.
+struct JournalPatch {
+  std::string key;  // "stitched" or "task<i>"
+  PackedPatchEntry packed;
+  nlohmann::json stats;  // as given to PatchWriter
+};
+
+// Everything a fused tensor contributed to a job's outputs and report.
+struct JournalEntry {
+  int64_t index = 0;  // in the job's plan
+  std::string name;
+  std::optional<std::string> fused;  // stored bytes of the fused tensor
+  std::vector<JournalPatch> patches;
+  nlohmann::json report;              // the per-tensor report entry
+  std::vector<std::string> warnings;  // emitted while fusing it, in order
+  // (error_mask_only, error_compensated) added to the job totals, in order.
+  std::vector<std::pair<double, double>> errors;
+
+  const JournalPatch* FindPatch(const std::string& key) const;
+};
+
+class FusionJournal {
+ public:
+  struct Opened {
+    std::unique_ptr<FusionJournal> journal;
+    // A journal was there but belonged to another job (or was unreadable):
+    // it was emptied.
+    bool discarded = false;
+    int64_t entries = 0;  // entry files found (not yet validated)
+  };
+
+  // Opens (creating it if needed) the journal in `dir` for a job identified
+  // by `identity` (any JSON; compared for equality with the manifest's). A
+  // directory holding another identity's journal, or no valid manifest, is
+  // emptied first: a journal is never reused for a different job.
+  static absl::StatusOr<Opened> Open(const std::string& dir,
+                                     const nlohmann::json& identity);
+
+  const std::string& dir() const { return dir_; }
+  // Whether an entry file for `index` exists.
+  bool Has(int64_t index) const;
+  // Reads and verifies an entry (format, digest, index). DATA_LOSS or
+  // INVALID_ARGUMENT for a damaged one, NOT_FOUND for none.
+  absl::StatusOr<JournalEntry> Read(int64_t index) const;
+  // Records an entry durably, replacing any entry of that index.
+  absl::Status Write(const JournalEntry& entry) const;
+
+  std::string EntryPath(int64_t index) const;
+
+ private:
+  explicit FusionJournal(std::string dir) : dir_(std::move(dir)) {}
+  std::string dir_;
+};
+
+// Bytes of the journal directory's regular files (for reporting its size).
+absl::StatusOr<uint64_t> JournalBytes(const std::string& dir);
+
+}  // namespace tailor
+
+#endif  // TAILOR_FUSION_JOURNAL_H_

@@ -1,0 +1,370 @@
+// The per-tensor journal (RunOptions::journal_dir): a job cancelled midway
+// and run again with its journal continues from its last completed tensor,
+// and its outputs are byte-identical to an uninterrupted run's.
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "fusion/fusion_job.h"
+#include "fusion/journal.h"
+#include "testing/test_util.h"
+#include "util/file_util.h"
+
+namespace tailor {
+namespace {
+
+using ::tailor::testing::RawTensor;
+using ::tailor::testing::ReadFileOrDie;
+using ::tailor::testing::SerializeSafetensors;
+using ::tailor::testing::TempDir;
+using ::tailor::testing::ToRaw;
+using ::tailor::testing::WriteFileOrDie;
+using ::tailor::testing::WriteShardedCheckpoint;
+
+constexpr int64_t kHidden = 16, kInter = 24;
+
+// Records events; sets `cancel` once `cancel_after` tensors were computed.
+class Recorder : public ProgressSink {
+ public:
+  explicit Recorder(int cancel_after = -1) : cancel_after_(cancel_after) {}
+  void OnEvent(const ProgressEvent& e) override {
+    if (e.kind == ProgressEvent::Kind::kTensorDone) {
+      ++actions[e.action];
+      if (e.action == "fused" && actions["fused"] == cancel_after_) {
+        cancel = true;
+      }
+    } else if (e.kind == ProgressEvent::Kind::kWarning) {
+      warnings.push_back(e.message);
+    }
+  }
+  bool Warned(absl::string_view text) const {
+    for (const std::string& w : warnings) {
+      if (absl::StrContains(w, text)) return true;
+    }
+    return false;
+  }
+  std::atomic<bool> cancel{false};
+  std::map<std::string, int> actions;
+  std::vector<std::string> warnings;
+
+ private:
+  const int cancel_after_;
+};
+
+// The report without what may differ between an interrupted and an
+// uninterrupted run: timings and the resumed count.
+nlohmann::json Comparable(nlohmann::json j) {
+  if (j.is_object()) {
+    j.erase("seconds");
+    j.erase("resumed_tensors");
+    for (auto& [k, v] : j.items()) v = Comparable(v);
+  } else if (j.is_array()) {
+    for (auto& v : j) v = Comparable(v);
+  }
+  return j;
+}
+
+class FusionJournalTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    at::manual_seed(7);
+    base_ = Dir("base");
+    std::map<std::string, at::Tensor> pre;
+    for (int l = 0; l < 3; ++l) {
+      const std::string p = absl::StrCat("model.layers.", l, ".");
+      pre[p + "self_attn.q_proj.weight"] = at::randn({kHidden, kHidden});
+      pre[p + "mlp.up_proj.weight"] = at::randn({kInter, kHidden});
+      pre[p + "mlp.down_proj.weight"] = at::randn({kHidden, kInter});
+    }
+    pre["model.norm.weight"] = at::ones({kHidden});
+    WriteCheckpoint(base_, pre);
+    pre_ = pre;
+    for (int t = 0; t < 2; ++t) {
+      std::map<std::string, at::Tensor> ft;
+      for (auto& [name, w] : pre) ft[name] = w + 0.3 * at::randn(w.sizes());
+      const std::string dir = Dir(absl::StrCat("ft", t));
+      WriteCheckpoint(dir, ft);
+      ft_.push_back(dir);
+      hessians_.push_back(WriteHessians(tmp_.Join(absl::StrCat("h", t))));
+    }
+    out_ = tmp_.Join("out");
+    patch_ = tmp_.Join("p.safetensors");
+    report_ = tmp_.Join("report.json");
+    journal_ = tmp_.Join("journal");
+  }
+
+  std::string Dir(const std::string& name) {
+    const std::string p = tmp_.Join(name);
+    ::mkdir(p.c_str(), 0755);
+    return p;
+  }
+
+  void WriteCheckpoint(const std::string& dir,
+                       const std::map<std::string, at::Tensor>& ts) {
+    std::vector<RawTensor> a, b;
+    for (const auto& [name, w] : ts) {
+      (absl::StrContains(name, "mlp") ? b : a)
+          .push_back(ToRaw(name, w.to(at::kBFloat16)));
+    }
+    b.push_back(ToRaw("model.position_ids", at::arange(8, at::kLong)));
+    WriteShardedCheckpoint(dir, {a, b});
+  }
+
+  std::string WriteHessians(const std::string& path) {
+    at::Tensor x = at::randn({100, kHidden});
+    std::vector<RawTensor> t = {
+        ToRaw("model.layers.0.self_attn.q_proj.hessian",
+              (2.0 / 100 * x.t().matmul(x)).contiguous())};
+    WriteFileOrDie(path, SerializeSafetensors(
+                             t, {{"format", "tailor-hessian/1"},
+                                 {"nsamples", "100"},
+                                 {"aliases",
+                                  "{\"model.layers.1.self_attn.q_proj.weight\""
+                                  ": \"model.layers.0.self_attn.q_proj."
+                                  "hessian\"}"}}));
+    return path;
+  }
+
+  // Two tasks (so per-task patches are written), all outputs.
+  FusionSpec Spec(double keep = 0.2) {
+    FusionSpec spec;
+    spec.pretrained_uri = base_;
+    for (int t = 0; t < 2; ++t) {
+      TaskSpec task;
+      task.label = absl::StrCat("t", t);
+      task.finetuned_uri = ft_[t];
+      task.hessian_uri = hessians_[t];
+      spec.tasks.push_back(task);
+    }
+    spec.tailor.keep_ratio = keep;
+    spec.output_uri = out_;
+    spec.patch_uri = patch_;
+    spec.report_uri = report_;
+    spec.device = "cpu";
+    return spec;
+  }
+
+  absl::StatusOr<nlohmann::json> Run(const FusionSpec& spec, Recorder* sink,
+                                     bool journal) {
+    auto resolver = UriResolver::Create({tmp_.path()});
+    if (!resolver.ok()) return resolver.status();
+    RunOptions options;
+    options.progress = sink;
+    options.cancel = sink == nullptr ? nullptr : &sink->cancel;
+    if (journal) options.journal_dir = journal_;
+    return RunFusionJob(spec, *resolver, options);
+  }
+
+  std::vector<std::string> OutputFiles() const {
+    return {patch_, tmp_.Join("p.t0.safetensors"),
+            tmp_.Join("p.t1.safetensors")};
+  }
+
+  // Runs `spec` without a journal and moves its outputs to "ref-*".
+  nlohmann::json Reference(const FusionSpec& spec) {
+    auto report = Run(spec, nullptr, false);
+    EXPECT_TRUE(report.ok()) << report.status();
+    EXPECT_EQ(std::rename(out_.c_str(), tmp_.Join("ref-out").c_str()), 0);
+    for (const std::string& f : OutputFiles()) {
+      EXPECT_EQ(std::rename(f.c_str(), (f + ".ref").c_str()), 0) << f;
+    }
+    EXPECT_TRUE(RemoveAll(report_).ok());
+    return report.ok() ? *report : nlohmann::json();
+  }
+
+  void ExpectSameAsReference(const nlohmann::json& ref,
+                             const nlohmann::json& report) {
+    const std::string ref_out = tmp_.Join("ref-out");
+    auto na = ListDirectory(ref_out);
+    auto nb = ListDirectory(out_);
+    ASSERT_TRUE(na.ok() && nb.ok());
+    ASSERT_EQ(*na, *nb);
+    for (const std::string& n : *na) {
+      EXPECT_EQ(ReadFileOrDie(JoinPath(ref_out, n)),
+                ReadFileOrDie(JoinPath(out_, n)))
+          << n;
+    }
+    for (const std::string& f : OutputFiles()) {
+      EXPECT_EQ(ReadFileOrDie(f + ".ref"), ReadFileOrDie(f)) << f;
+    }
+    EXPECT_EQ(Comparable(ref), Comparable(report));
+    EXPECT_EQ(Comparable(ref),
+              Comparable(nlohmann::json::parse(ReadFileOrDie(report_))));
+  }
+
+  int JournalEntries() const {
+    auto names = ListDirectory(journal_);
+    if (!names.ok()) return -1;
+    int n = 0;
+    for (const auto& name : *names) {
+      n += absl::EndsWith(name, ".safetensors") ? 1 : 0;
+    }
+    return n;
+  }
+
+  TempDir tmp_;
+  std::string base_, out_, patch_, report_, journal_;
+  std::vector<std::string> ft_, hessians_;
+  std::map<std::string, at::Tensor> pre_;
+};
+
+TEST_F(FusionJournalTest, CancelledJobContinuesFromItsJournal) {
+  const FusionSpec spec = Spec();
+  const nlohmann::json ref = Reference(spec);
+  const int fused = ref["totals"]["tensors_fused"].get<int>();
+  const int copied = ref["totals"]["tensors_copied"].get<int>();
+  ASSERT_EQ(fused, 10);
+  ASSERT_GT(ref["totals"]["error_mask_only"].get<double>(), 0);
+  EXPECT_EQ(ref["totals"]["resumed_tensors"], 0);
+
+  constexpr int kDone = 4;
+  Recorder first(kDone);
+  auto cancelled = Run(spec, &first, true);
+  ASSERT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled)
+      << cancelled.status();
+  EXPECT_FALSE(PathExists(out_));
+  EXPECT_FALSE(PathExists(patch_));
+  EXPECT_EQ(JournalEntries(), kDone);
+  const uint64_t journal_bytes = *JournalBytes(journal_);
+
+  Recorder second;
+  auto report = Run(spec, &second, true);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ((*report)["totals"]["resumed_tensors"], kDone);
+  EXPECT_EQ(second.actions["resumed"], kDone);
+  EXPECT_EQ(second.actions["fused"], fused - kDone);
+  EXPECT_EQ(second.actions["copied"], copied);
+  EXPECT_TRUE(second.Warned("resuming from journal"));
+  ExpectSameAsReference(ref, *report);
+  // The engine leaves the journal to its caller.
+  EXPECT_EQ(JournalEntries(), fused);
+  std::printf(
+      "journal: %d of %d fused tensors resumed; %llu journal bytes "
+      "after %d tensors, %llu after all\n",
+      kDone, fused, static_cast<unsigned long long>(journal_bytes), kDone,
+      static_cast<unsigned long long>(*JournalBytes(journal_)));
+
+  // A third run resumes everything and still matches.
+  ASSERT_TRUE(RemoveAll(out_).ok());
+  ASSERT_TRUE(RemoveAll(report_).ok());
+  for (const std::string& f : OutputFiles()) ASSERT_TRUE(RemoveAll(f).ok());
+  Recorder third;
+  report = Run(spec, &third, true);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ((*report)["totals"]["resumed_tensors"], fused);
+  EXPECT_EQ(third.actions["fused"], 0);
+  ExpectSameAsReference(ref, *report);
+}
+
+TEST_F(FusionJournalTest, JournalOfAnotherSpecIsDiscarded) {
+  Recorder first(3);
+  ASSERT_EQ(Run(Spec(0.2), &first, true).status().code(),
+            absl::StatusCode::kCancelled);
+  ASSERT_EQ(JournalEntries(), 3);
+
+  const FusionSpec other = Spec(0.35);
+  const nlohmann::json ref = Reference(other);
+  Recorder second;
+  auto report = Run(other, &second, true);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ((*report)["totals"]["resumed_tensors"], 0);
+  EXPECT_EQ(second.actions["resumed"], 0);
+  EXPECT_TRUE(second.Warned("discarded"));
+  ExpectSameAsReference(ref, *report);
+}
+
+TEST_F(FusionJournalTest, JournalOfOtherInputsIsDiscarded) {
+  const FusionSpec spec = Spec();
+  Recorder first(3);
+  ASSERT_EQ(Run(spec, &first, true).status().code(),
+            absl::StatusCode::kCancelled);
+  // Same spec and the same layout (so the same header fingerprints), but
+  // task 0's checkpoint was rewritten with other values.
+  std::map<std::string, at::Tensor> ft;
+  for (auto& [name, w] : pre_) ft[name] = w + 0.3 * at::randn(w.sizes());
+  ASSERT_TRUE(RemoveAll(ft_[0]).ok());
+  WriteCheckpoint(Dir("ft0"), ft);
+  Recorder second;
+  auto report = Run(spec, &second, true);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ((*report)["totals"]["resumed_tensors"], 0);
+  EXPECT_TRUE(second.Warned("discarded"));
+}
+
+TEST_F(FusionJournalTest, DamagedEntriesAreRecomputed) {
+  const FusionSpec spec = Spec();
+  const nlohmann::json ref = Reference(spec);
+  Recorder first(5);
+  ASSERT_EQ(Run(spec, &first, true).status().code(),
+            absl::StatusCode::kCancelled);
+  auto names = ListDirectory(journal_);
+  ASSERT_TRUE(names.ok());
+  std::vector<std::string> entries;
+  for (const auto& n : *names) {
+    if (absl::EndsWith(n, ".safetensors")) entries.push_back(n);
+  }
+  ASSERT_EQ(entries.size(), 5u);
+  // One truncated, one with a flipped data byte, one empty.
+  const std::string truncated = JoinPath(journal_, entries[1]);
+  std::string bytes = ReadFileOrDie(truncated);
+  WriteFileOrDie(truncated, bytes.substr(0, bytes.size() / 2));
+  const std::string flipped = JoinPath(journal_, entries[2]);
+  bytes = ReadFileOrDie(flipped);
+  bytes[bytes.size() - 3] ^= 0x40;
+  WriteFileOrDie(flipped, bytes);
+  WriteFileOrDie(JoinPath(journal_, entries[4]), "");
+
+  Recorder second;
+  auto report = Run(spec, &second, true);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ((*report)["totals"]["resumed_tensors"], 2);
+  EXPECT_EQ(second.actions["resumed"], 2);
+  EXPECT_TRUE(second.Warned("is unusable, computing it again"));
+  ExpectSameAsReference(ref, *report);
+}
+
+TEST(FusionJournal, EntriesRoundTrip) {
+  TempDir tmp;
+  const nlohmann::json id = {{"spec", "x"}};
+  auto opened = FusionJournal::Open(tmp.Join("j"), id);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_FALSE(opened->discarded);
+  JournalEntry e;
+  e.index = 12;
+  e.name = "w";
+  e.fused = std::string("\x00\x01\x02\xff", 4);
+  e.patches.push_back(
+      {"stitched",
+       PackedPatchEntry{{2, 5}, std::string("\x03\x00", 2), "abcdefgh"},
+       {1}});
+  e.report = {{"kept", 2}, {"seconds", 0.5}};
+  e.warnings = {"careful"};
+  e.errors = {{0.1, 1.0 / 3}};
+  ASSERT_TRUE(opened->journal->Write(e).ok());
+  ASSERT_FALSE(opened->journal->Has(11));
+  auto back = opened->journal->Read(12);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->name, "w");
+  EXPECT_EQ(back->fused, e.fused);
+  ASSERT_EQ(back->patches.size(), 1u);
+  EXPECT_EQ(back->patches[0].packed.shape, (std::vector<int64_t>{2, 5}));
+  EXPECT_EQ(back->patches[0].packed.mask, std::string("\x03\x00", 2));
+  EXPECT_EQ(back->patches[0].packed.values, "abcdefgh");
+  EXPECT_EQ(back->report, e.report);
+  EXPECT_EQ(back->warnings, e.warnings);
+  EXPECT_EQ(back->errors, e.errors);  // doubles exactly
+  EXPECT_EQ(FusionJournal::Open(tmp.Join("j"), id)->entries, 1);
+  auto other = FusionJournal::Open(tmp.Join("j"), {{"spec", "y"}});
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(other->discarded);
+  EXPECT_FALSE(other->journal->Has(12));
+}
+
+}  // namespace
+}  // namespace tailor
