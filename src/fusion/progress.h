@@ -6,8 +6,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
 
 namespace tailor {
@@ -23,8 +25,12 @@ struct ProgressEvent {
     kFinished,    // outputs published
   };
   Kind kind = Kind::kPlanned;
-  std::string tensor;       // kTensorDone
-  std::string action;       // kTensorDone: "fused" | "copied" | "resumed"
+  std::string tensor;  // kTensorDone
+  std::string action;  // kTensorDone: "fused" | "copied" | "resumed"
+  // kTensorDone: where the tensor's work ran -- the lease's name() for a
+  // tensor fused under a TensorDeviceScheduler, else the job's device
+  // ("cpu", "cuda:0"). Copied and resumed tensors do no device work: "cpu".
+  std::string device;
   int64_t done = 0;         // tensors finished so far
   int64_t total = 0;        // tensors in the plan
   uint64_t bytes_done = 0;  // base-checkpoint bytes finished so far
@@ -40,6 +46,30 @@ class ProgressSink {
  public:
   virtual ~ProgressSink() = default;
   virtual void OnEvent(const ProgressEvent& event) = 0;
+};
+
+// A device reserved for one tensor's work; the reservation ends when the
+// lease is destroyed.
+class DeviceLease {
+ public:
+  virtual ~DeviceLease() = default;
+  // The device to compute on, as ResolveDevice (util/device.h) reads it:
+  // "cpu" or "cuda:N".
+  virtual std::string device() const = 0;
+  // How progress events name it (several leases may share a device()).
+  virtual std::string name() const { return device(); }
+};
+
+// Chooses a device for each fused tensor of a job. Called from the job's
+// thread, one tensor at a time.
+class TensorDeviceScheduler {
+ public:
+  virtual ~TensorDeviceScheduler() = default;
+  // Blocks until a device has `estimated_bytes` of working memory free for
+  // `tensor`. Errors end the job with that status (RESOURCE_EXHAUSTED: the
+  // tensor can never fit; CANCELLED: the job was stopped while waiting).
+  virtual absl::StatusOr<std::unique_ptr<DeviceLease>> Acquire(
+      const std::string& tensor, int64_t estimated_bytes) = 0;
 };
 
 struct RunOptions {
@@ -59,6 +89,11 @@ struct RunOptions {
   // caller removes it when the job is over. It holds up to one extra copy
   // of the fused tensors (plus the patches) until then.
   std::string journal_dir;
+  // Optional, not owned. When set, each fused tensor (not copied or resumed
+  // ones) is computed on the device of a lease acquired for it with an
+  // estimate of its peak working memory, and spec.device is not used; its
+  // outputs come back to the CPU for writing, as without one.
+  TensorDeviceScheduler* device_scheduler = nullptr;
 };
 
 }  // namespace tailor
