@@ -9,9 +9,11 @@
 #include <cmath>
 #include <limits>
 #include <regex>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "fusion/calibration.h"
 #include "fusion/journal.h"
 #include "fusion/patch.h"
@@ -97,7 +99,10 @@ class Job {
     start_ = Clock::now();
     TAILOR_RETURN_IF_ERROR(spec_.Validate());
     if (spec_.threads > 0) at::set_num_threads(spec_.threads);
-    TAILOR_ASSIGN_OR_RETURN(device_, ResolveDevice(spec_.device));
+    // With a scheduler each fused tensor gets its device from a lease.
+    if (options_.device_scheduler == nullptr) {
+      TAILOR_ASSIGN_OR_RETURN(device_, ResolveDevice(spec_.device));
+    }
     TAILOR_RETURN_IF_ERROR(OpenInputs());
     TAILOR_RETURN_IF_ERROR(Plan());
     TAILOR_RETURN_IF_ERROR(OpenOutputs());
@@ -112,11 +117,23 @@ class Job {
       }
       nlohmann::json entry;
       std::string action = "copied";
+      std::string ran_on = "cpu";  // copying and resuming are host work
       if (item.fuse) {
         std::optional<JournalEntry> fused = Resume(i, *item.info);
         action = fused ? "resumed" : "fused";
         if (!fused) {
+          ran_on = device_.str();
+          std::unique_ptr<DeviceLease> lease;  // held while computing
+          if (options_.device_scheduler != nullptr) {
+            TAILOR_ASSIGN_OR_RETURN(
+                lease, options_.device_scheduler->Acquire(
+                           item.info->name, EstimateWorkingBytes(*item.info)));
+            TAILOR_ASSIGN_OR_RETURN(device_, ResolveDevice(lease->device()));
+            ran_on = lease->name();
+            devices_used_.insert(ran_on);
+          }
           TAILOR_ASSIGN_OR_RETURN(fused, FuseOne(i, *item.info));
+          lease.reset();
           if (journal_) WriteJournal(*fused);
         }
         TAILOR_ASSIGN_OR_RETURN(entry, ApplyFused(*item.info, *fused));
@@ -129,6 +146,7 @@ class Job {
       event.kind = ProgressEvent::Kind::kTensorDone;
       event.tensor = item.info->name;
       event.action = action;
+      event.device = ran_on;
       event.stats = entry;
       Emit(event);
       tensors_.push_back(std::move(entry));
@@ -460,6 +478,41 @@ class Job {
     return *std::move(e);
   }
 
+  // An upper estimate of FuseOne's peak working memory for `info`, bytes,
+  // with e = 4 (float32 compute) or 8 (tailor.float64), n elements, T tasks:
+  //   pre-trained tensor, merged delta and fused output:     3 n e
+  //   per task: fine-tuned tensor (or patch values), delta, the kernel's
+  //     scores / normalisation / compensated-copy temporaries (4 n e), and
+  //     the mask and delta kept for merging:                 (7 e + 1) n
+  //   merging several tasks (stitch, TIES, DARE temporaries): 2 n e
+  //   a calibrated r x c tensor (tailor method): its c x c Hessian, the
+  //     inverse and the Cholesky factor (one task's at a time), 3 c^2 e,
+  //     plus the exact compensation's chunk (exact_chunk_bytes).
+  // The kernels' real peak is lower (several temporaries die before others
+  // are made); erring high only makes tensors wait, never over-commit.
+  int64_t EstimateWorkingBytes(const TensorInfo& info) const {
+    const int64_t e = spec_.tailor.float64 ? 8 : 4;
+    const int64_t n = info.numel;
+    const int64_t tasks = static_cast<int64_t>(tasks_.size());
+    int64_t bytes = n * e * 3 + tasks * n * (7 * e + 1);
+    if (tasks > 1) bytes += 2 * n * e;
+    if (spec_.method == Method::kTailor && info.shape.size() == 2) {
+      for (const auto& task : tasks_) {
+        if (!task->calibration || !task->calibration->KeyFor(info.name)) {
+          continue;
+        }
+        const int64_t c = info.shape[1];
+        int64_t h = 3 * c * c * e;
+        if (task->options.compensation == Compensation::kExact) {
+          h += task->options.exact_chunk_bytes;
+        }
+        bytes += h;
+        break;  // one task's Hessian at a time
+      }
+    }
+    return bytes;
+  }
+
   ReadOptions ComputeRead() const {
     ReadOptions r;
     r.floating_dtype = spec_.tailor.float64 ? at::kDouble : at::kFloat;
@@ -717,7 +770,9 @@ class Job {
         {"error_compensated", error_compensated_},
         {"error_reduction", NumberOrNull(reduction)},
         {"resumed_tensors", resumed_tensors_},
-        {"device", device_.str()},
+        {"device", options_.device_scheduler == nullptr
+                       ? device_.str()
+                       : absl::StrJoin(devices_used_, ",")},
         {"seconds", Seconds(start_)}};
     if (!report_path_.empty()) {
       TAILOR_RETURN_IF_ERROR(
@@ -730,7 +785,8 @@ class Job {
   const UriResolver& resolver_;
   const RunOptions& options_;
   Clock::time_point start_;
-  at::Device device_ = at::kCPU;
+  at::Device device_ = at::kCPU;        // of the tensor being computed
+  std::set<std::string> devices_used_;  // lease names, with a scheduler
   std::unique_ptr<Checkpoint> base_;
   std::vector<std::unique_ptr<Task>> tasks_;
   std::vector<WorkItem> plan_;

@@ -1,6 +1,8 @@
 // The per-tensor journal (RunOptions::journal_dir): a job cancelled midway
 // and run again with its journal continues from its last completed tensor,
-// and its outputs are byte-identical to an uninterrupted run's.
+// and its outputs are byte-identical to an uninterrupted run's. Also the
+// per-tensor device scheduler (RunOptions::device_scheduler) over the same
+// fixture: outputs do not depend on which device each tensor ran on.
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -13,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "fusion/fusion_job.h"
 #include "fusion/journal.h"
+#include "jobs/device_pool.h"
 #include "testing/test_util.h"
 #include "util/file_util.h"
 
@@ -36,6 +39,7 @@ class Recorder : public ProgressSink {
   void OnEvent(const ProgressEvent& e) override {
     if (e.kind == ProgressEvent::Kind::kTensorDone) {
       ++actions[e.action];
+      ++devices[e.action + "@" + e.device];
       if (e.action == "fused" && actions["fused"] == cancel_after_) {
         cancel = true;
       }
@@ -51,6 +55,7 @@ class Recorder : public ProgressSink {
   }
   std::atomic<bool> cancel{false};
   std::map<std::string, int> actions;
+  std::map<std::string, int> devices;  // "action@device"
   std::vector<std::string> warnings;
 
  private:
@@ -58,11 +63,13 @@ class Recorder : public ProgressSink {
 };
 
 // The report without what may differ between an interrupted and an
-// uninterrupted run: timings and the resumed count.
+// uninterrupted run: timings and the resumed count (and the devices, which
+// a scheduled run lists as the leases' names).
 nlohmann::json Comparable(nlohmann::json j) {
   if (j.is_object()) {
     j.erase("seconds");
     j.erase("resumed_tensors");
+    j.erase("device");
     for (auto& [k, v] : j.items()) v = Comparable(v);
   } else if (j.is_array()) {
     for (auto& v : j) v = Comparable(v);
@@ -150,14 +157,16 @@ class FusionJournalTest : public ::testing::Test {
     return spec;
   }
 
-  absl::StatusOr<nlohmann::json> Run(const FusionSpec& spec, Recorder* sink,
-                                     bool journal) {
+  absl::StatusOr<nlohmann::json> Run(
+      const FusionSpec& spec, Recorder* sink, bool journal,
+      TensorDeviceScheduler* scheduler = nullptr) {
     auto resolver = UriResolver::Create({tmp_.path()});
     if (!resolver.ok()) return resolver.status();
     RunOptions options;
     options.progress = sink;
     options.cancel = sink == nullptr ? nullptr : &sink->cancel;
     if (journal) options.journal_dir = journal_;
+    options.device_scheduler = scheduler;
     return RunFusionJob(spec, *resolver, options);
   }
 
@@ -364,6 +373,84 @@ TEST(FusionJournal, EntriesRoundTrip) {
   ASSERT_TRUE(other.ok());
   EXPECT_TRUE(other->discarded);
   EXPECT_FALSE(other->journal->Has(12));
+}
+
+// Hands out two "devices", both the CPU, in turn; records the estimates.
+class RoundRobinScheduler : public TensorDeviceScheduler {
+ public:
+  class Lease : public DeviceLease {
+   public:
+    explicit Lease(std::string name) : name_(std::move(name)) {}
+    std::string device() const override { return "cpu"; }
+    std::string name() const override { return name_; }
+
+   private:
+    const std::string name_;
+  };
+  absl::StatusOr<std::unique_ptr<DeviceLease>> Acquire(
+      const std::string& tensor, int64_t estimated_bytes) override {
+    estimates[tensor] = estimated_bytes;
+    return std::make_unique<Lease>(next_++ % 2 == 0 ? "cpu-a" : "cpu-b");
+  }
+  std::map<std::string, int64_t> estimates;
+
+ private:
+  int next_ = 0;
+};
+
+using FusionSchedulerTest = FusionJournalTest;
+
+TEST_F(FusionSchedulerTest, TensorsSpreadOverDevicesWithIdenticalOutputs) {
+  const FusionSpec spec = Spec();
+  const nlohmann::json ref = Reference(spec);
+  RoundRobinScheduler scheduler;
+  Recorder sink;
+  auto report = Run(spec, &sink, /*journal=*/false, &scheduler);
+  ASSERT_TRUE(report.ok()) << report.status();
+  // The 10 floating-point tensors alternate; the position ids are copied.
+  EXPECT_EQ(sink.devices["fused@cpu-a"], 5);
+  EXPECT_EQ(sink.devices["fused@cpu-b"], 5);
+  EXPECT_EQ(sink.devices["copied@cpu"], 1);
+  EXPECT_EQ((*report)["totals"]["device"], "cpu-a,cpu-b");
+  ExpectSameAsReference(ref, *report);
+  // Only fused tensors ask for a device; a calibrated one needs more.
+  ASSERT_EQ(scheduler.estimates.size(), 10u);
+  EXPECT_EQ(scheduler.estimates.count("model.position_ids"), 0u);
+  const int64_t q0 =
+      scheduler.estimates["model.layers.0.self_attn.q_proj.weight"];
+  const int64_t q2 =
+      scheduler.estimates["model.layers.2.self_attn.q_proj.weight"];
+  EXPECT_GE(q2, kHidden * kHidden * 4 * 5);
+  EXPECT_EQ(q0 - q2, 3 * kHidden * kHidden * 4);  // the Hessian's share
+}
+
+TEST_F(FusionSchedulerTest, ResumedTensorsNeedNoLease) {
+  const FusionSpec spec = Spec();
+  Recorder first(4);
+  ASSERT_EQ(Run(spec, &first, /*journal=*/true).status().code(),
+            absl::StatusCode::kCancelled);
+  RoundRobinScheduler scheduler;
+  Recorder second;
+  ASSERT_TRUE(Run(spec, &second, /*journal=*/true, &scheduler).ok());
+  EXPECT_EQ(second.devices["resumed@cpu"], 4);
+  EXPECT_EQ(scheduler.estimates.size(), 6u);
+}
+
+TEST_F(FusionSchedulerTest, TensorLargerThanEveryBudgetFailsTheJob) {
+  // Estimates: q_proj 16x16 (calibrated) 23040 bytes; mlp 24x16 29952.
+  auto pool = jobs::DevicePool::Create({{"cpu", "cpu", "cpu", 25000}});
+  ASSERT_TRUE(pool.ok());
+  jobs::PoolScheduler scheduler(pool->get(), {0}, nullptr);
+  Recorder sink;
+  auto report = Run(Spec(), &sink, /*journal=*/false, &scheduler);
+  ASSERT_EQ(report.status().code(), absl::StatusCode::kResourceExhausted)
+      << report.status();
+  const std::string m(report.status().message());
+  EXPECT_TRUE(absl::StrContains(m, "tensor 'model.layers.0.mlp.")) << m;
+  EXPECT_TRUE(absl::StrContains(m, "29952")) << m;
+  EXPECT_TRUE(absl::StrContains(m, "cpu: 25000")) << m;
+  EXPECT_FALSE(PathExists(out_));
+  EXPECT_EQ((*pool)->Reserved(0), 0);
 }
 
 }  // namespace
