@@ -2,8 +2,14 @@
 // service that sees LibTorch (through fusion_job.h).
 
 #include <ATen/Context.h>
+#include <unistd.h>
+
+#ifdef TAILOR_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "fusion/fusion_job.h"
 #include "jobs/job_runner.h"
 #include "storage/uri_resolver.h"
@@ -66,12 +72,37 @@ class FusionJobRunner : public JobRunner {
     return resolver_.ResolveExisting(uri);
   }
 
-  std::string DeviceLabel(const nlohmann::json& spec) const override {
-    // gpu_uuid needs the CUDA runtime, which this build may lack; the
-    // device index names CUDA devices until the device pool lands.
-    const std::string device = spec.value("device", "auto");
-    if (device == "cpu" || (device == "auto" && !at::hasCUDA())) return "cpu";
-    return device == "auto" ? "cuda:0" : device;
+  std::vector<RunnerDevice> Devices() const override {
+    std::vector<RunnerDevice> devices;
+    const long pages = ::sysconf(_SC_PHYS_PAGES);
+    const long page = ::sysconf(_SC_PAGESIZE);
+    devices.push_back({"cpu", "cpu",
+                       pages > 0 && page > 0
+                           ? static_cast<int64_t>(pages) * page
+                           : int64_t{0}});
+    if (!at::hasCUDA()) return devices;
+    const int n = static_cast<int>(at::getNumGPUs());
+    for (int i = 0; i < n; ++i) {
+      RunnerDevice d;
+      d.name = absl::StrCat("cuda:", i);
+      d.label = d.name;
+#ifdef TAILOR_WITH_CUDA
+      // The CUDA runtime (a CUDA build of LibTorch found at configure
+      // time): the GPU UUID as nvidia-smi prints it, and the memory size.
+      cudaDeviceProp prop;
+      if (cudaGetDeviceProperties(&prop, i) == cudaSuccess) {
+        const auto* u = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
+        d.label = absl::StrFormat(
+            "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+            "%02x%02x%02x%02x%02x%02x",
+            u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10],
+            u[11], u[12], u[13], u[14], u[15]);
+        d.memory_bytes = static_cast<int64_t>(prop.totalGlobalMem);
+      }
+#endif
+      devices.push_back(std::move(d));
+    }
+    return devices;
   }
 
  private:

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <set>
 
 #include "absl/random/random.h"
 #include "absl/strings/ascii.h"
@@ -165,13 +166,57 @@ bool Matches(const Filter& f, const Job& job) {
   return true;
 }
 
+// The runner's devices with their budgets: options.device_budgets by
+// name, then by kind ("cuda"), then the defaults.
+absl::StatusOr<std::unique_ptr<DevicePool>> NewDevicePool(
+    const JobRunner& runner,
+    const std::map<std::string, DeviceBudget>& budgets) {
+  std::vector<PoolDevice> devices;
+  std::set<std::string> used;
+  for (const RunnerDevice& d : runner.Devices()) {
+    const bool cuda = absl::StartsWith(d.name, "cuda");
+    DeviceBudget b;
+    b.fraction = cuda ? kDefaultCudaBudget : kDefaultCpuBudget;
+    for (const std::string& key :
+         {std::string(cuda ? "cuda" : "cpu"), d.name}) {
+      auto it = budgets.find(key);
+      if (it == budgets.end()) continue;
+      b = it->second;
+      used.insert(key);
+    }
+    const int64_t budget = b.For(d.memory_bytes);
+    if (budget <= 0) {
+      return Invalid(
+          "device-memory-budget",
+          absl::StrCat("device ", d.name,
+                       b.fraction > 0 && d.memory_bytes <= 0
+                           ? " has an unknown memory size; give its budget "
+                             "in bytes (e.g. "
+                           : " gets no memory; give a budget (e.g. ",
+                       d.name, "=8Gi)"));
+    }
+    devices.push_back({d.name, d.name, d.label, budget});
+    Log(LogLevel::kInfo, "",
+        absl::StrCat("device ", d.name, " (", d.label, "): memory budget ",
+                     budget, " bytes"));
+  }
+  for (const auto& [key, b] : budgets) {
+    if (used.count(key) == 0 && key != "cuda") {
+      Log(LogLevel::kWarning, "",
+          absl::StrCat("device-memory-budget: no device ", key,
+                       " here; ignored"));
+    }
+  }
+  return DevicePool::Create(std::move(devices));
+}
+
 }  // namespace
 
 // Turns engine progress into job events (on the job's worker thread).
 class JobManager::ProgressAdapter : public ProgressSink {
  public:
-  ProgressAdapter(JobManager* manager, std::string id, std::string device)
-      : manager_(manager), id_(std::move(id)), device_(std::move(device)) {}
+  ProgressAdapter(JobManager* manager, std::string id)
+      : manager_(manager), id_(std::move(id)) {}
 
   void OnEvent(const ProgressEvent& e) override {
     JobEvent event;
@@ -197,9 +242,9 @@ class JobManager::ProgressAdapter : public ProgressSink {
       p.action = e.action;
       if (e.kind == ProgressEvent::Kind::kTensorDone && manager_->metrics_) {
         JobMetrics& m = *manager_->metrics_;
-        m.tensors->Increment({device_, e.action});
-        m.tensor_duration->Observe({device_},
-                                   e.elapsed_seconds - last_elapsed_);
+        const std::string device = manager_->DeviceLabel(e.device);
+        m.tensors->Increment({device, e.action});
+        m.tensor_duration->Observe({device}, e.elapsed_seconds - last_elapsed_);
         m.read_bytes->Increment(
             {}, static_cast<double>(e.bytes_done - last_bytes_));
       }
@@ -216,7 +261,7 @@ class JobManager::ProgressAdapter : public ProgressSink {
 
  private:
   JobManager* const manager_;
-  const std::string id_, device_;
+  const std::string id_;
   double last_elapsed_ = 0;
   uint64_t last_bytes_ = 0;
 };
@@ -224,10 +269,12 @@ class JobManager::ProgressAdapter : public ProgressSink {
 JobManager::JobManager(const JobManagerOptions& options,
                        std::unique_ptr<JobRunner> runner,
                        std::unique_ptr<JobStore> store,
+                       std::unique_ptr<DevicePool> pool,
                        metrics::Registry* registry)
     : options_(options),
       runner_(std::move(runner)),
       store_(std::move(store)),
+      pool_(std::move(pool)),
       registry_(registry) {
   if (registry != nullptr) {
     metrics_ = std::make_unique<JobMetrics>(registry);
@@ -252,11 +299,13 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
     return Invalid("data_dir",
                    absl::StrCat(options.data_dir, " is not a directory"));
   }
+  TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<DevicePool> pool,
+                          NewDevicePool(*runner, options.device_budgets));
   TAILOR_ASSIGN_OR_RETURN(
       std::unique_ptr<JobStore> store,
       JobStore::Open(JoinPath(options.data_dir, "jobs.db")));
-  std::unique_ptr<JobManager> m(
-      new JobManager(options, std::move(runner), std::move(store), registry));
+  std::unique_ptr<JobManager> m(new JobManager(
+      options, std::move(runner), std::move(store), std::move(pool), registry));
   TAILOR_RETURN_IF_ERROR(m->Load());
   {
     absl::MutexLock lock(&m->mu_);
@@ -423,6 +472,13 @@ absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request) {
       s = absl::InvalidArgumentError(absl::StrCat("spec.", s.message()));
     }
     return refuse(s);
+  }
+  if (absl::StatusOr<std::vector<int>> permitted =
+          pool_->Permitted(spec->value("device", "auto"));
+      !permitted.ok()) {
+    return refuse(absl::Status(
+        permitted.status().code(),
+        absl::StrCat("spec.device: ", permitted.status().message())));
   }
   const std::string fingerprint = nlohmann::json{
       {"spec", *spec},
@@ -691,12 +747,21 @@ void JobManager::RunJob(const std::string& id) {
     metrics_->queue_wait->Observe({}, absl::ToDoubleSeconds(start - created));
   }
   Log(LogLevel::kInfo, name, "running");
-  ProgressAdapter progress(this, id, runner_->DeviceLabel(spec));
-  RunOptions options;
-  options.progress = &progress;
-  options.cancel = stop;
-  options.journal_dir = JournalDir(id);
-  absl::StatusOr<nlohmann::json> report = runner_->Run(spec, options);
+  ProgressAdapter progress(this, id);
+  absl::StatusOr<std::vector<int>> permitted =
+      pool_->Permitted(spec.value("device", "auto"));
+  absl::StatusOr<nlohmann::json> report =
+      permitted.ok() ? absl::UnknownError("not run") : permitted.status();
+  if (permitted.ok()) {
+    // Waits for device memory give up when the job is cancelled or drained.
+    PoolScheduler scheduler(pool_.get(), *std::move(permitted), stop);
+    RunOptions options;
+    options.progress = &progress;
+    options.cancel = stop;
+    options.journal_dir = JournalDir(id);
+    options.device_scheduler = &scheduler;
+    report = runner_->Run(spec, options);
+  }
 
   bool interrupted, user_cancel;
   {
@@ -804,7 +869,20 @@ void JobManager::Collect() const {
   for (const auto& [s, n] : counts) {
     metrics_->jobs->Set({OutcomeLabel(s)}, n);
   }
-  metrics_->device_memory->Set({"cpu"}, ResidentBytes());
+  for (int i = 0; i < static_cast<int>(pool_->devices().size()); ++i) {
+    const PoolDevice& d = pool_->devices()[i];
+    metrics_->device_memory->Set({d.label},
+                                 static_cast<double>(pool_->Reserved(i)));
+    metrics_->device_budget->Set({d.label}, static_cast<double>(d.budget));
+  }
+  metrics_->process_memory->Set({}, ResidentBytes());
+}
+
+std::string JobManager::DeviceLabel(const std::string& name) const {
+  for (const PoolDevice& d : pool_->devices()) {
+    if (d.name == name) return d.label;
+  }
+  return "cpu";
 }
 
 }  // namespace tailor::jobs

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "jobs/device_pool.h"
 #include "jobs/job.h"
 #include "jobs/job_metrics.h"
 #include "jobs/job_runner.h"
@@ -39,7 +40,15 @@ struct JobManagerOptions {
   int max_queued_jobs = 100;
   // Largest accepted spec (its JSON), bytes; larger is RESOURCE_EXHAUSTED.
   size_t max_spec_bytes = 64 << 10;
+  // Memory budgets of the device pool, by "cpu", "cuda" (every CUDA
+  // device) or "cuda:N" (wins over "cuda"). Unset: kDefaultCpuBudget and
+  // kDefaultCudaBudget of the device's memory. A key naming a device the
+  // runner lacks is ignored (logged).
+  std::map<std::string, DeviceBudget> device_budgets;
 };
+
+inline constexpr double kDefaultCpuBudget = 0.5;
+inline constexpr double kDefaultCudaBudget = 0.9;
 
 struct CreateJobRequest {
   nlohmann::json spec;  // FusionSpec::FromJson form
@@ -66,6 +75,14 @@ enum class ResultKind { kPatch, kReport };
 // run's (the engine publishes nothing until a job succeeds). The journal is
 // removed when the job ends (succeeded, failed, cancelled), and at startup
 // for jobs that have ended.
+//
+// Devices: a pool (jobs/device_pool.h) of the runner's devices, each with a
+// memory budget. Every fused tensor of a running job reserves its estimated
+// working memory on one device its spec's `device` permits (DevicePool::
+// Permitted: "auto" is every CUDA device when there is one, else the CPU),
+// the one with the most free budget, and waits while none has room; so
+// concurrent jobs share devices without over-committing them, and one
+// job's tensors may run on different devices.
 //
 // Thread-safe. Methods never wait on a running job; ReadEvents, AddListener
 // and RemoveListener only take short in-memory locks (safe in RPC
@@ -154,7 +171,9 @@ class JobManager {
 
   JobManager(const JobManagerOptions& options,
              std::unique_ptr<JobRunner> runner, std::unique_ptr<JobStore> store,
-             metrics::Registry* registry);
+             std::unique_ptr<DevicePool> pool, metrics::Registry* registry);
+  // The metrics label of pool device `name` ("cpu" for names not in it).
+  std::string DeviceLabel(const std::string& name) const;
   absl::Status Load();
   void WorkerLoop();
   void RunJob(const std::string& id);
@@ -179,8 +198,9 @@ class JobManager {
   const JobManagerOptions options_;
   const std::unique_ptr<JobRunner> runner_;
   const std::unique_ptr<JobStore> store_;
-  metrics::Registry* const registry_;    // may be null
-  std::unique_ptr<JobMetrics> metrics_;  // null without a registry
+  const std::unique_ptr<DevicePool> pool_;  // thread-safe itself
+  metrics::Registry* const registry_;       // may be null
+  std::unique_ptr<JobMetrics> metrics_;     // null without a registry
   int64_t collector_id_ = 0;
 
   // Serialises Record() (store write + publish) so that events are durable

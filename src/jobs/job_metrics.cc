@@ -37,8 +37,15 @@ JobMetrics::JobMetrics(metrics::Registry* r)
                           {"device"}, kTensorBuckets)),
       device_memory(r->AddGauge(
           "tailor_device_memory_in_use_bytes",
-          "Memory in use per device (cpu: the server's resident set).",
+          "Working memory reserved now by running tensors on each device of "
+          "the pool (estimates, within its budget), by device: cpu or the "
+          "GPU UUID.",
           {"device"})),
+      device_budget(r->AddGauge("tailor_device_memory_budget_bytes",
+                                "Memory budget of each device of the pool.",
+                                {"device"})),
+      process_memory(r->AddGauge("tailor_process_resident_memory_bytes",
+                                 "Resident set size of the server process.")),
       read_bytes(r->AddCounter(
           "tailor_io_read_bytes_total",
           "Base-checkpoint bytes read by fusion jobs (tensors processed).")),

@@ -19,6 +19,8 @@ struct JobMetrics {
   metrics::Family* tensors;              // counter {device, action}
   metrics::Family* tensor_duration;      // histogram {device}
   metrics::Family* device_memory;        // gauge {device}
+  metrics::Family* device_budget;        // gauge {device}
+  metrics::Family* process_memory;       // gauge
   metrics::Family* read_bytes;           // counter
   metrics::Family* written_bytes;        // counter
   metrics::Family* validation_failures;  // counter {reason}

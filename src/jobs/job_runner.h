@@ -1,6 +1,7 @@
 #ifndef TAILOR_JOBS_JOB_RUNNER_H_
 #define TAILOR_JOBS_JOB_RUNNER_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,6 +11,15 @@
 #include "nlohmann/json.hpp"
 
 namespace tailor::jobs {
+
+// A device the engine can compute on.
+struct RunnerDevice {
+  std::string name;  // "cpu" or "cuda:N", as util/device.h reads it
+  // The metrics label: "cpu", or the CUDA device's GPU UUID ("GPU-...")
+  // where this build can read it, else its name.
+  std::string label;
+  int64_t memory_bytes = 0;  // physical RAM / device memory; 0 if unknown
+};
 
 // What the job manager needs from the engine, behind a torch-free
 // interface: checking a spec and running it. Implementations must be
@@ -34,9 +44,9 @@ class JobRunner {
   virtual absl::StatusOr<std::string> ResolveOutput(
       const std::string& uri) const = 0;
 
-  // The label the metrics use for where `spec` runs: "cpu", or a CUDA
-  // device's identity.
-  virtual std::string DeviceLabel(const nlohmann::json& spec) const = 0;
+  // The devices jobs may run on (the job manager's device pool is built
+  // from them): the CPU first, then each CUDA device LibTorch sees.
+  virtual std::vector<RunnerDevice> Devices() const = 0;
 };
 
 // The engine-backed runner (RunFusionJob) over URIs inside `allowed_roots`.

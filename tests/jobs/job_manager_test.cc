@@ -31,6 +31,11 @@ class FakeRunner : public JobRunner {
     // Per run: the journal directory given, and whether the previous run's
     // marker was in it.
     std::vector<std::pair<std::string, bool>> journals ABSL_GUARDED_BY(mu);
+    std::vector<RunnerDevice> devices = {{"cpu", "cpu", int64_t{1} << 30}};
+    // Leases held now and at most, by device name (specs with
+    // "tensor_bytes": each tensor leases that much for "hold_ms").
+    std::map<std::string, int> leased ABSL_GUARDED_BY(mu);
+    std::map<std::string, int> most_leased ABSL_GUARDED_BY(mu);
   };
   explicit FakeRunner(Shared* shared) : shared_(shared) {}
 
@@ -72,6 +77,27 @@ class FakeRunner : public JobRunner {
       if (options.cancel->load()) return absl::CancelledError("stopped");
       e.kind = ProgressEvent::Kind::kTensorDone;
       e.tensor = "t" + std::to_string(i);
+      if (spec.contains("tensor_bytes")) {
+        absl::StatusOr<std::unique_ptr<DeviceLease>> lease =
+            options.device_scheduler->Acquire(e.tensor,
+                                              spec["tensor_bytes"].get<int>());
+        if (!lease.ok()) return lease.status();
+        e.device = (*lease)->name();
+        {
+          absl::MutexLock lock(&shared_->mu);
+          int& now = ++shared_->leased[e.device];
+          int& most = shared_->most_leased[e.device];
+          most = std::max(most, now);
+        }
+        const auto until = std::chrono::steady_clock::now() +
+                           std::chrono::milliseconds(spec.value("hold_ms", 0));
+        while (std::chrono::steady_clock::now() < until &&
+               !options.cancel->load()) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        absl::MutexLock lock(&shared_->mu);
+        --shared_->leased[e.device];
+      }
       e.action = "fused";
       e.done = i + 1;
       e.bytes_done = 100 * (i + 1);
@@ -88,8 +114,8 @@ class FakeRunner : public JobRunner {
       const std::string& uri) const override {
     return uri;
   }
-  std::string DeviceLabel(const nlohmann::json&) const override {
-    return "cpu";
+  std::vector<RunnerDevice> Devices() const override {
+    return shared_->devices;
   }
 
  private:
@@ -262,13 +288,15 @@ TEST_F(JobManagerTest, QueueLimitAndPriorityOrder) {
   CreateJobRequest low = Request({{"pretrained", "/low"}});
   CreateJobRequest high = Request({{"pretrained", "/high"}});
   high.priority = 5;
-  ASSERT_TRUE(m->CreateJob(low).ok());
+  auto l = m->CreateJob(low);
+  ASSERT_TRUE(l.ok());
   auto h = m->CreateJob(high);
   ASSERT_TRUE(h.ok());
   EXPECT_EQ(m->CreateJob(Request({{"pretrained", "/c"}})).status().code(),
             absl::StatusCode::kResourceExhausted);
   shared_.released = true;
   WaitFor(*m, h->name(), JobState::kSucceeded);
+  WaitFor(*m, l->name(), JobState::kSucceeded);  // before the drain
   m.reset();
   absl::MutexLock lock(&shared_.mu);
   EXPECT_EQ(shared_.started,
@@ -451,6 +479,111 @@ TEST_F(JobManagerTest, JournalLivesUntilTheJobEnds) {
     EXPECT_TRUE(shared_.journals[4].second);  // the rerun found its journal
   }
   EXPECT_TRUE(Gone(JoinPath(journals, interrupted)));
+}
+
+TEST_F(JobManagerTest, DevicePoolSerialisesConcurrentJobsWithinBudgets) {
+  shared_.devices = {{"cpu", "cpu", int64_t{1} << 30},
+                     {"cuda:0", "GPU-fake0", int64_t{1} << 30},
+                     {"cuda:1", "GPU-fake1", 0}};  // memory unknown
+  JobManagerOptions options;
+  options.max_concurrent_jobs = 2;
+  options.device_budgets["cuda"] = DeviceBudget{100, 0};
+  options.device_budgets["cuda:0"] = DeviceBudget{0, 0.5};  // wins
+  auto m = Start(options);
+  // One 80-byte tensor fits on cuda:1 at a time; cuda:0 has room to spare.
+  nlohmann::json spec = {{"pretrained", "/a"},
+                         {"tensors", 4},
+                         {"tensor_bytes", 80},
+                         {"hold_ms", 5},
+                         {"device", "cuda:1"}};
+  auto a = m->CreateJob(Request(spec));
+  auto b = m->CreateJob(Request(spec));
+  ASSERT_TRUE(a.ok() && b.ok());
+  WaitFor(*m, a->name(), JobState::kSucceeded);
+  WaitFor(*m, b->name(), JobState::kSucceeded);
+  {
+    absl::MutexLock lock(&shared_.mu);
+    EXPECT_EQ(shared_.most_leased["cuda:1"], 1);
+    EXPECT_EQ(shared_.most_leased.count("cuda:0"), 0u);
+  }
+  // "auto" uses the CUDA devices only; cuda:0 has the most room.
+  spec["device"] = "auto";
+  auto c = m->CreateJob(Request(spec));
+  ASSERT_TRUE(c.ok());
+  WaitFor(*m, c->name(), JobState::kSucceeded);
+  const std::string text = registry_->Render();
+  EXPECT_TRUE(absl::StrContains(text,
+                                "tailor_tensors_processed_total{device=\"GPU-"
+                                "fake1\",action=\"fused\"} 8\n"))
+      << text;
+  EXPECT_TRUE(absl::StrContains(text,
+                                "tailor_tensors_processed_total{device=\"GPU-"
+                                "fake0\",action=\"fused\"} 4\n"))
+      << text;
+  EXPECT_TRUE(absl::StrContains(
+      text, "tailor_tensor_duration_seconds_count{device=\"GPU-fake0\"} 4"));
+  EXPECT_TRUE(absl::StrContains(
+      text, "tailor_device_memory_budget_bytes{device=\"GPU-fake1\"} 100\n"));
+  EXPECT_TRUE(absl::StrContains(
+      text,
+      "tailor_device_memory_budget_bytes{device=\"GPU-fake0\"} 536870912\n"));
+  EXPECT_TRUE(absl::StrContains(
+      text, "tailor_device_memory_in_use_bytes{device=\"GPU-fake1\"} 0\n"));
+  EXPECT_TRUE(absl::StrContains(text, "tailor_process_resident_memory_bytes "));
+
+  // A tensor larger than every permitted budget fails its job at once.
+  spec["tensor_bytes"] = 101;
+  spec["device"] = "cuda:1";
+  auto d = m->CreateJob(Request(spec));
+  ASSERT_TRUE(d.ok());
+  Job failed = WaitFor(*m, d->name(), JobState::kFailed);
+  EXPECT_EQ(failed.error_code,
+            static_cast<int>(absl::StatusCode::kResourceExhausted));
+  EXPECT_TRUE(absl::StrContains(failed.error_message, "tensor 't0'"))
+      << failed.error_message;
+
+  // A device the pool lacks is refused at creation.
+  spec["device"] = "cuda:7";
+  auto e = m->CreateJob(Request(spec));
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StartsWith(e.status().message(), "spec.device: "))
+      << e.status();
+}
+
+TEST_F(JobManagerTest, CancelStopsAJobWaitingForDeviceMemory) {
+  JobManagerOptions options;
+  options.max_concurrent_jobs = 2;
+  options.device_budgets["cpu"] = DeviceBudget{100, 0};
+  auto m = Start(options);
+  auto a = m->CreateJob(Request({{"pretrained", "/a"},
+                                 {"tensors", 1},
+                                 {"tensor_bytes", 80},
+                                 {"hold_ms", 2000}}));
+  ASSERT_TRUE(a.ok());
+  WaitFor(*m, a->name(), JobState::kRunning);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto b = m->CreateJob(
+      Request({{"pretrained", "/b"}, {"tensors", 1}, {"tensor_bytes", 80}}));
+  ASSERT_TRUE(b.ok());
+  WaitFor(*m, b->name(), JobState::kRunning);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // waits
+  ASSERT_TRUE(m->CancelJob(b->name()).ok());
+  Job cancelled = WaitFor(*m, b->name(), JobState::kCancelled);
+  EXPECT_TRUE(absl::StrContains(cancelled.error_message, "device memory"))
+      << cancelled.error_message;
+  EXPECT_EQ(m->GetJob(a->name())->state, JobState::kRunning);
+  ASSERT_TRUE(m->CancelJob(a->name()).ok());
+}
+
+TEST_F(JobManagerTest, UnknownDeviceMemoryNeedsAnAbsoluteBudget) {
+  shared_.devices = {{"cpu", "cpu", 0}};
+  JobManagerOptions options;
+  options.data_dir = dir_.Join("data");
+  auto m = JobManager::Create(options, std::make_unique<FakeRunner>(&shared_),
+                              nullptr);
+  ASSERT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(m.status().message(), "device-memory-budget: "))
+      << m.status();
 }
 
 }  // namespace
