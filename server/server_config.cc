@@ -68,7 +68,23 @@ absl::Status ServerConfig::Validate() const {
       log_level != "error") {
     return Invalid("log-level", "must be debug, info, warning or error");
   }
-  return absl::OkStatus();
+  return DeviceBudgets().status();
+}
+
+absl::StatusOr<std::map<std::string, jobs::DeviceBudget>>
+ServerConfig::DeviceBudgets() const {
+  std::map<std::string, jobs::DeviceBudget> budgets;
+  for (const std::string& text : device_memory_budgets) {
+    absl::StatusOr<std::pair<std::string, jobs::DeviceBudget>> b =
+        jobs::ParseDeviceBudget(text);
+    if (!b.ok()) return Invalid("device-memory-budget", b.status().message());
+    if (!budgets.emplace(b->first, b->second).second) {
+      return Invalid(
+          "device-memory-budget",
+          absl::StrCat("device ", b->first, " is given more than once"));
+    }
+  }
+  return budgets;
 }
 
 absl::Status LoadServerConfigFile(const std::string& path,
@@ -124,6 +140,31 @@ absl::Status LoadServerConfigFile(const std::string& path,
       s = Read(v, where, "a string", &config->ready_file);
     } else if (key == "log-level") {
       s = Read(v, where, "a string", &config->log_level);
+    } else if (key == "device-memory-budget") {
+      // A list of "DEVICE=VALUE", or a mapping DEVICE: VALUE.
+      config->device_memory_budgets.clear();
+      if (v.IsScalar()) {
+        config->device_memory_budgets.push_back(v.Scalar());
+      } else if (v.IsSequence()) {
+        for (size_t i = 0; i < v.size() && s.ok(); ++i) {
+          std::string item;
+          s = Read(v[i], absl::StrCat(where, "[", i, "]"), "a string", &item);
+          config->device_memory_budgets.push_back(item);
+        }
+      } else if (v.IsMap()) {
+        for (const auto& d : v) {
+          std::string value;
+          s = Read(d.second, absl::StrCat(where, ".", d.first.Scalar()),
+                   "a string", &value);
+          if (!s.ok()) break;
+          config->device_memory_budgets.push_back(
+              absl::StrCat(d.first.Scalar(), "=", value));
+        }
+      } else {
+        s = Invalid(where,
+                    "must be DEVICE=VALUE, a list of them, or a mapping "
+                    "DEVICE: VALUE");
+      }
     } else {
       s = Invalid(where, "unknown setting (see tailord --help)");
     }
@@ -168,6 +209,13 @@ void ServerFlags::Add(CLI::App& app) {
                  "serving (for scripts and tests using port 0)");
   app.add_option("--log-level", flags_.log_level,
                  "debug|info|warning|error (default info)");
+  app.add_option(
+      "--device-memory-budget", flags_.device_memory_budgets,
+      "memory the device pool lets running tensors reserve on a device, as "
+      "DEVICE=BYTES (suffixes K M G T, Ki Mi Gi Ti) or DEVICE=FRACTION of "
+      "its memory (0.5); DEVICE: cpu, cuda (every CUDA device) or cuda:N "
+      "(repeatable; default cpu=0.5 of physical RAM, cuda=0.9 of device "
+      "memory)");
 }
 
 absl::StatusOr<ServerConfig> ServerFlags::Resolve() const {
@@ -193,6 +241,9 @@ absl::StatusOr<ServerConfig> ServerFlags::Resolve() const {
   }
   if (given("--ready-file")) config.ready_file = flags_.ready_file;
   if (given("--log-level")) config.log_level = flags_.log_level;
+  if (given("--device-memory-budget")) {
+    config.device_memory_budgets = flags_.device_memory_budgets;
+  }
   absl::Status s = config.Validate();
   if (!s.ok()) return s;
   return config;

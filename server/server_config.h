@@ -2,12 +2,14 @@
 #define TAILOR_SERVER_SERVER_CONFIG_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "jobs/device_pool.h"
 
 namespace tailor::server {
 
@@ -25,6 +27,13 @@ struct ServerConfig {
   double drain_timeout_seconds = 20;
   std::string ready_file;  // written once serving: {"grpc_port", ...}
   std::string log_level = "info";
+  // "DEVICE=BYTES" or "DEVICE=FRACTION" (jobs::ParseDeviceBudget), at most
+  // one per device; unset devices get the job manager's defaults.
+  std::vector<std::string> device_memory_budgets;
+
+  // device_memory_budgets parsed; INVALID_ARGUMENT naming the setting.
+  absl::StatusOr<std::map<std::string, jobs::DeviceBudget>> DeviceBudgets()
+      const;
 
   // INVALID_ARGUMENT naming the setting and its rule.
   absl::Status Validate() const;

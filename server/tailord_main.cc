@@ -69,6 +69,7 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
   options.max_concurrent_jobs = config.max_concurrent_jobs;
   options.max_queued_jobs = config.max_queued_jobs;
   options.max_spec_bytes = static_cast<size_t>(config.max_spec_bytes);
+  options.device_budgets = *config.DeviceBudgets();  // validated
   absl::StatusOr<std::unique_ptr<jobs::JobManager>> manager =
       jobs::JobManager::Create(options, std::move(*runner), &registry);
   if (!manager.ok()) return Fail(manager.status());

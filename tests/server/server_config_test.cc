@@ -78,5 +78,45 @@ TEST(ServerConfigTest, BadSettingsNameTheSettingAndTheRule) {
   EXPECT_TRUE(absl::StrContains(c.status().message(), "max-spec-bytes"));
 }
 
+TEST(ServerConfigTest, DeviceMemoryBudgets) {
+  absl::StatusOr<ServerConfig> c =
+      Parse({"--device-memory-budget", "cpu=8Gi", "--device-memory-budget",
+             "cuda=0.8", "--device-memory-budget", "cuda:1=20G"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto budgets = c->DeviceBudgets();
+  ASSERT_TRUE(budgets.ok());
+  ASSERT_EQ(budgets->size(), 3u);
+  EXPECT_EQ(budgets->at("cpu").bytes, int64_t{8} << 30);
+  EXPECT_EQ(budgets->at("cuda").fraction, 0.8);
+  EXPECT_EQ(budgets->at("cuda:1").bytes, 20000000000);
+
+  TempDir dir;
+  c = Parse({"--config", Write(dir, "device_memory_budget: {cpu: 512Mi}\n")});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->DeviceBudgets()->at("cpu").bytes, int64_t{512} << 20);
+  c = Parse(
+      {"--config", Write(dir, "device-memory-budget: [cpu=0.25, cuda=1]\n")});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->DeviceBudgets()->at("cpu").fraction, 0.25);
+
+  for (const std::vector<std::string>& bad :
+       std::vector<std::vector<std::string>>{
+           {"--device-memory-budget", "cpu"},
+           {"--device-memory-budget", "tpu=1G"},
+           {"--device-memory-budget", "cpu=1.5"},
+           {"--device-memory-budget", "cpu=lots"},
+           {"--device-memory-budget", "cpu=1G", "--device-memory-budget",
+            "cpu=2G"}}) {
+    c = Parse(bad);
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(
+        absl::StartsWith(c.status().message(), "device-memory-budget: "))
+        << c.status();
+  }
+  c = Parse({"--config", Write(dir, "device-memory-budget: {cpu: [1]}\n")});
+  EXPECT_TRUE(absl::StrContains(c.status().message(), "device-memory-budget"))
+      << c.status();
+}
+
 }  // namespace
 }  // namespace tailor::server
