@@ -213,9 +213,9 @@ void ServerFlags::Add(CLI::App& app) {
       "--device-memory-budget", flags_.device_memory_budgets,
       "memory the device pool lets running tensors reserve on a device, as "
       "DEVICE=BYTES (suffixes K M G T, Ki Mi Gi Ti) or DEVICE=FRACTION of "
-      "its memory (0.5); DEVICE: cpu, cuda (every CUDA device) or cuda:N "
-      "(repeatable; default cpu=0.5 of physical RAM, cuda=0.9 of device "
-      "memory)");
+      "its memory, with a dot (0.5, 1.0); DEVICE: cpu, cuda (every CUDA "
+      "device) or cuda:N (repeatable; default cpu=0.5 of physical RAM or of "
+      "the cgroup memory limit, cuda=0.9 of device memory)");
 }
 
 absl::StatusOr<ServerConfig> ServerFlags::Resolve() const {

@@ -4,6 +4,8 @@
 #include <ATen/Context.h>
 #include <unistd.h>
 
+#include <fstream>
+
 #ifdef TAILOR_WITH_CUDA
 #include <cuda_runtime_api.h>
 #endif
@@ -17,6 +19,29 @@
 
 namespace tailor::jobs {
 namespace {
+
+// The first integer in file `path`, or 0 (missing, "max", unreadable).
+int64_t ReadLimit(const char* path) {
+  std::ifstream in(path);
+  int64_t value = 0;
+  if (!(in >> value) || value <= 0) return 0;
+  return value;
+}
+
+// Physical RAM, or the process's cgroup memory limit (v2, else v1) when that
+// is lower (a container); 0 if unknown.
+int64_t HostMemoryBytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  int64_t bytes =
+      pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
+  for (const char* path : {"/sys/fs/cgroup/memory.max",
+                           "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    const int64_t limit = ReadLimit(path);
+    if (limit > 0 && (bytes == 0 || limit < bytes)) bytes = limit;
+  }
+  return bytes;
+}
 
 class FusionJobRunner : public JobRunner {
  public:
@@ -74,12 +99,7 @@ class FusionJobRunner : public JobRunner {
 
   std::vector<RunnerDevice> Devices() const override {
     std::vector<RunnerDevice> devices;
-    const long pages = ::sysconf(_SC_PHYS_PAGES);
-    const long page = ::sysconf(_SC_PAGESIZE);
-    devices.push_back({"cpu", "cpu",
-                       pages > 0 && page > 0
-                           ? static_cast<int64_t>(pages) * page
-                           : int64_t{0}});
+    devices.push_back({"cpu", "cpu", HostMemoryBytes()});
     if (!at::hasCUDA()) return devices;
     const int n = static_cast<int>(at::getNumGPUs());
     for (int i = 0; i < n; ++i) {
