@@ -620,6 +620,47 @@ TEST_F(TailordTest, HundredWatchersThirtyQueuedJobs) {
             << status.substr(hwm, status.find('\n', hwm) - hwm) << "\n";
 }
 
+// Two jobs at once under a CPU budget of about one tensor's estimate: the
+// pool serialises their tensors and both complete; a budget smaller than
+// a tensor's estimate fails the job naming the tensor.
+TEST_F(TailordTest, DeviceBudgetSerialisesConcurrentJobs) {
+  auto server =
+      Start({"--max-concurrent-jobs", "2", "--device-memory-budget", "cpu=8K"});
+  ASSERT_TRUE(server->ok());
+  v1::FusionJob a, b;
+  ASSERT_TRUE(Create(Spec("pool-a"), &a).ok());
+  ASSERT_TRUE(Create(Spec("pool-b"), &b).ok());
+  for (const std::string& name : {a.name(), b.name()}) {
+    v1::FusionJob done = WaitUntil(name, [](const v1::FusionJob& j) {
+      return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED;
+    });
+    EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  }
+  const std::string text = HttpGet(server->metrics_port(), "/metrics").body;
+  for (const char* line :
+       {"tailor_tensors_processed_total{device=\"cpu\",action=\"fused\"} 8\n",
+        "tailor_tensor_duration_seconds_count{device=\"cpu\"} 8\n",
+        "tailor_device_memory_budget_bytes{device=\"cpu\"} 8000\n",
+        "tailor_device_memory_in_use_bytes{device=\"cpu\"} 0\n"}) {
+    EXPECT_TRUE(absl::StrContains(text, line)) << "missing: " << line;
+  }
+  server.reset();
+
+  auto tiny = Start({"--device-memory-budget", "cpu=1K"});
+  ASSERT_TRUE(tiny->ok());
+  v1::FusionJob c;
+  ASSERT_TRUE(Create(Spec("pool-c"), &c).ok());
+  v1::FusionJob failed = WaitUntil(c.name(), [](const v1::FusionJob& j) {
+    return j.state() == v1::FAILED || j.state() == v1::SUCCEEDED;
+  });
+  EXPECT_EQ(failed.state(), v1::FAILED);
+  EXPECT_EQ(failed.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(absl::StrContains(failed.error_message(), "tensor 'm."))
+      << failed.error_message();
+  EXPECT_TRUE(absl::StrContains(failed.error_message(), "cpu: 1000 bytes"))
+      << failed.error_message();
+}
+
 TEST_F(TailordTest, MetricsPassPromtoolAndMove) {
   auto server = Start();
   ASSERT_TRUE(server->ok());
