@@ -118,6 +118,7 @@ class Job {
       nlohmann::json entry;
       std::string action = "copied";
       std::string ran_on = "cpu";  // copying and resuming are host work
+      double waited = 0;
       if (item.fuse) {
         std::optional<JournalEntry> fused = Resume(i, *item.info);
         action = fused ? "resumed" : "fused";
@@ -125,9 +126,11 @@ class Job {
           ran_on = device_.str();
           std::unique_ptr<DeviceLease> lease;  // held while computing
           if (options_.device_scheduler != nullptr) {
+            const auto asked = Clock::now();
             TAILOR_ASSIGN_OR_RETURN(
                 lease, options_.device_scheduler->Acquire(
                            item.info->name, EstimateWorkingBytes(*item.info)));
+            waited = Seconds(asked);
             TAILOR_ASSIGN_OR_RETURN(device_, ResolveDevice(lease->device()));
             ran_on = lease->name();
             devices_used_.insert(ran_on);
@@ -147,6 +150,7 @@ class Job {
       event.tensor = item.info->name;
       event.action = action;
       event.device = ran_on;
+      event.wait_seconds = waited;
       event.stats = entry;
       Emit(event);
       tensors_.push_back(std::move(entry));

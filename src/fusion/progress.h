@@ -31,6 +31,9 @@ struct ProgressEvent {
   // tensor fused under a TensorDeviceScheduler, else the job's device
   // ("cpu", "cuda:0"). Copied and resumed tensors do no device work: "cpu".
   std::string device;
+  // kTensorDone: seconds this tensor waited for its device lease (part of
+  // the time since the previous event, not of the tensor's work).
+  double wait_seconds = 0;
   int64_t done = 0;         // tensors finished so far
   int64_t total = 0;        // tensors in the plan
   uint64_t bytes_done = 0;  // base-checkpoint bytes finished so far

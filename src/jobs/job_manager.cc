@@ -244,7 +244,12 @@ class JobManager::ProgressAdapter : public ProgressSink {
         JobMetrics& m = *manager_->metrics_;
         const std::string device = manager_->DeviceLabel(e.device);
         m.tensors->Increment({device, e.action});
-        m.tensor_duration->Observe({device}, e.elapsed_seconds - last_elapsed_);
+        if (e.wait_seconds > 0)
+          m.device_wait->Increment({device}, e.wait_seconds);
+        // The tensor's own time: waiting for a device does not count.
+        m.tensor_duration->Observe(
+            {device},
+            std::max(0.0, e.elapsed_seconds - last_elapsed_ - e.wait_seconds));
         m.read_bytes->Increment(
             {}, static_cast<double>(e.bytes_done - last_bytes_));
       }

@@ -31,10 +31,11 @@ JobMetrics::JobMetrics(metrics::Registry* r)
                             "Tensors fused, copied or resumed (from a "
                             "journal), by device and action.",
                             {"device", "action"})),
-      tensor_duration(
-          r->AddHistogram("tailor_tensor_duration_seconds",
-                          "Time to fuse or copy one tensor, by device.",
-                          {"device"}, kTensorBuckets)),
+      tensor_duration(r->AddHistogram(
+          "tailor_tensor_duration_seconds",
+          "Time to fuse or copy one tensor (without waiting for "
+          "device memory), by device.",
+          {"device"}, kTensorBuckets)),
       device_memory(r->AddGauge(
           "tailor_device_memory_in_use_bytes",
           "Working memory reserved now by running tensors on each device of "
@@ -44,6 +45,11 @@ JobMetrics::JobMetrics(metrics::Registry* r)
       device_budget(r->AddGauge("tailor_device_memory_budget_bytes",
                                 "Memory budget of each device of the pool.",
                                 {"device"})),
+      device_wait(r->AddCounter(
+          "tailor_device_wait_seconds_total",
+          "Time fused tensors waited for device memory within the budget, "
+          "by the device they then ran on.",
+          {"device"})),
       process_memory(r->AddGauge("tailor_process_resident_memory_bytes",
                                  "Resident set size of the server process.")),
       read_bytes(r->AddCounter(

@@ -20,6 +20,7 @@ struct JobMetrics {
   metrics::Family* tensor_duration;      // histogram {device}
   metrics::Family* device_memory;        // gauge {device}
   metrics::Family* device_budget;        // gauge {device}
+  metrics::Family* device_wait;          // counter {device}
   metrics::Family* process_memory;       // gauge
   metrics::Family* read_bytes;           // counter
   metrics::Family* written_bytes;        // counter

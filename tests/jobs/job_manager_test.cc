@@ -78,11 +78,15 @@ class FakeRunner : public JobRunner {
       e.kind = ProgressEvent::Kind::kTensorDone;
       e.tensor = "t" + std::to_string(i);
       if (spec.contains("tensor_bytes")) {
+        const auto asked = std::chrono::steady_clock::now();
         absl::StatusOr<std::unique_ptr<DeviceLease>> lease =
             options.device_scheduler->Acquire(e.tensor,
                                               spec["tensor_bytes"].get<int>());
         if (!lease.ok()) return lease.status();
         e.device = (*lease)->name();
+        e.wait_seconds = std::chrono::duration<double>(
+                             std::chrono::steady_clock::now() - asked)
+                             .count();
         {
           absl::MutexLock lock(&shared_->mu);
           int& now = ++shared_->leased[e.device];
@@ -530,6 +534,9 @@ TEST_F(JobManagerTest, DevicePoolSerialisesConcurrentJobsWithinBudgets) {
   EXPECT_TRUE(absl::StrContains(
       text, "tailor_device_memory_in_use_bytes{device=\"GPU-fake1\"} 0\n"));
   EXPECT_TRUE(absl::StrContains(text, "tailor_process_resident_memory_bytes "));
+  // The two jobs on cuda:1 waited for each other.
+  EXPECT_TRUE(absl::StrContains(
+      text, "tailor_device_wait_seconds_total{device=\"GPU-fake1\"} "));
 
   // A tensor larger than every permitted budget fails its job at once.
   spec["tensor_bytes"] = 101;
