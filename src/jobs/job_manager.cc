@@ -244,8 +244,9 @@ class JobManager::ProgressAdapter : public ProgressSink {
         JobMetrics& m = *manager_->metrics_;
         const std::string device = manager_->DeviceLabel(e.device);
         m.tensors->Increment({device, e.action});
-        if (e.wait_seconds > 0)
+        if (e.wait_seconds > 0) {
           m.device_wait->Increment({device}, e.wait_seconds);
+        }
         // The tensor's own time: waiting for a device does not count.
         m.tensor_duration->Observe(
             {device},
