@@ -202,7 +202,11 @@ int DemoCommand::Run() {
       (*report)["device"].get<std::string>(), (*report)["threads"].get<int>(),
       (*report)["seconds"]["total"].get<double>(),
       (*report)["workdir"].get<std::string>());
-  if (report->contains("score_memo")) {
+  if (rescore_) {
+    std::cout << absl::StrFormat(
+        "%d checkpoint(s) evaluated (--rescore)\n",
+        (*report)["score_memo"]["misses"].get<int64_t>());
+  } else if (report->contains("score_memo")) {
     const nlohmann::json& memo = (*report)["score_memo"];
     std::cout << absl::StrFormat(
         "%d checkpoint(s) evaluated, %d byte-identical to one scored before "

@@ -140,9 +140,8 @@ absl::StatusOr<std::string> RemoteClient::Fetch(
                                          " bytes without its digest"));
   }
   if (s.ok() && digest != announced) {
-    s = absl::DataLossError(absl::StrCat("result stream: SHA-256 ",
-                                         digest, " != announced ",
-                                         announced));
+    s = absl::DataLossError(absl::StrCat("result stream: SHA-256 ", digest,
+                                         " != announced ", announced));
   }
   if (s.ok() && ::fsync(file.get()) != 0) {
     s = ErrnoToStatus(errno, absl::StrCat("fsync ", temp));

@@ -1,6 +1,5 @@
 #include "fusion_service.h"
 
-
 #include <algorithm>
 #include <memory>
 
@@ -10,8 +9,8 @@
 #include "grpc_status.h"
 #include "job_convert.h"
 #include "util/file_util.h"
-#include "util/sha256.h"
 #include "util/log.h"
+#include "util/sha256.h"
 
 namespace tailor::server {
 namespace {

@@ -378,11 +378,11 @@ class Demo {
   absl::StatusOr<nlohmann::json> ScoreFused(
       const std::string& dir, const std::vector<std::string>& keys) {
     TAILOR_ASSIGN_OR_RETURN(std::string digest, CheckpointDigest(dir));
-    const std::string memo_path = JoinPath(
-        JoinPath(cache_dir_, "scores"),
-        absl::StrCat("v", kScoreVersion, "-", digest, "-",
-                     absl::StrReplaceAll(device_.str(), {{":", "_"}}),
-                     ".json"));
+    const std::string memo_path =
+        JoinPath(JoinPath(cache_dir_, "scores"),
+                 absl::StrCat("v", kScoreVersion, "-", digest, "-",
+                              absl::StrReplaceAll(device_.str(), {{":", "_"}}),
+                              ".json"));
     nlohmann::json memo = nlohmann::json::object();
     if (IsRegularFile(memo_path)) {
       // A memo that cannot be read is recomputed and rewritten.

@@ -181,8 +181,9 @@ TEST_F(DemoTest, WarmRunUsesTheCacheAndReproduces) {
             << warm_seconds << " s\n";
 }
 
-// Evaluated afresh on one worker (the cold run used two), the numbers are the same: --jobs changes only the
-// schedule, and the memo holds what evaluation computes.
+// Evaluated afresh on one worker (the cold run used two), the numbers are the
+// same: --jobs changes only the schedule, and the memo holds what evaluation
+// computes.
 TEST_F(DemoTest, RescoreOnOneWorkerReproduces) {
   auto rescored = RunTailorctl(
       {"demo", "--quick", "--workdir", dir_->Join("work"), "--json",
