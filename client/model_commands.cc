@@ -17,6 +17,7 @@
 #include "storage/uri_resolver.h"
 #include "util/cpu_tuning.h"
 #include "util/file_util.h"
+#include "util/memory.h"
 
 namespace tailor::cli {
 namespace {
@@ -170,7 +171,7 @@ int DemoCommand::Run() {
   // a heap that reuses the per-batch activations: together they halve a
   // warm run on 2 cores.
   SetBlasThreads(at::get_num_threads());
-  KeepLargeAllocationsMapped();
+  ConfigureAllocatorForReuse();
   DemoOptions options;
   options.preset = quick_ ? QuickDemoPreset() : FullDemoPreset();
   options.workdir = workdir_.empty() ? DefaultDemoWorkdir() : workdir_;

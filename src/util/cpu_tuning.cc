@@ -1,7 +1,6 @@
 #include "util/cpu_tuning.h"
 
 #include <dlfcn.h>
-#include <malloc.h>
 
 namespace tailor {
 
@@ -11,13 +10,6 @@ bool SetBlasThreads(int n) {
   if (symbol == nullptr || n < 1) return false;
   reinterpret_cast<SetThreads>(symbol)(n);
   return true;
-}
-
-void KeepLargeAllocationsMapped() {
-  // Either alone barely helps (measured): a trim threshold alone pins the
-  // mmap threshold at its 128 KiB default.
-  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  ::mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 }  // namespace tailor

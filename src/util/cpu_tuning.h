@@ -11,15 +11,6 @@ namespace tailor {
 // nothing) when the loaded BLAS has no such knob. n >= 1.
 bool SetBlasThreads(int n);
 
-// For processes that allocate and free the same large tensors over and over
-// (training, evaluation loops): keeps allocations up to 32 MiB (glibc's
-// ceiling) in the heap and up to 1 GiB of freed memory mapped, instead of
-// glibc's default of mmap + munmap per large block, whose page faults and
-// zeroing cost more than the arithmetic on small models. Raises the resident
-// high-water mark by at most the trim threshold; not for the long-running
-// service.
-void KeepLargeAllocationsMapped();
-
 }  // namespace tailor
 
 #endif  // TAILOR_UTIL_CPU_TUNING_H_

@@ -7,12 +7,27 @@
 #endif
 
 namespace tailor {
+namespace {
+
+std::once_flag policy_chosen;
+
+}  // namespace
 
 void ConfigureAllocatorForStreaming() {
-  static std::once_flag once;
-  std::call_once(once, [] {
+  std::call_once(policy_chosen, [] {
 #if defined(__GLIBC__)
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+#endif
+  });
+}
+
+void ConfigureAllocatorForReuse() {
+  std::call_once(policy_chosen, [] {
+#if defined(__GLIBC__)
+    // Either alone barely helps (measured): a trim threshold alone pins the
+    // mmap threshold at its 128 KiB default.
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
 #endif
   });
 }
