@@ -181,10 +181,33 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
       if (!size.ok()) return size.status();
       fd_ = std::move(*fd);
       size_ = *size;
+      // Pinned at success (issue #10 point 4): checked before the first
+      // byte goes out, and again over the bytes streamed (ReadNext).
+      if (size_ != result_.size) return Changed();
+      Sha256 whole;
+      std::string buffer;
+      for (uint64_t at = 0; at < size_;) {
+        const size_t n =
+            static_cast<size_t>(std::min<uint64_t>(kChunkBytes, size_ - at));
+        buffer.resize(n);
+        absl::Status s = PReadFully(fd_.get(), buffer.data(), n, at, result_.path);
+        if (!s.ok()) return s;
+        whole.Update(buffer);
+        at += n;
+      }
+      if (whole.FinalHex() != result_.sha256) return Changed();
     } else {
       size_ = result_.data.size();
     }
     return absl::OkStatus();
+  }
+
+  absl::Status Changed() const {
+    return absl::DataLossError(absl::StrCat(
+        "the patch file ", result_.path,
+        " changed since the job succeeded (recorded ", result_.size,
+        " bytes, sha256 ", result_.sha256,
+        "); refusing to serve other bytes"));
   }
 
   // On the executor: reads the next chunk and starts its write.
@@ -209,7 +232,12 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
     sha_.Update(*data);
     offset_ += n;
     if (offset_ == size_) {
-      chunk_.set_sha256(sha_.FinalHex());
+      const std::string digest = sha_.FinalHex();
+      if (!result_.is_inline && digest != result_.sha256) {
+        FinishOnce(Changed());
+        return;
+      }
+      chunk_.set_sha256(digest);
       last_ = true;
     }
     absl::MutexLock lock(&mu_);

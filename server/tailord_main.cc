@@ -57,8 +57,11 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
     }
     roots.push_back(cwd);
   }
+  // No job output may touch the data directory (the job store, journals),
+  // even when it lies inside an allowed root (the defaults: root = cwd,
+  // data = ./tailord-data).
   absl::StatusOr<std::unique_ptr<jobs::JobRunner>> runner =
-      jobs::NewFusionJobRunner(roots);
+      jobs::NewFusionJobRunner(roots, {config.data_dir});
   if (!runner.ok()) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("allowed-root: ", runner.status().message())));

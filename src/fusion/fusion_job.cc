@@ -3,7 +3,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -16,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "fusion/calibration.h"
 #include "fusion/journal.h"
+#include "fusion/output_plan.h"
 #include "fusion/patch.h"
 #include "fusion/tailor_kernel.h"
 #include "io/checkpoint_writer.h"
@@ -26,6 +29,7 @@
 #include "util/file_util.h"
 #include "util/memory.h"
 #include "util/sha256.h"
+#include "util/staged_output.h"
 #include "util/status_macros.h"
 #include "util/torch_status.h"
 
@@ -59,13 +63,40 @@ absl::StatusOr<nlohmann::json> Fingerprints(const Checkpoint& ckpt) {
   return files;
 }
 
-std::string PatchPathFor(const std::string& stitched,
-                         const std::string& label) {
-  std::string stem = stitched;
-  if (absl::EndsWith(stem, ".safetensors")) {
-    stem.resize(stem.size() - std::string(".safetensors").size());
+// realpath(3) of `path`, or `path` itself if it cannot be resolved.
+std::string CanonicalOr(const std::string& path) {
+  char* real = ::realpath(path.c_str(), nullptr);
+  if (real == nullptr) return path;
+  std::string out(real);
+  ::free(real);
+  return out;
+}
+
+// Every file an open checkpoint really reads (shards resolved through
+// symlinks, e.g. into a Hugging Face cache), as plan inputs.
+void AddInputFiles(const Checkpoint& ckpt, const std::string& field,
+                   OutputPlan* plan) {
+  for (const auto& f : ckpt.files()) {
+    plan->inputs.push_back({field, CanonicalOr(f->path()), false});
   }
-  return absl::StrCat(stem, ".", label, ".safetensors");
+}
+
+// Removes stale staging entries of the plan's outputs (a writer killed
+// before it could clean up; issue #10 point 17).
+void CleanStaleStaging(const OutputPlan& plan) {
+  for (const auto& [dir, names] : StagingDirs(plan)) {
+    (void)RemoveStaleStaging(dir, names);
+  }
+}
+
+// `path` as published: the writer canonicalised its parent again at
+// Create(); a difference means the location changed since it was resolved.
+absl::Status SameLocation(const std::string& field, const std::string& resolved,
+                          const std::string& opened) {
+  if (resolved == opened) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      field, ": the output location changed while the job started (resolved ",
+      resolved, ", now ", opened, "); refusing to write there"));
 }
 
 nlohmann::json NumberOrNull(double v) {
@@ -348,51 +379,75 @@ class Job {
     return names;
   }
 
-  bool WritesTaskPatches() const {
-    return !spec_.patch_uri.empty() && tasks_.size() > 1 &&
-           (spec_.method == Method::kTailor ||
-            spec_.method == Method::kMagnitude);
-  }
-
   absl::Status OpenOutputs() {
+    // The output plan (issue #10), checked again now that the inputs are
+    // open, with every file they really read.
+    TAILOR_ASSIGN_OR_RETURN(OutputPlan plan,
+                            ResolveOutputPlan(spec_, resolver_));
+    AddInputFiles(*base_, "pretrained", &plan);
+    for (size_t i = 0; i < tasks_.size(); ++i) {
+      const Task& task = *tasks_[i];
+      const std::string f = absl::StrCat("tasks[", i, "].");
+      if (task.patch) {
+        plan.inputs.push_back(
+            {f + "patch", CanonicalOr(task.patch->path()), false});
+      }
+      if (task.calibration) {
+        plan.inputs.push_back(
+            {f + "hessians", CanonicalOr(task.calibration->path()), false});
+      }
+      if (auto* c = dynamic_cast<const Checkpoint*>(task.finetuned.get())) {
+        AddInputFiles(*c, f + "finetuned", &plan);
+      } else if (auto* lora = dynamic_cast<const LoraFineTuned*>(
+                     task.finetuned.get())) {
+        AddInputFiles(lora->adapter(), f + "finetuned", &plan);
+      }
+    }
+    TAILOR_RETURN_IF_ERROR(CheckOutputPlan(plan, resolver_));
+    CleanStaleStaging(plan);
+    auto planned = [&](absl::string_view field) -> std::string {
+      for (const OutputPlan::Entry& o : plan.outputs) {
+        if (o.field == field) return o.path;
+      }
+      return "";
+    };
     if (!spec_.output_uri.empty()) {
-      TAILOR_ASSIGN_OR_RETURN(std::string out,
-                              resolver_.ResolveForWrite(spec_.output_uri));
+      const std::string out = planned("out");
       CheckpointWriterOptions options;
       options.preserve_file_assignment = true;
       options.overwrite = spec_.overwrite;
       options.copy_files_from = base_->directory();
       TAILOR_ASSIGN_OR_RETURN(
           writer_, CheckpointWriter::Create(out, base_->tensors(), options));
+      TAILOR_RETURN_IF_ERROR(SameLocation("out", out, writer_->out_dir()));
     }
     if (!spec_.patch_uri.empty()) {
-      TAILOR_ASSIGN_OR_RETURN(patch_path_,
-                              resolver_.ResolveForWrite(spec_.patch_uri));
-      if (PathExists(patch_path_) && !spec_.overwrite) {
-        return absl::AlreadyExistsError(
-            absl::StrCat(patch_path_, " already exists"));
-      }
-      TAILOR_ASSIGN_OR_RETURN(stitched_, PatchWriter::Create(patch_path_));
-      if (WritesTaskPatches()) {
-        for (auto& task : tasks_) {
+      patch_path_ = planned("patch_out");
+      TAILOR_ASSIGN_OR_RETURN(stitched_,
+                              PatchWriter::Create(patch_path_, spec_.overwrite));
+      TAILOR_RETURN_IF_ERROR(
+          SameLocation("patch_out", patch_path_, stitched_->path()));
+      if (WritesTaskPatches(spec_)) {
+        for (size_t i = 0; i < tasks_.size(); ++i) {
+          Task* task = tasks_[i].get();
           if (task->patch) continue;  // already a patch
-          task->patch_out = PatchPathFor(patch_path_, task->label);
-          if (PathExists(task->patch_out) && !spec_.overwrite) {
-            return absl::AlreadyExistsError(
-                absl::StrCat(task->patch_out, " already exists"));
-          }
-          TAILOR_ASSIGN_OR_RETURN(task->patch_writer,
-                                  PatchWriter::Create(task->patch_out));
+          task->patch_out = TaskPatchPath(patch_path_, TaskLabel(spec_, i));
+          TAILOR_ASSIGN_OR_RETURN(
+              task->patch_writer,
+              PatchWriter::Create(task->patch_out, spec_.overwrite));
+          TAILOR_RETURN_IF_ERROR(SameLocation(
+              "patch_out", task->patch_out, task->patch_writer->path()));
         }
       }
     }
     if (!spec_.report_uri.empty()) {
-      TAILOR_ASSIGN_OR_RETURN(report_path_,
-                              resolver_.ResolveForWrite(spec_.report_uri));
-      if (PathExists(report_path_) && !spec_.overwrite) {
-        return absl::AlreadyExistsError(
-            absl::StrCat(report_path_, " already exists"));
-      }
+      report_path_ = planned("report");
+      TAILOR_ASSIGN_OR_RETURN(
+          report_out_, StagedOutput::Create(report_path_,
+                                            StagedOutput::Kind::kFile,
+                                            spec_.overwrite));
+      TAILOR_RETURN_IF_ERROR(
+          SameLocation("report", report_path_, report_out_->path()));
     }
     return absl::OkStatus();
   }
@@ -730,7 +785,10 @@ class Job {
     return knobs;
   }
 
+  // Stages every output completely (written, fsynced), then publishes them
+  // as one unit (PublishAll: all or nothing, see staged_output.h).
   absl::Status Publish() {
+    std::vector<StagedOutput*> staged;
     PatchMetadata metadata;
     metadata.method = std::string(MethodName(spec_.method));
     metadata.knobs = Knobs();
@@ -741,10 +799,17 @@ class Job {
       m.knobs["keep"] = task->options.keep_ratio;
       m.knobs["omega"] = task->options.omega;
       m.knobs["task"] = task->label;
-      TAILOR_RETURN_IF_ERROR(task->patch_writer->Finish(m));
+      TAILOR_RETURN_IF_ERROR(task->patch_writer->Stage(m));
+      staged.push_back(task->patch_writer->staged());
     }
-    if (stitched_) TAILOR_RETURN_IF_ERROR(stitched_->Finish(metadata));
-    if (writer_) TAILOR_RETURN_IF_ERROR(writer_->Commit());
+    if (stitched_) {
+      TAILOR_RETURN_IF_ERROR(stitched_->Stage(metadata));
+      staged.push_back(stitched_->staged());
+    }
+    if (writer_) {
+      TAILOR_RETURN_IF_ERROR(writer_->Stage());
+      staged.push_back(writer_->staged());
+    }
 
     report_["method"] = metadata.method;
     report_["spec"] = spec_.ToJson();
@@ -753,7 +818,12 @@ class Job {
     report_["warnings"] = warnings_;
     nlohmann::json outputs = nlohmann::json::object();
     if (writer_) outputs["fused"] = spec_.output_uri;
-    if (stitched_) outputs["patch"] = patch_path_;
+    if (stitched_) {
+      outputs["patch"] = patch_path_;
+      // Pinned: ReadJobResult serves these bytes only (issue #10 point 4).
+      outputs["patch_bytes"] = stitched_->size();
+      outputs["patch_sha256"] = stitched_->sha256();
+    }
     nlohmann::json task_patches = nlohmann::json::object();
     for (auto& task : tasks_) {
       if (task->patch_writer) task_patches[task->label] = task->patch_out;
@@ -778,11 +848,14 @@ class Job {
                        ? device_.str()
                        : absl::StrJoin(devices_used_, ",")},
         {"seconds", Seconds(start_)}};
-    if (!report_path_.empty()) {
-      TAILOR_RETURN_IF_ERROR(
-          WriteFileAtomically(report_path_, report_.dump(2) + "\n"));
+    if (report_out_) {
+      const std::string text = report_.dump(2) + "\n";
+      TAILOR_RETURN_IF_ERROR(PWriteFully(report_out_->fd(), text.data(),
+                                         text.size(), 0,
+                                         report_out_->staging_path()));
+      staged.push_back(report_out_.get());
     }
-    return absl::OkStatus();
+    return PublishAll(staged);
   }
 
   const FusionSpec& spec_;
@@ -796,6 +869,7 @@ class Job {
   std::vector<WorkItem> plan_;
   std::unique_ptr<CheckpointWriter> writer_;
   std::unique_ptr<PatchWriter> stitched_;
+  std::unique_ptr<StagedOutput> report_out_;
   std::unique_ptr<FusionJournal> journal_;
   int64_t resumed_tensors_ = 0;
   std::string patch_path_, report_path_;
@@ -860,8 +934,18 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
             " in the base"));
       }
     }
+    // The output may not overlap the inputs, a root or a protected path.
+    OutputPlan plan;
     TAILOR_ASSIGN_OR_RETURN(std::string out,
                             resolver.ResolveForWrite(output_uri));
+    plan.outputs.push_back({"out", out, true});
+    TAILOR_ASSIGN_OR_RETURN(std::string base_path,
+                            resolver.ResolveExisting(pretrained_uri));
+    plan.inputs.push_back({"pretrained", base_path, IsDirectory(base_path)});
+    plan.inputs.push_back({"patch", CanonicalOr(patch_path), false});
+    AddInputFiles(*base, "pretrained", &plan);
+    TAILOR_RETURN_IF_ERROR(CheckOutputPlan(plan, resolver));
+    CleanStaleStaging(plan);
     CheckpointWriterOptions options;
     options.preserve_file_assignment = true;
     options.overwrite = overwrite;

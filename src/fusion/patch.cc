@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,15 +29,6 @@ constexpr char kMaskSuffix[] = ".mask";
 constexpr char kValuesSuffix[] = ".values";
 // Spool -> output copies go through a buffer of this size.
 constexpr size_t kCopyChunkBytes = 8u << 20;
-
-// A hidden sibling of `path` unique to this process and call:
-// "<dir>/.<basename>.<kind>-<pid>-<n>".
-std::string HiddenSibling(const std::string& path, absl::string_view kind) {
-  static std::atomic<uint64_t> counter{0};
-  return JoinPath(Dirname(path),
-                  absl::StrCat(".", Basename(path), ".", kind, "-", ::getpid(),
-                               "-", counter.fetch_add(1)));
-}
 
 // The safetensors header text for `tensors` (given in data order, offsets
 // relative to the data section): "__metadata__" first, then the tensors in
@@ -160,7 +152,7 @@ struct PatchWriter::Entry {
 };
 
 absl::StatusOr<std::unique_ptr<PatchWriter>> PatchWriter::Create(
-    const std::string& path) {
+    const std::string& path, bool overwrite) {
   if (path.empty()) {
     return absl::InvalidArgumentError("patch writer: empty output path");
   }
@@ -168,29 +160,30 @@ absl::StatusOr<std::unique_ptr<PatchWriter>> PatchWriter::Create(
     return absl::InvalidArgumentError(absl::StrCat(
         "patch output ", path, " is a directory; a patch is a single file"));
   }
-  const std::string parent = Dirname(path);
-  if (!IsDirectory(parent)) {
-    return absl::NotFoundError(absl::StrCat("parent directory ", parent,
-                                            " of patch output ", path,
-                                            " does not exist"));
-  }
   std::unique_ptr<PatchWriter> w(new PatchWriter());
-  w->path_ = path;
-  w->spool_path_ = HiddenSibling(path, "spool");
-  const int fd = ::open(w->spool_path_.c_str(),
-                        O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  TAILOR_ASSIGN_OR_RETURN(
+      w->staged_,
+      StagedOutput::Create(path, StagedOutput::Kind::kFile, overwrite));
+  w->path_ = w->staged_->path();
+  w->spool_name_ = StagingName(Basename(w->path_), "spool");
+  w->spool_path_ = JoinPath(Dirname(w->path_), w->spool_name_);
+  const int fd =
+      ::openat(w->staged_->parent_fd(), w->spool_name_.c_str(),
+               O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) {
     return ErrnoToStatus(errno, absl::StrCat("create ", w->spool_path_));
   }
   w->spool_ = ScopedFd(fd);
+  (void)::flock(fd, LOCK_EX | LOCK_NB);  // live (see RemoveStaleStaging)
   return w;
 }
 
-PatchWriter::~PatchWriter() {
-  if (!finished_) {
-    spool_ = ScopedFd();
-    ::unlink(spool_path_.c_str());
-  }
+PatchWriter::~PatchWriter() { RemoveSpool(); }
+
+void PatchWriter::RemoveSpool() {
+  if (!spool_.valid()) return;
+  spool_ = ScopedFd();
+  ::unlinkat(staged_->parent_fd(), spool_name_.c_str(), 0);
 }
 
 absl::StatusOr<PackedPatchEntry> PatchWriter::Pack(const at::Tensor& mask,
@@ -288,6 +281,12 @@ absl::Status PatchWriter::AddPacked(const std::string& name,
 }
 
 absl::Status PatchWriter::Finish(const PatchMetadata& metadata) {
+  TAILOR_RETURN_IF_ERROR(Stage(metadata));
+  StagedOutput* const outputs[] = {staged_.get()};
+  return PublishAll(outputs);
+}
+
+absl::Status PatchWriter::Stage(const PatchMetadata& metadata) {
   if (finished_) {
     return absl::FailedPreconditionError(
         absl::StrCat("patch ", path_, ": already finished"));
@@ -362,51 +361,40 @@ absl::Status PatchWriter::Finish(const PatchMetadata& metadata) {
         " bytes exceeds the safetensors limit of ", kMaxSafetensorsHeaderSize));
   }
 
-  const std::string tmp_path = HiddenSibling(path_, "tmp");
-  const int fd =
-      ::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", tmp_path));
-  ScopedFd out(fd);
-  auto write_all = [&]() -> absl::Status {
-    TAILOR_RETURN_IF_ERROR(
-        PWriteFully(out.get(), head.data(), head.size(), 0, tmp_path));
-    const uint64_t data_offset = head.size();
-    std::string buffer;
-    for (const Piece& p : pieces) {
-      uint64_t done = 0;
-      const uint64_t n = p.entry.nbytes();
-      while (done < n) {
-        const size_t chunk =
-            static_cast<size_t>(std::min<uint64_t>(kCopyChunkBytes, n - done));
-        buffer.resize(chunk);
-        TAILOR_RETURN_IF_ERROR(PReadFully(spool_.get(), buffer.data(), chunk,
-                                          p.spool_offset + done, spool_path_));
-        TAILOR_RETURN_IF_ERROR(PWriteFully(out.get(), buffer.data(), chunk,
-                                           data_offset + p.entry.begin + done,
-                                           tmp_path));
-        done += chunk;
-      }
+  const std::string tmp_path = staged_->staging_path();
+  const int out = staged_->fd();
+  Sha256 sha;
+  TAILOR_RETURN_IF_ERROR(PWriteFully(out, head.data(), head.size(), 0, tmp_path));
+  sha.Update(head);
+  const uint64_t data_offset = head.size();
+  std::string buffer;
+  for (const Piece& p : pieces) {
+    uint64_t done = 0;
+    const uint64_t n = p.entry.nbytes();
+    while (done < n) {
+      const size_t chunk =
+          static_cast<size_t>(std::min<uint64_t>(kCopyChunkBytes, n - done));
+      buffer.resize(chunk);
+      TAILOR_RETURN_IF_ERROR(PReadFully(spool_.get(), buffer.data(), chunk,
+                                        p.spool_offset + done, spool_path_));
+      TAILOR_RETURN_IF_ERROR(PWriteFully(out, buffer.data(), chunk,
+                                         data_offset + p.entry.begin + done,
+                                         tmp_path));
+      sha.Update(buffer);
+      done += chunk;
     }
-    if (::fsync(out.get()) != 0) {
-      return ErrnoToStatus(errno, absl::StrCat("fsync ", tmp_path));
-    }
-    out = ScopedFd();
-    if (::rename(tmp_path.c_str(), path_.c_str()) != 0) {
-      return ErrnoToStatus(errno,
-                           absl::StrCat("rename ", tmp_path, " -> ", path_));
-    }
-    return absl::OkStatus();
-  };
-  absl::Status s = write_all();
-  if (!s.ok()) {
-    out = ScopedFd();
-    ::unlink(tmp_path.c_str());
-    return s;
+  }
+  if (::ftruncate(out, static_cast<off_t>(data_offset + data_size)) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("resize ", tmp_path));
+  }
+  if (::fsync(out) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("fsync ", tmp_path));
   }
   finished_ = true;
-  spool_ = ScopedFd();
-  ::unlink(spool_path_.c_str());
-  return FsyncDirectory(Dirname(path_));
+  size_ = data_offset + data_size;
+  sha256_ = sha.FinalHex();
+  RemoveSpool();
+  return absl::OkStatus();
 }
 
 // --- PatchFile ---------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include "io/dtype.h"
 #include "nlohmann/json.hpp"
 #include "util/file_util.h"
+#include "util/staged_output.h"
 
 namespace tailor {
 
@@ -58,15 +59,21 @@ struct PackedPatchEntry {
 };
 
 // Writes a patch whose tensors arrive one at a time with sizes unknown up
-// front: data is spooled to a hidden temp file beside `path`; Finish()
-// writes header + data to another temp file, fsyncs and renames it over
+// front: data is spooled to a hidden file beside `path`
+// (".<name>.tailor-spool-<pid>-<k>"); Finish() writes header + data to a
+// staged file (a StagedOutput, through the parent directory's descriptor
+// opened at Create() without following symlinks), fsyncs and renames it to
 // `path` (then fsyncs the directory). Without Finish() nothing appears under
 // `path`. Deterministic: same Add() sequence, same bytes.
+// Stage() + staged() let a caller publish several outputs as one unit
+// (PublishAll); Finish() is Stage() and publishing this one alone.
 // Not thread-safe.
 class PatchWriter {
  public:
+  // An existing `path` is ALREADY_EXISTS unless `overwrite`; a directory
+  // there is INVALID_ARGUMENT.
   static absl::StatusOr<std::unique_ptr<PatchWriter>> Create(
-      const std::string& path);
+      const std::string& path, bool overwrite = true);
   ~PatchWriter();
 
   // Adds weight `name` (shape of mask): bit-packs mask, stores values =
@@ -84,12 +91,24 @@ class PatchWriter {
   absl::Status AddPacked(const std::string& name, const PackedPatchEntry& entry,
                          DType base_dtype, const nlohmann::json& stats);
   absl::Status Finish(const PatchMetadata& metadata);
+  // Writes and fsyncs the staged file; publish staged() afterwards.
+  absl::Status Stage(const PatchMetadata& metadata);
+  StagedOutput* staged() const { return staged_.get(); }
+  // The canonical output path (parent canonicalised at Create()).
+  const std::string& path() const { return path_; }
+  // After Stage(): the patch file's size and SHA-256 (hex).
+  uint64_t size() const { return size_; }
+  const std::string& sha256() const { return sha256_; }
 
  private:
   PatchWriter() = default;
+  void RemoveSpool();
   struct Entry;
+  std::unique_ptr<StagedOutput> staged_;
   std::string path_;
-  std::string spool_path_;
+  std::string spool_name_, spool_path_;
+  uint64_t size_ = 0;
+  std::string sha256_;
   ScopedFd spool_;
   uint64_t spool_size_ = 0;
   std::vector<std::unique_ptr<Entry>> entries_;

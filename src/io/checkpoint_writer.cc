@@ -31,21 +31,6 @@ bool IsWeightFileName(absl::string_view name) {
   return false;
 }
 
-// rename(2) that atomically swaps two existing paths (Linux renameat2
-// RENAME_EXCHANGE).
-absl::Status ExchangePaths(const std::string& a, const std::string& b) {
-#if defined(__linux__) && defined(SYS_renameat2)
-  constexpr unsigned kRenameExchange = 1u << 1;
-  if (::syscall(SYS_renameat2, AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(),
-                kRenameExchange) == 0) {
-    return absl::OkStatus();
-  }
-  return ErrnoToStatus(errno, absl::StrCat("exchange ", a, " <-> ", b));
-#else
-  return absl::UnimplementedError("atomic directory exchange is Linux-only");
-#endif
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
@@ -53,16 +38,6 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
     const CheckpointWriterOptions& options) {
   if (out_dir.empty()) {
     return absl::InvalidArgumentError("checkpoint writer: empty output path");
-  }
-  if (PathExists(out_dir) && !options.overwrite) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        out_dir, " already exists; choose a new output path or overwrite it"));
-  }
-  const std::string parent = Dirname(out_dir);
-  if (!IsDirectory(parent)) {
-    return absl::NotFoundError(absl::StrCat("parent directory ", parent,
-                                            " of output ", out_dir,
-                                            " does not exist"));
   }
   if (options.max_shard_bytes == 0) {
     return absl::InvalidArgumentError("max_shard_bytes must be positive");
@@ -81,11 +56,12 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
   }
 
   std::unique_ptr<CheckpointWriter> w(new CheckpointWriter());
-  w->out_dir_ = out_dir;
   w->options_ = options;
-  static std::atomic<uint64_t> counter{0};
-  w->staging_dir_ = absl::StrCat(parent, "/.", Basename(out_dir), ".partial-",
-                                 ::getpid(), "-", counter.fetch_add(1));
+  TAILOR_ASSIGN_OR_RETURN(
+      w->staged_, StagedOutput::Create(out_dir, StagedOutput::Kind::kDirectory,
+                                       options.overwrite));
+  w->out_dir_ = w->staged_->path();
+  w->staging_dir_ = w->staged_->staging_path();
   for (TensorInfo& info : layout) {
     Slot slot;
     slot.info = std::move(info);
@@ -94,9 +70,6 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
   {
     absl::MutexLock lock(&w->mu_);
     w->claimed_.assign(w->slots_.size(), false);
-  }
-  if (::mkdir(w->staging_dir_.c_str(), 0755) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("create ", w->staging_dir_));
   }
   TAILOR_RETURN_IF_ERROR(w->Plan(options));
   return w;
@@ -176,7 +149,8 @@ absl::Status CheckpointWriter::Plan(const CheckpointWriterOptions& options) {
     OutFile out;
     out.name = file_names_[f];
     const std::string path = JoinPath(staging_dir_, out.name);
-    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = ::openat(staged_->fd(), out.name.c_str(),
+                      O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", path));
     out.fd = ScopedFd(fd);
     TAILOR_RETURN_IF_ERROR(PWriteFully(fd, head.data(), head.size(), 0, path));
@@ -198,10 +172,8 @@ absl::Status CheckpointWriter::Plan(const CheckpointWriterOptions& options) {
 }
 
 CheckpointWriter::~CheckpointWriter() {
-  if (!committed_) {
-    files_.clear();  // close descriptors first
-    (void)RemoveAll(staging_dir_);
-  }
+  files_.clear();  // close descriptors before the staging directory goes
+  staged_.reset();
 }
 
 void CheckpointWriter::MarkFailed() {
@@ -277,8 +249,8 @@ absl::Status CheckpointWriter::WriteIndex() {
   }
   nlohmann::json index = {{"metadata", {{"total_size", total}}},
                           {"weight_map", weight_map}};
-  return WriteFileAtomically(JoinPath(staging_dir_, kIndexFileName),
-                             index.dump(2) + "\n");
+  return WriteFileAt(staged_->fd(), kIndexFileName, index.dump(2) + "\n",
+                     JoinPath(staging_dir_, kIndexFileName));
 }
 
 absl::Status CheckpointWriter::CopyNonTensorFiles() {
@@ -294,34 +266,22 @@ absl::Status CheckpointWriter::CopyNonTensorFiles() {
         file_names_.end()) {
       continue;
     }
-    TAILOR_RETURN_IF_ERROR(CopyFileDurably(from, JoinPath(staging_dir_, name)));
+    TAILOR_RETURN_IF_ERROR(CopyFileDurablyAt(from, staged_->fd(), name,
+                                             JoinPath(staging_dir_, name)));
   }
   return absl::OkStatus();
 }
 
-absl::Status CheckpointWriter::Publish() {
-  const std::string parent = Dirname(out_dir_);
-  if (PathExists(out_dir_)) {
-    if (!options_.overwrite) {
-      return absl::AlreadyExistsError(
-          absl::StrCat(out_dir_, " appeared while writing; not replacing it"));
-    }
-    TAILOR_RETURN_IF_ERROR(ExchangePaths(staging_dir_, out_dir_));
-    committed_ = true;
-    // staging_dir_ now holds the previous output.
-    TAILOR_RETURN_IF_ERROR(FsyncDirectory(parent));
-    return RemoveAll(staging_dir_);
-  }
-  if (::rename(staging_dir_.c_str(), out_dir_.c_str()) != 0) {
-    return ErrnoToStatus(
-        errno, absl::StrCat("rename ", staging_dir_, " -> ", out_dir_));
-  }
+absl::Status CheckpointWriter::Commit() {
+  TAILOR_RETURN_IF_ERROR(Stage());
+  StagedOutput* const outputs[] = {staged_.get()};
+  TAILOR_RETURN_IF_ERROR(PublishAll(outputs));
   committed_ = true;
-  return FsyncDirectory(parent);
+  return absl::OkStatus();
 }
 
-absl::Status CheckpointWriter::Commit() {
-  if (committed_) {
+absl::Status CheckpointWriter::Stage() {
+  if (committed_ || staged_done_) {
     return absl::FailedPreconditionError(
         "checkpoint writer: already committed");
   }
@@ -352,8 +312,11 @@ absl::Status CheckpointWriter::Commit() {
     TAILOR_RETURN_IF_ERROR(WriteIndex());
   }
   TAILOR_RETURN_IF_ERROR(CopyNonTensorFiles());
-  TAILOR_RETURN_IF_ERROR(FsyncDirectory(staging_dir_));
-  return Publish();
+  if (::fsync(staged_->fd()) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("fsync ", staging_dir_));
+  }
+  staged_done_ = true;
+  return absl::OkStatus();
 }
 
 }  // namespace tailor

@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "io/tensor_source.h"
 #include "util/file_util.h"
+#include "util/staged_output.h"
 
 namespace tailor {
 
@@ -51,11 +52,20 @@ struct CheckpointWriterOptions {
 // its element size; the header is space-padded to a multiple of 8.
 //
 // Atomicity: everything is written into a hidden staging directory next to
-// `out_dir`; Commit() fsyncs every file, then the staging directory, renames
+// `out_dir` (a StagedOutput: ".<name>.tailor-stage-<pid>-<k>", created and
+// filled through its parent's descriptor, opened without following
+// symlinks); Commit() fsyncs every file, then the staging directory, renames
 // it to `out_dir` (with overwrite: atomically exchanged with the old one,
 // which is then removed) and fsyncs the parent. A crash at any point leaves
-// either no `out_dir` (or the old one) or the complete new one. A writer
-// destroyed without Commit() removes its staging directory.
+// either no `out_dir` (or the old one) or the complete new one, plus a stale
+// staging directory that RemoveStaleStaging() recognises. A writer destroyed
+// without Commit() removes its staging directory. If the parent directory
+// was replaced (or a component of its path swapped for a symlink) after
+// Create(), Commit() refuses (FAILED_PRECONDITION) rather than publish
+// anywhere else.
+//
+// Stage() + staged() let a caller publish several outputs as one unit
+// (PublishAll); Commit() is Stage() and publishing this one alone.
 //
 // Output is deterministic: identical inputs give byte-identical files.
 //
@@ -76,6 +86,13 @@ class CheckpointWriter {
   absl::Status WriteRaw(absl::string_view name, absl::string_view bytes);
   // Publishes the checkpoint. FAILED_PRECONDITION if any tensor is missing.
   absl::Status Commit();
+  // Everything Commit() does short of the rename: checks every tensor was
+  // written, fsyncs, writes the index and the copied files. Then publish
+  // staged() (alone or with other outputs through PublishAll()).
+  absl::Status Stage();
+  StagedOutput* staged() const { return staged_.get(); }
+  // The canonical output directory (its parent canonicalised at Create()).
+  const std::string& out_dir() const { return out_dir_; }
 
   // The file each tensor goes to (relative to out_dir), known from Create().
   const std::vector<std::string>& file_names() const { return file_names_; }
@@ -97,16 +114,17 @@ class CheckpointWriter {
   absl::Status Plan(const CheckpointWriterOptions& options);
   absl::Status WriteIndex();
   absl::Status CopyNonTensorFiles();
-  absl::Status Publish();
   void MarkFailed();
 
+  std::unique_ptr<StagedOutput> staged_;
   std::string out_dir_;
-  std::string staging_dir_;
+  std::string staging_dir_;  // for messages
   CheckpointWriterOptions options_;
   std::vector<Slot> slots_;  // sorted by name
   std::vector<OutFile> files_;
   std::vector<std::string> file_names_;
   bool committed_ = false;
+  bool staged_done_ = false;
 
   absl::Mutex mu_;
   // Per slot: written (or being written). Guarded so two writers of one name

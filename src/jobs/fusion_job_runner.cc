@@ -13,8 +13,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "fusion/fusion_job.h"
+#include "fusion/output_plan.h"
 #include "jobs/job_runner.h"
 #include "storage/uri_resolver.h"
+#include "util/staged_output.h"
 #include "util/status_macros.h"
 
 namespace tailor::jobs {
@@ -52,35 +54,12 @@ class FusionJobRunner : public JobRunner {
       const nlohmann::json& json) const override {
     TAILOR_ASSIGN_OR_RETURN(FusionSpec spec, FusionSpec::FromJson(json));
     TAILOR_RETURN_IF_ERROR(spec.Validate());
-    // An unset URI passes; a set one must resolve (as an input that
-    // exists, or as an output location); errors name the field.
-    auto check = [&](const std::string& field, const std::string& uri,
-                     bool output) -> absl::Status {
-      if (uri.empty()) return absl::OkStatus();
-      absl::StatusOr<std::string> path = output
-                                             ? resolver_.ResolveForWrite(uri)
-                                             : resolver_.ResolveExisting(uri);
-      if (path.ok()) return absl::OkStatus();
-      return absl::Status(path.status().code(),
-                          absl::StrCat(field, ": ", path.status().message()));
-    };
-    auto existing = [&](const std::string& field, const std::string& uri) {
-      return check(field, uri, false);
-    };
-    auto writable = [&](const std::string& field, const std::string& uri) {
-      return check(field, uri, true);
-    };
-    TAILOR_RETURN_IF_ERROR(existing("pretrained", spec.pretrained_uri));
-    for (size_t i = 0; i < spec.tasks.size(); ++i) {
-      const TaskSpec& t = spec.tasks[i];
-      const std::string f = absl::StrCat("tasks[", i, "].");
-      TAILOR_RETURN_IF_ERROR(existing(f + "finetuned", t.finetuned_uri));
-      TAILOR_RETURN_IF_ERROR(existing(f + "patch", t.patch_uri));
-      TAILOR_RETURN_IF_ERROR(existing(f + "hessians", t.hessian_uri));
-    }
-    TAILOR_RETURN_IF_ERROR(writable("out", spec.output_uri));
-    TAILOR_RETURN_IF_ERROR(writable("patch_out", spec.patch_uri));
-    TAILOR_RETURN_IF_ERROR(writable("report", spec.report_uri));
+    // Every URI must resolve (inputs exist, outputs may not), errors naming
+    // the field; then the output plan's rules (issue #10): no output is or
+    // contains an allowed root, touches the data directory, overlaps an
+    // input or another output, or is of the wrong kind.
+    TAILOR_ASSIGN_OR_RETURN(OutputPlan plan, ResolveOutputPlan(spec, resolver_));
+    TAILOR_RETURN_IF_ERROR(CheckOutputPlan(plan, resolver_));
     nlohmann::json canonical = spec.ToJson();
     canonical["overwrite"] = spec.overwrite;
     return canonical;
@@ -95,6 +74,19 @@ class FusionJobRunner : public JobRunner {
   absl::StatusOr<std::string> ResolveOutput(
       const std::string& uri) const override {
     return resolver_.ResolveExisting(uri);
+  }
+
+  int CleanStaging(const nlohmann::json& json) const override {
+    absl::StatusOr<FusionSpec> spec = FusionSpec::FromJson(json);
+    if (!spec.ok()) return 0;
+    absl::StatusOr<OutputPlan> plan =
+        ResolveOutputPlan(*spec, resolver_, /*with_inputs=*/false);
+    if (!plan.ok()) return 0;
+    int removed = 0;
+    for (const auto& [dir, names] : StagingDirs(*plan)) {
+      removed += RemoveStaleStaging(dir, names);
+    }
+    return removed;
   }
 
   std::vector<RunnerDevice> Devices() const override {
@@ -132,9 +124,10 @@ class FusionJobRunner : public JobRunner {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<JobRunner>> NewFusionJobRunner(
-    const std::vector<std::string>& allowed_roots) {
+    const std::vector<std::string>& allowed_roots,
+    const std::vector<std::string>& protected_paths) {
   TAILOR_ASSIGN_OR_RETURN(UriResolver resolver,
-                          UriResolver::Create(allowed_roots));
+                          UriResolver::Create(allowed_roots, protected_paths));
   return std::unique_ptr<JobRunner>(new FusionJobRunner(std::move(resolver)));
 }
 

@@ -100,6 +100,14 @@ nlohmann::json Summary(const nlohmann::json& report,
   s["fused"] = spec.value("out", "");
   s["patch"] = spec.value("patch_out", "");
   s["report"] = spec.value("report", "");
+  // The patch as published, pinned (issue #10 point 4): GetResult serves
+  // exactly these bytes or an error.
+  const nlohmann::json outputs =
+      report.value("outputs", nlohmann::json::object());
+  if (outputs.contains("patch_sha256")) {
+    s["patch_sha256"] = outputs["patch_sha256"];
+    s["patch_bytes"] = outputs.value("patch_bytes", uint64_t{0});
+  }
   return s;
 }
 
@@ -326,6 +334,8 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
 absl::Status JobManager::Load() {
   TAILOR_ASSIGN_OR_RETURN(std::vector<Job> jobs, store_->LoadJobs());
   std::vector<std::string> requeue;
+  std::vector<nlohmann::json> specs;  // for the staging cleanup
+  for (const Job& job : jobs) specs.push_back(job.spec);
   {
     absl::MutexLock lock(&mu_);
     for (Job& job : jobs) {
@@ -363,6 +373,9 @@ absl::Status JobManager::Load() {
       }
     }
   }
+  // Staging left beside any stored job's outputs by a writer that was killed
+  // (issue #10 point 17); live writers' are locked and stay.
+  for (const nlohmann::json& spec : specs) runner_->CleanStaging(spec);
   // Jobs that were running when the server stopped run again; their journal
   // lets them continue from their last completed tensor.
   for (const std::string& id : requeue) {
@@ -670,6 +683,16 @@ absl::StatusOr<JobManager::Result> JobManager::GetResult(
         absl::StrCat(name, " wrote no patch (its spec has no patch_out)"));
   }
   TAILOR_ASSIGN_OR_RETURN(r.path, runner_->ResolveOutput(uri));
+  // Served only if the file still holds the bytes published (issue #10
+  // point 4); a job from before digests were recorded cannot be checked.
+  if (!job.result.is_object() || !job.result.contains("patch_sha256") ||
+      !job.result["patch_sha256"].is_string()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        name, " has no recorded patch digest (it succeeded before tailord "
+              "pinned results); run the job again to fetch its patch"));
+  }
+  r.sha256 = job.result["patch_sha256"].get<std::string>();
+  r.size = job.result.value("patch_bytes", uint64_t{0});
   return r;
 }
 
@@ -768,6 +791,7 @@ void JobManager::RunJob(const std::string& id) {
     options.device_scheduler = &scheduler;
     report = runner_->Run(spec, options);
   }
+  runner_->CleanStaging(spec);  // leftovers of killed writers, any outcome
 
   bool interrupted, user_cancel;
   {

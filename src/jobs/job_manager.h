@@ -140,10 +140,14 @@ class JobManager {
 
   // A succeeded job's result: a file path (kPatch) or the bytes (kReport).
   // FAILED_PRECONDITION if the job has not succeeded or has no such result.
+  // A file comes with the size and SHA-256 recorded when the job succeeded:
+  // whoever serves it must check them (the file may have been replaced).
   struct Result {
     std::string path;  // set for files
     std::string data;  // set when inline
     bool is_inline = false;
+    std::string sha256;  // files: the published digest (hex)
+    uint64_t size = 0;   // files: the published size
   };
   absl::StatusOr<Result> GetResult(absl::string_view name,
                                    ResultKind kind) const;

@@ -31,7 +31,9 @@ class JobRunner {
   // Checks a spec (JSON in FusionSpec::FromJson's form) without running it:
   // every field and rule (INVALID_ARGUMENT naming the field), every input URI
   // exists (NOT_FOUND) and every URI lies inside the allowed roots
-  // (PERMISSION_DENIED). Returns the canonical spec: defaults filled in.
+  // (PERMISSION_DENIED), and the outputs' plan (fusion/output_plan.h: no
+  // overlap with inputs, each other, a root or the data directory). Returns
+  // the canonical spec: defaults filled in.
   virtual absl::StatusOr<nlohmann::json> Prepare(
       const nlohmann::json& spec) const = 0;
 
@@ -44,14 +46,23 @@ class JobRunner {
   virtual absl::StatusOr<std::string> ResolveOutput(
       const std::string& uri) const = 0;
 
+  // Removes stale staging entries (of writers that died, e.g. SIGKILLed)
+  // beside the outputs of `spec`; never anything else. Returns how many.
+  virtual int CleanStaging(const nlohmann::json& /*spec*/) const {
+    return 0;
+  }
+
   // The devices jobs may run on (the job manager's device pool is built
   // from them): the CPU first, then each CUDA device LibTorch sees.
   virtual std::vector<RunnerDevice> Devices() const = 0;
 };
 
 // The engine-backed runner (RunFusionJob) over URIs inside `allowed_roots`.
+// No output may overlap `protected_paths` (tailord passes its data
+// directory), nor be or contain an allowed root.
 absl::StatusOr<std::unique_ptr<JobRunner>> NewFusionJobRunner(
-    const std::vector<std::string>& allowed_roots);
+    const std::vector<std::string>& allowed_roots,
+    const std::vector<std::string>& protected_paths = {});
 
 }  // namespace tailor::jobs
 

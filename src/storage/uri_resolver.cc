@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -211,6 +212,36 @@ absl::StatusOr<Ancestor> LongestExistingAncestor(const std::string& path) {
       absl::StrCat("no existing ancestor of ", Quote(path)));
 }
 
+// Where `path` (which realpath refused) would lead: the longest existing
+// ancestor with the missing components appended, except that a dangling
+// symlink among them is followed (readlink, up to 40 links) so that its
+// target is what gets checked against the roots.
+std::optional<std::string> DanglingTarget(const std::string& path,
+                                          int depth = 0) {
+  if (depth > 40) return std::nullopt;
+  absl::StatusOr<Ancestor> ancestor = LongestExistingAncestor(path);
+  if (!ancestor.ok()) return std::nullopt;
+  if (ancestor->missing.empty()) return ancestor->canonical;
+  const std::string first =
+      JoinPath(ancestor->canonical, {ancestor->missing[0]});
+  struct stat st;
+  if (::lstat(first.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) {
+    return JoinPath(ancestor->canonical, ancestor->missing);
+  }
+  char buffer[4096];
+  const ssize_t n = ::readlink(first.c_str(), buffer, sizeof(buffer) - 1);
+  if (n <= 0) return std::nullopt;
+  std::string target(buffer, static_cast<size_t>(n));
+  if (target[0] != '/') {
+    target = absl::StrCat(ancestor->canonical == "/" ? "" : ancestor->canonical,
+                          "/", target);
+  }
+  const std::vector<std::string> rest(ancestor->missing.begin() + 1,
+                                      ancestor->missing.end());
+  if (!rest.empty()) target = absl::StrCat(target, "/", absl::StrJoin(rest, "/"));
+  return DanglingTarget(target, depth + 1);
+}
+
 // If `path` exists: its canonical form, or PERMISSION_DENIED when that lies
 // outside the roots. Otherwise nullopt, with realpath's errno in *err.
 std::optional<absl::StatusOr<std::string>> CanonicalIfExists(
@@ -235,11 +266,13 @@ absl::StatusOr<std::string> ResolveExistingPath(
     return *std::move(existing);
   }
   // Report a location outside the roots as PERMISSION_DENIED whether or not
-  // it exists, so callers cannot probe the file system outside the roots.
-  absl::StatusOr<Ancestor> ancestor = LongestExistingAncestor(path);
-  if (ancestor.ok() && !IsUnderAnyRoot(ancestor->canonical, roots)) {
-    return OutsideRoots(
-        subject, JoinPath(ancestor->canonical, ancestor->missing), roots);
+  // it exists, so callers cannot probe the file system outside the roots --
+  // also through a dangling symlink inside the roots (issue #10 point 21).
+  const std::optional<std::string> target = DanglingTarget(path);
+  if (target.has_value() &&
+      (!IsUnderAnyRoot(*target, roots) ||
+       absl::StrContains(absl::StrCat(*target, "/"), "/../"))) {
+    return OutsideRoots(subject, *target, roots);
   }
   return ErrnoStatus(err, absl::StrCat(subject, " cannot be resolved"));
 }
@@ -285,6 +318,10 @@ absl::StatusOr<std::string> ResolveWritablePath(
   struct stat st;
   if (::lstat(first.c_str(), &st) == 0) {
     if (S_ISLNK(st.st_mode)) {
+      const std::optional<std::string> target = DanglingTarget(path);
+      if (target.has_value() && !IsUnderAnyRoot(*target, roots)) {
+        return OutsideRoots(subject, *target, roots);
+      }
       return absl::FailedPreconditionError(absl::StrCat(
           subject, ": ", Quote(first),
           " is a symbolic link that cannot be resolved (dangling or "
@@ -303,7 +340,8 @@ absl::StatusOr<std::string> ResolveWritablePath(
 }  // namespace
 
 absl::StatusOr<UriResolver> UriResolver::Create(
-    const std::vector<std::string>& allowed_roots) {
+    const std::vector<std::string>& allowed_roots,
+    const std::vector<std::string>& protected_paths) {
   if (allowed_roots.empty()) {
     return absl::InvalidArgumentError(
         "UriResolver needs at least one allowed root; pass {\"/\"} to allow "
@@ -339,7 +377,21 @@ absl::StatusOr<UriResolver> UriResolver::Create(
       duplicate |= existing == canonical;
     if (!duplicate) roots.push_back(std::move(canonical));
   }
-  return UriResolver(std::move(roots));
+  std::vector<std::string> protect;
+  for (const std::string& p : protected_paths) {
+    if (p.empty() || p.find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("protected path ", Quote(p), " is empty or has a NUL"));
+    }
+    std::string canonical;
+    int err = 0;
+    if (!RealPath(p, &canonical, &err)) {
+      TAILOR_ASSIGN_OR_RETURN(Ancestor ancestor, LongestExistingAncestor(p));
+      canonical = JoinPath(ancestor.canonical, ancestor.missing);
+    }
+    protect.push_back(std::move(canonical));
+  }
+  return UriResolver(std::move(roots), std::move(protect));
 }
 
 absl::StatusOr<std::string> UriResolver::ResolveExisting(

@@ -23,7 +23,9 @@ namespace tailor {
 // inside one of the allowed roots, compared component-wise (root `/data` does
 // not admit `/data2`). Anything else is PERMISSION_DENIED; a URI with a NUL
 // byte, a bad percent escape, or an empty path is INVALID_ARGUMENT; a missing
-// file is NOT_FOUND.
+// file is NOT_FOUND. A dangling symlink whose target lies outside the roots
+// is PERMISSION_DENIED too (never NOT_FOUND), so that existence outside the
+// roots cannot be probed.
 //
 // Thread-safe: immutable after Create().
 class UriResolver {
@@ -31,8 +33,14 @@ class UriResolver {
   // Roots are canonicalised with realpath; each must exist and be a
   // directory. An empty list is INVALID_ARGUMENT (deny-all is never what a
   // caller means); pass {"/"} to allow everything.
+  //
+  // `protected_paths` (e.g. the server's data directory) are canonicalised
+  // too (one that does not exist yet through its longest existing ancestor);
+  // the resolver only carries them: the output plan (fusion/output_plan.h)
+  // refuses outputs that overlap them.
   static absl::StatusOr<UriResolver> Create(
-      const std::vector<std::string>& allowed_roots);
+      const std::vector<std::string>& allowed_roots,
+      const std::vector<std::string>& protected_paths = {});
 
   // Resolves a URI naming an existing file or directory.
   absl::StatusOr<std::string> ResolveExisting(absl::string_view uri) const;
@@ -49,11 +57,16 @@ class UriResolver {
   absl::StatusOr<std::string> CheckLocalPath(absl::string_view path) const;
 
   const std::vector<std::string>& roots() const { return roots_; }
+  const std::vector<std::string>& protected_paths() const {
+    return protected_;
+  }
 
  private:
-  explicit UriResolver(std::vector<std::string> roots)
-      : roots_(std::move(roots)) {}
+  UriResolver(std::vector<std::string> roots,
+              std::vector<std::string> protected_paths)
+      : roots_(std::move(roots)), protected_(std::move(protected_paths)) {}
   std::vector<std::string> roots_;  // canonical, no trailing slash except "/"
+  std::vector<std::string> protected_;  // canonical
 };
 
 // Returns the scheme of `uri` ("file", "s3", ...) lower-cased, or "" for a

@@ -174,12 +174,14 @@ absl::Status WriteFileAtomically(const std::string& path,
   return FsyncDirectory(Dirname(path));
 }
 
-absl::Status CopyFileDurably(const std::string& from, const std::string& to) {
+namespace {
+
+// Copies the contents of regular file `from` into the open file `fd` (named
+// `to` in messages) and fsyncs it.
+absl::Status CopyIntoFd(const std::string& from, int fd,
+                        absl::string_view to) {
   absl::StatusOr<ScopedFd> in = OpenForRead(from);
   if (!in.ok()) return in.status();
-  int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", to));
-  ScopedFd out(fd);
   std::vector<char> buffer(1 << 20);
   uint64_t offset = 0;
   for (;;) {
@@ -195,6 +197,36 @@ absl::Status CopyFileDurably(const std::string& from, const std::string& to) {
     offset += static_cast<uint64_t>(n);
   }
   return FsyncFd(fd, to);
+}
+
+}  // namespace
+
+absl::Status CopyFileDurably(const std::string& from, const std::string& to) {
+  int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", to));
+  ScopedFd out(fd);
+  return CopyIntoFd(from, fd, to);
+}
+
+absl::Status CopyFileDurablyAt(const std::string& from, int dirfd,
+                               const std::string& name,
+                               absl::string_view label) {
+  int fd = ::openat(dirfd, name.c_str(),
+                    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", label));
+  ScopedFd out(fd);
+  return CopyIntoFd(from, fd, label);
+}
+
+absl::Status WriteFileAt(int dirfd, const std::string& name,
+                         absl::string_view contents, absl::string_view label) {
+  int fd = ::openat(dirfd, name.c_str(),
+                    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", label));
+  ScopedFd out(fd);
+  TAILOR_RETURN_IF_ERROR(
+      PWriteFully(fd, contents.data(), contents.size(), 0, label));
+  return FsyncFd(fd, label);
 }
 
 absl::Status MakeDirectories(const std::string& dir) {

@@ -70,6 +70,16 @@ absl::Status FsyncDirectory(const std::string& dir);
 
 // Copies a regular file (contents only, mode 0644) and fsyncs the copy.
 absl::Status CopyFileDurably(const std::string& from, const std::string& to);
+// The same into a new entry `name` of directory `dirfd` (O_EXCL, never
+// following a symlink there); `label` names it in messages.
+absl::Status CopyFileDurablyAt(const std::string& from, int dirfd,
+                               const std::string& name,
+                               absl::string_view label);
+
+// Creates entry `name` of directory `dirfd` (O_EXCL | O_NOFOLLOW) with
+// `contents` and fsyncs it.
+absl::Status WriteFileAt(int dirfd, const std::string& name,
+                         absl::string_view contents, absl::string_view label);
 
 // Creates `dir` and any missing parents (mode 0755); an existing directory
 // is OK, an existing non-directory is FAILED_PRECONDITION.

@@ -6,6 +6,9 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <functional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -14,6 +17,7 @@
 #include "io/checkpoint.h"
 #include "testing/test_util.h"
 #include "util/file_util.h"
+#include "util/sha256.h"
 
 namespace tailor {
 namespace {
@@ -405,6 +409,202 @@ TEST_F(FusionJobTest, CancellationPublishesNothing) {
   ASSERT_TRUE(names.ok());
   for (const std::string& n : *names)
     EXPECT_FALSE(absl::StartsWith(n, ".")) << n;
+}
+
+// Runs `action` once, when the job has planned (its outputs are open) and
+// before any tensor is computed.
+class OnPlanned : public ProgressSink {
+ public:
+  explicit OnPlanned(std::function<void()> action)
+      : action_(std::move(action)) {}
+  void OnEvent(const ProgressEvent& event) override {
+    if (event.kind == ProgressEvent::Kind::kPlanned) action_();
+  }
+
+ private:
+  std::function<void()> action_;
+};
+
+// Issue #10 point 1: an allowed root as the output, even with overwrite, is
+// refused before anything is written; the root keeps its contents.
+TEST_F(FusionJobTest, OutputThatIsAnAllowedRootIsRefused) {
+  FusionSpec spec = Spec("root");
+  spec.output_uri = tmp_.path();
+  spec.overwrite = true;
+  auto report = Run(spec);
+  EXPECT_EQ(report.status().code(), absl::StatusCode::kPermissionDenied)
+      << report.status();
+  EXPECT_TRUE(absl::StrContains(report.status().message(), "out:"))
+      << report.status();
+  EXPECT_TRUE(absl::StrContains(report.status().message(), "allowed root"));
+  EXPECT_TRUE(IsDirectory(base_));
+  EXPECT_FALSE(PathExists(spec.patch_uri));
+  // Nothing staged in the root's parent either.
+  auto names = ListDirectory(Dirname(tmp_.path()));
+  ASSERT_TRUE(names.ok());
+  for (const std::string& n : *names) {
+    EXPECT_FALSE(absl::StrContains(n, Basename(tmp_.path()) + ".tailor-"))
+        << n;
+  }
+  // A protected path (tailord's data directory) is refused the same way.
+  const std::string data = Dir("tailord-data");
+  WriteFileOrDie(JoinPath(data, "jobs.db"), "store");
+  auto resolver = UriResolver::Create({tmp_.path()}, {data});
+  ASSERT_TRUE(resolver.ok());
+  for (const std::string& out : {data, JoinPath(data, "jobs.db")}) {
+    FusionSpec s = Spec("data");
+    s.output_uri.clear();
+    s.report_uri.clear();
+    s.patch_uri = out;
+    s.overwrite = true;
+    auto r = RunFusionJob(s, *resolver, {});
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied)
+        << r.status();
+    EXPECT_TRUE(absl::StrContains(r.status().message(), "data directory"));
+  }
+  EXPECT_EQ(ReadFileOrDie(JoinPath(data, "jobs.db")), "store");
+}
+
+// Issue #10 point 2: an output equal to (or containing) one of the job's
+// inputs is refused; the inputs stay as they were.
+TEST_F(FusionJobTest, OutputOverlappingAnInputIsRefused) {
+  const std::string hessian_before = ReadFileOrDie(hessians_[0]);
+  struct Case {
+    std::string field;
+    std::function<void(FusionSpec&)> edit;
+  };
+  std::vector<Case> cases = {
+      {"out", [&](FusionSpec& s) { s.output_uri = base_; }},
+      {"out", [&](FusionSpec& s) { s.output_uri = ft_[0]; }},
+      {"out", [&](FusionSpec& s) { s.output_uri = JoinPath(base_, "x"); }},
+      {"patch_out", [&](FusionSpec& s) { s.patch_uri = hessians_[0]; }},
+      {"report", [&](FusionSpec& s) { s.report_uri = hessians_[0]; }},
+      {"patch_out",
+       [&](FusionSpec& s) {
+         s.patch_uri = JoinPath(base_, "model-00001-of-00002.safetensors");
+       }},
+  };
+  for (const Case& c : cases) {
+    FusionSpec spec = Spec("overlap");
+    spec.overwrite = true;
+    c.edit(spec);
+    auto report = Run(spec);
+    EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument)
+        << report.status();
+    EXPECT_TRUE(absl::StartsWith(report.status().message(), c.field + ":"))
+        << report.status();
+    EXPECT_TRUE(absl::StrContains(report.status().message(), "input"))
+        << report.status();
+  }
+  EXPECT_EQ(ReadFileOrDie(hessians_[0]), hessian_before);
+  EXPECT_TRUE(Checkpoint::Open(base_).ok());
+  EXPECT_TRUE(Checkpoint::Open(ft_[0]).ok());
+}
+
+// Issue #10 point 3: outputs overlapping each other or of the wrong kind are
+// refused up front, and nothing is published.
+TEST_F(FusionJobTest, OverlappingOrMistypedOutputsAreRefused) {
+  const std::string dir = Dir("a-directory");
+  struct Case {
+    std::string field;
+    std::function<void(FusionSpec&)> edit;
+  };
+  std::vector<Case> cases = {
+      {"patch_out", [&](FusionSpec& s) { s.patch_uri = s.output_uri; }},
+      {"report", [&](FusionSpec& s) { s.report_uri = s.patch_uri; }},
+      {"report", [&](FusionSpec& s) { s.report_uri = dir; }},
+      {"patch_out", [&](FusionSpec& s) { s.patch_uri = dir; }},
+      {"report",
+       [&](FusionSpec& s) { s.report_uri = JoinPath(s.output_uri, "r.json"); }},
+      // The per-task patch of t1 is where the report goes.
+      {"report",
+       [&](FusionSpec& s) { s.report_uri = tmp_.Join("mixed.t1.safetensors"); }},
+  };
+  for (const Case& c : cases) {
+    FusionSpec spec = Spec("mixed", 2);
+    spec.patch_uri = tmp_.Join("mixed.safetensors");
+    spec.overwrite = true;
+    c.edit(spec);
+    auto report = Run(spec);
+    EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument)
+        << report.status();
+    EXPECT_TRUE(absl::StartsWith(report.status().message(), c.field))
+        << report.status();
+    EXPECT_FALSE(PathExists(spec.output_uri));
+    EXPECT_FALSE(IsRegularFile(spec.patch_uri));
+  }
+  EXPECT_TRUE(ListDirectory(dir)->empty());
+}
+
+// Issue #10 point 3: all or nothing -- when the last output cannot be
+// published (its name was taken while the job ran), neither the patches nor
+// the checkpoint appear.
+TEST_F(FusionJobTest, OutputsArePublishedAsOneUnit) {
+  FusionSpec spec = Spec("unit", 2);
+  OnPlanned squat([&] { WriteFileOrDie(spec.report_uri, "squatter"); });
+  auto report = Run(spec, &squat);
+  EXPECT_EQ(report.status().code(), absl::StatusCode::kAlreadyExists)
+      << report.status();
+  EXPECT_FALSE(PathExists(spec.output_uri));
+  EXPECT_FALSE(PathExists(spec.patch_uri));
+  EXPECT_EQ(ReadFileOrDie(spec.report_uri), "squatter");
+  auto names = ListDirectory(tmp_.path());
+  ASSERT_TRUE(names.ok());
+  for (const std::string& n : *names) {
+    EXPECT_FALSE(absl::StartsWith(n, ".")) << n;
+    EXPECT_FALSE(absl::StrContains(n, "unit.patch")) << n;
+  }
+  // With overwrite, the replaced outputs are all new, and the report pins
+  // the patch's bytes (issue #10 point 4).
+  spec.overwrite = true;
+  report = Run(spec);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const std::string patch = ReadFileOrDie(spec.patch_uri);
+  EXPECT_EQ((*report)["outputs"]["patch_sha256"], Sha256Hex(patch));
+  EXPECT_EQ((*report)["outputs"]["patch_bytes"].get<uint64_t>(), patch.size());
+  EXPECT_NE(ReadFileOrDie(spec.report_uri), "squatter");
+}
+
+// Issue #10 point 5: the outputs' parent directory swapped for a symlink to
+// a directory outside the roots while the job runs: nothing lands outside,
+// the job fails.
+TEST_F(FusionJobTest, ParentSwappedForSymlinkWhileRunningIsRefused) {
+  TempDir outside;
+  const std::string sub = Dir("sub");
+  FusionSpec spec = Spec("swap");
+  spec.output_uri = JoinPath(sub, "out");
+  spec.patch_uri = JoinPath(sub, "p.safetensors");
+  spec.report_uri = JoinPath(sub, "r.json");
+  OnPlanned swap([&] {
+    ASSERT_EQ(::rename(sub.c_str(), tmp_.Join("sub-moved").c_str()), 0);
+    ASSERT_EQ(::symlink(outside.path().c_str(), sub.c_str()), 0);
+  });
+  auto report = Run(spec, &swap);
+  EXPECT_EQ(report.status().code(), absl::StatusCode::kFailedPrecondition)
+      << report.status();
+  EXPECT_TRUE(absl::StrContains(report.status().message(), "replaced"))
+      << report.status();
+  EXPECT_TRUE(ListDirectory(outside.path())->empty());
+  EXPECT_TRUE(ListDirectory(tmp_.Join("sub-moved"))->empty());
+}
+
+// Issue #10 point 17: staging left by a killed writer beside this job's
+// outputs is removed when the job runs; other hidden files stay.
+TEST_F(FusionJobTest, StaleStagingOfTheOutputsIsRemoved) {
+  FusionSpec spec = Spec("stale");
+  const std::string stale_dir = tmp_.Join(".stale-out.partial-1-0");
+  const std::string stale_spool =
+      tmp_.Join(".stale.patch.safetensors.tailor-spool-1-3");
+  const std::string unrelated = tmp_.Join(".stale-out.keep");
+  ASSERT_EQ(::mkdir(stale_dir.c_str(), 0755), 0);
+  WriteFileOrDie(JoinPath(stale_dir, "model.safetensors"), "partial");
+  WriteFileOrDie(stale_spool, "spool");
+  WriteFileOrDie(unrelated, "mine");
+  auto report = Run(spec);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_FALSE(PathExists(stale_dir));
+  EXPECT_FALSE(PathExists(stale_spool));
+  EXPECT_TRUE(PathExists(unrelated));
 }
 
 }  // namespace

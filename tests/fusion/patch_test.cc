@@ -323,11 +323,13 @@ TEST(PatchWriterTest, NothingAppearsBeforeFinishAndNoSpoolIsLeft) {
     ASSERT_TRUE(w.ok());
     ASSERT_TRUE((*w)->Add("w", mask, delta, DType::kF32, {}).ok());
     EXPECT_FALSE(PathExists(path));
-    // The spool is hidden, in the same directory.
+    // The spool and the staged file are hidden, in the same directory.
     std::vector<std::string> names = ListOrDie(dir.path());
-    ASSERT_EQ(names.size(), 1u);
-    EXPECT_TRUE(absl::StartsWith(names[0], ".patch.safetensors.spool-"))
+    ASSERT_EQ(names.size(), 2u);
+    EXPECT_TRUE(absl::StartsWith(names[0], ".patch.safetensors.tailor-spool-"))
         << names[0];
+    EXPECT_TRUE(absl::StartsWith(names[1], ".patch.safetensors.tailor-stage-"))
+        << names[1];
     // Destroyed without Finish.
   }
   EXPECT_TRUE(ListOrDie(dir.path()).empty());

@@ -14,6 +14,7 @@
 #include "nlohmann/json.hpp"
 #include "testing/test_util.h"
 #include "util/file_util.h"
+#include "util/staged_output.h"
 
 namespace tailor {
 namespace {
@@ -307,7 +308,78 @@ TEST(CheckpointWriterTest, CrashBeforeCommitLeavesNoOutput) {
   // the output.
   auto names = ListDirectory(dir.path());
   ASSERT_EQ(names->size(), 1u);
-  EXPECT_TRUE(absl::StartsWith((*names)[0], ".out.partial-"));
+  EXPECT_TRUE(absl::StartsWith((*names)[0], ".out.tailor-stage-"));
+  // Issue #10 point 17: the dead writer's staging is recognised as stale
+  // (no live writer holds its lock) and removed; nothing else is touched.
+  WriteFileOrDie(dir.Join(".out.partial-1-0.txt"), "not ours");
+  WriteFileOrDie(dir.Join(".other.tailor-stage-1-0"), "another output's");
+  ASSERT_EQ(::mkdir(dir.Join(".out.partial-1-7").c_str(), 0755), 0);  // legacy
+  auto live = CheckpointWriter::Create(dir.Join("out"), layout, {});
+  ASSERT_TRUE(live.ok()) << live.status();
+  EXPECT_EQ(RemoveStaleStaging(dir.path(), {"out"}), 2);
+  names = ListDirectory(dir.path());
+  ASSERT_EQ(names->size(), 3u) << names->size();
+  EXPECT_TRUE(PathExists((*live)->staged()->staging_path()));
+  EXPECT_TRUE(PathExists(dir.Join(".out.partial-1-0.txt")));
+  EXPECT_TRUE(PathExists(dir.Join(".other.tailor-stage-1-0")));
+}
+
+// Issue #10 point 5: the output's parent swapped for a symlink to a directory
+// outside while the checkpoint is written: nothing lands there.
+TEST(CheckpointWriterTest, ParentSwappedForSymlinkIsRefused) {
+  TempDir dir;
+  std::vector<TensorInfo> layout = {{"a", DType::kF32, {2}, 2, 8, ""}};
+  ASSERT_EQ(::mkdir(dir.Join("root").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(dir.Join("root/sub").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(dir.Join("outside").c_str(), 0755), 0);
+  auto writer = CheckpointWriter::Create(dir.Join("root/sub/out"), layout, {});
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->WriteRaw("a", std::string(8, '\1')).ok());
+  ASSERT_EQ(::rename(dir.Join("root/sub").c_str(), dir.Join("moved").c_str()),
+            0);
+  ASSERT_EQ(::symlink(dir.Join("outside").c_str(), dir.Join("root/sub").c_str()),
+            0);
+  absl::Status s = (*writer)->Commit();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "replaced")) << s;
+  EXPECT_TRUE(ListDirectory(dir.Join("outside"))->empty());
+  writer->reset();
+  EXPECT_TRUE(ListDirectory(dir.Join("moved"))->empty()) << "staging left";
+}
+
+// Issue #10 point 3: outputs published as one unit; a failing second rename
+// rolls back the first, restoring what it replaced.
+TEST(CheckpointWriterTest, PublishAllRollsBack) {
+  TempDir dir;
+  std::vector<TensorInfo> layout = {{"a", DType::kF32, {2}, 2, 8, ""}};
+  const std::string out = dir.Join("out");
+  ASSERT_EQ(::mkdir(out.c_str(), 0755), 0);
+  WriteFileOrDie(JoinPath(out, "old.txt"), "old");
+  CheckpointWriterOptions options;
+  options.overwrite = true;
+  auto writer = CheckpointWriter::Create(out, layout, options);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->WriteRaw("a", std::string(8, '\1')).ok());
+  ASSERT_TRUE((*writer)->Stage().ok());
+  auto report = StagedOutput::Create(dir.Join("report.json"),
+                                     StagedOutput::Kind::kFile, false);
+  ASSERT_TRUE(report.ok()) << report.status();
+  // The report's name is taken after staging: its publish fails.
+  WriteFileOrDie(dir.Join("report.json"), "squatter");
+  StagedOutput* outputs[] = {(*writer)->staged(), report->get()};
+  // CheckPublishable catches it before any rename...
+  EXPECT_EQ(PublishAll(outputs).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(ReadFileOrDie(JoinPath(out, "old.txt")), "old");
+  // ...and a failure at the rename itself rolls the first output back.
+  ASSERT_TRUE((*writer)->staged()->Publish().ok());
+  EXPECT_FALSE(PathExists(JoinPath(out, "old.txt")));
+  ASSERT_TRUE((*writer)->staged()->Rollback().ok());
+  EXPECT_EQ(ReadFileOrDie(JoinPath(out, "old.txt")), "old");
+  EXPECT_FALSE(PathExists(JoinPath(out, "model.safetensors")));
+  writer->reset();
+  report->reset();
+  EXPECT_EQ(*ListDirectory(dir.path()),
+            std::vector<std::string>({"out", "report.json"}));
 }
 
 TEST(CheckpointWriterTest, ExistingOutputNeedsOverwrite) {

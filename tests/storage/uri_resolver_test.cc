@@ -594,11 +594,53 @@ TEST_F(UriResolverTest, ForWriteDeniesExistingSymlinkPointingOutside) {
 }
 
 TEST_F(UriResolverTest, ForWriteRefusesDanglingSymlink) {
+  // Pointing outside the roots: PERMISSION_DENIED (issue #10 point 21).
   const std::string uri = data() + "/dangling_out";
-  EXPECT_TRUE(IsError(resolver().ResolveForWrite(uri), kPrecondition,
-                      {uri, "symbolic link"}));
+  EXPECT_TRUE(IsError(resolver().ResolveForWrite(uri), kDenied,
+                      {uri, outside() + "/new.txt", kOutsideRoots}));
+  // Pointing inside: still refused (never written through).
+  const std::string in = data() + "/dangling_in_w";
+  ASSERT_EQ(::symlink((data() + "/nowhere").c_str(), in.c_str()), 0);
+  EXPECT_TRUE(IsError(resolver().ResolveForWrite(in), kPrecondition,
+                      {in, "symbolic link"}));
+  ::unlink(in.c_str());
   EXPECT_TRUE(IsError(resolver().ResolveForWrite(data() + "/loop"),
                       kPrecondition, {"symbolic link"}));
+}
+
+// Issue #10 point 21: a dangling symlink pointing outside the roots is
+// PERMISSION_DENIED, not NOT_FOUND, whether or not its target exists; one
+// pointing inside is NOT_FOUND.
+TEST_F(UriResolverTest, DanglingSymlinkOutsideIsDeniedNotNotFound) {
+  const std::string uri = data() + "/dangling_out";
+  EXPECT_TRUE(IsError(resolver().ResolveExisting(uri), kDenied,
+                      {uri, outside() + "/new.txt", kOutsideRoots}));
+  EXPECT_TRUE(IsError(resolver().ResolveExisting(FileUri(uri)), kDenied,
+                      {kOutsideRoots}));
+  // Through a dangling directory link, with components after it.
+  const std::string dir_link = data() + "/dangling_dir_out";
+  ASSERT_EQ(::symlink((outside() + "/no_such_dir").c_str(), dir_link.c_str()),
+            0);
+  EXPECT_TRUE(IsError(resolver().ResolveExisting(dir_link + "/x/y"), kDenied,
+                      {outside() + "/no_such_dir/x/y", kOutsideRoots}));
+  // A relative target climbing out.
+  const std::string rel = data() + "/dangling_rel_out";
+  ASSERT_EQ(::symlink("../outside/nothing_here", rel.c_str()), 0);
+  EXPECT_EQ(resolver().ResolveExisting(rel).status().code(), kDenied);
+  EXPECT_EQ(resolver().CheckLocalPath(rel).status().code(), kDenied);
+  const std::string in = data() + "/dangling_in";
+  ASSERT_EQ(::symlink((data() + "/nowhere").c_str(), in.c_str()), 0);
+  EXPECT_EQ(resolver().ResolveExisting(in).status().code(), kNotFound);
+  for (const std::string& p : {dir_link, rel, in}) ::unlink(p.c_str());
+}
+
+TEST_F(UriResolverTest, ProtectedPathsAreCanonicalised) {
+  auto r = UriResolver::Create({data()}, {data() + "/sub/../sub",
+                                          data() + "/not_yet/db"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->protected_paths(),
+            std::vector<std::string>(
+                {data() + "/sub", data() + "/not_yet/db"}));
 }
 
 TEST_F(UriResolverTest, ForWriteUnderRegularFileIsFailedPrecondition) {
