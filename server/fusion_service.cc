@@ -190,7 +190,8 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
         const size_t n =
             static_cast<size_t>(std::min<uint64_t>(kChunkBytes, size_ - at));
         buffer.resize(n);
-        absl::Status s = PReadFully(fd_.get(), buffer.data(), n, at, result_.path);
+        absl::Status s =
+            PReadFully(fd_.get(), buffer.data(), n, at, result_.path);
         if (!s.ok()) return s;
         whole.Update(buffer);
         at += n;
@@ -206,8 +207,7 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
     return absl::DataLossError(absl::StrCat(
         "the patch file ", result_.path,
         " changed since the job succeeded (recorded ", result_.size,
-        " bytes, sha256 ", result_.sha256,
-        "); refusing to serve other bytes"));
+        " bytes, sha256 ", result_.sha256, "); refusing to serve other bytes"));
   }
 
   // On the executor: reads the next chunk and starts its write.

@@ -188,12 +188,13 @@ void ServerFlags::Add(CLI::App& app) {
                  "(port 0: any free port; default " +
                      d.metrics_listen + ")");
   app.add_option("--data-dir", flags_.data_dir,
-                 "directory of the job store (jobs.db), created if missing "
-                 "(default " +
+                 "directory of the job store (jobs.db), created if missing; "
+                 "no job output may touch it (default " +
                      d.data_dir + ")");
   app.add_option("--allowed-root", flags_.allowed_roots,
-                 "directory every job URI must lie under (repeatable; "
-                 "default: the working directory)");
+                 "directory every job URI must lie under; an output must lie "
+                 "strictly inside it (repeatable; default: the working "
+                 "directory)");
   app.add_option("--max-concurrent-jobs", flags_.max_concurrent_jobs,
                  "jobs that run at the same time, 1..256 (default 1)");
   app.add_option("--max-queued-jobs", flags_.max_queued_jobs,

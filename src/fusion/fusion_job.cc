@@ -398,8 +398,8 @@ class Job {
       }
       if (auto* c = dynamic_cast<const Checkpoint*>(task.finetuned.get())) {
         AddInputFiles(*c, f + "finetuned", &plan);
-      } else if (auto* lora = dynamic_cast<const LoraFineTuned*>(
-                     task.finetuned.get())) {
+      } else if (auto* lora =
+                     dynamic_cast<const LoraFineTuned*>(task.finetuned.get())) {
         AddInputFiles(lora->adapter(), f + "finetuned", &plan);
       }
     }
@@ -423,8 +423,8 @@ class Job {
     }
     if (!spec_.patch_uri.empty()) {
       patch_path_ = planned("patch_out");
-      TAILOR_ASSIGN_OR_RETURN(stitched_,
-                              PatchWriter::Create(patch_path_, spec_.overwrite));
+      TAILOR_ASSIGN_OR_RETURN(
+          stitched_, PatchWriter::Create(patch_path_, spec_.overwrite));
       TAILOR_RETURN_IF_ERROR(
           SameLocation("patch_out", patch_path_, stitched_->path()));
       if (WritesTaskPatches(spec_)) {
@@ -435,17 +435,17 @@ class Job {
           TAILOR_ASSIGN_OR_RETURN(
               task->patch_writer,
               PatchWriter::Create(task->patch_out, spec_.overwrite));
-          TAILOR_RETURN_IF_ERROR(SameLocation(
-              "patch_out", task->patch_out, task->patch_writer->path()));
+          TAILOR_RETURN_IF_ERROR(SameLocation("patch_out", task->patch_out,
+                                              task->patch_writer->path()));
         }
       }
     }
     if (!spec_.report_uri.empty()) {
       report_path_ = planned("report");
       TAILOR_ASSIGN_OR_RETURN(
-          report_out_, StagedOutput::Create(report_path_,
-                                            StagedOutput::Kind::kFile,
-                                            spec_.overwrite));
+          report_out_,
+          StagedOutput::Create(report_path_, StagedOutput::Kind::kFile,
+                               spec_.overwrite));
       TAILOR_RETURN_IF_ERROR(
           SameLocation("report", report_path_, report_out_->path()));
     }

@@ -130,10 +130,10 @@ absl::Status CheckOutputPlan(const OutputPlan& plan,
     }
     for (const std::string& p : resolver.protected_paths()) {
       if (Overlap(o.path, p)) {
-        return absl::PermissionDeniedError(absl::StrCat(
-            o.field, ": ", Quote(o.path), " ", Relation(o.path, p),
-            " the server's data directory ", Quote(p),
-            "; outputs may not touch it"));
+        return absl::PermissionDeniedError(
+            absl::StrCat(o.field, ": ", Quote(o.path), " ", Relation(o.path, p),
+                         " the server's data directory ", Quote(p),
+                         "; outputs may not touch it"));
       }
     }
     for (const OutputPlan::Entry& in : plan.inputs) {

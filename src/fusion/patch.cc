@@ -364,7 +364,8 @@ absl::Status PatchWriter::Stage(const PatchMetadata& metadata) {
   const std::string tmp_path = staged_->staging_path();
   const int out = staged_->fd();
   Sha256 sha;
-  TAILOR_RETURN_IF_ERROR(PWriteFully(out, head.data(), head.size(), 0, tmp_path));
+  TAILOR_RETURN_IF_ERROR(
+      PWriteFully(out, head.data(), head.size(), 0, tmp_path));
   sha.Update(head);
   const uint64_t data_offset = head.size();
   std::string buffer;

@@ -58,7 +58,8 @@ class FusionJobRunner : public JobRunner {
     // the field; then the output plan's rules (issue #10): no output is or
     // contains an allowed root, touches the data directory, overlaps an
     // input or another output, or is of the wrong kind.
-    TAILOR_ASSIGN_OR_RETURN(OutputPlan plan, ResolveOutputPlan(spec, resolver_));
+    TAILOR_ASSIGN_OR_RETURN(OutputPlan plan,
+                            ResolveOutputPlan(spec, resolver_));
     TAILOR_RETURN_IF_ERROR(CheckOutputPlan(plan, resolver_));
     nlohmann::json canonical = spec.ToJson();
     canonical["overwrite"] = spec.overwrite;

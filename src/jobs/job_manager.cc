@@ -688,8 +688,9 @@ absl::StatusOr<JobManager::Result> JobManager::GetResult(
   if (!job.result.is_object() || !job.result.contains("patch_sha256") ||
       !job.result["patch_sha256"].is_string()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        name, " has no recorded patch digest (it succeeded before tailord "
-              "pinned results); run the job again to fetch its patch"));
+        name,
+        " has no recorded patch digest (it succeeded before tailord "
+        "pinned results); run the job again to fetch its patch"));
   }
   r.sha256 = job.result["patch_sha256"].get<std::string>();
   r.size = job.result.value("patch_bytes", uint64_t{0});

@@ -48,9 +48,7 @@ class JobRunner {
 
   // Removes stale staging entries (of writers that died, e.g. SIGKILLed)
   // beside the outputs of `spec`; never anything else. Returns how many.
-  virtual int CleanStaging(const nlohmann::json& /*spec*/) const {
-    return 0;
-  }
+  virtual int CleanStaging(const nlohmann::json& /*spec*/) const { return 0; }
 
   // The devices jobs may run on (the job manager's device pool is built
   // from them): the CPU first, then each CUDA device LibTorch sees.

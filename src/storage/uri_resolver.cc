@@ -238,7 +238,8 @@ std::optional<std::string> DanglingTarget(const std::string& path,
   }
   const std::vector<std::string> rest(ancestor->missing.begin() + 1,
                                       ancestor->missing.end());
-  if (!rest.empty()) target = absl::StrCat(target, "/", absl::StrJoin(rest, "/"));
+  if (!rest.empty())
+    target = absl::StrCat(target, "/", absl::StrJoin(rest, "/"));
   return DanglingTarget(target, depth + 1);
 }
 

@@ -57,9 +57,7 @@ class UriResolver {
   absl::StatusOr<std::string> CheckLocalPath(absl::string_view path) const;
 
   const std::vector<std::string>& roots() const { return roots_; }
-  const std::vector<std::string>& protected_paths() const {
-    return protected_;
-  }
+  const std::vector<std::string>& protected_paths() const { return protected_; }
 
  private:
   UriResolver(std::vector<std::string> roots,

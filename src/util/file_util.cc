@@ -178,8 +178,7 @@ namespace {
 
 // Copies the contents of regular file `from` into the open file `fd` (named
 // `to` in messages) and fsyncs it.
-absl::Status CopyIntoFd(const std::string& from, int fd,
-                        absl::string_view to) {
+absl::Status CopyIntoFd(const std::string& from, int fd, absl::string_view to) {
   absl::StatusOr<ScopedFd> in = OpenForRead(from);
   if (!in.ok()) return in.status();
   std::vector<char> buffer(1 << 20);

@@ -141,9 +141,10 @@ absl::StatusOr<ScopedFd> OpenDirectoryNoFollow(const std::string& path) {
     if (next < 0) {
       const int err = errno;
       if (err == ELOOP || err == ENOTDIR) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "'", walked, "' is no longer a directory (it is a symbolic link "
-            "or another file)"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("'", walked,
+                         "' is no longer a directory (it is a symbolic link "
+                         "or another file)"));
       }
       return ErrnoToStatus(err, absl::StrCat("open directory ", walked));
     }
@@ -206,9 +207,8 @@ absl::StatusOr<std::unique_ptr<StagedOutput>> StagedOutput::Create(
   if (real == nullptr) {
     const int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
-      return absl::NotFoundError(absl::StrCat("parent directory ", parent,
-                                              " of output ", path,
-                                              " does not exist"));
+      return absl::NotFoundError(absl::StrCat(
+          "parent directory ", parent, " of output ", path, " does not exist"));
     }
     return ErrnoToStatus(err, absl::StrCat("resolve ", parent));
   }
@@ -231,8 +231,7 @@ absl::StatusOr<std::unique_ptr<StagedOutput>> StagedOutput::Create(
     }
     TAILOR_RETURN_IF_ERROR(o->CheckPublishable());
   }
-  o->staging_name_ =
-      StagingName(name, "stage");
+  o->staging_name_ = StagingName(name, "stage");
   int fd = -1;
   if (kind == Kind::kDirectory) {
     if (::mkdirat(o->parent_fd(), o->staging_name_.c_str(), 0755) != 0) {
@@ -287,8 +286,8 @@ absl::Status StagedOutput::CheckPublishable() const {
         absl::StrCat(path_, " appeared while writing; not replacing it"));
   }
   const bool want_dir = kind_ == Kind::kDirectory;
-  if (S_ISLNK(st.st_mode) || (want_dir ? !S_ISDIR(st.st_mode)
-                                       : !S_ISREG(st.st_mode))) {
+  if (S_ISLNK(st.st_mode) ||
+      (want_dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode))) {
     return absl::FailedPreconditionError(absl::StrCat(
         path_, " exists and is not a ", want_dir ? "directory" : "regular file",
         "; not replacing it"));
@@ -325,8 +324,8 @@ absl::Status StagedOutput::Publish() {
       return absl::AlreadyExistsError(
           absl::StrCat(path_, " appeared while writing; not replacing it"));
     }
-    return ErrnoToStatus(err,
-                         absl::StrCat("rename ", staging_path(), " -> ", path_));
+    return ErrnoToStatus(
+        err, absl::StrCat("rename ", staging_path(), " -> ", path_));
   }
   published_ = true;
   if (::fsync(parent_fd()) != 0) {
@@ -337,11 +336,10 @@ absl::Status StagedOutput::Publish() {
 
 absl::Status StagedOutput::Rollback() {
   if (!published_) return absl::OkStatus();
-  const int rc =
-      replaced_ ? RenameAt2(parent_fd(), staging_name_, parent_fd(), name_,
-                            kRenameExchange)
-                : RenameAt2(parent_fd(), name_, parent_fd(), staging_name_,
-                            kRenameNoReplace);
+  const int rc = replaced_ ? RenameAt2(parent_fd(), staging_name_, parent_fd(),
+                                       name_, kRenameExchange)
+                           : RenameAt2(parent_fd(), name_, parent_fd(),
+                                       staging_name_, kRenameNoReplace);
   if (rc != 0) {
     return ErrnoToStatus(errno,
                          absl::StrCat("roll back ", path_, " (restore from ",

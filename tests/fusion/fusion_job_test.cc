@@ -443,8 +443,7 @@ TEST_F(FusionJobTest, OutputThatIsAnAllowedRootIsRefused) {
   auto names = ListDirectory(Dirname(tmp_.path()));
   ASSERT_TRUE(names.ok());
   for (const std::string& n : *names) {
-    EXPECT_FALSE(absl::StrContains(n, Basename(tmp_.path()) + ".tailor-"))
-        << n;
+    EXPECT_FALSE(absl::StrContains(n, Basename(tmp_.path()) + ".tailor-")) << n;
   }
   // A protected path (tailord's data directory) is refused the same way.
   const std::string data = Dir("tailord-data");
@@ -518,7 +517,9 @@ TEST_F(FusionJobTest, OverlappingOrMistypedOutputsAreRefused) {
        [&](FusionSpec& s) { s.report_uri = JoinPath(s.output_uri, "r.json"); }},
       // The per-task patch of t1 is where the report goes.
       {"report",
-       [&](FusionSpec& s) { s.report_uri = tmp_.Join("mixed.t1.safetensors"); }},
+       [&](FusionSpec& s) {
+         s.report_uri = tmp_.Join("mixed.t1.safetensors");
+       }},
   };
   for (const Case& c : cases) {
     FusionSpec spec = Spec("mixed", 2);

@@ -75,8 +75,8 @@ TEST_F(OutputPlanTest, EachRuleNamesTheFieldAndTheRule) {
   const auto denied = absl::StatusCode::kPermissionDenied;
   const auto invalid = absl::StatusCode::kInvalidArgument;
   const std::vector<Case> cases = {
-      {[&](FusionSpec& s) { s.output_uri = tmp_.Join("root"); }, denied, "out:",
-       "allowed root"},
+      {[&](FusionSpec& s) { s.output_uri = tmp_.Join("root"); }, denied,
+       "out:", "allowed root"},
       {[&](FusionSpec& s) { s.output_uri = tmp_.Join("root/data"); }, denied,
        "out:", "data directory"},
       {[&](FusionSpec& s) { s.patch_uri = tmp_.Join("root/data/jobs.db"); },
@@ -89,9 +89,11 @@ TEST_F(OutputPlanTest, EachRuleNamesTheFieldAndTheRule) {
        invalid, "patch_out:", "input tasks[0].hessians"},
       {[&](FusionSpec& s) { s.patch_uri = s.output_uri; }, invalid,
        "patch_out:", "other output out"},
-      {[&](FusionSpec& s) { s.report_uri = s.patch_uri; }, invalid, "report:",
-       "other output patch_out"},
-      {[&](FusionSpec& s) { s.report_uri = tmp_.Join("root/p.task1.safetensors"); },
+      {[&](FusionSpec& s) { s.report_uri = s.patch_uri; }, invalid,
+       "report:", "other output patch_out"},
+      {[&](FusionSpec& s) {
+         s.report_uri = tmp_.Join("root/p.task1.safetensors");
+       },
        invalid, "report:", "per-task patch"},
       {[&](FusionSpec& s) { s.report_uri = tmp_.Join("root/dir"); }, invalid,
        "report:", "not a regular file"},

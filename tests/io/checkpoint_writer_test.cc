@@ -337,8 +337,8 @@ TEST(CheckpointWriterTest, ParentSwappedForSymlinkIsRefused) {
   ASSERT_TRUE((*writer)->WriteRaw("a", std::string(8, '\1')).ok());
   ASSERT_EQ(::rename(dir.Join("root/sub").c_str(), dir.Join("moved").c_str()),
             0);
-  ASSERT_EQ(::symlink(dir.Join("outside").c_str(), dir.Join("root/sub").c_str()),
-            0);
+  ASSERT_EQ(
+      ::symlink(dir.Join("outside").c_str(), dir.Join("root/sub").c_str()), 0);
   absl::Status s = (*writer)->Commit();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_TRUE(absl::StrContains(s.message(), "replaced")) << s;

@@ -45,8 +45,8 @@ class OutputSafetyTest : public ::testing::Test {
       f.push_back(ToRaw(stem + ".weight",
                         (w + 0.3 * at::randn({8, 8})).to(at::kBFloat16)));
       at::Tensor x = at::randn({32, 8});
-      h.push_back(ToRaw(stem + ".hessian",
-                        (2.0 / 32 * x.t().matmul(x)).contiguous()));
+      h.push_back(
+          ToRaw(stem + ".hessian", (2.0 / 32 * x.t().matmul(x)).contiguous()));
     }
     ::mkdir(tmp_.Join("base").c_str(), 0755);
     ::mkdir(tmp_.Join("ft").c_str(), 0755);
@@ -158,7 +158,9 @@ TEST_F(OutputSafetyTest, BadOutputPlansAreRefusedAtCreate) {
        [&](v1::FusionJobSpec& s) { s.set_out(tmp_.Join("data")); },
        grpc::StatusCode::PERMISSION_DENIED, "out"},
       {"patch_out = jobs.db",
-       [&](v1::FusionJobSpec& s) { s.set_patch_out(tmp_.Join("data/jobs.db")); },
+       [&](v1::FusionJobSpec& s) {
+         s.set_patch_out(tmp_.Join("data/jobs.db"));
+       },
        grpc::StatusCode::PERMISSION_DENIED, "patch_out"},
       {"report in the data directory",
        [&](v1::FusionJobSpec& s) { s.set_report(tmp_.Join("data/r.json")); },
@@ -235,8 +237,8 @@ TEST_F(OutputSafetyTest, ReplacedPatchIsNotServed) {
       << s.error_message();
   EXPECT_TRUE(served.empty()) << "served " << served.size() << " bytes";
   CliResult fetch =
-      RunTailorctl({"fetch", a.name(), "--server", server->address(),
-                    "--patch", tmp_.Join("fetched-a.patch")},
+      RunTailorctl({"fetch", a.name(), "--server", server->address(), "--patch",
+                    tmp_.Join("fetched-a.patch")},
                    tmp_.path());
   EXPECT_NE(fetch.code, 0) << fetch.out;
   EXPECT_TRUE(absl::StrContains(fetch.err, "changed since")) << fetch.err;

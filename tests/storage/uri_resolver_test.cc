@@ -635,12 +635,12 @@ TEST_F(UriResolverTest, DanglingSymlinkOutsideIsDeniedNotNotFound) {
 }
 
 TEST_F(UriResolverTest, ProtectedPathsAreCanonicalised) {
-  auto r = UriResolver::Create({data()}, {data() + "/sub/../sub",
-                                          data() + "/not_yet/db"});
+  auto r = UriResolver::Create(
+      {data()}, {data() + "/sub/../sub", data() + "/not_yet/db"});
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->protected_paths(),
-            std::vector<std::string>(
-                {data() + "/sub", data() + "/not_yet/db"}));
+  EXPECT_EQ(
+      r->protected_paths(),
+      std::vector<std::string>({data() + "/sub", data() + "/not_yet/db"}));
 }
 
 TEST_F(UriResolverTest, ForWriteUnderRegularFileIsFailedPrecondition) {

@@ -28,8 +28,8 @@ absl::Status Fill(StagedOutput& o, const std::string& text) {
 
 TEST(StagingNameTest, RecognisesOnlyTailorStagingOfTheNamedOutput) {
   EXPECT_TRUE(IsStagingNameFor(".out.tailor-stage-1-0", "out"));
-  EXPECT_TRUE(IsStagingNameFor(".p.safetensors.tailor-spool-12-3",
-                               "p.safetensors"));
+  EXPECT_TRUE(
+      IsStagingNameFor(".p.safetensors.tailor-spool-12-3", "p.safetensors"));
   EXPECT_TRUE(IsStagingNameFor(".out.partial-1-22", "out"));
   EXPECT_TRUE(IsStagingNameFor(".r.json.tmp-7-0", "r.json"));
   EXPECT_FALSE(IsStagingNameFor(".out.partial-1-22", "ou"));
@@ -78,12 +78,11 @@ TEST(StagedOutputTest, WrongKindIsNeverReplaced) {
                 .code(),
             absl::StatusCode::kFailedPrecondition);
   ASSERT_EQ(::symlink("d", dir.Join("link").c_str()), 0);
-  EXPECT_EQ(
-      StagedOutput::Create(dir.Join("link"), StagedOutput::Kind::kDirectory,
-                           true)
-          .status()
-          .code(),
-      absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(StagedOutput::Create(dir.Join("link"),
+                                 StagedOutput::Kind::kDirectory, true)
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(StagedOutput::Create(dir.Join("missing/x"),
                                  StagedOutput::Kind::kFile, false)
                 .status()
