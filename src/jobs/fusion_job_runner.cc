@@ -77,6 +77,20 @@ class FusionJobRunner : public JobRunner {
     return resolver_.ResolveExisting(uri);
   }
 
+  std::vector<std::pair<std::string, std::string>> OutputPaths(
+      const nlohmann::json& json) const override {
+    std::vector<std::pair<std::string, std::string>> paths;
+    absl::StatusOr<FusionSpec> spec = FusionSpec::FromJson(json);
+    if (!spec.ok()) return paths;
+    absl::StatusOr<OutputPlan> plan =
+        ResolveOutputPlan(*spec, resolver_, /*with_inputs=*/false);
+    if (!plan.ok()) return paths;
+    for (const OutputPlan::Entry& o : plan->outputs) {
+      paths.emplace_back(o.field, o.path);
+    }
+    return paths;
+  }
+
   int CleanStaging(const nlohmann::json& json) const override {
     absl::StatusOr<FusionSpec> spec = FusionSpec::FromJson(json);
     if (!spec.ok()) return 0;

@@ -123,6 +123,14 @@ uint64_t PathBytes(const std::string& path) {
   return total;
 }
 
+// Component-wise: canonical paths `a` and `b` are equal or one contains
+// the other.
+bool PathsOverlap(absl::string_view a, absl::string_view b) {
+  if (a.size() > b.size()) std::swap(a, b);
+  if (!absl::StartsWith(b, a)) return false;
+  return b.size() == a.size() || a == "/" || b[a.size()] == '/';
+}
+
 // Resident set size of this process (Linux), bytes; 0 if unknown.
 double ResidentBytes() {
   std::ifstream statm("/proc/self/statm");
@@ -505,6 +513,40 @@ absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request) {
       {"labels", request.labels}}.dump();
 
   absl::MutexLock write_lock(&write_mu_);
+  // Issue #10: two active jobs never write the same output (the later one
+  // would replace the earlier one's result). A retry of the same request_id
+  // is left to the dedupe below. write_mu_ keeps creates from interleaving;
+  // the paths are resolved without mu_ held.
+  {
+    std::vector<std::pair<std::string, nlohmann::json>> active;
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      for (const auto& [id, e] : jobs_) {
+        if (IsTerminal(e.job.state)) continue;
+        if (!request.request_id.empty() &&
+            e.job.request_id == request.request_id) {
+          continue;
+        }
+        active.emplace_back(e.job.name(), e.job.spec);
+      }
+    }
+    const auto mine = runner_->OutputPaths(*spec);
+    for (const auto& [other, other_spec] : active) {
+      if (mine.empty()) break;
+      for (const auto& [other_field, theirs] :
+           runner_->OutputPaths(other_spec)) {
+        for (const auto& [field, path] : mine) {
+          if (PathsOverlap(path, theirs)) {
+            return refuse(absl::FailedPreconditionError(absl::StrCat(
+                field, ": '", path, "' overlaps the output ", other_field,
+                " ('", theirs, "') of ", other,
+                ", which is queued or running; wait for it or choose "
+                "another path")));
+          }
+        }
+      }
+    }
+  }
   Job job;
   {
     absl::MutexLock lock(&mu_);

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -45,6 +46,14 @@ class JobRunner {
   // The local path of an output URI of a spec (for serving results).
   virtual absl::StatusOr<std::string> ResolveOutput(
       const std::string& uri) const = 0;
+
+  // The canonical local paths `spec` writes, as (field, path) pairs (the
+  // job manager refuses a job whose outputs overlap an active job's). Empty
+  // when they cannot be resolved.
+  virtual std::vector<std::pair<std::string, std::string>> OutputPaths(
+      const nlohmann::json& /*spec*/) const {
+    return {};
+  }
 
   // Removes stale staging entries (of writers that died, e.g. SIGKILLed)
   // beside the outputs of `spec`; never anything else. Returns how many.

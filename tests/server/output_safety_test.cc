@@ -257,6 +257,61 @@ TEST_F(OutputSafetyTest, ReplacedPatchIsNotServed) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
 }
 
+// Two active jobs never write the same output: the second is refused at
+// create, naming the first (a finished job's outputs may be reused).
+TEST_F(OutputSafetyTest, OutputsOfAnActiveJobAreRefused) {
+  // A job slow enough to still be queued or running at the second create.
+  std::vector<testing::RawTensor> b, f, h;
+  for (int i = 0; i < 240; ++i) {
+    at::Tensor w = at::randn({48, 48});
+    const std::string stem = absl::StrCat("s.l", i, ".proj");
+    b.push_back(ToRaw(stem + ".weight", w.to(at::kBFloat16)));
+    f.push_back(ToRaw(stem + ".weight",
+                      (w + 0.3 * at::randn({48, 48})).to(at::kBFloat16)));
+    at::Tensor x = at::randn({192, 48});
+    h.push_back(ToRaw(stem + ".hessian",
+                      (2.0 / 192 * x.t().matmul(x)).contiguous()));
+  }
+  WriteFileOrDie(tmp_.Join("slow-h.safetensors"),
+                 SerializeSafetensors(h, {{"format", "tailor-hessian/1"},
+                                          {"nsamples", "192"}}));
+  ::mkdir(tmp_.Join("slow-base").c_str(), 0755);
+  ::mkdir(tmp_.Join("slow-ft").c_str(), 0755);
+  WriteFileOrDie(tmp_.Join("slow-base/model.safetensors"),
+                 SerializeSafetensors(b));
+  WriteFileOrDie(tmp_.Join("slow-ft/model.safetensors"),
+                 SerializeSafetensors(f));
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  v1::FusionJobSpec slow = Spec("busy");
+  slow.set_pretrained(tmp_.Join("slow-base"));
+  slow.mutable_tasks(0)->set_finetuned(tmp_.Join("slow-ft"));
+  slow.mutable_tasks(0)->set_hessians(tmp_.Join("slow-h.safetensors"));
+  slow.set_compensation(v1::COMPENSATION_EXACT);
+  slow.set_float64(true);
+  v1::FusionJob first;
+  ASSERT_TRUE(Create(slow, &first).ok());
+  v1::FusionJobSpec second = Spec("elsewhere");
+  second.set_patch_out(tmp_.Join("busy.patch.safetensors"));
+  second.set_overwrite(true);
+  v1::FusionJob job;
+  grpc::Status s = Create(second, &job);
+  v1::FusionJob now;
+  ASSERT_TRUE(Get(first.name(), &now).ok());
+  if (now.state() == v1::QUEUED || now.state() == v1::RUNNING) {
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+        << s.error_message();
+    EXPECT_TRUE(absl::StrContains(s.error_message(), first.name()))
+        << s.error_message();
+    EXPECT_TRUE(absl::StartsWith(s.error_message(), "patch_out:"))
+        << s.error_message();
+  } else {
+    GTEST_SKIP() << "the first job finished before the second create";
+  }
+  ASSERT_EQ(WaitDone(first.name()).state(), v1::SUCCEEDED);
+  EXPECT_TRUE(Create(second, &job).ok());
+}
+
 // Point 17: staging entries of stored jobs' outputs, left by a killed
 // writer, are removed at start-up; nothing else is.
 TEST_F(OutputSafetyTest, StaleStagingIsRemovedAtStartup) {
