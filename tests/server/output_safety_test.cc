@@ -269,12 +269,12 @@ TEST_F(OutputSafetyTest, OutputsOfAnActiveJobAreRefused) {
     f.push_back(ToRaw(stem + ".weight",
                       (w + 0.3 * at::randn({48, 48})).to(at::kBFloat16)));
     at::Tensor x = at::randn({192, 48});
-    h.push_back(ToRaw(stem + ".hessian",
-                      (2.0 / 192 * x.t().matmul(x)).contiguous()));
+    h.push_back(
+        ToRaw(stem + ".hessian", (2.0 / 192 * x.t().matmul(x)).contiguous()));
   }
   WriteFileOrDie(tmp_.Join("slow-h.safetensors"),
-                 SerializeSafetensors(h, {{"format", "tailor-hessian/1"},
-                                          {"nsamples", "192"}}));
+                 SerializeSafetensors(
+                     h, {{"format", "tailor-hessian/1"}, {"nsamples", "192"}}));
   ::mkdir(tmp_.Join("slow-base").c_str(), 0755);
   ::mkdir(tmp_.Join("slow-ft").c_str(), 0755);
   WriteFileOrDie(tmp_.Join("slow-base/model.safetensors"),
