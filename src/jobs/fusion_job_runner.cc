@@ -15,6 +15,7 @@
 #include "fusion/fusion_job.h"
 #include "jobs/job_runner.h"
 #include "storage/uri_resolver.h"
+#include "util/file_util.h"
 #include "util/status_macros.h"
 
 namespace tailor::jobs {
@@ -60,9 +61,13 @@ class FusionJobRunner : public JobRunner {
       absl::StatusOr<std::string> path = output
                                              ? resolver_.ResolveForWrite(uri)
                                              : resolver_.ResolveExisting(uri);
-      if (path.ok()) return absl::OkStatus();
-      return absl::Status(path.status().code(),
-                          absl::StrCat(field, ": ", path.status().message()));
+      // An input that is a FIFO or a device would block or never end when
+      // the job opens it: refused now (stat only, which cannot block).
+      const absl::Status s = !path.ok() ? path.status()
+                             : output   ? absl::OkStatus()
+                                        : CheckFileOrDirectory(*path);
+      if (s.ok()) return absl::OkStatus();
+      return absl::Status(s.code(), absl::StrCat(field, ": ", s.message()));
     };
     auto existing = [&](const std::string& field, const std::string& uri) {
       return check(field, uri, false);
