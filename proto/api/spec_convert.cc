@@ -137,7 +137,7 @@ absl::Status FromJson(const nlohmann::json& j, const std::string& path,
         break;
       case FieldDescriptor::CPPTYPE_INT32:
         if (!v.is_number_integer() ||
-            (v.is_number_unsigned() ? v.get<uint64_t>() > INT32_MAX
+            (v.is_number_unsigned() ? v.get<uint64_t>() > uint64_t{INT32_MAX}
                                     : v.get<int64_t>() < INT32_MIN ||
                                           v.get<int64_t>() > INT32_MAX)) {
           return Bad(name, "must be an integer in the 32-bit range");

@@ -874,9 +874,12 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
       if (source.value("role", "") == "pretrained" &&
           source.contains("data_samples") &&
           source["data_samples"] != base_data) {
+        const auto uri = source.find("uri");
         return absl::FailedPreconditionError(absl::StrCat(
             patch_path, " was made for a different pre-trained checkpoint (",
-            source.value("uri", "?"),
+            uri != source.end() && uri->is_string()
+                ? Quote(uri->get<std::string>())
+                : "?",
             "): the layout matches but sampled tensor data differ from ",
             pretrained_uri));
       }
