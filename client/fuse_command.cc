@@ -102,9 +102,10 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
                 "dare: drop probability p in [0,1) (default 0.9)");
   c->add_option("--seed", seed_, "dare: random seed (default 0)");
   c->add_option("--include", include_,
-                "regex: fuse only matching tensor names (repeatable)");
+                "RE2 regex searched for in tensor names: fuse only matching "
+                "names (repeatable)");
   c->add_option("--exclude", exclude_,
-                "regex: never fuse matching tensor names (repeatable)");
+                "RE2 regex: never fuse matching tensor names (repeatable)");
   c->add_option("--on-mismatch", on_mismatch_,
                 "error|copy_base for tensors a task cannot be paired with "
                 "(default error)");
@@ -115,7 +116,7 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
   c->add_flag("--overwrite", overwrite_, "replace existing outputs");
   c->add_option("--device", device_, "cpu|cuda|cuda:N|auto (default auto)");
   c->add_option("--threads", threads_,
-                "intra-op threads (default: LibTorch's)");
+                "intra-op threads, 0..256 (default 0: LibTorch's)");
   c->add_option("--allowed-root", allowed_roots_,
                 "directory every URI must lie under (repeatable; default /)");
   c->add_flag("-q,--quiet", quiet_, "no progress bar");

@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "api/spec_convert.h"
+#include "api/wire_parse.h"
 #include "grpc_status.h"
 #include "job_convert.h"
 #include "util/file_util.h"
@@ -21,6 +24,20 @@ constexpr size_t kChunkBytes = 1 << 20;  // well under gRPC's 4 MiB default
 
 std::string CodeLabel(absl::StatusCode code) {
   return absl::AsciiStrToLower(absl::StatusCodeToString(code));
+}
+
+// A raw request's bytes, parsed by api::ParseMessage (errors name the field).
+absl::Status ParseRequest(const grpc::ByteBuffer& buffer,
+                          google::protobuf::Message* out) {
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) {
+    return absl::InvalidArgumentError("request: unreadable message");
+  }
+  std::string bytes;
+  for (const grpc::Slice& s : slices) {
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return api::ParseMessage(bytes, out);
 }
 
 }  // namespace
@@ -313,20 +330,38 @@ grpc::ServerUnaryReactor* FusionServiceImpl::FinishUnary(
 }
 
 grpc::ServerUnaryReactor* FusionServiceImpl::CreateFusionJob(
-    grpc::CallbackServerContext* context,
-    const v1::CreateFusionJobRequest* request, v1::FusionJob* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto parsed = std::make_shared<v1::CreateFusionJobRequest>();
+  if (absl::Status s = ParseRequest(*request, parsed.get()); !s.ok()) {
+    reactor->Finish(Outcome("CreateFusionJob", s));
+    return reactor;
+  }
   // Validation resolves paths and creation fsyncs the store: off the
   // reaction thread.
-  executor_.Post([this, reactor, request, response] {
+  executor_.Post([this, reactor, parsed, response] {
+    const v1::CreateFusionJobRequest* request = parsed.get();
     jobs::CreateJobRequest r;
     r.spec = api::SpecToJson(request->spec());
     r.priority = request->priority();
     r.labels.insert(request->labels().begin(), request->labels().end());
     r.request_id = request->request_id();
     absl::StatusOr<jobs::Job> job = manager_->CreateJob(r);
-    if (job.ok()) JobToProto(*job, response);
-    reactor->Finish(Outcome("CreateFusionJob", job.status()));
+    absl::Status status = job.status();
+    if (job.ok()) {
+      v1::FusionJob proto;
+      JobToProto(*job, &proto);
+      bool own = false;
+      const grpc::Status wrote =
+          grpc::SerializationTraits<v1::FusionJob>::Serialize(proto, response,
+                                                              &own);
+      if (!wrote.ok()) {
+        status = absl::InternalError(
+            absl::StrCat("serializing the response: ", wrote.error_message()));
+      }
+    }
+    reactor->Finish(Outcome("CreateFusionJob", status));
   });
   return reactor;
 }

@@ -25,8 +25,14 @@ class WatchReactor;
 //
 // Thread-safe. `manager` and `registry` must outlive the service, and the
 // gRPC server must be shut down before the service is destroyed.
+//
+// CreateFusionJob is registered raw (bytes in, bytes out) and parses its
+// request itself (api::ParseMessage): a request gRPC could not parse, such
+// as invalid UTF-8 in a string field, is INVALID_ARGUMENT naming the field
+// rather than gRPC's bare UNIMPLEMENTED.
 class FusionServiceImpl final
-    : public tailor::v1::FusionService::CallbackService {
+    : public tailor::v1::FusionService::WithRawCallbackMethod_CreateFusionJob<
+          tailor::v1::FusionService::CallbackService> {
  public:
   FusionServiceImpl(jobs::JobManager* manager, metrics::Registry* registry);
   ~FusionServiceImpl() override;
@@ -36,10 +42,10 @@ class FusionServiceImpl final
   // watches end the same way. For the drain, after the jobs stopped.
   void CloseWatches();
 
+  // Request: a serialized CreateFusionJobRequest; response: FusionJob.
   grpc::ServerUnaryReactor* CreateFusionJob(
-      grpc::CallbackServerContext* context,
-      const tailor::v1::CreateFusionJobRequest* request,
-      tailor::v1::FusionJob* response) override;
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetFusionJob(
       grpc::CallbackServerContext* context,
       const tailor::v1::GetFusionJobRequest* request,

@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "fusion_service.h"
+#include "google/protobuf/stubs/logging.h"
 #include "jobs/job_manager.h"
 #include "jobs/job_runner.h"
 #include "metrics/registry.h"
@@ -40,6 +41,19 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
+// libprotobuf's own log lines (e.g. a message it cannot parse) go through
+// the logfmt logger like every other line, bounded in length.
+void ProtobufLogHandler(google::protobuf::LogLevel level, const char* file,
+                        int line, const std::string& message) {
+  LogLevel ours = LogLevel::kError;
+  if (level == google::protobuf::LOGLEVEL_INFO) ours = LogLevel::kInfo;
+  if (level == google::protobuf::LOGLEVEL_WARNING) ours = LogLevel::kWarning;
+  Log(ours, "",
+      absl::StrCat(
+          "libprotobuf ", file, ":", line, ": ",
+          message.size() > 1000 ? message.substr(0, 1000) + "..." : message));
+}
+
 LogLevel ParseLevel(const std::string& level) {
   if (level == "debug") return LogLevel::kDebug;
   if (level == "warning") return LogLevel::kWarning;
@@ -49,6 +63,7 @@ LogLevel ParseLevel(const std::string& level) {
 
 int Serve(const ServerConfig& config, const sigset_t& signals) {
   SetMinLogLevel(ParseLevel(config.log_level));
+  google::protobuf::SetLogHandler(&ProtobufLogHandler);
   std::vector<std::string> roots = config.allowed_roots;
   if (roots.empty()) {
     char cwd[4096];

@@ -1,5 +1,6 @@
 #include "api/spec_convert.h"
 
+#include <cstdint>
 #include <string>
 
 #include "absl/strings/ascii.h"
@@ -7,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
+#include "util/quote.h"
 
 namespace tailor::api {
 namespace {
@@ -92,8 +94,13 @@ absl::Status FromJson(const nlohmann::json& j, const std::string& path,
   const Reflection* r = m->GetReflection();
   for (const auto& [key, v] : j.items()) {
     const FieldDescriptor* f = d->FindFieldByName(key);
+    if (f == nullptr) {
+      // The key is user text: echoed bounded.
+      const std::string shown = key.size() <= 40 ? key : Quote(key, 40);
+      return Bad(path.empty() ? shown : absl::StrCat(path, ".", shown),
+                 "unknown field");
+    }
     const std::string name = path.empty() ? key : absl::StrCat(path, ".", key);
-    if (f == nullptr) return Bad(name, "unknown field");
     if (v.is_null()) continue;
     if (f->is_repeated()) {
       if (!v.is_array()) return Bad(name, "must be a list");
@@ -129,7 +136,12 @@ absl::Status FromJson(const nlohmann::json& j, const std::string& path,
         r->SetUInt64(m, f, v.get<uint64_t>());
         break;
       case FieldDescriptor::CPPTYPE_INT32:
-        if (!v.is_number_integer()) return Bad(name, "must be an integer");
+        if (!v.is_number_integer() ||
+            (v.is_number_unsigned() ? v.get<uint64_t>() > uint64_t{INT32_MAX}
+                                    : v.get<int64_t>() < INT32_MIN ||
+                                          v.get<int64_t>() > INT32_MAX)) {
+          return Bad(name, "must be an integer in the 32-bit range");
+        }
         r->SetInt32(m, f, v.get<int32_t>());
         break;
       case FieldDescriptor::CPPTYPE_BOOL:
@@ -148,8 +160,8 @@ absl::Status FromJson(const nlohmann::json& j, const std::string& path,
             absl::StrAppend(&allowed, k > 1 ? "|" : "",
                             absl::AsciiStrToLower(n));
           }
-          return Bad(name, absl::StrCat("must be one of ", allowed, ", not '",
-                                        v.get<std::string>(), "'"));
+          return Bad(name, absl::StrCat("must be one of ", allowed, ", not ",
+                                        Quote(v.get<std::string>())));
         }
         r->SetEnum(m, f, ev);
         break;

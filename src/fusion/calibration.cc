@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "util/file_util.h"
 #include "util/json_util.h"
+#include "util/quote.h"
 #include "util/status_macros.h"
 #include "util/torch_status.h"
 
@@ -62,27 +63,29 @@ absl::StatusOr<std::unique_ptr<CalibrationFile>> CalibrationFile::Open(
   }
   std::optional<int64_t> n = ParseNsamples(nsamples->second);
   if (!n.has_value()) {
-    return error(absl::StrCat("__metadata__ nsamples = '", nsamples->second,
-                              "' is not a positive decimal integer (digits "
-                              "only, no sign or exponent)"));
+    return error(
+        absl::StrCat("__metadata__ nsamples = ", Quote(nsamples->second),
+                     " is not a positive decimal integer (digits "
+                     "only, no sign or exponent)"));
   }
   calib->nsamples_ = *n;
 
   for (const TensorEntry& e : header.tensors) {
     if (!absl::EndsWith(e.name, kHessianSuffix)) {
-      return error(absl::StrCat("key '", e.name, "' does not end with '",
-                                kHessianSuffix,
-                                "' (keys are weight names with '.weight' "
+      return error(absl::StrCat("key ", Quote(e.name), " does not end with ",
+                                Quote(kHessianSuffix),
+                                " (keys are weight names with '.weight' "
                                 "replaced by '.hessian')"));
     }
     if (e.dtype != DType::kF32) {
-      return error(absl::StrCat("key '", e.name, "' is ", DTypeName(e.dtype),
-                                "; Hessians must be F32"));
+      return error(absl::StrCat("key ", Quote(e.name), " is ",
+                                DTypeName(e.dtype), "; Hessians must be F32"));
     }
     if (e.shape.size() != 2 || e.shape[0] != e.shape[1]) {
-      return error(absl::StrCat(
-          "key '", e.name, "' has shape ", c10::str(at::IntArrayRef(e.shape)),
-          "; a Hessian must be a square 2-D matrix (c x c)"));
+      return error(
+          absl::StrCat("key ", Quote(e.name), " has shape ",
+                       c10::str(at::IntArrayRef(e.shape)),
+                       "; a Hessian must be a square 2-D matrix (c x c)"));
     }
   }
 
@@ -100,18 +103,19 @@ absl::StatusOr<std::unique_ptr<CalibrationFile>> CalibrationFile::Open(
     }
     for (auto it = json.begin(); it != json.end(); ++it) {
       if (!it.value().is_string()) {
-        return error(absl::StrCat("alias '", it.key(),
-                                  "' must map to a string (a hessian key)"));
+        return error(absl::StrCat("alias ", Quote(it.key()),
+                                  " must map to a string (a hessian key)"));
       }
       const std::string& target = it.value().get_ref<const std::string&>();
       if (!absl::EndsWith(it.key(), kWeightSuffix)) {
-        return error(absl::StrCat("alias source '", it.key(),
-                                  "' is not a weight name (must end with '",
-                                  kWeightSuffix, "')"));
+        return error(absl::StrCat("alias source ", Quote(it.key()),
+                                  " is not a weight name (must end with ",
+                                  Quote(kWeightSuffix), ")"));
       }
       if (header.Find(target) == nullptr) {
-        return error(absl::StrCat("alias '", it.key(), "' -> '", target,
-                                  "' names a key the file does not hold"));
+        return error(absl::StrCat("alias ", Quote(it.key()), " -> ",
+                                  Quote(target),
+                                  " names a key the file does not hold"));
       }
       calib->aliases_.emplace(it.key(), target);
     }
@@ -136,7 +140,7 @@ absl::StatusOr<at::Tensor> CalibrationFile::Load(absl::string_view key) const {
   options.floating_dtype = at::kFloat;
   TAILOR_ASSIGN_OR_RETURN(at::Tensor h, file_->Read(key, options));
   const std::string label =
-      absl::StrCat("calibration file ", path(), ": key '", key, "'");
+      absl::StrCat("calibration file ", path(), ": key ", Quote(key));
   // Blockwise, so the temporaries stay a few rows of the matrix.
   struct Check {
     bool finite = true;

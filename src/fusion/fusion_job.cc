@@ -10,7 +10,6 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
-#include <regex>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -28,6 +27,7 @@
 #include "util/device.h"
 #include "util/file_util.h"
 #include "util/memory.h"
+#include "util/quote.h"
 #include "util/sha256.h"
 #include "util/staged_output.h"
 #include "util/status_macros.h"
@@ -58,6 +58,16 @@ absl::StatusOr<nlohmann::json> Fingerprints(const Checkpoint& ckpt) {
   nlohmann::json files = nlohmann::json::object();
   for (const auto& f : ckpt.files()) {
     TAILOR_ASSIGN_OR_RETURN(std::string sha, HeaderFingerprint(f->path()));
+    files[Basename(f->path())] = sha;
+  }
+  return files;
+}
+
+// Per-file sampled data fingerprints (DataFingerprint) of the base.
+absl::StatusOr<nlohmann::json> DataFingerprints(const Checkpoint& ckpt) {
+  nlohmann::json files = nlohmann::json::object();
+  for (const auto& f : ckpt.files()) {
+    TAILOR_ASSIGN_OR_RETURN(std::string sha, DataFingerprint(f->path()));
     files[Basename(f->path())] = sha;
   }
   return files;
@@ -227,9 +237,11 @@ class Job {
                             OpenCheckpointUri(spec_.pretrained_uri, resolver_));
     for (const std::string& w : base_->warnings()) Warn(w);
     TAILOR_ASSIGN_OR_RETURN(nlohmann::json base_fp, Fingerprints(*base_));
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json base_data, DataFingerprints(*base_));
     sources_.push_back({{"role", "pretrained"},
                         {"uri", spec_.pretrained_uri},
-                        {"files", base_fp}});
+                        {"files", base_fp},
+                        {"data_samples", base_data}});
     Checkpoint::Options open;
     open.resolver = &resolver_;
     for (size_t i = 0; i < spec_.tasks.size(); ++i) {
@@ -292,8 +304,8 @@ class Job {
       const PatchFile::TensorEntry* e = task.patch->Find(info.name);
       if (e != nullptr && e->shape != info.shape) {
         return absl::StrCat("patch of task '", task.label, "' has shape ",
-                            c10::str(at::IntArrayRef(e->shape)), " for '",
-                            info.name, "', the base has ",
+                            c10::str(at::IntArrayRef(e->shape)), " for ",
+                            Quote(info.name), ", the base has ",
                             c10::str(at::IntArrayRef(info.shape)));
       }
       return "";
@@ -301,12 +313,12 @@ class Job {
     const TensorInfo* ft = task.finetuned->Find(info.name);
     if (ft == nullptr) {
       return absl::StrCat("task '", task.label, "' (",
-                          task.finetuned->description(), ") has no tensor '",
-                          info.name, "'");
+                          task.finetuned->description(), ") has no tensor ",
+                          Quote(info.name));
     }
     if (ft->shape != info.shape || ft->dtype != info.dtype) {
-      return absl::StrCat("task '", task.label, "' has '", info.name, "' as ",
-                          DTypeName(ft->dtype), " ",
+      return absl::StrCat("task '", task.label, "' has ", Quote(info.name),
+                          " as ", DTypeName(ft->dtype), " ",
                           c10::str(at::IntArrayRef(ft->shape)),
                           ", the base as ", DTypeName(info.dtype), " ",
                           c10::str(at::IntArrayRef(info.shape)));
@@ -315,21 +327,15 @@ class Job {
   }
 
   absl::Status Plan() {
-    std::vector<std::regex> include, exclude;
-    for (const auto& p : spec_.include) include.emplace_back(p);
-    for (const auto& p : spec_.exclude) exclude.emplace_back(p);
+    // RE2: linear in each name, whatever the pattern (Validate compiled it).
+    TAILOR_ASSIGN_OR_RETURN(const TensorFilter filter,
+                            TensorFilter::Compile(spec_));
     for (const TensorInfo& info : base_->tensors()) {
       WorkItem item;
       item.info = &info;
       bytes_total_ += info.nbytes;
-      const bool included =
-          include.empty() ||
-          std::any_of(include.begin(), include.end(), [&](const std::regex& r) {
-            return std::regex_search(info.name, r);
-          });
-      const bool excluded = std::any_of(
-          exclude.begin(), exclude.end(),
-          [&](const std::regex& r) { return std::regex_search(info.name, r); });
+      const bool included = filter.Included(info.name);
+      const bool excluded = filter.Excluded(info.name);
       if (!IsFloatingDType(info.dtype)) {
         item.why_copied = "not a floating-point tensor";
       } else if (!included) {
@@ -352,14 +358,30 @@ class Job {
       }
       plan_.push_back(std::move(item));
     }
+    // A calibration file that calibrates nothing is most likely for another
+    // model (or the filters exclude what it covers): say so.
+    for (const auto& task : tasks_) {
+      if (!task->calibration) continue;
+      const bool used =
+          std::any_of(plan_.begin(), plan_.end(), [&](const WorkItem& item) {
+            return item.fuse && item.info->shape.size() == 2 &&
+                   task->calibration->KeyFor(item.info->name).has_value();
+          });
+      if (!used) {
+        Warn(absl::StrCat("task '", task->label, "': calibration file ",
+                          task->calibration->path(),
+                          " has a Hessian for none of the fused tensors; the "
+                          "task is fused without calibration"));
+      }
+    }
     // Fine-tuned tensors the base lacks are never silently dropped.
     for (const auto& task : tasks_) {
       const std::vector<std::string> names = TaskTensorNames(*task);
       for (const std::string& name : names) {
         if (base_->Find(name) != nullptr) continue;
         std::string why =
-            absl::StrCat("task '", task->label, "' has tensor '", name,
-                         "' which the base checkpoint lacks");
+            absl::StrCat("task '", task->label, "' has tensor ", Quote(name),
+                         " which the base checkpoint lacks");
         if (task->patch || spec_.on_mismatch == MismatchPolicy::kError) {
           return absl::InvalidArgumentError(why);
         }
@@ -916,6 +938,23 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
         return absl::FailedPreconditionError(absl::StrCat(
             patch_path, " was made for a different pre-trained checkpoint (",
             source.value("uri", "?"), "): its header fingerprints differ from ",
+            pretrained_uri));
+      }
+    }
+    // ... and samples of its values (patches written before data_samples
+    // existed are checked by header only).
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json base_data, DataFingerprints(*base));
+    for (const auto& source : patch->sources()) {
+      if (source.value("role", "") == "pretrained" &&
+          source.contains("data_samples") &&
+          source["data_samples"] != base_data) {
+        const auto uri = source.find("uri");
+        return absl::FailedPreconditionError(absl::StrCat(
+            patch_path, " was made for a different pre-trained checkpoint (",
+            uri != source.end() && uri->is_string()
+                ? Quote(uri->get<std::string>())
+                : "?",
+            "): the layout matches but sampled tensor data differ from ",
             pretrained_uri));
       }
     }

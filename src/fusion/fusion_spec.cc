@@ -1,13 +1,16 @@
 #include "fusion/fusion_spec.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
-#include <regex>
+#include <limits>
 #include <set>
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "util/enum_names.h"
+#include "util/json_util.h"
+#include "util/quote.h"
 #include "util/status_macros.h"
 
 namespace tailor {
@@ -29,19 +32,45 @@ absl::Status Invalid(absl::string_view field, absl::string_view rule) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
 }
 
-absl::Status CheckRegexes(const std::vector<std::string>& patterns,
-                          absl::string_view field) {
+absl::StatusOr<std::vector<Regex>> CompileRegexes(
+    const std::vector<std::string>& patterns, absl::string_view field) {
+  if (patterns.size() > kMaxFilterPatterns) {
+    return Invalid(
+        field, absl::StrCat("has ", patterns.size(), " patterns; the limit is ",
+                            kMaxFilterPatterns));
+  }
+  std::vector<Regex> out;
   for (size_t i = 0; i < patterns.size(); ++i) {
-    try {
-      std::regex re(patterns[i], std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      return Invalid(
-          absl::StrCat(field, "[", i, "]"),
-          absl::StrCat("'", patterns[i],
-                       "' is not a valid regular expression: ", e.what()));
-    }
+    TAILOR_ASSIGN_OR_RETURN(
+        Regex re,
+        Regex::Compile(patterns[i], absl::StrCat(field, "[", i, "]")));
+    out.push_back(std::move(re));
+  }
+  return out;
+}
+
+// Text fields end up in JSON (reports, fingerprints), which must be UTF-8.
+absl::Status CheckUtf8(const std::string& value, absl::string_view field) {
+  if (size_t bad = FindInvalidUtf8(value); bad != absl::string_view::npos) {
+    return Invalid(field, absl::StrCat(Quote(value),
+                                       " is not valid UTF-8 (byte ", bad, ")"));
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckUri(const std::string& uri, absl::string_view field) {
+  TAILOR_RETURN_IF_ERROR(CheckUtf8(uri, field));
+  if (uri.size() > kMaxUriBytes) {
+    return Invalid(field,
+                   absl::StrCat(Quote(uri), " is longer than the limit of ",
+                                kMaxUriBytes, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+// A JSON key as a field name in errors: bounded (keys are user text).
+std::string KeyName(const std::string& key) {
+  return key.size() <= 40 ? key : Quote(key, 40);
 }
 
 // Typed readers for FromJson: the key must hold the named JSON type.
@@ -72,6 +101,19 @@ absl::Status ReadInt(const nlohmann::json& v, absl::string_view key, Int* out) {
   if (std::is_unsigned_v<Int> && !v.is_number_unsigned()) {
     return WrongType(key, "a non-negative integer");
   }
+  // Out-of-range values are refused, not wrapped (threads: 2^32 + 1).
+  if (v.is_number_unsigned()) {
+    if (v.get<uint64_t>() >
+        static_cast<uint64_t>(std::numeric_limits<Int>::max())) {
+      return WrongType(key, "an integer in range");
+    }
+  } else if (v.get<int64_t>() <
+                 static_cast<int64_t>(std::numeric_limits<Int>::min()) ||
+             v.get<int64_t>() > static_cast<int64_t>(std::min<uint64_t>(
+                                    std::numeric_limits<Int>::max(),
+                                    std::numeric_limits<int64_t>::max()))) {
+    return WrongType(key, "an integer in range");
+  }
   *out = v.get<Int>();
   return absl::OkStatus();
 }
@@ -101,7 +143,7 @@ absl::StatusOr<TaskSpec> TaskFromJson(const nlohmann::json& j,
   if (!j.is_object()) return WrongType(field, "an object");
   TaskSpec t;
   for (const auto& [key, v] : j.items()) {
-    const std::string f = absl::StrCat(field, ".", key);
+    const std::string f = absl::StrCat(field, ".", KeyName(key));
     double d = 0;
     if (key == "label") {
       TAILOR_RETURN_IF_ERROR(ReadString(v, f, &t.label));
@@ -152,6 +194,10 @@ absl::Status FusionSpec::Validate() const {
         "outputs",
         "name at least one of out (fused checkpoint), patch_out, report");
   }
+  TAILOR_RETURN_IF_ERROR(CheckUri(pretrained_uri, "pretrained"));
+  TAILOR_RETURN_IF_ERROR(CheckUri(output_uri, "out"));
+  TAILOR_RETURN_IF_ERROR(CheckUri(patch_uri, "patch_out"));
+  TAILOR_RETURN_IF_ERROR(CheckUri(report_uri, "report"));
   TAILOR_RETURN_IF_ERROR(tailor.Validate());
   std::set<std::string> labels;
   for (size_t i = 0; i < tasks.size(); ++i) {
@@ -160,9 +206,22 @@ absl::Status FusionSpec::Validate() const {
     if (t.finetuned_uri.empty() == t.patch_uri.empty()) {
       return Invalid(field, "exactly one of finetuned and patch must be set");
     }
+    TAILOR_RETURN_IF_ERROR(
+        CheckUri(t.finetuned_uri, absl::StrCat(field, ".finetuned")));
+    TAILOR_RETURN_IF_ERROR(
+        CheckUri(t.patch_uri, absl::StrCat(field, ".patch")));
+    TAILOR_RETURN_IF_ERROR(
+        CheckUri(t.hessian_uri, absl::StrCat(field, ".hessians")));
+    TAILOR_RETURN_IF_ERROR(CheckUtf8(t.label, absl::StrCat(field, ".label")));
+    if (t.label.size() > kMaxLabelBytes) {
+      return Invalid(
+          absl::StrCat(field, ".label"),
+          absl::StrCat(Quote(t.label), " is longer than the limit of ",
+                       kMaxLabelBytes, " bytes"));
+    }
     if (!t.label.empty() && !labels.insert(t.label).second) {
       return Invalid(absl::StrCat(field, ".label"),
-                     absl::StrCat("'", t.label, "' is used twice"));
+                     absl::StrCat(Quote(t.label), " is used twice"));
     }
     for (char c : t.label) {
       if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' ||
@@ -202,14 +261,49 @@ absl::Status FusionSpec::Validate() const {
   if (!(density > 0 && density <= 1))
     return Invalid("density", "must be in (0, 1]");
   if (!(drop >= 0 && drop < 1)) return Invalid("drop", "must be in [0, 1)");
-  if (threads < 0) return Invalid("threads", "must be >= 0");
+  if (threads < 0 || threads > kMaxThreads) {
+    return Invalid("threads",
+                   absl::StrCat("must be in [0, ", kMaxThreads, "], not ",
+                                threads, " (0: the LibTorch default)"));
+  }
+  TAILOR_RETURN_IF_ERROR(CheckUtf8(device, "device"));
+  for (size_t i = 0; i < include.size(); ++i) {
+    TAILOR_RETURN_IF_ERROR(
+        CheckUtf8(include[i], absl::StrCat("include[", i, "]")));
+  }
+  for (size_t i = 0; i < exclude.size(); ++i) {
+    TAILOR_RETURN_IF_ERROR(
+        CheckUtf8(exclude[i], absl::StrCat("exclude[", i, "]")));
+  }
   if (device != "auto" && device != "cpu" && device != "cuda" &&
       device.rfind("cuda:", 0) != 0) {
-    return Invalid("device", "must be auto, cpu, cuda or cuda:N");
+    return Invalid(
+        "device",
+        absl::StrCat("must be auto, cpu, cuda or cuda:N, not ", Quote(device)));
   }
-  TAILOR_RETURN_IF_ERROR(CheckRegexes(include, "include"));
-  TAILOR_RETURN_IF_ERROR(CheckRegexes(exclude, "exclude"));
-  return absl::OkStatus();
+  return TensorFilter::Compile(*this).status();
+}
+
+absl::StatusOr<TensorFilter> TensorFilter::Compile(const FusionSpec& spec) {
+  TensorFilter f;
+  TAILOR_ASSIGN_OR_RETURN(f.include_, CompileRegexes(spec.include, "include"));
+  TAILOR_ASSIGN_OR_RETURN(f.exclude_, CompileRegexes(spec.exclude, "exclude"));
+  return f;
+}
+
+bool TensorFilter::Included(absl::string_view name) const {
+  if (include_.empty()) return true;
+  for (const Regex& re : include_) {
+    if (re.Search(name)) return true;
+  }
+  return false;
+}
+
+bool TensorFilter::Excluded(absl::string_view name) const {
+  for (const Regex& re : exclude_) {
+    if (re.Search(name)) return true;
+  }
+  return false;
 }
 
 nlohmann::json FusionSpec::ToJson() const {
@@ -313,7 +407,7 @@ absl::StatusOr<FusionSpec> FusionSpec::FromJson(const nlohmann::json& j) {
     } else if (key == "threads") {
       st = ReadInt(v, key, &s.threads);
     } else {
-      st = Invalid(key, "unknown key");
+      st = Invalid(KeyName(key), "unknown key");
     }
     TAILOR_RETURN_IF_ERROR(st);
   }

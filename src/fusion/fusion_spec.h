@@ -11,6 +11,7 @@
 #include "fusion/layer_options.h"
 #include "fusion/merge_methods.h"
 #include "nlohmann/json.hpp"
+#include "util/regex.h"
 
 namespace tailor {
 
@@ -42,6 +43,13 @@ struct TaskSpec {
   std::optional<double> omega;       // per-task omega; default: the job's
 };
 
+// Limits Validate() enforces, so that no request costs unbounded work.
+inline constexpr int kMaxThreads = 256;            // threads
+inline constexpr size_t kMaxUriBytes = 4096;       // every URI (PATH_MAX)
+inline constexpr size_t kMaxLabelBytes = 100;      // tasks[i].label
+inline constexpr size_t kMaxFilterPatterns = 100;  // include, exclude each
+// (each pattern: kMaxRegexLength bytes, RE2 syntax; util/regex.h)
+
 // A fusion job, everything the engine needs. URIs go through the
 // UriResolver of the caller.
 struct FusionSpec {
@@ -50,11 +58,13 @@ struct FusionSpec {
   Method method = Method::kTailor;
   TailorOptions tailor;  // job-wide defaults and kernel knobs
   Aggregation aggregation = Aggregation::kMeanSelected;
-  double lambda = 1.0;               // task_arithmetic, ties, dare: scale
-  double density = 0.2;              // ties: fraction kept per task
-  double drop = 0.9;                 // dare: drop probability p
-  uint64_t seed = 0;                 // dare
-  std::vector<std::string> include;  // ECMAScript regexes on tensor names
+  double lambda = 1.0;   // task_arithmetic, ties, dare: scale
+  double density = 0.2;  // ties: fraction kept per task
+  double drop = 0.9;     // dare: drop probability p
+  uint64_t seed = 0;     // dare
+  // RE2 regular expressions searched for in tensor names (a tensor is fused
+  // if it matches any include, or include is empty, and no exclude).
+  std::vector<std::string> include;
   std::vector<std::string> exclude;
   MismatchPolicy on_mismatch = MismatchPolicy::kError;
   // Outputs: at least one.
@@ -63,7 +73,7 @@ struct FusionSpec {
   std::string report_uri;       // JSON report
   bool overwrite = false;       // replace existing outputs
   std::string device = "auto";  // cpu | cuda | cuda:N | auto
-  int threads = 0;              // intra-op threads; 0 = LibTorch default
+  int threads = 0;  // intra-op threads, 0..kMaxThreads; 0 = LibTorch default
 
   // INVALID_ARGUMENT naming the field and the rule; checks everything that
   // does not need the files.
@@ -75,6 +85,23 @@ struct FusionSpec {
   // (defaults apply); unknown keys and wrongly typed values are
   // INVALID_ARGUMENT naming the key. Does not call Validate().
   static absl::StatusOr<FusionSpec> FromJson(const nlohmann::json& json);
+};
+
+// A spec's include/exclude filters, compiled (RE2: matching is linear in the
+// tensor name, whatever the pattern).
+class TensorFilter {
+ public:
+  // Errors as FusionSpec::Validate() reports them for include[i]/exclude[i].
+  static absl::StatusOr<TensorFilter> Compile(const FusionSpec& spec);
+
+  // Some include pattern matches somewhere in `name` (true if there is no
+  // include pattern).
+  bool Included(absl::string_view name) const;
+  // Some exclude pattern matches somewhere in `name`.
+  bool Excluded(absl::string_view name) const;
+
+ private:
+  std::vector<Regex> include_, exclude_;
 };
 
 }  // namespace tailor

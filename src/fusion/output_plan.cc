@@ -7,22 +7,14 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "util/file_util.h"
+#include "util/quote.h"
 #include "util/status_macros.h"
 
 namespace tailor {
 namespace {
-
-// Quotes a path for an error message (control bytes escaped, bounded).
-std::string Quote(absl::string_view s) {
-  constexpr size_t kMax = 512;
-  std::string escaped = absl::CHexEscape(s.substr(0, kMax));
-  if (s.size() > kMax) escaped += "...";
-  return absl::StrCat("'", escaped, "'");
-}
 
 // Component-wise: `path` equals `dir` or lies under it (canonical paths).
 bool Contains(absl::string_view dir, absl::string_view path) {
@@ -75,6 +67,9 @@ absl::StatusOr<OutputPlan> ResolveOutputPlan(const FusionSpec& spec,
     if (uri.empty() || !with_inputs) return absl::OkStatus();
     absl::StatusOr<std::string> path = resolver.ResolveExisting(uri);
     if (!path.ok()) return WithField(field, path.status());
+    // A FIFO, socket or device would block or never end when the job opens
+    // it: refused here (a stat, which cannot block).
+    TAILOR_RETURN_IF_ERROR(WithField(field, CheckFileOrDirectory(*path)));
     plan.inputs.push_back({field, *path, IsDirectory(*path)});
     return absl::OkStatus();
   };

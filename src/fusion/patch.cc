@@ -18,6 +18,7 @@
 #include "io/safetensors_file.h"
 #include "io/safetensors_header.h"
 #include "util/json_util.h"
+#include "util/quote.h"
 #include "util/sha256.h"
 #include "util/status_macros.h"
 #include "util/torch_status.h"
@@ -217,7 +218,7 @@ absl::Status PatchWriter::Add(const std::string& name, const at::Tensor& mask,
                               const at::Tensor& delta, DType base_dtype,
                               const nlohmann::json& stats) {
   const std::string label =
-      absl::StrCat("patch ", path_, ": tensor '", name, "'");
+      absl::StrCat("patch ", path_, ": tensor ", Quote(name));
   TAILOR_ASSIGN_OR_RETURN(PackedPatchEntry packed, Pack(mask, delta, label));
   return AddPacked(name, packed, base_dtype, stats);
 }
@@ -227,7 +228,7 @@ absl::Status PatchWriter::AddPacked(const std::string& name,
                                     DType base_dtype,
                                     const nlohmann::json& stats) {
   const std::string label =
-      absl::StrCat("patch ", path_, ": tensor '", name, "'");
+      absl::StrCat("patch ", path_, ": tensor ", Quote(name));
   if (finished_) {
     return absl::FailedPreconditionError(
         absl::StrCat(label, ": the patch is already finished"));
@@ -415,7 +416,7 @@ absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
   auto field = [&](const std::string& key) -> absl::StatusOr<std::string> {
     auto it = md.find(key);
     if (it == md.end()) {
-      return error(absl::StrCat("__metadata__ lacks '", key, "'"));
+      return error(absl::StrCat("__metadata__ lacks ", Quote(key)));
     }
     return it->second;
   };
@@ -426,9 +427,10 @@ absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
     TAILOR_ASSIGN_OR_RETURN(
         nlohmann::json value,
         ParseJsonStrict(text,
-                        absl::StrCat(path, ": __metadata__ '", key, "'")));
+                        absl::StrCat(path, ": __metadata__ ", Quote(key))));
     if (value.type() != type) {
-      return error(absl::StrCat("__metadata__ '", key, "' must be ", what));
+      return error(
+          absl::StrCat("__metadata__ ", Quote(key), " must be ", what));
     }
     return value;
   };
@@ -456,33 +458,36 @@ absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
       weights[e.name.substr(0, e.name.size() - strlen(kValuesSuffix))].values =
           &e;
     } else {
-      return error(absl::StrCat("unexpected tensor '", e.name,
-                                "': a patch holds only '<weight>.mask' and "
+      return error(absl::StrCat("unexpected tensor ", Quote(e.name),
+                                ": a patch holds only '<weight>.mask' and "
                                 "'<weight>.values' tensors"));
     }
   }
   for (auto it = patch->tensor_metadata_.begin();
        it != patch->tensor_metadata_.end(); ++it) {
     if (weights.count(it.key()) == 0) {
-      return error(absl::StrCat("__metadata__ tensors lists '", it.key(),
-                                "' but the file holds neither '", it.key(),
-                                ".mask' nor '", it.key(), ".values'"));
+      return error(absl::StrCat("__metadata__ tensors lists ", Quote(it.key()),
+                                " but the file holds neither its .mask nor "
+                                "its .values"));
     }
   }
   for (const auto& [name, pair] : weights) {
     if (pair.mask == nullptr || pair.values == nullptr) {
       return error(absl::StrCat(
-          "tensor '", name, pair.mask == nullptr ? ".values" : ".mask",
-          "' has no matching '", name,
-          pair.mask == nullptr ? ".mask" : ".values", "'"));
+          "tensor ",
+          Quote(absl::StrCat(name, pair.mask == nullptr ? ".values" : ".mask")),
+          " has no matching ",
+          Quote(
+              absl::StrCat(name, pair.mask == nullptr ? ".mask" : ".values"))));
     }
     auto md_it = patch->tensor_metadata_.find(name);
     if (md_it == patch->tensor_metadata_.end() || !md_it->is_object()) {
       return error(
-          absl::StrCat("__metadata__ tensors has no object for '", name, "'"));
+          absl::StrCat("__metadata__ tensors has no object for ", Quote(name)));
     }
     const nlohmann::json& m = *md_it;
-    const std::string what = absl::StrCat("__metadata__ tensors['", name, "']");
+    const std::string what =
+        absl::StrCat("__metadata__ tensors[", Quote(name), "]");
     TensorEntry entry;
     entry.name = name;
     auto shape = m.find("shape");
@@ -522,24 +527,24 @@ absl::StatusOr<std::unique_ptr<PatchFile>> PatchFile::Open(
     const ::tailor::TensorEntry& mask = *pair.mask;
     const ::tailor::TensorEntry& values = *pair.values;
     if (mask.dtype != DType::kU8 || mask.shape.size() != 1) {
-      return error(absl::StrCat("tensor '", mask.name, "' must be U8 1-D, is ",
-                                DTypeName(mask.dtype), " of rank ",
-                                mask.shape.size()));
+      return error(absl::StrCat("tensor ", Quote(mask.name),
+                                " must be U8 1-D, is ", DTypeName(mask.dtype),
+                                " of rank ", mask.shape.size()));
     }
     if (values.dtype != DType::kF32 || values.shape.size() != 1) {
       return error(absl::StrCat(
-          "tensor '", values.name, "' must be F32 1-D, is ",
+          "tensor ", Quote(values.name), " must be F32 1-D, is ",
           DTypeName(values.dtype), " of rank ", values.shape.size()));
     }
     const int64_t mask_bytes = *numel / 8 + (*numel % 8 != 0 ? 1 : 0);
     if (mask.shape[0] != mask_bytes) {
       return error(absl::StrCat(
-          "tensor '", mask.name, "' has ", mask.shape[0], " bytes; shape ",
+          "tensor ", Quote(mask.name), " has ", mask.shape[0], " bytes; shape ",
           c10::str(at::IntArrayRef(entry.shape)), " (", *numel,
           " entries) needs ceil(", *numel, " / 8) = ", mask_bytes));
     }
     if (values.shape[0] != entry.kept) {
-      return error(absl::StrCat("tensor '", values.name, "' has ",
+      return error(absl::StrCat("tensor ", Quote(values.name), " has ",
                                 values.shape[0], " values but ", what,
                                 ".kept is ", entry.kept));
     }
@@ -565,9 +570,9 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> PatchFile::LoadPacked(
   const TensorEntry* entry = Find(name);
   if (entry == nullptr) {
     return absl::NotFoundError(
-        absl::StrCat(path(), ": the patch has no tensor '", name, "'"));
+        absl::StrCat(path(), ": the patch has no tensor ", Quote(name)));
   }
-  const std::string label = absl::StrCat(path(), ": tensor '", name, "'");
+  const std::string label = absl::StrCat(path(), ": tensor ", Quote(name));
   ReadOptions keep;
   keep.floating_dtype = std::nullopt;
   TAILOR_ASSIGN_OR_RETURN(at::Tensor packed,
@@ -583,6 +588,15 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> PatchFile::LoadPacked(
         label, ": the mask has ", popcount, " set bits but ", entry->kept,
         " values are stored (popcount must equal kept)"));
   }
+  // Refused like NaN fine-tuned weights: a NaN would reach the output.
+  TAILOR_ASSIGN_OR_RETURN(
+      const bool finite, CatchTorch(label, [&] {
+        return static_cast<bool>(at::isfinite(values).all().item<bool>());
+      }));
+  if (!finite) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, ": the patch values contain NaN or Inf"));
+  }
   return CatchTorch(label, [&] {
     return std::make_pair(mask.reshape(entry->shape), values);
   });
@@ -590,7 +604,7 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> PatchFile::LoadPacked(
 
 absl::StatusOr<TaskDelta> PatchFile::Load(absl::string_view name) const {
   TAILOR_ASSIGN_OR_RETURN(auto packed, LoadPacked(name));
-  return CatchTorch(absl::StrCat(path(), ": tensor '", name, "'"), [&] {
+  return CatchTorch(absl::StrCat(path(), ": tensor ", Quote(name)), [&] {
     TaskDelta out;
     out.mask = packed.first;
     out.delta = at::zeros(packed.first.sizes(), at::kFloat);
@@ -620,6 +634,36 @@ absl::StatusOr<std::string> HeaderFingerprint(const std::string& path) {
         absl::StrCat(path, ": the file changed while it was fingerprinted"));
   }
   return Sha256Hex(bytes);
+}
+
+absl::StatusOr<std::string> DataFingerprint(const std::string& path) {
+  TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                          SafetensorsFile::Open(path));
+  const uint64_t begin = file->header().data_offset();
+  const uint64_t size = file->header().data_size;
+  TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(path));
+  Sha256 sha;
+  std::string block;
+  auto add = [&](uint64_t offset, uint64_t n) -> absl::Status {
+    block.resize(static_cast<size_t>(n));
+    TAILOR_RETURN_IF_ERROR(
+        PReadFully(fd.get(), block.data(), block.size(), begin + offset, path));
+    sha.Update(absl::StrCat(offset, ":", n, ":"));
+    sha.Update(block);
+    return absl::OkStatus();
+  };
+  constexpr uint64_t kTotal = kDataSampleBlocks * kDataSampleBlockBytes;
+  if (size <= kTotal) {
+    if (size > 0) TAILOR_RETURN_IF_ERROR(add(0, size));
+  } else {
+    const unsigned __int128 last = size - kDataSampleBlockBytes;
+    for (int i = 0; i < kDataSampleBlocks; ++i) {
+      TAILOR_RETURN_IF_ERROR(
+          add(static_cast<uint64_t>(last * i / (kDataSampleBlocks - 1)),
+              kDataSampleBlockBytes));
+    }
+  }
+  return sha.FinalHex();
 }
 
 }  // namespace tailor

@@ -9,6 +9,7 @@
 #include "io/tensor_convert.h"
 #include "util/file_util.h"
 #include "util/json_util.h"
+#include "util/quote.h"
 #include "util/status_macros.h"
 
 namespace tailor {
@@ -30,8 +31,8 @@ absl::Status CheckShardName(absl::string_view index_path,
       absl::StrContains(shard, '\0')) {
     return IndexError(
         index_path,
-        absl::StrCat("weight_map['", tensor, "'] = '", shard,
-                     "' is not a plain file name in the checkpoint directory"));
+        absl::StrCat("weight_map[", Quote(tensor), "] = ", Quote(shard),
+                     " is not a plain file name in the checkpoint directory"));
   }
   return absl::OkStatus();
 }
@@ -57,8 +58,8 @@ absl::StatusOr<ParsedIndex> ParseIndex(const std::string& index_path) {
   ParsedIndex index;
   for (auto it = wm->begin(); it != wm->end(); ++it) {
     if (!it.value().is_string()) {
-      return IndexError(index_path, absl::StrCat("weight_map['", it.key(),
-                                                 "'] must be a string"));
+      return IndexError(index_path, absl::StrCat("weight_map[", Quote(it.key()),
+                                                 "] must be a string"));
     }
     const std::string& shard = it.value().get_ref<const std::string&>();
     TAILOR_RETURN_IF_ERROR(CheckShardName(index_path, it.key(), shard));
@@ -180,11 +181,13 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
       TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(shard_path));
       if (!PathExists(shard_path)) {
         return absl::NotFoundError(absl::StrCat(
-            index_path, ": shard '", shard, "' named in weight_map (e.g. for '",
-            std::find_if(index.weight_map.begin(), index.weight_map.end(),
-                         [&](const auto& kv) { return kv.second == shard; })
-                ->first,
-            "') does not exist"));
+            index_path, ": shard ", Quote(shard),
+            " named in weight_map (e.g. for ",
+            Quote(
+                std::find_if(index.weight_map.begin(), index.weight_map.end(),
+                             [&](const auto& kv) { return kv.second == shard; })
+                    ->first),
+            ") does not exist"));
       }
       TAILOR_ASSIGN_OR_RETURN(auto file, open_file(shard_path));
       ckpt->files_.push_back(std::move(file));
@@ -194,8 +197,9 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
         auto [it, inserted] = owner.emplace(e.name, i);
         if (!inserted) {
           return absl::InvalidArgumentError(absl::StrCat(
-              index_path, ": tensor '", e.name, "' is stored in two shards, '",
-              shard_names[it->second], "' and '", shard_names[i], "'"));
+              index_path, ": tensor ", Quote(e.name),
+              " is stored in two shards, ", Quote(shard_names[it->second]),
+              " and ", Quote(shard_names[i])));
         }
       }
     }
@@ -203,15 +207,16 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
       auto it = owner.find(tensor);
       if (it == owner.end() || shard_names[it->second] != shard) {
         return absl::InvalidArgumentError(absl::StrCat(
-            index_path, ": weight_map names tensor '", tensor, "' in shard '",
-            shard, "' but that shard does not hold it"));
+            index_path, ": weight_map names tensor ", Quote(tensor),
+            " in shard ", Quote(shard), " but that shard does not hold it"));
       }
     }
     for (const auto& [tensor, file_index] : owner) {
       if (index.weight_map.count(tensor) == 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            index_path, ": shard '", shard_names[file_index],
-            "' holds tensor '", tensor, "' which weight_map does not list"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(index_path, ": shard ", Quote(shard_names[file_index]),
+                         " holds tensor ", Quote(tensor),
+                         " which weight_map does not list"));
       }
     }
   } else {
@@ -248,7 +253,7 @@ absl::StatusOr<Checkpoint::Location> Checkpoint::Locate(
   const TensorInfo* info = Find(name);
   if (info == nullptr) {
     return absl::NotFoundError(
-        absl::StrCat(path_, ": no tensor named '", name, "'"));
+        absl::StrCat(path_, ": no tensor named ", Quote(name)));
   }
   return locations_[static_cast<size_t>(info - tensors_.data())];
 }
@@ -291,8 +296,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> OpenFormattedFile(
   if (tag == md.end() || tag->second != format) {
     return error(absl::StrCat(
         "not a ", kind, ": __metadata__ format is ",
-        tag == md.end() ? "missing" : absl::StrCat("'", tag->second, "'"),
-        ", expected '", format, "'"));
+        tag == md.end() ? "missing" : absl::StrCat(Quote(tag->second)),
+        ", expected ", Quote(format)));
   }
   return file;
 }

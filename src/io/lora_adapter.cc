@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
-#include <regex>
 #include <set>
 #include <utility>
 
@@ -19,6 +18,8 @@
 #include "nlohmann/json.hpp"
 #include "util/file_util.h"
 #include "util/json_util.h"
+#include "util/quote.h"
+#include "util/regex.h"
 #include "util/status_macros.h"
 #include "util/torch_status.h"
 
@@ -54,9 +55,12 @@
 // in the file's (dict) order, for which re.match(rf"(.*\.)?({key})$", module)
 // succeeds: keys are regular expressions matched against the whole module
 // name or a dot-separated suffix of it, and rank and alpha are looked up
-// independently. We do the same with std::regex (ECMAScript, which agrees
-// with Python's re on the constructs such keys use); a key std::regex cannot
-// parse is refused rather than guessed.
+// independently. We do the same with RE2 (a full match of
+// "(.*\.)?(<key>)", i.e. Python's re.fullmatch; RE2 agrees with Python's re
+// on the constructs such keys use, and matches in linear time whatever the
+// key, which a hostile config could otherwise exploit); a key RE2 cannot
+// compile (backreferences, lookaround, longer than 1000 bytes) is refused
+// rather than guessed.
 //
 // Base names. The adapter's module path is the name inside the model PEFT
 // wrapped (e.g. "model.layers.0.self_attn.q_proj" for a *ForCausalLM), and the
@@ -86,7 +90,7 @@ constexpr absl::string_view kPeftPrefix = "base_model.model.";
 absl::Status ConfigError(absl::string_view path, absl::string_view field,
                          absl::string_view message) {
   return absl::InvalidArgumentError(
-      absl::StrCat(path, ": '", field, "' ", message));
+      absl::StrCat(path, ": ", Quote(field), " ", message));
 }
 
 // A config value that turns an option on: anything but null, false, 0, "",
@@ -157,7 +161,7 @@ absl::StatusOr<std::vector<std::string>> StringList(const Json& v,
 // One rank_pattern / alpha_pattern entry, compiled.
 struct Pattern {
   std::string key;
-  std::regex regex;
+  Regex regex;
   double value = 0;
 };
 
@@ -172,7 +176,7 @@ absl::StatusOr<std::vector<Pattern>> ParsePatterns(
                        "must be an object mapping module patterns to values");
   }
   for (auto p = it->begin(); p != it->end(); ++p) {
-    const std::string label = absl::StrCat(field, "['", p.key(), "']");
+    const std::string label = absl::StrCat(field, "[", Quote(p.key()), "]");
     Pattern pattern;
     pattern.key = p.key();
     if (integer) {
@@ -182,18 +186,16 @@ absl::StatusOr<std::vector<Pattern>> ParsePatterns(
       TAILOR_ASSIGN_OR_RETURN(pattern.value,
                               FiniteNumber(Json(p.value()), path, label));
     }
-    try {
-      // PEFT: re.match(rf"(.*\.)?({key})$", module_name).
-      pattern.regex = std::regex(absl::StrCat("(.*\\.)?(", p.key(), ")"),
-                                 std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      return ConfigError(
-          path, label,
-          absl::StrCat("is not a regular expression this reader accepts (PEFT "
-                       "matches pattern keys as regular expressions against "
-                       "module names): ",
-                       e.what()));
+    // PEFT: re.match(rf"(.*\.)?({key})$", module_name).
+    absl::StatusOr<Regex> re =
+        Regex::Compile(absl::StrCat("(.*\\.)?(", p.key(), ")"), label);
+    if (!re.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": ", re.status().message(),
+          " (PEFT matches pattern keys as regular expressions against module "
+          "names)"));
     }
+    pattern.regex = *std::move(re);
     out.push_back(std::move(pattern));
   }
   return out;
@@ -201,17 +203,10 @@ absl::StatusOr<std::vector<Pattern>> ParsePatterns(
 
 // PEFT's get_pattern_key: the first pattern (in file order) matching the
 // whole module name or a dot-separated suffix of it.
-absl::StatusOr<const Pattern*> MatchPattern(
-    const std::vector<Pattern>& patterns, const std::string& module,
-    absl::string_view path) {
+const Pattern* MatchPattern(const std::vector<Pattern>& patterns,
+                            const std::string& module) {
   for (const Pattern& p : patterns) {
-    try {
-      if (std::regex_match(module, p.regex)) return &p;
-    } catch (const std::regex_error& e) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ": pattern '", p.key, "' cannot be matched against module '",
-          module, "': ", e.what()));
-    }
+    if (p.regex.FullMatch(module)) return &p;
   }
   return nullptr;
 }
@@ -358,7 +353,7 @@ struct ParsedKey {
 absl::Status KeyError(absl::string_view file, absl::string_view key,
                       absl::string_view message) {
   return absl::InvalidArgumentError(
-      absl::StrCat(file, ": tensor '", key, "': ", message));
+      absl::StrCat(file, ": tensor ", Quote(key), ": ", message));
 }
 
 absl::StatusOr<ParsedKey> ParseKey(absl::string_view file,
@@ -366,8 +361,8 @@ absl::StatusOr<ParsedKey> ParseKey(absl::string_view file,
   if (!absl::StartsWith(key, kPeftPrefix)) {
     return KeyError(file, key,
                     absl::StrCat("not a PEFT adapter tensor (PEFT saves every "
-                                 "tensor under '",
-                                 kPeftPrefix, "')"));
+                                 "tensor under ",
+                                 Quote(kPeftPrefix), ")"));
   }
   const std::vector<std::string> parts =
       absl::StrSplit(key.substr(kPeftPrefix.size()), '.');
@@ -483,9 +478,9 @@ struct NameMap {
       case kIdentity:
         return "the names as saved";
       case kStrip:
-        return absl::StrCat("'", prefix, "' stripped");
+        return absl::StrCat(Quote(prefix), " stripped");
       case kPrepend:
-        return absl::StrCat("'", prefix, "' prepended");
+        return absl::StrCat(Quote(prefix), " prepended");
     }
     return "";
   }
@@ -548,10 +543,10 @@ absl::StatusOr<NameMap> ChooseNameMap(const TensorSource& base,
         valid[1].Describe(), " would match; refusing to guess"));
   }
   // Report the first tensor that cannot be found, with the names tried.
-  std::vector<std::string> tried = {absl::StrCat("'", missing->name, "'")};
+  std::vector<std::string> tried = {absl::StrCat(Quote(missing->name))};
   std::set<std::string> seen = {missing->name};
   auto add = [&](const std::string& name) {
-    if (seen.insert(name).second) tried.push_back(absl::StrCat("'", name, "'"));
+    if (seen.insert(name).second) tried.push_back(absl::StrCat(Quote(name)));
   };
   if (absl::StartsWith(missing->name, "model.")) {
     add(missing->name.substr(6));
@@ -560,7 +555,7 @@ absl::StatusOr<NameMap> ChooseNameMap(const TensorSource& base,
   }
   for (const NameMap& c : candidates) add(c.Apply(missing->name));
   return absl::NotFoundError(absl::StrCat(
-      file, ": tensor '", missing->key, "': ",
+      file, ": tensor ", Quote(missing->key), ": ",
       missing->lora ? "the LoRA module's base tensor "
                     : "not a LoRA factor, so it replaces a base tensor "
                       "(modules_to_save); but ",
@@ -587,15 +582,16 @@ absl::StatusOr<at::Tensor> MergeModule(const TensorSource& base,
   TAILOR_ASSIGN_OR_RETURN(at::Tensor a, adapter.Read(m.a_key, compute));
   TAILOR_ASSIGN_OR_RETURN(at::Tensor b, adapter.Read(m.b_key, compute));
   const bool transpose = NeedsTranspose(m, fan_in_fan_out);
-  return CatchTorch(absl::StrCat(adapter.description(), ": merging LoRA '",
-                                 m.a_key, "' into '", m.base_tensor, "'"),
-                    [&]() -> at::Tensor {
-                      // W + s * B A, or W + s * (B A)^T = W + s * A^T B^T.
-                      return transpose ? at::addmm(w, a.t(), b.t(), /*beta=*/1,
-                                                   /*alpha=*/m.scaling)
-                                       : at::addmm(w, b, a, /*beta=*/1,
-                                                   /*alpha=*/m.scaling);
-                    });
+  return CatchTorch(
+      absl::StrCat(adapter.description(), ": merging LoRA ", Quote(m.a_key),
+                   " into ", Quote(m.base_tensor)),
+      [&]() -> at::Tensor {
+        // W + s * B A, or W + s * (B A)^T = W + s * A^T B^T.
+        return transpose ? at::addmm(w, a.t(), b.t(), /*beta=*/1,
+                                     /*alpha=*/m.scaling)
+                         : at::addmm(w, b, a, /*beta=*/1,
+                                     /*alpha=*/m.scaling);
+      });
 }
 
 absl::StatusOr<std::string> TensorBytes(const at::Tensor& stored,
@@ -678,8 +674,8 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
       if (!inserted) {
         return KeyError(
             file, t.name,
-            absl::StrCat("replaces '", k.target, "', which tensor '",
-                         it->second->name, "' already replaces"));
+            absl::StrCat("replaces ", Quote(k.target), ", which tensor ",
+                         Quote(it->second->name), " already replaces"));
       }
       continue;
     }
@@ -689,15 +685,15 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
     if (slot != nullptr) {
       return KeyError(
           file, t.name,
-          absl::StrCat("module '", k.module,
-                       "' already has this factor in tensor '", slot->name,
-                       "' (one adapter per file is supported)"));
+          absl::StrCat("module ", Quote(k.module),
+                       " already has this factor in tensor ", Quote(slot->name),
+                       " (one adapter per file is supported)"));
     }
     if (other != nullptr && pair.embedding != k.embedding) {
       return KeyError(file, t.name,
                       absl::StrCat("mixes Linear and Embedding LoRA factors "
-                                   "with tensor '",
-                                   other->name, "'"));
+                                   "with tensor ",
+                                   Quote(other->name)));
     }
     slot = &t;
     pair.embedding = k.embedding;
@@ -711,7 +707,7 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
               : (pair.a != nullptr ? "lora_B" : "lora_A");
       return KeyError(
           file, have->name,
-          absl::StrCat("module '", module, "' has no matching ", need,
+          absl::StrCat("module ", Quote(module), " has no matching ", need,
                        " tensor (LoRA factors come in A/B "
                        "pairs)"));
     }
@@ -741,14 +737,15 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
         !inserted) {
       return KeyError(
           file, m.a_key,
-          absl::StrCat("module '", module, "' and module '", it->second,
-                       "' both map to base tensor '", m.base_tensor, "'"));
+          absl::StrCat("module ", Quote(module), " and module ",
+                       Quote(it->second), " both map to base tensor ",
+                       Quote(m.base_tensor)));
     }
     const TensorInfo* w = base->Find(m.base_tensor);  // resolved above
     if (!IsFloatingDType(w->dtype) || w->shape.size() != 2) {
       return KeyError(
           file, m.a_key,
-          absl::StrCat("base tensor '", m.base_tensor, "' is ",
+          absl::StrCat("base tensor ", Quote(m.base_tensor), " is ",
                        DTypeName(w->dtype), " ", Shape(w->shape),
                        "; LoRA merges only into 2-D floating-point (F16, "
                        "BF16, F32, F64) weights"));
@@ -762,19 +759,16 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
                          "floating-point matrices"));
       }
     }
-    TAILOR_ASSIGN_OR_RETURN(
-        const Pattern* rank_match,
-        MatchPattern(parsed.rank_patterns, module, config_path));
-    TAILOR_ASSIGN_OR_RETURN(
-        const Pattern* alpha_match,
-        MatchPattern(parsed.alpha_patterns, module, config_path));
+    const Pattern* rank_match = MatchPattern(parsed.rank_patterns, module);
+    const Pattern* alpha_match = MatchPattern(parsed.alpha_patterns, module);
     m.rank =
         rank_match != nullptr ? static_cast<int>(rank_match->value) : config.r;
     const double alpha =
         alpha_match != nullptr ? alpha_match->value : config.lora_alpha;
     const std::string rank_source =
         rank_match != nullptr
-            ? absl::StrCat("rank_pattern['", rank_match->key, "'] = ", m.rank)
+            ? absl::StrCat("rank_pattern[", Quote(rank_match->key),
+                           "] = ", m.rank)
             : absl::StrCat("r = ", m.rank);
     if (pair.a->shape[0] != m.rank || pair.b->shape[1] != m.rank) {
       const TensorInfo* bad = pair.a->shape[0] != m.rank ? pair.a : pair.b;
@@ -783,8 +777,8 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
           absl::StrCat("rank mismatch: lora_A is ", Shape(pair.a->shape),
                        " and lora_B is ", Shape(pair.b->shape), " but ",
                        kAdapterConfigName, " gives ", rank_source,
-                       " for module '", module,
-                       "' (lora_A must be [r, in], lora_B [out, r])"));
+                       " for module ", Quote(module),
+                       " (lora_A must be [r, in], lora_B [out, r])"));
     }
     // The base weight as PEFT sees it: Linear (out, in); Conv1D with
     // fan_in_fan_out (in, out); Embedding (num_embeddings, dim) with
@@ -800,8 +794,8 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
               "shape mismatch: lora_A ", Shape(pair.a->shape), " and lora_B ",
               Shape(pair.b->shape), " give an update B @ A of shape [",
               pair.b->shape[0], ", ", pair.a->shape[1], "]",
-              transpose ? " (applied transposed)" : "", " but base tensor '",
-              m.base_tensor, "' is ", Shape(w->shape),
+              transpose ? " (applied transposed)" : "", " but base tensor ",
+              Quote(m.base_tensor), " is ", Shape(w->shape),
               m.embedding ? " (embedding LoRA: A is [r, num_embeddings], B "
                             "is [dim, r])"
               : config.fan_in_fan_out
@@ -823,17 +817,18 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
     const std::string name = map.Apply(target);
     const TensorInfo* w = base->Find(name);  // resolved above
     if (merged_from.count(name) > 0) {
-      return KeyError(file, info->name,
-                      absl::StrCat("replaces base tensor '", name,
-                                   "', which LoRA module '", merged_from[name],
-                                   "' also updates; refusing to guess which "
-                                   "applies"));
+      return KeyError(
+          file, info->name,
+          absl::StrCat("replaces base tensor ", Quote(name),
+                       ", which LoRA module ", Quote(merged_from[name]),
+                       " also updates; refusing to guess which "
+                       "applies"));
     }
     if (info->shape != w->shape) {
       return KeyError(file, info->name,
                       absl::StrCat("shape ", Shape(info->shape),
-                                   " does not match base tensor '", name, "' ",
-                                   Shape(w->shape),
+                                   " does not match base tensor ", Quote(name),
+                                   " ", Shape(w->shape),
                                    " (a modules_to_save tensor replaces the "
                                    "base tensor and must have its shape)"));
     }
@@ -844,7 +839,7 @@ absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
       return KeyError(
           file, info->name,
           absl::StrCat("dtype ", DTypeName(info->dtype),
-                       " cannot stand in for base tensor '", name, "' (",
+                       " cannot stand in for base tensor ", Quote(name), " (",
                        DTypeName(w->dtype),
                        "); floating tensors may differ only in float "
                        "width, others must match exactly"));
@@ -888,7 +883,7 @@ absl::StatusOr<at::Tensor> LoraFineTuned::Read(
   ReadOptions out = options;
   if (!out.floating_dtype.has_value()) out.floating_dtype = stored;
   return ApplyReadOptions(
-      merged, out, absl::StrCat(description_, ": tensor '", info->name, "'"));
+      merged, out, absl::StrCat(description_, ": tensor ", Quote(info->name)));
 }
 
 absl::StatusOr<std::string> LoraFineTuned::ReadRaw(
@@ -896,7 +891,7 @@ absl::StatusOr<std::string> LoraFineTuned::ReadRaw(
   const TensorInfo* info = base_->Find(name);
   if (info == nullptr) return base_->ReadRaw(name);  // its NOT_FOUND
   const std::string label =
-      absl::StrCat(description_, ": tensor '", info->name, "'");
+      absl::StrCat(description_, ": tensor ", Quote(info->name));
 
   if (auto it = replaced_.find(info->name); it != replaced_.end()) {
     const TensorInfo* from = adapter_->Find(it->second);

@@ -4,6 +4,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "util/quote.h"
 #include "util/status_macros.h"
 
 namespace tailor {
@@ -74,7 +75,7 @@ absl::Status SafetensorsFile::ReadRaw(const TensorEntry& entry,
                                       void* buffer) const {
   return PReadFully(fd_.get(), buffer, entry.nbytes(),
                     header_.data_offset() + entry.begin,
-                    absl::StrCat(path_, ": tensor '", entry.name, "'"));
+                    absl::StrCat(path_, ": tensor ", Quote(entry.name)));
 }
 
 }  // namespace tailor

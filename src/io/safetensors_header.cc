@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
 #include "util/json_util.h"
+#include "util/quote.h"
 
 namespace tailor {
 namespace {
@@ -64,7 +65,7 @@ class HeaderSax {
         }
         if (!out_->metadata.emplace(key_, v).second) {
           return Fail(
-              absl::StrCat("__metadata__ has duplicate key '", key_, "'"));
+              absl::StrCat("__metadata__ has duplicate key ", Quote(key_)));
         }
         return true;
       }
@@ -73,8 +74,8 @@ class HeaderSax {
           std::optional<DType> dtype = ParseDType(v);
           if (!dtype.has_value()) {
             return Fail(absl::StrCat(
-                TensorContext(), "unknown dtype '", v,
-                "' (known: BOOL, U8, I8, I16, U16, I32, U32, I64, U64, "
+                TensorContext(), "unknown dtype ", Quote(v),
+                " (known: BOOL, U8, I8, I16, U16, I32, U32, I64, U64, "
                 "F8_E4M3, F8_E5M2, F16, BF16, F32, F64)"));
           }
           entry_.dtype = *dtype;
@@ -106,8 +107,8 @@ class HeaderSax {
         state_ = State::kTensor;
         return true;
       case State::kMetadata:
-        return Fail(absl::StrCat("__metadata__ value for key '", key_,
-                                 "' must be a string, not an object"));
+        return Fail(absl::StrCat("__metadata__ value for key ", Quote(key_),
+                                 " must be a string, not an object"));
       default:
         return Scalar("an object");
     }
@@ -117,6 +118,12 @@ class HeaderSax {
     switch (state_) {
       case State::kTop:
         if (k.empty()) return Fail("a tensor has an empty name");
+        if (k.size() > kMaxTensorNameBytes) {
+          return Fail(absl::StrCat("tensor ", Quote(k),
+                                   ": the name is longer "
+                                   "than the limit of ",
+                                   kMaxTensorNameBytes, " bytes"));
+        }
         key_ = std::move(k);
         return true;
       case State::kMetadata:
@@ -131,12 +138,13 @@ class HeaderSax {
         } else if (k == "data_offsets") {
           f = Field::kOffsets;
         } else {
-          return Fail(absl::StrCat(TensorContext(), "unknown field '", k,
-                                   "' (allowed: dtype, shape, data_offsets)"));
+          return Fail(absl::StrCat(TensorContext(), "unknown field ", Quote(k),
+                                   " (allowed: dtype, shape, data_offsets)"));
         }
         const unsigned bit = 1u << static_cast<unsigned>(f);
         if (seen_fields_ & bit) {
-          return Fail(absl::StrCat(TensorContext(), "duplicate key '", k, "'"));
+          return Fail(
+              absl::StrCat(TensorContext(), "duplicate key ", Quote(k)));
         }
         seen_fields_ |= bit;
         field_ = f;
@@ -211,7 +219,7 @@ class HeaderSax {
   enum class Field { kDType = 0, kShape = 1, kOffsets = 2 };
 
   std::string TensorContext() const {
-    return absl::StrCat("tensor '", entry_.name, "': ");
+    return absl::StrCat("tensor ", Quote(entry_.name), ": ");
   }
 
   std::string FieldContext() const {
@@ -258,11 +266,11 @@ class HeaderSax {
       case State::kStart:
         return Fail(absl::StrCat("is ", what, ", not a JSON object"));
       case State::kTop:
-        return Fail(absl::StrCat("value of key '", key_, "' is ", what,
+        return Fail(absl::StrCat("value of key ", Quote(key_), " is ", what,
                                  "; it must be an object"));
       case State::kMetadata:
-        return Fail(absl::StrCat("__metadata__ value for key '", key_,
-                                 "' must be a string, not ", what));
+        return Fail(absl::StrCat("__metadata__ value for key ", Quote(key_),
+                                 " must be a string, not ", what));
       case State::kTensor:
         switch (field_) {
           case Field::kDType:
@@ -373,7 +381,7 @@ absl::Status ValidateLayout(absl::string_view label,
   for (size_t i = 1; i < tensors.size(); ++i) {
     if (tensors[i].name == tensors[i - 1].name) {
       return HeaderError(
-          label, absl::StrCat("has duplicate key '", tensors[i].name, "'"));
+          label, absl::StrCat("has duplicate key ", Quote(tensors[i].name)));
     }
   }
   std::vector<const TensorEntry*> by_offset;
@@ -389,20 +397,21 @@ absl::Status ValidateLayout(absl::string_view label,
   for (const TensorEntry* t : by_offset) {
     if (t->end > header.data_size) {
       return HeaderError(
-          label,
-          absl::StrCat("tensor '", t->name, "': data_offsets [", t->begin, ", ",
-                       t->end, "] extend past the end of the data section (",
-                       header.data_size, " bytes)"));
+          label, absl::StrCat("tensor ", Quote(t->name), ": data_offsets [",
+                              t->begin, ", ", t->end,
+                              "] extend past the end of the data section (",
+                              header.data_size, " bytes)"));
     }
     if (t->begin < covered) {
       return HeaderError(
-          label, absl::StrCat("tensor '", t->name, "': data_offsets [",
-                              t->begin, ", ", t->end, "] overlap tensor '",
-                              previous->name, "' which ends at ", covered));
+          label,
+          absl::StrCat("tensor ", Quote(t->name), ": data_offsets [", t->begin,
+                       ", ", t->end, "] overlap tensor ", Quote(previous->name),
+                       " which ends at ", covered));
     }
     if (t->begin > covered) {
       return HeaderError(
-          label, absl::StrCat("tensor '", t->name, "': data_offsets [",
+          label, absl::StrCat("tensor ", Quote(t->name), ": data_offsets [",
                               t->begin, ", ", t->end, "] leave a hole of ",
                               t->begin - covered, " bytes after offset ",
                               covered, " (tensors must be contiguous)"));
@@ -442,16 +451,23 @@ absl::StatusOr<uint64_t> ParseSafetensorsHeaderLength(absl::string_view prefix,
   for (int i = 7; i >= 0; --i) {
     n = (n << 8) | static_cast<uint8_t>(prefix[i]);
   }
+  // The length comes from the file's first 8 bytes, which for a file that is
+  // not safetensors are arbitrary (possibly secret) data: name the bound it
+  // breaks and the file's own size, never the value itself.
   if (n > kMaxSafetensorsHeaderSize) {
     return absl::InvalidArgumentError(absl::StrCat(
-        label, ": safetensors header length ", n, " exceeds the limit of ",
-        kMaxSafetensorsHeaderSize, " bytes"));
+        label,
+        ": not a safetensors file: the header length field (the first 8 "
+        "bytes) exceeds the limit of ",
+        kMaxSafetensorsHeaderSize, " bytes (the file has ", file_size,
+        " bytes)"));
   }
   if (n > file_size - 8) {
     return absl::InvalidArgumentError(absl::StrCat(
-        label, ": safetensors header length ", n,
-        " exceeds the file size minus the 8-byte prefix (", file_size - 8,
-        "); the file is truncated or not safetensors"));
+        label,
+        ": not a safetensors file, or truncated: the header length field (the "
+        "first 8 bytes) exceeds the file size minus the 8-byte prefix (",
+        file_size - 8, ")"));
   }
   return n;
 }

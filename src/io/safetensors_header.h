@@ -23,6 +23,9 @@ inline constexpr size_t kMaxTensorRank = 64;
 // Most `__metadata__` entries accepted (bounds memory per header byte; real
 // files carry a handful).
 inline constexpr size_t kMaxMetadataEntries = 1024;
+// Longest tensor name (real names are under 200 bytes; a longer one is
+// refused when the header is read, so later work is bounded by it).
+inline constexpr size_t kMaxTensorNameBytes = 65536;
 
 struct TensorEntry {
   std::string name;

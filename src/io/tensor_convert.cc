@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "util/quote.h"
 #include "util/status_macros.h"
 #include "util/torch_status.h"
 
@@ -68,7 +69,7 @@ absl::StatusOr<at::Tensor> ReadTensor(const SafetensorsFile& file,
                                       const TensorEntry& entry,
                                       const ReadOptions& options) {
   const std::string label =
-      absl::StrCat(file.path(), ": tensor '", entry.name, "'");
+      absl::StrCat(file.path(), ": tensor ", Quote(entry.name));
   std::optional<at::ScalarType> type = ToScalarType(entry.dtype);
   if (!type.has_value()) {
     return absl::InvalidArgumentError(absl::StrCat(

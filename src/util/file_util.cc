@@ -56,10 +56,39 @@ absl::Status ErrnoToStatus(int errno_value, absl::string_view context) {
   }
 }
 
+namespace {
+
+const char* FileTypeName(mode_t mode) {
+  if (S_ISDIR(mode)) return "directory";
+  if (S_ISFIFO(mode)) return "FIFO";
+  if (S_ISSOCK(mode)) return "socket";
+  if (S_ISCHR(mode)) return "character device";
+  if (S_ISBLK(mode)) return "block device";
+  return "special file";
+}
+
+}  // namespace
+
 absl::StatusOr<ScopedFd> OpenForRead(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer
+  // for ever. Regular files ignore the flag; it is cleared once the file is
+  // known to be one, so reads behave as usual.
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open ", path));
-  return ScopedFd(fd);
+  ScopedFd owned(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("stat ", path));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, " is not a regular file (", FileTypeName(st.st_mode), ")"));
+  }
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("fcntl ", path));
+  }
+  return owned;
 }
 
 absl::StatusOr<uint64_t> RegularFileSize(int fd, absl::string_view label) {
@@ -68,8 +97,8 @@ absl::StatusOr<uint64_t> RegularFileSize(int fd, absl::string_view label) {
     return ErrnoToStatus(errno, absl::StrCat("stat ", label));
   }
   if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(label, ": not a regular file"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        label, " is not a regular file (", FileTypeName(st.st_mode), ")"));
   }
   return static_cast<uint64_t>(st.st_size);
 }
@@ -261,6 +290,17 @@ absl::Status RemoveAll(const std::string& path) {
     return ErrnoToStatus(errno, absl::StrCat("remove ", path));
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckFileOrDirectory(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("stat ", path));
+  }
+  if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(path, " is not a regular file or directory (",
+                   FileTypeName(st.st_mode), ")"));
 }
 
 bool PathExists(const std::string& path) {

@@ -39,7 +39,11 @@ class ScopedFd {
 // <strerror>".
 absl::Status ErrnoToStatus(int errno_value, absl::string_view context);
 
-// Opens `path` read-only (O_CLOEXEC).
+// Opens `path` read-only (O_CLOEXEC) for reading its contents. Never blocks
+// in open(2): the open is O_NONBLOCK, anything but a regular file (a FIFO, a
+// device, a directory) is INVALID_ARGUMENT "<path> is not a regular file
+// (FIFO)", and the flag is cleared on the regular file returned. Every input
+// file goes through here.
 absl::StatusOr<ScopedFd> OpenForRead(const std::string& path);
 
 // Size of an open file; errors if it is not a regular file.
@@ -87,6 +91,12 @@ absl::Status MakeDirectories(const std::string& dir);
 
 // Removes a file or a directory tree; a missing path is OK.
 absl::Status RemoveAll(const std::string& path);
+
+// For checks when a request is made: stat(2) only, so it never blocks. OK
+// for a regular file or a directory; anything else (a FIFO, a socket, a
+// device) is INVALID_ARGUMENT "<path> is not a regular file or directory
+// (FIFO)".
+absl::Status CheckFileOrDirectory(const std::string& path);
 
 bool PathExists(const std::string& path);
 bool IsDirectory(const std::string& path);

@@ -329,6 +329,43 @@ TEST_F(LoraAdapterTest, RankAndAlphaPatternsFollowPeftMatching) {
               {"rank mismatch", "rank_pattern['q_proj'] = 4"});
 }
 
+// Issue #10: pattern keys are attacker-written. They are RE2 (linear-time
+// matching, bounded compilation) with Python re.fullmatch semantics; what
+// RE2 cannot compile is refused naming the key.
+TEST_F(LoraAdapterTest, PatternKeysAreBoundedRe2) {
+  at::Tensor qa = at::randn({4, 6}), qb = at::randn({8, 4});
+  const std::vector<testing::RawTensor> q = {
+      ToRaw(Peft("model.layers.0.self_attn.q_proj.lora_A.weight"), qa),
+      ToRaw(Peft("model.layers.0.self_attn.q_proj.lora_B.weight"), qb)};
+  // Exponential for a backtracking engine; RE2 answers at once. The first
+  // key does not match (there is no 'X'); the second does.
+  const std::string dir =
+      WriteAdapter("re2-ok",
+                   R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+          "rank_pattern": {"(.|.)*X": 3, "(s|e|l|f|_|a|t|n|\\.)*q_proj": 4}})",
+                   q);
+  auto ft = Open(dir);
+  ASSERT_TRUE(ft.ok()) << ft.status();
+  ASSERT_EQ((*ft)->modules().size(), 1u);
+  EXPECT_EQ((*ft)->modules()[0].rank, 4);
+  // Backreferences and lookaround are not RE2; neither is an overlong key.
+  for (const std::string& key :
+       {std::string("(q)\\\\1_proj"), std::string("q(?=_proj)"),
+        std::string(2000, 'q')}) {
+    SCOPED_TRACE(key.substr(0, 40));
+    const std::string bad = WriteAdapter(
+        "re2-bad",
+        absl::StrCat(R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                       "rank_pattern": {")",
+                     key, R"(": 4}})"),
+        q);
+    absl::Status s = Open(bad).status();
+    ExpectError(s, absl::StatusCode::kInvalidArgument,
+                {"rank_pattern[", "RE2"});
+    EXPECT_LT(s.message().size(), 1500u);
+  }
+}
+
 TEST_F(LoraAdapterTest, EmbeddingLora) {
   // PEFT: lora_embedding_A is [r, num_embeddings], lora_embedding_B is
   // [dim, r], and the update is (B @ A)^T. fan_in_fan_out does not apply.

@@ -355,29 +355,30 @@ std::vector<CorpusCase> LengthPrefixCases() {
                         "prefix"}));
   prefix_case(FileCase(
       "HeaderLength2Pow63", Prefix(uint64_t{1} << 63) + "{}", kInvalid,
-      {"safetensors header length 9223372036854775808 exceeds the limit of "
-       "100000000 bytes"}));
+      {"not a safetensors file: the header length field (the first 8 bytes) "
+       "exceeds the limit of 100000000 bytes"}));
   prefix_case(FileCase(
       "HeaderLength2Pow64Minus1", Prefix(~uint64_t{0}) + "{}", kInvalid,
-      {"safetensors header length 18446744073709551615 exceeds the limit of "
-       "100000000 bytes"}));
+      {"not a safetensors file: the header length field (the first 8 bytes) "
+       "exceeds the limit of 100000000 bytes"}));
   // 100 MB + 1 in a file that really holds that many bytes after the prefix
   // (sparse), so only the size limit is violated.
   prefix_case(SparseFileCase(
       "HeaderLength100MBPlus1", Prefix(100'000'001) + "{}", 8 + 100'000'001,
-      {"safetensors header length 100000001 exceeds the limit of 100000000 "
-       "bytes"}));
+      {"not a safetensors file: the header length field (the first 8 bytes) "
+       "exceeds the limit of 100000000 bytes",
+       "(the file has 100000009 bytes)"}));
   prefix_case(FileCase(
       "HeaderLengthPastEndOfFileByOne", Prefix(3) + "{}", kInvalid,
-      {"safetensors header length 3 exceeds the file size minus the 8-byte "
-       "prefix (2); the file is truncated or not safetensors"}));
+      {"not a safetensors file, or truncated: the header length field (the "
+       "first 8 bytes) exceeds the file size minus the 8-byte prefix (2)"}));
   prefix_case(FileCase(
       "HeaderLength99MBInTinyFile", Prefix(99'999'999) + "{}", kInvalid,
-      {"safetensors header length 99999999 exceeds the file size minus the "
-       "8-byte prefix (2)"}));
+      {"header length field (the first 8 bytes) exceeds the file size minus "
+       "the 8-byte prefix (2)"}));
   prefix_case(FileCase("PrefixOnlyClaims16Bytes", Prefix(16), kInvalid,
-                       {"header length 16 exceeds the file size minus the "
-                        "8-byte prefix (0)"}));
+                       {"header length field (the first 8 bytes) exceeds the "
+                        "file size minus the 8-byte prefix (0)"}));
   // Length 0: the header is the empty string.
   cases.push_back(FileCase("HeaderLengthZeroEmptyFile", Prefix(0), kInvalid,
                            {"safetensors header does not begin with '{'"}));
@@ -1133,9 +1134,16 @@ std::vector<CorpusCase> LargeHeaderCases() {
                       1),
                  kInvalid,
                  {"tensors cover 0 bytes but the data section has 1"}));
-  large(FileCase("LargeHeaderOneMegabyteTensorNameThenMismatch",
+  // Names are capped (kMaxTensorNameBytes), and echoed bounded.
+  large(FileCase("LargeHeaderOneMegabyteTensorName",
                  File(One(std::string(1 << 20, 'n'), "F32", "1", "0,1"), 1),
-                 kInvalid, {"of F32 needs 4 bytes but data_offsets [0, 1]"}));
+                 kInvalid,
+                 {"the name is longer than the limit of 65536 bytes",
+                  "... (1048576 bytes)"}));
+  large(FileCase(
+      "LargeHeaderSixtyKilobyteTensorNameThenMismatch",
+      File(One(std::string(60000, 'n'), "F32", "1", "0,1"), 1), kInvalid,
+      {"of F32 needs 4 bytes but data_offsets [0, 1]", "... (60000 bytes)"}));
   return cases;
 }
 

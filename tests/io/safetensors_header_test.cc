@@ -6,15 +6,19 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "io/dtype.h"
+#include "io/safetensors_file.h"
 #include "testing/test_util.h"
 
 namespace tailor {
 namespace {
 
 using ::tailor::testing::AssembleSafetensors;
+using ::tailor::testing::TempDir;
+using ::tailor::testing::WriteFileOrDie;
 
 constexpr absl::string_view kLabel = "mem.safetensors";
 
@@ -196,13 +200,60 @@ TEST(ParseSafetensorsHeaderLengthTest, ExactErrorTexts) {
                                    uint64_t{1} << 40, kLabel)
           .status();
   EXPECT_EQ(s, absl::InvalidArgumentError(
-                   "mem.safetensors: safetensors header length 100000001 "
-                   "exceeds the limit of 100000000 bytes"));
+                   "mem.safetensors: not a safetensors file: the header "
+                   "length field (the first 8 bytes) exceeds the limit of "
+                   "100000000 bytes (the file has 1099511627776 bytes)"));
   s = ParseSafetensorsHeaderLength(LengthPrefix(11), 18, kLabel).status();
   EXPECT_EQ(s, absl::InvalidArgumentError(
-                   "mem.safetensors: safetensors header length 11 exceeds the "
-                   "file size minus the 8-byte prefix (10); the file is "
-                   "truncated or not safetensors"));
+                   "mem.safetensors: not a safetensors file, or truncated: the "
+                   "header length field (the first 8 bytes) exceeds the file "
+                   "size minus the 8-byte prefix (10)"));
+}
+
+// Issue #10 point 20: a file that is not safetensors (here an AWS key) must
+// not have its first 8 bytes echoed as an integer.
+TEST(ParseSafetensorsHeaderLengthTest, NeverEchoesTheLengthField) {
+  const std::string secret = "AKIAIOSFODNN7EXAMPLE";
+  uint64_t as_integer = 0;
+  for (int i = 7; i >= 0; --i) {
+    as_integer = (as_integer << 8) | static_cast<uint8_t>(secret[i]);
+  }
+  ASSERT_EQ(as_integer, 5067481181768469313u);
+  for (uint64_t file_size : {uint64_t{20}, uint64_t{1} << 40}) {
+    absl::Status s =
+        ParseSafetensorsHeaderLength(secret, file_size, kLabel).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "not a safetensors file")) << s;
+    EXPECT_FALSE(absl::StrContains(s.message(), "5067481181768469313")) << s;
+    EXPECT_FALSE(absl::StrContains(s.message(), "AKIA")) << s;
+  }
+  // The same through a file on disk.
+  TempDir dir;
+  const std::string path = dir.Join("credentials");
+  WriteFileOrDie(path, secret + "\n");
+  absl::Status s = SafetensorsFile::Open(path).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_FALSE(absl::StrContains(s.message(), "5067481181768469313")) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "not a safetensors file")) << s;
+}
+
+// Tensor names are capped when a header is read.
+TEST(ParseSafetensorsBytesTest, OverlongTensorNameIsRefusedBounded) {
+  const std::string name(kMaxTensorNameBytes + 1, 'n');
+  const std::string header = absl::StrCat(
+      "{\"", name,
+      "\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}");
+  absl::Status s =
+      ParseSafetensorsBytes(AssembleSafetensors(header, ""), kLabel).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "longer than the limit of 65536"))
+      << s.message().substr(0, 300);
+  EXPECT_LT(s.message().size(), 600u);
+  // 60,000 bytes is within the limit.
+  const std::string ok = absl::StrCat(
+      "{\"", std::string(60000, 'n'),
+      "\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}");
+  EXPECT_TRUE(ParseSafetensorsBytes(AssembleSafetensors(ok, ""), kLabel).ok());
 }
 
 TEST(ParseSafetensorsBytesTest, ExactErrorTexts) {

@@ -1,9 +1,11 @@
 #include "util/file_util.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
 #include "absl/strings/match.h"
+#include "testing/fifo.h"
 #include "testing/test_util.h"
 
 namespace tailor {
@@ -66,6 +68,37 @@ TEST(FileUtilTest, PathHelpers) {
   EXPECT_EQ(JoinPath("a", "b"), "a/b");
   EXPECT_EQ(JoinPath("a/", "b"), "a/b");
   EXPECT_EQ(JoinPath("a", "/b"), "/b");
+}
+
+// Issue #10 point 11: a FIFO named as an input blocked open(2) for ever.
+TEST(FileUtilTest, OpenForReadRefusesAFifoWithoutBlocking) {
+  TempDir dir;
+  const std::string fifo = dir.Join("weights.safetensors");
+  ::tailor::testing::MakeFifoOrDie(fifo);
+  absl::Status s = ::tailor::testing::RunWithFifoGuard(
+      fifo, [&] { return OpenForRead(fifo).status(); });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "is not a regular file (FIFO)"))
+      << s;
+  s = ::tailor::testing::RunWithFifoGuard(
+      fifo, [&] { return ReadFileToString(fifo, 1024).status(); });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  // Directories and devices are refused the same way.
+  EXPECT_TRUE(absl::StrContains(OpenForRead(dir.path()).status().message(),
+                                "(directory)"));
+  EXPECT_TRUE(absl::StrContains(OpenForRead("/dev/null").status().message(),
+                                "(character device)"));
+}
+
+TEST(FileUtilTest, OpenForReadReturnsABlockingDescriptor) {
+  TempDir dir;
+  const std::string path = dir.Join("f");
+  ASSERT_TRUE(WriteFileAtomically(path, "contents").ok());
+  auto fd = OpenForRead(path);
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  const int flags = ::fcntl(fd->get(), F_GETFL);
+  EXPECT_EQ(flags & O_NONBLOCK, 0);
+  EXPECT_NE(::fcntl(fd->get(), F_GETFD) & FD_CLOEXEC, 0);
 }
 
 }  // namespace
