@@ -195,8 +195,9 @@ absl::Status JobStore::CheckIdentity(bool marker_exists,
       return absl::DataLossError(absl::StrCat(
           "job store: ", path_, " has no store id but ", marker_path_,
           " says it is store ", marker_id, " with ", marker_seq,
-          " commits: the database was replaced or lost its contents; "
-          "refusing to start. ",
+          " commits: the database was replaced or lost its contents (a "
+          "deleted or damaged ",
+          Basename(path_), "-wal after a crash?); refusing to start. ",
           kRecovery));
     }
     // A new store (or one written before the marker existed).

@@ -205,9 +205,8 @@ TEST_F(TailordTest, JournalLimitsLetTheJobContinueWithoutItsJournal) {
     std::string warning;
     for (const v1::JobEvent& e : all) {
       if (e.has_warning() &&
-          absl::StrContains(e.warning().message(),
-                            "continuing without the journal")) {
-        warning = e.warning().message();
+          absl::StrContains(e.warning(), "continuing without the journal")) {
+        warning = e.warning();
       }
     }
     EXPECT_TRUE(absl::StrContains(warning, flags[0] == "--journal-max-bytes"
