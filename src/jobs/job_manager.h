@@ -106,9 +106,22 @@ enum class ResultKind { kPatch, kReport };
 // concurrent jobs share devices without over-committing them, and one
 // job's tensors may run on different devices.
 //
-// Thread-safe. Methods never wait on a running job; ReadEvents, AddListener
-// and RemoveListener only take short in-memory locks (safe in RPC
-// reactions); the others may write the store (an fsync).
+// Faults: a job whose runs the server did not survive max_interrupted_runs
+// times is FAILED at startup (a poisoned job); a RUNNING job with a stored
+// cancel request is CANCELLED at startup. When the store refuses a change
+// that must not wait (a run's outcome, startup's requeues), the change is
+// published in memory anyway and committed later (the workers retry every
+// few seconds); until then a restart finds the store's older state. The
+// journal is bounded (journal_max_bytes, journal_reserve_bytes), so it
+// cannot take the space the store needs.
+//
+// Memory: each job keeps its newest events only (cached_events; a few once
+// it ended); older ones are read from the store on demand.
+//
+// Thread-safe. Methods never wait on a running job; ReadEvents with
+// may_read_store=false, AddListener and RemoveListener only take short
+// in-memory locks (safe in RPC reactions); the others may read or write the
+// store (an fsync).
 class JobManager {
  public:
   // Opens the store under options.data_dir, requeues unfinished jobs and

@@ -78,7 +78,11 @@ TailordProcess::TailordProcess(const std::string& data_dir,
         grpc_port_ = j.value("grpc_port", 0);
         metrics_port_ = j.value("metrics_port", 0);
         start_seconds_ = elapsed();
-        if (grpc_port_ > 0) return;
+        if (grpc_port_ > 0) {
+          std::cerr << "TailordProcess: serving after " << start_seconds_
+                    << " s\n";
+          return;
+        }
         failure_ = "its ready file has no grpc_port";
         break;
       }
