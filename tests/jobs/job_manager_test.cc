@@ -156,9 +156,12 @@ class JobManagerTest : public ::testing::Test {
     return r;
   }
 
-  // Polls until the job is in `state` (or 10 s pass).
+  // Polls until the job is in `state` (or 60 s of wall time pass: generous
+  // for a loaded machine).
   static Job WaitFor(JobManager& m, const std::string& name, JobState state) {
-    for (int i = 0; i < 10000; ++i) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline) {
       absl::StatusOr<Job> job = m.GetJob(name);
       if (job.ok() && job->state == state) return *job;
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -454,9 +457,11 @@ TEST_F(JobManagerTest, UnfinishedJobsRunAgainAfterARestart) {
   EXPECT_EQ(m->ListJobs(0, "", "")->jobs.back().name(), finished);
 }
 
-// Polls until `path` is gone (or 10 s pass).
+// Polls until `path` is gone (or 60 s pass).
 bool Gone(const std::string& path) {
-  for (int i = 0; i < 10000 && PathExists(path); ++i) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (PathExists(path) && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   return !PathExists(path);

@@ -95,9 +95,11 @@ class TailordTest : public ::testing::Test {
     return tmp_.Join("data/journal/" + name.substr(name.find('/') + 1));
   }
 
-  // Polls until `path` is gone (or 10 s pass).
+  // Polls until `path` is gone (or 60 s of wall time pass).
   static bool GoneSoon(const std::string& path) {
-    for (int i = 0; i < 1000 && PathExists(path); ++i) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (PathExists(path) && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     return !PathExists(path);
@@ -153,10 +155,13 @@ class TailordTest : public ::testing::Test {
     return job;
   }
 
-  // Polls until `done(job)` (or 60 s pass).
+  // Polls until `done(job)` (or 180 s of wall time pass: generous for a
+  // loaded machine).
   template <typename Pred>
   v1::FusionJob WaitUntil(const std::string& name, Pred done) {
-    for (int i = 0; i < 6000; ++i) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(180);
+    while (std::chrono::steady_clock::now() < deadline) {
       v1::FusionJob job = Get(name);
       if (done(job)) return job;
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
