@@ -237,11 +237,13 @@ absl::Status JobStore::CheckIdentity(bool marker_exists,
   store_id_ = *id;
   commit_seq_ = seq;
   if (!marker_path_.empty()) {
+    // Not fatal: on a full volume the store must still open (the marker
+    // only ever lags the database, which the checks above allow).
     absl::Status s = WriteMarker();
     if (!s.ok()) {
-      return absl::Status(
-          s.code(), absl::StrCat("job store: cannot write ", marker_path_, ": ",
-                                 s.message()));
+      Log(LogLevel::kWarning, "",
+          absl::StrCat("job store: cannot write ", marker_path_, ": ",
+                       s.message(), " (loss detection uses the old marker)"));
     }
   }
   return absl::OkStatus();
