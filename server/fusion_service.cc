@@ -1,6 +1,7 @@
 #include "fusion_service.h"
 
 #include <algorithm>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,7 +54,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
 
   void Start() {
     absl::StatusOr<jobs::JobManager::EventBatch> probe =
-        service_->manager_->ReadEvents(name_, after_, 0);
+        service_->manager_->ReadEvents(name_, after_, 0, false);
     if (!probe.ok()) {
       absl::MutexLock lock(&mu_);
       FinishLocked(probe.status());
@@ -69,19 +70,26 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
   // nothing more to send and the job is over (or watches are closed).
   // StartWrite and Finish are called under mu_ so that no write can start
   // after Finish (gRPC runs reactions on its own threads, never inline).
+  // Events older than the job manager's cache are fetched from the store
+  // on the service's executor (a disk read), a batch at a time.
   void Pump() {
     absl::MutexLock lock(&mu_);
-    if (writing_ || finished_) return;
+    if (writing_ || finished_ || fetching_) return;
+    if (!backlog_.empty()) {
+      Send(backlog_.front());
+      backlog_.pop_front();
+      return;
+    }
     absl::StatusOr<jobs::JobManager::EventBatch> batch =
-        service_->manager_->ReadEvents(name_, after_, 1);
+        service_->manager_->ReadEvents(name_, after_, 1,
+                                       /*may_read_store=*/false);
     if (!batch.ok()) {
       FinishLocked(batch.status());
+    } else if (batch->in_store) {
+      fetching_ = true;
+      service_->executor_.Post([this] { Fetch(); });
     } else if (!batch->events.empty()) {
-      message_.Clear();
-      EventToProto(batch->events[0], &message_);
-      after_ = batch->events[0].sequence;
-      writing_ = true;
-      StartWrite(&message_);
+      Send(batch->events[0]);
     } else if (batch->end) {
       FinishLocked(absl::OkStatus());
     } else if (service_->watches_closed_.load()) {
@@ -111,10 +119,55 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
       service_->manager_->RemoveListener(listener_);
       service_->Unregister(this);
     }
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+      if (fetching_) return;  // Fetch() deletes the reactor
+    }
     delete this;
   }
 
  private:
+  static constexpr size_t kFetchBatch = 256;
+
+  // On the executor: reads the next events from the store.
+  void Fetch() {
+    int64_t after;
+    {
+      absl::MutexLock lock(&mu_);
+      after = after_;  // no write runs while fetching_
+    }
+    absl::StatusOr<jobs::JobManager::EventBatch> batch =
+        service_->manager_->ReadEvents(name_, after, kFetchBatch,
+                                       /*may_read_store=*/true);
+    bool destroy;
+    {
+      absl::MutexLock lock(&mu_);
+      fetching_ = false;
+      destroy = done_;
+      if (destroy) {
+        // The RPC is over; nothing to send.
+      } else if (!batch.ok()) {
+        FinishLocked(batch.status());
+      } else {
+        backlog_.assign(batch->events.begin(), batch->events.end());
+      }
+    }
+    if (destroy) {
+      delete this;
+      return;
+    }
+    Pump();
+  }
+
+  void Send(const jobs::JobEvent& event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    message_.Clear();
+    EventToProto(event, &message_);
+    after_ = event.sequence;
+    writing_ = true;
+    StartWrite(&message_);
+  }
+
   void FinishLocked(const absl::Status& status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_) return;
@@ -125,10 +178,16 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
   FusionServiceImpl* const service_;
   const std::string name_;
   int64_t listener_ = 0;
-  absl::Mutex mu_;  // guards after_, writing_, finished_ and message_
+  // Guards after_, writing_, finished_, fetching_, done_, backlog_ and
+  // message_.
+  absl::Mutex mu_;
   int64_t after_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool fetching_ ABSL_GUARDED_BY(mu_) = false;  // a Fetch() is posted
+  bool done_ ABSL_GUARDED_BY(mu_) = false;      // OnDone() ran
+  // Events fetched from the store, not yet sent.
+  std::deque<jobs::JobEvent> backlog_ ABSL_GUARDED_BY(mu_);
   v1::JobEvent message_;  // owned by gRPC while writing_
 };
 
@@ -141,6 +200,14 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
   ResultReactor(FusionServiceImpl* service, BlockingExecutor* executor,
                 jobs::JobManager* manager)
       : service_(service), executor_(executor), manager_(manager) {}
+  ~ResultReactor() override {
+    if (counted_) service_->ReleaseResultStream();
+  }
+
+  // Ends the RPC at once (the stream limit): no task is posted.
+  void Refuse(const absl::Status& status) { FinishOnce(status); }
+  // This stream holds one of the service's result-stream slots.
+  void set_counted() { counted_ = true; }
 
   void Start(std::string name, v1::ReadJobResultRequest::Kind kind) {
     Post([this, name = std::move(name), kind] {
@@ -295,6 +362,9 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
   uint64_t size_ = 0, offset_ = 0;
   Sha256 sha_;
   bool last_ = false;
+  bool counted_ = false;
+  // The one chunk in flight: the next is read only after OnWriteDone, so a
+  // stream never buffers more than a chunk whatever its reader does.
   v1::ResultChunk chunk_;
   absl::Mutex mu_;  // guards finished_, done_, pending_ (and orders writes)
   bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish() was called
@@ -305,8 +375,10 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
 }  // namespace
 
 FusionServiceImpl::FusionServiceImpl(jobs::JobManager* manager,
-                                     metrics::Registry* registry)
+                                     metrics::Registry* registry,
+                                     int max_result_streams)
     : manager_(manager),
+      max_result_streams_(std::max(1, max_result_streams)),
       rpcs_(registry->AddCounter("tailor_rpcs_total",
                                  "gRPC calls handled, by method and status "
                                  "code.",
@@ -414,9 +486,27 @@ grpc::ServerWriteReactor<v1::ResultChunk>* FusionServiceImpl::ReadJobResult(
     grpc::CallbackServerContext* /*context*/,
     const v1::ReadJobResultRequest* request) {
   auto* reactor = new ResultReactor(this, &executor_, manager_);
+  if (!TryAcquireResultStream()) {
+    reactor->Refuse(absl::ResourceExhaustedError(absl::StrCat(
+        "ReadJobResult: ", max_result_streams_,
+        " result streams are open already (tailord --max-result-streams); "
+        "retry when one has finished")));
+    return reactor;
+  }
+  reactor->set_counted();
   reactor->Start(request->name(), request->kind());
   return reactor;
 }
+
+bool FusionServiceImpl::TryAcquireResultStream() {
+  int open = result_streams_.load();
+  while (open < max_result_streams_) {
+    if (result_streams_.compare_exchange_weak(open, open + 1)) return true;
+  }
+  return false;
+}
+
+void FusionServiceImpl::ReleaseResultStream() { result_streams_.fetch_sub(1); }
 
 void FusionServiceImpl::Register(WatchReactor* watch) {
   absl::MutexLock lock(&watches_mu_);

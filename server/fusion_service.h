@@ -34,7 +34,10 @@ class FusionServiceImpl final
     : public tailor::v1::FusionService::WithRawCallbackMethod_CreateFusionJob<
           tailor::v1::FusionService::CallbackService> {
  public:
-  FusionServiceImpl(jobs::JobManager* manager, metrics::Registry* registry);
+  // At most `max_result_streams` ReadJobResult streams are open at once;
+  // more are RESOURCE_EXHAUSTED.
+  FusionServiceImpl(jobs::JobManager* manager, metrics::Registry* registry,
+                    int max_result_streams = 64);
   ~FusionServiceImpl() override;
 
   // Ends every open watch once it has sent the events available now, with
@@ -67,6 +70,9 @@ class FusionServiceImpl final
 
   // For reactors: counts the outcome and converts the status.
   grpc::Status Outcome(const char* method, const absl::Status& status);
+  // For result streams: takes a slot (false at the limit) / gives it back.
+  bool TryAcquireResultStream();
+  void ReleaseResultStream();
 
  private:
   friend class WatchReactor;
@@ -77,6 +83,8 @@ class FusionServiceImpl final
   void Unregister(WatchReactor* watch);
 
   jobs::JobManager* const manager_;
+  const int max_result_streams_;
+  std::atomic<int> result_streams_{0};  // open ReadJobResult streams
   metrics::Family* const rpcs_;
   BlockingExecutor executor_;
   std::atomic<bool> watches_closed_{false};

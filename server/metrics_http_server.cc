@@ -10,6 +10,9 @@
 namespace tailor::server {
 namespace {
 
+constexpr char kThreads[] = "32";
+constexpr char kRequestTimeoutMs[] = "3000";
+
 int Reply(::mg_connection* conn, int code, const char* reason, const char* type,
           const std::string& body) {
   mg_printf(conn,
@@ -35,9 +38,22 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   (void)initialised;
   std::unique_ptr<MetricsHttpServer> s(
       new MetricsHttpServer(registry, std::move(ready)));
-  const char* options[] = {
-      "listening_ports",    listen.c_str(), "num_threads", "4",
-      "request_timeout_ms", "10000",        nullptr};
+  // Each connection holds a worker thread until its request arrives, so
+  // idle or slow clients must neither outnumber the workers nor hold them
+  // long: probes (/healthz) are answered promptly with dozens of idle
+  // connections open, and an idle one is dropped after a few seconds
+  // (connections are never kept alive: every reply closes).
+  const char* options[] = {"listening_ports",
+                           listen.c_str(),
+                           "num_threads",
+                           kThreads,
+                           "connection_queue",
+                           "64",
+                           "request_timeout_ms",
+                           kRequestTimeoutMs,
+                           "enable_keep_alive",
+                           "no",
+                           nullptr};
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof(callbacks));
   callbacks.log_message = &LogCivetweb;

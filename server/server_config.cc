@@ -64,6 +64,19 @@ absl::Status ServerConfig::Validate() const {
                    "must be in (0, 30) seconds (shorter than Kubernetes' "
                    "default 30 s grace period)");
   }
+  if (journal_max_bytes < 0) {
+    return Invalid("journal-max-bytes",
+                   "must be >= 0 (0: half the free space at a job's start)");
+  }
+  if (journal_reserve_bytes < 0) {
+    return Invalid("journal-reserve-bytes", "must be >= 0");
+  }
+  if (max_interrupted_runs < 1 || max_interrupted_runs > 100) {
+    return Invalid("max-interrupted-runs", "must be in 1..100");
+  }
+  if (max_result_streams < 1 || max_result_streams > 4096) {
+    return Invalid("max-result-streams", "must be in 1..4096");
+  }
   if (log_level != "debug" && log_level != "info" && log_level != "warning" &&
       log_level != "error") {
     return Invalid("log-level", "must be debug, info, warning or error");
@@ -136,6 +149,14 @@ absl::Status LoadServerConfigFile(const std::string& path,
       s = Read(v, where, "an integer", &config->max_spec_bytes);
     } else if (key == "drain-timeout") {
       s = Read(v, where, "a number of seconds", &config->drain_timeout_seconds);
+    } else if (key == "journal-max-bytes") {
+      s = Read(v, where, "an integer", &config->journal_max_bytes);
+    } else if (key == "journal-reserve-bytes") {
+      s = Read(v, where, "an integer", &config->journal_reserve_bytes);
+    } else if (key == "max-interrupted-runs") {
+      s = Read(v, where, "an integer", &config->max_interrupted_runs);
+    } else if (key == "max-result-streams") {
+      s = Read(v, where, "an integer", &config->max_result_streams);
     } else if (key == "ready-file") {
       s = Read(v, where, "a string", &config->ready_file);
     } else if (key == "log-level") {
@@ -205,6 +226,20 @@ void ServerFlags::Add(CLI::App& app) {
                  "larger is RESOURCE_EXHAUSTED (default 65536)");
   app.add_option("--drain-timeout", flags_.drain_timeout_seconds,
                  "seconds from SIGTERM to exit, in (0, 30) (default 20)");
+  app.add_option("--journal-max-bytes", flags_.journal_max_bytes,
+                 "bytes one job's resume journal may take on the data volume; "
+                 "past it the job goes on without journalling (0, the "
+                 "default: half the volume's free space at the job's start)");
+  app.add_option("--journal-reserve-bytes", flags_.journal_reserve_bytes,
+                 "free bytes journal writes always leave on the data volume "
+                 "for the job store (default 268435456)");
+  app.add_option("--max-interrupted-runs", flags_.max_interrupted_runs,
+                 "a job whose runs the server did not survive (crash, kill) "
+                 "this many times in a row is FAILED at startup instead of "
+                 "run again; drains do not count, 1..100 (default 2)");
+  app.add_option("--max-result-streams", flags_.max_result_streams,
+                 "ReadJobResult streams open at once; more are "
+                 "RESOURCE_EXHAUSTED, 1..4096 (default 64)");
   app.add_option("--ready-file", flags_.ready_file,
                  "write {\"grpc_port\": N, \"metrics_port\": M} here once "
                  "serving (for scripts and tests using port 0)");
@@ -239,6 +274,18 @@ absl::StatusOr<ServerConfig> ServerFlags::Resolve() const {
   if (given("--max-spec-bytes")) config.max_spec_bytes = flags_.max_spec_bytes;
   if (given("--drain-timeout")) {
     config.drain_timeout_seconds = flags_.drain_timeout_seconds;
+  }
+  if (given("--journal-max-bytes")) {
+    config.journal_max_bytes = flags_.journal_max_bytes;
+  }
+  if (given("--journal-reserve-bytes")) {
+    config.journal_reserve_bytes = flags_.journal_reserve_bytes;
+  }
+  if (given("--max-interrupted-runs")) {
+    config.max_interrupted_runs = flags_.max_interrupted_runs;
+  }
+  if (given("--max-result-streams")) {
+    config.max_result_streams = flags_.max_result_streams;
   }
   if (given("--ready-file")) config.ready_file = flags_.ready_file;
   if (given("--log-level")) config.log_level = flags_.log_level;

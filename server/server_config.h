@@ -30,6 +30,15 @@ struct ServerConfig {
   // "DEVICE=BYTES" or "DEVICE=FRACTION" (jobs::ParseDeviceBudget), at most
   // one per device; unset devices get the job manager's defaults.
   std::vector<std::string> device_memory_budgets;
+  // Journal limits (jobs::JobManagerOptions): bytes per job's journal (0:
+  // half the data volume's free space at the job's start), and free space
+  // journal writes leave for the job store.
+  int64_t journal_max_bytes = 0;
+  int64_t journal_reserve_bytes = int64_t{256} << 20;
+  // Crash-interrupted runs after which a job is FAILED at startup.
+  int max_interrupted_runs = 2;
+  // ReadJobResult streams open at once; more are RESOURCE_EXHAUSTED.
+  int max_result_streams = 64;
 
   // device_memory_budgets parsed; INVALID_ARGUMENT naming the setting.
   absl::StatusOr<std::map<std::string, jobs::DeviceBudget>> DeviceBudgets()

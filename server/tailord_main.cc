@@ -88,11 +88,16 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
   options.max_queued_jobs = config.max_queued_jobs;
   options.max_spec_bytes = static_cast<size_t>(config.max_spec_bytes);
   options.device_budgets = *config.DeviceBudgets();  // validated
+  options.journal_max_bytes = static_cast<uint64_t>(config.journal_max_bytes);
+  options.journal_reserve_bytes =
+      static_cast<uint64_t>(config.journal_reserve_bytes);
+  options.max_interrupted_runs = config.max_interrupted_runs;
   absl::StatusOr<std::unique_ptr<jobs::JobManager>> manager =
       jobs::JobManager::Create(options, std::move(*runner), &registry);
   if (!manager.ok()) return Fail(manager.status());
 
-  FusionServiceImpl service(manager->get(), &registry);
+  FusionServiceImpl service(manager->get(), &registry,
+                            config.max_result_streams);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -502,7 +502,9 @@ class Job {
     if (options_.journal_dir.empty()) return absl::OkStatus();
     TAILOR_ASSIGN_OR_RETURN(
         FusionJournal::Opened opened,
-        FusionJournal::Open(options_.journal_dir, JournalIdentity()));
+        FusionJournal::Open(options_.journal_dir, JournalIdentity(),
+                            JournalLimits{options_.journal_max_bytes,
+                                          options_.journal_reserve_bytes}));
     journal_ = std::move(opened.journal);
     if (opened.discarded) {
       Note(absl::StrCat("journal ", options_.journal_dir,

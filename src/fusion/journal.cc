@@ -1,6 +1,7 @@
 #include "fusion/journal.h"
 
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <map>
 
@@ -46,7 +47,8 @@ const JournalPatch* JournalEntry::FindPatch(const std::string& key) const {
 }
 
 absl::StatusOr<FusionJournal::Opened> FusionJournal::Open(
-    const std::string& dir, const nlohmann::json& identity) {
+    const std::string& dir, const nlohmann::json& identity,
+    JournalLimits limits) {
   if (dir.empty()) {
     return absl::InvalidArgumentError("journal: empty directory");
   }
@@ -71,7 +73,8 @@ absl::StatusOr<FusionJournal::Opened> FusionJournal::Open(
     TAILOR_RETURN_IF_ERROR(
         WriteFileAtomically(JoinPath(dir, kManifest), manifest.dump(2) + "\n"));
   }
-  opened.journal.reset(new FusionJournal(dir));
+  absl::StatusOr<uint64_t> bytes = JournalBytes(dir);
+  opened.journal.reset(new FusionJournal(dir, limits, bytes.value_or(0)));
   return opened;
 }
 
@@ -129,9 +132,30 @@ absl::Status FusionJournal::Write(const JournalEntry& entry) const {
         "journal entry ", entry.index, ": not serialisable: ", e.what()));
   }
   std::string file = SerializeSafetensorsHead(metadata, tensors);
-  file.reserve(file.size() + offset);
+  const uint64_t size = file.size() + offset;
+  if (limits_.max_bytes > 0 && bytes_ + size > limits_.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the journal's budget of ", limits_.max_bytes, " bytes is spent (",
+        bytes_, " bytes used, the entry needs ", size, ")"));
+  }
+  if (limits_.reserve_bytes > 0) {
+    struct statvfs st;
+    if (::statvfs(dir_.c_str(), &st) == 0) {
+      const uint64_t free_bytes =
+          static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+      if (free_bytes < size + limits_.reserve_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the data volume has ", free_bytes, " bytes free; the entry (",
+            size, " bytes) would leave less than the ", limits_.reserve_bytes,
+            " bytes kept for the job store"));
+      }
+    }
+  }
+  file.reserve(size);
   for (const auto& piece : pieces) file += *piece.second;
-  return WriteFileAtomically(EntryPath(entry.index), file);
+  TAILOR_RETURN_IF_ERROR(WriteFileAtomically(EntryPath(entry.index), file));
+  bytes_ += size;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<JournalEntry> FusionJournal::Read(int64_t index) const {

@@ -60,6 +60,13 @@ struct JournalEntry {
   const JournalPatch* FindPatch(const std::string& key) const;
 };
 
+// What a journal may take of its volume (RunOptions::journal_max_bytes,
+// journal_reserve_bytes).
+struct JournalLimits {
+  uint64_t max_bytes = 0;      // the journal's files in all; 0: no limit
+  uint64_t reserve_bytes = 0;  // free space every write leaves
+};
+
 class FusionJournal {
  public:
   struct Opened {
@@ -74,8 +81,10 @@ class FusionJournal {
   // by `identity` (any JSON; compared for equality with the manifest's). A
   // directory holding another identity's journal, or no valid manifest, is
   // emptied first: a journal is never reused for a different job.
+  // `limits` bound Write(); the entries already there count.
   static absl::StatusOr<Opened> Open(const std::string& dir,
-                                     const nlohmann::json& identity);
+                                     const nlohmann::json& identity,
+                                     JournalLimits limits = {});
 
   const std::string& dir() const { return dir_; }
   // Whether an entry file for `index` exists.
@@ -84,13 +93,20 @@ class FusionJournal {
   // INVALID_ARGUMENT for a damaged one, NOT_FOUND for none.
   absl::StatusOr<JournalEntry> Read(int64_t index) const;
   // Records an entry durably, replacing any entry of that index.
+  // RESOURCE_EXHAUSTED (writing nothing) when the entry would take the
+  // journal past limits.max_bytes or leave less than limits.reserve_bytes
+  // free on the volume; a failed write (ENOSPC) leaves no partial file.
   absl::Status Write(const JournalEntry& entry) const;
+  uint64_t bytes() const { return bytes_; }
 
   std::string EntryPath(int64_t index) const;
 
  private:
-  explicit FusionJournal(std::string dir) : dir_(std::move(dir)) {}
+  FusionJournal(std::string dir, JournalLimits limits, uint64_t bytes)
+      : dir_(std::move(dir)), limits_(limits), bytes_(bytes) {}
   std::string dir_;
+  JournalLimits limits_;
+  mutable uint64_t bytes_ = 0;  // of the journal's files, as written here
 };
 
 // Bytes of the journal directory's regular files (for reporting its size).

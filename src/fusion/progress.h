@@ -92,6 +92,14 @@ struct RunOptions {
   // caller removes it when the job is over. It holds up to one extra copy
   // of the fused tensors (plus the patches) until then.
   std::string journal_dir;
+  // Journal limits: at most journal_max_bytes in the journal (0: no limit),
+  // and no entry written that would leave less than journal_reserve_bytes
+  // free on its file system (the job store, on the same volume, needs
+  // room to record the job's outcome). When an entry would break either,
+  // or its write fails (ENOSPC), the job continues without the journal
+  // (a warning event says so); it only costs recomputation after a restart.
+  uint64_t journal_max_bytes = 0;
+  uint64_t journal_reserve_bytes = 0;
   // Optional, not owned. When set, each fused tensor (not copied or resumed
   // ones) is computed on the device of a lease acquired for it with an
   // estimate of its peak working memory, and spec.device is not used; its

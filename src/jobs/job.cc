@@ -149,6 +149,7 @@ nlohmann::json Job::ToJson() const {
           {"error_code", error_code},
           {"error_message", error_message},
           {"cancel_requested", cancel_requested},
+          {"unfinished_runs", unfinished_runs},
           {"last_sequence", last_sequence},
           {"result", result},
           {"report_text", report_text}};
@@ -175,6 +176,7 @@ absl::StatusOr<Job> Job::FromJson(const nlohmann::json& j) {
     job.error_code = j.at("error_code").get<int>();
     job.error_message = j.at("error_message").get<std::string>();
     job.cancel_requested = j.at("cancel_requested").get<bool>();
+    job.unfinished_runs = j.value("unfinished_runs", 0);  // absent before
     job.last_sequence = j.at("last_sequence").get<int64_t>();
     job.result = j.at("result");
     job.report_text = j.at("report_text").get<std::string>();

@@ -83,6 +83,12 @@ struct Job {
   int error_code = 0;
   std::string error_message;
   bool cancel_requested = false;
+  // Runs started (RUNNING recorded) that have not ended since: a run that
+  // ends (a final state, or QUEUED again after a drain) sets it back to 0,
+  // so a count above 0 at startup means the server died while the job ran.
+  // Counted durably before each run, so a job that crashes the server on
+  // every run (a poisoned job) is recognised and not retried forever.
+  int unfinished_runs = 0;
   int64_t last_sequence = 0;
   // SUCCEEDED: {method, totals..., outputs{fused, patch, report}} from the
   // engine's report; null otherwise.

@@ -1,6 +1,7 @@
 #include "jobs/job_manager.h"
 
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <cstdio>
 #include <fstream>
@@ -8,9 +9,11 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
@@ -139,14 +142,19 @@ double ResidentBytes() {
   return static_cast<double>(resident) * ::sysconf(_SC_PAGESIZE);
 }
 
+// A parsed filter: every term must hold. Terms on the same key AND too, so
+// two different values of one key match nothing.
 struct Filter {
-  std::optional<JobState> state;
-  std::map<std::string, std::string> labels;
+  std::set<JobState> states;
+  std::map<std::string, std::set<std::string>> labels;
+  // The terms, sorted: equal for filters that mean the same.
+  std::string canonical;
 };
 
 absl::StatusOr<Filter> ParseFilter(const std::string& text) {
   Filter f;
   if (absl::StripAsciiWhitespace(text).empty()) return f;
+  std::set<std::string> terms;
   for (absl::string_view term : absl::StrSplit(text, " AND ")) {
     term = absl::StripAsciiWhitespace(term);
     std::pair<std::string, std::string> kv =
@@ -154,33 +162,90 @@ absl::StatusOr<Filter> ParseFilter(const std::string& text) {
     std::string key(absl::StripAsciiWhitespace(kv.first));
     std::string value(absl::StripAsciiWhitespace(kv.second));
     if (key == "state") {
-      f.state = ParseJobState(value);
-      if (!f.state || *f.state == JobState::kUnspecified) {
-        return Invalid("filter", absl::StrCat("unknown state '", value,
-                                              "' (QUEUED, RUNNING, SUCCEEDED, "
-                                              "FAILED, CANCELLED)"));
+      std::optional<JobState> state = ParseJobState(value);
+      if (!state || *state == JobState::kUnspecified) {
+        return Invalid(
+            "filter",
+            absl::StrCat("unknown state '", value.substr(0, 64),
+                         "' (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)"));
       }
+      f.states.insert(*state);
     } else if (absl::StartsWith(key, "labels.") && key.size() > 7 &&
                term.find('=') != absl::string_view::npos) {
-      f.labels[key.substr(7)] = value;
+      f.labels[key.substr(7)].insert(value);
     } else {
       return Invalid("filter",
-                     absl::StrCat("term '", term,
+                     absl::StrCat("term '", term.substr(0, 128),
                                   "' is not state=STATE or labels.KEY=VALUE "
                                   "(terms are joined by ' AND ')"));
     }
+    terms.insert(absl::StrCat(key, "=", value));
   }
+  f.canonical = absl::StrJoin(terms, " AND ");
   return f;
 }
 
 bool Matches(const Filter& f, const Job& job) {
-  if (f.state && job.state != *f.state) return false;
-  for (const auto& [k, v] : f.labels) {
+  for (JobState s : f.states) {
+    if (job.state != s) return false;
+  }
+  for (const auto& [k, values] : f.labels) {
     auto it = job.labels.find(k);
-    if (it == job.labels.end() || it->second != v) return false;
+    for (const std::string& v : values) {
+      if (it == job.labels.end() || it->second != v) return false;
+    }
   }
   return true;
 }
+
+// FNV-1a, 64 bits: stable across builds and processes (unlike std::hash).
+uint64_t Fnv1a(absl::string_view text) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : text) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+// A page token: the filter's hash and the create_order to continue below,
+// web-safe base64 of "t1:<hash>:<order>".
+std::string PageToken(const Filter& f, int64_t before) {
+  return absl::WebSafeBase64Escape(
+      absl::StrFormat("t1:%016x:%d", Fnv1a(f.canonical), before));
+}
+
+absl::StatusOr<int64_t> ParsePageToken(const Filter& f,
+                                       const std::string& token) {
+  const absl::Status bad =
+      Invalid("page_token", "is not a token this server returned");
+  std::string text;
+  if (token.size() > 256 || !absl::WebSafeBase64Unescape(token, &text)) {
+    return bad;
+  }
+  std::vector<std::string> parts = absl::StrSplit(text, ':');
+  int64_t before = 0;
+  if (parts.size() != 3 || parts[0] != "t1" ||
+      !absl::SimpleAtoi(parts[2], &before) || before <= 0) {
+    return bad;
+  }
+  if (parts[1] != absl::StrFormat("%016x", Fnv1a(f.canonical))) {
+    return Invalid("page_token",
+                   "was issued for another filter; a page token must come "
+                   "with the filter of the request that returned it");
+  }
+  return before;
+}
+
+// Free bytes of the file system holding `path`; nullopt if unknown.
+std::optional<uint64_t> FreeBytes(const std::string& path) {
+  struct statvfs st;
+  if (::statvfs(path.c_str(), &st) != 0) return std::nullopt;
+  return static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+}
+
+// Events a finished job keeps in memory (its watchers' usual tail).
+constexpr size_t kFinishedCachedEvents = 16;
 
 // The runner's devices with their budgets: options.device_budgets by
 // name, then by kind ("cuda"), then the defaults.
@@ -313,6 +378,9 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
   if (options.max_queued_jobs < 1) {
     return Invalid("max_queued_jobs", "must be >= 1");
   }
+  if (options.max_interrupted_runs < 1) {
+    return Invalid("max_interrupted_runs", "must be >= 1");
+  }
   if (options.data_dir.empty()) return Invalid("data_dir", "is required");
   if (::mkdir(options.data_dir.c_str(), 0750) != 0 && errno != EEXIST) {
     return ErrnoToStatus(errno, absl::StrCat("data_dir ", options.data_dir));
@@ -325,7 +393,11 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
                           NewDevicePool(*runner, options.device_budgets));
   TAILOR_ASSIGN_OR_RETURN(
       std::unique_ptr<JobStore> store,
-      JobStore::Open(JoinPath(options.data_dir, "jobs.db")));
+      JobStore::Open(JoinPath(options.data_dir, "jobs.db"),
+                     JoinPath(options.data_dir, kStoreMarkerName)));
+  if (options.store_fault_for_testing) {
+    store->SetFaultForTesting(options.store_fault_for_testing);
+  }
   std::unique_ptr<JobManager> m(new JobManager(
       options, std::move(runner), std::move(store), std::move(pool), registry));
   TAILOR_RETURN_IF_ERROR(m->Load());
@@ -341,34 +413,54 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
 
 absl::Status JobManager::Load() {
   TAILOR_ASSIGN_OR_RETURN(std::vector<Job> jobs, store_->LoadJobs());
-  std::vector<std::string> requeue;
+  std::vector<std::string> requeue, cancel, poisoned;
+  const size_t keep = std::max<size_t>(options_.cached_events, 1);
   std::vector<nlohmann::json> specs;  // for the staging cleanup
   for (const Job& job : jobs) specs.push_back(job.spec);
   {
     absl::MutexLock lock(&mu_);
     for (Job& job : jobs) {
+      // Only the newest events: the rest stay in the store until a watcher
+      // replays them.
+      const int64_t after =
+          std::max<int64_t>(0, job.last_sequence - static_cast<int64_t>(keep));
       TAILOR_ASSIGN_OR_RETURN(std::vector<JobEvent> events,
-                              store_->LoadEvents(job.id));
-      if (static_cast<int64_t>(events.size()) != job.last_sequence) {
-        return absl::DataLossError(absl::StrCat(
-            "job store: fusionJobs/", job.id, " has ", events.size(),
-            " events but its last sequence is ", job.last_sequence));
+                              store_->LoadEvents(job.id, after));
+      const bool complete =
+          static_cast<int64_t>(events.size()) == job.last_sequence - after &&
+          (events.empty() || (events.front().sequence == after + 1 &&
+                              events.back().sequence == job.last_sequence));
+      if (!complete) {
+        return absl::DataLossError(
+            absl::StrCat("job store: fusionJobs/", job.id, " has ",
+                         events.size(), " events after sequence ", after,
+                         " but its last sequence is ", job.last_sequence));
       }
       next_order_ = std::max(next_order_, job.create_order + 1);
       if (!job.request_id.empty()) by_request_id_[job.request_id] = job.id;
       by_order_[job.create_order] = job.id;
-      if (job.state == JobState::kQueued) {
+      if (!IsTerminal(job.state) && job.cancel_requested) {
+        // Cancelled while it ran, and the server stopped before the run
+        // ended: the cancel was acknowledged, so the job never runs again.
+        cancel.push_back(job.id);
+      } else if (job.state == JobState::kRunning &&
+                 job.unfinished_runs >= options_.max_interrupted_runs) {
+        poisoned.push_back(job.id);
+      } else if (job.state == JobState::kQueued) {
         queue_.emplace(-job.priority, job.create_order, job.id);
       } else if (job.state == JobState::kRunning) {
         requeue.push_back(job.id);
       }
       Entry& e = jobs_[job.id];
       e.job = std::move(job);
-      e.events = std::move(events);
+      e.events.assign(std::make_move_iterator(events.begin()),
+                      std::make_move_iterator(events.end()));
+      TrimCache(e);
     }
   }
   // Journals of finished (or unknown) jobs are leftovers of a stop between
-  // a job's end and its journal's removal.
+  // a job's end and its journal's removal. They go first: on a full data
+  // volume that frees the space the commits below need.
   const std::string journals = JoinPath(options_.data_dir, kJournalDirName);
   if (IsDirectory(journals)) {
     TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> names,
@@ -376,7 +468,9 @@ absl::Status JobManager::Load() {
     absl::ReaderMutexLock lock(&mu_);
     for (const std::string& id : names) {
       auto it = jobs_.find(id);
-      if (it == jobs_.end() || IsTerminal(it->second.job.state)) {
+      if (it == jobs_.end() || IsTerminal(it->second.job.state) ||
+          std::count(cancel.begin(), cancel.end(), id) > 0 ||
+          std::count(poisoned.begin(), poisoned.end(), id) > 0) {
         RemoveJournal(id);
       }
     }
@@ -384,6 +478,45 @@ absl::Status JobManager::Load() {
   // Staging left beside any stored job's outputs by a writer that was killed
   // (issue #10 point 17); live writers' are locked and stay.
   for (const nlohmann::json& spec : specs) runner_->CleanStaging(spec);
+  // Startup must not depend on a free byte: these changes are published in
+  // memory even if the store cannot take them yet (FlushUnsaved retries).
+  auto finish = [&](const std::string& id, JobState state,
+                    const absl::Status& why) {
+    absl::Status s = Record(
+        id,
+        [&](Job& job) {
+          job.state = state;
+          job.end_time = absl::Now();
+          job.error_code = static_cast<int>(why.code());
+          job.error_message = std::string(why.message());
+          job.unfinished_runs = 0;
+          return std::optional<JobEvent>(StateEvent(state, why));
+        },
+        /*keep_on_failure=*/true);
+    if (!s.ok()) Log(LogLevel::kError, "fusionJobs/" + id, s.ToString());
+    Log(state == JobState::kFailed ? LogLevel::kError : LogLevel::kInfo,
+        "fusionJobs/" + id,
+        absl::StrCat(JobStateName(state), " at startup: ", why.message()));
+    if (metrics_) metrics_->finished->Increment({OutcomeLabel(state)});
+  };
+  for (const std::string& id : cancel) {
+    finish(id, JobState::kCancelled,
+           absl::CancelledError(
+               "cancelled; the server stopped before the run ended, and "
+               "the job does not run again"));
+  }
+  for (const std::string& id : poisoned) {
+    const int n = options_.max_interrupted_runs;
+    finish(id, JobState::kFailed,
+           absl::InternalError(absl::StrCat(
+               "the server stopped ",
+               n == 1   ? "once"
+               : n == 2 ? "twice"
+                        : absl::StrCat(n, " times"),
+               " while running this job; not retried (a job that crashes "
+               "the server is not run again; submit it anew once the cause "
+               "is fixed)")));
+  }
   // Jobs that were running when the server stopped run again; their journal
   // lets them continue from their last completed tensor.
   for (const std::string& id : requeue) {
@@ -391,15 +524,22 @@ absl::Status JobManager::Load() {
         JobState::kQueued,
         absl::UnavailableError("the server stopped while the job ran; it "
                                "runs again"));
-    TAILOR_RETURN_IF_ERROR(Record(id, [&](Job& job) {
-      job.state = JobState::kQueued;
-      job.progress = JobProgress();
-      return std::optional<JobEvent>(e);
-    }));
+    absl::Status s = Record(
+        id,
+        [&](Job& job) {
+          job.state = JobState::kQueued;
+          job.progress = JobProgress();
+          return std::optional<JobEvent>(e);
+        },
+        /*keep_on_failure=*/true);
+    if (!s.ok()) Log(LogLevel::kError, "fusionJobs/" + id, s.ToString());
     absl::MutexLock lock(&mu_);
     const Job& job = jobs_[id].job;
     queue_.emplace(-job.priority, job.create_order, job.id);
-    Log(LogLevel::kInfo, job.name(), "requeued after restart");
+    Log(LogLevel::kInfo, job.name(),
+        absl::StrCat("requeued after restart (", job.unfinished_runs,
+                     " interrupted run", job.unfinished_runs == 1 ? "" : "s",
+                     ")"));
   }
   absl::MutexLock lock(&mu_);
   if (!jobs_.empty()) {
@@ -413,34 +553,90 @@ absl::Status JobManager::Load() {
 JobManager::~JobManager() {
   BeginDrain();
   for (std::thread& t : workers_) t.join();
+  if (!FlushUnsaved()) {
+    Log(LogLevel::kError, "",
+        "the store refused some job changes; they are lost with this "
+        "process (the jobs run again after the restart)");
+  }
   if (registry_ != nullptr) registry_->RemoveCollector(collector_id_);
 }
 
-absl::Status JobManager::Record(const std::string& id, const Update& update) {
+absl::Status JobManager::Record(const std::string& id, const Update& update,
+                                bool keep_on_failure) {
   absl::MutexLock write_lock(&write_mu_);
   Job updated;
+  std::vector<JobEvent> events;  // unsaved ones first, then the new one
+  bool cancel_before;
   {
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(id);
     if (it == jobs_.end()) return absl::NotFoundError("fusionJobs/" + id);
     updated = it->second.job;
+    events = it->second.unsaved_events;
+    cancel_before = updated.cancel_requested;
   }
   std::optional<JobEvent> event = update(updated);
-  std::vector<JobEvent> events;
   if (event) {
     event->sequence = ++updated.last_sequence;
     event->time = absl::Now();
     events.push_back(*event);
   }
-  TAILOR_RETURN_IF_ERROR(store_->Commit(updated, events));
+  // The marker follows what a client was told: creations, state changes
+  // and cancel requests (not every progress event).
+  bool mark = updated.cancel_requested != cancel_before;
+  for (const JobEvent& ev : events) {
+    mark = mark || ev.kind == JobEvent::Kind::kStateChange;
+  }
+  const absl::Status s = store_->Commit(updated, events, mark);
+  if (!s.ok() && !keep_on_failure) return s;
   {
     absl::MutexLock lock(&mu_);
     Entry& e = jobs_[id];
     e.job = std::move(updated);
-    for (JobEvent& ev : events) e.events.push_back(std::move(ev));
+    if (event) e.events.push_back(*event);
+    if (s.ok()) {
+      e.unsaved_events.clear();
+      e.unsaved = false;
+      unsaved_.erase(id);
+    } else {
+      if (event) e.unsaved_events.push_back(*event);
+      e.unsaved = true;
+      unsaved_.insert(id);
+    }
+    TrimCache(e);
   }
   if (event) Notify(id);
-  return absl::OkStatus();
+  return s;
+}
+
+bool JobManager::FlushUnsaved() {
+  std::set<std::string> ids;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    ids = unsaved_;
+  }
+  for (const std::string& id : ids) {
+    const absl::Status s =
+        Record(id, [](Job&) { return std::optional<JobEvent>(); });
+    if (s.ok()) {
+      Log(LogLevel::kInfo, "fusionJobs/" + id,
+          "the store took the changes it had refused");
+    }
+  }
+  absl::ReaderMutexLock lock(&mu_);
+  return unsaved_.empty();
+}
+
+void JobManager::TrimCache(Entry& e) const {
+  const size_t limit = IsTerminal(e.job.state)
+                           ? kFinishedCachedEvents
+                           : std::max<size_t>(options_.cached_events, 1);
+  const int64_t first_unsaved = e.unsaved_events.empty()
+                                    ? std::numeric_limits<int64_t>::max()
+                                    : e.unsaved_events.front().sequence;
+  while (e.events.size() > limit && e.events.front().sequence < first_unsaved) {
+    e.events.pop_front();
+  }
 }
 
 void JobManager::Notify(const std::string& job_id) {
@@ -585,7 +781,7 @@ absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request) {
   JobEvent event = StateEvent(JobState::kQueued);
   event.sequence = job.last_sequence = 1;
   event.time = job.create_time;
-  TAILOR_RETURN_IF_ERROR(store_->Commit(job, {event}));
+  TAILOR_RETURN_IF_ERROR(store_->Commit(job, {event}, /*mark=*/true));
   {
     absl::MutexLock lock(&mu_);
     Entry& e = jobs_[job.id];
@@ -625,9 +821,8 @@ absl::StatusOr<ListJobsResult> JobManager::ListJobs(
   page_size = std::min(page_size, kMaxPageSize);
   TAILOR_ASSIGN_OR_RETURN(Filter f, ParseFilter(filter));
   int64_t before = std::numeric_limits<int64_t>::max();
-  if (!page_token.empty() &&
-      (!absl::SimpleAtoi(page_token, &before) || before <= 0)) {
-    return Invalid("page_token", "is not a token this server returned");
+  if (!page_token.empty()) {
+    TAILOR_ASSIGN_OR_RETURN(before, ParsePageToken(f, page_token));
   }
   ListJobsResult result;
   absl::ReaderMutexLock lock(&mu_);
@@ -636,7 +831,7 @@ absl::StatusOr<ListJobsResult> JobManager::ListJobs(
     const Job& job = jobs_.at(it->second).job;
     if (!Matches(f, job)) continue;
     if (static_cast<int>(result.jobs.size()) == page_size) {
-      result.next_page_token = absl::StrCat(result.jobs.back().create_order);
+      result.next_page_token = PageToken(f, result.jobs.back().create_order);
       break;
     }
     result.jobs.push_back(job);
@@ -660,11 +855,12 @@ absl::StatusOr<Job> JobManager::CancelJob(absl::string_view name) {
     // A job still in the queue is ours to cancel; one a worker took is
     // stopped through its flag (the runner checks it before each tensor).
     was_queued = queue_.erase({-e.job.priority, e.job.create_order, id}) > 0;
-    if (!was_queued) e.stop->store(true);
   }
   const absl::Status cancelled =
       absl::CancelledError("cancelled before it started");
-  TAILOR_RETURN_IF_ERROR(Record(id, [&](Job& job) -> std::optional<JobEvent> {
+  // Durable before it is acknowledged (and before the run is told): a
+  // restart before the run ends finds the request and cancels the job.
+  absl::Status s = Record(id, [&](Job& job) -> std::optional<JobEvent> {
     job.cancel_requested = true;
     if (!was_queued) return std::nullopt;
     job.state = JobState::kCancelled;
@@ -672,10 +868,21 @@ absl::StatusOr<Job> JobManager::CancelJob(absl::string_view name) {
     job.error_code = static_cast<int>(cancelled.code());
     job.error_message = std::string(cancelled.message());
     return StateEvent(JobState::kCancelled, cancelled);
-  }));
+  });
+  if (!s.ok()) {
+    absl::MutexLock lock(&mu_);
+    const Job& job = jobs_.at(id).job;
+    if (was_queued && job.state == JobState::kQueued) {
+      queue_.emplace(-job.priority, job.create_order, id);
+    }
+    return s;
+  }
   if (was_queued) {
     RemoveJournal(id);  // a drained job's, if any
     if (metrics_) metrics_->finished->Increment({"cancelled"});
+  } else {
+    absl::MutexLock lock(&mu_);
+    jobs_.at(id).stop->store(true);
   }
   absl::ReaderMutexLock lock(&mu_);
   const Job& job = jobs_.at(id).job;
@@ -685,18 +892,54 @@ absl::StatusOr<Job> JobManager::CancelJob(absl::string_view name) {
 }
 
 absl::StatusOr<JobManager::EventBatch> JobManager::ReadEvents(
-    absl::string_view name, int64_t after_sequence, size_t max) const {
+    absl::string_view name, int64_t after_sequence, size_t max,
+    bool may_read_store) const {
   if (after_sequence < 0) return Invalid("after_sequence", "must be >= 0");
-  absl::ReaderMutexLock lock(&mu_);
-  TAILOR_ASSIGN_OR_RETURN(const Entry* e, Find(name));
   EventBatch batch;
-  const int64_t last = static_cast<int64_t>(e->events.size());
-  for (int64_t seq = after_sequence + 1;
-       seq <= last && batch.events.size() < max; ++seq) {
-    batch.events.push_back(e->events[seq - 1]);
+  std::string id;
+  int64_t want = 0;  // events to read from the store
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    TAILOR_ASSIGN_OR_RETURN(const Entry* e, Find(name));
+    const int64_t last = e->job.last_sequence;
+    const bool finished = IsTerminal(e->job.state);
+    // Nothing after the last event (after_sequence may be anything up to
+    // INT64_MAX: no arithmetic on it before this test).
+    if (after_sequence >= last) {
+      batch.end = finished;
+      return batch;
+    }
+    const int64_t next = after_sequence + 1;  // <= last: no overflow
+    const int64_t first_cached =
+        e->events.empty() ? last + 1 : e->events.front().sequence;
+    if (next >= first_cached) {
+      for (size_t i = static_cast<size_t>(next - first_cached);
+           i < e->events.size() && batch.events.size() < max; ++i) {
+        batch.events.push_back(e->events[i]);
+      }
+      const int64_t reached =
+          batch.events.empty() ? after_sequence : batch.events.back().sequence;
+      batch.end = finished && reached >= last;
+      return batch;
+    }
+    if (max == 0) return batch;
+    if (!may_read_store) {
+      batch.in_store = true;
+      return batch;
+    }
+    id = e->job.id;
+    want = std::min<int64_t>(static_cast<int64_t>(std::min<size_t>(max, 4096)),
+                             first_cached - next);
   }
-  const int64_t reached = after_sequence + batch.events.size();
-  batch.end = IsTerminal(e->job.state) && reached >= last;
+  // Older than the cache: from the store (outside the locks; the events
+  // of a sequence never change once written).
+  TAILOR_ASSIGN_OR_RETURN(batch.events,
+                          store_->LoadEvents(id, after_sequence, want));
+  if (batch.events.empty() ||
+      batch.events.front().sequence != after_sequence + 1) {
+    return absl::DataLossError(
+        absl::StrCat("job store: ", name, " lacks event ", after_sequence + 1));
+  }
   return batch;
 }
 
@@ -773,17 +1016,28 @@ bool JobManager::WorkersStopped() const { return active_workers_ == 0; }
 void JobManager::WorkerLoop() {
   while (true) {
     std::string id;
+    bool flush = false;
     {
       absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(this, &JobManager::WorkReady));
-      if (draining_) break;
-      id = std::get<2>(*queue_.begin());
-      queue_.erase(queue_.begin());
-      Entry& e = jobs_[id];
-      e.stop->store(false);
-      e.interrupted = false;
-      e.running = true;
+      // Wakes now and then to retry commits the store refused.
+      if (!mu_.AwaitWithTimeout(absl::Condition(this, &JobManager::WorkReady),
+                                absl::Seconds(5))) {
+        flush = !unsaved_.empty();
+      } else if (draining_) {
+        break;
+      } else {
+        id = std::get<2>(*queue_.begin());
+        queue_.erase(queue_.begin());
+        Entry& e = jobs_[id];
+        // A cancel requested while the job was between the queue and a
+        // worker still stops it.
+        e.stop->store(e.job.cancel_requested);
+        e.interrupted = false;
+        e.running = true;
+      }
     }
+    if (flush) FlushUnsaved();
+    if (id.empty()) continue;
     RunJob(id);
     absl::MutexLock lock(&mu_);
     jobs_[id].running = false;
@@ -805,14 +1059,26 @@ void JobManager::RunJob(const std::string& id) {
     created = e.job.create_time;
     stop = e.stop.get();
   }
+  // Counted before the run: a run the server does not survive stays
+  // counted (Load fails a job after max_interrupted_runs of them).
   absl::Status s = Record(id, [&](Job& job) {
     job.state = JobState::kRunning;
     job.start_time = start;
     job.progress = JobProgress();
+    ++job.unfinished_runs;
     return std::optional<JobEvent>(StateEvent(JobState::kRunning));
   });
   if (!s.ok()) {
-    Log(LogLevel::kError, name, s.ToString());
+    // Not started: the job stays QUEUED and is tried again shortly.
+    Log(LogLevel::kError, name,
+        absl::StrCat("cannot record the start (", s.ToString(),
+                     "); the job stays queued"));
+    absl::SleepFor(absl::Seconds(1));
+    absl::MutexLock lock(&mu_);
+    const Job& job = jobs_[id].job;
+    if (job.state == JobState::kQueued) {
+      queue_.emplace(-job.priority, job.create_order, id);
+    }
     return;
   }
   if (metrics_) {
@@ -831,6 +1097,14 @@ void JobManager::RunJob(const std::string& id) {
     options.progress = &progress;
     options.cancel = stop;
     options.journal_dir = JournalDir(id);
+    options.journal_reserve_bytes = options_.journal_reserve_bytes;
+    options.journal_max_bytes = options_.journal_max_bytes;
+    if (options.journal_max_bytes == 0) {
+      // Half of what is free now: other jobs' journals and the store keep
+      // the rest.
+      options.journal_max_bytes =
+          FreeBytes(options_.data_dir).value_or(uint64_t{1} << 30) / 2;
+    }
     options.device_scheduler = &scheduler;
     report = runner_->Run(spec, options);
   }
@@ -894,10 +1168,11 @@ void JobManager::RunJob(const std::string& id) {
   } else {
     Log(LogLevel::kInfo, name, "interrupted by the drain; stays queued");
   }
-  s = Record(id, [&](Job& job) {
+  const Update finish = [&](Job& job) {
     job.state = final_state;
     job.error_code = event.error_code;
     job.error_message = event.error_message;
+    job.unfinished_runs = 0;  // the run ended (drained runs too)
     if (final_state == JobState::kQueued) {
       job.progress = JobProgress();
     } else {
@@ -906,11 +1181,29 @@ void JobManager::RunJob(const std::string& id) {
       job.report_text = report_text;
     }
     return std::optional<JobEvent>(event);
-  });
+  };
+  s = Record(id, finish);
   if (!s.ok()) {
-    // The store still says RUNNING: a restart requeues the job, and the
-    // journal lets it continue.
-    Log(LogLevel::kError, name, s.ToString());
+    Log(LogLevel::kError, name,
+        absl::StrCat("cannot record the outcome: ", s.ToString()));
+    // The job is over (its outputs may be published): its journal is of no
+    // more use, and may be what filled the data volume.
+    if (final_state != JobState::kQueued) RemoveJournal(id);
+    for (int attempt = 1; attempt <= 3 && !s.ok(); ++attempt) {
+      absl::SleepFor(absl::Milliseconds(200 * attempt));
+      s = Record(id, finish);
+    }
+    if (!s.ok()) {
+      // Watchers and clients see the outcome now; the store gets it when
+      // it can (FlushUnsaved). Until then a restart finds the job RUNNING
+      // and runs it again.
+      s = Record(id, finish, /*keep_on_failure=*/true);
+      Log(LogLevel::kError, name,
+          absl::StrCat(JobStateName(final_state),
+                       " is published in memory only; the store refused it "
+                       "(",
+                       s.message(), "); retrying in the background"));
+    }
     return;
   }
   if (final_state != JobState::kQueued) RemoveJournal(id);

@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -28,6 +29,9 @@ namespace tailor::jobs {
 
 // Subdirectory of the data directory holding one journal per unfinished job.
 inline constexpr char kJournalDirName[] = "journal";
+// File in the data directory that lets the job store detect a database that
+// lost acknowledged jobs (JobStore, "Loss detection").
+inline constexpr char kStoreMarkerName[] = "store.id";
 
 struct JobManagerOptions {
   // Directory of the job store (jobs.db) and of the journals of unfinished
@@ -45,6 +49,24 @@ struct JobManagerOptions {
   // kDefaultCudaBudget of the device's memory. A key naming a device the
   // runner lacks is ignored (logged).
   std::map<std::string, DeviceBudget> device_budgets;
+  // A job whose runs were cut short by the server dying (a crash, a kill,
+  // a drain past its deadline) this many times in a row is FAILED at
+  // startup ("the server stopped twice while running this job; not
+  // retried") instead of being run again: a job that crashes the server
+  // would otherwise crash it on every restart. Drained runs (SIGTERM) do
+  // not count. >= 1.
+  int max_interrupted_runs = 2;
+  // Journal limits (see RunOptions::journal_max_bytes): at most this many
+  // bytes per job's journal (0: half the data volume's free space when the
+  // job starts), and journal writes always leave this much free space for
+  // the job store. Past either the job continues without its journal.
+  uint64_t journal_max_bytes = 0;
+  uint64_t journal_reserve_bytes = uint64_t{256} << 20;
+  // Events kept in memory per unfinished job (older ones are read from the
+  // store when a watcher replays them); a finished job keeps its last few.
+  size_t cached_events = 1024;
+  // Tests: runs before every store commit; an error fails the commit.
+  std::function<absl::Status()> store_fault_for_testing;
 };
 
 inline constexpr double kDefaultCpuBudget = 0.5;
@@ -84,9 +106,22 @@ enum class ResultKind { kPatch, kReport };
 // concurrent jobs share devices without over-committing them, and one
 // job's tensors may run on different devices.
 //
-// Thread-safe. Methods never wait on a running job; ReadEvents, AddListener
-// and RemoveListener only take short in-memory locks (safe in RPC
-// reactions); the others may write the store (an fsync).
+// Faults: a job whose runs the server did not survive max_interrupted_runs
+// times is FAILED at startup (a poisoned job); a RUNNING job with a stored
+// cancel request is CANCELLED at startup. When the store refuses a change
+// that must not wait (a run's outcome, startup's requeues), the change is
+// published in memory anyway and committed later (the workers retry every
+// few seconds); until then a restart finds the store's older state. The
+// journal is bounded (journal_max_bytes, journal_reserve_bytes), so it
+// cannot take the space the store needs.
+//
+// Memory: each job keeps its newest events only (cached_events; a few once
+// it ended); older ones are read from the store on demand.
+//
+// Thread-safe. Methods never wait on a running job; ReadEvents with
+// may_read_store=false, AddListener and RemoveListener only take short
+// in-memory locks (safe in RPC reactions); the others may read or write the
+// store (an fsync).
 class JobManager {
  public:
   // Opens the store under options.data_dir, requeues unfinished jobs and
@@ -111,24 +146,34 @@ class JobManager {
 
   // Newest first. page_size: 0 means 50, capped at 1000, negative is
   // INVALID_ARGUMENT. filter: terms joined by " AND ", each `state=STATE`
-  // or `labels.KEY=VALUE`.
+  // or `labels.KEY=VALUE`; every term must hold, so two terms on the same
+  // key with different values match nothing. A page token is bound to the
+  // filter it was issued for: with another filter it is INVALID_ARGUMENT.
   absl::StatusOr<ListJobsResult> ListJobs(int page_size,
                                           const std::string& page_token,
                                           const std::string& filter) const;
 
-  // QUEUED: CANCELLED at once. RUNNING: asks the run to stop (it ends
-  // CANCELLED unless it finishes first). Finished: FAILED_PRECONDITION.
+  // QUEUED: CANCELLED at once. RUNNING: records the request durably, then
+  // asks the run to stop (it ends CANCELLED unless it finishes first; if the
+  // server dies first, the job is CANCELLED at the restart and never runs
+  // again). Finished: FAILED_PRECONDITION.
   absl::StatusOr<Job> CancelJob(absl::string_view name);
 
   struct EventBatch {
     std::vector<JobEvent> events;
     // True when the job is finished and `events` reach its last event.
     bool end = false;
+    // Set (with no events) when the next event is no longer cached and
+    // may_read_store was false: call again with may_read_store.
+    bool in_store = false;
   };
-  // Up to `max` events with sequence > after_sequence, in order.
+  // Up to `max` events with sequence > after_sequence, in order. An
+  // after_sequence at or past the last event gives none (and `end` once
+  // the job is finished). Events older than the in-memory cache are read
+  // from the store (a disk read) unless !may_read_store.
   absl::StatusOr<EventBatch> ReadEvents(absl::string_view name,
-                                        int64_t after_sequence,
-                                        size_t max) const;
+                                        int64_t after_sequence, size_t max,
+                                        bool may_read_store = true) const;
 
   // `listener` runs (on some internal thread, without the manager's locks)
   // after every new event of job `job_id` and once when draining begins. It
@@ -165,7 +210,13 @@ class JobManager {
  private:
   struct Entry {
     Job job;
-    std::vector<JobEvent> events;
+    // The newest events (a suffix of the history, at most cached_events;
+    // the last few once the job is finished); the rest are in the store.
+    std::deque<JobEvent> events;
+    // Published in memory but not yet in the store (its commits failed),
+    // oldest first; `unsaved` says the job row is newer than the store's.
+    std::vector<JobEvent> unsaved_events;
+    bool unsaved = false;
     std::unique_ptr<std::atomic<bool>> stop =
         std::make_unique<std::atomic<bool>>(false);
     bool running = false;      // taken off the queue by a worker
@@ -189,8 +240,17 @@ class JobManager {
   // publishes them in memory and notifies listeners. Writers are
   // serialised, so sequence numbers and store order agree, and nothing is
   // visible before it is durable.
+  // With `keep_on_failure`, a failed commit still publishes the change in
+  // memory (watchers see it; the store catches up when a later commit of
+  // the job, or FlushUnsaved, succeeds) and the failure is returned.
   using Update = std::function<std::optional<JobEvent>(Job&)>;
-  absl::Status Record(const std::string& id, const Update& update);
+  absl::Status Record(const std::string& id, const Update& update,
+                      bool keep_on_failure = false);
+  // Retries the commits of jobs published in memory only; true if none is
+  // left.
+  bool FlushUnsaved();
+  // Drops cached events beyond the cache bound (never unsaved ones).
+  void TrimCache(Entry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool WorkReady() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   bool WorkersStopped() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void Notify(const std::string& job_id);
@@ -218,6 +278,7 @@ class JobManager {
   // (-priority, create_order, id) of QUEUED jobs: begin() runs next.
   std::set<std::tuple<int, int64_t, std::string>> queue_ ABSL_GUARDED_BY(mu_);
   int64_t next_order_ ABSL_GUARDED_BY(mu_) = 1;
+  std::set<std::string> unsaved_ ABSL_GUARDED_BY(mu_);  // ids
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   int active_workers_ ABSL_GUARDED_BY(mu_) = 0;
 

@@ -1,12 +1,32 @@
 #include "jobs/job_store.h"
 
 #include <sqlite3.h>
+#include <sys/stat.h>
 
+#include <optional>
+
+#include "absl/random/random.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "util/file_util.h"
+#include "util/log.h"
 #include "util/status_macros.h"
 
 namespace tailor::jobs {
 namespace {
+
+constexpr char kMarkerFormat[] = "tailor-store-marker/1";
+constexpr char kRecovery[] =
+    "To start with an empty store, stop every tailord using this data "
+    "directory and move jobs.db, jobs.db-wal, jobs.db-shm and store.id "
+    "aside (or restore them from a backup); see README.md, 'Job store'.";
+
+std::string NewStoreId() {
+  absl::BitGen gen;
+  return absl::StrFormat("%016x%016x", absl::Uniform<uint64_t>(gen),
+                         absl::Uniform<uint64_t>(gen));
+}
 
 absl::Status SqliteError(sqlite3* db, absl::string_view what) {
   return absl::InternalError(
@@ -64,7 +84,38 @@ absl::StatusOr<std::vector<T>> ReadRows(sqlite3* db, Statement& query) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
-    const std::string& path) {
+    const std::string& path, const std::string& marker_path) {
+  // The marker first: what the database must at least hold.
+  bool marker_exists = false;
+  std::string marker_id;
+  int64_t marker_seq = 0;
+  if (!marker_path.empty() && PathExists(marker_path)) {
+    marker_exists = true;
+    absl::StatusOr<std::string> text = ReadFileToString(marker_path, 4096);
+    nlohmann::json j = text.ok() ? nlohmann::json::parse(*text, nullptr, false)
+                                 : nlohmann::json();
+    if (!j.is_object() || j.value("format", "") != kMarkerFormat ||
+        !j.contains("store_id") || !j["store_id"].is_string() ||
+        !j.contains("commit_seq") || !j["commit_seq"].is_number_integer()) {
+      return absl::DataLossError(absl::StrCat(
+          "job store: the marker ", marker_path,
+          " is unreadable or damaged, so whether ", path,
+          " still holds every acknowledged job cannot be checked; refusing "
+          "to start. ",
+          kRecovery));
+    }
+    marker_id = j["store_id"].get<std::string>();
+    marker_seq = j["commit_seq"].get<int64_t>();
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0 || st.st_size == 0) {
+      return absl::DataLossError(absl::StrCat(
+          "job store: ", path, " is ",
+          ::stat(path.c_str(), &st) != 0 ? "missing" : "empty (0 bytes)",
+          " but ", marker_path, " says store ", marker_id, " had ", marker_seq,
+          " commits: acknowledged jobs would be lost; refusing to start. ",
+          kRecovery));
+    }
+  }
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(
       path.c_str(), &db,
@@ -77,7 +128,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
     sqlite3_close(db);
     return s;
   }
-  std::unique_ptr<JobStore> store(new JobStore(db));
+  std::unique_ptr<JobStore> store(new JobStore(db, path, marker_path));
   absl::MutexLock lock(&store->mu_);
   sqlite3_busy_timeout(db, 5000);
   // WAL: readers never block the writer, and a commit is one append.
@@ -89,6 +140,20 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
   // work of fusing a tensor.
   TAILOR_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
   TAILOR_RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=FULL"));
+  {
+    Statement check(db, "PRAGMA quick_check");
+    std::string verdict = "no answer";
+    if (check.status().ok()) {
+      if (check.Step() == SQLITE_ROW) verdict = check.Text(0);
+    } else {
+      verdict = sqlite3_errmsg(db);
+    }
+    if (verdict != "ok") {
+      return absl::DataLossError(absl::StrCat(
+          "job store: ", path, " is damaged (SQLite quick_check: ",
+          verdict.substr(0, 200), "); refusing to start. ", kRecovery));
+    }
+  }
   TAILOR_RETURN_IF_ERROR(
       store->Exec("CREATE TABLE IF NOT EXISTS jobs ("
                   " id TEXT PRIMARY KEY,"
@@ -102,7 +167,94 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
                   " sequence INTEGER NOT NULL,"
                   " body TEXT NOT NULL,"
                   " PRIMARY KEY (job_id, sequence)) WITHOUT ROWID"));
+  TAILOR_RETURN_IF_ERROR(
+      store->Exec("CREATE TABLE IF NOT EXISTS meta ("
+                  " key TEXT PRIMARY KEY,"
+                  " value TEXT NOT NULL) WITHOUT ROWID"));
+  TAILOR_RETURN_IF_ERROR(
+      store->CheckIdentity(marker_exists, marker_id, marker_seq));
   return store;
+}
+
+absl::Status JobStore::CheckIdentity(bool marker_exists,
+                                     const std::string& marker_id,
+                                     int64_t marker_seq) {
+  auto get = [&](const char* key) -> std::optional<std::string> {
+    Statement q(db_, "SELECT value FROM meta WHERE key = ?");
+    if (!q.status().ok()) return std::nullopt;
+    q.Bind(1, std::string(key));
+    if (q.Step() != SQLITE_ROW) return std::nullopt;
+    return q.Text(0);
+  };
+  std::optional<std::string> id = get("store_id");
+  std::optional<std::string> seq_text = get("commit_seq");
+  int64_t seq = 0;
+  if (seq_text && !absl::SimpleAtoi(*seq_text, &seq)) seq = -1;
+  if (!id) {
+    if (marker_exists) {
+      return absl::DataLossError(absl::StrCat(
+          "job store: ", path_, " has no store id but ", marker_path_,
+          " says it is store ", marker_id, " with ", marker_seq,
+          " commits: the database was replaced or lost its contents (a "
+          "deleted or damaged ",
+          Basename(path_), "-wal after a crash?); refusing to start. ",
+          kRecovery));
+    }
+    // A new store (or one written before the marker existed).
+    id = NewStoreId();
+    seq = 0;
+    TAILOR_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+    Statement put(db_,
+                  "INSERT OR REPLACE INTO meta (key, value) VALUES "
+                  "('store_id', ?), ('commit_seq', '0')");
+    TAILOR_RETURN_IF_ERROR(put.status());
+    put.Bind(1, *id);
+    if (put.Step() != SQLITE_DONE) {
+      Exec("ROLLBACK").IgnoreError();
+      return SqliteError(db_, "write the store id");
+    }
+    TAILOR_RETURN_IF_ERROR(Exec("COMMIT"));
+  } else if (marker_exists && *id != marker_id) {
+    return absl::DataLossError(absl::StrCat(
+        "job store: ", path_, " is store ", *id, " but ", marker_path_,
+        " belongs to store ", marker_id,
+        ": the database was replaced; refusing to start. ", kRecovery));
+  }
+  if (seq < 0) {
+    return absl::DataLossError(
+        absl::StrCat("job store: ", path_, " has a damaged commit counter '",
+                     seq_text->substr(0, 40), "'. ", kRecovery));
+  }
+  if (marker_exists && seq < marker_seq) {
+    return absl::DataLossError(absl::StrCat(
+        "job store: ", path_, " holds ", seq, " commits but ", marker_path_,
+        " recorded ", marker_seq,
+        ": the database is older than what was acknowledged (its WAL, ", path_,
+        "-wal, was deleted or damaged, or an old copy was restored); "
+        "refusing to start rather than forget or re-run jobs. ",
+        kRecovery));
+  }
+  store_id_ = *id;
+  commit_seq_ = seq;
+  if (!marker_path_.empty()) {
+    // Not fatal: on a full volume the store must still open (the marker
+    // only ever lags the database, which the checks above allow).
+    absl::Status s = WriteMarker();
+    if (!s.ok()) {
+      Log(LogLevel::kWarning, "",
+          absl::StrCat("job store: cannot write ", marker_path_, ": ",
+                       s.message(), " (loss detection uses the old marker)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::WriteMarker() {
+  const nlohmann::json marker = {{"format", kMarkerFormat},
+                                 {"store_id", store_id_},
+                                 {"commit_seq", commit_seq_},
+                                 {"database", Basename(path_)}};
+  return WriteFileAtomically(marker_path_, marker.dump() + "\n");
 }
 
 JobStore::~JobStore() { sqlite3_close(db_); }
@@ -118,9 +270,20 @@ absl::Status JobStore::Exec(const char* sql) {
   return absl::OkStatus();
 }
 
-absl::Status JobStore::Commit(const Job& job,
-                              const std::vector<JobEvent>& events) {
+int64_t JobStore::commit_seq() const {
   absl::MutexLock lock(&mu_);
+  return commit_seq_;
+}
+
+void JobStore::SetFaultForTesting(std::function<absl::Status()> fault) {
+  absl::MutexLock lock(&mu_);
+  fault_ = std::move(fault);
+}
+
+absl::Status JobStore::Commit(const Job& job,
+                              const std::vector<JobEvent>& events, bool mark) {
+  absl::MutexLock lock(&mu_);
+  if (fault_) TAILOR_RETURN_IF_ERROR(fault_());
   TAILOR_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
   auto body = [&]() -> absl::Status {
     Statement put(db_,
@@ -143,6 +306,10 @@ absl::Status JobStore::Commit(const Job& job,
       add.Bind(3, e.ToJson().dump());
       if (add.Step() != SQLITE_DONE) return SqliteError(db_, "append event");
     }
+    Statement seq(db_, "UPDATE meta SET value = ? WHERE key = 'commit_seq'");
+    TAILOR_RETURN_IF_ERROR(seq.status());
+    seq.Bind(1, absl::StrCat(commit_seq_ + 1));
+    if (seq.Step() != SQLITE_DONE) return SqliteError(db_, "count commit");
     return absl::OkStatus();
   };
   absl::Status s = body();
@@ -150,7 +317,22 @@ absl::Status JobStore::Commit(const Job& job,
     Exec("ROLLBACK").IgnoreError();
     return s;
   }
-  return Exec("COMMIT");
+  s = Exec("COMMIT");
+  if (!s.ok()) {
+    // A failed COMMIT may leave the transaction open.
+    if (!sqlite3_get_autocommit(db_)) Exec("ROLLBACK").IgnoreError();
+    return s;
+  }
+  ++commit_seq_;
+  if (mark && !marker_path_.empty()) {
+    absl::Status m = WriteMarker();
+    if (!m.ok()) {
+      Log(LogLevel::kWarning, "",
+          absl::StrCat("job store: cannot update ", marker_path_, ": ",
+                       m.message(), " (the marker lags the store)"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<Job>> JobStore::LoadJobs() {
@@ -161,12 +343,15 @@ absl::StatusOr<std::vector<Job>> JobStore::LoadJobs() {
 }
 
 absl::StatusOr<std::vector<JobEvent>> JobStore::LoadEvents(
-    const std::string& job_id) {
+    const std::string& job_id, int64_t after_sequence, int64_t limit) {
   absl::MutexLock lock(&mu_);
   Statement q(db_,
-              "SELECT body FROM events WHERE job_id = ? ORDER BY sequence");
+              "SELECT body FROM events WHERE job_id = ? AND sequence > ? "
+              "ORDER BY sequence LIMIT ?");
   TAILOR_RETURN_IF_ERROR(q.status());
   q.Bind(1, job_id);
+  q.Bind(2, after_sequence);
+  q.Bind(3, limit);
   return ReadRows<JobEvent>(db_, q);
 }
 

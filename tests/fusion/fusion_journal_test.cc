@@ -375,6 +375,73 @@ TEST(FusionJournal, EntriesRoundTrip) {
   EXPECT_FALSE(other->journal->Has(12));
 }
 
+// Issue #10 point 14: a journal cannot fill the data volume.
+TEST(FusionJournal, LimitsRefuseEntriesAndWriteNothing) {
+  TempDir tmp;
+  JournalEntry e;
+  e.index = 3;
+  e.name = "w";
+  e.fused = std::string(4000, 'x');
+  e.report = {{"kept", 1}};
+  // Over the byte budget: refused, no file.
+  auto small = FusionJournal::Open(tmp.Join("a"), {{"spec", "x"}},
+                                   JournalLimits{2000, 0});
+  ASSERT_TRUE(small.ok()) << small.status();
+  absl::Status s = small->journal->Write(e);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "budget of 2000 bytes")) << s;
+  EXPECT_FALSE(small->journal->Has(3));
+  EXPECT_EQ(*ListDirectory(tmp.Join("a")),
+            std::vector<std::string>{"manifest.json"});
+  // A budget that fits one entry takes one, not two.
+  auto one = FusionJournal::Open(tmp.Join("b"), {{"spec", "x"}},
+                                 JournalLimits{6000, 0});
+  ASSERT_TRUE(one.ok());
+  const uint64_t manifest = one->journal->bytes();
+  EXPECT_GT(manifest, 0u);  // the manifest counts
+  ASSERT_TRUE(one->journal->Write(e).ok());
+  e.index = 4;
+  EXPECT_EQ(one->journal->Write(e).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_LE(*JournalBytes(tmp.Join("b")), 6000u);
+  // Reopened, the entries already there count against the budget.
+  auto again = FusionJournal::Open(tmp.Join("b"), {{"spec", "x"}},
+                                   JournalLimits{6000, 0});
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->journal->bytes(), *JournalBytes(tmp.Join("b")));
+  EXPECT_EQ(again->journal->Write(e).code(),
+            absl::StatusCode::kResourceExhausted);
+  // A reserve larger than the free space: refused, naming the store.
+  auto reserve = FusionJournal::Open(tmp.Join("c"), {{"spec", "x"}},
+                                     JournalLimits{0, uint64_t{1} << 62});
+  ASSERT_TRUE(reserve.ok());
+  s = reserve->journal->Write(e);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "kept for the job store")) << s;
+  EXPECT_FALSE(reserve->journal->Has(4));
+}
+
+// A job whose journal budget runs out goes on without it, and succeeds
+// with outputs identical to an unjournalled run's.
+TEST_F(FusionJournalTest, BudgetSpentJobContinuesWithoutTheJournal) {
+  const FusionSpec spec = Spec();
+  const nlohmann::json ref = Reference(spec);
+  auto resolver = UriResolver::Create({tmp_.path()});
+  ASSERT_TRUE(resolver.ok());
+  Recorder sink;
+  RunOptions options;
+  options.progress = &sink;
+  options.journal_dir = journal_;
+  options.journal_max_bytes = 1;  // not even one entry
+  auto report = RunFusionJob(spec, *resolver, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(sink.Warned("continuing without the journal"));
+  EXPECT_TRUE(sink.Warned("budget of 1 bytes"))
+      << ::testing::PrintToString(sink.warnings);
+  EXPECT_EQ(JournalEntries(), 0);
+  ExpectSameAsReference(ref, *report);
+}
+
 // Hands out two "devices", both the CPU, in turn; records the estimates.
 class RoundRobinScheduler : public TensorDeviceScheduler {
  public:

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "testing/temp_dir.h"
 #include "util/file_util.h"
@@ -70,11 +71,15 @@ class FakeRunner : public JobRunner {
     e.bytes_total = 100 * n;
     options.progress->OnEvent(e);
     while (spec.value("block", false) && !shared_->released.load()) {
-      if (options.cancel->load()) return absl::CancelledError("stopped");
+      if (options.cancel->load() && !spec.value("ignore_cancel", false)) {
+        return absl::CancelledError("stopped");
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     for (int i = 0; i < n; ++i) {
-      if (options.cancel->load()) return absl::CancelledError("stopped");
+      if (options.cancel->load() && !spec.value("ignore_cancel", false)) {
+        return absl::CancelledError("stopped");
+      }
       e.kind = ProgressEvent::Kind::kTensorDone;
       e.tensor = "t" + std::to_string(i);
       if (spec.contains("tensor_bytes")) {
@@ -130,6 +135,14 @@ class JobManagerTest : public ::testing::Test {
  protected:
   std::unique_ptr<JobManager> Start(JobManagerOptions options = {}) {
     options.data_dir = dir_.Join("data");
+    if (!options.store_fault_for_testing) {
+      options.store_fault_for_testing = [this]() -> absl::Status {
+        if (store_fails_.load()) {
+          return absl::ResourceExhaustedError("injected: no space left");
+        }
+        return absl::OkStatus();
+      };
+    }
     registry_ = std::make_unique<metrics::Registry>();  // one per manager
     auto m = JobManager::Create(options, std::make_unique<FakeRunner>(&shared_),
                                 registry_.get());
@@ -143,9 +156,12 @@ class JobManagerTest : public ::testing::Test {
     return r;
   }
 
-  // Polls until the job is in `state` (or 10 s pass).
+  // Polls until the job is in `state` (or 60 s of wall time pass: generous
+  // for a loaded machine).
   static Job WaitFor(JobManager& m, const std::string& name, JobState state) {
-    for (int i = 0; i < 10000; ++i) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline) {
       absl::StatusOr<Job> job = m.GetJob(name);
       if (job.ok() && job->state == state) return *job;
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -154,11 +170,18 @@ class JobManagerTest : public ::testing::Test {
     return Job();
   }
 
+  // Every event so far (in batches: older ones come from the store).
   static std::vector<JobEvent> AllEvents(JobManager& m,
                                          const std::string& name) {
-    absl::StatusOr<JobManager::EventBatch> b = m.ReadEvents(name, 0, 100000);
-    EXPECT_TRUE(b.ok()) << b.status();
-    return b.ok() ? b->events : std::vector<JobEvent>{};
+    std::vector<JobEvent> all;
+    while (true) {
+      const int64_t after = all.empty() ? 0 : all.back().sequence;
+      absl::StatusOr<JobManager::EventBatch> b =
+          m.ReadEvents(name, after, 100000);
+      EXPECT_TRUE(b.ok()) << b.status();
+      if (!b.ok() || b->events.empty()) return all;
+      all.insert(all.end(), b->events.begin(), b->events.end());
+    }
   }
 
   static void ExpectGapFree(const std::vector<JobEvent>& events) {
@@ -167,9 +190,19 @@ class JobManagerTest : public ::testing::Test {
     }
   }
 
+  // Runs of `pretrained` the runner saw.
+  int Runs(const std::string& pretrained) {
+    absl::MutexLock lock(&shared_.mu);
+    return static_cast<int>(
+        std::count(shared_.started.begin(), shared_.started.end(), pretrained));
+  }
+
   TempDir dir_;
   FakeRunner::Shared shared_;
   std::unique_ptr<metrics::Registry> registry_;
+  // While set, every store commit fails: from the store's side, the same
+  // as the process dying (nothing more is recorded).
+  std::atomic<bool> store_fails_{false};
 };
 
 TEST_F(JobManagerTest, RunsToSucceededWithGapFreeEvents) {
@@ -361,6 +394,8 @@ TEST_F(JobManagerTest, ListPagesAndFilters) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(m->ListJobs(0, "abc", "").status().code(),
             absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->ListJobs(0, "3", "").status().code(),  // a bare row number
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(m->ListJobs(-1, "", "").status().code(),
             absl::StatusCode::kInvalidArgument);
 }
@@ -422,9 +457,11 @@ TEST_F(JobManagerTest, UnfinishedJobsRunAgainAfterARestart) {
   EXPECT_EQ(m->ListJobs(0, "", "")->jobs.back().name(), finished);
 }
 
-// Polls until `path` is gone (or 10 s pass).
+// Polls until `path` is gone (or 60 s pass).
 bool Gone(const std::string& path) {
-  for (int i = 0; i < 10000 && PathExists(path); ++i) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (PathExists(path) && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   return !PathExists(path);
@@ -580,6 +617,285 @@ TEST_F(JobManagerTest, CancelStopsAJobWaitingForDeviceMemory) {
       << cancelled.error_message;
   EXPECT_EQ(m->GetJob(a->name())->state, JobState::kRunning);
   ASSERT_TRUE(m->CancelJob(a->name()).ok());
+}
+
+// Issue #10 point 10: after_sequence up to INT64_MAX is "nothing more",
+// never undefined behaviour.
+TEST_F(JobManagerTest, ReadEventsPastTheEndIsEmpty) {
+  auto m = Start();
+  std::vector<std::string> names;
+  for (int i = 0; i < 14; ++i) {
+    names.push_back(
+        m->CreateJob(Request({{"pretrained", absl::StrCat("/", i)}}))->name());
+  }
+  for (const std::string& n : names) WaitFor(*m, n, JobState::kSucceeded);
+  auto blocked = m->CreateJob(Request({{"pretrained", "/b"}, {"block", true}}));
+  ASSERT_TRUE(blocked.ok());
+  WaitFor(*m, blocked->name(), JobState::kRunning);
+  const int64_t last = m->GetJob(names[0])->last_sequence;
+  for (int64_t after : {last, last + 1, int64_t{1} << 40,
+                        std::numeric_limits<int64_t>::max() - 1,
+                        std::numeric_limits<int64_t>::max()}) {
+    for (size_t max :
+         {size_t{0}, size_t{1}, std::numeric_limits<size_t>::max()}) {
+      auto b = m->ReadEvents(names[0], after, max);
+      ASSERT_TRUE(b.ok()) << after << ": " << b.status();
+      EXPECT_TRUE(b->events.empty()) << after;
+      EXPECT_TRUE(b->end) << after;  // finished: the stream may end
+      auto r = m->ReadEvents(blocked->name(), after, max);
+      ASSERT_TRUE(r.ok());
+      EXPECT_TRUE(r->events.empty());
+      EXPECT_FALSE(r->end);  // running: more may come
+    }
+  }
+  auto all = m->ReadEvents(names[0], 0, std::numeric_limits<size_t>::max());
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(static_cast<int64_t>(all->events.size()), last);
+  EXPECT_TRUE(all->end);
+  shared_.released = true;
+}
+
+// Issue #10 point 15: terms on the same key AND, as the proto says.
+TEST_F(JobManagerTest, SameKeyFilterTermsAnd) {
+  auto m = Start();
+  std::vector<std::string> names;
+  for (const char* team : {"a", "b", "a"}) {
+    CreateJobRequest r = Request({{"pretrained", std::string("/") + team}});
+    r.labels = {{"team", team}};
+    names.push_back(m->CreateJob(r)->name());
+  }
+  for (const std::string& n : names) WaitFor(*m, n, JobState::kSucceeded);
+  EXPECT_EQ(m->ListJobs(0, "", "labels.team=a")->jobs.size(), 2u);
+  EXPECT_EQ(m->ListJobs(0, "", "labels.team=b")->jobs.size(), 1u);
+  EXPECT_EQ(m->ListJobs(0, "", "labels.team=a AND labels.team=b")->jobs.size(),
+            0u);
+  EXPECT_EQ(m->ListJobs(0, "", "labels.team=b AND labels.team=a")->jobs.size(),
+            0u);
+  EXPECT_EQ(m->ListJobs(0, "", "labels.team=a AND labels.team=a")->jobs.size(),
+            2u);
+  EXPECT_EQ(m->ListJobs(0, "", "state=SUCCEEDED AND state=FAILED")->jobs.size(),
+            0u);
+  EXPECT_EQ(m->ListJobs(0, "", "state=FAILED AND state=SUCCEEDED")->jobs.size(),
+            0u);
+  EXPECT_EQ(
+      m->ListJobs(0, "", "state=SUCCEEDED AND state=SUCCEEDED")->jobs.size(),
+      3u);
+}
+
+// Issue #10 point 22: a page token is bound to its filter.
+TEST_F(JobManagerTest, PageTokenIsBoundToItsFilter) {
+  auto m = Start();
+  for (int i = 0; i < 6; ++i) {
+    CreateJobRequest r = Request({{"pretrained", absl::StrCat("/", i)}});
+    r.labels = {{"team", i % 2 ? "odd" : "even"}};
+    WaitFor(*m, m->CreateJob(r)->name(), JobState::kSucceeded);
+  }
+  auto p1 = m->ListJobs(1, "", "labels.team=odd");
+  ASSERT_TRUE(p1.ok());
+  ASSERT_FALSE(p1->next_page_token.empty());
+  // The same filter, even spelled in another order, continues.
+  auto p2 = m->ListJobs(1, p1->next_page_token, "labels.team=odd");
+  ASSERT_TRUE(p2.ok()) << p2.status();
+  EXPECT_EQ(p2->jobs[0].labels.at("team"), "odd");
+  EXPECT_NE(p2->jobs[0].id, p1->jobs[0].id);
+  auto two = m->ListJobs(1, "", "state=SUCCEEDED AND labels.team=odd");
+  EXPECT_TRUE(m->ListJobs(1, two->next_page_token,
+                          "labels.team=odd AND state=SUCCEEDED")
+                  .ok());
+  for (const char* other : {"", "labels.team=even", "state=SUCCEEDED"}) {
+    auto r = m->ListJobs(1, p1->next_page_token, other);
+    ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << other;
+    EXPECT_TRUE(absl::StartsWith(r.status().message(), "page_token: "))
+        << r.status();
+  }
+  // A damaged token is refused too.
+  std::string bad = p1->next_page_token;
+  bad[bad.size() / 2] = bad[bad.size() / 2] == 'A' ? 'B' : 'A';
+  EXPECT_EQ(m->ListJobs(1, bad, "labels.team=odd").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Issue #10 point 22: only the newest events stay in memory; older ones
+// are read from the store, also after a restart.
+TEST_F(JobManagerTest, EventCacheIsBoundedAndOlderEventsComeFromTheStore) {
+  JobManagerOptions o;
+  o.cached_events = 8;
+  std::string name;
+  {
+    auto m = Start(o);
+    name =
+        m->CreateJob(Request({{"pretrained", "/a"}, {"tensors", 60}}))->name();
+    WaitFor(*m, name, JobState::kSucceeded);
+    std::vector<JobEvent> events = AllEvents(*m, name);
+    ASSERT_EQ(events.size(), 64u);  // QUEUED RUNNING planned 60 SUCCEEDED
+    ExpectGapFree(events);
+    auto memory_only = m->ReadEvents(name, 0, 10, /*may_read_store=*/false);
+    ASSERT_TRUE(memory_only.ok());
+    EXPECT_TRUE(memory_only->in_store);
+    EXPECT_TRUE(memory_only->events.empty());
+    // A finished job keeps a short tail.
+    auto tail = m->ReadEvents(name, 60, 10, false);
+    ASSERT_TRUE(tail.ok());
+    EXPECT_FALSE(tail->in_store);
+    EXPECT_EQ(tail->events.size(), 4u);
+    EXPECT_TRUE(tail->end);
+    EXPECT_TRUE(m->ReadEvents(name, 40, 10, false)->in_store);
+  }
+  auto m = Start(o);
+  EXPECT_TRUE(m->ReadEvents(name, 0, 10, false)->in_store);
+  std::vector<JobEvent> events = AllEvents(*m, name);
+  ASSERT_EQ(events.size(), 64u);
+  ExpectGapFree(events);
+  EXPECT_EQ(events.back().state, JobState::kSucceeded);
+}
+
+// Issue #10 point 13: a cancel acknowledged for a RUNNING job is durable:
+// if the server dies before the run ends, the restart cancels the job and
+// nothing runs again.
+TEST_F(JobManagerTest, CancelOfARunningJobSurvivesACrash) {
+  std::string name;
+  {
+    auto m = Start();
+    auto job = m->CreateJob(Request(
+        {{"pretrained", "/c"}, {"block", true}, {"ignore_cancel", true}}));
+    ASSERT_TRUE(job.ok());
+    name = job->name();
+    WaitFor(*m, name, JobState::kRunning);
+    auto c = m->CancelJob(name);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_TRUE(c->cancel_requested);
+    EXPECT_EQ(c->state, JobState::kRunning);
+    // The process "dies" now: nothing more reaches the store, although the
+    // run goes on to succeed (in memory).
+    store_fails_ = true;
+    shared_.released = true;
+    WaitFor(*m, name, JobState::kSucceeded);
+  }
+  store_fails_ = false;
+  shared_.released = false;
+  auto m = Start();
+  Job job = *m->GetJob(name);
+  EXPECT_EQ(job.state, JobState::kCancelled);
+  EXPECT_EQ(job.error_code, static_cast<int>(absl::StatusCode::kCancelled));
+  EXPECT_TRUE(absl::StrContains(job.error_message, "server stopped"))
+      << job.error_message;
+  std::vector<JobEvent> events = AllEvents(*m, name);
+  ExpectGapFree(events);
+  EXPECT_EQ(events.back().state, JobState::kCancelled);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(Runs("/c"), 1);  // never run again
+  EXPECT_FALSE(PathExists(dir_.Join("data/journal/" + job.id)));
+}
+
+// Poisoned jobs: a job the server died running twice is FAILED at startup;
+// drained runs do not count.
+TEST_F(JobManagerTest, JobThatTheServerDiedRunningTwiceIsFailed) {
+  std::string poisoned, drained;
+  for (int life = 0; life < 2; ++life) {
+    auto m = Start();
+    if (life == 0) {
+      poisoned = m->CreateJob(Request({{"pretrained", "/p"}, {"block", true}}))
+                     ->name();
+    }
+    WaitFor(*m, poisoned, JobState::kRunning);
+    EXPECT_EQ(m->GetJob(poisoned)->unfinished_runs, life + 1);
+    store_fails_ = true;  // the server dies while the job runs
+    m.reset();
+    store_fails_ = false;
+  }
+  for (int life = 0; life < 3; ++life) {
+    auto m = Start();
+    if (life == 0) {
+      EXPECT_EQ(m->GetJob(poisoned)->state, JobState::kFailed);
+      drained = m->CreateJob(Request({{"pretrained", "/d"}, {"block", true}}))
+                    ->name();
+    }
+    WaitFor(*m, drained, JobState::kRunning);
+    m->BeginDrain();  // a clean stop: the job goes back to the queue
+    ASSERT_TRUE(m->WaitForWorkers(absl::Now() + absl::Seconds(10)));
+    EXPECT_EQ(m->GetJob(drained)->state, JobState::kQueued);
+    EXPECT_EQ(m->GetJob(drained)->unfinished_runs, 0);
+  }
+  shared_.released = true;
+  auto m = Start();
+  WaitFor(*m, drained, JobState::kSucceeded);
+  Job p = *m->GetJob(poisoned);
+  EXPECT_EQ(p.state, JobState::kFailed);
+  EXPECT_EQ(p.error_message.rfind(
+                "the server stopped twice while running this job; not "
+                "retried",
+                0),
+            0u)
+      << p.error_message;
+  EXPECT_EQ(Runs("/p"), 2);
+  EXPECT_EQ(Runs("/d"), 4);
+  std::vector<JobEvent> events = AllEvents(*m, poisoned);
+  ExpectGapFree(events);
+  EXPECT_EQ(events.back().state, JobState::kFailed);
+}
+
+// Issue #10 point 14: when the store refuses the outcome, watchers still
+// see it and the stream ends; the store gets it once it can, and startup
+// works while the store refuses commits.
+TEST_F(JobManagerTest, OutcomeTheStoreRefusedIsPublishedAndSavedLater) {
+  std::string name;
+  {
+    auto m = Start();
+    name =
+        m->CreateJob(Request({{"pretrained", "/a"}, {"block", true}}))->name();
+    WaitFor(*m, name, JobState::kRunning);
+    store_fails_ = true;
+    shared_.released = true;
+    Job done = WaitFor(*m, name, JobState::kSucceeded);
+    EXPECT_EQ(done.result["method"], "fake");
+    std::vector<JobEvent> events = AllEvents(*m, name);
+    ExpectGapFree(events);
+    EXPECT_EQ(events.back().state, JobState::kSucceeded);
+    auto end = m->ReadEvents(name, events.back().sequence, 10);
+    ASSERT_TRUE(end.ok());
+    EXPECT_TRUE(end->end);  // watchers finish
+    // The store takes it once it can (the workers retry every few seconds).
+    store_fails_ = false;
+    bool saved = false;
+    for (int i = 0; i < 300 && !saved; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      auto store = JobStore::Open(dir_.Join("data/jobs.db"));
+      ASSERT_TRUE(store.ok()) << store.status();
+      auto jobs = (*store)->LoadJobs();
+      ASSERT_TRUE(jobs.ok());
+      saved = jobs->at(0).state == JobState::kSucceeded;
+    }
+    EXPECT_TRUE(saved) << "the store never got the outcome";
+  }
+  store_fails_ = true;  // startup with a store that refuses every commit
+  {
+    auto m = Start();
+    ASSERT_NE(m, nullptr);
+    EXPECT_EQ(m->GetJob(name)->state, JobState::kSucceeded);
+    std::vector<JobEvent> events = AllEvents(*m, name);
+    ExpectGapFree(events);
+    EXPECT_EQ(events.back().state, JobState::kSucceeded);
+  }
+  store_fails_ = false;
+}
+
+TEST_F(JobManagerTest, RequeueTheStoreRefusesAtStartupStillRuns) {
+  std::string name;
+  {
+    auto m = Start();
+    name =
+        m->CreateJob(Request({{"pretrained", "/a"}, {"block", true}}))->name();
+    WaitFor(*m, name, JobState::kRunning);
+    store_fails_ = true;  // dies while running
+  }
+  shared_.released = true;
+  auto m = Start();  // store still failing: starts anyway
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->GetJob(name)->state, JobState::kQueued);
+  store_fails_ = false;
+  WaitFor(*m, name, JobState::kSucceeded);
+  std::vector<JobEvent> events = AllEvents(*m, name);
+  ExpectGapFree(events);
 }
 
 TEST_F(JobManagerTest, UnknownDeviceMemoryNeedsAnAbsoluteBudget) {

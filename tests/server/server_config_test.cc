@@ -78,6 +78,38 @@ TEST(ServerConfigTest, BadSettingsNameTheSettingAndTheRule) {
   EXPECT_TRUE(absl::StrContains(c.status().message(), "max-spec-bytes"));
 }
 
+TEST(ServerConfigTest, FaultLimits) {
+  absl::StatusOr<ServerConfig> c = Parse({});
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->journal_max_bytes, 0);
+  EXPECT_EQ(c->journal_reserve_bytes, int64_t{256} << 20);
+  EXPECT_EQ(c->max_interrupted_runs, 2);
+  EXPECT_EQ(c->max_result_streams, 64);
+  TempDir dir;
+  c = Parse({"--config",
+             Write(dir,
+                   "journal_max_bytes: 1000\njournal-reserve-bytes: 5\n"
+                   "max-interrupted-runs: 3\nmax_result_streams: 9\n"),
+             "--max-result-streams", "7"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->journal_max_bytes, 1000);
+  EXPECT_EQ(c->journal_reserve_bytes, 5);
+  EXPECT_EQ(c->max_interrupted_runs, 3);
+  EXPECT_EQ(c->max_result_streams, 7);
+  for (const std::vector<std::string>& bad :
+       std::vector<std::vector<std::string>>{
+           {"--journal-max-bytes", "-1"},
+           {"--journal-reserve-bytes", "-5"},
+           {"--max-interrupted-runs", "0"},
+           {"--max-result-streams", "0"},
+           {"--max-result-streams", "100000"}}) {
+    c = Parse(bad);
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StartsWith(c.status().message(), bad[0].substr(2)))
+        << c.status();
+  }
+}
+
 TEST(ServerConfigTest, DeviceMemoryBudgets) {
   absl::StatusOr<ServerConfig> c =
       Parse({"--device-memory-budget", "cpu=8Gi", "--device-memory-budget",

@@ -5,12 +5,14 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -59,22 +61,55 @@ TailordProcess::TailordProcess(const std::string& data_dir,
     ::execv(cargv[0], cargv.data());
     ::_exit(127);
   }
-  for (int i = 0; i < 3000; ++i) {
+  double limit = 120;
+  if (const char* t = std::getenv("TAILORD_START_TIMEOUT")) {
+    if (!absl::SimpleAtod(t, &limit) || limit <= 0) limit = 120;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto deadline = t0 + std::chrono::duration<double>(limit);
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+        .count();
+  };
+  while (true) {
     if (PathExists(ready)) {
       nlohmann::json j = nlohmann::json::parse(Slurp(ready), nullptr, false);
       if (j.is_object()) {
         grpc_port_ = j.value("grpc_port", 0);
         metrics_port_ = j.value("metrics_port", 0);
-        return;
+        start_seconds_ = elapsed();
+        if (grpc_port_ > 0) {
+          std::cerr << "TailordProcess: serving after " << start_seconds_
+                    << " s\n";
+          return;
+        }
+        failure_ = "its ready file has no grpc_port";
+        break;
       }
     }
     int status;
     if (::waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
-      return;
+      early_exit_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      failure_ =
+          WIFEXITED(status)
+              ? absl::StrCat("it exited with status ", WEXITSTATUS(status),
+                             " after ", elapsed(), " s, before serving")
+              : absl::StrCat("signal ", WTERMSIG(status), " killed it after ",
+                             elapsed(), " s, before it served");
+      break;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      failure_ = absl::StrCat("it did not serve within ", limit,
+                              " s (no ready file ", ready, ")");
+      break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  std::cerr << "TailordProcess: tailord (data dir " << data_dir
+            << ") did not start: " << failure_ << "\n--- its log (" << log_path_
+            << ") ---\n"
+            << Log() << "--- end of log ---\n";
 }
 
 TailordProcess::~TailordProcess() {
@@ -101,6 +136,10 @@ HttpResponse HttpGet(int port, const std::string& path) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return r;
   ScopedFd sock(fd);
+  // A server that never answers fails the request instead of hanging it.
+  timeval timeout{30, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));

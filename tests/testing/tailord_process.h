@@ -13,8 +13,11 @@ namespace tailor::testing {
 class TailordProcess {
  public:
   // Starts tailord with --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
-  // --data-dir `data_dir` plus `args`, and waits (up to 30 s) until it
-  // serves. ok() says whether it did.
+  // --data-dir `data_dir` plus `args`, and waits until it serves (its ready
+  // file appears), it exits, or the start deadline passes: 120 s of wall
+  // time ($TAILORD_START_TIMEOUT seconds if set), generous for a loaded
+  // machine. ok() says whether it serves; if not, failure() says why and
+  // the reason and the server's log are printed to stderr.
   TailordProcess(const std::string& data_dir,
                  const std::vector<std::string>& args,
                  const std::string& scratch_dir);
@@ -24,6 +27,13 @@ class TailordProcess {
   TailordProcess& operator=(const TailordProcess&) = delete;
 
   bool ok() const { return grpc_port_ > 0; }
+  // Why the start failed ("" when ok()): the exit status, or the timeout.
+  const std::string& failure() const { return failure_; }
+  // The exit status if the process exited before serving (else -2), -1
+  // if a signal killed it.
+  int early_exit() const { return early_exit_; }
+  // Seconds from the start to the ready file.
+  double start_seconds() const { return start_seconds_; }
   std::string address() const;  // 127.0.0.1:<grpc port>
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_port_; }
@@ -38,6 +48,9 @@ class TailordProcess {
  private:
   pid_t pid_ = -1;
   int grpc_port_ = 0, metrics_port_ = 0;
+  int early_exit_ = -2;
+  double start_seconds_ = 0;
+  std::string failure_;
   std::string log_path_;
 };
 
