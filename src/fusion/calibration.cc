@@ -223,6 +223,14 @@ int64_t PreparedHessianCache::LiveBytes() const {
   return bytes;
 }
 
+bool PreparedHessianCache::IsLive(int task, const std::string& key) const {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, entry] : live_) {
+    if (std::get<0>(id) == task && std::get<1>(id) == key) return true;
+  }
+  return false;
+}
+
 int64_t PreparedHessianCache::preparations() const {
   absl::MutexLock lock(&mu_);
   return preparations_;

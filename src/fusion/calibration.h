@@ -89,6 +89,8 @@ class PreparedHessianCache {
 
   // Bytes held by the live prepared Hessians.
   int64_t LiveBytes() const;
+  // Whether (task, key) is prepared and live (on any device).
+  bool IsLive(int task, const std::string& key) const;
   // Number of PrepareHessian calls so far (for tests).
   int64_t preparations() const;
 

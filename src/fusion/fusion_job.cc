@@ -509,11 +509,12 @@ class Job {
   //     scores / normalisation / compensated-copy temporaries (4 n e), and
   //     the mask and delta kept for merging:                 (7 e + 1) n
   //   merging several tasks (stitch, TIES, DARE temporaries): 2 n e
-  //   a calibrated r x c tensor (tailor method): every task's prepared
-  //     Hessian for it (damped H and U, 2 c^2 e each: they are cached for
-  //     the key's aliases), the scratch of one preparation (3 c^2 e), the
-  //     prepared Hessians of other keys still cached, plus the exact
-  //     compensation's chunk (exact_chunk_bytes).
+  //   a calibrated r x c tensor (tailor method): the prepared Hessians
+  //     cached now (for this tensor's key or others still to be used), those
+  //     of its tasks not yet prepared (damped H and U, 2 c^2 e each; they
+  //     stay cached for the key's aliases) plus one preparation's scratch
+  //     (3 c^2 e) if any is, plus the exact compensation's chunk
+  //     (exact_chunk_bytes).
   // The kernels' real peak is lower (several temporaries die before others
   // are made); erring high only makes tensors wait, never over-commit.
   int64_t EstimateWorkingBytes(const TensorInfo& info) const {
@@ -524,20 +525,23 @@ class Job {
     if (tasks > 1) bytes += 2 * n * e;
     if (spec_.method == Method::kTailor && info.shape.size() == 2) {
       const int64_t c = info.shape[1];
-      int64_t scratch = 0;
-      for (const auto& task : tasks_) {
-        if (!task->calibration || !task->calibration->KeyFor(info.name)) {
-          continue;
+      int64_t scratch = 0, chunk = 0;
+      bool calibrated = false;
+      for (size_t t = 0; t < tasks_.size(); ++t) {
+        const Task& task = *tasks_[t];
+        std::optional<std::string> key;
+        if (task.calibration) key = task.calibration->KeyFor(info.name);
+        if (!key) continue;
+        calibrated = true;
+        if (!hessians_.IsLive(static_cast<int>(t), *key)) {
+          bytes += 2 * c * c * e;
+          scratch = 3 * c * c * e;  // one preparation at a time
         }
-        bytes += 2 * c * c * e;
-        int64_t s = 3 * c * c * e;
-        if (task->options.compensation == Compensation::kExact) {
-          s += task->options.exact_chunk_bytes;
+        if (task.options.compensation == Compensation::kExact) {
+          chunk = std::max(chunk, task.options.exact_chunk_bytes);
         }
-        scratch = std::max(scratch, s);  // one task at a time
       }
-      // Erring high: this tensor's own entries may be among the live ones.
-      if (scratch > 0) bytes += scratch + hessians_.LiveBytes();
+      if (calibrated) bytes += hessians_.LiveBytes() + scratch + chunk;
     }
     return bytes;
   }
