@@ -198,8 +198,9 @@ void FinishBlock(at::Tensor& d, const at::Tensor& w1, const at::Tensor& err1,
 // j >= i with the product rounded on its own (this file is compiled with
 // -ffp-contract=off), then w[i] = q.
 template <typename T>
-inline void ObsRow(T* w, const bool* m, const T* u1, int64_t ldu, int64_t width,
-                   T* err) {
+inline __attribute__((always_inline)) void ObsRow(T* w, const bool* m,
+                                                  const T* u1, int64_t ldu,
+                                                  int64_t width, T* err) {
   for (int64_t i = 0; i < width; ++i) {
     const T wi = w[i];
     const T q = m[i] ? wi : T(0);
@@ -212,6 +213,34 @@ inline void ObsRow(T* w, const bool* m, const T* u1, int64_t ldu, int64_t width,
     w[i] = q;
     err[i] = e;
   }
+}
+
+// ObsRow over `rows` rows (row strides ldw, ldm; err rows of `width`).
+template <typename T>
+inline void ObsRows(T* w, int64_t ldw, const bool* m, int64_t ldm, const T* u1,
+                    int64_t ldu, int64_t width, T* err, int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r) {
+    ObsRow<T>(w + r * ldw, m + r * ldm, u1, ldu, width, err + r * width);
+  }
+}
+
+// The same code compiled for AVX2 (8 floats a step instead of SSE2's 4).
+// Only separate multiplies and subtractions are emitted (no FMA: not in the
+// target, and -ffp-contract=off), so the results are the same bits.
+template <typename T>
+__attribute__((target("avx2"))) void ObsRowsAvx2(T* w, int64_t ldw,
+                                                 const bool* m, int64_t ldm,
+                                                 const T* u1, int64_t ldu,
+                                                 int64_t width, T* err,
+                                                 int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r) {
+    ObsRow<T>(w + r * ldw, m + r * ldm, u1, ldu, width, err + r * width);
+  }
+}
+
+bool HasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
 }
 
 // The block's mask: a pointer to its first row and the row stride.
@@ -238,9 +267,10 @@ double SequentialCpu(at::Tensor& d, const at::Tensor& u_in, int64_t block,
     T* ep = err1.data_ptr<T>();
     auto [mp, ldm] = block_mask(i1, i2);
     const T* u1 = up + i1 * cols + i1;
-    for (int64_t r = 0; r < rows; ++r) {
-      ObsRow<T>(dp + r * cols + i1, mp + r * ldm, u1, cols, width,
-                ep + r * width);
+    if (HasAvx2()) {
+      ObsRowsAvx2<T>(dp + i1, cols, mp, ldm, u1, cols, width, ep, rows);
+    } else {
+      ObsRows<T>(dp + i1, cols, mp, ldm, u1, cols, width, ep, rows);
     }
     for (int64_t i = 0; i < rows * width; ++i) {
       err_sq += static_cast<double>(ep[i]) * static_cast<double>(ep[i]);
