@@ -63,7 +63,7 @@ struct FusionSpec {
   std::string report_uri;       // JSON report
   bool overwrite = false;       // replace existing outputs
   std::string device = "auto";  // cpu | cuda | cuda:N | auto
-  int threads = 0;              // intra-op threads; 0 = LibTorch default
+  int threads = 0;  // compute threads, applied by the binary (fuse --local)
 
   // INVALID_ARGUMENT naming the field and the rule; checks everything that
   // does not need the files.
