@@ -351,9 +351,74 @@ at::Tensor ColumnSquareSums(const at::Tensor& u) {
 
 }  // namespace
 
+namespace {
+
+// Whether every entry of a contiguous CPU float/double tensor is finite: an
+// exponent of all ones is Inf or NaN. An integer OR-reduction (vectorised),
+// with no n-sized temporary (at::isfinite allocates one).
+template <typename T>
+bool AllFiniteCpu(const at::Tensor& t) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  // The exponent field: bits [23, 31) of a float, [52, 63) of a double.
+  constexpr Bits kExp = sizeof(T) == 4
+                            ? static_cast<Bits>(0x7f800000u)
+                            : static_cast<Bits>(0x7ff0000000000000ull);
+  const T* p = t.data_ptr<T>();
+  const int64_t n = t.numel();
+  constexpr int64_t kChunk = 1 << 14;
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    Bits bad = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      Bits b;
+      std::memcpy(&b, p + i, sizeof(b));
+      bad |= static_cast<Bits>((b & kExp) == kExp);
+    }
+    if (bad) return false;
+  }
+  return true;
+}
+
+bool AllFinite(const at::Tensor& t) {
+  if (t.device().is_cpu() && t.is_contiguous()) {
+    if (t.scalar_type() == at::kFloat) return AllFiniteCpu<float>(t);
+    if (t.scalar_type() == at::kDouble) return AllFiniteCpu<double>(t);
+  }
+  return at::isfinite(t).all().item<bool>();
+}
+
+// CompensateSequential in place on `d` (contiguous); returns ||Err||_F^2.
+double CompensateSequentialInPlace(at::Tensor& d, const at::Tensor& mask,
+                                   const at::Tensor& u, int64_t block_size) {
+  if (CpuFastPath(d)) {
+    const at::Tensor m = mask.to(at::kBool).contiguous();
+    const bool* mp = m.data_ptr<bool>();
+    const int64_t cols = d.size(1);
+    BlockMask fixed = [&](int64_t i1, int64_t) {
+      return std::pair<const bool*, int64_t>(mp + i1, cols);
+    };
+    const at::Tensor ut = u.to(d.scalar_type());
+    return d.scalar_type() == at::kFloat
+               ? SequentialCpu<float>(d, ut, block_size, fixed)
+               : SequentialCpu<double>(d, ut, block_size, fixed);
+  }
+  double e = 0;
+  for (int64_t i1 = 0; i1 < d.size(1); i1 += block_size) {
+    const int64_t i2 = std::min(d.size(1), i1 + block_size);
+    at::Tensor w1 = d.index({Slice(), Slice(i1, i2)}).clone();
+    at::Tensor err1 = ObsBlock(w1, mask.index({Slice(), Slice(i1, i2)}),
+                               u.index({Slice(i1, i2), Slice(i1, i2)}));
+    e += err1.to(at::kDouble).square().sum().item<double>();
+    FinishBlock(d, w1, err1, u, i1, i2);
+  }
+  return e;
+}
+
+}  // namespace
+
 absl::Status CheckFiniteTensor(const at::Tensor& t, absl::string_view name,
                                absl::string_view what) {
-  if (!at::isfinite(t).all().item<bool>()) {
+  if (!AllFinite(t)) {
     return absl::InvalidArgumentError(
         absl::StrCat(name, ": ", what, " contains NaN or Inf"));
   }
@@ -441,30 +506,7 @@ at::Tensor CompensateSequential(const at::Tensor& d0, const at::Tensor& mask,
                                 const at::Tensor& u, int64_t block_size,
                                 double* err_sq) {
   at::Tensor d = d0.contiguous().clone();
-  if (CpuFastPath(d)) {
-    const at::Tensor m = mask.to(at::kBool).contiguous();
-    const bool* mp = m.data_ptr<bool>();
-    const int64_t cols = d.size(1);
-    BlockMask fixed = [&](int64_t i1, int64_t) {
-      return std::pair<const bool*, int64_t>(mp + i1, cols);
-    };
-    const double e =
-        d.scalar_type() == at::kFloat
-            ? SequentialCpu<float>(d, u.to(d.scalar_type()), block_size, fixed)
-            : SequentialCpu<double>(d, u.to(d.scalar_type()), block_size,
-                                    fixed);
-    if (err_sq != nullptr) *err_sq = e;
-    return d;
-  }
-  double e = 0;
-  for (int64_t i1 = 0; i1 < d.size(1); i1 += block_size) {
-    const int64_t i2 = std::min(d.size(1), i1 + block_size);
-    at::Tensor w1 = d.index({Slice(), Slice(i1, i2)}).clone();
-    at::Tensor err1 = ObsBlock(w1, mask.index({Slice(), Slice(i1, i2)}),
-                               u.index({Slice(i1, i2), Slice(i1, i2)}));
-    e += err1.to(at::kDouble).square().sum().item<double>();
-    FinishBlock(d, w1, err1, u, i1, i2);
-  }
+  const double e = CompensateSequentialInPlace(d, mask, u, block_size);
   if (err_sq != nullptr) *err_sq = e;
   return d;
 }
@@ -701,6 +743,10 @@ absl::StatusOr<LayerResult> TailorLayerPrepared(
           SelectAndCompensateBlocks(d0, *prepared, options, &e);
       err_sq = e;
       stats.compensation = "sequential";
+      const int64_t sample =
+          options.exact_errors ? d0.size(0) : kErrorSampleRows;
+      stats.error_mask_only = MaskOnlyError(d0, mask, prepared->h, sample,
+                                            &stats.error_mask_only_estimated);
     } else {
       TailorOptions select = options;
       if (!prepared) select.omega = 1.0;
@@ -708,11 +754,19 @@ absl::StatusOr<LayerResult> TailorLayerPrepared(
           ScoresWithDiag(d0, prepared ? prepared->hinv_diag : at::Tensor(),
                          select, options.scope),
           options);
+      if (prepared) {
+        // Before any compensation: the sequential one runs in place on d0.
+        const int64_t sample =
+            options.exact_errors ? d0.size(0) : kErrorSampleRows;
+        stats.error_mask_only = MaskOnlyError(d0, mask, prepared->h, sample,
+                                              &stats.error_mask_only_estimated);
+      }
       if (prepared && options.compensation == Compensation::kSequential) {
-        double e = 0;
-        delta = CompensateSequential(d0, mask, prepared->u.to(type),
-                                     options.block_size, &e);
-        err_sq = e;
+        d0 = d0.contiguous();
+        err_sq = CompensateSequentialInPlace(d0, mask, prepared->u,
+                                             options.block_size);
+        delta = d0;
+        d0 = at::Tensor();  // now the compensated delta
         stats.compensation = "sequential";
       } else if (prepared && options.compensation == Compensation::kExact) {
         absl::StatusOr<at::Tensor> exact =
@@ -728,18 +782,21 @@ absl::StatusOr<LayerResult> TailorLayerPrepared(
         delta = at::where(mask, d0, at::zeros({}, d0.options()));
       }
     }
-    if (!at::isfinite(delta).all().item<bool>()) {
+    // The uncompensated delta, again if the sequential loop consumed it.
+    auto original = [&] {
+      if (d0.defined()) return d0;
+      at::Tensor d = w_ft.to(type) - w_pre.to(type);
+      return d.dim() == 2 ? d : d.reshape({1, -1});
+    };
+    if (!AllFinite(delta.contiguous())) {
       // Never hand out NaN: fall back to the mask alone.
       stats.fallback_reason = "compensation produced non-finite values";
       stats.compensation = "none";
       err_sq.reset();
-      delta = at::where(mask, d0, at::zeros({}, d0.options()));
+      at::Tensor d = original();
+      delta = at::where(mask, d, at::zeros({}, d.options()));
     }
     if (prepared) {
-      const int64_t sample =
-          options.exact_errors ? d0.size(0) : kErrorSampleRows;
-      stats.error_mask_only = MaskOnlyError(d0, mask, prepared->h, sample,
-                                            &stats.error_mask_only_estimated);
       if (stats.compensation == "none") {
         stats.error_compensated = stats.error_mask_only;
         stats.error_compensated_estimated = stats.error_mask_only_estimated;

@@ -231,6 +231,53 @@ TEST(KernelSpeedTest, SequentialIsThePreviousLoopBitForBit) {
   }
 }
 
+TEST(KernelSpeedTest, FiniteCheckFindsEveryNonFiniteWithoutATemporary) {
+  for (at::ScalarType type : {at::kFloat, at::kDouble}) {
+    for (double bad : {std::numeric_limits<double>::quiet_NaN(),
+                       std::numeric_limits<double>::infinity(),
+                       -std::numeric_limits<double>::infinity()}) {
+      for (int64_t at_index :
+           {int64_t{0}, int64_t{16383}, int64_t{16384}, int64_t{40000 - 1}}) {
+        at::Tensor t = at::randn({40000}, type);
+        EXPECT_TRUE(CheckFiniteTensor(t, "w", "x").ok());
+        t.index_put_({at_index}, bad);
+        absl::Status s = CheckFiniteTensor(t, "w", "fine-tuned tensor");
+        EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument)
+            << type << " " << bad << " at " << at_index;
+        EXPECT_EQ(s.message(), "w: fine-tuned tensor contains NaN or Inf");
+        // A strided view takes the tensor-op path: same answer.
+        EXPECT_FALSE(CheckFiniteTensor(t.view({200, 200}).t(), "w", "x").ok());
+      }
+    }
+    // The largest finite values are finite.
+    EXPECT_TRUE(CheckFiniteTensor(
+                    at::full({3}, type == at::kFloat ? 3.4e38 : 1.7e308, type),
+                    "w", "x")
+                    .ok());
+  }
+}
+
+TEST(KernelSpeedTest, OverflowingCompensationFallsBackToTheOriginalDelta) {
+  // Column 0 is reverted onto column 1 through U_01 ~ -7 (strongly
+  // correlated inputs): 3.1e38 + 0.99 * 3e38 overflows float32. The
+  // sequential loop runs in place, so the fallback must rebuild D0.
+  at::Tensor h = at::tensor({1.0, 0.99, 0.99, 1.0}, at::kFloat).view({2, 2});
+  at::Tensor pre = at::zeros({1, 2}, at::kFloat);
+  at::Tensor ft = at::tensor({3e38, 3.1e38}, at::kFloat).view({1, 2});
+  TailorOptions o = Options(false);
+  o.keep_ratio = 0.5;
+  o.omega = 1.0;
+  auto r = TailorLayer("w", pre, ft, h, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->stats.compensation, "none");
+  EXPECT_EQ(r->stats.fallback_reason,
+            "compensation produced non-finite values");
+  EXPECT_TRUE(r->mask.equal(at::tensor({0, 1}).to(at::kBool).view({1, 2})));
+  EXPECT_TRUE(
+      r->delta.equal(at::tensor({0.0f, 3.1e38f}, at::kFloat).view({1, 2})));
+  EXPECT_EQ(r->stats.error_compensated, r->stats.error_mask_only);
+}
+
 // --- Item 1: the free yardstick equals the GEMM one. ---
 
 TEST(KernelSpeedTest, FreeCompensatedErrorEqualsTheGemmValue) {
