@@ -512,9 +512,10 @@ class Job {
   //   a calibrated r x c tensor (tailor method): the prepared Hessians
   //     cached now (for this tensor's key or others still to be used), those
   //     of its tasks not yet prepared (damped H and U, 2 c^2 e each; they
-  //     stay cached for the key's aliases) plus one preparation's scratch
-  //     (3 c^2 e) if any is, plus the exact compensation's chunk
-  //     (exact_chunk_bytes).
+  //     stay cached for the key's aliases) plus, if any is, one
+  //     preparation's scratch (3 c^2 e) beyond the kernel temporaries
+  //     (4 n e) that exist only after it, plus the exact compensation's
+  //     chunk (exact_chunk_bytes).
   // The kernels' real peak is lower (several temporaries die before others
   // are made); erring high only makes tensors wait, never over-commit.
   int64_t EstimateWorkingBytes(const TensorInfo& info) const {
@@ -535,7 +536,9 @@ class Job {
         calibrated = true;
         if (!hessians_.IsLive(static_cast<int>(t), *key)) {
           bytes += 2 * c * c * e;
-          scratch = 3 * c * c * e;  // one preparation at a time
+          // One preparation at a time, before the kernel's temporaries
+          // (4 n e, counted above) exist: only its excess counts.
+          scratch = std::max<int64_t>(0, 3 * c * c * e - 4 * n * e);
         }
         if (task.options.compensation == Compensation::kExact) {
           chunk = std::max(chunk, task.options.exact_chunk_bytes);
