@@ -20,6 +20,9 @@ namespace {
 
 using at::indexing::Slice;
 
+// Whether every entry is finite (defined below).
+bool AllFinite(const at::Tensor& t);
+
 at::ScalarType KernelType(const TailorOptions& options) {
   return options.float64 ? at::kDouble : at::kFloat;
 }
@@ -305,24 +308,31 @@ TrtriFn LookupTrtri(bool dbl) {
 
 // L^-1 for a lower-triangular L (c x c), or an undefined tensor when the
 // inverse is not finite.
-at::Tensor LowerInverse(const at::Tensor& l) {
+at::Tensor LowerInverse(at::Tensor l) {
   const int64_t c = l.size(0);
   TrtriFn trtri = LookupTrtri(l.scalar_type() == at::kDouble);
   at::Tensor inv;
   if (l.device().is_cpu() && trtri != nullptr && c <= INT32_MAX) {
-    // Row-major lower L is column-major upper L^T; inverting that in place
-    // leaves (L^T)^-1 = (L^-1)^T column-major, i.e. L^-1 row-major. The
-    // other triangle stays zero.
-    inv = l.contiguous().clone();
+    // In place on the factor (no copy): LAPACK reads column-major, so a
+    // column-major L is inverted as the lower triangle ("L"); a row-major
+    // one is column-major L^T, inverted as the upper ("U"), which leaves
+    // (L^T)^-1 = (L^-1)^T column-major, i.e. L^-1 row-major. The other
+    // triangle stays zero either way.
+    const char* uplo = "L";
+    if (!(l.stride(0) == 1 && l.stride(1) == c)) {
+      l = l.contiguous();
+      uplo = "U";
+    }
     const int n = static_cast<int>(c);
     int info = 0;
-    trtri("U", "N", &n, inv.data_ptr(), &n, &info);
+    trtri(uplo, "N", &n, l.data_ptr(), &n, &info);
     if (info != 0) return at::Tensor();
+    inv = l;
   } else {
     inv = at::linalg_solve_triangular(l, at::eye(c, l.options()),
                                       /*upper=*/false);
   }
-  if (!at::isfinite(inv).all().item<bool>()) return at::Tensor();
+  if (!AllFinite(inv.is_contiguous() ? inv : inv.t())) return at::Tensor();
   return inv;
 }
 
@@ -481,8 +491,7 @@ absl::StatusOr<PreparedHessian> PrepareHessian(const at::Tensor& h_in,
           // L L^T = J H J (J reverses the order); U = J L^-1 J.
           auto [l, info] = at::linalg_cholesky_ex(damped.flip({0, 1}));
           if (info.item<int64_t>() == 0) {
-            at::Tensor linv = LowerInverse(l);
-            l = at::Tensor();
+            at::Tensor linv = LowerInverse(std::move(l));
             if (linv.defined()) {
               out.u = linv.flip({0, 1}).contiguous();
               out.hinv_diag = ColumnSquareSums(out.u);
@@ -641,7 +650,14 @@ double MaskOnlyError(const at::Tensor& d0, const at::Tensor& mask,
     scale = static_cast<double>(rows) / static_cast<double>(sample_rows);
   }
   at::Tensor reverted = at::where(m, at::zeros({}, r.options()), r);
-  return scale * ReconstructionError(reverted, at::zeros_like(reverted), h);
+  if (!*estimated) {
+    return ReconstructionError(reverted, at::zeros_like(reverted), h);
+  }
+  // An estimate: the GEMM in the kernel's type (no float64 copy of H), the
+  // sums in float64.
+  at::Tensor g = reverted.matmul(h.to(reverted.scalar_type()));
+  return scale *
+         (g.to(at::kDouble) * reverted.to(at::kDouble)).sum().item<double>();
 }
 
 namespace {
