@@ -296,8 +296,7 @@ class Job {
         if (!tasks_[t]->calibration) continue;
         if (std::optional<std::string> key =
                 tasks_[t]->calibration->KeyFor(item.info->name)) {
-          hessians_.Expect(static_cast<int>(t), *key,
-                           static_cast<int64_t>(i));
+          hessians_.Expect(static_cast<int>(t), *key, static_cast<int64_t>(i));
         }
       }
     }
