@@ -9,6 +9,7 @@
 #include "job_file.h"
 #include "progress_bar.h"
 #include "storage/uri_resolver.h"
+#include "util/cpu_tuning.h"
 
 namespace tailor::cli {
 namespace {
@@ -115,8 +116,11 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
   c->add_option("--report", report_, "JSON report path");
   c->add_flag("--overwrite", overwrite_, "replace existing outputs");
   c->add_option("--device", device_, "cpu|cuda|cuda:N|auto (default auto)");
-  c->add_option("--threads", threads_,
-                "intra-op threads, 0..256 (default 0: LibTorch's)");
+  c->add_option(
+      "--threads", threads_,
+      "compute threads, 0..256: the size of the process's one compute pool "
+      "(OpenBLAS's; LibTorch's intra-op pool is then 1) (default: "
+      "the CPUs of the cgroup's quota / affinity mask)");
   c->add_option("--allowed-root", allowed_roots_,
                 "directory every URI must lie under (repeatable; default /)");
   c->add_flag("-q,--quiet", quiet_, "no progress bar");
@@ -182,6 +186,8 @@ int FuseCommand::Run() {
   if (given("--overwrite")) spec.overwrite = overwrite_;
   if (given("--device")) spec.device = device_;
   if (given("--threads")) spec.threads = threads_;
+  // One compute pool per process, sized once (util/cpu_tuning.h).
+  ConfigureComputeThreads(spec.threads);
 
   absl::StatusOr<UriResolver> resolver = MakeResolver(allowed_roots_);
   if (!resolver.ok()) return ReportFailure(resolver.status());

@@ -28,6 +28,7 @@
 #include "metrics_http_server.h"
 #include "nlohmann/json.hpp"
 #include "server_config.h"
+#include "util/cpu_tuning.h"
 #include "util/file_util.h"
 #include "util/log.h"
 
@@ -64,6 +65,12 @@ LogLevel ParseLevel(const std::string& level) {
 int Serve(const ServerConfig& config, const sigset_t& signals) {
   SetMinLogLevel(ParseLevel(config.log_level));
   google::protobuf::SetLogHandler(&ProtobufLogHandler);
+  // One compute pool for the process, sized once from the cgroup's CPU
+  // quota; a job's `threads` field does not resize it.
+  const ComputeThreads threads = ConfigureComputeThreads(0);
+  Log(LogLevel::kInfo, "",
+      absl::StrCat("compute threads: ", threads.blas, " BLAS, ", threads.aten,
+                   " LibTorch intra-op"));
   std::vector<std::string> roots = config.allowed_roots;
   if (roots.empty()) {
     char cwd[4096];

@@ -178,4 +178,66 @@ absl::StatusOr<at::Tensor> CalibrationFile::Load(absl::string_view key) const {
   return h;
 }
 
+void PreparedHessianCache::Expect(int task, const std::string& key,
+                                  int64_t position) {
+  absl::MutexLock lock(&mu_);
+  int64_t& last = last_use_[{task, key}];
+  last = std::max(last, position);
+}
+
+absl::StatusOr<PreparedHessianCache::Entry> PreparedHessianCache::Acquire(
+    int task, const std::string& key, const at::Device& device,
+    const Loader& load, const TailorOptions& options) {
+  absl::MutexLock lock(&mu_);
+  const auto id = std::make_tuple(task, key, device.str());
+  auto it = live_.find(id);
+  if (it != live_.end()) return it->second;
+  TAILOR_ASSIGN_OR_RETURN(at::Tensor raw, load());
+  TAILOR_ASSIGN_OR_RETURN(at::Tensor on_device,
+                          CatchTorch(key, [&] { return raw.to(device); }));
+  raw = at::Tensor();
+  ++preparations_;
+  Entry entry = std::make_shared<const absl::StatusOr<PreparedHessian>>(
+      PrepareHessian(on_device, options));
+  // Only an entry someone expects again is kept.
+  auto last = last_use_.find({task, key});
+  if (last != last_use_.end()) live_.emplace(id, entry);
+  return entry;
+}
+
+void PreparedHessianCache::Finished(int64_t position) {
+  absl::MutexLock lock(&mu_);
+  for (auto it = live_.begin(); it != live_.end();) {
+    auto last =
+        last_use_.find({std::get<0>(it->first), std::get<1>(it->first)});
+    if (last == last_use_.end() || last->second <= position) {
+      it = live_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+int64_t PreparedHessianCache::LiveBytes() const {
+  absl::MutexLock lock(&mu_);
+  int64_t bytes = 0;
+  for (const auto& [id, entry] : live_) {
+    if (entry->ok()) bytes += (*entry)->bytes();
+  }
+  return bytes;
+}
+
+bool PreparedHessianCache::IsLive(int task, const std::string& key) const {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, entry] : live_) {
+    if (std::get<0>(id) == task && std::get<1>(id) == key) return true;
+  }
+  return false;
+}
+
+int64_t PreparedHessianCache::preparations() const {
+  absl::MutexLock lock(&mu_);
+  return preparations_;
+}
+
 }  // namespace tailor

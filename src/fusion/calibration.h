@@ -3,12 +3,18 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "fusion/layer_options.h"
+#include "fusion/tailor_kernel.h"
 #include "io/checkpoint.h"
 
 namespace tailor {
@@ -49,6 +55,52 @@ class CalibrationFile {
   std::unique_ptr<Checkpoint> file_;
   int64_t nsamples_ = 0;
   std::map<std::string, std::string> aliases_;
+};
+
+// The prepared Hessians of one job (DESIGN section 6): one PrepareHessian
+// per (task, Hessian key, device), shared by every tensor aliased to that
+// key (q/k/v, gate/up) and freed after its last user in plan order.
+//
+// Expect() declares, before any Acquire(), the plan positions that will use
+// a key; Acquire() prepares on first use; Finished(i) frees every entry
+// whose last expected user is at or before position i (users that were
+// skipped, e.g. resumed from a journal, free it too). An entry whose
+// preparation failed (not positive definite) caches that status, so every
+// alias reports the same fallback.
+//
+// Thread-safe; a preparation holds the lock (callers of one job are
+// sequential).
+class PreparedHessianCache {
+ public:
+  using Entry = std::shared_ptr<const absl::StatusOr<PreparedHessian>>;
+  // Loads the raw Hessian (CalibrationFile::Load).
+  using Loader = std::function<absl::StatusOr<at::Tensor>()>;
+
+  void Expect(int task, const std::string& key, int64_t position);
+
+  // The prepared Hessian of (task, key) on `device`. Errors are the
+  // loader's (bad calibration file): those fail the tensor and are not
+  // cached.
+  absl::StatusOr<Entry> Acquire(int task, const std::string& key,
+                                const at::Device& device, const Loader& load,
+                                const TailorOptions& options);
+
+  void Finished(int64_t position);
+
+  // Bytes held by the live prepared Hessians.
+  int64_t LiveBytes() const;
+  // Whether (task, key) is prepared and live (on any device).
+  bool IsLive(int task, const std::string& key) const;
+  // Number of PrepareHessian calls so far (for tests).
+  int64_t preparations() const;
+
+ private:
+  using Key = std::tuple<int, std::string>;
+  mutable absl::Mutex mu_;
+  std::map<Key, int64_t> last_use_ ABSL_GUARDED_BY(mu_);
+  std::map<std::tuple<int, std::string, std::string>, Entry> live_
+      ABSL_GUARDED_BY(mu_);
+  int64_t preparations_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tailor

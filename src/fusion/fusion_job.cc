@@ -139,13 +139,15 @@ class Job {
   absl::StatusOr<nlohmann::json> Run() {
     start_ = Clock::now();
     TAILOR_RETURN_IF_ERROR(spec_.Validate());
-    if (spec_.threads > 0) at::set_num_threads(spec_.threads);
+    // spec_.threads is applied by the binary (ConfigureComputeThreads, once
+    // per process): library code leaves the process's thread pools alone.
     // With a scheduler each fused tensor gets its device from a lease.
     if (options_.device_scheduler == nullptr) {
       TAILOR_ASSIGN_OR_RETURN(device_, ResolveDevice(spec_.device));
     }
     TAILOR_RETURN_IF_ERROR(OpenInputs());
     TAILOR_RETURN_IF_ERROR(Plan());
+    ExpectHessians();
     TAILOR_RETURN_IF_ERROR(OpenOutputs());
     Emit(ProgressEvent::Kind::kPlanned);
     TAILOR_RETURN_IF_ERROR(OpenJournal());
@@ -324,6 +326,23 @@ class Job {
                           c10::str(at::IntArrayRef(info.shape)));
     }
     return "";
+  }
+
+  // Tells the prepared-Hessian cache which plan positions use each
+  // (task, Hessian key), so an entry lives from its first user to its last.
+  void ExpectHessians() {
+    if (spec_.method != Method::kTailor) return;
+    for (size_t i = 0; i < plan_.size(); ++i) {
+      const WorkItem& item = plan_[i];
+      if (!item.fuse || item.info->shape.size() != 2) continue;
+      for (size_t t = 0; t < tasks_.size(); ++t) {
+        if (!tasks_[t]->calibration) continue;
+        if (std::optional<std::string> key =
+                tasks_[t]->calibration->KeyFor(item.info->name)) {
+          hessians_.Expect(static_cast<int>(t), *key, static_cast<int64_t>(i));
+        }
+      }
+    }
   }
 
   absl::Status Plan() {
@@ -568,9 +587,13 @@ class Job {
   //     scores / normalisation / compensated-copy temporaries (4 n e), and
   //     the mask and delta kept for merging:                 (7 e + 1) n
   //   merging several tasks (stitch, TIES, DARE temporaries): 2 n e
-  //   a calibrated r x c tensor (tailor method): its c x c Hessian, the
-  //     inverse and the Cholesky factor (one task's at a time), 3 c^2 e,
-  //     plus the exact compensation's chunk (exact_chunk_bytes).
+  //   a calibrated r x c tensor (tailor method): the prepared Hessians
+  //     cached now (for this tensor's key or others still to be used), those
+  //     of its tasks not yet prepared (damped H and U, 2 c^2 e each; they
+  //     stay cached for the key's aliases) plus, if any is, one
+  //     preparation's scratch (3 c^2 e) beyond the kernel temporaries
+  //     (4 n e) that exist only after it, plus the exact compensation's
+  //     chunk (exact_chunk_bytes).
   // The kernels' real peak is lower (several temporaries die before others
   // are made); erring high only makes tensors wait, never over-commit.
   int64_t EstimateWorkingBytes(const TensorInfo& info) const {
@@ -580,18 +603,26 @@ class Job {
     int64_t bytes = n * e * 3 + tasks * n * (7 * e + 1);
     if (tasks > 1) bytes += 2 * n * e;
     if (spec_.method == Method::kTailor && info.shape.size() == 2) {
-      for (const auto& task : tasks_) {
-        if (!task->calibration || !task->calibration->KeyFor(info.name)) {
-          continue;
+      const int64_t c = info.shape[1];
+      int64_t scratch = 0, chunk = 0;
+      bool calibrated = false;
+      for (size_t t = 0; t < tasks_.size(); ++t) {
+        const Task& task = *tasks_[t];
+        std::optional<std::string> key;
+        if (task.calibration) key = task.calibration->KeyFor(info.name);
+        if (!key) continue;
+        calibrated = true;
+        if (!hessians_.IsLive(static_cast<int>(t), *key)) {
+          bytes += 2 * c * c * e;
+          // One preparation at a time, before the kernel's temporaries
+          // (4 n e, counted above) exist: only its excess counts.
+          scratch = std::max<int64_t>(0, 3 * c * c * e - 4 * n * e);
         }
-        const int64_t c = info.shape[1];
-        int64_t h = 3 * c * c * e;
-        if (task->options.compensation == Compensation::kExact) {
-          h += task->options.exact_chunk_bytes;
+        if (task.options.compensation == Compensation::kExact) {
+          chunk = std::max(chunk, task.options.exact_chunk_bytes);
         }
-        bytes += h;
-        break;  // one task's Hessian at a time
       }
+      if (calibrated) bytes += hessians_.LiveBytes() + scratch + chunk;
     }
     return bytes;
   }
@@ -646,16 +677,22 @@ class Job {
                               task->finetuned->Read(name, ComputeRead()));
       if (spec_.method == Method::kTailor ||
           spec_.method == Method::kMagnitude) {
-        at::Tensor h;
+        // One prepared Hessian per (task, key), shared by its aliases.
+        PreparedHessianCache::Entry h;
         if (task->calibration && info.shape.size() == 2 &&
             spec_.method == Method::kTailor) {
           if (std::optional<std::string> key =
                   task->calibration->KeyFor(name)) {
-            TAILOR_ASSIGN_OR_RETURN(h, task->calibration->Load(*key));
+            const CalibrationFile* calib = task->calibration.get();
+            TAILOR_ASSIGN_OR_RETURN(
+                h, hessians_.Acquire(
+                       static_cast<int>(t), *key, device_,
+                       [&] { return calib->Load(*key); }, task->options));
           }
         }
-        TAILOR_ASSIGN_OR_RETURN(LayerResult r,
-                                TailorLayer(name, pre, ft, h, task->options));
+        TAILOR_ASSIGN_OR_RETURN(
+            LayerResult r,
+            TailorLayerPrepared(name, pre, ft, h.get(), task->options));
         const LayerStats& s = r.stats;
         tj["kept"] = s.kept;
         tj["kept_fraction"] =
@@ -673,6 +710,12 @@ class Job {
           tj["dead_columns"] = s.dead_columns;
           tj["error_mask_only"] = NumberOrNull(s.error_mask_only);
           tj["error_compensated"] = NumberOrNull(s.error_compensated);
+          if (s.error_mask_only_estimated) {
+            tj["error_mask_only_estimated"] = true;
+          }
+          if (s.error_compensated_estimated) {
+            tj["error_compensated_estimated"] = true;
+          }
           out.errors.emplace_back(
               std::isfinite(s.error_mask_only) ? s.error_mask_only : 0,
               std::isfinite(s.error_compensated) ? s.error_compensated : 0);
@@ -698,6 +741,7 @@ class Job {
       }
       per_task.push_back(tj);
     }
+    hessians_.Finished(static_cast<int64_t>(index));
     TAILOR_ASSIGN_OR_RETURN(
         MergedDelta merged, CatchTorch(name, [&]() -> MergedDelta {
           switch (spec_.method) {
@@ -766,6 +810,14 @@ class Job {
     for (const auto& [mask_only, compensated] : e.errors) {
       error_mask_only_ += mask_only;
       error_compensated_ += compensated;
+    }
+    for (const nlohmann::json& t : e.report.value("tasks", nlohmann::json())) {
+      if (t.value("error_mask_only_estimated", false)) {
+        error_mask_only_estimated_ = true;
+      }
+      if (t.value("error_compensated_estimated", false)) {
+        error_compensated_estimated_ = true;
+      }
     }
     for (size_t t = 0; t < tasks_.size(); ++t) {
       if (!tasks_[t]->patch_writer) continue;
@@ -865,7 +917,9 @@ class Job {
         {"kept_fraction",
          total_count_ ? static_cast<double>(total_kept_) / total_count_ : 0.0},
         {"error_mask_only", error_mask_only_},
+        {"error_mask_only_estimated", error_mask_only_estimated_},
         {"error_compensated", error_compensated_},
+        {"error_compensated_estimated", error_compensated_estimated_},
         {"error_reduction", NumberOrNull(reduction)},
         {"resumed_tensors", resumed_tensors_},
         {"device", options_.device_scheduler == nullptr
@@ -906,6 +960,9 @@ class Job {
   int64_t fused_tensors_ = 0, copied_tensors_ = 0;
   int64_t total_count_ = 0, total_kept_ = 0;
   double error_mask_only_ = 0, error_compensated_ = 0;
+  // Whether any summand of the totals above is a sampled estimate.
+  bool error_mask_only_estimated_ = false, error_compensated_estimated_ = false;
+  PreparedHessianCache hessians_;
 };
 
 }  // namespace

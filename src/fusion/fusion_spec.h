@@ -73,7 +73,8 @@ struct FusionSpec {
   std::string report_uri;       // JSON report
   bool overwrite = false;       // replace existing outputs
   std::string device = "auto";  // cpu | cuda | cuda:N | auto
-  int threads = 0;  // intra-op threads, 0..kMaxThreads; 0 = LibTorch default
+  int threads = 0;  // compute threads, 0..kMaxThreads, applied by the binary
+                    // (fuse --local); 0 = the default
 
   // INVALID_ARGUMENT naming the field and the rule; checks everything that
   // does not need the files.

@@ -47,6 +47,9 @@ struct TailorOptions {
   bool float64 = false;
   // Bound on the scratch memory of exact compensation's batched solves.
   int64_t exact_chunk_bytes = 256ll << 20;
+  // Compute the mask-only reconstruction error exactly (an r x c x c GEMM
+  // per tensor) instead of estimating it from sampled rows (LayerStats).
+  bool exact_errors = false;
 
   // INVALID_ARGUMENT naming the knob and its rule.
   absl::Status Validate() const;

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "fusion/tailor_kernel.h"
+#include "fusion/top_k.h"
 #include "util/enum_names.h"
 
 namespace tailor {
@@ -108,20 +109,14 @@ MergedDelta TaskArithmetic(const std::vector<at::Tensor>& deltas,
 
 MergedDelta Ties(const std::vector<at::Tensor>& deltas, double density,
                  double lambda) {
-  // Trim: each task keeps its top k = round(density * n) entries by |D_i|;
-  // a stable descending sort sends ties to the lower flat index.
+  // Trim: each task keeps its top k = round(density * n) entries by |D_i|,
+  // ties to the lower flat index (a selection, not a sort: top_k.h).
   std::vector<at::Tensor> trimmed;
   trimmed.reserve(deltas.size());
   at::Tensor total;
   for (const at::Tensor& d : deltas) {
     const int64_t k = KeepCount(density, d.numel());
-    at::Tensor keep = at::zeros({d.numel()}, d.options().dtype(at::kBool));
-    if (k > 0) {
-      at::Tensor order = std::get<1>(d.abs().reshape({-1}).sort(
-          /*stable=*/true, /*dim=*/0, /*descending=*/true));
-      keep.index_fill_(0, order.slice(0, 0, k), true);
-    }
-    at::Tensor t = Masked(keep.view(d.sizes()), d);
+    at::Tensor t = Masked(TopKAbsMaskFlat(d, k), d);
     total = total.defined() ? total + t : t;
     trimmed.push_back(std::move(t));
   }

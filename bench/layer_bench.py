@@ -1,0 +1,300 @@
+#!/usr/bin/python3
+"""Model Tailor against a plain PyTorch script of the same math, same run.
+
+Generates (under --workdir, never in the repository):
+  * one LLaMA-7B decoder layer: q/k/v/o 4096x4096, gate/up 11008x4096,
+    down 4096x11008, BF16, base + fine-tuned (delta ~ 0.1 x the weights'
+    scale), and a calibration file whose aliases share the q/k/v and the
+    gate/up Hessians (SPD: H_ij = s_i s_j 0.5^|i-j|, F32);
+  * optionally (--with-1b) a LLaMA-3.2-1B-shaped pair (2.5 GB BF16 each,
+    tied embeddings) for the data-free methods.
+Then runs, interleaved, `tailorctl fuse --local` and the reference below,
+and prints a table with ratios, the GEMM rate of this machine, the kernel's
+roofline fraction and a projection for a whole 7B model.
+
+The reference (bench/reference_tailor.py) is the way a user would write the
+method from SparseGPT's published loop: per-module Hessian preparation
+(cholesky -> cholesky_inverse -> cholesky), min-max fused scores, torch.topk,
+lazy-batch OBS with the mask fixed. It needs Debian's python3-torch; run this
+script with /usr/bin/python3.
+
+  bench/layer_bench.sh [--quick] [--with-1b] [--threads 1] [--reps 1]
+                       [--workdir /tmp/tailor-layer-bench]
+                       [--tailorctl build/client/tailorctl]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import reference_tailor as ref  # noqa: E402
+
+LAYER_7B = dict(hidden=4096, inter=11008, heads_kv=32, head_dim=128)
+QUICK = dict(hidden=512, inter=1376, heads_kv=8, head_dim=64)
+LLAMA_1B = dict(hidden=2048, inter=8192, heads_kv=8, head_dim=64,
+                layers=16, vocab=128256)
+
+
+def layer_shapes(cfg, prefix="model.layers.0."):
+    h, i = cfg["hidden"], cfg["inter"]
+    kv = cfg["heads_kv"] * cfg["head_dim"]
+    return [
+        (prefix + "self_attn.q_proj.weight", (h, h), "attn"),
+        (prefix + "self_attn.k_proj.weight", (kv, h), "attn"),
+        (prefix + "self_attn.v_proj.weight", (kv, h), "attn"),
+        (prefix + "self_attn.o_proj.weight", (h, h), "o"),
+        (prefix + "mlp.gate_proj.weight", (i, h), "mlp"),
+        (prefix + "mlp.up_proj.weight", (i, h), "mlp"),
+        (prefix + "mlp.down_proj.weight", (h, i), "down"),
+    ]
+
+
+def spd(c, gen):
+    """H_ij = s_i s_j 0.5^|i-j|: symmetric positive definite, correlated."""
+    idx = torch.arange(c, dtype=torch.float32)
+    toe = torch.pow(0.5, (idx[:, None] - idx[None, :]).abs())
+    s = 0.5 + torch.rand(c, generator=gen)
+    return (s[:, None] * toe * s[None, :]).contiguous()
+
+
+def make_layer(workdir, cfg, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    base, ft = {}, {}
+    for name, shape, _ in layer_shapes(cfg):
+        w = (0.02 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        d = 0.1 * 0.02 * torch.randn(shape, generator=gen)
+        base[name] = w
+        ft[name] = (w.float() + d).to(torch.bfloat16)
+    hess, aliases = {}, {}
+    keys = {}
+    for name, shape, group in layer_shapes(cfg):
+        stem = name[: -len(".weight")]
+        if group not in keys:
+            keys[group] = stem + ".hessian"
+            hess[keys[group]] = spd(shape[1], gen)
+        if keys[group] != stem + ".hessian":
+            aliases[name] = keys[group]
+    for sub, tensors in (("base", base), ("ft", ft)):
+        os.makedirs(os.path.join(workdir, sub), exist_ok=True)
+        ref.write_safetensors(os.path.join(workdir, sub, "model.safetensors"),
+                              tensors)
+    ref.write_safetensors(
+        os.path.join(workdir, "hessians.safetensors"), hess,
+        {"format": "tailor-hessian/1", "nsamples": "128",
+         "aliases": json.dumps(aliases)})
+
+
+def make_1b(workdir, seed=1):
+    cfg = LLAMA_1B
+    gen = torch.Generator().manual_seed(seed)
+    for sub in ("base1b", "ft1b"):
+        os.makedirs(os.path.join(workdir, sub), exist_ok=True)
+    names = [("model.embed_tokens.weight", (cfg["vocab"], cfg["hidden"]))]
+    for layer in range(cfg["layers"]):
+        p = "model.layers.%d." % layer
+        names += [(n, s) for n, s, _ in layer_shapes(cfg, p)]
+        names += [(p + "input_layernorm.weight", (cfg["hidden"],)),
+                  (p + "post_attention_layernorm.weight", (cfg["hidden"],))]
+    names.append(("model.norm.weight", (cfg["hidden"],)))
+    base, ft = {}, {}
+    for name, shape in names:
+        w = (0.02 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        base[name] = w
+        ft[name] = (w.float() + 0.002 * torch.randn(shape, generator=gen)).to(
+            torch.bfloat16)
+    ref.write_safetensors(os.path.join(workdir, "base1b", "model.safetensors"),
+                          base)
+    del base
+    ref.write_safetensors(os.path.join(workdir, "ft1b", "model.safetensors"),
+                          ft)
+
+
+def run_tailorctl(args, workdir, out, extra, base="base", ft="ft"):
+    out_dir = os.path.join(workdir, out)
+    report = os.path.join(workdir, out + ".report.json")
+    cmd = [args.tailorctl, "fuse", "--local", "-q",
+           "--pretrained", os.path.join(workdir, base),
+           "--finetuned", os.path.join(workdir, ft),
+           "--out", out_dir, "--report", report, "--overwrite",
+           "--threads", str(args.threads)] + extra
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    with open(report) as f:
+        return wall, json.load(f)
+
+
+def run_reference(args, workdir, out):
+    t0 = time.perf_counter()
+    subprocess.run(
+        ["/usr/bin/python3", os.path.join(HERE, "reference_tailor.py"),
+         "--pretrained", os.path.join(workdir, "base", "model.safetensors"),
+         "--finetuned", os.path.join(workdir, "ft", "model.safetensors"),
+         "--hessians", os.path.join(workdir, "hessians.safetensors"),
+         "--out", os.path.join(workdir, out + ".safetensors"),
+         "--threads", str(args.threads),
+         "--timings", os.path.join(workdir, out + ".timings.json")],
+        check=True)
+    wall = time.perf_counter() - t0
+    with open(os.path.join(workdir, out + ".timings.json")) as f:
+        return wall, json.load(f)
+
+
+def gemm_rate(threads, n=2048, k=128, reps=5):
+    """float32 GFLOP/s of the lazy OBS update's GEMM shape (n x k x n)."""
+    torch.set_num_threads(threads)
+    a = torch.randn(n, k)
+    b = torch.randn(k, n)
+    c = torch.randn(n, n)
+    best = 1e9
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        c.addmm_(a, b, beta=1, alpha=-1)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n * n * k / best / 1e9
+
+
+def kernel_flops(cfg):
+    """Flops of our kernel on one layer: lazy OBS update r c^2 per tensor,
+    preparation (2/3) c^3 per Hessian key."""
+    obs = sum(s[0] * s[1] * s[1] for _, s, _ in layer_shapes(cfg))
+    cs = {}
+    for _, s, g in layer_shapes(cfg):
+        cs[g] = s[1]
+    prep = sum(2.0 / 3.0 * c ** 3 for c in cs.values())
+    return obs, prep
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="a small layer (hidden 512) instead of LLaMA-7B's")
+    p.add_argument("--with-1b", action="store_true",
+                   help="also the 1.3B-shaped pair for the data-free methods")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--workdir", default="/tmp/tailor-layer-bench")
+    p.add_argument("--tailorctl",
+                   default=os.path.join(HERE, "..", "build", "client",
+                                        "tailorctl"))
+    args = p.parse_args()
+    cfg = QUICK if args.quick else LAYER_7B
+    workdir = os.path.join(args.workdir, "quick" if args.quick else "7b")
+    os.makedirs(workdir, exist_ok=True)
+    stamp = os.path.join(workdir, "generated")
+    if not os.path.exists(stamp):
+        print("generating the layer in", workdir, flush=True)
+        make_layer(workdir, cfg)
+        open(stamp, "w").close()
+    if args.with_1b and not os.path.exists(os.path.join(args.workdir,
+                                                        "1b-generated")):
+        print("generating the 1.3B-shaped pair in", args.workdir, flush=True)
+        make_1b(args.workdir)
+        open(os.path.join(args.workdir, "1b-generated"), "w").close()
+
+    print("load average before:", loadavg(), flush=True)
+    tailor_extra = ["--method", "tailor", "--keep", "0.1",
+                    "--hessians", os.path.join(workdir, "hessians.safetensors")]
+    ours, theirs = [], []
+    report = timings = None
+    for _ in range(args.reps):
+        wall, report = run_tailorctl(args, workdir, "tailor-out", tailor_extra)
+        ours.append(wall)
+        wall, timings = run_reference(args, workdir, "reference")
+        theirs.append(wall)
+    rows = [("tailor (ours)", min(ours)), ("reference script", min(theirs))]
+    # Data-free methods on the layer, interleaved with one another.
+    data_free = {}
+    for method, extra in (("task_arithmetic", []),
+                          ("magnitude", ["--keep", "0.1"]),
+                          ("ties", ["--density", "0.1"])):
+        best = 1e9
+        for _ in range(args.reps):
+            wall, _ = run_tailorctl(args, workdir, method + "-out",
+                                    ["--method", method] + extra)
+            best = min(best, wall)
+        data_free[method] = best
+        rows.append((method, best))
+    print("load average after:", loadavg())
+
+    print("\n%-22s %10s" % ("run (layer, %d thread%s)" %
+                            (args.threads, "" if args.threads == 1 else "s"),
+                            "wall s"))
+    for name, t in rows:
+        print("%-22s %10.2f" % (name, t))
+    speedup = min(theirs) / min(ours)
+    print("\nreference / ours (tailor):       %.2fx  (target >= 1.5x)" %
+          speedup)
+    ta = data_free["task_arithmetic"]
+    print("magnitude / task arithmetic:     %.2fx  (target <= 2x)" %
+          (data_free["magnitude"] / ta))
+    print("ties / task arithmetic:          %.2fx  (target <= 2x)" %
+          (data_free["ties"] / ta))
+
+    # Per tensor: ours (report) and the reference's own timings.
+    print("\n%-36s %10s %10s" % ("tensor", "ours s", "ref s"))
+    ours_t = {t["name"]: t["seconds"] for t in report["tensors"]
+              if t.get("action") == "fused"}
+    for name, _, _ in layer_shapes(cfg):
+        print("%-36s %10.2f %10.2f" % (name.split("layers.0.")[1],
+                                       ours_t.get(name, float("nan")),
+                                       timings["tensors"].get(name,
+                                                              float("nan"))))
+    totals = report["totals"]
+    print("\nE(mask) %s %.4g, E(compensated) %.4g; reference E(comp) %.4g" %
+          ("(estimate)" if totals.get("error_mask_only_estimated") else "",
+           totals["error_mask_only"], totals["error_compensated"],
+           timings["error_compensated"]))
+
+    obs, prep = kernel_flops(cfg)
+    rate = gemm_rate(args.threads)
+    kernel_s = sum(ours_t.values())
+    print("\nroofline: OBS lazy update %.3g flop + preparation %.3g flop; "
+          "GEMM (n x 128 x n) measured %.1f GFLOP/s -> %.2f s at GEMM speed; "
+          "the kernel took %.2f s (%.0f%% of roofline)" %
+          (obs, prep, rate, (obs + prep) / rate / 1e9, kernel_s,
+           100.0 * (obs + prep) / rate / 1e9 / kernel_s))
+
+    if not args.quick:
+        # Whole 7B: 32 such layers, plus embed_tokens and lm_head
+        # (32000 x 4096 each, no Hessian: salience-only selection, priced at
+        # this run's magnitude rate per entry).
+        layer_entries = sum(s[0] * s[1] for _, s, _ in layer_shapes(cfg))
+        per_entry = data_free["magnitude"] / layer_entries
+        emb = 2 * 32000 * 4096 * per_entry
+        print("\nprojection, whole LLaMA-7B on this CPU (%d thread%s): "
+              "32 x %.1f s + embeddings %.1f s = %.1f min" %
+              (args.threads, "" if args.threads == 1 else "s", min(ours),
+               emb, (32 * min(ours) + emb) / 60))
+
+    if args.with_1b:
+        print("\n1.3B-shaped pair (data-free methods):")
+        t1 = {}
+        for method, extra in (("task_arithmetic", []),
+                              ("magnitude", ["--keep", "0.1"]),
+                              ("ties", ["--density", "0.1"])):
+            wall, _ = run_tailorctl(args, args.workdir, "1b-" + method,
+                                    ["--method", method] + extra,
+                                    base="base1b", ft="ft1b")
+            t1[method] = wall
+            print("%-22s %10.2f s" % (method, wall), flush=True)
+        print("magnitude / task arithmetic: %.2fx, ties / task arithmetic: "
+              "%.2fx" % (t1["magnitude"] / t1["task_arithmetic"],
+                         t1["ties"] / t1["task_arithmetic"]))
+        print("load average:", loadavg())
+
+
+if __name__ == "__main__":
+    main()
