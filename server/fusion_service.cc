@@ -4,14 +4,14 @@
 #include <deque>
 #include <memory>
 #include <string>
-#include <vector>
+#include <type_traits>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "api/spec_convert.h"
-#include "api/wire_parse.h"
 #include "grpc_status.h"
 #include "job_convert.h"
+#include "raw_message.h"
 #include "util/file_util.h"
 #include "util/log.h"
 #include "util/sha256.h"
@@ -27,19 +27,13 @@ std::string CodeLabel(absl::StatusCode code) {
   return absl::AsciiStrToLower(absl::StatusCodeToString(code));
 }
 
-// A raw request's bytes, parsed by api::ParseMessage (errors name the field).
-absl::Status ParseRequest(const grpc::ByteBuffer& buffer,
-                          google::protobuf::Message* out) {
-  std::vector<grpc::Slice> slices;
-  if (!buffer.Dump(&slices).ok()) {
-    return absl::InvalidArgumentError("request: unreadable message");
-  }
-  std::string bytes;
-  for (const grpc::Slice& s : slices) {
-    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  return api::ParseMessage(bytes, out);
-}
+// Ends a stream whose request could not be parsed: finishes with `status`
+// at once and deletes itself when the RPC is over.
+class RejectedStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  explicit RejectedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
 
 }  // namespace
 
@@ -47,7 +41,7 @@ absl::Status ParseRequest(const grpc::ByteBuffer& buffer,
 // (woken by a JobManager listener), one write at a time. Ends with OK after
 // the job's last event, UNAVAILABLE when the service closes watches,
 // CANCELLED when the client goes away.
-class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
+class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   WatchReactor(FusionServiceImpl* service, std::string name, int64_t after)
       : service_(service), name_(std::move(name)), after_(after) {}
@@ -161,11 +155,15 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
   }
 
   void Send(const jobs::JobEvent& event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    message_.Clear();
-    EventToProto(event, &message_);
+    v1::JobEvent message;
+    EventToProto(event, &message);
+    if (absl::Status s = SerializeResponse(message, &buffer_); !s.ok()) {
+      FinishLocked(s);
+      return;
+    }
     after_ = event.sequence;
     writing_ = true;
-    StartWrite(&message_);
+    StartWrite(&buffer_);
   }
 
   void FinishLocked(const absl::Status& status)
@@ -179,7 +177,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
   const std::string name_;
   int64_t listener_ = 0;
   // Guards after_, writing_, finished_, fetching_, done_, backlog_ and
-  // message_.
+  // buffer_.
   absl::Mutex mu_;
   int64_t after_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -188,14 +186,14 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
   bool done_ ABSL_GUARDED_BY(mu_) = false;      // OnDone() ran
   // Events fetched from the store, not yet sent.
   std::deque<jobs::JobEvent> backlog_ ABSL_GUARDED_BY(mu_);
-  v1::JobEvent message_;  // owned by gRPC while writing_
+  grpc::ByteBuffer buffer_;  // the serialized event; gRPC's while writing_
 };
 
 namespace {
 
 // Streams a result file in 1 MiB chunks with offsets and a final SHA-256.
 // File reads run on the service's BlockingExecutor, never in a reaction.
-class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
+class ResultReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   ResultReactor(FusionServiceImpl* service, BlockingExecutor* executor,
                 jobs::JobManager* manager)
@@ -324,8 +322,12 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
       chunk_.set_sha256(digest);
       last_ = true;
     }
+    if (absl::Status s = SerializeResponse(chunk_, &buffer_); !s.ok()) {
+      FinishOnce(s);
+      return;
+    }
     absl::MutexLock lock(&mu_);
-    if (!finished_) StartWrite(&chunk_);
+    if (!finished_) StartWrite(&buffer_);
   }
 
   void Post(std::function<void()> task) {
@@ -363,9 +365,11 @@ class ResultReactor : public grpc::ServerWriteReactor<v1::ResultChunk> {
   Sha256 sha_;
   bool last_ = false;
   bool counted_ = false;
-  // The one chunk in flight: the next is read only after OnWriteDone, so a
-  // stream never buffers more than a chunk whatever its reader does.
+  // The one chunk in flight (chunk_ serialized into buffer_): the next is
+  // read only after OnWriteDone, so a stream never buffers more than a chunk
+  // whatever its reader does.
   v1::ResultChunk chunk_;
+  grpc::ByteBuffer buffer_;
   absl::Mutex mu_;  // guards finished_, done_, pending_ (and orders writes)
   bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish() was called
   bool done_ ABSL_GUARDED_BY(mu_) = false;      // OnDone() ran
@@ -401,15 +405,31 @@ grpc::ServerUnaryReactor* FusionServiceImpl::FinishUnary(
   return reactor;
 }
 
-grpc::ServerUnaryReactor* FusionServiceImpl::CreateFusionJob(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
-    grpc::ByteBuffer* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto parsed = std::make_shared<v1::CreateFusionJobRequest>();
-  if (absl::Status s = ParseRequest(*request, parsed.get()); !s.ok()) {
-    reactor->Finish(Outcome("CreateFusionJob", s));
-    return reactor;
+template <typename Reactor>
+Reactor* FusionServiceImpl::RejectUnparsed(grpc::CallbackServerContext* context,
+                                           const char* method,
+                                           const grpc::ByteBuffer& raw,
+                                           google::protobuf::Message* out) {
+  absl::Status status = ParseRequest(raw, out);
+  if (status.ok()) return nullptr;
+  if constexpr (std::is_same_v<Reactor, grpc::ServerUnaryReactor>) {
+    return FinishUnary(context, method, status);
+  } else {
+    static_assert(
+        std::is_same_v<Reactor, grpc::ServerWriteReactor<grpc::ByteBuffer>>);
+    return new RejectedStream(Outcome(method, status));
   }
+}
+
+grpc::ServerUnaryReactor* FusionServiceImpl::CreateFusionJob(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw,
+    grpc::ByteBuffer* response) {
+  auto parsed = std::make_shared<v1::CreateFusionJobRequest>();
+  if (auto* rejected = RejectUnparsed<grpc::ServerUnaryReactor>(
+          context, "CreateFusionJob", *raw, parsed.get())) {
+    return rejected;
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   // Validation resolves paths and creation fsyncs the store: off the
   // reaction thread.
   executor_.Post([this, reactor, parsed, response] {
@@ -424,14 +444,7 @@ grpc::ServerUnaryReactor* FusionServiceImpl::CreateFusionJob(
     if (job.ok()) {
       v1::FusionJob proto;
       JobToProto(*job, &proto);
-      bool own = false;
-      const grpc::Status wrote =
-          grpc::SerializationTraits<v1::FusionJob>::Serialize(proto, response,
-                                                              &own);
-      if (!wrote.ok()) {
-        status = absl::InternalError(
-            absl::StrCat("serializing the response: ", wrote.error_message()));
-      }
+      status = SerializeResponse(proto, response);
     }
     reactor->Finish(Outcome("CreateFusionJob", status));
   });
@@ -439,52 +452,89 @@ grpc::ServerUnaryReactor* FusionServiceImpl::CreateFusionJob(
 }
 
 grpc::ServerUnaryReactor* FusionServiceImpl::GetFusionJob(
-    grpc::CallbackServerContext* context,
-    const v1::GetFusionJobRequest* request, v1::FusionJob* response) {
-  absl::StatusOr<jobs::Job> job = manager_->GetJob(request->name());
-  if (job.ok()) JobToProto(*job, response);
-  return FinishUnary(context, "GetFusionJob", job.status());
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw,
+    grpc::ByteBuffer* response) {
+  v1::GetFusionJobRequest request;
+  if (auto* rejected = RejectUnparsed<grpc::ServerUnaryReactor>(
+          context, "GetFusionJob", *raw, &request)) {
+    return rejected;
+  }
+  absl::StatusOr<jobs::Job> job = manager_->GetJob(request.name());
+  absl::Status status = job.status();
+  if (job.ok()) {
+    v1::FusionJob proto;
+    JobToProto(*job, &proto);
+    status = SerializeResponse(proto, response);
+  }
+  return FinishUnary(context, "GetFusionJob", status);
 }
 
 grpc::ServerUnaryReactor* FusionServiceImpl::ListFusionJobs(
-    grpc::CallbackServerContext* context,
-    const v1::ListFusionJobsRequest* request,
-    v1::ListFusionJobsResponse* response) {
-  absl::StatusOr<jobs::ListJobsResult> list = manager_->ListJobs(
-      request->page_size(), request->page_token(), request->filter());
-  if (list.ok()) {
-    for (const jobs::Job& job : list->jobs) {
-      JobToProto(job, response->add_fusion_jobs());
-    }
-    response->set_next_page_token(list->next_page_token);
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw,
+    grpc::ByteBuffer* response) {
+  v1::ListFusionJobsRequest request;
+  if (auto* rejected = RejectUnparsed<grpc::ServerUnaryReactor>(
+          context, "ListFusionJobs", *raw, &request)) {
+    return rejected;
   }
-  return FinishUnary(context, "ListFusionJobs", list.status());
+  absl::StatusOr<jobs::ListJobsResult> list = manager_->ListJobs(
+      request.page_size(), request.page_token(), request.filter());
+  absl::Status status = list.status();
+  if (list.ok()) {
+    v1::ListFusionJobsResponse proto;
+    for (const jobs::Job& job : list->jobs) {
+      JobToProto(job, proto.add_fusion_jobs());
+    }
+    proto.set_next_page_token(list->next_page_token);
+    status = SerializeResponse(proto, response);
+  }
+  return FinishUnary(context, "ListFusionJobs", status);
 }
 
 grpc::ServerUnaryReactor* FusionServiceImpl::CancelFusionJob(
-    grpc::CallbackServerContext* context,
-    const v1::CancelFusionJobRequest* request, v1::FusionJob* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw,
+    grpc::ByteBuffer* response) {
+  auto request = std::make_shared<v1::CancelFusionJobRequest>();
+  if (auto* rejected = RejectUnparsed<grpc::ServerUnaryReactor>(
+          context, "CancelFusionJob", *raw, request.get())) {
+    return rejected;
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   executor_.Post([this, reactor, request, response] {
     absl::StatusOr<jobs::Job> job = manager_->CancelJob(request->name());
-    if (job.ok()) JobToProto(*job, response);
-    reactor->Finish(Outcome("CancelFusionJob", job.status()));
+    absl::Status status = job.status();
+    if (job.ok()) {
+      v1::FusionJob proto;
+      JobToProto(*job, &proto);
+      status = SerializeResponse(proto, response);
+    }
+    reactor->Finish(Outcome("CancelFusionJob", status));
   });
   return reactor;
 }
 
-grpc::ServerWriteReactor<v1::JobEvent>* FusionServiceImpl::WatchFusionJob(
-    grpc::CallbackServerContext* /*context*/,
-    const v1::WatchFusionJobRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* FusionServiceImpl::WatchFusionJob(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  v1::WatchFusionJobRequest request;
+  if (auto* rejected =
+          RejectUnparsed<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
+              context, "WatchFusionJob", *raw, &request)) {
+    return rejected;
+  }
   auto* reactor =
-      new WatchReactor(this, request->name(), request->after_sequence());
+      new WatchReactor(this, request.name(), request.after_sequence());
   reactor->Start();
   return reactor;
 }
 
-grpc::ServerWriteReactor<v1::ResultChunk>* FusionServiceImpl::ReadJobResult(
-    grpc::CallbackServerContext* /*context*/,
-    const v1::ReadJobResultRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* FusionServiceImpl::ReadJobResult(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  v1::ReadJobResultRequest request;
+  if (auto* rejected =
+          RejectUnparsed<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
+              context, "ReadJobResult", *raw, &request)) {
+    return rejected;
+  }
   auto* reactor = new ResultReactor(this, &executor_, manager_);
   if (!TryAcquireResultStream()) {
     reactor->Refuse(absl::ResourceExhaustedError(absl::StrCat(
@@ -494,7 +544,7 @@ grpc::ServerWriteReactor<v1::ResultChunk>* FusionServiceImpl::ReadJobResult(
     return reactor;
   }
   reactor->set_counted();
-  reactor->Start(request->name(), request->kind());
+  reactor->Start(request.name(), request.kind());
   return reactor;
 }
 

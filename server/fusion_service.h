@@ -17,6 +17,18 @@ namespace tailor::server {
 
 class WatchReactor;
 
+namespace internal {
+using FS = ::tailor::v1::FusionService;
+// tailor.v1.FusionService with every method registered raw.
+using RawFusionService = FS::WithRawCallbackMethod_CreateFusionJob<
+    FS::WithRawCallbackMethod_GetFusionJob<
+        FS::WithRawCallbackMethod_ListFusionJobs<
+            FS::WithRawCallbackMethod_CancelFusionJob<
+                FS::WithRawCallbackMethod_WatchFusionJob<
+                    FS::WithRawCallbackMethod_ReadJobResult<
+                        FS::CallbackService>>>>>>;
+}  // namespace internal
+
 // tailor.v1.FusionService on the gRPC callback API: a thin adapter over
 // jobs::JobManager. Handlers translate messages and statuses; reactions
 // never block (store writes and file reads go to a BlockingExecutor; event
@@ -26,13 +38,13 @@ class WatchReactor;
 // Thread-safe. `manager` and `registry` must outlive the service, and the
 // gRPC server must be shut down before the service is destroyed.
 //
-// CreateFusionJob is registered raw (bytes in, bytes out) and parses its
-// request itself (api::ParseMessage): a request gRPC could not parse, such
-// as invalid UTF-8 in a string field, is INVALID_ARGUMENT naming the field
-// rather than gRPC's bare UNIMPLEMENTED.
-class FusionServiceImpl final
-    : public tailor::v1::FusionService::WithRawCallbackMethod_CreateFusionJob<
-          tailor::v1::FusionService::CallbackService> {
+// Every method is registered raw (bytes in, bytes out): the service parses
+// each request itself (api::ParseMessage), so a request gRPC could not
+// parse, such as invalid UTF-8 in a string field, is INVALID_ARGUMENT naming
+// the field rather than gRPC's bare UNIMPLEMENTED; responses and stream
+// messages are serialized by the service (one write in flight per stream).
+// Method names and wire format are those of tailor.v1.FusionService.
+class FusionServiceImpl final : public internal::RawFusionService {
  public:
   // At most `max_result_streams` ReadJobResult streams are open at once;
   // more are RESOURCE_EXHAUSTED.
@@ -45,28 +57,26 @@ class FusionServiceImpl final
   // watches end the same way. For the drain, after the jobs stopped.
   void CloseWatches();
 
-  // Request: a serialized CreateFusionJobRequest; response: FusionJob.
+  // Requests are the serialized tailor.v1 request messages; responses the
+  // serialized FusionJob, ListFusionJobsResponse, JobEvent or ResultChunk.
   grpc::ServerUnaryReactor* CreateFusionJob(
       grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
       grpc::ByteBuffer* response) override;
-  grpc::ServerUnaryReactor* GetFusionJob(
-      grpc::CallbackServerContext* context,
-      const tailor::v1::GetFusionJobRequest* request,
-      tailor::v1::FusionJob* response) override;
-  grpc::ServerUnaryReactor* ListFusionJobs(
-      grpc::CallbackServerContext* context,
-      const tailor::v1::ListFusionJobsRequest* request,
-      tailor::v1::ListFusionJobsResponse* response) override;
+  grpc::ServerUnaryReactor* GetFusionJob(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ListFusionJobs(grpc::CallbackServerContext* context,
+                                           const grpc::ByteBuffer* request,
+                                           grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* CancelFusionJob(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+      grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchFusionJob(
       grpc::CallbackServerContext* context,
-      const tailor::v1::CancelFusionJobRequest* request,
-      tailor::v1::FusionJob* response) override;
-  grpc::ServerWriteReactor<tailor::v1::JobEvent>* WatchFusionJob(
+      const grpc::ByteBuffer* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ReadJobResult(
       grpc::CallbackServerContext* context,
-      const tailor::v1::WatchFusionJobRequest* request) override;
-  grpc::ServerWriteReactor<tailor::v1::ResultChunk>* ReadJobResult(
-      grpc::CallbackServerContext* context,
-      const tailor::v1::ReadJobResultRequest* request) override;
+      const grpc::ByteBuffer* request) override;
 
   // For reactors: counts the outcome and converts the status.
   grpc::Status Outcome(const char* method, const absl::Status& status);
@@ -79,6 +89,15 @@ class FusionServiceImpl final
   grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
                                         const char* method,
                                         const absl::Status& status);
+  // Parses the raw request `raw` of `method` into `out`. Returns nullptr
+  // when it did; otherwise a reactor that ends the call with the parse
+  // error (INVALID_ARGUMENT naming the field), counted for `method`.
+  // Reactor: grpc::ServerUnaryReactor (the context's default reactor) or
+  // grpc::ServerWriteReactor<grpc::ByteBuffer>.
+  template <typename Reactor>
+  Reactor* RejectUnparsed(grpc::CallbackServerContext* context,
+                          const char* method, const grpc::ByteBuffer& raw,
+                          google::protobuf::Message* out);
   void Register(WatchReactor* watch);
   void Unregister(WatchReactor* watch);
 
