@@ -30,7 +30,26 @@ import subprocess
 import sys
 import time
 
-import torch
+
+def _threads_from_argv(default=1):
+    """--threads N as given on the command line (read before torch loads)."""
+    argv = sys.argv[1:]
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return str(default)
+
+
+# One thread each means one thread in every pool: OpenBLAS (which LibTorch
+# calls for GEMMs and which torch.set_num_threads does not size) and OpenMP.
+# Set before torch loads, for this process (the GEMM-rate measurement) and
+# inherited by the reference script; tailorctl sizes its own pools.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    os.environ[_var] = _threads_from_argv()
+
+import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
