@@ -47,12 +47,15 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       : service_(service), name_(std::move(name)), after_(after) {}
 
   void Start() {
-    absl::StatusOr<jobs::JobManager::EventBatch> probe =
-        service_->manager_->ReadEvents(name_, after_, 0, false);
-    if (!probe.ok()) {
+    {
+      // after_ is guarded; the manager's read nests under mu_ as in Pump().
       absl::MutexLock lock(&mu_);
-      FinishLocked(probe.status());
-      return;
+      absl::StatusOr<jobs::JobManager::EventBatch> probe =
+          service_->manager_->ReadEvents(name_, after_, 0, false);
+      if (!probe.ok()) {
+        FinishLocked(probe.status());
+        return;
+      }
     }
     absl::StatusOr<std::string> id = jobs::JobIdFromName(name_);
     listener_ = service_->manager_->AddListener(*id, [this] { Pump(); });

@@ -21,7 +21,7 @@ namespace tailor {
 
 inline constexpr char kHessianFormat[] = "tailor-hessian/1";
 
-// A calibration file (DESIGN section 3): one safetensors file, one float32
+// A calibration file (src/DESIGN.md §3.3): one safetensors file, one float32
 // c x c tensor per linear weight keyed by the weight name with ".weight"
 // replaced by ".hessian", holding H = (2/n) X^T X. `__metadata__`: format =
 // tailor-hessian/1, nsamples = n (decimal, > 0), optional aliases = JSON
@@ -57,7 +57,7 @@ class CalibrationFile {
   std::map<std::string, std::string> aliases_;
 };
 
-// The prepared Hessians of one job (DESIGN section 6): one PrepareHessian
+// The prepared Hessians of one job (src/DESIGN.md §2.2): one PrepareHessian
 // per (task, Hessian key, device), shared by every tensor aliased to that
 // key (q/k/v, gate/up) and freed after its last user in plan order.
 //

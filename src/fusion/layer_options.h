@@ -10,7 +10,7 @@
 
 namespace tailor {
 
-// Where top-k selection happens (DESIGN section 2).
+// Where top-k selection happens (src/DESIGN.md §2.1).
 enum class Scope { kLayer, kRow, kBlock };
 // How salience and sensitivity are brought to one scale before fusing.
 enum class Normalization { kMinMax, kZScore };

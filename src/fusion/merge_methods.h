@@ -26,7 +26,7 @@ struct MergedDelta {
   at::Tensor delta;  // zero wherever mask is false
 };
 
-// How stitched task patches combine where they overlap (DESIGN, multi-task).
+// How stitched task patches combine where they overlap (src/DESIGN.md §2.4).
 enum class Aggregation { kMeanSelected, kMeanAll, kSum };
 absl::StatusOr<Aggregation> ParseAggregation(absl::string_view text);
 absl::string_view AggregationName(Aggregation a);

@@ -20,7 +20,7 @@ namespace tailor {
 
 inline constexpr char kPatchFormat[] = "tailor-patch/1";
 
-// Patch file (DESIGN section 3): a safetensors file any reader opens. Per
+// Patch file (src/DESIGN.md §3.2): a safetensors file any reader opens. Per
 // patched weight W (shape S, n entries, k kept):
 //   "<W>.mask"   U8  [ceil(n / 8)]  bit i of row-major flat index i is byte
 //                                   i / 8, bit i % 8 (LSB first, numpy

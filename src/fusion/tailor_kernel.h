@@ -12,7 +12,7 @@
 
 namespace tailor {
 
-// The per-layer Model Tailor kernel (DESIGN section 2), device-generic: it
+// The per-layer Model Tailor kernel (src/DESIGN.md §2.1), device-generic: it
 // runs wherever its input tensors live (CUDA or CPU) in float32 or float64.
 
 // H prepared for OBS: dead inputs fixed, damped, inverted through Cholesky.
@@ -27,7 +27,7 @@ struct PreparedHessian {
 };
 
 // Prepares `h` (c x c, any floating type) in the kernel's type on its device.
-// One Cholesky factorisation and one triangular inverse (DESIGN section 6):
+// One Cholesky factorisation and one triangular inverse (src/DESIGN.md §2.2):
 // with J the exchange matrix and L L^T = J H J, U = J L^-1 J and
 // diag(H^-1)_j = sum_i U_ij^2; H^-1 itself is never formed. (SparseGPT's
 // cholesky -> cholesky_inverse -> cholesky gives the same U in exact

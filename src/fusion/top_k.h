@@ -7,7 +7,7 @@
 
 namespace tailor {
 
-// Exact top-k selection without a sort (DESIGN section 2: "exact k, ties to
+// Exact top-k selection without a sort (src/DESIGN.md §2.1: "exact k, ties to
 // the lower index").
 //
 // The contract is that of a stable descending sort followed by taking the

@@ -171,7 +171,8 @@ absl::StatusOr<std::unique_ptr<DevicePool::Lease>> DevicePool::Reserve(
         " bytes); raise --device-memory-budget or exclude the tensor"));
   }
   int picked = -1;
-  auto ready = [&]() {  // runs with mu_ held
+  auto ready = [&]() {
+    mu_.AssertReaderHeld();  // Await runs its condition with mu_ held
     picked = Pick(allowed, bytes);
     return picked >= 0 || (cancel != nullptr && cancel->load());
   };

@@ -5,7 +5,7 @@
 
 namespace tailor::jobs {
 
-// The job service's metric families (DESIGN section 4: unit-suffixed names,
+// The job service's metric families (src/DESIGN.md §4.5: unit-suffixed names,
 // no job ids or URIs as label values). Registered on construction; the
 // pointers live as long as the registry.
 struct JobMetrics {

@@ -286,6 +286,7 @@ absl::Status JobStore::Commit(const Job& job,
   if (fault_) TAILOR_RETURN_IF_ERROR(fault_());
   TAILOR_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
   auto body = [&]() -> absl::Status {
+    mu_.AssertHeld();  // runs right here, under the lock taken above
     Statement put(db_,
                   "INSERT OR REPLACE INTO jobs (id, request_id, create_order,"
                   " state, body) VALUES (?, ?, ?, ?, ?)");

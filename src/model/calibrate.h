@@ -40,7 +40,7 @@ struct CalibrateOptions {
 };
 
 // Runs `model` on `tokens` [n, T] (no autograd) and writes the calibration
-// file (DESIGN section 3, tailor-hessian/1, with the q/k/v and gate/up
+// file (src/DESIGN.md §3.3, tailor-hessian/1, with the q/k/v and gate/up
 // aliases) to `out_path`, atomically; out_path must not exist.
 absl::Status WriteCalibration(const LlamaModel& model, const at::Tensor& tokens,
                               const std::string& out_path,

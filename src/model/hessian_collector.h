@@ -15,7 +15,7 @@
 
 namespace tailor {
 
-// Calibration statistics (DESIGN section 3): for every linear layer, the
+// Calibration statistics (src/DESIGN.md §3.3): for every linear layer, the
 // Gram matrix of its inputs, H = (2/n) X^T X over the n input rows seen.
 //
 // Attach it to forward passes (LlamaModel::Forward(tokens, &collector), or

@@ -1,5 +1,5 @@
-// Merge methods against small cases computed by hand from DESIGN section 2;
-// every expected number below is written out, not produced by the code.
+// Merge methods against small cases computed by hand (src/DESIGN.md §2.4,
+// §2.5); every expected number below is written out, not produced by the code.
 
 #include "fusion/merge_methods.h"
 
