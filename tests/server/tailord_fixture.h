@@ -196,7 +196,11 @@ class TailordTest : public ::testing::Test {
   // A job long enough to be interrupted: many tensors, each event fsynced.
   v1::FusionJobSpec SlowSpec(const std::string& tag) {
     if (!PathExists(tmp_.Join("slow-base"))) {
-      WriteCheckpoint("slow-base", "slow-ft", "slow-h.safetensors", 240, 48);
+      // Exact float64 compensation of 240 64x64 tensors, each journalled: a
+      // second or two on an idle 2-core machine, so a cancel, drain or
+      // SIGKILL sent over gRPC after the first tensor (milliseconds) lands
+      // while the job runs; slower machines stretch both alike.
+      WriteCheckpoint("slow-base", "slow-ft", "slow-h.safetensors", 240, 64);
     }
     v1::FusionJobSpec spec =
         Spec(tag, "slow-base", "slow-ft", "slow-h.safetensors");
