@@ -608,5 +608,73 @@ TEST_F(FusionJobTest, StaleStagingOfTheOutputsIsRemoved) {
   EXPECT_TRUE(PathExists(unrelated));
 }
 
+// Task arithmetic and DARE stream each tensor in chunks (FusionJob's
+// StreamOne) when the fused checkpoint is the only output; with a patch
+// output they are computed whole. Both must give the same bytes and the same
+// per-tensor report, for any chunk size, task count and compute precision.
+TEST_F(FusionJobTest, StreamedDataFreeMergesMatchWholeTensorBytes) {
+  // An F32 copy of the inputs as well: there the stored type is the
+  // compute type (read straight into the compute buffer).
+  std::vector<std::string> f32 = {Dir("base32"), Dir("ft32a"), Dir("ft32b")};
+  const std::vector<std::string> src = {base_, ft_[0], ft_[1]};
+  for (size_t i = 0; i < src.size(); ++i) {
+    auto ckpt = Checkpoint::Open(src[i]);
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    std::map<std::string, at::Tensor> ts;
+    for (const TensorInfo& info : (*ckpt)->tensors()) {
+      if (info.dtype != DType::kBF16) continue;
+      auto t = (*ckpt)->Read(info.name);
+      ASSERT_TRUE(t.ok()) << t.status();
+      ts[info.name] = *t;
+    }
+    WriteCheckpoint(f32[i], ts, at::kFloat);
+  }
+  int run = 0;
+  for (bool use_f32 : {false, true}) {
+    for (const char* method : {"task_arithmetic", "dare"}) {
+      for (int tasks : {1, 2}) {
+        for (bool float64 : {false, true}) {
+          for (int64_t chunk : {int64_t{1} << 18, int64_t{37}}) {
+            SCOPED_TRACE(absl::StrCat(method, " tasks=", tasks,
+                                      " float64=", float64, " chunk=", chunk,
+                                      " f32=", use_f32));
+            const std::string name = absl::StrCat("stream", run++);
+            FusionSpec whole = Spec(name + "w", tasks);
+            whole.method = *ParseMethod(method);
+            whole.lambda = 0.7;
+            whole.drop = 0.4;
+            whole.seed = 5;
+            whole.tailor.float64 = float64;
+            for (int t = 0; t < tasks; ++t) {
+              whole.tasks[t].hessian_uri.clear();
+              if (use_f32) whole.tasks[t].finetuned_uri = f32[1 + t];
+            }
+            if (use_f32) whole.pretrained_uri = f32[0];
+            FusionSpec streamed = whole;
+            streamed.output_uri = tmp_.Join(name + "s-out");
+            streamed.patch_uri.clear();  // the checkpoint alone: streams
+            streamed.report_uri.clear();
+            auto resolver = UriResolver::Create({tmp_.path()});
+            ASSERT_TRUE(resolver.ok());
+            RunOptions options;
+            options.stream_chunk_elements = chunk;
+            auto a = RunFusionJob(whole, *resolver, options);
+            ASSERT_TRUE(a.ok()) << a.status();
+            auto b = RunFusionJob(streamed, *resolver, options);
+            ASSERT_TRUE(b.ok()) << b.status();
+            ExpectSameFiles(whole.output_uri, streamed.output_uri);
+            nlohmann::json ta = (*a)["tensors"], tb = (*b)["tensors"];
+            for (auto* t : {&ta, &tb}) {
+              for (auto& e : *t) e.erase("seconds");
+            }
+            EXPECT_EQ(ta, tb);
+            EXPECT_GT((*b)["totals"]["kept"].get<int64_t>(), 0);
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tailor
