@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "fusion/calibration.h"
+#include "fusion/dense_merge_kernel.h"
 #include "fusion/journal.h"
 #include "fusion/merge_methods.h"
 #include "fusion/output_plan.h"
@@ -730,15 +731,50 @@ class Job {
               : ChunkedDenseMerge::TaskArithmetic(
                     static_cast<int64_t>(fts.size()), spec_.lambda);
       std::vector<at::Tensor> deltas(fts.size());
+      // BF16 task arithmetic in float32 (the common case): one fused pass
+      // per chunk (dense_merge_kernel.h), the tensor ops below only for a
+      // chunk holding a non-finite value.
+      const bool fused_pass = spec_.method == Method::kTaskArithmetic &&
+                              stored == at::kBFloat16 && compute == at::kFloat;
+      std::vector<at::Tensor> raw_ft;
+      std::vector<const uint16_t*> ft_bits;
+      if (fused_pass) {
+        for (size_t t = 0; t < fts.size(); ++t) {
+          raw_ft.push_back(buffer(stored));
+          ft_bits.push_back(
+              static_cast<const uint16_t*>(raw_ft.back().data_ptr()));
+        }
+      }
       for (int64_t off = 0; off < n; off += chunk) {
         const int64_t m = std::min(chunk, n - off);
         auto view = [m](const at::Tensor& t) { return t.narrow(0, 0, m); };
+        const uint64_t byte_off = static_cast<uint64_t>(off) * esize;
+        const uint64_t byte_len = static_cast<uint64_t>(m) * esize;
+        if (fused_pass) {
+          TAILOR_RETURN_IF_ERROR(
+              base_->ReadRawRange(name, byte_off, byte_len, raw.data_ptr()));
+          for (size_t t = 0; t < fts.size(); ++t) {
+            TAILOR_RETURN_IF_ERROR(fts[t]->ReadRawRange(
+                name, byte_off, byte_len, raw_ft[t].data_ptr()));
+          }
+          int64_t chunk_kept = 0;
+          if (TaskArithmeticBf16Chunk(
+                  static_cast<const uint16_t*>(raw.data_ptr()), ft_bits, m,
+                  spec_.lambda, static_cast<uint16_t*>(out_buf.data_ptr()),
+                  &chunk_kept)) {
+            kept += chunk_kept;
+            const absl::string_view bytes(
+                static_cast<const char*>(out_buf.data_ptr()), byte_len);
+            TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
+            if (journal_) journal_bytes.append(bytes.data(), bytes.size());
+            continue;
+          }
+        }
         // Reads elements [off, off + m) of `src` into `dst` (compute type).
         auto read = [&](const Checkpoint& src, const at::Tensor& dst) {
           const at::Tensor& into = stored == compute ? dst : view(raw);
-          TAILOR_RETURN_IF_ERROR(src.ReadRawRange(
-              name, static_cast<uint64_t>(off) * esize,
-              static_cast<uint64_t>(m) * esize, into.data_ptr()));
+          TAILOR_RETURN_IF_ERROR(
+              src.ReadRawRange(name, byte_off, byte_len, into.data_ptr()));
           if (stored != compute) dst.copy_(into);
           return absl::OkStatus();
         };
