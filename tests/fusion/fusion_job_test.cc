@@ -8,7 +8,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <functional>
+#include <limits>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -674,6 +676,55 @@ TEST_F(FusionJobTest, StreamedDataFreeMergesMatchWholeTensorBytes) {
       }
     }
   }
+}
+
+// The fused BF16 pass hands a chunk holding a non-finite value to the
+// tensor ops: a NaN input is refused as before, and an overflow to Inf gives
+// the tensor ops' bytes.
+TEST_F(FusionJobTest, StreamedTaskArithmeticNonFiniteChunks) {
+  at::Tensor pre = at::randn({16, 16});
+  at::Tensor ft = pre + 0.1 * at::randn({16, 16});
+  pre.view({-1})[100] = -3e38;  // ft - pre overflows to +Inf in float32
+  ft.view({-1})[100] = 3e38;
+  const std::string b = Dir("ov-base"), f = Dir("ov-ft"), bad = Dir("ov-nan");
+  WriteCheckpoint(b, {{"w", pre}}, at::kBFloat16);
+  WriteCheckpoint(f, {{"w", ft}}, at::kBFloat16);
+  at::Tensor nan_ft = ft.clone();
+  nan_ft.view({-1})[200] = std::numeric_limits<float>::quiet_NaN();
+  WriteCheckpoint(bad, {{"w", nan_ft}}, at::kBFloat16);
+  auto resolver = UriResolver::Create({tmp_.path()});
+  ASSERT_TRUE(resolver.ok());
+  RunOptions options;
+  options.stream_chunk_elements = 37;
+  FusionSpec spec;
+  spec.pretrained_uri = b;
+  spec.tasks.push_back(TaskSpec{"t", f, "", "", {}, {}});
+  spec.method = Method::kTaskArithmetic;
+  spec.output_uri = tmp_.Join("ov-out");
+  spec.device = "cpu";
+  auto report = RunFusionJob(spec, *resolver, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  auto out = Checkpoint::Open(spec.output_uri);
+  ASSERT_TRUE(out.ok()) << out.status();
+  auto raw = (*out)->ReadRaw("w");
+  ASSERT_TRUE(raw.ok());
+  const at::Tensor p = pre.to(at::kBFloat16).to(at::kFloat);
+  const at::Tensor d = ft.to(at::kBFloat16).to(at::kFloat) - p;
+  const at::Tensor want =
+      at::where(d.ne(0), p + d, p).to(at::kBFloat16).contiguous();
+  EXPECT_TRUE(std::isinf(want.view({-1})[100].item<float>()));
+  EXPECT_EQ(*raw, std::string(static_cast<const char*>(want.data_ptr()),
+                              want.numel() * 2));
+  EXPECT_EQ((*report)["totals"]["kept"].get<int64_t>(),
+            d.ne(0).sum().item<int64_t>());
+
+  spec.tasks[0].finetuned_uri = bad;
+  spec.output_uri = tmp_.Join("ov-nan-out");
+  report = RunFusionJob(spec, *resolver, options);
+  EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(report.status().message(),
+            "w: fine-tuned tensor contains NaN or Inf");
+  EXPECT_FALSE(PathExists(spec.output_uri));
 }
 
 }  // namespace
