@@ -10,7 +10,11 @@ Generates (under --workdir, never in the repository):
     tied embeddings) for the data-free methods.
 Then runs, interleaved, `tailorctl fuse --local` and the reference below,
 and prints a table with ratios, the GEMM rate of this machine, the kernel's
-roofline fraction and a projection for a whole 7B model.
+roofline fraction and a projection for a whole 7B model; for task
+arithmetic also the time of `dd` reading both inputs and writing + fsyncing
+an output of the same size (the I/O floor), the ratio dd / ours and the
+peak RSS of the tailorctl process (wait4's ru_maxrss), on the layer and on
+the 1.3B pair.
 
 The reference (bench/reference_tailor.py) is the way a user would write the
 method from SparseGPT's published loop: per-module Hessian preparation
@@ -143,11 +147,51 @@ def run_tailorctl(args, workdir, out, extra, base="base", ft="ft"):
            "--finetuned", os.path.join(workdir, ft),
            "--out", out_dir, "--report", report, "--overwrite",
            "--threads", str(args.threads)] + extra
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
+    wall, rss = timed_run(cmd)
+    run_tailorctl.peak_rss_kib[out] = rss
     with open(report) as f:
         return wall, json.load(f)
+
+
+run_tailorctl.peak_rss_kib = {}  # out name -> peak RSS of its last run, KiB
+
+
+def timed_run(cmd):
+    """Runs `cmd`; returns (wall seconds, the child's peak RSS in KiB)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return wall, usage.ru_maxrss
+
+
+def dd_time(workdir, base, ft, reps):
+    """Best time of `dd` reading both inputs and writing + fsyncing an
+    output of the base's size (from page cache: the I/O floor of a fuse)."""
+    a = os.path.join(workdir, base, "model.safetensors")
+    b = os.path.join(workdir, ft, "model.safetensors")
+    out = os.path.join(workdir, "dd-out.bin")
+    best = 1e9
+    for _ in range(max(reps, 2)):  # the first pass warms the page cache
+        t0 = time.perf_counter()
+        for cmd in (["dd", "if=" + a, "of=/dev/null", "bs=1M"],
+                    ["dd", "if=" + b, "of=/dev/null", "bs=1M"],
+                    ["dd", "if=" + a, "of=" + out, "bs=1M", "conv=fsync"]):
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        best = min(best, time.perf_counter() - t0)
+    os.unlink(out)
+    return best
+
+
+def report_io(label, ta_wall, dd, rss_kib, rss_target_mb):
+    print("%s task arithmetic: %.2f s, dd read+write+fsync %.2f s, "
+          "dd / ours %.2f (target >= 0.40); peak RSS %.0f MB (target <= %d MB)"
+          % (label, ta_wall, dd, dd / ta_wall, rss_kib * 1024 / 1e6,
+             rss_target_mb))
 
 
 def run_reference(args, workdir, out):
@@ -261,6 +305,8 @@ def main():
           (data_free["magnitude"] / ta))
     print("ties / task arithmetic:          %.2fx  (target <= 2x)" %
           (data_free["ties"] / ta))
+    report_io("layer", ta, dd_time(workdir, "base", "ft", args.reps),
+              run_tailorctl.peak_rss_kib["task_arithmetic-out"], 700)
 
     # Per tensor: ours (report) and the reference's own timings.
     print("\n%-36s %10s %10s" % ("tensor", "ours s", "ref s"))
@@ -312,6 +358,9 @@ def main():
         print("magnitude / task arithmetic: %.2fx, ties / task arithmetic: "
               "%.2fx" % (t1["magnitude"] / t1["task_arithmetic"],
                          t1["ties"] / t1["task_arithmetic"]))
+        report_io("1.3B pair", t1["task_arithmetic"],
+                  dd_time(args.workdir, "base1b", "ft1b", args.reps),
+                  run_tailorctl.peak_rss_kib["1b-task_arithmetic"], 1000)
         print("load average:", loadavg())
 
 

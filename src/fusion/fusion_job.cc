@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -16,7 +17,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "fusion/calibration.h"
+#include "fusion/dense_merge_kernel.h"
 #include "fusion/journal.h"
+#include "fusion/merge_methods.h"
 #include "fusion/output_plan.h"
 #include "fusion/patch.h"
 #include "fusion/tailor_kernel.h"
@@ -162,6 +165,7 @@ class Job {
       std::string action = "copied";
       std::string ran_on = "cpu";  // copying and resuming are host work
       double waited = 0;
+      bool written = false;  // the fused tensor went to writer_ already
       if (item.fuse) {
         std::optional<JournalEntry> fused = Resume(i, *item.info);
         action = fused ? "resumed" : "fused";
@@ -178,11 +182,16 @@ class Job {
             ran_on = lease->name();
             devices_used_.insert(ran_on);
           }
-          TAILOR_ASSIGN_OR_RETURN(fused, FuseOne(i, *item.info));
+          if (Streams(*item.info)) {
+            TAILOR_ASSIGN_OR_RETURN(fused, StreamOne(i, *item.info));
+            written = true;
+          } else {
+            TAILOR_ASSIGN_OR_RETURN(fused, FuseOne(i, *item.info));
+          }
           lease.reset();
           if (journal_) WriteJournal(*fused);
         }
-        TAILOR_ASSIGN_OR_RETURN(entry, ApplyFused(*item.info, *fused));
+        TAILOR_ASSIGN_OR_RETURN(entry, ApplyFused(*item.info, *fused, written));
       } else {
         TAILOR_ASSIGN_OR_RETURN(entry, CopyOne(*item.info, item.why_copied));
       }
@@ -634,6 +643,196 @@ class Job {
     return r;
   }
 
+  // Whether fused tensor `info` streams (StreamOne) rather than being
+  // computed whole (FuseOne): a data-free elementwise merge (task
+  // arithmetic, DARE) on the CPU whose only output is the fused checkpoint
+  // (patches are packed per whole tensor), with every task a safetensors
+  // checkpoint (a LoRA view is computed whole) and a stored dtype LibTorch
+  // has.
+  bool Streams(const TensorInfo& info) const {
+    if (spec_.method != Method::kTaskArithmetic &&
+        spec_.method != Method::kDare) {
+      return false;
+    }
+    if (!writer_ || stitched_ || !device_.is_cpu() || info.numel == 0 ||
+        !ToScalarType(info.dtype).has_value()) {
+      return false;
+    }
+    for (const auto& task : tasks_) {
+      if (task->patch || task->patch_writer ||
+          dynamic_cast<const Checkpoint*>(task->finetuned.get()) == nullptr) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // FuseOne for a tensor that Streams(): reads the base and fine-tuned
+  // tensors in consecutive chunks of options_.stream_chunk_elements
+  // elements into buffers allocated once per tensor, merges, fuses and
+  // converts each chunk, and writes it straight to writer_ (the caller
+  // must not write the tensor again). Working memory is a few chunks,
+  // not the tensor; with a journal the stored bytes are also kept for its
+  // entry (one tensor in its stored dtype). Every operation is
+  // elementwise and the same as FuseOne's (DARE draws each task's
+  // generator in the same element order), so the output bytes and the
+  // report are identical. A NaN/Inf input is reported at the first chunk
+  // holding one (pre-trained before fine-tuned within a chunk).
+  absl::StatusOr<JournalEntry> StreamOne(size_t index, const TensorInfo& info) {
+    const auto t0 = Clock::now();
+    const std::string& name = info.name;
+    JournalEntry out;
+    out.index = static_cast<int64_t>(index);
+    out.name = name;
+    std::vector<const Checkpoint*> fts;
+    nlohmann::json per_task = nlohmann::json::array();
+    for (const auto& task : tasks_) {
+      fts.push_back(dynamic_cast<const Checkpoint*>(task->finetuned.get()));
+      per_task.push_back({{"label", task->label}});
+    }
+    const at::ScalarType stored = *ToScalarType(info.dtype);
+    const at::ScalarType compute =
+        spec_.tailor.float64 ? at::kDouble : at::kFloat;
+    const int64_t n = info.numel;
+    const uint64_t esize = info.nbytes / static_cast<uint64_t>(n);
+    const int64_t chunk =
+        std::clamp<int64_t>(options_.stream_chunk_elements, 1, n);
+    std::string journal_bytes;
+    if (journal_) journal_bytes.reserve(info.nbytes);
+    int64_t kept = 0;
+    TAILOR_ASSIGN_OR_RETURN(CheckpointWriter::TensorStream stream,
+                            writer_->BeginTensor(name));
+    TAILOR_RETURN_IF_ERROR(CatchTorch(name, [&]() -> absl::Status {
+      auto buffer = [&](at::ScalarType t) {
+        return at::empty({chunk}, at::TensorOptions().dtype(t));
+      };
+      // Reused for every chunk: raw input, pre-trained, one delta per task,
+      // the mask, float32 views of pre and delta (float64 compute), the
+      // fused chunk and its stored form.
+      at::Tensor raw = buffer(stored);
+      at::Tensor pre_buf = buffer(compute);
+      std::vector<at::Tensor> delta_buf;
+      for (size_t t = 0; t < fts.size(); ++t) {
+        delta_buf.push_back(buffer(compute));
+      }
+      at::Tensor mask_buf = buffer(at::kBool);
+      at::Tensor pre_f_buf, delta_f_buf;
+      if (compute != at::kFloat) {
+        pre_f_buf = buffer(at::kFloat);
+        delta_f_buf = buffer(at::kFloat);
+      }
+      at::Tensor fused_buf = buffer(at::kFloat);
+      at::Tensor out_buf = stored == at::kFloat ? fused_buf : buffer(stored);
+      ChunkedDenseMerge merge =
+          spec_.method == Method::kDare
+              ? ChunkedDenseMerge::Dare(static_cast<int64_t>(fts.size()),
+                                        spec_.drop, spec_.lambda, spec_.seed,
+                                        name)
+              : ChunkedDenseMerge::TaskArithmetic(
+                    static_cast<int64_t>(fts.size()), spec_.lambda);
+      std::vector<at::Tensor> deltas(fts.size());
+      // BF16 task arithmetic in float32 (the common case): one fused pass
+      // per chunk (dense_merge_kernel.h), the tensor ops below only for a
+      // chunk holding a non-finite value.
+      const bool fused_pass = spec_.method == Method::kTaskArithmetic &&
+                              stored == at::kBFloat16 && compute == at::kFloat;
+      std::vector<at::Tensor> raw_ft;
+      std::vector<const uint16_t*> ft_bits;
+      if (fused_pass) {
+        for (size_t t = 0; t < fts.size(); ++t) {
+          raw_ft.push_back(buffer(stored));
+          ft_bits.push_back(
+              static_cast<const uint16_t*>(raw_ft.back().data_ptr()));
+        }
+      }
+      for (int64_t off = 0; off < n; off += chunk) {
+        const int64_t m = std::min(chunk, n - off);
+        auto view = [m](const at::Tensor& t) { return t.narrow(0, 0, m); };
+        const uint64_t byte_off = static_cast<uint64_t>(off) * esize;
+        const uint64_t byte_len = static_cast<uint64_t>(m) * esize;
+        if (fused_pass) {
+          TAILOR_RETURN_IF_ERROR(
+              base_->ReadRawRange(name, byte_off, byte_len, raw.data_ptr()));
+          for (size_t t = 0; t < fts.size(); ++t) {
+            TAILOR_RETURN_IF_ERROR(fts[t]->ReadRawRange(
+                name, byte_off, byte_len, raw_ft[t].data_ptr()));
+          }
+          int64_t chunk_kept = 0;
+          if (TaskArithmeticBf16Chunk(
+                  static_cast<const uint16_t*>(raw.data_ptr()), ft_bits, m,
+                  spec_.lambda, static_cast<uint16_t*>(out_buf.data_ptr()),
+                  &chunk_kept)) {
+            kept += chunk_kept;
+            const absl::string_view bytes(
+                static_cast<const char*>(out_buf.data_ptr()), byte_len);
+            TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
+            if (journal_) journal_bytes.append(bytes.data(), bytes.size());
+            continue;
+          }
+        }
+        // Reads elements [off, off + m) of `src` into `dst` (compute type).
+        auto read = [&](const Checkpoint& src, const at::Tensor& dst) {
+          const at::Tensor& into = stored == compute ? dst : view(raw);
+          TAILOR_RETURN_IF_ERROR(
+              src.ReadRawRange(name, byte_off, byte_len, into.data_ptr()));
+          if (stored != compute) dst.copy_(into);
+          return absl::OkStatus();
+        };
+        at::Tensor pre = view(pre_buf);
+        TAILOR_RETURN_IF_ERROR(read(*base_, pre));
+        TAILOR_RETURN_IF_ERROR(
+            CheckFiniteTensor(pre, name, "pre-trained tensor"));
+        for (size_t t = 0; t < fts.size(); ++t) {
+          deltas[t] = view(delta_buf[t]);
+          TAILOR_RETURN_IF_ERROR(read(*fts[t], deltas[t]));
+          TAILOR_RETURN_IF_ERROR(
+              CheckFiniteTensor(deltas[t], name, "fine-tuned tensor"));
+          deltas[t].sub_(pre);  // ft - pre
+        }
+        merge.Merge(deltas);
+        at::Tensor delta = deltas[0];
+        at::Tensor mask = view(mask_buf);
+        at::ne_out(mask, delta, 0);
+        kept += mask.sum().item<int64_t>();
+        // FuseTensor: float32 pre + float32 delta where the mask holds,
+        // float32 pre elsewhere; then the stored dtype (ToStoredTensor).
+        at::Tensor pre_f = pre, delta_f = delta;
+        if (compute != at::kFloat) {
+          pre_f = view(pre_f_buf);
+          pre_f.copy_(pre);
+          delta_f = view(delta_f_buf);
+          delta_f.copy_(delta);
+        }
+        delta_f.add_(pre_f);  // pre + delta: addition commutes exactly
+        at::Tensor fused = view(fused_buf);
+        at::where_out(fused, mask, delta_f, pre_f);
+        at::Tensor stored_chunk = view(out_buf);
+        if (stored != at::kFloat) stored_chunk.copy_(fused);
+        const absl::string_view bytes(
+            static_cast<const char*>(stored_chunk.data_ptr()),
+            static_cast<size_t>(m) * esize);
+        TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
+        if (journal_) journal_bytes.append(bytes.data(), bytes.size());
+      }
+      return absl::OkStatus();
+    }));
+    TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&stream));
+    hessians_.Finished(static_cast<int64_t>(index));
+    if (journal_) out.fused = std::move(journal_bytes);
+    nlohmann::json entry = {
+        {"name", name},
+        {"action", "fused"},
+        {"shape", info.shape},
+        {"dtype", std::string(DTypeName(info.dtype))},
+        {"count", info.numel},
+        {"kept", kept},
+        {"kept_fraction", static_cast<double>(kept) / info.numel},
+        {"tasks", per_task}};
+    entry["seconds"] = Seconds(t0);
+    out.report = std::move(entry);
+    return out;
+  }
+
   // Computes fused tensor `index` of the plan: everything it contributes to
   // the outputs and the report, without touching them (ApplyFused does).
   absl::StatusOr<JournalEntry> FuseOne(size_t index, const TensorInfo& info) {
@@ -805,7 +1004,8 @@ class Job {
   // the journal -- to the writers, the report and the totals, in the same
   // order either way. Returns the tensor's report entry.
   absl::StatusOr<nlohmann::json> ApplyFused(const TensorInfo& info,
-                                            const JournalEntry& e) {
+                                            const JournalEntry& e,
+                                            bool written) {
     for (const std::string& w : e.warnings) Warn(w);
     for (const auto& [mask_only, compensated] : e.errors) {
       error_mask_only_ += mask_only;
@@ -825,7 +1025,9 @@ class Job {
       TAILOR_RETURN_IF_ERROR(tasks_[t]->patch_writer->AddPacked(
           info.name, p->packed, info.dtype, p->stats));
     }
-    if (writer_) TAILOR_RETURN_IF_ERROR(writer_->WriteRaw(info.name, *e.fused));
+    if (writer_ && !written) {
+      TAILOR_RETURN_IF_ERROR(writer_->WriteRaw(info.name, *e.fused));
+    }
     if (stitched_) {
       const JournalPatch* p = e.FindPatch("stitched");
       TAILOR_RETURN_IF_ERROR(

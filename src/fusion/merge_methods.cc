@@ -159,6 +159,55 @@ MergedDelta Dare(const std::vector<at::Tensor>& deltas, double drop,
   return {delta.ne(0), delta};
 }
 
+ChunkedDenseMerge ChunkedDenseMerge::TaskArithmetic(int64_t /*tasks*/,
+                                                    double lambda) {
+  ChunkedDenseMerge m;
+  m.lambda_ = lambda;
+  return m;
+}
+
+ChunkedDenseMerge ChunkedDenseMerge::Dare(int64_t tasks, double drop,
+                                          double lambda, uint64_t seed,
+                                          absl::string_view tensor_name) {
+  ChunkedDenseMerge m;
+  m.dare_ = true;
+  m.lambda_ = lambda;
+  m.drop_ = drop;
+  for (int64_t i = 0; i < tasks; ++i) {
+    m.generators_.push_back(at::make_generator<at::CPUGeneratorImpl>(
+        DareSeed(seed, tensor_name, static_cast<uint64_t>(i))));
+  }
+  return m;
+}
+
+void ChunkedDenseMerge::Merge(std::vector<at::Tensor>& deltas) {
+  // The same elementwise operations as the whole-tensor functions, in
+  // place: sum = D_0 + D_1 + ... (left to right), then * lambda; DARE first
+  // divides each D_i by (1 - p) and zeroes the dropped entries (u < p is
+  // exactly "not u >= p": u is never NaN).
+  const int64_t n = deltas[0].numel();
+  if (dare_) {
+    if (!draw_.defined() || draw_.numel() < n) {
+      draw_ = at::empty({n}, at::TensorOptions().dtype(at::kDouble));
+      dropped_ = at::empty({n}, at::TensorOptions().dtype(at::kBool));
+    }
+    at::Tensor u = draw_.narrow(0, 0, n);
+    at::Tensor dropped = dropped_.narrow(0, 0, n);
+    for (size_t i = 0; i < deltas.size(); ++i) {
+      // at::rand(sizes, gen) is uniform_(0, 1, gen) on a fresh tensor: one
+      // serial pass of the generator in element order.
+      u.uniform_(0, 1, generators_[i]);
+      at::lt_out(dropped, u, drop_);
+      at::Tensor& d = deltas[i];
+      d.div_(1.0 - drop_);
+      d.view({-1}).masked_fill_(dropped, 0.0);
+    }
+  }
+  at::Tensor& sum = deltas[0];
+  for (size_t i = 1; i < deltas.size(); ++i) sum.add_(deltas[i]);
+  sum.mul_(lambda_);
+}
+
 MergedDelta Spider(const at::Tensor& w_pre, const at::Tensor& delta,
                    const at::Tensor& importance) {
   at::Tensor i_score = at::sigmoid(ZScore(w_pre.to(delta.options()).abs()));

@@ -1,6 +1,7 @@
 #ifndef TAILOR_FUSION_MERGE_METHODS_H_
 #define TAILOR_FUSION_MERGE_METHODS_H_
 
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -57,6 +58,31 @@ MergedDelta Ties(const std::vector<at::Tensor>& deltas, double density,
 // tensor order (drawn on the CPU).
 MergedDelta Dare(const std::vector<at::Tensor>& deltas, double drop,
                  double lambda, uint64_t seed, absl::string_view tensor_name);
+
+// TaskArithmetic and Dare over a tensor fed as consecutive flat chunks (in
+// order, first to last), with no allocation per chunk beyond DARE's draw
+// buffers: the streaming form FusionJob uses. Each chunk's result is bitwise
+// what the whole-tensor function gives on those elements (DARE: each task's
+// generator is drawn in the same order, element after element).
+class ChunkedDenseMerge {
+ public:
+  static ChunkedDenseMerge TaskArithmetic(int64_t tasks, double lambda);
+  static ChunkedDenseMerge Dare(int64_t tasks, double drop, double lambda,
+                                uint64_t seed, absl::string_view tensor_name);
+
+  // `deltas`: this chunk's D_i, one per task, equal-sized, contiguous, on
+  // the CPU; they are overwritten, and the merged delta is left in
+  // deltas[0].
+  void Merge(std::vector<at::Tensor>& deltas);
+
+ private:
+  ChunkedDenseMerge() = default;
+  bool dare_ = false;
+  double lambda_ = 1;
+  double drop_ = 0;
+  std::vector<at::Generator> generators_;  // DARE: one per task
+  at::Tensor draw_, dropped_;              // DARE: reused buffers
+};
 
 // SPIDER (post hoc): I = sigmoid(zscore(|W_pre|)), G = sigmoid(zscore(g))
 // with g = `importance` when given (accumulated |gradient|), else |D|;

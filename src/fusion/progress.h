@@ -105,6 +105,10 @@ struct RunOptions {
   // estimate of its peak working memory, and spec.device is not used; its
   // outputs come back to the CPU for writing, as without one.
   TensorDeviceScheduler* device_scheduler = nullptr;
+  // Elements per chunk when a data-free merge streams a tensor (task
+  // arithmetic, DARE: see FusionJob): its working memory is a few buffers
+  // of this many elements, whatever the tensor's size. Tests shrink it.
+  int64_t stream_chunk_elements = int64_t{1} << 18;
 };
 
 }  // namespace tailor

@@ -271,6 +271,12 @@ absl::StatusOr<std::string> Checkpoint::ReadRaw(absl::string_view name) const {
   return bytes;
 }
 
+absl::Status Checkpoint::ReadRawRange(absl::string_view name, uint64_t offset,
+                                      uint64_t length, void* buffer) const {
+  TAILOR_ASSIGN_OR_RETURN(Location loc, Locate(name));
+  return loc.file->ReadRawRange(*loc.entry, offset, length, buffer);
+}
+
 absl::StatusOr<std::unique_ptr<Checkpoint>> OpenFormattedFile(
     const std::string& path, const Checkpoint::Options& options,
     absl::string_view kind, absl::string_view format) {

@@ -48,6 +48,12 @@ class Checkpoint : public TensorSource {
   using TensorSource::Read;
   absl::StatusOr<std::string> ReadRaw(absl::string_view name) const override;
   const std::string& description() const override { return path_; }
+  // Reads bytes [offset, offset + length) of tensor `name`'s stored data
+  // (little-endian, row-major) into `buffer`: one chunk of a tensor streamed
+  // piece by piece. NOT_FOUND for an unknown name, INVALID_ARGUMENT for a
+  // range outside the tensor.
+  absl::Status ReadRawRange(absl::string_view name, uint64_t offset,
+                            uint64_t length, void* buffer) const;
 
   // The directory holding the checkpoint files.
   const std::string& directory() const { return directory_; }

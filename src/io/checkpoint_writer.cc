@@ -70,6 +70,7 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
   {
     absl::MutexLock lock(&w->mu_);
     w->claimed_.assign(w->slots_.size(), false);
+    w->partial_.assign(w->slots_.size(), false);
   }
   TAILOR_RETURN_IF_ERROR(w->Plan(options));
   return w;
@@ -240,6 +241,66 @@ absl::Status CheckpointWriter::WriteRaw(absl::string_view name,
   return s;
 }
 
+absl::StatusOr<CheckpointWriter::TensorStream> CheckpointWriter::BeginTensor(
+    absl::string_view name) {
+  auto it = std::lower_bound(
+      slots_.begin(), slots_.end(), name,
+      [](const Slot& s, absl::string_view n) { return s.info.name < n; });
+  const uint64_t nbytes =
+      it != slots_.end() && it->info.name == name ? it->info.nbytes : 0;
+  TAILOR_ASSIGN_OR_RETURN(const Slot* slot, Claim(name, nbytes));
+  {
+    absl::MutexLock lock(&mu_);
+    partial_[static_cast<size_t>(slot - slots_.data())] = true;
+  }
+  TensorStream stream;
+  stream.slot_ = slot;
+  return stream;
+}
+
+absl::Status CheckpointWriter::WriteChunk(TensorStream* stream,
+                                          absl::string_view bytes) {
+  const Slot* slot = static_cast<const Slot*>(stream->slot_);
+  if (slot == nullptr) {
+    return absl::FailedPreconditionError(
+        "checkpoint writer: chunk written to a stream never begun");
+  }
+  if (bytes.size() > slot->info.nbytes - stream->written_) {
+    MarkFailed();
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint writer: tensor '", slot->info.name,
+                     "' streamed past its ", slot->info.nbytes, " bytes"));
+  }
+  const OutFile& file = files_[slot->file];
+  absl::Status s = PWriteFully(file.fd.get(), bytes.data(), bytes.size(),
+                               slot->offset + stream->written_,
+                               JoinPath(staging_dir_, file.name));
+  if (!s.ok()) {
+    MarkFailed();
+    return s;
+  }
+  stream->written_ += bytes.size();
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointWriter::EndTensor(TensorStream* stream) {
+  const Slot* slot = static_cast<const Slot*>(stream->slot_);
+  if (slot == nullptr) {
+    return absl::FailedPreconditionError(
+        "checkpoint writer: ending a stream never begun");
+  }
+  if (stream->written_ != slot->info.nbytes) {
+    MarkFailed();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint writer: tensor '", slot->info.name, "' got ",
+        stream->written_, " of its ", slot->info.nbytes, " bytes"));
+  }
+  absl::MutexLock lock(&mu_);
+  partial_[static_cast<size_t>(slot - slots_.data())] = false;
+  stream->slot_ = nullptr;
+  return absl::OkStatus();
+}
+
 absl::Status CheckpointWriter::WriteIndex() {
   uint64_t total = 0;
   nlohmann::json weight_map = nlohmann::json::object();
@@ -296,6 +357,11 @@ absl::Status CheckpointWriter::Stage() {
         return absl::FailedPreconditionError(
             absl::StrCat("checkpoint writer: tensor '", slots_[i].info.name,
                          "' was never written; output not published"));
+      }
+      if (partial_[i]) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("checkpoint writer: tensor '", slots_[i].info.name,
+                         "' was only partly written; output not published"));
       }
     }
   }

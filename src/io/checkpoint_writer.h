@@ -69,8 +69,9 @@ struct CheckpointWriterOptions {
 //
 // Output is deterministic: identical inputs give byte-identical files.
 //
-// Thread-safety: Write/WriteRaw may run concurrently for different tensors;
-// Commit() must not overlap them.
+// Thread-safety: Write/WriteRaw and tensor streams may run concurrently for
+// different tensors (one stream is used by one thread at a time); Commit()
+// must not overlap them.
 class CheckpointWriter {
  public:
   static absl::StatusOr<std::unique_ptr<CheckpointWriter>> Create(
@@ -84,6 +85,24 @@ class CheckpointWriter {
   // Writes stored bytes as they are (for dtypes LibTorch lacks, or
   // pass-through copies); the size must equal the layout's nbytes.
   absl::Status WriteRaw(absl::string_view name, absl::string_view bytes);
+  // Writing one tensor in pieces, so that memory stays at a chunk rather
+  // than the tensor: BeginTensor() claims `name` (as WriteRaw would: once
+  // per tensor), each WriteChunk() writes the next bytes in order, and
+  // EndTensor() checks exactly the layout's nbytes came. A tensor begun but
+  // not ended (an error midway) makes Stage() refuse.
+  class TensorStream {
+   public:
+    TensorStream() = default;
+    uint64_t written() const { return written_; }
+
+   private:
+    friend class CheckpointWriter;
+    const void* slot_ = nullptr;
+    uint64_t written_ = 0;
+  };
+  absl::StatusOr<TensorStream> BeginTensor(absl::string_view name);
+  absl::Status WriteChunk(TensorStream* stream, absl::string_view bytes);
+  absl::Status EndTensor(TensorStream* stream);
   // Publishes the checkpoint. FAILED_PRECONDITION if any tensor is missing.
   absl::Status Commit();
   // Everything Commit() does short of the rename: checks every tensor was
@@ -130,6 +149,8 @@ class CheckpointWriter {
   // Per slot: written (or being written). Guarded so two writers of one name
   // are caught.
   std::vector<bool> claimed_ ABSL_GUARDED_BY(mu_);
+  // Per slot: begun by BeginTensor() and not yet ended.
+  std::vector<bool> partial_ ABSL_GUARDED_BY(mu_);
   // A write failed midway: the output is incomplete and Commit() refuses.
   bool failed_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -78,4 +78,17 @@ absl::Status SafetensorsFile::ReadRaw(const TensorEntry& entry,
                     absl::StrCat(path_, ": tensor ", Quote(entry.name)));
 }
 
+absl::Status SafetensorsFile::ReadRawRange(const TensorEntry& entry,
+                                           uint64_t offset, uint64_t length,
+                                           void* buffer) const {
+  if (offset > entry.nbytes() || length > entry.nbytes() - offset) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path_, ": tensor ", Quote(entry.name), ": byte range [", offset, ", ",
+        offset + length, ") leaves its ", entry.nbytes(), " bytes"));
+  }
+  return PReadFully(fd_.get(), buffer, length,
+                    header_.data_offset() + entry.begin + offset,
+                    absl::StrCat(path_, ": tensor ", Quote(entry.name)));
+}
+
 }  // namespace tailor

@@ -28,6 +28,11 @@ class SafetensorsFile {
   // Reads the raw (little-endian) bytes of `entry`, which must come from
   // header(), into `buffer` of entry.nbytes() bytes.
   absl::Status ReadRaw(const TensorEntry& entry, void* buffer) const;
+  // Reads bytes [offset, offset + length) of `entry`'s data into `buffer`
+  // (a chunk of a tensor; safetensors data is contiguous, row-major).
+  // INVALID_ARGUMENT if the range leaves the tensor.
+  absl::Status ReadRawRange(const TensorEntry& entry, uint64_t offset,
+                            uint64_t length, void* buffer) const;
 
  private:
   SafetensorsFile(std::string path, ScopedFd fd, uint64_t file_size,

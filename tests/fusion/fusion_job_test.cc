@@ -8,7 +8,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <functional>
+#include <limits>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -606,6 +608,123 @@ TEST_F(FusionJobTest, StaleStagingOfTheOutputsIsRemoved) {
   EXPECT_FALSE(PathExists(stale_dir));
   EXPECT_FALSE(PathExists(stale_spool));
   EXPECT_TRUE(PathExists(unrelated));
+}
+
+// Task arithmetic and DARE stream each tensor in chunks (FusionJob's
+// StreamOne) when the fused checkpoint is the only output; with a patch
+// output they are computed whole. Both must give the same bytes and the same
+// per-tensor report, for any chunk size, task count and compute precision.
+TEST_F(FusionJobTest, StreamedDataFreeMergesMatchWholeTensorBytes) {
+  // An F32 copy of the inputs as well: there the stored type is the
+  // compute type (read straight into the compute buffer).
+  std::vector<std::string> f32 = {Dir("base32"), Dir("ft32a"), Dir("ft32b")};
+  const std::vector<std::string> src = {base_, ft_[0], ft_[1]};
+  for (size_t i = 0; i < src.size(); ++i) {
+    auto ckpt = Checkpoint::Open(src[i]);
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    std::map<std::string, at::Tensor> ts;
+    for (const TensorInfo& info : (*ckpt)->tensors()) {
+      if (info.dtype != DType::kBF16) continue;
+      auto t = (*ckpt)->Read(info.name);
+      ASSERT_TRUE(t.ok()) << t.status();
+      ts[info.name] = *t;
+    }
+    WriteCheckpoint(f32[i], ts, at::kFloat);
+  }
+  int run = 0;
+  for (bool use_f32 : {false, true}) {
+    for (const char* method : {"task_arithmetic", "dare"}) {
+      for (int tasks : {1, 2}) {
+        for (bool float64 : {false, true}) {
+          for (int64_t chunk : {int64_t{1} << 18, int64_t{37}}) {
+            SCOPED_TRACE(absl::StrCat(method, " tasks=", tasks,
+                                      " float64=", float64, " chunk=", chunk,
+                                      " f32=", use_f32));
+            const std::string name = absl::StrCat("stream", run++);
+            FusionSpec whole = Spec(name + "w", tasks);
+            whole.method = *ParseMethod(method);
+            whole.lambda = 0.7;
+            whole.drop = 0.4;
+            whole.seed = 5;
+            whole.tailor.float64 = float64;
+            for (int t = 0; t < tasks; ++t) {
+              whole.tasks[t].hessian_uri.clear();
+              if (use_f32) whole.tasks[t].finetuned_uri = f32[1 + t];
+            }
+            if (use_f32) whole.pretrained_uri = f32[0];
+            FusionSpec streamed = whole;
+            streamed.output_uri = tmp_.Join(name + "s-out");
+            streamed.patch_uri.clear();  // the checkpoint alone: streams
+            streamed.report_uri.clear();
+            auto resolver = UriResolver::Create({tmp_.path()});
+            ASSERT_TRUE(resolver.ok());
+            RunOptions options;
+            options.stream_chunk_elements = chunk;
+            auto a = RunFusionJob(whole, *resolver, options);
+            ASSERT_TRUE(a.ok()) << a.status();
+            auto b = RunFusionJob(streamed, *resolver, options);
+            ASSERT_TRUE(b.ok()) << b.status();
+            ExpectSameFiles(whole.output_uri, streamed.output_uri);
+            nlohmann::json ta = (*a)["tensors"], tb = (*b)["tensors"];
+            for (auto* t : {&ta, &tb}) {
+              for (auto& e : *t) e.erase("seconds");
+            }
+            EXPECT_EQ(ta, tb);
+            EXPECT_GT((*b)["totals"]["kept"].get<int64_t>(), 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The fused BF16 pass hands a chunk holding a non-finite value to the
+// tensor ops: a NaN input is refused as before, and an overflow to Inf gives
+// the tensor ops' bytes.
+TEST_F(FusionJobTest, StreamedTaskArithmeticNonFiniteChunks) {
+  at::Tensor pre = at::randn({16, 16});
+  at::Tensor ft = pre + 0.1 * at::randn({16, 16});
+  pre.view({-1})[100] = -3e38;  // ft - pre overflows to +Inf in float32
+  ft.view({-1})[100] = 3e38;
+  const std::string b = Dir("ov-base"), f = Dir("ov-ft"), bad = Dir("ov-nan");
+  WriteCheckpoint(b, {{"w", pre}}, at::kBFloat16);
+  WriteCheckpoint(f, {{"w", ft}}, at::kBFloat16);
+  at::Tensor nan_ft = ft.clone();
+  nan_ft.view({-1})[200] = std::numeric_limits<float>::quiet_NaN();
+  WriteCheckpoint(bad, {{"w", nan_ft}}, at::kBFloat16);
+  auto resolver = UriResolver::Create({tmp_.path()});
+  ASSERT_TRUE(resolver.ok());
+  RunOptions options;
+  options.stream_chunk_elements = 37;
+  FusionSpec spec;
+  spec.pretrained_uri = b;
+  spec.tasks.push_back(TaskSpec{"t", f, "", "", {}, {}});
+  spec.method = Method::kTaskArithmetic;
+  spec.output_uri = tmp_.Join("ov-out");
+  spec.device = "cpu";
+  auto report = RunFusionJob(spec, *resolver, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  auto out = Checkpoint::Open(spec.output_uri);
+  ASSERT_TRUE(out.ok()) << out.status();
+  auto raw = (*out)->ReadRaw("w");
+  ASSERT_TRUE(raw.ok());
+  const at::Tensor p = pre.to(at::kBFloat16).to(at::kFloat);
+  const at::Tensor d = ft.to(at::kBFloat16).to(at::kFloat) - p;
+  const at::Tensor want =
+      at::where(d.ne(0), p + d, p).to(at::kBFloat16).contiguous();
+  EXPECT_TRUE(std::isinf(want.view({-1})[100].item<float>()));
+  EXPECT_EQ(*raw, std::string(static_cast<const char*>(want.data_ptr()),
+                              want.numel() * 2));
+  EXPECT_EQ((*report)["totals"]["kept"].get<int64_t>(),
+            d.ne(0).sum().item<int64_t>());
+
+  spec.tasks[0].finetuned_uri = bad;
+  spec.output_uri = tmp_.Join("ov-nan-out");
+  report = RunFusionJob(spec, *resolver, options);
+  EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(report.status().message(),
+            "w: fine-tuned tensor contains NaN or Inf");
+  EXPECT_FALSE(PathExists(spec.output_uri));
 }
 
 }  // namespace

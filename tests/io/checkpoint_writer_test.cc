@@ -419,6 +419,88 @@ TEST(CheckpointWriterTest, RejectsBadWrites) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// A tensor streamed in pieces (BeginTensor/WriteChunk/EndTensor) lands
+// byte for byte where WriteRaw would put it; a stream cannot overrun its
+// tensor, end short, write a tensor twice or leave a partial tensor that
+// Commit() would publish.
+TEST(CheckpointWriterTest, StreamedTensorsMatchWriteRawAndAreChecked) {
+  TempDir dir;
+  std::vector<TensorInfo> layout = {{"a", DType::kU8, {10}, 10, 10, ""},
+                                    {"b", DType::kU8, {4}, 4, 4, ""}};
+  const std::string a = "0123456789", b = "wxyz";
+  {
+    auto whole = CheckpointWriter::Create(dir.Join("whole"), layout, {});
+    ASSERT_TRUE(whole.ok());
+    ASSERT_TRUE((*whole)->WriteRaw("a", a).ok());
+    ASSERT_TRUE((*whole)->WriteRaw("b", b).ok());
+    ASSERT_TRUE((*whole)->Commit().ok());
+  }
+  auto writer = CheckpointWriter::Create(dir.Join("streamed"), layout, {});
+  ASSERT_TRUE(writer.ok());
+  auto sa = (*writer)->BeginTensor("a");
+  ASSERT_TRUE(sa.ok()) << sa.status();
+  EXPECT_EQ((*writer)->BeginTensor("a").status().code(),
+            absl::StatusCode::kFailedPrecondition);  // written twice
+  EXPECT_EQ((*writer)->BeginTensor("zzz").status().code(),
+            absl::StatusCode::kNotFound);
+  for (size_t off = 0; off < a.size(); off += 3) {
+    ASSERT_TRUE((*writer)->WriteChunk(&*sa, a.substr(off, 3)).ok());
+  }
+  ASSERT_TRUE((*writer)->EndTensor(&*sa).ok());
+  auto sb = (*writer)->BeginTensor("b");
+  ASSERT_TRUE(sb.ok());
+  ASSERT_TRUE((*writer)->WriteChunk(&*sb, "wx").ok());
+  ASSERT_TRUE((*writer)->WriteChunk(&*sb, "yz").ok());
+  ASSERT_TRUE((*writer)->EndTensor(&*sb).ok());
+  ASSERT_TRUE((*writer)->Commit().ok());
+  EXPECT_EQ(ReadFileOrDie(dir.Join("whole/model.safetensors")),
+            ReadFileOrDie(dir.Join("streamed/model.safetensors")));
+  // And read back in pieces (Checkpoint::ReadRawRange).
+  auto ckpt = Checkpoint::Open(dir.Join("streamed"));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  char piece[4] = {};
+  ASSERT_TRUE((*ckpt)->ReadRawRange("a", 6, 4, piece).ok());
+  EXPECT_EQ(std::string(piece, 4), "6789");
+  EXPECT_EQ((*ckpt)->ReadRawRange("a", 7, 4, piece).code(),
+            absl::StatusCode::kInvalidArgument);  // leaves the tensor
+  EXPECT_EQ((*ckpt)->ReadRawRange("zzz", 0, 1, piece).code(),
+            absl::StatusCode::kNotFound);
+
+  // A stream left partial: Commit() refuses and publishes nothing.
+  {
+    auto w = CheckpointWriter::Create(dir.Join("partial"), layout, {});
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE((*w)->WriteRaw("a", a).ok());
+    auto s = (*w)->BeginTensor("b");
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE((*w)->WriteChunk(&*s, "wx").ok());
+    absl::Status commit = (*w)->Commit();
+    EXPECT_EQ(commit.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_TRUE(absl::StrContains(commit.message(), "partly written"))
+        << commit;
+  }
+  EXPECT_FALSE(PathExists(dir.Join("partial")));
+  // Overrunning or ending short fails the stream and the writer.
+  for (bool overrun : {true, false}) {
+    const std::string out = dir.Join(overrun ? "overrun" : "short");
+    auto w = CheckpointWriter::Create(out, layout, {});
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE((*w)->WriteRaw("a", a).ok());
+    auto s = (*w)->BeginTensor("b");
+    ASSERT_TRUE(s.ok());
+    if (overrun) {
+      EXPECT_EQ((*w)->WriteChunk(&*s, "vwxyz").code(),
+                absl::StatusCode::kInvalidArgument);
+    } else {
+      ASSERT_TRUE((*w)->WriteChunk(&*s, "wxy").ok());
+      EXPECT_EQ((*w)->EndTensor(&*s).code(),
+                absl::StatusCode::kInvalidArgument);
+    }
+    EXPECT_EQ((*w)->Commit().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_FALSE(PathExists(out));
+  }
+}
+
 TEST(CheckpointWriterTest, NarrowingRoundsLikeLibTorch) {
   TempDir dir;
   std::vector<TensorInfo> layout = {

@@ -86,6 +86,50 @@ void GenerateInChild(const std::string& out, int count, int64_t elements,
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
+// CTest runs it in a process of its own (tests/CMakeLists.txt); first in
+// this file so that a run of the whole binary measures it before the higher
+// peaks of the tests below (ru_maxrss only grows).
+TEST(StreamMemoryTest, TaskArithmeticPeakRssIsBoundedByTheChunkNotTheTensor) {
+  constexpr int64_t kBig = 16 << 20;  // one 32 MiB BF16 tensor (64 MiB f32)
+  constexpr long kTaCapKiB = 48 << 10;
+  tailor::testing::TempDir dir;
+  GenerateInChild(dir.Join("base"), 1, kBig, 0, 1ull << 30);
+  GenerateInChild(dir.Join("ft"), 1, kBig, 1, 1ull << 30);
+  FusionSpec spec;
+  spec.pretrained_uri = dir.Join("base");
+  spec.tasks.push_back(TaskSpec{"ft", dir.Join("ft"), "", "", {}, {}});
+  spec.method = Method::kTaskArithmetic;
+  spec.lambda = 0.5;
+  spec.output_uri = dir.Join("out");
+  spec.device = "cpu";
+  auto resolver = UriResolver::Create({dir.path()});
+  ASSERT_TRUE(resolver.ok());
+  RunOptions options;  // default chunk: 256 Ki elements
+  const long before = PeakRssKiB();
+  auto report = RunFusionJob(spec, *resolver, options);
+  const long after = PeakRssKiB();
+  ASSERT_TRUE(report.ok()) << report.status();
+  std::cout << "task arithmetic on one " << (kBig * 2 >> 20)
+            << " MiB BF16 tensor: peak RSS before " << (before >> 10)
+            << " MiB, after " << (after >> 10) << " MiB (growth cap "
+            << (kTaCapKiB >> 10) << " MiB; the tensor in float32 is "
+            << (kBig * 4 >> 20) << " MiB)\n";
+  // A tensor computed whole needs several float32 copies (> 256 MiB).
+  EXPECT_LT(after - before, kTaCapKiB);
+  // The result is right: pattern(1, j) - pattern(0, j) scaled by 0.5,
+  // spot-checked.
+  auto out = Checkpoint::Open(spec.output_uri);
+  ASSERT_TRUE(out.ok()) << out.status();
+  auto t = (*out)->Read("layers.0.weight");
+  ASSERT_TRUE(t.ok()) << t.status();
+  for (int64_t j : {int64_t{0}, int64_t{63}, int64_t{777777}, kBig - 1}) {
+    const float pre = static_cast<float>(j % 64);
+    const float ft = static_cast<float>((7 + j) % 64);
+    EXPECT_EQ(t->view({-1})[j].item<float>(), pre + (ft - pre) * 0.5f) << j;
+  }
+  EXPECT_EQ((*report)["totals"]["kept"].get<int64_t>(), kBig);
+}
+
 TEST(StreamMemoryTest, ReaderPeakRssStaysUnderCapForCheckpointLargerThanCap) {
   tailor::testing::TempDir dir;
   const std::string out = dir.Join("big");
