@@ -112,6 +112,21 @@ absl::Status SameLocation(const std::string& field, const std::string& resolved,
       resolved, ", now ", opened, "); refusing to write there"));
 }
 
+// A fused tensor's report row (FuseOne and StreamOne alike); the caller adds
+// "seconds".
+nlohmann::json FusedReportEntry(const TensorInfo& info, int64_t kept,
+                                const nlohmann::json& per_task) {
+  return {{"name", info.name},
+          {"action", "fused"},
+          {"shape", info.shape},
+          {"dtype", std::string(DTypeName(info.dtype))},
+          {"count", info.numel},
+          {"kept", kept},
+          {"kept_fraction",
+           info.numel ? static_cast<double>(kept) / info.numel : 0.0},
+          {"tasks", per_task}};
+}
+
 nlohmann::json NumberOrNull(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
@@ -819,15 +834,7 @@ class Job {
     TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&stream));
     hessians_.Finished(static_cast<int64_t>(index));
     if (journal_) out.fused = std::move(journal_bytes);
-    nlohmann::json entry = {
-        {"name", name},
-        {"action", "fused"},
-        {"shape", info.shape},
-        {"dtype", std::string(DTypeName(info.dtype))},
-        {"count", info.numel},
-        {"kept", kept},
-        {"kept_fraction", static_cast<double>(kept) / info.numel},
-        {"tasks", per_task}};
+    nlohmann::json entry = FusedReportEntry(info, kept, per_task);
     entry["seconds"] = Seconds(t0);
     out.report = std::move(entry);
     return out;
@@ -961,16 +968,7 @@ class Job {
           return MergedDelta{};
         }));
     const int64_t kept = merged.mask.sum().item<int64_t>();
-    nlohmann::json entry = {
-        {"name", name},
-        {"action", "fused"},
-        {"shape", info.shape},
-        {"dtype", std::string(DTypeName(info.dtype))},
-        {"count", info.numel},
-        {"kept", kept},
-        {"kept_fraction",
-         info.numel ? static_cast<double>(kept) / info.numel : 0.0},
-        {"tasks", per_task}};
+    nlohmann::json entry = FusedReportEntry(info, kept, per_task);
     if (writer_) {
       TAILOR_ASSIGN_OR_RETURN(at::Tensor fused, CatchTorch(name, [&] {
                                 return FuseTensor(
