@@ -1,10 +1,10 @@
 #include "job_file.h"
 
+#include <optional>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
-#include "job_spec_json.h"
 #include "util/file_util.h"
 #include "util/status_macros.h"
 #include "yaml-cpp/yaml.h"
@@ -53,37 +53,60 @@ std::string Canonical(const std::string& key) {
   return absl::StrReplaceAll(key, {{"-", "_"}});
 }
 
-absl::Status ParseTask(const YAML::Node& node, const std::string& path,
-                       const std::string& field, TaskSpec* task) {
-  if (!node.IsMap()) return Bad(path, field, "must be a mapping");
-  for (const auto& kv : node) {
-    const std::string key = Canonical(kv.first.as<std::string>());
-    const std::string f = absl::StrCat(field, ".", key);
-    const YAML::Node& v = kv.second;
-    if (key == "label") {
-      TAILOR_ASSIGN_OR_RETURN(task->label,
-                              As<std::string>(v, path, f, "a string"));
-    } else if (key == "finetuned") {
-      TAILOR_ASSIGN_OR_RETURN(task->finetuned_uri,
-                              As<std::string>(v, path, f, "a string"));
-    } else if (key == "patch") {
-      TAILOR_ASSIGN_OR_RETURN(task->patch_uri,
-                              As<std::string>(v, path, f, "a string"));
-    } else if (key == "hessians") {
-      TAILOR_ASSIGN_OR_RETURN(task->hessian_uri,
-                              As<std::string>(v, path, f, "a string"));
-    } else if (key == "keep") {
-      TAILOR_ASSIGN_OR_RETURN(task->keep_ratio,
-                              As<double>(v, path, f, "a number"));
-    } else if (key == "omega") {
-      TAILOR_ASSIGN_OR_RETURN(task->omega, As<double>(v, path, f, "a number"));
-    } else {
-      return Bad(path, f,
-                 "unknown key (allowed: label, finetuned, patch, hessians, "
-                 "keep, omega)");
+// One YAML value as the JSON of a spec key of type `type` (fusion_spec.h).
+// YAML scalars are untyped text: they are read as the key's type, errors
+// naming the file and the key.
+absl::StatusOr<nlohmann::json> ToJsonValue(const YAML::Node& v,
+                                           const std::string& path,
+                                           const std::string& key,
+                                           SpecValue type) {
+  switch (type) {
+    case SpecValue::kString:
+      return As<std::string>(v, path, key, "a string");
+    case SpecValue::kNumber:
+      return As<double>(v, path, key, "a number");
+    case SpecValue::kBool:
+      return As<bool>(v, path, key, "true or false");
+    case SpecValue::kInt:
+      return As<int>(v, path, key, "an integer");
+    case SpecValue::kInt64:
+      return As<int64_t>(v, path, key, "an integer");
+    case SpecValue::kUint64:
+      return As<uint64_t>(v, path, key, "a non-negative integer");
+    case SpecValue::kStrings: {
+      TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> list,
+                              Strings(v, path, key));
+      return nlohmann::json(list);
     }
+    case SpecValue::kTasks:
+      break;  // ToJsonTasks
   }
-  return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(key, ": no YAML conversion"));
+}
+
+// `tasks:` as the JSON list of FromJson's form.
+absl::StatusOr<nlohmann::json> ToJsonTasks(const YAML::Node& v,
+                                           const std::string& path) {
+  if (!v.IsSequence()) return Bad(path, "tasks", "must be a list");
+  nlohmann::json tasks = nlohmann::json::array();
+  for (size_t i = 0; i < v.size(); ++i) {
+    const std::string field = absl::StrCat("tasks[", i, "]");
+    if (!v[i].IsMap()) return Bad(path, field, "must be a mapping");
+    nlohmann::json task = nlohmann::json::object();
+    for (const auto& kv : v[i]) {
+      const std::string key = Canonical(kv.first.as<std::string>());
+      const std::string f = absl::StrCat(field, ".", key);
+      std::optional<SpecValue> type = TaskKeyValue(key);
+      if (!type) {
+        return Bad(path, f,
+                   absl::StrCat("unknown key (allowed: ", TaskKeyNames(), ")"));
+      }
+      TAILOR_ASSIGN_OR_RETURN(task[key],
+                              ToJsonValue(kv.second, path, f, *type));
+    }
+    tasks.push_back(std::move(task));
+  }
+  return tasks;
 }
 
 }  // namespace
@@ -99,7 +122,9 @@ absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
   }
   if (!root.IsMap())
     return Bad(path, "(top level)", "must be a mapping of job fields");
-  FusionSpec spec;
+  // YAML -> FromJson's form -> FusionSpec: the spec's keys are defined once
+  // (fusion_spec.cc); a job file adds only the flag-style task lists.
+  nlohmann::json json = nlohmann::json::object();
   std::vector<std::string> finetuned, patches, hessians, labels;
   bool has_tasks = false;
   std::set<std::string> seen;
@@ -107,10 +132,7 @@ absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
     const std::string key = Canonical(kv.first.as<std::string>());
     const YAML::Node& v = kv.second;
     if (!seen.insert(key).second) return Bad(path, key, "given twice");
-    if (key == "pretrained") {
-      TAILOR_ASSIGN_OR_RETURN(spec.pretrained_uri,
-                              As<std::string>(v, path, key, "a string"));
-    } else if (key == "finetuned") {
+    if (key == "finetuned") {
       TAILOR_ASSIGN_OR_RETURN(finetuned, Strings(v, path, key));
     } else if (key == "patch") {
       TAILOR_ASSIGN_OR_RETURN(patches, Strings(v, path, key));
@@ -119,86 +141,10 @@ absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
     } else if (key == "labels") {
       TAILOR_ASSIGN_OR_RETURN(labels, Strings(v, path, key));
     } else if (key == "tasks") {
-      if (!v.IsSequence()) return Bad(path, key, "must be a list");
       has_tasks = true;
-      for (size_t i = 0; i < v.size(); ++i) {
-        TaskSpec t;
-        TAILOR_RETURN_IF_ERROR(
-            ParseTask(v[i], path, absl::StrCat("tasks[", i, "]"), &t));
-        spec.tasks.push_back(t);
-      }
-    } else if (key == "method") {
-      TAILOR_ASSIGN_OR_RETURN(std::string s,
-                              As<std::string>(v, path, key, "a string"));
-      TAILOR_ASSIGN_OR_RETURN(spec.method, ParseMethod(s));
-    } else if (key == "keep") {
-      TAILOR_ASSIGN_OR_RETURN(spec.tailor.keep_ratio,
-                              As<double>(v, path, key, "a number"));
-    } else if (key == "omega") {
-      TAILOR_ASSIGN_OR_RETURN(spec.tailor.omega,
-                              As<double>(v, path, key, "a number"));
-    } else if (key == "scope") {
-      TAILOR_ASSIGN_OR_RETURN(std::string s,
-                              As<std::string>(v, path, key, "a string"));
-      TAILOR_ASSIGN_OR_RETURN(spec.tailor.scope, ParseScope(s));
-    } else if (key == "normalize") {
-      TAILOR_ASSIGN_OR_RETURN(std::string s,
-                              As<std::string>(v, path, key, "a string"));
-      TAILOR_ASSIGN_OR_RETURN(spec.tailor.normalization, ParseNormalization(s));
-    } else if (key == "compensation") {
-      TAILOR_ASSIGN_OR_RETURN(std::string s,
-                              As<std::string>(v, path, key, "a string"));
-      TAILOR_ASSIGN_OR_RETURN(spec.tailor.compensation, ParseCompensation(s));
-    } else if (key == "damp") {
-      TAILOR_ASSIGN_OR_RETURN(spec.tailor.damp,
-                              As<double>(v, path, key, "a number"));
-    } else if (key == "block_size") {
-      TAILOR_ASSIGN_OR_RETURN(spec.tailor.block_size,
-                              As<int64_t>(v, path, key, "an integer"));
-    } else if (key == "float64") {
-      TAILOR_ASSIGN_OR_RETURN(spec.tailor.float64,
-                              As<bool>(v, path, key, "true or false"));
-    } else if (key == "aggregate") {
-      TAILOR_ASSIGN_OR_RETURN(std::string s,
-                              As<std::string>(v, path, key, "a string"));
-      TAILOR_ASSIGN_OR_RETURN(spec.aggregation, ParseAggregation(s));
-    } else if (key == "lambda") {
-      TAILOR_ASSIGN_OR_RETURN(spec.lambda,
-                              As<double>(v, path, key, "a number"));
-    } else if (key == "density") {
-      TAILOR_ASSIGN_OR_RETURN(spec.density,
-                              As<double>(v, path, key, "a number"));
-    } else if (key == "drop") {
-      TAILOR_ASSIGN_OR_RETURN(spec.drop, As<double>(v, path, key, "a number"));
-    } else if (key == "seed") {
-      TAILOR_ASSIGN_OR_RETURN(
-          spec.seed, As<uint64_t>(v, path, key, "a non-negative integer"));
-    } else if (key == "include") {
-      TAILOR_ASSIGN_OR_RETURN(spec.include, Strings(v, path, key));
-    } else if (key == "exclude") {
-      TAILOR_ASSIGN_OR_RETURN(spec.exclude, Strings(v, path, key));
-    } else if (key == "on_mismatch") {
-      TAILOR_ASSIGN_OR_RETURN(std::string s,
-                              As<std::string>(v, path, key, "a string"));
-      TAILOR_ASSIGN_OR_RETURN(spec.on_mismatch, ParseMismatchPolicy(s));
-    } else if (key == "out") {
-      TAILOR_ASSIGN_OR_RETURN(spec.output_uri,
-                              As<std::string>(v, path, key, "a string"));
-    } else if (key == "patch_out") {
-      TAILOR_ASSIGN_OR_RETURN(spec.patch_uri,
-                              As<std::string>(v, path, key, "a string"));
-    } else if (key == "report") {
-      TAILOR_ASSIGN_OR_RETURN(spec.report_uri,
-                              As<std::string>(v, path, key, "a string"));
-    } else if (key == "overwrite") {
-      TAILOR_ASSIGN_OR_RETURN(spec.overwrite,
-                              As<bool>(v, path, key, "true or false"));
-    } else if (key == "device") {
-      TAILOR_ASSIGN_OR_RETURN(spec.device,
-                              As<std::string>(v, path, key, "a string"));
-    } else if (key == "threads") {
-      TAILOR_ASSIGN_OR_RETURN(spec.threads,
-                              As<int>(v, path, key, "an integer"));
+      TAILOR_ASSIGN_OR_RETURN(json[key], ToJsonTasks(v, path));
+    } else if (std::optional<SpecValue> type = SpecKeyValue(key)) {
+      TAILOR_ASSIGN_OR_RETURN(json[key], ToJsonValue(v, path, key, *type));
     } else {
       return Bad(path, key, "unknown key (see tailorctl fuse --help)");
     }
@@ -209,6 +155,9 @@ absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
         path, "tasks",
         "cannot be combined with top-level finetuned/patch/hessians/labels");
   }
+  // Every value has its key's JSON type by now: what FromJson can still
+  // refuse is an enum's name (ParseMethod's error, as before).
+  TAILOR_ASSIGN_OR_RETURN(FusionSpec spec, FusionSpec::FromJson(json));
   if (!has_tasks) {
     absl::StatusOr<std::vector<TaskSpec>> tasks =
         TasksFromLists(finetuned, patches, hessians, labels);
@@ -224,9 +173,7 @@ absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
 absl::StatusOr<nlohmann::json> LoadJobFileJson(const std::string& path) {
   TAILOR_ASSIGN_OR_RETURN(FusionSpec spec, LoadJobFile(path));
   TAILOR_RETURN_IF_ERROR(spec.Validate());
-  nlohmann::json json = spec.ToJson();
-  json["overwrite"] = spec.overwrite;
-  return json;
+  return spec.ToJson(/*with_overwrite=*/true);
 }
 
 absl::StatusOr<std::vector<TaskSpec>> TasksFromLists(

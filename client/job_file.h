@@ -4,7 +4,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "fusion/fusion_spec.h"
+#include "fusion/fusion_spec.h"  // torch-free
+#include "nlohmann/json.hpp"
 
 namespace tailor::cli {
 
@@ -18,6 +19,11 @@ namespace tailor::cli {
 // top-level finetuned/patch/hessians lists). Unknown keys and wrongly typed
 // values are INVALID_ARGUMENT naming the file and the key.
 absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path);
+
+// LoadJobFile(path) in the engine's canonical JSON form
+// (FusionSpec::ToJson(/*with_overwrite=*/true)), validated like `fuse
+// --local` validates it: what `tailorctl submit -f` sends.
+absl::StatusOr<nlohmann::json> LoadJobFileJson(const std::string& path);
 
 // Tasks from the flag-style lists: each finetuned URI (paired in order with
 // a hessians URI when any are given), then each patch URI; labels, when

@@ -8,7 +8,9 @@
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "util/enum_names.h"
+#include "util/field_error.h"
 #include "util/json_util.h"
 #include "util/quote.h"
 #include "util/status_macros.h"
@@ -28,14 +30,10 @@ constexpr std::pair<absl::string_view, MismatchPolicy> kPolicies[] = {
     {"error", MismatchPolicy::kError},
     {"copy_base", MismatchPolicy::kCopyBase}};
 
-absl::Status Invalid(absl::string_view field, absl::string_view rule) {
-  return absl::InvalidArgumentError(absl::StrCat(field, ": ", rule));
-}
-
 absl::StatusOr<std::vector<Regex>> CompileRegexes(
     const std::vector<std::string>& patterns, absl::string_view field) {
   if (patterns.size() > kMaxFilterPatterns) {
-    return Invalid(
+    return FieldError(
         field, absl::StrCat("has ", patterns.size(), " patterns; the limit is ",
                             kMaxFilterPatterns));
   }
@@ -52,8 +50,9 @@ absl::StatusOr<std::vector<Regex>> CompileRegexes(
 // Text fields end up in JSON (reports, fingerprints), which must be UTF-8.
 absl::Status CheckUtf8(const std::string& value, absl::string_view field) {
   if (size_t bad = FindInvalidUtf8(value); bad != absl::string_view::npos) {
-    return Invalid(field, absl::StrCat(Quote(value),
-                                       " is not valid UTF-8 (byte ", bad, ")"));
+    return FieldError(
+        field,
+        absl::StrCat(Quote(value), " is not valid UTF-8 (byte ", bad, ")"));
   }
   return absl::OkStatus();
 }
@@ -61,9 +60,9 @@ absl::Status CheckUtf8(const std::string& value, absl::string_view field) {
 absl::Status CheckUri(const std::string& uri, absl::string_view field) {
   TAILOR_RETURN_IF_ERROR(CheckUtf8(uri, field));
   if (uri.size() > kMaxUriBytes) {
-    return Invalid(field,
-                   absl::StrCat(Quote(uri), " is longer than the limit of ",
-                                kMaxUriBytes, " bytes"));
+    return FieldError(field,
+                      absl::StrCat(Quote(uri), " is longer than the limit of ",
+                                   kMaxUriBytes, " bytes"));
   }
   return absl::OkStatus();
 }
@@ -75,7 +74,7 @@ std::string KeyName(const std::string& key) {
 
 // Typed readers for FromJson: the key must hold the named JSON type.
 absl::Status WrongType(absl::string_view key, absl::string_view type) {
-  return Invalid(key, absl::StrCat("must be ", type));
+  return FieldError(key, absl::StrCat("must be ", type));
 }
 absl::Status ReadString(const nlohmann::json& v, absl::string_view key,
                         std::string* out) {
@@ -138,35 +137,153 @@ absl::Status ReadEnum(const nlohmann::json& v, absl::string_view key,
   return absl::OkStatus();
 }
 
+// The keys of FromJson's form, each once: its JSON type and how it is read
+// into the spec. Job files (client/job_file.cc) convert by the same tables.
+using TaskReader = absl::Status (*)(const nlohmann::json& v,
+                                    absl::string_view key, TaskSpec* t);
+struct TaskKey {
+  absl::string_view key;
+  SpecValue type;
+  TaskReader read;
+};
+constexpr TaskKey kTaskKeys[] = {
+    {"label", SpecValue::kString,
+     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
+       return ReadString(v, k, &t->label);
+     }},
+    {"finetuned", SpecValue::kString,
+     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
+       return ReadString(v, k, &t->finetuned_uri);
+     }},
+    {"patch", SpecValue::kString,
+     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
+       return ReadString(v, k, &t->patch_uri);
+     }},
+    {"hessians", SpecValue::kString,
+     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
+       return ReadString(v, k, &t->hessian_uri);
+     }},
+    {"keep", SpecValue::kNumber,
+     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
+       double d = 0;
+       TAILOR_RETURN_IF_ERROR(ReadNumber(v, k, &d));
+       t->keep_ratio = d;
+       return absl::OkStatus();
+     }},
+    {"omega", SpecValue::kNumber,
+     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
+       double d = 0;
+       TAILOR_RETURN_IF_ERROR(ReadNumber(v, k, &d));
+       t->omega = d;
+       return absl::OkStatus();
+     }},
+};
+
+template <typename Key, size_t N>
+const Key* FindKey(const Key (&table)[N], absl::string_view key) {
+  for (const Key& k : table) {
+    if (k.key == key) return &k;
+  }
+  return nullptr;
+}
+
+std::string TaskKeyList() {
+  std::vector<absl::string_view> keys;
+  for (const TaskKey& k : kTaskKeys) keys.push_back(k.key);
+  return absl::StrJoin(keys, ", ");
+}
+
 absl::StatusOr<TaskSpec> TaskFromJson(const nlohmann::json& j,
                                       const std::string& field) {
   if (!j.is_object()) return WrongType(field, "an object");
   TaskSpec t;
   for (const auto& [key, v] : j.items()) {
     const std::string f = absl::StrCat(field, ".", KeyName(key));
-    double d = 0;
-    if (key == "label") {
-      TAILOR_RETURN_IF_ERROR(ReadString(v, f, &t.label));
-    } else if (key == "finetuned") {
-      TAILOR_RETURN_IF_ERROR(ReadString(v, f, &t.finetuned_uri));
-    } else if (key == "patch") {
-      TAILOR_RETURN_IF_ERROR(ReadString(v, f, &t.patch_uri));
-    } else if (key == "hessians") {
-      TAILOR_RETURN_IF_ERROR(ReadString(v, f, &t.hessian_uri));
-    } else if (key == "keep") {
-      TAILOR_RETURN_IF_ERROR(ReadNumber(v, f, &d));
-      t.keep_ratio = d;
-    } else if (key == "omega") {
-      TAILOR_RETURN_IF_ERROR(ReadNumber(v, f, &d));
-      t.omega = d;
-    } else {
-      return Invalid(f,
-                     "unknown key (allowed: label, finetuned, patch, "
-                     "hessians, keep, omega)");
+    const TaskKey* k = FindKey(kTaskKeys, key);
+    if (k == nullptr) {
+      return FieldError(
+          f, absl::StrCat("unknown key (allowed: ", TaskKeyList(), ")"));
     }
+    TAILOR_RETURN_IF_ERROR(k->read(v, f, &t));
   }
   return t;
 }
+
+using SpecReader = absl::Status (*)(const nlohmann::json& v,
+                                    absl::string_view key, FusionSpec* s);
+struct SpecKey {
+  absl::string_view key;
+  SpecValue type;
+  SpecReader read;
+};
+// A SpecReader from an expression in v (the value), k (the key), s (the
+// spec).
+#define TAILOR_SPEC_READER(call)                                    \
+  [](const nlohmann::json& v, absl::string_view k, FusionSpec* s) { \
+    return call;                                                    \
+  }
+constexpr SpecKey kSpecKeys[] = {
+    {"pretrained", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadString(v, k, &s->pretrained_uri))},
+    {"tasks", SpecValue::kTasks,
+     [](const nlohmann::json& v, absl::string_view k, FusionSpec* s) {
+       if (!v.is_array()) return WrongType(k, "a list of tasks");
+       for (size_t i = 0; i < v.size(); ++i) {
+         TAILOR_ASSIGN_OR_RETURN(
+             TaskSpec t, TaskFromJson(v[i], absl::StrCat("tasks[", i, "]")));
+         s->tasks.push_back(std::move(t));
+       }
+       return absl::OkStatus();
+     }},
+    {"method", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadEnum(v, k, ParseMethod, &s->method))},
+    {"keep", SpecValue::kNumber,
+     TAILOR_SPEC_READER(ReadNumber(v, k, &s->tailor.keep_ratio))},
+    {"omega", SpecValue::kNumber,
+     TAILOR_SPEC_READER(ReadNumber(v, k, &s->tailor.omega))},
+    {"scope", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadEnum(v, k, ParseScope, &s->tailor.scope))},
+    {"normalize", SpecValue::kString,
+     TAILOR_SPEC_READER(
+         ReadEnum(v, k, ParseNormalization, &s->tailor.normalization))},
+    {"compensation", SpecValue::kString,
+     TAILOR_SPEC_READER(
+         ReadEnum(v, k, ParseCompensation, &s->tailor.compensation))},
+    {"damp", SpecValue::kNumber,
+     TAILOR_SPEC_READER(ReadNumber(v, k, &s->tailor.damp))},
+    {"block_size", SpecValue::kInt64,
+     TAILOR_SPEC_READER(ReadInt(v, k, &s->tailor.block_size))},
+    {"float64", SpecValue::kBool,
+     TAILOR_SPEC_READER(ReadBool(v, k, &s->tailor.float64))},
+    {"aggregate", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadEnum(v, k, ParseAggregation, &s->aggregation))},
+    {"lambda", SpecValue::kNumber,
+     TAILOR_SPEC_READER(ReadNumber(v, k, &s->lambda))},
+    {"density", SpecValue::kNumber,
+     TAILOR_SPEC_READER(ReadNumber(v, k, &s->density))},
+    {"drop", SpecValue::kNumber,
+     TAILOR_SPEC_READER(ReadNumber(v, k, &s->drop))},
+    {"seed", SpecValue::kUint64, TAILOR_SPEC_READER(ReadInt(v, k, &s->seed))},
+    {"include", SpecValue::kStrings,
+     TAILOR_SPEC_READER(ReadStrings(v, k, &s->include))},
+    {"exclude", SpecValue::kStrings,
+     TAILOR_SPEC_READER(ReadStrings(v, k, &s->exclude))},
+    {"on_mismatch", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadEnum(v, k, ParseMismatchPolicy, &s->on_mismatch))},
+    {"out", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadString(v, k, &s->output_uri))},
+    {"patch_out", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadString(v, k, &s->patch_uri))},
+    {"report", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadString(v, k, &s->report_uri))},
+    {"overwrite", SpecValue::kBool,
+     TAILOR_SPEC_READER(ReadBool(v, k, &s->overwrite))},
+    {"device", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadString(v, k, &s->device))},
+    {"threads", SpecValue::kInt,
+     TAILOR_SPEC_READER(ReadInt(v, k, &s->threads))},
+};
+#undef TAILOR_SPEC_READER
 
 }  // namespace
 
@@ -184,13 +301,13 @@ absl::string_view MismatchPolicyName(MismatchPolicy policy) {
 }
 
 absl::Status FusionSpec::Validate() const {
-  if (pretrained_uri.empty()) return Invalid("pretrained", "is required");
+  if (pretrained_uri.empty()) return FieldError("pretrained", "is required");
   if (tasks.empty()) {
-    return Invalid("tasks",
-                   "at least one fine-tuned checkpoint or patch is required");
+    return FieldError(
+        "tasks", "at least one fine-tuned checkpoint or patch is required");
   }
   if (output_uri.empty() && patch_uri.empty() && report_uri.empty()) {
-    return Invalid(
+    return FieldError(
         "outputs",
         "name at least one of out (fused checkpoint), patch_out, report");
   }
@@ -204,7 +321,8 @@ absl::Status FusionSpec::Validate() const {
     const TaskSpec& t = tasks[i];
     const std::string field = absl::StrCat("tasks[", i, "]");
     if (t.finetuned_uri.empty() == t.patch_uri.empty()) {
-      return Invalid(field, "exactly one of finetuned and patch must be set");
+      return FieldError(field,
+                        "exactly one of finetuned and patch must be set");
     }
     TAILOR_RETURN_IF_ERROR(
         CheckUri(t.finetuned_uri, absl::StrCat(field, ".finetuned")));
@@ -214,57 +332,57 @@ absl::Status FusionSpec::Validate() const {
         CheckUri(t.hessian_uri, absl::StrCat(field, ".hessians")));
     TAILOR_RETURN_IF_ERROR(CheckUtf8(t.label, absl::StrCat(field, ".label")));
     if (t.label.size() > kMaxLabelBytes) {
-      return Invalid(
+      return FieldError(
           absl::StrCat(field, ".label"),
           absl::StrCat(Quote(t.label), " is longer than the limit of ",
                        kMaxLabelBytes, " bytes"));
     }
     if (!t.label.empty() && !labels.insert(t.label).second) {
-      return Invalid(absl::StrCat(field, ".label"),
-                     absl::StrCat(Quote(t.label), " is used twice"));
+      return FieldError(absl::StrCat(field, ".label"),
+                        absl::StrCat(Quote(t.label), " is used twice"));
     }
     for (char c : t.label) {
       if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' ||
             c == '_' || c == '.')) {
-        return Invalid(absl::StrCat(field, ".label"),
-                       "may contain only letters, digits, '-', '_' and '.'");
+        return FieldError(absl::StrCat(field, ".label"),
+                          "may contain only letters, digits, '-', '_' and '.'");
       }
     }
     if (t.keep_ratio && !(*t.keep_ratio > 0 && *t.keep_ratio <= 1)) {
-      return Invalid(absl::StrCat(field, ".keep"), "must be in (0, 1]");
+      return FieldError(absl::StrCat(field, ".keep"), "must be in (0, 1]");
     }
     if (t.omega && !(*t.omega >= 0 && *t.omega <= 1)) {
-      return Invalid(absl::StrCat(field, ".omega"), "must be in [0, 1]");
+      return FieldError(absl::StrCat(field, ".omega"), "must be in [0, 1]");
     }
     if (!t.patch_uri.empty() && method != Method::kTailor &&
         method != Method::kMagnitude) {
-      return Invalid(
+      return FieldError(
           field,
           "patch tasks can only be stitched (method tailor or magnitude)");
     }
     if (!t.patch_uri.empty() && !t.hessian_uri.empty()) {
-      return Invalid(field,
-                     "a patch task takes no hessians (the patch is final)");
+      return FieldError(field,
+                        "a patch task takes no hessians (the patch is final)");
     }
     if (!t.hessian_uri.empty() && method != Method::kTailor) {
-      return Invalid(
+      return FieldError(
           field, absl::StrCat("hessians are used only by method tailor, not ",
                               MethodName(method)));
     }
   }
   if (method == Method::kSpider && tasks.size() != 1) {
-    return Invalid("method", "spider merges exactly one task");
+    return FieldError("method", "spider merges exactly one task");
   }
   if (!(lambda > 0) || !std::isfinite(lambda)) {
-    return Invalid("lambda", "must be a finite number > 0");
+    return FieldError("lambda", "must be a finite number > 0");
   }
   if (!(density > 0 && density <= 1))
-    return Invalid("density", "must be in (0, 1]");
-  if (!(drop >= 0 && drop < 1)) return Invalid("drop", "must be in [0, 1)");
+    return FieldError("density", "must be in (0, 1]");
+  if (!(drop >= 0 && drop < 1)) return FieldError("drop", "must be in [0, 1)");
   if (threads < 0 || threads > kMaxThreads) {
-    return Invalid("threads",
-                   absl::StrCat("must be in [0, ", kMaxThreads, "], not ",
-                                threads, " (0: the LibTorch default)"));
+    return FieldError("threads",
+                      absl::StrCat("must be in [0, ", kMaxThreads, "], not ",
+                                   threads, " (0: the LibTorch default)"));
   }
   TAILOR_RETURN_IF_ERROR(CheckUtf8(device, "device"));
   for (size_t i = 0; i < include.size(); ++i) {
@@ -277,7 +395,7 @@ absl::Status FusionSpec::Validate() const {
   }
   if (device != "auto" && device != "cpu" && device != "cuda" &&
       device.rfind("cuda:", 0) != 0) {
-    return Invalid(
+    return FieldError(
         "device",
         absl::StrCat("must be auto, cpu, cuda or cuda:N, not ", Quote(device)));
   }
@@ -306,8 +424,9 @@ bool TensorFilter::Excluded(absl::string_view name) const {
   return false;
 }
 
-nlohmann::json FusionSpec::ToJson() const {
+nlohmann::json FusionSpec::ToJson(bool with_overwrite) const {
   nlohmann::json j;
+  if (with_overwrite) j["overwrite"] = overwrite;
   j["pretrained"] = pretrained_uri;
   j["method"] = std::string(MethodName(method));
   nlohmann::json ts = nlohmann::json::array();
@@ -350,68 +469,25 @@ absl::StatusOr<FusionSpec> FusionSpec::FromJson(const nlohmann::json& j) {
   if (!j.is_object()) return WrongType("spec", "a JSON object");
   FusionSpec s;
   for (const auto& [key, v] : j.items()) {
-    absl::Status st;
-    if (key == "pretrained") {
-      st = ReadString(v, key, &s.pretrained_uri);
-    } else if (key == "tasks") {
-      if (!v.is_array()) return WrongType(key, "a list of tasks");
-      for (size_t i = 0; i < v.size(); ++i) {
-        TAILOR_ASSIGN_OR_RETURN(
-            TaskSpec t, TaskFromJson(v[i], absl::StrCat("tasks[", i, "]")));
-        s.tasks.push_back(std::move(t));
-      }
-    } else if (key == "method") {
-      st = ReadEnum(v, key, ParseMethod, &s.method);
-    } else if (key == "keep") {
-      st = ReadNumber(v, key, &s.tailor.keep_ratio);
-    } else if (key == "omega") {
-      st = ReadNumber(v, key, &s.tailor.omega);
-    } else if (key == "scope") {
-      st = ReadEnum(v, key, ParseScope, &s.tailor.scope);
-    } else if (key == "normalize") {
-      st = ReadEnum(v, key, ParseNormalization, &s.tailor.normalization);
-    } else if (key == "compensation") {
-      st = ReadEnum(v, key, ParseCompensation, &s.tailor.compensation);
-    } else if (key == "damp") {
-      st = ReadNumber(v, key, &s.tailor.damp);
-    } else if (key == "block_size") {
-      st = ReadInt(v, key, &s.tailor.block_size);
-    } else if (key == "float64") {
-      st = ReadBool(v, key, &s.tailor.float64);
-    } else if (key == "aggregate") {
-      st = ReadEnum(v, key, ParseAggregation, &s.aggregation);
-    } else if (key == "lambda") {
-      st = ReadNumber(v, key, &s.lambda);
-    } else if (key == "density") {
-      st = ReadNumber(v, key, &s.density);
-    } else if (key == "drop") {
-      st = ReadNumber(v, key, &s.drop);
-    } else if (key == "seed") {
-      st = ReadInt(v, key, &s.seed);
-    } else if (key == "include") {
-      st = ReadStrings(v, key, &s.include);
-    } else if (key == "exclude") {
-      st = ReadStrings(v, key, &s.exclude);
-    } else if (key == "on_mismatch") {
-      st = ReadEnum(v, key, ParseMismatchPolicy, &s.on_mismatch);
-    } else if (key == "out") {
-      st = ReadString(v, key, &s.output_uri);
-    } else if (key == "patch_out") {
-      st = ReadString(v, key, &s.patch_uri);
-    } else if (key == "report") {
-      st = ReadString(v, key, &s.report_uri);
-    } else if (key == "overwrite") {
-      st = ReadBool(v, key, &s.overwrite);
-    } else if (key == "device") {
-      st = ReadString(v, key, &s.device);
-    } else if (key == "threads") {
-      st = ReadInt(v, key, &s.threads);
-    } else {
-      st = Invalid(KeyName(key), "unknown key");
-    }
-    TAILOR_RETURN_IF_ERROR(st);
+    const SpecKey* k = FindKey(kSpecKeys, key);
+    if (k == nullptr) return FieldError(KeyName(key), "unknown key");
+    TAILOR_RETURN_IF_ERROR(k->read(v, key, &s));
   }
   return s;
 }
+
+std::optional<SpecValue> SpecKeyValue(absl::string_view key) {
+  const SpecKey* k = FindKey(kSpecKeys, key);
+  if (k == nullptr) return std::nullopt;
+  return k->type;
+}
+
+std::optional<SpecValue> TaskKeyValue(absl::string_view key) {
+  const TaskKey* k = FindKey(kTaskKeys, key);
+  if (k == nullptr) return std::nullopt;
+  return k->type;
+}
+
+std::string TaskKeyNames() { return TaskKeyList(); }
 
 }  // namespace tailor

@@ -8,8 +8,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "fusion/aggregation.h"
 #include "fusion/layer_options.h"
-#include "fusion/merge_methods.h"
 #include "nlohmann/json.hpp"
 #include "util/regex.h"
 
@@ -79,14 +79,36 @@ struct FusionSpec {
   // INVALID_ARGUMENT naming the field and the rule; checks everything that
   // does not need the files.
   absl::Status Validate() const;
-  // The spec as JSON (for reports and request fingerprints). `overwrite`
-  // is left out (it is not a property of the result).
-  nlohmann::json ToJson() const;
+  // The spec as JSON. Without `with_overwrite` (reports, request
+  // fingerprints) `overwrite` is left out: it is not a property of the
+  // result. With it, the job service's canonical request form (Prepare, the
+  // job store, tailorctl submit): FromJson() reads it back to an equal spec.
+  nlohmann::json ToJson(bool with_overwrite = false) const;
   // The inverse of ToJson(), also reading "overwrite": keys may be missing
   // (defaults apply); unknown keys and wrongly typed values are
   // INVALID_ARGUMENT naming the key. Does not call Validate().
   static absl::StatusOr<FusionSpec> FromJson(const nlohmann::json& json);
 };
+
+// The JSON type a key of FromJson's form must hold: the keys and their
+// types are defined once (fusion_spec.cc), and job files (YAML, whose
+// scalars carry no type) are converted to that form by them.
+enum class SpecValue {
+  kString,
+  kNumber,  // any JSON number (double)
+  kBool,
+  kInt,      // an integer in int's range
+  kInt64,    // an integer in int64_t's range
+  kUint64,   // a non-negative integer
+  kStrings,  // a list of strings
+  kTasks,    // a list of task objects (keys: TaskKeyValue)
+};
+// The type of top-level key `key`, or nullopt for an unknown key.
+std::optional<SpecValue> SpecKeyValue(absl::string_view key);
+// The type of a task's key (tasks[i].key), or nullopt for an unknown key.
+std::optional<SpecValue> TaskKeyValue(absl::string_view key);
+// The task keys, comma-separated, for "unknown key (allowed: ...)".
+std::string TaskKeyNames();
 
 // A spec's include/exclude filters, compiled (RE2: matching is linear in the
 // tensor name, whatever the pattern).

@@ -7,15 +7,9 @@
 
 #include "fusion/tailor_kernel.h"
 #include "fusion/top_k.h"
-#include "util/enum_names.h"
 
 namespace tailor {
 namespace {
-
-constexpr std::pair<absl::string_view, Aggregation> kAggregations[] = {
-    {"mean_selected", Aggregation::kMeanSelected},
-    {"mean_all", Aggregation::kMeanAll},
-    {"sum", Aggregation::kSum}};
 
 // A zero scalar of `like`'s dtype and device, for at::where.
 at::Tensor Zero(const at::Tensor& like) {
@@ -63,14 +57,6 @@ at::Tensor ZScore(const at::Tensor& x) {
 }
 
 }  // namespace
-
-absl::StatusOr<Aggregation> ParseAggregation(absl::string_view text) {
-  return ParseEnumName(text, "aggregate", kAggregations);
-}
-
-absl::string_view AggregationName(Aggregation a) {
-  return EnumName(a, kAggregations);
-}
 
 MergedDelta Stitch(const std::vector<TaskDelta>& tasks,
                    Aggregation aggregation) {

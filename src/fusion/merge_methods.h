@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "fusion/aggregation.h"  // Aggregation, ParseAggregation
 
 namespace tailor {
 
@@ -26,11 +27,6 @@ struct MergedDelta {
   at::Tensor mask;   // bool: entries the merge changes
   at::Tensor delta;  // zero wherever mask is false
 };
-
-// How stitched task patches combine where they overlap (src/DESIGN.md §2.4).
-enum class Aggregation { kMeanSelected, kMeanAll, kSum };
-absl::StatusOr<Aggregation> ParseAggregation(absl::string_view text);
-absl::string_view AggregationName(Aggregation a);
 
 // Union of the task masks; per entry, the aggregate of the deltas of the
 // tasks that selected it: kMeanSelected divides by the number of selecting

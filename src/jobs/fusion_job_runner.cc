@@ -2,9 +2,6 @@
 // service that sees LibTorch (through fusion_job.h).
 
 #include <ATen/Context.h>
-#include <unistd.h>
-
-#include <fstream>
 
 #ifdef TAILOR_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -14,36 +11,14 @@
 #include "absl/strings/str_format.h"
 #include "fusion/fusion_job.h"
 #include "fusion/output_plan.h"
-#include "jobs/job_runner.h"
+#include "jobs/fusion_job_runner.h"
+#include "jobs/proc_stats.h"
 #include "storage/uri_resolver.h"
 #include "util/staged_output.h"
 #include "util/status_macros.h"
 
 namespace tailor::jobs {
 namespace {
-
-// The first integer in file `path`, or 0 (missing, "max", unreadable).
-int64_t ReadLimit(const char* path) {
-  std::ifstream in(path);
-  int64_t value = 0;
-  if (!(in >> value) || value <= 0) return 0;
-  return value;
-}
-
-// Physical RAM, or the process's cgroup memory limit (v2, else v1) when that
-// is lower (a container); 0 if unknown.
-int64_t HostMemoryBytes() {
-  const long pages = ::sysconf(_SC_PHYS_PAGES);
-  const long page = ::sysconf(_SC_PAGESIZE);
-  int64_t bytes =
-      pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
-  for (const char* path : {"/sys/fs/cgroup/memory.max",
-                           "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
-    const int64_t limit = ReadLimit(path);
-    if (limit > 0 && (bytes == 0 || limit < bytes)) bytes = limit;
-  }
-  return bytes;
-}
 
 class FusionJobRunner : public JobRunner {
  public:
@@ -61,9 +36,7 @@ class FusionJobRunner : public JobRunner {
     TAILOR_ASSIGN_OR_RETURN(OutputPlan plan,
                             ResolveOutputPlan(spec, resolver_));
     TAILOR_RETURN_IF_ERROR(CheckOutputPlan(plan, resolver_));
-    nlohmann::json canonical = spec.ToJson();
-    canonical["overwrite"] = spec.overwrite;
-    return canonical;
+    return spec.ToJson(/*with_overwrite=*/true);
   }
 
   absl::StatusOr<nlohmann::json> Run(const nlohmann::json& json,

@@ -1,0 +1,209 @@
+// The job spec on its own: keys, JSON form, validation. Linked against
+// tailor_spec only, so it also proves the spec needs no LibTorch.
+
+#include "fusion/fusion_spec.h"
+
+#include <string>
+
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+
+namespace tailor {
+namespace {
+
+FusionSpec FullSpec() {
+  FusionSpec s;
+  s.pretrained_uri = "base";
+  TaskSpec a;
+  a.label = "code";
+  a.finetuned_uri = "ft";
+  a.hessian_uri = "h.safetensors";
+  a.keep_ratio = 0.3;
+  a.omega = 0.25;
+  TaskSpec b;
+  b.patch_uri = "p.safetensors";
+  s.tasks = {a, b};
+  s.method = Method::kTailor;
+  s.tailor.keep_ratio = 0.2;
+  s.tailor.scope = Scope::kRow;
+  s.tailor.normalization = Normalization::kZScore;
+  s.tailor.compensation = Compensation::kExact;
+  s.tailor.block_size = 64;
+  s.tailor.float64 = true;
+  s.aggregation = Aggregation::kSum;
+  s.lambda = 0.5;
+  s.density = 0.4;
+  s.drop = 0.3;
+  s.seed = 18446744073709551615ull;
+  s.include = {"layers\\.0\\."};
+  s.exclude = {"embed"};
+  s.on_mismatch = MismatchPolicy::kCopyBase;
+  s.output_uri = "out";
+  s.patch_uri = "patch";
+  s.report_uri = "report.json";
+  s.overwrite = true;
+  s.device = "cpu";
+  s.threads = 7;
+  return s;
+}
+
+void ExpectInvalid(const absl::Status& s, const std::string& text) {
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), text)) << s;
+}
+
+TEST(FusionSpecTest, ToJsonFromJsonRoundTripsEveryKey) {
+  const FusionSpec spec = FullSpec();
+  ASSERT_TRUE(spec.Validate().ok()) << spec.Validate();
+  const nlohmann::json j = spec.ToJson(/*with_overwrite=*/true);
+  absl::StatusOr<FusionSpec> back = FusionSpec::FromJson(j);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->ToJson(/*with_overwrite=*/true), j);
+  EXPECT_TRUE(back->overwrite);
+  EXPECT_EQ(back->seed, spec.seed);
+  ASSERT_EQ(back->tasks.size(), 2u);
+  EXPECT_EQ(back->tasks[0].keep_ratio, 0.3);
+  EXPECT_EQ(back->tasks[1].patch_uri, "p.safetensors");
+  EXPECT_FALSE(back->tasks[1].keep_ratio.has_value());
+  // Every key ToJson writes is a key of the table, with its JSON type.
+  for (const auto& [key, v] : j.items()) {
+    std::optional<SpecValue> type = SpecKeyValue(key);
+    ASSERT_TRUE(type.has_value()) << key;
+    switch (*type) {
+      case SpecValue::kString:
+        EXPECT_TRUE(v.is_string()) << key;
+        break;
+      case SpecValue::kNumber:
+        EXPECT_TRUE(v.is_number()) << key;
+        break;
+      case SpecValue::kBool:
+        EXPECT_TRUE(v.is_boolean()) << key;
+        break;
+      case SpecValue::kInt:
+      case SpecValue::kInt64:
+      case SpecValue::kUint64:
+        EXPECT_TRUE(v.is_number_integer()) << key;
+        break;
+      case SpecValue::kStrings:
+      case SpecValue::kTasks:
+        EXPECT_TRUE(v.is_array()) << key;
+        break;
+    }
+  }
+  for (const auto& [key, v] : j["tasks"][0].items()) {
+    EXPECT_TRUE(TaskKeyValue(key).has_value()) << key;
+  }
+}
+
+TEST(FusionSpecTest, OverwriteOnlyWithTheOption) {
+  FusionSpec spec = FullSpec();
+  EXPECT_FALSE(spec.ToJson().contains("overwrite"));
+  EXPECT_EQ(spec.ToJson(/*with_overwrite=*/true)["overwrite"], true);
+  spec.overwrite = false;
+  EXPECT_EQ(spec.ToJson(/*with_overwrite=*/true)["overwrite"], false);
+  // Apart from "overwrite" the two forms are the same.
+  nlohmann::json with = spec.ToJson(/*with_overwrite=*/true);
+  with.erase("overwrite");
+  EXPECT_EQ(with, spec.ToJson());
+}
+
+TEST(FusionSpecTest, MissingKeysTakeTheDefaults) {
+  absl::StatusOr<FusionSpec> s = FusionSpec::FromJson(nlohmann::json::object());
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->ToJson(), FusionSpec().ToJson());
+}
+
+TEST(FusionSpecTest, UnknownKeysAndWrongTypesNameTheKey) {
+  ExpectInvalid(FusionSpec::FromJson({{"keep_ratio", 0.1}}).status(),
+                "keep_ratio: unknown key");
+  ExpectInvalid(FusionSpec::FromJson({{"keep", "0.1"}}).status(),
+                "keep: must be a number");
+  ExpectInvalid(FusionSpec::FromJson({{"float64", 1}}).status(),
+                "float64: must be true or false");
+  ExpectInvalid(FusionSpec::FromJson({{"seed", -1}}).status(),
+                "seed: must be a non-negative integer");
+  ExpectInvalid(FusionSpec::FromJson({{"block_size", 1.5}}).status(),
+                "block_size: must be an integer");
+  ExpectInvalid(FusionSpec::FromJson({{"include", "x"}}).status(),
+                "include: must be a list of strings");
+  ExpectInvalid(
+      FusionSpec::FromJson({{"exclude", nlohmann::json::array({"a", 2})}})
+          .status(),
+      "exclude[1]: must be a string");
+  ExpectInvalid(FusionSpec::FromJson({{"method", "average"}}).status(),
+                "method");
+  ExpectInvalid(FusionSpec::FromJson({{"aggregate", "max"}}).status(),
+                "aggregate");
+  ExpectInvalid(FusionSpec::FromJson(nlohmann::json::array()).status(),
+                "spec: must be a JSON object");
+  // A long unknown key is quoted and bounded.
+  const std::string long_key(5000, 'k');
+  absl::Status s = FusionSpec::FromJson({{long_key, 1}}).status();
+  ExpectInvalid(s, "unknown key");
+  EXPECT_LT(s.message().size(), 200u);
+}
+
+TEST(FusionSpecTest, TaskKeysAreCheckedWithTheirPath) {
+  nlohmann::json j = {{"tasks", {{{"label", "a"}, {"weight", 1}}}}};
+  ExpectInvalid(
+      FusionSpec::FromJson(j).status(),
+      "tasks[0].weight: unknown key (allowed: label, finetuned, patch, "
+      "hessians, keep, omega)");
+  EXPECT_EQ(TaskKeyNames(), "label, finetuned, patch, hessians, keep, omega");
+  j = {{"tasks", {{{"omega", "half"}}}}};
+  ExpectInvalid(FusionSpec::FromJson(j).status(),
+                "tasks[0].omega: must be a number");
+  j = {{"tasks", {"ft"}}};
+  ExpectInvalid(FusionSpec::FromJson(j).status(),
+                "tasks[0]: must be an object");
+  j = {{"tasks", "ft"}};
+  ExpectInvalid(FusionSpec::FromJson(j).status(),
+                "tasks: must be a list of tasks");
+}
+
+TEST(FusionSpecTest, KeyTypesDriveJobFileConversion) {
+  EXPECT_EQ(SpecKeyValue("threads"), SpecValue::kInt);
+  EXPECT_EQ(SpecKeyValue("block_size"), SpecValue::kInt64);
+  EXPECT_EQ(SpecKeyValue("seed"), SpecValue::kUint64);
+  EXPECT_EQ(SpecKeyValue("include"), SpecValue::kStrings);
+  EXPECT_EQ(SpecKeyValue("tasks"), SpecValue::kTasks);
+  EXPECT_EQ(SpecKeyValue("overwrite"), SpecValue::kBool);
+  EXPECT_EQ(SpecKeyValue("keep"), SpecValue::kNumber);
+  EXPECT_EQ(SpecKeyValue("method"), SpecValue::kString);
+  EXPECT_FALSE(SpecKeyValue("block-size").has_value());  // canonical only
+  EXPECT_FALSE(SpecKeyValue("finetuned").has_value());   // job-file lists
+  EXPECT_EQ(TaskKeyValue("keep"), SpecValue::kNumber);
+  EXPECT_FALSE(TaskKeyValue("tasks").has_value());
+}
+
+TEST(FusionSpecTest, ValidateNamesTheField) {
+  FusionSpec s = FullSpec();
+  EXPECT_TRUE(s.Validate().ok());
+  s.tasks[0].label = "bad label";
+  ExpectInvalid(s.Validate(), "tasks[0].label");
+  s = FullSpec();
+  s.device = "tpu";
+  ExpectInvalid(s.Validate(), "device: must be auto, cpu, cuda or cuda:N");
+  s = FullSpec();
+  s.include = {"("};
+  ExpectInvalid(s.Validate(), "include[0]");
+}
+
+TEST(FusionSpecTest, TensorFilterIncludesAndExcludes) {
+  FusionSpec s;
+  absl::StatusOr<TensorFilter> all = TensorFilter::Compile(s);
+  ASSERT_TRUE(all.ok());
+  EXPECT_TRUE(all->Included("anything"));
+  EXPECT_FALSE(all->Excluded("anything"));
+  s.include = {"^layers\\.", "lm_head"};
+  s.exclude = {"bias$"};
+  absl::StatusOr<TensorFilter> f = TensorFilter::Compile(s);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_TRUE(f->Included("layers.0.weight"));
+  EXPECT_TRUE(f->Included("model.lm_head.weight"));
+  EXPECT_FALSE(f->Included("embed.weight"));
+  EXPECT_TRUE(f->Excluded("layers.0.bias"));
+}
+
+}  // namespace
+}  // namespace tailor
