@@ -22,8 +22,8 @@
 #include "absl/time/clock.h"
 #include "fusion_service.h"
 #include "google/protobuf/stubs/logging.h"
+#include "jobs/fusion_job_runner.h"
 #include "jobs/job_manager.h"
-#include "jobs/job_runner.h"
 #include "metrics/registry.h"
 #include "metrics_http_server.h"
 #include "nlohmann/json.hpp"
@@ -75,7 +75,7 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
   if (roots.empty()) {
     char cwd[4096];
     if (::getcwd(cwd, sizeof(cwd)) == nullptr) {
-      return Fail(ErrnoToStatus(errno, "getcwd"));
+      return Fail(ErrnoError(errno, "getcwd"));
     }
     roots.push_back(cwd);
   }

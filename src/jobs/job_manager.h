@@ -21,8 +21,10 @@
 #include "jobs/device_pool.h"
 #include "jobs/job.h"
 #include "jobs/job_metrics.h"
+#include "jobs/job_request.h"  // CreateJobRequest
 #include "jobs/job_runner.h"
 #include "jobs/job_store.h"
+#include "jobs/runner_devices.h"  // kDefaultCpuBudget, kDefaultCudaBudget
 #include "metrics/registry.h"
 
 namespace tailor::jobs {
@@ -67,16 +69,6 @@ struct JobManagerOptions {
   size_t cached_events = 1024;
   // Tests: runs before every store commit; an error fails the commit.
   std::function<absl::Status()> store_fault_for_testing;
-};
-
-inline constexpr double kDefaultCpuBudget = 0.5;
-inline constexpr double kDefaultCudaBudget = 0.9;
-
-struct CreateJobRequest {
-  nlohmann::json spec;  // FusionSpec::FromJson form
-  int priority = 0;     // 0..9
-  std::map<std::string, std::string> labels;
-  std::string request_id;  // optional idempotency key
 };
 
 struct ListJobsResult {
@@ -175,9 +167,13 @@ class JobManager {
                                         int64_t after_sequence, size_t max,
                                         bool may_read_store = true) const;
 
-  // `listener` runs (on some internal thread, without the manager's locks)
-  // after every new event of job `job_id` and once when draining begins. It
-  // must be quick and must not call AddListener/RemoveListener.
+  // `listener` runs on some internal thread after every new event of job
+  // `job_id` (inside Record, under the store-writer lock write_mu_ and the
+  // listener lock: it delays every job's next change), and once when
+  // draining begins (under the listener lock only). It must be quick. It may
+  // call ReadEvents with may_read_store=false, GetJob and draining() (they
+  // take only mu_); AddListener, RemoveListener and the methods that record
+  // a change (CreateJob, CancelJob) would deadlock.
   int64_t AddListener(const std::string& job_id,
                       std::function<void()> listener);
   // After this returns the listener is not running and will not run again.
@@ -222,8 +218,6 @@ class JobManager {
     bool running = false;      // taken off the queue by a worker
     bool interrupted = false;  // stopped by the drain, not by a user
   };
-  class ProgressAdapter;
-
   JobManager(const JobManagerOptions& options,
              std::unique_ptr<JobRunner> runner, std::unique_ptr<JobStore> store,
              std::unique_ptr<DevicePool> pool, metrics::Registry* registry);
@@ -267,11 +261,18 @@ class JobManager {
   std::unique_ptr<JobMetrics> metrics_;     // null without a registry
   int64_t collector_id_ = 0;
 
+  // Lock order: write_mu_, then listeners_mu_, then mu_. Record() releases
+  // mu_ before it notifies (under write_mu_), and a listener may take mu_
+  // through the read-only methods named at AddListener.
+  //
   // Serialises Record() (store write + publish) so that events are durable
-  // before they are visible and stored in sequence order.
-  absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  // before they are visible and stored in sequence order; CreateJob holds it
+  // too, so that creates and their output-overlap checks do not interleave.
+  // Held while listeners run (Notify from Record).
+  absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(listeners_mu_, mu_);
 
-  mutable absl::Mutex mu_;  // guards the job table, the queue and draining_
+  // Guards the job table, the queue and draining_.
+  mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(write_mu_);
   std::map<std::string, Entry> jobs_ ABSL_GUARDED_BY(mu_);  // by id
   std::map<int64_t, std::string> by_order_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> by_request_id_ ABSL_GUARDED_BY(mu_);
@@ -283,7 +284,8 @@ class JobManager {
   int active_workers_ ABSL_GUARDED_BY(mu_) = 0;
 
   // Guards the listener table; held while a listener runs.
-  absl::Mutex listeners_mu_;
+  absl::Mutex listeners_mu_ ABSL_ACQUIRED_AFTER(write_mu_)
+      ABSL_ACQUIRED_BEFORE(mu_);
   struct Listener {
     std::string job_id;
     std::function<void()> fn;

@@ -64,12 +64,7 @@ class JobRunner {
   virtual std::vector<RunnerDevice> Devices() const = 0;
 };
 
-// The engine-backed runner (RunFusionJob) over URIs inside `allowed_roots`.
-// No output may overlap `protected_paths` (tailord passes its data
-// directory), nor be or contain an allowed root.
-absl::StatusOr<std::unique_ptr<JobRunner>> NewFusionJobRunner(
-    const std::vector<std::string>& allowed_roots,
-    const std::vector<std::string>& protected_paths = {});
+// The engine-backed runner: NewFusionJobRunner (jobs/fusion_job_runner.h).
 
 }  // namespace tailor::jobs
 

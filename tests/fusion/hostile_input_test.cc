@@ -18,7 +18,7 @@
 #include "fusion/fusion_spec.h"
 #include "fusion/patch.h"
 #include "io/safetensors_file.h"
-#include "jobs/job_runner.h"
+#include "jobs/fusion_job_runner.h"
 #include "storage/uri_resolver.h"
 #include "testing/fifo.h"
 #include "testing/test_util.h"
