@@ -152,7 +152,7 @@ absl::Status CheckpointWriter::Plan(const CheckpointWriterOptions& options) {
     const std::string path = JoinPath(staging_dir_, out.name);
     int fd = ::openat(staged_->fd(), out.name.c_str(),
                       O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", path));
+    if (fd < 0) return ErrnoError(errno, absl::StrCat("create ", path));
     out.fd = ScopedFd(fd);
     TAILOR_RETURN_IF_ERROR(PWriteFully(fd, head.data(), head.size(), 0, path));
     const uint64_t data_offset = head.size();
@@ -160,7 +160,7 @@ absl::Status CheckpointWriter::Plan(const CheckpointWriterOptions& options) {
     // Sets the final size now: a tensor never written reads back as zeros,
     // but Commit() refuses to publish in that case anyway.
     if (::ftruncate(fd, static_cast<off_t>(out.size)) != 0) {
-      return ErrnoToStatus(errno, absl::StrCat("resize ", path));
+      return ErrnoError(errno, absl::StrCat("resize ", path));
     }
     for (size_t k = 0; k < ids.size(); ++k) {
       slots_[ids[k]].file = f;
@@ -368,7 +368,7 @@ absl::Status CheckpointWriter::Stage() {
   for (OutFile& f : files_) {
     const std::string path = JoinPath(staging_dir_, f.name);
     if (::fsync(f.fd.get()) != 0) {
-      return ErrnoToStatus(errno, absl::StrCat("fsync ", path));
+      return ErrnoError(errno, absl::StrCat("fsync ", path));
     }
     f.fd = ScopedFd();
   }
@@ -379,7 +379,7 @@ absl::Status CheckpointWriter::Stage() {
   }
   TAILOR_RETURN_IF_ERROR(CopyNonTensorFiles());
   if (::fsync(staged_->fd()) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("fsync ", staging_dir_));
+    return ErrnoError(errno, absl::StrCat("fsync ", staging_dir_));
   }
   staged_done_ = true;
   return absl::OkStatus();

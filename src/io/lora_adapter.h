@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "io/checkpoint.h"
+#include "io/peft_config.h"  // LoraConfig
 #include "io/tensor_source.h"
 
 namespace tailor {
@@ -17,19 +18,6 @@ inline constexpr char kAdapterWeightsName[] = "adapter_model.safetensors";
 
 // True if `dir` is a directory holding adapter_config.json.
 bool IsLoraAdapterDir(const std::string& dir);
-
-// The parts of a PEFT adapter_config.json that change the merged weights.
-struct LoraConfig {
-  int r = 0;
-  double lora_alpha = 0;
-  bool fan_in_fan_out = false;
-  bool use_rslora = false;  // scaling = alpha / sqrt(r) instead of alpha / r
-  // Per-module overrides, keyed by PEFT's pattern (a module-name suffix).
-  std::map<std::string, int> rank_pattern;
-  std::map<std::string, double> alpha_pattern;
-  std::vector<std::string> target_modules;   // informational
-  std::vector<std::string> modules_to_save;  // informational
-};
 
 // One module's low-rank update, resolved against the base checkpoint.
 struct LoraModule {
@@ -81,6 +69,9 @@ class LoraFineTuned : public TensorSource {
 
  private:
   LoraFineTuned() = default;
+
+  // The module merged into base tensor `name`, or null (Read and ReadRaw).
+  const LoraModule* FindModule(absl::string_view name) const;
 
   const TensorSource* base_ = nullptr;
   std::unique_ptr<Checkpoint> adapter_;

@@ -42,15 +42,6 @@ std::optional<at::ScalarType> ToScalarType(DType dtype) {
   }
 }
 
-std::optional<DType> FromScalarType(at::ScalarType type) {
-  for (DType d :
-       {DType::kBOOL, DType::kU8, DType::kI8, DType::kI16, DType::kI32,
-        DType::kI64, DType::kF16, DType::kBF16, DType::kF32, DType::kF64}) {
-    if (ToScalarType(d) == type) return d;
-  }
-  return std::nullopt;
-}
-
 absl::StatusOr<at::Tensor> ApplyReadOptions(const at::Tensor& tensor,
                                             const ReadOptions& options,
                                             absl::string_view label) {

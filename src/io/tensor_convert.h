@@ -16,7 +16,6 @@ namespace tailor {
 // LibTorch's type for a safetensors dtype; nullopt where LibTorch 1.13 has
 // none (U16, U32, U64, F8_E4M3, F8_E5M2).
 std::optional<at::ScalarType> ToScalarType(DType dtype);
-std::optional<DType> FromScalarType(at::ScalarType type);
 
 // Reads `entry` of `file` into a new CPU tensor of the stored type with one
 // pread straight into the tensor's storage, then converts it per `options`.
