@@ -99,7 +99,7 @@ absl::StatusOr<std::string> RemoteClient::Fetch(
   // size and digest check out.
   std::string temp = path + ".part-XXXXXX";
   const int fd = ::mkstemp(temp.data());
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", temp));
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("create ", temp));
   ScopedFd file(fd);
   ::fchmod(fd, 0644);
   Sha256 sha;
@@ -144,10 +144,10 @@ absl::StatusOr<std::string> RemoteClient::Fetch(
                                          " != announced ", announced));
   }
   if (s.ok() && ::fsync(file.get()) != 0) {
-    s = ErrnoToStatus(errno, absl::StrCat("fsync ", temp));
+    s = ErrnoError(errno, absl::StrCat("fsync ", temp));
   }
   if (s.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
-    s = ErrnoToStatus(errno, absl::StrCat("rename to ", path));
+    s = ErrnoError(errno, absl::StrCat("rename to ", path));
   }
   if (!s.ok()) {
     ::unlink(temp.c_str());

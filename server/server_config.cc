@@ -2,30 +2,28 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "util/field_error.h"
 #include "util/file_util.h"
 #include "yaml-cpp/yaml.h"
 
 namespace tailor::server {
 namespace {
 
-absl::Status Invalid(absl::string_view key, absl::string_view rule) {
-  return absl::InvalidArgumentError(absl::StrCat(key, ": ", rule));
-}
-
 absl::Status CheckHostPort(absl::string_view key, const std::string& value) {
   const size_t colon = value.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == value.size()) {
-    return Invalid(key, absl::StrCat("must be HOST:PORT, not '", value, "'"));
+    return FieldError(key,
+                      absl::StrCat("must be HOST:PORT, not '", value, "'"));
   }
   for (size_t i = colon + 1; i < value.size(); ++i) {
     if (value[i] < '0' || value[i] > '9') {
-      return Invalid(key,
-                     absl::StrCat("port must be a number in '", value, "'"));
+      return FieldError(key,
+                        absl::StrCat("port must be a number in '", value, "'"));
     }
   }
   if (value.size() - colon - 1 > 5 ||
       std::stoi(value.substr(colon + 1)) > 65535) {
-    return Invalid(key, "port must be at most 65535");
+    return FieldError(key, "port must be at most 65535");
   }
   return absl::OkStatus();
 }
@@ -34,11 +32,12 @@ template <typename T>
 absl::Status Read(const YAML::Node& node, const std::string& where,
                   const char* type, T* out) {
   try {
-    if (!node.IsScalar()) return Invalid(where, absl::StrCat("must be ", type));
+    if (!node.IsScalar())
+      return FieldError(where, absl::StrCat("must be ", type));
     *out = node.as<T>();
     return absl::OkStatus();
   } catch (const YAML::Exception&) {
-    return Invalid(
+    return FieldError(
         where, absl::StrCat("must be ", type, ", not '", node.Scalar(), "'"));
   }
 }
@@ -51,35 +50,35 @@ absl::Status ServerConfig::Validate() const {
       !s.ok()) {
     return s;
   }
-  if (data_dir.empty()) return Invalid("data-dir", "must not be empty");
+  if (data_dir.empty()) return FieldError("data-dir", "must not be empty");
   if (max_concurrent_jobs < 1 || max_concurrent_jobs > 256) {
-    return Invalid("max-concurrent-jobs", "must be in 1..256");
+    return FieldError("max-concurrent-jobs", "must be in 1..256");
   }
-  if (max_queued_jobs < 1) return Invalid("max-queued-jobs", "must be >= 1");
+  if (max_queued_jobs < 1) return FieldError("max-queued-jobs", "must be >= 1");
   if (max_spec_bytes < 1024 || max_spec_bytes > (4 << 20)) {
-    return Invalid("max-spec-bytes", "must be in 1024..4194304");
+    return FieldError("max-spec-bytes", "must be in 1024..4194304");
   }
   if (!(drain_timeout_seconds > 0 && drain_timeout_seconds < 30)) {
-    return Invalid("drain-timeout",
-                   "must be in (0, 30) seconds (shorter than Kubernetes' "
-                   "default 30 s grace period)");
+    return FieldError("drain-timeout",
+                      "must be in (0, 30) seconds (shorter than Kubernetes' "
+                      "default 30 s grace period)");
   }
   if (journal_max_bytes < 0) {
-    return Invalid("journal-max-bytes",
-                   "must be >= 0 (0: half the free space at a job's start)");
+    return FieldError("journal-max-bytes",
+                      "must be >= 0 (0: half the free space at a job's start)");
   }
   if (journal_reserve_bytes < 0) {
-    return Invalid("journal-reserve-bytes", "must be >= 0");
+    return FieldError("journal-reserve-bytes", "must be >= 0");
   }
   if (max_interrupted_runs < 1 || max_interrupted_runs > 100) {
-    return Invalid("max-interrupted-runs", "must be in 1..100");
+    return FieldError("max-interrupted-runs", "must be in 1..100");
   }
   if (max_result_streams < 1 || max_result_streams > 4096) {
-    return Invalid("max-result-streams", "must be in 1..4096");
+    return FieldError("max-result-streams", "must be in 1..4096");
   }
   if (log_level != "debug" && log_level != "info" && log_level != "warning" &&
       log_level != "error") {
-    return Invalid("log-level", "must be debug, info, warning or error");
+    return FieldError("log-level", "must be debug, info, warning or error");
   }
   return DeviceBudgets().status();
 }
@@ -90,9 +89,10 @@ ServerConfig::DeviceBudgets() const {
   for (const std::string& text : device_memory_budgets) {
     absl::StatusOr<std::pair<std::string, jobs::DeviceBudget>> b =
         jobs::ParseDeviceBudget(text);
-    if (!b.ok()) return Invalid("device-memory-budget", b.status().message());
+    if (!b.ok())
+      return FieldError("device-memory-budget", b.status().message());
     if (!budgets.emplace(b->first, b->second).second) {
-      return Invalid(
+      return FieldError(
           "device-memory-budget",
           absl::StrCat("device ", b->first, " is given more than once"));
     }
@@ -113,7 +113,7 @@ absl::Status LoadServerConfigFile(const std::string& path,
   }
   if (root.IsNull()) return absl::OkStatus();
   if (!root.IsMap()) {
-    return Invalid(path, "must be a mapping of settings");
+    return FieldError(path, "must be a mapping of settings");
   }
   for (const auto& kv : root) {
     const std::string key =
@@ -139,7 +139,7 @@ absl::Status LoadServerConfigFile(const std::string& path,
           config->allowed_roots.push_back(root_dir);
         }
       } else {
-        s = Invalid(where, "must be a string or a list of strings");
+        s = FieldError(where, "must be a string or a list of strings");
       }
     } else if (key == "max-concurrent-jobs") {
       s = Read(v, where, "an integer", &config->max_concurrent_jobs);
@@ -182,12 +182,12 @@ absl::Status LoadServerConfigFile(const std::string& path,
               absl::StrCat(d.first.Scalar(), "=", value));
         }
       } else {
-        s = Invalid(where,
-                    "must be DEVICE=VALUE, a list of them, or a mapping "
-                    "DEVICE: VALUE");
+        s = FieldError(where,
+                       "must be DEVICE=VALUE, a list of them, or a mapping "
+                       "DEVICE: VALUE");
       }
     } else {
-      s = Invalid(where, "unknown setting (see tailord --help)");
+      s = FieldError(where, "unknown setting (see tailord --help)");
     }
     if (!s.ok()) return s;
   }

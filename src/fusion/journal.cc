@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "io/safetensors_header.h"
 #include "util/file_util.h"
+#include "util/json_util.h"
 #include "util/sha256.h"
 #include "util/status_macros.h"
 
@@ -120,17 +121,16 @@ absl::Status FusionJournal::Write(const JournalEntry& entry) const {
     sha.Update(*bytes);
     tensors.push_back(std::move(t));
   }
-  std::map<std::string, std::string> metadata;
-  try {
-    metadata = {{"format", kJournalFormat},
-                {"index", absl::StrCat(entry.index)},
-                {"name", entry.name},
-                {"record", record.dump()},
-                {"sha256", sha.FinalHex()}};
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "journal entry ", entry.index, ": not serialisable: ", e.what()));
-  }
+  TAILOR_ASSIGN_OR_RETURN(
+      std::string record_text,
+      DumpJson(record, absl::StrCat("journal entry ", entry.index,
+                                    ": not serialisable")));
+  const std::map<std::string, std::string> metadata = {
+      {"format", kJournalFormat},
+      {"index", absl::StrCat(entry.index)},
+      {"name", entry.name},
+      {"record", record_text},
+      {"sha256", sha.FinalHex()}};
   std::string file = SerializeSafetensorsHead(metadata, tensors);
   const uint64_t size = file.size() + offset;
   if (limits_.max_bytes > 0 && bytes_ + size > limits_.max_bytes) {

@@ -185,7 +185,7 @@ absl::Status HessianCollector::Write(const std::string& path) const {
     TAILOR_RETURN_IF_ERROR(writer->Commit());
     const std::string file = JoinPath(staging, kSingleFileName);
     if (::rename(file.c_str(), path.c_str()) != 0) {
-      return ErrnoToStatus(errno, absl::StrCat("rename ", file, " -> ", path));
+      return ErrnoError(errno, absl::StrCat("rename ", file, " -> ", path));
     }
     return FsyncDirectory(Dirname(path));
   };

@@ -242,7 +242,7 @@ absl::Status LlamaModel::Save(const std::string& out_dir,
       absl::StrCat(Dirname(out_dir), "/.", Basename(out_dir), ".config-",
                    ::getpid(), "-", counter.fetch_add(1));
   if (::mkdir(config_dir.c_str(), 0755) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("create ", config_dir));
+    return ErrnoError(errno, absl::StrCat("create ", config_dir));
   }
   auto save = [&]() -> absl::Status {
     nlohmann::json config = config_.ToJson();

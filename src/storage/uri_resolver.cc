@@ -21,6 +21,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "util/errno_status.h"
 #include "util/status_macros.h"
 
 namespace tailor {
@@ -32,12 +33,9 @@ std::string Quote(absl::string_view s) {
   return absl::StrCat("'", absl::CHexEscape(s), "'");
 }
 
-// absl::ErrnoToStatus with ELOOP (which absl maps to UNKNOWN) treated as a
-// property of the file system state.
+// A failed path lookup (ErrnoReading::kPathResolution).
 absl::Status ErrnoStatus(int err, absl::string_view message) {
-  absl::Status status = absl::ErrnoToStatus(err, message);
-  if (err == ELOOP) return absl::FailedPreconditionError(status.message());
-  return status;
+  return ErrnoError(err, message, ErrnoReading::kPathResolution);
 }
 
 // realpath(3) into a std::string. On failure returns false and sets *err.

@@ -28,34 +28,6 @@ ScopedFd::~ScopedFd() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-absl::Status ErrnoToStatus(int errno_value, absl::string_view context) {
-  std::string message = absl::StrCat(context, ": ", std::strerror(errno_value));
-  switch (errno_value) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(message);
-    case EACCES:
-    case EPERM:
-    case EROFS:
-      return absl::PermissionDeniedError(message);
-    case ENOSPC:
-    case EDQUOT:
-    case EMFILE:
-    case ENFILE:
-    case ENOMEM:
-      return absl::ResourceExhaustedError(message);
-    case EEXIST:
-      return absl::AlreadyExistsError(message);
-    case EINVAL:
-    case ENAMETOOLONG:
-    case ELOOP:
-    case EISDIR:
-      return absl::InvalidArgumentError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
-
 namespace {
 
 const char* FileTypeName(mode_t mode) {
@@ -74,11 +46,11 @@ absl::StatusOr<ScopedFd> OpenForRead(const std::string& path) {
   // for ever. Regular files ignore the flag; it is cleared once the file is
   // known to be one, so reads behave as usual.
   int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open ", path));
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("open ", path));
   ScopedFd owned(fd);
   struct stat st;
   if (::fstat(fd, &st) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("stat ", path));
+    return ErrnoError(errno, absl::StrCat("stat ", path));
   }
   if (!S_ISREG(st.st_mode)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -86,7 +58,7 @@ absl::StatusOr<ScopedFd> OpenForRead(const std::string& path) {
   }
   const int flags = ::fcntl(fd, F_GETFL);
   if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("fcntl ", path));
+    return ErrnoError(errno, absl::StrCat("fcntl ", path));
   }
   return owned;
 }
@@ -94,7 +66,7 @@ absl::StatusOr<ScopedFd> OpenForRead(const std::string& path) {
 absl::StatusOr<uint64_t> RegularFileSize(int fd, absl::string_view label) {
   struct stat st;
   if (::fstat(fd, &st) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("stat ", label));
+    return ErrnoError(errno, absl::StrCat("stat ", label));
   }
   if (!S_ISREG(st.st_mode)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -112,7 +84,7 @@ absl::Status PReadFully(int fd, void* buffer, size_t size, uint64_t offset,
         ::pread(fd, out + done, size - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return ErrnoToStatus(errno, absl::StrCat("read ", label));
+      return ErrnoError(errno, absl::StrCat("read ", label));
     }
     if (n == 0) {
       return absl::DataLossError(
@@ -133,7 +105,7 @@ absl::Status PWriteFully(int fd, const void* data, size_t size, uint64_t offset,
         ::pwrite(fd, in + done, size - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return ErrnoToStatus(errno, absl::StrCat("write ", label));
+      return ErrnoError(errno, absl::StrCat("write ", label));
     }
     done += static_cast<size_t>(n);
   }
@@ -168,7 +140,7 @@ std::string TempSibling(const std::string& path) {
 absl::Status FsyncFd(int fd, absl::string_view label) {
   while (::fsync(fd) != 0) {
     if (errno != EINTR)
-      return ErrnoToStatus(errno, absl::StrCat("fsync ", label));
+      return ErrnoError(errno, absl::StrCat("fsync ", label));
   }
   return absl::OkStatus();
 }
@@ -177,7 +149,7 @@ absl::Status FsyncFd(int fd, absl::string_view label) {
 
 absl::Status FsyncDirectory(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open directory ", dir));
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("open directory ", dir));
   ScopedFd owned(fd);
   return FsyncFd(fd, dir);
 }
@@ -186,7 +158,7 @@ absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view contents) {
   const std::string tmp = TempSibling(path);
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", tmp));
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("create ", tmp));
   absl::Status s;
   {
     ScopedFd owned(fd);
@@ -194,7 +166,7 @@ absl::Status WriteFileAtomically(const std::string& path,
     if (s.ok()) s = FsyncFd(fd, tmp);
   }
   if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    s = ErrnoToStatus(errno, absl::StrCat("rename ", tmp, " -> ", path));
+    s = ErrnoError(errno, absl::StrCat("rename ", tmp, " -> ", path));
   }
   if (!s.ok()) {
     ::unlink(tmp.c_str());
@@ -216,7 +188,7 @@ absl::Status CopyIntoFd(const std::string& from, int fd, absl::string_view to) {
     ssize_t n = ::read(in->get(), buffer.data(), buffer.size());
     if (n < 0) {
       if (errno == EINTR) continue;
-      return ErrnoToStatus(errno, absl::StrCat("read ", from));
+      return ErrnoError(errno, absl::StrCat("read ", from));
     }
     if (n == 0) break;
     absl::Status s =
@@ -231,7 +203,7 @@ absl::Status CopyIntoFd(const std::string& from, int fd, absl::string_view to) {
 
 absl::Status CopyFileDurably(const std::string& from, const std::string& to) {
   int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", to));
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("create ", to));
   ScopedFd out(fd);
   return CopyIntoFd(from, fd, to);
 }
@@ -241,7 +213,7 @@ absl::Status CopyFileDurablyAt(const std::string& from, int dirfd,
                                absl::string_view label) {
   int fd = ::openat(dirfd, name.c_str(),
                     O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", label));
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("create ", label));
   ScopedFd out(fd);
   return CopyIntoFd(from, fd, label);
 }
@@ -250,7 +222,7 @@ absl::Status WriteFileAt(int dirfd, const std::string& name,
                          absl::string_view contents, absl::string_view label) {
   int fd = ::openat(dirfd, name.c_str(),
                     O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", label));
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("create ", label));
   ScopedFd out(fd);
   TAILOR_RETURN_IF_ERROR(
       PWriteFully(fd, contents.data(), contents.size(), 0, label));
@@ -267,7 +239,7 @@ absl::Status MakeDirectories(const std::string& dir) {
   const std::string parent = Dirname(dir);
   if (parent != dir) TAILOR_RETURN_IF_ERROR(MakeDirectories(parent));
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return ErrnoToStatus(errno, absl::StrCat("create directory ", dir));
+    return ErrnoError(errno, absl::StrCat("create directory ", dir));
   }
   return absl::OkStatus();
 }
@@ -276,18 +248,18 @@ absl::Status RemoveAll(const std::string& path) {
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return absl::OkStatus();
-    return ErrnoToStatus(errno, absl::StrCat("stat ", path));
+    return ErrnoError(errno, absl::StrCat("stat ", path));
   }
   if (!S_ISDIR(st.st_mode)) {
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-      return ErrnoToStatus(errno, absl::StrCat("remove ", path));
+      return ErrnoError(errno, absl::StrCat("remove ", path));
     }
     return absl::OkStatus();
   }
   auto remove_entry = [](const char* p, const struct stat*, int,
                          struct FTW*) -> int { return ::remove(p); };
   if (::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("remove ", path));
+    return ErrnoError(errno, absl::StrCat("remove ", path));
   }
   return absl::OkStatus();
 }
@@ -295,7 +267,7 @@ absl::Status RemoveAll(const std::string& path) {
 absl::Status CheckFileOrDirectory(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("stat ", path));
+    return ErrnoError(errno, absl::StrCat("stat ", path));
   }
   if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return absl::OkStatus();
   return absl::InvalidArgumentError(
@@ -320,7 +292,7 @@ bool IsRegularFile(const std::string& path) {
 
 absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& dir) {
   DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return ErrnoToStatus(errno, absl::StrCat("list ", dir));
+  if (d == nullptr) return ErrnoError(errno, absl::StrCat("list ", dir));
   std::vector<std::string> names;
   while (struct dirent* e = ::readdir(d)) {
     absl::string_view name = e->d_name;

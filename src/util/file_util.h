@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "util/errno_status.h"
 
 namespace tailor {
 
@@ -34,10 +35,11 @@ class ScopedFd {
   int fd_ = -1;
 };
 
-// Maps errno to a status code (ENOENT -> NOT_FOUND, EACCES ->
-// PERMISSION_DENIED, ENOSPC/EDQUOT -> RESOURCE_EXHAUSTED, ...) with "<context>:
-// <strerror>".
-absl::Status ErrnoToStatus(int errno_value, absl::string_view context);
+// The old spelling of ErrnoError(errno_value, context) (util/errno_status.h),
+// kept only until src/fusion/patch.cc moves over: new code calls ErrnoError.
+inline absl::Status ErrnoToStatus(int errno_value, absl::string_view context) {
+  return ErrnoError(errno_value, context);
+}
 
 // Opens `path` read-only (O_CLOEXEC) for reading its contents. Never blocks
 // in open(2): the open is O_NONBLOCK, anything but a regular file (a FIFO, a

@@ -101,4 +101,13 @@ absl::StatusOr<nlohmann::json> ParseJsonStrict(absl::string_view text,
   return result;
 }
 
+absl::StatusOr<std::string> DumpJson(const nlohmann::json& j,
+                                     absl::string_view what, int indent) {
+  try {
+    return j.dump(indent);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", e.what()));
+  }
+}
+
 }  // namespace tailor

@@ -2,6 +2,7 @@
 #define TAILOR_UTIL_JSON_UTIL_H_
 
 #include <cstddef>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -19,6 +20,12 @@ size_t FindInvalidUtf8(absl::string_view text);
 // INVALID_ARGUMENT naming `label` and the rule.
 absl::StatusOr<nlohmann::json> ParseJsonStrict(absl::string_view text,
                                                absl::string_view label);
+
+// j.dump(indent) without the exception: nlohmann throws (type_error 316)
+// on a string that is not UTF-8. Such a failure is INVALID_ARGUMENT
+// "<what>: <nlohmann's message>".
+absl::StatusOr<std::string> DumpJson(const nlohmann::json& j,
+                                     absl::string_view what, int indent = -1);
 
 }  // namespace tailor
 

@@ -126,7 +126,7 @@ absl::StatusOr<ScopedFd> OpenDirectoryNoFollow(const std::string& path) {
         absl::StrCat("'", path, "' is not an absolute path"));
   }
   int fd = ::open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return ErrnoToStatus(errno, "open /");
+  if (fd < 0) return ErrnoError(errno, "open /");
   ScopedFd current(fd);
   std::string walked;
   for (absl::string_view c : absl::StrSplit(path, '/', absl::SkipEmpty())) {
@@ -146,7 +146,7 @@ absl::StatusOr<ScopedFd> OpenDirectoryNoFollow(const std::string& path) {
                          "' is no longer a directory (it is a symbolic link "
                          "or another file)"));
       }
-      return ErrnoToStatus(err, absl::StrCat("open directory ", walked));
+      return ErrnoError(err, absl::StrCat("open directory ", walked));
     }
     current = ScopedFd(next);
   }
@@ -158,21 +158,21 @@ absl::Status RemoveTreeAt(int dirfd, const std::string& name,
   struct stat st;
   if (::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
     if (errno == ENOENT) return absl::OkStatus();
-    return ErrnoToStatus(errno, absl::StrCat("inspect ", label));
+    return ErrnoError(errno, absl::StrCat("inspect ", label));
   }
   if (!S_ISDIR(st.st_mode)) {
     if (::unlinkat(dirfd, name.c_str(), 0) != 0 && errno != ENOENT) {
-      return ErrnoToStatus(errno, absl::StrCat("remove ", label));
+      return ErrnoError(errno, absl::StrCat("remove ", label));
     }
     return absl::OkStatus();
   }
   const int fd = ::openat(dirfd, name.c_str(),
                           O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open ", label));
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("open ", label));
   DIR* d = ::fdopendir(fd);
   if (d == nullptr) {
     ::close(fd);
-    return ErrnoToStatus(errno, absl::StrCat("read ", label));
+    return ErrnoError(errno, absl::StrCat("read ", label));
   }
   std::vector<std::string> children;
   while (struct dirent* e = ::readdir(d)) {
@@ -187,7 +187,7 @@ absl::Status RemoveTreeAt(int dirfd, const std::string& name,
   ::closedir(d);
   if (!status.ok()) return status;
   if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
-    return ErrnoToStatus(errno, absl::StrCat("remove ", label));
+    return ErrnoError(errno, absl::StrCat("remove ", label));
   }
   return absl::OkStatus();
 }
@@ -210,7 +210,7 @@ absl::StatusOr<std::unique_ptr<StagedOutput>> StagedOutput::Create(
       return absl::NotFoundError(absl::StrCat(
           "parent directory ", parent, " of output ", path, " does not exist"));
     }
-    return ErrnoToStatus(err, absl::StrCat("resolve ", parent));
+    return ErrnoError(err, absl::StrCat("resolve ", parent));
   }
   std::unique_ptr<StagedOutput> o(new StagedOutput());
   o->parent_path_ = real;
@@ -235,7 +235,7 @@ absl::StatusOr<std::unique_ptr<StagedOutput>> StagedOutput::Create(
   int fd = -1;
   if (kind == Kind::kDirectory) {
     if (::mkdirat(o->parent_fd(), o->staging_name_.c_str(), 0755) != 0) {
-      return ErrnoToStatus(errno, absl::StrCat("create ", o->staging_path()));
+      return ErrnoError(errno, absl::StrCat("create ", o->staging_path()));
     }
     fd = ::openat(o->parent_fd(), o->staging_name_.c_str(),
                   O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -246,7 +246,7 @@ absl::StatusOr<std::unique_ptr<StagedOutput>> StagedOutput::Create(
   if (fd < 0) {
     const int err = errno;
     (void)RemoveTreeAt(o->parent_fd(), o->staging_name_, o->staging_path());
-    return ErrnoToStatus(err, absl::StrCat("create ", o->staging_path()));
+    return ErrnoError(err, absl::StrCat("create ", o->staging_path()));
   }
   o->fd_ = ScopedFd(fd);
   (void)::flock(fd, LOCK_EX | LOCK_NB);  // marks it live (see StagingName)
@@ -279,7 +279,7 @@ absl::Status StagedOutput::CheckPublishable() const {
   struct stat st;
   if (::fstatat(parent_fd(), name_.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
     if (errno == ENOENT) return absl::OkStatus();
-    return ErrnoToStatus(errno, absl::StrCat("inspect ", path_));
+    return ErrnoError(errno, absl::StrCat("inspect ", path_));
   }
   if (!overwrite_) {
     return absl::AlreadyExistsError(
@@ -302,7 +302,7 @@ absl::Status StagedOutput::Publish() {
   }
   TAILOR_RETURN_IF_ERROR(CheckPublishable());
   if (kind_ == Kind::kFile && ::fsync(fd()) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("fsync ", staging_path()));
+    return ErrnoError(errno, absl::StrCat("fsync ", staging_path()));
   }
   if (RenameAt2(parent_fd(), staging_name_, parent_fd(), name_,
                 kRenameNoReplace) == 0) {
@@ -324,12 +324,12 @@ absl::Status StagedOutput::Publish() {
       return absl::AlreadyExistsError(
           absl::StrCat(path_, " appeared while writing; not replacing it"));
     }
-    return ErrnoToStatus(
+    return ErrnoError(
         err, absl::StrCat("rename ", staging_path(), " -> ", path_));
   }
   published_ = true;
   if (::fsync(parent_fd()) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("fsync ", parent_path_));
+    return ErrnoError(errno, absl::StrCat("fsync ", parent_path_));
   }
   return absl::OkStatus();
 }
@@ -341,7 +341,7 @@ absl::Status StagedOutput::Rollback() {
                            : RenameAt2(parent_fd(), name_, parent_fd(),
                                        staging_name_, kRenameNoReplace);
   if (rc != 0) {
-    return ErrnoToStatus(errno,
+    return ErrnoError(errno,
                          absl::StrCat("roll back ", path_, " (restore from ",
                                       staging_path(), ")"));
   }

@@ -14,8 +14,18 @@ namespace tailor {
 
 // The one boundary where LibTorch exceptions become statuses: runs `fn` and
 // turns c10::Error (and any other std::exception) into INTERNAL naming
-// `context`. `fn` returns void, absl::Status, a value T, or absl::StatusOr<T>;
-// the result is absl::Status or absl::StatusOr<T> accordingly.
+// `context`.
+//
+// Where it belongs: around the LibTorch calls of a public entry point of a
+// torch-using library (a TensorSource's Read, a kernel's Fuse, a model's
+// forward, a LoRA merge), as close to the ATen calls as keeps the context
+// meaningful; inputs are validated before, so what it catches is a LibTorch
+// failure (allocation, an unsupported op), not bad user input. Code already
+// inside a CatchTorch, and the torch-free libraries (tailor_base,
+// tailor_spec, tailor_jobs, ...), do not use it; nothing above the engine
+// (server/, client/) sees a c10::Error. See src/DESIGN.md §5. `fn` returns
+// void, absl::Status, a value T, or absl::StatusOr<T>; the result is
+// absl::Status or absl::StatusOr<T> accordingly.
 template <typename Fn>
 auto CatchTorch(absl::string_view context, Fn&& fn) {
   using R = std::invoke_result_t<Fn>;

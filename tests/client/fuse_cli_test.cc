@@ -6,6 +6,8 @@
 #include <sys/wait.h>
 
 #include <cstdlib>
+#include <tuple>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -143,6 +145,71 @@ TEST_F(FuseCliTest, BadInputsExitWithCodes) {
       Tailorctl({"apply-patch", "--pretrained", base_, "--patch", job, "--out",
                  tmp_.Join("v"), "--allowed-root", ft_});
   EXPECT_EQ(denied.code, 5) << denied.err;
+}
+
+// Job files go YAML -> the spec's JSON form -> FusionSpec::FromJson (issue
+// #13): the key table of fusion_spec.cc types each value, and the errors
+// still name the file and the key. `submit` checks the file before it
+// connects, so nothing here runs a fusion.
+TEST_F(FuseCliTest, JobFileKeysAreTheSpecKeys) {
+  auto submit = [&](const std::string& name, const std::string& body) {
+    const std::string job = tmp_.Join(name);
+    WriteFileOrDie(job, absl::StrCat("pretrained: ", base_, "\n", body));
+    CliResult r = Tailorctl({"submit", "-f", job, "--server", "127.0.0.1:1"});
+    return std::make_pair(job, r);
+  };
+  struct Case {
+    std::string body;
+    std::string expected;  // in stderr, after the file name
+  };
+  const std::string ft = absl::StrCat("finetuned: ", ft_, "\nreport: r.json\n");
+  const Case cases[] = {
+      {ft + "keep: lots\n", ": keep: must be a number, not 'lots'"},
+      {ft + "float64: maybe\n",
+       ": float64: must be true or false, not 'maybe'"},
+      {ft + "threads: 4294967297\n", ": threads: must be an integer"},
+      {ft + "seed: -1\n", ": seed: must be a non-negative integer"},
+      {ft + "block-size: [4]\n", ": block_size: must be an integer"},
+      {ft + "include: {a: 1}\n",
+       ": include: must be a string or a list of strings"},
+      {ft + "keep-ratio: 0.1\n",
+       ": keep_ratio: unknown key (see tailorctl fuse --help)"},
+      {ft + "keep: 0.1\nkeep: 0.2\n", ": keep: given twice"},
+      {absl::StrCat("tasks:\n  - finetuned: ", ft_, "\n    weight: 2\n",
+                    "report: r.json\n"),
+       ": tasks[0].weight: unknown key (allowed: label, finetuned, patch, "
+       "hessians, keep, omega)"},
+      {absl::StrCat("tasks:\n  - finetuned: ", ft_, "\n    omega: half\n",
+                    "report: r.json\n"),
+       ": tasks[0].omega: must be a number, not 'half'"},
+      {"tasks: [x]\nreport: r.json\n", ": tasks[0]: must be a mapping"},
+      {"tasks: x\nreport: r.json\n", ": tasks: must be a list"},
+      {absl::StrCat(ft, "tasks:\n  - finetuned: ", ft_, "\n"),
+       ": tasks: cannot be combined with top-level"},
+      {absl::StrCat(ft, "labels: [a, b]\n"), ": labels: 2 given for 1 tasks"},
+  };
+  for (const Case& c : cases) {
+    auto [job, r] = submit("bad.yaml", c.body);
+    EXPECT_EQ(r.code, 3) << c.body << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, job + c.expected)) << c.body << "\n"
+                                                            << r.err;
+  }
+  // An enum's name is checked by the spec's parser (no file prefix, as
+  // before), and so are the spec's rules (Validate).
+  auto [job, r] = submit("method.yaml", ft + "method: average\n");
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "tailor|magnitude")) << r.err;
+  std::tie(job, r) = submit("keep.yaml", ft + "keep: 2\n");
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "keep")) << r.err;
+  // A valid file passes the checks: only the connection fails (not 3).
+  std::tie(job, r) = submit(
+      "ok.yaml",
+      absl::StrCat(ft, "on-mismatch: copy_base\ninclude: '^m\\.'\n",
+                   "seed: 18446744073709551615\nthreads: 2\nfloat64: true\n",
+                   "overwrite: yes\nlabels: [code]\n"));
+  EXPECT_NE(r.code, 3) << r.err;
+  EXPECT_NE(r.code, 0) << r.err;
 }
 
 }  // namespace

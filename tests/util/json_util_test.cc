@@ -171,5 +171,23 @@ TEST(ParseJsonStrictTest, InvalidUtf8IsRejectedBeforeParsing) {
             absl::InvalidArgumentError("cfg.json: not valid UTF-8 (byte 7)"));
 }
 
+TEST(DumpJsonTest, DumpsOrSaysWhyNot) {
+  const nlohmann::json ok = {{"a", 1}, {"b", "x"}};
+  absl::StatusOr<std::string> text = DumpJson(ok, "ok");
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(*text, ok.dump());
+  text = DumpJson(ok, "ok", 2);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text, ok.dump(2));
+  // A string that is not UTF-8 makes nlohmann throw: a status instead.
+  const nlohmann::json bad = {{"name", std::string("\xff\xfe")}};
+  absl::Status s = DumpJson(bad, "journal entry 3: not serialisable").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(
+      absl::StartsWith(s.message(), "journal entry 3: not serialisable: "))
+      << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "UTF-8")) << s;
+}
+
 }  // namespace
 }  // namespace tailor
