@@ -19,12 +19,17 @@ the 1.3B pair.
 The reference (bench/reference_tailor.py) is the way a user would write the
 method from SparseGPT's published loop: per-module Hessian preparation
 (cholesky -> cholesky_inverse -> cholesky), min-max fused scores, torch.topk,
-lazy-batch OBS with the mask fixed. It needs Debian's python3-torch; run this
-script with /usr/bin/python3.
+lazy-batch OBS with the mask fixed. It needs a python3 with torch (Debian's
+python3-torch: /usr/bin/python3; bench/layer_bench.sh picks one); the
+reference runs under the same interpreter as this script.
 
   bench/layer_bench.sh [--quick] [--with-1b] [--threads 1] [--reps 1]
+                       [--device cpu|cuda|cuda:N]
                        [--workdir /tmp/tailor-layer-bench]
                        [--tailorctl build/client/tailorctl]
+
+--device places both tailorctl's fusion (`fuse --device`) and the
+reference's maths; the dd floor and the GEMM rate stay CPU figures.
 """
 
 import argparse
@@ -146,7 +151,7 @@ def run_tailorctl(args, workdir, out, extra, base="base", ft="ft"):
            "--pretrained", os.path.join(workdir, base),
            "--finetuned", os.path.join(workdir, ft),
            "--out", out_dir, "--report", report, "--overwrite",
-           "--threads", str(args.threads)] + extra
+           "--threads", str(args.threads), "--device", args.device] + extra
     wall, rss = timed_run(cmd)
     run_tailorctl.peak_rss_kib[out] = rss
     with open(report) as f:
@@ -197,12 +202,12 @@ def report_io(label, ta_wall, dd, rss_kib, rss_target_mb):
 def run_reference(args, workdir, out):
     t0 = time.perf_counter()
     subprocess.run(
-        ["/usr/bin/python3", os.path.join(HERE, "reference_tailor.py"),
+        [sys.executable, os.path.join(HERE, "reference_tailor.py"),
          "--pretrained", os.path.join(workdir, "base", "model.safetensors"),
          "--finetuned", os.path.join(workdir, "ft", "model.safetensors"),
          "--hessians", os.path.join(workdir, "hessians.safetensors"),
          "--out", os.path.join(workdir, out + ".safetensors"),
-         "--threads", str(args.threads),
+         "--threads", str(args.threads), "--device", args.device,
          "--timings", os.path.join(workdir, out + ".timings.json")],
         check=True)
     wall = time.perf_counter() - t0
@@ -248,6 +253,9 @@ def main():
                    help="also the 1.3B-shaped pair for the data-free methods")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N: where tailorctl and the "
+                        "reference compute")
     p.add_argument("--workdir", default="/tmp/tailor-layer-bench")
     p.add_argument("--tailorctl",
                    default=os.path.join(HERE, "..", "build", "client",
@@ -292,9 +300,9 @@ def main():
         rows.append((method, best))
     print("load average after:", loadavg())
 
-    print("\n%-22s %10s" % ("run (layer, %d thread%s)" %
-                            (args.threads, "" if args.threads == 1 else "s"),
-                            "wall s"))
+    print("\n%-22s %10s" % ("run (layer, %d thread%s, %s)" %
+                            (args.threads, "" if args.threads == 1 else "s",
+                             args.device), "wall s"))
     for name, t in rows:
         print("%-22s %10.2f" % (name, t))
     speedup = min(theirs) / min(ours)

@@ -12,9 +12,9 @@ checkpoint (BF16) and a timings file.
 
   reference_tailor.py --pretrained A.safetensors --finetuned B.safetensors
       --hessians H.safetensors --out OUT.safetensors [--threads 1]
-      [--keep 0.1] [--timings T.json]
+      [--keep 0.1] [--timings T.json] [--device cpu|cuda|cuda:N]
 
-Needs Debian's python3-torch (run with /usr/bin/python3).
+Needs a python3 with torch (Debian's python3-torch: /usr/bin/python3).
 """
 
 import argparse
@@ -77,15 +77,17 @@ def minmax(x):
     return (x - lo) / r if r > 0 else torch.zeros_like(x)
 
 
-def tailor_module(w_pre, w_ft, h, keep, omega=0.5, damp=0.01, block=128):
-    """Returns (fused delta, sum of squared OBS errors)."""
-    d = w_ft.float() - w_pre.float()
+def tailor_module(w_pre, w_ft, h, keep, omega=0.5, damp=0.01, block=128,
+                  device="cpu"):
+    """Returns (fused delta on `device`, sum of squared OBS errors)."""
+    d = w_ft.to(device).float() - w_pre.to(device).float()
+    h = h.to(device)
     rows, cols = d.shape
     # Hessian preparation, as SparseGPT does it.
     h = h.clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(cols)
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(cols, device=device)
     hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
     hinv_diag = torch.diag(hinv)
     u = torch.linalg.cholesky(hinv, upper=True)
@@ -94,7 +96,7 @@ def tailor_module(w_pre, w_ft, h, keep, omega=0.5, damp=0.01, block=128):
     score = omega * minmax(d.abs()) + (1 - omega) * minmax(
         d.pow(2) / (2 * hinv_diag))
     k = int(round(keep * d.numel()))
-    mask = torch.zeros(d.numel(), dtype=torch.bool)
+    mask = torch.zeros(d.numel(), dtype=torch.bool, device=device)
     mask[torch.topk(score.flatten(), k).indices] = True
     mask = mask.view(rows, cols)
     del score
@@ -131,6 +133,8 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--keep", type=float, default=0.1)
     p.add_argument("--timings")
+    p.add_argument("--device", default="cpu",
+                   help="where the maths runs: cpu, cuda or cuda:N")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -143,9 +147,10 @@ def main():
         t0 = time.perf_counter()
         key = aliases.get(name, name[: -len(".weight")] + ".hessian")
         if w.dim() == 2 and key in hess:
-            d, e = tailor_module(w, ft[name], hess[key], args.keep)
+            d, e = tailor_module(w, ft[name], hess[key], args.keep,
+                                 device=args.device)
             losses += e
-            out[name] = (w.float() + d).to(torch.bfloat16)
+            out[name] = (w.float() + d.cpu()).to(torch.bfloat16)
         else:
             out[name] = w
         timings[name] = time.perf_counter() - t0
