@@ -22,6 +22,8 @@
 #include "fusion/merge_methods.h"
 #include "fusion/output_plan.h"
 #include "fusion/patch.h"
+#include "fusion/patch_stream.h"
+#include "fusion/stitch_stream.h"
 #include "fusion/tailor_kernel.h"
 #include "io/checkpoint_writer.h"
 #include "io/lora_adapter.h"
@@ -665,6 +667,12 @@ class Job {
   // checkpoint (a LoRA view is computed whole) and a stored dtype LibTorch
   // has.
   bool Streams(const TensorInfo& info) const {
+    if (options_.stream_chunk_elements <= 0) return false;
+    if (StitchesPatches()) {
+      // Every output (fused checkpoint, stitched patch) streams.
+      return device_.is_cpu() && info.numel > 0 &&
+             ToScalarType(info.dtype).has_value();
+    }
     if (spec_.method != Method::kTaskArithmetic &&
         spec_.method != Method::kDare) {
       return false;
@@ -694,6 +702,7 @@ class Job {
   // report are identical. A NaN/Inf input is reported at the first chunk
   // holding one (pre-trained before fine-tuned within a chunk).
   absl::StatusOr<JournalEntry> StreamOne(size_t index, const TensorInfo& info) {
+    if (StitchesPatches()) return StreamStitch(index, info);
     const auto t0 = Clock::now();
     const std::string& name = info.name;
     JournalEntry out;
@@ -835,6 +844,76 @@ class Job {
     hessians_.Finished(static_cast<int64_t>(index));
     if (journal_) out.fused = std::move(journal_bytes);
     nlohmann::json entry = FusedReportEntry(info, kept, per_task);
+    entry["seconds"] = Seconds(t0);
+    out.report = std::move(entry);
+    return out;
+  }
+
+  // Whether the job stitches task patches only (tailor or magnitude, every
+  // task a patch): no fine-tuned tensor is read and every merge is
+  // elementwise, so tensors stream (StreamStitch).
+  bool StitchesPatches() const {
+    if (spec_.method != Method::kTailor && spec_.method != Method::kMagnitude) {
+      return false;
+    }
+    return std::all_of(tasks_.begin(), tasks_.end(),
+                       [](const auto& task) { return task->patch != nullptr; });
+  }
+
+  // FuseOne for a tensor stitched from patches only (StitchesPatches() and
+  // Streams()): StreamStitchedTensor (stitch_stream.h) in chunks of
+  // options_.stream_chunk_elements, each chunk written straight to writer_
+  // (the caller must not write the tensor again). The same bytes, stitched
+  // patch entry and report entry as FuseOne. Working memory is a few chunks
+  // plus the stitched patch entry when there is a patch output; with a
+  // journal and a fused checkpoint the stored bytes are kept for its entry.
+  absl::StatusOr<JournalEntry> StreamStitch(size_t index,
+                                            const TensorInfo& info) {
+    const auto t0 = Clock::now();
+    const std::string& name = info.name;
+    JournalEntry out;
+    out.index = static_cast<int64_t>(index);
+    out.name = name;
+    std::vector<const PatchFile*> patches;
+    for (const auto& task : tasks_) {
+      patches.push_back(task->patch->Find(name) != nullptr ? task->patch.get()
+                                                           : nullptr);
+    }
+    const at::ScalarType compute =
+        spec_.tailor.float64 ? at::kDouble : at::kFloat;
+    std::string journal_bytes;
+    const bool keep_bytes = journal_ && writer_;
+    if (keep_bytes) journal_bytes.reserve(info.nbytes);
+    CheckpointWriter::TensorStream stream;
+    if (writer_) {
+      TAILOR_ASSIGN_OR_RETURN(stream, writer_->BeginTensor(name));
+    }
+    auto sink = [&](absl::string_view bytes) -> absl::Status {
+      if (!writer_) return absl::OkStatus();
+      TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
+      if (keep_bytes) journal_bytes.append(bytes.data(), bytes.size());
+      return absl::OkStatus();
+    };
+    TAILOR_ASSIGN_OR_RETURN(
+        StitchStreamResult r,
+        StreamStitchedTensor(*base_, info, patches, spec_.aggregation, compute,
+                             options_.stream_chunk_elements,
+                             stitched_ != nullptr, sink));
+    if (writer_) TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&stream));
+    hessians_.Finished(static_cast<int64_t>(index));
+    nlohmann::json per_task = nlohmann::json::array();
+    for (size_t t = 0; t < tasks_.size(); ++t) {
+      per_task.push_back({{"label", tasks_[t]->label},
+                          {"source", "patch"},
+                          {"kept", r.task_kept[t]}});
+    }
+    if (stitched_) {
+      nlohmann::json patch_stats = {{"kept", r.kept}, {"tasks", per_task}};
+      out.patches.push_back(JournalPatch{"stitched", *std::move(r.stitched),
+                                         std::move(patch_stats)});
+    }
+    if (keep_bytes) out.fused = std::move(journal_bytes);
+    nlohmann::json entry = FusedReportEntry(info, r.kept, per_task);
     entry["seconds"] = Seconds(t0);
     out.report = std::move(entry);
     return out;
@@ -1178,7 +1257,8 @@ absl::StatusOr<nlohmann::json> RunFusionJob(const FusionSpec& spec,
 absl::Status ApplyPatch(const std::string& pretrained_uri,
                         const std::string& patch_uri,
                         const std::string& output_uri, bool overwrite,
-                        const UriResolver& resolver) {
+                        const UriResolver& resolver,
+                        int64_t stream_chunk_elements) {
   ConfigureAllocatorForStreaming();
   return CatchTorch("apply-patch", [&]() -> absl::Status {
     TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> base,
@@ -1255,6 +1335,12 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
       if (patch->Find(info.name) == nullptr) {
         TAILOR_ASSIGN_OR_RETURN(std::string bytes, base->ReadRaw(info.name));
         TAILOR_RETURN_IF_ERROR(writer->WriteRaw(info.name, bytes));
+        continue;
+      }
+      if (stream_chunk_elements > 0 && info.numel > 0 &&
+          ToScalarType(info.dtype).has_value()) {
+        TAILOR_RETURN_IF_ERROR(StreamPatchedTensor(
+            *base, info, *patch, stream_chunk_elements, writer.get()));
         continue;
       }
       TAILOR_ASSIGN_OR_RETURN(at::Tensor pre, base->Read(info.name));
