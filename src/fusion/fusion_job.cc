@@ -665,7 +665,8 @@ class Job {
   // arithmetic, DARE) on the CPU whose only output is the fused checkpoint
   // (patches are packed per whole tensor), with every task a safetensors
   // checkpoint (a LoRA view is computed whole) and a stored dtype LibTorch
-  // has.
+  // has; or stitching task patches only (StitchesPatches: every output
+  // streams). Never with options_.stream_chunk_elements <= 0.
   bool Streams(const TensorInfo& info) const {
     if (options_.stream_chunk_elements <= 0) return false;
     if (StitchesPatches()) {
