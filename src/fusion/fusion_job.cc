@@ -574,6 +574,37 @@ class Job {
     journal_.reset();
   }
 
+  // A journal spool for the stored bytes of streamed tensor `index`, or
+  // null without a journal. When the journal cannot take them (its limits)
+  // the job goes on without it, as WriteJournal does.
+  std::shared_ptr<JournalFusedSpool> BeginSpool(size_t index,
+                                                const TensorInfo& info) {
+    if (!journal_) return nullptr;
+    absl::StatusOr<std::unique_ptr<JournalFusedSpool>> spool =
+        journal_->BeginFused(static_cast<int64_t>(index), info.nbytes);
+    if (spool.ok()) return std::move(*spool);
+    DropJournal(static_cast<int64_t>(index), info.name, spool.status());
+    return nullptr;
+  }
+  // Appends a streamed chunk to `spool` (if any); a failed write (ENOSPC)
+  // drops the spool and the journal, never the job.
+  void Spool(std::shared_ptr<JournalFusedSpool>& spool,
+             absl::string_view bytes) {
+    if (!spool) return;
+    const absl::Status s = spool->Append(bytes);
+    if (s.ok()) return;
+    spool.reset();
+    if (journal_) DropJournal(-1, "", s);
+  }
+  void DropJournal(int64_t index, const std::string& name,
+                   const absl::Status& why) {
+    Note(absl::StrCat("journal ", journal_->dir(), ": cannot record tensor ",
+                      index >= 0 ? absl::StrCat(index, " ('", name, "')")
+                                 : std::string("being streamed"),
+                      ": ", why.message(), "; continuing without the journal"));
+    journal_.reset();
+  }
+
   // The journal's entry for plan item `index`, if it has a valid one that
   // fits this job's outputs; otherwise nullopt (and a note if it was
   // damaged), and the tensor is computed again.
@@ -584,10 +615,9 @@ class Job {
     absl::StatusOr<JournalEntry> e =
         journal_->Read(static_cast<int64_t>(index));
     absl::Status fits = e.status();
-    if (fits.ok() && (e->name != info.name ||
-                      (writer_ && (!e->fused.has_value() ||
-                                   e->fused->size() != info.nbytes)) ||
-                      (stitched_ && e->FindPatch("stitched") == nullptr))) {
+    if (fits.ok() &&
+        (e->name != info.name || (writer_ && e->FusedBytes() != info.nbytes) ||
+         (stitched_ && e->FindPatch("stitched") == nullptr))) {
       fits = absl::InvalidArgumentError("it does not fit the plan");
     }
     for (size_t t = 0; fits.ok() && t < tasks_.size(); ++t) {
@@ -722,8 +752,7 @@ class Job {
     const uint64_t esize = info.nbytes / static_cast<uint64_t>(n);
     const int64_t chunk =
         std::clamp<int64_t>(options_.stream_chunk_elements, 1, n);
-    std::string journal_bytes;
-    if (journal_) journal_bytes.reserve(info.nbytes);
+    std::shared_ptr<JournalFusedSpool> spool = BeginSpool(index, info);
     int64_t kept = 0;
     TAILOR_ASSIGN_OR_RETURN(CheckpointWriter::TensorStream stream,
                             writer_->BeginTensor(name));
@@ -791,7 +820,7 @@ class Job {
             const absl::string_view bytes(
                 static_cast<const char*>(out_buf.data_ptr()), byte_len);
             TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
-            if (journal_) journal_bytes.append(bytes.data(), bytes.size());
+            Spool(spool, bytes);
             continue;
           }
         }
@@ -837,13 +866,13 @@ class Job {
             static_cast<const char*>(stored_chunk.data_ptr()),
             static_cast<size_t>(m) * esize);
         TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
-        if (journal_) journal_bytes.append(bytes.data(), bytes.size());
+        Spool(spool, bytes);
       }
       return absl::OkStatus();
     }));
     TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&stream));
     hessians_.Finished(static_cast<int64_t>(index));
-    if (journal_) out.fused = std::move(journal_bytes);
+    out.fused_spool = std::move(spool);
     nlohmann::json entry = FusedReportEntry(info, kept, per_task);
     entry["seconds"] = Seconds(t0);
     out.report = std::move(entry);
@@ -867,7 +896,7 @@ class Job {
   // (the caller must not write the tensor again). The same bytes, stitched
   // patch entry and report entry as FuseOne. Working memory is a few chunks
   // plus the stitched patch entry when there is a patch output; with a
-  // journal and a fused checkpoint the stored bytes are kept for its entry.
+  // journal and a fused checkpoint the stored bytes are spooled to it.
   absl::StatusOr<JournalEntry> StreamStitch(size_t index,
                                             const TensorInfo& info) {
     const auto t0 = Clock::now();
@@ -882,9 +911,8 @@ class Job {
     }
     const at::ScalarType compute =
         spec_.tailor.float64 ? at::kDouble : at::kFloat;
-    std::string journal_bytes;
-    const bool keep_bytes = journal_ && writer_;
-    if (keep_bytes) journal_bytes.reserve(info.nbytes);
+    std::shared_ptr<JournalFusedSpool> spool;
+    if (writer_) spool = BeginSpool(index, info);
     CheckpointWriter::TensorStream stream;
     if (writer_) {
       TAILOR_ASSIGN_OR_RETURN(stream, writer_->BeginTensor(name));
@@ -892,7 +920,7 @@ class Job {
     auto sink = [&](absl::string_view bytes) -> absl::Status {
       if (!writer_) return absl::OkStatus();
       TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
-      if (keep_bytes) journal_bytes.append(bytes.data(), bytes.size());
+      Spool(spool, bytes);
       return absl::OkStatus();
     };
     TAILOR_ASSIGN_OR_RETURN(
@@ -913,7 +941,7 @@ class Job {
       out.patches.push_back(JournalPatch{"stitched", *std::move(r.stitched),
                                          std::move(patch_stats)});
     }
-    if (keep_bytes) out.fused = std::move(journal_bytes);
+    out.fused_spool = std::move(spool);
     nlohmann::json entry = FusedReportEntry(info, r.kept, per_task);
     entry["seconds"] = Seconds(t0);
     out.report = std::move(entry);
@@ -1103,8 +1131,17 @@ class Job {
       TAILOR_RETURN_IF_ERROR(tasks_[t]->patch_writer->AddPacked(
           info.name, p->packed, info.dtype, p->stats));
     }
-    if (writer_ && !written) {
+    if (writer_ && !written && e.fused) {
       TAILOR_RETURN_IF_ERROR(writer_->WriteRaw(info.name, *e.fused));
+    } else if (writer_ && !written) {
+      // Resumed from a sidecar (a streamed tensor): copied in pieces.
+      TAILOR_ASSIGN_OR_RETURN(CheckpointWriter::TensorStream stream,
+                              writer_->BeginTensor(info.name));
+      TAILOR_RETURN_IF_ERROR(
+          journal_->CopyFused(e, [&](absl::string_view bytes) {
+            return writer_->WriteChunk(&stream, bytes);
+          }));
+      TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&stream));
     }
     if (stitched_) {
       const JournalPatch* p = e.FindPatch("stitched");

@@ -253,5 +253,46 @@ TEST(StreamMemoryTest, ApplyPatchPeakRssIsBoundedByTheChunkNotTheTensor) {
   }
 }
 
+// Issue #11 point 4: with a journal (tailord's jobs always have one) a
+// streamed tensor's stored bytes are spooled to it chunk by chunk, so the
+// job stays bounded by the chunk (they were kept whole for the entry:
+// +32 MiB here) and a second run resumes from the journal.
+TEST(StreamMemoryTest, JournalledMergePeakRssIsBoundedByTheChunk) {
+  constexpr int64_t kBig = 16 << 20;  // one 32 MiB BF16 tensor
+  constexpr long kCap = 24 << 10;
+  tailor::testing::TempDir dir;
+  GenerateInChild(dir.Join("base"), 1, kBig, 0, 1ull << 30);
+  GenerateInChild(dir.Join("ft"), 1, kBig, 1, 1ull << 30);
+  FusionSpec spec;
+  spec.pretrained_uri = dir.Join("base");
+  spec.tasks.push_back(TaskSpec{"ft", dir.Join("ft"), "", "", {}, {}});
+  spec.method = Method::kTaskArithmetic;
+  spec.lambda = 0.5;
+  spec.output_uri = dir.Join("out");
+  spec.overwrite = true;
+  spec.device = "cpu";
+  auto resolver = UriResolver::Create({dir.path()});
+  ASSERT_TRUE(resolver.ok());
+  RunOptions options;
+  options.journal_dir = dir.Join("journal");
+  const long before = PeakRssKiB();
+  auto report = RunFusionJob(spec, *resolver, options);
+  const long after = PeakRssKiB();
+  ASSERT_TRUE(report.ok()) << report.status();
+  std::cout << "journalled task arithmetic on one " << (kBig * 2 >> 20)
+            << " MiB BF16 tensor: peak RSS before " << (before >> 10)
+            << " MiB, after " << (after >> 10) << " MiB (growth cap "
+            << (kCap >> 10) << " MiB)\n";
+  EXPECT_LT(after - before, kCap);
+  const std::string first = tailor::testing::ReadFileOrDie(
+      JoinPath(spec.output_uri, "model.safetensors"));
+  auto again = RunFusionJob(spec, *resolver, options);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)["totals"]["resumed_tensors"].get<int64_t>(), 1);
+  EXPECT_EQ(tailor::testing::ReadFileOrDie(
+                JoinPath(spec.output_uri, "model.safetensors")),
+            first);
+}
+
 }  // namespace
 }  // namespace tailor
