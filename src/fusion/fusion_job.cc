@@ -726,8 +726,8 @@ class Job {
   // elements into buffers allocated once per tensor, merges, fuses and
   // converts each chunk, and writes it straight to writer_ (the caller
   // must not write the tensor again). Working memory is a few chunks,
-  // not the tensor; with a journal the stored bytes are also kept for its
-  // entry (one tensor in its stored dtype). Every operation is
+  // not the tensor; with a journal the stored bytes are spooled to it chunk
+  // by chunk (BeginSpool, a sidecar file). Every operation is
   // elementwise and the same as FuseOne's (DARE draws each task's
   // generator in the same element order), so the output bytes and the
   // report are identical. A NaN/Inf input is reported at the first chunk
