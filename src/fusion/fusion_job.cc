@@ -1371,6 +1371,13 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
         CheckpointWriter::Create(out, base->tensors(), options));
     for (const TensorInfo& info : base->tensors()) {
       if (patch->Find(info.name) == nullptr) {
+        if (stream_chunk_elements > 0 && info.nbytes > 0) {
+          // Pieces as large as a chunk of float32 elements.
+          TAILOR_RETURN_IF_ERROR(StreamCopiedTensor(
+              *base, info, static_cast<uint64_t>(stream_chunk_elements) * 4,
+              writer.get()));
+          continue;
+        }
         TAILOR_ASSIGN_OR_RETURN(std::string bytes, base->ReadRaw(info.name));
         TAILOR_RETURN_IF_ERROR(writer->WriteRaw(info.name, bytes));
         continue;

@@ -34,7 +34,8 @@ absl::StatusOr<nlohmann::json> RunFusionJob(const FusionSpec& spec,
 // tensor copied byte for byte; the base's layout and non-tensor files.
 // Patched tensors stream in chunks of `stream_chunk_elements` elements
 // (StreamPatchedTensor, patch_stream.h: working memory a few chunks, not the
-// tensor); 0 computes each whole (a test hook: the same bytes).
+// tensor), copied ones in pieces of as many float32s; 0 handles each tensor
+// whole (a test hook: the same bytes).
 absl::Status ApplyPatch(const std::string& pretrained_uri,
                         const std::string& patch_uri,
                         const std::string& output_uri, bool overwrite,

@@ -162,4 +162,22 @@ absl::Status StreamPatchedTensor(const Checkpoint& base, const TensorInfo& info,
   return writer->EndTensor(&stream);
 }
 
+absl::Status StreamCopiedTensor(const Checkpoint& base, const TensorInfo& info,
+                                uint64_t chunk_bytes,
+                                CheckpointWriter* writer) {
+  const uint64_t piece = std::max<uint64_t>(1, chunk_bytes);
+  std::string buffer;
+  buffer.resize(static_cast<size_t>(std::min(piece, info.nbytes)));
+  TAILOR_ASSIGN_OR_RETURN(CheckpointWriter::TensorStream stream,
+                          writer->BeginTensor(info.name));
+  for (uint64_t off = 0; off < info.nbytes;) {
+    const uint64_t n = std::min(piece, info.nbytes - off);
+    TAILOR_RETURN_IF_ERROR(base.ReadRawRange(info.name, off, n, buffer.data()));
+    TAILOR_RETURN_IF_ERROR(writer->WriteChunk(
+        &stream, absl::string_view(buffer.data(), static_cast<size_t>(n))));
+    off += n;
+  }
+  return writer->EndTensor(&stream);
+}
+
 }  // namespace tailor

@@ -74,6 +74,12 @@ absl::Status StreamPatchedTensor(const Checkpoint& base, const TensorInfo& info,
                                  const PatchFile& patch, int64_t chunk_elements,
                                  CheckpointWriter* writer);
 
+// Copies base tensor `info` byte for byte to `writer` in pieces of at most
+// `chunk_bytes` (ApplyPatch's unpatched tensors): memory bounded by the
+// piece, not the tensor.
+absl::Status StreamCopiedTensor(const Checkpoint& base, const TensorInfo& info,
+                                uint64_t chunk_bytes, CheckpointWriter* writer);
+
 }  // namespace tailor
 
 #endif  // TAILOR_FUSION_PATCH_STREAM_H_
