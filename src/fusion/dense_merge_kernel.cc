@@ -26,6 +26,42 @@ inline uint16_t FloatToBf16(float f) {
 constexpr uint16_t kBf16Exp = 0x7f80;
 constexpr uint32_t kF32Exp = 0x7f800000u;
 
+// The one-task loop of TaskArithmeticBf16Chunk over [begin, end): branch-free
+// so that it vectorises, and compiled for AVX2 as well as the baseline (the
+// loader picks one by the CPU; the same IEEE float32 operations, no FMA --
+// this file is built with -ffp-contract=off -- so the same bits either
+// way). Returns the kept count and sets *nonfinite when an input or fused
+// value is not finite.
+__attribute__((target_clones("avx2", "default"))) uint32_t OneTaskRange(
+    const uint16_t* pre, const uint16_t* ft, int64_t begin, int64_t end,
+    float lf, uint16_t* out, uint32_t* nonfinite_out) {
+  uint32_t nonfinite = 0;
+  uint32_t kept32 = 0;  // a range is at most a chunk (< 2^32)
+  for (int64_t i = begin; i < end; ++i) {
+    const uint32_t pbits = static_cast<uint32_t>(pre[i]) << 16;
+    const uint32_t fbits = static_cast<uint32_t>(ft[i]) << 16;
+    nonfinite |= static_cast<uint32_t>((pbits & kF32Exp) == kF32Exp) |
+                 static_cast<uint32_t>((fbits & kF32Exp) == kF32Exp);
+    float p, f;
+    std::memcpy(&p, &pbits, 4);
+    std::memcpy(&f, &fbits, 4);
+    const float delta = (f - p) * lf;
+    const float sum = p + delta;
+    uint32_t sbits;
+    std::memcpy(&sbits, &sum, 4);
+    // fused = delta != 0 ? p + delta : p, as a bit select.
+    const uint32_t keep = static_cast<uint32_t>(delta != 0.0f);
+    const uint32_t m = 0u - keep;
+    const uint32_t bits = (sbits & m) | (pbits & ~m);
+    kept32 += keep;
+    nonfinite |= static_cast<uint32_t>((bits & kF32Exp) == kF32Exp);
+    const uint32_t bias = ((bits >> 16) & 1) + 0x7fff;
+    out[i] = static_cast<uint16_t>((bits + bias) >> 16);
+  }
+  *nonfinite_out = nonfinite;
+  return kept32;
+}
+
 }  // namespace
 
 bool TaskArithmeticBf16Chunk(const uint16_t* pre,
@@ -41,31 +77,8 @@ bool TaskArithmeticBf16Chunk(const uint16_t* pre,
     int64_t count = 0;
     uint32_t nonfinite = 0;
     if (tasks == 1) {
-      // The common case, branch-free so that it vectorises.
-      const uint16_t* ft = fts[0];
-      uint32_t kept32 = 0;  // a range is at most a chunk (< 2^32)
-      for (int64_t i = begin; i < end; ++i) {
-        const uint32_t pbits = static_cast<uint32_t>(pre[i]) << 16;
-        const uint32_t fbits = static_cast<uint32_t>(ft[i]) << 16;
-        nonfinite |= static_cast<uint32_t>((pbits & kF32Exp) == kF32Exp) |
-                     static_cast<uint32_t>((fbits & kF32Exp) == kF32Exp);
-        float p, f;
-        std::memcpy(&p, &pbits, 4);
-        std::memcpy(&f, &fbits, 4);
-        const float delta = (f - p) * lf;
-        const float sum = p + delta;
-        uint32_t sbits;
-        std::memcpy(&sbits, &sum, 4);
-        // fused = delta != 0 ? p + delta : p, as a bit select.
-        const uint32_t keep = static_cast<uint32_t>(delta != 0.0f);
-        const uint32_t m = 0u - keep;
-        const uint32_t bits = (sbits & m) | (pbits & ~m);
-        kept32 += keep;
-        nonfinite |= static_cast<uint32_t>((bits & kF32Exp) == kF32Exp);
-        const uint32_t bias = ((bits >> 16) & 1) + 0x7fff;
-        out[i] = static_cast<uint16_t>((bits + bias) >> 16);
-      }
-      count = kept32;
+      // The common case (OneTaskRange).
+      count = OneTaskRange(pre, fts[0], begin, end, lf, out, &nonfinite);
       if (nonfinite) bad.store(true, std::memory_order_relaxed);
       total.fetch_add(count, std::memory_order_relaxed);
       return;

@@ -22,6 +22,8 @@
 #include "fusion/merge_methods.h"
 #include "fusion/output_plan.h"
 #include "fusion/patch.h"
+#include "fusion/patch_stream.h"
+#include "fusion/stitch_stream.h"
 #include "fusion/tailor_kernel.h"
 #include "io/checkpoint_writer.h"
 #include "io/lora_adapter.h"
@@ -572,6 +574,37 @@ class Job {
     journal_.reset();
   }
 
+  // A journal spool for the stored bytes of streamed tensor `index`, or
+  // null without a journal. When the journal cannot take them (its limits)
+  // the job goes on without it, as WriteJournal does.
+  std::shared_ptr<JournalFusedSpool> BeginSpool(size_t index,
+                                                const TensorInfo& info) {
+    if (!journal_) return nullptr;
+    absl::StatusOr<std::unique_ptr<JournalFusedSpool>> spool =
+        journal_->BeginFused(static_cast<int64_t>(index), info.nbytes);
+    if (spool.ok()) return std::move(*spool);
+    DropJournal(static_cast<int64_t>(index), info.name, spool.status());
+    return nullptr;
+  }
+  // Appends a streamed chunk to `spool` (if any); a failed write (ENOSPC)
+  // drops the spool and the journal, never the job.
+  void Spool(std::shared_ptr<JournalFusedSpool>& spool,
+             absl::string_view bytes) {
+    if (!spool) return;
+    const absl::Status s = spool->Append(bytes);
+    if (s.ok()) return;
+    spool.reset();
+    if (journal_) DropJournal(-1, "", s);
+  }
+  void DropJournal(int64_t index, const std::string& name,
+                   const absl::Status& why) {
+    Note(absl::StrCat("journal ", journal_->dir(), ": cannot record tensor ",
+                      index >= 0 ? absl::StrCat(index, " ('", name, "')")
+                                 : std::string("being streamed"),
+                      ": ", why.message(), "; continuing without the journal"));
+    journal_.reset();
+  }
+
   // The journal's entry for plan item `index`, if it has a valid one that
   // fits this job's outputs; otherwise nullopt (and a note if it was
   // damaged), and the tensor is computed again.
@@ -582,10 +615,9 @@ class Job {
     absl::StatusOr<JournalEntry> e =
         journal_->Read(static_cast<int64_t>(index));
     absl::Status fits = e.status();
-    if (fits.ok() && (e->name != info.name ||
-                      (writer_ && (!e->fused.has_value() ||
-                                   e->fused->size() != info.nbytes)) ||
-                      (stitched_ && e->FindPatch("stitched") == nullptr))) {
+    if (fits.ok() &&
+        (e->name != info.name || (writer_ && e->FusedBytes() != info.nbytes) ||
+         (stitched_ && e->FindPatch("stitched") == nullptr))) {
       fits = absl::InvalidArgumentError("it does not fit the plan");
     }
     for (size_t t = 0; fits.ok() && t < tasks_.size(); ++t) {
@@ -663,8 +695,15 @@ class Job {
   // arithmetic, DARE) on the CPU whose only output is the fused checkpoint
   // (patches are packed per whole tensor), with every task a safetensors
   // checkpoint (a LoRA view is computed whole) and a stored dtype LibTorch
-  // has.
+  // has; or stitching task patches only (StitchesPatches: every output
+  // streams). Never with options_.stream_chunk_elements <= 0.
   bool Streams(const TensorInfo& info) const {
+    if (options_.stream_chunk_elements <= 0) return false;
+    if (StitchesPatches()) {
+      // Every output (fused checkpoint, stitched patch) streams.
+      return device_.is_cpu() && info.numel > 0 &&
+             ToScalarType(info.dtype).has_value();
+    }
     if (spec_.method != Method::kTaskArithmetic &&
         spec_.method != Method::kDare) {
       return false;
@@ -687,13 +726,14 @@ class Job {
   // elements into buffers allocated once per tensor, merges, fuses and
   // converts each chunk, and writes it straight to writer_ (the caller
   // must not write the tensor again). Working memory is a few chunks,
-  // not the tensor; with a journal the stored bytes are also kept for its
-  // entry (one tensor in its stored dtype). Every operation is
+  // not the tensor; with a journal the stored bytes are spooled to it chunk
+  // by chunk (BeginSpool, a sidecar file). Every operation is
   // elementwise and the same as FuseOne's (DARE draws each task's
   // generator in the same element order), so the output bytes and the
   // report are identical. A NaN/Inf input is reported at the first chunk
   // holding one (pre-trained before fine-tuned within a chunk).
   absl::StatusOr<JournalEntry> StreamOne(size_t index, const TensorInfo& info) {
+    if (StitchesPatches()) return StreamStitch(index, info);
     const auto t0 = Clock::now();
     const std::string& name = info.name;
     JournalEntry out;
@@ -712,8 +752,7 @@ class Job {
     const uint64_t esize = info.nbytes / static_cast<uint64_t>(n);
     const int64_t chunk =
         std::clamp<int64_t>(options_.stream_chunk_elements, 1, n);
-    std::string journal_bytes;
-    if (journal_) journal_bytes.reserve(info.nbytes);
+    std::shared_ptr<JournalFusedSpool> spool = BeginSpool(index, info);
     int64_t kept = 0;
     TAILOR_ASSIGN_OR_RETURN(CheckpointWriter::TensorStream stream,
                             writer_->BeginTensor(name));
@@ -781,7 +820,7 @@ class Job {
             const absl::string_view bytes(
                 static_cast<const char*>(out_buf.data_ptr()), byte_len);
             TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
-            if (journal_) journal_bytes.append(bytes.data(), bytes.size());
+            Spool(spool, bytes);
             continue;
           }
         }
@@ -827,14 +866,83 @@ class Job {
             static_cast<const char*>(stored_chunk.data_ptr()),
             static_cast<size_t>(m) * esize);
         TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
-        if (journal_) journal_bytes.append(bytes.data(), bytes.size());
+        Spool(spool, bytes);
       }
       return absl::OkStatus();
     }));
     TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&stream));
     hessians_.Finished(static_cast<int64_t>(index));
-    if (journal_) out.fused = std::move(journal_bytes);
+    out.fused_spool = std::move(spool);
     nlohmann::json entry = FusedReportEntry(info, kept, per_task);
+    entry["seconds"] = Seconds(t0);
+    out.report = std::move(entry);
+    return out;
+  }
+
+  // Whether the job stitches task patches only (tailor or magnitude, every
+  // task a patch): no fine-tuned tensor is read and every merge is
+  // elementwise, so tensors stream (StreamStitch).
+  bool StitchesPatches() const {
+    if (spec_.method != Method::kTailor && spec_.method != Method::kMagnitude) {
+      return false;
+    }
+    return std::all_of(tasks_.begin(), tasks_.end(),
+                       [](const auto& task) { return task->patch != nullptr; });
+  }
+
+  // FuseOne for a tensor stitched from patches only (StitchesPatches() and
+  // Streams()): StreamStitchedTensor (stitch_stream.h) in chunks of
+  // options_.stream_chunk_elements, each chunk written straight to writer_
+  // (the caller must not write the tensor again). The same bytes, stitched
+  // patch entry and report entry as FuseOne. Working memory is a few chunks
+  // plus the stitched patch entry when there is a patch output; with a
+  // journal and a fused checkpoint the stored bytes are spooled to it.
+  absl::StatusOr<JournalEntry> StreamStitch(size_t index,
+                                            const TensorInfo& info) {
+    const auto t0 = Clock::now();
+    const std::string& name = info.name;
+    JournalEntry out;
+    out.index = static_cast<int64_t>(index);
+    out.name = name;
+    std::vector<const PatchFile*> patches;
+    for (const auto& task : tasks_) {
+      patches.push_back(task->patch->Find(name) != nullptr ? task->patch.get()
+                                                           : nullptr);
+    }
+    const at::ScalarType compute =
+        spec_.tailor.float64 ? at::kDouble : at::kFloat;
+    std::shared_ptr<JournalFusedSpool> spool;
+    if (writer_) spool = BeginSpool(index, info);
+    CheckpointWriter::TensorStream stream;
+    if (writer_) {
+      TAILOR_ASSIGN_OR_RETURN(stream, writer_->BeginTensor(name));
+    }
+    auto sink = [&](absl::string_view bytes) -> absl::Status {
+      if (!writer_) return absl::OkStatus();
+      TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
+      Spool(spool, bytes);
+      return absl::OkStatus();
+    };
+    TAILOR_ASSIGN_OR_RETURN(
+        StitchStreamResult r,
+        StreamStitchedTensor(*base_, info, patches, spec_.aggregation, compute,
+                             options_.stream_chunk_elements,
+                             stitched_ != nullptr, sink));
+    if (writer_) TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&stream));
+    hessians_.Finished(static_cast<int64_t>(index));
+    nlohmann::json per_task = nlohmann::json::array();
+    for (size_t t = 0; t < tasks_.size(); ++t) {
+      per_task.push_back({{"label", tasks_[t]->label},
+                          {"source", "patch"},
+                          {"kept", r.task_kept[t]}});
+    }
+    if (stitched_) {
+      nlohmann::json patch_stats = {{"kept", r.kept}, {"tasks", per_task}};
+      out.patches.push_back(JournalPatch{"stitched", *std::move(r.stitched),
+                                         std::move(patch_stats)});
+    }
+    out.fused_spool = std::move(spool);
+    nlohmann::json entry = FusedReportEntry(info, r.kept, per_task);
     entry["seconds"] = Seconds(t0);
     out.report = std::move(entry);
     return out;
@@ -1023,8 +1131,17 @@ class Job {
       TAILOR_RETURN_IF_ERROR(tasks_[t]->patch_writer->AddPacked(
           info.name, p->packed, info.dtype, p->stats));
     }
-    if (writer_ && !written) {
+    if (writer_ && !written && e.fused) {
       TAILOR_RETURN_IF_ERROR(writer_->WriteRaw(info.name, *e.fused));
+    } else if (writer_ && !written) {
+      // Resumed from a sidecar (a streamed tensor): copied in pieces.
+      TAILOR_ASSIGN_OR_RETURN(CheckpointWriter::TensorStream stream,
+                              writer_->BeginTensor(info.name));
+      TAILOR_RETURN_IF_ERROR(
+          journal_->CopyFused(e, [&](absl::string_view bytes) {
+            return writer_->WriteChunk(&stream, bytes);
+          }));
+      TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&stream));
     }
     if (stitched_) {
       const JournalPatch* p = e.FindPatch("stitched");
@@ -1178,7 +1295,8 @@ absl::StatusOr<nlohmann::json> RunFusionJob(const FusionSpec& spec,
 absl::Status ApplyPatch(const std::string& pretrained_uri,
                         const std::string& patch_uri,
                         const std::string& output_uri, bool overwrite,
-                        const UriResolver& resolver) {
+                        const UriResolver& resolver,
+                        int64_t stream_chunk_elements) {
   ConfigureAllocatorForStreaming();
   return CatchTorch("apply-patch", [&]() -> absl::Status {
     TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> base,
@@ -1253,8 +1371,21 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
         CheckpointWriter::Create(out, base->tensors(), options));
     for (const TensorInfo& info : base->tensors()) {
       if (patch->Find(info.name) == nullptr) {
+        if (stream_chunk_elements > 0 && info.nbytes > 0) {
+          // Pieces as large as a chunk of float32 elements.
+          TAILOR_RETURN_IF_ERROR(StreamCopiedTensor(
+              *base, info, static_cast<uint64_t>(stream_chunk_elements) * 4,
+              writer.get()));
+          continue;
+        }
         TAILOR_ASSIGN_OR_RETURN(std::string bytes, base->ReadRaw(info.name));
         TAILOR_RETURN_IF_ERROR(writer->WriteRaw(info.name, bytes));
+        continue;
+      }
+      if (stream_chunk_elements > 0 && info.numel > 0 &&
+          ToScalarType(info.dtype).has_value()) {
+        TAILOR_RETURN_IF_ERROR(StreamPatchedTensor(
+            *base, info, *patch, stream_chunk_elements, writer.get()));
         continue;
       }
       TAILOR_ASSIGN_OR_RETURN(at::Tensor pre, base->Read(info.name));

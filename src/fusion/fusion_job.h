@@ -32,10 +32,15 @@ absl::StatusOr<nlohmann::json> RunFusionJob(const FusionSpec& spec,
 // Rebuilds a fused checkpoint from a base checkpoint and a patch: for every
 // patched tensor FuseTensor(pre, mask, values) in the base dtype, every other
 // tensor copied byte for byte; the base's layout and non-tensor files.
+// Patched tensors stream in chunks of `stream_chunk_elements` elements
+// (StreamPatchedTensor, patch_stream.h: working memory a few chunks, not the
+// tensor), copied ones in pieces of as many float32s; 0 handles each tensor
+// whole (a test hook: the same bytes).
 absl::Status ApplyPatch(const std::string& pretrained_uri,
                         const std::string& patch_uri,
                         const std::string& output_uri, bool overwrite,
-                        const UriResolver& resolver);
+                        const UriResolver& resolver,
+                        int64_t stream_chunk_elements = int64_t{1} << 18);
 
 }  // namespace tailor
 

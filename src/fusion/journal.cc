@@ -1,8 +1,11 @@
 #include "fusion/journal.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <map>
 
 #include "absl/strings/match.h"
@@ -21,6 +24,9 @@ namespace {
 constexpr char kManifest[] = "manifest.json";
 constexpr char kEntrySuffix[] = ".safetensors";
 constexpr char kFused[] = "fused";
+constexpr char kFusedSuffix[] = ".fused";
+// Sidecar reads go through a buffer of this size.
+constexpr size_t kFusedCopyBytes = size_t{1} << 20;
 // Entries hold one tensor's outputs; this bounds what Read() loads.
 constexpr uint64_t kMaxEntryBytes = uint64_t{1} << 40;
 
@@ -39,6 +45,34 @@ std::optional<nlohmann::json> ReadIdentity(const std::string& dir) {
 }
 
 }  // namespace
+
+JournalFusedSpool::~JournalFusedSpool() {
+  if (committed_ || !fd_.valid()) return;
+  fd_ = ScopedFd();
+  (void)::unlink(JoinPath(dir_, temp_name_).c_str());
+}
+
+absl::Status JournalFusedSpool::Append(absl::string_view bytes) {
+  if (failed_ || committed_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal spool ", temp_name_, " is not writable"));
+  }
+  absl::Status s = PWriteFully(fd_.get(), bytes.data(), bytes.size(), size_,
+                               JoinPath(dir_, temp_name_));
+  if (!s.ok()) {
+    failed_ = true;
+    return s;
+  }
+  sha_.Update(bytes);
+  size_ += bytes.size();
+  return absl::OkStatus();
+}
+
+std::optional<uint64_t> JournalEntry::FusedBytes() const {
+  if (fused) return fused->size();
+  if (fused_spool) return fused_spool->size();
+  return fused_file_bytes;
+}
 
 const JournalPatch* JournalEntry::FindPatch(const std::string& key) const {
   for (const JournalPatch& p : patches) {
@@ -83,6 +117,90 @@ std::string FusionJournal::EntryPath(int64_t index) const {
   return JoinPath(dir_, absl::StrFormat("%08d%s", index, kEntrySuffix));
 }
 
+std::string FusionJournal::FusedPath(int64_t index) const {
+  return JoinPath(dir_, absl::StrFormat("%08d%s", index, kFusedSuffix));
+}
+
+absl::Status FusionJournal::CheckLimits(uint64_t size) const {
+  if (limits_.max_bytes > 0 && bytes_ + size > limits_.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the journal's budget of ", limits_.max_bytes, " bytes is spent (",
+        bytes_, " bytes used, the entry needs ", size, ")"));
+  }
+  if (limits_.reserve_bytes > 0) {
+    struct statvfs st;
+    if (::statvfs(dir_.c_str(), &st) == 0) {
+      const uint64_t free_bytes =
+          static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+      if (free_bytes < size + limits_.reserve_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the data volume has ", free_bytes, " bytes free; the entry (",
+            size, " bytes) would leave less than the ", limits_.reserve_bytes,
+            " bytes kept for the job store"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<JournalFusedSpool>> FusionJournal::BeginFused(
+    int64_t index, uint64_t nbytes) const {
+  TAILOR_RETURN_IF_ERROR(CheckLimits(nbytes));
+  std::unique_ptr<JournalFusedSpool> spool(new JournalFusedSpool());
+  spool->dir_ = dir_;
+  // Hidden: Open() removes it if this process dies before Write().
+  spool->temp_name_ =
+      absl::StrFormat(".%08d%s.tmp-%d", index, kFusedSuffix, ::getpid());
+  const std::string path = JoinPath(dir_, spool->temp_name_);
+  const int fd =
+      ::open(path.c_str(),
+             O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", path));
+  spool->fd_ = ScopedFd(fd);
+  return spool;
+}
+
+absl::Status FusionJournal::ReadFused(
+    int64_t index, uint64_t bytes, const std::string& sha256,
+    absl::FunctionRef<absl::Status(absl::string_view)> sink) const {
+  const std::string path = FusedPath(index);
+  TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(path));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
+      static_cast<uint64_t>(st.st_size) != bytes) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": the sidecar is missing or not the recorded ",
+                     bytes, " bytes"));
+  }
+  Sha256 sha;
+  std::string buffer;
+  for (uint64_t off = 0; off < bytes;) {
+    const size_t n =
+        static_cast<size_t>(std::min<uint64_t>(kFusedCopyBytes, bytes - off));
+    buffer.resize(n);
+    TAILOR_RETURN_IF_ERROR(PReadFully(fd.get(), buffer.data(), n, off, path));
+    sha.Update(buffer);
+    TAILOR_RETURN_IF_ERROR(sink(buffer));
+    off += n;
+  }
+  if (sha.FinalHex() != sha256) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": data does not match its sha256"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FusionJournal::CopyFused(
+    const JournalEntry& entry,
+    absl::FunctionRef<absl::Status(absl::string_view)> sink) const {
+  if (!entry.fused_file_bytes) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal entry ", entry.index, " has no sidecar to copy"));
+  }
+  return ReadFused(entry.index, *entry.fused_file_bytes,
+                   entry.fused_file_sha256, sink);
+}
+
 bool FusionJournal::Has(int64_t index) const {
   return IsRegularFile(EntryPath(index));
 }
@@ -102,10 +220,24 @@ absl::Status FusionJournal::Write(const JournalEntry& entry) const {
   for (const auto& [mask_only, compensated] : entry.errors) {
     errors.push_back({mask_only, compensated});
   }
-  const nlohmann::json record = {{"report", entry.report},
-                                 {"warnings", entry.warnings},
-                                 {"errors", errors},
-                                 {"patches", patches}};
+  nlohmann::json record = {{"report", entry.report},
+                           {"warnings", entry.warnings},
+                           {"errors", errors},
+                           {"patches", patches}};
+  JournalFusedSpool* const spool = entry.fused_spool.get();
+  uint64_t spooled = 0;
+  std::string spool_sha;
+  if (spool != nullptr) {
+    if (entry.fused || spool->failed_ || spool->committed_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "journal entry ", entry.index, ": its fused spool is unusable"));
+    }
+    spooled = spool->size_;
+    spool_sha = Sha256(std::move(spool->sha_)).FinalHex();
+    spool->sha_ = Sha256();
+    spool->failed_ = true;  // its digest is taken: one Write() only
+    record["fused_file"] = {{"bytes", spooled}, {"sha256", spool_sha}};
+  }
   std::vector<TensorEntry> tensors;
   uint64_t offset = 0;
   Sha256 sha;
@@ -133,23 +265,28 @@ absl::Status FusionJournal::Write(const JournalEntry& entry) const {
       {"sha256", sha.FinalHex()}};
   std::string file = SerializeSafetensorsHead(metadata, tensors);
   const uint64_t size = file.size() + offset;
-  if (limits_.max_bytes > 0 && bytes_ + size > limits_.max_bytes) {
+  // The spooled bytes are on the volume already: count them, not again
+  // against the free space.
+  if (limits_.max_bytes > 0 && bytes_ + spooled + size > limits_.max_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the journal's budget of ", limits_.max_bytes, " bytes is spent (",
-        bytes_, " bytes used, the entry needs ", size, ")"));
+        bytes_, " bytes used, the entry needs ", spooled + size, ")"));
   }
-  if (limits_.reserve_bytes > 0) {
-    struct statvfs st;
-    if (::statvfs(dir_.c_str(), &st) == 0) {
-      const uint64_t free_bytes =
-          static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
-      if (free_bytes < size + limits_.reserve_bytes) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "the data volume has ", free_bytes, " bytes free; the entry (",
-            size, " bytes) would leave less than the ", limits_.reserve_bytes,
-            " bytes kept for the job store"));
-      }
+  TAILOR_RETURN_IF_ERROR(CheckLimits(size));
+  if (spool != nullptr) {
+    // The sidecar is durable under its final name before the entry that
+    // vouches for it exists.
+    const std::string temp = JoinPath(dir_, spool->temp_name_);
+    if (::fsync(spool->fd_.get()) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("fsync ", temp));
     }
+    if (::rename(temp.c_str(), FusedPath(entry.index).c_str()) != 0) {
+      return ErrnoToStatus(errno, absl::StrCat("rename ", temp));
+    }
+    spool->committed_ = true;
+    spool->fd_ = ScopedFd();
+    TAILOR_RETURN_IF_ERROR(FsyncDirectory(dir_));
+    bytes_ += spooled;
   }
   file.reserve(size);
   for (const auto& piece : pieces) file += *piece.second;
@@ -197,6 +334,12 @@ absl::StatusOr<JournalEntry> FusionJournal::Read(int64_t index) const {
         absl::StrCat(path, ": record is not a JSON object"));
   }
   try {
+    if (record.contains("fused_file")) {
+      entry.fused_file_bytes =
+          record.at("fused_file").at("bytes").get<uint64_t>();
+      entry.fused_file_sha256 =
+          record.at("fused_file").at("sha256").get<std::string>();
+    }
     entry.report = record.at("report");
     entry.warnings = record.at("warnings").get<std::vector<std::string>>();
     for (const auto& e : record.at("errors")) {
@@ -220,6 +363,17 @@ absl::StatusOr<JournalEntry> FusionJournal::Read(int64_t index) const {
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": malformed record: ", e.what()));
+  }
+  if (entry.fused_file_bytes) {
+    // The sidecar, hashed in bounded pieces: a damaged one makes the
+    // entry unusable, like damaged entry data.
+    if (entry.fused) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": fused bytes both inline and in a sidecar"));
+    }
+    TAILOR_RETURN_IF_ERROR(
+        ReadFused(index, *entry.fused_file_bytes, entry.fused_file_sha256,
+                  [](absl::string_view) { return absl::OkStatus(); }));
   }
   return entry;
 }

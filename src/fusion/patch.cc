@@ -602,6 +602,32 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> PatchFile::LoadPacked(
   });
 }
 
+absl::Status PatchFile::ReadMaskBytes(absl::string_view name, uint64_t offset,
+                                      uint64_t length, void* buffer) const {
+  if (Find(name) == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat(path(), ": the patch has no tensor ", Quote(name)));
+  }
+  return file_->ReadRawRange(absl::StrCat(name, kMaskSuffix), offset, length,
+                             buffer);
+}
+
+absl::Status PatchFile::ReadValues(absl::string_view name, int64_t first,
+                                   int64_t count, float* buffer) const {
+  if (Find(name) == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat(path(), ": the patch has no tensor ", Quote(name)));
+  }
+  if (first < 0 || count < 0) {
+    return absl::OutOfRangeError(absl::StrCat(path(), ": tensor ", Quote(name),
+                                              ": negative values range"));
+  }
+  return file_->ReadRawRange(absl::StrCat(name, kValuesSuffix),
+                             static_cast<uint64_t>(first) * sizeof(float),
+                             static_cast<uint64_t>(count) * sizeof(float),
+                             buffer);
+}
+
 absl::StatusOr<TaskDelta> PatchFile::Load(absl::string_view name) const {
   TAILOR_ASSIGN_OR_RETURN(auto packed, LoadPacked(name));
   return CatchTorch(absl::StrCat(path(), ": tensor ", Quote(name)), [&] {

@@ -140,6 +140,15 @@ class PatchFile {
   // The values as stored (float32 [k]) with the mask.
   absl::StatusOr<std::pair<at::Tensor, at::Tensor>> LoadPacked(
       absl::string_view name) const;
+  // Unvalidated ranges of weight `name`'s stored tensors, for readers that
+  // decode an entry piece by piece (PatchEntryStream, patch_stream.h):
+  // bytes [offset, offset + length) of the packed mask, and kept values
+  // [first, first + count) (float32, as stored). NOT_FOUND for an unknown
+  // weight; OUT_OF_RANGE past the stored tensor.
+  absl::Status ReadMaskBytes(absl::string_view name, uint64_t offset,
+                             uint64_t length, void* buffer) const;
+  absl::Status ReadValues(absl::string_view name, int64_t first, int64_t count,
+                          float* buffer) const;
 
   const std::string& method() const { return method_; }
   const nlohmann::json& knobs() const { return knobs_; }
