@@ -71,12 +71,14 @@ class ChunkReader {
   explicit ChunkReader(const StreamedTensor& t)
       : t_(t),
         raw_(t.stored == kScalar<T> ? 0 : t.chunk * t.element_size),
+        raw_ft_(t.stored == at::kBFloat16 ? t.chunk * 2 : 0),
         pre_(t.chunk),
         delta_(t.finetuned.size(), std::vector<T>(t.chunk)) {}
 
   // Reads elements [off, off + m); returns whether every pre-trained,
   // fine-tuned and delta value is finite.
   absl::StatusOr<bool> Read(int64_t off, int64_t m) {
+    if (t_.stored == at::kBFloat16) return ReadBf16(off, m);
     TAILOR_RETURN_IF_ERROR(ReadInto(*t_.base, off, m, pre_.data()));
     bool finite = AllFinite(pre_.data(), m);
     const T* p = pre_.data();
@@ -92,6 +94,33 @@ class ChunkReader {
       finite = finite && bad == 0;
     }
     return finite;
+  }
+
+  // Read for BF16 checkpoints: one pass over the raw bits per task
+  // (decode, check, subtract).
+  absl::StatusOr<bool> ReadBf16(int64_t off, int64_t m) {
+    const uint64_t byte_off = static_cast<uint64_t>(off) * 2;
+    const uint64_t len = static_cast<uint64_t>(m) * 2;
+    auto* pb = reinterpret_cast<uint16_t*>(raw_.data());
+    TAILOR_RETURN_IF_ERROR(t_.base->ReadRawRange(t_.name, byte_off, len, pb));
+    T* p = pre_.data();
+    uint32_t bad = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      bad |= (pb[j] & 0x7f80u) == 0x7f80u;
+      p[j] = static_cast<T>(Bf16ToFloat(pb[j]));
+    }
+    auto* fb = reinterpret_cast<uint16_t*>(raw_ft_.data());
+    for (size_t i = 0; i < delta_.size(); ++i) {
+      TAILOR_RETURN_IF_ERROR(
+          t_.finetuned[i]->ReadRawRange(t_.name, byte_off, len, fb));
+      T* d = delta_[i].data();
+      for (int64_t j = 0; j < m; ++j) {
+        bad |= (fb[j] & 0x7f80u) == 0x7f80u;
+        d[j] = static_cast<T>(Bf16ToFloat(fb[j])) - p[j];
+        bad |= NonFinite(d[j]);
+      }
+    }
+    return bad == 0;
   }
 
   const T* pre() const { return pre_.data(); }
@@ -121,7 +150,8 @@ class ChunkReader {
   }
 
   const StreamedTensor& t_;
-  std::vector<char> raw_;
+  std::vector<char> raw_;     // stored bytes (the base's, for BF16)
+  std::vector<char> raw_ft_;  // BF16: a task's stored bytes
   std::vector<T> pre_;
   std::vector<std::vector<T>> delta_;
 };
@@ -252,9 +282,17 @@ class Streamer {
         StreamedTopK<T>& top = tops_[i];
         if (!top.NeedsPass()) continue;
         const MinMax<T>& r = ranges_[i];
-        for (int64_t j = 0; j < m; ++j) top.Observe(r.Score(d[j]));
+        // Scores are >= +0 and finite: MagnitudeKey is their KeyOf.
+        for (int64_t j = 0; j < m; ++j) {
+          top.ObserveKey(StreamedTopK<T>::MagnitudeKey(r.Score(d[j])));
+        }
       } else {
-        tops_[i].Count(d, m);
+        StreamedTopK<T>& top = tops_[i];
+        if (!top.NeedsPass()) continue;
+        // |D| of finite values: MagnitudeKey is KeyOf.
+        for (int64_t j = 0; j < m; ++j) {
+          top.ObserveKey(StreamedTopK<T>::MagnitudeKey(d[j]));
+        }
       }
     }
   }
@@ -287,7 +325,8 @@ class Streamer {
       StreamedTopK<T>& top = tops_[0];
       const MinMax<T>& r = ranges_[0];
       for (int64_t j = 0; j < m; ++j) {
-        const bool keep = top.Keep(r.Score(d[j]));
+        const bool keep =
+            top.KeepKey(StreamedTopK<T>::MagnitudeKey(r.Score(d[j])));
         kept_ += keep;
         f[j] = Fuse(keep, p[j], d[j]);
       }
@@ -299,7 +338,8 @@ class Streamer {
       T sum = 0, selected = 0;
       for (size_t i = 0; i < tasks_; ++i) {
         const T d = reader_.delta(i)[j];
-        const bool keep = tops_[i].Keep(ranges_[i].Score(d));
+        const bool keep = tops_[i].KeepKey(
+            StreamedTopK<T>::MagnitudeKey(ranges_[i].Score(d)));
         any = any || keep;
         const T masked = keep ? d : T(0);
         sum = i == 0 ? masked : sum + masked;
@@ -325,13 +365,27 @@ class Streamer {
   // mean over the agreeing tasks, times lambda; the mask is delta != 0.
   void OutputTies(const T* p, int64_t m, float* f) {
     const T lambda = static_cast<T>(o_.lambda);
+    if (tasks_ == 1) {
+      // One task: total = t, every non-zero t agrees with its own sign, and
+      // the disjoint mean is (0 + t) / 1 = t exactly.
+      const T* d = reader_.delta(0);
+      StreamedTopK<T>& top = tops_[0];
+      for (int64_t j = 0; j < m; ++j) {
+        const bool trimmed = top.KeepKey(StreamedTopK<T>::MagnitudeKey(d[j]));
+        const T delta = (trimmed ? d[j] : T(0)) * lambda;
+        const bool keep = delta != 0;
+        kept_ += keep;
+        f[j] = Fuse(keep, p[j], delta);
+      }
+      return;
+    }
     trimmed_.resize(tasks_);
     T* t = trimmed_.data();
     for (int64_t j = 0; j < m; ++j) {
       T total = 0;
       for (size_t i = 0; i < tasks_; ++i) {
         const T d = reader_.delta(i)[j];
-        t[i] = tops_[i].Keep(d) ? d : T(0);
+        t[i] = tops_[i].KeepKey(StreamedTopK<T>::MagnitudeKey(d)) ? d : T(0);
         total = i == 0 ? t[0] : total + t[i];
       }
       const T sign = Sign(total);

@@ -52,8 +52,9 @@ class StreamedTopK {
     if (!NeedsPass()) return;
     for (int64_t i = 0; i < m; ++i) Observe(values[i]);
   }
-  inline void Observe(T v) {
-    const Key key = KeyOf(v);
+  inline void Observe(T v) { ObserveKey(KeyOf(v)); }
+  // Observe and Keep on a precomputed KeyOf (or MagnitudeKey) image.
+  inline void ObserveKey(Key key) {
     if ((key & known_) == prefix_) ++hist_[(key >> shift_) & kDigitMask];
   }
   // Ends a counting pass. REQUIRES: NeedsPass().
@@ -71,8 +72,8 @@ class StreamedTopK {
     return kept;
   }
   // Whether the next value in index order is kept.
-  inline bool Keep(T v) {
-    const Key key = KeyOf(v);
+  inline bool Keep(T v) { return KeepKey(KeyOf(v)); }
+  inline bool KeepKey(Key key) {
     if (key > threshold_) return true;
     if (key == threshold_ && ties_left_ > 0) {
       --ties_left_;
@@ -83,6 +84,14 @@ class StreamedTopK {
 
   // How many values are kept in all: min(max(k, 0), n).
   int64_t k() const { return k_; }
+
+  // KeyOf(v) for an instance ranking |v| with v not NaN, or for v >= +0:
+  // the bits with the sign bit set (two integer operations).
+  static inline Key MagnitudeKey(T v) {
+    Key bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    return bits | kSign;
+  }
 
   // The order-preserving key of v (|v| when abs): NaN is the largest key,
   // -0 and +0 the same.

@@ -151,5 +151,22 @@ TEST(StreamedTopKTest, WholeBoundaryBucketStopsEarly) {
   EXPECT_EQ(passes, 1);
 }
 
+// MagnitudeKey is KeyOf for an instance ranking |v| (any non-NaN v) and
+// for v >= +0 ranked as is.
+TEST(StreamedTopKTest, MagnitudeKeyIsKeyOfForAbsAndNonNegativeValues) {
+  StreamedTopK<float> abs(10, 3, true), plain(10, 3, false);
+  StreamedTopK<double> abs64(10, 3, true);
+  for (double x : {0.0, -0.0, 1e-45, -1e-45, 1.5, -1.5, 3e38, -3e38, 1e300,
+                   -1e-310, std::numeric_limits<double>::infinity(),
+                   -std::numeric_limits<double>::infinity()}) {
+    const float f = static_cast<float>(x);
+    EXPECT_EQ(StreamedTopK<float>::MagnitudeKey(f), abs.KeyOf(f)) << x;
+    EXPECT_EQ(StreamedTopK<double>::MagnitudeKey(x), abs64.KeyOf(x)) << x;
+    if (!std::signbit(f)) {
+      EXPECT_EQ(StreamedTopK<float>::MagnitudeKey(f), plain.KeyOf(f)) << x;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tailor
