@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <utility>
 
@@ -205,6 +206,8 @@ class Streamer {
         write_(write),
         tasks_(t.finetuned.size()),
         reader_(t),
+        keys_(t.chunk),
+        mask_(new bool[t.chunk]),
         fused_(t.chunk),
         out_(t.chunk * t.element_size) {}
 
@@ -270,30 +273,56 @@ class Streamer {
     return true;
   }
 
+  // keys_[0, m): the selection keys of task i's chunk (|D_i| for TIES,
+  // the min-max score for magnitude; both finite and >= +0 or ranked by
+  // magnitude, so MagnitudeKey is their KeyOf).
+  void Keys(size_t i, int64_t m) {
+    using Key = typename StreamedTopK<T>::Key;
+    const T* d = reader_.delta(i);
+    Key* k = keys_.data();
+    if (o_.method != StreamedMethod::kMagnitude) {
+      for (int64_t j = 0; j < m; ++j) {
+        k[j] = StreamedTopK<T>::MagnitudeKey(d[j]);
+      }
+      return;
+    }
+    const MinMax<T>& r = ranges_[i];
+    if (!r.positive) {
+      std::fill(k, k + m, StreamedTopK<T>::MagnitudeKey(T(0)));
+      return;
+    }
+    const T lo = r.lo, range = r.range;
+    for (int64_t j = 0; j < m; ++j) {
+      k[j] = StreamedTopK<T>::MagnitudeKey((std::fabs(d[j]) - lo) / range);
+    }
+  }
+
   void Count(bool first, int64_t m) {
     for (size_t i = 0; i < tasks_; ++i) {
-      const T* d = reader_.delta(i);
-      if (o_.method == StreamedMethod::kMagnitude) {
-        if (first) {
-          MinMax<T>& r = ranges_[i];
-          for (int64_t j = 0; j < m; ++j) r.Add(std::fabs(d[j]));
-          continue;
-        }
-        StreamedTopK<T>& top = tops_[i];
-        if (!top.NeedsPass()) continue;
-        const MinMax<T>& r = ranges_[i];
-        // Scores are >= +0 and finite: MagnitudeKey is their KeyOf.
+      if (o_.method == StreamedMethod::kMagnitude && first) {
+        // min/max of |D| on the bits (non-negative floats order as
+        // integers; fabs(-0) = +0).
+        using Bits = BitsOf<T>;
+        constexpr Bits kAbs = ~(Bits{1} << (8 * sizeof(T) - 1));
+        const T* d = reader_.delta(i);
+        Bits lo = ~Bits{0}, hi = 0;
         for (int64_t j = 0; j < m; ++j) {
-          top.ObserveKey(StreamedTopK<T>::MagnitudeKey(r.Score(d[j])));
+          Bits b;
+          std::memcpy(&b, &d[j], sizeof(b));
+          b &= kAbs;
+          lo = b < lo ? b : lo;
+          hi = b > hi ? b : hi;
         }
-      } else {
-        StreamedTopK<T>& top = tops_[i];
-        if (!top.NeedsPass()) continue;
-        // |D| of finite values: MagnitudeKey is KeyOf.
-        for (int64_t j = 0; j < m; ++j) {
-          top.ObserveKey(StreamedTopK<T>::MagnitudeKey(d[j]));
-        }
+        T lo_v, hi_v;
+        std::memcpy(&lo_v, &lo, sizeof(lo));
+        std::memcpy(&hi_v, &hi, sizeof(hi));
+        ranges_[i].Add(lo_v);
+        ranges_[i].Add(hi_v);
+        continue;
       }
+      if (!tops_[i].NeedsPass()) continue;
+      Keys(i, m);
+      tops_[i].CountKeys(keys_.data(), m);
     }
   }
 
@@ -322,14 +351,10 @@ class Streamer {
   void OutputMagnitude(const T* p, int64_t m, float* f) {
     if (tasks_ == 1) {
       const T* d = reader_.delta(0);
-      StreamedTopK<T>& top = tops_[0];
-      const MinMax<T>& r = ranges_[0];
-      for (int64_t j = 0; j < m; ++j) {
-        const bool keep =
-            top.KeepKey(StreamedTopK<T>::MagnitudeKey(r.Score(d[j])));
-        kept_ += keep;
-        f[j] = Fuse(keep, p[j], d[j]);
-      }
+      Keys(0, m);
+      bool* mask = mask_.get();
+      kept_ += tops_[0].SelectKeys(keys_.data(), m, mask);
+      for (int64_t j = 0; j < m; ++j) f[j] = Fuse(mask[j], p[j], d[j]);
       return;
     }
     const T tasks = static_cast<T>(tasks_);
@@ -369,10 +394,11 @@ class Streamer {
       // One task: total = t, every non-zero t agrees with its own sign, and
       // the disjoint mean is (0 + t) / 1 = t exactly.
       const T* d = reader_.delta(0);
-      StreamedTopK<T>& top = tops_[0];
+      Keys(0, m);
+      bool* mask = mask_.get();
+      tops_[0].SelectKeys(keys_.data(), m, mask);
       for (int64_t j = 0; j < m; ++j) {
-        const bool trimmed = top.KeepKey(StreamedTopK<T>::MagnitudeKey(d[j]));
-        const T delta = (trimmed ? d[j] : T(0)) * lambda;
+        const T delta = (mask[j] ? d[j] : T(0)) * lambda;
         const bool keep = delta != 0;
         kept_ += keep;
         f[j] = Fuse(keep, p[j], delta);
@@ -412,6 +438,8 @@ class Streamer {
   std::vector<StreamedTopK<T>> tops_;
   std::vector<MinMax<T>> ranges_;
   std::vector<T> trimmed_;
+  std::vector<typename StreamedTopK<T>::Key> keys_;  // a chunk's keys
+  std::unique_ptr<bool[]> mask_;                     // a chunk's mask
   std::vector<float> fused_;
   std::vector<char> out_;
   int64_t kept_ = 0;

@@ -67,6 +67,43 @@ void StreamedTopK<T>::EndPass() {
   }
 }
 
+template <typename T>
+void StreamedTopK<T>::CountKeys(const Key* keys, int64_t m) {
+  if (!NeedsPass()) return;
+  const int shift = shift_;
+  int64_t* hist = hist_.data();
+  if (known_ == 0) {
+    for (int64_t i = 0; i < m; ++i) ++hist[(keys[i] >> shift) & kDigitMask];
+    return;
+  }
+  const Key known = known_, prefix = prefix_;
+  for (int64_t i = 0; i < m; ++i) {
+    if ((keys[i] & known) == prefix) ++hist[(keys[i] >> shift) & kDigitMask];
+  }
+}
+
+template <typename T>
+int64_t StreamedTopK<T>::SelectKeys(const Key* keys, int64_t m, bool* mask) {
+  const Key t = threshold_;
+  uint32_t ties = 0;
+  int64_t kept = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    mask[i] = keys[i] > t;
+    ties |= keys[i] == t;
+    kept += mask[i];
+  }
+  if (ties == 0 || ties_left_ == 0) return kept;
+  // Keys equal to the threshold, in index order while ties are left.
+  for (int64_t i = 0; i < m && ties_left_ > 0; ++i) {
+    if (keys[i] == t) {
+      mask[i] = true;
+      ++kept;
+      --ties_left_;
+    }
+  }
+  return kept;
+}
+
 template class StreamedTopK<float>;
 template class StreamedTopK<double>;
 

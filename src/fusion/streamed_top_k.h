@@ -57,6 +57,11 @@ class StreamedTopK {
   inline void ObserveKey(Key key) {
     if ((key & known_) == prefix_) ++hist_[(key >> shift_) & kDigitMask];
   }
+  // Count and Select over precomputed keys (KeyOf or MagnitudeKey images),
+  // in loops the compiler can vectorise.
+  void CountKeys(const Key* keys, int64_t m);
+  int64_t SelectKeys(const Key* keys, int64_t m, bool* mask);
+
   // Ends a counting pass. REQUIRES: NeedsPass().
   void EndPass();
 
