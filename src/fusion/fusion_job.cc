@@ -674,8 +674,9 @@ class Job {
   // the job's compute type; z-score normalisation, Scope::kBlock and
   // several-row Scope::kRow are computed whole.
   bool Streams(const TensorInfo& info) const {
-    const bool threshold =
-        spec_.method == Method::kMagnitude || spec_.method == Method::kTies;
+    const bool threshold = spec_.method == Method::kMagnitude ||
+                           spec_.method == Method::kTies ||
+                           spec_.method == Method::kSpider;
     if (spec_.method != Method::kTaskArithmetic &&
         spec_.method != Method::kDare && !threshold) {
       return false;

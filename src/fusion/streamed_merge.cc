@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "fusion/spider_kernel.h"
 #include "fusion/streamed_top_k.h"
 #include "fusion/tailor_kernel.h"
 #include "io/checkpoint.h"
@@ -212,6 +213,7 @@ class Streamer {
         out_(t.chunk * t.element_size) {}
 
   absl::StatusOr<StreamedMergeResult> Run() {
+    if (o_.method == StreamedMethod::kSpider) return RunSpider();
     StreamedMergeResult result;
     const int64_t n = t_.numel;
     const bool magnitude = o_.method == StreamedMethod::kMagnitude;
@@ -252,6 +254,52 @@ class Streamer {
   }
 
  private:
+  // Spider() on task 0 (the others are read and checked, as FuseOne reads
+  // them): SpiderKernel's three statistics passes, then the output pass.
+  absl::StatusOr<StreamedMergeResult> RunSpider() {
+    StreamedMergeResult result;
+    SpiderKernel k(t_.numel);
+    using Add = void (SpiderKernel::*)(double, double);
+    for (Add add : {&SpiderKernel::AddMean, &SpiderKernel::AddDeviation,
+                    &SpiderKernel::AddM}) {
+      TAILOR_ASSIGN_OR_RETURN(bool finite, ForEachChunk([&](int64_t m) {
+                                const T* p = reader_.pre();
+                                const T* d = reader_.delta(0);
+                                for (int64_t j = 0; j < m; ++j) {
+                                  (k.*add)(std::fabs(p[j]), std::fabs(d[j]));
+                                }
+                              }));
+      if (!finite) return result;
+      if (add == &SpiderKernel::AddMean) k.EndMean();
+      if (add == &SpiderKernel::AddDeviation) k.EndDeviation();
+      if (add == &SpiderKernel::AddM) k.EndM();
+    }
+    result.streamed = true;
+    TAILOR_ASSIGN_OR_RETURN(
+        bool finite, ForEachChunk([&](int64_t m) {
+          const T* p = reader_.pre();
+          const T* d = reader_.delta(0);
+          float* f = fused_.data();
+          for (int64_t j = 0; j < m; ++j) {
+            const double factor = k.Factor(std::fabs(p[j]), std::fabs(d[j]));
+            const bool keep = factor > 0;
+            kept_ += keep;
+            f[j] =
+                Fuse(keep, p[j], keep ? static_cast<T>(factor) * d[j] : T(0));
+          }
+          Encode(f, m, t_.stored, out_.data());
+          write_status_ = write_(absl::string_view(
+              out_.data(), static_cast<size_t>(m) * t_.element_size));
+        }));
+    if (!finite) {
+      return absl::DataLossError(absl::StrCat(
+          t_.name, ": an input tensor changed while it was being read"));
+    }
+    if (!write_status_.ok()) return write_status_;
+    result.kept = kept_;
+    return result;
+  }
+
   bool NeedsPass() const {
     for (const auto& top : tops_) {
       if (top.NeedsPass()) return true;

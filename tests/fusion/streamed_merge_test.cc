@@ -220,6 +220,24 @@ TEST_F(StreamedMergeTest, TiesMatchesWholeTensorBytesAndReport) {
   }
 }
 
+// SPIDER's statistics are float64 sums in index order on both paths
+// (spider_kernel.h), so streaming keeps the bytes for any chunk size.
+TEST_F(StreamedMergeTest, SpiderMatchesWholeTensorBytesAndReport) {
+  for (const char* tag : {"bf16", "f32"}) {
+    for (bool float64 : {false, true}) {
+      for (int64_t chunk : {int64_t{1} << 18, int64_t{37}, int64_t{1}}) {
+        if (chunk == 1 && float64) continue;
+        SCOPED_TRACE(absl::StrCat(tag, " float64=", float64, " chunk=", chunk));
+        FusionSpec spec = Spec("spider", 1, tag);
+        spec.method = Method::kSpider;
+        spec.tailor.float64 = float64;
+        nlohmann::json report = ExpectStreamedMatchesWhole(spec, chunk);
+        EXPECT_GT(report["totals"]["kept"].get<int64_t>(), 0);
+      }
+    }
+  }
+}
+
 // A NaN input is refused with the whole-tensor path's error, and an
 // overflow of ft - pre to Inf gives its bytes: such a tensor is computed
 // whole, nothing of it streamed.
@@ -233,7 +251,7 @@ TEST_F(StreamedMergeTest, NonFiniteInputsAreHandledAsTheWholeTensorPath) {
   Write(Dir("ov-ft"), ft, at::kBFloat16);
   ft["w"].view({-1})[200] = std::numeric_limits<float>::quiet_NaN();
   Write(Dir("ov-nan"), ft, at::kBFloat16);
-  for (Method method : {Method::kMagnitude, Method::kTies}) {
+  for (Method method : {Method::kMagnitude, Method::kTies, Method::kSpider}) {
     SCOPED_TRACE(MethodName(method));
     FusionSpec spec;
     spec.pretrained_uri = tmp_.Join("ov-base");
