@@ -106,8 +106,9 @@ struct RunOptions {
   // outputs come back to the CPU for writing, as without one.
   TensorDeviceScheduler* device_scheduler = nullptr;
   // Elements per chunk when a data-free merge streams a tensor (task
-  // arithmetic, DARE: see FusionJob): its working memory is a few buffers
-  // of this many elements, whatever the tensor's size. Tests shrink it.
+  // arithmetic, DARE, magnitude, TIES, SPIDER: see FusionJob): its working
+  // memory is a few buffers of this many elements per task, whatever the
+  // tensor's size. Tests shrink it.
   int64_t stream_chunk_elements = int64_t{1} << 18;
 };
 

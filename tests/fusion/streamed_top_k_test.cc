@@ -20,23 +20,33 @@ namespace {
 // Runs the streamed selection over `v` in chunks of `chunk`, counting the
 // passes; each pass feeds the chunks last to first (counting must not
 // depend on the order), the output pass first to last.
+// With `keys`, through CountKeys/SelectKeys on KeyOf images instead.
 template <typename T>
 std::vector<bool> Streamed(const std::vector<T>& v, int64_t k, bool abs,
-                           int64_t chunk, int* passes) {
+                           int64_t chunk, int* passes, bool keys = false) {
   const int64_t n = static_cast<int64_t>(v.size());
   StreamedTopK<T> top(n, k, abs);
+  std::vector<typename StreamedTopK<T>::Key> key(v.size());
+  for (size_t i = 0; i < v.size(); ++i) key[i] = top.KeyOf(v[i]);
   *passes = 0;
   while (top.NeedsPass()) {
     ++*passes;
     for (int64_t off = ((n - 1) / chunk) * chunk; off >= 0; off -= chunk) {
-      top.Count(v.data() + off, std::min(chunk, n - off));
+      const int64_t m = std::min(chunk, n - off);
+      if (keys) {
+        top.CountKeys(key.data() + off, m);
+      } else {
+        top.Count(v.data() + off, m);
+      }
     }
     top.EndPass();
   }
   std::unique_ptr<bool[]> mask(new bool[n > 0 ? n : 1]);
   int64_t kept = 0;
   for (int64_t off = 0; off < n; off += chunk) {
-    kept += top.Select(v.data() + off, std::min(chunk, n - off), &mask[off]);
+    const int64_t m = std::min(chunk, n - off);
+    kept += keys ? top.SelectKeys(key.data() + off, m, &mask[off])
+                 : top.Select(v.data() + off, m, &mask[off]);
   }
   EXPECT_EQ(kept, top.k());
   return std::vector<bool>(mask.get(), mask.get() + n);
@@ -112,8 +122,10 @@ void CheckAll() {
           SCOPED_TRACE(absl::StrCat(label, " abs=", abs, " k=", k,
                                     " chunk=", chunk, " bytes=", sizeof(T)));
           int passes = 0;
-          EXPECT_EQ(Streamed(v, k, abs, chunk, &passes), Whole(v, k, abs));
+          const std::vector<bool> whole = Whole(v, k, abs);
+          EXPECT_EQ(Streamed(v, k, abs, chunk, &passes), whole);
           EXPECT_LE(passes, static_cast<int>(sizeof(T) / 2));
+          EXPECT_EQ(Streamed(v, k, abs, chunk, &passes, /*keys=*/true), whole);
         }
       }
     }
