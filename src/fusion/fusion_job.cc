@@ -24,6 +24,7 @@
 #include "fusion/patch.h"
 #include "fusion/patch_stream.h"
 #include "fusion/stitch_stream.h"
+#include "fusion/streamed_merge.h"
 #include "fusion/tailor_kernel.h"
 #include "io/checkpoint_writer.h"
 #include "io/lora_adapter.h"
@@ -697,6 +698,14 @@ class Job {
   // checkpoint (a LoRA view is computed whole) and a stored dtype LibTorch
   // has; or stitching task patches only (StitchesPatches: every output
   // streams). Never with options_.stream_chunk_elements <= 0.
+  //
+  // Magnitude, TIES and SPIDER stream as well (streamed_merge.h: a
+  // tensor-wide statistic in passes over the chunks, then the output pass),
+  // on a floating stored dtype. Magnitude streams only the selections it
+  // can reproduce exactly: min-max normalisation with Scope::kLayer, or
+  // Scope::kRow on a tensor scored as one row (not 2-D, or one row), in
+  // the job's compute type; z-score normalisation, Scope::kBlock and
+  // several-row Scope::kRow are computed whole.
   bool Streams(const TensorInfo& info) const {
     if (options_.stream_chunk_elements <= 0) return false;
     if (StitchesPatches()) {
@@ -704,12 +713,18 @@ class Job {
       return device_.is_cpu() && info.numel > 0 &&
              ToScalarType(info.dtype).has_value();
     }
+    const bool threshold = spec_.method == Method::kMagnitude ||
+                           spec_.method == Method::kTies ||
+                           spec_.method == Method::kSpider;
     if (spec_.method != Method::kTaskArithmetic &&
-        spec_.method != Method::kDare) {
+        spec_.method != Method::kDare && !threshold) {
       return false;
     }
     if (!writer_ || stitched_ || !device_.is_cpu() || info.numel == 0 ||
         !ToScalarType(info.dtype).has_value()) {
+      return false;
+    }
+    if (threshold && !at::isFloatingType(*ToScalarType(info.dtype))) {
       return false;
     }
     for (const auto& task : tasks_) {
@@ -717,8 +732,99 @@ class Job {
           dynamic_cast<const Checkpoint*>(task->finetuned.get()) == nullptr) {
         return false;
       }
+      if (spec_.method == Method::kMagnitude) {
+        const TailorOptions& o = task->options;
+        const bool one_row = info.shape.size() != 2 || info.shape[0] == 1;
+        if (o.normalization != Normalization::kMinMax ||
+            o.float64 != spec_.tailor.float64 ||
+            !(o.scope == Scope::kLayer ||
+              (o.scope == Scope::kRow && one_row))) {
+          return false;
+        }
+      }
     }
     return true;
+  }
+
+  // StreamOne for magnitude, TIES and SPIDER (streamed_merge.h). A tensor
+  // holding a non-finite input or delta is computed whole by FuseOne
+  // (nothing of it has been written yet), which reports it as before, and
+  // written from its result.
+  absl::StatusOr<JournalEntry> StreamThreshold(size_t index,
+                                               const TensorInfo& info) {
+    const auto t0 = Clock::now();
+    StreamedTensor t;
+    t.name = info.name;
+    t.stored = *ToScalarType(info.dtype);
+    t.numel = info.numel;
+    t.element_size = info.nbytes / static_cast<uint64_t>(info.numel);
+    t.chunk = std::clamp<int64_t>(options_.stream_chunk_elements, 1, t.numel);
+    t.base = base_.get();
+    t.float64 = spec_.tailor.float64;
+    StreamedMergeOptions o;
+    o.method = spec_.method == Method::kMagnitude ? StreamedMethod::kMagnitude
+               : spec_.method == Method::kTies    ? StreamedMethod::kTies
+                                                  : StreamedMethod::kSpider;
+    o.aggregation = spec_.aggregation;
+    o.density = spec_.density;
+    o.lambda = spec_.lambda;
+    for (const auto& task : tasks_) {
+      t.finetuned.push_back(
+          dynamic_cast<const Checkpoint*>(task->finetuned.get()));
+      o.keep_ratio.push_back(task->options.keep_ratio);
+    }
+    // The streamed bytes go to the journal chunk by chunk (BeginSpool).
+    std::shared_ptr<JournalFusedSpool> spool;
+    bool spooling = true;
+    std::optional<CheckpointWriter::TensorStream> stream;
+    auto write = [&](absl::string_view bytes) -> absl::Status {
+      if (!stream) {
+        TAILOR_ASSIGN_OR_RETURN(stream, writer_->BeginTensor(info.name));
+        if (spooling) spool = BeginSpool(index, info);
+      }
+      TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&*stream, bytes));
+      Spool(spool, bytes);
+      return absl::OkStatus();
+    };
+    TAILOR_ASSIGN_OR_RETURN(StreamedMergeResult r, CatchTorch(info.name, [&] {
+                              return StreamThresholdMerge(t, o, write);
+                            }));
+    if (!r.streamed) {
+      // Computed whole, then written here as StreamOne's caller expects.
+      // The whole tensor is in memory already: its journal entry holds the
+      // bytes (`fused`), not a spool.
+      spool.reset();
+      spooling = false;
+      TAILOR_ASSIGN_OR_RETURN(JournalEntry whole, FuseOne(index, info));
+      if (whole.fused) TAILOR_RETURN_IF_ERROR(write(*whole.fused));
+      if (!journal_) whole.fused.reset();
+      if (stream) TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&*stream));
+      return whole;
+    }
+    TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&*stream));
+    hessians_.Finished(static_cast<int64_t>(index));
+    JournalEntry out;
+    out.index = static_cast<int64_t>(index);
+    out.name = info.name;
+    out.fused_spool = std::move(spool);
+    nlohmann::json per_task = nlohmann::json::array();
+    for (size_t i = 0; i < tasks_.size(); ++i) {
+      nlohmann::json tj = {{"label", tasks_[i]->label}};
+      if (spec_.method == Method::kMagnitude) {
+        // TailorLayerPrepared's stats without a Hessian.
+        const int64_t kept = r.task_kept[i];
+        tj["kept"] = kept;
+        tj["kept_fraction"] = static_cast<double>(kept) / info.numel;
+        tj["hessian"] = false;
+        tj["compensation"] = "none";
+        tj["seconds"] = Seconds(t0);
+      }
+      per_task.push_back(std::move(tj));
+    }
+    nlohmann::json entry = FusedReportEntry(info, r.kept, per_task);
+    entry["seconds"] = Seconds(t0);
+    out.report = std::move(entry);
+    return out;
   }
 
   // FuseOne for a tensor that Streams(): reads the base and fine-tuned
@@ -734,6 +840,10 @@ class Job {
   // holding one (pre-trained before fine-tuned within a chunk).
   absl::StatusOr<JournalEntry> StreamOne(size_t index, const TensorInfo& info) {
     if (StitchesPatches()) return StreamStitch(index, info);
+    if (spec_.method != Method::kTaskArithmetic &&
+        spec_.method != Method::kDare) {
+      return StreamThreshold(index, info);
+    }
     const auto t0 = Clock::now();
     const std::string& name = info.name;
     JournalEntry out;

@@ -5,6 +5,7 @@
 
 #include <utility>
 
+#include "fusion/spider_kernel.h"
 #include "fusion/tailor_kernel.h"
 #include "fusion/top_k.h"
 
@@ -47,13 +48,6 @@ uint64_t DareSeed(uint64_t seed, absl::string_view tensor_name, uint64_t task) {
   uint64_t h = Mix(seed);
   h = Mix(h ^ Fnv1a(tensor_name));
   return Mix(h ^ task);
-}
-
-// Population z-score over the whole tensor; a constant tensor maps to 0.
-at::Tensor ZScore(const at::Tensor& x) {
-  at::Tensor mean = x.mean();
-  at::Tensor std = (x - mean).pow(2).mean().sqrt();
-  return at::where(std > 0, (x - mean) / std.clamp_min(1e-300), Zero(x));
 }
 
 }  // namespace
@@ -196,18 +190,40 @@ void ChunkedDenseMerge::Merge(std::vector<at::Tensor>& deltas) {
 
 MergedDelta Spider(const at::Tensor& w_pre, const at::Tensor& delta,
                    const at::Tensor& importance) {
-  at::Tensor i_score = at::sigmoid(ZScore(w_pre.to(delta.options()).abs()));
-  at::Tensor g =
-      importance.defined() ? importance.to(delta.options()) : delta.abs();
-  at::Tensor g_score = at::sigmoid(ZScore(g));
-  at::Tensor m = Masked(g_score > i_score, g_score / (g_score + i_score));
-  at::Tensor positive = m > 0;
-  const int64_t count = positive.sum().item<int64_t>();
-  if (count == 0) return {positive, at::zeros_like(delta)};
-  // Rescaled by the mean of the non-zeros, then capped at 1.
-  at::Tensor mean_nonzero = m.sum() / static_cast<double>(count);
-  m = (m / mean_nonzero).clamp_max(1.0);
-  return {positive, m * delta};
+  // Plain loops over SpiderKernel (spider_kernel.h: float64 statistics in
+  // index order), which the streamed merge shares bit for bit.
+  const at::ScalarType type =
+      delta.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor d = delta.to(at::kCPU, type).contiguous();
+  const at::Tensor x =
+      w_pre.to(at::kCPU, delta.scalar_type()).abs().to(type).contiguous();
+  const at::Tensor g =
+      importance.defined()
+          ? importance.to(at::kCPU, delta.scalar_type()).to(type).contiguous()
+          : d.abs();
+  const int64_t n = d.numel();
+  at::Tensor mask = at::empty(d.sizes(), d.options().dtype(at::kBool));
+  at::Tensor out = at::empty_like(d);
+  AT_DISPATCH_FLOATING_TYPES(type, "Spider", [&] {
+    const scalar_t* dp = d.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    SpiderKernel k(n);
+    for (int64_t i = 0; i < n; ++i) k.AddMean(xp[i], gp[i]);
+    k.EndMean();
+    for (int64_t i = 0; i < n; ++i) k.AddDeviation(xp[i], gp[i]);
+    k.EndDeviation();
+    for (int64_t i = 0; i < n; ++i) k.AddM(xp[i], gp[i]);
+    k.EndM();
+    bool* mp = mask.data_ptr<bool>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      const double f = k.Factor(xp[i], gp[i]);
+      mp[i] = f > 0;
+      op[i] = f > 0 ? static_cast<scalar_t>(f) * dp[i] : scalar_t(0);
+    }
+  });
+  return {mask.to(delta.device()), out.to(delta.device(), delta.scalar_type())};
 }
 
 }  // namespace tailor

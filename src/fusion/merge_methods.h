@@ -83,7 +83,11 @@ class ChunkedDenseMerge {
 // SPIDER (post hoc): I = sigmoid(zscore(|W_pre|)), G = sigmoid(zscore(g))
 // with g = `importance` when given (accumulated |gradient|), else |D|;
 // M = G / (G + I) where G > I, else 0; M is rescaled by the mean of its
-// non-zeros and capped at 1; delta = M * D. One task.
+// non-zeros and capped at 1; delta = M * D. One task. The statistics (the
+// z-scores' means and standard deviations, the mean of the non-zero M) are
+// accumulated in float64 in flat index order and the elementwise steps
+// computed in float64 (spider_kernel.h), M rounded to D's type before the
+// product: the streamed merge (streamed_merge.h) gives the same bits.
 MergedDelta Spider(const at::Tensor& w_pre, const at::Tensor& delta,
                    const at::Tensor& importance);
 

@@ -106,10 +106,10 @@ struct RunOptions {
   // outputs come back to the CPU for writing, as without one.
   TensorDeviceScheduler* device_scheduler = nullptr;
   // Elements per chunk when a data-free merge streams a tensor (task
-  // arithmetic, DARE, stitching patches: see FusionJob): its working memory
-  // is a few buffers of this many elements, whatever the tensor's size.
-  // Tests shrink it; 0 computes every tensor whole (a test hook: the same
-  // outputs).
+  // arithmetic, DARE, magnitude, TIES, SPIDER, stitching patches: see
+  // FusionJob): its working memory is a few buffers of this many elements
+  // per task, whatever the tensor's size. Tests shrink it; 0 computes every
+  // tensor whole (a test hook: the same outputs).
   int64_t stream_chunk_elements = int64_t{1} << 18;
 };
 

@@ -131,6 +131,62 @@ TEST(StreamMemoryTest, TaskArithmeticPeakRssIsBoundedByTheChunkNotTheTensor) {
   EXPECT_EQ((*report)["totals"]["kept"].get<int64_t>(), kBig);
 }
 
+// Magnitude and TIES stream too (two radix passes for the per-tensor
+// threshold, then the output pass): the same bound. Each in a process of
+// its own (tests/CMakeLists.txt).
+void ExpectThresholdMethodBounded(Method method) {
+  constexpr int64_t kBig = 16 << 20;  // one 32 MiB BF16 tensor (64 MiB f32)
+  constexpr long kCapKiB = 48 << 10;
+  tailor::testing::TempDir dir;
+  GenerateInChild(dir.Join("base"), 1, kBig, 0, 1ull << 30);
+  GenerateInChild(dir.Join("ft"), 1, kBig, 1, 1ull << 30);
+  FusionSpec spec;
+  spec.pretrained_uri = dir.Join("base");
+  spec.tasks.push_back(TaskSpec{"ft", dir.Join("ft"), "", "", {}, {}});
+  spec.method = method;
+  spec.tailor.keep_ratio = 0.1;
+  spec.density = 0.1;
+  spec.output_uri = dir.Join("out");
+  spec.device = "cpu";
+  auto resolver = UriResolver::Create({dir.path()});
+  ASSERT_TRUE(resolver.ok());
+  RunOptions options;  // default chunk: 256 Ki elements
+  const long before = PeakRssKiB();
+  auto report = RunFusionJob(spec, *resolver, options);
+  const long after = PeakRssKiB();
+  ASSERT_TRUE(report.ok()) << report.status();
+  std::cout << MethodName(method) << " on one " << (kBig * 2 >> 20)
+            << " MiB BF16 tensor: peak RSS before " << (before >> 10)
+            << " MiB, after " << (after >> 10) << " MiB (growth cap "
+            << (kCapKiB >> 10) << " MiB)\n";
+  EXPECT_LT(after - before, kCapKiB);
+  // d = pattern(1, j) - pattern(0, j) is 7, or -57 where j % 64 >= 57 (a
+  // 7/64 share): the k = round(0.1 n) kept entries are the first k of the
+  // -57s in index order (ties to the lower index); fused = pre + d there.
+  const int64_t k = KeepCountForTest(kBig);
+  EXPECT_EQ((*report)["totals"]["kept"].get<int64_t>(), k);
+  auto out = Checkpoint::Open(spec.output_uri);
+  ASSERT_TRUE(out.ok()) << out.status();
+  auto t = (*out)->Read("layers.0.weight");
+  ASSERT_TRUE(t.ok()) << t.status();
+  const int64_t last_kept = (k - 1) / 7 * 64 + 57 + (k - 1) % 7;
+  for (int64_t j : {int64_t{57}, int64_t{63}, last_kept, last_kept + 64,
+                    int64_t{0}, kBig - 1}) {
+    const float pre = static_cast<float>(j % 64);
+    const float ft = static_cast<float>((7 + j) % 64);
+    const bool kept = j % 64 >= 57 && j <= last_kept;
+    EXPECT_EQ(t->view({-1})[j].item<float>(), kept ? ft : pre) << j;
+  }
+}
+
+TEST(StreamMemoryTest, MagnitudePeakRssIsBoundedByTheChunkNotTheTensor) {
+  ExpectThresholdMethodBounded(Method::kMagnitude);
+}
+
+TEST(StreamMemoryTest, TiesPeakRssIsBoundedByTheChunkNotTheTensor) {
+  ExpectThresholdMethodBounded(Method::kTies);
+}
+
 TEST(StreamMemoryTest, ReaderPeakRssStaysUnderCapForCheckpointLargerThanCap) {
   tailor::testing::TempDir dir;
   const std::string out = dir.Join("big");

@@ -1,0 +1,508 @@
+#include "fusion/streamed_merge.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <type_traits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "fusion/spider_kernel.h"
+#include "fusion/streamed_top_k.h"
+#include "fusion/tailor_kernel.h"
+#include "io/checkpoint.h"
+#include "util/status_macros.h"
+
+namespace tailor {
+namespace {
+
+inline float Bf16ToFloat(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// c10::BFloat16's round-to-nearest-even, for a non-NaN `f` (Inf stays Inf).
+inline uint16_t FloatToBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  const uint32_t bias = ((bits >> 16) & 1) + 0x7fff;
+  return static_cast<uint16_t>((bits + bias) >> 16);
+}
+
+template <typename T>
+using BitsOf = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+
+// Whether x is NaN or +-Inf (all exponent bits set), branch-free.
+template <typename T>
+inline bool NonFinite(T x) {
+  constexpr BitsOf<T> kExp = static_cast<BitsOf<T>>(
+      sizeof(T) == 4 ? 0x7f800000ull : 0x7ff0000000000000ull);
+  BitsOf<T> bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return (bits & kExp) == kExp;
+}
+
+template <typename T>
+bool AllFinite(const T* x, int64_t m) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < m; ++i) bad |= NonFinite(x[i]);
+  return bad == 0;
+}
+
+// ATen's sign: 1, -1 or 0.
+template <typename T>
+inline T Sign(T x) {
+  return static_cast<T>((T(0) < x) - (x < T(0)));
+}
+
+template <typename T>
+constexpr at::ScalarType kScalar =
+    std::is_same_v<T, float> ? at::kFloat : at::kDouble;
+
+// Reads a tensor of the base and of every task in chunks, in the compute
+// type T, into buffers allocated once: pre() and delta(i) = ft_i - pre.
+template <typename T>
+class ChunkReader {
+ public:
+  explicit ChunkReader(const StreamedTensor& t)
+      : t_(t),
+        raw_(t.stored == kScalar<T> ? 0 : t.chunk * t.element_size),
+        raw_ft_(t.stored == at::kBFloat16 ? t.chunk * 2 : 0),
+        pre_(t.chunk),
+        delta_(t.finetuned.size(), std::vector<T>(t.chunk)) {}
+
+  // Reads elements [off, off + m); returns whether every pre-trained,
+  // fine-tuned and delta value is finite.
+  absl::StatusOr<bool> Read(int64_t off, int64_t m) {
+    if (t_.stored == at::kBFloat16) return ReadBf16(off, m);
+    TAILOR_RETURN_IF_ERROR(ReadInto(*t_.base, off, m, pre_.data()));
+    bool finite = AllFinite(pre_.data(), m);
+    const T* p = pre_.data();
+    for (size_t i = 0; i < delta_.size(); ++i) {
+      T* d = delta_[i].data();
+      TAILOR_RETURN_IF_ERROR(ReadInto(*t_.finetuned[i], off, m, d));
+      uint32_t bad = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        bad |= NonFinite(d[j]);
+        d[j] = d[j] - p[j];
+        bad |= NonFinite(d[j]);
+      }
+      finite = finite && bad == 0;
+    }
+    return finite;
+  }
+
+  // Read for BF16 checkpoints: one pass over the raw bits per task
+  // (decode, check, subtract).
+  absl::StatusOr<bool> ReadBf16(int64_t off, int64_t m) {
+    const uint64_t byte_off = static_cast<uint64_t>(off) * 2;
+    const uint64_t len = static_cast<uint64_t>(m) * 2;
+    auto* pb = reinterpret_cast<uint16_t*>(raw_.data());
+    TAILOR_RETURN_IF_ERROR(t_.base->ReadRawRange(t_.name, byte_off, len, pb));
+    T* p = pre_.data();
+    uint32_t bad = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      bad |= (pb[j] & 0x7f80u) == 0x7f80u;
+      p[j] = static_cast<T>(Bf16ToFloat(pb[j]));
+    }
+    auto* fb = reinterpret_cast<uint16_t*>(raw_ft_.data());
+    for (size_t i = 0; i < delta_.size(); ++i) {
+      TAILOR_RETURN_IF_ERROR(
+          t_.finetuned[i]->ReadRawRange(t_.name, byte_off, len, fb));
+      T* d = delta_[i].data();
+      for (int64_t j = 0; j < m; ++j) {
+        bad |= (fb[j] & 0x7f80u) == 0x7f80u;
+        d[j] = static_cast<T>(Bf16ToFloat(fb[j])) - p[j];
+        bad |= NonFinite(d[j]);
+      }
+    }
+    return bad == 0;
+  }
+
+  const T* pre() const { return pre_.data(); }
+  const T* delta(size_t i) const { return delta_[i].data(); }
+
+ private:
+  absl::Status ReadInto(const Checkpoint& src, int64_t off, int64_t m, T* out) {
+    const uint64_t byte_off = static_cast<uint64_t>(off) * t_.element_size;
+    const uint64_t len = static_cast<uint64_t>(m) * t_.element_size;
+    if (t_.stored == kScalar<T>) {
+      return src.ReadRawRange(t_.name, byte_off, len, out);
+    }
+    TAILOR_RETURN_IF_ERROR(
+        src.ReadRawRange(t_.name, byte_off, len, raw_.data()));
+    if (t_.stored == at::kBFloat16) {
+      const auto* b = reinterpret_cast<const uint16_t*>(raw_.data());
+      for (int64_t j = 0; j < m; ++j) {
+        out[j] = static_cast<T>(Bf16ToFloat(b[j]));
+      }
+      return absl::OkStatus();
+    }
+    // Other floating dtypes: LibTorch's conversion (as Checkpoint::Read).
+    at::from_blob(out, {m}, at::TensorOptions().dtype(kScalar<T>))
+        .copy_(at::from_blob(raw_.data(), {m},
+                             at::TensorOptions().dtype(t_.stored)));
+    return absl::OkStatus();
+  }
+
+  const StreamedTensor& t_;
+  std::vector<char> raw_;     // stored bytes (the base's, for BF16)
+  std::vector<char> raw_ft_;  // BF16: a task's stored bytes
+  std::vector<T> pre_;
+  std::vector<std::vector<T>> delta_;
+};
+
+// The fused float32 chunk in the stored dtype (ToStoredTensor: round to
+// nearest even), into `out`.
+void Encode(const float* fused, int64_t m, at::ScalarType stored, char* out) {
+  if (stored == at::kFloat) {
+    std::memcpy(out, fused, static_cast<size_t>(m) * 4);
+  } else if (stored == at::kBFloat16) {
+    auto* o = reinterpret_cast<uint16_t*>(out);
+    for (int64_t j = 0; j < m; ++j) o[j] = FloatToBf16(fused[j]);
+  } else {
+    at::from_blob(out, {m}, at::TensorOptions().dtype(stored))
+        .copy_(at::from_blob(const_cast<float*>(fused), {m},
+                             at::TensorOptions().dtype(at::kFloat)));
+  }
+}
+
+// MinMaxScoresCpu's min-max normalisation of |D| over the whole tensor
+// (tailor_kernel.cc): (x - lo) / max(hi - lo, tiny) where hi - lo > 0,
+// else 0.
+template <typename T>
+struct MinMax {
+  T lo = std::numeric_limits<T>::infinity();
+  T hi = -std::numeric_limits<T>::infinity();
+  T range = 0;
+  bool positive = false;
+  void Add(T x) {
+    lo = x < lo ? x : lo;
+    hi = x > hi ? x : hi;
+  }
+  void Finish() {
+    range = hi - lo;
+    positive = range > 0;
+    // clamp_min(1e-300) in the kernel type (0 for float).
+    range = std::max(range, static_cast<T>(1e-300));
+  }
+  inline T Score(T d) const {
+    return positive ? (std::fabs(d) - lo) / range : T(0);
+  }
+};
+
+template <typename T>
+class Streamer {
+ public:
+  Streamer(const StreamedTensor& t, const StreamedMergeOptions& o,
+           const std::function<absl::Status(absl::string_view)>& write)
+      : t_(t),
+        o_(o),
+        write_(write),
+        tasks_(t.finetuned.size()),
+        reader_(t),
+        keys_(t.chunk),
+        mask_(new bool[t.chunk]),
+        fused_(t.chunk),
+        out_(t.chunk * t.element_size) {}
+
+  absl::StatusOr<StreamedMergeResult> Run() {
+    if (o_.method == StreamedMethod::kSpider) return RunSpider();
+    StreamedMergeResult result;
+    const int64_t n = t_.numel;
+    const bool magnitude = o_.method == StreamedMethod::kMagnitude;
+    for (size_t i = 0; i < tasks_; ++i) {
+      const int64_t k =
+          magnitude ? KeepCount(o_.keep_ratio[i], n) : KeepCount(o_.density, n);
+      // Magnitude ranks the (non-negative) scores, TIES |D_i|.
+      tops_.emplace_back(n, k, /*abs=*/!magnitude);
+    }
+    ranges_.resize(tasks_);
+    // Pass 0 checks every value is finite (else the caller computes the
+    // tensor whole) and gathers magnitude's ranges or TIES's first digit.
+    bool first = true;
+    while (first || NeedsPass()) {
+      TAILOR_ASSIGN_OR_RETURN(
+          bool finite, ForEachChunk([&](int64_t m) { Count(first, m); }));
+      if (!finite) return result;
+      if (first && magnitude) {
+        for (auto& r : ranges_) r.Finish();
+      } else {
+        for (auto& top : tops_) {
+          if (top.NeedsPass()) top.EndPass();
+        }
+      }
+      first = false;
+    }
+    result.streamed = true;
+    TAILOR_ASSIGN_OR_RETURN(bool finite,
+                            ForEachChunk([&](int64_t m) { Output(m); }));
+    if (!finite) {
+      return absl::DataLossError(absl::StrCat(
+          t_.name, ": an input tensor changed while it was being read"));
+    }
+    if (!write_status_.ok()) return write_status_;
+    result.kept = kept_;
+    for (const auto& top : tops_) result.task_kept.push_back(top.k());
+    return result;
+  }
+
+ private:
+  // Spider() on task 0 (the others are read and checked, as FuseOne reads
+  // them): SpiderKernel's three statistics passes, then the output pass.
+  absl::StatusOr<StreamedMergeResult> RunSpider() {
+    StreamedMergeResult result;
+    SpiderKernel k(t_.numel);
+    using Add = void (SpiderKernel::*)(double, double);
+    for (Add add : {&SpiderKernel::AddMean, &SpiderKernel::AddDeviation,
+                    &SpiderKernel::AddM}) {
+      TAILOR_ASSIGN_OR_RETURN(bool finite, ForEachChunk([&](int64_t m) {
+                                const T* p = reader_.pre();
+                                const T* d = reader_.delta(0);
+                                for (int64_t j = 0; j < m; ++j) {
+                                  (k.*add)(std::fabs(p[j]), std::fabs(d[j]));
+                                }
+                              }));
+      if (!finite) return result;
+      if (add == &SpiderKernel::AddMean) k.EndMean();
+      if (add == &SpiderKernel::AddDeviation) k.EndDeviation();
+      if (add == &SpiderKernel::AddM) k.EndM();
+    }
+    result.streamed = true;
+    TAILOR_ASSIGN_OR_RETURN(
+        bool finite, ForEachChunk([&](int64_t m) {
+          const T* p = reader_.pre();
+          const T* d = reader_.delta(0);
+          float* f = fused_.data();
+          for (int64_t j = 0; j < m; ++j) {
+            const double factor = k.Factor(std::fabs(p[j]), std::fabs(d[j]));
+            const bool keep = factor > 0;
+            kept_ += keep;
+            f[j] =
+                Fuse(keep, p[j], keep ? static_cast<T>(factor) * d[j] : T(0));
+          }
+          Encode(f, m, t_.stored, out_.data());
+          write_status_ = write_(absl::string_view(
+              out_.data(), static_cast<size_t>(m) * t_.element_size));
+        }));
+    if (!finite) {
+      return absl::DataLossError(absl::StrCat(
+          t_.name, ": an input tensor changed while it was being read"));
+    }
+    if (!write_status_.ok()) return write_status_;
+    result.kept = kept_;
+    return result;
+  }
+
+  bool NeedsPass() const {
+    for (const auto& top : tops_) {
+      if (top.NeedsPass()) return true;
+    }
+    return false;
+  }
+
+  // Reads every chunk in order and hands its size to `fn`; false at the
+  // first chunk holding a non-finite value.
+  template <typename Fn>
+  absl::StatusOr<bool> ForEachChunk(Fn&& fn) {
+    for (int64_t off = 0; off < t_.numel && write_status_.ok();
+         off += t_.chunk) {
+      const int64_t m = std::min(t_.chunk, t_.numel - off);
+      TAILOR_ASSIGN_OR_RETURN(bool finite, reader_.Read(off, m));
+      if (!finite) return false;
+      fn(m);
+    }
+    return true;
+  }
+
+  // keys_[0, m): the selection keys of task i's chunk (|D_i| for TIES,
+  // the min-max score for magnitude; both finite and >= +0 or ranked by
+  // magnitude, so MagnitudeKey is their KeyOf).
+  void Keys(size_t i, int64_t m) {
+    using Key = typename StreamedTopK<T>::Key;
+    const T* d = reader_.delta(i);
+    Key* k = keys_.data();
+    if (o_.method != StreamedMethod::kMagnitude) {
+      for (int64_t j = 0; j < m; ++j) {
+        k[j] = StreamedTopK<T>::MagnitudeKey(d[j]);
+      }
+      return;
+    }
+    const MinMax<T>& r = ranges_[i];
+    if (!r.positive) {
+      std::fill(k, k + m, StreamedTopK<T>::MagnitudeKey(T(0)));
+      return;
+    }
+    const T lo = r.lo, range = r.range;
+    for (int64_t j = 0; j < m; ++j) {
+      k[j] = StreamedTopK<T>::MagnitudeKey((std::fabs(d[j]) - lo) / range);
+    }
+  }
+
+  void Count(bool first, int64_t m) {
+    for (size_t i = 0; i < tasks_; ++i) {
+      if (o_.method == StreamedMethod::kMagnitude && first) {
+        // min/max of |D| on the bits (non-negative floats order as
+        // integers; fabs(-0) = +0).
+        using Bits = BitsOf<T>;
+        constexpr Bits kAbs = ~(Bits{1} << (8 * sizeof(T) - 1));
+        const T* d = reader_.delta(i);
+        Bits lo = ~Bits{0}, hi = 0;
+        for (int64_t j = 0; j < m; ++j) {
+          Bits b;
+          std::memcpy(&b, &d[j], sizeof(b));
+          b &= kAbs;
+          lo = b < lo ? b : lo;
+          hi = b > hi ? b : hi;
+        }
+        T lo_v, hi_v;
+        std::memcpy(&lo_v, &lo, sizeof(lo));
+        std::memcpy(&hi_v, &hi, sizeof(hi));
+        ranges_[i].Add(lo_v);
+        ranges_[i].Add(hi_v);
+        continue;
+      }
+      if (!tops_[i].NeedsPass()) continue;
+      Keys(i, m);
+      tops_[i].CountKeys(keys_.data(), m);
+    }
+  }
+
+  void Output(int64_t m) {
+    const T* p = reader_.pre();
+    float* f = fused_.data();
+    if (o_.method == StreamedMethod::kMagnitude) {
+      OutputMagnitude(p, m, f);
+    } else {
+      OutputTies(p, m, f);
+    }
+    Encode(f, m, t_.stored, out_.data());
+    write_status_ = write_(absl::string_view(
+        out_.data(), static_cast<size_t>(m) * t_.element_size));
+  }
+
+  // FuseTensor: float32 pre + float32 delta where the mask holds, float32
+  // pre elsewhere.
+  static inline float Fuse(bool mask, T pre, T delta) {
+    const float pf = static_cast<float>(pre);
+    return mask ? pf + static_cast<float>(delta) : pf;
+  }
+
+  // TailorLayerPrepared without a Hessian: delta_i = D_i on the mask; one
+  // task as is, several stitched (Stitch's operations and order).
+  void OutputMagnitude(const T* p, int64_t m, float* f) {
+    if (tasks_ == 1) {
+      const T* d = reader_.delta(0);
+      Keys(0, m);
+      bool* mask = mask_.get();
+      kept_ += tops_[0].SelectKeys(keys_.data(), m, mask);
+      for (int64_t j = 0; j < m; ++j) f[j] = Fuse(mask[j], p[j], d[j]);
+      return;
+    }
+    const T tasks = static_cast<T>(tasks_);
+    for (int64_t j = 0; j < m; ++j) {
+      bool any = false;
+      T sum = 0, selected = 0;
+      for (size_t i = 0; i < tasks_; ++i) {
+        const T d = reader_.delta(i)[j];
+        const bool keep = tops_[i].KeepKey(
+            StreamedTopK<T>::MagnitudeKey(ranges_[i].Score(d)));
+        any = any || keep;
+        const T masked = keep ? d : T(0);
+        sum = i == 0 ? masked : sum + masked;
+        selected = i == 0 ? T(keep) : selected + T(keep);
+      }
+      T delta = sum;
+      switch (o_.aggregation) {
+        case Aggregation::kMeanSelected:
+          delta = selected > 0 ? sum / std::max(selected, T(1)) : T(0);
+          break;
+        case Aggregation::kMeanAll:
+          delta = sum / tasks;
+          break;
+        case Aggregation::kSum:
+          break;
+      }
+      kept_ += any;
+      f[j] = Fuse(any, p[j], delta);
+    }
+  }
+
+  // Ties()'s elementwise steps: trimmed t_i, total, elected sign, disjoint
+  // mean over the agreeing tasks, times lambda; the mask is delta != 0.
+  void OutputTies(const T* p, int64_t m, float* f) {
+    const T lambda = static_cast<T>(o_.lambda);
+    if (tasks_ == 1) {
+      // One task: total = t, every non-zero t agrees with its own sign, and
+      // the disjoint mean is (0 + t) / 1 = t exactly.
+      const T* d = reader_.delta(0);
+      Keys(0, m);
+      bool* mask = mask_.get();
+      tops_[0].SelectKeys(keys_.data(), m, mask);
+      for (int64_t j = 0; j < m; ++j) {
+        const T delta = (mask[j] ? d[j] : T(0)) * lambda;
+        const bool keep = delta != 0;
+        kept_ += keep;
+        f[j] = Fuse(keep, p[j], delta);
+      }
+      return;
+    }
+    trimmed_.resize(tasks_);
+    T* t = trimmed_.data();
+    for (int64_t j = 0; j < m; ++j) {
+      T total = 0;
+      for (size_t i = 0; i < tasks_; ++i) {
+        const T d = reader_.delta(i)[j];
+        t[i] = tops_[i].KeepKey(StreamedTopK<T>::MagnitudeKey(d)) ? d : T(0);
+        total = i == 0 ? t[0] : total + t[i];
+      }
+      const T sign = Sign(total);
+      T agree_sum = 0, agree_count = 0;
+      for (size_t i = 0; i < tasks_; ++i) {
+        const bool agrees = t[i] != 0 && sign != 0 && Sign(t[i]) == sign;
+        agree_sum = agree_sum + (agrees ? t[i] : T(0));
+        agree_count = agree_count + T(agrees);
+      }
+      const T mean =
+          agree_count > 0 ? agree_sum / std::max(agree_count, T(1)) : T(0);
+      const T delta = mean * lambda;
+      const bool keep = delta != 0;
+      kept_ += keep;
+      f[j] = Fuse(keep, p[j], delta);
+    }
+  }
+
+  const StreamedTensor& t_;
+  const StreamedMergeOptions& o_;
+  const std::function<absl::Status(absl::string_view)>& write_;
+  const size_t tasks_;
+  ChunkReader<T> reader_;
+  std::vector<StreamedTopK<T>> tops_;
+  std::vector<MinMax<T>> ranges_;
+  std::vector<T> trimmed_;
+  std::vector<typename StreamedTopK<T>::Key> keys_;  // a chunk's keys
+  std::unique_ptr<bool[]> mask_;                     // a chunk's mask
+  std::vector<float> fused_;
+  std::vector<char> out_;
+  int64_t kept_ = 0;
+  absl::Status write_status_;
+};
+
+}  // namespace
+
+absl::StatusOr<StreamedMergeResult> StreamThresholdMerge(
+    const StreamedTensor& tensor, const StreamedMergeOptions& options,
+    const std::function<absl::Status(absl::string_view)>& write) {
+  if (tensor.float64) {
+    return Streamer<double>(tensor, options, write).Run();
+  }
+  return Streamer<float>(tensor, options, write).Run();
+}
+
+}  // namespace tailor

@@ -1,0 +1,277 @@
+// Magnitude and TIES stream each tensor (FusionJob's StreamOne, through
+// streamed_merge.h) when the fused checkpoint is the only output; with a
+// patch output they are computed whole (FuseOne). Both must give the same
+// bytes and the same per-tensor report, for any chunk size, task count,
+// compute precision and stored dtype.
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "fusion/fusion_job.h"
+#include "io/checkpoint.h"
+#include "testing/test_util.h"
+#include "util/file_util.h"
+
+namespace tailor {
+namespace {
+
+using ::tailor::testing::RawTensor;
+using ::tailor::testing::ReadFileOrDie;
+using ::tailor::testing::TempDir;
+using ::tailor::testing::ToRaw;
+using ::tailor::testing::WriteShardedCheckpoint;
+
+class StreamedMergeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    at::manual_seed(11);
+    // Shapes that no chunk size below divides; deltas with many exact ties
+    // (small multiples of 1/8, zeros), a constant delta (min-max range 0),
+    // an all-zero delta, a 1-D tensor.
+    std::map<std::string, at::Tensor> pre = {{"a.weight", at::randn({30, 41})},
+                                             {"b.weight", at::randn({7, 13})},
+                                             {"c.weight", at::randn({5, 9})},
+                                             {"d.weight", at::randn({6, 6})},
+                                             {"norm.weight", at::randn({41})}};
+    for (int t = 0; t < 3; ++t) {
+      std::map<std::string, at::Tensor> ft;
+      for (const auto& [name, w] : pre) {
+        ft[name] = w + 0.3 * at::randn(w.sizes());
+      }
+      ft["b.weight"] =
+          pre["b.weight"] + at::randint(-3, 4, {7, 13}).to(at::kFloat) / 8.0;
+      ft["c.weight"] = pre["c.weight"] + 0.5 * (t + 1);
+      ft["d.weight"] = pre["d.weight"];
+      fts_.push_back(ft);
+    }
+    pre_ = pre;
+    for (at::ScalarType type : {at::kBFloat16, at::kFloat}) {
+      const std::string tag = type == at::kFloat ? "f32" : "bf16";
+      Write(Dir("base-" + tag), pre_, type);
+      for (int t = 0; t < 3; ++t) {
+        Write(Dir(absl::StrCat("ft", t, "-", tag)), fts_[t], type);
+      }
+    }
+  }
+
+  std::string Dir(const std::string& name) {
+    const std::string p = tmp_.Join(name);
+    ::mkdir(p.c_str(), 0755);
+    return p;
+  }
+
+  // Two shards plus an integer buffer.
+  static void Write(const std::string& dir,
+                    const std::map<std::string, at::Tensor>& ts,
+                    at::ScalarType type) {
+    std::vector<RawTensor> a, b;
+    for (const auto& [name, w] : ts) {
+      (name < "c" ? a : b).push_back(ToRaw(name, w.to(type)));
+    }
+    b.push_back(ToRaw("position_ids", at::arange(8, at::kLong)));
+    WriteShardedCheckpoint(dir, {a, b});
+  }
+
+  FusionSpec Spec(const std::string& name, int tasks, const std::string& tag) {
+    FusionSpec spec;
+    spec.pretrained_uri = tmp_.Join("base-" + tag);
+    for (int t = 0; t < tasks; ++t) {
+      spec.tasks.push_back(TaskSpec{absl::StrCat("t", t),
+                                    tmp_.Join(absl::StrCat("ft", t, "-", tag)),
+                                    "",
+                                    "",
+                                    {},
+                                    {}});
+    }
+    spec.output_uri = tmp_.Join(name + "-out");
+    spec.device = "cpu";
+    return spec;
+  }
+
+  static void ExpectSameFiles(const std::string& a, const std::string& b) {
+    auto na = ListDirectory(a);
+    auto nb = ListDirectory(b);
+    ASSERT_TRUE(na.ok() && nb.ok());
+    ASSERT_EQ(*na, *nb);
+    for (const std::string& n : *na) {
+      EXPECT_EQ(ReadFileOrDie(JoinPath(a, n)), ReadFileOrDie(JoinPath(b, n)))
+          << n;
+    }
+  }
+
+  // Runs `spec` whole (with a patch output) and streamed (the checkpoint
+  // alone) with chunks of `chunk` elements; expects the same fused bytes
+  // and report rows (timings aside). Returns the streamed report.
+  nlohmann::json ExpectStreamedMatchesWhole(const FusionSpec& spec,
+                                            int64_t chunk) {
+    const std::string name = absl::StrCat("run", run_++);
+    FusionSpec whole = spec;
+    whole.output_uri = tmp_.Join(name + "w-out");
+    whole.patch_uri = tmp_.Join(name + "w.patch.safetensors");
+    FusionSpec streamed = spec;
+    streamed.output_uri = tmp_.Join(name + "s-out");
+    streamed.patch_uri.clear();
+    auto resolver = UriResolver::Create({tmp_.path()});
+    EXPECT_TRUE(resolver.ok());
+    RunOptions options;
+    options.stream_chunk_elements = chunk;
+    auto a = RunFusionJob(whole, *resolver, options);
+    EXPECT_TRUE(a.ok()) << a.status();
+    auto b = RunFusionJob(streamed, *resolver, options);
+    EXPECT_TRUE(b.ok()) << b.status();
+    if (!a.ok() || !b.ok()) return {};
+    ExpectSameFiles(whole.output_uri, streamed.output_uri);
+    nlohmann::json ta = (*a)["tensors"], tb = (*b)["tensors"];
+    for (auto* t : {&ta, &tb}) {
+      for (auto& e : *t) {
+        e.erase("seconds");
+        if (e.contains("tasks")) {
+          for (auto& task : e["tasks"]) task.erase("seconds");
+        }
+      }
+    }
+    EXPECT_EQ(ta, tb);
+    EXPECT_EQ((*a)["totals"]["kept"], (*b)["totals"]["kept"]);
+    return *b;
+  }
+
+  TempDir tmp_;
+  std::map<std::string, at::Tensor> pre_;
+  std::vector<std::map<std::string, at::Tensor>> fts_;
+  int run_ = 0;
+};
+
+TEST_F(StreamedMergeTest, MagnitudeMatchesWholeTensorBytesAndReport) {
+  for (const char* tag : {"bf16", "f32"}) {
+    for (int tasks : {1, 2, 3}) {
+      for (bool float64 : {false, true}) {
+        for (int64_t chunk : {int64_t{1} << 18, int64_t{37}, int64_t{1}}) {
+          for (Aggregation agg : {Aggregation::kMeanSelected,
+                                  Aggregation::kMeanAll, Aggregation::kSum}) {
+            if (tasks == 1 && agg != Aggregation::kMeanSelected) continue;
+            if (chunk == 1 && (tasks == 2 || float64)) continue;
+            SCOPED_TRACE(absl::StrCat(tag, " tasks=", tasks,
+                                      " float64=", float64, " chunk=", chunk,
+                                      " aggregate=", AggregationName(agg)));
+            FusionSpec spec = Spec("mag", tasks, tag);
+            spec.method = Method::kMagnitude;
+            spec.tailor.keep_ratio = 0.3;
+            spec.tailor.float64 = float64;
+            spec.aggregation = agg;
+            if (tasks > 1) spec.tasks[1].keep_ratio = 0.55;
+            nlohmann::json report = ExpectStreamedMatchesWhole(spec, chunk);
+            EXPECT_GT(report["totals"]["kept"].get<int64_t>(), 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Row scope streams a tensor scored as one row (1-D) and computes a
+// several-row one whole; z-score normalisation is computed whole: the
+// bytes are those of the whole-tensor path either way.
+TEST_F(StreamedMergeTest, MagnitudeSelectionVariantsMatchWholeTensorBytes) {
+  for (Scope scope : {Scope::kRow, Scope::kBlock}) {
+    for (Normalization norm :
+         {Normalization::kMinMax, Normalization::kZScore}) {
+      SCOPED_TRACE(
+          absl::StrCat(ScopeName(scope), " ", NormalizationName(norm)));
+      FusionSpec spec = Spec("magv", 2, "bf16");
+      spec.method = Method::kMagnitude;
+      spec.tailor.keep_ratio = 0.25;
+      spec.tailor.scope = scope;
+      spec.tailor.block_size = 8;
+      spec.tailor.normalization = norm;
+      ExpectStreamedMatchesWhole(spec, 37);
+    }
+  }
+}
+
+TEST_F(StreamedMergeTest, TiesMatchesWholeTensorBytesAndReport) {
+  for (const char* tag : {"bf16", "f32"}) {
+    for (int tasks : {1, 2, 3}) {
+      for (bool float64 : {false, true}) {
+        for (int64_t chunk : {int64_t{1} << 18, int64_t{37}, int64_t{1}}) {
+          for (double density : {0.3, 1.0}) {
+            if (chunk == 1 && (tasks == 2 || float64 || density == 1.0)) {
+              continue;
+            }
+            SCOPED_TRACE(absl::StrCat(tag, " tasks=", tasks,
+                                      " float64=", float64, " chunk=", chunk,
+                                      " density=", density));
+            FusionSpec spec = Spec("ties", tasks, tag);
+            spec.method = Method::kTies;
+            spec.density = density;
+            spec.lambda = 0.7;
+            spec.tailor.float64 = float64;
+            nlohmann::json report = ExpectStreamedMatchesWhole(spec, chunk);
+            EXPECT_GT(report["totals"]["kept"].get<int64_t>(), 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// SPIDER's statistics are float64 sums in index order on both paths
+// (spider_kernel.h), so streaming keeps the bytes for any chunk size.
+TEST_F(StreamedMergeTest, SpiderMatchesWholeTensorBytesAndReport) {
+  for (const char* tag : {"bf16", "f32"}) {
+    for (bool float64 : {false, true}) {
+      for (int64_t chunk : {int64_t{1} << 18, int64_t{37}, int64_t{1}}) {
+        if (chunk == 1 && float64) continue;
+        SCOPED_TRACE(absl::StrCat(tag, " float64=", float64, " chunk=", chunk));
+        FusionSpec spec = Spec("spider", 1, tag);
+        spec.method = Method::kSpider;
+        spec.tailor.float64 = float64;
+        nlohmann::json report = ExpectStreamedMatchesWhole(spec, chunk);
+        EXPECT_GT(report["totals"]["kept"].get<int64_t>(), 0);
+      }
+    }
+  }
+}
+
+// A NaN input is refused with the whole-tensor path's error, and an
+// overflow of ft - pre to Inf gives its bytes: such a tensor is computed
+// whole, nothing of it streamed.
+TEST_F(StreamedMergeTest, NonFiniteInputsAreHandledAsTheWholeTensorPath) {
+  std::map<std::string, at::Tensor> pre = {{"w", at::randn({16, 16})}};
+  std::map<std::string, at::Tensor> ft = {
+      {"w", pre["w"] + 0.1 * at::randn({16, 16})}};
+  pre["w"].view({-1})[100] = -3e38;  // ft - pre overflows to +Inf
+  ft["w"].view({-1})[100] = 3e38;
+  Write(Dir("ov-base"), pre, at::kBFloat16);
+  Write(Dir("ov-ft"), ft, at::kBFloat16);
+  ft["w"].view({-1})[200] = std::numeric_limits<float>::quiet_NaN();
+  Write(Dir("ov-nan"), ft, at::kBFloat16);
+  for (Method method : {Method::kMagnitude, Method::kTies, Method::kSpider}) {
+    SCOPED_TRACE(MethodName(method));
+    FusionSpec spec;
+    spec.pretrained_uri = tmp_.Join("ov-base");
+    spec.tasks.push_back(TaskSpec{"t", tmp_.Join("ov-ft"), "", "", {}, {}});
+    spec.method = method;
+    spec.device = "cpu";
+    ExpectStreamedMatchesWhole(spec, 37);
+    spec.tasks[0].finetuned_uri = tmp_.Join("ov-nan");
+    spec.output_uri = tmp_.Join(absl::StrCat("nan-out-", MethodName(method)));
+    auto resolver = UriResolver::Create({tmp_.path()});
+    ASSERT_TRUE(resolver.ok());
+    RunOptions options;
+    options.stream_chunk_elements = 37;
+    auto report = RunFusionJob(spec, *resolver, options);
+    EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(report.status().message(),
+              "w: fine-tuned tensor contains NaN or Inf");
+    EXPECT_FALSE(PathExists(spec.output_uri));
+  }
+}
+
+}  // namespace
+}  // namespace tailor
