@@ -70,6 +70,15 @@ class PatchStreamTest : public ::testing::Test {
     return dir;
   }
 
+  // The safetensors dtype whose LibTorch type is `type`.
+  static DType DTypeOf(at::ScalarType type) {
+    for (DType d : {DType::kF16, DType::kBF16, DType::kF32, DType::kF64}) {
+      if (ToScalarType(d) == type) return d;
+    }
+    ADD_FAILURE() << "no safetensors dtype for " << type;
+    return DType::kF32;
+  }
+
   // A patch keeping about `keep` of each tensor (a random mask) with small
   // random deltas; `skip` is left out of it. Task 0 keeps a.weight[0] with
   // a zero delta.
@@ -86,7 +95,7 @@ class PatchStreamTest : public ::testing::Test {
         mask.view({-1})[0] = true;
         delta.view({-1})[0] = 0.0;
       }
-      EXPECT_TRUE((*w)->Add(n, mask, delta, *FromScalarType(base_type),
+      EXPECT_TRUE((*w)->Add(n, mask, delta, DTypeOf(base_type),
                             nlohmann::json::object())
                       .ok());
     }
