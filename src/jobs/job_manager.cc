@@ -1106,6 +1106,7 @@ void JobManager::RunJob(const std::string& id) {
           FreeBytes(options_.data_dir).value_or(uint64_t{1} << 30) / 2;
     }
     options.device_scheduler = &scheduler;
+    options.workers = std::max(1, options_.workers);
     report = runner_->Run(spec, options);
   }
   runner_->CleanStaging(spec);  // leftovers of killed writers, any outcome
