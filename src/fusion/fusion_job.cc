@@ -201,8 +201,7 @@ class Job {
         [this](size_t i) { return CommitItem(i); });
     if (options_.progress != nullptr) options_.progress->OnExecutor(0, 0);
     if (!run.ok()) {
-      if (options_.cancel != nullptr && options_.cancel->load() &&
-          (absl::IsCancelled(run) || run.message().empty())) {
+      if (absl::IsCancelled(run) && run.message() == kExecutorCancelled) {
         absl::MutexLock lock(&mu_);
         return absl::CancelledError(
             absl::StrCat("cancelled after ", done_, " of ", plan_.size(),

@@ -20,7 +20,7 @@ bool Cancelled(const ExecutorOptions& options) {
 }
 
 absl::Status CancelledStatus() {
-  return absl::CancelledError("cancelled while items were computed");
+  return absl::CancelledError(kExecutorCancelled);
 }
 
 // The shared state of one multi-threaded run.

@@ -15,6 +15,11 @@
 
 namespace tailor {
 
+// The message of the CANCELLED status RunOrdered returns when
+// options.cancel stopped it (a compute or commit may return its own).
+inline constexpr char kExecutorCancelled[] =
+    "cancelled while items were computed";
+
 struct ExecutorItem {
   // Dispatch priority: among the items that may start, the costliest goes
   // first (ties: the lowest index), so that long items do not end a job
@@ -44,7 +49,7 @@ struct ExecutorOptions {
   int window = 0;
   // Checked before each item starts and while waiting; once true no new
   // item starts, the items in flight finish (their results are dropped),
-  // and Run returns CANCELLED. Optional, not owned.
+  // and RunOrdered returns CANCELLED (kExecutorCancelled). Optional, not owned.
   const std::atomic<bool>* cancel = nullptr;
   // Told the number of items computing now and of those not yet started
   // after every change; called with the executor's lock held, so it must

@@ -293,11 +293,23 @@ absl::StatusOr<std::unique_ptr<DevicePool>> NewDevicePool(
 
 }  // namespace
 
-// Turns engine progress into job events (on the job's worker thread).
+// Turns engine progress into job events (on the job's threads, one event
+// at a time).
 class JobManager::ProgressAdapter : public ProgressSink {
  public:
   ProgressAdapter(JobManager* manager, std::string id)
       : manager_(manager), id_(std::move(id)) {}
+  ~ProgressAdapter() override { OnExecutor(0, 0); }
+
+  // The executor gauges sum every running job's items: this job's change.
+  void OnExecutor(int in_flight, int queued) override {
+    if (!manager_->metrics_) return;
+    JobMetrics& m = *manager_->metrics_;
+    m.executor_items->Increment({"in_flight"}, in_flight - in_flight_);
+    m.executor_items->Increment({"queued"}, queued - queued_);
+    in_flight_ = in_flight;
+    queued_ = queued;
+  }
 
   void OnEvent(const ProgressEvent& e) override {
     JobEvent event;
@@ -328,10 +340,17 @@ class JobManager::ProgressAdapter : public ProgressSink {
         if (e.wait_seconds > 0) {
           m.device_wait->Increment({device}, e.wait_seconds);
         }
-        // The tensor's own time: waiting for a device does not count.
+        // The tensor's own time: waiting for a device does not count. A
+        // fused tensor's is the time it held its device (tensors of one
+        // job overlap with several workers); a copied or resumed one's the
+        // time since the previous event.
         m.tensor_duration->Observe(
-            {device},
-            std::max(0.0, e.elapsed_seconds - last_elapsed_ - e.wait_seconds));
+            {device}, e.busy_seconds > 0
+                          ? e.busy_seconds
+                          : std::max(0.0, e.elapsed_seconds - last_elapsed_ -
+                                              e.wait_seconds));
+        if (e.busy_seconds > 0)
+          m.device_busy->Increment({device}, e.busy_seconds);
         m.read_bytes->Increment(
             {}, static_cast<double>(e.bytes_done - last_bytes_));
       }
@@ -351,6 +370,9 @@ class JobManager::ProgressAdapter : public ProgressSink {
   const std::string id_;
   double last_elapsed_ = 0;
   uint64_t last_bytes_ = 0;
+  // This job's last executor gauges (OnExecutor calls are serialised by the
+  // executor's lock).
+  int in_flight_ = 0, queued_ = 0;
 };
 
 JobManager::JobManager(const JobManagerOptions& options,
@@ -1241,6 +1263,7 @@ void JobManager::Collect() const {
     metrics_->device_memory->Set({d.label},
                                  static_cast<double>(pool_->Reserved(i)));
     metrics_->device_budget->Set({d.label}, static_cast<double>(d.budget));
+    metrics_->device_busy->Increment({d.label}, 0);  // exported from zero
   }
   metrics_->process_memory->Set({}, ResidentBytes());
 }
