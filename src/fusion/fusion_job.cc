@@ -25,6 +25,7 @@
 #include "fusion/output_plan.h"
 #include "fusion/patch.h"
 #include "fusion/tailor_kernel.h"
+#include "fusion/working_memory.h"
 #include "io/checkpoint_writer.h"
 #include "io/lora_adapter.h"
 #include "io/open_checkpoint.h"
@@ -729,51 +730,18 @@ class Job {
     return *std::move(e);
   }
 
-  // An upper estimate of FuseOne's peak working memory for `info`, bytes,
-  // with e = 4 (float32 compute) or 8 (tailor.float64), n elements, T tasks:
-  //   pre-trained tensor, merged delta and fused output:     3 n e
-  //   per task: fine-tuned tensor (or patch values), delta, the kernel's
-  //     scores / normalisation / compensated-copy temporaries (4 n e), and
-  //     the mask and delta kept for merging:                 (7 e + 1) n
-  //   merging several tasks (stitch, TIES, DARE temporaries): 2 n e
-  //   a calibrated r x c tensor (tailor method): the prepared Hessians
-  //     cached now (for this tensor's key or others still to be used), those
-  //     of its tasks not yet prepared (damped H and U, 2 c^2 e each; they
-  //     stay cached for the key's aliases) plus, if any is, one
-  //     preparation's scratch (3 c^2 e) beyond the kernel temporaries
-  //     (4 n e) that exist only after it, plus the exact compensation's
-  //     chunk (exact_chunk_bytes).
-  // The kernels' real peak is lower (several temporaries die before others
-  // are made); erring high only makes tensors wait, never over-commit.
+  // FuseOne's peak working memory for `info` (fusion/working_memory.h).
   int64_t EstimateWorkingBytes(const TensorInfo& info) const {
-    const int64_t e = spec_.tailor.float64 ? 8 : 4;
-    const int64_t n = info.numel;
-    const int64_t tasks = static_cast<int64_t>(tasks_.size());
-    int64_t bytes = n * e * 3 + tasks * n * (7 * e + 1);
-    if (tasks > 1) bytes += 2 * n * e;
-    if (spec_.method == Method::kTailor && info.shape.size() == 2) {
-      const int64_t c = info.shape[1];
-      int64_t scratch = 0, chunk = 0;
-      bool calibrated = false;
-      for (size_t t = 0; t < tasks_.size(); ++t) {
-        const Task& task = *tasks_[t];
-        std::optional<std::string> key;
-        if (task.calibration) key = task.calibration->KeyFor(info.name);
-        if (!key) continue;
-        calibrated = true;
-        if (!hessians_.IsLive(static_cast<int>(t), *key)) {
-          bytes += 2 * c * c * e;
-          // One preparation at a time, before the kernel's temporaries
-          // (4 n e, counted above) exist: only its excess counts.
-          scratch = std::max<int64_t>(0, 3 * c * c * e - 4 * n * e);
-        }
-        if (task.options.compensation == Compensation::kExact) {
-          chunk = std::max(chunk, task.options.exact_chunk_bytes);
-        }
+    std::vector<WorkingMemoryTask> tasks;
+    for (const auto& task : tasks_) {
+      WorkingMemoryTask w;
+      if (task->calibration) {
+        w.hessian_key = task->calibration->KeyFor(info.name);
       }
-      if (calibrated) bytes += hessians_.LiveBytes() + scratch + chunk;
+      w.options = task->options;
+      tasks.push_back(std::move(w));
     }
-    return bytes;
+    return tailor::EstimateWorkingBytes(spec_, info, tasks, hessians_);
   }
 
   ReadOptions ComputeRead(const at::Device& device) const {
