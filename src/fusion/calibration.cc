@@ -250,6 +250,18 @@ bool PreparedHessianCache::IsLive(int task, const std::string& key) const {
   return false;
 }
 
+int64_t PreparedHessianCache::LiveBytesOf(int task,
+                                          const std::string& key) const {
+  absl::MutexLock lock(&mu_);
+  int64_t bytes = 0;
+  for (const auto& [id, entry] : live_) {
+    if (std::get<0>(id) == task && std::get<1>(id) == key && entry->ok()) {
+      bytes += (*entry)->bytes();
+    }
+  }
+  return bytes;
+}
+
 int64_t PreparedHessianCache::preparations() const {
   absl::MutexLock lock(&mu_);
   return preparations_;

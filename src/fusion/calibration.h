@@ -92,6 +92,8 @@ class PreparedHessianCache {
 
   // Bytes held by the live prepared Hessians.
   int64_t LiveBytes() const;
+  // Bytes of the live prepared Hessians of (task, key) (on any device).
+  int64_t LiveBytesOf(int task, const std::string& key) const;
   // Whether (task, key) is prepared and live (on any device).
   bool IsLive(int task, const std::string& key) const;
   // Number of PrepareHessian calls so far (for tests).

@@ -741,7 +741,8 @@ class Job {
       w.options = task->options;
       tasks.push_back(std::move(w));
     }
-    return tailor::EstimateWorkingBytes(spec_, info, tasks, hessians_);
+    return tailor::EstimateWorkingBytes(spec_, info, tasks, hessians_,
+                                        /*concurrent=*/options_.workers > 1);
   }
 
   ReadOptions ComputeRead(const at::Device& device) const {

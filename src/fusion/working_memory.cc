@@ -6,7 +6,8 @@ namespace tailor {
 
 int64_t EstimateWorkingBytes(const FusionSpec& spec, const TensorInfo& info,
                              const std::vector<WorkingMemoryTask>& tasks,
-                             const PreparedHessianCache& hessians) {
+                             const PreparedHessianCache& hessians,
+                             bool concurrent) {
   const int64_t e = spec.tailor.float64 ? 8 : 4;
   const int64_t n = info.numel;
   const int64_t t_count = static_cast<int64_t>(tasks.size());
@@ -20,7 +21,12 @@ int64_t EstimateWorkingBytes(const FusionSpec& spec, const TensorInfo& info,
       const WorkingMemoryTask& task = tasks[t];
       if (!task.hessian_key) continue;
       calibrated = true;
-      if (!hessians.IsLive(static_cast<int>(t), *task.hessian_key)) {
+      const int64_t own = concurrent ? hessians.LiveBytesOf(static_cast<int>(t),
+                                                            *task.hessian_key)
+                                     : 0;
+      bytes += own;
+      if (own == 0 &&
+          !hessians.IsLive(static_cast<int>(t), *task.hessian_key)) {
         bytes += 2 * c * c * e;
         // One preparation at a time, before the kernel's temporaries
         // (4 n e, counted above) exist: only its excess counts.
@@ -30,7 +36,9 @@ int64_t EstimateWorkingBytes(const FusionSpec& spec, const TensorInfo& info,
         chunk = std::max(chunk, task.options.exact_chunk_bytes);
       }
     }
-    if (calibrated) bytes += hessians.LiveBytes() + scratch + chunk;
+    if (calibrated) {
+      bytes += (concurrent ? 0 : hessians.LiveBytes()) + scratch + chunk;
+    }
   }
   return bytes;
 }

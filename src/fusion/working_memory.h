@@ -37,12 +37,19 @@ struct WorkingMemoryTask {
 //     (4 n e) that exist only after it, plus the exact compensation's
 //     chunk (exact_chunk_bytes).
 // The kernels' real peak is lower (several temporaries die before others
-// are made); erring high only makes tensors wait, never over-commit. With
-// several workers each tensor's estimate counts every live Hessian, so
-// concurrent tensors over-count the shared ones (again erring high).
+// are made); erring high only makes tensors wait, never over-commit.
+//
+// `concurrent` (a job with several workers): tensors computing at once
+// would each count every live Hessian, including those the others hold,
+// and a tensor could be refused as never fitting for what is only
+// transient. So each counts its own tasks' Hessians instead (the live
+// entries' bytes, else 2 c^2 e each) plus the scratch and chunk above. The
+// entries cached for aliases still to come that no running tensor uses
+// (one per such key) are then counted by nobody.
 int64_t EstimateWorkingBytes(const FusionSpec& spec, const TensorInfo& info,
                              const std::vector<WorkingMemoryTask>& tasks,
-                             const PreparedHessianCache& hessians);
+                             const PreparedHessianCache& hessians,
+                             bool concurrent = false);
 
 }  // namespace tailor
 
