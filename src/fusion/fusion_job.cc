@@ -180,6 +180,11 @@ class Job {
     results_.assign(plan_.size(), ItemResult{});
     ExecutorOptions exec;
     exec.workers = std::max(1, options_.workers);
+    // Without a scheduler nothing budgets a CUDA device's memory: one
+    // tensor at a time there (the worker slots are the CPU's).
+    if (options_.device_scheduler == nullptr && !job_device_.is_cpu()) {
+      exec.workers = 1;
+    }
     exec.memory_budget = options_.memory_budget;
     if (exec.memory_budget == 0) {
       // Automatic: room for one largest item per worker.

@@ -125,9 +125,11 @@ struct RunOptions {
   // Tensors computed at once (fusion/job_executor.h): the job's worker
   // threads, each taking its device from device_scheduler when set. The
   // outputs and report rows are the same for any count (committed in plan
-  // order); only timings differ. 1: one tensor at a time. The caller sizes
-  // the compute threads to match (ConfigureComputeThreads in
-  // util/cpu_tuning.h: one BLAS thread per worker).
+  // order); only timings differ. 1: one tensor at a time; also the count
+  // used on a CUDA device without a device_scheduler (nothing budgets its
+  // memory). The caller sizes the compute threads to match
+  // (ConfigureComputeThreads in util/cpu_tuning.h: one BLAS thread per
+  // worker by default).
   int workers = 1;
   // Bound on the host memory of the tensors computing and of the results
   // waiting for their turn to be written, bytes (the job's own estimates);
