@@ -23,8 +23,13 @@ lazy-batch OBS with the mask fixed. It needs a python3 with torch (Debian's
 python3-torch: /usr/bin/python3; bench/layer_bench.sh picks one); the
 reference runs under the same interpreter as this script.
 
-  bench/layer_bench.sh [--quick] [--with-1b] [--threads 1] [--reps 1]
-                       [--device cpu|cuda|cuda:N]
+With --workers W > 1, tailorctl runs W workers of --threads threads each
+(`--workers W --threads W*threads`); the tailor method is then also run
+with one worker, and the script prints the speed-up and checks that both
+runs wrote byte-identical outputs.
+
+  bench/layer_bench.sh [--quick] [--with-1b] [--threads 1] [--workers 1]
+                       [--reps 1] [--device cpu|cuda|cuda:N]
                        [--workdir /tmp/tailor-layer-bench]
                        [--tailorctl build/client/tailorctl]
 
@@ -144,14 +149,17 @@ def make_1b(workdir, seed=1):
                           ft)
 
 
-def run_tailorctl(args, workdir, out, extra, base="base", ft="ft"):
+def run_tailorctl(args, workdir, out, extra, base="base", ft="ft",
+                  workers=None):
+    workers = args.workers if workers is None else workers
     out_dir = os.path.join(workdir, out)
     report = os.path.join(workdir, out + ".report.json")
     cmd = [args.tailorctl, "fuse", "--local", "-q",
            "--pretrained", os.path.join(workdir, base),
            "--finetuned", os.path.join(workdir, ft),
            "--out", out_dir, "--report", report, "--overwrite",
-           "--threads", str(args.threads), "--device", args.device] + extra
+           "--threads", str(args.threads * workers),
+           "--workers", str(workers), "--device", args.device] + extra
     wall, rss = timed_run(cmd)
     run_tailorctl.peak_rss_kib[out] = rss
     with open(report) as f:
@@ -252,6 +260,8 @@ def main():
     p.add_argument("--with-1b", action="store_true",
                    help="also the 1.3B-shaped pair for the data-free methods")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1,
+                   help="tailorctl worker slots, --threads threads each")
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda or cuda:N: where tailorctl and the "
@@ -286,6 +296,21 @@ def main():
         wall, timings = run_reference(args, workdir, "reference")
         theirs.append(wall)
     rows = [("tailor (ours)", min(ours)), ("reference script", min(theirs))]
+    if args.workers > 1:
+        one = []
+        for _ in range(args.reps):
+            wall, _ = run_tailorctl(args, workdir, "tailor-out-1w",
+                                    tailor_extra, workers=1)
+            one.append(wall)
+        rows.append(("tailor, 1 worker", min(one)))
+        same = all(
+            open(os.path.join(workdir, "tailor-out", n), "rb").read() ==
+            open(os.path.join(workdir, "tailor-out-1w", n), "rb").read()
+            for n in sorted(os.listdir(os.path.join(workdir, "tailor-out"))))
+        print("tailor: %d workers %.2f s, 1 worker %.2f s: %.2fx "
+              "(target >= 1.7x); outputs byte-identical: %s" %
+              (args.workers, min(ours), min(one), min(one) / min(ours),
+               "yes" if same else "NO"), flush=True)
     # Data-free methods on the layer, interleaved with one another.
     data_free = {}
     for method, extra in (("task_arithmetic", []),

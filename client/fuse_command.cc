@@ -3,6 +3,7 @@
 #include <csignal>
 #include <iostream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "exit_codes.h"
 #include "fusion/fusion_job.h"
@@ -10,6 +11,7 @@
 #include "progress_bar.h"
 #include "storage/uri_resolver.h"
 #include "util/cpu_tuning.h"
+#include "util/memory.h"
 
 namespace tailor::cli {
 namespace {
@@ -121,6 +123,11 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
       "compute threads, 0..256: the size of the process's one compute pool "
       "(OpenBLAS's; LibTorch's intra-op pool is then 1) (default: "
       "the CPUs of the cgroup's quota / affinity mask)");
+  c->add_option(
+      "--workers", workers_,
+      "tensors computed at once, 0..256, each with threads / workers (at "
+      "least 1) OpenBLAS threads; outputs are identical for any count "
+      "(default 0: one worker per compute thread, 1 thread each)");
   c->add_option("--allowed-root", allowed_roots_,
                 "directory every URI must lie under (repeatable; default /)");
   c->add_flag("-q,--quiet", quiet_, "no progress bar");
@@ -186,8 +193,15 @@ int FuseCommand::Run() {
   if (given("--overwrite")) spec.overwrite = overwrite_;
   if (given("--device")) spec.device = device_;
   if (given("--threads")) spec.threads = threads_;
-  // One compute pool per process, sized once (util/cpu_tuning.h).
-  ConfigureComputeThreads(spec.threads);
+  if (workers_ < 0 || workers_ > 256) {
+    return ReportFailure(absl::InvalidArgumentError(
+        absl::StrCat("--workers: must be in 0..256, not ", workers_)));
+  }
+  // One compute pool per process, sized once and split into worker slots
+  // (util/cpu_tuning.h); the allocator policy is the binary's choice.
+  const ComputeThreads threads =
+      ConfigureComputeThreads(spec.threads, workers_);
+  ConfigureAllocatorForStreaming();
 
   absl::StatusOr<UriResolver> resolver = MakeResolver(allowed_roots_);
   if (!resolver.ok()) return ReportFailure(resolver.status());
@@ -195,6 +209,7 @@ int FuseCommand::Run() {
   RunOptions options;
   options.progress = &progress;
   options.cancel = &g_cancel;
+  options.workers = threads.workers;
   std::signal(SIGINT, OnInterrupt);
   std::signal(SIGTERM, OnInterrupt);
   absl::StatusOr<nlohmann::json> report =

@@ -31,6 +31,7 @@ class FuseCommand {
   std::vector<std::string> include_, exclude_, allowed_roots_;
   std::string out_, patch_out_, report_, device_;
   int threads_ = 0;
+  int workers_ = 0;  // 0: one per compute thread
   bool quiet_ = false;
 };
 

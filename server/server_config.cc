@@ -54,6 +54,13 @@ absl::Status ServerConfig::Validate() const {
   if (max_concurrent_jobs < 1 || max_concurrent_jobs > 256) {
     return FieldError("max-concurrent-jobs", "must be in 1..256");
   }
+  if (threads < 0 || threads > 256) {
+    return FieldError("threads", "must be in 0..256 (0: the available CPUs)");
+  }
+  if (cpu_workers < 0 || cpu_workers > 256) {
+    return FieldError("cpu-workers",
+                   "must be in 0..256 (0: one worker per compute thread)");
+  }
   if (max_queued_jobs < 1) return FieldError("max-queued-jobs", "must be >= 1");
   if (max_spec_bytes < 1024 || max_spec_bytes > (4 << 20)) {
     return FieldError("max-spec-bytes", "must be in 1024..4194304");
@@ -143,6 +150,10 @@ absl::Status LoadServerConfigFile(const std::string& path,
       }
     } else if (key == "max-concurrent-jobs") {
       s = Read(v, where, "an integer", &config->max_concurrent_jobs);
+    } else if (key == "threads") {
+      s = Read(v, where, "an integer", &config->threads);
+    } else if (key == "cpu-workers") {
+      s = Read(v, where, "an integer", &config->cpu_workers);
     } else if (key == "max-queued-jobs") {
       s = Read(v, where, "an integer", &config->max_queued_jobs);
     } else if (key == "max-spec-bytes") {
@@ -218,6 +229,14 @@ void ServerFlags::Add(CLI::App& app) {
                  "directory)");
   app.add_option("--max-concurrent-jobs", flags_.max_concurrent_jobs,
                  "jobs that run at the same time, 1..256 (default 1)");
+  app.add_option("--threads", flags_.threads,
+                 "compute threads of the process, 0..256 (default 0: the "
+                 "CPUs of the cgroup's CPU quota and affinity mask)");
+  app.add_option("--cpu-workers", flags_.cpu_workers,
+                 "tensors one job computes at once, 0..256; each worker gets "
+                 "threads / cpu-workers (at least 1) OpenBLAS threads and 1 "
+                 "LibTorch intra-op thread (default 0: one worker per "
+                 "compute thread, 1 thread each)");
   app.add_option("--max-queued-jobs", flags_.max_queued_jobs,
                  "queued jobs allowed; more creates are RESOURCE_EXHAUSTED "
                  "(default 100)");
@@ -268,6 +287,8 @@ absl::StatusOr<ServerConfig> ServerFlags::Resolve() const {
   if (given("--max-concurrent-jobs")) {
     config.max_concurrent_jobs = flags_.max_concurrent_jobs;
   }
+  if (given("--threads")) config.threads = flags_.threads;
+  if (given("--cpu-workers")) config.cpu_workers = flags_.cpu_workers;
   if (given("--max-queued-jobs")) {
     config.max_queued_jobs = flags_.max_queued_jobs;
   }

@@ -22,6 +22,12 @@ struct ServerConfig {
   std::string data_dir = "tailord-data";
   std::vector<std::string> allowed_roots;  // empty: the working directory
   int max_concurrent_jobs = 1;
+  // Compute threads of the process (0: the CPUs of the cgroup quota and
+  // affinity mask) and the worker slots they are split into: tensors a job
+  // computes at once, each with threads / cpu_workers BLAS threads (0: one
+  // worker per thread). See util/cpu_tuning.h ConfigureComputeThreads.
+  int threads = 0;
+  int cpu_workers = 0;
   int max_queued_jobs = 100;
   int64_t max_spec_bytes = 64 << 10;
   double drain_timeout_seconds = 20;

@@ -31,6 +31,7 @@
 #include "util/cpu_tuning.h"
 #include "util/file_util.h"
 #include "util/log.h"
+#include "util/memory.h"
 
 namespace tailor::server {
 namespace {
@@ -65,11 +66,16 @@ LogLevel ParseLevel(const std::string& level) {
 int Serve(const ServerConfig& config, const sigset_t& signals) {
   SetMinLogLevel(ParseLevel(config.log_level));
   google::protobuf::SetLogHandler(&ProtobufLogHandler);
-  // One compute pool for the process, sized once from the cgroup's CPU
-  // quota; a job's `threads` field does not resize it.
-  const ComputeThreads threads = ConfigureComputeThreads(0);
+  // One compute pool for the process, sized once (--threads, default the
+  // cgroup's CPU quota) and split into --cpu-workers slots; a job's
+  // `threads` field does not resize it. The allocator policy, too, is the
+  // binary's choice, never a job's.
+  const ComputeThreads threads =
+      ConfigureComputeThreads(config.threads, config.cpu_workers);
+  ConfigureAllocatorForStreaming();
   Log(LogLevel::kInfo, "",
-      absl::StrCat("compute threads: ", threads.blas, " BLAS, ", threads.aten,
+      absl::StrCat("compute threads: ", threads.workers, " workers of ",
+                   threads.blas, " BLAS, ", threads.aten,
                    " LibTorch intra-op"));
   std::vector<std::string> roots = config.allowed_roots;
   if (roots.empty()) {
@@ -92,6 +98,7 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
   jobs::JobManagerOptions options;
   options.data_dir = config.data_dir;
   options.max_concurrent_jobs = config.max_concurrent_jobs;
+  options.workers = threads.workers;
   options.max_queued_jobs = config.max_queued_jobs;
   options.max_spec_bytes = static_cast<size_t>(config.max_spec_bytes);
   options.device_budgets = *config.DeviceBudgets();  // validated

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <tuple>
 
@@ -62,14 +63,16 @@ class CalibrationFile {
 // key (q/k/v, gate/up) and freed after its last user in plan order.
 //
 // Expect() declares, before any Acquire(), the plan positions that will use
-// a key; Acquire() prepares on first use; Finished(i) frees every entry
-// whose last expected user is at or before position i (users that were
-// skipped, e.g. resumed from a journal, free it too). An entry whose
-// preparation failed (not positive definite) caches that status, so every
-// alias reports the same fallback.
+// a key; Acquire() prepares on first use; Finished(i) says position i is
+// done (computed, resumed from a journal or skipped) and frees every entry
+// none of whose expected users is still to come. Positions may finish in
+// any order (concurrent workers, issue #12). An entry whose preparation
+// failed (not positive definite) caches that status, so every alias reports
+// the same fallback.
 //
-// Thread-safe; a preparation holds the lock (callers of one job are
-// sequential).
+// Thread-safe. Concurrent Acquire()s of one (task, key, device) prepare it
+// once: the later ones wait for the first's result; preparations of
+// different keys run concurrently (the lock is not held while preparing).
 class PreparedHessianCache {
  public:
   using Entry = std::shared_ptr<const absl::StatusOr<PreparedHessian>>;
@@ -89,6 +92,8 @@ class PreparedHessianCache {
 
   // Bytes held by the live prepared Hessians.
   int64_t LiveBytes() const;
+  // Bytes of the live prepared Hessians of (task, key) (on any device).
+  int64_t LiveBytesOf(int task, const std::string& key) const;
   // Whether (task, key) is prepared and live (on any device).
   bool IsLive(int task, const std::string& key) const;
   // Number of PrepareHessian calls so far (for tests).
@@ -96,10 +101,13 @@ class PreparedHessianCache {
 
  private:
   using Key = std::tuple<int, std::string>;
-  mutable absl::Mutex mu_;
-  std::map<Key, int64_t> last_use_ ABSL_GUARDED_BY(mu_);
-  std::map<std::tuple<int, std::string, std::string>, Entry> live_
-      ABSL_GUARDED_BY(mu_);
+  using Id = std::tuple<int, std::string, std::string>;  // + device
+  mutable absl::Mutex mu_;  // guards the members below
+  // The positions still to finish that use each (task, key).
+  std::map<Key, std::set<int64_t>> users_ ABSL_GUARDED_BY(mu_);
+  std::map<Id, Entry> live_ ABSL_GUARDED_BY(mu_);
+  // Ids being prepared now (by an Acquire that dropped the lock).
+  std::set<Id> preparing_ ABSL_GUARDED_BY(mu_);
   int64_t preparations_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -16,8 +16,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "fusion/calibration.h"
 #include "fusion/dense_merge_kernel.h"
+#include "fusion/job_executor.h"
 #include "fusion/journal.h"
 #include "fusion/merge_methods.h"
 #include "fusion/output_plan.h"
@@ -26,6 +28,7 @@
 #include "fusion/stitch_stream.h"
 #include "fusion/streamed_merge.h"
 #include "fusion/tailor_kernel.h"
+#include "fusion/working_memory.h"
 #include "io/checkpoint_writer.h"
 #include "io/lora_adapter.h"
 #include "io/open_checkpoint.h"
@@ -160,11 +163,12 @@ class Job {
   absl::StatusOr<nlohmann::json> Run() {
     start_ = Clock::now();
     TAILOR_RETURN_IF_ERROR(spec_.Validate());
-    // spec_.threads is applied by the binary (ConfigureComputeThreads, once
-    // per process): library code leaves the process's thread pools alone.
-    // With a scheduler each fused tensor gets its device from a lease.
+    // spec_.threads and the worker slots are applied by the binary
+    // (ConfigureComputeThreads, once per process): library code leaves the
+    // process's thread pools and allocator alone. With a scheduler each
+    // fused tensor gets its device from a lease.
     if (options_.device_scheduler == nullptr) {
-      TAILOR_ASSIGN_OR_RETURN(device_, ResolveDevice(spec_.device));
+      TAILOR_ASSIGN_OR_RETURN(job_device_, ResolveDevice(spec_.device));
     }
     TAILOR_RETURN_IF_ERROR(OpenInputs());
     TAILOR_RETURN_IF_ERROR(Plan());
@@ -172,58 +176,47 @@ class Job {
     TAILOR_RETURN_IF_ERROR(OpenOutputs());
     Emit(ProgressEvent::Kind::kPlanned);
     TAILOR_RETURN_IF_ERROR(OpenJournal());
-    for (size_t i = 0; i < plan_.size(); ++i) {
-      const WorkItem& item = plan_[i];
-      if (options_.cancel != nullptr && options_.cancel->load()) {
+    // The executor (job_executor.h): items computed on options_.workers
+    // threads, costliest first, committed to the writers and the report in
+    // plan order, so the outputs are those of a serial run.
+    std::vector<ExecutorItem> items = ExecutorItems();
+    results_.assign(plan_.size(), ItemResult{});
+    ExecutorOptions exec;
+    exec.workers = std::max(1, options_.workers);
+    // Without a scheduler nothing budgets a CUDA device's memory: one
+    // tensor at a time there (the worker slots are the CPU's).
+    if (options_.device_scheduler == nullptr && !job_device_.is_cpu()) {
+      exec.workers = 1;
+    }
+    exec.memory_budget = options_.memory_budget;
+    if (exec.memory_budget == 0) {
+      // Automatic: room for one largest item per worker.
+      int64_t largest = 0;
+      for (const ExecutorItem& item : items) {
+        largest = std::max(largest, item.bytes);
+      }
+      exec.memory_budget = std::max<int64_t>(1, largest * exec.workers);
+    }
+    // Read-ahead of a few tensors per worker: cost order within it.
+    exec.window = 4 * exec.workers;
+    exec.cancel = options_.cancel;
+    if (options_.progress != nullptr) {
+      exec.on_gauges = [this](int in_flight, int queued) {
+        options_.progress->OnExecutor(in_flight, queued);
+      };
+    }
+    absl::Status run = RunOrdered(
+        items, exec, [this](size_t i) { return ComputeItem(i); },
+        [this](size_t i) { return CommitItem(i); });
+    if (options_.progress != nullptr) options_.progress->OnExecutor(0, 0);
+    if (!run.ok()) {
+      if (absl::IsCancelled(run) && run.message() == kExecutorCancelled) {
+        absl::MutexLock lock(&mu_);
         return absl::CancelledError(
             absl::StrCat("cancelled after ", done_, " of ", plan_.size(),
                          " tensors; no output was published"));
       }
-      nlohmann::json entry;
-      std::string action = "copied";
-      std::string ran_on = "cpu";  // copying and resuming are host work
-      double waited = 0;
-      bool written = false;  // the fused tensor went to writer_ already
-      if (item.fuse) {
-        std::optional<JournalEntry> fused = Resume(i, *item.info);
-        action = fused ? "resumed" : "fused";
-        if (!fused) {
-          ran_on = device_.str();
-          std::unique_ptr<DeviceLease> lease;  // held while computing
-          if (options_.device_scheduler != nullptr) {
-            const auto asked = Clock::now();
-            TAILOR_ASSIGN_OR_RETURN(
-                lease, options_.device_scheduler->Acquire(
-                           item.info->name, EstimateWorkingBytes(*item.info)));
-            waited = Seconds(asked);
-            TAILOR_ASSIGN_OR_RETURN(device_, ResolveDevice(lease->device()));
-            ran_on = lease->name();
-            devices_used_.insert(ran_on);
-          }
-          if (Streams(*item.info)) {
-            TAILOR_ASSIGN_OR_RETURN(fused, StreamOne(i, *item.info));
-            written = true;
-          } else {
-            TAILOR_ASSIGN_OR_RETURN(fused, FuseOne(i, *item.info));
-          }
-          lease.reset();
-          if (journal_) WriteJournal(*fused);
-        }
-        TAILOR_ASSIGN_OR_RETURN(entry, ApplyFused(*item.info, *fused, written));
-      } else {
-        TAILOR_ASSIGN_OR_RETURN(entry, CopyOne(*item.info, item.why_copied));
-      }
-      ++done_;
-      bytes_done_ += item.info->nbytes;
-      ProgressEvent event;
-      event.kind = ProgressEvent::Kind::kTensorDone;
-      event.tensor = item.info->name;
-      event.action = action;
-      event.device = ran_on;
-      event.wait_seconds = waited;
-      event.stats = entry;
-      Emit(event);
-      tensors_.push_back(std::move(entry));
+      return run;
     }
     TAILOR_RETURN_IF_ERROR(Publish());
     Emit(ProgressEvent::Kind::kFinished);
@@ -231,12 +224,146 @@ class Job {
   }
 
  private:
+  // What plan item i left for CommitItem: written by the one worker that
+  // computes it, read by the committer after the executor handed it over
+  // (RunOrdered orders the two).
+  struct ItemResult {
+    std::optional<JournalEntry> fused;  // fused or resumed items
+    nlohmann::json entry;               // copied items: the report row
+    bool written = false;  // the fused tensor went to writer_ already
+  };
+
+  // The executor's view of the plan: a fused tensor costs its arithmetic
+  // (rows x cols^2 for a calibrated tailor tensor: the OBS update and the
+  // Hessian's preparation; its elements otherwise) and holds its working
+  // memory estimate while computing, then its result (stored bytes and
+  // patch entries, at most a few times the tensor) until committed; a
+  // copied tensor holds its bytes.
+  std::vector<ExecutorItem> ExecutorItems() const {
+    std::vector<ExecutorItem> items;
+    for (const WorkItem& item : plan_) {
+      const TensorInfo& info = *item.info;
+      ExecutorItem e;
+      const int64_t bytes = static_cast<int64_t>(info.nbytes);
+      if (!item.fuse) {
+        e.cost = info.numel / 8;  // reading and writing only
+        e.bytes = e.result_bytes = bytes;
+      } else {
+        e.cost = info.numel;
+        if (spec_.method == Method::kTailor && info.shape.size() == 2) {
+          for (const auto& task : tasks_) {
+            if (task->calibration && task->calibration->KeyFor(info.name)) {
+              e.cost = info.numel * info.shape[1];
+              break;
+            }
+          }
+        }
+        const int64_t outputs =
+            1 + (stitched_ ? 1 : 0) + static_cast<int64_t>(tasks_.size());
+        e.result_bytes = outputs * std::max<int64_t>(bytes, info.numel * 2);
+        e.bytes = std::max(EstimateWorkingBytes(info), e.result_bytes);
+      }
+      items.push_back(e);
+    }
+    return items;
+  }
+
+  // Computes plan item `index` (a worker thread): a copied tensor goes to
+  // writer_ now, a fused one is resumed from the journal or computed on
+  // its device (a lease's, with a scheduler) and journalled; a streamed
+  // one writes its chunks to writer_ (each tensor lands at its planned
+  // offset, so the order of tensors does not matter). The rest of its
+  // contribution waits in results_[index] for CommitItem. Counted as done
+  // (a kTensorDone event) as soon as it completes.
+  absl::Status ComputeItem(size_t index) {
+    const WorkItem& item = plan_[index];
+    const TensorInfo& info = *item.info;
+    ItemResult& r = results_[index];
+    ProgressEvent event;
+    event.kind = ProgressEvent::Kind::kTensorDone;
+    event.tensor = info.name;
+    event.device = "cpu";  // copying and resuming are host work
+    if (!item.fuse) {
+      TAILOR_ASSIGN_OR_RETURN(r.entry, CopyOne(info, item.why_copied));
+      event.action = "copied";
+      event.stats = r.entry;
+    } else {
+      std::optional<JournalEntry> fused = Resume(index, info);
+      event.action = fused ? "resumed" : "fused";
+      if (!fused) {
+        at::Device device = job_device_;
+        event.device = device.str();
+        std::unique_ptr<DeviceLease> lease;  // held while computing
+        if (options_.device_scheduler != nullptr) {
+          const auto asked = Clock::now();
+          TAILOR_ASSIGN_OR_RETURN(lease,
+                                  options_.device_scheduler->Acquire(
+                                      info.name, EstimateWorkingBytes(info)));
+          event.wait_seconds = Seconds(asked);
+          TAILOR_ASSIGN_OR_RETURN(device, ResolveDevice(lease->device()));
+          event.device = lease->name();
+          absl::MutexLock lock(&mu_);
+          devices_used_.insert(event.device);
+        }
+        const auto busy = Clock::now();
+        if (Streams(info, device)) {
+          TAILOR_ASSIGN_OR_RETURN(fused, StreamOne(index, info));
+          r.written = true;
+        } else {
+          TAILOR_ASSIGN_OR_RETURN(fused, FuseOne(index, info, device));
+        }
+        event.busy_seconds = Seconds(busy);
+        lease.reset();
+        if (journal_) WriteJournal(*fused);
+      }
+      // Frees prepared Hessians no later item needs (resumed items too).
+      hessians_.Finished(static_cast<int64_t>(index));
+      // The tensor's warnings as events now; the report lists them in plan
+      // order (ApplyFused).
+      for (const std::string& w : fused->warnings) {
+        ProgressEvent warning;
+        warning.kind = ProgressEvent::Kind::kWarning;
+        warning.message = w;
+        Emit(std::move(warning));
+      }
+      event.stats = fused->report;
+      r.fused = std::move(fused);
+    }
+    absl::MutexLock lock(&mu_);
+    ++done_;
+    bytes_done_ += info.nbytes;
+    EmitLocked(std::move(event));
+    return absl::OkStatus();
+  }
+
+  // Feeds plan item `index`'s result to the writers and the report (the
+  // calling thread, in plan order).
+  absl::Status CommitItem(size_t index) {
+    const WorkItem& item = plan_[index];
+    ItemResult r = std::move(results_[index]);
+    results_[index] = ItemResult{};
+    if (item.fuse) {
+      TAILOR_ASSIGN_OR_RETURN(nlohmann::json entry,
+                              ApplyFused(*item.info, *r.fused, r.written));
+      tensors_.push_back(std::move(entry));
+    } else {
+      ++copied_tensors_;
+      tensors_.push_back(std::move(r.entry));
+    }
+    return absl::OkStatus();
+  }
+
   void Emit(ProgressEvent::Kind kind) {
     ProgressEvent event;
     event.kind = kind;
     Emit(event);
   }
   void Emit(ProgressEvent event) {
+    absl::MutexLock lock(&mu_);
+    EmitLocked(std::move(event));
+  }
+  // Events go out one at a time, with the counters they carry.
+  void EmitLocked(ProgressEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (options_.progress == nullptr) return;
     event.done = done_;
     event.total = static_cast<int64_t>(plan_.size());
@@ -257,7 +384,8 @@ class Job {
     ProgressEvent event;
     event.kind = ProgressEvent::Kind::kWarning;
     event.message = message;
-    Emit(event);
+    absl::MutexLock lock(&mu_);
+    EmitLocked(event);
     warnings_.push_back(std::move(message));
   }
 
@@ -567,12 +695,14 @@ class Job {
   // volume) the job goes on without it, and a later run recomputes what it
   // lacks.
   void WriteJournal(const JournalEntry& entry) {
+    absl::MutexLock lock(&journal_mu_);
+    if (journal_failed_) return;
     const absl::Status s = journal_->Write(entry);
     if (s.ok()) return;
     Note(absl::StrCat("journal ", journal_->dir(), ": cannot record tensor ",
                       entry.index, " ('", entry.name, "'): ", s.message(),
                       "; continuing without the journal"));
-    journal_.reset();
+    journal_failed_ = true;
   }
 
   // A journal spool for the stored bytes of streamed tensor `index`, or
@@ -581,29 +711,36 @@ class Job {
   std::shared_ptr<JournalFusedSpool> BeginSpool(size_t index,
                                                 const TensorInfo& info) {
     if (!journal_) return nullptr;
+    absl::MutexLock lock(&journal_mu_);
+    if (journal_failed_) return nullptr;
     absl::StatusOr<std::unique_ptr<JournalFusedSpool>> spool =
         journal_->BeginFused(static_cast<int64_t>(index), info.nbytes);
     if (spool.ok()) return std::move(*spool);
     DropJournal(static_cast<int64_t>(index), info.name, spool.status());
     return nullptr;
   }
-  // Appends a streamed chunk to `spool` (if any); a failed write (ENOSPC)
-  // drops the spool and the journal, never the job.
+  // Appends a streamed chunk to `spool` (if any; each spool belongs to one
+  // worker); a failed write (ENOSPC) drops the spool and the journal, never
+  // the job.
   void Spool(std::shared_ptr<JournalFusedSpool>& spool,
              absl::string_view bytes) {
     if (!spool) return;
     const absl::Status s = spool->Append(bytes);
     if (s.ok()) return;
     spool.reset();
-    if (journal_) DropJournal(-1, "", s);
+    absl::MutexLock lock(&journal_mu_);
+    if (!journal_failed_) DropJournal(-1, "", s);
   }
+  // The job goes on without the journal (journal_failed_: nothing more is
+  // written to it, and it stays open for the writes in flight to fail).
   void DropJournal(int64_t index, const std::string& name,
-                   const absl::Status& why) {
+                   const absl::Status& why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(journal_mu_) {
     Note(absl::StrCat("journal ", journal_->dir(), ": cannot record tensor ",
                       index >= 0 ? absl::StrCat(index, " ('", name, "')")
                                  : std::string("being streamed"),
                       ": ", why.message(), "; continuing without the journal"));
-    journal_.reset();
+    journal_failed_ = true;
   }
 
   // The journal's entry for plan item `index`, if it has a valid one that
@@ -633,61 +770,30 @@ class Job {
                        "') is unusable, computing it again: ", fits.message()));
       return std::nullopt;
     }
+    absl::MutexLock lock(&mu_);
     ++resumed_tensors_;
     return *std::move(e);
   }
 
-  // An upper estimate of FuseOne's peak working memory for `info`, bytes,
-  // with e = 4 (float32 compute) or 8 (tailor.float64), n elements, T tasks:
-  //   pre-trained tensor, merged delta and fused output:     3 n e
-  //   per task: fine-tuned tensor (or patch values), delta, the kernel's
-  //     scores / normalisation / compensated-copy temporaries (4 n e), and
-  //     the mask and delta kept for merging:                 (7 e + 1) n
-  //   merging several tasks (stitch, TIES, DARE temporaries): 2 n e
-  //   a calibrated r x c tensor (tailor method): the prepared Hessians
-  //     cached now (for this tensor's key or others still to be used), those
-  //     of its tasks not yet prepared (damped H and U, 2 c^2 e each; they
-  //     stay cached for the key's aliases) plus, if any is, one
-  //     preparation's scratch (3 c^2 e) beyond the kernel temporaries
-  //     (4 n e) that exist only after it, plus the exact compensation's
-  //     chunk (exact_chunk_bytes).
-  // The kernels' real peak is lower (several temporaries die before others
-  // are made); erring high only makes tensors wait, never over-commit.
+  // FuseOne's peak working memory for `info` (fusion/working_memory.h).
   int64_t EstimateWorkingBytes(const TensorInfo& info) const {
-    const int64_t e = spec_.tailor.float64 ? 8 : 4;
-    const int64_t n = info.numel;
-    const int64_t tasks = static_cast<int64_t>(tasks_.size());
-    int64_t bytes = n * e * 3 + tasks * n * (7 * e + 1);
-    if (tasks > 1) bytes += 2 * n * e;
-    if (spec_.method == Method::kTailor && info.shape.size() == 2) {
-      const int64_t c = info.shape[1];
-      int64_t scratch = 0, chunk = 0;
-      bool calibrated = false;
-      for (size_t t = 0; t < tasks_.size(); ++t) {
-        const Task& task = *tasks_[t];
-        std::optional<std::string> key;
-        if (task.calibration) key = task.calibration->KeyFor(info.name);
-        if (!key) continue;
-        calibrated = true;
-        if (!hessians_.IsLive(static_cast<int>(t), *key)) {
-          bytes += 2 * c * c * e;
-          // One preparation at a time, before the kernel's temporaries
-          // (4 n e, counted above) exist: only its excess counts.
-          scratch = std::max<int64_t>(0, 3 * c * c * e - 4 * n * e);
-        }
-        if (task.options.compensation == Compensation::kExact) {
-          chunk = std::max(chunk, task.options.exact_chunk_bytes);
-        }
+    std::vector<WorkingMemoryTask> tasks;
+    for (const auto& task : tasks_) {
+      WorkingMemoryTask w;
+      if (task->calibration) {
+        w.hessian_key = task->calibration->KeyFor(info.name);
       }
-      if (calibrated) bytes += hessians_.LiveBytes() + scratch + chunk;
+      w.options = task->options;
+      tasks.push_back(std::move(w));
     }
-    return bytes;
+    return tailor::EstimateWorkingBytes(spec_, info, tasks, hessians_,
+                                        /*concurrent=*/options_.workers > 1);
   }
 
-  ReadOptions ComputeRead() const {
+  ReadOptions ComputeRead(const at::Device& device) const {
     ReadOptions r;
     r.floating_dtype = spec_.tailor.float64 ? at::kDouble : at::kFloat;
-    r.device = device_;
+    r.device = device;
     return r;
   }
 
@@ -706,11 +812,11 @@ class Job {
   // Scope::kRow on a tensor scored as one row (not 2-D, or one row), in
   // the job's compute type; z-score normalisation, Scope::kBlock and
   // several-row Scope::kRow are computed whole.
-  bool Streams(const TensorInfo& info) const {
+  bool Streams(const TensorInfo& info, const at::Device& device) const {
     if (options_.stream_chunk_elements <= 0) return false;
     if (StitchesPatches()) {
       // Every output (fused checkpoint, stitched patch) streams.
-      return device_.is_cpu() && info.numel > 0 &&
+      return device.is_cpu() && info.numel > 0 &&
              ToScalarType(info.dtype).has_value();
     }
     const bool threshold = spec_.method == Method::kMagnitude ||
@@ -720,7 +826,7 @@ class Job {
         spec_.method != Method::kDare && !threshold) {
       return false;
     }
-    if (!writer_ || stitched_ || !device_.is_cpu() || info.numel == 0 ||
+    if (!writer_ || stitched_ || !device.is_cpu() || info.numel == 0 ||
         !ToScalarType(info.dtype).has_value()) {
       return false;
     }
@@ -795,7 +901,8 @@ class Job {
       // bytes (`fused`), not a spool.
       spool.reset();
       spooling = false;
-      TAILOR_ASSIGN_OR_RETURN(JournalEntry whole, FuseOne(index, info));
+      TAILOR_ASSIGN_OR_RETURN(JournalEntry whole,
+                              FuseOne(index, info, at::Device(at::kCPU)));
       if (whole.fused) TAILOR_RETURN_IF_ERROR(write(*whole.fused));
       if (!journal_) whole.fused.reset();
       if (stream) TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&*stream));
@@ -1060,13 +1167,15 @@ class Job {
 
   // Computes fused tensor `index` of the plan: everything it contributes to
   // the outputs and the report, without touching them (ApplyFused does).
-  absl::StatusOr<JournalEntry> FuseOne(size_t index, const TensorInfo& info) {
+  absl::StatusOr<JournalEntry> FuseOne(size_t index, const TensorInfo& info,
+                                       const at::Device& device) {
     const auto t0 = Clock::now();
     const std::string& name = info.name;
     JournalEntry out;
     out.index = static_cast<int64_t>(index);
     out.name = name;
-    TAILOR_ASSIGN_OR_RETURN(at::Tensor pre, base_->Read(name, ComputeRead()));
+    TAILOR_ASSIGN_OR_RETURN(at::Tensor pre,
+                            base_->Read(name, ComputeRead(device)));
     TAILOR_RETURN_IF_ERROR(CheckFiniteTensor(pre, name, "pre-trained tensor"));
     std::vector<TaskDelta> deltas;
     std::vector<at::Tensor> dense;
@@ -1079,8 +1188,8 @@ class Job {
           TAILOR_ASSIGN_OR_RETURN(TaskDelta d, task->patch->Load(name));
           TAILOR_ASSIGN_OR_RETURN(d, CatchTorch(name, [&] {
                                     return TaskDelta{
-                                        d.mask.to(device_),
-                                        d.delta.to(device_, pre.scalar_type())};
+                                        d.mask.to(device),
+                                        d.delta.to(device, pre.scalar_type())};
                                   }));
           deltas.push_back(std::move(d));
         } else {
@@ -1098,7 +1207,7 @@ class Job {
         continue;
       }
       TAILOR_ASSIGN_OR_RETURN(at::Tensor ft,
-                              task->finetuned->Read(name, ComputeRead()));
+                              task->finetuned->Read(name, ComputeRead(device)));
       if (spec_.method == Method::kTailor ||
           spec_.method == Method::kMagnitude) {
         // One prepared Hessian per (task, key), shared by its aliases.
@@ -1110,7 +1219,7 @@ class Job {
             const CalibrationFile* calib = task->calibration.get();
             TAILOR_ASSIGN_OR_RETURN(
                 h, hessians_.Acquire(
-                       static_cast<int>(t), *key, device_,
+                       static_cast<int>(t), *key, device,
                        [&] { return calib->Load(*key); }, task->options));
           }
         }
@@ -1222,7 +1331,11 @@ class Job {
   absl::StatusOr<nlohmann::json> ApplyFused(const TensorInfo& info,
                                             const JournalEntry& e,
                                             bool written) {
-    for (const std::string& w : e.warnings) Warn(w);
+    {
+      // Emitted as events when the tensor completed (ComputeItem).
+      absl::MutexLock lock(&mu_);
+      for (const std::string& w : e.warnings) warnings_.push_back(w);
+    }
     for (const auto& [mask_only, compensated] : e.errors) {
       error_mask_only_ += mask_only;
       error_compensated_ += compensated;
@@ -1270,13 +1383,17 @@ class Job {
       TAILOR_ASSIGN_OR_RETURN(std::string bytes, base_->ReadRaw(info.name));
       TAILOR_RETURN_IF_ERROR(writer_->WriteRaw(info.name, bytes));
     }
-    ++copied_tensors_;
     return nlohmann::json{{"name", info.name},
                           {"action", "copied"},
                           {"reason", why},
                           {"shape", info.shape},
                           {"dtype", std::string(DTypeName(info.dtype))},
                           {"count", info.numel}};
+  }
+
+  std::string DevicesUsed() const {
+    absl::MutexLock lock(&mu_);
+    return absl::StrJoin(devices_used_, ",");
   }
 
   nlohmann::json Knobs() const {
@@ -1318,6 +1435,7 @@ class Job {
     report_["spec"] = spec_.ToJson();
     report_["sources"] = sources_;
     report_["tensors"] = tensors_;
+    absl::MutexLock lock(&mu_);  // the workers are done; for the analysis
     report_["warnings"] = warnings_;
     nlohmann::json outputs = nlohmann::json::object();
     if (writer_) outputs["fused"] = spec_.output_uri;
@@ -1350,7 +1468,7 @@ class Job {
         {"error_reduction", NumberOrNull(reduction)},
         {"resumed_tensors", resumed_tensors_},
         {"device", options_.device_scheduler == nullptr
-                       ? device_.str()
+                       ? job_device_.str()
                        : absl::StrJoin(devices_used_, ",")},
         {"seconds", Seconds(start_)}};
     if (report_out_) {
@@ -1367,28 +1485,44 @@ class Job {
   const UriResolver& resolver_;
   const RunOptions& options_;
   Clock::time_point start_;
-  at::Device device_ = at::kCPU;        // of the tensor being computed
-  std::set<std::string> devices_used_;  // lease names, with a scheduler
+  // Without a scheduler, the device of every fused tensor (set before the
+  // workers start); with one each tensor's lease names its own.
+  at::Device job_device_ = at::kCPU;
   std::unique_ptr<Checkpoint> base_;
   std::vector<std::unique_ptr<Task>> tasks_;
   std::vector<WorkItem> plan_;
   std::unique_ptr<CheckpointWriter> writer_;
   std::unique_ptr<PatchWriter> stitched_;
   std::unique_ptr<StagedOutput> report_out_;
+  // Set by OpenJournal before the workers start, never reset after.
   std::unique_ptr<FusionJournal> journal_;
-  int64_t resumed_tensors_ = 0;
+  absl::Mutex journal_mu_;  // serialises journal_->Write
+  // A write failed: the job goes on without the journal.
+  bool journal_failed_ ABSL_GUARDED_BY(journal_mu_) = false;
+  std::vector<ItemResult> results_;  // by plan index, see ItemResult
   std::string patch_path_, report_path_;
   nlohmann::json sources_ = nlohmann::json::array();
-  nlohmann::json tensors_ = nlohmann::json::array();
-  std::vector<std::string> warnings_;
   nlohmann::json report_;
-  int64_t done_ = 0;
-  uint64_t bytes_done_ = 0, bytes_total_ = 0;
+  // Guards what workers, the committer and progress events share: the
+  // progress counters, the report's warnings (one per tensor, appended in
+  // plan order by the committer), the devices used and resumed tensors.
+  // The events themselves are emitted under it, one at a time.
+  mutable absl::Mutex mu_;
+  std::vector<std::string> warnings_ ABSL_GUARDED_BY(mu_);
+  int64_t done_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_done_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_total_ = 0;  // set by Plan, before the workers
+  std::set<std::string> devices_used_ ABSL_GUARDED_BY(mu_);  // lease names
+  int64_t resumed_tensors_ ABSL_GUARDED_BY(mu_) = 0;
+  // The committer's alone (CommitItem, ApplyFused, then Publish): the
+  // report rows and the totals.
+  nlohmann::json tensors_ = nlohmann::json::array();
   int64_t fused_tensors_ = 0, copied_tensors_ = 0;
   int64_t total_count_ = 0, total_kept_ = 0;
   double error_mask_only_ = 0, error_compensated_ = 0;
   // Whether any summand of the totals above is a sampled estimate.
   bool error_mask_only_estimated_ = false, error_compensated_estimated_ = false;
+  // Thread-safe; prepares each Hessian once however many workers ask.
   PreparedHessianCache hessians_;
 };
 
@@ -1397,7 +1531,6 @@ class Job {
 absl::StatusOr<nlohmann::json> RunFusionJob(const FusionSpec& spec,
                                             const UriResolver& resolver,
                                             const RunOptions& options) {
-  ConfigureAllocatorForStreaming();
   Job job(spec, resolver, options);
   return CatchTorch("fusion job", [&] { return job.Run(); });
 }

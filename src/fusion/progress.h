@@ -14,8 +14,11 @@
 
 namespace tailor {
 
-// One progress report of a running job. Events of a job arrive in order,
-// from the thread running it.
+// One progress report of a running job. Events of a job arrive one at a
+// time (the job serialises them), from its worker threads or the thread
+// running it. kTensorDone events come as tensors complete, which with
+// several workers (RunOptions::workers) need not be plan order; `done`
+// counts them.
 struct ProgressEvent {
   enum class Kind {
     kPlanned,     // the plan is known: total tensors and bytes
@@ -34,6 +37,9 @@ struct ProgressEvent {
   // kTensorDone: seconds this tensor waited for its device lease (part of
   // the time since the previous event, not of the tensor's work).
   double wait_seconds = 0;
+  // kTensorDone: seconds the tensor's computation held its device (fused
+  // tensors only; 0 for copied and resumed ones).
+  double busy_seconds = 0;
   int64_t done = 0;         // tensors finished so far
   int64_t total = 0;        // tensors in the plan
   uint64_t bytes_done = 0;  // base-checkpoint bytes finished so far
@@ -44,11 +50,18 @@ struct ProgressEvent {
 };
 
 // Receives progress; implementations must be fast (they run on the job's
-// thread between tensors).
+// threads, under its lock) and must not call back into the job.
 class ProgressSink {
  public:
   virtual ~ProgressSink() = default;
   virtual void OnEvent(const ProgressEvent& event) = 0;
+  // The job's executor (fusion/job_executor.h) now has `in_flight` tensors
+  // computing and `queued` not yet started; (0, 0) when the job's tensors
+  // are over. Called often, under the executor's lock.
+  virtual void OnExecutor(int in_flight, int queued) {
+    (void)in_flight;
+    (void)queued;
+  }
 };
 
 // A device reserved for one tensor's work; the reservation ends when the
@@ -64,7 +77,7 @@ class DeviceLease {
 };
 
 // Chooses a device for each fused tensor of a job. Called from the job's
-// thread, one tensor at a time.
+// worker threads, concurrently when it has several (RunOptions::workers).
 class TensorDeviceScheduler {
  public:
   virtual ~TensorDeviceScheduler() = default;
@@ -111,6 +124,20 @@ struct RunOptions {
   // per task, whatever the tensor's size. Tests shrink it; 0 computes every
   // tensor whole (a test hook: the same outputs).
   int64_t stream_chunk_elements = int64_t{1} << 18;
+  // Tensors computed at once (fusion/job_executor.h): the job's worker
+  // threads, each taking its device from device_scheduler when set. The
+  // outputs and report rows are the same for any count (committed in plan
+  // order); only timings differ. 1: one tensor at a time; also the count
+  // used on a CUDA device without a device_scheduler (nothing budgets its
+  // memory). The caller sizes the compute threads to match
+  // (ConfigureComputeThreads in util/cpu_tuning.h: one BLAS thread per
+  // worker by default).
+  int workers = 1;
+  // Bound on the host memory of the tensors computing and of the results
+  // waiting for their turn to be written, bytes (the job's own estimates);
+  // 0: room for one largest tensor per worker. The next tensor in plan
+  // order always runs, whatever the bound.
+  int64_t memory_budget = 0;
 };
 
 }  // namespace tailor

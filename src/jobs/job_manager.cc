@@ -559,6 +559,7 @@ void JobManager::Collect() const {
     metrics_->device_memory->Set({d.label},
                                  static_cast<double>(pool_->Reserved(i)));
     metrics_->device_budget->Set({d.label}, static_cast<double>(d.budget));
+    metrics_->device_busy->Increment({d.label}, 0);  // exported from zero
   }
   metrics_->process_memory->Set({}, ResidentBytes());
 }

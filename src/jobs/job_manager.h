@@ -42,6 +42,9 @@ struct JobManagerOptions {
   std::string data_dir;
   // Jobs that run at the same time, >= 1.
   int max_concurrent_jobs = 1;
+  // Tensors each job computes at once (RunOptions::workers), each taking
+  // its device from the pool.
+  int workers = 1;
   // QUEUED jobs allowed at once; more creates are RESOURCE_EXHAUSTED.
   int max_queued_jobs = 100;
   // Largest accepted spec (its JSON), bytes; larger is RESOURCE_EXHAUSTED.

@@ -2,6 +2,7 @@
 // device pool, record its outcome (JobManager::WorkerLoop, RunJob), and the
 // journal each run keeps.
 
+#include <algorithm>
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
@@ -119,6 +120,7 @@ void JobManager::RunJob(const std::string& id) {
           FreeBytes(options_.data_dir).value_or(uint64_t{1} << 30) / 2;
     }
     options.device_scheduler = &scheduler;
+    options.workers = std::max(1, options_.workers);
     report = runner_->Run(spec, options);
   }
   runner_->CleanStaging(spec);  // leftovers of killed writers, any outcome

@@ -50,6 +50,16 @@ JobMetrics::JobMetrics(metrics::Registry* r)
           "Time fused tensors waited for device memory within the budget, "
           "by the device they then ran on.",
           {"device"})),
+      device_busy(r->AddCounter(
+          "tailor_device_busy_seconds_total",
+          "Time fused tensors spent computing on each device (summed over "
+          "the tensors of a job running at once), by device.",
+          {"device"})),
+      executor_items(r->AddGauge(
+          "tailor_executor_items",
+          "Tensors of running jobs computing now (in_flight) or not yet "
+          "started (queued), by state.",
+          {"state"})),
       process_memory(r->AddGauge("tailor_process_resident_memory_bytes",
                                  "Resident set size of the server process.")),
       read_bytes(r->AddCounter(
@@ -68,6 +78,9 @@ JobMetrics::JobMetrics(metrics::Registry* r)
   // Label-less counters exist from the start, at zero.
   for (metrics::Family* f : {submitted, read_bytes, written_bytes}) {
     f->Increment({}, 0);
+  }
+  for (const char* state : {"in_flight", "queued"}) {
+    executor_items->Increment({state}, 0);
   }
 }
 

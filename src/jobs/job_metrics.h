@@ -21,6 +21,8 @@ struct JobMetrics {
   metrics::Family* device_memory;        // gauge {device}
   metrics::Family* device_budget;        // gauge {device}
   metrics::Family* device_wait;          // counter {device}
+  metrics::Family* device_busy;          // counter {device}
+  metrics::Family* executor_items;       // gauge {state}
   metrics::Family* process_memory;       // gauge
   metrics::Family* read_bytes;           // counter
   metrics::Family* written_bytes;        // counter

@@ -14,6 +14,16 @@ JobProgressAdapter::JobProgressAdapter(std::string job_id, JobMetrics* metrics,
       device_label_(std::move(device_label)),
       record_(std::move(record)) {}
 
+JobProgressAdapter::~JobProgressAdapter() { OnExecutor(0, 0); }
+
+void JobProgressAdapter::OnExecutor(int in_flight, int queued) {
+  if (metrics_ == nullptr) return;
+  metrics_->executor_items->Increment({"in_flight"}, in_flight - in_flight_);
+  metrics_->executor_items->Increment({"queued"}, queued - queued_);
+  in_flight_ = in_flight;
+  queued_ = queued;
+}
+
 void JobProgressAdapter::OnEvent(const ProgressEvent& e) {
   JobEvent event;
   if (e.kind == ProgressEvent::Kind::kFinished) return;
@@ -43,10 +53,18 @@ void JobProgressAdapter::OnEvent(const ProgressEvent& e) {
       if (e.wait_seconds > 0) {
         m.device_wait->Increment({device}, e.wait_seconds);
       }
-      // The tensor's own time: waiting for a device does not count.
+      // The tensor's own time: waiting for a device does not count. A
+      // fused tensor's is the time it held its device (tensors of one job
+      // overlap with several workers); a copied or resumed one's the time
+      // since the previous event.
       m.tensor_duration->Observe(
-          {device},
-          std::max(0.0, e.elapsed_seconds - last_elapsed_ - e.wait_seconds));
+          {device}, e.busy_seconds > 0
+                        ? e.busy_seconds
+                        : std::max(0.0, e.elapsed_seconds - last_elapsed_ -
+                                            e.wait_seconds));
+      if (e.busy_seconds > 0) {
+        m.device_busy->Increment({device}, e.busy_seconds);
+      }
       m.read_bytes->Increment({},
                               static_cast<double>(e.bytes_done - last_bytes_));
     }

@@ -24,6 +24,7 @@ struct ComputeThreads {
   int blas = 1;  // OpenBLAS's pool (GEMM, Cholesky, triangular inverse)
   int aten = 1;  // LibTorch's intra-op pool
   bool blas_sized = false;  // false: the BLAS has no thread knob
+  int workers = 1;          // worker slots: tensors a job computes at once
 };
 
 // Sizes the compute threads of the whole process, once, from a binary's
@@ -36,7 +37,15 @@ struct ComputeThreads {
 // thread knob, LibTorch's pool gets the n threads instead. Library code
 // never calls this. (Defined in util/compute_threads.cc, part of tailor_io:
 // it needs LibTorch.)
-ComputeThreads ConfigureComputeThreads(int threads);
+//
+// `workers` splits the n threads into worker slots (RunOptions::workers):
+// 0 means one worker per thread. Each worker gets max(1, n / workers)
+// threads: OpenBLAS's pool is sized to that share (a 1-thread OpenBLAS
+// runs in the calling thread, so workers never queue on its shared pool)
+// and LibTorch's pool stays 1 (or gets the share when the BLAS has no
+// knob). So `--threads 2` alone gives 2 workers of 1 thread, and
+// `--threads 4 --workers 2` 2 workers of 2 BLAS threads.
+ComputeThreads ConfigureComputeThreads(int threads, int workers = 1);
 
 }  // namespace tailor
 

@@ -212,5 +212,48 @@ TEST_F(FuseCliTest, JobFileKeysAreTheSpecKeys) {
   EXPECT_NE(r.code, 0) << r.err;
 }
 
+// Issue #12: `--workers` computes tensors at once with identical outputs;
+// out of range it names the flag and its rule.
+TEST_F(FuseCliTest, WorkersGiveIdenticalOutputsAndAreRangeChecked) {
+  std::vector<std::string> outs;
+  for (const char* workers : {"1", "3"}) {
+    const std::string out = tmp_.Join(absl::StrCat("w", workers));
+    CliResult r = Tailorctl({"fuse",
+                             "--local",
+                             "-q",
+                             "--pretrained",
+                             base_,
+                             "--finetuned",
+                             ft_,
+                             "--hessians",
+                             hessians_,
+                             "--keep",
+                             "0.25",
+                             "--out",
+                             out,
+                             "--patch-out",
+                             out + ".safetensors",
+                             "--device",
+                             "cpu",
+                             "--threads",
+                             "2",
+                             "--workers",
+                             workers});
+    ASSERT_EQ(r.code, 0) << r.err;
+    outs.push_back(out);
+  }
+  EXPECT_EQ(ReadFileOrDie(outs[0] + "/model.safetensors"),
+            ReadFileOrDie(outs[1] + "/model.safetensors"));
+  EXPECT_EQ(ReadFileOrDie(outs[0] + ".safetensors"),
+            ReadFileOrDie(outs[1] + ".safetensors"));
+  CliResult bad =
+      Tailorctl({"fuse", "--local", "--pretrained", base_, "--finetuned", ft_,
+                 "--out", tmp_.Join("bad-w"), "--workers", "300"});
+  EXPECT_EQ(bad.code, 3) << bad.err;
+  EXPECT_TRUE(absl::StrContains(bad.err, "--workers: must be in 0..256"))
+      << bad.err;
+  EXPECT_FALSE(PathExists(tmp_.Join("bad-w")));
+}
+
 }  // namespace
 }  // namespace tailor

@@ -6,8 +6,11 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <limits>
+#include <thread>
 #include <vector>
 
 #include "fusion/calibration.h"
@@ -395,6 +398,7 @@ TEST(PreparedHessianCacheTest, SharesOnePreparationAndFreesAfterLastUser) {
   ASSERT_TRUE(k.ok());
   EXPECT_EQ(q->get(), k->get());  // the very same prepared Hessian
   EXPECT_EQ(cache.preparations(), 1);
+  cache.Finished(0);  // q done; "attn" is still expected at 1 and 3
   auto k1 = cache.Acquire(1, "attn", at::kCPU, load, o);  // another task
   ASSERT_TRUE(k1.ok());
   EXPECT_EQ(cache.preparations(), 2);
@@ -418,6 +422,44 @@ TEST(PreparedHessianCacheTest, SharesOnePreparationAndFreesAfterLastUser) {
   auto direct = PrepareHessian(h, o);
   ASSERT_TRUE(direct.ok());
   EXPECT_TRUE((**v)->u.equal(direct->u));
+}
+
+// Issue #12: workers finish positions in any order and acquire at once.
+TEST(PreparedHessianCacheTest, ConcurrentUsersPrepareOnceInAnyOrder) {
+  PreparedHessianCache cache;
+  const at::Tensor h = RandomSpd(16, 60, at::kFloat);
+  std::atomic<int> loads{0};
+  auto load = [&]() -> absl::StatusOr<at::Tensor> {
+    ++loads;
+    // Slow enough that the other threads ask while it prepares.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    return h;
+  };
+  for (int64_t pos : {0, 1, 2, 3}) cache.Expect(0, "attn", pos);
+  const TailorOptions o = Options(false);
+  std::vector<PreparedHessianCache::Entry> got(4);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      auto e = cache.Acquire(0, "attn", at::kCPU, load, o);
+      if (e.ok()) got[i] = *e;
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(loads.load(), 1);
+  EXPECT_EQ(cache.preparations(), 1);
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_NE(got[i], nullptr) << i;
+    EXPECT_EQ(got[i].get(), got[0].get());
+  }
+  ASSERT_TRUE(got[0]->ok());
+  // The last position finishing first frees nothing while others remain.
+  cache.Finished(3);
+  cache.Finished(0);
+  cache.Finished(2);
+  EXPECT_EQ(cache.LiveBytes(), (*got[0])->bytes());
+  cache.Finished(1);
+  EXPECT_EQ(cache.LiveBytes(), 0);
 }
 
 TEST(PreparedHessianCacheTest, CachesAFailedPreparationAndPassesLoadErrors) {

@@ -78,6 +78,28 @@ TEST(ServerConfigTest, BadSettingsNameTheSettingAndTheRule) {
   EXPECT_TRUE(absl::StrContains(c.status().message(), "max-spec-bytes"));
 }
 
+// Issue #12: the compute threads and their worker slots.
+TEST(ServerConfigTest, ThreadsAndCpuWorkers) {
+  absl::StatusOr<ServerConfig> c = Parse({});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->threads, 0);      // the cgroup's quota
+  EXPECT_EQ(c->cpu_workers, 0);  // one worker per thread
+  TempDir dir;
+  c = Parse({"--config", Write(dir, "threads: 4\ncpu_workers: 3\n"),
+             "--cpu-workers", "2"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->threads, 4);
+  EXPECT_EQ(c->cpu_workers, 2);  // the flag wins
+  c = Parse({"--cpu-workers", "-1"});
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(c.status().message(), "cpu-workers"));
+  EXPECT_TRUE(absl::StrContains(c.status().message(), "0..256"));
+  c = Parse({"--threads", "257"});
+  EXPECT_TRUE(absl::StrContains(c.status().message(), "threads"));
+  c = Parse({"--config", Write(dir, "cpu-workers: lots\n")});
+  EXPECT_TRUE(absl::StrContains(c.status().message(), "an integer"));
+}
+
 TEST(ServerConfigTest, FaultLimits) {
   absl::StatusOr<ServerConfig> c = Parse({});
   ASSERT_TRUE(c.ok());

@@ -470,9 +470,16 @@ TEST_F(TailordTest, DeviceBudgetSerialisesConcurrentJobs) {
        {"tailor_tensors_processed_total{device=\"cpu\",action=\"fused\"} 8\n",
         "tailor_tensor_duration_seconds_count{device=\"cpu\"} 8\n",
         "tailor_device_memory_budget_bytes{device=\"cpu\"} 8000\n",
-        "tailor_device_memory_in_use_bytes{device=\"cpu\"} 0\n"}) {
+        "tailor_device_memory_in_use_bytes{device=\"cpu\"} 0\n",
+        // Issue #12: the executor's gauges are back at zero after the
+        // jobs; the fused tensors' compute time is counted per device.
+        "tailor_executor_items{state=\"in_flight\"} 0\n",
+        "tailor_executor_items{state=\"queued\"} 0\n",
+        "tailor_device_busy_seconds_total{device=\"cpu\"} "}) {
     EXPECT_TRUE(absl::StrContains(text, line)) << "missing: " << line;
   }
+  EXPECT_FALSE(absl::StrContains(
+      text, "tailor_device_busy_seconds_total{device=\"cpu\"} 0\n"));
   server.reset();
 
   auto tiny = Start({"--device-memory-budget", "cpu=1K"});

@@ -67,5 +67,25 @@ TEST(CpuTuningTest, OnePoolDoesTheParallelWork) {
   ConfigureComputeThreads(1);
 }
 
+// Issue #12: worker slots split the threads; each worker's BLAS calls use
+// its share (1 thread: OpenBLAS runs in the caller, no shared pool).
+TEST(CpuTuningTest, WorkersSplitTheThreads) {
+  ComputeThreads t = ConfigureComputeThreads(4, 2);
+  EXPECT_EQ(t.workers, 2);
+  EXPECT_EQ(t.blas, 2);
+  EXPECT_EQ(t.aten, 1);
+  t = ConfigureComputeThreads(2, 0);  // automatic: one worker per thread
+  EXPECT_EQ(t.workers, 2);
+  EXPECT_EQ(t.blas, 1);
+  t = ConfigureComputeThreads(2, 8);  // more workers than threads: 1 each
+  EXPECT_EQ(t.workers, 8);
+  EXPECT_EQ(t.blas, 1);
+  t = ConfigureComputeThreads(0, 0);
+  EXPECT_EQ(t.workers, AvailableCpus());
+  EXPECT_EQ(t.blas, 1);
+  EXPECT_EQ(at::get_num_threads(), 1);
+  ConfigureComputeThreads(1);
+}
+
 }  // namespace
 }  // namespace tailor
