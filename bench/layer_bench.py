@@ -169,16 +169,34 @@ def run_tailorctl(args, workdir, out, extra, base="base", ft="ft",
 run_tailorctl.peak_rss_kib = {}  # out name -> peak RSS of its last run, KiB
 
 
+# Runs argv[2:] and writes its peak RSS (KiB) to fd argv[1]. A child's ru_maxrss
+# starts from the memory of the process it was forked from (Linux keeps the
+# old mm's high-water mark across fork + exec), so timing tailorctl straight
+# from this script -- which holds the reference's tensors -- would report
+# this script's RSS; this small interpreter forks it from a few MiB instead.
+_RSS_WRAPPER = """
+import os, subprocess, sys
+p = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(p.pid, 0)
+os.write(int(sys.argv[1]), str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def timed_run(cmd):
-    """Runs `cmd`; returns (wall seconds, the child's peak RSS in KiB)."""
+    """Runs `cmd`; returns (wall seconds, its peak RSS in KiB)."""
+    r, w = os.pipe()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen([sys.executable, "-c", _RSS_WRAPPER, str(w)] + cmd,
+                            stdout=subprocess.DEVNULL, pass_fds=(w,))
+    os.close(w)
+    with os.fdopen(r) as f:
+        rss = f.read()
+    proc.wait()
     wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return wall, usage.ru_maxrss
+    return wall, int(rss)
 
 
 def dd_time(workdir, base, ft, reps):
