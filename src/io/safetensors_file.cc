@@ -51,10 +51,23 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(path));
   TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(path));
   TAILOR_ASSIGN_OR_RETURN(uint64_t file_size, RegularFileSize(fd.get(), path));
-  char prefix[8] = {};
+  char prefix[9] = {};
   if (file_size >= 8) {
-    TAILOR_RETURN_IF_ERROR(PReadFully(fd.get(), prefix, 8, 0, path));
-    TAILOR_RETURN_IF_ERROR(RefuseIfPickle(absl::string_view(prefix, 8), path));
+    const size_t n = file_size >= 9 ? 9 : 8;
+    TAILOR_RETURN_IF_ERROR(PReadFully(fd.get(), prefix, n, 0, path));
+    // A header length whose first byte is 0x80 and second 2..5 (640, 896,
+    // 1152, 1408 bytes, ...) starts like a pickle stream: a file whose
+    // length is plausible and whose header then opens with '{' is read as
+    // safetensors (its JSON is checked next; nothing is ever unpickled).
+    const bool safetensors_like =
+        n == 9 && prefix[8] == '{' &&
+        ParseSafetensorsHeaderLength(absl::string_view(prefix, 8), file_size,
+                                     path)
+            .ok();
+    if (!safetensors_like) {
+      TAILOR_RETURN_IF_ERROR(
+          RefuseIfPickle(absl::string_view(prefix, 8), path));
+    }
   }
   TAILOR_ASSIGN_OR_RETURN(uint64_t header_size,
                           ParseSafetensorsHeaderLength(

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "testing/test_util.h"
 #include "util/file_util.h"
 
@@ -68,6 +69,37 @@ TEST_F(CheckpointTest, SingleFileDirectoryReadsEveryTensor) {
   EXPECT_EQ(info->shape, (std::vector<int64_t>{4, 6}));
   EXPECT_EQ(info->nbytes, 48u);
   EXPECT_EQ(info->file, "model.safetensors");
+}
+
+// A header length of 640, 896, 1152 or 1408 bytes begins 0x80 0x02..0x05,
+// like a pickle stream: such a file is still read as safetensors (it was
+// refused as a pickle), while a real pickle stream still is refused.
+TEST_F(CheckpointTest, HeaderLengthThatLooksLikePickleMagicIsRead) {
+  const std::string data(4 * 4, '\0');  // one F32 [4] of zeros
+  for (uint64_t header_size : {640, 896, 1152, 1408}) {
+    std::string json =
+        R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})";
+    json.resize(header_size, ' ');
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i) {
+      bytes[i] = static_cast<char>((header_size >> (8 * i)) & 0xff);
+    }
+    ASSERT_EQ(static_cast<uint8_t>(bytes[0]), 0x80);
+    const std::string path =
+        dir_.Join(absl::StrCat("h", header_size, ".safetensors"));
+    WriteFileOrDie(path, bytes + json + data);
+    auto ckpt = Checkpoint::Open(path);
+    ASSERT_TRUE(ckpt.ok()) << header_size << ": " << ckpt.status();
+    auto t = (*ckpt)->Read("w");
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(t->numel(), 4);
+  }
+  const std::string pickle = dir_.Join("p.safetensors");
+  WriteFileOrDie(pickle, std::string("\x80\x02}q\x00(X\x06\x00\x00\x00w", 14));
+  auto refused = Checkpoint::Open(pickle);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "pickle"))
+      << refused.status();
 }
 
 TEST_F(CheckpointTest, ReadRawReturnsStoredBytes) {
