@@ -5,23 +5,10 @@
 #include <atomic>
 #include <cstring>
 
+#include "util/bf16_bits.h"
+
 namespace tailor {
 namespace {
-
-inline float Bf16ToFloat(uint16_t b) {
-  const uint32_t bits = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-// c10::BFloat16's round-to-nearest-even, for finite `f`.
-inline uint16_t FloatToBf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  const uint32_t bias = ((bits >> 16) & 1) + 0x7fff;
-  return static_cast<uint16_t>((bits + bias) >> 16);
-}
 
 constexpr uint16_t kBf16Exp = 0x7f80;
 constexpr uint32_t kF32Exp = 0x7f800000u;

@@ -15,25 +15,11 @@
 #include "fusion/streamed_top_k.h"
 #include "fusion/tailor_kernel.h"
 #include "io/checkpoint.h"
+#include "util/bf16_bits.h"
 #include "util/status_macros.h"
 
 namespace tailor {
 namespace {
-
-inline float Bf16ToFloat(uint16_t b) {
-  const uint32_t bits = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-// c10::BFloat16's round-to-nearest-even, for a non-NaN `f` (Inf stays Inf).
-inline uint16_t FloatToBf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  const uint32_t bias = ((bits >> 16) & 1) + 0x7fff;
-  return static_cast<uint16_t>((bits + bias) >> 16);
-}
 
 template <typename T>
 using BitsOf = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
