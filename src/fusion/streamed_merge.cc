@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <type_traits>
@@ -14,6 +15,7 @@
 #include "fusion/spider_kernel.h"
 #include "fusion/streamed_top_k.h"
 #include "fusion/tailor_kernel.h"
+#include "fusion/top_k_window.h"
 #include "io/checkpoint.h"
 #include "util/bf16_bits.h"
 #include "util/status_macros.h"
@@ -185,6 +187,10 @@ struct MinMax {
 
 template <typename T>
 class Streamer {
+  static constexpr typename StreamedTopK<T>::Key kSignBit =
+      typename StreamedTopK<T>::Key{1} << (8 * sizeof(T) - 1);
+  static constexpr int64_t kCountBlock = int64_t{1} << 20;
+
  public:
   Streamer(const StreamedTensor& t, const StreamedMergeOptions& o,
            const std::function<absl::Status(absl::string_view)>& write)
@@ -210,21 +216,42 @@ class Streamer {
       tops_.emplace_back(n, k, /*abs=*/!magnitude);
     }
     ranges_.resize(tasks_);
+    // A sample of each task's |D_i| brackets its k-th largest (TopKWindow),
+    // so that pass 0 usually settles the selection.
+    TAILOR_ASSIGN_OR_RETURN(bool sampled, SampleWindows());
+    if (!sampled) return result;
     // Pass 0 checks every value is finite (else the caller computes the
-    // tensor whole) and gathers magnitude's ranges or TIES's first digit.
-    bool first = true;
-    while (first || NeedsPass()) {
-      TAILOR_ASSIGN_OR_RETURN(
-          bool finite, ForEachChunk([&](int64_t m) { Count(first, m); }));
-      if (!finite) return result;
-      if (first && magnitude) {
-        for (auto& r : ranges_) r.Finish();
-      } else {
-        for (auto& top : tops_) {
-          if (top.NeedsPass()) top.EndPass();
+    // tensor whole), gathers magnitude's ranges and each window's
+    // candidates, or (no window) TIES's first radix digit.
+    TAILOR_ASSIGN_OR_RETURN(bool counted,
+                            ForEachChunk([&](int64_t m) { CountFirst(m); }));
+    if (!counted) return result;
+    if (magnitude) {
+      for (auto& r : ranges_) r.Finish();
+    }
+    for (size_t i = 0; i < tasks_; ++i) {
+      StreamedTopK<T>& top = tops_[i];
+      if (!top.NeedsPass()) continue;
+      if (windows_[i].enabled()) {
+        // Settled here, or (the sample misjudged) by the radix passes from
+        // the first digit.
+        Key threshold;
+        int64_t ties;
+        if (windows_[i].Resolve(RankImage(i), &threshold, &ties)) {
+          top.SetThreshold(threshold, ties);
         }
+      } else if (!magnitude) {
+        top.EndPass();  // pass 0 counted its first digit
       }
-      first = false;
+    }
+    windows_.clear();
+    while (NeedsPass()) {
+      TAILOR_ASSIGN_OR_RETURN(bool recounted,
+                              ForEachChunk([&](int64_t m) { Count(m); }));
+      if (!recounted) return result;
+      for (auto& top : tops_) {
+        if (top.NeedsPass()) top.EndPass();
+      }
     }
     result.streamed = true;
     TAILOR_ASSIGN_OR_RETURN(bool finite,
@@ -331,29 +358,97 @@ class Streamer {
     }
   }
 
-  void Count(bool first, int64_t m) {
-    for (size_t i = 0; i < tasks_; ++i) {
-      if (o_.method == StreamedMethod::kMagnitude && first) {
-        // min/max of |D| on the bits (non-negative floats order as
-        // integers; fabs(-0) = +0).
-        using Bits = BitsOf<T>;
-        constexpr Bits kAbs = ~(Bits{1} << (8 * sizeof(T) - 1));
+  using Key = typename StreamedTopK<T>::Key;
+
+  // The monotone image of task i's |D| keys its selection ranks: the
+  // min-max score's key for magnitude (MinMax::Score, as Keys), the key
+  // itself for TIES. REQUIRES: magnitude's ranges are finished.
+  std::function<Key(Key)> RankImage(size_t i) const {
+    if (o_.method != StreamedMethod::kMagnitude) {
+      return [](Key key) { return key; };
+    }
+    const MinMax<T>* r = &ranges_[i];
+    return [r](Key key) {
+      key &= ~kSignBit;  // |D| >= +0
+      T v;
+      std::memcpy(&v, &key, sizeof(v));
+      return StreamedTopK<T>::MagnitudeKey(r->Score(v));
+    };
+  }
+
+  // Reads TopKWindow::kSampleKeys elements (all of a smaller tensor) in
+  // blocks spread evenly over the tensor and sets each unsettled task's
+  // window from its |D| keys; false when a sampled value is not finite.
+  absl::StatusOr<bool> SampleWindows() {
+    const int64_t n = t_.numel;
+    windows_.clear();
+    windows_.resize(tasks_);
+    bool any = false;
+    for (const auto& top : tops_) any = any || top.NeedsPass();
+    if (!any) return true;
+    const auto blocks = TopKWindow<T>::SampleBlocks(n, t_.chunk);
+    std::vector<std::vector<Key>> sample(tasks_);
+    for (auto& v : sample) {
+      v.reserve(static_cast<size_t>(std::min(n, TopKWindow<T>::kSampleKeys)));
+    }
+    for (const auto& [off, m] : blocks) {
+      TAILOR_ASSIGN_OR_RETURN(bool finite, reader_.Read(off, m));
+      if (!finite) return false;
+      for (size_t i = 0; i < tasks_; ++i) {
         const T* d = reader_.delta(i);
-        Bits lo = ~Bits{0}, hi = 0;
         for (int64_t j = 0; j < m; ++j) {
-          Bits b;
-          std::memcpy(&b, &d[j], sizeof(b));
-          b &= kAbs;
-          lo = b < lo ? b : lo;
-          hi = b > hi ? b : hi;
+          sample[i].push_back(StreamedTopK<T>::MagnitudeKey(d[j]));
         }
-        T lo_v, hi_v;
-        std::memcpy(&lo_v, &lo, sizeof(lo));
-        std::memcpy(&hi_v, &hi, sizeof(hi));
-        ranges_[i].Add(lo_v);
-        ranges_[i].Add(hi_v);
+      }
+    }
+    const int64_t budget = TopKWindow<T>::Budget(n, t_.chunk);
+    for (size_t i = 0; i < tasks_; ++i) {
+      if (!tops_[i].NeedsPass()) continue;
+      windows_[i] =
+          TopKWindow<T>(std::move(sample[i]), n, tops_[i].k(), budget);
+    }
+    return true;
+  }
+
+  // Pass 0 on a chunk: magnitude's min/max of |D| (on the keys:
+  // non-negative floats order as integers; fabs(-0) = +0) and each
+  // window's candidates; TIES without a window counts its first digit.
+  void CountFirst(int64_t m) {
+    const bool magnitude = o_.method == StreamedMethod::kMagnitude;
+    for (size_t i = 0; i < tasks_; ++i) {
+      if (!magnitude) {
+        if (!tops_[i].NeedsPass()) continue;
+        Keys(i, m);
+        if (windows_[i].enabled()) {
+          windows_[i].CountKeys(keys_.data(), m);
+        } else {
+          tops_[i].CountKeys(keys_.data(), m);
+        }
         continue;
       }
+      const T* d = reader_.delta(i);
+      Key* k = keys_.data();
+      Key lo = ~Key{0}, hi = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        const Key key = StreamedTopK<T>::MagnitudeKey(d[j]);
+        k[j] = key;
+        lo = key < lo ? key : lo;
+        hi = key > hi ? key : hi;
+      }
+      lo &= ~kSignBit;
+      hi &= ~kSignBit;
+      T lo_v, hi_v;
+      std::memcpy(&lo_v, &lo, sizeof(lo));
+      std::memcpy(&hi_v, &hi, sizeof(hi));
+      ranges_[i].Add(lo_v);
+      ranges_[i].Add(hi_v);
+      windows_[i].CountKeys(k, m);
+    }
+  }
+
+  // A radix pass on a chunk, for the selections pass 0 did not settle.
+  void Count(int64_t m) {
+    for (size_t i = 0; i < tasks_; ++i) {
       if (!tops_[i].NeedsPass()) continue;
       Keys(i, m);
       tops_[i].CountKeys(keys_.data(), m);
@@ -375,9 +470,37 @@ class Streamer {
 
   // FuseTensor: float32 pre + float32 delta where the mask holds, float32
   // pre elsewhere.
+  // Both sides computed, then selected on the bits: branch-free, so the
+  // loops vectorise (the compiler does not if-convert a conditional
+  // floating add or a floating compare).
   static inline float Fuse(bool mask, T pre, T delta) {
     const float pf = static_cast<float>(pre);
-    return mask ? pf + static_cast<float>(delta) : pf;
+    const float sum = pf + static_cast<float>(delta);
+    uint32_t a, b;
+    std::memcpy(&a, &sum, sizeof(a));
+    std::memcpy(&b, &pf, sizeof(b));
+    const uint32_t sel = 0u - static_cast<uint32_t>(mask);
+    const uint32_t r = (a & sel) | (b & ~sel);
+    float out;
+    std::memcpy(&out, &r, sizeof(out));
+    return out;
+  }
+
+  // mask ? x : +0, on the bits.
+  static inline T KeepOrZero(bool mask, T x) {
+    BitsOf<T> bits;
+    std::memcpy(&bits, &x, sizeof(bits));
+    bits &= BitsOf<T>{0} - static_cast<BitsOf<T>>(mask);
+    T out;
+    std::memcpy(&out, &bits, sizeof(out));
+    return out;
+  }
+
+  // x != 0 for a finite (or infinite) x, on the bits (+-0 only).
+  static inline bool NonZero(T x) {
+    BitsOf<T> bits;
+    std::memcpy(&bits, &x, sizeof(bits));
+    return (bits << 1) != 0;
   }
 
   // TailorLayerPrepared without a Hessian: delta_i = D_i on the mask; one
@@ -388,7 +511,10 @@ class Streamer {
       Keys(0, m);
       bool* mask = mask_.get();
       kept_ += tops_[0].SelectKeys(keys_.data(), m, mask);
-      for (int64_t j = 0; j < m; ++j) f[j] = Fuse(mask[j], p[j], d[j]);
+      // The mask's bytes (0 or 1) as integers: a bool load does not
+      // vectorise.
+      const auto* mk = reinterpret_cast<const uint8_t*>(mask);
+      for (int64_t j = 0; j < m; ++j) f[j] = Fuse(mk[j] != 0, p[j], d[j]);
       return;
     }
     const T tasks = static_cast<T>(tasks_);
@@ -431,11 +557,19 @@ class Streamer {
       Keys(0, m);
       bool* mask = mask_.get();
       tops_[0].SelectKeys(keys_.data(), m, mask);
-      for (int64_t j = 0; j < m; ++j) {
-        const T delta = (mask[j] ? d[j] : T(0)) * lambda;
-        const bool keep = delta != 0;
-        kept_ += keep;
-        f[j] = Fuse(keep, p[j], delta);
+      // Branch-free, so that it vectorises (32-bit counts per block; the
+      // mask's bytes as integers, as in OutputMagnitude).
+      const auto* mk = reinterpret_cast<const uint8_t*>(mask);
+      for (int64_t j0 = 0; j0 < m; j0 += kCountBlock) {
+        const int64_t end = std::min(m, j0 + kCountBlock);
+        uint32_t kept = 0;
+        for (int64_t j = j0; j < end; ++j) {
+          const T delta = KeepOrZero(mk[j] != 0, d[j]) * lambda;
+          const bool keep = NonZero(delta);
+          kept += keep;
+          f[j] = Fuse(keep, p[j], delta);
+        }
+        kept_ += kept;
       }
       return;
     }
@@ -471,6 +605,7 @@ class Streamer {
   ChunkReader<T> reader_;
   std::vector<StreamedTopK<T>> tops_;
   std::vector<MinMax<T>> ranges_;
+  std::vector<TopKWindow<T>> windows_;  // pass 0 only
   std::vector<T> trimmed_;
   std::vector<typename StreamedTopK<T>::Key> keys_;  // a chunk's keys
   std::unique_ptr<bool[]> mask_;                     // a chunk's mask

@@ -68,6 +68,15 @@ void StreamedTopK<T>::EndPass() {
 }
 
 template <typename T>
+void StreamedTopK<T>::SetThreshold(Key threshold, int64_t ties) {
+  threshold_ = threshold;
+  ties_left_ = ties;
+  shift_ = -1;
+  hist_.clear();
+  hist_.shrink_to_fit();
+}
+
+template <typename T>
 void StreamedTopK<T>::CountKeys(const Key* keys, int64_t m) {
   if (!NeedsPass()) return;
   const int shift = shift_;
@@ -85,21 +94,64 @@ void StreamedTopK<T>::CountKeys(const Key* keys, int64_t m) {
 template <typename T>
 int64_t StreamedTopK<T>::SelectKeys(const Key* keys, int64_t m, bool* mask) {
   const Key t = threshold_;
-  uint32_t ties = 0;
-  int64_t kept = 0;
-  for (int64_t i = 0; i < m; ++i) {
-    mask[i] = keys[i] > t;
-    ties |= keys[i] == t;
-    kept += mask[i];
+  // The keys equal to the threshold in this chunk: all of them are kept
+  // when no more than ties_left_, none when no tie is left; only a chunk
+  // where the ties run out (one per selection) takes them one by one.
+  int64_t equal = 0;
+  if (ties_left_ > 0) equal = CountEqual(keys, m, t);
+  const bool all_ties = equal > 0 && equal <= ties_left_;
+  if (all_ties && t == 0) {  // every key is >= 0
+    std::fill(mask, mask + m, true);
+    ties_left_ -= equal;
+    return m;
   }
-  if (ties == 0 || ties_left_ == 0) return kept;
+  const int64_t kept = all_ties ? WriteMask(keys, m, t - 1, mask)  // >= t
+                                : WriteMask(keys, m, t, mask);
+  if (all_ties) {
+    ties_left_ -= equal;
+    return kept;
+  }
+  if (equal == 0) return kept;
+  int64_t with_ties = kept;
   // Keys equal to the threshold, in index order while ties are left.
   for (int64_t i = 0; i < m && ties_left_ > 0; ++i) {
     if (keys[i] == t) {
       mask[i] = true;
-      ++kept;
+      ++with_ties;
       --ties_left_;
     }
+  }
+  return with_ties;
+}
+
+template <typename T>
+int64_t StreamedTopK<T>::CountEqual(const Key* keys, int64_t m, Key t) {
+  int64_t equal = 0;
+  for (int64_t i0 = 0; i0 < m; i0 += kCountBlock) {
+    const int64_t end = std::min(m, i0 + kCountBlock);
+    uint32_t block = 0;
+    for (int64_t i = i0; i < end; ++i) block += keys[i] == t;
+    equal += block;
+  }
+  return equal;
+}
+
+template <typename T>
+int64_t StreamedTopK<T>::WriteMask(const Key* keys, int64_t m, Key t,
+                                   bool* mask) {
+  // The mask's bytes written as integers (0 or 1: a bool store does not
+  // vectorise), counted 32 bits wide per block.
+  auto* bytes = reinterpret_cast<uint8_t*>(mask);
+  int64_t kept = 0;
+  for (int64_t i0 = 0; i0 < m; i0 += kCountBlock) {
+    const int64_t end = std::min(m, i0 + kCountBlock);
+    uint32_t block = 0;
+    for (int64_t i = i0; i < end; ++i) {
+      const uint8_t above = keys[i] > t;
+      bytes[i] = above;
+      block += above;
+    }
+    kept += block;
   }
   return kept;
 }

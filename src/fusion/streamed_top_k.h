@@ -65,6 +65,12 @@ class StreamedTopK {
   // Ends a counting pass. REQUIRES: NeedsPass().
   void EndPass();
 
+  // Ends the counting with the k-th largest key found by other means
+  // (TopKWindow): keys above `threshold` are kept, plus the first `ties`
+  // keys equal to it in index order. REQUIRES: the arguments describe this
+  // instance's k keys (ties >= 1).
+  void SetThreshold(Key threshold, int64_t ties);
+
   // The output pass, after the last counting pass: mask[i] for the next m
   // values in index order (first to last over [0, n)); returns how many it
   // keeps. REQUIRES: !NeedsPass().
@@ -116,6 +122,12 @@ class StreamedTopK {
 
   // Sets the selection to "every key >= threshold_" (ties_left_ = all).
   void TakeAtLeast(Key threshold);
+
+  // SelectKeys' vectorised loops: how many keys equal t; mask = key > t
+  // (returns how many).
+  static constexpr int64_t kCountBlock = int64_t{1} << 20;
+  static int64_t CountEqual(const Key* keys, int64_t m, Key t);
+  static int64_t WriteMask(const Key* keys, int64_t m, Key t, bool* mask);
 
   int64_t k_;
   bool abs_;

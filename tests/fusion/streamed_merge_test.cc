@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "fusion/fusion_job.h"
+#include "fusion/top_k_window.h"
 #include "io/checkpoint.h"
 #include "testing/test_util.h"
 #include "util/file_util.h"
@@ -215,6 +216,61 @@ TEST_F(StreamedMergeTest, TiesMatchesWholeTensorBytesAndReport) {
             EXPECT_GT(report["totals"]["kept"].get<int64_t>(), 0);
           }
         }
+      }
+    }
+  }
+}
+
+// Tensors larger than TopKWindow's sample, so that it is spread over them:
+// an ordinary delta (the window settles the selection in pass 0), one that
+// is zero almost everywhere (a predicted overflow disables the window),
+// and one whose sampled blocks hold small deltas and every other element a
+// large one (the window misjudges the k-th value and the radix passes
+// decide). The bytes are the whole-tensor path's in every case.
+TEST_F(StreamedMergeTest, LargeTensorsMatchWholeTensorBytesWhateverTheSample) {
+  const int64_t rows = 300, cols = 400, n = rows * cols, chunk = 1000;
+  at::Tensor sampled = at::zeros({n}, at::kBool);
+  for (const auto& [off, m] : TopKWindow<float>::SampleBlocks(n, chunk)) {
+    sampled.slice(0, off, off + m).fill_(true);
+  }
+  ASSERT_GT(sampled.sum().item<int64_t>(), n / 4);
+  ASSERT_LT(sampled.sum().item<int64_t>(), n - n / 4);
+  std::map<std::string, at::Tensor> pre = {
+      {"plain.weight", at::randn({rows, cols})},
+      {"sparse.weight", at::randn({rows, cols})},
+      {"tricky.weight", at::zeros({rows, cols})}};
+  for (at::ScalarType type : {at::kBFloat16, at::kFloat}) {
+    const std::string tag = type == at::kFloat ? "f32" : "bf16";
+    Write(Dir("big-base-" + tag), pre, type);
+    for (int t = 0; t < 2; ++t) {
+      std::map<std::string, at::Tensor> ft;
+      ft["plain.weight"] = pre["plain.weight"] + 0.1 * at::randn({rows, cols});
+      ft["sparse.weight"] =
+          pre["sparse.weight"] + at::where(at::rand({rows, cols}) < 0.03,
+                                           at::randn({rows, cols}),
+                                           at::zeros({rows, cols}));
+      ft["tricky.weight"] =
+          at::where(sampled, 1e-3 * at::randn({n}), 1 + at::rand({n}))
+              .view({rows, cols});
+      Write(Dir(absl::StrCat("big-ft", t, "-", tag)), ft, type);
+    }
+  }
+  for (const char* tag : {"bf16", "f32"}) {
+    for (int tasks : {1, 2}) {
+      for (Method method : {Method::kMagnitude, Method::kTies}) {
+        SCOPED_TRACE(
+            absl::StrCat(tag, " tasks=", tasks, " ", MethodName(method)));
+        FusionSpec spec = Spec("big", tasks, tag);
+        spec.pretrained_uri = tmp_.Join(absl::StrCat("big-base-", tag));
+        for (int t = 0; t < tasks; ++t) {
+          spec.tasks[t].finetuned_uri =
+              tmp_.Join(absl::StrCat("big-ft", t, "-", tag));
+        }
+        spec.method = method;
+        spec.tailor.keep_ratio = 0.1;
+        spec.density = 0.1;
+        nlohmann::json report = ExpectStreamedMatchesWhole(spec, chunk);
+        EXPECT_GT(report["totals"]["kept"].get<int64_t>(), 0);
       }
     }
   }
