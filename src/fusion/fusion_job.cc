@@ -261,6 +261,9 @@ class Job {
         const int64_t outputs =
             1 + (stitched_ ? 1 : 0) + static_cast<int64_t>(tasks_.size());
         e.result_bytes = outputs * std::max<int64_t>(bytes, info.numel * 2);
+        // A streamed tensor's output went to the writer (and the journal's
+        // spool): its result is the report row.
+        if (StreamsOnHost(info)) e.result_bytes = 0;
         e.bytes = std::max(EstimateWorkingBytes(info), e.result_bytes);
       }
       items.push_back(e);
@@ -775,8 +778,19 @@ class Job {
     return *std::move(e);
   }
 
-  // FuseOne's peak working memory for `info` (fusion/working_memory.h).
+  // FuseOne's peak working memory for `info` (fusion/working_memory.h);
+  // a tensor sure to stream (on the CPU, no scheduler to move it) holds
+  // its chunks only.
+  bool StreamsOnHost(const TensorInfo& info) const {
+    return options_.device_scheduler == nullptr && job_device_.is_cpu() &&
+           Streams(info, job_device_);
+  }
   int64_t EstimateWorkingBytes(const TensorInfo& info) const {
+    if (StreamsOnHost(info)) {
+      return EstimateStreamedWorkingBytes(spec_, info,
+                                          static_cast<int64_t>(tasks_.size()),
+                                          options_.stream_chunk_elements);
+    }
     std::vector<WorkingMemoryTask> tasks;
     for (const auto& task : tasks_) {
       WorkingMemoryTask w;

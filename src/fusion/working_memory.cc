@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "fusion/top_k_window.h"
+
 namespace tailor {
 
 int64_t EstimateWorkingBytes(const FusionSpec& spec, const TensorInfo& info,
@@ -39,6 +41,25 @@ int64_t EstimateWorkingBytes(const FusionSpec& spec, const TensorInfo& info,
     if (calibrated) {
       bytes += (concurrent ? 0 : hessians.LiveBytes()) + scratch + chunk;
     }
+  }
+  return bytes;
+}
+
+int64_t EstimateStreamedWorkingBytes(const FusionSpec& spec,
+                                     const TensorInfo& info, int64_t tasks,
+                                     int64_t chunk_elements) {
+  const int64_t e = spec.tailor.float64 ? 8 : 4;
+  const int64_t n = std::max<int64_t>(info.numel, 1);
+  const int64_t c = std::clamp<int64_t>(chunk_elements, 1, n);
+  const int64_t s = std::max<int64_t>(
+      1, static_cast<int64_t>(info.nbytes) / std::max<int64_t>(info.numel, 1));
+  const int64_t t = std::max<int64_t>(tasks, 1);
+  int64_t bytes = (t + 2) * c * s + (t + 1) * c * e + (13 + e) * c + 4 * c * e;
+  if (spec.method == Method::kMagnitude || spec.method == Method::kTies) {
+    const int64_t per_task =
+        (int64_t{1} << 16) * 8 +
+        (TopKWindow<float>::kSampleKeys + TopKWindow<float>::Budget(n, c)) * e;
+    bytes += t * per_task;
   }
   return bytes;
 }

@@ -51,6 +51,26 @@ int64_t EstimateWorkingBytes(const FusionSpec& spec, const TensorInfo& info,
                              const PreparedHessianCache& hessians,
                              bool concurrent = false);
 
+// The same for a tensor FusionJob streams (StreamOne: task arithmetic,
+// DARE, magnitude, TIES, SPIDER, stitched patches, on the CPU with
+// stream_chunk_elements > 0), which holds buffers of c = min(max(
+// chunk_elements, 1), n) elements, not the tensor: with s bytes per stored
+// element,
+//   stored bytes of the base, of each task and of the output:  (T + 2) c s
+//   pre-trained and each task's delta in the compute type:     (T + 1) c e
+//   the fused float32 chunk, float32 views of pre and delta
+//     (float64 compute), the mask, the selection keys:        (13 + e) c
+//   a chunk's tensor-op temporaries (a chunk holding a
+//     non-finite value, other stored dtypes):                 4 c e
+// plus, for magnitude and TIES, each task's selection state: the radix
+// histogram (2^16 counters of 8 bytes), the sample and the window's
+// candidate budget (TopKWindow, e bytes a key).
+// REQUIRES: chunk_elements > 0 (at 0 or below nothing streams: use
+// EstimateWorkingBytes).
+int64_t EstimateStreamedWorkingBytes(const FusionSpec& spec,
+                                     const TensorInfo& info, int64_t tasks,
+                                     int64_t chunk_elements);
+
 }  // namespace tailor
 
 #endif  // TAILOR_FUSION_WORKING_MEMORY_H_
