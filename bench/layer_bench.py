@@ -6,8 +6,11 @@ Generates (under --workdir, never in the repository):
     down 4096x11008, BF16, base + fine-tuned (delta ~ 0.1 x the weights'
     scale), and a calibration file whose aliases share the q/k/v and the
     gate/up Hessians (SPD: H_ij = s_i s_j 0.5^|i-j|, F32);
-  * optionally (--with-1b) a LLaMA-3.2-1B-shaped pair (2.5 GB BF16 each,
-    tied embeddings) for the data-free methods.
+  * optionally (--with-1b, or --only-1b without the layer) a
+    LLaMA-3.2-1B-shaped pair for the data-free methods: hidden 2048,
+    intermediate 8192, 16 layers, 8 KV heads, vocab 128256, tied
+    embeddings (no lm_head), BF16, one model.safetensors of 2.47 GB each
+    as the released model, written tensor by tensor.
 Then runs, interleaved, `tailorctl fuse --local` and the reference below,
 and prints a table with ratios, the GEMM rate of this machine, the kernel's
 roofline fraction and a projection for a whole 7B model; for task
@@ -28,7 +31,14 @@ With --workers W > 1, tailorctl runs W workers of --threads threads each
 with one worker, and the script prints the speed-up and checks that both
 runs wrote byte-identical outputs.
 
-  bench/layer_bench.sh [--quick] [--with-1b] [--threads 1] [--workers 1]
+Task arithmetic, magnitude and TIES run interleaved, --reps rounds; each
+run is printed with its peak RSS and the load average, then the best of
+each, the ratios magnitude / task arithmetic and TIES / task arithmetic
+(target <= 2x) and dd / task arithmetic. --data-free-only skips the
+tailor method and the reference (the data-free part alone).
+
+  bench/layer_bench.sh [--quick] [--with-1b | --only-1b] [--data-free-only]
+                       [--threads 1] [--workers 1]
                        [--reps 1] [--device cpu|cuda|cuda:N]
                        [--workdir /tmp/tailor-layer-bench]
                        [--tailorctl build/client/tailorctl]
@@ -40,6 +50,7 @@ reference's maths; the dd floor and the GEMM rate stay CPU figures.
 import argparse
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -124,11 +135,9 @@ def make_layer(workdir, cfg, seed=0):
          "aliases": json.dumps(aliases)})
 
 
-def make_1b(workdir, seed=1):
-    cfg = LLAMA_1B
-    gen = torch.Generator().manual_seed(seed)
-    for sub in ("base1b", "ft1b"):
-        os.makedirs(os.path.join(workdir, sub), exist_ok=True)
+def llama_1b_names(cfg=LLAMA_1B):
+    """LLaMA-3.2-1B's tensors in Hugging Face order (tied embeddings: no
+    lm_head.weight, as in the released checkpoint)."""
     names = [("model.embed_tokens.weight", (cfg["vocab"], cfg["hidden"]))]
     for layer in range(cfg["layers"]):
         p = "model.layers.%d." % layer
@@ -136,17 +145,42 @@ def make_1b(workdir, seed=1):
         names += [(p + "input_layernorm.weight", (cfg["hidden"],)),
                   (p + "post_attention_layernorm.weight", (cfg["hidden"],))]
     names.append(("model.norm.weight", (cfg["hidden"],)))
-    base, ft = {}, {}
+    return names
+
+
+def make_1b(workdir, seed=1):
+    """The base + fine-tuned pair, BF16, one model.safetensors each (as the
+    released LLaMA-3.2-1B: 2.47 GB, one file), written tensor by tensor so
+    that generating holds one tensor, not the model."""
+    names = llama_1b_names()
+    header, offset = {}, 0
+    for name, shape in names:
+        n = 1
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": "BF16", "shape": list(shape),
+                        "data_offsets": [offset, offset + 2 * n]}
+        offset += 2 * n
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    files = []
+    for sub in ("base1b", "ft1b"):
+        os.makedirs(os.path.join(workdir, sub), exist_ok=True)
+        f = open(os.path.join(workdir, sub, "model.safetensors"), "wb")
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        files.append(f)
+    gen = torch.Generator().manual_seed(seed)
     for name, shape in names:
         w = (0.02 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
-        base[name] = w
-        ft[name] = (w.float() + 0.002 * torch.randn(shape, generator=gen)).to(
+        ft = (w.float() + 0.002 * torch.randn(shape, generator=gen)).to(
             torch.bfloat16)
-    ref.write_safetensors(os.path.join(workdir, "base1b", "model.safetensors"),
-                          base)
-    del base
-    ref.write_safetensors(os.path.join(workdir, "ft1b", "model.safetensors"),
-                          ft)
+        for f, t in zip(files, (w, ft)):
+            f.write(t.contiguous().view(torch.int16).numpy().tobytes())
+        del w, ft
+    for f in files:
+        f.close()
+    return offset
 
 
 def run_tailorctl(args, workdir, out, extra, base="base", ft="ft",
@@ -271,12 +305,47 @@ def loadavg():
         return " ".join(f.read().split()[:3])
 
 
+DATA_FREE = (("task_arithmetic", []),
+             ("magnitude", ["--keep", "0.1"]),
+             ("ties", ["--density", "0.1"]))
+
+
+def data_free_runs(args, workdir, prefix, base, ft, reps, label):
+    """Task arithmetic, magnitude and TIES interleaved, `reps` rounds; prints
+    each run and the load average; returns the best wall time per method."""
+    walls = {m: [] for m, _ in DATA_FREE}
+    for rep in range(reps):
+        for method, extra in DATA_FREE:
+            wall, _ = run_tailorctl(args, workdir, prefix + method,
+                                    ["--method", method] + extra,
+                                    base=base, ft=ft)
+            walls[method].append(wall)
+            print("  %s run %d: %-16s %7.2f s  peak RSS %4.0f MB  "
+                  "(load %s)" % (label, rep + 1, method, wall,
+                                 run_tailorctl.peak_rss_kib[prefix + method]
+                                 * 1024 / 1e6, loadavg()), flush=True)
+    return {m: min(w) for m, w in walls.items()}
+
+
+def print_ratios(label, best):
+    ta = best["task_arithmetic"]
+    print("%s magnitude / task arithmetic: %.2fx  (target <= 2x)" %
+          (label, best["magnitude"] / ta))
+    print("%s ties / task arithmetic:      %.2fx  (target <= 2x)" %
+          (label, best["ties"] / ta))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="a small layer (hidden 512) instead of LLaMA-7B's")
     p.add_argument("--with-1b", action="store_true",
                    help="also the 1.3B-shaped pair for the data-free methods")
+    p.add_argument("--only-1b", action="store_true",
+                   help="the 1.3B-shaped pair only (implies --with-1b)")
+    p.add_argument("--data-free-only", action="store_true",
+                   help="skip the tailor method and the reference script: "
+                        "task arithmetic, magnitude, TIES and dd only")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1,
                    help="tailorctl worker slots, --threads threads each")
@@ -289,32 +358,60 @@ def main():
                    default=os.path.join(HERE, "..", "build", "client",
                                         "tailorctl"))
     args = p.parse_args()
+    if args.only_1b:
+        args.with_1b = True
     cfg = QUICK if args.quick else LAYER_7B
     workdir = os.path.join(args.workdir, "quick" if args.quick else "7b")
     os.makedirs(workdir, exist_ok=True)
     stamp = os.path.join(workdir, "generated")
-    if not os.path.exists(stamp):
+    if not args.only_1b and not os.path.exists(stamp):
         print("generating the layer in", workdir, flush=True)
         make_layer(workdir, cfg)
         open(stamp, "w").close()
     if args.with_1b and not os.path.exists(os.path.join(args.workdir,
                                                         "1b-generated")):
         print("generating the 1.3B-shaped pair in", args.workdir, flush=True)
-        make_1b(args.workdir)
+        t0 = time.perf_counter()
+        size = make_1b(args.workdir)
         open(os.path.join(args.workdir, "1b-generated"), "w").close()
+        print("  %.2f GB of tensors per checkpoint, %.0f s" %
+              (size / 1e9, time.perf_counter() - t0), flush=True)
 
     print("load average before:", loadavg(), flush=True)
+    if not args.only_1b:
+        run_layer(args, cfg, workdir)
+    if args.with_1b:
+        print("\n1.3B-shaped pair (LLaMA-3.2-1B shapes, BF16; data-free "
+              "methods, %d thread%s):" % (args.threads,
+                                          "" if args.threads == 1 else "s"),
+              flush=True)
+        best = data_free_runs(args, args.workdir, "1b-", "base1b", "ft1b",
+                              args.reps, "1.3B")
+        for method, _ in DATA_FREE:
+            print("1.3B %-22s %10.2f s" % (method, best[method]))
+        print_ratios("1.3B", best)
+        report_io("1.3B pair", best["task_arithmetic"],
+                  dd_time(args.workdir, "base1b", "ft1b", args.reps),
+                  run_tailorctl.peak_rss_kib["1b-task_arithmetic"], 1000)
+        print("load average after:", loadavg())
+
+
+def run_layer(args, cfg, workdir):
     tailor_extra = ["--method", "tailor", "--keep", "0.1",
                     "--hessians", os.path.join(workdir, "hessians.safetensors")]
     ours, theirs = [], []
     report = timings = None
-    for _ in range(args.reps):
-        wall, report = run_tailorctl(args, workdir, "tailor-out", tailor_extra)
-        ours.append(wall)
-        wall, timings = run_reference(args, workdir, "reference")
-        theirs.append(wall)
-    rows = [("tailor (ours)", min(ours)), ("reference script", min(theirs))]
-    if args.workers > 1:
+    rows = []
+    if not args.data_free_only:
+        for _ in range(args.reps):
+            wall, report = run_tailorctl(args, workdir, "tailor-out",
+                                         tailor_extra)
+            ours.append(wall)
+            wall, timings = run_reference(args, workdir, "reference")
+            theirs.append(wall)
+        rows = [("tailor (ours)", min(ours)),
+                ("reference script", min(theirs))]
+    if args.workers > 1 and not args.data_free_only:
         one = []
         for _ in range(args.reps):
             wall, _ = run_tailorctl(args, workdir, "tailor-out-1w",
@@ -330,17 +427,10 @@ def main():
               (args.workers, min(ours), min(one), min(one) / min(ours),
                "yes" if same else "NO"), flush=True)
     # Data-free methods on the layer, interleaved with one another.
-    data_free = {}
-    for method, extra in (("task_arithmetic", []),
-                          ("magnitude", ["--keep", "0.1"]),
-                          ("ties", ["--density", "0.1"])):
-        best = 1e9
-        for _ in range(args.reps):
-            wall, _ = run_tailorctl(args, workdir, method + "-out",
-                                    ["--method", method] + extra)
-            best = min(best, wall)
-        data_free[method] = best
-        rows.append((method, best))
+    data_free = data_free_runs(args, workdir, "", "base", "ft", args.reps,
+                               "layer")
+    for method, _ in DATA_FREE:
+        rows.append((method, data_free[method]))
     print("load average after:", loadavg())
 
     print("\n%-22s %10s" % ("run (layer, %d thread%s, %s)" %
@@ -348,16 +438,25 @@ def main():
                              args.device), "wall s"))
     for name, t in rows:
         print("%-22s %10.2f" % (name, t))
-    speedup = min(theirs) / min(ours)
-    print("\nreference / ours (tailor):       %.2fx  (target >= 1.5x)" %
-          speedup)
-    ta = data_free["task_arithmetic"]
-    print("magnitude / task arithmetic:     %.2fx  (target <= 2x)" %
-          (data_free["magnitude"] / ta))
-    print("ties / task arithmetic:          %.2fx  (target <= 2x)" %
-          (data_free["ties"] / ta))
-    report_io("layer", ta, dd_time(workdir, "base", "ft", args.reps),
-              run_tailorctl.peak_rss_kib["task_arithmetic-out"], 700)
+    if not args.data_free_only:
+        speedup = min(theirs) / min(ours)
+        print("\nreference / ours (tailor):       %.2fx  (target >= 1.5x)" %
+              speedup)
+    print_ratios("layer", data_free)
+    report_io("layer", data_free["task_arithmetic"],
+              dd_time(workdir, "base", "ft", args.reps),
+              run_tailorctl.peak_rss_kib["task_arithmetic"], 700)
+    if not args.quick:
+        # Whole 7B, data-free: 32 such layers plus embed_tokens and lm_head
+        # (32000 x 4096 each), at this run's rate per entry.
+        layer_entries = sum(s[0] * s[1] for _, s, _ in layer_shapes(cfg))
+        entries = 32 * layer_entries + 2 * 32000 * 4096
+        print("projection, whole LLaMA-7B on this CPU, data-free: " +
+              ", ".join("%s %.1f min" % (m, data_free[m] / layer_entries *
+                                         entries / 60)
+                        for m, _ in DATA_FREE))
+    if args.data_free_only:
+        return
 
     # Per tensor: ours (report) and the reference's own timings.
     print("\n%-36s %10s %10s" % ("tensor", "ours s", "ref s"))
@@ -394,25 +493,6 @@ def main():
               "32 x %.1f s + embeddings %.1f s = %.1f min" %
               (args.threads, "" if args.threads == 1 else "s", min(ours),
                emb, (32 * min(ours) + emb) / 60))
-
-    if args.with_1b:
-        print("\n1.3B-shaped pair (data-free methods):")
-        t1 = {}
-        for method, extra in (("task_arithmetic", []),
-                              ("magnitude", ["--keep", "0.1"]),
-                              ("ties", ["--density", "0.1"])):
-            wall, _ = run_tailorctl(args, args.workdir, "1b-" + method,
-                                    ["--method", method] + extra,
-                                    base="base1b", ft="ft1b")
-            t1[method] = wall
-            print("%-22s %10.2f s" % (method, wall), flush=True)
-        print("magnitude / task arithmetic: %.2fx, ties / task arithmetic: "
-              "%.2fx" % (t1["magnitude"] / t1["task_arithmetic"],
-                         t1["ties"] / t1["task_arithmetic"]))
-        report_io("1.3B pair", t1["task_arithmetic"],
-                  dd_time(args.workdir, "base1b", "ft1b", args.reps),
-                  run_tailorctl.peak_rss_kib["1b-task_arithmetic"], 1000)
-        print("load average:", loadavg())
 
 
 if __name__ == "__main__":
