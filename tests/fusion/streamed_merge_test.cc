@@ -258,19 +258,23 @@ TEST_F(StreamedMergeTest, LargeTensorsMatchWholeTensorBytesWhateverTheSample) {
   for (const char* tag : {"bf16", "f32"}) {
     for (int tasks : {1, 2}) {
       for (Method method : {Method::kMagnitude, Method::kTies}) {
-        SCOPED_TRACE(
-            absl::StrCat(tag, " tasks=", tasks, " ", MethodName(method)));
-        FusionSpec spec = Spec("big", tasks, tag);
-        spec.pretrained_uri = tmp_.Join(absl::StrCat("big-base-", tag));
-        for (int t = 0; t < tasks; ++t) {
-          spec.tasks[t].finetuned_uri =
-              tmp_.Join(absl::StrCat("big-ft", t, "-", tag));
+        for (bool float64 : {false, true}) {
+          if (float64 && tasks == 2) continue;
+          SCOPED_TRACE(absl::StrCat(tag, " tasks=", tasks, " ",
+                                    MethodName(method), " float64=", float64));
+          FusionSpec spec = Spec("big", tasks, tag);
+          spec.pretrained_uri = tmp_.Join(absl::StrCat("big-base-", tag));
+          for (int t = 0; t < tasks; ++t) {
+            spec.tasks[t].finetuned_uri =
+                tmp_.Join(absl::StrCat("big-ft", t, "-", tag));
+          }
+          spec.method = method;
+          spec.tailor.keep_ratio = 0.1;
+          spec.tailor.float64 = float64;
+          spec.density = 0.1;
+          nlohmann::json report = ExpectStreamedMatchesWhole(spec, chunk);
+          EXPECT_GT(report["totals"]["kept"].get<int64_t>(), 0);
         }
-        spec.method = method;
-        spec.tailor.keep_ratio = 0.1;
-        spec.density = 0.1;
-        nlohmann::json report = ExpectStreamedMatchesWhole(spec, chunk);
-        EXPECT_GT(report["totals"]["kept"].get<int64_t>(), 0);
       }
     }
   }
