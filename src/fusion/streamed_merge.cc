@@ -469,10 +469,9 @@ class Streamer {
   }
 
   // FuseTensor: float32 pre + float32 delta where the mask holds, float32
-  // pre elsewhere.
-  // Both sides computed, then selected on the bits: branch-free, so the
-  // loops vectorise (the compiler does not if-convert a conditional
-  // floating add or a floating compare).
+  // pre elsewhere. Both sides are computed, then selected on the bits:
+  // branch-free, so that the loops vectorise (the compiler does not
+  // if-convert a conditional floating add).
   static inline float Fuse(bool mask, T pre, T delta) {
     const float pf = static_cast<float>(pre);
     const float sum = pf + static_cast<float>(delta);
@@ -496,7 +495,7 @@ class Streamer {
     return out;
   }
 
-  // x != 0 for a finite (or infinite) x, on the bits (+-0 only).
+  // x != 0 on the bits: false for +-0 only (NaN != 0 holds too).
   static inline bool NonZero(T x) {
     BitsOf<T> bits;
     std::memcpy(&bits, &x, sizeof(bits));
