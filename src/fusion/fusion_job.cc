@@ -781,9 +781,11 @@ class Job {
   // FuseOne's peak working memory for `info` (fusion/working_memory.h);
   // a tensor sure to stream (on the CPU, no scheduler to move it) holds
   // its chunks only.
+  // (Stitched patches, which pack a tensor-wide patch entry, keep the
+  // whole-tensor estimate.)
   bool StreamsOnHost(const TensorInfo& info) const {
     return options_.device_scheduler == nullptr && job_device_.is_cpu() &&
-           Streams(info, job_device_);
+           !StitchesPatches() && Streams(info, job_device_);
   }
   int64_t EstimateWorkingBytes(const TensorInfo& info) const {
     if (StreamsOnHost(info)) {

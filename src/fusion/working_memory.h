@@ -51,8 +51,8 @@ int64_t EstimateWorkingBytes(const FusionSpec& spec, const TensorInfo& info,
                              const PreparedHessianCache& hessians,
                              bool concurrent = false);
 
-// The same for a tensor FusionJob streams (StreamOne: task arithmetic,
-// DARE, magnitude, TIES, SPIDER, stitched patches, on the CPU with
+// The same for a tensor FusionJob streams (StreamOne's task arithmetic,
+// DARE, magnitude, TIES and SPIDER, not stitched patches, on the CPU with
 // stream_chunk_elements > 0), which holds buffers of c = min(max(
 // chunk_elements, 1), n) elements, not the tensor: with s bytes per stored
 // element,
