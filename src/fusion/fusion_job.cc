@@ -778,15 +778,16 @@ class Job {
     return *std::move(e);
   }
 
-  // FuseOne's peak working memory for `info` (fusion/working_memory.h);
-  // a tensor sure to stream (on the CPU, no scheduler to move it) holds
-  // its chunks only.
-  // (Stitched patches, which pack a tensor-wide patch entry, keep the
-  // whole-tensor estimate.)
+  // Whether `info` surely streams on the host: a CPU job with no scheduler
+  // to move it (stitched patches, which pack a tensor-wide patch entry,
+  // keep the whole-tensor estimate). A streamed threshold merge that meets
+  // a non-finite value falls back to FuseOne, which this does not bound.
   bool StreamsOnHost(const TensorInfo& info) const {
     return options_.device_scheduler == nullptr && job_device_.is_cpu() &&
            !StitchesPatches() && Streams(info, job_device_);
   }
+  // FuseOne's peak working memory for `info` (fusion/working_memory.h), or
+  // the chunks a tensor that StreamsOnHost holds.
   int64_t EstimateWorkingBytes(const TensorInfo& info) const {
     if (StreamsOnHost(info)) {
       return EstimateStreamedWorkingBytes(spec_, info,
