@@ -17,12 +17,17 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
 
 import grpc
 from tailor.v1 import fusion_service_pb2 as pb
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "..", "client", "python"))
+import tailor_client  # noqa: E402  (the Python example client)
 from tailor.v1 import fusion_service_pb2_grpc as pb_grpc
 
 ALICE = "alice-token-8f0c2d1e9b7a"
@@ -471,6 +476,16 @@ class SecurityTest(unittest.TestCase):
             capture_output=True, text=True, timeout=DEADLINE)
         self.assertEqual(ctl.returncode, 0, ctl.stderr)
         self.assertIn(job.name, ctl.stdout)
+        # The Python example client, with a certificate and an admin token.
+        example = tailor_client.TailorClient(
+            self.b.address, token=ROOT, tls_ca=self.path("ca.pem"),
+            tls_cert=self.path("client.pem"), tls_key=self.path("client.key"),
+            tls_server_name="localhost")
+        try:
+            self.assertEqual(example.get(job.name).creator, "alice.clients")
+            self.assertIn(job.name, [j.name for j in example.list()])
+        finally:
+            example.close()
 
     # Point 1: a rotated certificate is served without a restart, and open
     # connections keep working.
