@@ -142,12 +142,16 @@ absl::Status TokenFile::Load() {
 }
 
 void TokenFile::Poll() {
-  absl::MutexLock lock(&mu_);
-  while (!mu_.AwaitWithTimeout(absl::Condition(&stop_), interval_)) {
+  while (true) {
+    std::optional<FileId> loaded;
+    {
+      absl::MutexLock lock(&mu_);
+      if (mu_.AwaitWithTimeout(absl::Condition(&stop_), interval_)) return;
+      loaded = loaded_;
+    }
     const std::optional<FileId> now = Stat(path_);
     // A missing file keeps the tokens (a Secret update in progress).
-    if (!now || (loaded_ && *now == *loaded_)) continue;
-    mu_.Unlock();
+    if (!now || (loaded && *now == *loaded)) continue;
     absl::Status s = Load();
     if (s.ok()) {
       int64_t n;
@@ -164,9 +168,11 @@ void TokenFile::Poll() {
                        "tokens: ",
                        s.message()));
     }
-    mu_.Lock();
-    // Retry a bad file only once it changes again.
-    if (!s.ok()) loaded_ = now;
+    if (!s.ok()) {
+      // Retry a bad file only once it changes again.
+      absl::MutexLock lock(&mu_);
+      loaded_ = now;
+    }
   }
 }
 
