@@ -566,8 +566,10 @@ grpc::ServerUnaryReactor* FusionServiceImpl::CancelFusionJob(
           JobToProto(*job, &proto);
           status = SerializeResponse(proto, response);
         }
-        // The name as asked (bounded by the log line's value limit).
-        Audit(context, kMethod, &who, request->name(), status);
+        // The name as asked when it is a job name (never arbitrary text).
+        Audit(context, kMethod, &who,
+              jobs::JobIdFromName(request->name()).ok() ? request->name() : "-",
+              status);
         reactor->Finish(Outcome(kMethod, status));
       });
   return reactor;
