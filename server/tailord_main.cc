@@ -1,7 +1,8 @@
 // tailord: the tailor gRPC service. See `tailord --help` and README.md.
 //
 // Life cycle: start the job manager (requeuing unfinished jobs), the gRPC
-// server (FusionService, grpc.health.v1, reflection) and the metrics
+// server (FusionService behind the authenticator, plaintext or TLS/mTLS;
+// grpc.health.v1 and reflection without credentials) and the metrics
 // endpoint; then wait for SIGTERM/SIGINT and drain: health NOT_SERVING and
 // /readyz 503, creates UNAVAILABLE, running jobs stop and go back to QUEUED,
 // watchers get their remaining events and a final UNAVAILABLE, and the
