@@ -355,8 +355,9 @@ void ServerFlags::Add(CLI::App& app) {
                  "DNS SAN, else first URI SAN, else CN");
   app.add_option("--auth-token-file", flags_.auth_token_file,
                  "bearer tokens: lines 'SHA256-HEX-OF-TOKEN PRINCIPAL "
-                 "[user|admin]' ('#' comments); callers send 'authorization: "
-                 "Bearer <token>'; re-read when it changes");
+                 "[user|admin] [root=DIR]...' ('#' comments; root=DIR: that "
+                 "principal's jobs must also lie inside DIR); callers send "
+                 "'authorization: Bearer <token>'; re-read when it changes");
   app.add_option("--admin-principal", flags_.admin_principals,
                  "principal (from a token or a client certificate) with role "
                  "admin: sees and acts on every job (repeatable)");

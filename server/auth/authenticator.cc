@@ -57,15 +57,16 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(
       std::move(tokens), options.client_certificates, std::move(admins)));
 }
 
-Principal Authenticator::WithRole(std::string name, std::string role) const {
+Principal Authenticator::WithRole(std::string name, std::string role,
+                                  std::vector<std::string> roots) const {
   if (admins_.count(name) > 0) role = kRoleAdmin;
-  return Principal{std::move(name), std::move(role)};
+  return Principal{std::move(name), std::move(role), std::move(roots)};
 }
 
 absl::StatusOr<Principal> Authenticator::Authenticate(
     const std::vector<absl::string_view>& authorization,
     const std::optional<PeerCertificate>& peer) const {
-  if (!enabled()) return Principal{"", kRoleAdmin};
+  if (!enabled()) return Principal{"", kRoleAdmin, {}};
   if (!authorization.empty()) {
     if (tokens_ == nullptr) {
       return Unauthenticated(
@@ -104,7 +105,7 @@ absl::StatusOr<Principal> Authenticator::Authenticate(
           "authorization: unknown bearer token (not in tailord's "
           "--auth-token-file, or revoked)");
     }
-    return WithRole(entry->principal, entry->role);
+    return WithRole(entry->principal, entry->role, entry->roots);
   }
   if (certificates_ && peer) {
     std::string name;
@@ -142,7 +143,7 @@ std::optional<PeerCertificate> Authenticator::PeerOf(
 
 absl::StatusOr<Principal> Authenticator::Authenticate(
     const grpc::ServerContextBase& context) const {
-  if (!enabled()) return Principal{"", kRoleAdmin};
+  if (!enabled()) return Principal{"", kRoleAdmin, {}};
   std::vector<absl::string_view> authorization;
   const auto& metadata = context.client_metadata();
   for (auto [it, end] = metadata.equal_range("authorization"); it != end;

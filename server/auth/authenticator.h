@@ -31,8 +31,10 @@ namespace tailor::server::auth {
 struct Principal {
   std::string name;  // "" only for the anonymous principal (no auth)
   std::string role;  // kRoleUser or kRoleAdmin
+  // Its own allowed roots (token file root=DIR); empty: the server's.
+  std::vector<std::string> roots;
   bool admin() const { return role == kRoleAdmin; }
-  jobs::Caller ToCaller() const { return jobs::Caller{name, admin()}; }
+  jobs::Caller ToCaller() const { return jobs::Caller{name, admin(), roots}; }
 };
 
 struct AuthOptions {
@@ -95,7 +97,8 @@ class Authenticator {
       : tokens_(std::move(tokens)),
         certificates_(certificates),
         admins_(std::move(admins)) {}
-  Principal WithRole(std::string name, std::string role) const;
+  Principal WithRole(std::string name, std::string role,
+                     std::vector<std::string> roots = {}) const;
 
   const std::unique_ptr<TokenFile> tokens_;  // null: no tokens
   const bool certificates_;

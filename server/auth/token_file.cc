@@ -6,6 +6,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "util/file_util.h"
@@ -41,16 +42,16 @@ absl::StatusOr<std::vector<TokenEntry>> ParseTokenFile(absl::string_view text,
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++number;
     auto error = [&](absl::string_view rule) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ":", number, ": ", rule,
-                       " (a line is 'SHA256-HEX-OF-TOKEN PRINCIPAL [ROLE]')"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ":", number, ": ", rule,
+          " (a line is 'SHA256-HEX-OF-TOKEN PRINCIPAL [ROLE] [root=DIR]...')"));
     };
     line = absl::StripAsciiWhitespace(line);
     if (line.empty() || line[0] == '#') continue;
     std::vector<absl::string_view> fields =
         absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
-    if (fields.size() < 2 || fields.size() > 3) {
-      return error(absl::StrCat("has ", fields.size(), " fields, not 2 or 3"));
+    if (fields.size() < 2) {
+      return error("has fewer than 2 fields");
     }
     bool hex = fields[0].size() == 64;
     for (char c : fields[0]) hex = hex && absl::ascii_isxdigit(c);
@@ -66,9 +67,26 @@ absl::StatusOr<std::vector<TokenEntry>> ParseTokenFile(absl::string_view text,
     TokenEntry e;
     e.sha256 = absl::HexStringToBytes(absl::AsciiStrToLower(fields[0]));
     e.principal = std::string(fields[1]);
-    e.role = fields.size() == 3 ? std::string(fields[2]) : kRoleUser;
-    if (e.role != kRoleUser && e.role != kRoleAdmin) {
-      return error("the role must be 'user' or 'admin'");
+    e.role = kRoleUser;
+    size_t next = 2;
+    if (fields.size() > 2 && !absl::StartsWith(fields[2], "root=")) {
+      e.role = std::string(fields[2]);
+      if (e.role != kRoleUser && e.role != kRoleAdmin) {
+        return error("the role must be 'user' or 'admin'");
+      }
+      next = 3;
+    }
+    for (size_t i = next; i < fields.size(); ++i) {
+      if (!absl::StartsWith(fields[i], "root=")) {
+        return error(absl::StrCat("field ", i + 1,
+                                  " must be root=DIR (after the role)"));
+      }
+      const absl::string_view dir = fields[i].substr(5);
+      if (dir.empty() || dir[0] != '/' || dir.size() > 4096) {
+        return error("root=DIR needs an absolute directory");
+      }
+      if (e.roots.size() == 16) return error("has more than 16 root=DIR");
+      e.roots.emplace_back(dir);
     }
     for (const TokenEntry& other : entries) {
       if (other.sha256 == e.sha256) {

@@ -31,6 +31,9 @@ struct TokenEntry {
   std::string sha256;  // 32 bytes, raw (not hex)
   std::string principal;
   std::string role;  // kRoleUser or kRoleAdmin
+  // The principal's own allowed roots (jobs::Caller::allowed_roots); empty:
+  // the server's.
+  std::vector<std::string> roots;
 };
 
 // Limits of a token file and of what a client may present.
@@ -39,11 +42,13 @@ inline constexpr size_t kMaxTokenBytes = 1024;
 inline constexpr size_t kMaxPrincipalBytes = 128;
 
 // A parsed token file: lines of
-//   SHA256-HEX-OF-TOKEN PRINCIPAL [ROLE]
+//   SHA256-HEX-OF-TOKEN PRINCIPAL [ROLE] [root=DIR]...
 // separated by spaces or tabs; blank lines and lines starting with '#' are
 // ignored. The digest is 64 hex digits (either case); the principal 1-128
 // characters of [A-Za-z0-9._@:/+-]; the role `user` (the default) or
-// `admin`. A digest may appear once. INVALID_ARGUMENT naming `path`, the
+// `admin`; each root=DIR (an absolute path, at most 16) restricts the jobs
+// of that token to URIs inside DIR as well as inside the server's roots. A
+// digest may appear once. INVALID_ARGUMENT naming `path`, the
 // line number and the rule broken (never the digest).
 absl::StatusOr<std::vector<TokenEntry>> ParseTokenFile(absl::string_view text,
                                                        absl::string_view path);

@@ -6,6 +6,7 @@
 // torch-free and RPC-free.
 
 #include <string>
+#include <vector>
 
 namespace tailor::jobs {
 
@@ -17,10 +18,14 @@ struct Caller {
   // jobs it created; any other job is NOT_FOUND (its existence is not
   // revealed).
   bool admin = false;
+  // The principal's own allowed roots (absolute directories): every URI of
+  // a job it creates must lie inside one of them as well as inside the
+  // server's roots (JobRunner::PrepareWithin). Empty: the server's roots.
+  std::vector<std::string> allowed_roots;
 
   // The process itself (tests, tools, single-user tailord without
   // authentication): an admin with no name.
-  static Caller System() { return Caller{"", true}; }
+  static Caller System() { return Caller{"", true, {}}; }
 
   // Whether this caller may see and act on a job created by `creator`.
   bool MaySee(const std::string& creator) const {

@@ -230,7 +230,10 @@ absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request,
                      "limit of ",
                      options_.max_spec_bytes)));
   }
-  absl::StatusOr<nlohmann::json> spec = runner_->Prepare(request.spec);
+  absl::StatusOr<nlohmann::json> spec =
+      caller.allowed_roots.empty()
+          ? runner_->Prepare(request.spec)
+          : runner_->PrepareWithin(request.spec, caller.allowed_roots);
   if (!spec.ok()) {
     s = spec.status();
     if (s.code() == absl::StatusCode::kInvalidArgument &&

@@ -54,6 +54,21 @@ class FakeRunner : public JobRunner {
     return canonical;
   }
 
+  // The caller's roots: "pretrained" must start with one of them.
+  absl::StatusOr<nlohmann::json> PrepareWithin(
+      const nlohmann::json& spec,
+      const std::vector<std::string>& roots) const override {
+    absl::StatusOr<nlohmann::json> canonical = Prepare(spec);
+    if (!canonical.ok()) return canonical;
+    for (const std::string& root : roots) {
+      if (absl::StartsWith(spec["pretrained"].get<std::string>(), root)) {
+        return canonical;
+      }
+    }
+    return absl::PermissionDeniedError(
+        "pretrained: outside the caller's roots");
+  }
+
   absl::StatusOr<nlohmann::json> Run(const nlohmann::json& spec,
                                      const RunOptions& options) override {
     {
@@ -1006,6 +1021,23 @@ TEST_F(JobManagerTest, RequestIdIsPerPrincipal) {
   r.priority = 0;
   EXPECT_EQ(m->CreateJob(r, Caller{"bob", false})->name(), bob->name());
   EXPECT_EQ(m->CreateJob(r, Caller{"alice", false})->name(), alice->name());
+}
+
+TEST_F(JobManagerTest, CallerRootsAreCheckedOnTopOfTheServers) {
+  auto m = Start();
+  const Caller alice{"alice", false, {"/alice/"}};
+  EXPECT_TRUE(m->CreateJob(Request({{"pretrained", "/alice/m"}}), alice).ok());
+  EXPECT_EQ(
+      m->CreateJob(Request({{"pretrained", "/bob/m"}}), alice).status().code(),
+      absl::StatusCode::kPermissionDenied);
+  // The server's own check still applies, and callers without roots use
+  // the server's alone.
+  EXPECT_EQ(
+      m->CreateJob(Request({{"pretrained", "/denied"}}), alice).status().code(),
+      absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(
+      m->CreateJob(Request({{"pretrained", "/bob/m"}}), Caller{"bob", false})
+          .ok());
 }
 
 TEST_F(JobManagerTest, PerPrincipalQueuedQuota) {

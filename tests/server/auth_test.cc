@@ -51,6 +51,18 @@ TEST(TokenFileTest, ParsesDigestsPrincipalsAndRoles) {
   EXPECT_FALSE(
       LookupToken(*entries, "alice-secret-token-012345678").has_value());
   EXPECT_FALSE(LookupToken(*entries, "").has_value());
+  EXPECT_TRUE((*entries)[0].roots.empty());
+  // Per-principal roots, with or without a role.
+  entries = ParseTokenFile(
+      absl::StrCat(Sha256Hex("a"), " a root=/models/a root=/out/a\n",
+                   Sha256Hex("b"), " b admin root=/b\n"),
+      "tokens");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  EXPECT_EQ((*entries)[0].role, kRoleUser);
+  EXPECT_EQ((*entries)[0].roots,
+            (std::vector<std::string>{"/models/a", "/out/a"}));
+  EXPECT_EQ((*entries)[1].role, kRoleAdmin);
+  EXPECT_EQ((*entries)[1].roots, std::vector<std::string>{"/b"});
 }
 
 TEST(TokenFileTest, BadLinesNameFileAndLineButNeverTheDigest) {
@@ -62,7 +74,9 @@ TEST(TokenFileTest, BadLinesNameFileAndLineButNeverTheDigest) {
       {absl::StrCat(digest, "\n"), "fields"},
       {absl::StrCat(kAliceToken, " alice\n"), "64 hex digits"},
       {absl::StrCat(digest.substr(0, 63), "g alice\n"), "64 hex digits"},
-      {absl::StrCat(digest, " ali ce x y\n"), "fields"},
+      {absl::StrCat(digest, " alice user nonroot\n"), "must be root=DIR"},
+      {absl::StrCat(digest, " alice root=relative/dir\n"), "absolute"},
+      {absl::StrCat(digest, " alice root=\n"), "absolute"},
       {absl::StrCat(digest, " al!ce\n"), "principal"},
       {absl::StrCat(digest, " ", std::string(129, 'a'), "\n"), "principal"},
       {absl::StrCat(digest, " alice root\n"), "role"},

@@ -34,8 +34,9 @@ ALICE = "alice-token-8f0c2d1e9b7a"
 BOB = "bob-token-1a2b3c4d5e6f"
 ROOT = "root-token-aa55aa55aa55"
 CAROL = "carol-token-7e7e7e7e7e7e"
+DAVE = "dave-token-4d4d4d4d4d4d"
 METRICS = "metrics-token-3c3c3c3c3c"
-SECRETS = [ALICE, BOB, ROOT, CAROL, METRICS]
+SECRETS = [ALICE, BOB, ROOT, CAROL, DAVE, METRICS]
 DEADLINE = 120  # seconds: polls on a loaded 2-core box
 
 
@@ -140,10 +141,13 @@ class SecurityTest(unittest.TestCase):
         cls.tmp = tempfile.TemporaryDirectory(prefix="tailor-sec-")
         d = cls.d = cls.tmp.name
         w = [0.1 * i for i in range(16)]
+        os.mkdir(os.path.join(d, "dave"))
         for sub, values in (("base", w), ("ft", [v + 0.05 for v in w])):
-            os.mkdir(os.path.join(d, sub))
-            with open(os.path.join(d, sub, "model.safetensors"), "wb") as f:
-                f.write(safetensors([("m.proj.weight", 4, 4, values)]))
+            for where in (d, os.path.join(d, "dave")):
+                os.mkdir(os.path.join(where, sub))
+                with open(os.path.join(where, sub, "model.safetensors"),
+                          "wb") as f:
+                    f.write(safetensors([("m.proj.weight", 4, 4, values)]))
         make_ca(d, "ca")
         make_ca(d, "other-ca")
         make_cert(d, "server", "ca", "tailord",
@@ -156,7 +160,9 @@ class SecurityTest(unittest.TestCase):
                   "clientAuth")
         cls.tokens = os.path.join(d, "tokens")
         write_atomically(cls.tokens, "# test tokens\n%s alice\n%s bob\n"
-                         "%s root admin\n" % (sha(ALICE), sha(BOB), sha(ROOT)))
+                         "%s root admin\n%s dave root=%s\n" %
+                         (sha(ALICE), sha(BOB), sha(ROOT), sha(DAVE),
+                          os.path.join(d, "dave")))
         write_atomically(os.path.join(d, "metrics-tokens"),
                          "%s prometheus\n" % sha(METRICS))
         cls.a = Tailord(d, "a", [
@@ -361,6 +367,29 @@ class SecurityTest(unittest.TestCase):
         self.assertEqual(out.returncode, 5, out.stderr)  # not authenticated
         self.assertIn("no credentials", out.stderr)
         self.wait_done(self.stub, job.name, ALICE)
+
+    # Point 3 (optional part): a token's own allowed roots.
+    def test_05a_per_principal_allowed_roots(self):
+        code, details = self.code(self.create, self.stub, DAVE, "dave-out")
+        self.assertEqual(code, grpc.StatusCode.PERMISSION_DENIED, details)
+        spec = pb.FusionJobSpec(
+            pretrained=self.path("dave/base"),
+            tasks=[pb.TaskSpec(finetuned=self.path("dave/ft"))],
+            method=pb.METHOD_TASK_ARITHMETIC, out=self.path("dave/x.out"),
+            device="cpu")
+        job = self.stub.CreateFusionJob(
+            pb.CreateFusionJobRequest(spec=spec), metadata=bearer(DAVE),
+            timeout=60)
+        self.assertEqual(job.creator, "dave")
+        self.assertEqual(self.wait_done(self.stub, job.name, DAVE),
+                         pb.SUCCEEDED)
+        # Inputs inside, output outside: refused too.
+        spec.out = self.path("dave-escape.out")
+        code, details = self.code(
+            self.stub.CreateFusionJob, pb.CreateFusionJobRequest(spec=spec),
+            metadata=bearer(DAVE), timeout=60)
+        self.assertEqual(code, grpc.StatusCode.PERMISSION_DENIED, details)
+        self.assertIn("out", details)
 
     # Point 2: the token file is re-read when it changes.
     def test_06_token_file_reload(self):
