@@ -218,11 +218,28 @@ class SecurityTest(unittest.TestCase):
             return e.code(), e.details() or ""
 
     def health(self, channel):
+        # wait_for_ready: a connection the server dropped (metadata over
+        # gRPC's limit closes it) is re-established rather than failed.
         check = channel.unary_unary("/grpc.health.v1.Health/Check")
-        return check(b"", timeout=30)
+        return check(b"", timeout=60, wait_for_ready=True)
+
+    def retrying(self, call):
+        """call() until it does not fail UNAVAILABLE (a connection the
+        server closed, e.g. after metadata over gRPC's limit, is racing its
+        replacement), for at most DEADLINE seconds."""
+        end = time.monotonic() + DEADLINE
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as e:
+                if (e.code() != grpc.StatusCode.UNAVAILABLE or
+                        time.monotonic() > end):
+                    raise
+                time.sleep(0.2)
 
     def assert_a_serves(self):
-        self.assertEqual(self.health(self.channel), b"\x08\x01")
+        self.assertEqual(self.retrying(lambda: self.health(self.channel)),
+                         b"\x08\x01")
 
     # Point 4: health and reflection need no credentials; nothing else does.
     def test_01_only_health_and_reflection_answer_without_credentials(self):
@@ -278,8 +295,8 @@ class SecurityTest(unittest.TestCase):
                 pass  # the client refused to send it
         self.assert_a_serves()
         self.assertEqual(self.a.proc.poll(), None)
-        listed = self.stub.ListFusionJobs(req, metadata=bearer(ALICE),
-                                          timeout=30)
+        listed = self.retrying(lambda: self.stub.ListFusionJobs(
+            req, metadata=bearer(ALICE), timeout=60, wait_for_ready=True))
         self.assertIsInstance(listed, pb.ListFusionJobsResponse)
 
     # Point 3: a job belongs to its creator.
