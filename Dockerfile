@@ -1,9 +1,13 @@
 # tailor on Debian bookworm, built from Debian packages only.
 #   docker build -t tailor .
 #   docker run --rm -v /models:/models tailor inspect /models/my-model
-#   docker run --rm -p 50051:50051 -v /models:/models \
+#   docker run --rm -p 50051:50051 -v /models:/models -v /etc/tailor:/etc/tailor \
 #     --entrypoint /usr/local/bin/tailord tailor \
-#     --listen 0.0.0.0:50051 --allowed-root /models
+#     --listen 0.0.0.0:50051 --allowed-root /models \
+#     --tls-cert /etc/tailor/tls.crt --tls-key /etc/tailor/tls.key \
+#     --auth-token-file /etc/tailor/tokens
+# (without --auth-token-file or --tls-client-ca tailord refuses a
+# non-loopback --listen; see README.md, "Security")
 FROM debian:bookworm
 WORKDIR /src/tailor
 COPY . .

@@ -18,6 +18,7 @@ int ExitCodeForStatus(const absl::Status& status) {
     case absl::StatusCode::kNotFound:
       return kExitNotFound;
     case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kUnauthenticated:
       return kExitPermissionDenied;
     case absl::StatusCode::kCancelled:
       return kExitCancelled;
@@ -42,7 +43,9 @@ const char* ExitCodeHelp() {
          "  2  usage error (bad flags or arguments)\n"
          "  3  invalid input (malformed or unsupported file, URI or value)\n"
          "  4  not found\n"
-         "  5  permission denied (outside --allowed-root, or no access)\n"
+         "  5  permission denied (outside --allowed-root, or no access), "
+         "or not authenticated (a missing, unknown or malformed token or "
+         "client certificate)\n"
          "  6  the job failed (submit --wait, watch)\n"
          "  7  server unavailable, draining or overloaded, or the deadline "
          "passed: retry later\n"

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "util/file_util.h"
 #include "util/sha256.h"
@@ -28,17 +29,77 @@ absl::Status FromGrpc(const grpc::Status& s, const std::string& server) {
 
 }  // namespace
 
+absl::StatusOr<Connection> Connect(const ConnectionOptions& options) {
+  Connection c;
+  c.token = options.token;
+  for (char ch : c.token) {
+    const unsigned char u = static_cast<unsigned char>(ch);
+    if (u <= 0x20 || u >= 0x7f) {
+      return absl::InvalidArgumentError(
+          "token (--token-file or $TAILOR_TOKEN): must be printable ASCII "
+          "without spaces");
+    }
+  }
+  if (!options.tls()) {
+    c.credentials = grpc::InsecureChannelCredentials();
+    return c;
+  }
+  grpc::SslCredentialsOptions ssl;
+  auto read = [](const char* flag, const std::string& path,
+                 std::string* out) -> absl::Status {
+    if (path.empty()) return absl::OkStatus();
+    absl::StatusOr<std::string> text = ReadFileToString(path, 1 << 20);
+    if (!text.ok()) {
+      return absl::Status(text.status().code(),
+                          absl::StrCat(flag, ": ", text.status().message()));
+    }
+    *out = std::move(*text);
+    return absl::OkStatus();
+  };
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-cert and --tls-key go together (the client certificate and "
+        "its key, for mTLS)");
+  }
+  if (absl::Status s = read("--tls-ca", options.tls_ca, &ssl.pem_root_certs);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          read("--tls-cert", options.tls_cert, &ssl.pem_cert_chain);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = read("--tls-key", options.tls_key, &ssl.pem_private_key);
+      !s.ok()) {
+    return s;
+  }
+  c.credentials = grpc::SslCredentials(ssl);
+  if (!options.tls_server_name.empty()) {
+    c.arguments.SetSslTargetNameOverride(options.tls_server_name);
+  }
+  return c;
+}
+
 RemoteClient::RemoteClient(const std::string& server, absl::Duration timeout,
-                           absl::Duration watch_timeout)
+                           absl::Duration watch_timeout, Connection connection)
     : server_(server),
       timeout_(timeout),
       watch_timeout_(watch_timeout),
+      token_(connection.token),
       stub_(v1::FusionService::NewStub(
-          grpc::CreateChannel(server, grpc::InsecureChannelCredentials()))) {}
+          grpc::CreateCustomChannel(server,
+                                    connection.credentials != nullptr
+                                        ? connection.credentials
+                                        : grpc::InsecureChannelCredentials(),
+                                    connection.arguments))) {}
 
 void RemoteClient::SetDeadline(grpc::ClientContext* context,
                                absl::Duration timeout) const {
   context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  if (!token_.empty()) {
+    context->AddMetadata("authorization", absl::StrCat("Bearer ", token_));
+  }
 }
 
 template <typename Request, typename Response>

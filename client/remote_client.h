@@ -1,6 +1,8 @@
 #ifndef TAILOR_CLIENT_REMOTE_CLIENT_H_
 #define TAILOR_CLIENT_REMOTE_CLIENT_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <functional>
 #include <memory>
 #include <string>
@@ -11,6 +13,30 @@
 
 namespace tailor::cli {
 
+// How to reach tailord: the transport (plaintext or TLS, with a client
+// certificate for mTLS) and the bearer token sent with every call.
+struct ConnectionOptions {
+  std::string token;  // "" : no authorization metadata
+  // TLS is used when any of these is set. tls_ca: PEM roots to verify the
+  // server with ("" : the system's roots); tls_cert + tls_key: the client
+  // certificate; tls_server_name: the name the server's certificate must
+  // have (default: the host of --server).
+  std::string tls_ca, tls_cert, tls_key, tls_server_name;
+  bool tls() const {
+    return !tls_ca.empty() || !tls_cert.empty() || !tls_server_name.empty();
+  }
+};
+
+// Reads the files ConnectionOptions name (token file, PEM files) into a
+// channel's credentials and the token: INVALID_ARGUMENT / NOT_FOUND naming
+// the flag.
+struct Connection {
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  grpc::ChannelArguments arguments;
+  std::string token;
+};
+absl::StatusOr<Connection> Connect(const ConnectionOptions& options);
+
 // tailorctl's connection to tailord: one channel, a deadline on every call,
 // gRPC statuses turned back into absl::Status (same code and message) so
 // that exit codes follow ExitCodeForStatus().
@@ -19,7 +45,7 @@ class RemoteClient {
   // `server`: HOST:PORT. `timeout`: the deadline of unary calls and of
   // result downloads; `watch_timeout`: the deadline of a watch.
   RemoteClient(const std::string& server, absl::Duration timeout,
-               absl::Duration watch_timeout);
+               absl::Duration watch_timeout, Connection connection = {});
 
   absl::StatusOr<tailor::v1::FusionJob> Create(
       const tailor::v1::CreateFusionJobRequest& request);
@@ -42,6 +68,7 @@ class RemoteClient {
                                     const std::string& path);
 
  private:
+  // The deadline and the authorization metadata.
   void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) const;
   // One unary call with the unary deadline.
   template <typename Request, typename Response>
@@ -52,6 +79,7 @@ class RemoteClient {
 
   const std::string server_;
   const absl::Duration timeout_, watch_timeout_;
+  const std::string token_;
   std::unique_ptr<tailor::v1::FusionService::Stub> stub_;
 };
 

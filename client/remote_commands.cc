@@ -2,8 +2,10 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
 #include <iostream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "api/spec_convert.h"
@@ -13,6 +15,7 @@
 #include "progress_bar.h"
 #include "remote_client.h"
 #include "storage/uri_resolver.h"
+#include "util/file_util.h"
 
 namespace tailor::cli {
 namespace {
@@ -62,6 +65,26 @@ void RemoteCommands::Add(CLI::App& app) {
     c->add_option("--server", server_, "tailord address HOST:PORT")
         ->envname("TAILOR_SERVER")
         ->capture_default_str();
+    c->add_option("--token-file", token_file_,
+                  "file holding the bearer token sent as 'authorization: "
+                  "Bearer <token>' (default: the token in $TAILOR_TOKEN, if "
+                  "set)")
+        ->envname("TAILOR_TOKEN_FILE");
+    c->add_option("--tls-ca", connection_.tls_ca,
+                  "PEM CA bundle to verify tailord's certificate with: "
+                  "connect with TLS")
+        ->envname("TAILOR_TLS_CA");
+    c->add_option("--tls-cert", connection_.tls_cert,
+                  "PEM client certificate for mTLS (with --tls-key); "
+                  "connects with TLS, verified by the system's roots unless "
+                  "--tls-ca")
+        ->envname("TAILOR_TLS_CERT");
+    c->add_option("--tls-key", connection_.tls_key,
+                  "PEM private key of --tls-cert")
+        ->envname("TAILOR_TLS_KEY");
+    c->add_option("--tls-server-name", connection_.tls_server_name,
+                  "name tailord's certificate must carry (default: the host "
+                  "of --server); connects with TLS");
     c->add_option("--timeout", timeout_,
                   "deadline of each call in seconds (watches: --watch-timeout)")
         ->capture_default_str();
@@ -137,8 +160,26 @@ std::optional<int> RemoteCommands::Run() {
   absl::StatusOr<OutputFormat> format = ParseOutputFormat(output_);
   if (!format.ok()) return ReportFailure(format.status());
   format_ = *format;
+  if (!token_file_.empty()) {
+    absl::StatusOr<std::string> token = ReadFileToString(token_file_, 4096);
+    if (!token.ok()) {
+      return ReportFailure(absl::Status(
+          token.status().code(),
+          absl::StrCat("--token-file: ", token.status().message())));
+    }
+    connection_.token = std::string(absl::StripAsciiWhitespace(*token));
+    if (connection_.token.empty()) {
+      return ReportFailure(absl::InvalidArgumentError(
+          absl::StrCat("--token-file: ", token_file_, " is empty")));
+    }
+  } else if (const char* env = std::getenv("TAILOR_TOKEN")) {
+    connection_.token = std::string(absl::StripAsciiWhitespace(env));
+  }
+  absl::StatusOr<Connection> connection = Connect(connection_);
+  if (!connection.ok()) return ReportFailure(connection.status());
   client_ = std::make_unique<RemoteClient>(server_, absl::Seconds(timeout_),
-                                           absl::Seconds(watch_timeout_));
+                                           absl::Seconds(watch_timeout_),
+                                           std::move(*connection));
   if (submit_ != nullptr && *submit_) return Submit();
   if (watch_ != nullptr && *watch_) return Watch(name_, after_);
   if (get_ != nullptr && *get_) return Get();

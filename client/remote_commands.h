@@ -35,6 +35,9 @@ class RemoteCommands {
   CLI::App *submit_ = nullptr, *watch_ = nullptr, *get_ = nullptr,
            *list_ = nullptr, *cancel_ = nullptr, *fetch_ = nullptr;
   std::string server_ = "127.0.0.1:50051";
+  // Credentials: a file holding the bearer token (else $TAILOR_TOKEN), TLS.
+  std::string token_file_;
+  ConnectionOptions connection_;
   double timeout_ = 30;
   double watch_timeout_ = 7 * 24 * 3600;
   std::string output_ = "table";

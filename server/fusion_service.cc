@@ -43,15 +43,19 @@ class RejectedStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 // CANCELLED when the client goes away.
 class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  WatchReactor(FusionServiceImpl* service, std::string name, int64_t after)
-      : service_(service), name_(std::move(name)), after_(after) {}
+  WatchReactor(FusionServiceImpl* service, std::string name, int64_t after,
+               jobs::Caller caller)
+      : service_(service),
+        name_(std::move(name)),
+        caller_(std::move(caller)),
+        after_(after) {}
 
   void Start() {
     {
       // after_ is guarded; the manager's read nests under mu_ as in Pump().
       absl::MutexLock lock(&mu_);
       absl::StatusOr<jobs::JobManager::EventBatch> probe =
-          service_->manager_->ReadEvents(name_, after_, 0, false);
+          service_->manager_->ReadEvents(name_, after_, 0, false, caller_);
       if (!probe.ok()) {
         FinishLocked(probe.status());
         return;
@@ -79,7 +83,7 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     }
     absl::StatusOr<jobs::JobManager::EventBatch> batch =
         service_->manager_->ReadEvents(name_, after_, 1,
-                                       /*may_read_store=*/false);
+                                       /*may_read_store=*/false, caller_);
     if (!batch.ok()) {
       FinishLocked(batch.status());
     } else if (batch->in_store) {
@@ -136,7 +140,7 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     }
     absl::StatusOr<jobs::JobManager::EventBatch> batch =
         service_->manager_->ReadEvents(name_, after, kFetchBatch,
-                                       /*may_read_store=*/true);
+                                       /*may_read_store=*/true, caller_);
     bool destroy;
     {
       absl::MutexLock lock(&mu_);
@@ -178,6 +182,7 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
   FusionServiceImpl* const service_;
   const std::string name_;
+  const jobs::Caller caller_;
   int64_t listener_ = 0;
   // Guards after_, writing_, finished_, fetching_, done_, backlog_ and
   // buffer_.
@@ -199,8 +204,11 @@ namespace {
 class ResultReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   ResultReactor(FusionServiceImpl* service, BlockingExecutor* executor,
-                jobs::JobManager* manager)
-      : service_(service), executor_(executor), manager_(manager) {}
+                jobs::JobManager* manager, jobs::Caller caller)
+      : service_(service),
+        executor_(executor),
+        manager_(manager),
+        caller_(std::move(caller)) {}
   ~ResultReactor() override {
     if (counted_) service_->ReleaseResultStream();
   }
@@ -253,10 +261,11 @@ class ResultReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
         kind != v1::ReadJobResultRequest::REPORT) {
       return absl::InvalidArgumentError("kind: must be PATCH or REPORT");
     }
-    absl::StatusOr<jobs::JobManager::Result> r =
-        manager_->GetResult(name, kind == v1::ReadJobResultRequest::PATCH
-                                      ? jobs::ResultKind::kPatch
-                                      : jobs::ResultKind::kReport);
+    absl::StatusOr<jobs::JobManager::Result> r = manager_->GetResult(
+        name,
+        kind == v1::ReadJobResultRequest::PATCH ? jobs::ResultKind::kPatch
+                                                : jobs::ResultKind::kReport,
+        caller_);
     if (!r.ok()) return r.status();
     result_ = std::move(*r);
     if (!result_.is_inline) {
@@ -360,6 +369,7 @@ class ResultReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   FusionServiceImpl* const service_;
   BlockingExecutor* const executor_;
   jobs::JobManager* const manager_;
+  const jobs::Caller caller_;
   // Touched by one task or reaction at a time (each write is started only
   // after the previous one completed).
   jobs::JobManager::Result result_;
@@ -383,8 +393,10 @@ class ResultReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
 FusionServiceImpl::FusionServiceImpl(jobs::JobManager* manager,
                                      metrics::Registry* registry,
+                                     const auth::Authenticator* auth,
                                      int max_result_streams)
     : manager_(manager),
+      auth_(auth),
       max_result_streams_(std::max(1, max_result_streams)),
       rpcs_(registry->AddCounter("tailor_rpcs_total",
                                  "gRPC calls handled, by method and status "
@@ -424,45 +436,73 @@ Reactor* FusionServiceImpl::RejectUnparsed(grpc::CallbackServerContext* context,
   }
 }
 
+void FusionServiceImpl::Audit(grpc::CallbackServerContext* context,
+                              const char* method, const auth::Principal* who,
+                              absl::string_view job,
+                              const absl::Status& outcome) {
+  LogFields(LogLevel::kInfo, {{"msg", "audit"},
+                              {"principal", who != nullptr ? who->name : ""},
+                              {"role", who != nullptr ? who->role : ""},
+                              {"method", method},
+                              {"job", job},
+                              {"peer", context->peer()},
+                              {"outcome", CodeLabel(outcome.code())}});
+}
+
 grpc::ServerUnaryReactor* FusionServiceImpl::CreateFusionJob(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw,
     grpc::ByteBuffer* response) {
+  static constexpr char kMethod[] = "CreateFusionJob";
+  absl::StatusOr<auth::Principal> who = auth_->Authenticate(*context);
+  if (!who.ok()) {
+    Audit(context, kMethod, nullptr, "", who.status());
+    return FinishUnary(context, kMethod, who.status());
+  }
   auto parsed = std::make_shared<v1::CreateFusionJobRequest>();
-  if (auto* rejected = RejectUnparsed<grpc::ServerUnaryReactor>(
-          context, "CreateFusionJob", *raw, parsed.get())) {
-    return rejected;
+  {
+    v1::CreateFusionJobRequest* out = parsed.get();
+    absl::Status status = ParseRequest(*raw, out);
+    if (!status.ok()) {
+      Audit(context, kMethod, &*who, "", status);
+      return FinishUnary(context, kMethod, status);
+    }
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   // Validation resolves paths and creation fsyncs the store: off the
   // reaction thread.
-  executor_.Post([this, reactor, parsed, response] {
-    const v1::CreateFusionJobRequest* request = parsed.get();
-    jobs::CreateJobRequest r;
-    r.spec = api::SpecToJson(request->spec());
-    r.priority = request->priority();
-    r.labels.insert(request->labels().begin(), request->labels().end());
-    r.request_id = request->request_id();
-    absl::StatusOr<jobs::Job> job = manager_->CreateJob(r);
-    absl::Status status = job.status();
-    if (job.ok()) {
-      v1::FusionJob proto;
-      JobToProto(*job, &proto);
-      status = SerializeResponse(proto, response);
-    }
-    reactor->Finish(Outcome("CreateFusionJob", status));
-  });
+  executor_.Post(
+      [this, context, reactor, parsed, response, who = std::move(*who)] {
+        const v1::CreateFusionJobRequest* request = parsed.get();
+        jobs::CreateJobRequest r;
+        r.spec = api::SpecToJson(request->spec());
+        r.priority = request->priority();
+        r.labels.insert(request->labels().begin(), request->labels().end());
+        r.request_id = request->request_id();
+        absl::StatusOr<jobs::Job> job = manager_->CreateJob(r, who.ToCaller());
+        absl::Status status = job.status();
+        if (job.ok()) {
+          v1::FusionJob proto;
+          JobToProto(*job, &proto);
+          status = SerializeResponse(proto, response);
+        }
+        Audit(context, kMethod, &who, job.ok() ? job->name() : "", status);
+        reactor->Finish(Outcome(kMethod, status));
+      });
   return reactor;
 }
 
 grpc::ServerUnaryReactor* FusionServiceImpl::GetFusionJob(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw,
     grpc::ByteBuffer* response) {
+  absl::StatusOr<auth::Principal> who = auth_->Authenticate(*context);
+  if (!who.ok()) return FinishUnary(context, "GetFusionJob", who.status());
   v1::GetFusionJobRequest request;
   if (auto* rejected = RejectUnparsed<grpc::ServerUnaryReactor>(
           context, "GetFusionJob", *raw, &request)) {
     return rejected;
   }
-  absl::StatusOr<jobs::Job> job = manager_->GetJob(request.name());
+  absl::StatusOr<jobs::Job> job =
+      manager_->GetJob(request.name(), who->ToCaller());
   absl::Status status = job.status();
   if (job.ok()) {
     v1::FusionJob proto;
@@ -475,13 +515,16 @@ grpc::ServerUnaryReactor* FusionServiceImpl::GetFusionJob(
 grpc::ServerUnaryReactor* FusionServiceImpl::ListFusionJobs(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw,
     grpc::ByteBuffer* response) {
+  absl::StatusOr<auth::Principal> who = auth_->Authenticate(*context);
+  if (!who.ok()) return FinishUnary(context, "ListFusionJobs", who.status());
   v1::ListFusionJobsRequest request;
   if (auto* rejected = RejectUnparsed<grpc::ServerUnaryReactor>(
           context, "ListFusionJobs", *raw, &request)) {
     return rejected;
   }
-  absl::StatusOr<jobs::ListJobsResult> list = manager_->ListJobs(
-      request.page_size(), request.page_token(), request.filter());
+  absl::StatusOr<jobs::ListJobsResult> list =
+      manager_->ListJobs(request.page_size(), request.page_token(),
+                         request.filter(), who->ToCaller());
   absl::Status status = list.status();
   if (list.ok()) {
     v1::ListFusionJobsResponse proto;
@@ -497,48 +540,73 @@ grpc::ServerUnaryReactor* FusionServiceImpl::ListFusionJobs(
 grpc::ServerUnaryReactor* FusionServiceImpl::CancelFusionJob(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw,
     grpc::ByteBuffer* response) {
+  static constexpr char kMethod[] = "CancelFusionJob";
+  absl::StatusOr<auth::Principal> who = auth_->Authenticate(*context);
+  if (!who.ok()) {
+    Audit(context, kMethod, nullptr, "", who.status());
+    return FinishUnary(context, kMethod, who.status());
+  }
   auto request = std::make_shared<v1::CancelFusionJobRequest>();
-  if (auto* rejected = RejectUnparsed<grpc::ServerUnaryReactor>(
-          context, "CancelFusionJob", *raw, request.get())) {
-    return rejected;
+  {
+    v1::CancelFusionJobRequest* out = request.get();
+    absl::Status status = ParseRequest(*raw, out);
+    if (!status.ok()) {
+      Audit(context, kMethod, &*who, "", status);
+      return FinishUnary(context, kMethod, status);
+    }
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  executor_.Post([this, reactor, request, response] {
-    absl::StatusOr<jobs::Job> job = manager_->CancelJob(request->name());
-    absl::Status status = job.status();
-    if (job.ok()) {
-      v1::FusionJob proto;
-      JobToProto(*job, &proto);
-      status = SerializeResponse(proto, response);
-    }
-    reactor->Finish(Outcome("CancelFusionJob", status));
-  });
+  executor_.Post(
+      [this, context, reactor, request, response, who = std::move(*who)] {
+        absl::StatusOr<jobs::Job> job =
+            manager_->CancelJob(request->name(), who.ToCaller());
+        absl::Status status = job.status();
+        if (job.ok()) {
+          v1::FusionJob proto;
+          JobToProto(*job, &proto);
+          status = SerializeResponse(proto, response);
+        }
+        // The name as asked when it is a job name (never arbitrary text).
+        Audit(context, kMethod, &who,
+              jobs::JobIdFromName(request->name()).ok() ? request->name() : "-",
+              status);
+        reactor->Finish(Outcome(kMethod, status));
+      });
   return reactor;
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* FusionServiceImpl::WatchFusionJob(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  absl::StatusOr<auth::Principal> who = auth_->Authenticate(*context);
+  if (!who.ok()) {
+    return new RejectedStream(Outcome("WatchFusionJob", who.status()));
+  }
   v1::WatchFusionJobRequest request;
   if (auto* rejected =
           RejectUnparsed<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
               context, "WatchFusionJob", *raw, &request)) {
     return rejected;
   }
-  auto* reactor =
-      new WatchReactor(this, request.name(), request.after_sequence());
+  auto* reactor = new WatchReactor(this, request.name(),
+                                   request.after_sequence(), who->ToCaller());
   reactor->Start();
   return reactor;
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* FusionServiceImpl::ReadJobResult(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  absl::StatusOr<auth::Principal> who = auth_->Authenticate(*context);
+  if (!who.ok()) {
+    return new RejectedStream(Outcome("ReadJobResult", who.status()));
+  }
   v1::ReadJobResultRequest request;
   if (auto* rejected =
           RejectUnparsed<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
               context, "ReadJobResult", *raw, &request)) {
     return rejected;
   }
-  auto* reactor = new ResultReactor(this, &executor_, manager_);
+  auto* reactor =
+      new ResultReactor(this, &executor_, manager_, who->ToCaller());
   if (!TryAcquireResultStream()) {
     reactor->Refuse(absl::ResourceExhaustedError(absl::StrCat(
         "ReadJobResult: ", max_result_streams_,

@@ -8,6 +8,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "auth/authenticator.h"
 #include "blocking_executor.h"
 #include "jobs/job_manager.h"
 #include "metrics/registry.h"
@@ -35,8 +36,16 @@ using RawFusionService = FS::WithRawCallbackMethod_CreateFusionJob<
 // reads are in-memory). Every RPC's outcome is counted in
 // tailor_rpcs_total{method, code}.
 //
-// Thread-safe. `manager` and `registry` must outlive the service, and the
-// gRPC server must be shut down before the service is destroyed.
+// Every handler first asks `auth` who calls (auth::Authenticator): an
+// unauthenticated call ends UNAUTHENTICATED before its request is read; the
+// principal goes to the job manager, which lets a caller see and act on its
+// own jobs only (an admin on all). Each mutating call (CreateFusionJob,
+// CancelFusionJob), accepted or not, writes one audit line (logfmt:
+// msg=audit principal role method job peer outcome); no token is ever
+// logged.
+//
+// Thread-safe. `manager`, `registry` and `auth` must outlive the service,
+// and the gRPC server must be shut down before the service is destroyed.
 //
 // Every method is registered raw (bytes in, bytes out): the service parses
 // each request itself (api::ParseMessage), so a request gRPC could not
@@ -49,6 +58,7 @@ class FusionServiceImpl final : public internal::RawFusionService {
   // At most `max_result_streams` ReadJobResult streams are open at once;
   // more are RESOURCE_EXHAUSTED.
   FusionServiceImpl(jobs::JobManager* manager, metrics::Registry* registry,
+                    const auth::Authenticator* auth,
                     int max_result_streams = 64);
   ~FusionServiceImpl() override;
 
@@ -98,10 +108,15 @@ class FusionServiceImpl final : public internal::RawFusionService {
   Reactor* RejectUnparsed(grpc::CallbackServerContext* context,
                           const char* method, const grpc::ByteBuffer& raw,
                           google::protobuf::Message* out);
+  // The audit line of a mutating call; `who` null when unauthenticated.
+  static void Audit(grpc::CallbackServerContext* context, const char* method,
+                    const auth::Principal* who, absl::string_view job,
+                    const absl::Status& outcome);
   void Register(WatchReactor* watch);
   void Unregister(WatchReactor* watch);
 
   jobs::JobManager* const manager_;
+  const auth::Authenticator* const auth_;
   const int max_result_streams_;
   std::atomic<int> result_streams_{0};  // open ReadJobResult streams
   metrics::Family* const rpcs_;

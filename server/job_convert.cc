@@ -69,6 +69,7 @@ void JobToProto(const jobs::Job& job, tailor::v1::FusionJob* out) {
   out->set_priority(job.priority);
   for (const auto& [k, v] : job.labels) (*out->mutable_labels())[k] = v;
   out->set_request_id(job.request_id);
+  out->set_creator(job.creator);
   SetTime(job.create_time, out->mutable_create_time());
   SetTime(job.start_time, out->mutable_start_time());
   SetTime(job.end_time, out->mutable_end_time());

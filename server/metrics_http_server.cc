@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "util/log.h"
 
@@ -32,12 +33,12 @@ int LogCivetweb(const ::mg_connection*, const char* message) {
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     const std::string& listen, metrics::Registry* registry,
-    std::function<bool()> ready) {
+    std::function<bool()> ready, const auth::TokenFile* tokens) {
   // civetweb wants its library initialised once per process.
   static const bool initialised = (mg_init_library(0), true);
   (void)initialised;
   std::unique_ptr<MetricsHttpServer> s(
-      new MetricsHttpServer(registry, std::move(ready)));
+      new MetricsHttpServer(registry, std::move(ready), tokens));
   // Each connection holds a worker thread until its request arrives, so
   // idle or slow clients must neither outnumber the workers nor hold them
   // long: probes (/healthz) are answered promptly with dozens of idle
@@ -78,6 +79,25 @@ MetricsHttpServer::~MetricsHttpServer() {
 
 int MetricsHttpServer::HandleMetrics(::mg_connection* conn, void* self) {
   auto* s = static_cast<MetricsHttpServer*>(self);
+  if (s->tokens_ != nullptr) {
+    const char* header = mg_get_header(conn, "Authorization");
+    const absl::string_view value = header != nullptr ? header : "";
+    constexpr absl::string_view kScheme = "bearer ";
+    const bool allowed =
+        value.size() > kScheme.size() &&
+        value.size() <= kScheme.size() + auth::kMaxTokenBytes &&
+        absl::StartsWithIgnoreCase(value, kScheme) &&
+        s->tokens_->Lookup(value.substr(kScheme.size())).has_value();
+    if (!allowed) {
+      mg_printf(conn,
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer "
+                "realm=\"tailord metrics\"\r\nContent-Type: text/plain; "
+                "charset=utf-8\r\nContent-Length: 43\r\nCache-Control: "
+                "no-store\r\nConnection: close\r\n\r\n"
+                "/metrics needs Authorization: Bearer token\n");
+      return 401;
+    }
+  }
   return Reply(conn, 200, "OK", "text/plain; version=0.0.4; charset=utf-8",
                s->registry_->Render());
 }

@@ -1,5 +1,8 @@
 #include "server_config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "util/field_error.h"
@@ -26,6 +29,20 @@ absl::Status CheckHostPort(absl::string_view key, const std::string& value) {
     return FieldError(key, "port must be at most 65535");
   }
   return absl::OkStatus();
+}
+
+// 127.0.0.0/8, ::1 and localhost.
+bool IsLoopbackHost(absl::string_view host) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host == "localhost" || host == "::1") return true;
+  in_addr addr;
+  const std::string h(host);
+  if (::inet_pton(AF_INET, h.c_str(), &addr) == 1) {
+    return (ntohl(addr.s_addr) >> 24) == 127;
+  }
+  return false;
 }
 
 template <typename T>
@@ -59,7 +76,7 @@ absl::Status ServerConfig::Validate() const {
   }
   if (cpu_workers < 0 || cpu_workers > 256) {
     return FieldError("cpu-workers",
-                   "must be in 0..256 (0: one worker per compute thread)");
+                      "must be in 0..256 (0: one worker per compute thread)");
   }
   if (max_queued_jobs < 1) return FieldError("max-queued-jobs", "must be >= 1");
   if (max_spec_bytes < 1024 || max_spec_bytes > (4 << 20)) {
@@ -82,6 +99,43 @@ absl::Status ServerConfig::Validate() const {
   }
   if (max_result_streams < 1 || max_result_streams > 4096) {
     return FieldError("max-result-streams", "must be in 1..4096");
+  }
+  if (tls_cert.empty() != tls_key.empty()) {
+    return FieldError(tls_cert.empty() ? "tls-cert" : "tls-key",
+                      "--tls-cert and --tls-key go together (PEM certificate "
+                      "chain and its private key)");
+  }
+  if (!tls_client_ca.empty() && tls_cert.empty()) {
+    return FieldError("tls-client-ca",
+                      "needs TLS: give --tls-cert and --tls-key too");
+  }
+  if (!(auth_reload_seconds >= 1 && auth_reload_seconds <= 3600)) {
+    return FieldError("auth-reload-interval", "must be in 1..3600 seconds");
+  }
+  if (max_queued_jobs_per_principal < 0) {
+    return FieldError("max-queued-jobs-per-principal",
+                      "must be >= 0 (0: no per-principal quota)");
+  }
+  if (!admin_principals.empty() && !authenticated()) {
+    return FieldError("admin-principal",
+                      "needs authentication (--auth-token-file or "
+                      "--tls-client-ca): without it every caller is admin");
+  }
+  if (!authenticated() && !insecure) {
+    const std::string host = listen.substr(0, listen.rfind(':'));
+    if (!IsLoopbackHost(host)) {
+      return FieldError(
+          "listen",
+          absl::StrCat(
+              "'", listen.substr(0, 300),
+              "' is not a loopback address, and tailord authenticates no "
+              "one (no --auth-token-file, no --tls-client-ca): anyone who "
+              "can reach the port could submit jobs that read anything "
+              "under the allowed roots and write into the outputs, read "
+              "every job's results and cancel every job. Configure "
+              "authentication (see README.md, 'Security'), listen on "
+              "127.0.0.1, or pass --insecure to serve without it anyway"));
+    }
   }
   if (log_level != "debug" && log_level != "info" && log_level != "warning" &&
       log_level != "error") {
@@ -168,6 +222,37 @@ absl::Status LoadServerConfigFile(const std::string& path,
       s = Read(v, where, "an integer", &config->max_interrupted_runs);
     } else if (key == "max-result-streams") {
       s = Read(v, where, "an integer", &config->max_result_streams);
+    } else if (key == "tls-cert") {
+      s = Read(v, where, "a string", &config->tls_cert);
+    } else if (key == "tls-key") {
+      s = Read(v, where, "a string", &config->tls_key);
+    } else if (key == "tls-client-ca") {
+      s = Read(v, where, "a string", &config->tls_client_ca);
+    } else if (key == "auth-token-file") {
+      s = Read(v, where, "a string", &config->auth_token_file);
+    } else if (key == "metrics-token-file") {
+      s = Read(v, where, "a string", &config->metrics_token_file);
+    } else if (key == "auth-reload-interval") {
+      s = Read(v, where, "a number of seconds", &config->auth_reload_seconds);
+    } else if (key == "max-queued-jobs-per-principal") {
+      s = Read(v, where, "an integer", &config->max_queued_jobs_per_principal);
+    } else if (key == "insecure") {
+      s = Read(v, where, "true or false", &config->insecure);
+    } else if (key == "reflection") {
+      s = Read(v, where, "true or false", &config->reflection);
+    } else if (key == "admin-principal") {
+      config->admin_principals.clear();
+      if (v.IsScalar()) {
+        config->admin_principals.push_back(v.Scalar());
+      } else if (v.IsSequence()) {
+        for (size_t i = 0; i < v.size() && s.ok(); ++i) {
+          std::string name;
+          s = Read(v[i], absl::StrCat(where, "[", i, "]"), "a string", &name);
+          config->admin_principals.push_back(name);
+        }
+      } else {
+        s = FieldError(where, "must be a string or a list of strings");
+      }
     } else if (key == "ready-file") {
       s = Read(v, where, "a string", &config->ready_file);
     } else if (key == "log-level") {
@@ -259,6 +344,40 @@ void ServerFlags::Add(CLI::App& app) {
   app.add_option("--max-result-streams", flags_.max_result_streams,
                  "ReadJobResult streams open at once; more are "
                  "RESOURCE_EXHAUSTED, 1..4096 (default 64)");
+  app.add_option("--tls-cert", flags_.tls_cert,
+                 "PEM certificate chain of the gRPC port: serve TLS (with "
+                 "--tls-key); re-read when it changes");
+  app.add_option("--tls-key", flags_.tls_key,
+                 "PEM private key of --tls-cert; re-read when it changes");
+  app.add_option("--tls-client-ca", flags_.tls_client_ca,
+                 "PEM CA bundle: require client certificates it signed "
+                 "(mTLS); a caller's principal is its certificate's first "
+                 "DNS SAN, else first URI SAN, else CN");
+  app.add_option("--auth-token-file", flags_.auth_token_file,
+                 "bearer tokens: lines 'SHA256-HEX-OF-TOKEN PRINCIPAL "
+                 "[user|admin] [root=DIR]...' ('#' comments; root=DIR: that "
+                 "principal's jobs must also lie inside DIR); callers send "
+                 "'authorization: Bearer <token>'; re-read when it changes");
+  app.add_option("--admin-principal", flags_.admin_principals,
+                 "principal (from a token or a client certificate) with role "
+                 "admin: sees and acts on every job (repeatable)");
+  app.add_option("--metrics-token-file", flags_.metrics_token_file,
+                 "token file (same format) whose tokens /metrics requires "
+                 "as 'Authorization: Bearer <token>' (default: /metrics is "
+                 "open; /healthz and /readyz always are)");
+  app.add_option("--auth-reload-interval", flags_.auth_reload_seconds,
+                 "seconds between checks of the certificate and token files "
+                 "for changes, 1..3600 (default 5)");
+  app.add_option("--max-queued-jobs-per-principal",
+                 flags_.max_queued_jobs_per_principal,
+                 "queued jobs one principal may have; more of its creates are "
+                 "RESOURCE_EXHAUSTED (default 0: no quota)");
+  app.add_flag("--insecure", flags_.insecure,
+               "allow a non-loopback --listen without authentication "
+               "(without it tailord refuses to start)");
+  app.add_option("--reflection", flags_.reflection,
+                 "serve gRPC server reflection, true|false (default true; "
+                 "like grpc.health.v1 it needs no credentials)");
   app.add_option("--ready-file", flags_.ready_file,
                  "write {\"grpc_port\": N, \"metrics_port\": M} here once "
                  "serving (for scripts and tests using port 0)");
@@ -309,6 +428,26 @@ absl::StatusOr<ServerConfig> ServerFlags::Resolve() const {
     config.max_result_streams = flags_.max_result_streams;
   }
   if (given("--ready-file")) config.ready_file = flags_.ready_file;
+  if (given("--tls-cert")) config.tls_cert = flags_.tls_cert;
+  if (given("--tls-key")) config.tls_key = flags_.tls_key;
+  if (given("--tls-client-ca")) config.tls_client_ca = flags_.tls_client_ca;
+  if (given("--auth-token-file")) {
+    config.auth_token_file = flags_.auth_token_file;
+  }
+  if (given("--admin-principal")) {
+    config.admin_principals = flags_.admin_principals;
+  }
+  if (given("--metrics-token-file")) {
+    config.metrics_token_file = flags_.metrics_token_file;
+  }
+  if (given("--auth-reload-interval")) {
+    config.auth_reload_seconds = flags_.auth_reload_seconds;
+  }
+  if (given("--max-queued-jobs-per-principal")) {
+    config.max_queued_jobs_per_principal = flags_.max_queued_jobs_per_principal;
+  }
+  if (given("--insecure")) config.insecure = flags_.insecure;
+  if (given("--reflection")) config.reflection = flags_.reflection;
   if (given("--log-level")) config.log_level = flags_.log_level;
   if (given("--device-memory-budget")) {
     config.device_memory_budgets = flags_.device_memory_budgets;

@@ -46,6 +46,31 @@ struct ServerConfig {
   // ReadJobResult streams open at once; more are RESOURCE_EXHAUSTED.
   int max_result_streams = 64;
 
+  // Security (README "Security"). TLS: PEM certificate chain and key of the
+  // gRPC port, both or neither; tls_client_ca (needs TLS) requires and
+  // verifies client certificates (mTLS), whose first DNS/URI SAN (else CN)
+  // is the caller's principal. auth_token_file: bearer tokens
+  // (auth::ParseTokenFile). Certificates and token files are re-read when
+  // they change, checked every auth_reload_seconds.
+  std::string tls_cert, tls_key, tls_client_ca;
+  std::string auth_token_file;
+  std::vector<std::string> admin_principals;
+  // Bearer tokens /metrics requires ("" : /metrics is open); /healthz and
+  // /readyz stay open for probes.
+  std::string metrics_token_file;
+  double auth_reload_seconds = 5;
+  // QUEUED jobs one principal may have at once (0: no quota).
+  int max_queued_jobs_per_principal = 0;
+  // Serve without authentication on a non-loopback address.
+  bool insecure = false;
+  // Register gRPC server reflection.
+  bool reflection = true;
+
+  // Whether callers are authenticated (tokens or client certificates).
+  bool authenticated() const {
+    return !auth_token_file.empty() || !tls_client_ca.empty();
+  }
+
   // device_memory_budgets parsed; INVALID_ARGUMENT naming the setting.
   absl::StatusOr<std::map<std::string, jobs::DeviceBudget>> DeviceBudgets()
       const;

@@ -1,7 +1,8 @@
 // tailord: the tailor gRPC service. See `tailord --help` and README.md.
 //
 // Life cycle: start the job manager (requeuing unfinished jobs), the gRPC
-// server (FusionService, grpc.health.v1, reflection) and the metrics
+// server (FusionService behind the authenticator, plaintext or TLS/mTLS;
+// grpc.health.v1 and reflection without credentials) and the metrics
 // endpoint; then wait for SIGTERM/SIGINT and drain: health NOT_SERVING and
 // /readyz 503, creates UNAVAILABLE, running jobs stop and go back to QUEUED,
 // watchers get their remaining events and a final UNAVAILABLE, and the
@@ -10,16 +11,25 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "auth/authenticator.h"
+#include "auth/tls_files.h"
+#include "auth/token_file.h"
 #include "fusion_service.h"
 #include "google/protobuf/stubs/logging.h"
 #include "jobs/fusion_job_runner.h"
@@ -63,6 +73,50 @@ LogLevel ParseLevel(const std::string& level) {
   return LogLevel::kInfo;
 }
 
+// The gRPC port's credentials: plaintext, or TLS from files that gRPC's
+// FileWatcherCertificateProvider re-reads every `reload` (a renewed
+// certificate serves new handshakes; open connections and running jobs are
+// untouched), with client certificates required and verified against
+// tls_client_ca when given.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> GrpcCredentials(
+    const ServerConfig& config) {
+  if (config.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  absl::Status s = auth::CheckTlsFiles(config.tls_cert, config.tls_key,
+                                       config.tls_client_ca);
+  if (!s.ok()) return s;
+  const unsigned int reload =
+      static_cast<unsigned int>(std::max(1.0, config.auth_reload_seconds));
+  auto provider =
+      std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+          config.tls_key, config.tls_cert, config.tls_client_ca, reload);
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (config.tls_client_ca.empty()) {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    options.watch_root_certs();
+    options.set_cert_request_type(
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
+// Drops gRPC's server reflection plugin, which linking grpc++_reflection
+// registers for every server (a static initializer): --reflection=false.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>*
+                         plugins) override {
+    plugins->erase(
+        std::remove_if(plugins->begin(), plugins->end(),
+                       [](const std::unique_ptr<grpc::ServerBuilderPlugin>& p) {
+                         return p->name() == "proto_server_reflection";
+                       }),
+        plugins->end());
+  }
+};
+
 int Serve(const ServerConfig& config, const sigset_t& signals) {
   SetMinLogLevel(ParseLevel(config.log_level));
   google::protobuf::SetLogHandler(&ProtobufLogHandler);
@@ -100,6 +154,7 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
   options.max_concurrent_jobs = config.max_concurrent_jobs;
   options.workers = threads.workers;
   options.max_queued_jobs = config.max_queued_jobs;
+  options.max_queued_jobs_per_principal = config.max_queued_jobs_per_principal;
   options.max_spec_bytes = static_cast<size_t>(config.max_spec_bytes);
   options.device_budgets = *config.DeviceBudgets();  // validated
   options.journal_max_bytes = static_cast<uint64_t>(config.journal_max_bytes);
@@ -110,14 +165,53 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
       jobs::JobManager::Create(options, std::move(*runner), &registry);
   if (!manager.ok()) return Fail(manager.status());
 
-  FusionServiceImpl service(manager->get(), &registry,
+  auth::AuthOptions auth_options;
+  auth_options.token_file = config.auth_token_file;
+  auth_options.client_certificates = !config.tls_client_ca.empty();
+  auth_options.admin_principals = config.admin_principals;
+  auth_options.reload_interval = absl::Seconds(config.auth_reload_seconds);
+  absl::StatusOr<std::unique_ptr<auth::Authenticator>> authenticator =
+      auth::Authenticator::Create(auth_options);
+  if (!authenticator.ok()) return Fail(authenticator.status());
+  std::unique_ptr<auth::TokenFile> metrics_tokens;
+  if (!config.metrics_token_file.empty()) {
+    absl::StatusOr<std::unique_ptr<auth::TokenFile>> t = auth::TokenFile::Open(
+        config.metrics_token_file, absl::Seconds(config.auth_reload_seconds));
+    if (!t.ok()) {
+      return Fail(absl::Status(
+          t.status().code(),
+          absl::StrCat("metrics-token-file: ", t.status().message())));
+    }
+    metrics_tokens = std::move(*t);
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      GrpcCredentials(config);
+  if (!credentials.ok()) return Fail(credentials.status());
+  if (!config.authenticated()) {
+    Log(LogLevel::kWarning, "",
+        config.insecure
+            ? "no authentication (--insecure): every caller is one anonymous "
+              "admin"
+            : "no authentication: every caller is one anonymous admin "
+              "(loopback only)");
+  } else if (config.tls_cert.empty()) {
+    Log(LogLevel::kWarning, "",
+        "bearer tokens over plaintext gRPC: anyone on the path can read "
+        "them; serve TLS (--tls-cert, --tls-key) beyond loopback");
+  }
+
+  FusionServiceImpl service(manager->get(), &registry, authenticator->get(),
                             config.max_result_streams);
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  if (config.reflection) {
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  }
   grpc::ServerBuilder builder;
+  if (!config.reflection) {
+    builder.SetOption(std::make_unique<WithoutReflection>());
+  }
   int grpc_port = 0;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(),
-                           &grpc_port);
+  builder.AddListeningPort(config.listen, *credentials, &grpc_port);
   builder.RegisterService(&service);
   // Specs are bounded by --max-spec-bytes; leave room for the envelope.
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_spec_bytes) +
@@ -133,14 +227,19 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
 
   std::atomic<bool> ready{true};
   absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
-      MetricsHttpServer::Start(config.metrics_listen, &registry,
-                               [&ready] { return ready.load(); });
+      MetricsHttpServer::Start(
+          config.metrics_listen, &registry, [&ready] { return ready.load(); },
+          metrics_tokens.get());
   if (!http.ok()) {
     server->Shutdown();
     return Fail(http.status());
   }
   Log(LogLevel::kInfo, "",
       absl::StrCat("serving gRPC on ", config.listen, " (port ", grpc_port,
+                   config.tls_cert.empty()        ? ", plaintext"
+                   : config.tls_client_ca.empty() ? ", TLS"
+                                                  : ", mTLS",
+                   !config.auth_token_file.empty() ? ", bearer tokens" : "",
                    "), metrics on ", config.metrics_listen, " (port ",
                    (*http)->port(), "), data in ", config.data_dir));
   if (!config.ready_file.empty()) {

@@ -22,8 +22,10 @@ namespace {
 
 class FusionJobRunner : public JobRunner {
  public:
-  explicit FusionJobRunner(UriResolver resolver)
-      : resolver_(std::move(resolver)) {}
+  FusionJobRunner(UriResolver resolver,
+                  std::vector<std::string> protected_paths)
+      : resolver_(std::move(resolver)),
+        protected_paths_(std::move(protected_paths)) {}
 
   absl::StatusOr<nlohmann::json> Prepare(
       const nlohmann::json& json) const override {
@@ -37,6 +39,25 @@ class FusionJobRunner : public JobRunner {
                             ResolveOutputPlan(spec, resolver_));
     TAILOR_RETURN_IF_ERROR(CheckOutputPlan(plan, resolver_));
     return spec.ToJson(/*with_overwrite=*/true);
+  }
+
+  absl::StatusOr<nlohmann::json> PrepareWithin(
+      const nlohmann::json& json,
+      const std::vector<std::string>& roots) const override {
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json canonical, Prepare(json));
+    // The same checks against the principal's roots: a URI must lie inside
+    // both the server's roots and the caller's.
+    absl::StatusOr<UriResolver> mine =
+        UriResolver::Create(roots, protected_paths_);
+    if (!mine.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the caller's allowed roots (token file) are unusable: ",
+                       mine.status().message()));
+    }
+    TAILOR_ASSIGN_OR_RETURN(FusionSpec spec, FusionSpec::FromJson(canonical));
+    TAILOR_ASSIGN_OR_RETURN(OutputPlan plan, ResolveOutputPlan(spec, *mine));
+    TAILOR_RETURN_IF_ERROR(CheckOutputPlan(plan, *mine));
+    return canonical;
   }
 
   absl::StatusOr<nlohmann::json> Run(const nlohmann::json& json,
@@ -107,6 +128,7 @@ class FusionJobRunner : public JobRunner {
 
  private:
   const UriResolver resolver_;
+  const std::vector<std::string> protected_paths_;
 };
 
 }  // namespace
@@ -116,7 +138,8 @@ absl::StatusOr<std::unique_ptr<JobRunner>> NewFusionJobRunner(
     const std::vector<std::string>& protected_paths) {
   TAILOR_ASSIGN_OR_RETURN(UriResolver resolver,
                           UriResolver::Create(allowed_roots, protected_paths));
-  return std::unique_ptr<JobRunner>(new FusionJobRunner(std::move(resolver)));
+  return std::unique_ptr<JobRunner>(
+      new FusionJobRunner(std::move(resolver), protected_paths));
 }
 
 }  // namespace tailor::jobs

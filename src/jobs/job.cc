@@ -136,6 +136,7 @@ absl::Time TimeFromJson(int64_t us) {
 nlohmann::json Job::ToJson() const {
   return {{"id", id},
           {"request_id", request_id},
+          {"creator", creator},
           {"spec", spec},
           {"priority", priority},
           {"labels", labels},
@@ -160,6 +161,7 @@ absl::StatusOr<Job> Job::FromJson(const nlohmann::json& j) {
     Job job;
     job.id = j.at("id").get<std::string>();
     job.request_id = j.at("request_id").get<std::string>();
+    job.creator = j.value("creator", "");  // absent before issue #14
     job.spec = j.at("spec");
     job.priority = j.at("priority").get<int>();
     job.labels = j.at("labels").get<std::map<std::string, std::string>>();

@@ -68,6 +68,11 @@ struct JobEvent {
 struct Job {
   std::string id;  // 16 lower-case hex digits
   std::string request_id;
+  // The principal that created the job (jobs::Caller::principal); "" for
+  // jobs created without authentication and for jobs stored before
+  // creators were recorded (visible to admins only once authentication is
+  // on). request_id is unique per creator.
+  std::string creator;
   nlohmann::json spec;  // canonical (FusionSpec::ToJson plus overwrite)
   int priority = 0;     // 0..9, higher first
   std::map<std::string, std::string> labels;

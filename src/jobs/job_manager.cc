@@ -28,6 +28,12 @@ constexpr size_t kFinishedCachedEvents = 16;
 
 }  // namespace
 
+std::string JobManager::RequestKey(const std::string& creator,
+                                   const std::string& request_id) {
+  // A request_id is printable ASCII without spaces, so the key is unique.
+  return absl::StrCat(creator, " ", request_id);
+}
+
 JobManager::JobManager(const JobManagerOptions& options,
                        std::unique_ptr<JobRunner> runner,
                        std::unique_ptr<JobStore> store,
@@ -200,7 +206,8 @@ void JobManager::RemoveListener(int64_t id) {
   listeners_.erase(id);
 }
 
-absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request) {
+absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request,
+                                          const Caller& caller) {
   auto refuse = [&](absl::Status s) {
     if (metrics_) {
       metrics_->validation_failures->Increment(
@@ -223,7 +230,10 @@ absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request) {
                      "limit of ",
                      options_.max_spec_bytes)));
   }
-  absl::StatusOr<nlohmann::json> spec = runner_->Prepare(request.spec);
+  absl::StatusOr<nlohmann::json> spec =
+      caller.allowed_roots.empty()
+          ? runner_->Prepare(request.spec)
+          : runner_->PrepareWithin(request.spec, caller.allowed_roots);
   if (!spec.ok()) {
     s = spec.status();
     if (s.code() == absl::StatusCode::kInvalidArgument &&
@@ -256,7 +266,8 @@ absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request) {
       for (const auto& [id, e] : jobs_) {
         if (IsTerminal(e.job.state)) continue;
         if (!request.request_id.empty() &&
-            e.job.request_id == request.request_id) {
+            e.job.request_id == request.request_id &&
+            e.job.creator == caller.principal) {
           continue;
         }
         active.emplace_back(e.job.name(), e.job.spec);
@@ -278,7 +289,8 @@ absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request) {
           "the server is draining and accepts no new jobs");
     }
     if (!request.request_id.empty()) {
-      auto it = by_request_id_.find(request.request_id);
+      auto it =
+          by_request_id_.find(RequestKey(caller.principal, request.request_id));
       if (it != by_request_id_.end()) {
         const Job& existing = jobs_[it->second].job;
         if (existing.fingerprint == fingerprint) return existing;
@@ -293,12 +305,27 @@ absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request) {
           absl::StrCat("the queue is full (", options_.max_queued_jobs,
                        " jobs queued); retry later")));
     }
+    if (options_.max_queued_jobs_per_principal > 0) {
+      int mine = 0;
+      for (const auto& queued : queue_) {
+        if (jobs_.at(std::get<2>(queued)).job.creator == caller.principal) {
+          ++mine;
+        }
+      }
+      if (mine >= options_.max_queued_jobs_per_principal) {
+        return refuse(absl::ResourceExhaustedError(absl::StrCat(
+            "principal '", caller.principal, "' has ", mine,
+            " jobs queued, its quota (tailord "
+            "--max-queued-jobs-per-principal); retry when one has started")));
+      }
+    }
     do {
       job.id = NewJobId();
     } while (jobs_.count(job.id) > 0);
     job.create_order = next_order_++;
   }
   job.request_id = request.request_id;
+  job.creator = caller.principal;
   job.spec = *spec;
   job.priority = request.priority;
   job.labels = request.labels;
@@ -315,7 +342,9 @@ absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request) {
     e.job = job;
     e.events.push_back(event);
     by_order_[job.create_order] = job.id;
-    if (!job.request_id.empty()) by_request_id_[job.request_id] = job.id;
+    if (!job.request_id.empty()) {
+      by_request_id_[RequestKey(job.creator, job.request_id)] = job.id;
+    }
     queue_.emplace(-job.priority, job.create_order, job.id);
   }
   if (metrics_) metrics_->submitted->Increment({});
@@ -325,24 +354,26 @@ absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request) {
 }
 
 absl::StatusOr<const JobManager::Entry*> JobManager::Find(
-    absl::string_view name) const {
+    absl::string_view name, const Caller& caller) const {
   TAILOR_ASSIGN_OR_RETURN(std::string id, JobIdFromName(name));
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) {
+  // Another principal's job answers exactly as a missing one.
+  if (it == jobs_.end() || !caller.MaySee(it->second.job.creator)) {
     return absl::NotFoundError(absl::StrCat("no job named ", name));
   }
   return &it->second;
 }
 
-absl::StatusOr<Job> JobManager::GetJob(absl::string_view name) const {
+absl::StatusOr<Job> JobManager::GetJob(absl::string_view name,
+                                       const Caller& caller) const {
   absl::ReaderMutexLock lock(&mu_);
-  TAILOR_ASSIGN_OR_RETURN(const Entry* e, Find(name));
+  TAILOR_ASSIGN_OR_RETURN(const Entry* e, Find(name, caller));
   return e->job;
 }
 
 absl::StatusOr<ListJobsResult> JobManager::ListJobs(
-    int page_size, const std::string& page_token,
-    const std::string& filter) const {
+    int page_size, const std::string& page_token, const std::string& filter,
+    const Caller& caller) const {
   if (page_size < 0) return FieldError("page_size", "must be >= 0");
   if (page_size == 0) page_size = kDefaultPageSize;
   page_size = std::min(page_size, kMaxPageSize);
@@ -356,7 +387,7 @@ absl::StatusOr<ListJobsResult> JobManager::ListJobs(
   for (auto it = std::make_reverse_iterator(by_order_.lower_bound(before));
        it != by_order_.rend(); ++it) {
     const Job& job = jobs_.at(it->second).job;
-    if (!f.Matches(job)) continue;
+    if (!caller.MaySee(job.creator) || !f.Matches(job)) continue;
     if (static_cast<int>(result.jobs.size()) == page_size) {
       result.next_page_token = PageToken(f, result.jobs.back().create_order);
       break;
@@ -366,12 +397,13 @@ absl::StatusOr<ListJobsResult> JobManager::ListJobs(
   return result;
 }
 
-absl::StatusOr<Job> JobManager::CancelJob(absl::string_view name) {
+absl::StatusOr<Job> JobManager::CancelJob(absl::string_view name,
+                                          const Caller& caller) {
   std::string id;
   bool was_queued = false;
   {
     absl::MutexLock lock(&mu_);
-    TAILOR_ASSIGN_OR_RETURN(const Entry* found, Find(name));
+    TAILOR_ASSIGN_OR_RETURN(const Entry* found, Find(name, caller));
     id = found->job.id;
     Entry& e = jobs_[id];
     if (IsTerminal(e.job.state)) {
@@ -420,14 +452,14 @@ absl::StatusOr<Job> JobManager::CancelJob(absl::string_view name) {
 
 absl::StatusOr<JobManager::EventBatch> JobManager::ReadEvents(
     absl::string_view name, int64_t after_sequence, size_t max,
-    bool may_read_store) const {
+    bool may_read_store, const Caller& caller) const {
   if (after_sequence < 0) return FieldError("after_sequence", "must be >= 0");
   EventBatch batch;
   std::string id;
   int64_t want = 0;  // events to read from the store
   {
     absl::ReaderMutexLock lock(&mu_);
-    TAILOR_ASSIGN_OR_RETURN(const Entry* e, Find(name));
+    TAILOR_ASSIGN_OR_RETURN(const Entry* e, Find(name, caller));
     const int64_t last = e->job.last_sequence;
     const bool finished = IsTerminal(e->job.state);
     // Nothing after the last event (after_sequence may be anything up to
@@ -471,11 +503,11 @@ absl::StatusOr<JobManager::EventBatch> JobManager::ReadEvents(
 }
 
 absl::StatusOr<JobManager::Result> JobManager::GetResult(
-    absl::string_view name, ResultKind kind) const {
+    absl::string_view name, ResultKind kind, const Caller& caller) const {
   Job job;
   {
     absl::ReaderMutexLock lock(&mu_);
-    TAILOR_ASSIGN_OR_RETURN(const Entry* e, Find(name));
+    TAILOR_ASSIGN_OR_RETURN(const Entry* e, Find(name, caller));
     job = e->job;
   }
   if (job.state != JobState::kSucceeded) {

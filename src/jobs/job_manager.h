@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "jobs/caller.h"
 #include "jobs/device_pool.h"
 #include "jobs/job.h"
 #include "jobs/job_metrics.h"
@@ -47,6 +48,9 @@ struct JobManagerOptions {
   int workers = 1;
   // QUEUED jobs allowed at once; more creates are RESOURCE_EXHAUSTED.
   int max_queued_jobs = 100;
+  // QUEUED jobs one creator (Caller::principal) may have at once; more of
+  // its creates are RESOURCE_EXHAUSTED. 0: no per-principal quota.
+  int max_queued_jobs_per_principal = 0;
   // Largest accepted spec (its JSON), bytes; larger is RESOURCE_EXHAUSTED.
   size_t max_spec_bytes = 64 << 10;
   // Memory budgets of the device pool, by "cpu", "cuda" (every CUDA
@@ -113,6 +117,13 @@ enum class ResultKind { kPatch, kReport };
 // Memory: each job keeps its newest events only (cached_events; a few once
 // it ended); older ones are read from the store on demand.
 //
+// Callers: every job records the principal that created it (Job::creator).
+// The methods that take a Caller act only on that caller's own jobs unless
+// it is an admin: another principal's job is NOT_FOUND, exactly as a job
+// that does not exist, and ListJobs leaves it out. request_id idempotency is
+// per principal. The overloads without a Caller act as Caller::System() (an
+// admin): for the process itself and tests, never for an RPC.
+//
 // Thread-safe. Methods never wait on a running job; ReadEvents with
 // may_read_store=false, AddListener and RemoveListener only take short
 // in-memory locks (safe in RPC reactions); the others may read or write the
@@ -133,26 +144,48 @@ class JobManager {
   // (input URIs), RESOURCE_EXHAUSTED (queue full, spec too large),
   // ALREADY_EXISTS (request_id reused with a different request),
   // UNAVAILABLE (draining). The same request_id with the same request
-  // returns the existing job.
-  absl::StatusOr<Job> CreateJob(const CreateJobRequest& request);
+  // from the same principal returns the existing job. The job's creator is
+  // caller.principal; RESOURCE_EXHAUSTED past the caller's queued-job
+  // quota (max_queued_jobs_per_principal).
+  absl::StatusOr<Job> CreateJob(const CreateJobRequest& request,
+                                const Caller& caller);
+  absl::StatusOr<Job> CreateJob(const CreateJobRequest& request) {
+    return CreateJob(request, Caller::System());
+  }
 
-  // NOT_FOUND if there is no such job; INVALID_ARGUMENT for a bad name.
-  absl::StatusOr<Job> GetJob(absl::string_view name) const;
+  // NOT_FOUND if there is no such job (or the caller may not see it);
+  // INVALID_ARGUMENT for a bad name.
+  absl::StatusOr<Job> GetJob(absl::string_view name,
+                             const Caller& caller) const;
+  absl::StatusOr<Job> GetJob(absl::string_view name) const {
+    return GetJob(name, Caller::System());
+  }
 
   // Newest first. page_size: 0 means 50, capped at 1000, negative is
   // INVALID_ARGUMENT. filter: terms joined by " AND ", each `state=STATE`
   // or `labels.KEY=VALUE`; every term must hold, so two terms on the same
   // key with different values match nothing. A page token is bound to the
   // filter it was issued for: with another filter it is INVALID_ARGUMENT.
+  // Only the jobs the caller may see.
   absl::StatusOr<ListJobsResult> ListJobs(int page_size,
                                           const std::string& page_token,
-                                          const std::string& filter) const;
+                                          const std::string& filter,
+                                          const Caller& caller) const;
+  absl::StatusOr<ListJobsResult> ListJobs(int page_size,
+                                          const std::string& page_token,
+                                          const std::string& filter) const {
+    return ListJobs(page_size, page_token, filter, Caller::System());
+  }
 
   // QUEUED: CANCELLED at once. RUNNING: records the request durably, then
   // asks the run to stop (it ends CANCELLED unless it finishes first; if the
   // server dies first, the job is CANCELLED at the restart and never runs
-  // again). Finished: FAILED_PRECONDITION.
-  absl::StatusOr<Job> CancelJob(absl::string_view name);
+  // again). Finished: FAILED_PRECONDITION. NOT_FOUND for a job the
+  // caller may not see.
+  absl::StatusOr<Job> CancelJob(absl::string_view name, const Caller& caller);
+  absl::StatusOr<Job> CancelJob(absl::string_view name) {
+    return CancelJob(name, Caller::System());
+  }
 
   struct EventBatch {
     std::vector<JobEvent> events;
@@ -165,10 +198,18 @@ class JobManager {
   // Up to `max` events with sequence > after_sequence, in order. An
   // after_sequence at or past the last event gives none (and `end` once
   // the job is finished). Events older than the in-memory cache are read
-  // from the store (a disk read) unless !may_read_store.
+  // from the store (a disk read) unless !may_read_store. NOT_FOUND for a
+  // job the caller may not see.
   absl::StatusOr<EventBatch> ReadEvents(absl::string_view name,
                                         int64_t after_sequence, size_t max,
-                                        bool may_read_store = true) const;
+                                        bool may_read_store,
+                                        const Caller& caller) const;
+  absl::StatusOr<EventBatch> ReadEvents(absl::string_view name,
+                                        int64_t after_sequence, size_t max,
+                                        bool may_read_store = true) const {
+    return ReadEvents(name, after_sequence, max, may_read_store,
+                      Caller::System());
+  }
 
   // `listener` runs on some internal thread after every new event of job
   // `job_id` (inside Record, under the store-writer lock write_mu_ and the
@@ -193,8 +234,13 @@ class JobManager {
     std::string sha256;  // files: the published digest (hex)
     uint64_t size = 0;   // files: the published size
   };
+  // NOT_FOUND for a job the caller may not see.
+  absl::StatusOr<Result> GetResult(absl::string_view name, ResultKind kind,
+                                   const Caller& caller) const;
   absl::StatusOr<Result> GetResult(absl::string_view name,
-                                   ResultKind kind) const;
+                                   ResultKind kind) const {
+    return GetResult(name, kind, Caller::System());
+  }
 
   // Starts the drain: new creates are UNAVAILABLE, no queued job starts,
   // running jobs stop before their next tensor and go back to QUEUED (they
@@ -252,8 +298,13 @@ class JobManager {
   bool WorkersStopped() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void Notify(const std::string& job_id);
   void NotifyAll();
-  absl::StatusOr<const Entry*> Find(absl::string_view name) const
+  // The entry of job `name` if `caller` may see it; NOT_FOUND otherwise.
+  absl::StatusOr<const Entry*> Find(absl::string_view name,
+                                    const Caller& caller) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // by_request_id_'s key: request_ids are unique per creator.
+  static std::string RequestKey(const std::string& creator,
+                                const std::string& request_id);
   void Collect() const;
 
   const JobManagerOptions options_;
@@ -278,6 +329,7 @@ class JobManager {
   mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(write_mu_);
   std::map<std::string, Entry> jobs_ ABSL_GUARDED_BY(mu_);  // by id
   std::map<int64_t, std::string> by_order_ ABSL_GUARDED_BY(mu_);
+  // RequestKey(creator, request_id) -> id.
   std::map<std::string, std::string> by_request_id_ ABSL_GUARDED_BY(mu_);
   // (-priority, create_order, id) of QUEUED jobs: begin() runs next.
   std::set<std::tuple<int, int64_t, std::string>> queue_ ABSL_GUARDED_BY(mu_);

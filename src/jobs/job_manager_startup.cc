@@ -40,7 +40,9 @@ absl::Status JobManager::Load() {
                          " but its last sequence is ", job.last_sequence));
       }
       next_order_ = std::max(next_order_, job.create_order + 1);
-      if (!job.request_id.empty()) by_request_id_[job.request_id] = job.id;
+      if (!job.request_id.empty()) {
+        by_request_id_[RequestKey(job.creator, job.request_id)] = job.id;
+      }
       by_order_[job.create_order] = job.id;
       if (!IsTerminal(job.state) && job.cancel_requested) {
         // Cancelled while it ran, and the server stopped before the run

@@ -38,6 +38,16 @@ class JobRunner {
   virtual absl::StatusOr<nlohmann::json> Prepare(
       const nlohmann::json& spec) const = 0;
 
+  // Prepare(), and every URI also lies inside `roots` (a principal's own
+  // allowed roots, Caller::allowed_roots), with the same output rules
+  // against them: PERMISSION_DENIED naming the field otherwise.
+  virtual absl::StatusOr<nlohmann::json> PrepareWithin(
+      const nlohmann::json& /*spec*/,
+      const std::vector<std::string>& /*roots*/) const {
+    return absl::UnimplementedError(
+        "per-principal allowed roots are not supported by this runner");
+  }
+
   // Runs a spec returned by Prepare(); returns the engine's report.
   // Publishes outputs only on success.
   virtual absl::StatusOr<nlohmann::json> Run(const nlohmann::json& spec,

@@ -65,11 +65,15 @@ class Statement {
 
 // Steps `query` to the end, parsing column 0 of each row (JSON) into a T
 // with T::FromJson.
+// With `column1`, column 1 of each row (text) is appended to it too.
 template <typename T>
-absl::StatusOr<std::vector<T>> ReadRows(sqlite3* db, Statement& query) {
+absl::StatusOr<std::vector<T>> ReadRows(
+    sqlite3* db, Statement& query,
+    std::vector<std::string>* column1 = nullptr) {
   std::vector<T> rows;
   int rc;
   while ((rc = query.Step()) == SQLITE_ROW) {
+    if (column1 != nullptr) column1->push_back(query.Text(1));
     nlohmann::json j = nlohmann::json::parse(query.Text(0), nullptr, false);
     if (j.is_discarded()) {
       return absl::DataLossError("job store: a stored row is not valid JSON");
@@ -160,7 +164,9 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
                   " request_id TEXT,"
                   " create_order INTEGER NOT NULL,"
                   " state TEXT NOT NULL,"
-                  " body TEXT NOT NULL)"));
+                  " body TEXT NOT NULL,"
+                  " creator TEXT NOT NULL DEFAULT '')"));
+  TAILOR_RETURN_IF_ERROR(store->MigrateCreatorColumn());
   TAILOR_RETURN_IF_ERROR(
       store->Exec("CREATE TABLE IF NOT EXISTS events ("
                   " job_id TEXT NOT NULL,"
@@ -249,6 +255,24 @@ absl::Status JobStore::CheckIdentity(bool marker_exists,
   return absl::OkStatus();
 }
 
+absl::Status JobStore::MigrateCreatorColumn() {
+  // Stores written before issue #14 have no creator column: add it (their
+  // jobs get creator '', which only admins see once authentication is on).
+  // ALTER TABLE ADD COLUMN with a constant default rewrites no rows.
+  Statement info(db_,
+                 "SELECT 1 FROM pragma_table_info('jobs') "
+                 "WHERE name = 'creator'");
+  TAILOR_RETURN_IF_ERROR(info.status());
+  const int rc = info.Step();
+  if (rc == SQLITE_ROW) return absl::OkStatus();
+  if (rc != SQLITE_DONE)
+    return SqliteError(db_, "read the jobs table's columns");
+  Log(LogLevel::kInfo, "",
+      absl::StrCat("job store: adding the creator column to ", path_,
+                   " (jobs stored before it belong to no principal)"));
+  return Exec("ALTER TABLE jobs ADD COLUMN creator TEXT NOT NULL DEFAULT ''");
+}
+
 absl::Status JobStore::WriteMarker() {
   const nlohmann::json marker = {{"format", kMarkerFormat},
                                  {"store_id", store_id_},
@@ -289,13 +313,14 @@ absl::Status JobStore::Commit(const Job& job,
     mu_.AssertHeld();  // runs right here, under the lock taken above
     Statement put(db_,
                   "INSERT OR REPLACE INTO jobs (id, request_id, create_order,"
-                  " state, body) VALUES (?, ?, ?, ?, ?)");
+                  " state, body, creator) VALUES (?, ?, ?, ?, ?, ?)");
     TAILOR_RETURN_IF_ERROR(put.status());
     put.Bind(1, job.id);
     put.Bind(2, job.request_id);
     put.Bind(3, job.create_order);
     put.Bind(4, std::string(JobStateName(job.state)));
     put.Bind(5, job.ToJson().dump());
+    put.Bind(6, job.creator);
     if (put.Step() != SQLITE_DONE) return SqliteError(db_, "write job");
     for (const JobEvent& e : events) {
       Statement add(db_,
@@ -338,9 +363,15 @@ absl::Status JobStore::Commit(const Job& job,
 
 absl::StatusOr<std::vector<Job>> JobStore::LoadJobs() {
   absl::MutexLock lock(&mu_);
-  Statement q(db_, "SELECT body FROM jobs ORDER BY create_order");
+  // The creator column is authoritative (the body of a job stored before
+  // it existed has none).
+  Statement q(db_, "SELECT body, creator FROM jobs ORDER BY create_order");
   TAILOR_RETURN_IF_ERROR(q.status());
-  return ReadRows<Job>(db_, q);
+  std::vector<std::string> creators;
+  auto jobs = ReadRows<Job>(db_, q, &creators);
+  if (!jobs.ok()) return jobs.status();
+  for (size_t i = 0; i < jobs->size(); ++i) (*jobs)[i].creator = creators[i];
+  return jobs;
 }
 
 absl::StatusOr<std::vector<JobEvent>> JobStore::LoadEvents(

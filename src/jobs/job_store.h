@@ -19,8 +19,10 @@ namespace tailor::jobs {
 
 // The durable record of every job and its events: one SQLite database in
 // WAL mode. A job is one row (its JSON); its events are rows keyed by
-// (job id, sequence). Every write is one transaction, so a job's row and the
-// events that led to it are always consistent after a crash.
+// (job id, sequence). The job's creator (its principal) is a column too; a
+// store from before that column gets it, empty, when opened. Every write is one
+// transaction, so a job's row and the events that led to it are always
+// consistent after a crash.
 //
 // Loss detection. Every transaction also advances a commit counter in the
 // database (table `meta`, with the store's random id). With a marker path,
@@ -77,6 +79,8 @@ class JobStore {
                              int64_t marker_seq)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status WriteMarker() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds the jobs table's creator column to a store that lacks it.
+  absl::Status MigrateCreatorColumn() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   mutable absl::Mutex mu_;  // guards the connection and the fields below
   sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);

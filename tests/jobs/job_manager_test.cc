@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -51,6 +52,21 @@ class FakeRunner : public JobRunner {
     nlohmann::json canonical = spec;
     canonical["canonical"] = true;
     return canonical;
+  }
+
+  // The caller's roots: "pretrained" must start with one of them.
+  absl::StatusOr<nlohmann::json> PrepareWithin(
+      const nlohmann::json& spec,
+      const std::vector<std::string>& roots) const override {
+    absl::StatusOr<nlohmann::json> canonical = Prepare(spec);
+    if (!canonical.ok()) return canonical;
+    for (const std::string& root : roots) {
+      if (absl::StartsWith(spec["pretrained"].get<std::string>(), root)) {
+        return canonical;
+      }
+    }
+    return absl::PermissionDeniedError(
+        "pretrained: outside the caller's roots");
   }
 
   absl::StatusOr<nlohmann::json> Run(const nlohmann::json& spec,
@@ -907,6 +923,142 @@ TEST_F(JobManagerTest, UnknownDeviceMemoryNeedsAnAbsoluteBudget) {
   ASSERT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StartsWith(m.status().message(), "device-memory-budget: "))
       << m.status();
+}
+
+}  // namespace
+}  // namespace tailor::jobs
+
+namespace tailor::jobs {
+namespace {
+
+// Issue #14 point 3: a job belongs to its creator.
+TEST_F(JobManagerTest, OtherPrincipalsJobsAreNotFoundAndListedOnlyToAdmins) {
+  auto m = Start();
+  const Caller alice{"alice", false}, bob{"bob", false}, root{"root", true};
+  auto a = m->CreateJob(Request({{"pretrained", "/a"}}), alice);
+  auto b = m->CreateJob(Request({{"pretrained", "/b"}}), bob);
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  EXPECT_EQ(a->creator, "alice");
+  WaitFor(*m, a->name(), JobState::kSucceeded);
+  WaitFor(*m, b->name(), JobState::kSucceeded);
+
+  // Bob's view of Alice's job: exactly a missing job's answers.
+  const std::string missing = "fusionJobs/0000000000000000";
+  for (const std::string& name : {a->name(), missing}) {
+    absl::Status get = m->GetJob(name, bob).status();
+    EXPECT_EQ(get.code(), absl::StatusCode::kNotFound) << name;
+    EXPECT_EQ(get.message(), absl::StrCat("no job named ", name));
+    EXPECT_EQ(m->CancelJob(name, bob).status().code(),
+              absl::StatusCode::kNotFound);
+    EXPECT_EQ(m->ReadEvents(name, 0, 10, true, bob).status().code(),
+              absl::StatusCode::kNotFound);
+    EXPECT_EQ(m->GetResult(name, ResultKind::kReport, bob).status().code(),
+              absl::StatusCode::kNotFound);
+  }
+  // Her own, and an admin's.
+  for (const Caller& c : {alice, root}) {
+    EXPECT_TRUE(m->GetJob(a->name(), c).ok());
+    EXPECT_TRUE(m->ReadEvents(a->name(), 0, 10, true, c).ok());
+    EXPECT_TRUE(m->GetResult(a->name(), ResultKind::kReport, c).ok());
+  }
+  auto names = [&](const Caller& c) {
+    std::set<std::string> out;
+    absl::StatusOr<ListJobsResult> list = m->ListJobs(0, "", "", c);
+    EXPECT_TRUE(list.ok()) << list.status();
+    if (list.ok()) {
+      for (const Job& j : list->jobs) out.insert(j.name());
+    }
+    return out;
+  };
+  EXPECT_EQ(names(alice), std::set<std::string>{a->name()});
+  EXPECT_EQ(names(bob), std::set<std::string>{b->name()});
+  EXPECT_EQ(names(root), (std::set<std::string>{a->name(), b->name()}));
+  EXPECT_TRUE(names(Caller{"carol", false}).empty());
+
+  // The creator survives a restart (the store's creator column).
+  m.reset();
+  m = Start();
+  absl::StatusOr<Job> reloaded = m->GetJob(a->name(), alice);
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+  EXPECT_EQ(reloaded->creator, "alice");
+  EXPECT_EQ(m->GetJob(a->name(), bob).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(JobManagerTest, CancelActsOnlyOnTheCallersOwnJobs) {
+  auto m = Start();
+  const Caller alice{"alice", false}, bob{"bob", false};
+  auto a =
+      m->CreateJob(Request({{"pretrained", "/r"}, {"block", true}}), alice);
+  ASSERT_TRUE(a.ok());
+  WaitFor(*m, a->name(), JobState::kRunning);
+  EXPECT_EQ(m->CancelJob(a->name(), bob).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_FALSE(m->GetJob(a->name())->cancel_requested);
+  ASSERT_TRUE(m->CancelJob(a->name(), alice).ok());
+  WaitFor(*m, a->name(), JobState::kCancelled);
+}
+
+TEST_F(JobManagerTest, RequestIdIsPerPrincipal) {
+  auto m = Start();
+  CreateJobRequest r = Request({{"pretrained", "/a"}});
+  r.request_id = "shared-id";
+  auto alice = m->CreateJob(r, Caller{"alice", false});
+  auto alice_again = m->CreateJob(r, Caller{"alice", false});
+  auto bob = m->CreateJob(r, Caller{"bob", false});
+  ASSERT_TRUE(alice.ok() && alice_again.ok() && bob.ok()) << bob.status();
+  EXPECT_EQ(alice->name(), alice_again->name());
+  EXPECT_NE(alice->name(), bob->name());  // not Alice's job handed to Bob
+  EXPECT_EQ(bob->creator, "bob");
+  // Bob reusing the id for another request conflicts with his own job only.
+  r.priority = 5;
+  auto conflict = m->CreateJob(r, Caller{"bob", false});
+  EXPECT_EQ(conflict.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE(absl::StrContains(conflict.status().message(), bob->name()));
+  // And after a restart.
+  m.reset();
+  m = Start();
+  r.priority = 0;
+  EXPECT_EQ(m->CreateJob(r, Caller{"bob", false})->name(), bob->name());
+  EXPECT_EQ(m->CreateJob(r, Caller{"alice", false})->name(), alice->name());
+}
+
+TEST_F(JobManagerTest, CallerRootsAreCheckedOnTopOfTheServers) {
+  auto m = Start();
+  const Caller alice{"alice", false, {"/alice/"}};
+  EXPECT_TRUE(m->CreateJob(Request({{"pretrained", "/alice/m"}}), alice).ok());
+  EXPECT_EQ(
+      m->CreateJob(Request({{"pretrained", "/bob/m"}}), alice).status().code(),
+      absl::StatusCode::kPermissionDenied);
+  // The server's own check still applies, and callers without roots use
+  // the server's alone.
+  EXPECT_EQ(
+      m->CreateJob(Request({{"pretrained", "/denied"}}), alice).status().code(),
+      absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(
+      m->CreateJob(Request({{"pretrained", "/bob/m"}}), Caller{"bob", false})
+          .ok());
+}
+
+TEST_F(JobManagerTest, PerPrincipalQueuedQuota) {
+  JobManagerOptions o;
+  o.max_queued_jobs_per_principal = 2;
+  auto m = Start(o);
+  const Caller alice{"alice", false}, bob{"bob", false};
+  // One blocked job keeps the others queued.
+  auto blocker =
+      m->CreateJob(Request({{"pretrained", "/r"}, {"block", true}}), bob);
+  ASSERT_TRUE(blocker.ok());
+  WaitFor(*m, blocker->name(), JobState::kRunning);
+  ASSERT_TRUE(m->CreateJob(Request({{"pretrained", "/1"}}), alice).ok());
+  ASSERT_TRUE(m->CreateJob(Request({{"pretrained", "/2"}}), alice).ok());
+  auto third = m->CreateJob(Request({{"pretrained", "/3"}}), alice);
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(third.status().message(), "alice"))
+      << third.status();
+  // Bob's quota is his own.
+  EXPECT_TRUE(m->CreateJob(Request({{"pretrained", "/4"}}), bob).ok());
+  shared_.released.store(true);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "jobs/job_store.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -279,6 +280,58 @@ TEST(JobTest, NamesAreChecked) {
   EXPECT_FALSE(JobIdFromName("fusionJobs/0123456789ABCDEF").ok());
   EXPECT_FALSE(JobIdFromName("fusionJobs/../x").ok());
   EXPECT_FALSE(JobIdFromName("0123456789abcdef").ok());
+}
+
+}  // namespace
+}  // namespace tailor::jobs
+
+namespace tailor::jobs {
+namespace {
+
+// Issue #14: a store written before the creator column still opens; its
+// jobs belong to no principal, and new commits record the creator.
+TEST(JobStoreTest, StoreWithoutTheCreatorColumnIsMigrated) {
+  TempDir dir;
+  const std::string path = dir.Join("jobs.db");
+  Job old_job = MakeJob();
+  {
+    // The pre-#14 schema, with one job whose body has no "creator".
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    nlohmann::json body = old_job.ToJson();
+    body.erase("creator");
+    const std::string sql = absl::StrCat(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, request_id TEXT,"
+        " create_order INTEGER NOT NULL, state TEXT NOT NULL,"
+        " body TEXT NOT NULL);"
+        "INSERT INTO jobs VALUES ('",
+        old_job.id, "', 'req-1', 7, 'RUNNING', '", body.dump(), "');");
+    char* error = nullptr;
+    ASSERT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error),
+              SQLITE_OK)
+        << (error ? error : "");
+    sqlite3_close(db);
+  }
+  {
+    auto store = JobStore::Open(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto jobs = (*store)->LoadJobs();
+    ASSERT_TRUE(jobs.ok()) << jobs.status();
+    ASSERT_EQ(jobs->size(), 1u);
+    EXPECT_EQ((*jobs)[0].id, old_job.id);
+    EXPECT_EQ((*jobs)[0].creator, "");
+    Job mine = MakeJob();
+    mine.id = "fedcba9876543210";
+    mine.create_order = 8;
+    mine.creator = "alice@example.com";
+    ASSERT_TRUE((*store)->Commit(mine, {}).ok());
+  }
+  auto store = JobStore::Open(path);  // a second open: nothing to migrate
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto jobs = (*store)->LoadJobs();
+  ASSERT_TRUE(jobs.ok());
+  ASSERT_EQ(jobs->size(), 2u);
+  EXPECT_EQ((*jobs)[1].creator, "alice@example.com");
 }
 
 }  // namespace

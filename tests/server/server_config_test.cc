@@ -42,7 +42,7 @@ TEST(ServerConfigTest, FileThenFlags) {
   TempDir dir;
   const std::string path =
       Write(dir,
-            "listen: 0.0.0.0:7000\nmax_queued_jobs: 5\n"
+            "listen: 0.0.0.0:7000\ninsecure: true\nmax_queued_jobs: 5\n"
             "allowed-root: [/data, /models]\ndrain-timeout: 12.5\n");
   absl::StatusOr<ServerConfig> c =
       Parse({"--config", path, "--max-queued-jobs", "9"});
