@@ -34,8 +34,9 @@ layer (model.layers.<l>.*, its own values), an index, and one calibration
 file with each layer's own Hessians; Model Tailor with --workers W (2 when
 --workers is 1) and with 1 worker, --threads threads per worker, outputs
 byte-compared, the speed-up printed with the load average around it.
-Full size: 1.6 GB per checkpoint and 2.7 GB of Hessians for N = 4 (~4 min
-per layer and worker count on one thread); --quick makes it tiny.
+Full size: 1.6 GB per checkpoint and 2.7 GB of Hessians for N = 4, about
+a minute a layer with 1 worker of one thread on a quiet box; --quick makes
+it tiny.
 
   bench/layer_bench.sh [--quick] [--with-1b] [--threads 1] [--workers 1]
                        [--layers N] [--reps 1] [--device cpu|cuda|cuda:N]
