@@ -193,6 +193,10 @@ class FusionRun {
 
   // ---- computing a tensor whole (fusion_run_fuse.cc)
 
+  // An empty journal entry for plan item `index` (tensor `info`), which
+  // FuseOne and the streamed paths fill.
+  static JournalEntry NewEntry(size_t index, const TensorInfo& info);
+
   // FuseOne's peak working memory for `info` (fusion/working_memory.h).
   int64_t EstimateWorkingBytes(const TensorInfo& info) const;
 

@@ -19,6 +19,13 @@
 namespace tailor {
 namespace fusion_internal {
 
+JournalEntry FusionRun::NewEntry(size_t index, const TensorInfo& info) {
+  JournalEntry out;
+  out.index = static_cast<int64_t>(index);
+  out.name = info.name;
+  return out;
+}
+
 int64_t FusionRun::EstimateWorkingBytes(const TensorInfo& info) const {
   std::vector<WorkingMemoryTask> tasks;
   for (const auto& task : tasks_) {
@@ -45,9 +52,7 @@ absl::StatusOr<JournalEntry> FusionRun::FuseOne(size_t index,
                                                 const at::Device& device) {
   const auto t0 = Clock::now();
   const std::string& name = info.name;
-  JournalEntry out;
-  out.index = static_cast<int64_t>(index);
-  out.name = name;
+  JournalEntry out = NewEntry(index, info);
   TAILOR_ASSIGN_OR_RETURN(at::Tensor pre,
                           base_->Read(name, ComputeRead(device)));
   TAILOR_RETURN_IF_ERROR(CheckFiniteTensor(pre, name, "pre-trained tensor"));

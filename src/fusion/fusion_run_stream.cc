@@ -116,9 +116,7 @@ absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
   }
   TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&*stream));
   hessians_.Finished(static_cast<int64_t>(index));
-  JournalEntry out;
-  out.index = static_cast<int64_t>(index);
-  out.name = info.name;
+  JournalEntry out = NewEntry(index, info);
   out.fused_spool = std::move(spool);
   nlohmann::json per_task = nlohmann::json::array();
   for (size_t i = 0; i < tasks_.size(); ++i) {
@@ -149,9 +147,7 @@ absl::StatusOr<JournalEntry> FusionRun::StreamOne(size_t index,
   }
   const auto t0 = Clock::now();
   const std::string& name = info.name;
-  JournalEntry out;
-  out.index = static_cast<int64_t>(index);
-  out.name = name;
+  JournalEntry out = NewEntry(index, info);
   std::vector<const Checkpoint*> fts;
   nlohmann::json per_task = nlohmann::json::array();
   for (const auto& task : tasks_) {
@@ -304,9 +300,7 @@ absl::StatusOr<JournalEntry> FusionRun::StreamStitch(size_t index,
                                                      const TensorInfo& info) {
   const auto t0 = Clock::now();
   const std::string& name = info.name;
-  JournalEntry out;
-  out.index = static_cast<int64_t>(index);
-  out.name = name;
+  JournalEntry out = NewEntry(index, info);
   std::vector<const PatchFile*> patches;
   for (const auto& task : tasks_) {
     patches.push_back(task->patch->Find(name) != nullptr ? task->patch.get()
