@@ -31,6 +31,16 @@ With --workers W > 1, tailorctl runs W workers of --threads threads each
 with one worker, and the script prints the speed-up and checks that both
 runs wrote byte-identical outputs.
 
+With --layers N (N >= 2) the bench is only that comparison, on a model of N
+such layers (issue #12: "the same on a 4-layer model"): N shards, one a
+layer (model.layers.<l>.*, its own values), an index, and one calibration
+file with each layer's own Hessians; Model Tailor with --workers W (2 when
+--workers is 1) and with 1 worker, --threads threads per worker, outputs
+byte-compared, the speed-up printed with the load average around it.
+Full size: 1.6 GB per checkpoint and 2.7 GB of Hessians for N = 4, about
+a minute a layer with 1 worker of one thread on a quiet box; --quick makes
+it tiny.
+
 Task arithmetic, magnitude and TIES run interleaved, --reps rounds; each
 run is printed with its peak RSS and the load average, then the best of
 each, the ratios magnitude / task arithmetic and TIES / task arithmetic
@@ -38,7 +48,7 @@ each, the ratios magnitude / task arithmetic and TIES / task arithmetic
 tailor method and the reference (the data-free part alone).
 
   bench/layer_bench.sh [--quick] [--with-1b | --only-1b] [--data-free-only]
-                       [--threads 1] [--workers 1]
+                       [--threads 1] [--workers 1] [--layers N]
                        [--reps 1] [--device cpu|cuda|cuda:N]
                        [--workdir /tmp/tailor-layer-bench]
                        [--tailorctl build/client/tailorctl]
@@ -108,31 +118,128 @@ def spd(c, gen):
     return (s[:, None] * toe * s[None, :]).contiguous()
 
 
-def make_layer(workdir, cfg, seed=0):
-    gen = torch.Generator().manual_seed(seed)
+def layer_weights(cfg, prefix, gen):
+    """One layer's base and fine-tuned BF16 tensors, name -> tensor."""
     base, ft = {}, {}
-    for name, shape, _ in layer_shapes(cfg):
+    for name, shape, _ in layer_shapes(cfg, prefix):
         w = (0.02 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
         d = 0.1 * 0.02 * torch.randn(shape, generator=gen)
         base[name] = w
         ft[name] = (w.float() + d).to(torch.bfloat16)
-    hess, aliases = {}, {}
+    return base, ft
+
+
+def layer_hessians(cfg, prefix, gen, hess, aliases):
+    """Adds one layer's Hessians to `hess` (one per group of modules that
+    share an input) and the other modules of a group to `aliases`."""
     keys = {}
-    for name, shape, group in layer_shapes(cfg):
+    for name, shape, group in layer_shapes(cfg, prefix):
         stem = name[: -len(".weight")]
         if group not in keys:
             keys[group] = stem + ".hessian"
             hess[keys[group]] = spd(shape[1], gen)
         if keys[group] != stem + ".hessian":
             aliases[name] = keys[group]
-    for sub, tensors in (("base", base), ("ft", ft)):
-        os.makedirs(os.path.join(workdir, sub), exist_ok=True)
-        ref.write_safetensors(os.path.join(workdir, sub, "model.safetensors"),
-                              tensors)
+
+
+def write_hessians(workdir, hess, aliases):
     ref.write_safetensors(
         os.path.join(workdir, "hessians.safetensors"), hess,
         {"format": "tailor-hessian/1", "nsamples": "128",
          "aliases": json.dumps(aliases)})
+
+
+def make_layer(workdir, cfg, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    prefix = "model.layers.0."
+    base, ft = layer_weights(cfg, prefix, gen)
+    hess, aliases = {}, {}
+    layer_hessians(cfg, prefix, gen, hess, aliases)
+    for sub, tensors in (("base", base), ("ft", ft)):
+        os.makedirs(os.path.join(workdir, sub), exist_ok=True)
+        ref.write_safetensors(os.path.join(workdir, sub, "model.safetensors"),
+                              tensors)
+    write_hessians(workdir, hess, aliases)
+
+
+def make_model(workdir, cfg, layers, seed=0):
+    """`layers` decoder layers of `cfg`'s shapes: one shard a layer (each
+    written and freed before the next: memory one layer), an index, and one
+    calibration file holding every layer's own Hessians (aliased as in
+    make_layer)."""
+    gen = torch.Generator().manual_seed(seed)
+    weight_map = {}
+    hess, aliases = {}, {}
+    for sub in ("base", "ft"):
+        os.makedirs(os.path.join(workdir, sub), exist_ok=True)
+    for layer in range(layers):
+        prefix = "model.layers.%d." % layer
+        shard = "model-%05d-of-%05d.safetensors" % (layer + 1, layers)
+        base, ft = layer_weights(cfg, prefix, gen)
+        for name in base:
+            weight_map[name] = shard
+        layer_hessians(cfg, prefix, gen, hess, aliases)
+        for sub, tensors in (("base", base), ("ft", ft)):
+            ref.write_safetensors(os.path.join(workdir, sub, shard), tensors)
+        del base, ft
+    for sub in ("base", "ft"):
+        with open(os.path.join(workdir, sub, "model.safetensors.index.json"),
+                  "w") as f:
+            json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    write_hessians(workdir, hess, aliases)
+
+
+def same_outputs(a, b):
+    """Whether output directories `a` and `b` hold byte-identical files."""
+    names = sorted(os.listdir(a))
+    if names != sorted(os.listdir(b)):
+        return False
+    for n in names:
+        with open(os.path.join(a, n), "rb") as fa, \
+                open(os.path.join(b, n), "rb") as fb:
+            if fa.read() != fb.read():
+                return False
+    return True
+
+
+def layers_bench(args):
+    """--layers N: Model Tailor with W workers against 1 worker on an
+    N-layer model; prints both times, the speed-up and the byte comparison."""
+    cfg = QUICK if args.quick else LAYER_7B
+    workers = args.workers if args.workers > 1 else 2
+    workdir = os.path.join(args.workdir, "%s-%dl" % (
+        "quick" if args.quick else "7b", args.layers))
+    os.makedirs(workdir, exist_ok=True)
+    stamp = os.path.join(workdir, "generated")
+    if not os.path.exists(stamp):
+        print("generating %d layers in %s" % (args.layers, workdir),
+              flush=True)
+        make_model(workdir, cfg, args.layers)
+        open(stamp, "w").close()
+    extra = ["--method", "tailor", "--keep", "0.1",
+             "--hessians", os.path.join(workdir, "hessians.safetensors")]
+    print("load average before:", loadavg(), flush=True)
+    many, one = [], []
+    for _ in range(args.reps):  # interleaved: load changes hit both
+        wall, _ = run_tailorctl(args, workdir, "tailor-out-%dw" % workers,
+                                extra, workers=workers)
+        many.append(wall)
+        print("  %d workers: %.2f s" % (workers, wall), flush=True)
+        wall, _ = run_tailorctl(args, workdir, "tailor-out-1w", extra,
+                                workers=1)
+        one.append(wall)
+        print("  1 worker:  %.2f s" % wall, flush=True)
+    print("load average after:", loadavg())
+    same = same_outputs(os.path.join(workdir, "tailor-out-%dw" % workers),
+                        os.path.join(workdir, "tailor-out-1w"))
+    print("\n%d-layer model (%s), Model Tailor, %d thread%s per worker: "
+          "%d workers %.2f s, 1 worker %.2f s: %.2fx (target >= 1.7x); "
+          "outputs byte-identical: %s" %
+          (args.layers, "quick" if args.quick else "LLaMA-7B layers",
+           args.threads, "" if args.threads == 1 else "s", workers,
+           min(many), min(one), min(one) / min(many),
+           "yes" if same else "NO"))
+    return 0 if same else 1
 
 
 def llama_1b_names(cfg=LLAMA_1B):
@@ -349,6 +456,9 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1,
                    help="tailorctl worker slots, --threads threads each")
+    p.add_argument("--layers", type=int, default=1,
+                   help="N >= 2: only the workers-vs-1-worker comparison, "
+                        "on an N-layer model (see above)")
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda or cuda:N: where tailorctl and the "
@@ -360,6 +470,10 @@ def main():
     args = p.parse_args()
     if args.only_1b:
         args.with_1b = True
+    if args.layers < 1:
+        p.error("--layers: must be >= 1, not %d" % args.layers)
+    if args.layers > 1:
+        return layers_bench(args)
     cfg = QUICK if args.quick else LAYER_7B
     workdir = os.path.join(args.workdir, "quick" if args.quick else "7b")
     os.makedirs(workdir, exist_ok=True)
@@ -496,4 +610,4 @@ def run_layer(args, cfg, workdir):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

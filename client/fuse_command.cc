@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "exit_codes.h"
+#include "fusion/apply_patch.h"
 #include "fusion/fusion_job.h"
 #include "job_file.h"
 #include "progress_bar.h"
@@ -236,6 +237,9 @@ CLI::App* ApplyPatchCommand::Add(CLI::App& app) {
 }
 
 int ApplyPatchCommand::Run() {
+  // The allocator policy is the binary's choice (ApplyPatch leaves it
+  // alone): streaming keeps peak RSS at a few chunks over many tensors.
+  ConfigureAllocatorForStreaming();
   absl::StatusOr<UriResolver> resolver = MakeResolver(allowed_roots_);
   if (!resolver.ok()) return ReportFailure(resolver.status());
   absl::Status s = ApplyPatch(pretrained_, patch_, out_, overwrite_, *resolver);

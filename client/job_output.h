@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "fusion/progress.h"
+#include "fusion/run_options.h"
 #include "tailor/v1/fusion_service.pb.h"
 
 namespace tailor::cli {

@@ -1,7 +1,7 @@
 #ifndef TAILOR_CLIENT_PROGRESS_BAR_H_
 #define TAILOR_CLIENT_PROGRESS_BAR_H_
 
-#include "fusion/progress.h"
+#include "fusion/run_options.h"
 
 namespace tailor::cli {
 

@@ -5,7 +5,7 @@
 
 #include "absl/status/statusor.h"
 #include "fusion/fusion_spec.h"
-#include "fusion/progress.h"
+#include "fusion/run_options.h"
 #include "nlohmann/json.hpp"
 #include "storage/uri_resolver.h"
 
@@ -20,27 +20,18 @@ namespace tailor {
 // succeeded: patches, then the fused checkpoint, then the report. Returns
 // the report (also written to spec.report_uri when set).
 //
-// Calls ConfigureAllocatorForStreaming() (util/memory.h) so that memory stays
-// flat over many tensors.
+// Changes no process-wide state (thread pools, allocator): the caller's
+// binary sizes them (ConfigureComputeThreads, util/cpu_tuning.h; the
+// streaming allocator, util/memory.h: tailorctl fuse and tailord's main).
+//
+// The steps of a run are FusionRun's (fusion_run.h); ApplyPatch, which
+// rebuilds a fused checkpoint from a patch, is in apply_patch.h.
 //
 // Per-task patches go next to the stitched patch as
 // "<patch stem>.<label>.safetensors" when there are several tasks.
 absl::StatusOr<nlohmann::json> RunFusionJob(const FusionSpec& spec,
                                             const UriResolver& resolver,
                                             const RunOptions& options = {});
-
-// Rebuilds a fused checkpoint from a base checkpoint and a patch: for every
-// patched tensor FuseTensor(pre, mask, values) in the base dtype, every other
-// tensor copied byte for byte; the base's layout and non-tensor files.
-// Patched tensors stream in chunks of `stream_chunk_elements` elements
-// (StreamPatchedTensor, patch_stream.h: working memory a few chunks, not the
-// tensor), copied ones in pieces of as many float32s; 0 handles each tensor
-// whole (a test hook: the same bytes).
-absl::Status ApplyPatch(const std::string& pretrained_uri,
-                        const std::string& patch_uri,
-                        const std::string& output_uri, bool overwrite,
-                        const UriResolver& resolver,
-                        int64_t stream_chunk_elements = int64_t{1} << 18);
 
 }  // namespace tailor
 

@@ -4,7 +4,7 @@
 // Runs the work items of one job concurrently and commits their results in
 // plan order (issue #12). Generic and torch-free: an item is an index with a
 // cost and a memory footprint; what computing and committing mean is the
-// caller's (fusion_job.cc computes tensors and feeds the writers).
+// caller's (FusionRun, fusion_run.h, computes tensors and feeds the writers).
 
 #include <atomic>
 #include <cstdint>

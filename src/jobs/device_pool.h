@@ -2,7 +2,7 @@
 #define TAILOR_JOBS_DEVICE_POOL_H_
 
 // The devices fusion work runs on, each with a memory budget. Torch-free:
-// the engine sees a pool only through TensorDeviceScheduler (progress.h).
+// the engine sees a pool only through TensorDeviceScheduler (fusion/run_options.h).
 
 #include <atomic>
 #include <cstdint>
@@ -15,7 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "fusion/progress.h"
+#include "fusion/run_options.h"
 
 namespace tailor::jobs {
 

@@ -1,14 +1,14 @@
 #ifndef TAILOR_JOBS_JOB_PROGRESS_H_
 #define TAILOR_JOBS_JOB_PROGRESS_H_
 
-// Engine progress (fusion/progress.h) as job events and metrics.
+// Engine progress (fusion/run_options.h) as job events and metrics.
 
 #include <cstdint>
 #include <functional>
 #include <string>
 
 #include "absl/status/status.h"
-#include "fusion/progress.h"
+#include "fusion/run_options.h"
 #include "jobs/job.h"
 #include "jobs/job_metrics.h"
 

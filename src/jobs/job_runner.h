@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "fusion/progress.h"
+#include "fusion/run_options.h"
 #include "nlohmann/json.hpp"
 
 namespace tailor::jobs {

@@ -4,9 +4,10 @@
 namespace tailor {
 
 // Process-wide glibc allocator policies. The first one a process asks for
-// stays; later calls of either are no-ops. So a program that knows its
-// workload picks before library code (RunFusionJob asks for streaming)
-// does. Thread-safe.
+// stays; later calls of either are no-ops. Only a binary's main (or the
+// command it runs) picks one: library code, jobs included, never does
+// (tailorctl fuse / apply-patch and tailord pick streaming, tailorctl demo
+// reuse). Thread-safe.
 
 // For streaming large models: large allocations go straight to mmap and
 // back to the OS on free. glibc raises its mmap threshold dynamically (up to

@@ -1,6 +1,7 @@
 // End to end: generated multi-shard BF16 checkpoints with calibration files
 // through RunFusionJob and ApplyPatch.
 
+#include "fusion/apply_patch.h"
 #include "fusion/fusion_job.h"
 
 #include <ATen/ATen.h>

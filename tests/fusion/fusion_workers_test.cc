@@ -1,7 +1,8 @@
 // Issue #12: a job's tensors computed by several workers (RunOptions::
 // workers) give byte-identical outputs, patches and reports to one worker's,
 // with and without a device pool, and a job killed mid-way with two workers
-// resumes from its journal byte-identically.
+// resumes from its journal byte-identically, as does one cancelled with two
+// tensors in flight (which finish and are journalled before it returns).
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -10,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 
 #include "absl/strings/match.h"
@@ -58,6 +60,36 @@ class Recorder : public ProgressSink {
 
  private:
   const int kill_after_;
+};
+
+// Cancels the job the first time the executor has two tensors computing
+// (after at least `after` were fused), remembering how many had been fused
+// then; counts events as Recorder does.
+class Canceller : public Recorder {
+ public:
+  explicit Canceller(int after) : after_(after) {}
+  void OnEvent(const ProgressEvent& e) override {
+    Recorder::OnEvent(e);
+    if (e.kind == ProgressEvent::Kind::kTensorDone) {
+      fused_seen = actions["fused"];
+    }
+  }
+  void OnExecutor(int in_flight, int queued) override {
+    Recorder::OnExecutor(in_flight, queued);
+    last_in_flight = in_flight;
+    if (!cancel.load() && in_flight == 2 && fused_seen >= after_) {
+      fused_at_cancel = fused_seen;
+      cancel.store(true);
+    }
+  }
+  std::atomic<bool> cancel{false};
+  // Written under the job's lock (events), read under the executor's.
+  std::atomic<int> fused_seen{0};
+  int fused_at_cancel = -1;
+  int last_in_flight = -1;
+
+ private:
+  const int after_;
 };
 
 // The report without timings, the resumed count and the devices.
@@ -179,11 +211,11 @@ class FusionWorkersTest : public ::testing::Test {
     spec->device = "cpu";
   }
 
-  absl::StatusOr<nlohmann::json> Run(const FusionSpec& spec, int workers,
-                                     Recorder* sink = nullptr,
-                                     const std::string& journal = "",
-                                     TensorDeviceScheduler* scheduler = nullptr,
-                                     int64_t chunk = 0) {
+  absl::StatusOr<nlohmann::json> Run(
+      const FusionSpec& spec, int workers, Recorder* sink = nullptr,
+      const std::string& journal = "",
+      TensorDeviceScheduler* scheduler = nullptr, int64_t chunk = 0,
+      const std::atomic<bool>* cancel = nullptr) {
     auto resolver = UriResolver::Create({tmp_.path()});
     if (!resolver.ok()) return resolver.status();
     RunOptions options;
@@ -191,6 +223,7 @@ class FusionWorkersTest : public ::testing::Test {
     options.workers = workers;
     options.journal_dir = journal;
     options.device_scheduler = scheduler;
+    options.cancel = cancel;
     if (chunk > 0) options.stream_chunk_elements = chunk;
     return RunFusionJob(spec, *resolver, options);
   }
@@ -349,6 +382,45 @@ TEST_F(FusionWorkersTest, KilledMidJobWithTwoWorkersResumesByteIdentically) {
     j->erase("outputs");
   }
   EXPECT_EQ(a, b);
+}
+
+// Issue #12: a cancel with two tensors in flight lets them finish (and be
+// journalled), publishes nothing, and the job resumed from its journal gives
+// the uninterrupted run's bytes.
+TEST_F(FusionWorkersTest, CancelWithTwoTensorsInFlightDrainsThemAndResumes) {
+  const std::string journal = tmp_.Join("journal");
+  Canceller canceller(/*after=*/3);
+  auto cancelled = Run(TailorSpec("resumed"), 2, &canceller, journal, nullptr,
+                       0, &canceller.cancel);
+  ASSERT_TRUE(canceller.cancel.load()) << "never had two tensors in flight";
+  ASSERT_FALSE(cancelled.ok());
+  EXPECT_TRUE(absl::IsCancelled(cancelled.status())) << cancelled.status();
+  EXPECT_TRUE(absl::StrContains(cancelled.status().message(),
+                                "no output was published"))
+      << cancelled.status();
+  // The two tensors computing at the cancel finished before the job
+  // returned, and nothing computes any more.
+  EXPECT_GE(canceller.actions["fused"], canceller.fused_at_cancel + 2);
+  EXPECT_LT(canceller.actions["fused"], 4 * kLayers + 1);
+  EXPECT_EQ(canceller.last_in_flight, 0);
+  EXPECT_FALSE(PathExists(tmp_.Join("resumed/out")));
+  EXPECT_FALSE(PathExists(tmp_.Join("resumed/p.safetensors")));
+  EXPECT_FALSE(PathExists(tmp_.Join("resumed/report.json")));
+
+  Recorder second;
+  auto report = Run(TailorSpec("resumed"), 2, &second, journal);
+  ASSERT_TRUE(report.ok()) << report.status();
+  // Every tensor fused before the cancel returned was journalled.
+  EXPECT_EQ(second.actions["resumed"], canceller.actions["fused"]);
+  EXPECT_EQ(second.actions["resumed"] + second.actions["fused"],
+            4 * kLayers + 1);
+
+  ASSERT_TRUE(Run(TailorSpec("ref"), 1).ok());
+  const auto ref = Files("ref"), got = Files("resumed");
+  ASSERT_EQ(ref.size(), got.size());
+  for (const auto& [name, bytes] : ref) {
+    EXPECT_TRUE(got.at(name) == bytes) << name;
+  }
 }
 
 }  // namespace

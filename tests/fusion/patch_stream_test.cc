@@ -17,6 +17,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "fusion/apply_patch.h"
 #include "fusion/fusion_job.h"
 #include "fusion/patch.h"
 #include "io/checkpoint.h"

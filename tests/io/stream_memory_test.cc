@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "fusion/apply_patch.h"
 #include "fusion/fusion_job.h"
 #include "fusion/patch.h"
 #include "io/checkpoint.h"

@@ -1,8 +1,11 @@
-#ifndef TAILOR_FUSION_PROGRESS_H_
-#define TAILOR_FUSION_PROGRESS_H_
+#ifndef TAILOR_FUSION_RUN_OPTIONS_H_
+#define TAILOR_FUSION_RUN_OPTIONS_H_
 
-// Progress reporting and cancellation of a fusion job. Torch-free, so that
-// code observing jobs (the job manager, the server) need not see LibTorch.
+// How a fusion job is run (RunOptions: progress, cancellation, journal,
+// device scheduling, worker count, memory bound) and the interfaces it runs
+// against: the progress sink and the per-tensor device scheduler. Torch-free,
+// so that code observing or scheduling jobs (the job manager, the server)
+// need not see LibTorch.
 
 #include <atomic>
 #include <cstdint>
@@ -120,9 +123,9 @@ struct RunOptions {
   TensorDeviceScheduler* device_scheduler = nullptr;
   // Elements per chunk when a data-free merge streams a tensor (task
   // arithmetic, DARE, magnitude, TIES, SPIDER, stitching patches: see
-  // FusionJob): its working memory is a few buffers of this many elements
-  // per task, whatever the tensor's size. Tests shrink it; 0 computes every
-  // tensor whole (a test hook: the same outputs).
+  // FusionRun::Streams): its working memory is a few buffers of this many
+  // elements per task, whatever the tensor's size. Tests shrink it; 0 computes
+  // every tensor whole (a test hook: the same outputs).
   int64_t stream_chunk_elements = int64_t{1} << 18;
   // Tensors computed at once (fusion/job_executor.h): the job's worker
   // threads, each taking its device from device_scheduler when set. The
@@ -142,4 +145,4 @@ struct RunOptions {
 
 }  // namespace tailor
 
-#endif  // TAILOR_FUSION_PROGRESS_H_
+#endif  // TAILOR_FUSION_RUN_OPTIONS_H_
