@@ -66,7 +66,7 @@ nlohmann::json FileStamp(const std::string& path) {
 absl::StatusOr<nlohmann::json> Fingerprints(const Checkpoint& ckpt) {
   nlohmann::json files = nlohmann::json::object();
   for (const auto& f : ckpt.files()) {
-    TAILOR_ASSIGN_OR_RETURN(std::string sha, HeaderFingerprint(f->path()));
+    TAILOR_ASSIGN_OR_RETURN(std::string sha, HeaderFingerprint(*f));
     files[Basename(f->path())] = sha;
   }
   return files;
@@ -76,7 +76,7 @@ absl::StatusOr<nlohmann::json> Fingerprints(const Checkpoint& ckpt) {
 absl::StatusOr<nlohmann::json> DataFingerprints(const Checkpoint& ckpt) {
   nlohmann::json files = nlohmann::json::object();
   for (const auto& f : ckpt.files()) {
-    TAILOR_ASSIGN_OR_RETURN(std::string sha, DataFingerprint(f->path()));
+    TAILOR_ASSIGN_OR_RETURN(std::string sha, DataFingerprint(*f));
     files[Basename(f->path())] = sha;
   }
   return files;
@@ -417,7 +417,8 @@ class Job {
         TAILOR_ASSIGN_OR_RETURN(std::string path,
                                 resolver_.ResolveExisting(ts.patch_uri));
         TAILOR_ASSIGN_OR_RETURN(task->patch, PatchFile::Open(path, open));
-        TAILOR_ASSIGN_OR_RETURN(std::string sha, HeaderFingerprint(path));
+        TAILOR_ASSIGN_OR_RETURN(std::string sha,
+                                HeaderFingerprint(path, resolver_));
         sources_.push_back({{"role", "patch"},
                             {"label", task->label},
                             {"uri", ts.patch_uri},
@@ -444,7 +445,8 @@ class Job {
                                 resolver_.ResolveExisting(ts.hessian_uri));
         TAILOR_ASSIGN_OR_RETURN(task->calibration,
                                 CalibrationFile::Open(path, open));
-        TAILOR_ASSIGN_OR_RETURN(std::string sha, HeaderFingerprint(path));
+        TAILOR_ASSIGN_OR_RETURN(std::string sha,
+                                HeaderFingerprint(path, resolver_));
         sources_.push_back({{"role", "hessians"},
                             {"label", task->label},
                             {"uri", ts.hessian_uri},

@@ -239,6 +239,14 @@ absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request) {
         permitted.status().code(),
         absl::StrCat("spec.device: ", permitted.status().message())));
   }
+  // Issue #17 point 1: an existing output (without overwrite) or one that
+  // cannot be created is refused now, not when the job runs.
+  if (absl::Status outputs = CheckOutputsCreatable(
+          runner_->OutputPaths(*spec), spec->value("overwrite", false));
+      !outputs.ok()) {
+    return refuse(
+        absl::Status(outputs.code(), absl::StrCat("spec.", outputs.message())));
+  }
   const std::string fingerprint = nlohmann::json{
       {"spec", *spec},
       {"priority", request.priority},

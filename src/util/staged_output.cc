@@ -226,8 +226,9 @@ absl::StatusOr<std::unique_ptr<StagedOutput>> StagedOutput::Create(
     if (!overwrite) {
       return absl::AlreadyExistsError(
           absl::StrCat(o->path_,
-                       " already exists; choose a new output path or "
-                       "overwrite it"));
+                       " already exists; choose another path, or set "
+                       "overwrite: true (tailorctl --overwrite) to replace "
+                       "it"));
     }
     TAILOR_RETURN_IF_ERROR(o->CheckPublishable());
   }
@@ -324,8 +325,8 @@ absl::Status StagedOutput::Publish() {
       return absl::AlreadyExistsError(
           absl::StrCat(path_, " appeared while writing; not replacing it"));
     }
-    return ErrnoError(
-        err, absl::StrCat("rename ", staging_path(), " -> ", path_));
+    return ErrnoError(err,
+                      absl::StrCat("rename ", staging_path(), " -> ", path_));
   }
   published_ = true;
   if (::fsync(parent_fd()) != 0) {
@@ -342,8 +343,8 @@ absl::Status StagedOutput::Rollback() {
                                        staging_name_, kRenameNoReplace);
   if (rc != 0) {
     return ErrnoError(errno,
-                         absl::StrCat("roll back ", path_, " (restore from ",
-                                      staging_path(), ")"));
+                      absl::StrCat("roll back ", path_, " (restore from ",
+                                   staging_path(), ")"));
   }
   published_ = false;
   replaced_ = false;
