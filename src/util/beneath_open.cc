@@ -26,12 +26,13 @@ std::atomic<bool> g_no_openat2{false};  // the kernel said ENOSYS once
 
 // openat2 with RESOLVE_BENEATH; returns the fd or -1 with errno set.
 int OpenAt2Beneath(int root_fd, const std::string& relative, int flags,
-                   mode_t mode) {
+                   mode_t mode, bool no_symlinks) {
 #ifdef SYS_openat2
   struct open_how how = {};
   how.flags = static_cast<uint64_t>(flags);
   how.mode = (flags & O_CREAT) != 0 ? mode : 0;
-  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS |
+                (no_symlinks ? RESOLVE_NO_SYMLINKS : 0);
   for (;;) {
     const long fd =
         ::syscall(SYS_openat2, root_fd, relative.c_str(), &how, sizeof(how));
@@ -66,8 +67,12 @@ std::string Where(const std::vector<std::string>& names,
 // The component-by-component walk (see the header).
 class Walk {
  public:
-  Walk(int root_fd, absl::string_view root_path, absl::string_view label)
-      : root_fd_(root_fd), root_path_(root_path), label_(label) {}
+  Walk(int root_fd, absl::string_view root_path, absl::string_view label,
+       BeneathSymlinks symlinks)
+      : root_fd_(root_fd),
+        root_path_(root_path),
+        label_(label),
+        refuse_links_(symlinks == BeneathSymlinks::kRefuse) {}
 
   // Opens `relative` with `flags` at the last component; with `make_dirs`,
   // missing components are created as directories and the last one is
@@ -139,10 +144,10 @@ class Walk {
         if (!FollowLink(&pending)) return error_;
         continue;
       }
-      if (err == ENOTDIR && make_dirs) {
+      if (err == ENOTDIR) {
         return absl::FailedPreconditionError(
-            absl::StrCat(label_, ": ", Quote(Where(names_, c)),
-                         " exists and is not a directory"));
+            absl::StrCat(label_, ": ", Quote(Where(names_, c)), " under ",
+                         Quote(root_path_), " exists and is not a directory"));
       }
       return ErrnoError(err,
                         absl::StrCat(label_, ": open ", Quote(Where(names_, c)),
@@ -172,6 +177,13 @@ class Walk {
     const std::string c = std::move(pending->back());
     pending->pop_back();
     const std::string where = Where(names_, c);
+    if (refuse_links_) {
+      error_ = absl::FailedPreconditionError(absl::StrCat(
+          label_, ": ", Quote(where), " under ", Quote(root_path_),
+          " is a symbolic link (it was not when the path was resolved); "
+          "refusing to follow it"));
+      return false;
+    }
     if (++links_ > kMaxBeneathLinks) {
       error_ = absl::InvalidArgumentError(absl::StrCat(
           label_, ": too many levels of symbolic links (ELOOP) at ",
@@ -211,6 +223,7 @@ class Walk {
   const int root_fd_;
   const std::string root_path_;
   const std::string label_;
+  const bool refuse_links_;
   std::vector<ScopedFd> stack_;     // directories entered below the root
   std::vector<std::string> names_;  // their names, parallel to stack_
   std::string via_;                 // the last link followed, for messages
@@ -273,28 +286,32 @@ void SetBeneathResolverForTesting(BeneathResolver resolver) {
 
 absl::StatusOr<ScopedFd> OpenBeneath(int root_fd, absl::string_view root_path,
                                      absl::string_view relative, int flags,
-                                     mode_t mode, absl::string_view label) {
+                                     mode_t mode, absl::string_view label,
+                                     BeneathSymlinks symlinks) {
   if (absl::Status s = CheckRelative(relative, label); !s.ok()) return s;
   const std::string rel = relative.empty() ? "." : std::string(relative);
   if (!g_walk_only.load() && !g_no_openat2.load()) {
-    const int fd = OpenAt2Beneath(root_fd, rel, flags | O_CLOEXEC, mode);
+    const int fd = OpenAt2Beneath(root_fd, rel, flags | O_CLOEXEC, mode,
+                                  symlinks == BeneathSymlinks::kRefuse);
     if (fd >= 0) return ScopedFd(fd);
     if (errno == ENOSYS) g_no_openat2.store(true);
     // Any refusal (EXDEV: it would leave the root, or an absolute link that
     // may still point inside it; ELOOP; ENOENT; ...) is left to the walk,
     // which is authoritative and names the component at fault.
   }
-  return Walk(root_fd, root_path, label).Run(rel, flags, mode, false);
+  return Walk(root_fd, root_path, label, symlinks).Run(rel, flags, mode, false);
 }
 
 absl::StatusOr<ScopedFd> OpenUnderRoot(const std::string& root_path,
                                        const std::string& path, int flags,
-                                       mode_t mode, absl::string_view label) {
+                                       mode_t mode, absl::string_view label,
+                                       BeneathSymlinks symlinks) {
   absl::StatusOr<std::string> rel = RelativeTo(root_path, path, label);
   if (!rel.ok()) return rel.status();
   absl::StatusOr<ScopedFd> root = OpenRoot(root_path);
   if (!root.ok()) return root.status();
-  return OpenBeneath(root->get(), root_path, *rel, flags, mode, label);
+  return OpenBeneath(root->get(), root_path, *rel, flags, mode, label,
+                     symlinks);
 }
 
 absl::StatusOr<ScopedFd> MakeDirectoriesUnderRoot(const std::string& root_path,
@@ -305,7 +322,7 @@ absl::StatusOr<ScopedFd> MakeDirectoriesUnderRoot(const std::string& root_path,
   if (absl::Status s = CheckRelative(*rel, label); !s.ok()) return s;
   absl::StatusOr<ScopedFd> root = OpenRoot(root_path);
   if (!root.ok()) return root.status();
-  return Walk(root->get(), root_path, label)
+  return Walk(root->get(), root_path, label, BeneathSymlinks::kFollowBeneath)
       .Run(*rel, O_RDONLY | O_DIRECTORY, 0, /*make_dirs=*/true);
 }
 

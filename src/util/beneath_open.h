@@ -37,21 +37,29 @@ inline constexpr int kMaxBeneathLinks = 40;
 // Longest path (relative to its root) accepted; longer is INVALID_ARGUMENT.
 inline constexpr size_t kMaxBeneathPathBytes = 4095;
 
+// What a symlink met on the way does: followed while it stays beneath the
+// root (inputs), or refused wherever it is (kRefuse: FAILED_PRECONDITION
+// naming it; for directories that were canonical when they were resolved,
+// such as an output's parent: StagedOutput).
+enum class BeneathSymlinks { kFollowBeneath, kRefuse };
+
 // Opens `relative` ('/'-separated; must not be absolute; "" or "." is the
 // root itself) beneath the directory `root_fd`, whose canonical absolute
 // path is `root_path`, with open(2) `flags` (O_CLOEXEC and O_NOFOLLOW are
 // added; `mode` is used with O_CREAT). Errors name `label` (the field or
 // path being opened); a missing file is NOT_FOUND as from open(2).
-absl::StatusOr<ScopedFd> OpenBeneath(int root_fd, absl::string_view root_path,
-                                     absl::string_view relative, int flags,
-                                     mode_t mode, absl::string_view label);
+absl::StatusOr<ScopedFd> OpenBeneath(
+    int root_fd, absl::string_view root_path, absl::string_view relative,
+    int flags, mode_t mode, absl::string_view label,
+    BeneathSymlinks symlinks = BeneathSymlinks::kFollowBeneath);
 
 // Opens the absolute path `path`, which must lie (component-wise) inside the
 // canonical directory `root_path`, beneath it: opens the root, then
 // OpenBeneath() with the rest of `path`.
-absl::StatusOr<ScopedFd> OpenUnderRoot(const std::string& root_path,
-                                       const std::string& path, int flags,
-                                       mode_t mode, absl::string_view label);
+absl::StatusOr<ScopedFd> OpenUnderRoot(
+    const std::string& root_path, const std::string& path, int flags,
+    mode_t mode, absl::string_view label,
+    BeneathSymlinks symlinks = BeneathSymlinks::kFollowBeneath);
 
 // Like `mkdir -p`: creates each missing directory of the absolute `path`
 // (inside `root_path`) with mkdirat(0755) in the directory reached so far,

@@ -161,6 +161,21 @@ TEST_P(BeneathOpenTest, MakeDirectoriesStaysInside) {
       << made.status();
 }
 
+TEST_P(BeneathOpenTest, RefuseModeRefusesEverySymlink) {
+  ASSERT_EQ(::symlink("blobs", (root_ + "/alias").c_str()), 0);
+  absl::StatusOr<ScopedFd> fd =
+      OpenUnderRoot(root_, root_ + "/alias", O_RDONLY | O_DIRECTORY, 0, "out",
+                    BeneathSymlinks::kRefuse);
+  ASSERT_FALSE(fd.ok());
+  EXPECT_EQ(fd.status().code(), absl::StatusCode::kFailedPrecondition)
+      << fd.status();
+  EXPECT_TRUE(absl::StrContains(fd.status().message(), "symbolic link"))
+      << fd.status();
+  EXPECT_TRUE(OpenUnderRoot(root_, root_ + "/blobs", O_RDONLY | O_DIRECTORY, 0,
+                            "out", BeneathSymlinks::kRefuse)
+                  .ok());
+}
+
 // The TOCTOU of issue #14 point 7: a thread swaps a symlink inside the root
 // between an inside target and an outside one while opens run; no open may
 // ever read the outside file.
