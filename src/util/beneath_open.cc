@@ -110,6 +110,11 @@ class Walk {
             cur(), c.c_str(),
             (last ? O_RDONLY : O_PATH) | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0 && errno == ENOENT && make_dirs) {
+          if (++mkdirs_ > 2 * kMaxBeneathLinks + 4096) {  // removed as made
+            return absl::AbortedError(
+                absl::StrCat(label_, ": directories keep disappearing under ",
+                             Quote(root_path_), " while they are created"));
+          }
           if (::mkdirat(cur(), c.c_str(), 0755) != 0 && errno != EEXIST) {
             return ErrnoError(errno, absl::StrCat(label_, ": create directory ",
                                                   Quote(Where(names_, c))));
@@ -228,6 +233,7 @@ class Walk {
   std::vector<std::string> names_;  // their names, parallel to stack_
   std::string via_;                 // the last link followed, for messages
   int links_ = 0;
+  int mkdirs_ = 0;
   absl::Status error_;
 };
 
