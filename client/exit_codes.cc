@@ -49,8 +49,12 @@ const char* ExitCodeHelp() {
          "  6  the job failed (submit --wait, watch)\n"
          "  7  server unavailable, draining or overloaded, or the deadline "
          "passed: retry later\n"
-         "  130  cancelled (SIGINT/SIGTERM, or the job was cancelled); "
-         "nothing was published\n";
+         "  8  detached: interrupted (SIGINT/SIGTERM) while watching (watch, "
+         "submit --wait); the job continues on the server (resume with "
+         "tailorctl watch NAME --after N)\n"
+         "  130  cancelled: fuse --local interrupted, the job was cancelled, "
+         "or watch/submit --wait --cancel-on-interrupt interrupted; nothing "
+         "was published\n";
 }
 
 }  // namespace tailor::cli

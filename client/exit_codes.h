@@ -16,7 +16,9 @@ enum ExitCode : int {
   kExitJobFailed = 6,         // the job ended FAILED (submit --wait, watch)
   kExitUnavailable = 7,       // server unreachable, draining, overloaded, or
                               // the deadline passed: retry later
-  kExitCancelled = 130,       // interrupted; nothing published
+  kExitDetached = 8,          // Ctrl-C on watch / submit --wait: this client
+                              // stopped watching; the job goes on
+  kExitCancelled = 130,       // interrupted or cancelled; nothing published
 };
 
 // The exit code for a failed status (kExitOk for OK).

@@ -8,6 +8,7 @@
 #include "exit_codes.h"
 #include "fusion/apply_patch.h"
 #include "fusion/fusion_job.h"
+#include "fusion/output_plan.h"
 #include "job_file.h"
 #include "progress_bar.h"
 #include "storage/uri_resolver.h"
@@ -213,6 +214,14 @@ int FuseCommand::Run() {
   options.workers = threads.workers;
   std::signal(SIGINT, OnInterrupt);
   std::signal(SIGTERM, OnInterrupt);
+  // Missing parent directories of the outputs are created, beneath the
+  // allowed roots (issue #17 point 1).
+  if (absl::StatusOr<OutputPlan> plan =
+          ResolveOutputPlan(spec, *resolver, /*with_inputs=*/false);
+      plan.ok()) {
+    absl::Status made = MakeOutputParents(*plan, *resolver);
+    if (!made.ok()) return ReportFailure(made);
+  }
   absl::StatusOr<nlohmann::json> report =
       RunFusionJob(spec, *resolver, options);
   if (!report.ok()) return ReportFailure(report.status());
@@ -242,6 +251,11 @@ int ApplyPatchCommand::Run() {
   ConfigureAllocatorForStreaming();
   absl::StatusOr<UriResolver> resolver = MakeResolver(allowed_roots_);
   if (!resolver.ok()) return ReportFailure(resolver.status());
+  if (absl::StatusOr<std::string> out = resolver->ResolveForWrite(out_);
+      out.ok()) {
+    absl::Status made = resolver->MakeParentDirectories(*out, "--out");
+    if (!made.ok()) return ReportFailure(made);
+  }
   absl::Status s = ApplyPatch(pretrained_, patch_, out_, overwrite_, *resolver);
   if (!s.ok()) return ReportFailure(s);
   std::cout << "wrote " << out_ << "\n";

@@ -1,10 +1,16 @@
 #include "job_file.h"
 
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <optional>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
+#include "storage/uri_resolver.h"
 #include "util/file_util.h"
 #include "util/status_macros.h"
 #include "yaml-cpp/yaml.h"
@@ -109,6 +115,42 @@ absl::StatusOr<nlohmann::json> ToJsonTasks(const YAML::Node& v,
   return tasks;
 }
 
+// The job file's directory, absolute (its relative paths are relative to
+// it, as in kubectl and docker compose).
+std::string AbsoluteDirOf(const std::string& path) {
+  const std::string dir = Dirname(path);
+  char* real = ::realpath(dir.c_str(), nullptr);
+  if (real != nullptr) {
+    std::string out(real);
+    ::free(real);
+    return out;
+  }
+  char cwd[4096];
+  if (dir[0] == '/' || ::getcwd(cwd, sizeof(cwd)) == nullptr) return dir;
+  return JoinPath(cwd, dir);
+}
+
+// A plain relative path (no scheme, not absolute) made relative to `dir`.
+void ResolveAgainst(const std::string& dir, std::string* uri) {
+  if (uri->empty() || (*uri)[0] == '/' || !UriScheme(*uri).empty()) return;
+  // `dir` is canonical (no symlinks), so leading "../" can be taken off it
+  // lexically; later components are left to the resolver.
+  std::string base = dir;
+  absl::string_view rel = *uri;
+  for (;;) {
+    if (absl::ConsumePrefix(&rel, "./")) continue;
+    if (rel == ".") {
+      rel = "";
+    } else if (rel == ".." || absl::StartsWith(rel, "../")) {
+      base = Dirname(base);
+      rel.remove_prefix(rel.size() == 2 ? 2 : 3);
+      continue;
+    }
+    break;
+  }
+  *uri = rel.empty() ? base : JoinPath(base, rel);
+}
+
 }  // namespace
 
 absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
@@ -166,6 +208,16 @@ absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
           absl::StrCat(path, ": ", tasks.status().message()));
     }
     spec.tasks = *tasks;
+  }
+  const std::string dir = AbsoluteDirOf(path);
+  for (std::string* uri : {&spec.pretrained_uri, &spec.output_uri,
+                           &spec.patch_uri, &spec.report_uri}) {
+    ResolveAgainst(dir, uri);
+  }
+  for (TaskSpec& t : spec.tasks) {
+    for (std::string* uri : {&t.finetuned_uri, &t.patch_uri, &t.hessian_uri}) {
+      ResolveAgainst(dir, uri);
+    }
   }
   return spec;
 }

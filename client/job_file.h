@@ -17,7 +17,10 @@ namespace tailor::cli {
 // device, threads), plus `tasks:` — a list of {label, finetuned | patch,
 // hessians, keep, omega} for per-task settings (not together with the
 // top-level finetuned/patch/hessians lists). Unknown keys and wrongly typed
-// values are INVALID_ARGUMENT naming the file and the key.
+// values are INVALID_ARGUMENT naming the file and the key. Plain relative
+// paths in it are relative to the job file's own directory (as in kubectl
+// and docker compose), not to the working directory: they come back
+// absolute. URIs with a scheme (file://...) and absolute paths are kept.
 absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path);
 
 // LoadJobFile(path) in the engine's canonical JSON form

@@ -1,8 +1,14 @@
 #include "job_output.h"
 
+#include <map>
+
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "api/spec_convert.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
 #include "yaml-cpp/yaml.h"
@@ -48,6 +54,26 @@ std::string Created(const v1::FusionJob& job) {
                           absl::UTCTimeZone());
 }
 
+std::string Time(const google::protobuf::Timestamp& t) {
+  return absl::FormatTime(
+      "%Y-%m-%dT%H:%M:%SZ",
+      absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos()),
+      absl::UTCTimeZone());
+}
+
+// A string field of `job` that this build's proto may not have yet (e.g.
+// `creator`): "" when absent or empty.
+std::string OptionalString(const v1::FusionJob& job, const char* field) {
+  const google::protobuf::FieldDescriptor* f =
+      job.GetDescriptor()->FindFieldByName(field);
+  if (f == nullptr ||
+      f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_STRING ||
+      f->is_repeated()) {
+    return "";
+  }
+  return job.GetReflection()->GetString(job, f);
+}
+
 std::string ProgressText(const v1::Progress& p) {
   if (p.tensors_total() == 0) return "-";
   return absl::StrCat(p.tensors_done(), "/", p.tensors_total());
@@ -59,8 +85,82 @@ absl::StatusOr<OutputFormat> ParseOutputFormat(const std::string& text) {
   if (text == "table") return OutputFormat::kTable;
   if (text == "json") return OutputFormat::kJson;
   if (text == "yaml") return OutputFormat::kYaml;
+  if (text == "job") return OutputFormat::kJob;
   return absl::InvalidArgumentError(
-      absl::StrCat("-o must be table, json or yaml, not '", text, "'"));
+      absl::StrCat("-o must be table, json, yaml or job, not '", text, "'"));
+}
+
+std::string FormatJobFile(const v1::FusionJobSpec& spec) {
+  YAML::Emitter out;
+  EmitYaml(api::SpecToJson(spec), out);
+  return absl::StrCat(
+      "# A tailorctl job file (tailorctl submit -f FILE); paths as the server "
+      "resolved them.\n",
+      out.c_str(), "\n");
+}
+
+std::string FormatJobDetail(const v1::FusionJob& job) {
+  std::string out;
+  auto line = [&](absl::string_view key, absl::string_view value) {
+    absl::StrAppend(
+        &out, absl::StrFormat("%-12s %s\n", absl::StrCat(key, ":"), value));
+  };
+  line("Name", job.name());
+  line("State",
+       absl::StrCat(v1::State_Name(job.state()),
+                    job.cancel_requested() ? " (cancel requested)" : ""));
+  line("Priority", absl::StrCat(job.priority()));
+  if (!job.labels().empty()) {
+    std::map<std::string, std::string> sorted(job.labels().begin(),
+                                              job.labels().end());
+    line("Labels", absl::StrJoin(sorted, ",", absl::PairFormatter("=")));
+  }
+  if (!job.request_id().empty()) line("Request ID", job.request_id());
+  if (const std::string creator = OptionalString(job, "creator");
+      !creator.empty()) {
+    line("Creator", creator);
+  }
+  if (job.has_create_time()) line("Created", Time(job.create_time()));
+  if (job.has_start_time()) line("Started", Time(job.start_time()));
+  if (job.has_end_time()) line("Ended", Time(job.end_time()));
+  const v1::Progress& p = job.progress();
+  if (p.tensors_total() > 0) {
+    std::string text =
+        absl::StrCat(p.tensors_done(), "/", p.tensors_total(), " tensors");
+    if (p.bytes_total() > 0) {
+      absl::StrAppend(&text,
+                      absl::StrFormat(", %.0f%% of base bytes (%d of %d)",
+                                      100.0 * p.bytes_done() /
+                                          static_cast<double>(p.bytes_total()),
+                                      p.bytes_done(), p.bytes_total()));
+    }
+    if (p.elapsed_seconds() > 0) {
+      absl::StrAppend(&text,
+                      absl::StrFormat(", %.1f s elapsed", p.elapsed_seconds()));
+    }
+    line("Progress", text);
+  }
+  if (job.error_code() != 0 || !job.error_message().empty()) {
+    line("Error",
+         absl::StrCat(absl::StatusCodeToString(
+                          static_cast<absl::StatusCode>(job.error_code())),
+                      ": ", job.error_message()));
+  }
+  if (job.has_result()) {
+    const v1::ResultSummary& r = job.result();
+    line("Result", absl::StrFormat(
+                       "method %s, %d tensors fused, %d copied, kept %d of "
+                       "%d entries (%.4f), %.2f s",
+                       r.method(), r.tensors_fused(), r.tensors_copied(),
+                       r.kept(), r.entries(), r.kept_fraction(), r.seconds()));
+  }
+  absl::StrAppend(&out, "Spec (tailorctl get ", job.name(), " -o job):\n");
+  YAML::Emitter spec;
+  EmitYaml(api::SpecToJson(job.spec()), spec);
+  for (absl::string_view l : absl::StrSplit(spec.c_str(), '\n')) {
+    absl::StrAppend(&out, "  ", l, "\n");
+  }
+  return out;
 }
 
 std::string FormatJobs(const std::vector<v1::FusionJob>& jobs,
@@ -125,9 +225,9 @@ std::string FormatEvent(const v1::JobEvent& e, OutputFormat format) {
                                     p.tensors_total()));
     if (p.bytes_total() > 0) {
       absl::StrAppend(
-          &line,
-          absl::StrFormat(" %.0f%%", 100.0 * p.bytes_done() /
-                                         static_cast<double>(p.bytes_total())));
+          &line, absl::StrFormat(", %.0f%% of base bytes",
+                                 100.0 * p.bytes_done() /
+                                     static_cast<double>(p.bytes_total())));
     }
     if (p.eta_seconds() >= 0) {
       absl::StrAppend(&line, absl::StrFormat(" ETA %.1f s", p.eta_seconds()));

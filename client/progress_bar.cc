@@ -26,6 +26,10 @@ void TerminalProgress::OnEvent(const ProgressEvent& e) {
     Clear();
     return;
   }
+  std::cerr << "\r\033[K" << ProgressBarText(e) << std::flush;
+}
+
+std::string ProgressBarText(const ProgressEvent& e) {
   const double frac =
       e.bytes_total ? static_cast<double>(e.bytes_done) / e.bytes_total : 0;
   const int width = 30;
@@ -37,10 +41,11 @@ void TerminalProgress::OnEvent(const ProgressEvent& e) {
     const int secs = static_cast<int>(e.elapsed_seconds * (1 - frac) / frac);
     eta = absl::StrFormat("%d:%02d", secs / 60, secs % 60);
   }
-  std::cerr << absl::StrFormat("\r\033[K[%s] %3.0f%% %d/%d tensors  ETA %s  %s",
-                               bar, frac * 100, e.done, e.total, eta,
-                               e.tensor.substr(0, 40))
-            << std::flush;
+  // The percentage is of the base checkpoint's bytes, which is not the
+  // share of tensors done (tensors differ in size): both are labelled.
+  return absl::StrFormat("[%s] %3.0f%% of bytes, %d/%d tensors  ETA %s  %s",
+                         bar, frac * 100, e.done, e.total, eta,
+                         e.tensor.substr(0, 40));
 }
 
 }  // namespace tailor::cli

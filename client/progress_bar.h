@@ -1,6 +1,8 @@
 #ifndef TAILOR_CLIENT_PROGRESS_BAR_H_
 #define TAILOR_CLIENT_PROGRESS_BAR_H_
 
+#include <string>
+
 #include "fusion/run_options.h"
 
 namespace tailor::cli {
@@ -19,6 +21,11 @@ class TerminalProgress : public ProgressSink {
  private:
   const bool tty_;
 };
+
+// The bar's text for a progress event: "[###---]  42% of bytes, 3/10
+// tensors  ETA 0:12  <tensor>" (the percentage is of the base checkpoint's
+// bytes, the count of tensors).
+std::string ProgressBarText(const ProgressEvent& e);
 
 }  // namespace tailor::cli
 

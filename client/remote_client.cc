@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -140,7 +142,8 @@ absl::StatusOr<v1::FusionJob> RemoteClient::Cancel(const std::string& name) {
 
 absl::Status RemoteClient::Watch(
     const std::string& name, int64_t after_sequence,
-    const std::function<void(const v1::JobEvent&)>& on_event) {
+    const std::function<void(const v1::JobEvent&)>& on_event,
+    const std::atomic<bool>* interrupted) {
   grpc::ClientContext context;
   SetDeadline(&context, watch_timeout_);
   v1::WatchFusionJobRequest request;
@@ -148,9 +151,27 @@ absl::Status RemoteClient::Watch(
   request.set_after_sequence(after_sequence);
   std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader =
       stub_->WatchFusionJob(&context, request);
+  // A signal handler can only set a flag: this thread turns it into a
+  // cancellation of the call (which ends the blocking Read below).
+  std::atomic<bool> finished{false};
+  std::thread canceller;
+  if (interrupted != nullptr) {
+    canceller = std::thread([&] {
+      while (!finished.load()) {
+        if (interrupted->load()) {
+          context.TryCancel();
+          return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    });
+  }
   v1::JobEvent event;
   while (reader->Read(&event)) on_event(event);
-  return FromGrpc(reader->Finish(), server_);
+  const grpc::Status status = reader->Finish();
+  finished.store(true);
+  if (canceller.joinable()) canceller.join();
+  return FromGrpc(status, server_);
 }
 
 absl::StatusOr<std::string> RemoteClient::Fetch(

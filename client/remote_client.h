@@ -3,6 +3,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -55,10 +56,13 @@ class RemoteClient {
   absl::StatusOr<tailor::v1::FusionJob> Cancel(const std::string& name);
 
   // Streams events after `after_sequence` to `on_event` until the server
-  // ends the stream; returns its status.
+  // ends the stream; returns its status. When `*interrupted` becomes true
+  // (a signal handler's flag; polled every 50 ms) the call is cancelled
+  // locally and returns CANCELLED: the job itself is not touched.
   absl::Status Watch(
       const std::string& name, int64_t after_sequence,
-      const std::function<void(const tailor::v1::JobEvent&)>& on_event);
+      const std::function<void(const tailor::v1::JobEvent&)>& on_event,
+      const std::atomic<bool>* interrupted = nullptr);
 
   // Downloads a result into `path` (a temporary file renamed into place
   // once complete): checks that offsets are contiguous, the size and the

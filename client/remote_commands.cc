@@ -1,7 +1,9 @@
 #include "remote_commands.h"
 
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <iostream>
 
@@ -22,8 +24,20 @@ namespace {
 
 namespace v1 = ::tailor::v1;
 
-// Plain relative paths in a job file are relative to where tailorctl runs
-// (as with `fuse --local`); the server sees them absolute.
+// Set by SIGINT/SIGTERM while a watch runs (RemoteCommands::Watch).
+std::atomic<bool> g_interrupted{false};
+extern "C" void OnWatchInterrupt(int) { g_interrupted.store(true); }
+
+// "fusionJobs/ID" as given, or a bare "ID" with the collection prefixed.
+std::string JobName(const std::string& name) {
+  if (name.empty() || name.find('/') != std::string::npos) return name;
+  return absl::StrCat("fusionJobs/", name);
+}
+
+// Relative paths of a job file are resolved against the job file's
+// directory when it is read (LoadJobFile); what is still relative here is
+// made absolute against the working directory, so the server sees only
+// absolute paths.
 void AbsolutizePaths(nlohmann::json* spec) {
   char cwd[4096];
   if (::getcwd(cwd, sizeof(cwd)) == nullptr) return;
@@ -88,20 +102,27 @@ void RemoteCommands::Add(CLI::App& app) {
     c->add_option("--timeout", timeout_,
                   "deadline of each call in seconds (watches: --watch-timeout)")
         ->capture_default_str();
-    c->add_option("-o,--output", output_, "output format: table|json|yaml")
-        ->check(CLI::IsMember({"table", "json", "yaml"}))
+    c->add_option("-o,--output", output_,
+                  "output format: table|json|yaml, or job (a job file of the "
+                  "spec, for get/submit/cancel)")
+        ->check(CLI::IsMember({"table", "json", "yaml", "job"}))
         ->capture_default_str();
   };
   submit_ = app.add_subcommand(
       "submit",
-      "Submit a fusion job to tailord (the job file of `fuse -f`; plain "
-      "relative paths are made absolute here). Prints the job.");
+      "Submit a fusion job to tailord (the job file of `fuse -f`; relative "
+      "paths in it are relative to the job file's directory and sent "
+      "absolute). Prints the job.");
   common(submit_);
   submit_->add_option("-f,--job-file", job_file_, "YAML job file")
       ->required()
       ->check(CLI::ExistingFile);
   submit_->add_flag("--wait", wait_,
-                    "watch the job to its end; exit with its outcome");
+                    "watch the job to its end; exit with its outcome (Ctrl-C "
+                    "detaches, exit 8: the job continues)");
+  submit_->add_flag("--cancel-on-interrupt", cancel_on_interrupt_,
+                    "with --wait: Ctrl-C cancels the job (exit 130) instead "
+                    "of detaching");
   submit_->add_option("--priority", priority_,
                       "0 (default) to 9; higher first");
   submit_->add_option("--label", labels_,
@@ -112,23 +133,31 @@ void RemoteCommands::Add(CLI::App& app) {
       "returns the same job");
   submit_->add_option("--watch-timeout", watch_timeout_,
                       "deadline of --wait in seconds");
-  submit_->add_flag("-q,--quiet", quiet_, "no progress bar");
+  submit_->add_flag("-q,--quiet", quiet_,
+                    "no progress bar nor \"watching\" line");
 
   watch_ = app.add_subcommand(
       "watch",
       "Stream a job's events (history, then live) until it ends; exit with "
-      "its outcome. A progress bar goes to stderr on a terminal.");
+      "its outcome. A progress bar goes to stderr on a terminal. Ctrl-C "
+      "detaches (exit 8; the job continues, resume with --after N).");
   common(watch_);
-  watch_->add_option("name", name_, "fusionJobs/<id>")->required();
+  watch_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
+  watch_->add_flag("--cancel-on-interrupt", cancel_on_interrupt_,
+                   "Ctrl-C cancels the job (exit 130) instead of detaching");
   watch_->add_option("--after", after_,
                      "resume after this event sequence number");
   watch_->add_option("--watch-timeout", watch_timeout_,
                      "deadline of the watch in seconds");
-  watch_->add_flag("-q,--quiet", quiet_, "no progress bar");
+  watch_->add_flag("-q,--quiet", quiet_,
+                   "no progress bar nor \"watching\" line");
 
-  get_ = app.add_subcommand("get", "Show one job.");
+  get_ = app.add_subcommand(
+      "get",
+      "Show one job: its details and spec (-o table), the job resource "
+      "(-o json|yaml), or its spec as a job file to submit again (-o job).");
   common(get_);
-  get_->add_option("name", name_, "fusionJobs/<id>")->required();
+  get_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
 
   list_ = app.add_subcommand("list", "List jobs, newest first.");
   common(list_);
@@ -140,14 +169,14 @@ void RemoteCommands::Add(CLI::App& app) {
   cancel_ = app.add_subcommand(
       "cancel", "Cancel a queued or running job; nothing is published.");
   common(cancel_);
-  cancel_->add_option("name", name_, "fusionJobs/<id>")->required();
+  cancel_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
 
   fetch_ = app.add_subcommand(
       "fetch",
       "Download a succeeded job's stitched patch and/or JSON report (checked "
       "against the server's SHA-256).");
   common(fetch_);
-  fetch_->add_option("name", name_, "fusionJobs/<id>")->required();
+  fetch_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
   fetch_->add_option("--patch", patch_path_, "where to write the patch");
   fetch_->add_option("--report", report_path_, "where to write the report");
 }
@@ -160,6 +189,12 @@ std::optional<int> RemoteCommands::Run() {
   absl::StatusOr<OutputFormat> format = ParseOutputFormat(output_);
   if (!format.ok()) return ReportFailure(format.status());
   format_ = *format;
+  name_ = JobName(name_);
+  if (format_ == OutputFormat::kJob &&
+      ((list_ && *list_) || (watch_ && *watch_) || (fetch_ && *fetch_))) {
+    std::cerr << "tailorctl: error: -o job is for get, submit and cancel\n";
+    return kExitUsage;
+  }
   if (!token_file_.empty()) {
     absl::StatusOr<std::string> token = ReadFileToString(token_file_, 4096);
     if (!token.ok()) {
@@ -216,13 +251,44 @@ int RemoteCommands::Submit() {
 int RemoteCommands::Watch(const std::string& name, int64_t after) {
   TerminalProgress bar(quiet_);
   int64_t last = after;
-  absl::Status s = client_->Watch(name, after, [&](const v1::JobEvent& e) {
-    last = e.sequence();
-    bar.Clear();
-    std::cout << FormatEvent(e, format_) << std::flush;
-    if (e.has_progress()) bar.OnEvent(ToProgressEvent(e));
-  });
+  // Ctrl-C (or SIGTERM) stops this client watching; the job is the
+  // server's and goes on unless --cancel-on-interrupt (issue #17 point 4).
+  g_interrupted.store(false);
+  struct sigaction action = {}, old_int = {}, old_term = {};
+  action.sa_handler = OnWatchInterrupt;
+  sigemptyset(&action.sa_mask);
+  ::sigaction(SIGINT, &action, &old_int);
+  ::sigaction(SIGTERM, &action, &old_term);
+  if (!quiet_) {
+    std::cerr << "tailorctl: watching " << name
+              << (cancel_on_interrupt_
+                      ? "; Ctrl-C cancels the job\n"
+                      : "; Ctrl-C detaches (the job continues)\n");
+  }
+  absl::Status s = client_->Watch(
+      name, after,
+      [&](const v1::JobEvent& e) {
+        last = e.sequence();
+        bar.Clear();
+        std::cout << FormatEvent(e, format_) << std::flush;
+        if (e.has_progress()) bar.OnEvent(ToProgressEvent(e));
+      },
+      &g_interrupted);
+  ::sigaction(SIGINT, &old_int, nullptr);
+  ::sigaction(SIGTERM, &old_term, nullptr);
   bar.Clear();
+  if (g_interrupted.load()) {
+    if (!cancel_on_interrupt_) {
+      std::cerr << "tailorctl: detached; the job continues: tailorctl watch "
+                << name << " --after " << last << "\n";
+      return kExitDetached;
+    }
+    absl::StatusOr<v1::FusionJob> cancelled = client_->Cancel(name);
+    if (!cancelled.ok()) return ReportFailure(cancelled.status());
+    std::cerr << "tailorctl: interrupted; cancelled " << name
+              << " (a cancelled job publishes nothing)\n";
+    return kExitCancelled;
+  }
   if (!s.ok()) {
     if (s.code() == absl::StatusCode::kUnavailable) {
       std::cerr << "tailorctl: resume with: tailorctl watch " << name
@@ -242,11 +308,22 @@ int RemoteCommands::Watch(const std::string& name, int64_t after) {
 
 int RemoteCommands::PrintJob(const absl::StatusOr<v1::FusionJob>& job) {
   if (!job.ok()) return ReportFailure(job.status());
-  std::cout << FormatJobs({*job}, format_, /*single=*/true);
+  if (format_ == OutputFormat::kJob) {
+    std::cout << FormatJobFile(job->spec());
+  } else {
+    std::cout << FormatJobs({*job}, format_, /*single=*/true);
+  }
   return kExitOk;
 }
 
-int RemoteCommands::Get() { return PrintJob(client_->Get(name_)); }
+int RemoteCommands::Get() {
+  absl::StatusOr<v1::FusionJob> job = client_->Get(name_);
+  if (job.ok() && format_ == OutputFormat::kTable) {
+    std::cout << FormatJobDetail(*job);
+    return kExitOk;
+  }
+  return PrintJob(job);
+}
 
 int RemoteCommands::List() {
   v1::ListFusionJobsRequest request;

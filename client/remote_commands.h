@@ -15,8 +15,9 @@ namespace tailor::cli {
 
 // The client subcommands of tailord: submit, watch, get, list, cancel,
 // fetch. Each takes --server HOST:PORT, --timeout SECONDS (the deadline of
-// every call) and -o table|json|yaml. Add() registers them; Run() runs the
-// one chosen and returns its exit code (nullopt if none was chosen).
+// every call) and -o table|json|yaml|job; NAME is "fusionJobs/ID" or "ID".
+// Add() registers them; Run() runs the one chosen and returns its exit code
+// (nullopt if none was chosen).
 class RemoteCommands {
  public:
   void Add(CLI::App& app);
@@ -50,6 +51,8 @@ class RemoteCommands {
   // submit
   std::string job_file_, request_id_;
   bool wait_ = false;
+  // submit --wait, watch: Ctrl-C cancels the job rather than detaching.
+  bool cancel_on_interrupt_ = false;
   int priority_ = 0;
   std::vector<std::string> labels_;
   // watch

@@ -62,7 +62,8 @@ absl::Status FusionRun::OpenInputs() {
       TAILOR_ASSIGN_OR_RETURN(std::string path,
                               resolver_.ResolveExisting(ts.patch_uri));
       TAILOR_ASSIGN_OR_RETURN(task->patch, PatchFile::Open(path, open));
-      TAILOR_ASSIGN_OR_RETURN(std::string sha, HeaderFingerprint(path));
+      TAILOR_ASSIGN_OR_RETURN(std::string sha,
+                              HeaderFingerprint(path, resolver_));
       sources_.push_back({{"role", "patch"},
                           {"label", task->label},
                           {"uri", ts.patch_uri},
@@ -88,7 +89,8 @@ absl::Status FusionRun::OpenInputs() {
                               resolver_.ResolveExisting(ts.hessian_uri));
       TAILOR_ASSIGN_OR_RETURN(task->calibration,
                               CalibrationFile::Open(path, open));
-      TAILOR_ASSIGN_OR_RETURN(std::string sha, HeaderFingerprint(path));
+      TAILOR_ASSIGN_OR_RETURN(std::string sha,
+                              HeaderFingerprint(path, resolver_));
       sources_.push_back({{"role", "hessians"},
                           {"label", task->label},
                           {"uri", ts.hessian_uri},

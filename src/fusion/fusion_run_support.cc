@@ -19,10 +19,10 @@ namespace {
 // {file basename: fingerprint(file)} over the checkpoint's files.
 absl::StatusOr<nlohmann::json> PerFile(
     const Checkpoint& ckpt,
-    absl::StatusOr<std::string> (*fingerprint)(const std::string&)) {
+    absl::StatusOr<std::string> (*fingerprint)(const SafetensorsFile&)) {
   nlohmann::json files = nlohmann::json::object();
   for (const auto& f : ckpt.files()) {
-    TAILOR_ASSIGN_OR_RETURN(std::string sha, fingerprint(f->path()));
+    TAILOR_ASSIGN_OR_RETURN(std::string sha, fingerprint(*f));
     files[Basename(f->path())] = sha;
   }
   return files;

@@ -176,4 +176,12 @@ std::vector<std::pair<std::string, std::vector<std::string>>> StagingDirs(
   return {dirs.begin(), dirs.end()};
 }
 
+absl::Status MakeOutputParents(const OutputPlan& plan,
+                               const UriResolver& resolver) {
+  for (const OutputPlan::Entry& o : plan.outputs) {
+    TAILOR_RETURN_IF_ERROR(resolver.MakeParentDirectories(o.path, o.field));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace tailor

@@ -56,6 +56,13 @@ absl::Status CheckOutputPlan(const OutputPlan& plan,
 std::vector<std::pair<std::string, std::vector<std::string>>> StagingDirs(
     const OutputPlan& plan);
 
+// Issue #17 point 1: creates the missing parent directories of every output
+// (as `mkdir -p`, beneath the allowed root that holds it:
+// UriResolver::MakeParentDirectories), errors naming the field. Called
+// before a job (or `fuse --local`) runs.
+absl::Status MakeOutputParents(const OutputPlan& plan,
+                               const UriResolver& resolver);
+
 }  // namespace tailor
 
 #endif  // TAILOR_FUSION_OUTPUT_PLAN_H_

@@ -644,18 +644,30 @@ absl::StatusOr<TaskDelta> PatchFile::Load(absl::string_view name) const {
 absl::StatusOr<std::string> HeaderFingerprint(const std::string& path) {
   TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
                           SafetensorsFile::Open(path));
-  const uint64_t size = file->header().data_offset();
-  TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(path));
+  return HeaderFingerprint(*file);
+}
+
+absl::StatusOr<std::string> HeaderFingerprint(const std::string& path,
+                                              const UriResolver& resolver) {
+  TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, resolver.OpenForRead(path));
+  TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                          SafetensorsFile::Open(path, std::move(fd)));
+  return HeaderFingerprint(*file);
+}
+
+absl::StatusOr<std::string> HeaderFingerprint(const SafetensorsFile& file) {
+  const std::string& path = file.path();
+  const uint64_t size = file.header().data_offset();
+  const int fd = file.fd();
   std::string bytes(static_cast<size_t>(size), '\0');
-  TAILOR_RETURN_IF_ERROR(
-      PReadFully(fd.get(), bytes.data(), bytes.size(), 0, path));
+  TAILOR_RETURN_IF_ERROR(PReadFully(fd, bytes.data(), bytes.size(), 0, path));
   // The file may have changed since it was validated; the length prefix
   // must still match what was validated.
   uint64_t prefix = 0;
   for (int i = 0; i < 8; ++i) {
     prefix |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[i])) << (8 * i);
   }
-  if (prefix != file->header().header_size) {
+  if (prefix != file.header().header_size) {
     return absl::AbortedError(
         absl::StrCat(path, ": the file changed while it was fingerprinted"));
   }
@@ -665,15 +677,20 @@ absl::StatusOr<std::string> HeaderFingerprint(const std::string& path) {
 absl::StatusOr<std::string> DataFingerprint(const std::string& path) {
   TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
                           SafetensorsFile::Open(path));
-  const uint64_t begin = file->header().data_offset();
-  const uint64_t size = file->header().data_size;
-  TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(path));
+  return DataFingerprint(*file);
+}
+
+absl::StatusOr<std::string> DataFingerprint(const SafetensorsFile& file) {
+  const std::string& path = file.path();
+  const uint64_t begin = file.header().data_offset();
+  const uint64_t size = file.header().data_size;
+  const int fd = file.fd();
   Sha256 sha;
   std::string block;
   auto add = [&](uint64_t offset, uint64_t n) -> absl::Status {
     block.resize(static_cast<size_t>(n));
     TAILOR_RETURN_IF_ERROR(
-        PReadFully(fd.get(), block.data(), block.size(), begin + offset, path));
+        PReadFully(fd, block.data(), block.size(), begin + offset, path));
     sha.Update(absl::StrCat(offset, ":", n, ":"));
     sha.Update(block);
     return absl::OkStatus();

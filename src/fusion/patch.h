@@ -167,6 +167,11 @@ class PatchFile {
 // sha256 (hex) of a safetensors file's header bytes (the 8-byte length and
 // the JSON): a cheap fingerprint of a checkpoint's layout and identity.
 absl::StatusOr<std::string> HeaderFingerprint(const std::string& path);
+// The same opened beneath its allowed root (issue #14 point 7).
+absl::StatusOr<std::string> HeaderFingerprint(const std::string& path,
+                                              const UriResolver& resolver);
+// The same for a file already open (no second open of its path).
+absl::StatusOr<std::string> HeaderFingerprint(const SafetensorsFile& file);
 
 // Blocks DataFingerprint() samples from a file's data section, and their size.
 inline constexpr int kDataSampleBlocks = 64;
@@ -179,6 +184,7 @@ inline constexpr uint64_t kDataSampleBlockBytes = 4096;
 // another base of the same layout (e.g. a fine-tune of it). Values that
 // differ only outside the sampled blocks are not detected.
 absl::StatusOr<std::string> DataFingerprint(const std::string& path);
+absl::StatusOr<std::string> DataFingerprint(const SafetensorsFile& file);
 
 }  // namespace tailor
 

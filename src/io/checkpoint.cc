@@ -42,9 +42,18 @@ struct ParsedIndex {
   std::optional<uint64_t> total_size;
 };
 
-absl::StatusOr<ParsedIndex> ParseIndex(const std::string& index_path) {
-  TAILOR_ASSIGN_OR_RETURN(std::string text,
-                          ReadFileToString(index_path, kMaxIndexBytes));
+// Reads the index beneath its allowed root when there is a resolver.
+absl::StatusOr<ParsedIndex> ParseIndex(const std::string& index_path,
+                                       const UriResolver* resolver) {
+  std::string text;
+  if (resolver != nullptr) {
+    TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
+                            resolver->CheckLocalPath(index_path));
+    TAILOR_ASSIGN_OR_RETURN(
+        text, resolver->ReadFile(canonical, kMaxIndexBytes, index_path));
+  } else {
+    TAILOR_ASSIGN_OR_RETURN(text, ReadFileToString(index_path, kMaxIndexBytes));
+  }
   TAILOR_ASSIGN_OR_RETURN(nlohmann::json json,
                           ParseJsonStrict(text, index_path));
   if (!json.is_object()) {
@@ -153,8 +162,14 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
   auto open_file = [&](const std::string& file_path)
       -> absl::StatusOr<std::unique_ptr<SafetensorsFile>> {
     if (options.resolver != nullptr) {
-      TAILOR_RETURN_IF_ERROR(
-          options.resolver->CheckLocalPath(file_path).status());
+      // Opened beneath its allowed root (issue #14 point 7): a symlink
+      // swapped in after the check cannot lead outside it.
+      TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
+                              options.resolver->CheckLocalPath(file_path));
+      TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(file_path));
+      TAILOR_ASSIGN_OR_RETURN(
+          ScopedFd fd, options.resolver->OpenForRead(canonical, file_path));
+      return SafetensorsFile::Open(file_path, std::move(fd));
     }
     return SafetensorsFile::Open(file_path);
   };
@@ -163,11 +178,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
   std::map<std::string, size_t> owner;
   if (!index_path.empty()) {
     ckpt->sharded_ = true;
-    if (options.resolver != nullptr) {
-      TAILOR_RETURN_IF_ERROR(
-          options.resolver->CheckLocalPath(index_path).status());
-    }
-    TAILOR_ASSIGN_OR_RETURN(ParsedIndex index, ParseIndex(index_path));
+    TAILOR_ASSIGN_OR_RETURN(ParsedIndex index,
+                            ParseIndex(index_path, options.resolver));
     ckpt->index_total_size_ = index.total_size;
     std::vector<std::string> shard_names;
     for (const auto& [tensor, shard] : index.weight_map) {

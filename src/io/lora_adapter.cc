@@ -59,12 +59,17 @@ struct AdapterTensors {
 absl::StatusOr<PeftConfig> ReadAdapterConfig(
     const std::string& adapter_dir, const Checkpoint::Options& options) {
   const std::string config_path = JoinPath(adapter_dir, kAdapterConfigName);
+  std::string text;
   if (options.resolver != nullptr) {
-    TAILOR_RETURN_IF_ERROR(
-        options.resolver->CheckLocalPath(config_path).status());
+    // Read beneath its allowed root (issue #14 point 7).
+    TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
+                            options.resolver->CheckLocalPath(config_path));
+    TAILOR_ASSIGN_OR_RETURN(text, options.resolver->ReadFile(
+                                      canonical, kMaxConfigBytes, config_path));
+  } else {
+    TAILOR_ASSIGN_OR_RETURN(text,
+                            ReadFileToString(config_path, kMaxConfigBytes));
   }
-  TAILOR_ASSIGN_OR_RETURN(std::string text,
-                          ReadFileToString(config_path, kMaxConfigBytes));
   return ParsePeftConfig(config_path, text);
 }
 

@@ -50,6 +50,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     const std::string& path) {
   TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(path));
   TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(path));
+  return Open(path, std::move(fd));
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
+    const std::string& path, ScopedFd fd) {
+  TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(path));
   TAILOR_ASSIGN_OR_RETURN(uint64_t file_size, RegularFileSize(fd.get(), path));
   char prefix[9] = {};
   if (file_size >= 8) {

@@ -20,6 +20,13 @@ class SafetensorsFile {
  public:
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(
       const std::string& path);
+  // The same for `path` already open (e.g. beneath its allowed root:
+  // UriResolver::OpenForRead).
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(
+      const std::string& path, ScopedFd fd);
+
+  // The open descriptor (for pread by callers that hash the file).
+  int fd() const { return fd_.get(); }
 
   const std::string& path() const { return path_; }
   uint64_t file_size() const { return file_size_; }

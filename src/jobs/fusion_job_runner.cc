@@ -63,6 +63,13 @@ class FusionJobRunner : public JobRunner {
   absl::StatusOr<nlohmann::json> Run(const nlohmann::json& json,
                                      const RunOptions& options) override {
     TAILOR_ASSIGN_OR_RETURN(FusionSpec spec, FusionSpec::FromJson(json));
+    // Missing parent directories of the outputs are created (beneath their
+    // allowed root); an existing output is refused again by the staged
+    // outputs, for races since the job was created.
+    TAILOR_ASSIGN_OR_RETURN(
+        OutputPlan plan,
+        ResolveOutputPlan(spec, resolver_, /*with_inputs=*/false));
+    TAILOR_RETURN_IF_ERROR(MakeOutputParents(plan, resolver_));
     return RunFusionJob(spec, resolver_, options);
   }
 

@@ -249,6 +249,24 @@ absl::StatusOr<Job> JobManager::CreateJob(const CreateJobRequest& request,
         permitted.status().code(),
         absl::StrCat("spec.device: ", permitted.status().message())));
   }
+  // Issue #17 point 1: an existing output (without overwrite) or one that
+  // cannot be created is refused now, not when the job runs -- except for a
+  // retry of a request_id already taken (its outputs may be the first
+  // job's; the dedupe below answers it).
+  bool retry = false;
+  if (!request.request_id.empty()) {
+    absl::ReaderMutexLock lock(&mu_);
+    retry = by_request_id_.count(
+                RequestKey(caller.principal, request.request_id)) > 0;
+  }
+  if (absl::Status outputs =
+          retry ? absl::OkStatus()
+                : CheckOutputsCreatable(runner_->OutputPaths(*spec),
+                                        spec->value("overwrite", false));
+      !outputs.ok()) {
+    return refuse(
+        absl::Status(outputs.code(), absl::StrCat("spec.", outputs.message())));
+  }
   const std::string fingerprint = nlohmann::json{
       {"spec", *spec},
       {"priority", request.priority},

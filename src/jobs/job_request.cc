@@ -1,5 +1,7 @@
 #include "jobs/job_request.h"
 
+#include <sys/stat.h>
+
 #include <cstdint>
 
 #include "absl/random/random.h"
@@ -8,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "util/field_error.h"
+#include "util/quote.h"
 #include "util/status_macros.h"
 
 namespace tailor::jobs {
@@ -83,6 +86,40 @@ absl::Status CheckOutputsDisjoint(const OutputPaths& mine,
                          ", which is queued or running; wait for it or choose "
                          "another path"));
       }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckOutputsCreatable(const OutputPaths& outputs, bool overwrite) {
+  for (const auto& [field, path] : outputs) {
+    struct stat st;
+    if (::lstat(path.c_str(), &st) == 0) {
+      if (!overwrite) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            field, ": ", Quote(path),
+            " already exists; choose another path, or set overwrite: true "
+            "(tailorctl --overwrite) to replace it"));
+      }
+      continue;
+    }
+    // Missing: its missing parents are created when the job runs (inside
+    // the allowed root the resolver checked); the nearest existing ancestor
+    // must be a directory for that.
+    std::string ancestor = path;
+    for (;;) {
+      const size_t slash = ancestor.rfind('/');
+      if (slash == std::string::npos || ancestor == "/") break;
+      ancestor.resize(slash == 0 ? 1 : slash);
+      if (::lstat(ancestor.c_str(), &st) != 0) continue;
+      if (S_ISDIR(st.st_mode)) break;
+      if (S_ISLNK(st.st_mode) && ::stat(ancestor.c_str(), &st) == 0 &&
+          S_ISDIR(st.st_mode)) {
+        break;
+      }
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": ", Quote(path), " cannot be created: ", Quote(ancestor),
+          " is not a directory"));
     }
   }
   return absl::OkStatus();

@@ -46,6 +46,14 @@ absl::Status CheckOutputsDisjoint(const OutputPaths& mine,
                                   const OutputPaths& theirs,
                                   absl::string_view other);
 
+// Issue #17 point 1, checked when a job is created (and again, by the
+// staged outputs, when it runs): an output that already exists is
+// ALREADY_EXISTS naming the field and `overwrite` unless `overwrite`; one
+// whose nearest existing ancestor is not a directory is INVALID_ARGUMENT.
+// Missing parent directories are fine: the run creates them (beneath the
+// allowed root, UriResolver::MakeParentDirectories).
+absl::Status CheckOutputsCreatable(const OutputPaths& outputs, bool overwrite);
+
 }  // namespace tailor::jobs
 
 #endif  // TAILOR_JOBS_JOB_REQUEST_H_

@@ -1,6 +1,7 @@
 #include "storage/uri_resolver.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -21,7 +22,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "util/beneath_open.h"
 #include "util/errno_status.h"
+#include "util/file_util.h"
 #include "util/status_macros.h"
 
 namespace tailor {
@@ -410,6 +413,59 @@ absl::StatusOr<std::string> UriResolver::CheckLocalPath(
   TAILOR_RETURN_IF_ERROR(CheckPlainPath(path));
   return ResolveExistingPath(absl::StrCat("path ", Quote(path)),
                              std::string(path), roots_);
+}
+
+absl::StatusOr<std::string> UriResolver::RootOf(
+    absl::string_view path, absl::string_view subject) const {
+  const std::string* best = nullptr;
+  for (const std::string& root : roots_) {
+    if (IsUnderRoot(path, root) &&
+        (best == nullptr || root.size() > best->size())) {
+      best = &root;
+    }
+  }
+  if (best == nullptr || path.empty() || path[0] != '/') {
+    return OutsideRoots(subject, path, roots_);
+  }
+  return *best;
+}
+
+namespace {
+
+std::string Subject(absl::string_view subject, absl::string_view path) {
+  return subject.empty() ? std::string(path)
+                         : absl::StrCat(subject, " (", Quote(path), ")");
+}
+
+}  // namespace
+
+absl::StatusOr<ScopedFd> UriResolver::OpenForRead(
+    absl::string_view path, absl::string_view subject) const {
+  const std::string label = Subject(subject, path);
+  TAILOR_ASSIGN_OR_RETURN(const std::string root, RootOf(path, label));
+  TAILOR_ASSIGN_OR_RETURN(
+      ScopedFd fd,
+      OpenUnderRoot(root, std::string(path), O_RDONLY | O_NONBLOCK, 0, label));
+  return FinishOpenForRead(std::move(fd), label);
+}
+
+absl::StatusOr<std::string> UriResolver::ReadFile(
+    absl::string_view path, uint64_t max_bytes,
+    absl::string_view subject) const {
+  TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(path, subject));
+  return ReadOpenFileToString(fd.get(), Subject(subject, path), max_bytes);
+}
+
+absl::Status UriResolver::MakeParentDirectories(
+    absl::string_view path, absl::string_view subject) const {
+  const std::string label = Subject(subject, path);
+  std::string parent(path);
+  while (parent.size() > 1 && parent.back() == '/') parent.pop_back();
+  const size_t slash = parent.rfind('/');
+  if (slash == std::string::npos) return OutsideRoots(label, path, roots_);
+  parent.resize(slash == 0 ? 1 : slash);
+  TAILOR_ASSIGN_OR_RETURN(const std::string root, RootOf(parent, label));
+  return MakeDirectoriesUnderRoot(root, parent, label).status();
 }
 
 std::string UriScheme(absl::string_view uri) {

@@ -1,11 +1,13 @@
 #ifndef TAILOR_STORAGE_URI_RESOLVER_H_
 #define TAILOR_STORAGE_URI_RESOLVER_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "util/file_util.h"
 
 namespace tailor {
 
@@ -56,6 +58,27 @@ class UriResolver {
   // canonical path.
   absl::StatusOr<std::string> CheckLocalPath(absl::string_view path) const;
 
+  // Opening what a Resolve*() call returned (issue #14 point 7): `path` is
+  // a canonical path inside a root, and is opened beneath that root's
+  // directory (util/beneath_open.h), so a symlink swapped into the root
+  // after the path was resolved cannot lead the open outside it
+  // (PERMISSION_DENIED naming the link). Symlinks that stay inside the root
+  // are followed. `subject` names the field or file in messages.
+  //
+  // OpenForRead: as OpenForRead() in util/file_util.h (never blocks on a
+  // FIFO; anything but a regular file is INVALID_ARGUMENT).
+  absl::StatusOr<ScopedFd> OpenForRead(absl::string_view path,
+                                       absl::string_view subject = "") const;
+  // ReadFileToString() through OpenForRead().
+  absl::StatusOr<std::string> ReadFile(absl::string_view path,
+                                       uint64_t max_bytes,
+                                       absl::string_view subject = "") const;
+  // Creates the missing directories above output `path` (as `mkdir -p`, with
+  // mkdirat beneath the root that holds it; never outside it). An existing
+  // non-directory among them is FAILED_PRECONDITION naming `subject`.
+  absl::Status MakeParentDirectories(absl::string_view path,
+                                     absl::string_view subject = "") const;
+
   const std::vector<std::string>& roots() const { return roots_; }
   const std::vector<std::string>& protected_paths() const { return protected_; }
 
@@ -63,6 +86,11 @@ class UriResolver {
   UriResolver(std::vector<std::string> roots,
               std::vector<std::string> protected_paths)
       : roots_(std::move(roots)), protected_(std::move(protected_paths)) {}
+  // The root that holds canonical `path` (the longest, component-wise), or
+  // PERMISSION_DENIED.
+  absl::StatusOr<std::string> RootOf(absl::string_view path,
+                                     absl::string_view subject) const;
+
   std::vector<std::string> roots_;  // canonical, no trailing slash except "/"
   std::vector<std::string> protected_;  // canonical
 };

@@ -47,7 +47,12 @@ absl::StatusOr<ScopedFd> OpenForRead(const std::string& path) {
   // known to be one, so reads behave as usual.
   int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) return ErrnoError(errno, absl::StrCat("open ", path));
-  ScopedFd owned(fd);
+  return FinishOpenForRead(ScopedFd(fd), path);
+}
+
+absl::StatusOr<ScopedFd> FinishOpenForRead(ScopedFd owned,
+                                           absl::string_view path) {
+  const int fd = owned.get();
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     return ErrnoError(errno, absl::StrCat("stat ", path));
@@ -116,15 +121,19 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path,
                                              uint64_t max_bytes) {
   absl::StatusOr<ScopedFd> fd = OpenForRead(path);
   if (!fd.ok()) return fd.status();
-  absl::StatusOr<uint64_t> size = RegularFileSize(fd->get(), path);
+  return ReadOpenFileToString(fd->get(), path, max_bytes);
+}
+
+absl::StatusOr<std::string> ReadOpenFileToString(int fd, absl::string_view path,
+                                                 uint64_t max_bytes) {
+  absl::StatusOr<uint64_t> size = RegularFileSize(fd, path);
   if (!size.ok()) return size.status();
   if (*size > max_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, ": file is ", *size, " bytes; the limit is ", max_bytes));
   }
   std::string contents(*size, '\0');
-  absl::Status s =
-      PReadFully(fd->get(), contents.data(), contents.size(), 0, path);
+  absl::Status s = PReadFully(fd, contents.data(), contents.size(), 0, path);
   if (!s.ok()) return s;
   return contents;
 }
@@ -139,8 +148,7 @@ std::string TempSibling(const std::string& path) {
 
 absl::Status FsyncFd(int fd, absl::string_view label) {
   while (::fsync(fd) != 0) {
-    if (errno != EINTR)
-      return ErrnoError(errno, absl::StrCat("fsync ", label));
+    if (errno != EINTR) return ErrnoError(errno, absl::StrCat("fsync ", label));
   }
   return absl::OkStatus();
 }

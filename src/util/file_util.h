@@ -47,6 +47,9 @@ inline absl::Status ErrnoToStatus(int errno_value, absl::string_view context) {
 // (FIFO)", and the flag is cleared on the regular file returned. Every input
 // file goes through here.
 absl::StatusOr<ScopedFd> OpenForRead(const std::string& path);
+// The checks of OpenForRead() on a descriptor opened O_RDONLY | O_NONBLOCK
+// some other way (util/beneath_open.h); `path` names it in messages.
+absl::StatusOr<ScopedFd> FinishOpenForRead(ScopedFd fd, absl::string_view path);
 
 // Size of an open file; errors if it is not a regular file.
 absl::StatusOr<uint64_t> RegularFileSize(int fd, absl::string_view label);
@@ -64,6 +67,9 @@ absl::Status PWriteFully(int fd, const void* data, size_t size, uint64_t offset,
 // Reads a whole file of at most `max_bytes` (larger is INVALID_ARGUMENT).
 absl::StatusOr<std::string> ReadFileToString(const std::string& path,
                                              uint64_t max_bytes);
+// The same from an open regular file (read from offset 0).
+absl::StatusOr<std::string> ReadOpenFileToString(int fd, absl::string_view path,
+                                                 uint64_t max_bytes);
 
 // Writes `contents` to `path` atomically: a temporary file in the same
 // directory, fsync, rename over `path`, fsync of the directory. A crash

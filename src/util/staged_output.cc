@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "util/beneath_open.h"
 #include "util/status_macros.h"
 
 namespace tailor {
@@ -125,32 +126,16 @@ absl::StatusOr<ScopedFd> OpenDirectoryNoFollow(const std::string& path) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", path, "' is not an absolute path"));
   }
-  int fd = ::open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError(errno, "open /");
-  ScopedFd current(fd);
-  std::string walked;
   for (absl::string_view c : absl::StrSplit(path, '/', absl::SkipEmpty())) {
-    const std::string component(c);
-    absl::StrAppend(&walked, "/", component);
-    if (component == "." || component == "..") {
+    if (c == "." || c == "..") {
       return absl::InvalidArgumentError(
           absl::StrCat("'", path, "' is not canonical"));
     }
-    const int next = ::openat(current.get(), component.c_str(),
-                              O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (next < 0) {
-      const int err = errno;
-      if (err == ELOOP || err == ENOTDIR) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("'", walked,
-                         "' is no longer a directory (it is a symbolic link "
-                         "or another file)"));
-      }
-      return ErrnoError(err, absl::StrCat("open directory ", walked));
-    }
-    current = ScopedFd(next);
   }
-  return current;
+  // The beneath-open helper from "/" with symlinks refused (issue #14 point
+  // 7: one helper for every open of a job input or output).
+  return OpenUnderRoot("/", path, O_RDONLY | O_DIRECTORY, 0, path,
+                       BeneathSymlinks::kRefuse);
 }
 
 absl::Status RemoveTreeAt(int dirfd, const std::string& name,
@@ -226,8 +211,9 @@ absl::StatusOr<std::unique_ptr<StagedOutput>> StagedOutput::Create(
     if (!overwrite) {
       return absl::AlreadyExistsError(
           absl::StrCat(o->path_,
-                       " already exists; choose a new output path or "
-                       "overwrite it"));
+                       " already exists; choose another path, or set "
+                       "overwrite: true (tailorctl --overwrite) to replace "
+                       "it"));
     }
     TAILOR_RETURN_IF_ERROR(o->CheckPublishable());
   }
@@ -324,8 +310,8 @@ absl::Status StagedOutput::Publish() {
       return absl::AlreadyExistsError(
           absl::StrCat(path_, " appeared while writing; not replacing it"));
     }
-    return ErrnoError(
-        err, absl::StrCat("rename ", staging_path(), " -> ", path_));
+    return ErrnoError(err,
+                      absl::StrCat("rename ", staging_path(), " -> ", path_));
   }
   published_ = true;
   if (::fsync(parent_fd()) != 0) {
@@ -342,8 +328,8 @@ absl::Status StagedOutput::Rollback() {
                                        staging_name_, kRenameNoReplace);
   if (rc != 0) {
     return ErrnoError(errno,
-                         absl::StrCat("roll back ", path_, " (restore from ",
-                                      staging_path(), ")"));
+                      absl::StrCat("roll back ", path_, " (restore from ",
+                                   staging_path(), ")"));
   }
   published_ = false;
   replaced_ = false;

@@ -115,6 +115,57 @@ TEST_F(FuseCliTest, JobFileWithFlagOverrides) {
   EXPECT_EQ(rep["totals"]["kept"], 100);
 }
 
+// Issue #17 point 2: relative paths in a job file are relative to the job
+// file's directory, not to where tailorctl runs; point 1: the output's
+// missing parent directories are created.
+TEST_F(FuseCliTest, JobFilePathsAreRelativeToTheJobFile) {
+  Dir("jobs");
+  const std::string job = tmp_.Join("jobs/job.yaml");
+  WriteFileOrDie(job,
+                 "pretrained: ../base\n"
+                 "tasks:\n  - finetuned: ./../ft\n    hessians: "
+                 "../h.safetensors\n"
+                 "keep: 0.25\ndevice: cpu\nout: out/fused\n"
+                 "report: out/report.json\n");
+  // The working directory (the test's) has no base/ft: resolving against it
+  // would fail with NOT_FOUND.
+  CliResult r = Tailorctl({"fuse", "--local", "-f", job, "-q"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(IsRegularFile(tmp_.Join("jobs/out/fused/model.safetensors")));
+  nlohmann::json rep =
+      nlohmann::json::parse(ReadFileOrDie(tmp_.Join("jobs/out/report.json")));
+  EXPECT_EQ(rep["spec"]["pretrained"], base_) << rep["spec"].dump();
+  EXPECT_EQ(rep["spec"]["tasks"][0]["finetuned"], ft_) << rep["spec"].dump();
+  EXPECT_FALSE(PathExists("out/fused"));
+}
+
+// Issue #17 point 1: `--out a/b/fused` with no a/ creates a/ and a/b/
+// (exit 0, was 4); inside --allowed-root only, never through a symlink
+// that leaves it; an existing output names --overwrite (point 6).
+TEST_F(FuseCliTest, MissingOutputParentsAreCreatedInsideTheRoots) {
+  const std::vector<std::string> common = {
+      "fuse", "--local",        "--pretrained", base_,      "--finetuned",
+      ft_,    "--keep",         "0.25",         "--device", "cpu",
+      "-q",   "--allowed-root", tmp_.path()};
+  std::vector<std::string> args = common;
+  args.insert(args.end(), {"--out", tmp_.Join("new/sub/fused")});
+  CliResult r = Tailorctl(args);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(IsRegularFile(tmp_.Join("new/sub/fused/model.safetensors")));
+
+  CliResult again = Tailorctl(args);
+  EXPECT_EQ(again.code, 3) << again.err;
+  EXPECT_TRUE(absl::StrContains(again.err, "--overwrite")) << again.err;
+
+  TempDir outside;
+  ASSERT_EQ(::symlink(outside.path().c_str(), tmp_.Join("away").c_str()), 0);
+  args = common;
+  args.insert(args.end(), {"--out", tmp_.Join("away/made/fused")});
+  CliResult escaped = Tailorctl(args);
+  EXPECT_EQ(escaped.code, 5) << escaped.err;
+  EXPECT_FALSE(PathExists(outside.path() + "/made"));
+}
+
 TEST_F(FuseCliTest, BadInputsExitWithCodes) {
   const std::string job = tmp_.Join("bad.yaml");
   WriteFileOrDie(

@@ -139,6 +139,12 @@ class FakeRunner : public JobRunner {
       const std::string& uri) const override {
     return uri;
   }
+  // A spec's "out" (a path taken literally) is its one output.
+  std::vector<std::pair<std::string, std::string>> OutputPaths(
+      const nlohmann::json& spec) const override {
+    if (!spec.contains("out") || !spec["out"].is_string()) return {};
+    return {{"out", spec["out"].get<std::string>()}};
+  }
   std::vector<RunnerDevice> Devices() const override {
     return shared_->devices;
   }
@@ -297,6 +303,38 @@ TEST_F(JobManagerTest, RequestIdMakesCreateIdempotent) {
             absl::StatusCode::kInvalidArgument);
   ListJobsResult all = *m->ListJobs(0, "", "");
   EXPECT_EQ(all.jobs.size(), 1u);
+}
+
+// Issue #17 point 1: an existing output is refused at create, naming the
+// field and overwrite; a retry of a request_id whose first job already wrote
+// it still returns that job.
+TEST_F(JobManagerTest, ExistingOutputIsRefusedAtCreateButNotOnARetry) {
+  auto m = Start();
+  const std::string out = dir_.Join("fused");
+  // Blocks: still active when the overwrite below is tried.
+  CreateJobRequest r =
+      Request({{"pretrained", "/a"}, {"out", out}, {"block", true}});
+  r.request_id = "5f1c3a4e-0000-4000-8000-000000000002";
+  auto first = m->CreateJob(r);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(MakeDirectories(out).ok());  // as if the first job published
+  auto again = m->CreateJob(r);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->name(), first->name());
+  CreateJobRequest fresh = Request({{"pretrained", "/a"}, {"out", out}});
+  auto refused = m->CreateJob(fresh);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kAlreadyExists)
+      << refused.status();
+  EXPECT_TRUE(absl::StartsWith(refused.status().message(), "spec.out: "))
+      << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "--overwrite"))
+      << refused.status();
+  CreateJobRequest replace =
+      Request({{"pretrained", "/a"}, {"out", out}, {"overwrite", true}});
+  EXPECT_EQ(m->CreateJob(replace).status().code(),
+            absl::StatusCode::kFailedPrecondition);  // overlaps `first`'s out
+  shared_.released = true;
+  WaitFor(*m, first->name(), JobState::kSucceeded);
 }
 
 TEST_F(JobManagerTest, BadRequestsAreRefusedWithTheRightCode) {

@@ -5,6 +5,8 @@
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "jobs/run_outcome.h"
+#include "testing/temp_dir.h"
+#include "util/file_util.h"
 
 namespace tailor::jobs {
 namespace {
@@ -101,6 +103,29 @@ TEST(RunOutcomeTest, ClassifiesEveryEnding) {
   EXPECT_EQ(failed.event.error_message, "no base");
   EXPECT_TRUE(failed.report_text.empty());
   EXPECT_EQ(OutcomeLabel(JobState::kSucceeded), "succeeded");
+}
+
+// Issue #17 point 1: checked at create, not when the job runs.
+TEST(JobRequestTest, OutputsThatExistOrCannotBeCreatedAreRefused) {
+  ::tailor::testing::TempDir dir;
+  ASSERT_TRUE(WriteFileAtomically(dir.Join("file"), "x").ok());
+  ASSERT_TRUE(MakeDirectories(dir.Join("fused")).ok());
+  const OutputPaths fine = {{"out", dir.Join("new/deeper/fused")},
+                            {"report", dir.Join("r.json")}};
+  EXPECT_TRUE(CheckOutputsCreatable(fine, false).ok());
+
+  absl::Status s = CheckOutputsCreatable({{"out", dir.Join("fused")}}, false);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
+  EXPECT_TRUE(absl::StartsWith(s.message(), "out: ")) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "overwrite: true")) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "--overwrite")) << s;
+  EXPECT_TRUE(CheckOutputsCreatable({{"out", dir.Join("fused")}}, true).ok());
+
+  s = CheckOutputsCreatable({{"patch_out", dir.Join("file/sub/p.safetensors")}},
+                            true);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_TRUE(absl::StartsWith(s.message(), "patch_out: ")) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "is not a directory")) << s;
 }
 
 }  // namespace

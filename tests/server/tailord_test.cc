@@ -2,10 +2,13 @@
 // server process, compared with `tailorctl fuse --local`.
 
 #include <ATen/ATen.h>
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -23,6 +26,206 @@
 
 namespace tailor {
 namespace {
+
+// tailorctl started in the background (for signals), its stdout and stderr
+// in files under `dir`.
+struct Background {
+  pid_t pid = -1;
+  std::string out, err;
+};
+Background SpawnTailorctl(const std::vector<std::string>& args,
+                          const std::string& dir, const std::string& tag) {
+  Background b;
+  b.out = absl::StrCat(dir, "/.", tag, ".stdout");
+  b.err = absl::StrCat(dir, "/.", tag, ".stderr");
+  const char* bin = std::getenv("TAILORCTL");
+  if (bin == nullptr) return b;
+  std::vector<std::string> argv = {bin};
+  argv.insert(argv.end(), args.begin(), args.end());
+  b.pid = ::fork();
+  if (b.pid == 0) {
+    const int out = ::open(b.out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int err = ::open(b.err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(out, 1);
+    ::dup2(err, 2);
+    std::vector<char*> c;
+    for (std::string& a : argv) c.push_back(a.data());
+    c.push_back(nullptr);
+    ::execv(bin, c.data());
+    ::_exit(127);
+  }
+  return b;
+}
+
+std::string Slurp(const std::string& path) {
+  absl::StatusOr<std::string> s = ReadFileToString(path, 1 << 20);
+  return s.ok() ? *s : "";
+}
+
+// Polls (up to 120 s of wall time) until `path` contains `text`.
+bool FileSoonContains(const std::string& path, const std::string& text) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (absl::StrContains(Slurp(path), text)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+// Waits (up to 120 s) for `pid` to exit; its exit code, or -1.
+int WaitExit(pid_t pid) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  int status = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, &status, 0);
+  return -1;
+}
+
+// Issue #17 point 1 (and 6): outputs are checked when the job is created.
+TEST_F(TailordTest, CreateChecksOutputsAndRunCreatesMissingParents) {
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  v1::FusionJob job;
+  ASSERT_EQ(::mkdir(tmp_.Join("exists-fused").c_str(), 0755), 0);
+  grpc::Status s = Create(Spec("exists"), &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS)
+      << s.error_message();
+  EXPECT_TRUE(absl::StartsWith(s.error_message(), "spec.out: "))
+      << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "overwrite: true"))
+      << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "--overwrite"))
+      << s.error_message();
+  v1::FusionJobSpec replace = Spec("exists");
+  replace.set_overwrite(true);
+  v1::FusionJob replaced;
+  ASSERT_TRUE(Create(replace, &replaced).ok());
+
+  WriteFileOrDie(tmp_.Join("plain-file"), "x");
+  v1::FusionJobSpec under_file = Spec("x");
+  under_file.set_report(tmp_.Join("plain-file/sub/report.json"));
+  // (The resolver already refuses an output under a regular file.)
+  s = Create(under_file, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << s.error_message();
+  EXPECT_TRUE(absl::StartsWith(s.error_message(), "report: "))
+      << s.error_message();
+
+  v1::FusionJobSpec deep = Spec("deep");
+  deep.set_out(tmp_.Join("deep/a/fused"));
+  deep.set_patch_out(tmp_.Join("deep/b/p.safetensors"));
+  deep.set_report(tmp_.Join("deep/b/c/report.json"));
+  v1::FusionJob created;
+  s = Create(deep, &created);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  for (const std::string& name : {replaced.name(), created.name()}) {
+    v1::FusionJob done = WaitUntil(name, [](const v1::FusionJob& j) {
+      return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED;
+    });
+    EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  }
+  EXPECT_TRUE(IsRegularFile(tmp_.Join("deep/a/fused/model.safetensors")));
+  EXPECT_TRUE(IsRegularFile(tmp_.Join("deep/b/p.safetensors")));
+  EXPECT_TRUE(IsRegularFile(tmp_.Join("deep/b/c/report.json")));
+}
+
+// Issue #17 point 4: Ctrl-C on watch detaches (exit 8, how to resume) and
+// the job goes on; with --cancel-on-interrupt it is cancelled (exit 130).
+// The server is stopped (SIGSTOP) while the client is interrupted so that
+// the job cannot end first on a slow machine.
+TEST_F(TailordTest, InterruptedWatchDetachesOrCancels) {
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  for (const bool cancel : {false, true}) {
+    SCOPED_TRACE(cancel ? "--cancel-on-interrupt" : "detach");
+    v1::FusionJob job;
+    ASSERT_TRUE(
+        Create(SlowSpec(cancel ? "interrupt-cancel" : "interrupt"), &job).ok());
+    WaitUntil(job.name(), [](const v1::FusionJob& j) {
+      return j.progress().tensors_done() >= 1;
+    });
+    ASSERT_EQ(::kill(server->pid(), SIGSTOP), 0);
+    std::vector<std::string> args = {
+        "watch",
+        job.name().substr(job.name().find('/') + 1),  // a bare id
+        "--server", server->address()};
+    if (cancel) args.push_back("--cancel-on-interrupt");
+    Background watch =
+        SpawnTailorctl(args, tmp_.path(), cancel ? "cancel" : "detach");
+    ASSERT_GT(watch.pid, 0);
+    // The "watching" line comes once the handler is installed.
+    const bool watching = FileSoonContains(watch.err, "tailorctl: watching");
+    ::kill(watch.pid, SIGINT);
+    if (cancel) {
+      // The cancel needs the server.
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      ::kill(server->pid(), SIGCONT);
+    }
+    const int code = WaitExit(watch.pid);
+    ::kill(server->pid(), SIGCONT);
+    ASSERT_TRUE(watching) << Slurp(watch.err);
+    const std::string err = Slurp(watch.err);
+    v1::FusionJob done = WaitUntil(job.name(), [](const v1::FusionJob& j) {
+      return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED ||
+             j.state() == v1::CANCELLED;
+    });
+    if (cancel) {
+      EXPECT_EQ(code, 130) << err;
+      EXPECT_EQ(done.state(), v1::CANCELLED) << err;
+    } else {
+      EXPECT_EQ(code, 8) << err;
+      EXPECT_TRUE(absl::StrContains(
+          err, absl::StrCat("detached; the job continues: tailorctl watch ",
+                            job.name(), " --after ")))
+          << err;
+      EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+    }
+  }
+}
+
+// Issue #17 point 5: get takes a bare id, shows details, and -o job is a
+// job file that submits the same spec again.
+TEST_F(TailordTest, GetShowsDetailsAndRoundTripsAsAJobFile) {
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  v1::FusionJobSpec spec = Spec("roundtrip");
+  spec.set_overwrite(true);
+  v1::FusionJob job;
+  ASSERT_TRUE(Create(spec, &job).ok());
+  WaitUntil(job.name(),
+            [](const v1::FusionJob& j) { return j.state() == v1::SUCCEEDED; });
+  const std::string id = job.name().substr(job.name().find('/') + 1);
+  CliResult get = Tailorctl({"get", id, "--server", server->address()});
+  ASSERT_EQ(get.code, 0) << get.err;
+  for (const char* want :
+       {"Name:", "State:       SUCCEEDED", "Created:", "Started:", "Ended:",
+        "Progress:", "Result:", "Spec (", "pretrained:"}) {
+    EXPECT_TRUE(absl::StrContains(get.out, want)) << want << "\n" << get.out;
+  }
+  CliResult as_job = Tailorctl(
+      {"get", job.name(), "--server", server->address(), "-o", "job"});
+  ASSERT_EQ(as_job.code, 0) << as_job.err;
+  EXPECT_FALSE(absl::StrContains(as_job.out, "METHOD_")) << as_job.out;
+  WriteFileOrDie(tmp_.Join("again.yaml"), as_job.out);
+  CliResult submit = Tailorctl({"submit", "-f", tmp_.Join("again.yaml"),
+                                "--server", server->address(), "--wait", "-q"});
+  ASSERT_EQ(submit.code, 0) << submit.err << "\n" << as_job.out;
+  const size_t at = submit.err.find("fusionJobs/");
+  ASSERT_NE(at, std::string::npos) << submit.err;
+  const std::string second = submit.err.substr(at, 27);
+  EXPECT_NE(second, job.name());
+  CliResult again =
+      Tailorctl({"get", second, "--server", server->address(), "-o", "job"});
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_EQ(again.out, as_job.out);
+}
 
 TEST_F(TailordTest, SubmitWaitFetchMatchesLocalFuse) {
   auto server = Start();
