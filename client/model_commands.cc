@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "demo/demo_report.h"
 #include "demo/forgetting_demo.h"
 #include "exit_codes.h"
 #include "model/calibrate.h"

@@ -1,5 +1,7 @@
 // Presentation of the forgetting demo's report: terminal tables and the
-// gnuplot trade-off plot (declared in demo/forgetting_demo.h).
+// gnuplot trade-off plot.
+
+#include "demo/demo_report.h"
 
 #include <map>
 #include <set>
@@ -7,7 +9,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "demo/forgetting_demo.h"
 #include "util/file_util.h"
 #include "util/status_macros.h"
 

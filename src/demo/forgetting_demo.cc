@@ -3,94 +3,38 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <atomic>
-#include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <map>
 #include <memory>
 #include <optional>
-#include <thread>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_replace.h"
 #include "absl/synchronization/mutex.h"
+#include "demo/model_cache.h"
+#include "demo/score_memo.h"
 #include "fusion/fusion_job.h"
 #include "fusion/fusion_spec.h"
-#include "io/checkpoint.h"
-#include "model/calibrate.h"
-#include "model/llama.h"
 #include "storage/uri_resolver.h"
 #include "util/device.h"
 #include "util/file_util.h"
-#include "util/json_util.h"
+#include "util/parallel_for.h"
 #include "util/sha256.h"
 #include "util/status_macros.h"
-#include "util/torch_status.h"
+#include "util/stopwatch.h"
+
+// The experiments of the forgetting benchmark: the tables' rows, each a
+// fusion job run and scored. The presets are demo_preset.cc, the trained
+// models model_cache.cc, the score memo score_memo.cc, the tables and plot
+// demo_report.cc.
 
 namespace tailor {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-// Bump when the scenario's code changes what a cached artifact holds.
-constexpr int kCacheVersion = 1;
-// Bump when Evaluate changes what a memoized score means.
-constexpr int kScoreVersion = 1;
-
-double Seconds(Clock::time_point since) {
-  return std::chrono::duration<double>(Clock::now() - since).count();
-}
-
-nlohmann::json TrainJson(const TrainOptions& o) {
-  return {{"steps", o.steps},
-          {"batch_size", o.batch_size},
-          {"seq_len", o.seq_len},
-          {"lr", o.lr},
-          {"min_lr_ratio", o.min_lr_ratio},
-          {"warmup_steps", o.warmup_steps},
-          {"weight_decay", o.weight_decay},
-          {"beta1", o.beta1},
-          {"beta2", o.beta2},
-          {"grad_clip", o.grad_clip},
-          {"seed", o.seed}};
-}
-
 double HarmonicMean(double a, double b) {
   return a + b > 0 ? 2 * a * b / (a + b) : 0.0;
 }
-
-nlohmann::json EvalJson(const EvalResult& r) {
-  return {{"accuracy", 100.0 * r.accuracy},
-          {"perplexity", r.perplexity},
-          {"loss", r.loss},
-          {"tokens", r.tokens}};
-}
-
-// SHA-256 over a checkpoint directory's regular files: names, sizes, bytes.
-// Demo checkpoints are a few MiB.
-absl::StatusOr<std::string> CheckpointDigest(const std::string& dir) {
-  TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDirectory(dir));
-  Sha256 sha;
-  for (const std::string& name : names) {
-    const std::string path = JoinPath(dir, name);
-    if (!IsRegularFile(path)) continue;
-    TAILOR_ASSIGN_OR_RETURN(std::string bytes,
-                            ReadFileToString(path, uint64_t{1} << 32));
-    sha.Update(absl::StrCat(name, "\n", bytes.size(), "\n"));
-    sha.Update(bytes);
-  }
-  return sha.FinalHex();
-}
-
-// One task of the scenario: a corpus and its held-out windows.
-struct Task {
-  std::string key;  // "A" | "B" | "C"
-  ByteCorpus corpus;
-  at::Tensor eval_windows;
-};
 
 class Demo {
  public:
@@ -98,18 +42,23 @@ class Demo {
       : options_(options), preset_(options.preset) {}
 
   absl::StatusOr<nlohmann::json> Run() {
-    const Clock::time_point start = Clock::now();
+    const Stopwatch total;
     TAILOR_ASSIGN_OR_RETURN(device_, ResolveDevice(options_.device));
     TAILOR_RETURN_IF_ERROR(Setup());
+    models_ = std::make_unique<DemoModelCache>(preset_, options_.workdir,
+                                               device_, options_.log);
+    scores_ = std::make_unique<DemoScoreMemo>(JoinPath(cache_dir_, "scores"),
+                                              &tasks_, preset_.model, device_,
+                                              options_.reuse_scores);
     TAILOR_ASSIGN_OR_RETURN(UriResolver resolver,
                             UriResolver::Create({options_.workdir}));
     resolver_ = std::make_unique<UriResolver>(std::move(resolver));
 
     // Models: pre-trained on A; fine-tuned on B (full and partial) and C.
-    TAILOR_RETURN_IF_ERROR(
-        EnsureModel("pretrained", "", "A", preset_.pretrain, nullptr, ""));
-    TAILOR_RETURN_IF_ERROR(
-        EnsureModel("ft-B", "pretrained", "B", preset_.finetune, nullptr, ""));
+    TAILOR_RETURN_IF_ERROR(models_->EnsureModel(
+        "pretrained", "", tasks_.at("A"), preset_.pretrain, nullptr, ""));
+    TAILOR_RETURN_IF_ERROR(models_->EnsureModel(
+        "ft-B", "pretrained", tasks_.at("B"), preset_.finetune, nullptr, ""));
     if (preset_.partial) {
       const int64_t first =
           preset_.model.num_hidden_layers - preset_.partial_layers;
@@ -118,29 +67,27 @@ class Demo {
         return std::sscanf(name.c_str(), "model.layers.%ld.", &layer) == 1 &&
                layer >= first;
       };
-      TAILOR_RETURN_IF_ERROR(EnsureModel("ft-B-partial", "pretrained", "B",
-                                         preset_.finetune_partial, last_layers,
-                                         absl::StrCat("layers >= ", first)));
+      TAILOR_RETURN_IF_ERROR(
+          models_->EnsureModel("ft-B-partial", "pretrained", tasks_.at("B"),
+                               preset_.finetune_partial, last_layers,
+                               absl::StrCat("layers >= ", first)));
     }
     if (preset_.multitask) {
-      TAILOR_RETURN_IF_ERROR(EnsureModel("ft-C", "pretrained", "C",
-                                         preset_.finetune, nullptr, ""));
+      TAILOR_RETURN_IF_ERROR(models_->EnsureModel(
+          "ft-C", "pretrained", tasks_.at("C"), preset_.finetune, nullptr, ""));
     }
-    TAILOR_RETURN_IF_ERROR(EnsureHessians("ft-B", "B"));
+    TAILOR_RETURN_IF_ERROR(models_->EnsureHessians("ft-B", tasks_.at("B")));
     if (preset_.partial) {
-      TAILOR_RETURN_IF_ERROR(EnsureHessians("ft-B-partial", "B"));
+      TAILOR_RETURN_IF_ERROR(
+          models_->EnsureHessians("ft-B-partial", tasks_.at("B")));
     }
-    if (preset_.multitask) TAILOR_RETURN_IF_ERROR(EnsureHessians("ft-C", "C"));
-    for (const auto& [name, dir] : model_dirs_) {
-      report_["models"][name] = {
-          {"checkpoint", dir},
-          {"hessians",
-           model_keys_.count(name) && IsRegularFile(HessianPath(name))
-               ? HessianPath(name)
-               : ""}};
+    if (preset_.multitask) {
+      TAILOR_RETURN_IF_ERROR(models_->EnsureHessians("ft-C", tasks_.at("C")));
     }
+    report_["training"] = models_->training();
+    report_["models"] = models_->ModelsJson();
 
-    const Clock::time_point fuse_start = Clock::now();
+    const Stopwatch fuse_timer;
     nlohmann::json single = nlohmann::json::array();
     TAILOR_ASSIGN_OR_RETURN(nlohmann::json full, SingleTask("full", "ft-B"));
     single.push_back(std::move(full));
@@ -156,17 +103,18 @@ class Demo {
     if (preset_.multitask) {
       TAILOR_ASSIGN_OR_RETURN(report_["multi_task"], MultiTask());
     }
-    seconds_["fuse_and_evaluate"] = Seconds(fuse_start);
+    seconds_.update(models_->seconds());
+    seconds_["fuse_and_evaluate"] = fuse_timer.Seconds();
     {
       absl::MutexLock lock(&mu_);
       seconds_["fusion_jobs"] = fuse_seconds_;
-      seconds_["evaluation"] = evaluate_seconds_;
       report_["fusion_jobs"] = fusion_jobs_;
-      report_["score_memo"] = {{"hits", score_memo_hits_},
-                               {"misses", score_memo_misses_}};
     }
+    seconds_["evaluation"] = scores_->evaluate_seconds();
+    report_["score_memo"] = {{"hits", scores_->hits()},
+                             {"misses", scores_->misses()}};
     report_["jobs"] = options_.jobs;
-    seconds_["total"] = Seconds(start);
+    seconds_["total"] = total.Seconds();
     report_["seconds"] = seconds_;
     return report_;
   }
@@ -177,7 +125,7 @@ class Demo {
   }
 
   const std::string& pretrained_dir() const {
-    return model_dirs_.at("pretrained");
+    return models_->dir("pretrained");
   }
 
   absl::Status Setup() {
@@ -201,12 +149,12 @@ class Demo {
       sources.emplace_back("C", c);
     }
     nlohmann::json corpora = nlohmann::json::object();
-    nlohmann::json key = {{"version", kCacheVersion},
+    nlohmann::json key = {{"version", kDemoCacheVersion},
                           {"preset", preset_.ToJson()}};
     for (auto& [task_key, source] : sources) {
       TAILOR_ASSIGN_OR_RETURN(ByteCorpus corpus,
                               ByteCorpus::Load(source, preset_.corpus));
-      Task task{task_key, std::move(corpus), at::Tensor()};
+      DemoTask task{task_key, std::move(corpus), at::Tensor()};
       task.eval_windows = ByteCorpus::Windows(
           task.corpus.heldout(), preset_.eval_seq_len, preset_.eval_windows);
       if (task.eval_windows.size(0) < 1) {
@@ -245,109 +193,6 @@ class Demo {
     return absl::OkStatus();
   }
 
-  // Trains (or finds cached) the model `name`: from the model `parent`
-  // (empty: a fresh init) on task `task_key`. The cache entry is keyed by
-  // the model's whole lineage (parents' keys, corpora, training options), so
-  // changing one step retrains only what depends on it.
-  absl::Status EnsureModel(const std::string& name, const std::string& parent,
-                           const std::string& task_key,
-                           const TrainOptions& train,
-                           std::function<bool(const std::string&)> trainable,
-                           const std::string& trainable_description) {
-    const Task& task = tasks_.at(task_key);
-    nlohmann::json lineage = {{"version", kCacheVersion},
-                              {"corpus", task.corpus.digest()},
-                              {"train", TrainJson(train)},
-                              {"trainable", trainable_description}};
-    if (parent.empty()) {
-      lineage["init"] = {{"model", preset_.model.ToJson()},
-                         {"seed", preset_.init_seed}};
-    } else {
-      lineage["parent"] = model_keys_.at(parent);
-    }
-    model_keys_[name] = Sha256Hex(lineage.dump()).substr(0, 16);
-    const std::string dir =
-        JoinPath(JoinPath(options_.workdir, "models"),
-                 absl::StrCat(name, "-", model_keys_[name]));
-    const std::string log_path = dir + ".train.json";
-    model_dirs_[name] = dir;
-    if (IsDirectory(dir) && IsRegularFile(log_path)) {
-      TAILOR_ASSIGN_OR_RETURN(std::string text,
-                              ReadFileToString(log_path, 1 << 20));
-      nlohmann::json entry = nlohmann::json::parse(text, nullptr, false);
-      if (!entry.is_discarded()) {
-        entry["cached"] = true;
-        report_["training"][name] = entry;
-        Log(absl::StrCat(name, ": cached"));
-        return absl::OkStatus();
-      }
-    }
-    TAILOR_RETURN_IF_ERROR(RemoveAll(dir));
-    TAILOR_RETURN_IF_ERROR(MakeDirectories(Dirname(dir)));
-    std::optional<LlamaModel> model;
-    if (parent.empty()) {
-      TAILOR_ASSIGN_OR_RETURN(
-          model, LlamaModel::Init(preset_.model, preset_.init_seed, at::kFloat,
-                                  device_));
-    } else {
-      TAILOR_ASSIGN_OR_RETURN(model, LoadModel(model_dirs_.at(parent)));
-    }
-    TrainOptions options = train;
-    options.trainable = std::move(trainable);
-    options.on_log = [&](int64_t step, double loss) {
-      Log(absl::StrFormat("%s: step %d/%d loss %.4f (%s)", name, step,
-                          options.steps, loss, task.corpus.name()));
-    };
-    Log(absl::StrCat(name, ": training on ", task.corpus.name(), " (",
-                     options.steps, " steps)"));
-    TAILOR_ASSIGN_OR_RETURN(TrainResult result,
-                            Train(*model, task.corpus, options));
-    LlamaSaveOptions save;
-    save.dtype = DType::kF32;
-    TAILOR_RETURN_IF_ERROR(model->Save(dir, save));
-    nlohmann::json entry = {
-        {"task", task_key},
-        {"corpus", task.corpus.name()},
-        {"final_loss", result.final_loss},
-        {"trainable_parameters", result.trainable_parameters},
-        {"seconds", result.seconds}};
-    TAILOR_RETURN_IF_ERROR(WriteFileAtomically(log_path, entry.dump(2) + "\n"));
-    entry["cached"] = false;
-    report_["training"][name] = entry;
-    seconds_[absl::StrCat("train_", name)] = result.seconds;
-    return absl::OkStatus();
-  }
-
-  absl::StatusOr<LlamaModel> LoadModel(const std::string& dir) const {
-    TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt,
-                            Checkpoint::Open(dir));
-    return LlamaModel::Load(*ckpt, preset_.model, device_, at::kFloat);
-  }
-
-  std::string HessianPath(const std::string& model_name) const {
-    return absl::StrCat(model_dirs_.at(model_name), ".hessians-",
-                        preset_.calib_samples, "x", preset_.calib_seq_len,
-                        ".safetensors");
-  }
-
-  absl::Status EnsureHessians(const std::string& model_name,
-                              const std::string& task_key) {
-    const std::string path = HessianPath(model_name);
-    if (IsRegularFile(path)) return absl::OkStatus();
-    const Clock::time_point start = Clock::now();
-    TAILOR_ASSIGN_OR_RETURN(LlamaModel model,
-                            LoadModel(model_dirs_.at(model_name)));
-    const at::Tensor windows =
-        EvenlySpacedWindows(tasks_.at(task_key).corpus.train(),
-                            preset_.calib_samples, preset_.calib_seq_len);
-    TAILOR_RETURN_IF_ERROR(WriteCalibration(model, windows, path));
-    seconds_[absl::StrCat("calibrate_", model_name)] = Seconds(start);
-    Log(absl::StrCat(model_name, ": calibration written (",
-                     preset_.calib_samples, " x ", preset_.calib_seq_len,
-                     " tokens)"));
-    return absl::OkStatus();
-  }
-
   // Scores of a trained model (pre-trained or fine-tuned) on the given
   // tasks, remembered for the run: they appear in several tables.
   absl::StatusOr<nlohmann::json> Score(const std::string& dir,
@@ -363,58 +208,11 @@ class Demo {
       }
     }
     if (missing.empty()) return out;
-    TAILOR_ASSIGN_OR_RETURN(nlohmann::json fresh, ScoreFused(dir, missing));
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json fresh, scores_->Score(dir, missing));
     for (const std::string& key : missing) {
       out[key] = fresh[key];
       trained_scores_[{dir, key}] = fresh[key];
     }
-    return out;
-  }
-
-  // Scores of any checkpoint directory on `keys`. The evaluation windows
-  // are fixed by the preset (cache_dir_ is keyed by it), so the scores are
-  // a function of the checkpoint's bytes and the device: they are memoized
-  // in scores/<sha256 of the files>-<device>.json. Thread-safe.
-  absl::StatusOr<nlohmann::json> ScoreFused(
-      const std::string& dir, const std::vector<std::string>& keys) {
-    TAILOR_ASSIGN_OR_RETURN(std::string digest, CheckpointDigest(dir));
-    const std::string memo_path =
-        JoinPath(JoinPath(cache_dir_, "scores"),
-                 absl::StrCat("v", kScoreVersion, "-", digest, "-",
-                              absl::StrReplaceAll(device_.str(), {{":", "_"}}),
-                              ".json"));
-    nlohmann::json memo = nlohmann::json::object();
-    if (IsRegularFile(memo_path)) {
-      // A memo that cannot be read is recomputed and rewritten.
-      absl::StatusOr<std::string> text = ReadFileToString(memo_path, 1 << 20);
-      if (text.ok()) {
-        absl::StatusOr<nlohmann::json> read = ParseJsonStrict(*text, memo_path);
-        if (read.ok() && read->is_object()) memo = *std::move(read);
-      }
-    }
-    std::vector<std::string> missing;
-    for (const std::string& key : keys) {
-      if (!options_.reuse_scores || !memo.contains(key)) missing.push_back(key);
-    }
-    if (missing.empty()) {
-      absl::MutexLock lock(&mu_);
-      ++score_memo_hits_;
-    } else {
-      const Clock::time_point start = Clock::now();
-      TAILOR_ASSIGN_OR_RETURN(LlamaModel model, LoadModel(dir));
-      for (const std::string& key : missing) {
-        TAILOR_ASSIGN_OR_RETURN(EvalResult r,
-                                Evaluate(model, tasks_.at(key).eval_windows));
-        memo[key] = EvalJson(r);
-      }
-      TAILOR_RETURN_IF_ERROR(
-          WriteFileAtomically(memo_path, memo.dump(1) + "\n"));
-      absl::MutexLock lock(&mu_);
-      evaluate_seconds_ += Seconds(start);
-      ++score_memo_misses_;
-    }
-    nlohmann::json out = nlohmann::json::object();
-    for (const std::string& key : keys) out[key] = memo[key];
     return out;
   }
 
@@ -447,11 +245,11 @@ class Demo {
       FusionRow row, const std::vector<std::string>& keys) {
     const std::string out = JoinPath(JoinPath(cache_dir_, "fused"), row.slug);
     row.spec.output_uri = out;
-    const Clock::time_point start = Clock::now();
+    const Stopwatch timer;
     TAILOR_ASSIGN_OR_RETURN(nlohmann::json job,
                             RunFusionJob(row.spec, *resolver_));
-    const double fuse_seconds = Seconds(start);
-    TAILOR_ASSIGN_OR_RETURN(nlohmann::json scores, ScoreFused(out, keys));
+    const double fuse_seconds = timer.Seconds();
+    TAILOR_ASSIGN_OR_RETURN(nlohmann::json scores, scores_->Score(out, keys));
     if (!row.keep_output) TAILOR_RETURN_IF_ERROR(RemoveAll(out));
     {
       absl::MutexLock lock(&mu_);
@@ -476,18 +274,8 @@ class Demo {
       const std::vector<std::string>& keys) {
     std::vector<absl::StatusOr<nlohmann::json>> results(
         rows.size(), absl::UnknownError("not run"));
-    std::atomic<size_t> next{0};
-    auto worker = [&] {
-      for (size_t i = next++; i < rows.size(); i = next++) {
-        results[i] = FuseAndScore(rows[i], keys);
-      }
-    };
-    const int workers = std::max(
-        1, std::min<int>(options_.jobs, static_cast<int>(rows.size())));
-    std::vector<std::thread> threads;
-    for (int w = 1; w < workers; ++w) threads.emplace_back(worker);
-    worker();
-    for (std::thread& t : threads) t.join();
+    ParallelFor(rows.size(), options_.jobs,
+                [&](size_t i) { results[i] = FuseAndScore(rows[i], keys); });
     std::vector<nlohmann::json> out;
     for (auto& r : results) {
       if (!r.ok()) return r.status();
@@ -511,8 +299,8 @@ class Demo {
                    bool with_hessians) const {
     TaskSpec t;
     t.label = label;
-    t.finetuned_uri = model_dirs_.at(ft_name);
-    if (with_hessians) t.hessian_uri = HessianPath(ft_name);
+    t.finetuned_uri = models_->dir(ft_name);
+    if (with_hessians) t.hessian_uri = models_->HessianPath(ft_name);
     return t;
   }
 
@@ -535,7 +323,7 @@ class Demo {
     TAILOR_ASSIGN_OR_RETURN(nlohmann::json zero_shot,
                             Score(pretrained_dir(), keys));
     TAILOR_ASSIGN_OR_RETURN(nlohmann::json finetuned,
-                            Score(model_dirs_.at(ft_name), keys));
+                            Score(models_->dir(ft_name), keys));
     zero_shot["method"] = "zero-shot";
     finetuned["method"] = "fine-tuned";
     const TaskSpec task = TaskFor("B", ft_name, /*with_hessians=*/true);
@@ -618,7 +406,7 @@ class Demo {
              {"fine-tuned B", "ft-B"},
              {"fine-tuned C", "ft-C"}}) {
       TAILOR_ASSIGN_OR_RETURN(nlohmann::json row,
-                              Score(model_dirs_.at(name), keys));
+                              Score(models_->dir(name), keys));
       row["method"] = method;
       rows.push_back(std::move(row));
     }
@@ -660,105 +448,21 @@ class Demo {
   const DemoOptions& options_;
   const DemoPreset& preset_;
   at::Device device_ = at::kCPU;
-  std::map<std::string, Task> tasks_;
+  std::map<std::string, DemoTask> tasks_;
   std::string cache_dir_;
   std::unique_ptr<UriResolver> resolver_;
-  std::map<std::string, std::string> model_dirs_;
-  std::map<std::string, std::string> model_keys_;  // lineage hashes
+  std::unique_ptr<DemoModelCache> models_;  // set up on the main thread
+  std::unique_ptr<DemoScoreMemo> scores_;   // thread-safe
   nlohmann::json report_ = nlohmann::json::object();
   nlohmann::json seconds_ = nlohmann::json::object();
   absl::Mutex mu_;  // guards the counters below (worker threads)
   double fuse_seconds_ ABSL_GUARDED_BY(mu_) = 0;  // summed over the run
-  double evaluate_seconds_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t fusion_jobs_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t score_memo_hits_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t score_memo_misses_ ABSL_GUARDED_BY(mu_) = 0;
   // (checkpoint dir, task) -> scores of the trained models; main thread.
   std::map<std::pair<std::string, std::string>, nlohmann::json> trained_scores_;
 };
 
-TrainOptions MakeTrain(int64_t steps, int64_t batch, int64_t seq, double lr,
-                       int64_t warmup, uint64_t seed) {
-  TrainOptions o;
-  o.steps = steps;
-  o.batch_size = batch;
-  o.seq_len = seq;
-  o.lr = lr;
-  o.warmup_steps = warmup;
-  o.seed = seed;
-  o.log_every = std::max<int64_t>(1, steps / 5);
-  return o;
-}
-
 }  // namespace
-
-nlohmann::json DemoPreset::ToJson() const {
-  return {{"name", name},
-          {"model", model.ToJson()},
-          {"init_seed", init_seed},
-          {"corpus",
-           {{"max_bytes", corpus.max_bytes},
-            {"chunk_tokens", corpus.chunk_tokens},
-            {"heldout_every", corpus.heldout_every}}},
-          {"pretrain", TrainJson(pretrain)},
-          {"finetune", TrainJson(finetune)},
-          {"finetune_partial", TrainJson(finetune_partial)},
-          {"partial_layers", partial_layers},
-          {"calib_samples", calib_samples},
-          {"calib_seq_len", calib_seq_len},
-          {"eval_windows", eval_windows},
-          {"eval_seq_len", eval_seq_len},
-          {"keep", keep},
-          {"omega", omega},
-          {"multitask_keep", multitask_keep},
-          {"ties_density", ties_density},
-          {"dare_drop", dare_drop},
-          {"task_arithmetic_lambda", task_arithmetic_lambda},
-          {"sweep_keep", sweep_keep},
-          {"sweep_omega", sweep_omega},
-          {"partial", partial},
-          {"multitask", multitask}};
-}
-
-DemoPreset FullDemoPreset() {
-  DemoPreset p;
-  p.name = "full";
-  p.model.hidden_size = 128;
-  p.model.intermediate_size = 320;
-  p.model.num_hidden_layers = 4;
-  p.model.num_attention_heads = 4;
-  p.model.num_key_value_heads = 2;
-  p.model.vocab_size = kByteLevelVocabSize;
-  p.model.rms_norm_eps = 1e-5;
-  p.model.max_position_embeddings = 512;
-  p.corpus.max_bytes = 1u << 20;
-  p.pretrain = MakeTrain(600, 16, 128, 3e-3, 50, 11);
-  p.finetune = MakeTrain(300, 16, 128, 1e-3, 20, 12);
-  p.finetune_partial = MakeTrain(300, 16, 128, 1e-3, 20, 13);
-  p.sweep_keep = {0.01, 0.05, 0.10, 0.20, 0.50};
-  p.sweep_omega = {0.0, 0.25, 0.5, 0.75, 1.0};
-  return p;
-}
-
-DemoPreset QuickDemoPreset() {
-  DemoPreset p = FullDemoPreset();
-  p.name = "quick";
-  p.model.hidden_size = 64;
-  p.model.intermediate_size = 160;
-  p.model.num_hidden_layers = 2;
-  p.partial_layers = 1;
-  p.corpus.max_bytes = 256u << 10;
-  p.pretrain = MakeTrain(600, 16, 64, 3e-3, 50, 11);
-  p.finetune = MakeTrain(300, 16, 64, 1e-3, 20, 12);
-  p.finetune_partial = MakeTrain(300, 16, 64, 1e-3, 20, 13);
-  p.calib_samples = 32;
-  p.calib_seq_len = 64;
-  p.eval_windows = 64;
-  p.eval_seq_len = 64;
-  p.sweep_keep = {0.05, 0.5};
-  p.sweep_omega = {0.0, 1.0};
-  return p;
-}
 
 absl::StatusOr<nlohmann::json> RunForgettingDemo(const DemoOptions& options) {
   if (options.workdir.empty()) {

@@ -7,9 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "model/byte_corpus.h"
-#include "model/llama_config.h"
-#include "model/trainer.h"
+#include "demo/demo_preset.h"  // DemoPreset, FullDemoPreset, QuickDemoPreset
 #include "nlohmann/json.hpp"
 
 namespace tailor {
@@ -30,39 +28,6 @@ namespace tailor {
 // Trained checkpoints and calibration files are cached under the work
 // directory in a folder keyed by the preset and the corpora's digests;
 // every random choice is seeded, so a second run reuses them.
-struct DemoPreset {
-  std::string name;  // "full" | "quick"
-  LlamaConfig model;
-  uint64_t init_seed = 1;
-  CorpusOptions corpus;
-  TrainOptions pretrain;          // on A
-  TrainOptions finetune;          // on B and on C, whole model
-  TrainOptions finetune_partial;  // on B, last `partial_layers` layers only
-  int64_t partial_layers = 2;
-  int64_t calib_samples = 64;  // windows of the task's training stream
-  int64_t calib_seq_len = 128;
-  int64_t eval_windows = 64;  // held-out windows per corpus
-  int64_t eval_seq_len = 128;
-  double keep = 0.10;            // rho of the main table
-  double omega = 0.5;            // omega of the main table
-  double multitask_keep = 0.05;  // rho per task when stitching B + C
-  double ties_density = 0.10;    // TIES trim: the same budget as rho
-  double dare_drop = 0.90;       // DARE p: keeps 1 - p = rho on average
-  double task_arithmetic_lambda = 0.5;
-  std::vector<double> sweep_keep;   // empty: no sweep
-  std::vector<double> sweep_omega;  // empty: no sweep
-  bool partial = true;              // run the partial fine-tuning setting
-  bool multitask = true;            // run the B + C stitch
-
-  // Everything that shapes the cached checkpoints and the results.
-  nlohmann::json ToJson() const;
-};
-
-// The README's preset: 4 layers, hidden 128; minutes on a 2-core CPU.
-DemoPreset FullDemoPreset();
-// For tests: a smaller model and fewer steps, same scenario.
-DemoPreset QuickDemoPreset();
-
 struct DemoOptions {
   DemoPreset preset;
   std::string workdir;          // created if missing
@@ -92,17 +57,8 @@ struct DemoOptions {
 //   seconds {total, ...}.
 // Accuracies are percentages; Avg is the mean of A and B; H-score their
 // harmonic mean; retention_a = A / A(zero-shot), retention_b = B /
-// B(fine-tuned), both in percent.
+// B(fine-tuned), both in percent. Its tables and plot: demo/demo_report.h.
 absl::StatusOr<nlohmann::json> RunForgettingDemo(const DemoOptions& options);
-
-// The paper-style tables of a report, for a terminal.
-std::string FormatDemoTables(const nlohmann::json& report);
-
-// Writes `<dir>/sweep.dat` and `<dir>/tradeoff.gp` (a gnuplot script that
-// draws the rho/omega trade-off curve to `<dir>/tradeoff.png`) from a
-// report with a sweep. Returns the script's path.
-absl::StatusOr<std::string> WriteTradeoffPlotScript(
-    const nlohmann::json& report, const std::string& dir);
 
 }  // namespace tailor
 

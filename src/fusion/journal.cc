@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "io/safetensors_header.h"
+#include "util/errno_status.h"
 #include "util/file_util.h"
 #include "util/json_util.h"
 #include "util/sha256.h"
@@ -155,7 +156,7 @@ absl::StatusOr<std::unique_ptr<JournalFusedSpool>> FusionJournal::BeginFused(
   const int fd =
       ::open(path.c_str(),
              O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("create ", path));
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("create ", path));
   spool->fd_ = ScopedFd(fd);
   return spool;
 }
@@ -278,10 +279,10 @@ absl::Status FusionJournal::Write(const JournalEntry& entry) const {
     // vouches for it exists.
     const std::string temp = JoinPath(dir_, spool->temp_name_);
     if (::fsync(spool->fd_.get()) != 0) {
-      return ErrnoToStatus(errno, absl::StrCat("fsync ", temp));
+      return ErrnoError(errno, absl::StrCat("fsync ", temp));
     }
     if (::rename(temp.c_str(), FusedPath(entry.index).c_str()) != 0) {
-      return ErrnoToStatus(errno, absl::StrCat("rename ", temp));
+      return ErrnoError(errno, absl::StrCat("rename ", temp));
     }
     spool->committed_ = true;
     spool->fd_ = ScopedFd();

@@ -8,6 +8,7 @@
 #include "fusion/spider_kernel.h"
 #include "fusion/tailor_kernel.h"
 #include "fusion/top_k.h"
+#include "util/fnv1a.h"
 
 namespace tailor {
 namespace {
@@ -20,16 +21,6 @@ at::Tensor Zero(const at::Tensor& like) {
 // `t` where `mask` holds, exactly 0 elsewhere.
 at::Tensor Masked(const at::Tensor& mask, const at::Tensor& t) {
   return at::where(mask, t, Zero(t));
-}
-
-// 64-bit FNV-1a over the bytes of `text`.
-uint64_t Fnv1a(absl::string_view text) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : text) {
-    h ^= c;
-    h *= 0x100000001b3ull;
-  }
-  return h;
 }
 
 // SplitMix64's finaliser: every output bit depends on every input bit.
@@ -51,6 +42,23 @@ uint64_t DareSeed(uint64_t seed, absl::string_view tensor_name, uint64_t task) {
 }
 
 }  // namespace
+
+at::Tensor FuseTensor(const at::Tensor& pre, const at::Tensor& mask,
+                      const at::Tensor& values) {
+  at::Tensor flat = pre.to(at::kFloat).reshape({-1}).clone();
+  const at::Tensor idx =
+      mask.to(flat.device()).reshape({-1}).nonzero().reshape({-1});
+  const at::Tensor add = values.to(flat.device(), at::kFloat).reshape({-1});
+  flat.index_put_({idx}, flat.index({idx}) + add);
+  return flat.reshape(pre.sizes());
+}
+
+at::Tensor KeptValues(const at::Tensor& mask, const at::Tensor& delta) {
+  return delta.reshape({-1})
+      .masked_select(mask.to(delta.device(), at::kBool).reshape({-1}))
+      .to(at::kFloat)
+      .contiguous();
+}
 
 MergedDelta Stitch(const std::vector<TaskDelta>& tasks,
                    Aggregation aggregation) {

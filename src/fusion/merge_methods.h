@@ -35,6 +35,19 @@ struct MergedDelta {
 MergedDelta Stitch(const std::vector<TaskDelta>& tasks,
                    Aggregation aggregation);
 
+// The fused tensor of a patched weight: pre (any floating dtype) + values
+// scattered at the set entries of mask, computed in float32; entries outside
+// the mask are pre exactly (no -0/+0 change). Returns float32; the caller
+// stores it in the base dtype. Fuse and apply-patch both go through it (or
+// loops with its arithmetic), so applying a patch reproduces the fused
+// checkpoint bit for bit.
+at::Tensor FuseTensor(const at::Tensor& pre, const at::Tensor& mask,
+                      const at::Tensor& values);
+
+// The kept values of `delta` at `mask`, row-major, as float32 [k]: what a
+// patch stores (patch.h) and FuseTensor adds.
+at::Tensor KeptValues(const at::Tensor& mask, const at::Tensor& delta);
+
 // --- Baselines: dense task vectors D_i = W_ft_i - W_pre in, merged out. ---
 
 // Task arithmetic: lambda * sum_i D_i, on every entry where it is non-zero.

@@ -9,9 +9,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "fusion/merge_methods.h"
+#include "fusion/merge_methods.h"  // TaskDelta, FuseTensor, KeptValues
 #include "io/checkpoint.h"
 #include "io/dtype.h"
+#include "io/fingerprint.h"  // HeaderFingerprint, DataFingerprint
 #include "nlohmann/json.hpp"
 #include "util/file_util.h"
 #include "util/staged_output.h"
@@ -31,24 +32,17 @@ inline constexpr char kPatchFormat[] = "tailor-patch/1";
 // header bytes}); tensors (JSON object {W: {shape, dtype (of the base),
 // kept, stats}}).
 //
-// The fused tensor is FuseTensor(pre, mask, values): fuse and apply-patch
-// both go through it, so applying a patch reproduces the fused checkpoint
-// bit for bit.
+// The fused tensor is FuseTensor(pre, mask, values) (merge_methods.h): fuse
+// and apply-patch both go through it, so applying a patch reproduces the
+// fused checkpoint bit for bit. The mask's packing is io/bit_packing.h; the
+// sources' fingerprints are io/fingerprint.h. PatchWriter is in
+// patch_writer.cc, PatchFile in patch.cc.
 
 struct PatchMetadata {
   std::string method;
   nlohmann::json knobs = nlohmann::json::object();
   nlohmann::json sources = nlohmann::json::array();
 };
-
-// pre (any floating dtype) + values scattered at the set entries of mask,
-// computed in float32; entries outside the mask are pre exactly (no -0/+0
-// change). Returns float32; the caller stores it in the base dtype.
-at::Tensor FuseTensor(const at::Tensor& pre, const at::Tensor& mask,
-                      const at::Tensor& values);
-
-// The kept values of `delta` at `mask`, row-major, as float32 [k].
-at::Tensor KeptValues(const at::Tensor& mask, const at::Tensor& delta);
 
 // The bytes a patch stores for one weight, as PatchWriter spools them: what
 // a job journal records so that a resumed job adds exactly the same entry.
@@ -163,28 +157,6 @@ class PatchFile {
   std::string method_;
   nlohmann::json knobs_, sources_, tensor_metadata_;
 };
-
-// sha256 (hex) of a safetensors file's header bytes (the 8-byte length and
-// the JSON): a cheap fingerprint of a checkpoint's layout and identity.
-absl::StatusOr<std::string> HeaderFingerprint(const std::string& path);
-// The same opened beneath its allowed root (issue #14 point 7).
-absl::StatusOr<std::string> HeaderFingerprint(const std::string& path,
-                                              const UriResolver& resolver);
-// The same for a file already open (no second open of its path).
-absl::StatusOr<std::string> HeaderFingerprint(const SafetensorsFile& file);
-
-// Blocks DataFingerprint() samples from a file's data section, and their size.
-inline constexpr int kDataSampleBlocks = 64;
-inline constexpr uint64_t kDataSampleBlockBytes = 4096;
-
-// sha256 (hex) of kDataSampleBlocks blocks of kDataSampleBlockBytes from a
-// safetensors file's data section, evenly spaced from its first byte to its
-// last (the whole data section when it is smaller), each preceded by its
-// offset: a cheap fingerprint of the values, so that a patch is refused on
-// another base of the same layout (e.g. a fine-tune of it). Values that
-// differ only outside the sampled blocks are not detected.
-absl::StatusOr<std::string> DataFingerprint(const std::string& path);
-absl::StatusOr<std::string> DataFingerprint(const SafetensorsFile& file);
 
 }  // namespace tailor
 

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "io/bit_packing.h"
 #include "io/dtype.h"
 #include "io/tensor_convert.h"
 #include "util/quote.h"
@@ -34,7 +35,7 @@ absl::StatusOr<std::unique_ptr<PatchEntryStream>> PatchEntryStream::Open(
 
   // The whole mask once, in bounded pieces: the checks LoadPacked() makes
   // (UnpackBits, popcount), with its messages, before anything is decoded.
-  const uint64_t mask_bytes = static_cast<uint64_t>(n / 8 + (n % 8 != 0));
+  const uint64_t mask_bytes = static_cast<uint64_t>(PackedMaskBytes(n));
   std::string piece;
   int64_t popcount = 0;
   for (uint64_t off = 0; off < mask_bytes;) {
@@ -44,15 +45,9 @@ absl::StatusOr<std::unique_ptr<PatchEntryStream>> PatchEntryStream::Open(
     for (char c : piece)
       popcount += __builtin_popcount(static_cast<uint8_t>(c));
     off += len;
-    if (off == mask_bytes && n % 8 != 0) {
-      const uint8_t b = static_cast<uint8_t>(piece.back());
-      const int used = static_cast<int>(n % 8);
-      if ((b >> used) != 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            s->label_, ": pad bits of the last mask byte (bits ", used,
-            "..7 of byte ", n / 8, " = 0x", absl::Hex(b, absl::kZeroPad2),
-            ") must be zero; the mask covers ", n, " entries"));
-      }
+    if (off == mask_bytes) {
+      TAILOR_RETURN_IF_ERROR(
+          CheckPadBits(static_cast<uint8_t>(piece.back()), n, s->label_));
     }
   }
   if (popcount != s->kept_) {
@@ -80,17 +75,10 @@ absl::Status PatchEntryStream::Next(int64_t m, at::Tensor* mask,
   TAILOR_RETURN_IF_ERROR(
       patch_->ReadMaskBytes(name_, static_cast<uint64_t>(first_byte),
                             packed_.size(), packed_.data()));
-  const uint8_t* bits = reinterpret_cast<const uint8_t*>(packed_.data());
-  // A bool tensor holds one byte per element, 0 or 1.
-  uint8_t* dst = reinterpret_cast<uint8_t*>(mask_buf_.data_ptr<bool>());
   const int64_t shift = position_ - 8 * first_byte;  // 0..7
-  int64_t count = 0;
-  for (int64_t i = 0; i < m; ++i) {
-    const int64_t bit = shift + i;
-    const uint8_t v = (bits[bit >> 3] >> (bit & 7)) & 1;
-    dst[i] = v;
-    count += v;
-  }
+  const int64_t count =
+      UnpackBitRange(reinterpret_cast<const uint8_t*>(packed_.data()), shift, m,
+                     mask_buf_.data_ptr<bool>());
   if (count > kept_ - values_read_) {
     // Open() counted kept_ set bits: the file changed since.
     return absl::DataLossError(absl::StrCat(

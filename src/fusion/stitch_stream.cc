@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "fusion/patch_stream.h"
 #include "fusion/tailor_kernel.h"
+#include "io/bit_packing.h"
 #include "io/dtype.h"
 #include "io/tensor_convert.h"
 #include "util/status_macros.h"
@@ -41,7 +42,7 @@ absl::StatusOr<StitchStreamResult> StreamStitchedTensor(
   PackedPatchEntry packed;
   if (pack_stitched) {
     packed.shape = info.shape;
-    packed.mask.assign(static_cast<size_t>(n / 8 + (n % 8 != 0)), '\0');
+    packed.mask.assign(static_cast<size_t>(PackedMaskBytes(n)), '\0');
   }
 
   // Reused for every chunk: the stored bytes, pre-trained in `compute`, one
@@ -93,16 +94,10 @@ absl::StatusOr<StitchStreamResult> StreamStitchedTensor(
         static_cast<const char*>(out.data_ptr()),
         static_cast<size_t>(out.numel()) * out.element_size())));
     if (pack_stitched) {
-      // PackBits: flat index i -> byte i / 8, bit i % 8 (LSB first).
+      // PackBits' layout, chunk by chunk.
       const at::Tensor mask_c = merged.mask.contiguous();
-      const uint8_t* src =
-          reinterpret_cast<const uint8_t*>(mask_c.data_ptr<bool>());
-      for (int64_t i = 0; i < m; ++i, ++bit) {
-        if (src[i]) {
-          packed.mask[static_cast<size_t>(bit >> 3)] |=
-              static_cast<char>(1u << (bit & 7));
-        }
-      }
+      OrBits(mask_c.data_ptr<bool>(), m, bit, packed.mask.data());
+      bit += m;
       packed.values.append(
           static_cast<const char*>(kept_values.data_ptr()),
           static_cast<size_t>(kept_values.numel()) * sizeof(float));

@@ -13,21 +13,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "util/field_error.h"
+#include "util/fnv1a.h"
 
 namespace tailor::jobs {
-namespace {
-
-// FNV-1a, 64 bits: stable across builds and processes (unlike std::hash).
-uint64_t Fnv1a(absl::string_view text) {
-  uint64_t h = 14695981039346656037ull;
-  for (unsigned char c : text) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
-}  // namespace
 
 absl::StatusOr<JobFilter> ParseJobFilter(const std::string& text) {
   JobFilter f;

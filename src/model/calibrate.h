@@ -18,7 +18,7 @@ namespace tailor {
 //   convention), either a 1-D token stream or 2-D [sequences, tokens]. Use
 //   this for any real tokenizer (tokenize in Python, save with safetensors).
 // - any other file: its raw bytes, one token per byte (the byte-level
-//   vocabulary of the demo models; model/byte_corpus.h).
+//   vocabulary of the demo models; demo/byte_corpus.h).
 // From a stream, `samples` windows of `seq_len` tokens at evenly spaced
 // offsets from the start to the end (deterministic, overlapping only when
 // the stream is short); from 2-D data, the first `samples` rows cut to

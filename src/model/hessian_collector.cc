@@ -1,30 +1,18 @@
 #include "model/hessian_collector.h"
 
 #include <ATen/ATen.h>
-#include <stdio.h>
-#include <unistd.h>
 
-#include <atomic>
-#include <cerrno>
 #include <cstring>
-#include <memory>
-#include <vector>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "io/checkpoint.h"
-#include "io/checkpoint_writer.h"
-#include "nlohmann/json.hpp"
-#include "util/file_util.h"
+#include "io/calibration_file.h"
 #include "util/status_macros.h"
 #include "util/torch_status.h"
 
 namespace tailor {
 namespace {
-
-constexpr char kWeightSuffix[] = ".weight";
-constexpr char kHessianSuffix[] = ".hessian";
-constexpr char kFormat[] = "tailor-hessian/1";
 
 // Weight-name suffix -> the sibling whose Hessian it shares.
 constexpr std::pair<const char*, const char*> kAliasRules[] = {
@@ -49,11 +37,10 @@ std::optional<std::string> AliasFor(absl::string_view weight_name) {
 
 std::optional<std::string> HessianCollector::KeyFor(
     absl::string_view weight_name) {
-  if (!absl::EndsWith(weight_name, kWeightSuffix)) return std::nullopt;
+  std::optional<std::string> key = HessianKeyOf(weight_name);
+  if (!key.has_value()) return std::nullopt;
   if (std::optional<std::string> alias = AliasFor(weight_name)) return alias;
-  return absl::StrCat(
-      weight_name.substr(0, weight_name.size() - strlen(kWeightSuffix)),
-      kHessianSuffix);
+  return key;
 }
 
 void HessianCollector::Fail(absl::Status status) {
@@ -147,51 +134,11 @@ absl::Status HessianCollector::Write(const std::string& path) const {
                        "', whose own weight was never reported"));
     }
   }
-  if (PathExists(path)) {
-    return absl::AlreadyExistsError(
-        absl::StrCat(path, " already exists; choose a new output path"));
-  }
-
-  std::vector<TensorInfo> layout;
-  for (const auto& [key, acc] : sums_) {
-    TensorInfo info;
-    info.name = key;
-    info.dtype = DType::kF32;
-    const int64_t c = acc.sum.size(0);
-    info.shape = {c, c};
-    info.numel = c * c;
-    info.nbytes = static_cast<uint64_t>(info.numel) * sizeof(float);
-    layout.push_back(std::move(info));
-  }
-  nlohmann::json aliases = nlohmann::json::object();
-  for (const auto& [weight, key] : aliases_) aliases[weight] = key;
-  CheckpointWriterOptions options;
-  options.max_shard_bytes = ~uint64_t{0};  // always one file
-  options.metadata = {{"format", kFormat},
-                      {"nsamples", std::to_string(n)},
-                      {"aliases", aliases.dump()}};
-
-  static std::atomic<uint64_t> counter{0};
-  const std::string staging =
-      absl::StrCat(Dirname(path), "/.", Basename(path), ".staging-", ::getpid(),
-                   "-", counter.fetch_add(1));
-  auto write = [&]() -> absl::Status {
-    TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> writer,
-                            CheckpointWriter::Create(staging, layout, options));
-    for (const TensorInfo& info : layout) {
-      TAILOR_ASSIGN_OR_RETURN(at::Tensor h, Hessian(info.name));
-      TAILOR_RETURN_IF_ERROR(writer->Write(info.name, h));
-    }
-    TAILOR_RETURN_IF_ERROR(writer->Commit());
-    const std::string file = JoinPath(staging, kSingleFileName);
-    if (::rename(file.c_str(), path.c_str()) != 0) {
-      return ErrnoError(errno, absl::StrCat("rename ", file, " -> ", path));
-    }
-    return FsyncDirectory(Dirname(path));
-  };
-  absl::Status status = write();
-  absl::Status cleanup = RemoveAll(staging);
-  return status.ok() ? cleanup : status;
+  std::map<std::string, int64_t> columns;
+  for (const auto& [key, acc] : sums_) columns[key] = acc.sum.size(0);
+  return WriteCalibrationFile(
+      path, n, columns, aliases_,
+      [this](const std::string& key) { return Hessian(key); });
 }
 
 }  // namespace tailor

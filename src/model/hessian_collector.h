@@ -63,9 +63,9 @@ class HessianCollector : public ForwardHooks {
 
   // Writes the calibration file (format tailor-hessian/1: one F32 tensor per
   // key, metadata nsamples and aliases) to the single file `path`, which
-  // must not exist; atomic (written in a hidden staging directory beside it,
-  // then renamed). FAILED_PRECONDITION before any rows, or when keys saw
-  // different row counts.
+  // must not exist, through WriteCalibrationFile (io/calibration_file.h):
+  // atomic. FAILED_PRECONDITION before any rows, when keys saw different
+  // row counts, or when an alias names a key never reported.
   absl::Status Write(const std::string& path) const;
 
  private:

@@ -35,12 +35,6 @@ class ScopedFd {
   int fd_ = -1;
 };
 
-// The old spelling of ErrnoError(errno_value, context) (util/errno_status.h),
-// kept only until src/fusion/patch.cc moves over: new code calls ErrnoError.
-inline absl::Status ErrnoToStatus(int errno_value, absl::string_view context) {
-  return ErrnoError(errno_value, context);
-}
-
 // Opens `path` read-only (O_CLOEXEC) for reading its contents. Never blocks
 // in open(2): the open is O_NONBLOCK, anything but a regular file (a FIFO, a
 // device, a directory) is INVALID_ARGUMENT "<path> is not a regular file

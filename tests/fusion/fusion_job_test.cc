@@ -25,6 +25,7 @@
 namespace tailor {
 namespace {
 
+using ::tailor::testing::ExpectSameFiles;
 using ::tailor::testing::RawTensor;
 using ::tailor::testing::ReadFileOrDie;
 using ::tailor::testing::SerializeSafetensors;
@@ -137,17 +138,6 @@ class FusionJobTest : public ::testing::Test {
     options.progress = sink;
     options.cancel = cancel;
     return RunFusionJob(spec, *resolver, options);
-  }
-
-  static void ExpectSameFiles(const std::string& a, const std::string& b) {
-    auto na = ListDirectory(a);
-    auto nb = ListDirectory(b);
-    ASSERT_TRUE(na.ok() && nb.ok());
-    ASSERT_EQ(*na, *nb);
-    for (const std::string& n : *na) {
-      EXPECT_EQ(ReadFileOrDie(JoinPath(a, n)), ReadFileOrDie(JoinPath(b, n)))
-          << n;
-    }
   }
 
   TempDir tmp_;

@@ -62,19 +62,10 @@ class Recorder : public ProgressSink {
   const int cancel_after_;
 };
 
-// The report without what may differ between an interrupted and an
-// uninterrupted run: timings and the resumed count (and the devices, which
-// a scheduled run lists as the leases' names).
+// The report without timings, the resumed count and the devices (which a
+// scheduled run lists as the leases' names).
 nlohmann::json Comparable(nlohmann::json j) {
-  if (j.is_object()) {
-    j.erase("seconds");
-    j.erase("resumed_tensors");
-    j.erase("device");
-    for (auto& [k, v] : j.items()) v = Comparable(v);
-  } else if (j.is_array()) {
-    for (auto& v : j) v = Comparable(v);
-  }
-  return j;
+  return ::tailor::testing::WithoutRunFacts(std::move(j));
 }
 
 class FusionJournalTest : public ::testing::Test {
@@ -114,13 +105,7 @@ class FusionJournalTest : public ::testing::Test {
 
   void WriteCheckpoint(const std::string& dir,
                        const std::map<std::string, at::Tensor>& ts) {
-    std::vector<RawTensor> a, b;
-    for (const auto& [name, w] : ts) {
-      (absl::StrContains(name, "mlp") ? b : a)
-          .push_back(ToRaw(name, w.to(at::kBFloat16)));
-    }
-    b.push_back(ToRaw("model.position_ids", at::arange(8, at::kLong)));
-    WriteShardedCheckpoint(dir, {a, b});
+    ::tailor::testing::WriteBf16TwoShardCheckpoint(dir, ts);
   }
 
   std::string WriteHessians(const std::string& path) {

@@ -92,17 +92,10 @@ class Canceller : public Recorder {
   const int after_;
 };
 
-// The report without timings, the resumed count and the devices.
+// The report without timings, the resumed count and the devices (which a
+// scheduled run lists as the leases' names).
 nlohmann::json Comparable(nlohmann::json j) {
-  if (j.is_object()) {
-    j.erase("seconds");
-    j.erase("resumed_tensors");
-    j.erase("device");
-    for (auto& [k, v] : j.items()) v = Comparable(v);
-  } else if (j.is_array()) {
-    for (auto& v : j) v = Comparable(v);
-  }
-  return j;
+  return ::tailor::testing::WithoutRunFacts(std::move(j));
 }
 
 class FusionWorkersTest : public ::testing::Test {
@@ -142,13 +135,7 @@ class FusionWorkersTest : public ::testing::Test {
 
   void WriteCheckpoint(const std::string& dir,
                        const std::map<std::string, at::Tensor>& ts) {
-    std::vector<RawTensor> a, b;
-    for (const auto& [name, w] : ts) {
-      (absl::StrContains(name, "mlp") ? b : a)
-          .push_back(ToRaw(name, w.to(at::kBFloat16)));
-    }
-    b.push_back(ToRaw("model.position_ids", at::arange(8, at::kLong)));
-    WriteShardedCheckpoint(dir, {a, b});
+    ::tailor::testing::WriteBf16TwoShardCheckpoint(dir, ts);
   }
 
   // Hessians for every layer's q/k (one key per layer, aliased by k) and

@@ -29,6 +29,7 @@
 namespace tailor {
 namespace {
 
+using ::tailor::testing::ExpectSameFiles;
 using ::tailor::testing::ReadFileOrDie;
 using ::tailor::testing::TempDir;
 using ::tailor::testing::ToRaw;
@@ -104,17 +105,6 @@ class PatchStreamTest : public ::testing::Test {
     md.method = "tailor";
     EXPECT_TRUE((*w)->Finish(md).ok());
     return path;
-  }
-
-  static void ExpectSameFiles(const std::string& a, const std::string& b) {
-    auto na = ListDirectory(a);
-    auto nb = ListDirectory(b);
-    ASSERT_TRUE(na.ok() && nb.ok());
-    ASSERT_EQ(*na, *nb);
-    for (const std::string& n : *na) {
-      EXPECT_EQ(ReadFileOrDie(JoinPath(a, n)), ReadFileOrDie(JoinPath(b, n)))
-          << n;
-    }
   }
 
   absl::Status Apply(const std::string& base, const std::string& patch,

@@ -22,6 +22,7 @@
 namespace tailor {
 namespace {
 
+using ::tailor::testing::ExpectSameFiles;
 using ::tailor::testing::RawTensor;
 using ::tailor::testing::ReadFileOrDie;
 using ::tailor::testing::TempDir;
@@ -93,17 +94,6 @@ class StreamedMergeTest : public ::testing::Test {
     spec.output_uri = tmp_.Join(name + "-out");
     spec.device = "cpu";
     return spec;
-  }
-
-  static void ExpectSameFiles(const std::string& a, const std::string& b) {
-    auto na = ListDirectory(a);
-    auto nb = ListDirectory(b);
-    ASSERT_TRUE(na.ok() && nb.ok());
-    ASSERT_EQ(*na, *nb);
-    for (const std::string& n : *na) {
-      EXPECT_EQ(ReadFileOrDie(JoinPath(a, n)), ReadFileOrDie(JoinPath(b, n)))
-          << n;
-    }
   }
 
   // Runs `spec` whole (with a patch output) and streamed (the checkpoint

@@ -7,7 +7,6 @@
 
 #include "absl/strings/match.h"
 #include "fusion/calibration.h"
-#include "model/byte_corpus.h"
 #include "model/llama.h"
 #include "model/tiny_llama.h"
 #include "testing/test_util.h"

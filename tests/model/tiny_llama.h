@@ -1,7 +1,7 @@
 #ifndef TAILOR_TESTS_MODEL_TINY_LLAMA_H_
 #define TAILOR_TESTS_MODEL_TINY_LLAMA_H_
 
-#include "model/byte_corpus.h"
+#include "demo/byte_corpus.h"
 #include "model/llama_config.h"
 
 namespace tailor::testing {

@@ -9,8 +9,10 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "gtest/gtest.h"
 #include "util/file_util.h"
 
 namespace tailor::testing {
@@ -186,6 +188,40 @@ bool BitEqual(const at::Tensor& a, const at::Tensor& b) {
   at::Tensor cb = b.contiguous().cpu();
   return std::memcmp(ca.data_ptr(), cb.data_ptr(),
                      static_cast<size_t>(ca.numel()) * ca.element_size()) == 0;
+}
+
+void ExpectSameFiles(const std::string& a, const std::string& b) {
+  auto na = ListDirectory(a);
+  auto nb = ListDirectory(b);
+  ASSERT_TRUE(na.ok() && nb.ok());
+  ASSERT_EQ(*na, *nb);
+  for (const std::string& n : *na) {
+    EXPECT_EQ(ReadFileOrDie(JoinPath(a, n)), ReadFileOrDie(JoinPath(b, n)))
+        << n;
+  }
+}
+
+nlohmann::json WithoutRunFacts(nlohmann::json j) {
+  if (j.is_object()) {
+    j.erase("seconds");
+    j.erase("resumed_tensors");
+    j.erase("device");
+    for (auto& [k, v] : j.items()) v = WithoutRunFacts(v);
+  } else if (j.is_array()) {
+    for (auto& v : j) v = WithoutRunFacts(v);
+  }
+  return j;
+}
+
+void WriteBf16TwoShardCheckpoint(
+    const std::string& dir, const std::map<std::string, at::Tensor>& tensors) {
+  std::vector<RawTensor> a, b;
+  for (const auto& [name, w] : tensors) {
+    (absl::StrContains(name, "mlp") ? b : a)
+        .push_back(ToRaw(name, w.to(at::kBFloat16)));
+  }
+  b.push_back(ToRaw("model.position_ids", at::arange(8, at::kLong)));
+  WriteShardedCheckpoint(dir, {a, b});
 }
 
 }  // namespace tailor::testing

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "nlohmann/json.hpp"
 #include "testing/temp_dir.h"
 
 namespace tailor::testing {
@@ -56,6 +57,21 @@ CliResult RunTailorctl(const std::vector<std::string>& args,
 
 // Bit-exact tensor equality (same dtype, shape and bytes; NaN payloads too).
 bool BitEqual(const at::Tensor& a, const at::Tensor& b);
+
+// Expects directories `a` and `b` to hold the same file names with the same
+// bytes (a gtest failure per difference).
+void ExpectSameFiles(const std::string& a, const std::string& b);
+
+// A fusion job's report without what may differ between two runs of the
+// same job (interrupted or not, any worker count): timings ("seconds"), the
+// resumed count and the devices, at every level.
+nlohmann::json WithoutRunFacts(nlohmann::json report);
+
+// Writes `tensors` in BF16 as a two-shard checkpoint in `dir` (which must
+// exist): the "mlp" tensors in the second shard with an I64
+// "model.position_ids" [8], the others in the first.
+void WriteBf16TwoShardCheckpoint(
+    const std::string& dir, const std::map<std::string, at::Tensor>& tensors);
 
 }  // namespace tailor::testing
 

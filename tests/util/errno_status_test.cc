@@ -5,7 +5,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "util/file_util.h"
 
 namespace tailor {
 namespace {
@@ -21,8 +20,6 @@ TEST(ErrnoErrorTest, FileOperationReading) {
   EXPECT_EQ(ErrnoError(EEXIST, "c").code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(ErrnoError(ELOOP, "c").code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ErrnoError(EIO, "c").code(), absl::StatusCode::kInternal);
-  // The old spelling is the same function.
-  EXPECT_EQ(ErrnoToStatus(ELOOP, "c"), ErrnoError(ELOOP, "c"));
 }
 
 TEST(ErrnoErrorTest, PathResolutionReading) {

@@ -1,14 +1,14 @@
-#include "model/trainer.h"
+#include "demo/trainer.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
-#include <chrono>
 #include <cmath>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "util/status_macros.h"
+#include "util/stopwatch.h"
 #include "util/torch_status.h"
 
 namespace tailor {
@@ -79,7 +79,7 @@ absl::StatusOr<TrainResult> Train(LlamaModel& model, const ByteCorpus& corpus,
     return absl::InvalidArgumentError(
         "training: the trainable filter selects no parameter");
   }
-  const auto start = std::chrono::steady_clock::now();
+  const Stopwatch timer;
   TrainResult result;
   result.trainable_parameters = trainable;
   absl::Status status = CatchTorch("training", [&]() -> absl::Status {
@@ -152,9 +152,7 @@ absl::StatusOr<TrainResult> Train(LlamaModel& model, const ByteCorpus& corpus,
     }
   });
   TAILOR_RETURN_IF_ERROR(status);
-  result.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-          .count();
+  result.seconds = timer.Seconds();
   return result;
 }
 

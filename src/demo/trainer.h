@@ -1,5 +1,5 @@
-#ifndef TAILOR_MODEL_TRAINER_H_
-#define TAILOR_MODEL_TRAINER_H_
+#ifndef TAILOR_DEMO_TRAINER_H_
+#define TAILOR_DEMO_TRAINER_H_
 
 #include <ATen/core/Tensor.h>
 
@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "model/byte_corpus.h"
+#include "demo/byte_corpus.h"
 #include "model/llama.h"
 
 namespace tailor {
@@ -70,4 +70,4 @@ absl::StatusOr<EvalResult> Evaluate(const LlamaModel& model,
 
 }  // namespace tailor
 
-#endif  // TAILOR_MODEL_TRAINER_H_
+#endif  // TAILOR_DEMO_TRAINER_H_

@@ -1,4 +1,4 @@
-#include "model/byte_corpus.h"
+#include "demo/byte_corpus.h"
 
 #include <ATen/ATen.h>
 #include <limits.h>

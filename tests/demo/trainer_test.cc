@@ -1,4 +1,4 @@
-#include "model/trainer.h"
+#include "demo/trainer.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -9,7 +9,7 @@
 #include <string>
 
 #include "absl/strings/match.h"
-#include "model/byte_corpus.h"
+#include "demo/byte_corpus.h"
 #include "model/llama.h"
 #include "model/tiny_llama.h"
 #include "testing/test_util.h"

@@ -1,5 +1,5 @@
-#ifndef TAILOR_MODEL_BYTE_CORPUS_H_
-#define TAILOR_MODEL_BYTE_CORPUS_H_
+#ifndef TAILOR_DEMO_BYTE_CORPUS_H_
+#define TAILOR_DEMO_BYTE_CORPUS_H_
 
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
@@ -104,4 +104,4 @@ absl::StatusOr<CorpusSource> CCorpusSource();
 
 }  // namespace tailor
 
-#endif  // TAILOR_MODEL_BYTE_CORPUS_H_
+#endif  // TAILOR_DEMO_BYTE_CORPUS_H_

@@ -1,0 +1,117 @@
+// The calibration file's writer and reader together: what
+// WriteCalibrationFile writes, CalibrationFile reads back (tailor-hessian/1).
+
+#include "io/calibration_file.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "testing/test_util.h"
+#include "util/file_util.h"
+
+namespace tailor {
+namespace {
+
+using ::tailor::testing::BitEqual;
+using ::tailor::testing::ReadFileOrDie;
+using ::tailor::testing::TempDir;
+
+at::Tensor Symmetric(int64_t c, uint64_t seed) {
+  at::manual_seed(seed);
+  const at::Tensor x = at::randn({2 * c, c});
+  return x.t().mm(x).contiguous();
+}
+
+TEST(CalibrationFileTest, WriterOutputReadsBack) {
+  TempDir dir;
+  const std::string path = dir.Join("calib.safetensors");
+  const std::map<std::string, at::Tensor> hessians = {
+      {"model.layers.0.mlp.up_proj.hessian", Symmetric(6, 1)},
+      {"model.layers.0.self_attn.q_proj.hessian", Symmetric(4, 2)}};
+  std::map<std::string, int64_t> columns;
+  for (const auto& [key, h] : hessians) columns[key] = h.size(0);
+  const std::map<std::string, std::string> aliases = {
+      {"model.layers.0.self_attn.k_proj.weight",
+       "model.layers.0.self_attn.q_proj.hessian"}};
+  std::vector<std::string> asked;
+  ASSERT_TRUE(WriteCalibrationFile(path, 96, columns, aliases,
+                                   [&](const std::string& key) {
+                                     asked.push_back(key);
+                                     return hessians.at(key);
+                                   })
+                  .ok());
+  // One matrix asked for at a time, in key order.
+  EXPECT_EQ(asked, (std::vector<std::string>{
+                       "model.layers.0.mlp.up_proj.hessian",
+                       "model.layers.0.self_attn.q_proj.hessian"}));
+  // Nothing left beside it (the staging directory is gone).
+  absl::StatusOr<std::vector<std::string>> names = ListDirectory(dir.path());
+  ASSERT_TRUE(names.ok());
+  EXPECT_EQ(*names, std::vector<std::string>{"calib.safetensors"});
+
+  absl::StatusOr<std::unique_ptr<CalibrationFile>> file =
+      CalibrationFile::Open(path, {});
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ((*file)->nsamples(), 96);
+  EXPECT_EQ((*file)->aliases(), aliases);
+  for (const auto& [key, h] : hessians) {
+    absl::StatusOr<at::Tensor> read = (*file)->Load(key);
+    ASSERT_TRUE(read.ok()) << read.status();
+    EXPECT_TRUE(BitEqual(*read, h)) << key;
+  }
+  // The weight -> key rule and the alias.
+  EXPECT_EQ((*file)->KeyFor("model.layers.0.mlp.up_proj.weight"),
+            "model.layers.0.mlp.up_proj.hessian");
+  EXPECT_EQ((*file)->KeyFor("model.layers.0.self_attn.k_proj.weight"),
+            "model.layers.0.self_attn.q_proj.hessian");
+  EXPECT_EQ((*file)->KeyFor("model.layers.0.mlp.down_proj.weight"),
+            std::nullopt);
+  EXPECT_EQ((*file)->KeyFor("model.layers.0.mlp.up_proj.bias"), std::nullopt);
+  // The format tag the reader checks is the one the writer wrote.
+  EXPECT_TRUE(absl::StrContains(ReadFileOrDie(path),
+                                absl::StrCat("\"", kHessianFormat, "\"")));
+}
+
+TEST(CalibrationFileTest, WriterRefusesAnExistingPathAndLeavesIt) {
+  TempDir dir;
+  const std::string path = dir.Join("calib.safetensors");
+  ::tailor::testing::WriteFileOrDie(path, "keep me");
+  bool asked = false;
+  absl::Status s = WriteCalibrationFile(
+      path, 8, {{"a.hessian", 2}}, {}, [&](const std::string&) {
+        asked = true;
+        return absl::StatusOr<at::Tensor>(Symmetric(2, 3));
+      });
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
+  EXPECT_FALSE(asked);
+  EXPECT_EQ(ReadFileOrDie(path), "keep me");
+}
+
+TEST(CalibrationFileTest, AHessianErrorFailsTheWriteAndLeavesNothing) {
+  TempDir dir;
+  const std::string path = dir.Join("calib.safetensors");
+  absl::Status s = WriteCalibrationFile(
+      path, 8, {{"a.hessian", 2}}, {}, [](const std::string&) {
+        return absl::StatusOr<at::Tensor>(absl::InternalError("no values"));
+      });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  absl::StatusOr<std::vector<std::string>> names = ListDirectory(dir.path());
+  ASSERT_TRUE(names.ok());
+  EXPECT_TRUE(names->empty());
+}
+
+TEST(CalibrationFileTest, HessianKeyOf) {
+  EXPECT_EQ(HessianKeyOf("model.layers.3.mlp.down_proj.weight"),
+            "model.layers.3.mlp.down_proj.hessian");
+  EXPECT_EQ(HessianKeyOf("model.norm.bias"), std::nullopt);
+  EXPECT_EQ(HessianKeyOf("weight"), std::nullopt);  // no "." before it
+}
+
+}  // namespace
+}  // namespace tailor
