@@ -553,9 +553,17 @@ def run_layer(args, cfg, workdir):
     for name, t in rows:
         print("%-22s %10.2f" % (name, t))
     if not args.data_free_only:
-        speedup = min(theirs) / min(ours)
-        print("\nreference / ours (tailor):       %.2fx  (target >= 1.5x)" %
-              speedup)
+        if args.workers > 1:
+            # The comparison is one thread each: the 1-worker run.
+            print("\nreference / ours (tailor, 1 worker x %d thread%s): "
+                  "%.2fx  (target >= 1.5x)" %
+                  (args.threads, "" if args.threads == 1 else "s",
+                   min(theirs) / min(one)))
+            print("reference / ours (tailor, %d workers): %.2fx" %
+                  (args.workers, min(theirs) / min(ours)))
+        else:
+            print("\nreference / ours (tailor):       %.2fx  "
+                  "(target >= 1.5x)" % (min(theirs) / min(ours)))
     print_ratios("layer", data_free)
     report_io("layer", data_free["task_arithmetic"],
               dd_time(workdir, "base", "ft", args.reps),

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "util/device.h"
+#include "util/device_stream.h"
 #include "util/status_macros.h"
 
 namespace tailor {
@@ -145,6 +146,8 @@ absl::Status FusionRun::ComputeItem(size_t index) {
         TAILOR_ASSIGN_OR_RETURN(fused, StreamOne(index, info));
         r.written = true;
       } else {
+        // Its own stream on an accelerator, drained before the lease goes.
+        DeviceStreamScope stream(device);
         TAILOR_ASSIGN_OR_RETURN(fused, FuseOne(index, info, device));
       }
       event.busy_seconds = Seconds(busy);

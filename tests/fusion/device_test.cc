@@ -3,6 +3,7 @@
 // there agree with the same work on the CPU.
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -16,6 +17,7 @@
 #include "storage/uri_resolver.h"
 #include "testing/test_device.h"
 #include "testing/test_util.h"
+#include "util/device_stream.h"
 #include "util/file_util.h"
 
 namespace tailor {
@@ -35,6 +37,29 @@ double RelativeDifference(const at::Tensor& a, const at::Tensor& b) {
   at::Tensor x = a.cpu().to(at::kDouble), y = b.cpu().to(at::kDouble);
   const double scale = std::max(y.norm().item<double>(), 1e-30);
   return (x - y).norm().item<double>() / scale;
+}
+
+// On an accelerator the scope makes a pooled stream current for this
+// thread and restores the previous one; on the CPU it changes nothing. Work
+// queued inside it is complete when it ends.
+TEST(DeviceStreamScopeTest, PoolStreamWhileAliveThenTheOldOne) {
+  const c10::Device device = TestDevice();
+  c10::impl::VirtualGuardImpl impl(device.type());
+  const c10::Stream before = impl.getStream(device);
+  at::Tensor y;
+  {
+    DeviceStreamScope scope(device);
+    const c10::Stream inside = impl.getStream(device);
+    if (device.is_cpu()) {
+      EXPECT_EQ(inside, before);
+    } else {
+      EXPECT_NE(inside, before) << "no stream of its own on " << device;
+    }
+    at::Tensor x = at::ones({256, 256}, at::TensorOptions().device(device));
+    y = at::matmul(x, x);
+  }
+  EXPECT_EQ(impl.getStream(device), before);
+  EXPECT_EQ(y.cpu()[0][0].item<float>(), 256.0f);
 }
 
 TEST(TestDeviceTest, ParsesTheVariable) {
