@@ -12,7 +12,6 @@
 #include "absl/strings/str_cat.h"
 #include "auth/authenticator.h"
 #include "auth/token_file.h"
-#include "server_config.h"
 #include "testing/temp_dir.h"
 #include "util/sha256.h"
 
@@ -240,59 +239,6 @@ TEST_F(AuthenticatorTest, TokenFileIsReloadedWhenItChanges) {
   WriteFile(path_, TokenFileText());
   ASSERT_TRUE(wait_generation(3));
   EXPECT_TRUE((*file)->Lookup(kAliceToken).has_value());
-}
-
-absl::StatusOr<ServerConfig> Parse(std::vector<std::string> args) {
-  CLI::App app;
-  ServerFlags flags;
-  flags.Add(app);
-  std::vector<const char*> argv = {"tailord"};
-  for (const std::string& a : args) argv.push_back(a.c_str());
-  app.parse(static_cast<int>(argv.size()), argv.data());
-  return flags.Resolve();
-}
-
-// Point 5: without authentication only loopback, unless --insecure.
-TEST(SafeDefaultsTest, NonLoopbackListenNeedsAuthenticationOrInsecure) {
-  for (const char* host :
-       {"127.0.0.1:1", "127.9.9.9:1", "localhost:1", "[::1]:1"}) {
-    EXPECT_TRUE(Parse({"--listen", host}).ok()) << host;
-  }
-  for (const char* host : {"0.0.0.0:50051", "[::]:50051", "10.0.0.1:1",
-                           "tailord.example.com:443"}) {
-    absl::StatusOr<ServerConfig> c = Parse({"--listen", host});
-    ASSERT_FALSE(c.ok()) << host;
-    EXPECT_TRUE(absl::StrContains(c.status().message(), "not a loopback"))
-        << c.status();
-    EXPECT_TRUE(absl::StrContains(c.status().message(), "--insecure"));
-    EXPECT_TRUE(Parse({"--listen", host, "--insecure"}).ok());
-    EXPECT_TRUE(Parse({"--listen", host, "--auth-token-file", "/t"}).ok());
-    EXPECT_TRUE(Parse({"--listen", host, "--tls-cert", "c", "--tls-key", "k",
-                       "--tls-client-ca", "ca"})
-                    .ok());
-    // TLS alone authenticates no one.
-    EXPECT_FALSE(
-        Parse({"--listen", host, "--tls-cert", "c", "--tls-key", "k"}).ok());
-  }
-}
-
-TEST(SafeDefaultsTest, SecuritySettingsAreChecked) {
-  EXPECT_FALSE(Parse({"--tls-cert", "c"}).ok());
-  EXPECT_FALSE(Parse({"--tls-key", "k"}).ok());
-  EXPECT_FALSE(Parse({"--tls-client-ca", "ca"}).ok());
-  EXPECT_FALSE(Parse({"--admin-principal", "root"}).ok());
-  EXPECT_FALSE(Parse({"--auth-reload-interval", "0"}).ok());
-  EXPECT_FALSE(Parse({"--max-queued-jobs-per-principal", "-1"}).ok());
-  absl::StatusOr<ServerConfig> c = Parse({"--reflection=false"});
-  ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_FALSE(c->reflection);
-  TempDir dir;
-  const std::string yaml = dir.Join("c.yaml");
-  std::ofstream(yaml) << "listen: 0.0.0.0:1\nauth_token_file: /t\n"
-                         "admin-principal: [root]\nreflection: false\n";
-  c = Parse({"--config", yaml});
-  ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->admin_principals, std::vector<std::string>{"root"});
 }
 
 }  // namespace
