@@ -393,7 +393,9 @@ at::Tensor MergeInChunks(ChunkedDenseMerge merge,
   const int64_t n = deltas[0].numel();
   at::Tensor out = at::empty({n}, deltas[0].options());
   std::vector<at::Tensor> buffers;
-  for (const at::Tensor& d : deltas) buffers.push_back(at::empty_like(out));
+  for (size_t i = 0; i < deltas.size(); ++i) {
+    buffers.push_back(at::empty_like(out));
+  }
   for (int64_t off = 0; off < n; off += chunk) {
     const int64_t m = std::min(chunk, n - off);
     std::vector<at::Tensor> views;
