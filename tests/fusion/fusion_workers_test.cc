@@ -5,6 +5,7 @@
 // tensors in flight (which finish and are journalled before it returns).
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -336,9 +337,18 @@ TEST_F(FusionWorkersTest, KilledMidJobWithTwoWorkersResumesByteIdentically) {
   const pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
+    // Earlier tests in this process used LibTorch's pools: after fork, the
+    // first at::set_num_threads replaces the pthreadpool, unsynchronised
+    // (1.13's caffe2::pthreadpool()), so two workers doing it at once can
+    // see no pool ("Invalid thread pool!"). Do it once here first.
+    at::set_num_threads(at::get_num_threads());
     Recorder killer(/*kill_after=*/6);
     auto report = Run(TailorSpec("resumed"), 2, &killer, journal);
-    ::_exit(report.ok() ? 3 : 4);  // not reached: killed after 6 tensors
+    // Not reached: killed after 6 tensors. Say why if it is.
+    std::fprintf(stderr, "the run to be killed ended after %d fused: %s\n",
+                 killer.actions["fused"],
+                 report.ok() ? "ok" : report.status().ToString().c_str());
+    ::_exit(report.ok() ? 3 : 4);
   }
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
