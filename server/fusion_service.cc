@@ -402,7 +402,21 @@ FusionServiceImpl::FusionServiceImpl(jobs::JobManager* manager,
                                  "gRPC calls handled, by method and status "
                                  "code.",
                                  {"method", "code"})),
-      executor_(2) {}
+      watch_streams_(registry->AddGauge(
+          "tailor_watch_streams",
+          "WatchFusionJob streams open now (following a job).")),
+      result_streams_gauge_(registry->AddGauge(
+          "tailor_result_streams",
+          "ReadJobResult streams open now (at most --max-result-streams).")),
+      executor_(2) {
+  for (const char* method :
+       {"CreateFusionJob", "GetFusionJob", "ListFusionJobs", "CancelFusionJob",
+        "WatchFusionJob", "ReadJobResult"}) {
+    rpcs_->Init({method, CodeLabel(absl::StatusCode::kOk)});
+  }
+  watch_streams_->Init({});
+  result_streams_gauge_->Init({});
+}
 
 FusionServiceImpl::~FusionServiceImpl() = default;
 
@@ -622,21 +636,29 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* FusionServiceImpl::ReadJobResult(
 bool FusionServiceImpl::TryAcquireResultStream() {
   int open = result_streams_.load();
   while (open < max_result_streams_) {
-    if (result_streams_.compare_exchange_weak(open, open + 1)) return true;
+    if (result_streams_.compare_exchange_weak(open, open + 1)) {
+      result_streams_gauge_->Increment({}, 1);
+      return true;
+    }
   }
   return false;
 }
 
-void FusionServiceImpl::ReleaseResultStream() { result_streams_.fetch_sub(1); }
+void FusionServiceImpl::ReleaseResultStream() {
+  result_streams_.fetch_sub(1);
+  result_streams_gauge_->Increment({}, -1);
+}
 
 void FusionServiceImpl::Register(WatchReactor* watch) {
   absl::MutexLock lock(&watches_mu_);
   watches_.insert(watch);
+  watch_streams_->Set({}, static_cast<double>(watches_.size()));
 }
 
 void FusionServiceImpl::Unregister(WatchReactor* watch) {
   absl::MutexLock lock(&watches_mu_);
   watches_.erase(watch);
+  watch_streams_->Set({}, static_cast<double>(watches_.size()));
 }
 
 void FusionServiceImpl::CloseWatches() {

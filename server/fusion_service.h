@@ -34,7 +34,8 @@ using RawFusionService = FS::WithRawCallbackMethod_CreateFusionJob<
 // jobs::JobManager. Handlers translate messages and statuses; reactions
 // never block (store writes and file reads go to a BlockingExecutor; event
 // reads are in-memory). Every RPC's outcome is counted in
-// tailor_rpcs_total{method, code}.
+// tailor_rpcs_total{method, code} (every method exported from zero with
+// code "ok"); open streams in tailor_watch_streams and tailor_result_streams.
 //
 // Every handler first asks `auth` who calls (auth::Authenticator): an
 // unauthenticated call ends UNAUTHENTICATED before its request is read; the
@@ -120,6 +121,8 @@ class FusionServiceImpl final : public internal::RawFusionService {
   const int max_result_streams_;
   std::atomic<int> result_streams_{0};  // open ReadJobResult streams
   metrics::Family* const rpcs_;
+  metrics::Family* const watch_streams_;         // gauge: watches_.size()
+  metrics::Family* const result_streams_gauge_;  // gauge: result_streams_
   BlockingExecutor executor_;
   std::atomic<bool> watches_closed_{false};
   absl::Mutex watches_mu_;  // guards watches_

@@ -30,13 +30,18 @@
 #include "auth/authenticator.h"
 #include "auth/tls_files.h"
 #include "auth/token_file.h"
+#include "build_info.h"
 #include "fusion_service.h"
 #include "google/protobuf/stubs/logging.h"
+#include "grpc_server_metrics.h"
 #include "jobs/fusion_job_runner.h"
 #include "jobs/job_manager.h"
+#include "metrics/data_dir_metrics.h"
+#include "metrics/process_metrics.h"
 #include "metrics/registry.h"
 #include "metrics_http_server.h"
 #include "nlohmann/json.hpp"
+#include "reflection_v1.h"
 #include "server_config.h"
 #include "util/cpu_tuning.h"
 #include "util/file_util.h"
@@ -149,6 +154,21 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
         absl::StrCat("allowed-root: ", runner.status().message())));
   }
   metrics::Registry registry;
+  registry
+      .AddGauge("tailor_build_info",
+                "A constant 1, labelled with the version and the source "
+                "revision of the running tailord.",
+                {"version", "revision"})
+      ->Set({kBuildVersion, kBuildRevision}, 1);
+  metrics::AddProcessMetrics(&registry);
+  {
+    metrics::DataDirMetricsOptions disk;
+    disk.data_dir = config.data_dir;
+    disk.journal_dir = JoinPath(config.data_dir, jobs::kJournalDirName);
+    disk.journal_reserve_bytes =
+        static_cast<uint64_t>(config.journal_reserve_bytes);
+    metrics::AddDataDirMetrics(&registry, std::move(disk));
+  }
   jobs::JobManagerOptions options;
   options.data_dir = config.data_dir;
   options.max_concurrent_jobs = config.max_concurrent_jobs;
@@ -206,9 +226,33 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
   if (config.reflection) {
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   }
+  // Every RPC of every service counted (grpc_server_*), every method of
+  // the services served exported from zero.
+  GrpcServerMetrics grpc_metrics(&registry);
+  std::vector<std::string> services = {kServiceName, "grpc.health.v1.Health"};
+  if (config.reflection) {
+    services.push_back("grpc.reflection.v1alpha.ServerReflection");
+    services.push_back("grpc.reflection.v1.ServerReflection");
+  }
   grpc::ServerBuilder builder;
   if (!config.reflection) {
     builder.SetOption(std::make_unique<WithoutReflection>());
+  } else {
+    // v1 beside gRPC's v1alpha (both resolve grpc.health.v1).
+    builder.SetOption(std::make_unique<ReflectionV1Option>());
+  }
+  for (const std::string& name : services) {
+    if (!grpc_metrics.InitService(name)) {
+      Log(LogLevel::kWarning, "",
+          absl::StrCat("metrics: no descriptor for service ", name));
+    }
+  }
+  {
+    std::vector<
+        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    interceptors.push_back(grpc_metrics.NewInterceptorFactory());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
   }
   int grpc_port = 0;
   builder.AddListeningPort(config.listen, *credentials, &grpc_port);
@@ -291,7 +335,9 @@ int main(int argc, char** argv) {
       "Prometheus metrics. SIGTERM drains it gracefully."};
   app.footer(
       "Exit status: 0 after a drain, 1 on a startup error, 2 on bad flags.");
-  app.set_version_flag("--version", "tailord 0.1.0");
+  app.set_version_flag(
+      "--version", absl::StrCat("tailord ", tailor::server::kBuildVersion, " (",
+                                tailor::server::kBuildRevision, ")"));
   tailor::server::ServerFlags flags;
   flags.Add(app);
   try {

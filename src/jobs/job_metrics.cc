@@ -82,6 +82,19 @@ JobMetrics::JobMetrics(metrics::Registry* r)
   for (const char* state : {"in_flight", "queued"}) {
     executor_items->Increment({state}, 0);
   }
+  // Every known label value exists from the start, at zero, so that a rate
+  // or an alert on a rare outcome has a series before its first event
+  // (tailor_jobs{state} is set at every scrape).
+  for (const char* outcome : {"succeeded", "failed", "cancelled"}) {
+    finished->Init({outcome});
+    job_duration->Init({outcome});
+  }
+  // The codes CreateFusionJob refuses a job with (JobManager::CreateJob).
+  for (const char* reason :
+       {"invalid_argument", "failed_precondition", "already_exists",
+        "resource_exhausted", "permission_denied"}) {
+    validation_failures->Init({reason});
+  }
 }
 
 }  // namespace tailor::jobs

@@ -112,10 +112,18 @@ void Family::Increment(const Labels& values, double by) {
   if (Series* s = Find(values)) s->value += by;
 }
 
-void Family::Set(const Labels& values, double value) {
-  if (type_ != MetricType::kGauge) return;
+void Family::Init(const Labels& values) {
   absl::MutexLock lock(&mu_);
-  if (Series* s = Find(values)) s->value = value;
+  Find(values);
+}
+
+void Family::Set(const Labels& values, double value) {
+  if (type_ == MetricType::kHistogram) return;
+  absl::MutexLock lock(&mu_);
+  Series* s = Find(values);
+  if (s == nullptr) return;
+  if (type_ == MetricType::kCounter && !(value >= s->value)) return;
+  s->value = value;
 }
 
 void Family::Observe(const Labels& values, double value) {

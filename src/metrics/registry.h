@@ -32,10 +32,15 @@ class Family {
   // Label values must match the family's label names in number; a call with
   // the wrong number is ignored (it is a programming error).
   void Increment(const Labels& values, double by = 1);
-  // Gauge only: sets the value.
+  // Gauge: sets the value. Counter: mirrors a monotonic total kept
+  // elsewhere (e.g. the kernel's CPU time of the process); never lowers it.
   void Set(const Labels& values, double value);
   // Histogram only: records one observation.
   void Observe(const Labels& values, double value);
+  // Creates the series of `values` at zero if it does not exist (any type),
+  // so that it is exported before its first event: a rate or an alert on a
+  // rare outcome then has a series from the first scrape.
+  void Init(const Labels& values);
   // Drops every series (for gauges recomputed at each scrape).
   void Clear();
 
