@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "google/protobuf/descriptor.h"
+#include "grpcpp/server_context.h"
 #include "grpcpp/support/interceptor.h"
 
 namespace tailor::server {
@@ -111,9 +112,11 @@ const char* GrpcServerMetrics::CodeName(grpc::StatusCode code) {
 class GrpcServerMetrics::Interceptor final
     : public grpc::experimental::Interceptor {
  public:
-  Interceptor(const GrpcServerMetrics* metrics, metrics::Family::Labels labels)
+  Interceptor(const GrpcServerMetrics* metrics, metrics::Family::Labels labels,
+              grpc::ServerContextBase* context)
       : metrics_(metrics),
         labels_(std::move(labels)),
+        context_(context),
         start_(std::chrono::steady_clock::now()) {
     metrics_->started_->Increment(labels_);
   }
@@ -135,7 +138,15 @@ class GrpcServerMetrics::Interceptor final
     }
     if (methods->QueryInterceptionHookPoint(Hook::PRE_SEND_STATUS) &&
         !handled_.exchange(true)) {
-      Handled(methods->GetSendStatus().error_code());
+      grpc::StatusCode code = methods->GetSendStatus().error_code();
+      // A call the client cancelled ends as Canceled whatever the handler
+      // then finishes with (gRPC's health Watch says UNKNOWN), as in Go,
+      // where the handler sees its context cancelled.
+      if (code != grpc::DEADLINE_EXCEEDED && context_ != nullptr &&
+          context_->IsCancelled()) {
+        code = grpc::CANCELLED;
+      }
+      Handled(code);
     }
     methods->Proceed();
   }
@@ -153,6 +164,7 @@ class GrpcServerMetrics::Interceptor final
 
   const GrpcServerMetrics* const metrics_;
   const metrics::Family::Labels labels_;
+  grpc::ServerContextBase* const context_;  // the call's; outlives this
   const std::chrono::steady_clock::time_point start_;
   std::atomic<bool> handled_{false};
 };
@@ -164,8 +176,9 @@ class GrpcServerMetrics::Factory final
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
     if (info->method() == nullptr) return nullptr;
-    return new Interceptor(
-        metrics_, MethodLabels(TypeName(info->type()), info->method()));
+    return new Interceptor(metrics_,
+                           MethodLabels(TypeName(info->type()), info->method()),
+                           info->server_context());
   }
 
  private:

@@ -15,8 +15,9 @@
 // grpc_code is the Go name of the status code (OK, Canceled, NotFound,
 // InvalidArgument, ...). Every RPC of every service of the server is
 // counted (FusionService, health, reflection) by a server interceptor: once
-// when it starts, once when it ends with the status sent, or as Canceled
-// when it ends without one (the client went away). Handling time runs from
+// when it starts, once when it ends with the status sent; as Canceled when
+// the client cancelled or went away (whatever status the handler then
+// sends, or none). Handling time runs from
 // the start of the call to its status.
 
 #include <memory>

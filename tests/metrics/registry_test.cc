@@ -75,6 +75,39 @@ TEST(RegistryTest, CollectorsRunBeforeRender) {
   EXPECT_EQ(calls, 2);
 }
 
+TEST(RegistryTest, InitExportsSeriesAtZeroWithoutChangingThem) {
+  Registry r;
+  Family* c = r.AddCounter("t_done_total", "Done.", {"outcome"});
+  Family* h = r.AddHistogram("t_run_seconds", "Run.", {"outcome"}, {1});
+  c->Init({"failed"});
+  c->Init({"wrong", "arity"});  // ignored
+  h->Init({"failed"});
+  EXPECT_EQ(r.Render(),
+            "# HELP t_done_total Done.\n"
+            "# TYPE t_done_total counter\n"
+            "t_done_total{outcome=\"failed\"} 0\n"
+            "# HELP t_run_seconds Run.\n"
+            "# TYPE t_run_seconds histogram\n"
+            "t_run_seconds_bucket{outcome=\"failed\",le=\"1\"} 0\n"
+            "t_run_seconds_bucket{outcome=\"failed\",le=\"+Inf\"} 0\n"
+            "t_run_seconds_sum{outcome=\"failed\"} 0\n"
+            "t_run_seconds_count{outcome=\"failed\"} 0\n");
+  c->Increment({"failed"}, 2);
+  c->Init({"failed"});  // an existing series keeps its value
+  EXPECT_NE(r.Render().find("t_done_total{outcome=\"failed\"} 2\n"),
+            std::string::npos);
+}
+
+TEST(RegistryTest, SetOnACounterMirrorsATotalAndNeverLowersIt) {
+  Registry r;
+  Family* c = r.AddCounter("t_cpu_seconds_total", "CPU.");
+  c->Set({}, 1.5);
+  c->Set({}, 1.0);  // a counter never goes down
+  EXPECT_NE(r.Render().find("t_cpu_seconds_total 1.5\n"), std::string::npos);
+  c->Set({}, 2.25);
+  EXPECT_NE(r.Render().find("t_cpu_seconds_total 2.25\n"), std::string::npos);
+}
+
 TEST(RegistryDeathTest, InvalidNamesAreProgrammingErrors) {
   Registry r;
   EXPECT_DEATH(r.AddCounter("1bad", "x"), "invalid metric name");

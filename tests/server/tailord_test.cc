@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "tailor/v1/fusion_service.grpc.pb.h"
 #include "tailord_fixture.h"
+#include "testing/reflection_client.h"
 #include "testing/tailord_process.h"
 #include "testing/test_util.h"
 #include "util/file_util.h"
@@ -747,6 +748,176 @@ TEST_F(TailordTest, MetricsPassPromtoolAndMove) {
   EXPECT_EQ(HttpGet(server->metrics_port(), "/healthz").status, 200);
   EXPECT_EQ(HttpGet(server->metrics_port(), "/readyz").status, 200);
   EXPECT_EQ(HttpGet(server->metrics_port(), "/nothing").status, 404);
+}
+
+// Issue #15 point 6: the standard families, every known label value from
+// zero, gRPC calls counted per code, open watch streams.
+TEST_F(TailordTest, StandardMetricsExistFromZeroAndCountPerCode) {
+  auto server = Start({"--max-concurrent-jobs", "1"});
+  ASSERT_TRUE(server->ok());
+  const std::string before = HttpGet(server->metrics_port(), "/metrics").body;
+  for (const char* family :
+       {"process_cpu_seconds_total counter",
+        "process_resident_memory_bytes "
+        "gauge",
+        "process_virtual_memory_bytes gauge",
+        "process_start_time_seconds gauge", "process_open_fds gauge",
+        "process_max_fds gauge", "grpc_server_started_total counter",
+        "grpc_server_handled_total counter",
+        "grpc_server_msg_received_total counter",
+        "grpc_server_msg_sent_total counter",
+        "grpc_server_handling_seconds histogram", "tailor_build_info gauge",
+        "tailor_watch_streams gauge", "tailor_result_streams gauge",
+        "tailor_data_volume_size_bytes gauge",
+        "tailor_data_volume_free_bytes gauge",
+        "tailor_data_dir_used_bytes gauge", "tailor_journal_used_bytes gauge",
+        "tailor_journal_free_bytes gauge"}) {
+    EXPECT_TRUE(
+        absl::StrContains(before, absl::StrCat("# TYPE ", family, "\n")))
+        << family;
+  }
+  const std::string get_labels =
+      "grpc_type=\"unary\",grpc_service=\"tailor.v1.FusionService\","
+      "grpc_method=\"GetFusionJob\"";
+  for (const std::string& line : std::vector<std::string>{
+           "tailor_jobs_finished_total{outcome=\"failed\"} 0",
+           "tailor_jobs_finished_total{outcome=\"cancelled\"} 0",
+           "tailor_job_duration_seconds_count{outcome=\"failed\"} 0",
+           "tailor_validation_failures_total{reason=\"invalid_argument\"} 0",
+           "tailor_rpcs_total{method=\"GetFusionJob\",code=\"ok\"} 0",
+           "tailor_jobs{state=\"failed\"} 0", "tailor_watch_streams 0",
+           "tailor_result_streams 0",
+           "grpc_server_started_total{" + get_labels + "} 0",
+           "grpc_server_handled_total{" + get_labels +
+               ",grpc_code=\"NotFound\"} 0",
+           "grpc_server_handled_total{" + get_labels + ",grpc_code=\"OK\"} 0",
+           "grpc_server_handled_total{grpc_type=\"unary\",grpc_service="
+           "\"grpc.health.v1.Health\",grpc_method=\"Check\",grpc_code="
+           "\"Unavailable\"} 0",
+           "grpc_server_handled_total{grpc_type=\"bidi_stream\",grpc_service="
+           "\"grpc.reflection.v1.ServerReflection\",grpc_method="
+           "\"ServerReflectionInfo\",grpc_code=\"OK\"} 0",
+           "grpc_server_handling_seconds_count{" + get_labels + "} 0",
+           "tailor_journal_used_bytes 0"}) {
+    EXPECT_TRUE(absl::StrContains(before, line + "\n")) << "missing: " << line;
+  }
+  EXPECT_TRUE(absl::StrContains(before,
+                                "tailor_build_info{version=\"0.1.0\","
+                                "revision=\""));
+  EXPECT_FALSE(absl::StrContains(before, "revision=\"\"}"));
+  testing::CommandResult promtool = testing::RunWithInput(
+      std::string(TAILOR_PROMTOOL) + " check metrics", before, tmp_.path());
+  EXPECT_EQ(promtool.code, 0) << promtool.output;
+
+  // One GetFusionJob of a job that does not exist: NotFound.
+  v1::FusionJob missing;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(30));
+    v1::GetFusionJobRequest request;
+    request.set_name("fusionJobs/0000000000000000");
+    EXPECT_EQ(stub_->GetFusionJob(&context, request, &missing).error_code(),
+              grpc::NOT_FOUND);
+  }
+  const std::string after = HttpGet(server->metrics_port(), "/metrics").body;
+  for (const std::string& line : std::vector<std::string>{
+           "grpc_server_started_total{" + get_labels + "} 1",
+           "grpc_server_handled_total{" + get_labels +
+               ",grpc_code=\"NotFound\"} 1",
+           "grpc_server_handled_total{" + get_labels + ",grpc_code=\"OK\"} 0",
+           "grpc_server_msg_received_total{" + get_labels + "} 1",
+           "grpc_server_handling_seconds_count{" + get_labels + "} 1",
+           "grpc_server_handling_seconds_bucket{" + get_labels +
+               ",le=\"+Inf\"} 1"}) {
+    EXPECT_TRUE(absl::StrContains(after, line + "\n")) << "missing: " << line;
+  }
+  EXPECT_EQ(
+      testing::RunWithInput(std::string(TAILOR_PROMTOOL) + " check metrics",
+                            after, tmp_.path())
+          .code,
+      0);
+
+  // An open watch is counted while open. Two slow jobs, one at a time:
+  // the watch of the second stays open while both run (seconds even on a
+  // fast machine; a loaded one stretches it).
+  v1::FusionJob first, second;
+  ASSERT_TRUE(Create(SlowSpec("gauge-1"), &first).ok());
+  ASSERT_TRUE(Create(SlowSpec("gauge-2"), &second).ok());
+  auto watch_context = std::make_unique<grpc::ClientContext>();
+  v1::WatchFusionJobRequest request;
+  request.set_name(second.name());
+  auto reader = stub_->WatchFusionJob(watch_context.get(), request);
+  v1::JobEvent event;
+  ASSERT_TRUE(reader->Read(&event));
+  auto metrics_soon = [&](const std::string& line) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    std::string text;
+    while (std::chrono::steady_clock::now() < deadline) {
+      text = HttpGet(server->metrics_port(), "/metrics").body;
+      if (absl::StrContains(text, line + "\n")) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ADD_FAILURE() << "missing: " << line << "\n" << text;
+    return false;
+  };
+  const std::string watch_labels =
+      "grpc_type=\"server_stream\",grpc_service=\"tailor.v1.FusionService\","
+      "grpc_method=\"WatchFusionJob\"";
+  EXPECT_TRUE(metrics_soon("tailor_watch_streams 1"));
+  EXPECT_TRUE(
+      metrics_soon("grpc_server_started_total{" + watch_labels + "} 1"));
+  watch_context->TryCancel();
+  while (reader->Read(&event)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::CANCELLED);
+  EXPECT_TRUE(metrics_soon("tailor_watch_streams 0"));
+  EXPECT_TRUE(metrics_soon("grpc_server_handled_total{" + watch_labels +
+                           ",grpc_code=\"Canceled\"} 1"));
+}
+
+// Issue #15 point 7: grpc.reflection.v1 beside v1alpha; a client that knows
+// only what reflection tells it resolves the API and calls Health.Check.
+TEST_F(TailordTest, ReflectionV1ResolvesTheApiAndHealth) {
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  auto channel = grpc::CreateChannel(server->address(),
+                                     grpc::InsecureChannelCredentials());
+  absl::StatusOr<testing::ReflectionAnswers> answers = testing::AskReflectionV1(
+      channel, {"tailor.v1.FusionService", "tailor.v1.FusionJob",
+                "grpc.health.v1.Health"});
+  ASSERT_TRUE(answers.ok()) << answers.status();
+  for (const char* service :
+       {"tailor.v1.FusionService", "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection"}) {
+    EXPECT_NE(
+        std::find(answers->services.begin(), answers->services.end(), service),
+        answers->services.end())
+        << service;
+  }
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(answers->errors[i], 0) << i;
+    EXPECT_FALSE(answers->files[i].empty()) << i;
+  }
+  absl::StatusOr<std::string> serving =
+      testing::HealthCheckByReflection(channel, "tailor.v1.FusionService");
+  ASSERT_TRUE(serving.ok()) << serving.status();
+  EXPECT_EQ(*serving, "SERVING");
+  serving = testing::HealthCheckByReflection(channel, "");
+  ASSERT_TRUE(serving.ok()) << serving.status();
+  EXPECT_EQ(*serving, "SERVING");
+
+  // --reflection=false turns off v1 as well.
+  server.reset();
+  auto quiet = Start({"--reflection=false"});
+  ASSERT_TRUE(quiet->ok());
+  absl::StatusOr<testing::ReflectionAnswers> none = testing::AskReflectionV1(
+      grpc::CreateChannel(quiet->address(), grpc::InsecureChannelCredentials()),
+      {});
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kUnimplemented)
+      << none.status();
 }
 
 }  // namespace
