@@ -376,8 +376,9 @@ void ServerFlags::Add(CLI::App& app) {
                "allow a non-loopback --listen without authentication "
                "(without it tailord refuses to start)");
   app.add_option("--reflection", flags_.reflection,
-                 "serve gRPC server reflection, true|false (default true; "
-                 "like grpc.health.v1 it needs no credentials)");
+                 "serve gRPC server reflection, grpc.reflection.v1 and "
+                 "v1alpha, true|false (default true; like grpc.health.v1 it "
+                 "needs no credentials)");
   app.add_option("--ready-file", flags_.ready_file,
                  "write {\"grpc_port\": N, \"metrics_port\": M} here once "
                  "serving (for scripts and tests using port 0)");
