@@ -4,6 +4,7 @@
 #include <chrono>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "google/protobuf/descriptor.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/interceptor.h"
@@ -176,9 +177,17 @@ class GrpcServerMetrics::Factory final
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
     if (info->method() == nullptr) return nullptr;
-    return new Interceptor(metrics_,
-                           MethodLabels(TypeName(info->type()), info->method()),
-                           info->server_context());
+    const char* type = TypeName(info->type());
+    bool known;
+    {
+      absl::ReaderMutexLock lock(&metrics_->mu_);
+      known = metrics_->known_.contains(info->method());
+    }
+    return new Interceptor(
+        metrics_,
+        known ? MethodLabels(type, info->method())
+              : metrics::Family::Labels{type, "unknown", "unknown"},
+        info->server_context());
   }
 
  private:
@@ -217,6 +226,10 @@ void GrpcServerMetrics::InitService(
             ? (m->server_streaming() ? Type::BIDI_STREAMING
                                      : Type::CLIENT_STREAMING)
             : (m->server_streaming() ? Type::SERVER_STREAMING : Type::UNARY);
+    {
+      absl::MutexLock lock(&mu_);
+      known_.insert(absl::StrCat("/", service.full_name(), "/", m->name()));
+    }
     const metrics::Family::Labels labels = {TypeName(type), service.full_name(),
                                             m->name()};
     for (metrics::Family* f : {started_, received_, sent_, seconds_}) {

@@ -23,7 +23,10 @@
 #include <memory>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "metrics/registry.h"
 
@@ -40,7 +43,11 @@ class GrpcServerMetrics {
 
   // Exports every method of `service` at zero, for every code, as
   // go-grpc-prometheus' InitializeMetrics does: a rate of failures then
-  // has a series before the first failure.
+  // has a series before the first failure. Only the methods of services
+  // given here are counted under their names; a call of any other method
+  // (the name is the client's choice) counts as grpc_service="unknown",
+  // grpc_method="unknown", so no client can grow the series. Call before
+  // the server starts.
   void InitService(const google::protobuf::ServiceDescriptor& service);
   // The same by full name from the generated descriptor pool; false when
   // the pool has no such service.
@@ -64,6 +71,9 @@ class GrpcServerMetrics {
   metrics::Family* const received_;
   metrics::Family* const sent_;
   metrics::Family* const seconds_;
+  mutable absl::Mutex mu_;  // guards known_
+  // "/package.Service/Method" of the services given to InitService.
+  absl::flat_hash_set<std::string> known_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tailor::server

@@ -5,6 +5,8 @@
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/client_unary_call.h>
+#include <grpcpp/impl/rpc_method.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -44,6 +46,10 @@ class GrpcStdTest : public ::testing::Test {
         interceptors;
     interceptors.push_back(metrics_.NewInterceptorFactory());
     builder.experimental().SetInterceptorCreators(std::move(interceptors));
+    EXPECT_TRUE(metrics_.InitService("grpc.health.v1.Health"));
+    if (reflection) {
+      EXPECT_TRUE(metrics_.InitService("grpc.reflection.v1.ServerReflection"));
+    }
     // Some service of the server's own (tailord: FusionService) polls its
     // completion queue; gRPC's health service alone does not.
     builder.RegisterCallbackGenericService(&generic_);
@@ -157,6 +163,36 @@ TEST_F(GrpcStdTest, CountsStartedHandledByCodeMessagesAndLatency) {
   EXPECT_TRUE(
       HasSoon(absl::StrCat("grpc_server_msg_sent_total{", kCheckLabels, "} 2")))
       << registry_.Render();
+}
+
+// Method names are the client's: one it makes up must not become a series.
+TEST_F(GrpcStdTest, UnknownMethodsCountAsUnknown) {
+  StartServer(/*reflection=*/false);
+  for (const char* path : {"/made.Up/Method1", "/made.Up/Method2",
+                           "/grpc.health.v1.Health/Nope"}) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(60));
+    health::HealthCheckRequest request;
+    health::HealthCheckResponse response;
+    grpc::Status status = grpc::internal::BlockingUnaryCall(
+        channel_.get(),
+        grpc::internal::RpcMethod(path, grpc::internal::RpcMethod::NORMAL_RPC),
+        &context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::UNIMPLEMENTED) << path;
+  }
+  // gRPC sees an unregistered method as a bidi stream.
+  const std::string unknown =
+      "grpc_type=\"bidi_stream\",grpc_service=\"unknown\","
+      "grpc_method=\"unknown\"";
+  EXPECT_TRUE(
+      HasSoon(absl::StrCat("grpc_server_started_total{", unknown, "} 3")));
+  EXPECT_TRUE(HasSoon(absl::StrCat("grpc_server_handled_total{", unknown,
+                                   ",grpc_code=\"Unimplemented\"} 3")));
+  const std::string text = registry_.Render();
+  EXPECT_FALSE(absl::StrContains(text, "made.Up")) << text;
+  EXPECT_FALSE(absl::StrContains(text, "Method1"));
+  EXPECT_FALSE(absl::StrContains(text, "\"Nope\""));
 }
 
 TEST_F(GrpcStdTest, AStreamTheClientCancelsIsHandledAsCanceled) {
