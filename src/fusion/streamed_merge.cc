@@ -63,10 +63,13 @@ class ChunkReader {
         raw_(t.stored == kScalar<T> ? 0 : t.chunk * t.element_size),
         raw_ft_(t.stored == at::kBFloat16 ? t.chunk * 2 : 0),
         pre_(t.chunk),
-        delta_(t.finetuned.size(), std::vector<T>(t.chunk)) {}
+        delta_(t.finetuned.size(), std::vector<T>(t.chunk)),
+        delta_nonfinite_(t.finetuned.size(), false) {}
 
-  // Reads elements [off, off + m); returns whether every pre-trained,
-  // fine-tuned and delta value is finite.
+  // Reads elements [off, off + m); returns whether every pre-trained and
+  // fine-tuned value is finite (in T, as FuseOne checks them). A delta of
+  // finite inputs may still overflow to +-Inf: delta_nonfinite(i) says so,
+  // accumulated over every chunk read.
   absl::StatusOr<bool> Read(int64_t off, int64_t m) {
     if (t_.stored == at::kBFloat16) return ReadBf16(off, m);
     TAILOR_RETURN_IF_ERROR(ReadInto(*t_.base, off, m, pre_.data()));
@@ -75,13 +78,14 @@ class ChunkReader {
     for (size_t i = 0; i < delta_.size(); ++i) {
       T* d = delta_[i].data();
       TAILOR_RETURN_IF_ERROR(ReadInto(*t_.finetuned[i], off, m, d));
-      uint32_t bad = 0;
+      uint32_t bad = 0, bad_delta = 0;
       for (int64_t j = 0; j < m; ++j) {
         bad |= NonFinite(d[j]);
         d[j] = d[j] - p[j];
-        bad |= NonFinite(d[j]);
+        bad_delta |= NonFinite(d[j]);
       }
       finite = finite && bad == 0;
+      if (bad_delta) delta_nonfinite_[i] = true;
     }
     return finite;
   }
@@ -104,14 +108,41 @@ class ChunkReader {
       TAILOR_RETURN_IF_ERROR(
           t_.finetuned[i]->ReadRawRange(t_.name, byte_off, len, fb));
       T* d = delta_[i].data();
+      uint32_t bad_delta = 0;
       for (int64_t j = 0; j < m; ++j) {
         bad |= (fb[j] & 0x7f80u) == 0x7f80u;
         d[j] = static_cast<T>(Bf16ToFloat(fb[j])) - p[j];
-        bad |= NonFinite(d[j]);
+        bad_delta |= NonFinite(d[j]);
       }
+      if (bad_delta) delta_nonfinite_[i] = true;
     }
     return bad == 0;
   }
+
+  // After Read found a non-finite input: FuseOne's error for it, which
+  // names the first input holding one in its order (the pre-trained tensor,
+  // then each task's fine-tuned tensor), found by a scan of each in chunks
+  // (this reader's buffers; nothing the size of the tensor). A read error
+  // on the way is returned as is.
+  absl::Status NonFiniteInputError() {
+    for (size_t s = 0; s <= t_.finetuned.size(); ++s) {
+      const Checkpoint& src = s == 0 ? *t_.base : *t_.finetuned[s - 1];
+      for (int64_t off = 0; off < t_.numel; off += t_.chunk) {
+        const int64_t m = std::min(t_.chunk, t_.numel - off);
+        TAILOR_RETURN_IF_ERROR(ReadInto(src, off, m, pre_.data()));
+        if (!AllFinite(pre_.data(), m)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(t_.name, ": ", s == 0 ? "pre-trained" : "fine-tuned",
+                           " tensor contains NaN or Inf"));
+        }
+      }
+    }
+    // Read saw one, this scan none: the file changed while it was read.
+    return absl::DataLossError(absl::StrCat(
+        t_.name, ": an input tensor changed while it was being read"));
+  }
+
+  bool delta_nonfinite(size_t i) const { return delta_nonfinite_[i]; }
 
   const T* pre() const { return pre_.data(); }
   const T* delta(size_t i) const { return delta_[i].data(); }
@@ -144,6 +175,7 @@ class ChunkReader {
   std::vector<char> raw_ft_;  // BF16: a task's stored bytes
   std::vector<T> pre_;
   std::vector<std::vector<T>> delta_;
+  std::vector<bool> delta_nonfinite_;  // per task, over the chunks read
 };
 
 // The fused float32 chunk in the stored dtype (ToStoredTensor: round to
@@ -152,8 +184,13 @@ void Encode(const float* fused, int64_t m, at::ScalarType stored, char* out) {
   if (stored == at::kFloat) {
     std::memcpy(out, fused, static_cast<size_t>(m) * 4);
   } else if (stored == at::kBFloat16) {
+    // A NaN as c10::BFloat16 stores it (a delta of finite inputs that
+    // overflowed to Inf and -Inf, summed).
     auto* o = reinterpret_cast<uint16_t*>(out);
-    for (int64_t j = 0; j < m; ++j) o[j] = FloatToBf16(fused[j]);
+    for (int64_t j = 0; j < m; ++j) {
+      const uint16_t b = FloatToBf16(fused[j]);
+      o[j] = fused[j] != fused[j] ? uint16_t{0x7fc0} : b;
+    }
   } else {
     at::from_blob(out, {m}, at::TensorOptions().dtype(stored))
         .copy_(at::from_blob(const_cast<float*>(fused), {m},
@@ -218,14 +255,11 @@ class Streamer {
     ranges_.resize(tasks_);
     // A sample of each task's |D_i| brackets its k-th largest (TopKWindow),
     // so that pass 0 usually settles the selection.
-    TAILOR_ASSIGN_OR_RETURN(bool sampled, SampleWindows());
-    if (!sampled) return result;
-    // Pass 0 checks every value is finite (else the caller computes the
-    // tensor whole), gathers magnitude's ranges and each window's
-    // candidates, or (no window) TIES's first radix digit.
-    TAILOR_ASSIGN_OR_RETURN(bool counted,
-                            ForEachChunk([&](int64_t m) { CountFirst(m); }));
-    if (!counted) return result;
+    TAILOR_RETURN_IF_ERROR(SampleWindows());
+    // Pass 0 checks every input value is finite (else FuseOne's error),
+    // gathers magnitude's ranges and each window's candidates, or (no
+    // window) TIES's first radix digit.
+    TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { CountFirst(m); }));
     if (magnitude) {
       for (auto& r : ranges_) r.Finish();
     }
@@ -246,23 +280,17 @@ class Streamer {
     }
     windows_.clear();
     while (NeedsPass()) {
-      TAILOR_ASSIGN_OR_RETURN(bool recounted,
-                              ForEachChunk([&](int64_t m) { Count(m); }));
-      if (!recounted) return result;
+      TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { Count(m); }));
       for (auto& top : tops_) {
         if (top.NeedsPass()) top.EndPass();
       }
     }
-    result.streamed = true;
-    TAILOR_ASSIGN_OR_RETURN(bool finite,
-                            ForEachChunk([&](int64_t m) { Output(m); }));
-    if (!finite) {
-      return absl::DataLossError(absl::StrCat(
-          t_.name, ": an input tensor changed while it was being read"));
-    }
+    nonfinite_kept_.assign(tasks_, false);
+    TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { Output(m); }));
     if (!write_status_.ok()) return write_status_;
     result.kept = kept_;
     for (const auto& top : tops_) result.task_kept.push_back(top.k());
+    result.task_nonfinite_kept = nonfinite_kept_;
     return result;
   }
 
@@ -275,39 +303,31 @@ class Streamer {
     using Add = void (SpiderKernel::*)(double, double);
     for (Add add : {&SpiderKernel::AddMean, &SpiderKernel::AddDeviation,
                     &SpiderKernel::AddM}) {
-      TAILOR_ASSIGN_OR_RETURN(bool finite, ForEachChunk([&](int64_t m) {
-                                const T* p = reader_.pre();
-                                const T* d = reader_.delta(0);
-                                for (int64_t j = 0; j < m; ++j) {
-                                  (k.*add)(std::fabs(p[j]), std::fabs(d[j]));
-                                }
-                              }));
-      if (!finite) return result;
+      TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) {
+        const T* p = reader_.pre();
+        const T* d = reader_.delta(0);
+        for (int64_t j = 0; j < m; ++j) {
+          (k.*add)(std::fabs(p[j]), std::fabs(d[j]));
+        }
+      }));
       if (add == &SpiderKernel::AddMean) k.EndMean();
       if (add == &SpiderKernel::AddDeviation) k.EndDeviation();
       if (add == &SpiderKernel::AddM) k.EndM();
     }
-    result.streamed = true;
-    TAILOR_ASSIGN_OR_RETURN(
-        bool finite, ForEachChunk([&](int64_t m) {
-          const T* p = reader_.pre();
-          const T* d = reader_.delta(0);
-          float* f = fused_.data();
-          for (int64_t j = 0; j < m; ++j) {
-            const double factor = k.Factor(std::fabs(p[j]), std::fabs(d[j]));
-            const bool keep = factor > 0;
-            kept_ += keep;
-            f[j] =
-                Fuse(keep, p[j], keep ? static_cast<T>(factor) * d[j] : T(0));
-          }
-          Encode(f, m, t_.stored, out_.data());
-          write_status_ = write_(absl::string_view(
-              out_.data(), static_cast<size_t>(m) * t_.element_size));
-        }));
-    if (!finite) {
-      return absl::DataLossError(absl::StrCat(
-          t_.name, ": an input tensor changed while it was being read"));
-    }
+    TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) {
+      const T* p = reader_.pre();
+      const T* d = reader_.delta(0);
+      float* f = fused_.data();
+      for (int64_t j = 0; j < m; ++j) {
+        const double factor = k.Factor(std::fabs(p[j]), std::fabs(d[j]));
+        const bool keep = factor > 0;
+        kept_ += keep;
+        f[j] = Fuse(keep, p[j], keep ? static_cast<T>(factor) * d[j] : T(0));
+      }
+      Encode(f, m, t_.stored, out_.data());
+      write_status_ = write_(absl::string_view(
+          out_.data(), static_cast<size_t>(m) * t_.element_size));
+    }));
     if (!write_status_.ok()) return write_status_;
     result.kept = kept_;
     return result;
@@ -320,18 +340,19 @@ class Streamer {
     return false;
   }
 
-  // Reads every chunk in order and hands its size to `fn`; false at the
-  // first chunk holding a non-finite value.
+  // Reads every chunk in order and hands its size to `fn`; at the first
+  // chunk holding a non-finite input value, FuseOne's error for the tensor
+  // (ChunkReader::NonFiniteInputError).
   template <typename Fn>
-  absl::StatusOr<bool> ForEachChunk(Fn&& fn) {
+  absl::Status ForEachChunk(Fn&& fn) {
     for (int64_t off = 0; off < t_.numel && write_status_.ok();
          off += t_.chunk) {
       const int64_t m = std::min(t_.chunk, t_.numel - off);
       TAILOR_ASSIGN_OR_RETURN(bool finite, reader_.Read(off, m));
-      if (!finite) return false;
+      if (!finite) return reader_.NonFiniteInputError();
       fn(m);
     }
-    return true;
+    return absl::OkStatus();
   }
 
   // keys_[0, m): the selection keys of task i's chunk (|D_i| for TIES,
@@ -352,6 +373,10 @@ class Streamer {
       std::fill(k, k + m, StreamedTopK<T>::MagnitudeKey(T(0)));
       return;
     }
+    if (!std::isfinite(r.range)) {  // a delta overflowed: NaN scores
+      for (int64_t j = 0; j < m; ++j) k[j] = ScoreKey(r, d[j]);
+      return;
+    }
     const T lo = r.lo, range = r.range;
     for (int64_t j = 0; j < m; ++j) {
       k[j] = StreamedTopK<T>::MagnitudeKey((std::fabs(d[j]) - lo) / range);
@@ -359,6 +384,15 @@ class Streamer {
   }
 
   using Key = typename StreamedTopK<T>::Key;
+
+  // The selection key of d's min-max score: its MagnitudeKey, but a NaN
+  // score (|d| = Inf over an infinite range, Inf / Inf: a delta of finite
+  // inputs overflowed) as KeyOf's NaN, above every other key and equal to
+  // every NaN (TopKMask's order).
+  static inline Key ScoreKey(const MinMax<T>& r, T d) {
+    const T s = r.Score(d);
+    return std::isnan(s) ? ~Key{0} : StreamedTopK<T>::MagnitudeKey(s);
+  }
 
   // The monotone image of task i's |D| keys its selection ranks: the
   // min-max score's key for magnitude (MinMax::Score, as Keys), the key
@@ -372,20 +406,21 @@ class Streamer {
       key &= ~kSignBit;  // |D| >= +0
       T v;
       std::memcpy(&v, &key, sizeof(v));
-      return StreamedTopK<T>::MagnitudeKey(r->Score(v));
+      return ScoreKey(*r, v);
     };
   }
 
   // Reads TopKWindow::kSampleKeys elements (all of a smaller tensor) in
   // blocks spread evenly over the tensor and sets each unsettled task's
-  // window from its |D| keys; false when a sampled value is not finite.
-  absl::StatusOr<bool> SampleWindows() {
+  // window from its |D| keys; FuseOne's error when a sampled input value
+  // is not finite.
+  absl::Status SampleWindows() {
     const int64_t n = t_.numel;
     windows_.clear();
     windows_.resize(tasks_);
     bool any = false;
     for (const auto& top : tops_) any = any || top.NeedsPass();
-    if (!any) return true;
+    if (!any) return absl::OkStatus();
     const auto blocks = TopKWindow<T>::SampleBlocks(n, t_.chunk);
     std::vector<std::vector<Key>> sample(tasks_);
     for (auto& v : sample) {
@@ -393,7 +428,7 @@ class Streamer {
     }
     for (const auto& [off, m] : blocks) {
       TAILOR_ASSIGN_OR_RETURN(bool finite, reader_.Read(off, m));
-      if (!finite) return false;
+      if (!finite) return reader_.NonFiniteInputError();
       for (size_t i = 0; i < tasks_; ++i) {
         const T* d = reader_.delta(i);
         for (int64_t j = 0; j < m; ++j) {
@@ -407,7 +442,7 @@ class Streamer {
       windows_[i] =
           TopKWindow<T>(std::move(sample[i]), n, tops_[i].k(), budget);
     }
-    return true;
+    return absl::OkStatus();
   }
 
   // Pass 0 on a chunk: magnitude's min/max of |D| (on the keys:
@@ -514,6 +549,11 @@ class Streamer {
       // vectorise.
       const auto* mk = reinterpret_cast<const uint8_t*>(mask);
       for (int64_t j = 0; j < m; ++j) f[j] = Fuse(mk[j] != 0, p[j], d[j]);
+      if (reader_.delta_nonfinite(0) && !nonfinite_kept_[0]) {
+        for (int64_t j = 0; j < m; ++j) {
+          if (mk[j] != 0 && NonFinite(d[j])) nonfinite_kept_[0] = true;
+        }
+      }
       return;
     }
     const T tasks = static_cast<T>(tasks_);
@@ -522,8 +562,8 @@ class Streamer {
       T sum = 0, selected = 0;
       for (size_t i = 0; i < tasks_; ++i) {
         const T d = reader_.delta(i)[j];
-        const bool keep = tops_[i].KeepKey(
-            StreamedTopK<T>::MagnitudeKey(ranges_[i].Score(d)));
+        const bool keep = tops_[i].KeepKey(ScoreKey(ranges_[i], d));
+        if (keep && NonFinite(d)) nonfinite_kept_[i] = true;
         any = any || keep;
         const T masked = keep ? d : T(0);
         sum = i == 0 ? masked : sum + masked;
@@ -611,6 +651,8 @@ class Streamer {
   std::vector<float> fused_;
   std::vector<char> out_;
   int64_t kept_ = 0;
+  // Magnitude, per task: whether a kept delta is not finite (overflowed).
+  std::vector<bool> nonfinite_kept_;
   absl::Status write_status_;
 };
 
