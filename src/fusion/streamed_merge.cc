@@ -285,6 +285,9 @@ class Streamer {
         if (top.NeedsPass()) top.EndPass();
       }
     }
+    if (magnitude) {
+      for (size_t i = 0; i < tasks_; ++i) ToDeltaKeys(i);
+    }
     nonfinite_kept_.assign(tasks_, false);
     TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { Output(m); }));
     if (!write_status_.ok()) return write_status_;
@@ -355,14 +358,15 @@ class Streamer {
     return absl::OkStatus();
   }
 
-  // keys_[0, m): the selection keys of task i's chunk (|D_i| for TIES,
-  // the min-max score for magnitude; both finite and >= +0 or ranked by
-  // magnitude, so MagnitudeKey is their KeyOf).
-  void Keys(size_t i, int64_t m) {
+  // keys_[0, m): the selection keys of task i's chunk (|D_i| for TIES and
+  // for magnitude's output pass, after ToDeltaKeys; the min-max score for
+  // magnitude's counting passes; all >= +0 or ranked by magnitude, so
+  // MagnitudeKey is their KeyOf, but for a NaN score: ScoreKey).
+  void Keys(size_t i, int64_t m, bool scores) {
     using Key = typename StreamedTopK<T>::Key;
     const T* d = reader_.delta(i);
     Key* k = keys_.data();
-    if (o_.method != StreamedMethod::kMagnitude) {
+    if (!scores) {
       for (int64_t j = 0; j < m; ++j) {
         k[j] = StreamedTopK<T>::MagnitudeKey(d[j]);
       }
@@ -392,6 +396,55 @@ class Streamer {
   static inline Key ScoreKey(const MinMax<T>& r, T d) {
     const T s = r.Score(d);
     return std::isnan(s) ? ~Key{0} : StreamedTopK<T>::MagnitudeKey(s);
+  }
+
+  // Magnitude: moves task i's selection from the min-max scores' keys to
+  // |D|'s, so that the output pass ranks |D| with no per-entry division.
+  // The scores are a monotone image f of |D|'s keys (RankImage) over
+  // [MagnitudeKey(lo), ~0] (every key of the tensor lies there), so the
+  // keys whose f is above the score threshold t are those above A, the
+  // largest key with f(A) <= t, and those whose f equals t form [B, A], B
+  // the smallest key with f(B) >= t: the same entries, in the same index
+  // order for the ties. Found by binary search. REQUIRES: the selection is
+  // counted (!NeedsPass()), on score keys.
+  void ToDeltaKeys(size_t i) {
+    StreamedTopK<T>& top = tops_[i];
+    const std::function<Key(Key)> f = RankImage(i);
+    const Key t = top.threshold();
+    const int64_t ties = top.ties_left();
+    const Key first = StreamedTopK<T>::MagnitudeKey(ranges_[i].lo);
+    const Key last = ~Key{0};
+    if (f(first) > t) {  // every key is kept
+      top.SetThresholdRange(0, 0, std::numeric_limits<int64_t>::max());
+      return;
+    }
+    Key a = first, hi = last;  // the largest key with f <= t
+    while (a < hi) {
+      const Key mid = a + (hi - a) / 2 + (hi - a) % 2;
+      if (f(mid) <= t) {
+        a = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    if (!(f(last) >= t)) {  // nothing ranks at t or above
+      top.SetThresholdRange(a, a, 0);
+      return;
+    }
+    Key lo = first, b = last;  // the smallest key with f >= t
+    while (lo < b) {
+      const Key mid = lo + (b - lo) / 2;
+      if (f(mid) >= t) {
+        b = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    if (b <= a) {
+      top.SetThresholdRange(b, a, ties);
+    } else {
+      top.SetThresholdRange(a, a, 0);  // no key's f equals t
+    }
   }
 
   // The monotone image of task i's |D| keys its selection ranks: the
@@ -453,7 +506,7 @@ class Streamer {
     for (size_t i = 0; i < tasks_; ++i) {
       if (!magnitude) {
         if (!tops_[i].NeedsPass()) continue;
-        Keys(i, m);
+        Keys(i, m, /*scores=*/false);
         if (windows_[i].enabled()) {
           windows_[i].CountKeys(keys_.data(), m);
         } else {
@@ -485,7 +538,7 @@ class Streamer {
   void Count(int64_t m) {
     for (size_t i = 0; i < tasks_; ++i) {
       if (!tops_[i].NeedsPass()) continue;
-      Keys(i, m);
+      Keys(i, m, /*scores=*/o_.method == StreamedMethod::kMagnitude);
       tops_[i].CountKeys(keys_.data(), m);
     }
   }
@@ -542,7 +595,7 @@ class Streamer {
   void OutputMagnitude(const T* p, int64_t m, float* f) {
     if (tasks_ == 1) {
       const T* d = reader_.delta(0);
-      Keys(0, m);
+      Keys(0, m, /*scores=*/false);  // |D|'s keys (ToDeltaKeys)
       bool* mask = mask_.get();
       kept_ += tops_[0].SelectKeys(keys_.data(), m, mask);
       // The mask's bytes (0 or 1) as integers: a bool load does not
@@ -562,7 +615,7 @@ class Streamer {
       T sum = 0, selected = 0;
       for (size_t i = 0; i < tasks_; ++i) {
         const T d = reader_.delta(i)[j];
-        const bool keep = tops_[i].KeepKey(ScoreKey(ranges_[i], d));
+        const bool keep = tops_[i].KeepKey(StreamedTopK<T>::MagnitudeKey(d));
         if (keep && NonFinite(d)) nonfinite_kept_[i] = true;
         any = any || keep;
         const T masked = keep ? d : T(0);
@@ -593,7 +646,7 @@ class Streamer {
       // One task: total = t, every non-zero t agrees with its own sign, and
       // the disjoint mean is (0 + t) / 1 = t exactly.
       const T* d = reader_.delta(0);
-      Keys(0, m);
+      Keys(0, m, /*scores=*/false);
       bool* mask = mask_.get();
       tops_[0].SelectKeys(keys_.data(), m, mask);
       // Branch-free, so that it vectorises (32-bit counts per block; the
