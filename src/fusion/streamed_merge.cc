@@ -143,6 +143,25 @@ class ChunkReader {
   }
 
   bool delta_nonfinite(size_t i) const { return delta_nonfinite_[i]; }
+  void set_delta_nonfinite(size_t i) { delta_nonfinite_[i] = true; }
+
+  // BF16 checkpoints: reads the stored bits of elements [off, off + m) of
+  // the base (pre_bits()) and of task `task` (ft_bits()) only, for loops
+  // that decode and check them themselves.
+  absl::Status ReadBits(int64_t off, int64_t m, size_t task) {
+    const uint64_t byte_off = static_cast<uint64_t>(off) * 2;
+    const uint64_t len = static_cast<uint64_t>(m) * 2;
+    TAILOR_RETURN_IF_ERROR(
+        t_.base->ReadRawRange(t_.name, byte_off, len, raw_.data()));
+    return t_.finetuned[task]->ReadRawRange(t_.name, byte_off, len,
+                                            raw_ft_.data());
+  }
+  const uint16_t* pre_bits() const {
+    return reinterpret_cast<const uint16_t*>(raw_.data());
+  }
+  const uint16_t* ft_bits() const {
+    return reinterpret_cast<const uint16_t*>(raw_ft_.data());
+  }
 
   const T* pre() const { return pre_.data(); }
   const T* delta(size_t i) const { return delta_[i].data(); }
@@ -227,6 +246,7 @@ class Streamer {
   static constexpr typename StreamedTopK<T>::Key kSignBit =
       typename StreamedTopK<T>::Key{1} << (8 * sizeof(T) - 1);
   static constexpr int64_t kCountBlock = int64_t{1} << 20;
+  using Key = typename StreamedTopK<T>::Key;
 
  public:
   Streamer(const StreamedTensor& t, const StreamedMergeOptions& o,
@@ -239,7 +259,9 @@ class Streamer {
         keys_(t.chunk),
         mask_(new bool[t.chunk]),
         fused_(t.chunk),
-        out_(t.chunk * t.element_size) {}
+        out_(t.chunk * t.element_size),
+        bits_(std::is_same_v<T, float> && t.stored == at::kBFloat16 &&
+              tasks_ == 1) {}
 
   absl::StatusOr<StreamedMergeResult> Run() {
     if (o_.method == StreamedMethod::kSpider) return RunSpider();
@@ -259,7 +281,14 @@ class Streamer {
     // Pass 0 checks every input value is finite (else FuseOne's error),
     // gathers magnitude's ranges and each window's candidates, or (no
     // window) TIES's first radix digit.
-    TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { CountFirst(m); }));
+    if (bits_) {
+      TAILOR_RETURN_IF_ERROR(
+          ForEachBitsChunk([&](int64_t, int64_t m) -> absl::StatusOr<bool> {
+            return CountFirstBits(m);
+          }));
+    } else {
+      TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { CountFirst(m); }));
+    }
     if (magnitude) {
       for (auto& r : ranges_) r.Finish();
     }
@@ -280,7 +309,17 @@ class Streamer {
     }
     windows_.clear();
     while (NeedsPass()) {
-      TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { Count(m); }));
+      if (bits_ && !magnitude) {
+        TAILOR_RETURN_IF_ERROR(
+            ForEachBitsChunk([&](int64_t, int64_t m) -> absl::StatusOr<bool> {
+              Key lo, hi;
+              if (!DeltaKeysFromBits(m, &lo, &hi)) return false;
+              tops_[0].CountKeys(keys_.data(), m);
+              return true;
+            }));
+      } else {
+        TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { Count(m); }));
+      }
       for (auto& top : tops_) {
         if (top.NeedsPass()) top.EndPass();
       }
@@ -289,7 +328,12 @@ class Streamer {
       for (size_t i = 0; i < tasks_; ++i) ToDeltaKeys(i);
     }
     nonfinite_kept_.assign(tasks_, false);
-    TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { Output(m); }));
+    if (bits_ && !reader_.delta_nonfinite(0)) {
+      TAILOR_RETURN_IF_ERROR(ForEachBitsChunk(
+          [&](int64_t off, int64_t m) { return OutputBits(off, m); }));
+    } else {
+      TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { Output(m); }));
+    }
     if (!write_status_.ok()) return write_status_;
     result.kept = kept_;
     for (const auto& top : tops_) result.task_kept.push_back(top.k());
@@ -358,6 +402,139 @@ class Streamer {
     return absl::OkStatus();
   }
 
+  // ForEachChunk on the stored bits (bits_): `fn(off, m)` after
+  // ReadBits, returning whether every input value is finite.
+  template <typename Fn>
+  absl::Status ForEachBitsChunk(Fn&& fn) {
+    for (int64_t off = 0; off < t_.numel && write_status_.ok();
+         off += t_.chunk) {
+      const int64_t m = std::min(t_.chunk, t_.numel - off);
+      TAILOR_RETURN_IF_ERROR(reader_.ReadBits(off, m, 0));
+      TAILOR_ASSIGN_OR_RETURN(bool finite, fn(off, m));
+      if (!finite) return reader_.NonFiniteInputError();
+    }
+    return absl::OkStatus();
+  }
+
+  // bits_: keys_[0, m) = MagnitudeKey(ft - pre) of the chunk's stored
+  // bits (decoded, subtracted, keyed and checked in one loop: ReadBf16 and
+  // Keys' arithmetic), their least and greatest in *lo and *hi; marks a
+  // delta that overflowed; false when an input value is not finite.
+  bool DeltaKeysFromBits(int64_t m, Key* lo_out, Key* hi_out) {
+    const uint16_t* pb = reader_.pre_bits();
+    const uint16_t* fb = reader_.ft_bits();
+    Key* k = keys_.data();
+    uint32_t bad = 0, bad_delta = 0;
+    Key lo = ~Key{0}, hi = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      bad |= static_cast<uint32_t>((pb[j] & 0x7f80u) == 0x7f80u) |
+             static_cast<uint32_t>((fb[j] & 0x7f80u) == 0x7f80u);
+      const float d = Bf16ToFloat(fb[j]) - Bf16ToFloat(pb[j]);
+      uint32_t bits;
+      std::memcpy(&bits, &d, sizeof(bits));
+      bad_delta |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+      const Key key = static_cast<Key>(bits) | kSignBit;
+      k[j] = key;
+      lo = key < lo ? key : lo;
+      hi = key > hi ? key : hi;
+    }
+    if (bad_delta) reader_.set_delta_nonfinite(0);
+    *lo_out = lo;
+    *hi_out = hi;
+    return bad == 0;
+  }
+
+  // Pass 0 on the stored bits (bits_: one task): CountFirst's work.
+  bool CountFirstBits(int64_t m) {
+    Key lo, hi;
+    if (!DeltaKeysFromBits(m, &lo, &hi)) return false;
+    const Key* k = keys_.data();
+    if (o_.method != StreamedMethod::kMagnitude) {
+      if (!tops_[0].NeedsPass()) return true;
+      if (windows_[0].enabled()) {
+        windows_[0].CountKeys(k, m);
+      } else {
+        tops_[0].CountKeys(k, m);
+      }
+      return true;
+    }
+    lo &= ~kSignBit;
+    hi &= ~kSignBit;
+    T lo_v, hi_v;
+    std::memcpy(&lo_v, &lo, sizeof(lo));
+    std::memcpy(&hi_v, &hi, sizeof(hi));
+    ranges_[0].Add(lo_v);
+    ranges_[0].Add(hi_v);
+    windows_[0].CountKeys(k, m);
+    return true;
+  }
+
+  // The output pass on the stored bits (bits_, no delta overflowed): the
+  // selection on |D|'s keys, the merged delta (magnitude: D on the mask;
+  // TIES: the trimmed D times lambda, kept where non-zero), FuseTensor and
+  // the BF16 rounding in one loop: a kept entry is pre + delta rounded, the
+  // others keep their stored bits (the rounding of an exact BF16 value is
+  // itself). The selection's ties (keys in [tie_lo, threshold], the first
+  // ones in index order) are all taken when the chunk holds no more of them
+  // than are left; else (one chunk per tensor at most) the chunk is
+  // decoded and selected as Output does. False when an input value is not
+  // finite (it changed since pass 0).
+  absl::StatusOr<bool> OutputBits(int64_t off, int64_t m) {
+    StreamedTopK<T>& top = tops_[0];
+    const Key a = top.threshold(), b = top.tie_lo(), width = a - b;
+    const int64_t ties_left = top.ties_left();
+    const uint32_t take_ties = ties_left > 0;
+    const bool magnitude = o_.method == StreamedMethod::kMagnitude;
+    const float lambda = static_cast<float>(o_.lambda);
+    const uint16_t* pb = reader_.pre_bits();
+    const uint16_t* fb = reader_.ft_bits();
+    auto* o = reinterpret_cast<uint16_t*>(out_.data());
+    uint32_t bad = 0;
+    int64_t kept = 0, ties = 0;
+    for (int64_t j0 = 0; j0 < m; j0 += kCountBlock) {
+      const int64_t end = std::min(m, j0 + kCountBlock);
+      uint32_t block_kept = 0, block_ties = 0;
+      for (int64_t j = j0; j < end; ++j) {
+        bad |= static_cast<uint32_t>((pb[j] & 0x7f80u) == 0x7f80u) |
+               static_cast<uint32_t>((fb[j] & 0x7f80u) == 0x7f80u);
+        const float pf = Bf16ToFloat(pb[j]);
+        const float d = Bf16ToFloat(fb[j]) - pf;
+        uint32_t bits;
+        std::memcpy(&bits, &d, sizeof(bits));
+        const Key key = static_cast<Key>(bits) | kSignBit;
+        const uint32_t tie = static_cast<Key>(key - b) <= width;
+        const uint32_t mask =
+            static_cast<uint32_t>(key > a) | (tie & take_ties);
+        block_ties += tie;
+        float delta = d;
+        uint32_t keep = mask;
+        if (!magnitude) {
+          delta = KeepOrZero(mask != 0, d) * lambda;
+          keep = NonZero(delta);
+        }
+        block_kept += magnitude ? mask : keep;
+        const uint16_t sum = FloatToBf16(pf + delta);
+        const uint16_t sel = static_cast<uint16_t>(0u - keep);
+        o[j] = static_cast<uint16_t>((sum & sel) | (pb[j] & ~sel));
+      }
+      kept += block_kept;
+      ties += block_ties;
+    }
+    if (bad) return false;
+    if (take_ties && ties > ties_left) {
+      // The ties run out in this chunk: decoded and selected in order.
+      TAILOR_ASSIGN_OR_RETURN(bool finite, reader_.Read(off, m));
+      if (!finite) return false;
+      Output(m);
+      return true;
+    }
+    if (take_ties) top.TakeTies(ties);
+    kept_ += kept;
+    write_status_ = write_(absl::string_view(
+        out_.data(), static_cast<size_t>(m) * t_.element_size));
+    return true;
+  }
+
   // keys_[0, m): the selection keys of task i's chunk (|D_i| for TIES and
   // for magnitude's output pass, after ToDeltaKeys; the min-max score for
   // magnitude's counting passes; all >= +0 or ranked by magnitude, so
@@ -386,8 +563,6 @@ class Streamer {
       k[j] = StreamedTopK<T>::MagnitudeKey((std::fabs(d[j]) - lo) / range);
     }
   }
-
-  using Key = typename StreamedTopK<T>::Key;
 
   // The selection key of d's min-max score: its MagnitudeKey, but a NaN
   // score (|d| = Inf over an infinite range, Inf / Inf: a delta of finite
@@ -703,6 +878,9 @@ class Streamer {
   std::unique_ptr<bool[]> mask_;                     // a chunk's mask
   std::vector<float> fused_;
   std::vector<char> out_;
+  // BF16 inputs, float32 compute, one task: pass 0, TIES's radix passes
+  // and the output pass run on the stored bits (ForEachBitsChunk).
+  const bool bits_;
   int64_t kept_ = 0;
   // Magnitude, per task: whether a kept delta is not finite (overflowed).
   std::vector<bool> nonfinite_kept_;

@@ -80,6 +80,10 @@ class StreamedTopK {
   // kept, and the first ties_left() keys in [tie_lo(), threshold()] still
   // to come (index order).
   Key threshold() const { return threshold_; }
+  // Takes `count` ties at once: a caller that selected a run of keys
+  // holding `count` tie keys by itself, all of them kept. REQUIRES: count
+  // <= ties_left().
+  void TakeTies(int64_t count) { ties_left_ -= count; }
   Key tie_lo() const { return tie_lo_; }
   int64_t ties_left() const { return ties_left_; }
 
