@@ -53,6 +53,104 @@ template <typename T>
 constexpr at::ScalarType kScalar =
     std::is_same_v<T, float> ? at::kFloat : at::kDouble;
 
+// The BF16 one-task loops of Streamer's bits_ path, on the stored bits,
+// free functions compiled for AVX2 as well as the baseline (as
+// dense_merge_kernel.cc's). kBlock bounds the 32-bit counts.
+constexpr int64_t kBitsBlock = int64_t{1} << 20;
+
+inline uint32_t Bf16NonFinite(uint16_t b) {
+  return static_cast<uint32_t>((b & 0x7f80u) == 0x7f80u);
+}
+
+// k[j] = MagnitudeKey(float(ft) - float(pre)); *bad: an input is not
+// finite; *bad_delta: a delta is not; *lo, *hi: the least and greatest key.
+__attribute__((target_clones("avx2", "default"))) void Bf16DeltaKeys(
+    const uint16_t* pb, const uint16_t* fb, int64_t m, uint32_t* k,
+    uint32_t* bad_out, uint32_t* bad_delta_out, uint32_t* lo_out,
+    uint32_t* hi_out) {
+  uint32_t bad = 0, bad_delta = 0, lo = ~0u, hi = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    bad |= Bf16NonFinite(pb[j]) | Bf16NonFinite(fb[j]);
+    const float d = Bf16ToFloat(fb[j]) - Bf16ToFloat(pb[j]);
+    uint32_t bits;
+    std::memcpy(&bits, &d, sizeof(bits));
+    bad_delta |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+    const uint32_t key = bits | 0x80000000u;
+    k[j] = key;
+    lo = key < lo ? key : lo;
+    hi = key > hi ? key : hi;
+  }
+  *bad_out = bad;
+  *bad_delta_out = bad_delta;
+  *lo_out = lo;
+  *hi_out = hi;
+}
+
+// The fused output of one chunk (Streamer::OutputBits): mask = key > a, or
+// key in [b, b + width] when take_ties; magnitude: delta = D on the mask,
+// kept = the mask; TIES: delta = (mask ? D : +0) * lambda, kept = delta !=
+// 0; out = kept ? bf16(pre + delta) : pre's bits. Returns the kept count;
+// *ties: the keys in [b, b + width]; *bad: an input is not finite.
+__attribute__((target_clones("avx2", "default"))) int64_t Bf16OutputChunk(
+    const uint16_t* pb, const uint16_t* fb, int64_t m, uint32_t a, uint32_t b,
+    uint32_t width, uint32_t take_ties, bool magnitude, float lambda,
+    uint16_t* o, int64_t* ties_out, uint32_t* bad_out) {
+  uint32_t bad = 0;
+  int64_t kept = 0, ties = 0;
+  for (int64_t j0 = 0; j0 < m; j0 += kBitsBlock) {
+    const int64_t end = std::min(m, j0 + kBitsBlock);
+    uint32_t block_kept = 0, block_ties = 0;
+    if (magnitude) {
+      for (int64_t j = j0; j < end; ++j) {
+        bad |= Bf16NonFinite(pb[j]) | Bf16NonFinite(fb[j]);
+        const float pf = Bf16ToFloat(pb[j]);
+        const float d = Bf16ToFloat(fb[j]) - pf;
+        uint32_t bits;
+        std::memcpy(&bits, &d, sizeof(bits));
+        const uint32_t key = bits | 0x80000000u;
+        const uint32_t tie = (key - b) <= width;
+        const uint32_t keep =
+            static_cast<uint32_t>(key > a) | (tie & take_ties);
+        block_ties += tie;
+        block_kept += keep;
+        const uint16_t sum = FloatToBf16(pf + d);
+        const uint16_t sel = static_cast<uint16_t>(0u - keep);
+        o[j] = static_cast<uint16_t>((sum & sel) | (pb[j] & ~sel));
+      }
+    } else {
+      for (int64_t j = j0; j < end; ++j) {
+        bad |= Bf16NonFinite(pb[j]) | Bf16NonFinite(fb[j]);
+        const float pf = Bf16ToFloat(pb[j]);
+        const float d = Bf16ToFloat(fb[j]) - pf;
+        uint32_t bits;
+        std::memcpy(&bits, &d, sizeof(bits));
+        const uint32_t key = bits | 0x80000000u;
+        const uint32_t tie = (key - b) <= width;
+        const uint32_t mask =
+            static_cast<uint32_t>(key > a) | (tie & take_ties);
+        block_ties += tie;
+        // (mask ? D : +0) * lambda, on the bits; kept where non-zero.
+        const uint32_t masked_bits = bits & (0u - mask);
+        float masked;
+        std::memcpy(&masked, &masked_bits, sizeof(masked));
+        const float delta = masked * lambda;
+        uint32_t delta_bits;
+        std::memcpy(&delta_bits, &delta, sizeof(delta_bits));
+        const uint32_t keep = (delta_bits << 1) != 0;
+        block_kept += keep;
+        const uint16_t sum = FloatToBf16(pf + delta);
+        const uint16_t sel = static_cast<uint16_t>(0u - keep);
+        o[j] = static_cast<uint16_t>((sum & sel) | (pb[j] & ~sel));
+      }
+    }
+    kept += block_kept;
+    ties += block_ties;
+  }
+  *ties_out = ties;
+  *bad_out = bad;
+  return kept;
+}
+
 // Reads a tensor of the base and of every task in chunks, in the compute
 // type T, into buffers allocated once: pre() and delta(i) = ft_i - pre.
 template <typename T>
@@ -421,27 +519,14 @@ class Streamer {
   // Keys' arithmetic), their least and greatest in *lo and *hi; marks a
   // delta that overflowed; false when an input value is not finite.
   bool DeltaKeysFromBits(int64_t m, Key* lo_out, Key* hi_out) {
-    const uint16_t* pb = reader_.pre_bits();
-    const uint16_t* fb = reader_.ft_bits();
-    Key* k = keys_.data();
-    uint32_t bad = 0, bad_delta = 0;
-    Key lo = ~Key{0}, hi = 0;
-    for (int64_t j = 0; j < m; ++j) {
-      bad |= static_cast<uint32_t>((pb[j] & 0x7f80u) == 0x7f80u) |
-             static_cast<uint32_t>((fb[j] & 0x7f80u) == 0x7f80u);
-      const float d = Bf16ToFloat(fb[j]) - Bf16ToFloat(pb[j]);
-      uint32_t bits;
-      std::memcpy(&bits, &d, sizeof(bits));
-      bad_delta |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
-      const Key key = static_cast<Key>(bits) | kSignBit;
-      k[j] = key;
-      lo = key < lo ? key : lo;
-      hi = key > hi ? key : hi;
+    if constexpr (std::is_same_v<T, float>) {
+      uint32_t bad, bad_delta;
+      Bf16DeltaKeys(reader_.pre_bits(), reader_.ft_bits(), m, keys_.data(),
+                    &bad, &bad_delta, lo_out, hi_out);
+      if (bad_delta) reader_.set_delta_nonfinite(0);
+      return bad == 0;
     }
-    if (bad_delta) reader_.set_delta_nonfinite(0);
-    *lo_out = lo;
-    *hi_out = hi;
-    return bad == 0;
+    return false;  // unreachable: bits_ is float32 compute only
   }
 
   // Pass 0 on the stored bits (bits_: one task): CountFirst's work.
@@ -484,41 +569,14 @@ class Streamer {
     const Key a = top.threshold(), b = top.tie_lo(), width = a - b;
     const int64_t ties_left = top.ties_left();
     const uint32_t take_ties = ties_left > 0;
-    const bool magnitude = o_.method == StreamedMethod::kMagnitude;
-    const float lambda = static_cast<float>(o_.lambda);
-    const uint16_t* pb = reader_.pre_bits();
-    const uint16_t* fb = reader_.ft_bits();
-    auto* o = reinterpret_cast<uint16_t*>(out_.data());
     uint32_t bad = 0;
-    int64_t kept = 0, ties = 0;
-    for (int64_t j0 = 0; j0 < m; j0 += kCountBlock) {
-      const int64_t end = std::min(m, j0 + kCountBlock);
-      uint32_t block_kept = 0, block_ties = 0;
-      for (int64_t j = j0; j < end; ++j) {
-        bad |= static_cast<uint32_t>((pb[j] & 0x7f80u) == 0x7f80u) |
-               static_cast<uint32_t>((fb[j] & 0x7f80u) == 0x7f80u);
-        const float pf = Bf16ToFloat(pb[j]);
-        const float d = Bf16ToFloat(fb[j]) - pf;
-        uint32_t bits;
-        std::memcpy(&bits, &d, sizeof(bits));
-        const Key key = static_cast<Key>(bits) | kSignBit;
-        const uint32_t tie = static_cast<Key>(key - b) <= width;
-        const uint32_t mask =
-            static_cast<uint32_t>(key > a) | (tie & take_ties);
-        block_ties += tie;
-        float delta = d;
-        uint32_t keep = mask;
-        if (!magnitude) {
-          delta = KeepOrZero(mask != 0, d) * lambda;
-          keep = NonZero(delta);
-        }
-        block_kept += magnitude ? mask : keep;
-        const uint16_t sum = FloatToBf16(pf + delta);
-        const uint16_t sel = static_cast<uint16_t>(0u - keep);
-        o[j] = static_cast<uint16_t>((sum & sel) | (pb[j] & ~sel));
-      }
-      kept += block_kept;
-      ties += block_ties;
+    int64_t ties = 0, kept = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      kept = Bf16OutputChunk(
+          reader_.pre_bits(), reader_.ft_bits(), m, a, b, width, take_ties,
+          o_.method == StreamedMethod::kMagnitude,
+          static_cast<float>(o_.lambda),
+          reinterpret_cast<uint16_t*>(out_.data()), &ties, &bad);
     }
     if (bad) return false;
     if (take_ties && ties > ties_left) {
