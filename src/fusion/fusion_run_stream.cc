@@ -85,14 +85,14 @@ absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
         dynamic_cast<const Checkpoint*>(task->finetuned.get()));
     o.keep_ratio.push_back(task->options.keep_ratio);
   }
-  // The streamed bytes go to the journal chunk by chunk (BeginSpool).
+  // The streamed bytes go to the journal chunk by chunk (BeginSpool). The
+  // tensor is begun at its first chunk: a bad input is refused before.
   std::shared_ptr<JournalFusedSpool> spool;
-  bool spooling = true;
   std::optional<CheckpointWriter::TensorStream> stream;
   auto write = [&](absl::string_view bytes) -> absl::Status {
     if (!stream) {
       TAILOR_ASSIGN_OR_RETURN(stream, writer_->BeginTensor(info.name));
-      if (spooling) spool = BeginSpool(index, info);
+      spool = BeginSpool(index, info);
     }
     TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&*stream, bytes));
     Spool(spool, bytes);
@@ -101,19 +101,6 @@ absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
   TAILOR_ASSIGN_OR_RETURN(StreamedMergeResult r, CatchTorch(info.name, [&] {
                             return StreamThresholdMerge(t, o, write);
                           }));
-  if (!r.streamed) {
-    // Computed whole, then written here as StreamOne's caller expects.
-    // The whole tensor is in memory already: its journal entry holds the
-    // bytes (`fused`), not a spool.
-    spool.reset();
-    spooling = false;
-    TAILOR_ASSIGN_OR_RETURN(JournalEntry whole,
-                            FuseOne(index, info, at::Device(at::kCPU)));
-    if (whole.fused) TAILOR_RETURN_IF_ERROR(write(*whole.fused));
-    if (!journal_) whole.fused.reset();
-    if (stream) TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&*stream));
-    return whole;
-  }
   TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&*stream));
   hessians_.Finished(static_cast<int64_t>(index));
   JournalEntry out = NewEntry(index, info);
@@ -128,6 +115,14 @@ absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
       tj["kept_fraction"] = static_cast<double>(kept) / info.numel;
       tj["hessian"] = false;
       tj["compensation"] = "none";
+      if (r.task_nonfinite_kept[i]) {
+        // As TailorLayerPrepared reports a masked delta that overflowed.
+        const std::string reason = "compensation produced non-finite values";
+        tj["fallback_reason"] = reason;
+        out.warnings.push_back(
+            absl::StrCat(info.name, " (task '", tasks_[i]->label,
+                         "'): compensation skipped: ", reason));
+      }
       tj["seconds"] = Seconds(t0);
     }
     per_task.push_back(std::move(tj));

@@ -53,6 +53,104 @@ template <typename T>
 constexpr at::ScalarType kScalar =
     std::is_same_v<T, float> ? at::kFloat : at::kDouble;
 
+// The BF16 one-task loops of Streamer's bits_ path, on the stored bits,
+// free functions compiled for AVX2 as well as the baseline (as
+// dense_merge_kernel.cc's). kBlock bounds the 32-bit counts.
+constexpr int64_t kBitsBlock = int64_t{1} << 20;
+
+inline uint32_t Bf16NonFinite(uint16_t b) {
+  return static_cast<uint32_t>((b & 0x7f80u) == 0x7f80u);
+}
+
+// k[j] = MagnitudeKey(float(ft) - float(pre)); *bad: an input is not
+// finite; *bad_delta: a delta is not; *lo, *hi: the least and greatest key.
+__attribute__((target_clones("avx2", "default"))) void Bf16DeltaKeys(
+    const uint16_t* pb, const uint16_t* fb, int64_t m, uint32_t* k,
+    uint32_t* bad_out, uint32_t* bad_delta_out, uint32_t* lo_out,
+    uint32_t* hi_out) {
+  uint32_t bad = 0, bad_delta = 0, lo = ~0u, hi = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    bad |= Bf16NonFinite(pb[j]) | Bf16NonFinite(fb[j]);
+    const float d = Bf16ToFloat(fb[j]) - Bf16ToFloat(pb[j]);
+    uint32_t bits;
+    std::memcpy(&bits, &d, sizeof(bits));
+    bad_delta |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+    const uint32_t key = bits | 0x80000000u;
+    k[j] = key;
+    lo = key < lo ? key : lo;
+    hi = key > hi ? key : hi;
+  }
+  *bad_out = bad;
+  *bad_delta_out = bad_delta;
+  *lo_out = lo;
+  *hi_out = hi;
+}
+
+// The fused output of one chunk (Streamer::OutputBits): mask = key > a, or
+// key in [b, b + width] when take_ties; magnitude: delta = D on the mask,
+// kept = the mask; TIES: delta = (mask ? D : +0) * lambda, kept = delta !=
+// 0; out = kept ? bf16(pre + delta) : pre's bits. Returns the kept count;
+// *ties: the keys in [b, b + width]; *bad: an input is not finite.
+__attribute__((target_clones("avx2", "default"))) int64_t Bf16OutputChunk(
+    const uint16_t* pb, const uint16_t* fb, int64_t m, uint32_t a, uint32_t b,
+    uint32_t width, uint32_t take_ties, bool magnitude, float lambda,
+    uint16_t* o, int64_t* ties_out, uint32_t* bad_out) {
+  uint32_t bad = 0;
+  int64_t kept = 0, ties = 0;
+  for (int64_t j0 = 0; j0 < m; j0 += kBitsBlock) {
+    const int64_t end = std::min(m, j0 + kBitsBlock);
+    uint32_t block_kept = 0, block_ties = 0;
+    if (magnitude) {
+      for (int64_t j = j0; j < end; ++j) {
+        bad |= Bf16NonFinite(pb[j]) | Bf16NonFinite(fb[j]);
+        const float pf = Bf16ToFloat(pb[j]);
+        const float d = Bf16ToFloat(fb[j]) - pf;
+        uint32_t bits;
+        std::memcpy(&bits, &d, sizeof(bits));
+        const uint32_t key = bits | 0x80000000u;
+        const uint32_t tie = (key - b) <= width;
+        const uint32_t keep =
+            static_cast<uint32_t>(key > a) | (tie & take_ties);
+        block_ties += tie;
+        block_kept += keep;
+        const uint16_t sum = FloatToBf16(pf + d);
+        const uint16_t sel = static_cast<uint16_t>(0u - keep);
+        o[j] = static_cast<uint16_t>((sum & sel) | (pb[j] & ~sel));
+      }
+    } else {
+      for (int64_t j = j0; j < end; ++j) {
+        bad |= Bf16NonFinite(pb[j]) | Bf16NonFinite(fb[j]);
+        const float pf = Bf16ToFloat(pb[j]);
+        const float d = Bf16ToFloat(fb[j]) - pf;
+        uint32_t bits;
+        std::memcpy(&bits, &d, sizeof(bits));
+        const uint32_t key = bits | 0x80000000u;
+        const uint32_t tie = (key - b) <= width;
+        const uint32_t mask =
+            static_cast<uint32_t>(key > a) | (tie & take_ties);
+        block_ties += tie;
+        // (mask ? D : +0) * lambda, on the bits; kept where non-zero.
+        const uint32_t masked_bits = bits & (0u - mask);
+        float masked;
+        std::memcpy(&masked, &masked_bits, sizeof(masked));
+        const float delta = masked * lambda;
+        uint32_t delta_bits;
+        std::memcpy(&delta_bits, &delta, sizeof(delta_bits));
+        const uint32_t keep = (delta_bits << 1) != 0;
+        block_kept += keep;
+        const uint16_t sum = FloatToBf16(pf + delta);
+        const uint16_t sel = static_cast<uint16_t>(0u - keep);
+        o[j] = static_cast<uint16_t>((sum & sel) | (pb[j] & ~sel));
+      }
+    }
+    kept += block_kept;
+    ties += block_ties;
+  }
+  *ties_out = ties;
+  *bad_out = bad;
+  return kept;
+}
+
 // Reads a tensor of the base and of every task in chunks, in the compute
 // type T, into buffers allocated once: pre() and delta(i) = ft_i - pre.
 template <typename T>
@@ -63,10 +161,13 @@ class ChunkReader {
         raw_(t.stored == kScalar<T> ? 0 : t.chunk * t.element_size),
         raw_ft_(t.stored == at::kBFloat16 ? t.chunk * 2 : 0),
         pre_(t.chunk),
-        delta_(t.finetuned.size(), std::vector<T>(t.chunk)) {}
+        delta_(t.finetuned.size(), std::vector<T>(t.chunk)),
+        delta_nonfinite_(t.finetuned.size(), false) {}
 
-  // Reads elements [off, off + m); returns whether every pre-trained,
-  // fine-tuned and delta value is finite.
+  // Reads elements [off, off + m); returns whether every pre-trained and
+  // fine-tuned value is finite (in T, as FuseOne checks them). A delta of
+  // finite inputs may still overflow to +-Inf: delta_nonfinite(i) says so,
+  // accumulated over every chunk read.
   absl::StatusOr<bool> Read(int64_t off, int64_t m) {
     if (t_.stored == at::kBFloat16) return ReadBf16(off, m);
     TAILOR_RETURN_IF_ERROR(ReadInto(*t_.base, off, m, pre_.data()));
@@ -75,13 +176,14 @@ class ChunkReader {
     for (size_t i = 0; i < delta_.size(); ++i) {
       T* d = delta_[i].data();
       TAILOR_RETURN_IF_ERROR(ReadInto(*t_.finetuned[i], off, m, d));
-      uint32_t bad = 0;
+      uint32_t bad = 0, bad_delta = 0;
       for (int64_t j = 0; j < m; ++j) {
         bad |= NonFinite(d[j]);
         d[j] = d[j] - p[j];
-        bad |= NonFinite(d[j]);
+        bad_delta |= NonFinite(d[j]);
       }
       finite = finite && bad == 0;
+      if (bad_delta) delta_nonfinite_[i] = true;
     }
     return finite;
   }
@@ -104,13 +206,59 @@ class ChunkReader {
       TAILOR_RETURN_IF_ERROR(
           t_.finetuned[i]->ReadRawRange(t_.name, byte_off, len, fb));
       T* d = delta_[i].data();
+      uint32_t bad_delta = 0;
       for (int64_t j = 0; j < m; ++j) {
         bad |= (fb[j] & 0x7f80u) == 0x7f80u;
         d[j] = static_cast<T>(Bf16ToFloat(fb[j])) - p[j];
-        bad |= NonFinite(d[j]);
+        bad_delta |= NonFinite(d[j]);
       }
+      if (bad_delta) delta_nonfinite_[i] = true;
     }
     return bad == 0;
+  }
+
+  // After Read found a non-finite input: FuseOne's error for it, which
+  // names the first input holding one in its order (the pre-trained tensor,
+  // then each task's fine-tuned tensor), found by a scan of each in chunks
+  // (this reader's buffers; nothing the size of the tensor). A read error
+  // on the way is returned as is.
+  absl::Status NonFiniteInputError() {
+    for (size_t s = 0; s <= t_.finetuned.size(); ++s) {
+      const Checkpoint& src = s == 0 ? *t_.base : *t_.finetuned[s - 1];
+      for (int64_t off = 0; off < t_.numel; off += t_.chunk) {
+        const int64_t m = std::min(t_.chunk, t_.numel - off);
+        TAILOR_RETURN_IF_ERROR(ReadInto(src, off, m, pre_.data()));
+        if (!AllFinite(pre_.data(), m)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(t_.name, ": ", s == 0 ? "pre-trained" : "fine-tuned",
+                           " tensor contains NaN or Inf"));
+        }
+      }
+    }
+    // Read saw one, this scan none: the file changed while it was read.
+    return absl::DataLossError(absl::StrCat(
+        t_.name, ": an input tensor changed while it was being read"));
+  }
+
+  bool delta_nonfinite(size_t i) const { return delta_nonfinite_[i]; }
+  void set_delta_nonfinite(size_t i) { delta_nonfinite_[i] = true; }
+
+  // BF16 checkpoints: reads the stored bits of elements [off, off + m) of
+  // the base (pre_bits()) and of task `task` (ft_bits()) only, for loops
+  // that decode and check them themselves.
+  absl::Status ReadBits(int64_t off, int64_t m, size_t task) {
+    const uint64_t byte_off = static_cast<uint64_t>(off) * 2;
+    const uint64_t len = static_cast<uint64_t>(m) * 2;
+    TAILOR_RETURN_IF_ERROR(
+        t_.base->ReadRawRange(t_.name, byte_off, len, raw_.data()));
+    return t_.finetuned[task]->ReadRawRange(t_.name, byte_off, len,
+                                            raw_ft_.data());
+  }
+  const uint16_t* pre_bits() const {
+    return reinterpret_cast<const uint16_t*>(raw_.data());
+  }
+  const uint16_t* ft_bits() const {
+    return reinterpret_cast<const uint16_t*>(raw_ft_.data());
   }
 
   const T* pre() const { return pre_.data(); }
@@ -144,6 +292,7 @@ class ChunkReader {
   std::vector<char> raw_ft_;  // BF16: a task's stored bytes
   std::vector<T> pre_;
   std::vector<std::vector<T>> delta_;
+  std::vector<bool> delta_nonfinite_;  // per task, over the chunks read
 };
 
 // The fused float32 chunk in the stored dtype (ToStoredTensor: round to
@@ -152,8 +301,13 @@ void Encode(const float* fused, int64_t m, at::ScalarType stored, char* out) {
   if (stored == at::kFloat) {
     std::memcpy(out, fused, static_cast<size_t>(m) * 4);
   } else if (stored == at::kBFloat16) {
+    // A NaN as c10::BFloat16 stores it (a delta of finite inputs that
+    // overflowed to Inf and -Inf, summed).
     auto* o = reinterpret_cast<uint16_t*>(out);
-    for (int64_t j = 0; j < m; ++j) o[j] = FloatToBf16(fused[j]);
+    for (int64_t j = 0; j < m; ++j) {
+      const uint16_t b = FloatToBf16(fused[j]);
+      o[j] = fused[j] != fused[j] ? uint16_t{0x7fc0} : b;
+    }
   } else {
     at::from_blob(out, {m}, at::TensorOptions().dtype(stored))
         .copy_(at::from_blob(const_cast<float*>(fused), {m},
@@ -190,6 +344,7 @@ class Streamer {
   static constexpr typename StreamedTopK<T>::Key kSignBit =
       typename StreamedTopK<T>::Key{1} << (8 * sizeof(T) - 1);
   static constexpr int64_t kCountBlock = int64_t{1} << 20;
+  using Key = typename StreamedTopK<T>::Key;
 
  public:
   Streamer(const StreamedTensor& t, const StreamedMergeOptions& o,
@@ -202,7 +357,9 @@ class Streamer {
         keys_(t.chunk),
         mask_(new bool[t.chunk]),
         fused_(t.chunk),
-        out_(t.chunk * t.element_size) {}
+        out_(t.chunk * t.element_size),
+        bits_(std::is_same_v<T, float> && t.stored == at::kBFloat16 &&
+              tasks_ == 1) {}
 
   absl::StatusOr<StreamedMergeResult> Run() {
     if (o_.method == StreamedMethod::kSpider) return RunSpider();
@@ -218,14 +375,18 @@ class Streamer {
     ranges_.resize(tasks_);
     // A sample of each task's |D_i| brackets its k-th largest (TopKWindow),
     // so that pass 0 usually settles the selection.
-    TAILOR_ASSIGN_OR_RETURN(bool sampled, SampleWindows());
-    if (!sampled) return result;
-    // Pass 0 checks every value is finite (else the caller computes the
-    // tensor whole), gathers magnitude's ranges and each window's
-    // candidates, or (no window) TIES's first radix digit.
-    TAILOR_ASSIGN_OR_RETURN(bool counted,
-                            ForEachChunk([&](int64_t m) { CountFirst(m); }));
-    if (!counted) return result;
+    TAILOR_RETURN_IF_ERROR(SampleWindows());
+    // Pass 0 checks every input value is finite (else FuseOne's error),
+    // gathers magnitude's ranges and each window's candidates, or (no
+    // window) TIES's first radix digit.
+    if (bits_) {
+      TAILOR_RETURN_IF_ERROR(
+          ForEachBitsChunk([&](int64_t, int64_t m) -> absl::StatusOr<bool> {
+            return CountFirstBits(m);
+          }));
+    } else {
+      TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { CountFirst(m); }));
+    }
     if (magnitude) {
       for (auto& r : ranges_) r.Finish();
     }
@@ -246,23 +407,35 @@ class Streamer {
     }
     windows_.clear();
     while (NeedsPass()) {
-      TAILOR_ASSIGN_OR_RETURN(bool recounted,
-                              ForEachChunk([&](int64_t m) { Count(m); }));
-      if (!recounted) return result;
+      if (bits_ && !magnitude) {
+        TAILOR_RETURN_IF_ERROR(
+            ForEachBitsChunk([&](int64_t, int64_t m) -> absl::StatusOr<bool> {
+              Key lo, hi;
+              if (!DeltaKeysFromBits(m, &lo, &hi)) return false;
+              tops_[0].CountKeys(keys_.data(), m);
+              return true;
+            }));
+      } else {
+        TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { Count(m); }));
+      }
       for (auto& top : tops_) {
         if (top.NeedsPass()) top.EndPass();
       }
     }
-    result.streamed = true;
-    TAILOR_ASSIGN_OR_RETURN(bool finite,
-                            ForEachChunk([&](int64_t m) { Output(m); }));
-    if (!finite) {
-      return absl::DataLossError(absl::StrCat(
-          t_.name, ": an input tensor changed while it was being read"));
+    if (magnitude) {
+      for (size_t i = 0; i < tasks_; ++i) ToDeltaKeys(i);
+    }
+    nonfinite_kept_.assign(tasks_, false);
+    if (bits_ && !reader_.delta_nonfinite(0)) {
+      TAILOR_RETURN_IF_ERROR(ForEachBitsChunk(
+          [&](int64_t off, int64_t m) { return OutputBits(off, m); }));
+    } else {
+      TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) { Output(m); }));
     }
     if (!write_status_.ok()) return write_status_;
     result.kept = kept_;
     for (const auto& top : tops_) result.task_kept.push_back(top.k());
+    result.task_nonfinite_kept = nonfinite_kept_;
     return result;
   }
 
@@ -275,39 +448,31 @@ class Streamer {
     using Add = void (SpiderKernel::*)(double, double);
     for (Add add : {&SpiderKernel::AddMean, &SpiderKernel::AddDeviation,
                     &SpiderKernel::AddM}) {
-      TAILOR_ASSIGN_OR_RETURN(bool finite, ForEachChunk([&](int64_t m) {
-                                const T* p = reader_.pre();
-                                const T* d = reader_.delta(0);
-                                for (int64_t j = 0; j < m; ++j) {
-                                  (k.*add)(std::fabs(p[j]), std::fabs(d[j]));
-                                }
-                              }));
-      if (!finite) return result;
+      TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) {
+        const T* p = reader_.pre();
+        const T* d = reader_.delta(0);
+        for (int64_t j = 0; j < m; ++j) {
+          (k.*add)(std::fabs(p[j]), std::fabs(d[j]));
+        }
+      }));
       if (add == &SpiderKernel::AddMean) k.EndMean();
       if (add == &SpiderKernel::AddDeviation) k.EndDeviation();
       if (add == &SpiderKernel::AddM) k.EndM();
     }
-    result.streamed = true;
-    TAILOR_ASSIGN_OR_RETURN(
-        bool finite, ForEachChunk([&](int64_t m) {
-          const T* p = reader_.pre();
-          const T* d = reader_.delta(0);
-          float* f = fused_.data();
-          for (int64_t j = 0; j < m; ++j) {
-            const double factor = k.Factor(std::fabs(p[j]), std::fabs(d[j]));
-            const bool keep = factor > 0;
-            kept_ += keep;
-            f[j] =
-                Fuse(keep, p[j], keep ? static_cast<T>(factor) * d[j] : T(0));
-          }
-          Encode(f, m, t_.stored, out_.data());
-          write_status_ = write_(absl::string_view(
-              out_.data(), static_cast<size_t>(m) * t_.element_size));
-        }));
-    if (!finite) {
-      return absl::DataLossError(absl::StrCat(
-          t_.name, ": an input tensor changed while it was being read"));
-    }
+    TAILOR_RETURN_IF_ERROR(ForEachChunk([&](int64_t m) {
+      const T* p = reader_.pre();
+      const T* d = reader_.delta(0);
+      float* f = fused_.data();
+      for (int64_t j = 0; j < m; ++j) {
+        const double factor = k.Factor(std::fabs(p[j]), std::fabs(d[j]));
+        const bool keep = factor > 0;
+        kept_ += keep;
+        f[j] = Fuse(keep, p[j], keep ? static_cast<T>(factor) * d[j] : T(0));
+      }
+      Encode(f, m, t_.stored, out_.data());
+      write_status_ = write_(absl::string_view(
+          out_.data(), static_cast<size_t>(m) * t_.element_size));
+    }));
     if (!write_status_.ok()) return write_status_;
     result.kept = kept_;
     return result;
@@ -320,28 +485,123 @@ class Streamer {
     return false;
   }
 
-  // Reads every chunk in order and hands its size to `fn`; false at the
-  // first chunk holding a non-finite value.
+  // Reads every chunk in order and hands its size to `fn`; at the first
+  // chunk holding a non-finite input value, FuseOne's error for the tensor
+  // (ChunkReader::NonFiniteInputError).
   template <typename Fn>
-  absl::StatusOr<bool> ForEachChunk(Fn&& fn) {
+  absl::Status ForEachChunk(Fn&& fn) {
     for (int64_t off = 0; off < t_.numel && write_status_.ok();
          off += t_.chunk) {
       const int64_t m = std::min(t_.chunk, t_.numel - off);
       TAILOR_ASSIGN_OR_RETURN(bool finite, reader_.Read(off, m));
-      if (!finite) return false;
+      if (!finite) return reader_.NonFiniteInputError();
       fn(m);
     }
+    return absl::OkStatus();
+  }
+
+  // ForEachChunk on the stored bits (bits_): `fn(off, m)` after
+  // ReadBits, returning whether every input value is finite.
+  template <typename Fn>
+  absl::Status ForEachBitsChunk(Fn&& fn) {
+    for (int64_t off = 0; off < t_.numel && write_status_.ok();
+         off += t_.chunk) {
+      const int64_t m = std::min(t_.chunk, t_.numel - off);
+      TAILOR_RETURN_IF_ERROR(reader_.ReadBits(off, m, 0));
+      TAILOR_ASSIGN_OR_RETURN(bool finite, fn(off, m));
+      if (!finite) return reader_.NonFiniteInputError();
+    }
+    return absl::OkStatus();
+  }
+
+  // bits_: keys_[0, m) = MagnitudeKey(ft - pre) of the chunk's stored
+  // bits (decoded, subtracted, keyed and checked in one loop: ReadBf16 and
+  // Keys' arithmetic), their least and greatest in *lo and *hi; marks a
+  // delta that overflowed; false when an input value is not finite.
+  bool DeltaKeysFromBits(int64_t m, Key* lo_out, Key* hi_out) {
+    if constexpr (std::is_same_v<T, float>) {
+      uint32_t bad, bad_delta;
+      Bf16DeltaKeys(reader_.pre_bits(), reader_.ft_bits(), m, keys_.data(),
+                    &bad, &bad_delta, lo_out, hi_out);
+      if (bad_delta) reader_.set_delta_nonfinite(0);
+      return bad == 0;
+    }
+    return false;  // unreachable: bits_ is float32 compute only
+  }
+
+  // Pass 0 on the stored bits (bits_: one task): CountFirst's work.
+  bool CountFirstBits(int64_t m) {
+    Key lo, hi;
+    if (!DeltaKeysFromBits(m, &lo, &hi)) return false;
+    const Key* k = keys_.data();
+    if (o_.method != StreamedMethod::kMagnitude) {
+      if (!tops_[0].NeedsPass()) return true;
+      if (windows_[0].enabled()) {
+        windows_[0].CountKeys(k, m);
+      } else {
+        tops_[0].CountKeys(k, m);
+      }
+      return true;
+    }
+    lo &= ~kSignBit;
+    hi &= ~kSignBit;
+    T lo_v, hi_v;
+    std::memcpy(&lo_v, &lo, sizeof(lo));
+    std::memcpy(&hi_v, &hi, sizeof(hi));
+    ranges_[0].Add(lo_v);
+    ranges_[0].Add(hi_v);
+    windows_[0].CountKeys(k, m);
     return true;
   }
 
-  // keys_[0, m): the selection keys of task i's chunk (|D_i| for TIES,
-  // the min-max score for magnitude; both finite and >= +0 or ranked by
-  // magnitude, so MagnitudeKey is their KeyOf).
-  void Keys(size_t i, int64_t m) {
+  // The output pass on the stored bits (bits_, no delta overflowed): the
+  // selection on |D|'s keys, the merged delta (magnitude: D on the mask;
+  // TIES: the trimmed D times lambda, kept where non-zero), FuseTensor and
+  // the BF16 rounding in one loop: a kept entry is pre + delta rounded, the
+  // others keep their stored bits (the rounding of an exact BF16 value is
+  // itself). The selection's ties (keys in [tie_lo, threshold], the first
+  // ones in index order) are all taken when the chunk holds no more of them
+  // than are left; else (one chunk per tensor at most) the chunk is
+  // decoded and selected as Output does. False when an input value is not
+  // finite (it changed since pass 0).
+  absl::StatusOr<bool> OutputBits(int64_t off, int64_t m) {
+    StreamedTopK<T>& top = tops_[0];
+    const Key a = top.threshold(), b = top.tie_lo(), width = a - b;
+    const int64_t ties_left = top.ties_left();
+    const uint32_t take_ties = ties_left > 0;
+    uint32_t bad = 0;
+    int64_t ties = 0, kept = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      kept = Bf16OutputChunk(
+          reader_.pre_bits(), reader_.ft_bits(), m, a, b, width, take_ties,
+          o_.method == StreamedMethod::kMagnitude,
+          static_cast<float>(o_.lambda),
+          reinterpret_cast<uint16_t*>(out_.data()), &ties, &bad);
+    }
+    if (bad) return false;
+    if (take_ties && ties > ties_left) {
+      // The ties run out in this chunk: decoded and selected in order.
+      TAILOR_ASSIGN_OR_RETURN(bool finite, reader_.Read(off, m));
+      if (!finite) return false;
+      Output(m);
+      return true;
+    }
+    if (take_ties) top.TakeTies(ties);
+    kept_ += kept;
+    write_status_ = write_(absl::string_view(
+        out_.data(), static_cast<size_t>(m) * t_.element_size));
+    return true;
+  }
+
+  // keys_[0, m): the selection keys of task i's chunk (|D_i| for TIES and
+  // for magnitude's output pass, after ToDeltaKeys; the min-max score for
+  // magnitude's counting passes; all >= +0 or ranked by magnitude, so
+  // MagnitudeKey is their KeyOf, but for a NaN score: ScoreKey).
+  void Keys(size_t i, int64_t m, bool scores) {
     using Key = typename StreamedTopK<T>::Key;
     const T* d = reader_.delta(i);
     Key* k = keys_.data();
-    if (o_.method != StreamedMethod::kMagnitude) {
+    if (!scores) {
       for (int64_t j = 0; j < m; ++j) {
         k[j] = StreamedTopK<T>::MagnitudeKey(d[j]);
       }
@@ -352,13 +612,73 @@ class Streamer {
       std::fill(k, k + m, StreamedTopK<T>::MagnitudeKey(T(0)));
       return;
     }
+    if (!std::isfinite(r.range)) {  // a delta overflowed: NaN scores
+      for (int64_t j = 0; j < m; ++j) k[j] = ScoreKey(r, d[j]);
+      return;
+    }
     const T lo = r.lo, range = r.range;
     for (int64_t j = 0; j < m; ++j) {
       k[j] = StreamedTopK<T>::MagnitudeKey((std::fabs(d[j]) - lo) / range);
     }
   }
 
-  using Key = typename StreamedTopK<T>::Key;
+  // The selection key of d's min-max score: its MagnitudeKey, but a NaN
+  // score (|d| = Inf over an infinite range, Inf / Inf: a delta of finite
+  // inputs overflowed) as KeyOf's NaN, above every other key and equal to
+  // every NaN (TopKMask's order).
+  static inline Key ScoreKey(const MinMax<T>& r, T d) {
+    const T s = r.Score(d);
+    return std::isnan(s) ? ~Key{0} : StreamedTopK<T>::MagnitudeKey(s);
+  }
+
+  // Magnitude: moves task i's selection from the min-max scores' keys to
+  // |D|'s, so that the output pass ranks |D| with no per-entry division.
+  // The scores are a monotone image f of |D|'s keys (RankImage) over
+  // [MagnitudeKey(lo), ~0] (every key of the tensor lies there), so the
+  // keys whose f is above the score threshold t are those above A, the
+  // largest key with f(A) <= t, and those whose f equals t form [B, A], B
+  // the smallest key with f(B) >= t: the same entries, in the same index
+  // order for the ties. Found by binary search. REQUIRES: the selection is
+  // counted (!NeedsPass()), on score keys.
+  void ToDeltaKeys(size_t i) {
+    StreamedTopK<T>& top = tops_[i];
+    const std::function<Key(Key)> f = RankImage(i);
+    const Key t = top.threshold();
+    const int64_t ties = top.ties_left();
+    const Key first = StreamedTopK<T>::MagnitudeKey(ranges_[i].lo);
+    const Key last = ~Key{0};
+    if (f(first) > t) {  // every key is kept
+      top.SetThresholdRange(0, 0, std::numeric_limits<int64_t>::max());
+      return;
+    }
+    Key a = first, hi = last;  // the largest key with f <= t
+    while (a < hi) {
+      const Key mid = a + (hi - a) / 2 + (hi - a) % 2;
+      if (f(mid) <= t) {
+        a = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    if (!(f(last) >= t)) {  // nothing ranks at t or above
+      top.SetThresholdRange(a, a, 0);
+      return;
+    }
+    Key lo = first, b = last;  // the smallest key with f >= t
+    while (lo < b) {
+      const Key mid = lo + (b - lo) / 2;
+      if (f(mid) >= t) {
+        b = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    if (b <= a) {
+      top.SetThresholdRange(b, a, ties);
+    } else {
+      top.SetThresholdRange(a, a, 0);  // no key's f equals t
+    }
+  }
 
   // The monotone image of task i's |D| keys its selection ranks: the
   // min-max score's key for magnitude (MinMax::Score, as Keys), the key
@@ -372,20 +692,21 @@ class Streamer {
       key &= ~kSignBit;  // |D| >= +0
       T v;
       std::memcpy(&v, &key, sizeof(v));
-      return StreamedTopK<T>::MagnitudeKey(r->Score(v));
+      return ScoreKey(*r, v);
     };
   }
 
   // Reads TopKWindow::kSampleKeys elements (all of a smaller tensor) in
   // blocks spread evenly over the tensor and sets each unsettled task's
-  // window from its |D| keys; false when a sampled value is not finite.
-  absl::StatusOr<bool> SampleWindows() {
+  // window from its |D| keys; FuseOne's error when a sampled input value
+  // is not finite.
+  absl::Status SampleWindows() {
     const int64_t n = t_.numel;
     windows_.clear();
     windows_.resize(tasks_);
     bool any = false;
     for (const auto& top : tops_) any = any || top.NeedsPass();
-    if (!any) return true;
+    if (!any) return absl::OkStatus();
     const auto blocks = TopKWindow<T>::SampleBlocks(n, t_.chunk);
     std::vector<std::vector<Key>> sample(tasks_);
     for (auto& v : sample) {
@@ -393,7 +714,7 @@ class Streamer {
     }
     for (const auto& [off, m] : blocks) {
       TAILOR_ASSIGN_OR_RETURN(bool finite, reader_.Read(off, m));
-      if (!finite) return false;
+      if (!finite) return reader_.NonFiniteInputError();
       for (size_t i = 0; i < tasks_; ++i) {
         const T* d = reader_.delta(i);
         for (int64_t j = 0; j < m; ++j) {
@@ -407,7 +728,7 @@ class Streamer {
       windows_[i] =
           TopKWindow<T>(std::move(sample[i]), n, tops_[i].k(), budget);
     }
-    return true;
+    return absl::OkStatus();
   }
 
   // Pass 0 on a chunk: magnitude's min/max of |D| (on the keys:
@@ -418,7 +739,7 @@ class Streamer {
     for (size_t i = 0; i < tasks_; ++i) {
       if (!magnitude) {
         if (!tops_[i].NeedsPass()) continue;
-        Keys(i, m);
+        Keys(i, m, /*scores=*/false);
         if (windows_[i].enabled()) {
           windows_[i].CountKeys(keys_.data(), m);
         } else {
@@ -450,7 +771,7 @@ class Streamer {
   void Count(int64_t m) {
     for (size_t i = 0; i < tasks_; ++i) {
       if (!tops_[i].NeedsPass()) continue;
-      Keys(i, m);
+      Keys(i, m, /*scores=*/o_.method == StreamedMethod::kMagnitude);
       tops_[i].CountKeys(keys_.data(), m);
     }
   }
@@ -507,13 +828,18 @@ class Streamer {
   void OutputMagnitude(const T* p, int64_t m, float* f) {
     if (tasks_ == 1) {
       const T* d = reader_.delta(0);
-      Keys(0, m);
+      Keys(0, m, /*scores=*/false);  // |D|'s keys (ToDeltaKeys)
       bool* mask = mask_.get();
       kept_ += tops_[0].SelectKeys(keys_.data(), m, mask);
       // The mask's bytes (0 or 1) as integers: a bool load does not
       // vectorise.
       const auto* mk = reinterpret_cast<const uint8_t*>(mask);
       for (int64_t j = 0; j < m; ++j) f[j] = Fuse(mk[j] != 0, p[j], d[j]);
+      if (reader_.delta_nonfinite(0) && !nonfinite_kept_[0]) {
+        for (int64_t j = 0; j < m; ++j) {
+          if (mk[j] != 0 && NonFinite(d[j])) nonfinite_kept_[0] = true;
+        }
+      }
       return;
     }
     const T tasks = static_cast<T>(tasks_);
@@ -522,8 +848,8 @@ class Streamer {
       T sum = 0, selected = 0;
       for (size_t i = 0; i < tasks_; ++i) {
         const T d = reader_.delta(i)[j];
-        const bool keep = tops_[i].KeepKey(
-            StreamedTopK<T>::MagnitudeKey(ranges_[i].Score(d)));
+        const bool keep = tops_[i].KeepKey(StreamedTopK<T>::MagnitudeKey(d));
+        if (keep && NonFinite(d)) nonfinite_kept_[i] = true;
         any = any || keep;
         const T masked = keep ? d : T(0);
         sum = i == 0 ? masked : sum + masked;
@@ -553,7 +879,7 @@ class Streamer {
       // One task: total = t, every non-zero t agrees with its own sign, and
       // the disjoint mean is (0 + t) / 1 = t exactly.
       const T* d = reader_.delta(0);
-      Keys(0, m);
+      Keys(0, m, /*scores=*/false);
       bool* mask = mask_.get();
       tops_[0].SelectKeys(keys_.data(), m, mask);
       // Branch-free, so that it vectorises (32-bit counts per block; the
@@ -610,7 +936,12 @@ class Streamer {
   std::unique_ptr<bool[]> mask_;                     // a chunk's mask
   std::vector<float> fused_;
   std::vector<char> out_;
+  // BF16 inputs, float32 compute, one task: pass 0, TIES's radix passes
+  // and the output pass run on the stored bits (ForEachBitsChunk).
+  const bool bits_;
   int64_t kept_ = 0;
+  // Magnitude, per task: whether a kept delta is not finite (overflowed).
+  std::vector<bool> nonfinite_kept_;
   absl::Status write_status_;
 };
 

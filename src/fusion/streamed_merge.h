@@ -53,17 +53,22 @@ struct StreamedMergeOptions {
 };
 
 struct StreamedMergeResult {
-  // False when an input or a delta is not finite: nothing was written, and
-  // the caller computes the tensor whole (which reports the bad input, or
-  // gives the tensor ops' own result for an overflow).
-  bool streamed = false;
   int64_t kept = 0;                // entries of the merged mask
   std::vector<int64_t> task_kept;  // magnitude: each task's mask count
+  // Magnitude, per task: whether a kept delta is not finite (ft - pre of
+  // finite inputs overflowed to +-Inf), where TailorLayerPrepared reports
+  // the fallback "compensation produced non-finite values".
+  std::vector<bool> task_nonfinite_kept;
 };
 
 // Streams `tensor` through `options.method`, handing the fused tensor's
-// stored bytes to `write` chunk after chunk (in order; at least once when
-// streamed). Errors: a read failure, or `write`'s.
+// stored bytes to `write` chunk after chunk (in order; at least once on
+// success). Non-finite values are handled as FuseOne does, without holding
+// the tensor: a NaN or Inf input gets FuseOne's INVALID_ARGUMENT "<name>:
+// pre-trained tensor contains NaN or Inf" (or "fine-tuned", the first input
+// in that order holding one), found before anything is written; a delta of
+// finite inputs that overflows to +-Inf gives the tensor ops' own bytes.
+// Other errors: a read failure, or `write`'s.
 absl::StatusOr<StreamedMergeResult> StreamThresholdMerge(
     const StreamedTensor& tensor, const StreamedMergeOptions& options,
     const std::function<absl::Status(absl::string_view)>& write);

@@ -11,7 +11,7 @@ StreamedTopK<T>::StreamedTopK(int64_t n, int64_t k, bool abs)
   remaining_ = k_;
   if (k_ == 0) {
     // Nothing is above the largest key, and no tie is taken.
-    threshold_ = ~Key{0};
+    threshold_ = tie_lo_ = ~Key{0};
     ties_left_ = 0;
     shift_ = -1;
   } else if (k_ == n) {
@@ -25,10 +25,10 @@ StreamedTopK<T>::StreamedTopK(int64_t n, int64_t k, bool abs)
 template <typename T>
 void StreamedTopK<T>::TakeAtLeast(Key threshold) {
   if (threshold == 0) {
-    threshold_ = 0;
+    threshold_ = tie_lo_ = 0;
     ties_left_ = std::numeric_limits<int64_t>::max();
   } else {
-    threshold_ = threshold - 1;
+    threshold_ = tie_lo_ = threshold - 1;
     ties_left_ = 0;
   }
 }
@@ -55,7 +55,7 @@ void StreamedTopK<T>::EndPass() {
     if (shift_ < 0) {
       // prefix_ is the k-th largest key; remaining_ of the keys equal to it
       // are kept, the lowest-indexed ones.
-      threshold_ = prefix_;
+      threshold_ = tie_lo_ = prefix_;
       ties_left_ = remaining_;
     }
   }
@@ -69,7 +69,14 @@ void StreamedTopK<T>::EndPass() {
 
 template <typename T>
 void StreamedTopK<T>::SetThreshold(Key threshold, int64_t ties) {
+  SetThresholdRange(threshold, threshold, ties);
+}
+
+template <typename T>
+void StreamedTopK<T>::SetThresholdRange(Key tie_lo, Key threshold,
+                                        int64_t ties) {
   threshold_ = threshold;
+  tie_lo_ = tie_lo;
   ties_left_ = ties;
   shift_ = -1;
   hist_.clear();
@@ -93,19 +100,19 @@ void StreamedTopK<T>::CountKeys(const Key* keys, int64_t m) {
 
 template <typename T>
 int64_t StreamedTopK<T>::SelectKeys(const Key* keys, int64_t m, bool* mask) {
-  const Key t = threshold_;
-  // The keys equal to the threshold in this chunk: all of them are kept
-  // when no more than ties_left_, none when no tie is left; only a chunk
-  // where the ties run out (one per selection) takes them one by one.
+  const Key t = threshold_, lo = tie_lo_, width = t - lo;
+  // The tie keys ([lo, t]) in this chunk: all of them are kept when no
+  // more than ties_left_, none when no tie is left; only a chunk where the
+  // ties run out (one per selection) takes them one by one.
   int64_t equal = 0;
-  if (ties_left_ > 0) equal = CountEqual(keys, m, t);
+  if (ties_left_ > 0) equal = CountInRange(keys, m, lo, t);
   const bool all_ties = equal > 0 && equal <= ties_left_;
-  if (all_ties && t == 0) {  // every key is >= 0
+  if (all_ties && lo == 0) {  // every key is >= 0
     std::fill(mask, mask + m, true);
     ties_left_ -= equal;
     return m;
   }
-  const int64_t kept = all_ties ? WriteMask(keys, m, t - 1, mask)  // >= t
+  const int64_t kept = all_ties ? WriteMask(keys, m, lo - 1, mask)  // >= lo
                                 : WriteMask(keys, m, t, mask);
   if (all_ties) {
     ties_left_ -= equal;
@@ -113,9 +120,9 @@ int64_t StreamedTopK<T>::SelectKeys(const Key* keys, int64_t m, bool* mask) {
   }
   if (equal == 0) return kept;
   int64_t with_ties = kept;
-  // Keys equal to the threshold, in index order while ties are left.
+  // Tie keys, in index order while ties are left.
   for (int64_t i = 0; i < m && ties_left_ > 0; ++i) {
-    if (keys[i] == t) {
+    if (static_cast<Key>(keys[i] - lo) <= width) {
       mask[i] = true;
       ++with_ties;
       --ties_left_;
@@ -125,12 +132,16 @@ int64_t StreamedTopK<T>::SelectKeys(const Key* keys, int64_t m, bool* mask) {
 }
 
 template <typename T>
-int64_t StreamedTopK<T>::CountEqual(const Key* keys, int64_t m, Key t) {
+int64_t StreamedTopK<T>::CountInRange(const Key* keys, int64_t m, Key lo,
+                                      Key t) {
+  const Key width = t - lo;
   int64_t equal = 0;
   for (int64_t i0 = 0; i0 < m; i0 += kCountBlock) {
     const int64_t end = std::min(m, i0 + kCountBlock);
     uint32_t block = 0;
-    for (int64_t i = i0; i < end; ++i) block += keys[i] == t;
+    for (int64_t i = i0; i < end; ++i) {
+      block += static_cast<Key>(keys[i] - lo) <= width;
+    }
     equal += block;
   }
   return equal;

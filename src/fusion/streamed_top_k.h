@@ -70,6 +70,22 @@ class StreamedTopK {
   // keys equal to it in index order. REQUIRES: the arguments describe this
   // instance's k keys (ties >= 1).
   void SetThreshold(Key threshold, int64_t ties);
+  // The same with a range of tie keys: keys above `threshold` are kept,
+  // plus the first `ties` keys in [tie_lo, threshold] in index order (the
+  // keys a monotone map sends to one value: see streamed_merge.cc).
+  // REQUIRES: tie_lo <= threshold.
+  void SetThresholdRange(Key tie_lo, Key threshold, int64_t ties);
+
+  // The selection once counted (!NeedsPass()): keys above threshold() are
+  // kept, and the first ties_left() keys in [tie_lo(), threshold()] still
+  // to come (index order).
+  Key threshold() const { return threshold_; }
+  // Takes `count` ties at once: a caller that selected a run of keys
+  // holding `count` tie keys by itself, all of them kept. REQUIRES: count
+  // <= ties_left().
+  void TakeTies(int64_t count) { ties_left_ -= count; }
+  Key tie_lo() const { return tie_lo_; }
+  int64_t ties_left() const { return ties_left_; }
 
   // The output pass, after the last counting pass: mask[i] for the next m
   // values in index order (first to last over [0, n)); returns how many it
@@ -86,7 +102,7 @@ class StreamedTopK {
   inline bool Keep(T v) { return KeepKey(KeyOf(v)); }
   inline bool KeepKey(Key key) {
     if (key > threshold_) return true;
-    if (key == threshold_ && ties_left_ > 0) {
+    if (key >= tie_lo_ && ties_left_ > 0) {
       --ties_left_;
       return true;
     }
@@ -123,10 +139,10 @@ class StreamedTopK {
   // Sets the selection to "every key >= threshold_" (ties_left_ = all).
   void TakeAtLeast(Key threshold);
 
-  // SelectKeys' vectorised loops: how many keys equal t; mask = key > t
-  // (returns how many).
+  // SelectKeys' vectorised loops: how many keys lie in [lo, t]; mask =
+  // key > t (returns how many).
   static constexpr int64_t kCountBlock = int64_t{1} << 20;
-  static int64_t CountEqual(const Key* keys, int64_t m, Key t);
+  static int64_t CountInRange(const Key* keys, int64_t m, Key lo, Key t);
   static int64_t WriteMask(const Key* keys, int64_t m, Key t, bool* mask);
 
   int64_t k_;
@@ -139,8 +155,10 @@ class StreamedTopK {
   int shift_ = 8 * sizeof(Key) - kDigitBits;
   std::vector<int64_t> hist_;
   // Selection state: keys above threshold_ are kept, and the first
-  // ties_left_ keys equal to it (in index order).
+  // ties_left_ keys in [tie_lo_, threshold_] (in index order; tie_lo_ is
+  // threshold_ but after SetThresholdRange).
   Key threshold_ = 0;
+  Key tie_lo_ = 0;
   int64_t ties_left_ = 0;
 };
 

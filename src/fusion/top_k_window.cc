@@ -1,5 +1,6 @@
 #include "fusion/top_k_window.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace tailor {
@@ -28,7 +29,6 @@ TopKWindow<T>::TopKWindow(std::vector<Key> sample, int64_t n, int64_t k,
     : n_(n), k_(k), max_candidates_(max_candidates) {
   const int64_t s = static_cast<int64_t>(sample.size());
   if (k <= 0 || k >= n || s == 0 || max_candidates <= 0) return;
-  std::sort(sample.begin(), sample.end(), std::greater<Key>());
   // The k-th largest of n sits near rank q s of the sample (0-based, from
   // the top); its sample rank has a standard deviation of sqrt(s q (1-q)).
   const double q = static_cast<double>(k) / static_cast<double>(n);
@@ -37,14 +37,26 @@ TopKWindow<T>::TopKWindow(std::vector<Key> sample, int64_t n, int64_t k,
                         8.0 + static_cast<double>(s) / 4096.0;
   const int64_t top = static_cast<int64_t>(std::floor(center - margin));
   const int64_t bottom = static_cast<int64_t>(std::ceil(center + margin));
-  hi_ = top <= 0 ? ~Key{0} : sample[top];
-  lo_ = bottom >= s - 1 ? Key{0} : sample[bottom];
+  // The sample's keys of ranks `top` and `bottom` in descending order (what
+  // a sort would put there), by two selections instead of a sort.
+  hi_ = ~Key{0};
+  auto from = sample.begin();
+  if (top > 0) {
+    std::nth_element(sample.begin(), sample.begin() + top, sample.end(),
+                     std::greater<Key>());
+    hi_ = sample[top];
+    from = sample.begin() + top;
+  }
+  lo_ = Key{0};
+  if (bottom < s - 1) {
+    std::nth_element(from, sample.begin() + bottom, sample.end(),
+                     std::greater<Key>());
+    lo_ = sample[bottom];
+  }
   // The sample's share of the window, scaled to the tensor.
-  const auto first =
-      std::lower_bound(sample.begin(), sample.end(), hi_, std::greater<Key>());
-  const auto last =
-      std::upper_bound(sample.begin(), sample.end(), lo_, std::greater<Key>());
-  const double inside = static_cast<double>(last - first) /
+  int64_t in_window = 0;
+  for (const Key key : sample) in_window += key >= lo_ && key <= hi_;
+  const double inside = static_cast<double>(in_window) /
                         static_cast<double>(s) * static_cast<double>(n);
   if (inside > 0.75 * static_cast<double>(max_candidates)) return;
   enabled_ = true;

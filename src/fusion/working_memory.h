@@ -64,7 +64,9 @@ int64_t EstimateWorkingBytes(const FusionSpec& spec, const TensorInfo& info,
 //     non-finite value, other stored dtypes):                 4 c e
 // plus, for magnitude and TIES, each task's selection state: the radix
 // histogram (2^16 counters of 8 bytes), the sample and the window's
-// candidate budget (TopKWindow, e bytes a key).
+// candidate budget (TopKWindow, e bytes a key). Nothing more: a tensor
+// holding a NaN/Inf input or an overflowing delta stays in its chunks
+// (streamed_merge.h), it is never computed whole.
 // REQUIRES: chunk_elements > 0 (at 0 or below nothing streams: use
 // EstimateWorkingBytes).
 int64_t EstimateStreamedWorkingBytes(const FusionSpec& spec,

@@ -288,38 +288,119 @@ TEST_F(StreamedMergeTest, SpiderMatchesWholeTensorBytesAndReport) {
   }
 }
 
-// A NaN input is refused with the whole-tensor path's error, and an
-// overflow of ft - pre to Inf gives its bytes: such a tensor is computed
-// whole, nothing of it streamed.
+// Non-finite values are handled in the streamed path as the whole-tensor
+// path handles them, without computing the tensor whole: a NaN or Inf input
+// is refused with its error (naming the first input holding one, in
+// FuseOne's order: pre-trained, then each task), nothing of the tensor
+// written; an overflow of ft - pre to +-Inf gives its bytes and report rows
+// (magnitude's "compensation produced non-finite values" fallback, NaN
+// min-max scores Inf / Inf, Inf outputs).
 TEST_F(StreamedMergeTest, NonFiniteInputsAreHandledAsTheWholeTensorPath) {
   std::map<std::string, at::Tensor> pre = {{"w", at::randn({16, 16})}};
-  std::map<std::string, at::Tensor> ft = {
+  std::map<std::string, at::Tensor> ft0 = {
       {"w", pre["w"] + 0.1 * at::randn({16, 16})}};
-  pre["w"].view({-1})[100] = -3e38;  // ft - pre overflows to +Inf
-  ft["w"].view({-1})[100] = 3e38;
-  Write(Dir("ov-base"), pre, at::kBFloat16);
-  Write(Dir("ov-ft"), ft, at::kBFloat16);
-  ft["w"].view({-1})[200] = std::numeric_limits<float>::quiet_NaN();
-  Write(Dir("ov-nan"), ft, at::kBFloat16);
+  std::map<std::string, at::Tensor> ft1 = {
+      {"w", pre["w"] + 0.1 * at::randn({16, 16})}};
+  pre["w"].view({-1})[100] = -3e38;  // ft0 - pre overflows to +Inf
+  ft0["w"].view({-1})[100] = 3e38;
+  pre["w"].view({-1})[150] = 3e38;  // both tasks overflow to -Inf
+  ft0["w"].view({-1})[150] = -3e38;
+  ft1["w"].view({-1})[150] = -3e38;
+  pre["w"].view({-1})[170] = 3e38;  // ft0 - pre finite, ft1 - pre -Inf
+  ft1["w"].view({-1})[170] = -3e38;
+  for (at::ScalarType type : {at::kBFloat16, at::kFloat}) {
+    const std::string tag = type == at::kFloat ? "f32" : "bf16";
+    Write(Dir("ov-base-" + tag), pre, type);
+    Write(Dir("ov-ft0-" + tag), ft0, type);
+    Write(Dir("ov-ft1-" + tag), ft1, type);
+  }
+  // NaN / Inf inputs: late in ft0, early in ft1, and (a third checkpoint)
+  // late in pre: the first in FuseOne's order is named.
+  std::map<std::string, at::Tensor> nan_ft0 = ft0, nan_ft1 = ft1, nan_pre = pre;
+  nan_ft0["w"] = ft0["w"].clone();
+  nan_ft0["w"].view({-1})[250] = std::numeric_limits<float>::quiet_NaN();
+  nan_ft1["w"] = ft1["w"].clone();
+  nan_ft1["w"].view({-1})[3] = std::numeric_limits<float>::infinity();
+  nan_pre["w"] = pre["w"].clone();
+  nan_pre["w"].view({-1})[255] = -std::numeric_limits<float>::infinity();
+  Write(Dir("nan-ft0"), nan_ft0, at::kBFloat16);
+  Write(Dir("nan-ft1"), nan_ft1, at::kBFloat16);
+  Write(Dir("nan-pre"), nan_pre, at::kBFloat16);
   for (Method method : {Method::kMagnitude, Method::kTies, Method::kSpider}) {
     SCOPED_TRACE(MethodName(method));
-    FusionSpec spec;
-    spec.pretrained_uri = tmp_.Join("ov-base");
-    spec.tasks.push_back(TaskSpec{"t", tmp_.Join("ov-ft"), "", "", {}, {}});
-    spec.method = method;
-    spec.device = "cpu";
-    ExpectStreamedMatchesWhole(spec, 37);
-    spec.tasks[0].finetuned_uri = tmp_.Join("ov-nan");
-    spec.output_uri = tmp_.Join(absl::StrCat("nan-out-", MethodName(method)));
-    auto resolver = UriResolver::Create({tmp_.path()});
-    ASSERT_TRUE(resolver.ok());
-    RunOptions options;
-    options.stream_chunk_elements = 37;
-    auto report = RunFusionJob(spec, *resolver, options);
-    EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(report.status().message(),
-              "w: fine-tuned tensor contains NaN or Inf");
-    EXPECT_FALSE(PathExists(spec.output_uri));
+    for (const std::string tag : {"bf16", "f32"}) {
+      for (int tasks : {1, 2}) {
+        for (bool float64 : {false, true}) {
+          if (method == Method::kSpider && tasks > 1) continue;
+          SCOPED_TRACE(absl::StrCat(tag, " tasks ", tasks, " f64 ", float64));
+          FusionSpec spec;
+          spec.pretrained_uri = tmp_.Join("ov-base-" + tag);
+          for (int t = 0; t < tasks; ++t) {
+            spec.tasks.push_back(
+                TaskSpec{absl::StrCat("t", t),
+                         tmp_.Join(absl::StrCat("ov-ft", t, "-", tag)),
+                         "",
+                         "",
+                         {},
+                         {}});
+          }
+          spec.method = method;
+          spec.tailor.float64 = float64;
+          spec.tailor.keep_ratio = 0.3;
+          spec.density = 0.3;
+          spec.device = "cpu";
+          for (int64_t chunk : {37, 1 << 20}) {
+            const nlohmann::json report =
+                ExpectStreamedMatchesWhole(spec, chunk);
+            if (method == Method::kMagnitude && !float64) {
+              // The overflow is there: the fallback is reported.
+              bool reported = false;
+              for (const auto& e : report["tensors"]) {
+                if (e.value("name", "") == "w" && e.contains("tasks")) {
+                  reported = e["tasks"][0].contains("fallback_reason");
+                }
+              }
+              EXPECT_TRUE(reported) << report.dump();
+            }
+          }
+        }
+      }
+    }
+    struct Case {
+      std::string pre, ft0, ft1, message;
+    };
+    const std::vector<Case> cases = {
+        {"ov-base-bf16", "nan-ft0", "", "w: fine-tuned tensor"},
+        {"ov-base-bf16", "nan-ft0", "nan-ft1", "w: fine-tuned tensor"},
+        {"ov-base-bf16", "ov-ft0-bf16", "nan-ft1", "w: fine-tuned tensor"},
+        {"nan-pre", "nan-ft0", "nan-ft1", "w: pre-trained tensor"},
+    };
+    for (const Case& c : cases) {
+      for (int64_t chunk : {int64_t{0}, int64_t{37}}) {
+        SCOPED_TRACE(
+            absl::StrCat(c.pre, " ", c.ft0, " ", c.ft1, " chunk ", chunk));
+        if (method == Method::kSpider && !c.ft1.empty()) continue;
+        FusionSpec spec;
+        spec.pretrained_uri = tmp_.Join(c.pre);
+        spec.tasks.push_back(TaskSpec{"t0", tmp_.Join(c.ft0), "", "", {}, {}});
+        if (!c.ft1.empty()) {
+          spec.tasks.push_back(
+              TaskSpec{"t1", tmp_.Join(c.ft1), "", "", {}, {}});
+        }
+        spec.method = method;
+        spec.device = "cpu";
+        spec.output_uri = tmp_.Join(absl::StrCat("nan-out-", run_++));
+        auto resolver = UriResolver::Create({tmp_.path()});
+        ASSERT_TRUE(resolver.ok());
+        RunOptions options;
+        options.stream_chunk_elements = chunk;  // 0: computed whole
+        auto report = RunFusionJob(spec, *resolver, options);
+        EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
+        EXPECT_EQ(report.status().message(),
+                  c.message + " contains NaN or Inf");
+        EXPECT_FALSE(PathExists(spec.output_uri));
+      }
+    }
   }
 }
 

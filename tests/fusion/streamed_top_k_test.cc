@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -178,6 +179,49 @@ TEST(StreamedTopKTest, MagnitudeKeyIsKeyOfForAbsAndNonNegativeValues) {
       EXPECT_EQ(StreamedTopK<float>::MagnitudeKey(f), plain.KeyOf(f)) << x;
     }
   }
+}
+
+// SetThresholdRange (streamed magnitude's selection moved from the
+// min-max scores' keys to |D|'s): keys above the threshold are kept, plus
+// the first `ties` keys of the tie range in index order; SelectKeys over
+// chunks and KeepKey one by one agree, and TakeTies consumes ties as a
+// caller's own selection of a run does.
+TEST(StreamedTopKTest, ThresholdRangeKeepsTheFirstTiesOfTheRangeInOrder) {
+  using Key = StreamedTopK<float>::Key;
+  std::mt19937 gen(7);
+  std::uniform_int_distribution<Key> pick(100, 140);
+  std::vector<Key> keys(1000);
+  for (Key& k : keys) k = pick(gen);
+  for (int64_t ties : {int64_t{0}, int64_t{1}, int64_t{37}, int64_t{200},
+                       std::numeric_limits<int64_t>::max()}) {
+    SCOPED_TRACE(ties);
+    // Expected: > 130 kept; [120, 130]: the first `ties` of them.
+    std::vector<bool> expected(keys.size());
+    int64_t left = ties;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      const bool tie = keys[i] >= 120 && keys[i] <= 130;
+      expected[i] = keys[i] > 130 || (tie && left > 0);
+      if (tie && left > 0) --left;
+    }
+    StreamedTopK<float> chunked(1000, 1, true), one(1000, 1, true);
+    chunked.SetThresholdRange(120, 130, ties);
+    one.SetThresholdRange(120, 130, ties);
+    std::unique_ptr<bool[]> mask(new bool[keys.size()]);
+    for (size_t off = 0; off < keys.size(); off += 77) {
+      const int64_t m = std::min<int64_t>(77, keys.size() - off);
+      chunked.SelectKeys(keys.data() + off, m, mask.get() + off);
+    }
+    for (size_t i = 0; i < keys.size(); ++i) {
+      EXPECT_EQ(mask[i], expected[i]) << i;
+      EXPECT_EQ(one.KeepKey(keys[i]), expected[i]) << i;
+    }
+  }
+  StreamedTopK<float> top(1000, 1, true);
+  top.SetThresholdRange(120, 130, 10);
+  top.TakeTies(4);
+  EXPECT_EQ(top.ties_left(), 6);
+  EXPECT_EQ(top.tie_lo(), 120u);
+  EXPECT_EQ(top.threshold(), 130u);
 }
 
 }  // namespace

@@ -9,6 +9,9 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "fusion/apply_patch.h"
@@ -18,6 +21,7 @@
 #include "io/checkpoint_writer.h"
 #include "testing/test_util.h"
 #include "util/cpu_tuning.h"
+#include "util/file_util.h"
 #include "util/memory.h"
 
 // AddressSanitizer's quarantine would otherwise keep freed tensors resident.
@@ -61,9 +65,12 @@ uint16_t Pattern(int i, int64_t j) {
 }
 
 // Generates, in a child process, a checkpoint of `count` BF16 tensors of
-// `elements` each whose element j of tensor i is Pattern(i + shift, j).
-void GenerateInChild(const std::string& out, int count, int64_t elements,
-                     int shift, uint64_t shard_bytes) {
+// `elements` each whose element j of tensor i is Pattern(i + shift, j),
+// but the element at each `pokes` index (of every tensor) has its bits.
+void GenerateInChild(
+    const std::string& out, int count, int64_t elements, int shift,
+    uint64_t shard_bytes,
+    const std::vector<std::pair<int64_t, uint16_t>>& pokes = {}) {
   pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
@@ -83,6 +90,7 @@ void GenerateInChild(const std::string& out, int count, int64_t elements,
     std::vector<uint16_t> buffer(elements);
     for (int i = 0; i < count; ++i) {
       for (int64_t j = 0; j < elements; ++j) buffer[j] = Pattern(i + shift, j);
+      for (const auto& [j, bits] : pokes) buffer[j] = bits;
       if (!(*writer)
                ->WriteRaw(
                    layout[i].name,
@@ -366,6 +374,78 @@ TEST(StreamMemoryTest, JournalledMergePeakRssIsBoundedByTheChunk) {
   EXPECT_EQ(tailor::testing::ReadFileOrDie(
                 JoinPath(spec.output_uri, "model.safetensors")),
             first);
+}
+
+// Issue #11: a streamed magnitude, TIES or SPIDER tensor holding a
+// non-finite value stays streamed (it was computed whole, several float32
+// copies of the tensor, which the working-memory estimate did not count):
+// an overflow of ft - pre to Inf gives the whole-tensor path's result (the
+// bytes are compared in streamed_merge_test), a NaN input its error, both
+// bounded by the chunk.
+TEST(StreamMemoryTest, NonFiniteThresholdMergesStayBoundedByTheChunk) {
+  constexpr int64_t kBig = 16 << 20;  // one 32 MiB BF16 tensor (64 MiB f32)
+  constexpr long kCap = 48 << 10;
+  constexpr int64_t kOverflow = 1000, kNan = kBig - 5;
+  tailor::testing::TempDir dir;
+  // BF16 -3e38 and 3e38: their float32 difference overflows to +Inf.
+  GenerateInChild(dir.Join("base"), 1, kBig, 0, 1ull << 30,
+                  {{kOverflow, 0xff62}});
+  GenerateInChild(dir.Join("ft"), 1, kBig, 1, 1ull << 30,
+                  {{kOverflow, 0x7f62}});
+  GenerateInChild(dir.Join("ft-nan"), 1, kBig, 1, 1ull << 30,
+                  {{kOverflow, 0x7f62}, {kNan, 0x7fc0}});
+  auto resolver = UriResolver::Create({dir.path()});
+  ASSERT_TRUE(resolver.ok());
+  RunOptions options;  // default chunk: 256 Ki elements
+  const long before = PeakRssKiB();
+  int run = 0;
+  for (Method method : {Method::kMagnitude, Method::kTies, Method::kSpider}) {
+    SCOPED_TRACE(MethodName(method));
+    FusionSpec spec;
+    spec.pretrained_uri = dir.Join("base");
+    spec.tasks.push_back(TaskSpec{"ft", dir.Join("ft"), "", "", {}, {}});
+    spec.method = method;
+    spec.tailor.keep_ratio = 0.1;
+    spec.density = 0.1;
+    spec.output_uri = dir.Join(absl::StrCat("out", run++));
+    spec.device = "cpu";
+    auto report = RunFusionJob(spec, *resolver, options);
+    ASSERT_TRUE(report.ok()) << report.status();
+    if (method != Method::kSpider) {
+      // The Inf delta ranks first (TIES: |D|; magnitude: its NaN min-max
+      // score, Inf / Inf): kept, pre + Inf = Inf.
+      EXPECT_EQ((*report)["totals"]["kept"].get<int64_t>(),
+                KeepCountForTest(kBig));
+      auto out = Checkpoint::Open(spec.output_uri);
+      ASSERT_TRUE(out.ok()) << out.status();
+      // One element (reading the tensor whole would be 64 MiB of RSS).
+      uint16_t bits = 0;
+      ASSERT_TRUE((*out)
+                      ->ReadRawRange("layers.0.weight", kOverflow * 2, 2, &bits)
+                      .ok());
+      EXPECT_EQ(bits, 0x7f80);  // +Inf
+    }
+    if (method == Method::kMagnitude) {
+      EXPECT_EQ(
+          (*report)["tensors"][0]["tasks"][0].value("fallback_reason", ""),
+          "compensation produced non-finite values")
+          << report->dump();
+    }
+    spec.tasks[0].finetuned_uri = dir.Join("ft-nan");
+    spec.output_uri = dir.Join(absl::StrCat("out", run++));
+    auto refused = RunFusionJob(spec, *resolver, options);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(refused.status().message(),
+              "layers.0.weight: fine-tuned tensor contains NaN or Inf");
+    EXPECT_FALSE(PathExists(spec.output_uri));
+  }
+  const long after = PeakRssKiB();
+  std::cout << "magnitude, TIES and SPIDER on one " << (kBig * 2 >> 20)
+            << " MiB BF16 tensor holding an overflow, then a NaN: peak RSS "
+               "before "
+            << (before >> 10) << " MiB, after " << (after >> 10)
+            << " MiB (growth cap " << (kCap >> 10) << " MiB)\n";
+  EXPECT_LT(after - before, kCap);
 }
 
 // Runs `spec` with `workers` in a child process (a fresh peak RSS) and
