@@ -84,7 +84,7 @@ at::Tensor ColumnSquareSums(const at::Tensor& u) {
 
 int64_t PreparedHessian::bytes() const {
   int64_t n = 0;
-  for (const at::Tensor* t : {&h, &hinv_diag, &u}) {
+  for (const at::Tensor* t : {&h, &hinv_diag, &u, &revert_dead}) {
     if (t->defined()) n += t->numel() * t->element_size();
   }
   return n;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 
 namespace tailor {
 namespace {
@@ -337,8 +338,9 @@ TEST(TailorKernelTest, DeadColumnsAreRevertedForFree) {
         const double e_comp = RefError(d0, ToMatrix(r->delta), ref.h);
         EXPECT_NEAR(r->stats.error_mask_only, e_mask, 1e-9 * e_mask);
         EXPECT_NEAR(r->stats.error_compensated, e_comp, 1e-9 * e_comp);
-        if (comp == Compensation::kExact)
+        if (comp == Compensation::kExact) {
           EXPECT_LE(e_comp, e_mask * (1 + 1e-12));
+        }
         // The layer without its dead columns, at the same budget, gives the
         // same result on the live ones (row and layer scopes: the block
         // scope's blocks would shift).
