@@ -91,6 +91,11 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
                 "score normalisation: minmax|zscore (default minmax)");
   c->add_option("--compensation", compensation_,
                 "sequential|exact|none (default sequential)");
+  c->add_option("--dead-columns", dead_columns_,
+                "entries of inputs that are zero on every calibration row: "
+                "revert (for free; the budget goes to live entries) | "
+                "select (compete for it, SparseGPT's H_jj = 1) "
+                "(default revert)");
   c->add_option("--damp", damp_, "Hessian damping lambda >= 0 (default 0.01)");
   c->add_option("--block-size", block_size_,
                 "columns per OBS block (default 128)");
@@ -173,6 +178,8 @@ int FuseCommand::Run() {
               normalize_),
         apply("--compensation", ParseCompensation, &spec.tailor.compensation,
               compensation_),
+        apply("--dead-columns", ParseDeadColumns, &spec.tailor.dead_columns,
+              dead_columns_),
         apply("--aggregate", ParseAggregation, &spec.aggregation, aggregate_),
         apply("--on-mismatch", ParseMismatchPolicy, &spec.on_mismatch,
               on_mismatch_)}) {

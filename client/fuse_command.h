@@ -22,8 +22,8 @@ class FuseCommand {
   std::string job_file_;
   std::string pretrained_;
   std::vector<std::string> finetuned_, patches_, hessians_, labels_;
-  std::string method_, scope_, normalize_, compensation_, aggregate_,
-      on_mismatch_;
+  std::string method_, scope_, normalize_, compensation_, dead_columns_,
+      aggregate_, on_mismatch_;
   double keep_ = 0, omega_ = 0, damp_ = 0, lambda_ = 0, density_ = 0, drop_ = 0;
   int64_t block_size_ = 0;
   uint64_t seed_ = 0;

@@ -12,12 +12,12 @@ namespace tailor::cli {
 // Reads a job file (YAML; JSON is YAML too) into a FusionSpec. Its keys are
 // the long flag names of `tailorctl fuse` with '-' or '_' (pretrained,
 // finetuned, patch, hessians, labels, method, keep, omega, scope, normalize,
-// compensation, damp, block-size, float64, aggregate, lambda, density, drop,
-// seed, include, exclude, on-mismatch, out, patch-out, report, overwrite,
-// device, threads), plus `tasks:` — a list of {label, finetuned | patch,
-// hessians, keep, omega} for per-task settings (not together with the
-// top-level finetuned/patch/hessians lists). Unknown keys and wrongly typed
-// values are INVALID_ARGUMENT naming the file and the key. Plain relative
+// compensation, dead-columns, damp, block-size, float64, aggregate, lambda,
+// density, drop, seed, include, exclude, on-mismatch, out, patch-out,
+// report, overwrite, device, threads), plus `tasks:` — a list of {label,
+// finetuned | patch, hessians, keep, omega} for per-task settings (not together
+// with the top-level finetuned/patch/hessians lists). Unknown keys and wrongly
+// typed values are INVALID_ARGUMENT naming the file and the key. Plain relative
 // paths in it are relative to the job file's own directory (as in kubectl
 // and docker compose), not to the working directory: they come back
 // absolute. URIs with a scheme (file://...) and absolute paths are kept.

@@ -263,6 +263,17 @@ class Demo {
         totals["error_reduction"].is_number()) {
       scores["error_reduction"] = totals["error_reduction"];
     }
+    // Dead inputs met (calibrated tensors x tasks) and the entries in them
+    // reverted for free (issue #17 point 9).
+    int64_t dead = 0, reverted = 0;
+    for (const nlohmann::json& t : job.value("tensors", nlohmann::json())) {
+      for (const nlohmann::json& tj : t.value("tasks", nlohmann::json())) {
+        dead += tj.value("dead_columns", int64_t{0});
+        reverted += tj.value("dead_entries_reverted", int64_t{0});
+      }
+    }
+    scores["dead_columns"] = dead;
+    scores["dead_entries_reverted"] = reverted;
     return scores;
   }
 

@@ -46,14 +46,21 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
     open.resolver = &resolver;
     TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<PatchFile> patch,
                             PatchFile::Open(patch_path, open));
-    // The patch records the base it was made for.
+    // The patch records the base it was made for, by content: header and
+    // sampled data fingerprints. Patches from before issue #17 point 3
+    // also name its URI (shown, never compared); newer ones do not.
+    auto made_for = [](const nlohmann::json& source) -> std::string {
+      const auto uri = source.find("uri");
+      if (uri == source.end() || !uri->is_string()) return "";
+      return absl::StrCat(" (", Quote(uri->get<std::string>()), ")");
+    };
     TAILOR_ASSIGN_OR_RETURN(nlohmann::json base_fp, Fingerprints(*base));
     for (const auto& source : patch->sources()) {
       if (source.value("role", "") == "pretrained" &&
           source.contains("files") && source["files"] != base_fp) {
         return absl::FailedPreconditionError(absl::StrCat(
-            patch_path, " was made for a different pre-trained checkpoint (",
-            source.value("uri", "?"), "): its header fingerprints differ from ",
+            patch_path, " was made for a different pre-trained checkpoint",
+            made_for(source), ": its header fingerprints differ from ",
             pretrained_uri));
       }
     }
@@ -64,13 +71,10 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
       if (source.value("role", "") == "pretrained" &&
           source.contains("data_samples") &&
           source["data_samples"] != base_data) {
-        const auto uri = source.find("uri");
         return absl::FailedPreconditionError(absl::StrCat(
-            patch_path, " was made for a different pre-trained checkpoint (",
-            uri != source.end() && uri->is_string()
-                ? Quote(uri->get<std::string>())
-                : "?",
-            "): the layout matches but sampled tensor data differ from ",
+            patch_path, " was made for a different pre-trained checkpoint",
+            made_for(source),
+            ": the layout matches but sampled tensor data differ from ",
             pretrained_uri));
       }
     }

@@ -287,6 +287,12 @@ class FusionRun {
   // spec without its paths, device and threads.
   nlohmann::json Knobs() const;
 
+  // sources_ as recorded in the patches' metadata: roles, labels and
+  // content fingerprints without the URIs (issue #17 point 3), so that a
+  // patch's bytes depend only on its inputs' content and the knobs; the
+  // report keeps the URIs.
+  nlohmann::json PatchSources() const;
+
   // Stages every output completely (written, fsynced), then publishes them
   // as one unit (PublishAll: all or nothing, see staged_output.h).
   absl::Status Publish();

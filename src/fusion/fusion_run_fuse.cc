@@ -128,6 +128,10 @@ absl::StatusOr<JournalEntry> FusionRun::FuseOne(size_t index,
       if (s.has_hessian) {
         tj["damp"] = s.damp;
         tj["dead_columns"] = s.dead_columns;
+        if (s.dead_columns > 0 &&
+            task->options.dead_columns == DeadColumns::kRevert) {
+          tj["dead_entries_reverted"] = s.dead_entries_reverted;
+        }
         tj["error_mask_only"] = NumberOrNull(s.error_mask_only);
         tj["error_compensated"] = NumberOrNull(s.error_compensated);
         if (s.error_mask_only_estimated) {

@@ -87,12 +87,18 @@ nlohmann::json FusionRun::Knobs() const {
   return knobs;
 }
 
+nlohmann::json FusionRun::PatchSources() const {
+  nlohmann::json sources = sources_;
+  for (nlohmann::json& source : sources) source.erase("uri");
+  return sources;
+}
+
 absl::Status FusionRun::Publish() {
   std::vector<StagedOutput*> staged;
   PatchMetadata metadata;
   metadata.method = std::string(MethodName(spec_.method));
   metadata.knobs = Knobs();
-  metadata.sources = sources_;
+  metadata.sources = PatchSources();
   for (auto& task : tasks_) {
     if (!task->patch_writer) continue;
     PatchMetadata m = metadata;
@@ -113,7 +119,7 @@ absl::Status FusionRun::Publish() {
 
   report_["method"] = metadata.method;
   report_["spec"] = spec_.ToJson();
-  report_["sources"] = sources_;
+  report_["sources"] = sources_;  // with the URIs the patches leave out
   report_["tensors"] = tensors_;
   absl::MutexLock lock(&mu_);  // the workers are done; for the analysis
   report_["warnings"] = warnings_;

@@ -249,6 +249,9 @@ constexpr SpecKey kSpecKeys[] = {
     {"compensation", SpecValue::kString,
      TAILOR_SPEC_READER(
          ReadEnum(v, k, ParseCompensation, &s->tailor.compensation))},
+    {"dead_columns", SpecValue::kString,
+     TAILOR_SPEC_READER(
+         ReadEnum(v, k, ParseDeadColumns, &s->tailor.dead_columns))},
     {"damp", SpecValue::kNumber,
      TAILOR_SPEC_READER(ReadNumber(v, k, &s->tailor.damp))},
     {"block_size", SpecValue::kInt64,
@@ -446,6 +449,7 @@ nlohmann::json FusionSpec::ToJson(bool with_overwrite) const {
   j["scope"] = std::string(ScopeName(tailor.scope));
   j["normalize"] = std::string(NormalizationName(tailor.normalization));
   j["compensation"] = std::string(CompensationName(tailor.compensation));
+  j["dead_columns"] = std::string(DeadColumnsName(tailor.dead_columns));
   j["damp"] = tailor.damp;
   j["block_size"] = tailor.block_size;
   j["float64"] = tailor.float64;

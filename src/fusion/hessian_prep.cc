@@ -84,7 +84,7 @@ at::Tensor ColumnSquareSums(const at::Tensor& u) {
 
 int64_t PreparedHessian::bytes() const {
   int64_t n = 0;
-  for (const at::Tensor* t : {&h, &hinv_diag, &u}) {
+  for (const at::Tensor* t : {&h, &hinv_diag, &u, &revert_dead}) {
     if (t->defined()) n += t->numel() * t->element_size();
   }
   return n;
@@ -99,8 +99,18 @@ absl::StatusOr<PreparedHessian> PrepareHessian(const at::Tensor& h_in,
         at::Tensor dead = diag == 0;
         PreparedHessian out;
         out.dead_columns = dead.sum().item<int64_t>();
+        double mean_diag = 0;
+        if (out.dead_columns > 0 &&
+            options.dead_columns == DeadColumns::kRevert) {
+          // Over the live columns (1 when none is: nothing is kept then).
+          const int64_t live = h.size(0) - out.dead_columns;
+          mean_diag = live > 0 ? diag.sum().item<double>() / live : 1.0;
+          out.revert_dead = dead;
+        }
         diag.masked_fill_(dead, 1.0);
-        const double mean_diag = diag.mean().item<double>();
+        if (!out.revert_dead.defined()) {
+          mean_diag = diag.mean().item<double>();
+        }
         double damp = options.damp;
         for (;;) {
           at::Tensor damped = h.clone();

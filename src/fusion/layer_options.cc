@@ -16,6 +16,8 @@ constexpr std::pair<absl::string_view, Compensation> kComps[] = {
     {"sequential", Compensation::kSequential},
     {"exact", Compensation::kExact},
     {"none", Compensation::kNone}};
+constexpr std::pair<absl::string_view, DeadColumns> kDead[] = {
+    {"revert", DeadColumns::kRevert}, {"select", DeadColumns::kSelect}};
 
 }  // namespace
 
@@ -28,6 +30,9 @@ absl::StatusOr<Normalization> ParseNormalization(absl::string_view text) {
 absl::StatusOr<Compensation> ParseCompensation(absl::string_view text) {
   return ParseEnumName(text, "compensation", kComps);
 }
+absl::StatusOr<DeadColumns> ParseDeadColumns(absl::string_view text) {
+  return ParseEnumName(text, "dead_columns", kDead);
+}
 absl::string_view ScopeName(Scope scope) { return EnumName(scope, kScopes); }
 absl::string_view NormalizationName(Normalization n) {
   return EnumName(n, kNorms);
@@ -35,6 +40,7 @@ absl::string_view NormalizationName(Normalization n) {
 absl::string_view CompensationName(Compensation c) {
   return EnumName(c, kComps);
 }
+absl::string_view DeadColumnsName(DeadColumns d) { return EnumName(d, kDead); }
 
 absl::Status TailorOptions::Validate() const {
   if (!(keep_ratio > 0 && keep_ratio <= 1)) {

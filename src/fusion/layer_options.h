@@ -16,13 +16,21 @@ enum class Scope { kLayer, kRow, kBlock };
 enum class Normalization { kMinMax, kZScore };
 // How the kept entries absorb the reverted ones.
 enum class Compensation { kSequential, kExact, kNone };
+// What happens to the entries of dead columns (diag(H)_j == 0: input j was
+// zero on every calibration row; src/DESIGN.md §2.2, issue #17 point 9).
+// kRevert: reverted for free (never kept; the budget goes to live
+// entries). kSelect: they compete for the budget like any other entry,
+// scored through SparseGPT's fix-up H_jj = 1 (the behaviour before).
+enum class DeadColumns { kRevert, kSelect };
 
 absl::StatusOr<Scope> ParseScope(absl::string_view text);
 absl::StatusOr<Normalization> ParseNormalization(absl::string_view text);
 absl::StatusOr<Compensation> ParseCompensation(absl::string_view text);
 absl::string_view ScopeName(Scope scope);
 absl::string_view NormalizationName(Normalization n);
+absl::StatusOr<DeadColumns> ParseDeadColumns(absl::string_view text);
 absl::string_view CompensationName(Compensation c);
+absl::string_view DeadColumnsName(DeadColumns d);
 
 // The knobs of the per-layer Model Tailor kernel.
 struct TailorOptions {
@@ -35,6 +43,7 @@ struct TailorOptions {
   // within each block of `block_size` columns (the authors' released code).
   Normalization normalization = Normalization::kMinMax;
   Compensation compensation = Compensation::kSequential;
+  DeadColumns dead_columns = DeadColumns::kRevert;
   // lambda: H += lambda * mean(diag H) * I before inversion; >= 0.
   double damp = 0.01;
   // B: columns per lazy-update block (and per selection block for

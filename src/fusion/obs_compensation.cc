@@ -188,9 +188,12 @@ std::pair<at::Tensor, at::Tensor> SelectAndCompensateBlocks(
   auto select = [&](int64_t i1, int64_t i2) {
     at::Tensor w1 = d.index({Slice(), Slice(i1, i2)}).contiguous();
     at::Tensor u1 = hessian.u.index({Slice(i1, i2), Slice(i1, i2)});
+    const at::Tensor dead = hessian.revert_dead.defined()
+                                ? hessian.revert_dead.index({Slice(i1, i2)})
+                                : at::Tensor();
     at::Tensor m1 = SelectBlock(
-        ScoresWithDiag(w1, u1.diagonal().pow(2), options, Scope::kBlock),
-        options.keep_ratio);
+        LiveScores(w1, u1.diagonal().pow(2), options, Scope::kBlock, dead),
+        options.keep_ratio, dead);
     mask.index({Slice(), Slice(i1, i2)}).copy_(m1);
     return m1;
   };

@@ -34,7 +34,8 @@ double CompensateSequentialInPlace(at::Tensor& d, const at::Tensor& mask,
                                    const at::Tensor& u, int64_t block_size);
 
 // Scope::kBlock with sequential compensation: each block's mask is chosen
-// from the current compensated D with U_jj^2 as the diagonal, then the block
+// from the current compensated D with U_jj^2 as the diagonal (never a
+// column of hessian.revert_dead: SelectBlock's dead form), then the block
 // is compensated. Returns {mask, delta}; *err_sq as above when given.
 std::pair<at::Tensor, at::Tensor> SelectAndCompensateBlocks(
     const at::Tensor& d0, const PreparedHessian& hessian,

@@ -28,9 +28,13 @@ inline constexpr char kPatchFormat[] = "tailor-patch/1";
 //                                   packbits(bitorder="little")); pad bits 0
 //   "<W>.values" F32 [k]            the kept delta D at set bits, row-major
 // `__metadata__` (all strings): format = tailor-patch/1; method; knobs (JSON
-// object); sources (JSON array of {role, uri, sha256 of the safetensors
-// header bytes}); tensors (JSON object {W: {shape, dtype (of the base),
-// kept, stats}}).
+// object); sources (JSON array of {role, label, content fingerprints: per
+// file the sha256 of the safetensors header bytes, for the base also the
+// sampled data blocks}); tensors (JSON object {W: {shape, dtype (of the
+// base), kept, stats}}). Nothing in it names where the inputs were (issue
+// #17 point 3): the same inputs and knobs give the same bytes from any
+// path or machine; the job's report has the URIs. Patches written before
+// that also carry each source's `uri`; readers ignore it.
 //
 // The fused tensor is FuseTensor(pre, mask, values) (merge_methods.h): fuse
 // and apply-patch both go through it, so applying a patch reproduces the

@@ -103,6 +103,21 @@ absl::StatusOr<LayerResult> TailorLayerPrepared(
       }
     }
 
+    // Dead columns reverted for free (src/DESIGN.md §2.2, issue #17 point
+    // 9): their deltas are zeroed before scoring, selection and
+    // compensation, as SparseGPT zeroes W[:, dead]. H's row and column
+    // there are zero, so no other entry moves and E gains nothing.
+    at::Tensor dead;
+    auto zero_dead = [&](at::Tensor& d) {
+      if (dead.defined()) d.masked_fill_(dead.unsqueeze(0), 0);
+    };
+    if (prepared && prepared->revert_dead.defined()) {
+      dead = prepared->revert_dead.to(d0.device());
+      stats.dead_entries_reverted =
+          (d0.ne(0) & dead.unsqueeze(0)).sum().item<int64_t>();
+      zero_dead(d0);
+    }
+
     at::Tensor mask, delta;
     // ||Err||_F^2 of sequential compensation, when it ran.
     std::optional<double> err_sq;
@@ -121,9 +136,9 @@ absl::StatusOr<LayerResult> TailorLayerPrepared(
       TailorOptions select = options;
       if (!prepared) select.omega = 1.0;
       mask = SelectMask(
-          ScoresWithDiag(d0, prepared ? prepared->hinv_diag : at::Tensor(),
-                         select, options.scope),
-          options);
+          LiveScores(d0, prepared ? prepared->hinv_diag : at::Tensor(), select,
+                     options.scope, dead),
+          options, dead);
       if (prepared) {
         // Before any compensation: the sequential one runs in place on d0.
         const int64_t sample =
@@ -156,7 +171,9 @@ absl::StatusOr<LayerResult> TailorLayerPrepared(
     auto original = [&] {
       if (d0.defined()) return d0;
       at::Tensor d = w_ft.to(type) - w_pre.to(type);
-      return d.dim() == 2 ? d : d.reshape({1, -1});
+      if (d.dim() != 2) return d.reshape({1, -1});
+      zero_dead(d);
+      return d;
     };
     if (!AllFinite(delta.contiguous())) {
       // Never hand out NaN: fall back to the mask alone.

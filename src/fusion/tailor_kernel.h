@@ -36,7 +36,11 @@ struct LayerStats {
   // Why compensation was skipped although asked for (empty if it was not).
   std::string fallback_reason;
   double damp = 0;
+  // Columns with diag(H) == 0 (inputs zero on every calibration row), and
+  // with DeadColumns::kRevert the non-zero deltas in them, reverted for
+  // free (never kept; src/DESIGN.md §2.2).
   int64_t dead_columns = 0;
+  int64_t dead_entries_reverted = 0;
   // E(D) = tr((D0 - D) H (D0 - D)^T) for the mask alone (D = D0 * M) and
   // after compensation; NaN without a Hessian. Sequential compensation's E
   // is ||Err||_F^2 of the OBS column errors (exact: D0 - D = Err U and
@@ -45,6 +49,8 @@ struct LayerStats {
   // evenly spaced rows, scaled by rows / sampled rows (exact when the tensor
   // has no more rows than that); the *_estimated flags say which. With
   // compensation "none" (or a fallback) both are the mask-only value.
+  // Entries reverted for free in dead columns add 0 to both (their true H
+  // row and column are zero), not D^2 through the fix-up H_jj = 1.
   double error_mask_only = 0;
   double error_compensated = 0;
   bool error_mask_only_estimated = false;

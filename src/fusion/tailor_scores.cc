@@ -181,4 +181,69 @@ at::Tensor SelectMask(const at::Tensor& scores, const TailorOptions& options) {
   return at::Tensor();
 }
 
+namespace {
+
+// `scores` with the dead columns' entries at -inf.
+at::Tensor ExcludeDead(const at::Tensor& scores, const at::Tensor& dead) {
+  return scores.masked_fill(dead.to(scores.device()).unsqueeze(0),
+                            -std::numeric_limits<double>::infinity());
+}
+
+int64_t LiveColumns(const at::Tensor& dead) {
+  return dead.numel() - dead.sum().item<int64_t>();
+}
+
+}  // namespace
+
+at::Tensor LiveScores(const at::Tensor& d, const at::Tensor& diag,
+                      const TailorOptions& options, Scope scope,
+                      const at::Tensor& dead) {
+  if (!dead.defined()) return ScoresWithDiag(d, diag, options, scope);
+  at::Tensor out = at::full(d.sizes(), -std::numeric_limits<double>::infinity(),
+                            d.options());
+  const at::Tensor live =
+      at::logical_not(dead).to(d.device()).nonzero().view(-1);
+  if (live.numel() == 0) return out;
+  const at::Tensor sub = ScoresWithDiag(
+      d.index_select(1, live),
+      diag.defined() ? diag.index_select(0, live.to(diag.device()))
+                     : at::Tensor(),
+      options, scope);
+  out.index_copy_(1, live, sub);
+  return out;
+}
+
+at::Tensor SelectBlock(const at::Tensor& scores, double keep_ratio,
+                       const at::Tensor& dead) {
+  if (!dead.defined()) return SelectBlock(scores, keep_ratio);
+  const int64_t k = std::min(KeepCount(keep_ratio, scores.numel()),
+                             scores.size(0) * LiveColumns(dead));
+  return TopKMaskFlat(ExcludeDead(scores, dead), k);
+}
+
+at::Tensor SelectMask(const at::Tensor& scores, const TailorOptions& options,
+                      const at::Tensor& dead) {
+  if (!dead.defined()) return SelectMask(scores, options);
+  switch (options.scope) {
+    case Scope::kLayer:
+      return SelectBlock(scores, options.keep_ratio, dead);
+    case Scope::kRow:
+      return TopKMaskRows(
+          ExcludeDead(scores, dead),
+          std::min(KeepCount(options.keep_ratio, scores.size(1)),
+                   LiveColumns(dead)));
+    case Scope::kBlock: {
+      std::vector<at::Tensor> parts;
+      for (int64_t j = 0; j < scores.size(1); j += options.block_size) {
+        const int64_t j2 = std::min(scores.size(1), j + options.block_size);
+        parts.push_back(SelectBlock(scores.index({Slice(), Slice(j, j2)}),
+                                    options.keep_ratio,
+                                    dead.index({Slice(j, j2)})));
+      }
+      return at::cat(parts, 1);
+    }
+  }
+  return at::Tensor();
+}
+
 }  // namespace tailor

@@ -28,6 +28,14 @@ at::Tensor FusedScores(const at::Tensor& d, const at::Tensor& hinv_diag,
 at::Tensor ScoresWithDiag(const at::Tensor& d, const at::Tensor& diag,
                           const TailorOptions& options, Scope scope);
 
+// ScoresWithDiag of the live columns only (where `dead`, bool [c], is
+// false), as if the dead ones were not there: they do not enter the
+// normalisation (z-score blocks are then blocks of live columns); the dead
+// columns' scores are -inf. `dead` undefined: ScoresWithDiag itself.
+at::Tensor LiveScores(const at::Tensor& d, const at::Tensor& diag,
+                      const TailorOptions& options, Scope scope,
+                      const at::Tensor& dead);
+
 // Top-k mask of `scores` (r x c) per options.scope; ties go to the lower
 // row-major index. For Scope::kBlock, each block of block_size columns (all
 // rows) keeps round(rho * its size).
@@ -35,6 +43,16 @@ at::Tensor SelectMask(const at::Tensor& scores, const TailorOptions& options);
 
 // The top KeepCount(keep_ratio, numel) entries of `scores` as a whole.
 at::Tensor SelectBlock(const at::Tensor& scores, double keep_ratio);
+
+// SelectMask / SelectBlock never choosing an entry of a column where
+// `dead` (bool [columns of scores]; undefined: none) is true: those entries
+// rank last (-inf) and each scope keeps min(k, its live entries), k the
+// same round(rho * |scope|) as without dead columns, so the budget goes to
+// live entries (src/DESIGN.md §2.2).
+at::Tensor SelectMask(const at::Tensor& scores, const TailorOptions& options,
+                      const at::Tensor& dead);
+at::Tensor SelectBlock(const at::Tensor& scores, double keep_ratio,
+                       const at::Tensor& dead);
 
 }  // namespace tailor
 

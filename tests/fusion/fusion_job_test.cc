@@ -1,7 +1,6 @@
 // End to end: generated multi-shard BF16 checkpoints with calibration files
 // through RunFusionJob and ApplyPatch.
 
-#include "fusion/apply_patch.h"
 #include "fusion/fusion_job.h"
 
 #include <ATen/ATen.h>
@@ -10,11 +9,13 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <limits>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "fusion/apply_patch.h"
 #include "fusion/patch.h"
 #include "fusion/tailor_kernel.h"
 #include "io/checkpoint.h"
@@ -716,6 +717,146 @@ TEST_F(FusionJobTest, StreamedTaskArithmeticNonFiniteChunks) {
   EXPECT_EQ(report.status().message(),
             "w: fine-tuned tensor contains NaN or Inf");
   EXPECT_FALSE(PathExists(spec.output_uri));
+}
+
+// Issue #17 point 3: a patch's bytes depend on its inputs' content and the
+// knobs only. The same two-task job run on absolute paths, on relative
+// paths (from another working directory) and on copies of its inputs in
+// another directory writes the same stitched and per-task patches and the
+// same fused checkpoint; each report names the paths it was given.
+TEST_F(FusionJobTest, PatchBytesDependOnContentNotOnPaths) {
+  namespace fs = std::filesystem;
+  const std::string elsewhere = Dir("elsewhere");
+  for (const char* d : {"base", "ft0", "ft1", "cal0", "cal1"}) {
+    fs::copy(tmp_.Join(d), JoinPath(elsewhere, d), fs::copy_options::recursive);
+  }
+  FusionSpec absolute = Spec("abs", 2);
+  FusionSpec copied = Spec("copy", 2);
+  copied.pretrained_uri = JoinPath(elsewhere, "base");
+  for (int t = 0; t < 2; ++t) {
+    copied.tasks[t].finetuned_uri = JoinPath(elsewhere, absl::StrCat("ft", t));
+    copied.tasks[t].hessian_uri =
+        "file://" +
+        JoinPath(elsewhere, absl::StrCat("cal", t, "/h.safetensors"));
+  }
+  FusionSpec relative = Spec("rel", 2);
+  relative.pretrained_uri = "base";
+  for (int t = 0; t < 2; ++t) {
+    relative.tasks[t].finetuned_uri = absl::StrCat("./ft", t, "/");
+    relative.tasks[t].hessian_uri = absl::StrCat("cal", t, "/h.safetensors");
+  }
+  relative.output_uri = "rel-out";
+  relative.patch_uri = "rel.patch.safetensors";
+  relative.report_uri = "rel.report.json";
+
+  ASSERT_TRUE(Run(absolute).ok());
+  ASSERT_TRUE(Run(copied).ok());
+  char cwd[4096];
+  ASSERT_NE(::getcwd(cwd, sizeof(cwd)), nullptr);
+  ASSERT_EQ(::chdir(tmp_.path().c_str()), 0);
+  auto rel_report = Run(relative);
+  ASSERT_EQ(::chdir(cwd), 0);
+  ASSERT_TRUE(rel_report.ok()) << rel_report.status();
+
+  for (const char* suffix : {"", ".t0", ".t1"}) {
+    const std::string a = ReadFileOrDie(
+        tmp_.Join(absl::StrCat("abs.patch", suffix, ".safetensors")));
+    EXPECT_EQ(a, ReadFileOrDie(tmp_.Join(
+                     absl::StrCat("copy.patch", suffix, ".safetensors"))))
+        << suffix;
+    EXPECT_EQ(a, ReadFileOrDie(tmp_.Join(
+                     absl::StrCat("rel.patch", suffix, ".safetensors"))))
+        << suffix;
+    // No path at all, in any form: not the directory, not an input's name.
+    EXPECT_FALSE(absl::StrContains(a, tmp_.path())) << suffix;
+    EXPECT_FALSE(absl::StrContains(a, "h.safetensors")) << suffix;
+    EXPECT_FALSE(absl::StrContains(a, "\"uri\"")) << suffix;
+  }
+  ExpectSameFiles(absolute.output_uri, copied.output_uri);
+  ExpectSameFiles(absolute.output_uri, tmp_.Join("rel-out"));
+
+  // The patch still records the inputs by content, the report by URI too.
+  auto patch = PatchFile::Open(absolute.patch_uri, Checkpoint::Options());
+  ASSERT_TRUE(patch.ok()) << patch.status();
+  ASSERT_EQ((*patch)->sources().size(), 5u);  // base, 2 x (ft, hessians)
+  for (const nlohmann::json& s : (*patch)->sources()) {
+    EXPECT_FALSE(s.contains("uri")) << s.dump();
+    EXPECT_TRUE(s.contains("files") || s.contains("sha256")) << s.dump();
+  }
+  for (const auto& [spec, report] :
+       {std::pair<FusionSpec, nlohmann::json>(
+            copied, nlohmann::json::parse(ReadFileOrDie(copied.report_uri))),
+        std::pair<FusionSpec, nlohmann::json>(relative, *rel_report)}) {
+    const nlohmann::json& sources = report["sources"];
+    ASSERT_EQ(sources.size(), 5u);
+    EXPECT_EQ(sources[0]["role"], "pretrained");
+    EXPECT_EQ(sources[0]["uri"], spec.pretrained_uri);
+    EXPECT_EQ(sources[1]["uri"], spec.tasks[0].finetuned_uri);
+    EXPECT_EQ(sources[2]["uri"], spec.tasks[0].hessian_uri);
+    EXPECT_EQ(sources[3]["uri"], spec.tasks[1].finetuned_uri);
+    EXPECT_EQ(sources[4]["uri"], spec.tasks[1].hessian_uri);
+    // Without the URIs the report's sources are the patch's.
+    nlohmann::json stripped = sources;
+    for (auto& s : stripped) s.erase("uri");
+    EXPECT_EQ(stripped, (*patch)->sources());
+  }
+
+  // A patch applies to the base's copy as well: content decides.
+  auto resolver = UriResolver::Create({tmp_.path()});
+  ASSERT_TRUE(resolver.ok());
+  const std::string rebuilt = tmp_.Join("abs-rebuilt-from-copy");
+  absl::Status s = ApplyPatch(JoinPath(elsewhere, "base"), absolute.patch_uri,
+                              rebuilt, false, *resolver);
+  ASSERT_TRUE(s.ok()) << s;
+  ExpectSameFiles(absolute.output_uri, rebuilt);
+}
+
+// Patches written before issue #17 point 3 carry each source's URI: they
+// are read and applied as before, the URI ignored except in a refusal.
+TEST_F(FusionJobTest, PatchesWithSourceUrisStillApply) {
+  FusionSpec spec = Spec("new");
+  ASSERT_TRUE(Run(spec).ok());
+  auto patch = PatchFile::Open(spec.patch_uri, Checkpoint::Options());
+  ASSERT_TRUE(patch.ok()) << patch.status();
+  PatchMetadata old;
+  old.method = (*patch)->method();
+  old.knobs = (*patch)->knobs();
+  old.sources = (*patch)->sources();
+  old.sources[0]["uri"] = "file:///somewhere/else/base";
+  old.sources[1]["uri"] = "/somewhere/else/ft0";
+  const std::string old_path = tmp_.Join("old.patch.safetensors");
+  {
+    auto writer = PatchWriter::Create(old_path);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    for (const PatchFile::TensorEntry& e : (*patch)->tensors()) {
+      auto d = (*patch)->Load(e.name);
+      ASSERT_TRUE(d.ok()) << d.status();
+      ASSERT_TRUE((*writer)
+                      ->Add(e.name, d->mask, d->delta, e.base_dtype,
+                            (*patch)->tensor_metadata()[e.name]["stats"])
+                      .ok());
+    }
+    ASSERT_TRUE((*writer)->Finish(old).ok());
+  }
+  auto reopened = PatchFile::Open(old_path, Checkpoint::Options());
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ((*reopened)->sources()[0]["uri"], "file:///somewhere/else/base");
+  auto resolver = UriResolver::Create({tmp_.path()});
+  ASSERT_TRUE(resolver.ok());
+  absl::Status s =
+      ApplyPatch(base_, old_path, tmp_.Join("old-rebuilt"), false, *resolver);
+  ASSERT_TRUE(s.ok()) << s;
+  ExpectSameFiles(spec.output_uri, tmp_.Join("old-rebuilt"));
+  // Another base: refused, quoting where the patch says its base was.
+  s = ApplyPatch(ft_[0], old_path, tmp_.Join("old-wrong"), false, *resolver);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "/somewhere/else/base")) << s;
+  // A new patch on another base: refused without a URI to quote.
+  s = ApplyPatch(ft_[0], spec.patch_uri, tmp_.Join("new-wrong"), false,
+                 *resolver);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "different pre-trained")) << s;
+  EXPECT_FALSE(absl::StrContains(s.message(), "(?)")) << s;
 }
 
 }  // namespace

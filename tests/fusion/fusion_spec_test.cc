@@ -28,6 +28,7 @@ FusionSpec FullSpec() {
   s.tailor.scope = Scope::kRow;
   s.tailor.normalization = Normalization::kZScore;
   s.tailor.compensation = Compensation::kExact;
+  s.tailor.dead_columns = DeadColumns::kSelect;
   s.tailor.block_size = 64;
   s.tailor.float64 = true;
   s.aggregation = Aggregation::kSum;
@@ -111,6 +112,18 @@ TEST(FusionSpecTest, MissingKeysTakeTheDefaults) {
   absl::StatusOr<FusionSpec> s = FusionSpec::FromJson(nlohmann::json::object());
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->ToJson(), FusionSpec().ToJson());
+}
+
+// Issue #17 point 9: dead columns are reverted unless the spec says select.
+TEST(FusionSpecTest, DeadColumnsKnob) {
+  EXPECT_EQ(FusionSpec().tailor.dead_columns, DeadColumns::kRevert);
+  EXPECT_EQ(FusionSpec().ToJson()["dead_columns"], "revert");
+  absl::StatusOr<FusionSpec> s =
+      FusionSpec::FromJson({{"dead_columns", "select"}});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->tailor.dead_columns, DeadColumns::kSelect);
+  ExpectInvalid(FusionSpec::FromJson({{"dead_columns", "keep"}}).status(),
+                "dead_columns must be one of revert|select, not 'keep'");
 }
 
 TEST(FusionSpecTest, UnknownKeysAndWrongTypesNameTheKey) {

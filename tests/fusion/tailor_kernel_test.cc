@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 
 namespace tailor {
 namespace {
@@ -61,15 +62,21 @@ struct RefHessian {
   Matrix u;     // upper factor of hinv: hinv = u^T u
 };
 
-RefHessian RefPrepare(const at::Tensor& h_in, double damp) {
+// `live_mean`: the damping's mean over the live diagonal (DeadColumns::
+// kRevert), else over the diagonal after the dead fix-up (kSelect).
+RefHessian RefPrepare(const at::Tensor& h_in, double damp,
+                      bool live_mean = false) {
   Matrix h = ToMatrix(h_in);
   const size_t c = h.size();
   double mean = 0;
+  size_t live = 0;
   for (size_t j = 0; j < c; ++j) {
-    if (h[j][j] == 0) h[j][j] = 1;
+    if (h[j][j] != 0) ++live;
+    if (h[j][j] == 0 && !live_mean) h[j][j] = 1;
     mean += h[j][j];
+    if (h[j][j] == 0) h[j][j] = 1;
   }
-  mean /= c;
+  mean /= live_mean ? live : c;
   for (size_t j = 0; j < c; ++j) h[j][j] += damp * mean;
   RefHessian r;
   r.h = h;
@@ -210,18 +217,188 @@ TEST(TailorKernelTest, PreparedHessianMatchesReference) {
   Layer l = RandomLayer(3, 8, 40, 2);
   l.h.index_put_({2, at::indexing::Slice()}, 0.0);  // a dead input
   l.h.index_put_({at::indexing::Slice(), 2}, 0.0);
-  auto p = PrepareHessian(l.h, F64(0.1));
-  ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_EQ(p->dead_columns, 1);
-  RefHessian ref = RefPrepare(l.h, 0.01);
-  ExpectNear(p->h, ref.h, 1e-12);
-  ExpectNear(p->u, ref.u, 1e-9);
-  ExpectNear(p->hinv_diag.unsqueeze(0), Matrix{[&] {
-               std::vector<double> d;
-               for (size_t j = 0; j < 8; ++j) d.push_back(ref.hinv[j][j]);
-               return d;
-             }()},
-             1e-9);
+  for (DeadColumns mode : {DeadColumns::kRevert, DeadColumns::kSelect}) {
+    TailorOptions o = F64(0.1);
+    o.dead_columns = mode;
+    auto p = PrepareHessian(l.h, o);
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_EQ(p->dead_columns, 1);
+    EXPECT_EQ(p->revert_dead.defined(), mode == DeadColumns::kRevert);
+    RefHessian ref = RefPrepare(l.h, 0.01, mode == DeadColumns::kRevert);
+    ExpectNear(p->h, ref.h, 1e-12);
+    ExpectNear(p->u, ref.u, 1e-9);
+    ExpectNear(p->hinv_diag.unsqueeze(0), Matrix{[&] {
+                 std::vector<double> d;
+                 for (size_t j = 0; j < 8; ++j) d.push_back(ref.hinv[j][j]);
+                 return d;
+               }()},
+               1e-9);
+    // The dead input is decoupled: its row of U is zero off the diagonal.
+    EXPECT_EQ(
+        p->u.index({2, at::indexing::Slice(3)}).abs().max().item<double>(),
+        0.0);
+  }
+}
+
+// Issue #17 point 9: a layer whose inputs 1, 6, 7 and 13 were zero on every
+// calibration row (their rows and columns of H are zero), with large
+// fine-tuning deltas there, so that they would win the budget if they
+// competed for it.
+constexpr int64_t kDeadRows = 10, kDeadCols = 16;
+const std::vector<int64_t> kDead = {1, 6, 7, 13};
+
+Layer DeadColumnLayer(uint64_t seed) {
+  Layer l = RandomLayer(kDeadRows, kDeadCols, 64, seed);
+  for (int64_t j : kDead) {
+    l.h.index_put_({j, at::indexing::Slice()}, 0.0);
+    l.h.index_put_({at::indexing::Slice(), j}, 0.0);
+    l.w_ft.index({at::indexing::Slice(), j}).add_(1.0);
+  }
+  return l;
+}
+
+bool IsDead(int64_t j) {
+  return std::find(kDead.begin(), kDead.end(), j) != kDead.end();
+}
+
+// The live columns' indices, and a matrix restricted to them.
+at::Tensor LiveIndex() {
+  std::vector<int64_t> live;
+  for (int64_t j = 0; j < kDeadCols; ++j) {
+    if (!IsDead(j)) live.push_back(j);
+  }
+  return at::tensor(live, at::kLong);
+}
+
+// Default (revert): dead entries are never kept, each scope keeps
+// min(round(rho * size), its live entries), the result on the live columns
+// is that of the layer without the dead columns at the same budget, and the
+// reported errors are the brute-force float64 E over the live problem
+// (dead entries add 0: their true H is 0).
+TEST(TailorKernelTest, DeadColumnsAreRevertedForFree) {
+  const Layer l = DeadColumnLayer(21);
+  const at::Tensor live = LiveIndex();
+  const int64_t n_live = live.numel();  // 12
+  // Reference: raw H damped by lambda * mean of the live diagonal.
+  const RefHessian ref = RefPrepare(l.h, 0.01, /*live_mean=*/true);
+  Matrix d0 = Delta(l);
+  for (auto& row : d0) {
+    for (int64_t j : kDead) row[j] = 0;  // what the yardstick compares to
+  }
+  for (Scope scope : {Scope::kLayer, Scope::kRow, Scope::kBlock}) {
+    for (Compensation comp : {Compensation::kSequential, Compensation::kExact,
+                              Compensation::kNone}) {
+      for (double rho : {0.3, 0.9}) {
+        SCOPED_TRACE(absl::StrCat("scope ", ScopeName(scope), " ",
+                                  CompensationName(comp), " rho ", rho));
+        TailorOptions o = F64(rho, comp);
+        o.scope = scope;
+        o.exact_errors = true;
+        auto r = TailorLayer("w", l.w_pre, l.w_ft, l.h, o);
+        ASSERT_TRUE(r.ok()) << r.status();
+        EXPECT_EQ(r->stats.dead_columns, 4);
+        EXPECT_EQ(r->stats.dead_entries_reverted, 4 * kDeadRows);
+        // Nothing kept in a dead column, its delta exactly 0 (fused = pre).
+        for (int64_t j : kDead) {
+          EXPECT_FALSE(r->mask.select(1, j).any().item<bool>()) << j;
+          EXPECT_EQ(r->delta.select(1, j).abs().max().item<double>(), 0.0);
+        }
+        // Exact counts per scope.
+        int64_t want = 0;
+        if (scope == Scope::kLayer) {
+          want = std::min(KeepCount(rho, kDeadRows * kDeadCols),
+                          kDeadRows * n_live);
+        } else if (scope == Scope::kRow) {
+          const int64_t per_row = std::min(KeepCount(rho, kDeadCols), n_live);
+          EXPECT_TRUE(r->mask.sum(1).eq(per_row).all().item<bool>());
+          want = per_row * kDeadRows;
+        } else {
+          for (int64_t j = 0; j < kDeadCols; j += o.block_size) {
+            int64_t live_b = 0;
+            for (int64_t c = j; c < j + o.block_size; ++c) live_b += !IsDead(c);
+            const int64_t k_b = std::min(
+                KeepCount(rho, kDeadRows * o.block_size), kDeadRows * live_b);
+            EXPECT_EQ(r->mask.narrow(1, j, o.block_size).sum().item<int64_t>(),
+                      k_b)
+                << "block at " << j;
+            want += k_b;
+          }
+        }
+        EXPECT_EQ(r->stats.kept, want);
+        EXPECT_EQ(r->mask.sum().item<int64_t>(), want);
+        // The yardstick, brute force.
+        Matrix masked = d0;
+        auto m = r->mask.accessor<bool, 2>();
+        for (int64_t i = 0; i < kDeadRows; ++i) {
+          for (int64_t j = 0; j < kDeadCols; ++j) {
+            if (!m[i][j]) masked[i][j] = 0;
+          }
+        }
+        const double e_mask = RefError(d0, masked, ref.h);
+        const double e_comp = RefError(d0, ToMatrix(r->delta), ref.h);
+        EXPECT_NEAR(r->stats.error_mask_only, e_mask, 1e-9 * e_mask);
+        EXPECT_NEAR(r->stats.error_compensated, e_comp, 1e-9 * e_comp);
+        if (comp == Compensation::kExact) {
+          EXPECT_LE(e_comp, e_mask * (1 + 1e-12));
+        }
+        // The layer without its dead columns, at the same budget, gives the
+        // same result on the live ones (row and layer scopes: the block
+        // scope's blocks would shift).
+        if (scope != Scope::kBlock) {
+          TailorOptions sub = o;
+          sub.keep_ratio = static_cast<double>(want) / (kDeadRows * n_live);
+          auto s = TailorLayer(
+              "w", l.w_pre.index_select(1, live), l.w_ft.index_select(1, live),
+              l.h.index_select(0, live).index_select(1, live), sub);
+          ASSERT_TRUE(s.ok()) << s.status();
+          EXPECT_TRUE(s->mask.equal(r->mask.index_select(1, live)));
+          EXPECT_LT((s->delta - r->delta.index_select(1, live))
+                        .abs()
+                        .max()
+                        .item<double>(),
+                    1e-9);
+          EXPECT_NEAR(s->stats.error_compensated, r->stats.error_compensated,
+                      1e-9 * e_comp);
+        }
+      }
+    }
+  }
+}
+
+// The trade-off's other side (dead_columns: select, the behaviour before):
+// dead entries compete for the budget, and with deltas this large they win
+// some of it. On the calibration data they change nothing, so reverting
+// them never raises the layer error there: with salience-only scores (the
+// live entries' order does not depend on the mode) and exact compensation
+// (optimal for its support), the revert mode keeps a superset of the live
+// entries and its true error (raw H, undamped; dead columns weigh 0) is no
+// higher, here strictly lower.
+TEST(TailorKernelTest, RevertingDeadColumnsNeverRaisesTheCalibratedError) {
+  for (uint64_t seed : {31, 32, 33}) {
+    const Layer l = DeadColumnLayer(seed);
+    const Matrix h = ToMatrix(l.h);  // raw: dead rows and columns 0
+    const Matrix d0 = Delta(l);
+    double e[2];
+    int64_t dead_kept[2];
+    for (DeadColumns mode : {DeadColumns::kRevert, DeadColumns::kSelect}) {
+      TailorOptions o = F64(0.25, Compensation::kExact);
+      o.omega = 1.0;
+      o.damp = 0;  // the same H on the live columns in both modes
+      o.dead_columns = mode;
+      auto r = TailorLayer("w", l.w_pre, l.w_ft, l.h, o);
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_EQ(r->stats.kept, KeepCount(0.25, kDeadRows * kDeadCols));
+      const int i = mode == DeadColumns::kRevert ? 0 : 1;
+      e[i] = RefError(d0, ToMatrix(r->delta), h);
+      dead_kept[i] = 0;
+      for (int64_t j : kDead) {
+        dead_kept[i] += r->mask.select(1, j).sum().item<int64_t>();
+      }
+    }
+    EXPECT_EQ(dead_kept[0], 0) << seed;
+    EXPECT_GT(dead_kept[1], 0) << seed;  // the budget they took
+    EXPECT_LT(e[0], e[1]) << seed;
+  }
 }
 
 TEST(TailorKernelTest, ExactMaskCountsPerScope) {
