@@ -4,6 +4,7 @@
 // is refused (exit 5, PERMISSION_DENIED naming the path) while symlinks
 // inside it work. Runs the real binary.
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>

@@ -92,11 +92,9 @@ class SecurityEndToEndTest : public ::testing::Test {
           absl::StrCat("# e2e tokens\n", Sha256Hex(kAlice), " alice\n",
                        Sha256Hex(kBob), " bob\n", Sha256Hex(kAdmin),
                        " root admin\n"));
-    for (const auto& [name, token] :
-         {std::pair<const char*, const char*>{"alice", kAlice},
-          {"bob", kBob},
-          {"admin", kAdmin},
-          {"wrong", kWrong}}) {
+    const std::vector<std::pair<std::string, std::string>> files = {
+        {"alice", kAlice}, {"bob", kBob}, {"admin", kAdmin}, {"wrong", kWrong}};
+    for (const auto& [name, token] : files) {
       Write(tmp_.Join(absl::StrCat(name, ".token")), absl::StrCat(token, "\n"));
     }
     Write(tmp_.Join("job.yaml"),
