@@ -60,9 +60,15 @@ void FillFromCheckpoint(const Checkpoint& ckpt, View* view) {
   view->tensors = &ckpt.tensors();
 }
 
-absl::StatusOr<nlohmann::json> AdapterSummary(const std::string& dir) {
+// Reads `dir`/adapter_config.json beneath its allowed root (issue #14
+// point 7: a link out of the roots is PERMISSION_DENIED naming it).
+absl::StatusOr<nlohmann::json> AdapterSummary(const std::string& dir,
+                                              const UriResolver& resolver) {
   const std::string path = JoinPath(dir, kAdapterConfigName);
-  TAILOR_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, 1 << 20));
+  TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
+                          resolver.CheckLocalPath(path));
+  TAILOR_ASSIGN_OR_RETURN(std::string text,
+                          resolver.ReadFile(canonical, 1 << 20, path));
   TAILOR_ASSIGN_OR_RETURN(nlohmann::json config, ParseJsonStrict(text, path));
   nlohmann::json summary = nlohmann::json::object();
   for (const char* key : {"peft_type", "r", "lora_alpha", "target_modules",
@@ -179,7 +185,7 @@ absl::Status RunInspect(const InspectArgs& args, std::ostream& out) {
   std::unique_ptr<Checkpoint> adapter_file;
   std::unique_ptr<TensorSource> merged;
   if (IsLoraAdapterDir(path)) {
-    TAILOR_ASSIGN_OR_RETURN(view.lora, AdapterSummary(path));
+    TAILOR_ASSIGN_OR_RETURN(view.lora, AdapterSummary(path, resolver));
     if (args.base_uri.empty()) {
       view.kind = "lora-adapter";
       Checkpoint::Options options;

@@ -94,7 +94,10 @@ CLI::App* CalibrateCommand::Add(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   AddDeviceOptions(*cmd, device_, threads_);
   cmd->add_option("--allowed-root", allowed_roots_,
-                  "directory the URIs must lie under (repeatable; default: /)");
+                  "directory the URIs must lie under (repeatable; default: "
+                  "/); the model's files, its config.json, the data and the "
+                  "output are opened beneath it, so a symlink out of it is "
+                  "refused (exit 5)");
   cmd->add_flag("-q,--quiet", quiet_, "no progress on stderr");
   return cmd;
 }

@@ -109,9 +109,15 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
     options.preserve_file_assignment = true;
     options.overwrite = overwrite;
     options.copy_files_from = base->directory();
+    options.copy_resolver = &resolver;
     TAILOR_ASSIGN_OR_RETURN(
         std::unique_ptr<CheckpointWriter> writer,
         CheckpointWriter::Create(out, base->tensors(), options));
+    if (writer->out_dir() != out) {  // a symlink swapped in since resolved
+      return absl::FailedPreconditionError(absl::StrCat(
+          "out: the output location changed while the job started (resolved ",
+          out, ", now ", writer->out_dir(), "); refusing to write there"));
+    }
     for (const TensorInfo& info : base->tensors()) {
       if (patch->Find(info.name) == nullptr) {
         if (stream_chunk_elements > 0 && info.nbytes > 0) {

@@ -256,6 +256,7 @@ absl::Status FusionRun::OpenOutputs() {
     options.preserve_file_assignment = true;
     options.overwrite = spec_.overwrite;
     options.copy_files_from = base_->directory();
+    options.copy_resolver = &resolver_;
     TAILOR_ASSIGN_OR_RETURN(
         writer_, CheckpointWriter::Create(out, base_->tensors(), options));
     TAILOR_RETURN_IF_ERROR(SameLocation("out", out, writer_->out_dir()));

@@ -18,10 +18,12 @@
 #include "absl/strings/str_cat.h"
 #include "io/checkpoint_writer.h"
 #include "nlohmann/json.hpp"
+#include "storage/uri_resolver.h"
 #include "util/errno_status.h"
 #include "util/file_util.h"
 #include "util/json_util.h"
 #include "util/quote.h"
+#include "util/staged_output.h"
 #include "util/status_macros.h"
 #include "util/torch_status.h"
 
@@ -46,6 +48,26 @@ std::optional<int64_t> ParseNsamples(absl::string_view text) {
   int64_t n = 0;
   if (!absl::SimpleAtoi(text, &n) || n <= 0) return std::nullopt;
   return n;
+}
+
+// The output directory of `path` (resolved by `resolver`) is not where it
+// was: PERMISSION_DENIED if it now leads outside the allowed roots, else
+// `why` (FAILED_PRECONDITION), both naming `path`.
+absl::Status OutputMoved(const std::string& path, const absl::Status& why,
+                         const UriResolver& resolver) {
+  absl::Status where = resolver.CheckLocalPath(Dirname(path)).status();
+  const absl::StatusCode code =
+      where.code() == absl::StatusCode::kPermissionDenied
+          ? where.code()
+          : absl::StatusCode::kFailedPrecondition;
+  return absl::Status(
+      code,
+      absl::StrCat("calibration output ", Quote(path),
+                   ": the directory it was resolved in changed; "
+                   "refusing to write there (",
+                   code == absl::StatusCode::kPermissionDenied ? where.message()
+                                                               : why.message(),
+                   ")"));
 }
 
 }  // namespace
@@ -194,7 +216,8 @@ absl::Status WriteCalibrationFile(
     const std::map<std::string, int64_t>& columns,
     const std::map<std::string, std::string>& aliases,
     const std::function<absl::StatusOr<at::Tensor>(const std::string& key)>&
-        hessian) {
+        hessian,
+    const UriResolver* resolver) {
   if (PathExists(path)) {
     return absl::AlreadyExistsError(
         absl::StrCat(path, " already exists; choose a new output path"));
@@ -217,27 +240,51 @@ absl::Status WriteCalibrationFile(
                       {"nsamples", std::to_string(nsamples)},
                       {"aliases", alias_json.dump()}};
 
-  static std::atomic<uint64_t> counter{0};
-  const std::string staging =
-      absl::StrCat(Dirname(path), "/.", Basename(path), ".staging-", ::getpid(),
-                   "-", counter.fetch_add(1));
-  auto write = [&]() -> absl::Status {
-    TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> writer,
-                            CheckpointWriter::Create(staging, layout, options));
-    for (const TensorInfo& info : layout) {
-      TAILOR_ASSIGN_OR_RETURN(at::Tensor h, hessian(info.name));
-      TAILOR_RETURN_IF_ERROR(writer->Write(info.name, h));
+  if (resolver != nullptr) {
+    // The directory `path` was resolved in must still be reachable without
+    // any symlink (issue #14 point 7) before anything is created there.
+    absl::StatusOr<ScopedFd> parent = OpenDirectoryNoFollow(Dirname(path));
+    if (!parent.ok()) return OutputMoved(path, parent.status(), *resolver);
+  }
+  // Staged as a directory (".<name>.tailor-stage-<pid>-<k>", created through
+  // its parent's descriptor, opened without following symlinks, and locked
+  // so a stale one is recognised) holding model.safetensors, which is then
+  // renamed to `path` relative to that same parent descriptor, never
+  // replacing anything. The staging directory goes with the writer.
+  TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> writer,
+                          CheckpointWriter::Create(path, layout, options));
+  if (resolver != nullptr && writer->out_dir() != path) {
+    return OutputMoved(
+        path,
+        absl::FailedPreconditionError(absl::StrCat(
+            "its directory now resolves to ", Quote(Dirname(writer->out_dir())),
+            " (a symbolic link swapped in?)")),
+        *resolver);
+  }
+  for (const TensorInfo& info : layout) {
+    TAILOR_ASSIGN_OR_RETURN(at::Tensor h, hessian(info.name));
+    TAILOR_RETURN_IF_ERROR(writer->Write(info.name, h));
+  }
+  TAILOR_RETURN_IF_ERROR(writer->Stage());
+  StagedOutput* const staged = writer->staged();
+  TAILOR_RETURN_IF_ERROR(staged->CheckPublishable());
+  const std::string name = Basename(writer->out_dir());
+  if (::renameat2(staged->fd(), kSingleFileName, staged->parent_fd(),
+                  name.c_str(), RENAME_NOREPLACE) != 0) {
+    const int err = errno;
+    if (err == EEXIST) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          writer->out_dir(), " appeared while writing; not replacing it"));
     }
-    TAILOR_RETURN_IF_ERROR(writer->Commit());
-    const std::string file = JoinPath(staging, kSingleFileName);
-    if (::rename(file.c_str(), path.c_str()) != 0) {
-      return ErrnoError(errno, absl::StrCat("rename ", file, " -> ", path));
-    }
-    return FsyncDirectory(Dirname(path));
-  };
-  absl::Status status = write();
-  absl::Status cleanup = RemoveAll(staging);
-  return status.ok() ? cleanup : status;
+    return ErrnoError(err,
+                      absl::StrCat("rename ", staged->staging_path(), "/",
+                                   kSingleFileName, " -> ", writer->out_dir()));
+  }
+  if (::fsync(staged->parent_fd()) != 0) {
+    return ErrnoError(errno,
+                      absl::StrCat("fsync ", Dirname(writer->out_dir())));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace tailor

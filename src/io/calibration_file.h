@@ -66,15 +66,26 @@ std::optional<std::string> HessianKeyOf(absl::string_view weight_name);
 // `hessian(key)` giving its values (float32 c x c, read one at a time),
 // metadata format, nsamples (decimal) and aliases (a JSON object, "{}" when
 // empty). Atomic: written in a hidden staging directory beside `path`
-// (".<name>.staging-<pid>-<k>"), then renamed, and the directory fsynced;
-// the staging is removed either way. The caller checks the contents
-// (nsamples > 0, aliases naming keys of `columns`).
+// (".<name>.tailor-stage-<pid>-<k>", a CheckpointWriter's, created through
+// the parent directory's descriptor, opened without following symlinks),
+// then renamed to `path` relative to that descriptor without replacing
+// anything, and the directory fsynced; the staging is removed either way.
+// The caller checks the contents (nsamples > 0, aliases naming keys of
+// `columns`).
+//
+// With `resolver` (not owned), `path` is what its ResolveForWrite()
+// returned (canonical, inside an allowed root), and the file is written
+// beneath that root (issue #14 point 7): if a component of its directory
+// has been swapped for a symbolic link since, nothing is written and the
+// error names `path` (PERMISSION_DENIED when it now leads outside the
+// roots, FAILED_PRECONDITION otherwise).
 absl::Status WriteCalibrationFile(
     const std::string& path, int64_t nsamples,
     const std::map<std::string, int64_t>& columns,
     const std::map<std::string, std::string>& aliases,
     const std::function<absl::StatusOr<at::Tensor>(const std::string& key)>&
-        hessian);
+        hessian,
+    const UriResolver* resolver = nullptr);
 
 }  // namespace tailor
 

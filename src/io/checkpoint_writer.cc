@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <numeric>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -17,6 +18,7 @@
 #include "io/safetensors_header.h"
 #include "io/tensor_convert.h"
 #include "nlohmann/json.hpp"
+#include "util/errno_status.h"
 #include "util/status_macros.h"
 
 namespace tailor {
@@ -29,6 +31,34 @@ bool IsWeightFileName(absl::string_view name) {
     if (absl::EndsWithIgnoreCase(name, ext)) return true;
   }
   return false;
+}
+
+// Copies the open regular file `in` (named `from` in messages) into a new
+// entry `name` of directory `dirfd` (O_EXCL, never following a symlink
+// there; named `label`) and fsyncs the copy.
+absl::Status CopyOpenFileAt(int in, absl::string_view from, int dirfd,
+                            const std::string& name, absl::string_view label) {
+  const int fd =
+      ::openat(dirfd, name.c_str(),
+               O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("create ", label));
+  ScopedFd out(fd);
+  std::vector<char> buffer(1 << 20);
+  uint64_t offset = 0;
+  for (;;) {
+    const ssize_t n =
+        ::pread(in, buffer.data(), buffer.size(), static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(errno, absl::StrCat("read ", from));
+    }
+    if (n == 0) break;
+    TAILOR_RETURN_IF_ERROR(
+        PWriteFully(fd, buffer.data(), static_cast<size_t>(n), offset, label));
+    offset += static_cast<uint64_t>(n);
+  }
+  if (::fsync(fd) != 0) return ErrnoError(errno, absl::StrCat("fsync ", label));
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -73,6 +103,8 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
     w->partial_.assign(w->slots_.size(), false);
   }
   TAILOR_RETURN_IF_ERROR(w->Plan(options));
+  // Refuse a file that cannot be copied before any tensor is written.
+  TAILOR_RETURN_IF_ERROR(w->FilesToCopy().status());
   return w;
 }
 
@@ -314,8 +346,10 @@ absl::Status CheckpointWriter::WriteIndex() {
                      JoinPath(staging_dir_, kIndexFileName));
 }
 
-absl::Status CheckpointWriter::CopyNonTensorFiles() {
-  if (options_.copy_files_from.empty()) return absl::OkStatus();
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
+CheckpointWriter::FilesToCopy() const {
+  std::vector<std::pair<std::string, std::string>> files;
+  if (options_.copy_files_from.empty()) return files;
   TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> names,
                           ListDirectory(options_.copy_files_from));
   for (const std::string& name : names) {
@@ -327,8 +361,31 @@ absl::Status CheckpointWriter::CopyNonTensorFiles() {
         file_names_.end()) {
       continue;
     }
-    TAILOR_RETURN_IF_ERROR(CopyFileDurablyAt(from, staged_->fd(), name,
-                                             JoinPath(staging_dir_, name)));
+    if (options_.copy_resolver != nullptr) {
+      TAILOR_RETURN_IF_ERROR(
+          options_.copy_resolver->CheckLocalPath(from).status());
+    }
+    files.emplace_back(name, from);
+  }
+  return files;
+}
+
+absl::Status CheckpointWriter::CopyNonTensorFiles() {
+  TAILOR_ASSIGN_OR_RETURN(auto files, FilesToCopy());
+  for (const auto& [name, from] : files) {
+    const std::string label = JoinPath(staging_dir_, name);
+    if (options_.copy_resolver == nullptr) {
+      TAILOR_RETURN_IF_ERROR(
+          CopyFileDurablyAt(from, staged_->fd(), name, label));
+      continue;
+    }
+    // Beneath the root that holds it, whatever the path has become since.
+    TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
+                            options_.copy_resolver->CheckLocalPath(from));
+    TAILOR_ASSIGN_OR_RETURN(
+        ScopedFd in, options_.copy_resolver->OpenForRead(canonical, from));
+    TAILOR_RETURN_IF_ERROR(
+        CopyOpenFileAt(in.get(), from, staged_->fd(), name, label));
   }
   return absl::OkStatus();
 }

@@ -7,12 +7,14 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "io/tensor_source.h"
+#include "storage/uri_resolver.h"
 #include "util/file_util.h"
 #include "util/staged_output.h"
 
@@ -39,6 +41,14 @@ struct CheckpointWriterOptions {
   // (*.safetensors, *.index.json, pickle/h5/msgpack/gguf/onnx weights) and
   // hidden files.
   std::string copy_files_from;
+  // When set (a job's resolver; not owned), each file copied from
+  // copy_files_from must canonicalise inside one of its allowed roots and is
+  // opened beneath that root (issue #14 point 7): a file there symlinked out
+  // of the roots (a tokenizer.json -> /etc/shadow), even one swapped in
+  // while the job ran, is PERMISSION_DENIED naming it -- at Create() and
+  // again when it is copied -- rather than copied into the output. Links
+  // that stay inside a root (a Hugging Face cache's blobs) are followed.
+  const UriResolver* copy_resolver = nullptr;
 };
 
 // Writes a Hugging Face-compatible safetensors checkpoint whose tensor names,
@@ -132,6 +142,9 @@ class CheckpointWriter {
   absl::StatusOr<const Slot*> Claim(absl::string_view name, uint64_t nbytes);
   absl::Status Plan(const CheckpointWriterOptions& options);
   absl::Status WriteIndex();
+  // The files CopyNonTensorFiles() copies: (name, path).
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> FilesToCopy()
+      const;
   absl::Status CopyNonTensorFiles();
   void MarkFailed();
 

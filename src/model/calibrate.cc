@@ -22,9 +22,12 @@ namespace {
 // Raw-byte calibration data larger than this is refused (use safetensors).
 constexpr uint64_t kMaxTextBytes = 1ull << 30;
 
-absl::StatusOr<at::Tensor> ReadTokenTensor(const std::string& path) {
+absl::StatusOr<at::Tensor> ReadTokenTensor(const std::string& path,
+                                           const UriResolver* resolver) {
+  Checkpoint::Options options;
+  options.resolver = resolver;  // opened beneath its root (CheckLocalPath)
   TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> file,
-                          Checkpoint::Open(path));
+                          Checkpoint::Open(path, options));
   const TensorInfo* chosen = nullptr;
   for (const TensorInfo& info : file->tensors()) {
     if (IsFloatingDType(info.dtype) || info.dtype == DType::kBOOL ||
@@ -78,7 +81,8 @@ at::Tensor EvenlySpacedWindows(const at::Tensor& stream, int64_t samples,
 
 absl::StatusOr<at::Tensor> LoadCalibrationTokens(const std::string& path,
                                                  int64_t samples,
-                                                 int64_t seq_len) {
+                                                 int64_t seq_len,
+                                                 const UriResolver* resolver) {
   if (samples < 1) {
     return absl::InvalidArgumentError("calibration: samples must be >= 1");
   }
@@ -87,11 +91,18 @@ absl::StatusOr<at::Tensor> LoadCalibrationTokens(const std::string& path,
   }
   at::Tensor tokens;
   if (absl::EndsWith(path, ".safetensors")) {
-    TAILOR_ASSIGN_OR_RETURN(tokens, ReadTokenTensor(path));
+    TAILOR_ASSIGN_OR_RETURN(tokens, ReadTokenTensor(path, resolver));
   } else {
     TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(path));
-    TAILOR_ASSIGN_OR_RETURN(std::string bytes,
-                            ReadFileToString(path, kMaxTextBytes));
+    std::string bytes;
+    if (resolver != nullptr) {
+      TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
+                              resolver->CheckLocalPath(path));
+      TAILOR_ASSIGN_OR_RETURN(
+          bytes, resolver->ReadFile(canonical, kMaxTextBytes, path));
+    } else {
+      TAILOR_ASSIGN_OR_RETURN(bytes, ReadFileToString(path, kMaxTextBytes));
+    }
     TAILOR_RETURN_IF_ERROR(RefuseIfPickle(bytes.substr(0, 64), path));
     tokens = at::empty({static_cast<int64_t>(bytes.size())}, at::kLong);
     int64_t* out = tokens.data_ptr<int64_t>();
@@ -135,7 +146,7 @@ absl::Status WriteCalibration(const LlamaModel& model, const at::Tensor& tokens,
         collector.Calibrate(model, tokens.narrow(0, begin, b)));
     if (options.on_progress) options.on_progress(begin + b, n);
   }
-  return collector.Write(out_path);
+  return collector.Write(out_path, options.resolver);
 }
 
 absl::Status RunCalibrateJob(const CalibrateJob& job,
@@ -146,7 +157,8 @@ absl::Status RunCalibrateJob(const CalibrateJob& job,
   const std::string config_path =
       IsDirectory(model_dir) ? JoinPath(model_dir, "config.json")
                              : JoinPath(Dirname(model_dir), "config.json");
-  TAILOR_ASSIGN_OR_RETURN(LlamaConfig config, LlamaConfig::Load(config_path));
+  TAILOR_ASSIGN_OR_RETURN(LlamaConfig config,
+                          LlamaConfig::Load(config_path, &resolver));
   TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint,
                           OpenCheckpointUri(job.model_uri, resolver));
   TAILOR_ASSIGN_OR_RETURN(std::string data_path,
@@ -159,7 +171,7 @@ absl::Status RunCalibrateJob(const CalibrateJob& job,
   }
   TAILOR_ASSIGN_OR_RETURN(
       at::Tensor tokens,
-      LoadCalibrationTokens(data_path, job.samples, job.seq_len));
+      LoadCalibrationTokens(data_path, job.samples, job.seq_len, &resolver));
   TAILOR_ASSIGN_OR_RETURN(bool in_range, CatchTorch(data_path, [&] {
                             return tokens.min().item<int64_t>() >= 0 &&
                                    tokens.max().item<int64_t>() <
@@ -174,7 +186,9 @@ absl::Status RunCalibrateJob(const CalibrateJob& job,
   TAILOR_ASSIGN_OR_RETURN(
       LlamaModel model,
       LlamaModel::Load(*checkpoint, config, device, at::kFloat));
-  return WriteCalibration(model, tokens, out_path, job.options);
+  CalibrateOptions options = job.options;
+  options.resolver = &resolver;
+  return WriteCalibration(model, tokens, out_path, options);
 }
 
 }  // namespace tailor

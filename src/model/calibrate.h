@@ -24,9 +24,13 @@ namespace tailor {
 // the stream is short); from 2-D data, the first `samples` rows cut to
 // `seq_len`. Returns int64 [samples, seq_len]. INVALID_ARGUMENT naming the
 // file and the rule when the data is too short, not integer, or ambiguous.
-absl::StatusOr<at::Tensor> LoadCalibrationTokens(const std::string& path,
-                                                 int64_t samples,
-                                                 int64_t seq_len);
+// With `resolver` (not owned), `path` must canonicalise inside one of its
+// allowed roots and is opened beneath that root (issue #14 point 7): a file
+// symlinked outside the roots, or swapped for such a symlink after it was
+// resolved, is PERMISSION_DENIED naming it.
+absl::StatusOr<at::Tensor> LoadCalibrationTokens(
+    const std::string& path, int64_t samples, int64_t seq_len,
+    const UriResolver* resolver = nullptr);
 
 // Evenly spaced windows of a 1-D stream (see above). REQUIRES: 1 <= seq_len
 // <= stream.numel(), samples >= 1.
@@ -37,6 +41,9 @@ struct CalibrateOptions {
   int64_t batch_size = 8;  // windows per forward pass
   // Called after each forward pass with (windows done, total); optional.
   std::function<void(int64_t done, int64_t total)> on_progress;
+  // When set, the output path came from this resolver's ResolveForWrite()
+  // and is written beneath its root (WriteCalibrationFile). Not owned.
+  const UriResolver* resolver = nullptr;
 };
 
 // Runs `model` on `tokens` [n, T] (no autograd) and writes the calibration
@@ -47,9 +54,13 @@ absl::Status WriteCalibration(const LlamaModel& model, const at::Tensor& tokens,
                               const CalibrateOptions& options = {});
 
 // `tailorctl calibrate`: loads the LLaMA checkpoint at `model_uri` (its
-// config.json and weights, through `resolver`) on `device` in float32,
-// reads calibration tokens from `data_uri`, checks every id is below the
-// model's vocab_size, and writes the calibration file to `out_uri`.
+// config.json and weights) on `device` in float32, reads calibration tokens
+// from `data_uri`, checks every id is below the model's vocab_size, and
+// writes the calibration file to `out_uri`. Every file is opened (and the
+// output written) beneath the allowed root of `resolver` that holds it
+// (issue #14 point 7): a symlink leading outside the roots, even one
+// swapped in after the URIs were resolved, is PERMISSION_DENIED (or, for
+// the output's directory, FAILED_PRECONDITION) naming the path.
 struct CalibrateJob {
   std::string model_uri;
   std::string data_uri;

@@ -112,7 +112,8 @@ absl::StatusOr<at::Tensor> HessianCollector::Hessian(
   });
 }
 
-absl::Status HessianCollector::Write(const std::string& path) const {
+absl::Status HessianCollector::Write(const std::string& path,
+                                     const UriResolver* resolver) const {
   TAILOR_RETURN_IF_ERROR(status_);
   if (sums_.empty()) {
     return absl::FailedPreconditionError(
@@ -138,7 +139,7 @@ absl::Status HessianCollector::Write(const std::string& path) const {
   for (const auto& [key, acc] : sums_) columns[key] = acc.sum.size(0);
   return WriteCalibrationFile(
       path, n, columns, aliases_,
-      [this](const std::string& key) { return Hessian(key); });
+      [this](const std::string& key) { return Hessian(key); }, resolver);
 }
 
 }  // namespace tailor

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "model/llama.h"
+#include "storage/uri_resolver.h"
 
 namespace tailor {
 
@@ -65,8 +66,11 @@ class HessianCollector : public ForwardHooks {
   // key, metadata nsamples and aliases) to the single file `path`, which
   // must not exist, through WriteCalibrationFile (io/calibration_file.h):
   // atomic. FAILED_PRECONDITION before any rows, when keys saw different
-  // row counts, or when an alias names a key never reported.
-  absl::Status Write(const std::string& path) const;
+  // row counts, or when an alias names a key never reported. With
+  // `resolver`, `path` came from its ResolveForWrite() and is written
+  // beneath its root (WriteCalibrationFile).
+  absl::Status Write(const std::string& path,
+                     const UriResolver* resolver = nullptr) const;
 
  private:
   struct Accumulator {

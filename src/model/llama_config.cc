@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "storage/uri_resolver.h"
 #include "util/file_util.h"
 #include "util/json_util.h"
 #include "util/status_macros.h"
@@ -298,11 +299,19 @@ absl::Status LlamaConfig::Validate() const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<LlamaConfig> LlamaConfig::Load(const std::string& path) {
+absl::StatusOr<LlamaConfig> LlamaConfig::Load(const std::string& path,
+                                              const UriResolver* resolver) {
   const std::string file =
       IsDirectory(path) ? JoinPath(path, "config.json") : path;
-  TAILOR_ASSIGN_OR_RETURN(std::string text,
-                          ReadFileToString(file, kMaxConfigBytes));
+  std::string text;
+  if (resolver != nullptr) {
+    TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
+                            resolver->CheckLocalPath(file));
+    TAILOR_ASSIGN_OR_RETURN(
+        text, resolver->ReadFile(canonical, kMaxConfigBytes, file));
+  } else {
+    TAILOR_ASSIGN_OR_RETURN(text, ReadFileToString(file, kMaxConfigBytes));
+  }
   TAILOR_ASSIGN_OR_RETURN(Json json, ParseJsonStrict(text, file));
   return FromJson(json, file);
 }

@@ -12,6 +12,8 @@
 
 namespace tailor {
 
+class UriResolver;
+
 // The shape and constants of a LLaMA-family decoder (Hugging Face
 // `LlamaConfig`, model_type "llama"), read from a config.json.
 //
@@ -51,7 +53,13 @@ struct LlamaConfig {
   static absl::StatusOr<LlamaConfig> FromJson(const nlohmann::json& json,
                                               absl::string_view label);
   // Reads `path` (a config.json, or a directory holding one) and FromJson().
-  static absl::StatusOr<LlamaConfig> Load(const std::string& path);
+  // With `resolver`, the file must canonicalise inside one of its allowed
+  // roots and is opened beneath that root (UriResolver::ReadFile; issue #14
+  // point 7): a config.json symlinked outside the roots, or swapped for such
+  // a symlink after the check, is PERMISSION_DENIED naming it; symlinks
+  // that stay inside a root are followed. Not owned.
+  static absl::StatusOr<LlamaConfig> Load(
+      const std::string& path, const UriResolver* resolver = nullptr);
 
   // Checks the invariants FromJson() enforces on a hand-built config:
   // positive sizes (each at most 2^24; layers at most 4096), hidden divisible

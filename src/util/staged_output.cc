@@ -101,14 +101,31 @@ bool IsStagingNameFor(absl::string_view entry, absl::string_view final_name) {
 
 int RemoveStaleStaging(const std::string& dir,
                        const std::vector<std::string>& final_names) {
-  absl::StatusOr<std::vector<std::string>> names = ListDirectory(dir);
-  if (!names.ok()) return 0;
-  const int dirfd =
-      ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (dirfd < 0) return 0;
-  ScopedFd owned(dirfd);
+  // Opened from "/" refusing every symlink (issue #14 point 7): a component
+  // of `dir` swapped for a symlink after the output was resolved cannot make
+  // the cleanup delete elsewhere. Listing and removal go through this one
+  // descriptor.
+  absl::StatusOr<ScopedFd> opened = OpenDirectoryNoFollow(dir);
+  if (!opened.ok()) return 0;
+  const int dirfd = opened->get();
+  std::vector<std::string> names;
+  {
+    const int list_fd =
+        ::openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (list_fd < 0) return 0;
+    DIR* d = ::fdopendir(list_fd);
+    if (d == nullptr) {
+      ::close(list_fd);
+      return 0;
+    }
+    while (struct dirent* e = ::readdir(d)) {
+      const std::string entry = e->d_name;
+      if (entry != "." && entry != "..") names.push_back(entry);
+    }
+    ::closedir(d);
+  }
   int removed = 0;
-  for (const std::string& entry : *names) {
+  for (const std::string& entry : names) {
     bool ours = false;
     for (const std::string& n : final_names) ours |= IsStagingNameFor(entry, n);
     if (!ours) continue;

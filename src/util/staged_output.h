@@ -27,10 +27,13 @@ std::string StagingName(absl::string_view final_name, absl::string_view kind);
 // versions (".N.partial-P-K", ".N.spool-P-K", ".N.tmp-P-K", P and K decimal).
 bool IsStagingNameFor(absl::string_view entry, absl::string_view final_name);
 
-// In directory `dir`, removes the staging entries (IsStagingNameFor) of
-// outputs named `final_names` that no live writer holds locked. Never follows
-// symlinks and never touches anything else. Best effort: returns the number
-// removed; a missing or unreadable `dir` removes nothing.
+// In directory `dir` (absolute and canonical, as a resolver returns it),
+// removes the staging entries (IsStagingNameFor) of outputs named
+// `final_names` that no live writer holds locked. `dir` is opened with
+// OpenDirectoryNoFollow(): if any component of it is now a symlink (swapped
+// in after it was resolved) nothing is removed. Never follows symlinks and
+// never touches anything else. Best effort: returns the number removed; a
+// missing, unreadable or non-canonical `dir` removes nothing.
 int RemoveStaleStaging(const std::string& dir,
                        const std::vector<std::string>& final_names);
 

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
 
@@ -104,6 +105,37 @@ TEST_F(InspectCliTest, LoraAdapterAloneAndMerged) {
   EXPECT_EQ(j["tensors"][0]["name"], "model.layers.0.q_proj.weight");
   EXPECT_EQ(j["tensors"][0]["from"], "lora");
   EXPECT_EQ(j["tensors"][1]["from"], "base");
+}
+
+// Issue #14 point 7: an adapter directory inside --allowed-root whose
+// adapter_config.json is a symlink out of it is refused (exit 5) rather
+// than read and summarised.
+TEST_F(InspectCliTest, AdapterConfigSymlinkedOutTheRootIsRefused) {
+  const std::string root = MakeDir("root");
+  const std::string outside = MakeDir("outside");
+  WriteFileOrDie(outside + "/adapter_config.json",
+                 R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                     "target_modules": ["q_proj"]})");
+  const std::string adapter = MakeDir("root/adapter");
+  ASSERT_EQ(::symlink((outside + "/adapter_config.json").c_str(),
+                      (adapter + "/adapter_config.json").c_str()),
+            0);
+  WriteFileOrDie(
+      adapter + "/adapter_model.safetensors",
+      SerializeSafetensors(
+          {ToRaw("base_model.model.model.layers.0.q_proj.lora_A.weight",
+                 at::ones({2, 4})),
+           ToRaw("base_model.model.model.layers.0.q_proj.lora_B.weight",
+                 at::ones({6, 2}))}));
+  CliResult r =
+      Tailorctl({"inspect", adapter, "--allowed-root", root, "-o", "json"});
+  EXPECT_EQ(r.code, 5) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "adapter_config.json")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "outside the allowed roots")) << r.err;
+  // With the outside directory allowed too, the same adapter is read.
+  r = Tailorctl({"inspect", adapter, "--allowed-root", root, "--allowed-root",
+                 outside, "-o", "json"});
+  EXPECT_EQ(r.code, 0) << r.err;
 }
 
 TEST_F(InspectCliTest, ErrorsHaveDistinctExitCodes) {

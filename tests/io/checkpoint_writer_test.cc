@@ -518,5 +518,66 @@ TEST(CheckpointWriterTest, NarrowingRoundsLikeLibTorch) {
   EXPECT_TRUE(BitEqual(*back, x.to(at::kBFloat16)));
 }
 
+// Issue #14 point 7: with copy_resolver (a job's), the base's non-tensor
+// files are opened beneath their root: one symlinked out of the roots is
+// refused at Create() (before any tensor is written), and one swapped for
+// such a symlink after Create() is refused when copied, nothing published
+// and nothing of it copied. Links inside the root are followed.
+TEST(CheckpointWriterTest, CopiedFilesStayBeneathTheRoots) {
+  TempDir dir;
+  const std::string root = dir.Join("root"), outside = dir.Join("outside");
+  ASSERT_TRUE(MakeDirectories(root + "/base").ok());
+  ASSERT_TRUE(MakeDirectories(outside).ok());
+  WriteFileOrDie(outside + "/secret", "outside the root");
+  WriteFileOrDie(root + "/shared-config.json", "in the root");
+  ASSERT_EQ(
+      ::symlink("../shared-config.json", (root + "/base/config.json").c_str()),
+      0);
+  ASSERT_EQ(::symlink((outside + "/secret").c_str(),
+                      (root + "/base/tokenizer.json").c_str()),
+            0);
+  absl::StatusOr<UriResolver> resolver = UriResolver::Create({root});
+  ASSERT_TRUE(resolver.ok());
+  std::vector<TensorInfo> layout(1);
+  layout[0] = {"a", DType::kF32, {2}, 2, 8, ""};
+  CheckpointWriterOptions options;
+  options.copy_files_from = root + "/base";
+  options.copy_resolver = &*resolver;
+  auto writer = CheckpointWriter::Create(root + "/out", layout, options);
+  ASSERT_FALSE(writer.ok());
+  EXPECT_EQ(writer.status().code(), absl::StatusCode::kPermissionDenied)
+      << writer.status();
+  EXPECT_TRUE(absl::StrContains(writer.status().message(), "tokenizer.json"))
+      << writer.status();
+
+  // The link replaced by a regular file: the copy is allowed, and the
+  // in-root config.json link followed...
+  ASSERT_EQ(::unlink((root + "/base/tokenizer.json").c_str()), 0);
+  WriteFileOrDie(root + "/base/tokenizer.json", "tokenizer");
+  writer = CheckpointWriter::Create(root + "/out", layout, options);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("a", at::ones({2})).ok());
+  // ...until it is swapped back for the escaping link while the job runs.
+  ASSERT_EQ(::unlink((root + "/base/tokenizer.json").c_str()), 0);
+  ASSERT_EQ(::symlink((outside + "/secret").c_str(),
+                      (root + "/base/tokenizer.json").c_str()),
+            0);
+  absl::Status s = (*writer)->Commit();
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "tokenizer.json")) << s;
+  writer->reset();
+  EXPECT_FALSE(PathExists(root + "/out"));
+
+  // A regular file again: published, with the in-root link's contents.
+  ASSERT_EQ(::unlink((root + "/base/tokenizer.json").c_str()), 0);
+  WriteFileOrDie(root + "/base/tokenizer.json", "tokenizer");
+  writer = CheckpointWriter::Create(root + "/out", layout, options);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("a", at::ones({2})).ok());
+  ASSERT_TRUE((*writer)->Commit().ok());
+  EXPECT_EQ(ReadFileOrDie(root + "/out/config.json"), "in the root");
+  EXPECT_EQ(ReadFileOrDie(root + "/out/tokenizer.json"), "tokenizer");
+}
+
 }  // namespace
 }  // namespace tailor

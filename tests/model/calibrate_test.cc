@@ -2,8 +2,13 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "fusion/calibration.h"
@@ -212,6 +217,150 @@ TEST(CalibrateCliTest, WritesFileAndMapsErrorsToExitCodes) {
 
   r = RunTailorctl({"calibrate", "--model", dir.Join("model")}, dir.path());
   EXPECT_EQ(r.code, 2) << r.err;
+}
+
+// Issue #14 point 7, below the CLI: with a resolver, the token data,
+// config.json and the output are opened beneath their root, so a path that
+// was canonical when resolved but is a symlink out of the root by the time
+// it is opened (simulated by handing the function the swapped path) is
+// refused, and in-root symlinks still work.
+TEST(CalibrateRootsTest, InputsSwappedForSymlinksOutTheRootAreRefused) {
+  TempDir dir;
+  const std::string root = dir.Join("root"), outside = dir.Join("outside");
+  ASSERT_TRUE(MakeDirectories(root + "/model").ok());
+  ASSERT_TRUE(MakeDirectories(outside).ok());
+  WriteFileOrDie(outside + "/secret.txt", Text());
+  WriteFileOrDie(outside + "/secret.safetensors",
+                 SerializeSafetensors({ToRaw(
+                     "input_ids", at::arange(64, at::kLong).view({2, 32}))}));
+  WriteFileOrDie(outside + "/config.json", TinyConfig().ToJson().dump());
+  absl::StatusOr<UriResolver> resolver = UriResolver::Create({root});
+  ASSERT_TRUE(resolver.ok());
+
+  ASSERT_EQ(::symlink((outside + "/secret.txt").c_str(),
+                      (root + "/data.txt").c_str()),
+            0);
+  absl::Status s =
+      LoadCalibrationTokens(root + "/data.txt", 1, 4, &*resolver).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "data.txt")) << s;
+  ASSERT_EQ(::symlink((outside + "/secret.safetensors").c_str(),
+                      (root + "/ids.safetensors").c_str()),
+            0);
+  s = LoadCalibrationTokens(root + "/ids.safetensors", 1, 4, &*resolver)
+          .status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  // Without a resolver (library callers, the demo) the path is taken as is.
+  EXPECT_TRUE(LoadCalibrationTokens(root + "/data.txt", 1, 4).ok());
+
+  ASSERT_EQ(::symlink((outside + "/config.json").c_str(),
+                      (root + "/model/config.json").c_str()),
+            0);
+  s = LlamaConfig::Load(root + "/model", &*resolver).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "config.json")) << s;
+
+  // In-root links are followed.
+  WriteFileOrDie(root + "/real.txt", Text());
+  WriteFileOrDie(root + "/config.json", TinyConfig().ToJson().dump());
+  ASSERT_EQ(::symlink("real.txt", (root + "/in.txt").c_str()), 0);
+  ASSERT_TRUE(MakeDirectories(root + "/model-in").ok());
+  ASSERT_EQ(
+      ::symlink("../config.json", (root + "/model-in/config.json").c_str()), 0);
+  EXPECT_TRUE(LoadCalibrationTokens(root + "/in.txt", 1, 4, &*resolver).ok());
+  absl::StatusOr<LlamaConfig> config =
+      LlamaConfig::Load(root + "/model-in", &*resolver);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(*config, TinyConfig());
+}
+
+// A swapper flips the data file between a regular file in the root and a
+// symlink out of it while the data is read again and again: every read
+// either sees the root's bytes or is refused, never the outside file's.
+TEST(CalibrateRootsTest, RacingSymlinkSwapNeverReadsOutsideTheRoot) {
+  TempDir dir;
+  const std::string root = dir.Join("root"), outside = dir.Join("outside");
+  ASSERT_TRUE(MakeDirectories(root).ok());
+  ASSERT_TRUE(MakeDirectories(outside).ok());
+  WriteFileOrDie(root + "/inside.txt", std::string(64, 'a'));
+  WriteFileOrDie(outside + "/secret.txt", std::string(64, 'z'));
+  WriteFileOrDie(root + "/data.txt", std::string(64, 'a'));
+  absl::StatusOr<UriResolver> resolver = UriResolver::Create({root});
+  ASSERT_TRUE(resolver.ok());
+
+  std::atomic<bool> stop{false};
+  std::thread swapper([&] {
+    // Renames are atomic: data.txt is always one or the other. Each round
+    // re-creates the two sources from their stable twins.
+    for (int i = 0; !stop.load(); ++i) {
+      const bool out = i % 2 == 0;
+      const std::string tmp = root + (out ? "/tmp-link" : "/tmp-file");
+      if (out) {
+        (void)::symlink((outside + "/secret.txt").c_str(), tmp.c_str());
+      } else {
+        (void)::link((root + "/inside.txt").c_str(), tmp.c_str());
+      }
+      (void)::rename(tmp.c_str(), (root + "/data.txt").c_str());
+    }
+  });
+  int read_inside = 0, refused = 0, other = 0;
+  for (int i = 0; i < 400; ++i) {
+    absl::StatusOr<at::Tensor> t =
+        LoadCalibrationTokens(root + "/data.txt", 1, 8, &*resolver);
+    if (t.ok()) {
+      // 'z' would be the outside file's bytes.
+      EXPECT_EQ(t->max().item<int64_t>(), 'a');
+      ++read_inside;
+    } else if (t.status().code() == absl::StatusCode::kPermissionDenied) {
+      ++refused;
+    } else {
+      ++other;  // e.g. NOT_FOUND in a rename's instant: allowed
+    }
+  }
+  stop.store(true);
+  swapper.join();
+  EXPECT_EQ(read_inside + refused + other, 400);
+  // Both states were seen: the race really ran.
+  EXPECT_GT(read_inside + refused, 0);
+}
+
+// The output's directory swapped for a symlink out of the root after the
+// output was resolved: nothing is written there and the error names it.
+TEST(CalibrateRootsTest, OutputDirectorySwappedForSymlinkIsRefused) {
+  TempDir dir;
+  const std::string root = dir.Join("root"), outside = dir.Join("outside");
+  ASSERT_TRUE(MakeDirectories(root + "/outs").ok());
+  ASSERT_TRUE(MakeDirectories(outside).ok());
+  absl::StatusOr<UriResolver> resolver = UriResolver::Create({root});
+  ASSERT_TRUE(resolver.ok());
+  absl::StatusOr<std::string> out =
+      resolver->ResolveForWrite(root + "/outs/h.safetensors");
+  ASSERT_TRUE(out.ok()) << out.status();
+  // The swap: outs/ becomes a symlink to the outside directory.
+  ASSERT_EQ(::rename((root + "/outs").c_str(), (root + "/outs.old").c_str()),
+            0);
+  ASSERT_EQ(::symlink(outside.c_str(), (root + "/outs").c_str()), 0);
+
+  absl::StatusOr<LlamaModel> model =
+      LlamaModel::Init(TinyConfig(), 9, at::kFloat, at::kCPU);
+  ASSERT_TRUE(model.ok());
+  at::Tensor tokens = at::arange(32, at::kLong).view({2, 16});
+  CalibrateOptions options;
+  options.resolver = &*resolver;
+  absl::Status s = WriteCalibration(*model, tokens, *out, options);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "outs/h.safetensors")) << s;
+  auto left = ListDirectory(outside);
+  ASSERT_TRUE(left.ok());
+  EXPECT_TRUE(left->empty()) << (*left)[0];
+  // Put back, the same call writes the file (and nothing else) there.
+  ASSERT_EQ(::unlink((root + "/outs").c_str()), 0);
+  ASSERT_EQ(::rename((root + "/outs.old").c_str(), (root + "/outs").c_str()),
+            0);
+  ASSERT_TRUE(WriteCalibration(*model, tokens, *out, options).ok());
+  auto names = ListDirectory(root + "/outs");
+  ASSERT_TRUE(names.ok());
+  EXPECT_EQ(*names, std::vector<std::string>{"h.safetensors"});
 }
 
 }  // namespace

@@ -101,5 +101,29 @@ TEST(StagedOutputTest, OpenDirectoryNoFollowRefusesSymlinks) {
             absl::StatusCode::kNotFound);
 }
 
+// Issue #14 point 7: RemoveStaleStaging opens its directory refusing every
+// symlink, so a parent swapped for a symlink (after the output was resolved)
+// cannot make it delete a staging-like file elsewhere.
+TEST(StagedOutputTest, StaleStagingCleanupNeverFollowsASwappedParent) {
+  TempDir dir;
+  const std::string victim_dir = dir.Join("elsewhere/out-parent");
+  ASSERT_TRUE(MakeDirectories(victim_dir).ok());
+  const std::string victim = JoinPath(victim_dir, ".out.tailor-stage-1-0");
+  Put(victim, "not tailor's to delete");
+  // The job's output directory was dir/job/out-parent; `job` is now a
+  // symlink to `elsewhere`, and then out-parent itself too.
+  ASSERT_EQ(::symlink(dir.Join("elsewhere").c_str(), dir.Join("job").c_str()),
+            0);
+  EXPECT_EQ(RemoveStaleStaging(dir.Join("job/out-parent"), {"out"}), 0);
+  EXPECT_EQ(Slurp(victim), "not tailor's to delete");
+  ASSERT_EQ(::symlink(victim_dir.c_str(), dir.Join("swapped").c_str()), 0);
+  EXPECT_EQ(RemoveStaleStaging(dir.Join("swapped"), {"out"}), 0);
+  EXPECT_EQ(Slurp(victim), "not tailor's to delete");
+  // The same entry at its real location is stale (no writer holds it) and
+  // removed: the refusals above are the symlinks'.
+  EXPECT_EQ(RemoveStaleStaging(victim_dir, {"out"}), 1);
+  EXPECT_FALSE(PathExists(victim));
+}
+
 }  // namespace
 }  // namespace tailor
