@@ -93,9 +93,6 @@ absl::StatusOr<absl::Duration> ServerConfig::JobRetention() const {
       return FieldError("job-retention",
                         absl::StrCat(kRule, ", not '", v.substr(0, 40), "'"));
   }
-  if (n > 36500 * 24 * 3600) {
-    return FieldError("job-retention", "must be at most 36500 days");
-  }
   const absl::Duration d = n * unit;
   if (d > absl::Hours(24 * 36500)) {
     return FieldError("job-retention", "must be at most 36500 days");

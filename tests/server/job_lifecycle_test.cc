@@ -1,0 +1,285 @@
+// Issue #17 points 7 and 8 against a real tailord: deleting finished jobs
+// (gRPC and `tailorctl delete`), the retention sweep, and a `tailorctl
+// watch` that survives the server being killed and restarted.
+
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <set>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "google/protobuf/empty.pb.h"
+#include "tailord_fixture.h"
+
+namespace tailor {
+namespace {
+
+// tailorctl in the background, its stdout and stderr in files under `dir`.
+struct Background {
+  pid_t pid = -1;
+  std::string out, err;
+};
+Background SpawnTailorctl(const std::vector<std::string>& args,
+                          const std::string& dir, const std::string& tag) {
+  Background b;
+  b.out = absl::StrCat(dir, "/.", tag, ".stdout");
+  b.err = absl::StrCat(dir, "/.", tag, ".stderr");
+  const char* bin = std::getenv("TAILORCTL");
+  if (bin == nullptr) return b;
+  std::vector<std::string> argv = {bin};
+  argv.insert(argv.end(), args.begin(), args.end());
+  b.pid = ::fork();
+  if (b.pid == 0) {
+    const int out = ::open(b.out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int err = ::open(b.err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(out, 1);
+    ::dup2(err, 2);
+    std::vector<char*> c;
+    for (std::string& a : argv) c.push_back(a.data());
+    c.push_back(nullptr);
+    ::execv(bin, c.data());
+    ::_exit(127);
+  }
+  return b;
+}
+
+std::string Slurp(const std::string& path) {
+  absl::StatusOr<std::string> s = ReadFileToString(path, 4 << 20);
+  return s.ok() ? *s : "";
+}
+
+// Polls (up to 120 s of wall time) until `path` contains `text`.
+bool FileSoonContains(const std::string& path, const std::string& text) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (absl::StrContains(Slurp(path), text)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+// Waits (up to `seconds`) for `pid` to exit; its exit code, or -1.
+int WaitExit(pid_t pid, int seconds = 300) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  int status = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, &status, 0);
+  return -1;
+}
+
+// The sequence numbers of the "#N ..." event lines `tailorctl watch` printed.
+std::vector<int64_t> PrintedSequences(const std::string& out) {
+  std::vector<int64_t> seqs;
+  for (absl::string_view line : absl::StrSplit(out, '\n')) {
+    if (!absl::StartsWith(line, "#")) continue;
+    const size_t space = line.find(' ');
+    int64_t n = 0;
+    if (absl::SimpleAtoi(line.substr(1, space - 1), &n)) seqs.push_back(n);
+  }
+  return seqs;
+}
+
+class JobLifecycleTest : public TailordTest {
+ protected:
+  grpc::Status Delete(const std::string& name) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(60));
+    v1::DeleteFusionJobRequest request;
+    request.set_name(name);
+    google::protobuf::Empty empty;
+    return stub_->DeleteFusionJob(&context, request, &empty);
+  }
+  grpc::Status GetStatus(const std::string& name) {
+    grpc::ClientContext context;
+    v1::GetFusionJobRequest request;
+    request.set_name(name);
+    v1::FusionJob job;
+    return stub_->GetFusionJob(&context, request, &job);
+  }
+  static bool Finished(const v1::FusionJob& j) {
+    return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED ||
+           j.state() == v1::CANCELLED;
+  }
+};
+
+// Point 7: only finished jobs can be deleted; a deleted job is gone from
+// every call, the metrics and the store (across a restart); its outputs
+// stay. The retention sweep deletes old finished jobs at startup.
+TEST_F(JobLifecycleTest, DeleteFinishedJobsKeepsOutputsAndRetentionSweeps) {
+  auto server = Start();
+  ASSERT_TRUE(server->ok());
+  v1::FusionJob done, slow;
+  ASSERT_TRUE(Create(Spec("kept"), &done).ok());
+  WaitUntil(done.name(), [](const v1::FusionJob& j) { return Finished(j); });
+  ASSERT_EQ(Get(done.name()).state(), v1::SUCCEEDED);
+  ASSERT_TRUE(Create(SlowSpec("slow"), &slow).ok());
+  WaitUntil(slow.name(), [](const v1::FusionJob& j) {
+    return j.progress().tensors_done() >= 1 || Finished(j);
+  });
+
+  // A running job: FAILED_PRECONDITION over gRPC, exit 3 from tailorctl.
+  grpc::Status s = Delete(slow.name());
+  if (!Finished(Get(slow.name()))) {
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+        << s.error_message();
+    EXPECT_TRUE(absl::StrContains(s.error_message(), "cancel it first"))
+        << s.error_message();
+    CliResult r = Tailorctl({"delete", slow.name(), "--server",
+                             server->address()});
+    if (!Finished(Get(slow.name()))) {
+      EXPECT_EQ(r.code, 3) << r.err;
+      EXPECT_TRUE(absl::StrContains(r.err, "only finished jobs")) << r.err;
+    }
+  }
+  // Missing and malformed names.
+  CliResult missing = Tailorctl(
+      {"delete", "0123456789abcdef", "--server", server->address()});
+  EXPECT_EQ(missing.code, 4) << missing.err;
+  EXPECT_EQ(Delete("fusionJobs/../x").error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  // The finished job, by bare id.
+  const std::string id = done.name().substr(done.name().find('/') + 1);
+  CliResult deleted = Tailorctl({"delete", id, "--server", server->address()});
+  ASSERT_EQ(deleted.code, 0) << deleted.err;
+  EXPECT_EQ(deleted.out, absl::StrCat("deleted ", done.name(), "\n"));
+  EXPECT_EQ(GetStatus(done.name()).error_code(), grpc::StatusCode::NOT_FOUND);
+  grpc::Status watch_status;
+  EXPECT_TRUE(Watch(done.name(), 0, &watch_status).empty());
+  EXPECT_EQ(watch_status.error_code(), grpc::StatusCode::NOT_FOUND);
+  CliResult again = Tailorctl({"delete", id, "--server", server->address()});
+  EXPECT_EQ(again.code, 4) << again.err;
+  CliResult list = Tailorctl({"list", "--server", server->address()});
+  EXPECT_FALSE(absl::StrContains(list.out, id)) << list.out;
+  // Outputs are never touched.
+  EXPECT_TRUE(PathExists(tmp_.Join("kept-fused/model.safetensors")));
+  EXPECT_TRUE(PathExists(tmp_.Join("kept.patch.safetensors")));
+  EXPECT_TRUE(PathExists(tmp_.Join("kept.report.json")));
+  // The metrics drop it and count the deletion.
+  const std::string metrics = HttpGet(server->metrics_port(), "/metrics").body;
+  EXPECT_TRUE(absl::StrContains(metrics, "tailor_jobs{state=\"succeeded\"} 0"))
+      << metrics;
+  EXPECT_TRUE(absl::StrContains(
+      metrics, "tailor_jobs_deleted_total{reason=\"request\"} 1"))
+      << metrics;
+  EXPECT_TRUE(absl::StrContains(server->Log(), "method=DeleteFusionJob"))
+      << server->Log();
+
+  // Gone after a restart too; the slow job is finished by then.
+  server->Stop(SIGTERM);
+  server = Start();
+  ASSERT_TRUE(server->ok());
+  EXPECT_EQ(GetStatus(done.name()).error_code(), grpc::StatusCode::NOT_FOUND);
+  v1::FusionJob last = WaitUntil(slow.name(), Finished);
+  ASSERT_TRUE(Finished(last));
+  server->Stop(SIGTERM);
+
+  // --job-retention: a job finished longer ago is deleted at startup, with
+  // an audit line; its outputs stay.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  server = Start({"--job-retention", "2s"});
+  ASSERT_TRUE(server->ok());
+  EXPECT_EQ(GetStatus(slow.name()).error_code(), grpc::StatusCode::NOT_FOUND);
+  const std::string log = server->Log();
+  EXPECT_TRUE(absl::StrContains(log, "method=RetentionSweep")) << log;
+  EXPECT_TRUE(absl::StrContains(log, slow.name())) << log;
+  EXPECT_TRUE(absl::StrContains(
+      HttpGet(server->metrics_port(), "/metrics").body,
+      "tailor_jobs_deleted_total{reason=\"retention\"} 1"));
+  if (last.state() == v1::SUCCEEDED) {
+    EXPECT_TRUE(PathExists(tmp_.Join("slow.patch.safetensors")));
+  }
+}
+
+// Point 8: tailord is SIGKILLed and restarted on the same port and data
+// directory mid-watch; `tailorctl watch` notes the loss, reconnects by
+// itself and prints the whole event sequence, gap-free and without
+// repeats, to the job's end.
+TEST_F(JobLifecycleTest, WatchResumesAcrossAKilledAndRestartedServer) {
+  // One kill is within --max-interrupted-runs' default; be explicit.
+  const std::vector<std::string> flags = {"--max-interrupted-runs", "4"};
+  auto server = Start(flags);
+  ASSERT_TRUE(server->ok());
+  const int port = server->grpc_port();
+  v1::FusionJob job;
+  ASSERT_TRUE(Create(SlowSpec("resumed"), &job).ok());
+  Background watch =
+      SpawnTailorctl({"watch", job.name(), "--server", server->address(),
+                      "--reconnect-timeout", "300"},
+                     tmp_.path(), "resume");
+  ASSERT_GT(watch.pid, 0);
+  // Some events are out (the job is running: RUNNING is #2).
+  ASSERT_TRUE(FileSoonContains(watch.out, "\n#4 ")) << Slurp(watch.err);
+  server->Stop(SIGKILL);
+  // Long enough for the watch to notice and retry a few times.
+  ASSERT_TRUE(FileSoonContains(watch.err, "lost the watch of"))
+      << Slurp(watch.err);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  std::vector<std::string> again = flags;
+  again.insert(again.end(), {"--listen", absl::StrCat("127.0.0.1:", port)});
+  server = Start(again);
+  ASSERT_TRUE(server->ok());
+  ASSERT_EQ(server->grpc_port(), port);
+
+  const int code = WaitExit(watch.pid);
+  const std::string out = Slurp(watch.out), err = Slurp(watch.err);
+  EXPECT_EQ(code, 0) << err;
+  v1::FusionJob done = Get(job.name());
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  const std::vector<int64_t> seqs = PrintedSequences(out);
+  ASSERT_FALSE(seqs.empty()) << out;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    ASSERT_EQ(seqs[i], static_cast<int64_t>(i + 1))
+        << "event " << i << " of the printed sequence\n"
+        << out;
+  }
+  EXPECT_EQ(seqs.back(), done.last_sequence());
+  // The restart shows in the events: requeued, then running again.
+  EXPECT_TRUE(absl::StrContains(out, "QUEUED: the server stopped")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "SUCCEEDED")) << out;
+  EXPECT_TRUE(absl::StrContains(err, "reconnected; resumed")) << err;
+
+  // Without a server to come back to, the watch gives up after
+  // --reconnect-timeout with exit 7 and says how to resume.
+  v1::FusionJob orphan;
+  ASSERT_TRUE(Create(SlowSpec("orphan"), &orphan).ok());
+  Background lost =
+      SpawnTailorctl({"watch", orphan.name(), "--server", server->address(),
+                      "--reconnect-timeout", "3"},
+                     tmp_.path(), "lost");
+  ASSERT_TRUE(FileSoonContains(lost.out, "\n#2 ")) << Slurp(lost.err);
+  server->Stop(SIGKILL);
+  const int lost_code = WaitExit(lost.pid);
+  const std::string lost_err = Slurp(lost.err);
+  EXPECT_EQ(lost_code, 7) << lost_err;
+  EXPECT_TRUE(absl::StrContains(lost_err, "gave up reconnecting after 3 s"))
+      << lost_err;
+  EXPECT_TRUE(absl::StrContains(
+      lost_err, absl::StrCat("resume with: tailorctl watch ", orphan.name(),
+                             " --after ")))
+      << lost_err;
+  const std::vector<int64_t> lost_seqs = PrintedSequences(Slurp(lost.out));
+  for (size_t i = 0; i < lost_seqs.size(); ++i) {
+    EXPECT_EQ(lost_seqs[i], static_cast<int64_t>(i + 1));
+  }
+}
+
+}  // namespace
+}  // namespace tailor
