@@ -110,12 +110,12 @@ RemoteClient::RemoteClient(const std::string& server, absl::Duration timeout,
       timeout_(timeout),
       watch_timeout_(watch_timeout),
       token_(connection.token),
-      stub_(v1::FusionService::NewStub(grpc::CreateCustomChannel(
-          server,
-          connection.credentials != nullptr
-              ? connection.credentials
-              : grpc::InsecureChannelCredentials(),
-          WithKeepalive(connection.arguments)))) {}
+      stub_(v1::FusionService::NewStub(
+          grpc::CreateCustomChannel(server,
+                                    connection.credentials != nullptr
+                                        ? connection.credentials
+                                        : grpc::InsecureChannelCredentials(),
+                                    WithKeepalive(connection.arguments)))) {}
 
 void RemoteClient::SetDeadline(grpc::ClientContext* context,
                                absl::Duration timeout) const {

@@ -137,11 +137,12 @@ void RemoteCommands::Add(CLI::App& app) {
       "returns the same job");
   submit_->add_option("--watch-timeout", watch_timeout_,
                       "deadline of --wait in seconds");
-  submit_->add_option("--reconnect-timeout", reconnect_timeout_,
-                      "with --wait: seconds to keep reconnecting when the "
-                      "stream is lost (server restarted, proxy cut it), "
-                      "resuming after the last event; then exit 7 (0: do not "
-                      "reconnect)")
+  submit_
+      ->add_option("--reconnect-timeout", reconnect_timeout_,
+                   "with --wait: seconds to keep reconnecting when the "
+                   "stream is lost (server restarted, proxy cut it), "
+                   "resuming after the last event; then exit 7 (0: do not "
+                   "reconnect)")
       ->capture_default_str();
   submit_->add_flag("-q,--quiet", quiet_,
                     "no progress bar nor \"watching\" line");
@@ -162,10 +163,11 @@ void RemoteCommands::Add(CLI::App& app) {
                      "resume after this event sequence number");
   watch_->add_option("--watch-timeout", watch_timeout_,
                      "deadline of the watch in seconds");
-  watch_->add_option("--reconnect-timeout", reconnect_timeout_,
-                     "seconds to keep reconnecting when the stream is lost, "
-                     "resuming after the last event; then exit 7 (0: do not "
-                     "reconnect)")
+  watch_
+      ->add_option("--reconnect-timeout", reconnect_timeout_,
+                   "seconds to keep reconnecting when the stream is lost, "
+                   "resuming after the last event; then exit 7 (0: do not "
+                   "reconnect)")
       ->capture_default_str();
   watch_->add_flag("-q,--quiet", quiet_,
                    "no progress bar nor \"watching\" line");

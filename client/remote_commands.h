@@ -14,8 +14,8 @@
 namespace tailor::cli {
 
 // The client subcommands of tailord: submit, watch, get, list, cancel,
-// delete, fetch. Each takes --server HOST:PORT, --timeout SECONDS (the deadline of
-// every call) and -o table|json|yaml|job; NAME is "fusionJobs/ID" or "ID".
+// delete, fetch. Each takes --server HOST:PORT, --timeout SECONDS (the deadline
+// of every call) and -o table|json|yaml|job; NAME is "fusionJobs/ID" or "ID".
 // Add() registers them; Run() runs the one chosen and returns its exit code
 // (nullopt if none was chosen).
 class RemoteCommands {

@@ -7,9 +7,9 @@
 #include <type_traits>
 
 #include "absl/strings/ascii.h"
-#include "google/protobuf/empty.pb.h"
 #include "absl/strings/str_cat.h"
 #include "api/spec_convert.h"
+#include "google/protobuf/empty.pb.h"
 #include "grpc_status.h"
 #include "job_convert.h"
 #include "raw_message.h"
@@ -597,18 +597,17 @@ grpc::ServerUnaryReactor* FusionServiceImpl::DeleteFusionJob(
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   // The deletion is a store transaction (an fsync): off the reaction thread.
-  executor_.Post(
-      [this, context, reactor, request, response, who = std::move(*who)] {
-        absl::Status status =
-            manager_->DeleteJob(request->name(), who.ToCaller());
-        if (status.ok()) {
-          status = SerializeResponse(google::protobuf::Empty(), response);
-        }
-        Audit(context, kMethod, &who,
-              jobs::JobIdFromName(request->name()).ok() ? request->name() : "-",
-              status);
-        reactor->Finish(Outcome(kMethod, status));
-      });
+  executor_.Post([this, context, reactor, request, response,
+                  who = std::move(*who)] {
+    absl::Status status = manager_->DeleteJob(request->name(), who.ToCaller());
+    if (status.ok()) {
+      status = SerializeResponse(google::protobuf::Empty(), response);
+    }
+    Audit(context, kMethod, &who,
+          jobs::JobIdFromName(request->name()).ok() ? request->name() : "-",
+          status);
+    reactor->Finish(Outcome(kMethod, status));
+  });
   return reactor;
 }
 

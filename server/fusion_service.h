@@ -41,8 +41,8 @@ using RawFusionService = FS::WithRawCallbackMethod_CreateFusionJob<
 // unauthenticated call ends UNAUTHENTICATED before its request is read; the
 // principal goes to the job manager, which lets a caller see and act on its
 // own jobs only (an admin on all). Each mutating call (CreateFusionJob,
-// CancelFusionJob, DeleteFusionJob), accepted or not, writes one audit line (logfmt:
-// msg=audit principal role method job peer outcome); no token is ever
+// CancelFusionJob, DeleteFusionJob), accepted or not, writes one audit line
+// (logfmt: msg=audit principal role method job peer outcome); no token is ever
 // logged.
 //
 // Thread-safe. `manager`, `registry` and `auth` must outlive the service,

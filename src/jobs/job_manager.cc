@@ -554,18 +554,17 @@ int JobManager::DeleteExpiredJobs(absl::Time now) {
   for (const std::string& id : expired) {
     const absl::Status s = Delete(id, "retention");
     if (s.code() == absl::StatusCode::kNotFound) continue;  // deleted already
-    LogFields(s.ok() ? LogLevel::kInfo : LogLevel::kWarning,
-              {{"msg", "audit"},
-               {"principal", "tailord"},
-               {"role", "system"},
-               {"method", "RetentionSweep"},
-               {"job", "fusionJobs/" + id},
-               {"peer", "-"},
-               {"outcome", absl::AsciiStrToLower(
-                               absl::StatusCodeToString(s.code()))},
-               {"retention",
-                absl::StrCat(absl::ToInt64Seconds(options_.job_retention),
-                             "s")}});
+    LogFields(
+        s.ok() ? LogLevel::kInfo : LogLevel::kWarning,
+        {{"msg", "audit"},
+         {"principal", "tailord"},
+         {"role", "system"},
+         {"method", "RetentionSweep"},
+         {"job", "fusionJobs/" + id},
+         {"peer", "-"},
+         {"outcome", absl::AsciiStrToLower(absl::StatusCodeToString(s.code()))},
+         {"retention",
+          absl::StrCat(absl::ToInt64Seconds(options_.job_retention), "s")}});
     if (s.ok()) {
       ++deleted;
     } else {

@@ -1099,7 +1099,6 @@ TEST_F(JobManagerTest, PerPrincipalQueuedQuota) {
   shared_.released.store(true);
 }
 
-
 // Issue #17 point 7: DeleteJob removes a finished job's record, events and
 // journal (durably), never its outputs; unfinished jobs are refused.
 TEST_F(JobManagerTest, DeleteRemovesFinishedJobsOnlyAndNeverOutputs) {
@@ -1218,9 +1217,9 @@ TEST_F(JobManagerTest, RetentionDeletesOnlyExpiredFinishedJobs) {
             absl::StatusCode::kNotFound);
   EXPECT_EQ(m->DeleteExpiredJobs(absl::Now() + absl::Hours(1000)), 0);
   EXPECT_TRUE(m->GetJob(running->name()).ok());
-  EXPECT_TRUE(absl::StrContains(
-      registry_->Render(),
-      "tailor_jobs_deleted_total{reason=\"retention\"} 1\n"));
+  EXPECT_TRUE(
+      absl::StrContains(registry_->Render(),
+                        "tailor_jobs_deleted_total{reason=\"retention\"} 1\n"));
   shared_.released.store(true);
   WaitFor(*m, running->name(), JobState::kSucceeded);
   m.reset();
@@ -1247,9 +1246,9 @@ TEST_F(JobManagerTest, RetentionSweepsAtStartupAndInTheBackground) {
   // Gone before any interval passed: the startup sweep.
   EXPECT_EQ(m->GetJob(first->name()).status().code(),
             absl::StatusCode::kNotFound);
-  EXPECT_TRUE(absl::StrContains(
-      registry_->Render(),
-      "tailor_jobs_deleted_total{reason=\"retention\"} 1\n"));
+  EXPECT_TRUE(
+      absl::StrContains(registry_->Render(),
+                        "tailor_jobs_deleted_total{reason=\"retention\"} 1\n"));
   m.reset();
 
   options.job_retention = absl::Seconds(1);

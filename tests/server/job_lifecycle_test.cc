@@ -123,34 +123,36 @@ class JobLifecycleTest : public TailordTest {
 // every call, the metrics and the store (across a restart); its outputs
 // stay. The retention sweep deletes old finished jobs at startup.
 TEST_F(JobLifecycleTest, DeleteFinishedJobsKeepsOutputsAndRetentionSweeps) {
-  auto server = Start();
+  auto server = Start();  // one job at a time
   ASSERT_TRUE(server->ok());
-  v1::FusionJob done, slow;
+  v1::FusionJob done, slow, queued;
   ASSERT_TRUE(Create(Spec("kept"), &done).ok());
   WaitUntil(done.name(), [](const v1::FusionJob& j) { return Finished(j); });
   ASSERT_EQ(Get(done.name()).state(), v1::SUCCEEDED);
+  // `queued` waits behind `slow` (hundreds of fsynced tensor events), so it
+  // is still QUEUED when the deletes below arrive.
   ASSERT_TRUE(Create(SlowSpec("slow"), &slow).ok());
+  ASSERT_TRUE(Create(SlowSpec("queued"), &queued).ok());
   WaitUntil(slow.name(), [](const v1::FusionJob& j) {
     return j.progress().tensors_done() >= 1 || Finished(j);
   });
 
-  // A running job: FAILED_PRECONDITION over gRPC, exit 3 from tailorctl.
-  grpc::Status s = Delete(slow.name());
-  if (!Finished(Get(slow.name()))) {
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
-        << s.error_message();
-    EXPECT_TRUE(absl::StrContains(s.error_message(), "cancel it first"))
-        << s.error_message();
-    CliResult r = Tailorctl({"delete", slow.name(), "--server",
-                             server->address()});
-    if (!Finished(Get(slow.name()))) {
-      EXPECT_EQ(r.code, 3) << r.err;
-      EXPECT_TRUE(absl::StrContains(r.err, "only finished jobs")) << r.err;
-    }
-  }
+  // An unfinished job: FAILED_PRECONDITION over gRPC, exit 3 from tailorctl.
+  grpc::Status s = Delete(queued.name());
+  ASSERT_FALSE(Finished(Get(queued.name())));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "cancel it first"))
+      << s.error_message();
+  CliResult r =
+      Tailorctl({"delete", queued.name(), "--server", server->address()});
+  ASSERT_FALSE(Finished(Get(queued.name())));
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "only finished jobs")) << r.err;
+  EXPECT_EQ(Get(queued.name()).name(), queued.name());  // still there
   // Missing and malformed names.
-  CliResult missing = Tailorctl(
-      {"delete", "0123456789abcdef", "--server", server->address()});
+  CliResult missing =
+      Tailorctl({"delete", "0123456789abcdef", "--server", server->address()});
   EXPECT_EQ(missing.code, 4) << missing.err;
   EXPECT_EQ(Delete("fusionJobs/../x").error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
@@ -168,44 +170,50 @@ TEST_F(JobLifecycleTest, DeleteFinishedJobsKeepsOutputsAndRetentionSweeps) {
   EXPECT_EQ(again.code, 4) << again.err;
   CliResult list = Tailorctl({"list", "--server", server->address()});
   EXPECT_FALSE(absl::StrContains(list.out, id)) << list.out;
+  EXPECT_TRUE(absl::StrContains(list.out, slow.name().substr(11))) << list.out;
   // Outputs are never touched.
   EXPECT_TRUE(PathExists(tmp_.Join("kept-fused/model.safetensors")));
   EXPECT_TRUE(PathExists(tmp_.Join("kept.patch.safetensors")));
   EXPECT_TRUE(PathExists(tmp_.Join("kept.report.json")));
-  // The metrics drop it and count the deletion.
+  EXPECT_TRUE(absl::StrContains(server->Log(), "method=DeleteFusionJob"))
+      << server->Log();
+
+  // Once the other two finished, the metrics count them and not the
+  // deleted one.
+  const v1::FusionJob slow_done = WaitUntil(slow.name(), Finished);
+  const v1::FusionJob queued_done = WaitUntil(queued.name(), Finished);
+  ASSERT_EQ(slow_done.state(), v1::SUCCEEDED) << slow_done.error_message();
+  ASSERT_EQ(queued_done.state(), v1::SUCCEEDED) << queued_done.error_message();
   const std::string metrics = HttpGet(server->metrics_port(), "/metrics").body;
-  EXPECT_TRUE(absl::StrContains(metrics, "tailor_jobs{state=\"succeeded\"} 0"))
+  EXPECT_TRUE(absl::StrContains(metrics, "tailor_jobs{state=\"succeeded\"} 2"))
       << metrics;
   EXPECT_TRUE(absl::StrContains(
       metrics, "tailor_jobs_deleted_total{reason=\"request\"} 1"))
       << metrics;
-  EXPECT_TRUE(absl::StrContains(server->Log(), "method=DeleteFusionJob"))
-      << server->Log();
 
-  // Gone after a restart too; the slow job is finished by then.
+  // Gone after a restart too.
   server->Stop(SIGTERM);
   server = Start();
   ASSERT_TRUE(server->ok());
   EXPECT_EQ(GetStatus(done.name()).error_code(), grpc::StatusCode::NOT_FOUND);
-  v1::FusionJob last = WaitUntil(slow.name(), Finished);
-  ASSERT_TRUE(Finished(last));
+  EXPECT_EQ(Get(slow.name()).state(), v1::SUCCEEDED);
   server->Stop(SIGTERM);
 
-  // --job-retention: a job finished longer ago is deleted at startup, with
-  // an audit line; its outputs stay.
+  // --job-retention: jobs finished longer ago are deleted at startup, with
+  // an audit line each; their outputs stay.
   std::this_thread::sleep_for(std::chrono::milliseconds(2100));
   server = Start({"--job-retention", "2s"});
   ASSERT_TRUE(server->ok());
   EXPECT_EQ(GetStatus(slow.name()).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(GetStatus(queued.name()).error_code(), grpc::StatusCode::NOT_FOUND);
   const std::string log = server->Log();
   EXPECT_TRUE(absl::StrContains(log, "method=RetentionSweep")) << log;
   EXPECT_TRUE(absl::StrContains(log, slow.name())) << log;
-  EXPECT_TRUE(absl::StrContains(
-      HttpGet(server->metrics_port(), "/metrics").body,
-      "tailor_jobs_deleted_total{reason=\"retention\"} 1"));
-  if (last.state() == v1::SUCCEEDED) {
-    EXPECT_TRUE(PathExists(tmp_.Join("slow.patch.safetensors")));
-  }
+  EXPECT_TRUE(
+      absl::StrContains(HttpGet(server->metrics_port(), "/metrics").body,
+                        "tailor_jobs_deleted_total{reason=\"retention\"} 2"));
+  EXPECT_TRUE(PathExists(tmp_.Join("slow.patch.safetensors")));
+  EXPECT_TRUE(PathExists(tmp_.Join("queued-fused/model.safetensors")));
 }
 
 // Point 8: tailord is SIGKILLed and restarted on the same port and data
@@ -271,9 +279,9 @@ TEST_F(JobLifecycleTest, WatchResumesAcrossAKilledAndRestartedServer) {
   EXPECT_EQ(lost_code, 7) << lost_err;
   EXPECT_TRUE(absl::StrContains(lost_err, "gave up reconnecting after 3 s"))
       << lost_err;
-  EXPECT_TRUE(absl::StrContains(
-      lost_err, absl::StrCat("resume with: tailorctl watch ", orphan.name(),
-                             " --after ")))
+  EXPECT_TRUE(
+      absl::StrContains(lost_err, absl::StrCat("resume with: tailorctl watch ",
+                                               orphan.name(), " --after ")))
       << lost_err;
   const std::vector<int64_t> lost_seqs = PrintedSequences(Slurp(lost.out));
   for (size_t i = 0; i < lost_seqs.size(); ++i) {

@@ -236,8 +236,8 @@ TEST(ServerConfigTest, JobRetentionTakesAUnitOrZero) {
   c = Parse({"--config", Write(dir, "job_retention: 2d\n")});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(*c->JobRetention(), absl::Hours(48));
-  for (const std::string bad :
-       {"5", "1w", "-1d", "+1d", "d", "1.5h", "", "99999999999999d", "36501d"}) {
+  for (const std::string bad : {"5", "1w", "-1d", "+1d", "d", "1.5h", "",
+                                "99999999999999d", "36501d"}) {
     c = Parse({"--job-retention", bad});
     EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_TRUE(absl::StartsWith(c.status().message(), "job-retention"))
