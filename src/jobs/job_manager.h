@@ -123,6 +123,14 @@ enum class ResultKind { kPatch, kReport };
 // Memory: each job keeps its newest events only (cached_events; a few once
 // it ended); older ones are read from the store on demand.
 //
+// Deletion: a finished job can be deleted (DeleteJob), and is deleted by
+// the retention sweep once it ended job_retention ago (at startup and every
+// retention_sweep_interval): its store row and events go in one durable
+// transaction, then its journal and its place in memory; its outputs are
+// never touched. Deleting takes write_mu_, so no Record of the job runs
+// meanwhile; code that finds a job after recording its final state must
+// look it up again (it may be gone).
+//
 // Callers: every job records the principal that created it (Job::creator).
 // The methods that take a Caller act only on that caller's own jobs unless
 // it is an admin: another principal's job is NOT_FOUND, exactly as a job

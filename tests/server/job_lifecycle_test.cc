@@ -2,14 +2,20 @@
 // (gRPC and `tailorctl delete`), the retention sweep, and a `tailorctl
 // watch` that survives the server being killed and restarted.
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <limits>
 #include <set>
 #include <thread>
 
@@ -94,6 +100,89 @@ std::vector<int64_t> PrintedSequences(const std::string& out) {
   }
   return seqs;
 }
+
+// A TCP proxy on loopback that, like a load balancer with an idle timeout,
+// closes a connection after `idle` without a byte in either direction.
+class IdleCuttingProxy {
+ public:
+  IdleCuttingProxy(int upstream_port, std::chrono::milliseconds idle)
+      : upstream_port_(upstream_port), idle_(idle) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr = {};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        ::listen(listen_fd_, 16) != 0 ||
+        ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) !=
+            0) {
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+    acceptor_ = std::thread([this] { Accept(); });
+  }
+  ~IdleCuttingProxy() {
+    stop_.store(true);
+    ::shutdown(listen_fd_, SHUT_RDWR);
+    if (acceptor_.joinable()) acceptor_.join();
+    for (std::thread& t : pipes_) t.join();
+    ::close(listen_fd_);
+  }
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+  int cuts() const { return cuts_.load(); }
+
+ private:
+  void Accept() {
+    while (!stop_.load()) {
+      pollfd p = {listen_fd_, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      const int client = ::accept(listen_fd_, nullptr, nullptr);
+      if (client < 0) continue;
+      pipes_.emplace_back([this, client] { Pipe(client); });
+    }
+  }
+  void Pipe(int client) {
+    const int up = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr = {};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(upstream_port_));
+    if (::connect(up, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+      auto last = std::chrono::steady_clock::now();
+      char buf[1 << 14];
+      while (!stop_.load()) {
+        pollfd p[2] = {{client, POLLIN, 0}, {up, POLLIN, 0}};
+        ::poll(p, 2, 50);
+        bool closed = false;
+        for (int i = 0; i < 2; ++i) {
+          if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+          const ssize_t n = ::read(p[i].fd, buf, sizeof(buf));
+          if (n <= 0 || ::send(p[1 - i].fd, buf, static_cast<size_t>(n),
+                               MSG_NOSIGNAL) != n) {
+            closed = true;
+            break;
+          }
+          last = std::chrono::steady_clock::now();
+        }
+        if (closed) break;
+        if (std::chrono::steady_clock::now() - last > idle_) {
+          ++cuts_;
+          break;
+        }
+      }
+    }
+    ::close(up);
+    ::close(client);
+  }
+
+  const int upstream_port_;
+  const std::chrono::milliseconds idle_;
+  int listen_fd_ = -1, port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> cuts_{0};
+  std::thread acceptor_;
+  std::vector<std::thread> pipes_;  // only the acceptor touches it
+};
 
 class JobLifecycleTest : public TailordTest {
  protected:
@@ -286,6 +375,84 @@ TEST_F(JobLifecycleTest, WatchResumesAcrossAKilledAndRestartedServer) {
   const std::vector<int64_t> lost_seqs = PrintedSequences(Slurp(lost.out));
   for (size_t i = 0; i < lost_seqs.size(); ++i) {
     EXPECT_EQ(lost_seqs[i], static_cast<int64_t>(i + 1));
+  }
+}
+
+// Point 8: a watch with nothing to say for longer than a proxy's idle
+// timeout survives it thanks to tailord's keepalive pings (unlimited while
+// the stream carries no data); without them (the control, keepalive of an
+// hour) the same proxy cuts it.
+TEST_F(JobLifecycleTest, KeepalivePingsKeepAnIdleWatchThroughAProxy) {
+  // 1920 tensors of exact float64 compensation on one compute thread: tens
+  // of seconds even on an idle machine, longer than the idle period below.
+  WriteCheckpoint("long-base", "long-ft", "long-h.safetensors", 1920, 64);
+  v1::FusionJobSpec spec =
+      Spec("long", "long-base", "long-ft", "long-h.safetensors");
+  spec.set_compensation(v1::COMPENSATION_EXACT);
+  spec.set_float64(true);
+  for (const bool pings : {true, false}) {
+    SCOPED_TRACE(pings ? "keepalive 1 s" : "keepalive 3600 s");
+    auto server =
+        Start({"--keepalive-time", pings ? "1" : "3600", "--keepalive-timeout",
+               "10", "--threads", "1", "--cpu-workers", "1"});
+    ASSERT_TRUE(server->ok());
+    IdleCuttingProxy proxy(server->grpc_port(), std::chrono::seconds(3));
+    v1::FusionJob job;
+    spec.set_overwrite(true);  // whatever an earlier round left
+    ASSERT_TRUE(Create(spec, &job).ok());
+    WaitUntil(job.name(),
+              [](const v1::FusionJob& j) { return j.state() == v1::RUNNING; });
+    // After the last possible event: the stream stays silent until the job
+    // ends.
+    auto channel = grpc::CreateChannel(proxy.address(),
+                                       grpc::InsecureChannelCredentials());
+    auto stub = v1::FusionService::NewStub(channel);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(300));
+    v1::WatchFusionJobRequest request;
+    request.set_name(job.name());
+    request.set_after_sequence(std::numeric_limits<int64_t>::max());
+    std::atomic<bool> ended{false};
+    grpc::Status status;
+    std::thread reader([&] {
+      auto r = stub->WatchFusionJob(&context, request);
+      v1::JobEvent e;
+      while (r->Read(&e)) {
+      }
+      status = r->Finish();
+      ended.store(true);
+    });
+    // More than two idle timeouts.
+    const auto until =
+        std::chrono::steady_clock::now() + std::chrono::seconds(7);
+    while (std::chrono::steady_clock::now() < until && !ended.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    const bool job_running = Get(job.name()).state() == v1::RUNNING;
+    const bool cut = ended.load();
+    // End the job (the stream then ends OK if it is still up).
+    grpc::ClientContext cancel_context;
+    v1::CancelFusionJobRequest cancel;
+    cancel.set_name(job.name());
+    v1::FusionJob cancelled;
+    stub_->CancelFusionJob(&cancel_context, cancel, &cancelled);
+    reader.join();
+    ASSERT_TRUE(job_running) << "the job ended within the idle period; make "
+                                "it longer";
+    if (pings) {
+      EXPECT_FALSE(cut) << status.error_message();
+      EXPECT_TRUE(status.ok()) << status.error_message();
+      EXPECT_EQ(proxy.cuts(), 0);
+    } else {
+      EXPECT_TRUE(cut);
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
+          << status.error_message();
+      EXPECT_GE(proxy.cuts(), 1);
+    }
+    WaitUntil(job.name(), [](const v1::FusionJob& j) {
+      return j.state() == v1::CANCELLED || j.state() == v1::SUCCEEDED;
+    });
   }
 }
 
