@@ -317,11 +317,19 @@ TEST_F(JobLifecycleTest, WatchResumesAcrossAKilledAndRestartedServer) {
   const int port = server->grpc_port();
   v1::FusionJob job;
   ASSERT_TRUE(Create(SlowSpec("resumed"), &job).ok());
+  // Paused while tailorctl starts, so that the job cannot run to its end
+  // before the watch is connected (tailorctl's start-up can take longer than
+  // the job on a fast machine).
+  ASSERT_EQ(::kill(server->pid(), SIGSTOP), 0);
   Background watch =
       SpawnTailorctl({"watch", job.name(), "--server", server->address(),
                       "--reconnect-timeout", "300"},
                      tmp_.path(), "resume");
   ASSERT_GT(watch.pid, 0);
+  const bool watching = FileSoonContains(watch.err, "tailorctl: watching");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ::kill(server->pid(), SIGCONT);
+  ASSERT_TRUE(watching) << Slurp(watch.err);
   // Some events are out (the job is running: RUNNING is #2).
   ASSERT_TRUE(FileSoonContains(watch.out, "\n#4 ")) << Slurp(watch.err);
   server->Stop(SIGKILL);
@@ -354,20 +362,25 @@ TEST_F(JobLifecycleTest, WatchResumesAcrossAKilledAndRestartedServer) {
   EXPECT_TRUE(absl::StrContains(err, "reconnected; resumed")) << err;
 
   // Without a server to come back to, the watch gives up after
-  // --reconnect-timeout with exit 7 and says how to resume.
+  // --reconnect-timeout with exit 7 and says how to resume. The server is
+  // paused first, so the watch is still waiting when it dies.
   v1::FusionJob orphan;
   ASSERT_TRUE(Create(SlowSpec("orphan"), &orphan).ok());
+  ASSERT_EQ(::kill(server->pid(), SIGSTOP), 0);
   Background lost =
       SpawnTailorctl({"watch", orphan.name(), "--server", server->address(),
                       "--reconnect-timeout", "3"},
                      tmp_.path(), "lost");
-  ASSERT_TRUE(FileSoonContains(lost.out, "\n#2 ")) << Slurp(lost.err);
+  ASSERT_TRUE(FileSoonContains(lost.err, "tailorctl: watching"))
+      << Slurp(lost.err);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   server->Stop(SIGKILL);
   const int lost_code = WaitExit(lost.pid);
   const std::string lost_err = Slurp(lost.err);
   EXPECT_EQ(lost_code, 7) << lost_err;
   EXPECT_TRUE(absl::StrContains(lost_err, "gave up reconnecting after 3 s"))
       << lost_err;
+  EXPECT_TRUE(absl::StrContains(lost_err, "lost the watch of")) << lost_err;
   EXPECT_TRUE(
       absl::StrContains(lost_err, absl::StrCat("resume with: tailorctl watch ",
                                                orphan.name(), " --after ")))
