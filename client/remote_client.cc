@@ -83,6 +83,26 @@ absl::StatusOr<Connection> Connect(const ConnectionOptions& options) {
   return c;
 }
 
+namespace {
+
+// The channel arguments of RemoteClient (see its comment): keepalive that
+// matches tailord's (deploy/README.md, "Keepalive") and a short reconnect
+// backoff.
+grpc::ChannelArguments WithKeepalive(grpc::ChannelArguments args) {
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
+              RemoteClient::kKeepaliveTimeSeconds * 1000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+              RemoteClient::kKeepaliveTimeoutSeconds * 1000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 250);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+              RemoteClient::kMaxReconnectBackoffSeconds * 1000);
+  return args;
+}
+
+}  // namespace
+
 RemoteClient::RemoteClient(const std::string& server, absl::Duration timeout,
                            absl::Duration watch_timeout, Connection connection)
     : server_(server),
@@ -94,7 +114,7 @@ RemoteClient::RemoteClient(const std::string& server, absl::Duration timeout,
                                     connection.credentials != nullptr
                                         ? connection.credentials
                                         : grpc::InsecureChannelCredentials(),
-                                    connection.arguments))) {}
+                                    WithKeepalive(connection.arguments)))) {}
 
 void RemoteClient::SetDeadline(grpc::ClientContext* context,
                                absl::Duration timeout) const {
@@ -138,6 +158,12 @@ absl::StatusOr<v1::FusionJob> RemoteClient::Cancel(const std::string& name) {
   v1::CancelFusionJobRequest request;
   request.set_name(name);
   return Unary(&v1::FusionService::Stub::CancelFusionJob, request);
+}
+
+absl::Status RemoteClient::Delete(const std::string& name) {
+  v1::DeleteFusionJobRequest request;
+  request.set_name(name);
+  return Unary(&v1::FusionService::Stub::DeleteFusionJob, request).status();
 }
 
 absl::Status RemoteClient::Watch(

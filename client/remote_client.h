@@ -40,9 +40,17 @@ absl::StatusOr<Connection> Connect(const ConnectionOptions& options);
 
 // tailorctl's connection to tailord: one channel, a deadline on every call,
 // gRPC statuses turned back into absl::Status (same code and message) so
-// that exit codes follow ExitCodeForStatus().
+// that exit codes follow ExitCodeForStatus(). The channel pings tailord
+// every kKeepaliveTimeSeconds of silence while a call is open (a quiet
+// watch included; tailord accepts pings every 10 s), and reconnects after
+// a lost connection with a backoff of at most kMaxReconnectBackoffSeconds
+// (gRPC's default grows to 120 s).
 class RemoteClient {
  public:
+  static constexpr int kKeepaliveTimeSeconds = 30;
+  static constexpr int kKeepaliveTimeoutSeconds = 20;
+  static constexpr int kMaxReconnectBackoffSeconds = 5;
+
   // `server`: HOST:PORT. `timeout`: the deadline of unary calls and of
   // result downloads; `watch_timeout`: the deadline of a watch.
   RemoteClient(const std::string& server, absl::Duration timeout,
@@ -54,6 +62,7 @@ class RemoteClient {
   absl::StatusOr<tailor::v1::ListFusionJobsResponse> List(
       const tailor::v1::ListFusionJobsRequest& request);
   absl::StatusOr<tailor::v1::FusionJob> Cancel(const std::string& name);
+  absl::Status Delete(const std::string& name);
 
   // Streams events after `after_sequence` to `on_event` until the server
   // ends the stream; returns its status. When `*interrupted` becomes true

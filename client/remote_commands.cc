@@ -3,13 +3,17 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <iostream>
+#include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "api/spec_convert.h"
 #include "exit_codes.h"
 #include "job_file.h"
@@ -133,6 +137,13 @@ void RemoteCommands::Add(CLI::App& app) {
       "returns the same job");
   submit_->add_option("--watch-timeout", watch_timeout_,
                       "deadline of --wait in seconds");
+  submit_
+      ->add_option("--reconnect-timeout", reconnect_timeout_,
+                   "with --wait: seconds to keep reconnecting when the "
+                   "stream is lost (server restarted, proxy cut it), "
+                   "resuming after the last event; then exit 7 (0: do not "
+                   "reconnect)")
+      ->capture_default_str();
   submit_->add_flag("-q,--quiet", quiet_,
                     "no progress bar nor \"watching\" line");
 
@@ -140,7 +151,10 @@ void RemoteCommands::Add(CLI::App& app) {
       "watch",
       "Stream a job's events (history, then live) until it ends; exit with "
       "its outcome. A progress bar goes to stderr on a terminal. Ctrl-C "
-      "detaches (exit 8; the job continues, resume with --after N).");
+      "detaches (exit 8; the job continues, resume with --after N). A lost "
+      "stream (UNAVAILABLE: tailord restarted, a proxy cut it) is resumed "
+      "by itself after the last event received, for up to "
+      "--reconnect-timeout seconds.");
   common(watch_);
   watch_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
   watch_->add_flag("--cancel-on-interrupt", cancel_on_interrupt_,
@@ -149,6 +163,12 @@ void RemoteCommands::Add(CLI::App& app) {
                      "resume after this event sequence number");
   watch_->add_option("--watch-timeout", watch_timeout_,
                      "deadline of the watch in seconds");
+  watch_
+      ->add_option("--reconnect-timeout", reconnect_timeout_,
+                   "seconds to keep reconnecting when the stream is lost, "
+                   "resuming after the last event; then exit 7 (0: do not "
+                   "reconnect)")
+      ->capture_default_str();
   watch_->add_flag("-q,--quiet", quiet_,
                    "no progress bar nor \"watching\" line");
 
@@ -171,6 +191,15 @@ void RemoteCommands::Add(CLI::App& app) {
   common(cancel_);
   cancel_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
 
+  delete_ = app.add_subcommand(
+      "delete",
+      "Delete a finished job (SUCCEEDED, FAILED or CANCELLED): its record, "
+      "events and journal on the server. Its outputs (fused checkpoint, "
+      "patch, report) are left in place. A queued or running job is refused "
+      "(exit 3): cancel it first.");
+  common(delete_);
+  delete_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
+
   fetch_ = app.add_subcommand(
       "fetch",
       "Download a succeeded job's stitched patch and/or JSON report (checked "
@@ -184,14 +213,16 @@ void RemoteCommands::Add(CLI::App& app) {
 std::optional<int> RemoteCommands::Run() {
   const bool chosen = (submit_ && *submit_) || (watch_ && *watch_) ||
                       (get_ && *get_) || (list_ && *list_) ||
-                      (cancel_ && *cancel_) || (fetch_ && *fetch_);
+                      (cancel_ && *cancel_) || (delete_ && *delete_) ||
+                      (fetch_ && *fetch_);
   if (!chosen) return std::nullopt;
   absl::StatusOr<OutputFormat> format = ParseOutputFormat(output_);
   if (!format.ok()) return ReportFailure(format.status());
   format_ = *format;
   name_ = JobName(name_);
   if (format_ == OutputFormat::kJob &&
-      ((list_ && *list_) || (watch_ && *watch_) || (fetch_ && *fetch_))) {
+      ((list_ && *list_) || (watch_ && *watch_) || (fetch_ && *fetch_) ||
+       (delete_ && *delete_))) {
     std::cerr << "tailorctl: error: -o job is for get, submit and cancel\n";
     return kExitUsage;
   }
@@ -220,6 +251,7 @@ std::optional<int> RemoteCommands::Run() {
   if (get_ != nullptr && *get_) return Get();
   if (list_ != nullptr && *list_) return List();
   if (cancel_ != nullptr && *cancel_) return Cancel();
+  if (delete_ != nullptr && *delete_) return Delete();
   if (fetch_ != nullptr && *fetch_) return Fetch();
   return std::nullopt;
 }
@@ -265,15 +297,67 @@ int RemoteCommands::Watch(const std::string& name, int64_t after) {
                       ? "; Ctrl-C cancels the job\n"
                       : "; Ctrl-C detaches (the job continues)\n");
   }
-  absl::Status s = client_->Watch(
-      name, after,
-      [&](const v1::JobEvent& e) {
-        last = e.sequence();
-        bar.Clear();
-        std::cout << FormatEvent(e, format_) << std::flush;
-        if (e.has_progress()) bar.OnEvent(ToProgressEvent(e));
-      },
-      &g_interrupted);
+  // A lost stream (UNAVAILABLE: the server restarted or drained, a proxy
+  // cut the connection) is resumed after the last event received, so the
+  // events printed stay gap-free and without repeats (issue #17 point 8).
+  // `lost_since` is when the stream was lost and no event has come since;
+  // past --reconnect-timeout from then the watch gives up.
+  std::optional<absl::Time> lost_since;
+  absl::Duration backoff = absl::Milliseconds(250);
+  absl::Status s;
+  while (true) {
+    bool got_event = false;
+    const absl::Time attempt = absl::Now();
+    s = client_->Watch(
+        name, last,
+        [&](const v1::JobEvent& e) {
+          if (e.sequence() <= last) return;  // never printed twice
+          if (lost_since.has_value()) {
+            bar.Clear();
+            std::cerr << "tailorctl: reconnected; resumed " << name
+                      << " after event " << last << "\n";
+            lost_since.reset();
+          }
+          got_event = true;
+          last = e.sequence();
+          bar.Clear();
+          std::cout << FormatEvent(e, format_) << std::flush;
+          if (e.has_progress()) bar.OnEvent(ToProgressEvent(e));
+        },
+        &g_interrupted);
+    if (g_interrupted.load() || s.code() != absl::StatusCode::kUnavailable ||
+        reconnect_timeout_ <= 0) {
+      break;
+    }
+    const absl::Time now = absl::Now();
+    if (got_event || now - attempt >= absl::Seconds(30)) {
+      // The stream was up (it delivered events, or stayed open longer than
+      // a connection attempt can take): this is a new loss.
+      backoff = absl::Milliseconds(250);
+      lost_since.reset();
+    }
+    if (!lost_since.has_value()) {
+      lost_since = now;
+      bar.Clear();
+      std::cerr << "tailorctl: lost the watch of " << name << " ("
+                << s.message().substr(0, 200) << "); reconnecting for up to "
+                << reconnect_timeout_ << " s, resuming after event " << last
+                << "\n";
+    }
+    const absl::Time give_up = *lost_since + absl::Seconds(reconnect_timeout_);
+    if (now >= give_up) {
+      std::cerr << "tailorctl: gave up reconnecting after "
+                << reconnect_timeout_ << " s (--reconnect-timeout)\n";
+      break;
+    }
+    // Bounded backoff (250 ms doubling to 5 s), cut short by Ctrl-C.
+    const absl::Time wake = std::min(now + backoff, give_up);
+    while (absl::Now() < wake && !g_interrupted.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (g_interrupted.load()) break;
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+  }
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);
   bar.Clear();
@@ -340,6 +424,18 @@ int RemoteCommands::List() {
 }
 
 int RemoteCommands::Cancel() { return PrintJob(client_->Cancel(name_)); }
+
+int RemoteCommands::Delete() {
+  absl::Status s = client_->Delete(name_);
+  if (!s.ok()) return ReportFailure(s);
+  if (format_ == OutputFormat::kTable) {
+    std::cout << "deleted " << name_ << "\n";
+  } else {
+    // The response, google.protobuf.Empty: "{}" in JSON and in YAML.
+    std::cout << "{}\n";
+  }
+  return kExitOk;
+}
 
 int RemoteCommands::Fetch() {
   if (patch_path_.empty() && report_path_.empty()) {

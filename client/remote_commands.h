@@ -14,8 +14,8 @@
 namespace tailor::cli {
 
 // The client subcommands of tailord: submit, watch, get, list, cancel,
-// fetch. Each takes --server HOST:PORT, --timeout SECONDS (the deadline of
-// every call) and -o table|json|yaml|job; NAME is "fusionJobs/ID" or "ID".
+// delete, fetch. Each takes --server HOST:PORT, --timeout SECONDS (the deadline
+// of every call) and -o table|json|yaml|job; NAME is "fusionJobs/ID" or "ID".
 // Add() registers them; Run() runs the one chosen and returns its exit code
 // (nullopt if none was chosen).
 class RemoteCommands {
@@ -29,18 +29,23 @@ class RemoteCommands {
   int Get();
   int List();
   int Cancel();
+  int Delete();
   int Fetch();
   // Prints the job in the chosen format (or fails with its status).
   int PrintJob(const absl::StatusOr<tailor::v1::FusionJob>& job);
 
   CLI::App *submit_ = nullptr, *watch_ = nullptr, *get_ = nullptr,
-           *list_ = nullptr, *cancel_ = nullptr, *fetch_ = nullptr;
+           *list_ = nullptr, *cancel_ = nullptr, *delete_ = nullptr,
+           *fetch_ = nullptr;
   std::string server_ = "127.0.0.1:50051";
   // Credentials: a file holding the bearer token (else $TAILOR_TOKEN), TLS.
   std::string token_file_;
   ConnectionOptions connection_;
   double timeout_ = 30;
   double watch_timeout_ = 7 * 24 * 3600;
+  // watch, submit --wait: how long to keep reconnecting after the stream
+  // was lost (UNAVAILABLE) before giving up; 0: do not reconnect.
+  double reconnect_timeout_ = 300;
   std::string output_ = "table";
   bool quiet_ = false;
   // Set by Run() from the flags.

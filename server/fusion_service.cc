@@ -9,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "api/spec_convert.h"
+#include "google/protobuf/empty.pb.h"
 #include "grpc_status.h"
 #include "job_convert.h"
 #include "raw_message.h"
@@ -40,7 +41,8 @@ class RejectedStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 // Streams a job's events: history after `after_sequence`, then live events
 // (woken by a JobManager listener), one write at a time. Ends with OK after
 // the job's last event, UNAVAILABLE when the service closes watches,
-// CANCELLED when the client goes away.
+// NOT_FOUND when the job is deleted meanwhile (its listener is notified and
+// ReadEvents finds no job), CANCELLED when the client goes away.
 class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   WatchReactor(FusionServiceImpl* service, std::string name, int64_t after,
@@ -586,6 +588,40 @@ grpc::ServerUnaryReactor* FusionServiceImpl::CancelFusionJob(
               status);
         reactor->Finish(Outcome(kMethod, status));
       });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* FusionServiceImpl::DeleteFusionJob(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw,
+    grpc::ByteBuffer* response) {
+  static constexpr char kMethod[] = "DeleteFusionJob";
+  absl::StatusOr<auth::Principal> who = auth_->Authenticate(*context);
+  if (!who.ok()) {
+    Audit(context, kMethod, nullptr, "", who.status());
+    return FinishUnary(context, kMethod, who.status());
+  }
+  auto request = std::make_shared<v1::DeleteFusionJobRequest>();
+  {
+    v1::DeleteFusionJobRequest* out = request.get();
+    absl::Status status = ParseRequest(*raw, out);
+    if (!status.ok()) {
+      Audit(context, kMethod, &*who, "", status);
+      return FinishUnary(context, kMethod, status);
+    }
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  // The deletion is a store transaction (an fsync): off the reaction thread.
+  executor_.Post([this, context, reactor, request, response,
+                  who = std::move(*who)] {
+    absl::Status status = manager_->DeleteJob(request->name(), who.ToCaller());
+    if (status.ok()) {
+      status = SerializeResponse(google::protobuf::Empty(), response);
+    }
+    Audit(context, kMethod, &who,
+          jobs::JobIdFromName(request->name()).ok() ? request->name() : "-",
+          status);
+    reactor->Finish(Outcome(kMethod, status));
+  });
   return reactor;
 }
 

@@ -25,9 +25,10 @@ using RawFusionService = FS::WithRawCallbackMethod_CreateFusionJob<
     FS::WithRawCallbackMethod_GetFusionJob<
         FS::WithRawCallbackMethod_ListFusionJobs<
             FS::WithRawCallbackMethod_CancelFusionJob<
-                FS::WithRawCallbackMethod_WatchFusionJob<
-                    FS::WithRawCallbackMethod_ReadJobResult<
-                        FS::CallbackService>>>>>>;
+                FS::WithRawCallbackMethod_DeleteFusionJob<
+                    FS::WithRawCallbackMethod_WatchFusionJob<
+                        FS::WithRawCallbackMethod_ReadJobResult<
+                            FS::CallbackService>>>>>>>;
 }  // namespace internal
 
 // tailor.v1.FusionService on the gRPC callback API: a thin adapter over
@@ -41,8 +42,8 @@ using RawFusionService = FS::WithRawCallbackMethod_CreateFusionJob<
 // unauthenticated call ends UNAUTHENTICATED before its request is read; the
 // principal goes to the job manager, which lets a caller see and act on its
 // own jobs only (an admin on all). Each mutating call (CreateFusionJob,
-// CancelFusionJob), accepted or not, writes one audit line (logfmt:
-// msg=audit principal role method job peer outcome); no token is ever
+// CancelFusionJob, DeleteFusionJob), accepted or not, writes one audit line
+// (logfmt: msg=audit principal role method job peer outcome); no token is ever
 // logged.
 //
 // Thread-safe. `manager`, `registry` and `auth` must outlive the service,
@@ -80,6 +81,9 @@ class FusionServiceImpl final : public internal::RawFusionService {
                                            const grpc::ByteBuffer* request,
                                            grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* CancelFusionJob(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+      grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* DeleteFusionJob(
       grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
       grpc::ByteBuffer* response) override;
   grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchFusionJob(

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "util/field_error.h"
@@ -61,6 +62,44 @@ absl::Status Read(const YAML::Node& node, const std::string& where,
 
 }  // namespace
 
+absl::StatusOr<absl::Duration> ServerConfig::JobRetention() const {
+  const std::string& v = job_retention;
+  if (v == "0") return absl::ZeroDuration();
+  constexpr char kRule[] =
+      "must be a whole number with a unit s, m, h or d (e.g. 30d, 12h), or 0 "
+      "to keep finished jobs forever";
+  int64_t n = 0;
+  if (v.size() < 2 || v.size() > 12 ||
+      !absl::SimpleAtoi(absl::string_view(v).substr(0, v.size() - 1), &n) ||
+      n < 0 || v[0] == '+' || v[0] == '-') {
+    return FieldError("job-retention",
+                      absl::StrCat(kRule, ", not '", v.substr(0, 40), "'"));
+  }
+  absl::Duration unit;
+  switch (v.back()) {
+    case 's':
+      unit = absl::Seconds(1);
+      break;
+    case 'm':
+      unit = absl::Minutes(1);
+      break;
+    case 'h':
+      unit = absl::Hours(1);
+      break;
+    case 'd':
+      unit = absl::Hours(24);
+      break;
+    default:
+      return FieldError("job-retention",
+                        absl::StrCat(kRule, ", not '", v.substr(0, 40), "'"));
+  }
+  const absl::Duration d = n * unit;
+  if (d > absl::Hours(24 * 36500)) {
+    return FieldError("job-retention", "must be at most 36500 days");
+  }
+  return d;
+}
+
 absl::Status ServerConfig::Validate() const {
   if (absl::Status s = CheckHostPort("listen", listen); !s.ok()) return s;
   if (absl::Status s = CheckHostPort("metrics-listen", metrics_listen);
@@ -99,6 +138,15 @@ absl::Status ServerConfig::Validate() const {
   }
   if (max_result_streams < 1 || max_result_streams > 4096) {
     return FieldError("max-result-streams", "must be in 1..4096");
+  }
+  if (absl::Status s = JobRetention().status(); !s.ok()) return s;
+  if (!(keepalive_time_seconds >= 1 && keepalive_time_seconds <= 86400)) {
+    return FieldError("keepalive-time",
+                      "must be in 1..86400 seconds (below the idle timeout "
+                      "of every proxy between clients and tailord)");
+  }
+  if (!(keepalive_timeout_seconds >= 1 && keepalive_timeout_seconds <= 600)) {
+    return FieldError("keepalive-timeout", "must be in 1..600 seconds");
   }
   if (tls_cert.empty() != tls_key.empty()) {
     return FieldError(tls_cert.empty() ? "tls-cert" : "tls-key",
@@ -222,6 +270,14 @@ absl::Status LoadServerConfigFile(const std::string& path,
       s = Read(v, where, "an integer", &config->max_interrupted_runs);
     } else if (key == "max-result-streams") {
       s = Read(v, where, "an integer", &config->max_result_streams);
+    } else if (key == "job-retention") {
+      s = Read(v, where, "a string", &config->job_retention);
+    } else if (key == "keepalive-time") {
+      s = Read(v, where, "a number of seconds",
+               &config->keepalive_time_seconds);
+    } else if (key == "keepalive-timeout") {
+      s = Read(v, where, "a number of seconds",
+               &config->keepalive_timeout_seconds);
     } else if (key == "tls-cert") {
       s = Read(v, where, "a string", &config->tls_cert);
     } else if (key == "tls-key") {
@@ -344,6 +400,19 @@ void ServerFlags::Add(CLI::App& app) {
   app.add_option("--max-result-streams", flags_.max_result_streams,
                  "ReadJobResult streams open at once; more are "
                  "RESOURCE_EXHAUSTED, 1..4096 (default 64)");
+  app.add_option("--job-retention", flags_.job_retention,
+                 "delete finished jobs (record, events, journal; never their "
+                 "outputs) this long after they ended: a whole number with "
+                 "unit s, m, h or d, or 0 to keep them forever; swept at "
+                 "startup and every minute (default 30d)");
+  app.add_option("--keepalive-time", flags_.keepalive_time_seconds,
+                 "seconds without activity after which tailord pings a "
+                 "connection (idle watches included), so that proxies do not "
+                 "cut quiet streams; 1..86400 (default 30). Clients may ping "
+                 "every 10 s at most");
+  app.add_option("--keepalive-timeout", flags_.keepalive_timeout_seconds,
+                 "seconds to wait for a ping's answer before dropping the "
+                 "connection, 1..600 (default 20)");
   app.add_option("--tls-cert", flags_.tls_cert,
                  "PEM certificate chain of the gRPC port: serve TLS (with "
                  "--tls-key); re-read when it changes");
@@ -427,6 +496,13 @@ absl::StatusOr<ServerConfig> ServerFlags::Resolve() const {
   }
   if (given("--max-result-streams")) {
     config.max_result_streams = flags_.max_result_streams;
+  }
+  if (given("--job-retention")) config.job_retention = flags_.job_retention;
+  if (given("--keepalive-time")) {
+    config.keepalive_time_seconds = flags_.keepalive_time_seconds;
+  }
+  if (given("--keepalive-timeout")) {
+    config.keepalive_timeout_seconds = flags_.keepalive_timeout_seconds;
   }
   if (given("--ready-file")) config.ready_file = flags_.ready_file;
   if (given("--tls-cert")) config.tls_cert = flags_.tls_cert;

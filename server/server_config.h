@@ -9,6 +9,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "jobs/device_pool.h"
 
 namespace tailor::server {
@@ -45,6 +46,19 @@ struct ServerConfig {
   int max_interrupted_runs = 2;
   // ReadJobResult streams open at once; more are RESOURCE_EXHAUSTED.
   int max_result_streams = 64;
+  // How long finished jobs are kept (jobs::JobManagerOptions::
+  // job_retention): a whole number with a unit s, m, h or d ("30d", "12h"),
+  // or "0" for forever. See JobRetention().
+  std::string job_retention = "30d";
+  // HTTP/2 keepalive of the gRPC port (deploy/README.md, "Keepalive"):
+  // tailord pings each connection after keepalive_time_seconds without
+  // activity, idle watches included, so that proxies and load balancers do
+  // not cut quiet streams, and drops a connection whose ping is not
+  // answered within keepalive_timeout_seconds. Clients may ping every
+  // kMinClientPingIntervalSeconds at most.
+  double keepalive_time_seconds = 30;
+  double keepalive_timeout_seconds = 20;
+  static constexpr int kMinClientPingIntervalSeconds = 10;
 
   // Security (README "Security"). TLS: PEM certificate chain and key of the
   // gRPC port, both or neither; tls_client_ca (needs TLS) requires and
@@ -74,6 +88,10 @@ struct ServerConfig {
   // device_memory_budgets parsed; INVALID_ARGUMENT naming the setting.
   absl::StatusOr<std::map<std::string, jobs::DeviceBudget>> DeviceBudgets()
       const;
+
+  // job_retention parsed (zero: forever); INVALID_ARGUMENT naming the
+  // setting.
+  absl::StatusOr<absl::Duration> JobRetention() const;
 
   // INVALID_ARGUMENT naming the setting and its rule.
   absl::Status Validate() const;

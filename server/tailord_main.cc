@@ -181,6 +181,7 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
   options.journal_reserve_bytes =
       static_cast<uint64_t>(config.journal_reserve_bytes);
   options.max_interrupted_runs = config.max_interrupted_runs;
+  options.job_retention = *config.JobRetention();  // validated
   absl::StatusOr<std::unique_ptr<jobs::JobManager>> manager =
       jobs::JobManager::Create(options, std::move(*runner), &registry);
   if (!manager.ok()) return Fail(manager.status());
@@ -257,6 +258,24 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
   int grpc_port = 0;
   builder.AddListeningPort(config.listen, *credentials, &grpc_port);
   builder.RegisterService(&service);
+  // Keepalive (deploy/README.md, "Keepalive"): pings after keepalive-time
+  // without activity, on every connection and also while no call is open;
+  // pings go on for as long as a stream stays idle (no limit on pings
+  // without data), which is what keeps a quiet watch alive through proxies.
+  // Clients may ping every kMinClientPingIntervalSeconds; faster pingers get
+  // strikes and then a GOAWAY (too_many_pings).
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIME_MS,
+      static_cast<int>(config.keepalive_time_seconds * 1000));
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+      static_cast<int>(config.keepalive_timeout_seconds * 1000));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+      ServerConfig::kMinClientPingIntervalSeconds * 1000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
   // Specs are bounded by --max-spec-bytes; leave room for the envelope.
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_spec_bytes) +
                                    (64 << 10));

@@ -21,6 +21,18 @@ from tailor.v1 import fusion_service_pb2 as pb
 from tailor.v1 import fusion_service_pb2_grpc as pb_grpc
 
 
+# Keepalive matching tailord's (deploy/README.md, "Keepalive"): pings after
+# 30 s of silence during calls (tailord accepts one every 10 s at most), so
+# proxies do not cut an idle watch; quick reconnects after a restart.
+KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 30000),
+    ("grpc.keepalive_timeout_ms", 20000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+
+
 class TailorClient:
     """One channel to tailord; every call carries the token, if any."""
 
@@ -37,11 +49,12 @@ class TailorClient:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=read(tls_ca), private_key=read(tls_key),
                 certificate_chain=read(tls_cert))
-            options = ([("grpc.ssl_target_name_override", tls_server_name)]
-                       if tls_server_name else [])
+            options = KEEPALIVE + (
+                [("grpc.ssl_target_name_override", tls_server_name)]
+                if tls_server_name else [])
             self.channel = grpc.secure_channel(server, creds, options)
         else:
-            self.channel = grpc.insecure_channel(server)
+            self.channel = grpc.insecure_channel(server, KEEPALIVE)
         self.stub = pb_grpc.FusionServiceStub(self.channel)
         self.metadata = ((("authorization", "Bearer " + token),)
                          if token else None)
@@ -69,7 +82,15 @@ class TailorClient:
             pb.CancelFusionJobRequest(name=name), metadata=self.metadata,
             timeout=timeout)
 
+    def delete(self, name, timeout=30):
+        """Deletes a finished job (its outputs stay)."""
+        self.stub.DeleteFusionJob(
+            pb.DeleteFusionJobRequest(name=name), metadata=self.metadata,
+            timeout=timeout)
+
     def watch(self, name, after=0, timeout=7 * 24 * 3600):
+        """The events after `after`. On UNAVAILABLE, call again with the
+        last sequence received to resume without gaps or repeats."""
         return self.stub.WatchFusionJob(
             pb.WatchFusionJobRequest(name=name, after_sequence=after),
             metadata=self.metadata, timeout=timeout)

@@ -74,6 +74,12 @@ struct JobManagerOptions {
   // Events kept in memory per unfinished job (older ones are read from the
   // store when a watcher replays them); a finished job keeps its last few.
   size_t cached_events = 1024;
+  // Retention: a finished job whose end is longer ago than this is deleted
+  // (as DeleteJob does: record, events and journal; never its outputs) by a
+  // sweep at startup and every retention_sweep_interval after. Zero or
+  // negative: finished jobs are kept forever.
+  absl::Duration job_retention = absl::Hours(24 * 30);
+  absl::Duration retention_sweep_interval = absl::Minutes(1);
   // Tests: runs before every store commit; an error fails the commit.
   std::function<absl::Status()> store_fault_for_testing;
 };
@@ -116,6 +122,14 @@ enum class ResultKind { kPatch, kReport };
 //
 // Memory: each job keeps its newest events only (cached_events; a few once
 // it ended); older ones are read from the store on demand.
+//
+// Deletion: a finished job can be deleted (DeleteJob), and is deleted by
+// the retention sweep once it ended job_retention ago (at startup and every
+// retention_sweep_interval): its store row and events go in one durable
+// transaction, then its journal and its place in memory; its outputs are
+// never touched. Deleting takes write_mu_, so no Record of the job runs
+// meanwhile; code that finds a job after recording its final state must
+// look it up again (it may be gone).
 //
 // Callers: every job records the principal that created it (Job::creator).
 // The methods that take a Caller act only on that caller's own jobs unless
@@ -187,6 +201,25 @@ class JobManager {
     return CancelJob(name, Caller::System());
   }
 
+  // Deletes a finished job (AIP-135): its store record and events, in one
+  // durable transaction, then its journal (if any is left) and its place in
+  // memory; its outputs are never touched. Listeners of the job are
+  // notified (their ReadEvents is NOT_FOUND from then on), and
+  // tailor_jobs_deleted_total{reason="request"} counts it.
+  // FAILED_PRECONDITION for a QUEUED or RUNNING job; NOT_FOUND for a job
+  // the caller may not see (or already deleted).
+  absl::Status DeleteJob(absl::string_view name, const Caller& caller);
+  absl::Status DeleteJob(absl::string_view name) {
+    return DeleteJob(name, Caller::System());
+  }
+
+  // The retention sweep: deletes every finished job that ended before
+  // now - job_retention (nothing when job_retention is not positive), with
+  // one audit log line each (msg=audit method=RetentionSweep), counted in
+  // tailor_jobs_deleted_total{reason="retention"}. Returns how many were
+  // deleted. Runs at startup and on a background thread; public for tests.
+  int DeleteExpiredJobs(absl::Time now);
+
   struct EventBatch {
     std::vector<JobEvent> events;
     // True when the job is finished and `events` reach its last event.
@@ -245,7 +278,7 @@ class JobManager {
   // Starts the drain: new creates are UNAVAILABLE, no queued job starts,
   // running jobs stop before their next tensor and go back to QUEUED (they
   // run again after a restart, continuing from their journal), listeners
-  // are notified. Idempotent.
+  // are notified, the retention sweeps stop. Idempotent.
   void BeginDrain();
   bool draining() const;
   // Waits until every worker has stopped or `deadline` passes; true if they
@@ -274,6 +307,12 @@ class JobManager {
   std::string DeviceLabel(const std::string& name) const;
   absl::Status Load();
   void WorkerLoop();
+  // The retention sweeper thread: DeleteExpiredJobs every
+  // retention_sweep_interval until the drain.
+  void SweepLoop();
+  // Deletes finished job `id` (DeleteJob without the visibility check);
+  // `reason` labels the metric.
+  absl::Status Delete(const std::string& id, const char* reason);
   void RunJob(const std::string& id);
   std::string JournalDir(const std::string& id) const;
   // Removes a job's journal (logs a failure).
@@ -349,6 +388,7 @@ class JobManager {
   int64_t next_listener_ ABSL_GUARDED_BY(listeners_mu_) = 1;
 
   std::vector<std::thread> workers_;
+  std::thread sweeper_;  // only with a positive job_retention
 };
 
 }  // namespace tailor::jobs

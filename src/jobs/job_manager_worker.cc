@@ -44,7 +44,8 @@ void JobManager::WorkerLoop() {
     if (id.empty()) continue;
     RunJob(id);
     absl::MutexLock lock(&mu_);
-    jobs_[id].running = false;
+    // Once its outcome is recorded the job may have been deleted already.
+    if (auto it = jobs_.find(id); it != jobs_.end()) it->second.running = false;
   }
   absl::MutexLock lock(&mu_);
   --active_workers_;

@@ -18,6 +18,11 @@ JobMetrics::JobMetrics(metrics::Registry* r)
       finished(r->AddCounter(
           "tailor_jobs_finished_total",
           "Fusion jobs that reached a final state, by outcome.", {"outcome"})),
+      deleted(r->AddCounter("tailor_jobs_deleted_total",
+                            "Finished fusion jobs deleted, by reason "
+                            "(request: DeleteFusionJob; retention: the "
+                            "--job-retention sweep).",
+                            {"reason"})),
       jobs(r->AddGauge("tailor_jobs", "Fusion jobs known, by state.",
                        {"state"})),
       job_duration(r->AddHistogram(

@@ -13,6 +13,7 @@ struct JobMetrics {
 
   metrics::Family* submitted;            // counter
   metrics::Family* finished;             // counter {outcome}
+  metrics::Family* deleted;              // counter {reason}
   metrics::Family* jobs;                 // gauge {state}
   metrics::Family* job_duration;         // histogram {outcome}
   metrics::Family* queue_wait;           // histogram

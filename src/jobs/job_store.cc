@@ -361,6 +361,47 @@ absl::Status JobStore::Commit(const Job& job,
   return absl::OkStatus();
 }
 
+absl::Status JobStore::Delete(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  if (fault_) TAILOR_RETURN_IF_ERROR(fault_());
+  TAILOR_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  auto body = [&]() -> absl::Status {
+    mu_.AssertHeld();  // runs right here, under the lock taken above
+    for (const char* sql : {"DELETE FROM events WHERE job_id = ?",
+                            "DELETE FROM jobs WHERE id = ?"}) {
+      Statement del(db_, sql);
+      TAILOR_RETURN_IF_ERROR(del.status());
+      del.Bind(1, job_id);
+      if (del.Step() != SQLITE_DONE) return SqliteError(db_, "delete job");
+    }
+    Statement seq(db_, "UPDATE meta SET value = ? WHERE key = 'commit_seq'");
+    TAILOR_RETURN_IF_ERROR(seq.status());
+    seq.Bind(1, absl::StrCat(commit_seq_ + 1));
+    if (seq.Step() != SQLITE_DONE) return SqliteError(db_, "count commit");
+    return absl::OkStatus();
+  };
+  absl::Status s = body();
+  if (!s.ok()) {
+    Exec("ROLLBACK").IgnoreError();
+    return s;
+  }
+  s = Exec("COMMIT");
+  if (!s.ok()) {
+    if (!sqlite3_get_autocommit(db_)) Exec("ROLLBACK").IgnoreError();
+    return s;
+  }
+  ++commit_seq_;
+  if (!marker_path_.empty()) {
+    absl::Status m = WriteMarker();
+    if (!m.ok()) {
+      Log(LogLevel::kWarning, "",
+          absl::StrCat("job store: cannot update ", marker_path_, ": ",
+                       m.message(), " (the marker lags the store)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<Job>> JobStore::LoadJobs() {
   absl::MutexLock lock(&mu_);
   // The creator column is authoritative (the body of a job stored before

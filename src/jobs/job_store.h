@@ -55,6 +55,12 @@ class JobStore {
   absl::Status Commit(const Job& job, const std::vector<JobEvent>& events,
                       bool mark = false);
 
+  // Removes job `job_id`'s row and all its events in one durable
+  // transaction that also advances the marker (a deletion lost with a
+  // damaged WAL shows as a store behind its marker). Deleting a job that is
+  // not stored is OK (nothing changes but the counter).
+  absl::Status Delete(const std::string& job_id);
+
   // Every job, in creation order.
   absl::StatusOr<std::vector<Job>> LoadJobs();
   // The events of one job with sequence > after_sequence, in sequence

@@ -1099,5 +1099,175 @@ TEST_F(JobManagerTest, PerPrincipalQueuedQuota) {
   shared_.released.store(true);
 }
 
+// Issue #17 point 7: DeleteJob removes a finished job's record, events and
+// journal (durably), never its outputs; unfinished jobs are refused.
+TEST_F(JobManagerTest, DeleteRemovesFinishedJobsOnlyAndNeverOutputs) {
+  auto m = Start();
+  const Caller alice{"alice", false}, bob{"bob", false};
+  CreateJobRequest r = Request({{"pretrained", "/a"}, {"tensors", 3}});
+  r.request_id = "delete-me-1";
+  auto done = m->CreateJob(r, alice);
+  auto running =
+      m->CreateJob(Request({{"pretrained", "/r"}, {"block", true}}), alice);
+  ASSERT_TRUE(done.ok() && running.ok()) << done.status() << running.status();
+  WaitFor(*m, done->name(), JobState::kSucceeded);
+  WaitFor(*m, running->name(), JobState::kRunning);
+  auto queued = m->CreateJob(Request({{"pretrained", "/q"}}), alice);
+  ASSERT_TRUE(queued.ok());
+
+  // Unfinished jobs: FAILED_PRECONDITION, and they stay.
+  for (const Job* j : {&*running, &*queued}) {
+    absl::Status s = m->DeleteJob(j->name(), alice);
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "cancel it first")) << s;
+    EXPECT_TRUE(m->GetJob(j->name()).ok());
+  }
+  // Another principal's job, a missing one: NOT_FOUND.
+  EXPECT_EQ(m->DeleteJob(done->name(), bob).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->DeleteJob("fusionJobs/0000000000000000").code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->DeleteJob("bogus").code(), absl::StatusCode::kInvalidArgument);
+
+  // What the job published (stands for its fused checkpoint) and a leftover
+  // journal.
+  const std::string output = dir_.Join("published.safetensors");
+  ASSERT_TRUE(WriteFileAtomically(output, "weights").ok());
+  const std::string journal = dir_.Join("data/journal/" + done->id);
+  ASSERT_TRUE(MakeDirectories(journal).ok());
+  std::atomic<int> heard{0};
+  absl::Status after_delete;
+  const int64_t listener = m->AddListener(done->id, [&] {
+    ++heard;
+    after_delete = m->ReadEvents(done->name(), 0, 1, false).status();
+  });
+
+  ASSERT_TRUE(m->DeleteJob(done->name(), alice).ok());
+  m->RemoveListener(listener);
+  EXPECT_EQ(heard.load(), 1);
+  EXPECT_EQ(after_delete.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->GetJob(done->name()).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->ReadEvents(done->name(), 0, 10).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->DeleteJob(done->name(), alice).code(),
+            absl::StatusCode::kNotFound);
+  absl::StatusOr<ListJobsResult> list = m->ListJobs(0, "", "");
+  ASSERT_TRUE(list.ok());
+  for (const Job& j : list->jobs) EXPECT_NE(j.name(), done->name());
+  EXPECT_EQ(list->jobs.size(), 2u);
+  EXPECT_FALSE(PathExists(journal));
+  EXPECT_EQ(ReadFileToString(output, 100).value_or(""), "weights");
+  std::string text = registry_->Render();
+  EXPECT_TRUE(absl::StrContains(text, "tailor_jobs{state=\"succeeded\"} 0\n"))
+      << text;
+  EXPECT_TRUE(absl::StrContains(
+      text, "tailor_jobs_deleted_total{reason=\"request\"} 1\n"));
+  EXPECT_TRUE(absl::StrContains(
+      text, "tailor_jobs_deleted_total{reason=\"retention\"} 0\n"));
+
+  // The request_id is free again; the deletion survives a restart.
+  auto again = m->CreateJob(r, alice);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_NE(again->id, done->id);
+  shared_.released.store(true);
+  WaitFor(*m, again->name(), JobState::kSucceeded);
+  m.reset();
+  m = Start();
+  EXPECT_EQ(m->GetJob(done->name()).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(m->GetJob(again->name()).ok());
+  EXPECT_EQ(m->ListJobs(0, "", "")->jobs.size(), 3u);
+}
+
+TEST_F(JobManagerTest, DeleteTheStoreRefusesKeepsTheJob) {
+  auto m = Start();
+  auto job = m->CreateJob(Request({{"pretrained", "/a"}}));
+  ASSERT_TRUE(job.ok());
+  const Job done = WaitFor(*m, job->name(), JobState::kSucceeded);
+  store_fails_.store(true);
+  EXPECT_EQ(m->DeleteJob(job->name()).code(),
+            absl::StatusCode::kResourceExhausted);
+  store_fails_.store(false);
+  EXPECT_TRUE(m->GetJob(job->name()).ok());
+  EXPECT_EQ(AllEvents(*m, job->name()).size(),
+            static_cast<size_t>(done.last_sequence));
+  m.reset();
+  m = Start();
+  EXPECT_TRUE(m->GetJob(job->name()).ok());
+}
+
+// Retention: finished jobs older than job_retention go, unfinished ones and
+// younger ones stay; 0 keeps everything.
+TEST_F(JobManagerTest, RetentionDeletesOnlyExpiredFinishedJobs) {
+  JobManagerOptions options;
+  options.job_retention = absl::Hours(1);
+  options.retention_sweep_interval = absl::Hours(1);  // sweeps by hand here
+  auto m = Start(options);
+  auto done = m->CreateJob(Request({{"pretrained", "/a"}}));
+  auto running = m->CreateJob(Request({{"pretrained", "/r"}, {"block", true}}));
+  ASSERT_TRUE(done.ok() && running.ok());
+  WaitFor(*m, done->name(), JobState::kSucceeded);
+  WaitFor(*m, running->name(), JobState::kRunning);
+  EXPECT_EQ(m->DeleteExpiredJobs(absl::Now()), 0);
+  EXPECT_EQ(m->DeleteExpiredJobs(absl::Now() + absl::Minutes(50)), 0);
+  EXPECT_TRUE(m->GetJob(done->name()).ok());
+  EXPECT_EQ(m->DeleteExpiredJobs(absl::Now() + absl::Minutes(61)), 1);
+  EXPECT_EQ(m->GetJob(done->name()).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(m->DeleteExpiredJobs(absl::Now() + absl::Hours(1000)), 0);
+  EXPECT_TRUE(m->GetJob(running->name()).ok());
+  EXPECT_TRUE(
+      absl::StrContains(registry_->Render(),
+                        "tailor_jobs_deleted_total{reason=\"retention\"} 1\n"));
+  shared_.released.store(true);
+  WaitFor(*m, running->name(), JobState::kSucceeded);
+  m.reset();
+
+  options.job_retention = absl::ZeroDuration();  // forever
+  m = Start(options);
+  EXPECT_EQ(m->DeleteExpiredJobs(absl::Now() + absl::Hours(24 * 36500)), 0);
+  EXPECT_TRUE(m->GetJob(running->name()).ok());
+}
+
+// The sweep runs at startup (a server down for long) and in the background.
+TEST_F(JobManagerTest, RetentionSweepsAtStartupAndInTheBackground) {
+  auto m = Start();  // the default: 30 days
+  auto first = m->CreateJob(Request({{"pretrained", "/a"}}));
+  ASSERT_TRUE(first.ok());
+  WaitFor(*m, first->name(), JobState::kSucceeded);
+  m.reset();
+  absl::SleepFor(absl::Milliseconds(50));
+
+  JobManagerOptions options;
+  options.job_retention = absl::Milliseconds(10);
+  options.retention_sweep_interval = absl::Hours(1);  // no background sweep
+  m = Start(options);
+  // Gone before any interval passed: the startup sweep.
+  EXPECT_EQ(m->GetJob(first->name()).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(
+      absl::StrContains(registry_->Render(),
+                        "tailor_jobs_deleted_total{reason=\"retention\"} 1\n"));
+  m.reset();
+
+  options.job_retention = absl::Seconds(1);
+  options.retention_sweep_interval = absl::Milliseconds(50);
+  m = Start(options);
+  auto second = m->CreateJob(Request({{"pretrained", "/b"}}));
+  ASSERT_TRUE(second.ok());
+  // Polls (60 s, generous for a loaded machine) until the background sweep
+  // took it.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (m->GetJob(second->name()).ok() &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(m->GetJob(second->name()).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(Runs("/b"), 1);  // it ran to its end before it went
+}
+
 }  // namespace
 }  // namespace tailor::jobs

@@ -224,6 +224,10 @@ TEST_F(HostileRequestTest, InvalidUtf8InEveryMethodIsInvalidArgument) {
   ExpectNamesField(UnaryRaw("CancelFusionJob", WithInvalidUtf8(cancel)),
                    "name");
 
+  v1::DeleteFusionJobRequest del;
+  del.set_name(bad);
+  ExpectNamesField(UnaryRaw("DeleteFusionJob", WithInvalidUtf8(del)), "name");
+
   v1::ListFusionJobsRequest list;
   list.set_filter(absl::StrCat("state=", kMarker));
   ExpectNamesField(UnaryRaw("ListFusionJobs", WithInvalidUtf8(list)), "filter");

@@ -216,5 +216,57 @@ TEST(SafeDefaultsTest, SecuritySettingsAreChecked) {
   EXPECT_EQ(c->admin_principals, std::vector<std::string>{"root"});
 }
 
+// Issue #17 point 7: --job-retention (a whole number with a unit, or 0).
+TEST(ServerConfigTest, JobRetentionTakesAUnitOrZero) {
+  absl::StatusOr<ServerConfig> c = Parse({});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(*c->JobRetention(), absl::Hours(24 * 30));  // the default
+  for (const auto& [text, want] :
+       std::vector<std::pair<std::string, absl::Duration>>{
+           {"0", absl::ZeroDuration()},
+           {"90s", absl::Seconds(90)},
+           {"15m", absl::Minutes(15)},
+           {"12h", absl::Hours(12)},
+           {"7d", absl::Hours(24 * 7)}}) {
+    c = Parse({"--job-retention", text});
+    ASSERT_TRUE(c.ok()) << text << ": " << c.status();
+    EXPECT_EQ(*c->JobRetention(), want) << text;
+  }
+  TempDir dir;
+  c = Parse({"--config", Write(dir, "job_retention: 2d\n")});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(*c->JobRetention(), absl::Hours(48));
+  for (const std::string bad : {"5", "1w", "-1d", "+1d", "d", "1.5h", "",
+                                "99999999999999d", "36501d"}) {
+    c = Parse({"--job-retention", bad});
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_TRUE(absl::StartsWith(c.status().message(), "job-retention"))
+        << bad << ": " << c.status();
+    EXPECT_LT(c.status().message().size(), 300u);
+  }
+}
+
+// Issue #17 point 8: keepalive settings and their bounds.
+TEST(ServerConfigTest, KeepaliveHasDefaultsAndBounds) {
+  absl::StatusOr<ServerConfig> c = Parse({});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->keepalive_time_seconds, 30);
+  EXPECT_EQ(c->keepalive_timeout_seconds, 20);
+  // A client pinging at the server's floor keeps its pings below the
+  // server's keepalive, so both sides' pings are accepted.
+  EXPECT_LE(ServerConfig::kMinClientPingIntervalSeconds,
+            c->keepalive_time_seconds);
+  c = Parse({"--keepalive-time", "45", "--keepalive-timeout", "5"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->keepalive_time_seconds, 45);
+  EXPECT_EQ(c->keepalive_timeout_seconds, 5);
+  c = Parse({"--keepalive-time", "0"});
+  EXPECT_TRUE(absl::StartsWith(c.status().message(), "keepalive-time"))
+      << c.status();
+  c = Parse({"--keepalive-timeout", "601"});
+  EXPECT_TRUE(absl::StartsWith(c.status().message(), "keepalive-timeout"))
+      << c.status();
+}
+
 }  // namespace
 }  // namespace tailor::server

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -45,10 +46,13 @@ TailordProcess::TailordProcess(const std::string& data_dir,
   const std::string tag = absl::StrCat(::getpid(), "-", ++counter);
   const std::string ready = JoinPath(scratch_dir, "ready-" + tag + ".json");
   log_path_ = JoinPath(scratch_dir, "tailord-" + tag + ".log");
-  std::vector<std::string> argv = {
-      bin,           "--listen",   "127.0.0.1:0", "--metrics-listen",
-      "127.0.0.1:0", "--data-dir", data_dir,      "--ready-file",
-      ready};
+  std::vector<std::string> argv = {bin};
+  // A --listen in `args` (a restart on the same port) replaces the default.
+  if (std::find(args.begin(), args.end(), "--listen") == args.end()) {
+    argv.insert(argv.end(), {"--listen", "127.0.0.1:0"});
+  }
+  argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0", "--data-dir",
+                           data_dir, "--ready-file", ready});
   argv.insert(argv.end(), args.begin(), args.end());
   pid_ = ::fork();
   if (pid_ == 0) {

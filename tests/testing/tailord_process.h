@@ -12,8 +12,9 @@ namespace tailor::testing {
 // by CTest), with its stderr in a file. Torch-free.
 class TailordProcess {
  public:
-  // Starts tailord with --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
-  // --data-dir `data_dir` plus `args`, and waits until it serves (its ready
+  // Starts tailord with --listen 127.0.0.1:0 (unless `args` has a
+  // --listen) --metrics-listen 127.0.0.1:0 --data-dir `data_dir` plus
+  // `args`, and waits until it serves (its ready
   // file appears), it exits, or the start deadline passes: 120 s of wall
   // time ($TAILORD_START_TIMEOUT seconds if set), generous for a loaded
   // machine. ok() says whether it serves; if not, failure() says why and
