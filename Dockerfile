@@ -85,7 +85,8 @@ COPY --from=build /staging/ /
 # /models and /outputs: mount points of the allowed roots.
 RUN echo 'tailor:x:65532:65532:tailor:/var/lib/tailord:/usr/sbin/nologin' >> /etc/passwd && \
     echo 'tailor:x:65532:' >> /etc/group && \
-    mkdir -p /var/lib/tailord /models /outputs && \
+    mkdir -p /var/lib/tailord /models /outputs /etc/tailord/tokens \
+      /etc/tailord/tls /etc/tailord/metrics-tokens /etc/tailord/config && \
     chown 65532:65532 /var/lib/tailord && chmod 0700 /var/lib/tailord && \
     ldconfig && \
     /usr/local/bin/tailorctl --version && /usr/local/bin/tailord --help >/dev/null
