@@ -59,10 +59,12 @@ RUN set -eu; s=/staging; \
     cp /etc/ssl/certs/ca-certificates.crt $s/etc/ssl/certs/; \
     ldd /build/server/tailord /build/client/tailorctl | \
       awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u > /tmp/libs; \
+    while read -r lib; do echo "$lib"; readlink -f "$lib"; done < /tmp/libs | \
+      sort -u | xargs dpkg -S 2>/dev/null | \
+      awk -F': ' '{split($1, p, ":"); print $2, p[1]}' > /tmp/owners || true; \
     while read -r lib; do \
       real=$(readlink -f "$lib"); \
-      pkg=$(dpkg -S "$lib" 2>/dev/null || dpkg -S "$real" 2>/dev/null || true); \
-      pkg=${pkg%%:*}; \
+      pkg=$(awk -v a="$lib" -v b="$real" '$1 == a || $1 == b {print $2; exit}' /tmp/owners); \
       case "$pkg" in ""|libc6|libstdc++6|libgcc-s1) continue ;; esac; \
       dir=$(readlink -f "$(dirname "$lib")"); \
       mkdir -p "$s$dir"; cp "$real" "$s$dir/$(basename "$lib")"; \
