@@ -71,7 +71,7 @@ RUN set -eu; s=/staging; \
       echo "$pkg" >> /tmp/packages; \
     done < /tmp/libs; \
     sort -u /tmp/packages > $s/etc/tailord/runtime-packages.txt; \
-    echo "staged $(wc -l < /tmp/libs) libraries from $(wc -l < $s/etc/tailord/runtime-packages.txt) packages"
+    echo "staged $(wc -l < /tmp/packages) of the $(wc -l < /tmp/libs) libraries ldd lists, from $(wc -l < $s/etc/tailord/runtime-packages.txt) packages"
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
