@@ -1,5 +1,9 @@
 #include "remote_client.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <google/protobuf/wire_format_lite.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -7,7 +11,9 @@
 
 #include <cerrno>
 #include <chrono>
+#include <future>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -109,12 +115,13 @@ RemoteClient::RemoteClient(const std::string& server, absl::Duration timeout,
       timeout_(timeout),
       watch_timeout_(watch_timeout),
       token_(connection.token),
-      stub_(v1::FusionService::NewStub(
+      channel_(
           grpc::CreateCustomChannel(server,
                                     connection.credentials != nullptr
                                         ? connection.credentials
                                         : grpc::InsecureChannelCredentials(),
-                                    WithKeepalive(connection.arguments)))) {}
+                                    WithKeepalive(connection.arguments))),
+      stub_(v1::FusionService::NewStub(channel_)) {}
 
 void RemoteClient::SetDeadline(grpc::ClientContext* context,
                                absl::Duration timeout) const {
@@ -198,6 +205,61 @@ absl::Status RemoteClient::Watch(
   finished.store(true);
   if (canceller.joinable()) canceller.join();
   return FromGrpc(status, server_);
+}
+
+absl::StatusOr<RemoteClient::HealthStatus> RemoteClient::Health(
+    const std::string& service) {
+  // No generated stub for grpc.health.v1 ships with Debian's gRPC: the two
+  // messages are encoded here. HealthCheckRequest { string service = 1; },
+  // HealthCheckResponse { ServingStatus status = 1; }.
+  std::string request;
+  if (!service.empty()) {
+    google::protobuf::io::StringOutputStream raw(&request);
+    google::protobuf::io::CodedOutputStream out(&raw);
+    out.WriteTag(google::protobuf::internal::WireFormatLite::MakeTag(
+        1,
+        google::protobuf::internal::WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
+    out.WriteVarint32(static_cast<uint32_t>(service.size()));
+    out.WriteString(service);
+  }
+  grpc::Slice slice(request);
+  grpc::ByteBuffer request_buffer(&slice, 1), response_buffer;
+  grpc::ClientContext context;
+  SetDeadline(&context, timeout_);
+  grpc::GenericStub stub(channel_);
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                 &request_buffer, &response_buffer,
+                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
+  const grpc::Status call = done.get_future().get();
+  if (absl::Status s = FromGrpc(call, server_); !s.ok()) return s;
+  std::vector<grpc::Slice> slices;
+  std::string response;
+  if (response_buffer.Valid()) {
+    if (!response_buffer.Dump(&slices).ok()) {
+      return absl::DataLossError("health: unreadable response");
+    }
+    for (const grpc::Slice& s : slices) {
+      response.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+  }
+  google::protobuf::io::CodedInputStream in(
+      reinterpret_cast<const uint8_t*>(response.data()),
+      static_cast<int>(response.size()));
+  uint32_t status = 0;
+  while (uint32_t tag = in.ReadTag()) {
+    if (tag ==
+        google::protobuf::internal::WireFormatLite::MakeTag(
+            1, google::protobuf::internal::WireFormatLite::WIRETYPE_VARINT)) {
+      if (!in.ReadVarint32(&status)) break;
+    } else if (!google::protobuf::internal::WireFormatLite::SkipField(&in,
+                                                                      tag)) {
+      return absl::DataLossError(
+          "health: malformed grpc.health.v1.HealthCheckResponse");
+    }
+  }
+  if (status > kServiceUnknown) status = kUnknown;
+  return static_cast<HealthStatus>(status);
 }
 
 absl::StatusOr<std::string> RemoteClient::Fetch(

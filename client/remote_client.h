@@ -73,6 +73,18 @@ class RemoteClient {
       const std::function<void(const tailor::v1::JobEvent&)>& on_event,
       const std::atomic<bool>* interrupted = nullptr);
 
+  // grpc.health.v1.Health/Check of `service` ("": the server as a whole):
+  // the serving status the server reports (HealthStatus), or the call's
+  // failure (UNAVAILABLE: unreachable; NOT_FOUND: a service it does not
+  // know). The unary deadline applies; the token is sent if set.
+  enum HealthStatus {
+    kUnknown = 0,
+    kServing = 1,
+    kNotServing = 2,
+    kServiceUnknown = 3
+  };
+  absl::StatusOr<HealthStatus> Health(const std::string& service);
+
   // Downloads a result into `path` (a temporary file renamed into place
   // once complete): checks that offsets are contiguous, the size and the
   // SHA-256. Returns the SHA-256 (hex). DATA_LOSS if a check fails.
@@ -93,6 +105,7 @@ class RemoteClient {
   const std::string server_;
   const absl::Duration timeout_, watch_timeout_;
   const std::string token_;
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<tailor::v1::FusionService::Stub> stub_;
 };
 

@@ -208,13 +208,25 @@ void RemoteCommands::Add(CLI::App& app) {
   fetch_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
   fetch_->add_option("--patch", patch_path_, "where to write the patch");
   fetch_->add_option("--report", report_path_, "where to write the report");
+
+  health_ = app.add_subcommand(
+      "health",
+      "Ask tailord's grpc.health.v1 service whether it serves (needs no "
+      "token; TLS options as for the other commands). Prints the status; "
+      "exit 0 when SERVING, 7 when NOT_SERVING (e.g. draining) or "
+      "unreachable, 4 for an unknown --service. For container HEALTHCHECKs "
+      "and exec probes.");
+  common(health_);
+  health_->add_option("--service", service_,
+                      "the service to ask about (default: the server as a "
+                      "whole; tailor.v1.FusionService also answers)");
 }
 
 std::optional<int> RemoteCommands::Run() {
   const bool chosen = (submit_ && *submit_) || (watch_ && *watch_) ||
                       (get_ && *get_) || (list_ && *list_) ||
                       (cancel_ && *cancel_) || (delete_ && *delete_) ||
-                      (fetch_ && *fetch_);
+                      (fetch_ && *fetch_) || (health_ && *health_);
   if (!chosen) return std::nullopt;
   absl::StatusOr<OutputFormat> format = ParseOutputFormat(output_);
   if (!format.ok()) return ReportFailure(format.status());
@@ -222,7 +234,7 @@ std::optional<int> RemoteCommands::Run() {
   name_ = JobName(name_);
   if (format_ == OutputFormat::kJob &&
       ((list_ && *list_) || (watch_ && *watch_) || (fetch_ && *fetch_) ||
-       (delete_ && *delete_))) {
+       (delete_ && *delete_) || (health_ && *health_))) {
     std::cerr << "tailorctl: error: -o job is for get, submit and cancel\n";
     return kExitUsage;
   }
@@ -253,6 +265,7 @@ std::optional<int> RemoteCommands::Run() {
   if (cancel_ != nullptr && *cancel_) return Cancel();
   if (delete_ != nullptr && *delete_) return Delete();
   if (fetch_ != nullptr && *fetch_) return Fetch();
+  if (health_ != nullptr && *health_) return Health();
   return std::nullopt;
 }
 
@@ -452,6 +465,24 @@ int RemoteCommands::Fetch() {
     std::cout << path << " sha256:" << *sha << "\n";
   }
   return kExitOk;
+}
+
+int RemoteCommands::Health() {
+  absl::StatusOr<RemoteClient::HealthStatus> status = client_->Health(service_);
+  if (!status.ok()) return ReportFailure(status.status());
+  static constexpr const char* kNames[] = {"UNKNOWN", "SERVING", "NOT_SERVING",
+                                           "SERVICE_UNKNOWN"};
+  const char* name = kNames[*status];
+  if (format_ == OutputFormat::kJson) {
+    std::cout << "{\"status\": \"" << name << "\"}\n";
+  } else if (format_ == OutputFormat::kYaml) {
+    std::cout << "status: " << name << "\n";
+  } else {
+    std::cout << name << "\n";
+  }
+  if (*status == RemoteClient::kServing) return kExitOk;
+  if (*status == RemoteClient::kServiceUnknown) return kExitNotFound;
+  return kExitUnavailable;
 }
 
 }  // namespace tailor::cli

@@ -14,7 +14,7 @@
 namespace tailor::cli {
 
 // The client subcommands of tailord: submit, watch, get, list, cancel,
-// delete, fetch. Each takes --server HOST:PORT, --timeout SECONDS (the deadline
+// delete, fetch, health. Each takes --server HOST:PORT, --timeout SECONDS (the deadline
 // of every call) and -o table|json|yaml|job; NAME is "fusionJobs/ID" or "ID".
 // Add() registers them; Run() runs the one chosen and returns its exit code
 // (nullopt if none was chosen).
@@ -31,12 +31,13 @@ class RemoteCommands {
   int Cancel();
   int Delete();
   int Fetch();
+  int Health();
   // Prints the job in the chosen format (or fails with its status).
   int PrintJob(const absl::StatusOr<tailor::v1::FusionJob>& job);
 
   CLI::App *submit_ = nullptr, *watch_ = nullptr, *get_ = nullptr,
            *list_ = nullptr, *cancel_ = nullptr, *delete_ = nullptr,
-           *fetch_ = nullptr;
+           *fetch_ = nullptr, *health_ = nullptr;
   std::string server_ = "127.0.0.1:50051";
   // Credentials: a file holding the bearer token (else $TAILOR_TOKEN), TLS.
   std::string token_file_;
@@ -67,6 +68,8 @@ class RemoteCommands {
   std::string page_token_, filter_;
   // fetch
   std::string patch_path_, report_path_;
+  // health: "" is the server as a whole
+  std::string service_;
 };
 
 }  // namespace tailor::cli

@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -466,6 +467,48 @@ class SecurityTest(unittest.TestCase):
         self.assertEqual(get("/readyz")[0], 200)
 
     # Point 1: TLS and mTLS.
+    # Issue #15: `tailorctl health` (grpc.health.v1 Check) with the
+    # connection options of the other commands: exit 0 only when SERVING.
+    def test_07a_tailorctl_health(self):
+        def health(*args, env=None, timeout="20"):
+            return subprocess.run(
+                [os.environ["TAILORCTL"], "health", "--timeout", timeout] +
+                list(args), capture_output=True, text=True,
+                timeout=DEADLINE, env=env)
+        out = health("--server", self.a.address)
+        self.assertEqual((out.returncode, out.stdout), (0, "SERVING\n"),
+                         out.stderr)
+        # A token is sent when given (and not needed).
+        env = dict(os.environ, TAILOR_TOKEN=ALICE)
+        out = health("--server", self.a.address, "--service",
+                     "tailor.v1.FusionService", "-o", "json", env=env)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(json.loads(out.stdout), {"status": "SERVING"})
+        out = health("--server", self.a.address, "--service", "no.such.Svc")
+        self.assertEqual(out.returncode, 4, out.stdout + out.stderr)
+        # mTLS server B: its CA, a client certificate and the name in its
+        # certificate; plaintext or another CA cannot reach it.
+        tls = ["--server", self.b.address, "--tls-ca", self.path("ca.pem"),
+               "--tls-cert", self.path("client.pem"), "--tls-key",
+               self.path("client.key"), "--tls-server-name", "localhost"]
+        out = health(*tls)
+        self.assertEqual((out.returncode, out.stdout), (0, "SERVING\n"),
+                         out.stderr)
+        out = health("--server", self.b.address)
+        self.assertEqual(out.returncode, 7, out.stdout + out.stderr)
+        self.assertNotIn("SERVING", out.stdout)
+        wrong = list(tls)
+        wrong[wrong.index(self.path("ca.pem"))] = self.path("other-ca.pem")
+        out = health(*wrong)
+        self.assertEqual(out.returncode, 7, out.stdout + out.stderr)
+        # Nothing listening: unavailable, with the address in the message.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed = "127.0.0.1:%d" % s.getsockname()[1]
+        out = health("--server", closed, timeout="5")
+        self.assertEqual(out.returncode, 7, out.stdout + out.stderr)
+        self.assertIn(closed, out.stderr)
+
     def tls_channel(self, root="ca", cert="client", override=None):
         creds = grpc.ssl_channel_credentials(
             root_certificates=read(self.path(root + ".pem")),
