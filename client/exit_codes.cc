@@ -1,4 +1,4 @@
-#include "exit_codes.h"
+#include "client/exit_codes.h"
 
 #include <iostream>
 

@@ -1,16 +1,16 @@
-#include "fuse_command.h"
+#include "client/fuse_command.h"
 
 #include <csignal>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "exit_codes.h"
+#include "client/exit_codes.h"
+#include "client/job_file.h"
+#include "client/progress_bar.h"
 #include "fusion/apply_patch.h"
 #include "fusion/fusion_job.h"
 #include "fusion/output_plan.h"
-#include "job_file.h"
-#include "progress_bar.h"
 #include "storage/uri_resolver.h"
 #include "util/cpu_tuning.h"
 #include "util/memory.h"

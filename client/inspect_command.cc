@@ -1,4 +1,4 @@
-#include "inspect_command.h"
+#include "client/inspect_command.h"
 
 #include <algorithm>
 #include <map>

@@ -1,4 +1,4 @@
-#include "job_file.h"
+#include "client/job_file.h"
 
 #include <stdlib.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "job_output.h"
+#include "client/job_output.h"
 
 #include <map>
 

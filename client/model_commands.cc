@@ -1,4 +1,4 @@
-#include "model_commands.h"
+#include "client/model_commands.h"
 
 #include <ATen/Parallel.h>
 #include <stdlib.h>
@@ -11,9 +11,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/exit_codes.h"
 #include "demo/demo_report.h"
 #include "demo/forgetting_demo.h"
-#include "exit_codes.h"
 #include "model/calibrate.h"
 #include "storage/uri_resolver.h"
 #include "util/cpu_tuning.h"

@@ -1,4 +1,4 @@
-#include "remote_client.h"
+#include "client/remote_client.h"
 
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>

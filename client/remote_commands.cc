@@ -1,4 +1,4 @@
-#include "remote_commands.h"
+#include "client/remote_commands.h"
 
 #include <signal.h>
 #include <unistd.h>
@@ -15,11 +15,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "api/spec_convert.h"
-#include "exit_codes.h"
-#include "job_file.h"
-#include "job_output.h"
-#include "progress_bar.h"
-#include "remote_client.h"
+#include "client/exit_codes.h"
+#include "client/job_file.h"
+#include "client/job_output.h"
+#include "client/progress_bar.h"
+#include "client/remote_client.h"
 #include "storage/uri_resolver.h"
 #include "util/file_util.h"
 

@@ -8,16 +8,16 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
-#include "job_output.h"
-#include "remote_client.h"
+#include "client/job_output.h"
+#include "client/remote_client.h"
 
 namespace tailor::cli {
 
 // The client subcommands of tailord: submit, watch, get, list, cancel,
-// delete, fetch, health. Each takes --server HOST:PORT, --timeout SECONDS (the deadline
-// of every call) and -o table|json|yaml|job; NAME is "fusionJobs/ID" or "ID".
-// Add() registers them; Run() runs the one chosen and returns its exit code
-// (nullopt if none was chosen).
+// delete, fetch, health. Each takes --server HOST:PORT, --timeout SECONDS (the
+// deadline of every call) and -o table|json|yaml|job; NAME is "fusionJobs/ID"
+// or "ID". Add() registers them; Run() runs the one chosen and returns its exit
+// code (nullopt if none was chosen).
 class RemoteCommands {
  public:
   void Add(CLI::App& app);

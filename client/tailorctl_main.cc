@@ -7,11 +7,11 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
-#include "exit_codes.h"
-#include "fuse_command.h"
-#include "inspect_command.h"
-#include "model_commands.h"
-#include "remote_commands.h"
+#include "client/exit_codes.h"
+#include "client/fuse_command.h"
+#include "client/inspect_command.h"
+#include "client/model_commands.h"
+#include "client/remote_commands.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "blocking_executor.h"
+#include "server/blocking_executor.h"
 
 namespace tailor::server {
 

@@ -1,4 +1,4 @@
-#include "fusion_service.h"
+#include "server/fusion_service.h"
 
 #include <algorithm>
 #include <deque>
@@ -10,9 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "api/spec_convert.h"
 #include "google/protobuf/empty.pb.h"
-#include "grpc_status.h"
-#include "job_convert.h"
-#include "raw_message.h"
+#include "server/grpc_status.h"
+#include "server/job_convert.h"
+#include "server/raw_message.h"
 #include "util/file_util.h"
 #include "util/log.h"
 #include "util/sha256.h"

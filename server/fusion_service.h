@@ -8,10 +8,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
-#include "auth/authenticator.h"
-#include "blocking_executor.h"
 #include "jobs/job_manager.h"
 #include "metrics/registry.h"
+#include "server/auth/authenticator.h"
+#include "server/blocking_executor.h"
 #include "tailor/v1/fusion_service.grpc.pb.h"
 
 namespace tailor::server {

@@ -1,4 +1,4 @@
-#include "grpc_server_metrics.h"
+#include "server/grpc_server_metrics.h"
 
 #include <atomic>
 #include <chrono>

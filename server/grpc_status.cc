@@ -1,4 +1,4 @@
-#include "grpc_status.h"
+#include "server/grpc_status.h"
 
 #include <string>
 

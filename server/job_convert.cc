@@ -1,4 +1,4 @@
-#include "job_convert.h"
+#include "server/job_convert.h"
 
 #include "api/spec_convert.h"
 #include "google/protobuf/timestamp.pb.h"

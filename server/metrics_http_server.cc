@@ -1,4 +1,4 @@
-#include "metrics_http_server.h"
+#include "server/metrics_http_server.h"
 
 #include <civetweb.h>
 

@@ -6,8 +6,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "auth/token_file.h"
 #include "metrics/registry.h"
+#include "server/auth/token_file.h"
 
 struct mg_context;
 struct mg_connection;

@@ -1,4 +1,4 @@
-#include "raw_message.h"
+#include "server/raw_message.h"
 
 #include <grpcpp/impl/codegen/proto_utils.h>
 #include <grpcpp/support/slice.h>

@@ -1,4 +1,4 @@
-#include "reflection_v1.h"
+#include "server/reflection_v1.h"
 
 #include <grpcpp/impl/server_builder_plugin.h>
 #include <grpcpp/impl/server_initializer.h>

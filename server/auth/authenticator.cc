@@ -1,4 +1,4 @@
-#include "auth/authenticator.h"
+#include "server/auth/authenticator.h"
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/auth_context.h>

@@ -17,8 +17,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "auth/token_file.h"
 #include "jobs/caller.h"
+#include "server/auth/token_file.h"
 
 namespace grpc {
 class ServerContextBase;

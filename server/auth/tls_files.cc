@@ -1,4 +1,4 @@
-#include "auth/tls_files.h"
+#include "server/auth/tls_files.h"
 
 #include <openssl/bio.h>
 #include <openssl/err.h>

@@ -1,4 +1,4 @@
-#include "auth/token_file.h"
+#include "server/auth/token_file.h"
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>

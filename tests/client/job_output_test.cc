@@ -1,14 +1,14 @@
 // tailorctl's output formats, without a server: `get -o job` round-trips
 // through the job-file parser; progress text labels bytes and tensors.
 
-#include "job_output.h"
+#include "client/job_output.h"
 
 #include <gtest/gtest.h>
 
 #include "absl/strings/match.h"
 #include "api/spec_convert.h"
-#include "job_file.h"
-#include "progress_bar.h"
+#include "client/job_file.h"
+#include "client/progress_bar.h"
 #include "testing/temp_dir.h"
 #include "util/file_util.h"
 

@@ -10,8 +10,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "auth/authenticator.h"
-#include "auth/token_file.h"
+#include "server/auth/authenticator.h"
+#include "server/auth/token_file.h"
 #include "testing/temp_dir.h"
 #include "util/sha256.h"
 

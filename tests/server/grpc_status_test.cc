@@ -1,7 +1,7 @@
 // The absl -> gRPC status conversion: same code, message capped (issue #10
 // point 19: a 100 KB message exceeded gRPC's metadata limit).
 
-#include "grpc_status.h"
+#include "server/grpc_status.h"
 
 #include <gtest/gtest.h>
 

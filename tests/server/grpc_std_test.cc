@@ -16,9 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "grpc_server_metrics.h"
 #include "metrics/registry.h"
-#include "reflection_v1.h"
+#include "server/grpc_server_metrics.h"
+#include "server/reflection_v1.h"
 #include "testing/reflection_client.h"
 
 namespace tailor::server {

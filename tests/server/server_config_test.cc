@@ -1,4 +1,4 @@
-#include "server_config.h"
+#include "server/server_config.h"
 
 #include <gtest/gtest.h>
 
