@@ -5,6 +5,7 @@
 
 #include <optional>
 
+#include "absl/functional/function_ref.h"
 #include "absl/random/random.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -304,41 +305,20 @@ void JobStore::SetFaultForTesting(std::function<absl::Status()> fault) {
   fault_ = std::move(fault);
 }
 
-absl::Status JobStore::Commit(const Job& job,
-                              const std::vector<JobEvent>& events, bool mark) {
-  absl::MutexLock lock(&mu_);
+absl::Status JobStore::Transact(absl::FunctionRef<absl::Status()> body,
+                                bool mark) {
   if (fault_) TAILOR_RETURN_IF_ERROR(fault_());
   TAILOR_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
-  auto body = [&]() -> absl::Status {
-    mu_.AssertHeld();  // runs right here, under the lock taken above
-    Statement put(db_,
-                  "INSERT OR REPLACE INTO jobs (id, request_id, create_order,"
-                  " state, body, creator) VALUES (?, ?, ?, ?, ?, ?)");
-    TAILOR_RETURN_IF_ERROR(put.status());
-    put.Bind(1, job.id);
-    put.Bind(2, job.request_id);
-    put.Bind(3, job.create_order);
-    put.Bind(4, std::string(JobStateName(job.state)));
-    put.Bind(5, job.ToJson().dump());
-    put.Bind(6, job.creator);
-    if (put.Step() != SQLITE_DONE) return SqliteError(db_, "write job");
-    for (const JobEvent& e : events) {
-      Statement add(db_,
-                    "INSERT INTO events (job_id, sequence, body) "
-                    "VALUES (?, ?, ?)");
-      TAILOR_RETURN_IF_ERROR(add.status());
-      add.Bind(1, job.id);
-      add.Bind(2, e.sequence);
-      add.Bind(3, e.ToJson().dump());
-      if (add.Step() != SQLITE_DONE) return SqliteError(db_, "append event");
-    }
+  auto all = [&]() -> absl::Status {
+    mu_.AssertHeld();  // runs right here, under the caller's lock
+    TAILOR_RETURN_IF_ERROR(body());
     Statement seq(db_, "UPDATE meta SET value = ? WHERE key = 'commit_seq'");
     TAILOR_RETURN_IF_ERROR(seq.status());
     seq.Bind(1, absl::StrCat(commit_seq_ + 1));
     if (seq.Step() != SQLITE_DONE) return SqliteError(db_, "count commit");
     return absl::OkStatus();
   };
-  absl::Status s = body();
+  absl::Status s = all();
   if (!s.ok()) {
     Exec("ROLLBACK").IgnoreError();
     return s;
@@ -361,45 +341,57 @@ absl::Status JobStore::Commit(const Job& job,
   return absl::OkStatus();
 }
 
+absl::Status JobStore::Commit(const Job& job,
+                              const std::vector<JobEvent>& events, bool mark) {
+  absl::MutexLock lock(&mu_);
+  return Transact(
+      [&]() -> absl::Status {
+        mu_.AssertHeld();  // runs inside Transact, under the lock above
+        Statement put(
+            db_,
+            "INSERT OR REPLACE INTO jobs (id, request_id, create_order,"
+            " state, body, creator) VALUES (?, ?, ?, ?, ?, ?)");
+        TAILOR_RETURN_IF_ERROR(put.status());
+        put.Bind(1, job.id);
+        put.Bind(2, job.request_id);
+        put.Bind(3, job.create_order);
+        put.Bind(4, std::string(JobStateName(job.state)));
+        put.Bind(5, job.ToJson().dump());
+        put.Bind(6, job.creator);
+        if (put.Step() != SQLITE_DONE) return SqliteError(db_, "write job");
+        for (const JobEvent& e : events) {
+          Statement add(db_,
+                        "INSERT INTO events (job_id, sequence, body) "
+                        "VALUES (?, ?, ?)");
+          TAILOR_RETURN_IF_ERROR(add.status());
+          add.Bind(1, job.id);
+          add.Bind(2, e.sequence);
+          add.Bind(3, e.ToJson().dump());
+          if (add.Step() != SQLITE_DONE)
+            return SqliteError(db_, "append event");
+        }
+        return absl::OkStatus();
+      },
+      mark);
+}
+
 absl::Status JobStore::Delete(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
-  if (fault_) TAILOR_RETURN_IF_ERROR(fault_());
-  TAILOR_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
-  auto body = [&]() -> absl::Status {
-    mu_.AssertHeld();  // runs right here, under the lock taken above
-    for (const char* sql : {"DELETE FROM events WHERE job_id = ?",
-                            "DELETE FROM jobs WHERE id = ?"}) {
-      Statement del(db_, sql);
-      TAILOR_RETURN_IF_ERROR(del.status());
-      del.Bind(1, job_id);
-      if (del.Step() != SQLITE_DONE) return SqliteError(db_, "delete job");
-    }
-    Statement seq(db_, "UPDATE meta SET value = ? WHERE key = 'commit_seq'");
-    TAILOR_RETURN_IF_ERROR(seq.status());
-    seq.Bind(1, absl::StrCat(commit_seq_ + 1));
-    if (seq.Step() != SQLITE_DONE) return SqliteError(db_, "count commit");
-    return absl::OkStatus();
-  };
-  absl::Status s = body();
-  if (!s.ok()) {
-    Exec("ROLLBACK").IgnoreError();
-    return s;
-  }
-  s = Exec("COMMIT");
-  if (!s.ok()) {
-    if (!sqlite3_get_autocommit(db_)) Exec("ROLLBACK").IgnoreError();
-    return s;
-  }
-  ++commit_seq_;
-  if (!marker_path_.empty()) {
-    absl::Status m = WriteMarker();
-    if (!m.ok()) {
-      Log(LogLevel::kWarning, "",
-          absl::StrCat("job store: cannot update ", marker_path_, ": ",
-                       m.message(), " (the marker lags the store)"));
-    }
-  }
-  return absl::OkStatus();
+  // Marked: a restored copy of the store from before the deletion is seen
+  // as stale, as after any other commit.
+  return Transact(
+      [&]() -> absl::Status {
+        mu_.AssertHeld();  // runs inside Transact, under the lock above
+        for (const char* sql : {"DELETE FROM events WHERE job_id = ?",
+                                "DELETE FROM jobs WHERE id = ?"}) {
+          Statement del(db_, sql);
+          TAILOR_RETURN_IF_ERROR(del.status());
+          del.Bind(1, job_id);
+          if (del.Step() != SQLITE_DONE) return SqliteError(db_, "delete job");
+        }
+        return absl::OkStatus();
+      },
+      /*mark=*/true);
 }
 
 absl::StatusOr<std::vector<Job>> JobStore::LoadJobs() {

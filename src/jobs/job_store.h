@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -80,6 +81,11 @@ class JobStore {
   JobStore(sqlite3* db, std::string path, std::string marker_path)
       : db_(db), path_(std::move(path)), marker_path_(std::move(marker_path)) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs `body` in one IMMEDIATE transaction that also advances the commit
+  // counter; rolls back if either fails. After the commit, `mark` rewrites
+  // the store.id marker (a failure there is logged, not returned).
+  absl::Status Transact(absl::FunctionRef<absl::Status()> body, bool mark)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Reads/creates the meta rows and checks them against the marker.
   absl::Status CheckIdentity(bool marker_exists, const std::string& marker_id,
                              int64_t marker_seq)

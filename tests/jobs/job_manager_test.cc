@@ -972,7 +972,8 @@ namespace {
 // Issue #14 point 3: a job belongs to its creator.
 TEST_F(JobManagerTest, OtherPrincipalsJobsAreNotFoundAndListedOnlyToAdmins) {
   auto m = Start();
-  const Caller alice{"alice", false}, bob{"bob", false}, root{"root", true};
+  const Caller alice{"alice", false, {}}, bob{"bob", false, {}},
+      root{"root", true, {}};
   auto a = m->CreateJob(Request({{"pretrained", "/a"}}), alice);
   auto b = m->CreateJob(Request({{"pretrained", "/b"}}), bob);
   ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
@@ -1011,7 +1012,7 @@ TEST_F(JobManagerTest, OtherPrincipalsJobsAreNotFoundAndListedOnlyToAdmins) {
   EXPECT_EQ(names(alice), std::set<std::string>{a->name()});
   EXPECT_EQ(names(bob), std::set<std::string>{b->name()});
   EXPECT_EQ(names(root), (std::set<std::string>{a->name(), b->name()}));
-  EXPECT_TRUE(names(Caller{"carol", false}).empty());
+  EXPECT_TRUE(names(Caller{"carol", false, {}}).empty());
 
   // The creator survives a restart (the store's creator column).
   m.reset();
@@ -1025,7 +1026,7 @@ TEST_F(JobManagerTest, OtherPrincipalsJobsAreNotFoundAndListedOnlyToAdmins) {
 
 TEST_F(JobManagerTest, CancelActsOnlyOnTheCallersOwnJobs) {
   auto m = Start();
-  const Caller alice{"alice", false}, bob{"bob", false};
+  const Caller alice{"alice", false, {}}, bob{"bob", false, {}};
   auto a =
       m->CreateJob(Request({{"pretrained", "/r"}, {"block", true}}), alice);
   ASSERT_TRUE(a.ok());
@@ -1041,24 +1042,24 @@ TEST_F(JobManagerTest, RequestIdIsPerPrincipal) {
   auto m = Start();
   CreateJobRequest r = Request({{"pretrained", "/a"}});
   r.request_id = "shared-id";
-  auto alice = m->CreateJob(r, Caller{"alice", false});
-  auto alice_again = m->CreateJob(r, Caller{"alice", false});
-  auto bob = m->CreateJob(r, Caller{"bob", false});
+  auto alice = m->CreateJob(r, Caller{"alice", false, {}});
+  auto alice_again = m->CreateJob(r, Caller{"alice", false, {}});
+  auto bob = m->CreateJob(r, Caller{"bob", false, {}});
   ASSERT_TRUE(alice.ok() && alice_again.ok() && bob.ok()) << bob.status();
   EXPECT_EQ(alice->name(), alice_again->name());
   EXPECT_NE(alice->name(), bob->name());  // not Alice's job handed to Bob
   EXPECT_EQ(bob->creator, "bob");
   // Bob reusing the id for another request conflicts with his own job only.
   r.priority = 5;
-  auto conflict = m->CreateJob(r, Caller{"bob", false});
+  auto conflict = m->CreateJob(r, Caller{"bob", false, {}});
   EXPECT_EQ(conflict.status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_TRUE(absl::StrContains(conflict.status().message(), bob->name()));
   // And after a restart.
   m.reset();
   m = Start();
   r.priority = 0;
-  EXPECT_EQ(m->CreateJob(r, Caller{"bob", false})->name(), bob->name());
-  EXPECT_EQ(m->CreateJob(r, Caller{"alice", false})->name(), alice->name());
+  EXPECT_EQ(m->CreateJob(r, Caller{"bob", false, {}})->name(), bob->name());
+  EXPECT_EQ(m->CreateJob(r, Caller{"alice", false, {}})->name(), alice->name());
 }
 
 TEST_F(JobManagerTest, CallerRootsAreCheckedOnTopOfTheServers) {
@@ -1073,16 +1074,16 @@ TEST_F(JobManagerTest, CallerRootsAreCheckedOnTopOfTheServers) {
   EXPECT_EQ(
       m->CreateJob(Request({{"pretrained", "/denied"}}), alice).status().code(),
       absl::StatusCode::kPermissionDenied);
-  EXPECT_TRUE(
-      m->CreateJob(Request({{"pretrained", "/bob/m"}}), Caller{"bob", false})
-          .ok());
+  EXPECT_TRUE(m->CreateJob(Request({{"pretrained", "/bob/m"}}),
+                           Caller{"bob", false, {}})
+                  .ok());
 }
 
 TEST_F(JobManagerTest, PerPrincipalQueuedQuota) {
   JobManagerOptions o;
   o.max_queued_jobs_per_principal = 2;
   auto m = Start(o);
-  const Caller alice{"alice", false}, bob{"bob", false};
+  const Caller alice{"alice", false, {}}, bob{"bob", false, {}};
   // One blocked job keeps the others queued.
   auto blocker =
       m->CreateJob(Request({{"pretrained", "/r"}, {"block", true}}), bob);
@@ -1103,7 +1104,7 @@ TEST_F(JobManagerTest, PerPrincipalQueuedQuota) {
 // journal (durably), never its outputs; unfinished jobs are refused.
 TEST_F(JobManagerTest, DeleteRemovesFinishedJobsOnlyAndNeverOutputs) {
   auto m = Start();
-  const Caller alice{"alice", false}, bob{"bob", false};
+  const Caller alice{"alice", false, {}}, bob{"bob", false, {}};
   CreateJobRequest r = Request({{"pretrained", "/a"}, {"tensors", 3}});
   r.request_id = "delete-me-1";
   auto done = m->CreateJob(r, alice);

@@ -29,66 +29,6 @@
 namespace tailor {
 namespace {
 
-// tailorctl in the background, its stdout and stderr in files under `dir`.
-struct Background {
-  pid_t pid = -1;
-  std::string out, err;
-};
-Background SpawnTailorctl(const std::vector<std::string>& args,
-                          const std::string& dir, const std::string& tag) {
-  Background b;
-  b.out = absl::StrCat(dir, "/.", tag, ".stdout");
-  b.err = absl::StrCat(dir, "/.", tag, ".stderr");
-  const char* bin = std::getenv("TAILORCTL");
-  if (bin == nullptr) return b;
-  std::vector<std::string> argv = {bin};
-  argv.insert(argv.end(), args.begin(), args.end());
-  b.pid = ::fork();
-  if (b.pid == 0) {
-    const int out = ::open(b.out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int err = ::open(b.err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    std::vector<char*> c;
-    for (std::string& a : argv) c.push_back(a.data());
-    c.push_back(nullptr);
-    ::execv(bin, c.data());
-    ::_exit(127);
-  }
-  return b;
-}
-
-std::string Slurp(const std::string& path) {
-  absl::StatusOr<std::string> s = ReadFileToString(path, 4 << 20);
-  return s.ok() ? *s : "";
-}
-
-// Polls (up to 120 s of wall time) until `path` contains `text`.
-bool FileSoonContains(const std::string& path, const std::string& text) {
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (absl::StrContains(Slurp(path), text)) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
-}
-
-// Waits (up to `seconds`) for `pid` to exit; its exit code, or -1.
-int WaitExit(pid_t pid, int seconds = 300) {
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  int status = 0;
-  while (std::chrono::steady_clock::now() < deadline) {
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  ::kill(pid, SIGKILL);
-  ::waitpid(pid, &status, 0);
-  return -1;
-}
-
 // The sequence numbers of the "#N ..." event lines `tailorctl watch` printed.
 std::vector<int64_t> PrintedSequences(const std::string& out) {
   std::vector<int64_t> seqs;
@@ -343,7 +283,7 @@ TEST_F(JobLifecycleTest, WatchResumesAcrossAKilledAndRestartedServer) {
   ASSERT_TRUE(server->ok());
   ASSERT_EQ(server->grpc_port(), port);
 
-  const int code = WaitExit(watch.pid);
+  const int code = WaitExit(watch.pid, 300);
   const std::string out = Slurp(watch.out), err = Slurp(watch.err);
   EXPECT_EQ(code, 0) << err;
   v1::FusionJob done = Get(job.name());
@@ -375,7 +315,7 @@ TEST_F(JobLifecycleTest, WatchResumesAcrossAKilledAndRestartedServer) {
       << Slurp(lost.err);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   server->Stop(SIGKILL);
-  const int lost_code = WaitExit(lost.pid);
+  const int lost_code = WaitExit(lost.pid, 300);
   const std::string lost_err = Slurp(lost.err);
   EXPECT_EQ(lost_code, 7) << lost_err;
   EXPECT_TRUE(absl::StrContains(lost_err, "gave up reconnecting after 3 s"))

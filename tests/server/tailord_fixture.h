@@ -5,16 +5,22 @@
 // tailord process on loopback, a gRPC stub and tailorctl.
 
 #include <ATen/ATen.h>
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "tailor/v1/fusion_service.grpc.pb.h"
 #include "testing/tailord_process.h"
@@ -33,6 +39,70 @@ using ::tailor::testing::TailordProcess;
 using ::tailor::testing::TempDir;
 using ::tailor::testing::ToRaw;
 using ::tailor::testing::WriteFileOrDie;
+
+// tailorctl started in the background (for signals), its stdout and stderr
+// in files under `dir`; pid -1 if $TAILORCTL is not set.
+struct Background {
+  pid_t pid = -1;
+  std::string out, err;
+};
+inline Background SpawnTailorctl(const std::vector<std::string>& args,
+                                 const std::string& dir,
+                                 const std::string& tag) {
+  Background b;
+  b.out = absl::StrCat(dir, "/.", tag, ".stdout");
+  b.err = absl::StrCat(dir, "/.", tag, ".stderr");
+  const char* bin = std::getenv("TAILORCTL");
+  if (bin == nullptr) return b;
+  std::vector<std::string> argv = {bin};
+  argv.insert(argv.end(), args.begin(), args.end());
+  b.pid = ::fork();
+  if (b.pid == 0) {
+    const int out = ::open(b.out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int err = ::open(b.err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(out, 1);
+    ::dup2(err, 2);
+    std::vector<char*> c;
+    for (std::string& a : argv) c.push_back(a.data());
+    c.push_back(nullptr);
+    ::execv(bin, c.data());
+    ::_exit(127);
+  }
+  return b;
+}
+
+// The file's bytes (up to 4 MiB), "" if unreadable.
+inline std::string Slurp(const std::string& path) {
+  absl::StatusOr<std::string> s = ReadFileToString(path, 4 << 20);
+  return s.ok() ? *s : "";
+}
+
+// Polls (up to 120 s of wall time) until `path` contains `text`.
+inline bool FileSoonContains(const std::string& path, const std::string& text) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (absl::StrContains(Slurp(path), text)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+// Waits (up to `seconds`) for `pid` to exit; its exit code, or -1 (killed
+// when it does not exit in time).
+inline int WaitExit(pid_t pid, int seconds = 120) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  int status = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, &status, 0);
+  return -1;
+}
 
 class TailordTest : public ::testing::Test {
  protected:
