@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "storage/percent_decode.h"
 #include "util/beneath_open.h"
 #include "util/errno_status.h"
 #include "util/file_util.h"
@@ -95,41 +96,6 @@ absl::Status OutsideRoots(absl::string_view subject, absl::string_view resolved,
 std::string DescribeUri(absl::string_view uri, absl::string_view path) {
   std::string out = absl::StrCat("URI ", Quote(uri));
   if (uri != path) absl::StrAppend(&out, " (local path ", Quote(path), ")");
-  return out;
-}
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-absl::StatusOr<std::string> PercentDecode(absl::string_view uri,
-                                          absl::string_view encoded) {
-  std::string out;
-  out.reserve(encoded.size());
-  for (size_t i = 0; i < encoded.size(); ++i) {
-    if (encoded[i] != '%') {
-      out.push_back(encoded[i]);
-      continue;
-    }
-    const int hi = i + 1 < encoded.size() ? HexValue(encoded[i + 1]) : -1;
-    const int lo = i + 2 < encoded.size() ? HexValue(encoded[i + 2]) : -1;
-    if (hi < 0 || lo < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "malformed percent escape ",
-          Quote(encoded.substr(i, std::min<size_t>(3, encoded.size() - i))),
-          " in URI ", Quote(uri), ": '%' must be followed by two hex digits"));
-    }
-    const char decoded = static_cast<char>(hi * 16 + lo);
-    if (decoded == '\0') {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "URI ", Quote(uri), " contains a percent-encoded NUL byte (%00)"));
-    }
-    out.push_back(decoded);
-    i += 2;
-  }
   return out;
 }
 
