@@ -123,6 +123,19 @@ class ObjectStore {
   virtual absl::Status Delete(const ObjectUri& uri) = 0;
 };
 
+// Hands out the store for a URI's scheme and endpoint. The binaries' main()
+// creates one (storage/remote_store_provider.h: libcurl-backed s3, https,
+// hf) and passes it down with the UriResolver; tests pass an in-memory one.
+// Thread-safe.
+class ObjectStoreProvider {
+ public:
+  virtual ~ObjectStoreProvider() = default;
+  // UNIMPLEMENTED (naming the scheme) if this provider serves no such
+  // scheme.
+  virtual absl::StatusOr<std::shared_ptr<ObjectStore>> StoreFor(
+      const ObjectUri& uri) = 0;
+};
+
 }  // namespace tailor
 
 #endif  // TAILOR_STORAGE_OBJECT_STORE_H_
