@@ -26,9 +26,7 @@ import unittest
 import grpc
 from tailor.v1 import fusion_service_pb2 as pb
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                "..", "..", "client", "python"))
-import tailor_client  # noqa: E402  (the Python example client)
+import tailor_client  # the package client/python (on PYTHONPATH)
 from tailor.v1 import fusion_service_pb2_grpc as pb_grpc
 
 ALICE = "alice-token-8f0c2d1e9b7a"
@@ -569,11 +567,12 @@ class SecurityTest(unittest.TestCase):
             capture_output=True, text=True, timeout=DEADLINE)
         self.assertEqual(ctl.returncode, 0, ctl.stderr)
         self.assertIn(job.name, ctl.stdout)
-        # The Python example client, with a certificate and an admin token.
-        example = tailor_client.TailorClient(
-            self.b.address, token=ROOT, tls_ca=self.path("ca.pem"),
-            tls_cert=self.path("client.pem"), tls_key=self.path("client.key"),
-            tls_server_name="localhost")
+        # The Python package's client, with a certificate and an admin
+        # token.
+        example = tailor_client.Client(
+            self.b.address, token=ROOT, tls=self.path("ca.pem"),
+            client_cert=self.path("client.pem"),
+            client_key=self.path("client.key"), server_name="localhost")
         try:
             self.assertEqual(example.get(job.name).creator, "alice.clients")
             self.assertIn(job.name, [j.name for j in example.list()])
