@@ -9,6 +9,7 @@ package path (tailor_client._proto); the descriptor keeps its file name,
 tailor/v1/fusion_service.proto.
 """
 
+import importlib.util
 import os
 import re
 import shutil
@@ -41,9 +42,7 @@ def protoc_command(src, out):
             os.path.join(src, PROTO)]
     if protoc and plugin:
         return [protoc, "--plugin=protoc-gen-grpc=" + plugin] + args
-    try:
-        import grpc_tools  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("grpc_tools") is None:
         sys.exit("tailor_client: need protoc and grpc_python_plugin (Debian: "
                  "protobuf-compiler protobuf-compiler-grpc; or set PROTOC and "
                  "GRPC_PYTHON_PLUGIN) or the grpc_tools module to generate "

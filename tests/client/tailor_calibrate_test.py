@@ -16,6 +16,7 @@ Environment (set by CTest): TAILORCTL, DEMO_MODEL (the demo checkpoint
 directory), PYTHONPATH (the installed package).
 """
 
+import collections
 import json
 import math
 import os
@@ -328,8 +329,11 @@ class GenericModules(unittest.TestCase):
                 return self.head(x + z.sum() + v.mean()) + y
 
         net = Net()
+        # Mappings as keyword inputs: dicts, and UserDicts (transformers'
+        # BatchEncoding is one).
         batches = [{"ids": torch.randint(0, 11, (2, 5)),
                     "pixels": torch.randn(3, 4, 7)} for _ in range(3)]
+        batches[1] = collections.UserDict(batches[1])
         result = calibrate.collect(net, iter(batches), self.out())
         ours, md = read_safetensors(self.out())
         self.assertEqual(sorted(ours), ["a.hessian", "c.hessian",

@@ -18,6 +18,7 @@ import random
 import signal
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -213,6 +214,21 @@ class ClientTest(unittest.TestCase):
         self.client.wait(ta, timeout=DEADLINE)
         listed = self.client.list(filter="labels.via=dict")
         self.assertEqual([j.name for j in listed], [job.name])
+        # The package's small CLI.
+        cli = subprocess.run(
+            [sys.executable, "-m", "tailor_client", "--server",
+             self.server.address, "list"], capture_output=True, text=True,
+            timeout=DEADLINE)
+        self.assertEqual(cli.returncode, 0, cli.stderr)
+        self.assertIn(job.name + " SUCCEEDED", cli.stdout)
+        cli = subprocess.run(
+            [sys.executable, "-m", "tailor_client", "--server",
+             self.server.address, "get", "fusionJobs/ffffffffffffffff"],
+            capture_output=True, text=True, timeout=DEADLINE)
+        self.assertEqual(cli.returncode, 1)
+        self.assertIn("error: NOT_FOUND", cli.stderr)
+        # The client never needs torch (calibrate imports it lazily).
+        self.assertNotIn("torch", sys.modules)
 
     def test_2_yaml_job_file(self):
         os.mkdir(self.path("jobs"))

@@ -29,6 +29,7 @@ import os
 import re
 import uuid
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import (Any, Callable, Dict, Iterable, List, Optional, Pattern,
                     Sequence, Union)
@@ -183,7 +184,7 @@ def _matcher(include: Include) -> Callable[[str, str], bool]:
 
 
 def _run(model, batch) -> None:
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # dicts, transformers' BatchEncoding
         model(**batch)
     elif isinstance(batch, tuple):
         model(*batch)
@@ -200,8 +201,8 @@ def collect(model, batches: Iterable[Any], path: Union[str, os.PathLike],
         model: a torch.nn.Module (put in eval mode for the passes, then
             restored). Gradients are off during the passes.
         batches: an iterable of model inputs, each passed as given (on the
-            right device): a dict as keyword arguments (``model(**batch)``,
-            e.g. a tokenizer's output), a tuple as positional arguments,
+            right device): a mapping as keyword arguments
+            (``model(**batch)``, e.g. a tokenizer's output), a tuple as positional arguments,
             anything else as the one positional argument.
         path: the file to write; must not exist (FileExistsError). Written
             atomically (a hidden temporary file beside it, fsynced, linked
@@ -284,8 +285,7 @@ def _json(value) -> str:
 
 
 def _write(path: str, groups: List[_Group]) -> CalibrationResult:
-    import numpy as np
-    import torch
+    import torch  # and numpy, through Tensor.numpy()
 
     by_key = {}
     aliases = {}
