@@ -61,6 +61,21 @@ def read_safetensors(path):
     return out, header.get("__metadata__", {})
 
 
+def write_safetensors(path, tensors):
+    """{name: tensor} as F32."""
+    header, blobs, offset = {}, [], 0
+    for name, t in sorted(tensors.items()):
+        blob = t.detach().float().contiguous().numpy().astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
 def read_checkpoint(directory):
     index = os.path.join(directory, "model.safetensors.index.json")
     if not os.path.exists(index):
@@ -355,6 +370,24 @@ class GenericModules(unittest.TestCase):
             self.assertLessEqual(
                 (ours[key].double() - want).abs().max().item(),
                 REL_TOL * want.abs().max().item(), key)
+
+        # tailor reads the file (aliases, nsamples_by_key) in a real fusion.
+        weights = {n + ".weight": getattr(net, n).weight.detach()
+                   for n in ("a", "b", "c", "vision")}
+        for sub, delta in (("base", 0.0), ("ft", 0.1)):
+            os.mkdir(os.path.join(self.tmp.name, sub))
+            write_safetensors(
+                os.path.join(self.tmp.name, sub, "model.safetensors"),
+                {k: v + delta * torch.randn_like(v)
+                 for k, v in weights.items()})
+        fused = subprocess.run(
+            [os.environ["TAILORCTL"], "fuse", "--local", "--pretrained",
+             os.path.join(self.tmp.name, "base"), "--finetuned",
+             os.path.join(self.tmp.name, "ft"), "--hessians", self.out(),
+             "--keep", "0.5", "--compensation", "exact", "--patch-out",
+             os.path.join(self.tmp.name, "p.safetensors"), "--device", "cpu",
+             "-q"], capture_output=True, text=True, timeout=600)
+        self.assertEqual(fused.returncode, 0, fused.stderr)
 
     def test_errors_leave_nothing_behind(self):
         net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(),

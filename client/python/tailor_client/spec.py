@@ -346,11 +346,12 @@ def to_spec(spec: Optional[SpecSource] = None,
     if isinstance(spec, pb.FusionJobSpec):
         if not fields:
             return spec
+        extra = spec_from_dict(fields)  # checks the keys first
         merged = pb.FusionJobSpec()
         merged.CopyFrom(spec)
         for key in fields:
             merged.ClearField(key.rstrip("_") if key.endswith("_") else key)
-        merged.MergeFrom(spec_from_dict(fields))
+        merged.MergeFrom(extra)
         return merged
     if spec is None:
         values: Dict[str, Any] = {}
