@@ -201,7 +201,7 @@ AttemptResult RunAttempt(const HttpClientOptions& o, const HttpRequest& r,
   const std::string what = absl::StrCat(r.method, " ", subject);
   if (code == CURLE_OK || (code == CURLE_WRITE_ERROR && a.overflow)) {
     const long s = a.response.status;
-    if (s >= 500 || s == 429) {
+    if ((s >= 500 || s == 429) && r.idempotent) {
       result.outcome = Outcome::kRetry;
       result.status = absl::UnavailableError(absl::StrCat(
           what, ": HTTP ", s, s == 429 ? " (throttled)" : " (server error)"));

@@ -102,7 +102,8 @@ class HttpClient {
   // credentials.
   //
   // A 5xx/429 that persists through the retries is returned as an error,
-  // not as a response.
+  // not as a response; for a non-idempotent request (never retried on a
+  // response) it is returned as the response, for the caller to judge.
   absl::StatusOr<HttpResponse> Perform(const HttpRequest& request,
                                        absl::string_view subject);
 

@@ -17,9 +17,11 @@
 //              AbortMultipartUpload when destroyed uncommitted)
 //   Delete     DeleteObject (404 -> OK)
 //
-// CompleteMultipartUpload is not retried by the transport (a POST); it is
-// re-sent only after a transport failure (UNAVAILABLE), and a NoSuchUpload
-// on a re-sent complete means an earlier one succeeded: the object is then
+// CompleteMultipartUpload is not retried by the transport (a POST) and never
+// after a response (a 5xx is reported as UNAVAILABLE and the upload
+// abandoned); it is re-sent (3 sends at most) only when no response came
+// (a connection reset or timeout after sending), and a NoSuchUpload on a
+// re-sent complete means an earlier one succeeded: the object is then
 // checked with HEAD (its size must be the bytes appended).
 //
 // Addressing: path-style ({endpoint}/{bucket}/{key}) when a custom endpoint

@@ -12,6 +12,7 @@
 #include "storage/uri_encode.h"
 #include "storage/xml_extract.h"
 #include "util/log.h"
+#include "util/quote.h"
 #include "util/status_macros.h"
 
 namespace tailor {
@@ -155,8 +156,11 @@ absl::Status S3Upload::Complete() {
         store_->Send(std::move(req), xml, subject_);
     if (!r.ok()) {
       last = r.status();
+      // No response (a connection reset or timeout after sending): the
+      // complete may have happened; re-send it, and NoSuchUpload then
+      // means it did.
       if (last.code() != absl::StatusCode::kUnavailable) return last;
-      continue;  // a transport failure: the complete may be re-sent
+      continue;
     }
     // S3 may answer 200 with an <Error> body.
     absl::StatusOr<std::string> code = XmlFirstText(r->body, "Code");
@@ -171,10 +175,10 @@ absl::Status S3Upload::Complete() {
           "the object holds ", info.size, " bytes, not ", total_bytes_));
     }
     if (error_body) {
-      last = absl::UnavailableError(absl::StrCat(
-          "CompleteMultipartUpload ", subject_, ": failed (", *code, ")"));
-      if (*code == "InternalError" || *code == "SlowDown") continue;
-      return last;
+      // Not re-sent: the server answered (see s3_store.h).
+      return absl::UnavailableError(absl::StrCat(
+          "CompleteMultipartUpload ", subject_, ": failed (",
+          Quote(*code, 64), ")"));
     }
     return S3Store::ErrorFor(*r, "CompleteMultipartUpload", subject_);
   }
