@@ -32,6 +32,8 @@ class HttpsStoreTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new TempDir();
+    // nginx's workers drop to an unprivileged user when started as root.
+    ASSERT_EQ(chmod(dir_->path().c_str(), 0755), 0);
     absl::StatusOr<std::string> ca =
         RunFixture({"ca", "--dir", dir_->Join("pki")});
     ASSERT_TRUE(ca.ok()) << ca.status();
@@ -39,6 +41,7 @@ class HttpsStoreTest : public ::testing::Test {
     ASSERT_EQ(mkdir(dir_->Join("www/models").c_str(), 0755), 0);
     data_ = new std::string(RandomBytes(300000, 11));
     testing::WriteFile(dir_->Join("www/models/weights.bin"), *data_);
+    ASSERT_EQ(chmod(dir_->Join("www/models/weights.bin").c_str(), 0644), 0);
     absl::StatusOr<FixtureServer> s = FixtureServer::Start(
         {"nginx", "--root", dir_->Join("www"), "--cert",
          dir_->Join("pki/server.pem"), "--key", dir_->Join("pki/server.key")});

@@ -236,7 +236,7 @@ TEST_F(RemoteFaultsTest, ACompleteWhoseResponseIsLostIsResentAndChecked) {
   auto up = store->BeginUpload(Uri("completed-lost.bin"));
   ASSERT_TRUE(up.ok());
   ASSERT_TRUE((*up)->Append(data).ok());
-  Plan("ok,drop");  // part 2, then the complete's response is cut
+  Plan("ok,lose");  // part 2, then the complete's response is lost
   absl::Status s = (*up)->Commit();
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(Count(), 4);  // part 2, complete, complete again, HEAD

@@ -23,7 +23,11 @@ stdin is closed or it gets SIGTERM, and stops its children):
       plan to the proxy itself: POST /__faults with a comma-separated body
       (each request that follows takes the next entry; an empty queue is
       "ok"; "always:X" makes X the default): ok, 503, 429, 403, drop
-      (headers, then half the body, then the connection is closed), short
+      (headers, then half the body, then the connection is closed), lose
+      (forwarded, then the connection is closed with no response; a
+      CompleteMultipartUpload lost so is remembered, and a re-sent one
+      answered 404 NoSuchUpload as S3 does, where s3rver 3.7 answers 500),
+      short
       (a consistent response with half the body), slow (half the body, then
       silence for 60 s). GET /__count answers the number of proxied
       requests.
@@ -307,6 +311,15 @@ def serve_fault(args):
                         "403": "AccessDenied"}[fault]
                 return self.reply(int(fault), (
                     "<Error><Code>%s</Code></Error>" % code).encode())
+            query = urllib.parse.parse_qs(
+                urllib.parse.urlsplit(self.path).query)
+            upload_id = (query.get("uploadId") or [""])[0]
+            if self.command == "POST" and upload_id and \
+                    upload_id in state.setdefault("completed", set()):
+                # S3 answers a re-sent complete of a finished upload so;
+                # s3rver 3.7 answers 500 InternalError.
+                return self.reply(404, b"<Error><Code>NoSuchUpload</Code>"
+                                  b"</Error>")
             upstream = http.client.HTTPConnection("127.0.0.1",
                                                   args.upstream, timeout=60)
             upstream.request(self.command, self.path, body=body,
@@ -314,6 +327,15 @@ def serve_fault(args):
             resp = upstream.getresponse()
             data = resp.read() if self.command != "HEAD" else b""
             upstream.close()
+            if fault == "lose":
+                # The request took effect; its response never arrives.
+                if self.command == "POST" and upload_id and \
+                        resp.status == 200:
+                    with lock:
+                        state["completed"].add(upload_id)
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             half = data[:len(data) // 2]
             self.send_response(resp.status)
             for k, v in resp.getheaders():
