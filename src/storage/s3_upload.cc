@@ -176,9 +176,9 @@ absl::Status S3Upload::Complete() {
     }
     if (error_body) {
       // Not re-sent: the server answered (see s3_store.h).
-      return absl::UnavailableError(absl::StrCat(
-          "CompleteMultipartUpload ", subject_, ": failed (",
-          Quote(*code, 64), ")"));
+      return absl::UnavailableError(absl::StrCat("CompleteMultipartUpload ",
+                                                 subject_, ": failed (",
+                                                 Quote(*code, 64), ")"));
     }
     return S3Store::ErrorFor(*r, "CompleteMultipartUpload", subject_);
   }

@@ -43,8 +43,8 @@ TEST(AwsConfigTest, EnvironmentWins) {
 }
 
 TEST(AwsConfigTest, OneKeyOfThePairIsAnErrorWithoutTheSecret) {
-  absl::StatusOr<AwsConfig> c = LoadAwsConfig(
-      MapEnv({{"AWS_SECRET_ACCESS_KEY", "TOPSECRET-abc"}}));
+  absl::StatusOr<AwsConfig> c =
+      LoadAwsConfig(MapEnv({{"AWS_SECRET_ACCESS_KEY", "TOPSECRET-abc"}}));
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(c.status().message(), HasSubstr("AWS_ACCESS_KEY_ID"));
   EXPECT_THAT(c.status().message(), Not(HasSubstr("TOPSECRET")));

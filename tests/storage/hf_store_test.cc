@@ -62,7 +62,8 @@ class HfStoreTest : public ::testing::Test {
                     absl::StrCat("http://127.0.0.1:", hub_->port())},
                    {"HF_TOKEN", token}}));
     EXPECT_TRUE(provider.ok()) << provider.status();
-    auto store = (*provider)->StoreFor(ObjectUri{"hf", "org/model", "", "main"});
+    auto store =
+        (*provider)->StoreFor(ObjectUri{"hf", "org/model", "", "main"});
     EXPECT_TRUE(store.ok());
     return *store;
   }
@@ -125,7 +126,8 @@ TEST_F(HfStoreTest, ResolvesFilesAndFollowsRedirectsWithoutLeakingTheToken) {
 
 TEST_F(HfStoreTest, WithoutTheTokenItIsPermissionDeniedWithoutSecrets) {
   auto store = Store("hf_wrongToken999");
-  absl::StatusOr<ObjectInfo> info = store->Stat(Uri("hf://org/model/config.json"));
+  absl::StatusOr<ObjectInfo> info =
+      store->Stat(Uri("hf://org/model/config.json"));
   ASSERT_EQ(info.status().code(), absl::StatusCode::kPermissionDenied)
       << info.status();
   EXPECT_THAT(info.status().message(), HasSubstr("hf://org/model/config.json"));
@@ -133,8 +135,9 @@ TEST_F(HfStoreTest, WithoutTheTokenItIsPermissionDeniedWithoutSecrets) {
               ::testing::Not(HasSubstr("hf_wrongToken999")));
   EXPECT_EQ(store->Stat(Uri("hf://org/model/nope.json")).status().code(),
             absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(Store(kToken)->Stat(Uri("hf://org/model/nope.json")).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(
+      Store(kToken)->Stat(Uri("hf://org/model/nope.json")).status().code(),
+      absl::StatusCode::kNotFound);
 }
 
 TEST_F(HfStoreTest, ListsTheTreeAcrossPages) {
@@ -149,9 +152,9 @@ TEST_F(HfStoreTest, ListsTheTreeAcrossPages) {
     EXPECT_EQ(u.revision, "main");
     keys.push_back(u.key);
   }
-  EXPECT_EQ(keys, (std::vector<std::string>{"config.json",
-                                            "lfs/model.safetensors",
-                                            "sub/a.txt", "sub/b.txt"}));
+  EXPECT_EQ(keys,
+            (std::vector<std::string>{"config.json", "lfs/model.safetensors",
+                                      "sub/a.txt", "sub/b.txt"}));
   absl::StatusOr<std::vector<ObjectUri>> sub =
       store->List(Uri("hf://org/model/sub/"));
   ASSERT_TRUE(sub.ok()) << sub.status();

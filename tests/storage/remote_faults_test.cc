@@ -43,9 +43,9 @@ class RemoteFaultsTest : public ::testing::Test {
     // The object every test reads, put by boto3 straight into s3rver.
     data_ = new std::string(RandomBytes(256 << 10, 7));
     testing::WriteFile(dir_->Join("object.bin"), *data_);
-    absl::StatusOr<std::string> r = RunFixture(
-        {"s3", "--port", std::to_string(s3rver_->port()), "put", kBucket,
-         "object.bin", dir_->Join("object.bin")});
+    absl::StatusOr<std::string> r =
+        RunFixture({"s3", "--port", std::to_string(s3rver_->port()), "put",
+                    kBucket, "object.bin", dir_->Join("object.bin")});
     ASSERT_TRUE(r.ok()) << r.status();
   }
   static void TearDownTestSuite() {
@@ -221,9 +221,9 @@ TEST_F(RemoteFaultsTest, ACompleteIsNotRetriedBlindly) {
     EXPECT_EQ(Count(), 2);  // part 2 once, complete once
     Plan("");
   }
-  absl::StatusOr<std::string> keys = RunFixture(
-      {"s3", "--port", std::to_string(s3rver_->port()), "list", kBucket,
-       "completed-once"});
+  absl::StatusOr<std::string> keys =
+      RunFixture({"s3", "--port", std::to_string(s3rver_->port()), "list",
+                  kBucket, "completed-once"});
   ASSERT_TRUE(keys.ok());
   EXPECT_EQ(absl::StripAsciiWhitespace(*keys), "[]");
 }
@@ -241,9 +241,9 @@ TEST_F(RemoteFaultsTest, ACompleteWhoseResponseIsLostIsResentAndChecked) {
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(Count(), 4);  // part 2, complete, complete again, HEAD
   const std::string f = dir_->Join("completed-lost.bin");
-  absl::StatusOr<std::string> r = RunFixture(
-      {"s3", "--port", std::to_string(s3rver_->port()), "get", kBucket,
-       "completed-lost.bin", f});
+  absl::StatusOr<std::string> r =
+      RunFixture({"s3", "--port", std::to_string(s3rver_->port()), "get",
+                  kBucket, "completed-lost.bin", f});
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(testing::ReadFile(f), data);
 }

@@ -50,8 +50,8 @@ absl::StatusOr<Spawned> Spawn(const std::vector<std::string>& args,
   posix_spawn_file_actions_adddup2(&fa, out[1], 1);
   if (capture_err) posix_spawn_file_actions_adddup2(&fa, err[1], 2);
   Spawned s;
-  const int rc = posix_spawn(&s.pid, cargv[0], &fa, nullptr, cargv.data(),
-                             environ);
+  const int rc =
+      posix_spawn(&s.pid, cargv[0], &fa, nullptr, cargv.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
   close(in[0]);
   close(out[1]);
@@ -130,9 +130,8 @@ absl::StatusOr<FixtureServer> FixtureServer::Start(
   const size_t at = line.find("\"port\": ");
   int port = 0;
   if (!in_time || at == std::string::npos ||
-      !absl::SimpleAtoi(line.substr(at + 8, line.find_first_of(",}", at) -
-                                                 at - 8),
-                        &port)) {
+      !absl::SimpleAtoi(
+          line.substr(at + 8, line.find_first_of(",}", at) - at - 8), &port)) {
     return absl::UnavailableError(absl::StrCat(
         "remote_fixture.py ", absl::StrJoin(args, " "), " did not start (",
         in_time ? "no port" : "timeout", "; its stderr is above): ", line));
@@ -176,8 +175,8 @@ absl::StatusOr<std::string> RunFixture(const std::vector<std::string>& args,
   }
   if (code != 0) {
     return absl::InternalError(
-        absl::StrCat("remote_fixture.py ", absl::StrJoin(args, " "),
-                     " exited ", code, ": ", err.substr(0, 4000)));
+        absl::StrCat("remote_fixture.py ", absl::StrJoin(args, " "), " exited ",
+                     code, ": ", err.substr(0, 4000)));
   }
   return out;
 }

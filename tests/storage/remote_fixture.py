@@ -52,7 +52,7 @@ One-shot commands (exit status 0 on success; output on stdout):
                         127.0.0.1 and localhost) and D/other-ca.pem (an
                         unrelated CA)
   s3 --port P mb B      create bucket B (boto3, against 127.0.0.1:P)
-  s3 --port P put B K FILE | get B K FILE | rm B K
+  s3 --port P put B K FILE [K FILE]... | get B K FILE | rm B K
   s3 --port P list B [PREFIX]     JSON list of keys
   s3 --port P uploads B           JSON list of the keys of pending multipart
                                   uploads (exit status 3: the server cannot
@@ -183,12 +183,22 @@ def serve_s3rver(args):
     # s3rver's continuation tokens use DES: OpenSSL 3's legacy provider.
     cmd = [os.environ.get("NODE", "node"), "--openssl-legacy-provider",
            os.path.join(modules, "s3rver", "bin", "s3rver.js"),
-           "-d", args.dir, "-a", "127.0.0.1", "-p", str(port), "--silent",
+           "-d", args.dir, "-a", "127.0.0.1", "--silent",
            "--no-vhost-buckets"]
+    buckets = []
     for b in args.bucket or []:
-        cmd += ["--configure-bucket", b]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr)
-    wait_for_port(port, 120, proc)
+        buckets += ["--configure-bucket", b]
+    proc = subprocess.Popen(cmd + ["-p", str(port)] + buckets,
+                            stdin=subprocess.DEVNULL, stdout=sys.stderr)
+    try:
+        wait_for_port(port, 120, proc)
+    except RuntimeError:
+        # Another process took the free port first: once more.
+        stop(proc)
+        port = free_port()
+        proc = subprocess.Popen(cmd + ["-p", str(port)] + buckets,
+                                stdin=subprocess.DEVNULL, stdout=sys.stderr)
+        wait_for_port(port, 120, proc)
     announce(port=port)
     run_until_stdin_closes(lambda: stop(proc))
 
@@ -592,8 +602,9 @@ def s3_command(args):
     if op == "mb":
         c.create_bucket(Bucket=rest[0])
     elif op == "put":
-        with open(rest[2], "rb") as f:
-            c.put_object(Bucket=rest[0], Key=rest[1], Body=f.read())
+        for key, path in zip(rest[1::2], rest[2::2]):
+            with open(path, "rb") as f:
+                c.put_object(Bucket=rest[0], Key=key, Body=f.read())
     elif op == "get":
         body = c.get_object(Bucket=rest[0], Key=rest[1])["Body"].read()
         with open(rest[2], "wb") as f:

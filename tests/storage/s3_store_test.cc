@@ -5,6 +5,8 @@
 
 #include <memory>
 #include <string>
+#include <thread>  // NOLINT
+#include <utility>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -77,11 +79,19 @@ class S3StoreTest : public ::testing::Test {
   }
   // boto3 puts `data` at `key`.
   void Put(const std::string& key, const std::string& data) {
-    const std::string f = tmp_.Join("put.bin");
-    testing::WriteFile(f, data);
-    absl::StatusOr<std::string> r =
-        RunFixture({"s3", "--port", std::to_string(server_->port()), "put",
-                    kBucket, key, f});
+    PutMany({{key, data}});
+  }
+  // The same for several objects, in one run of the fixture.
+  void PutMany(const std::vector<std::pair<std::string, std::string>>& kv) {
+    std::vector<std::string> args = {
+        "s3", "--port", std::to_string(server_->port()), "put", kBucket};
+    for (size_t i = 0; i < kv.size(); ++i) {
+      const std::string f = tmp_.Join(absl::StrCat("put", i, ".bin"));
+      testing::WriteFile(f, kv[i].second);
+      args.push_back(kv[i].first);
+      args.push_back(f);
+    }
+    absl::StatusOr<std::string> r = RunFixture(args);
     ASSERT_TRUE(r.ok()) << r.status();
   }
   // boto3's view of `key` ("" + false if absent).
@@ -96,9 +106,9 @@ class S3StoreTest : public ::testing::Test {
     return code == 0 ? testing::ReadFile(f) : "";
   }
   std::vector<std::string> BotoList(const std::string& prefix) {
-    absl::StatusOr<std::string> r = RunFixture(
-        {"s3", "--port", std::to_string(server_->port()), "list", kBucket,
-         prefix});
+    absl::StatusOr<std::string> r =
+        RunFixture({"s3", "--port", std::to_string(server_->port()), "list",
+                    kBucket, prefix});
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return {};
     return nlohmann::json::parse(*r).get<std::vector<std::string>>();
@@ -135,8 +145,8 @@ TEST_F(S3StoreTest, StatAndRangedReadGiveExactBytesAndTransferOnlyTheRange) {
   // The last byte, and the whole object.
   char last = 0;
   ASSERT_TRUE(store
-                  ->ReadRange(Uri("ranged/object.bin"), *info,
-                              data.size() - 1, 1, &last)
+                  ->ReadRange(Uri("ranged/object.bin"), *info, data.size() - 1,
+                              1, &last)
                   .ok());
   EXPECT_EQ(last, data.back());
   std::string all(data.size(), '\0');
@@ -151,6 +161,30 @@ TEST_F(S3StoreTest, StatAndRangedReadGiveExactBytesAndTransferOnlyTheRange) {
                                        data.size() - 10, 11, out.data());
   EXPECT_EQ(past.code(), absl::StatusCode::kInvalidArgument) << past;
   EXPECT_THAT(past.message(), HasSubstr("s3://tailor-test/ranged/object.bin"));
+}
+
+// One store, one transport, many threads (concurrent jobs share them).
+TEST_F(S3StoreTest, ConcurrentRangedReadsShareOneStore) {
+  const std::string data = RandomBytes(512 << 10, 12);
+  Put("concurrent/object.bin", data);
+  auto store = Store();
+  absl::StatusOr<ObjectInfo> info = store->Stat(Uri("concurrent/object.bin"));
+  ASSERT_TRUE(info.ok()) << info.status();
+  std::vector<std::thread> threads;
+  std::vector<int> bad(8, 0);
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 5; ++i) {
+        const uint64_t offset = (t * 5 + i) * 10000;
+        std::string out(7000, '\0');
+        absl::Status s = store->ReadRange(Uri("concurrent/object.bin"), *info,
+                                          offset, out.size(), out.data());
+        if (!s.ok() || out != data.substr(offset, out.size())) ++bad[t];
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(bad, std::vector<int>(8, 0));
 }
 
 TEST_F(S3StoreTest, AChangedObjectIsFailedPreconditionNotAMix) {
@@ -169,8 +203,7 @@ TEST_F(S3StoreTest, AChangedObjectIsFailedPreconditionNotAMix) {
 TEST_F(S3StoreTest, MissingObjectIsNotFoundNamingTheUri) {
   auto store = Store();
   absl::StatusOr<ObjectInfo> info = store->Stat(Uri("no/such/key.bin"));
-  EXPECT_EQ(info.status().code(), absl::StatusCode::kNotFound)
-      << info.status();
+  EXPECT_EQ(info.status().code(), absl::StatusCode::kNotFound) << info.status();
   EXPECT_THAT(info.status().message(),
               HasSubstr("s3://tailor-test/no/such/key.bin"));
   ObjectInfo fake{10, ""};
@@ -200,14 +233,19 @@ TEST_F(S3StoreTest, BadCredentialsArePermissionDeniedWithoutTheSecret) {
 }
 
 TEST_F(S3StoreTest, KeysWithSpacesPlusAndUnicodeRoundTrip) {
-  const std::vector<std::string> keys = {
-      "odd keys/with space.bin", "odd keys/a+b=c&d.bin",
-      "odd keys/\xC3\xBCnic\xC3\xB8" "de \xE2\x9C\x93.bin",
-      "odd keys/tilde~and(parens)!*'.bin"};
+  const std::vector<std::string> keys = {"odd keys/with space.bin",
+                                         "odd keys/a+b=c&d.bin",
+                                         "odd keys/\xC3\xBCnic\xC3\xB8"
+                                         "de \xE2\x9C\x93.bin",
+                                         "odd keys/tilde~and(parens)!*'.bin"};
   auto store = Store();
+  std::vector<std::pair<std::string, std::string>> objects;
   for (size_t i = 0; i < keys.size(); ++i) {
-    const std::string data = RandomBytes(100 + i, 10 + i);
-    Put(keys[i], data);
+    objects.emplace_back(keys[i], RandomBytes(100 + i, 10 + i));
+  }
+  PutMany(objects);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const std::string& data = objects[i].second;
     absl::StatusOr<ObjectInfo> info = store->Stat(Uri(keys[i]));
     ASSERT_TRUE(info.ok()) << keys[i] << ": " << info.status();
     std::string out(data.size(), '\0');
@@ -229,13 +267,15 @@ TEST_F(S3StoreTest, KeysWithSpacesPlusAndUnicodeRoundTrip) {
 
 TEST_F(S3StoreTest, ListPaginatesAndStaysUnderThePrefix) {
   std::vector<std::string> want;
+  std::vector<std::pair<std::string, std::string>> objects;
   for (int i = 0; i < 7; ++i) {
     const std::string key = absl::StrCat("paged/sub", i % 2, "/k", i);
-    Put(key, "v");
+    objects.emplace_back(key, "v");
     want.push_back(key);
   }
-  Put("paged-sibling/k", "v");  // shares the string prefix "paged"
-  Put("other/k", "v");
+  objects.emplace_back("paged-sibling/k", "v");  // the string prefix "paged"
+  objects.emplace_back("other/k", "v");
+  PutMany(objects);
   std::sort(want.begin(), want.end());
   S3StoreOptions o;
   o.list_page_keys = 2;  // 4 pages
@@ -267,8 +307,8 @@ TEST_F(S3StoreTest, MultipartUploadIsInvisibleUntilCommitThenExact) {
   const uint64_t written = GlobalRemoteStats().written_bytes.load();
   // Uneven appends, across part boundaries.
   size_t at = 0;
-  for (size_t chunk : {size_t{1}, size_t{3 << 20}, size_t{4 << 20} + 7,
-                       size_t{77}}) {
+  for (size_t chunk :
+       {size_t{1}, size_t{3 << 20}, size_t{4 << 20} + 7, size_t{77}}) {
     ASSERT_TRUE((*up)->Append(absl::string_view(data).substr(at, chunk)).ok());
     at += chunk;
   }
@@ -338,11 +378,11 @@ TEST_F(S3StoreTest, TheProviderServesS3FromTheEnvironment) {
   Put("provider/object.bin", "through the provider");
   RemoteOptions options;
   absl::StatusOr<std::shared_ptr<ObjectStoreProvider>> provider =
-      NewRemoteStoreProvider(
-          options, MapEnv({{"AWS_ACCESS_KEY_ID", "S3RVER"},
-                           {"AWS_SECRET_ACCESS_KEY", "S3RVER"},
-                           {"AWS_REGION", "us-east-1"},
-                           {"AWS_ENDPOINT_URL", Endpoint()}}));
+      NewRemoteStoreProvider(options,
+                             MapEnv({{"AWS_ACCESS_KEY_ID", "S3RVER"},
+                                     {"AWS_SECRET_ACCESS_KEY", "S3RVER"},
+                                     {"AWS_REGION", "us-east-1"},
+                                     {"AWS_ENDPOINT_URL", Endpoint()}}));
   ASSERT_TRUE(provider.ok()) << provider.status();
   absl::StatusOr<ObjectUri> uri =
       ParseObjectUri("s3://tailor-test/provider/object.bin");
