@@ -158,7 +158,9 @@ AttemptResult RunAttempt(const HttpClientOptions& o, const HttpRequest& r,
   if (r.method == "HEAD") {
     curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
   } else if (r.method == "PUT" || r.method == "POST") {
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, r.body.data());
+    // Never NULL: libcurl would then read the body from stdin.
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS,
+                     r.body.empty() ? "" : r.body.data());
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE,
                      static_cast<curl_off_t>(r.body.size()));
     if (r.method == "PUT") curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "PUT");

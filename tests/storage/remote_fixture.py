@@ -32,7 +32,8 @@ stdin is closed or it gets SIGTERM, and stops its children):
       silence for 60 s). GET /__count answers the number of proxied
       requests.
   nginx --root D --cert C --key K
-      Debian nginx, unprivileged, https only, serving D (Range and ETag
+      Debian nginx ($NGINX, else the one on PATH or /usr/sbin/nginx),
+      unprivileged, https only, serving D (Range and ETag
       support are nginx's own). Its prefix, pid and logs live in a temporary
       directory.
   hub --root D [--token T] --log F
@@ -423,7 +424,8 @@ def serve_nginx(args):
                                   cert=os.path.abspath(args.cert),
                                   key=os.path.abspath(args.key),
                                   root=os.path.abspath(args.root)))
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    nginx = (os.environ.get("NGINX") or shutil.which("nginx") or
+             "/usr/sbin/nginx")
     proc = subprocess.Popen([nginx, "-p", tmp, "-c", conf, "-e",
                              os.path.join(tmp, "error.log")],
                             stdin=subprocess.DEVNULL, stdout=sys.stderr)
