@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "storage/aws_config.h"
 #include "storage/object_store.h"
 
 namespace tailor {
@@ -34,12 +35,20 @@ struct RemoteOptions {
   // exponential with full jitter, starting at `initial_backoff`.
   int max_attempts = 5;
   absl::Duration initial_backoff = absl::Milliseconds(200);
+  // s3:// addressing: kAuto is path-style when a custom endpoint is named
+  // (AWS_ENDPOINT_URL[_S3] or the profile's endpoint_url), virtual-hosted
+  // on AWS itself.
+  enum class S3Addressing { kAuto, kPath, kVirtual };
+  S3Addressing s3_addressing = S3Addressing::kAuto;
 };
 
 // INVALID_ARGUMENT naming the variable or file for a malformed setting
 // (e.g. an unreadable AWS_SHARED_CREDENTIALS_FILE, a bad AWS_ENDPOINT_URL).
 absl::StatusOr<std::shared_ptr<ObjectStoreProvider>> NewRemoteStoreProvider(
     const RemoteOptions& options);
+// The same with the environment read through `env` (tests).
+absl::StatusOr<std::shared_ptr<ObjectStoreProvider>> NewRemoteStoreProvider(
+    const RemoteOptions& options, const EnvLookup& env);
 
 }  // namespace tailor
 
