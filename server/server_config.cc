@@ -346,6 +346,60 @@ absl::Status LoadServerConfigFile(const std::string& path,
   return absl::OkStatus();
 }
 
+namespace {
+
+// to->*Field = from.*Field: a flag's value over the file's.
+template <auto Field>
+void CopyField(const ServerConfig& from, ServerConfig* to) {
+  to->*Field = from.*Field;
+}
+
+// The settings a command-line flag sets: the flag, and the copy of its
+// field from the parsed flags into the configuration (Resolve, when the
+// flag is given). Every flag ServerFlags::Add binds to flags_ is here.
+struct FlagSetting {
+  const char* flag;
+  void (*copy)(const ServerConfig& from, ServerConfig* to);
+};
+constexpr FlagSetting kFlagSettings[] = {
+    {"--listen", &CopyField<&ServerConfig::listen>},
+    {"--metrics-listen", &CopyField<&ServerConfig::metrics_listen>},
+    {"--data-dir", &CopyField<&ServerConfig::data_dir>},
+    {"--allowed-root", &CopyField<&ServerConfig::allowed_roots>},
+    {"--max-concurrent-jobs", &CopyField<&ServerConfig::max_concurrent_jobs>},
+    {"--threads", &CopyField<&ServerConfig::threads>},
+    {"--cpu-workers", &CopyField<&ServerConfig::cpu_workers>},
+    {"--max-queued-jobs", &CopyField<&ServerConfig::max_queued_jobs>},
+    {"--max-spec-bytes", &CopyField<&ServerConfig::max_spec_bytes>},
+    {"--drain-timeout", &CopyField<&ServerConfig::drain_timeout_seconds>},
+    {"--journal-max-bytes", &CopyField<&ServerConfig::journal_max_bytes>},
+    {"--journal-reserve-bytes",
+     &CopyField<&ServerConfig::journal_reserve_bytes>},
+    {"--max-interrupted-runs", &CopyField<&ServerConfig::max_interrupted_runs>},
+    {"--max-result-streams", &CopyField<&ServerConfig::max_result_streams>},
+    {"--job-retention", &CopyField<&ServerConfig::job_retention>},
+    {"--keepalive-time", &CopyField<&ServerConfig::keepalive_time_seconds>},
+    {"--keepalive-timeout",
+     &CopyField<&ServerConfig::keepalive_timeout_seconds>},
+    {"--ready-file", &CopyField<&ServerConfig::ready_file>},
+    {"--tls-cert", &CopyField<&ServerConfig::tls_cert>},
+    {"--tls-key", &CopyField<&ServerConfig::tls_key>},
+    {"--tls-client-ca", &CopyField<&ServerConfig::tls_client_ca>},
+    {"--auth-token-file", &CopyField<&ServerConfig::auth_token_file>},
+    {"--admin-principal", &CopyField<&ServerConfig::admin_principals>},
+    {"--metrics-token-file", &CopyField<&ServerConfig::metrics_token_file>},
+    {"--auth-reload-interval", &CopyField<&ServerConfig::auth_reload_seconds>},
+    {"--max-queued-jobs-per-principal",
+     &CopyField<&ServerConfig::max_queued_jobs_per_principal>},
+    {"--insecure", &CopyField<&ServerConfig::insecure>},
+    {"--reflection", &CopyField<&ServerConfig::reflection>},
+    {"--log-level", &CopyField<&ServerConfig::log_level>},
+    {"--device-memory-budget",
+     &CopyField<&ServerConfig::device_memory_budgets>},
+};
+
+}  // namespace
+
 void ServerFlags::Add(CLI::App& app) {
   app_ = &app;
   const ServerConfig d;
@@ -468,66 +522,8 @@ absl::StatusOr<ServerConfig> ServerFlags::Resolve() const {
     absl::Status s = LoadServerConfigFile(config_file_, &config);
     if (!s.ok()) return s;
   }
-  auto given = [&](const char* flag) { return app_->count(flag) > 0; };
-  if (given("--listen")) config.listen = flags_.listen;
-  if (given("--metrics-listen")) config.metrics_listen = flags_.metrics_listen;
-  if (given("--data-dir")) config.data_dir = flags_.data_dir;
-  if (given("--allowed-root")) config.allowed_roots = flags_.allowed_roots;
-  if (given("--max-concurrent-jobs")) {
-    config.max_concurrent_jobs = flags_.max_concurrent_jobs;
-  }
-  if (given("--threads")) config.threads = flags_.threads;
-  if (given("--cpu-workers")) config.cpu_workers = flags_.cpu_workers;
-  if (given("--max-queued-jobs")) {
-    config.max_queued_jobs = flags_.max_queued_jobs;
-  }
-  if (given("--max-spec-bytes")) config.max_spec_bytes = flags_.max_spec_bytes;
-  if (given("--drain-timeout")) {
-    config.drain_timeout_seconds = flags_.drain_timeout_seconds;
-  }
-  if (given("--journal-max-bytes")) {
-    config.journal_max_bytes = flags_.journal_max_bytes;
-  }
-  if (given("--journal-reserve-bytes")) {
-    config.journal_reserve_bytes = flags_.journal_reserve_bytes;
-  }
-  if (given("--max-interrupted-runs")) {
-    config.max_interrupted_runs = flags_.max_interrupted_runs;
-  }
-  if (given("--max-result-streams")) {
-    config.max_result_streams = flags_.max_result_streams;
-  }
-  if (given("--job-retention")) config.job_retention = flags_.job_retention;
-  if (given("--keepalive-time")) {
-    config.keepalive_time_seconds = flags_.keepalive_time_seconds;
-  }
-  if (given("--keepalive-timeout")) {
-    config.keepalive_timeout_seconds = flags_.keepalive_timeout_seconds;
-  }
-  if (given("--ready-file")) config.ready_file = flags_.ready_file;
-  if (given("--tls-cert")) config.tls_cert = flags_.tls_cert;
-  if (given("--tls-key")) config.tls_key = flags_.tls_key;
-  if (given("--tls-client-ca")) config.tls_client_ca = flags_.tls_client_ca;
-  if (given("--auth-token-file")) {
-    config.auth_token_file = flags_.auth_token_file;
-  }
-  if (given("--admin-principal")) {
-    config.admin_principals = flags_.admin_principals;
-  }
-  if (given("--metrics-token-file")) {
-    config.metrics_token_file = flags_.metrics_token_file;
-  }
-  if (given("--auth-reload-interval")) {
-    config.auth_reload_seconds = flags_.auth_reload_seconds;
-  }
-  if (given("--max-queued-jobs-per-principal")) {
-    config.max_queued_jobs_per_principal = flags_.max_queued_jobs_per_principal;
-  }
-  if (given("--insecure")) config.insecure = flags_.insecure;
-  if (given("--reflection")) config.reflection = flags_.reflection;
-  if (given("--log-level")) config.log_level = flags_.log_level;
-  if (given("--device-memory-budget")) {
-    config.device_memory_budgets = flags_.device_memory_budgets;
+  for (const FlagSetting& f : kFlagSettings) {
+    if (app_->count(f.flag) > 0) f.copy(flags_, &config);
   }
   absl::Status s = config.Validate();
   if (!s.ok()) return s;

@@ -53,6 +53,118 @@ TEST(ServerConfigTest, FileThenFlags) {
   EXPECT_EQ(c->drain_timeout_seconds, 12.5);
 }
 
+// Every flag overrides the file's value for its own setting (Resolve's
+// flag table): the file gives each setting one value, the command line
+// another, and the flags' values win, field by field.
+TEST(ServerConfigTest, EveryFlagOverridesTheFileForItsSetting) {
+  TempDir dir;
+  const std::string path = Write(
+      dir,
+      "listen: 127.0.0.1:1\nmetrics-listen: 127.0.0.1:2\ndata-dir: /f/data\n"
+      "allowed-root: [/f/root]\nmax-concurrent-jobs: 2\nthreads: 2\n"
+      "cpu-workers: 2\nmax-queued-jobs: 2\nmax-spec-bytes: 2048\n"
+      "drain-timeout: 2\njournal-max-bytes: 2\njournal-reserve-bytes: 2\n"
+      "max-interrupted-runs: 2\nmax-result-streams: 2\njob-retention: 2h\n"
+      "keepalive-time: 2\nkeepalive-timeout: 2\nready-file: /f/ready\n"
+      "tls-cert: /f/cert\ntls-key: /f/key\ntls-client-ca: /f/ca\n"
+      "auth-token-file: /f/tokens\nadmin-principal: [f-admin]\n"
+      "metrics-token-file: /f/metrics\nauth-reload-interval: 2\n"
+      "max-queued-jobs-per-principal: 2\ninsecure: false\nreflection: true\n"
+      "log-level: debug\ndevice-memory-budget: [cpu=2G]\n");
+  absl::StatusOr<ServerConfig> c = Parse({"--config",
+                                          path,
+                                          "--listen",
+                                          "127.0.0.1:3",
+                                          "--metrics-listen",
+                                          "127.0.0.1:4",
+                                          "--data-dir",
+                                          "/c/data",
+                                          "--allowed-root",
+                                          "/c/root",
+                                          "--max-concurrent-jobs",
+                                          "3",
+                                          "--threads",
+                                          "3",
+                                          "--cpu-workers",
+                                          "3",
+                                          "--max-queued-jobs",
+                                          "3",
+                                          "--max-spec-bytes",
+                                          "3072",
+                                          "--drain-timeout",
+                                          "3",
+                                          "--journal-max-bytes",
+                                          "3",
+                                          "--journal-reserve-bytes",
+                                          "3",
+                                          "--max-interrupted-runs",
+                                          "3",
+                                          "--max-result-streams",
+                                          "3",
+                                          "--job-retention",
+                                          "3h",
+                                          "--keepalive-time",
+                                          "3",
+                                          "--keepalive-timeout",
+                                          "3",
+                                          "--ready-file",
+                                          "/c/ready",
+                                          "--tls-cert",
+                                          "/c/cert",
+                                          "--tls-key",
+                                          "/c/key",
+                                          "--tls-client-ca",
+                                          "/c/ca",
+                                          "--auth-token-file",
+                                          "/c/tokens",
+                                          "--admin-principal",
+                                          "c-admin",
+                                          "--metrics-token-file",
+                                          "/c/metrics",
+                                          "--auth-reload-interval",
+                                          "3",
+                                          "--max-queued-jobs-per-principal",
+                                          "3",
+                                          "--insecure",
+                                          "--reflection",
+                                          "false",
+                                          "--log-level",
+                                          "error",
+                                          "--device-memory-budget",
+                                          "cpu=3G"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->listen, "127.0.0.1:3");
+  EXPECT_EQ(c->metrics_listen, "127.0.0.1:4");
+  EXPECT_EQ(c->data_dir, "/c/data");
+  EXPECT_EQ(c->allowed_roots, std::vector<std::string>{"/c/root"});
+  EXPECT_EQ(c->max_concurrent_jobs, 3);
+  EXPECT_EQ(c->threads, 3);
+  EXPECT_EQ(c->cpu_workers, 3);
+  EXPECT_EQ(c->max_queued_jobs, 3);
+  EXPECT_EQ(c->max_spec_bytes, 3072);
+  EXPECT_EQ(c->drain_timeout_seconds, 3);
+  EXPECT_EQ(c->journal_max_bytes, 3);
+  EXPECT_EQ(c->journal_reserve_bytes, 3);
+  EXPECT_EQ(c->max_interrupted_runs, 3);
+  EXPECT_EQ(c->max_result_streams, 3);
+  EXPECT_EQ(c->job_retention, "3h");
+  EXPECT_EQ(c->keepalive_time_seconds, 3);
+  EXPECT_EQ(c->keepalive_timeout_seconds, 3);
+  EXPECT_EQ(c->ready_file, "/c/ready");
+  EXPECT_EQ(c->tls_cert, "/c/cert");
+  EXPECT_EQ(c->tls_key, "/c/key");
+  EXPECT_EQ(c->tls_client_ca, "/c/ca");
+  EXPECT_EQ(c->auth_token_file, "/c/tokens");
+  EXPECT_EQ(c->admin_principals, std::vector<std::string>{"c-admin"});
+  EXPECT_EQ(c->metrics_token_file, "/c/metrics");
+  EXPECT_EQ(c->auth_reload_seconds, 3);
+  EXPECT_EQ(c->max_queued_jobs_per_principal, 3);
+  EXPECT_TRUE(c->insecure);
+  EXPECT_FALSE(c->reflection);
+  EXPECT_EQ(c->log_level, "error");
+  EXPECT_EQ(c->device_memory_budgets, std::vector<std::string>{"cpu=3G"});
+}
+
 TEST(ServerConfigTest, BadSettingsNameTheSettingAndTheRule) {
   TempDir dir;
   absl::StatusOr<ServerConfig> c =
