@@ -53,11 +53,61 @@ TEST(ServerConfigTest, FileThenFlags) {
   EXPECT_EQ(c->drain_timeout_seconds, 12.5);
 }
 
-// Every flag overrides the file's value for its own setting (Resolve's
-// flag table): the file gives each setting one value, the command line
-// another, and the flags' values win, field by field.
-TEST(ServerConfigTest, EveryFlagOverridesTheFileForItsSetting) {
+// Every setting is read from the file into its own field, and every flag
+// overrides the file's value for its own setting (server_config.cc's one
+// table of settings): the file gives each setting a value other than its
+// default, the command line another; the file's values land, and the
+// flags' win, field by field.
+TEST(ServerConfigTest, EverySettingIsReadFromTheFileAndEveryFlagOverridesIt) {
   TempDir dir;
+  // The booleans of `file` are the defaults' opposite; of `path`, what the
+  // flags then change.
+  const std::string file = Write(
+      dir,
+      "listen: 127.0.0.1:1\nmetrics-listen: 127.0.0.1:2\ndata-dir: /f/data\n"
+      "allowed-root: [/f/root]\nmax-concurrent-jobs: 2\nthreads: 2\n"
+      "cpu-workers: 2\nmax-queued-jobs: 2\nmax-spec-bytes: 2048\n"
+      "drain-timeout: 2\njournal-max-bytes: 2\njournal-reserve-bytes: 2\n"
+      "max-interrupted-runs: 2\nmax-result-streams: 2\njob-retention: 2h\n"
+      "keepalive-time: 2\nkeepalive-timeout: 2\nready-file: /f/ready\n"
+      "tls-cert: /f/cert\ntls-key: /f/key\ntls-client-ca: /f/ca\n"
+      "auth-token-file: /f/tokens\nadmin-principal: [f-admin]\n"
+      "metrics-token-file: /f/metrics\nauth-reload-interval: 2\n"
+      "max-queued-jobs-per-principal: 2\ninsecure: true\nreflection: false\n"
+      "log-level: debug\ndevice-memory-budget: [cpu=2G]\n");
+  absl::StatusOr<ServerConfig> f = Parse({"--config", file});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->listen, "127.0.0.1:1");
+  EXPECT_EQ(f->metrics_listen, "127.0.0.1:2");
+  EXPECT_EQ(f->data_dir, "/f/data");
+  EXPECT_EQ(f->allowed_roots, std::vector<std::string>{"/f/root"});
+  EXPECT_EQ(f->max_concurrent_jobs, 2);
+  EXPECT_EQ(f->threads, 2);
+  EXPECT_EQ(f->cpu_workers, 2);
+  EXPECT_EQ(f->max_queued_jobs, 2);
+  EXPECT_EQ(f->max_spec_bytes, 2048);
+  EXPECT_EQ(f->drain_timeout_seconds, 2);
+  EXPECT_EQ(f->journal_max_bytes, 2);
+  EXPECT_EQ(f->journal_reserve_bytes, 2);
+  EXPECT_EQ(f->max_interrupted_runs, 2);
+  EXPECT_EQ(f->max_result_streams, 2);
+  EXPECT_EQ(f->job_retention, "2h");
+  EXPECT_EQ(f->keepalive_time_seconds, 2);
+  EXPECT_EQ(f->keepalive_timeout_seconds, 2);
+  EXPECT_EQ(f->ready_file, "/f/ready");
+  EXPECT_EQ(f->tls_cert, "/f/cert");
+  EXPECT_EQ(f->tls_key, "/f/key");
+  EXPECT_EQ(f->tls_client_ca, "/f/ca");
+  EXPECT_EQ(f->auth_token_file, "/f/tokens");
+  EXPECT_EQ(f->admin_principals, std::vector<std::string>{"f-admin"});
+  EXPECT_EQ(f->metrics_token_file, "/f/metrics");
+  EXPECT_EQ(f->auth_reload_seconds, 2);
+  EXPECT_EQ(f->max_queued_jobs_per_principal, 2);
+  EXPECT_TRUE(f->insecure);
+  EXPECT_FALSE(f->reflection);
+  EXPECT_EQ(f->log_level, "debug");
+  EXPECT_EQ(f->device_memory_budgets, std::vector<std::string>{"cpu=2G"});
+
   const std::string path = Write(
       dir,
       "listen: 127.0.0.1:1\nmetrics-listen: 127.0.0.1:2\ndata-dir: /f/data\n"
