@@ -1,13 +1,13 @@
 #include "server/grpc_server_metrics.h"
 
 #include <atomic>
-#include <chrono>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/descriptor.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/interceptor.h"
+#include "util/stopwatch.h"
 
 namespace tailor::server {
 namespace {
@@ -115,10 +115,7 @@ class GrpcServerMetrics::Interceptor final
  public:
   Interceptor(const GrpcServerMetrics* metrics, metrics::Family::Labels labels,
               grpc::ServerContextBase* context)
-      : metrics_(metrics),
-        labels_(std::move(labels)),
-        context_(context),
-        start_(std::chrono::steady_clock::now()) {
+      : metrics_(metrics), labels_(std::move(labels)), context_(context) {
     metrics_->started_->Increment(labels_);
   }
 
@@ -157,16 +154,13 @@ class GrpcServerMetrics::Interceptor final
     metrics::Family::Labels with_code = labels_;
     with_code.push_back(CodeName(code));
     metrics_->handled_->Increment(with_code);
-    metrics_->seconds_->Observe(
-        labels_,
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_)
-            .count());
+    metrics_->seconds_->Observe(labels_, clock_.Seconds());
   }
 
   const GrpcServerMetrics* const metrics_;
   const metrics::Family::Labels labels_;
   grpc::ServerContextBase* const context_;  // the call's; outlives this
-  const std::chrono::steady_clock::time_point start_;
+  const Stopwatch clock_;                   // started with the call
   std::atomic<bool> handled_{false};
 };
 

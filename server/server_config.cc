@@ -3,6 +3,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <string>
+#include <type_traits>
+#include <vector>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -58,6 +62,154 @@ absl::Status Read(const YAML::Node& node, const std::string& where,
     return FieldError(
         where, absl::StrCat("must be ", type, ", not '", node.Scalar(), "'"));
   }
+}
+
+// The YAML value of a scalar setting, as its field's type: the kind of
+// value its error names.
+template <typename T>
+constexpr const char* ValueKind() {
+  if constexpr (std::is_same_v<T, std::string>) {
+    return "a string";
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return "true or false";
+  } else if constexpr (std::is_floating_point_v<T>) {
+    return "a number of seconds";  // every floating setting is a duration
+  } else {
+    static_assert(std::is_integral_v<T>);
+    return "an integer";
+  }
+}
+
+// config->*Field from a YAML scalar.
+template <auto Field>
+absl::Status ReadScalar(const YAML::Node& v, const std::string& where,
+                        ServerConfig* config) {
+  using T = std::remove_reference_t<decltype(config->*Field)>;
+  return Read(v, where, ValueKind<T>(), &(config->*Field));
+}
+
+// config->*Field (a list of strings) from a YAML string or list of strings;
+// replaces the default.
+template <auto Field>
+absl::Status ReadStringList(const YAML::Node& v, const std::string& where,
+                            ServerConfig* config) {
+  std::vector<std::string>& list = config->*Field;
+  list.clear();
+  absl::Status s;
+  if (v.IsScalar()) {
+    list.push_back(v.Scalar());
+  } else if (v.IsSequence()) {
+    for (size_t i = 0; i < v.size() && s.ok(); ++i) {
+      std::string item;
+      s = Read(v[i], absl::StrCat(where, "[", i, "]"), "a string", &item);
+      list.push_back(item);
+    }
+  } else {
+    s = FieldError(where, "must be a string or a list of strings");
+  }
+  return s;
+}
+
+// device-memory-budget: a list of "DEVICE=VALUE", or a mapping DEVICE:
+// VALUE.
+absl::Status ReadDeviceBudgets(const YAML::Node& v, const std::string& where,
+                               ServerConfig* config) {
+  config->device_memory_budgets.clear();
+  absl::Status s;
+  if (v.IsScalar()) {
+    config->device_memory_budgets.push_back(v.Scalar());
+  } else if (v.IsSequence()) {
+    for (size_t i = 0; i < v.size() && s.ok(); ++i) {
+      std::string item;
+      s = Read(v[i], absl::StrCat(where, "[", i, "]"), "a string", &item);
+      config->device_memory_budgets.push_back(item);
+    }
+  } else if (v.IsMap()) {
+    for (const auto& d : v) {
+      std::string value;
+      s = Read(d.second, absl::StrCat(where, ".", d.first.Scalar()), "a string",
+               &value);
+      if (!s.ok()) break;
+      config->device_memory_budgets.push_back(
+          absl::StrCat(d.first.Scalar(), "=", value));
+    }
+  } else {
+    s = FieldError(where,
+                   "must be DEVICE=VALUE, a list of them, or a mapping "
+                   "DEVICE: VALUE");
+  }
+  return s;
+}
+
+// to->*Field = from.*Field: a flag's value over the file's.
+template <auto Field>
+void CopyField(const ServerConfig& from, ServerConfig* to) {
+  to->*Field = from.*Field;
+}
+
+// Every setting, defined once: its flag (the config file's key is the flag
+// without "--", '-' or '_' between words), how the file's value is read,
+// and the copy of its field from the parsed flags into the configuration
+// (Resolve, when the flag is given). Every flag ServerFlags::Add binds to
+// flags_ is here.
+struct FlagSetting {
+  const char* flag;
+  absl::Status (*read)(const YAML::Node& v, const std::string& where,
+                       ServerConfig* config);
+  void (*copy)(const ServerConfig& from, ServerConfig* to);
+};
+
+template <auto Field>
+constexpr FlagSetting Scalar(const char* flag) {
+  return {flag, &ReadScalar<Field>, &CopyField<Field>};
+}
+template <auto Field>
+constexpr FlagSetting StringList(const char* flag) {
+  return {flag, &ReadStringList<Field>, &CopyField<Field>};
+}
+
+constexpr FlagSetting kFlagSettings[] = {
+    Scalar<&ServerConfig::listen>("--listen"),
+    Scalar<&ServerConfig::metrics_listen>("--metrics-listen"),
+    Scalar<&ServerConfig::data_dir>("--data-dir"),
+    StringList<&ServerConfig::allowed_roots>("--allowed-root"),
+    Scalar<&ServerConfig::max_concurrent_jobs>("--max-concurrent-jobs"),
+    Scalar<&ServerConfig::threads>("--threads"),
+    Scalar<&ServerConfig::cpu_workers>("--cpu-workers"),
+    Scalar<&ServerConfig::max_queued_jobs>("--max-queued-jobs"),
+    Scalar<&ServerConfig::max_spec_bytes>("--max-spec-bytes"),
+    Scalar<&ServerConfig::drain_timeout_seconds>("--drain-timeout"),
+    Scalar<&ServerConfig::journal_max_bytes>("--journal-max-bytes"),
+    Scalar<&ServerConfig::journal_reserve_bytes>("--journal-reserve-bytes"),
+    Scalar<&ServerConfig::max_interrupted_runs>("--max-interrupted-runs"),
+    Scalar<&ServerConfig::max_result_streams>("--max-result-streams"),
+    Scalar<&ServerConfig::job_retention>("--job-retention"),
+    Scalar<&ServerConfig::keepalive_time_seconds>("--keepalive-time"),
+    Scalar<&ServerConfig::keepalive_timeout_seconds>("--keepalive-timeout"),
+    Scalar<&ServerConfig::ready_file>("--ready-file"),
+    Scalar<&ServerConfig::tls_cert>("--tls-cert"),
+    Scalar<&ServerConfig::tls_key>("--tls-key"),
+    Scalar<&ServerConfig::tls_client_ca>("--tls-client-ca"),
+    Scalar<&ServerConfig::auth_token_file>("--auth-token-file"),
+    StringList<&ServerConfig::admin_principals>("--admin-principal"),
+    Scalar<&ServerConfig::metrics_token_file>("--metrics-token-file"),
+    Scalar<&ServerConfig::auth_reload_seconds>("--auth-reload-interval"),
+    Scalar<&ServerConfig::max_queued_jobs_per_principal>(
+        "--max-queued-jobs-per-principal"),
+    Scalar<&ServerConfig::insecure>("--insecure"),
+    Scalar<&ServerConfig::reflection>("--reflection"),
+    Scalar<&ServerConfig::log_level>("--log-level"),
+    {"--device-memory-budget", &ReadDeviceBudgets,
+     &CopyField<&ServerConfig::device_memory_budgets>},
+};
+
+// The setting whose config-file key is `key` ('-' between words); null if
+// none.
+const FlagSetting* FindSetting(absl::string_view key) {
+  for (const FlagSetting& f : kFlagSettings) {
+    if (absl::string_view(f.flag).substr(2) == key) return &f;
+  }
+  return nullptr;
 }
 
 }  // namespace
@@ -229,118 +381,11 @@ absl::Status LoadServerConfigFile(const std::string& path,
         absl::StrReplaceAll(kv.first.as<std::string>(), {{"_", "-"}});
     const std::string where = absl::StrCat(path, ": ", key);
     const YAML::Node& v = kv.second;
-    absl::Status s;
-    if (key == "listen") {
-      s = Read(v, where, "a string", &config->listen);
-    } else if (key == "metrics-listen") {
-      s = Read(v, where, "a string", &config->metrics_listen);
-    } else if (key == "data-dir") {
-      s = Read(v, where, "a string", &config->data_dir);
-    } else if (key == "allowed-root") {
-      config->allowed_roots.clear();
-      if (v.IsScalar()) {
-        config->allowed_roots.push_back(v.Scalar());
-      } else if (v.IsSequence()) {
-        for (size_t i = 0; i < v.size() && s.ok(); ++i) {
-          std::string root_dir;
-          s = Read(v[i], absl::StrCat(where, "[", i, "]"), "a string",
-                   &root_dir);
-          config->allowed_roots.push_back(root_dir);
-        }
-      } else {
-        s = FieldError(where, "must be a string or a list of strings");
-      }
-    } else if (key == "max-concurrent-jobs") {
-      s = Read(v, where, "an integer", &config->max_concurrent_jobs);
-    } else if (key == "threads") {
-      s = Read(v, where, "an integer", &config->threads);
-    } else if (key == "cpu-workers") {
-      s = Read(v, where, "an integer", &config->cpu_workers);
-    } else if (key == "max-queued-jobs") {
-      s = Read(v, where, "an integer", &config->max_queued_jobs);
-    } else if (key == "max-spec-bytes") {
-      s = Read(v, where, "an integer", &config->max_spec_bytes);
-    } else if (key == "drain-timeout") {
-      s = Read(v, where, "a number of seconds", &config->drain_timeout_seconds);
-    } else if (key == "journal-max-bytes") {
-      s = Read(v, where, "an integer", &config->journal_max_bytes);
-    } else if (key == "journal-reserve-bytes") {
-      s = Read(v, where, "an integer", &config->journal_reserve_bytes);
-    } else if (key == "max-interrupted-runs") {
-      s = Read(v, where, "an integer", &config->max_interrupted_runs);
-    } else if (key == "max-result-streams") {
-      s = Read(v, where, "an integer", &config->max_result_streams);
-    } else if (key == "job-retention") {
-      s = Read(v, where, "a string", &config->job_retention);
-    } else if (key == "keepalive-time") {
-      s = Read(v, where, "a number of seconds",
-               &config->keepalive_time_seconds);
-    } else if (key == "keepalive-timeout") {
-      s = Read(v, where, "a number of seconds",
-               &config->keepalive_timeout_seconds);
-    } else if (key == "tls-cert") {
-      s = Read(v, where, "a string", &config->tls_cert);
-    } else if (key == "tls-key") {
-      s = Read(v, where, "a string", &config->tls_key);
-    } else if (key == "tls-client-ca") {
-      s = Read(v, where, "a string", &config->tls_client_ca);
-    } else if (key == "auth-token-file") {
-      s = Read(v, where, "a string", &config->auth_token_file);
-    } else if (key == "metrics-token-file") {
-      s = Read(v, where, "a string", &config->metrics_token_file);
-    } else if (key == "auth-reload-interval") {
-      s = Read(v, where, "a number of seconds", &config->auth_reload_seconds);
-    } else if (key == "max-queued-jobs-per-principal") {
-      s = Read(v, where, "an integer", &config->max_queued_jobs_per_principal);
-    } else if (key == "insecure") {
-      s = Read(v, where, "true or false", &config->insecure);
-    } else if (key == "reflection") {
-      s = Read(v, where, "true or false", &config->reflection);
-    } else if (key == "admin-principal") {
-      config->admin_principals.clear();
-      if (v.IsScalar()) {
-        config->admin_principals.push_back(v.Scalar());
-      } else if (v.IsSequence()) {
-        for (size_t i = 0; i < v.size() && s.ok(); ++i) {
-          std::string name;
-          s = Read(v[i], absl::StrCat(where, "[", i, "]"), "a string", &name);
-          config->admin_principals.push_back(name);
-        }
-      } else {
-        s = FieldError(where, "must be a string or a list of strings");
-      }
-    } else if (key == "ready-file") {
-      s = Read(v, where, "a string", &config->ready_file);
-    } else if (key == "log-level") {
-      s = Read(v, where, "a string", &config->log_level);
-    } else if (key == "device-memory-budget") {
-      // A list of "DEVICE=VALUE", or a mapping DEVICE: VALUE.
-      config->device_memory_budgets.clear();
-      if (v.IsScalar()) {
-        config->device_memory_budgets.push_back(v.Scalar());
-      } else if (v.IsSequence()) {
-        for (size_t i = 0; i < v.size() && s.ok(); ++i) {
-          std::string item;
-          s = Read(v[i], absl::StrCat(where, "[", i, "]"), "a string", &item);
-          config->device_memory_budgets.push_back(item);
-        }
-      } else if (v.IsMap()) {
-        for (const auto& d : v) {
-          std::string value;
-          s = Read(d.second, absl::StrCat(where, ".", d.first.Scalar()),
-                   "a string", &value);
-          if (!s.ok()) break;
-          config->device_memory_budgets.push_back(
-              absl::StrCat(d.first.Scalar(), "=", value));
-        }
-      } else {
-        s = FieldError(where,
-                       "must be DEVICE=VALUE, a list of them, or a mapping "
-                       "DEVICE: VALUE");
-      }
-    } else {
-      s = FieldError(where, "unknown setting (see tailord --help)");
-    }
+    const FlagSetting* setting = FindSetting(key);
+    const absl::Status s =
+        setting == nullptr
+            ? FieldError(where, "unknown setting (see tailord --help)")
+            : setting->read(v, where, config);
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
@@ -468,66 +513,8 @@ absl::StatusOr<ServerConfig> ServerFlags::Resolve() const {
     absl::Status s = LoadServerConfigFile(config_file_, &config);
     if (!s.ok()) return s;
   }
-  auto given = [&](const char* flag) { return app_->count(flag) > 0; };
-  if (given("--listen")) config.listen = flags_.listen;
-  if (given("--metrics-listen")) config.metrics_listen = flags_.metrics_listen;
-  if (given("--data-dir")) config.data_dir = flags_.data_dir;
-  if (given("--allowed-root")) config.allowed_roots = flags_.allowed_roots;
-  if (given("--max-concurrent-jobs")) {
-    config.max_concurrent_jobs = flags_.max_concurrent_jobs;
-  }
-  if (given("--threads")) config.threads = flags_.threads;
-  if (given("--cpu-workers")) config.cpu_workers = flags_.cpu_workers;
-  if (given("--max-queued-jobs")) {
-    config.max_queued_jobs = flags_.max_queued_jobs;
-  }
-  if (given("--max-spec-bytes")) config.max_spec_bytes = flags_.max_spec_bytes;
-  if (given("--drain-timeout")) {
-    config.drain_timeout_seconds = flags_.drain_timeout_seconds;
-  }
-  if (given("--journal-max-bytes")) {
-    config.journal_max_bytes = flags_.journal_max_bytes;
-  }
-  if (given("--journal-reserve-bytes")) {
-    config.journal_reserve_bytes = flags_.journal_reserve_bytes;
-  }
-  if (given("--max-interrupted-runs")) {
-    config.max_interrupted_runs = flags_.max_interrupted_runs;
-  }
-  if (given("--max-result-streams")) {
-    config.max_result_streams = flags_.max_result_streams;
-  }
-  if (given("--job-retention")) config.job_retention = flags_.job_retention;
-  if (given("--keepalive-time")) {
-    config.keepalive_time_seconds = flags_.keepalive_time_seconds;
-  }
-  if (given("--keepalive-timeout")) {
-    config.keepalive_timeout_seconds = flags_.keepalive_timeout_seconds;
-  }
-  if (given("--ready-file")) config.ready_file = flags_.ready_file;
-  if (given("--tls-cert")) config.tls_cert = flags_.tls_cert;
-  if (given("--tls-key")) config.tls_key = flags_.tls_key;
-  if (given("--tls-client-ca")) config.tls_client_ca = flags_.tls_client_ca;
-  if (given("--auth-token-file")) {
-    config.auth_token_file = flags_.auth_token_file;
-  }
-  if (given("--admin-principal")) {
-    config.admin_principals = flags_.admin_principals;
-  }
-  if (given("--metrics-token-file")) {
-    config.metrics_token_file = flags_.metrics_token_file;
-  }
-  if (given("--auth-reload-interval")) {
-    config.auth_reload_seconds = flags_.auth_reload_seconds;
-  }
-  if (given("--max-queued-jobs-per-principal")) {
-    config.max_queued_jobs_per_principal = flags_.max_queued_jobs_per_principal;
-  }
-  if (given("--insecure")) config.insecure = flags_.insecure;
-  if (given("--reflection")) config.reflection = flags_.reflection;
-  if (given("--log-level")) config.log_level = flags_.log_level;
-  if (given("--device-memory-budget")) {
-    config.device_memory_budgets = flags_.device_memory_budgets;
+  for (const FlagSetting& f : kFlagSettings) {
+    if (app_->count(f.flag) > 0) f.copy(flags_, &config);
   }
   absl::Status s = config.Validate();
   if (!s.ok()) return s;

@@ -17,6 +17,7 @@
 #include "fusion/journal.h"
 #include "jobs/device_pool.h"
 #include "testing/test_util.h"
+#include "two_task_fixture.h"
 #include "util/file_util.h"
 
 namespace tailor {
@@ -27,6 +28,7 @@ using ::tailor::testing::ReadFileOrDie;
 using ::tailor::testing::SerializeSafetensors;
 using ::tailor::testing::TempDir;
 using ::tailor::testing::ToRaw;
+using ::tailor::testing::WithoutRunFacts;
 using ::tailor::testing::WriteFileOrDie;
 using ::tailor::testing::WriteShardedCheckpoint;
 
@@ -62,17 +64,10 @@ class Recorder : public ProgressSink {
   const int cancel_after_;
 };
 
-// The report without timings, the resumed count and the devices (which a
-// scheduled run lists as the leases' names).
-nlohmann::json Comparable(nlohmann::json j) {
-  return ::tailor::testing::WithoutRunFacts(std::move(j));
-}
-
-class FusionJournalTest : public ::testing::Test {
+class FusionJournalTest : public ::tailor::testing::TwoTaskTest {
  protected:
   void SetUp() override {
     at::manual_seed(7);
-    base_ = Dir("base");
     std::map<std::string, at::Tensor> pre;
     for (int l = 0; l < 3; ++l) {
       const std::string p = absl::StrCat("model.layers.", l, ".");
@@ -81,31 +76,12 @@ class FusionJournalTest : public ::testing::Test {
       pre[p + "mlp.down_proj.weight"] = at::randn({kHidden, kInter});
     }
     pre["model.norm.weight"] = at::ones({kHidden});
-    WriteCheckpoint(base_, pre);
+    WriteModels(pre, [this](const std::string& p) { return WriteHessians(p); });
     pre_ = pre;
-    for (int t = 0; t < 2; ++t) {
-      std::map<std::string, at::Tensor> ft;
-      for (auto& [name, w] : pre) ft[name] = w + 0.3 * at::randn(w.sizes());
-      const std::string dir = Dir(absl::StrCat("ft", t));
-      WriteCheckpoint(dir, ft);
-      ft_.push_back(dir);
-      hessians_.push_back(WriteHessians(tmp_.Join(absl::StrCat("h", t))));
-    }
     out_ = tmp_.Join("out");
     patch_ = tmp_.Join("p.safetensors");
     report_ = tmp_.Join("report.json");
     journal_ = tmp_.Join("journal");
-  }
-
-  std::string Dir(const std::string& name) {
-    const std::string p = tmp_.Join(name);
-    ::mkdir(p.c_str(), 0755);
-    return p;
-  }
-
-  void WriteCheckpoint(const std::string& dir,
-                       const std::map<std::string, at::Tensor>& ts) {
-    ::tailor::testing::WriteBf16TwoShardCheckpoint(dir, ts);
   }
 
   std::string WriteHessians(const std::string& path) {
@@ -187,9 +163,9 @@ class FusionJournalTest : public ::testing::Test {
     for (const std::string& f : OutputFiles()) {
       EXPECT_EQ(ReadFileOrDie(f + ".ref"), ReadFileOrDie(f)) << f;
     }
-    EXPECT_EQ(Comparable(ref), Comparable(report));
-    EXPECT_EQ(Comparable(ref),
-              Comparable(nlohmann::json::parse(ReadFileOrDie(report_))));
+    EXPECT_EQ(WithoutRunFacts(ref), WithoutRunFacts(report));
+    EXPECT_EQ(WithoutRunFacts(ref),
+              WithoutRunFacts(nlohmann::json::parse(ReadFileOrDie(report_))));
   }
 
   int JournalEntries() const {
@@ -202,9 +178,7 @@ class FusionJournalTest : public ::testing::Test {
     return n;
   }
 
-  TempDir tmp_;
-  std::string base_, out_, patch_, report_, journal_;
-  std::vector<std::string> ft_, hessians_;
+  std::string out_, patch_, report_, journal_;
   std::map<std::string, at::Tensor> pre_;
 };
 
@@ -292,7 +266,7 @@ TEST_F(FusionJournalTest, StreamedMergeResumesByteIdentically) {
               ReadFileOrDie(JoinPath(out_, n)))
         << n;
   }
-  EXPECT_EQ(Comparable(*ref), Comparable(*report));
+  EXPECT_EQ(WithoutRunFacts(*ref), WithoutRunFacts(*report));
 }
 
 TEST_F(FusionJournalTest, JournalOfAnotherSpecIsDiscarded) {

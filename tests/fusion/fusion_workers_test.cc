@@ -21,6 +21,7 @@
 #include "io/checkpoint.h"
 #include "jobs/device_pool.h"
 #include "testing/test_util.h"
+#include "two_task_fixture.h"
 #include "util/file_util.h"
 
 namespace tailor {
@@ -31,6 +32,7 @@ using ::tailor::testing::ReadFileOrDie;
 using ::tailor::testing::SerializeSafetensors;
 using ::tailor::testing::TempDir;
 using ::tailor::testing::ToRaw;
+using ::tailor::testing::WithoutRunFacts;
 using ::tailor::testing::WriteFileOrDie;
 using ::tailor::testing::WriteShardedCheckpoint;
 
@@ -93,17 +95,10 @@ class Canceller : public Recorder {
   const int after_;
 };
 
-// The report without timings, the resumed count and the devices (which a
-// scheduled run lists as the leases' names).
-nlohmann::json Comparable(nlohmann::json j) {
-  return ::tailor::testing::WithoutRunFacts(std::move(j));
-}
-
-class FusionWorkersTest : public ::testing::Test {
+class FusionWorkersTest : public ::tailor::testing::TwoTaskTest {
  protected:
   void SetUp() override {
     at::manual_seed(11);
-    base_ = Dir("base");
     std::map<std::string, at::Tensor> pre;
     for (int l = 0; l < kLayers; ++l) {
       const std::string p = absl::StrCat("model.layers.", l, ".");
@@ -113,30 +108,11 @@ class FusionWorkersTest : public ::testing::Test {
       pre[p + "mlp.down_proj.weight"] = at::randn({kHidden, kInter});
     }
     pre["model.norm.weight"] = at::ones({kHidden});
-    WriteCheckpoint(base_, pre);
+    WriteModels(pre, [this](const std::string& p) { return WriteHessians(p); });
     // (A safetensors header of 640, 896, 1152 or 1408 bytes is refused as
     // a pickle stream by RefuseIfPickle: these shapes avoid that.)
     auto opened = Checkpoint::Open(base_);
     ASSERT_TRUE(opened.ok()) << opened.status();
-    for (int t = 0; t < 2; ++t) {
-      std::map<std::string, at::Tensor> ft;
-      for (auto& [name, w] : pre) ft[name] = w + 0.3 * at::randn(w.sizes());
-      const std::string dir = Dir(absl::StrCat("ft", t));
-      WriteCheckpoint(dir, ft);
-      ft_.push_back(dir);
-      hessians_.push_back(WriteHessians(tmp_.Join(absl::StrCat("h", t))));
-    }
-  }
-
-  std::string Dir(const std::string& name) {
-    const std::string p = tmp_.Join(name);
-    ::mkdir(p.c_str(), 0755);
-    return p;
-  }
-
-  void WriteCheckpoint(const std::string& dir,
-                       const std::map<std::string, at::Tensor>& ts) {
-    ::tailor::testing::WriteBf16TwoShardCheckpoint(dir, ts);
   }
 
   // Hessians for every layer's q/k (one key per layer, aliased by k) and
@@ -240,13 +216,9 @@ class FusionWorkersTest : public ::testing::Test {
   }
 
   nlohmann::json Report(const std::string& tag) {
-    return Comparable(
+    return WithoutRunFacts(
         nlohmann::json::parse(ReadFileOrDie(tmp_.Join(tag + "/report.json"))));
   }
-
-  TempDir tmp_;
-  std::string base_;
-  std::vector<std::string> ft_, hessians_;
 };
 
 TEST_F(FusionWorkersTest, TailorWithHessiansIsIdenticalForAnyWorkerCount) {

@@ -142,10 +142,6 @@ class JobLifecycleTest : public TailordTest {
     v1::FusionJob job;
     return stub_->GetFusionJob(&context, request, &job);
   }
-  static bool Finished(const v1::FusionJob& j) {
-    return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED ||
-           j.state() == v1::CANCELLED;
-  }
 };
 
 // Point 7: only finished jobs can be deleted; a deleted job is gone from
@@ -156,26 +152,26 @@ TEST_F(JobLifecycleTest, DeleteFinishedJobsKeepsOutputsAndRetentionSweeps) {
   ASSERT_TRUE(server->ok());
   v1::FusionJob done, slow, queued;
   ASSERT_TRUE(Create(Spec("kept"), &done).ok());
-  WaitUntil(done.name(), [](const v1::FusionJob& j) { return Finished(j); });
+  WaitDone(done.name());
   ASSERT_EQ(Get(done.name()).state(), v1::SUCCEEDED);
   // `queued` waits behind `slow` (hundreds of fsynced tensor events), so it
   // is still QUEUED when the deletes below arrive.
   ASSERT_TRUE(Create(SlowSpec("slow"), &slow).ok());
   ASSERT_TRUE(Create(SlowSpec("queued"), &queued).ok());
   WaitUntil(slow.name(), [](const v1::FusionJob& j) {
-    return j.progress().tensors_done() >= 1 || Finished(j);
+    return j.progress().tensors_done() >= 1 || IsTerminal(j);
   });
 
   // An unfinished job: FAILED_PRECONDITION over gRPC, exit 3 from tailorctl.
   grpc::Status s = Delete(queued.name());
-  ASSERT_FALSE(Finished(Get(queued.name())));
+  ASSERT_FALSE(IsTerminal(Get(queued.name())));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
       << s.error_message();
   EXPECT_TRUE(absl::StrContains(s.error_message(), "cancel it first"))
       << s.error_message();
   CliResult r =
       Tailorctl({"delete", queued.name(), "--server", server->address()});
-  ASSERT_FALSE(Finished(Get(queued.name())));
+  ASSERT_FALSE(IsTerminal(Get(queued.name())));
   EXPECT_EQ(r.code, 3) << r.err;
   EXPECT_TRUE(absl::StrContains(r.err, "only finished jobs")) << r.err;
   EXPECT_EQ(Get(queued.name()).name(), queued.name());  // still there
@@ -209,8 +205,8 @@ TEST_F(JobLifecycleTest, DeleteFinishedJobsKeepsOutputsAndRetentionSweeps) {
 
   // Once the other two finished, the metrics count them and not the
   // deleted one.
-  const v1::FusionJob slow_done = WaitUntil(slow.name(), Finished);
-  const v1::FusionJob queued_done = WaitUntil(queued.name(), Finished);
+  const v1::FusionJob slow_done = WaitUntil(slow.name(), IsTerminal);
+  const v1::FusionJob queued_done = WaitUntil(queued.name(), IsTerminal);
   ASSERT_EQ(slow_done.state(), v1::SUCCEEDED) << slow_done.error_message();
   ASSERT_EQ(queued_done.state(), v1::SUCCEEDED) << queued_done.error_message();
   const std::string metrics = HttpGet(server->metrics_port(), "/metrics").body;

@@ -3,118 +3,22 @@
 // a patch replaced after its job succeeded is never served; staging left by
 // a killed writer is removed at start-up.
 
-#include <ATen/ATen.h>
-#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 
-#include <chrono>
-#include <thread>
+#include <functional>
 
 #include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
-#include "tailor/v1/fusion_service.grpc.pb.h"
-#include "testing/tailord_process.h"
-#include "testing/test_util.h"
+#include "tailord_fixture.h"
 #include "util/file_util.h"
-#include "util/sha256.h"
 
 namespace tailor {
 namespace {
 
-namespace v1 = ::tailor::v1;
-using ::tailor::testing::CliResult;
-using ::tailor::testing::ReadFileOrDie;
-using ::tailor::testing::RunTailorctl;
-using ::tailor::testing::SerializeSafetensors;
-using ::tailor::testing::TailordProcess;
-using ::tailor::testing::TempDir;
-using ::tailor::testing::ToRaw;
-using ::tailor::testing::WriteFileOrDie;
-
-class OutputSafetyTest : public ::testing::Test {
+// The tailord fixture's checkpoints, process and stub; ReadPatch besides.
+class OutputSafetyTest : public TailordTest {
  protected:
-  void SetUp() override {
-    at::manual_seed(7);
-    std::vector<testing::RawTensor> b, f, h;
-    for (int i = 0; i < 2; ++i) {
-      const std::string stem = absl::StrCat("m.l", i, ".proj");
-      at::Tensor w = at::randn({8, 8});
-      b.push_back(ToRaw(stem + ".weight", w.to(at::kBFloat16)));
-      f.push_back(ToRaw(stem + ".weight",
-                        (w + 0.3 * at::randn({8, 8})).to(at::kBFloat16)));
-      at::Tensor x = at::randn({32, 8});
-      h.push_back(
-          ToRaw(stem + ".hessian", (2.0 / 32 * x.t().matmul(x)).contiguous()));
-    }
-    ::mkdir(tmp_.Join("base").c_str(), 0755);
-    ::mkdir(tmp_.Join("ft").c_str(), 0755);
-    WriteFileOrDie(tmp_.Join("base/model.safetensors"),
-                   SerializeSafetensors(b));
-    WriteFileOrDie(tmp_.Join("ft/model.safetensors"), SerializeSafetensors(f));
-    WriteFileOrDie(tmp_.Join("h.safetensors"),
-                   SerializeSafetensors(h, {{"format", "tailor-hessian/1"},
-                                            {"nsamples", "32"}}));
-  }
-
-  std::unique_ptr<TailordProcess> Start() {
-    auto p = std::make_unique<TailordProcess>(
-        tmp_.Join("data"),
-        std::vector<std::string>{"--allowed-root", tmp_.path()}, tmp_.path());
-    EXPECT_TRUE(p->ok()) << p->Log();
-    stub_ = v1::FusionService::NewStub(
-        grpc::CreateChannel(p->address(), grpc::InsecureChannelCredentials()));
-    return p;
-  }
-
-  v1::FusionJobSpec Spec(const std::string& tag, double keep = 0.25) {
-    v1::FusionJobSpec spec;
-    spec.set_pretrained(tmp_.Join("base"));
-    v1::TaskSpec* task = spec.add_tasks();
-    task->set_finetuned(tmp_.Join("ft"));
-    task->set_hessians(tmp_.Join("h.safetensors"));
-    spec.set_keep(keep);
-    spec.set_out(tmp_.Join(tag + "-fused"));
-    spec.set_patch_out(tmp_.Join(tag + ".patch.safetensors"));
-    spec.set_report(tmp_.Join(tag + ".report.json"));
-    spec.set_device("cpu");
-    return spec;
-  }
-
-  grpc::Status Create(const v1::FusionJobSpec& spec, v1::FusionJob* job) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::seconds(60));
-    v1::CreateFusionJobRequest request;
-    *request.mutable_spec() = spec;
-    return stub_->CreateFusionJob(&context, request, job);
-  }
-
-  grpc::Status Get(const std::string& name, v1::FusionJob* job) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::seconds(60));
-    v1::GetFusionJobRequest request;
-    request.set_name(name);
-    return stub_->GetFusionJob(&context, request, job);
-  }
-
-  // Polls (up to 120 s) until the job reaches a final state.
-  v1::FusionJob WaitDone(const std::string& name) {
-    v1::FusionJob job;
-    for (int i = 0; i < 1200; ++i) {
-      EXPECT_TRUE(Get(name, &job).ok());
-      if (job.state() == v1::SUCCEEDED || job.state() == v1::FAILED ||
-          job.state() == v1::CANCELLED) {
-        return job;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    ADD_FAILURE() << "timed out waiting for " << name;
-    return job;
-  }
-
   // Reads the job's patch through ReadJobResult; the status and the bytes.
   grpc::Status ReadPatch(const std::string& name, std::string* bytes) {
     grpc::ClientContext context;
@@ -129,9 +33,6 @@ class OutputSafetyTest : public ::testing::Test {
     while (reader->Read(&chunk)) bytes->append(chunk.data());
     return reader->Finish();
   }
-
-  TempDir tmp_;
-  std::unique_ptr<v1::FusionService::Stub> stub_;
 };
 
 // Points 1, 2, 3: refused at create (nothing runs), naming the field; the
@@ -204,9 +105,7 @@ TEST_F(OutputSafetyTest, BadOutputPlansAreRefusedAtCreate) {
   ASSERT_EQ(server->Stop(SIGTERM), 0);
   server = Start();
   ASSERT_TRUE(server->ok());
-  v1::FusionJob again;
-  ASSERT_TRUE(Get(ok_job.name(), &again).ok());
-  EXPECT_EQ(again.state(), v1::SUCCEEDED);
+  EXPECT_EQ(Get(ok_job.name()).state(), v1::SUCCEEDED);
 }
 
 // Point 4: job A's patch later overwritten (by job B, or in place): fetching
@@ -215,7 +114,7 @@ TEST_F(OutputSafetyTest, ReplacedPatchIsNotServed) {
   auto server = Start();
   ASSERT_TRUE(server->ok());
   v1::FusionJob a;
-  ASSERT_TRUE(Create(Spec("shared", 0.25), &a).ok());
+  ASSERT_TRUE(Create(Spec("shared"), &a).ok());  // keep 0.25
   ASSERT_EQ(WaitDone(a.name()).state(), v1::SUCCEEDED);
   const std::string patch_path = tmp_.Join("shared.patch.safetensors");
   const std::string a_bytes = ReadFileOrDie(patch_path);
@@ -223,7 +122,8 @@ TEST_F(OutputSafetyTest, ReplacedPatchIsNotServed) {
   ASSERT_TRUE(ReadPatch(a.name(), &served).ok());
   EXPECT_EQ(served, a_bytes);
 
-  v1::FusionJobSpec b_spec = Spec("shared", 0.5);
+  v1::FusionJobSpec b_spec = Spec("shared");
+  b_spec.set_keep(0.5);
   b_spec.set_overwrite(true);
   v1::FusionJob b;
   ASSERT_TRUE(Create(b_spec, &b).ok());
@@ -260,35 +160,10 @@ TEST_F(OutputSafetyTest, ReplacedPatchIsNotServed) {
 // Two active jobs never write the same output: the second is refused at
 // create, naming the first (a finished job's outputs may be reused).
 TEST_F(OutputSafetyTest, OutputsOfAnActiveJobAreRefused) {
-  // A job slow enough to still be queued or running at the second create.
-  std::vector<testing::RawTensor> b, f, h;
-  for (int i = 0; i < 240; ++i) {
-    at::Tensor w = at::randn({48, 48});
-    const std::string stem = absl::StrCat("s.l", i, ".proj");
-    b.push_back(ToRaw(stem + ".weight", w.to(at::kBFloat16)));
-    f.push_back(ToRaw(stem + ".weight",
-                      (w + 0.3 * at::randn({48, 48})).to(at::kBFloat16)));
-    at::Tensor x = at::randn({192, 48});
-    h.push_back(
-        ToRaw(stem + ".hessian", (2.0 / 192 * x.t().matmul(x)).contiguous()));
-  }
-  WriteFileOrDie(tmp_.Join("slow-h.safetensors"),
-                 SerializeSafetensors(
-                     h, {{"format", "tailor-hessian/1"}, {"nsamples", "192"}}));
-  ::mkdir(tmp_.Join("slow-base").c_str(), 0755);
-  ::mkdir(tmp_.Join("slow-ft").c_str(), 0755);
-  WriteFileOrDie(tmp_.Join("slow-base/model.safetensors"),
-                 SerializeSafetensors(b));
-  WriteFileOrDie(tmp_.Join("slow-ft/model.safetensors"),
-                 SerializeSafetensors(f));
   auto server = Start();
   ASSERT_TRUE(server->ok());
-  v1::FusionJobSpec slow = Spec("busy");
-  slow.set_pretrained(tmp_.Join("slow-base"));
-  slow.mutable_tasks(0)->set_finetuned(tmp_.Join("slow-ft"));
-  slow.mutable_tasks(0)->set_hessians(tmp_.Join("slow-h.safetensors"));
-  slow.set_compensation(v1::COMPENSATION_EXACT);
-  slow.set_float64(true);
+  // A job slow enough to still be queued or running at the second create.
+  const v1::FusionJobSpec slow = SlowSpec("busy");
   v1::FusionJob first;
   ASSERT_TRUE(Create(slow, &first).ok());
   v1::FusionJobSpec second = Spec("elsewhere");
@@ -296,8 +171,7 @@ TEST_F(OutputSafetyTest, OutputsOfAnActiveJobAreRefused) {
   second.set_overwrite(true);
   v1::FusionJob job;
   grpc::Status s = Create(second, &job);
-  v1::FusionJob now;
-  ASSERT_TRUE(Get(first.name(), &now).ok());
+  const v1::FusionJob now = Get(first.name());
   if (now.state() == v1::QUEUED || now.state() == v1::RUNNING) {
     EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
         << s.error_message();

@@ -53,6 +53,168 @@ TEST(ServerConfigTest, FileThenFlags) {
   EXPECT_EQ(c->drain_timeout_seconds, 12.5);
 }
 
+// Every setting is read from the file into its own field, and every flag
+// overrides the file's value for its own setting (server_config.cc's one
+// table of settings): the file gives each setting a value other than its
+// default, the command line another; the file's values land, and the
+// flags' win, field by field.
+TEST(ServerConfigTest, EverySettingIsReadFromTheFileAndEveryFlagOverridesIt) {
+  TempDir dir;
+  // The booleans of `file` are the defaults' opposite; of `path`, what the
+  // flags then change.
+  const std::string file = Write(
+      dir,
+      "listen: 127.0.0.1:1\nmetrics-listen: 127.0.0.1:2\ndata-dir: /f/data\n"
+      "allowed-root: [/f/root]\nmax-concurrent-jobs: 2\nthreads: 2\n"
+      "cpu-workers: 2\nmax-queued-jobs: 2\nmax-spec-bytes: 2048\n"
+      "drain-timeout: 2\njournal-max-bytes: 2\njournal-reserve-bytes: 2\n"
+      "max-interrupted-runs: 2\nmax-result-streams: 2\njob-retention: 2h\n"
+      "keepalive-time: 2\nkeepalive-timeout: 2\nready-file: /f/ready\n"
+      "tls-cert: /f/cert\ntls-key: /f/key\ntls-client-ca: /f/ca\n"
+      "auth-token-file: /f/tokens\nadmin-principal: [f-admin]\n"
+      "metrics-token-file: /f/metrics\nauth-reload-interval: 2\n"
+      "max-queued-jobs-per-principal: 2\ninsecure: true\nreflection: false\n"
+      "log-level: debug\ndevice-memory-budget: [cpu=2G]\n");
+  absl::StatusOr<ServerConfig> f = Parse({"--config", file});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->listen, "127.0.0.1:1");
+  EXPECT_EQ(f->metrics_listen, "127.0.0.1:2");
+  EXPECT_EQ(f->data_dir, "/f/data");
+  EXPECT_EQ(f->allowed_roots, std::vector<std::string>{"/f/root"});
+  EXPECT_EQ(f->max_concurrent_jobs, 2);
+  EXPECT_EQ(f->threads, 2);
+  EXPECT_EQ(f->cpu_workers, 2);
+  EXPECT_EQ(f->max_queued_jobs, 2);
+  EXPECT_EQ(f->max_spec_bytes, 2048);
+  EXPECT_EQ(f->drain_timeout_seconds, 2);
+  EXPECT_EQ(f->journal_max_bytes, 2);
+  EXPECT_EQ(f->journal_reserve_bytes, 2);
+  EXPECT_EQ(f->max_interrupted_runs, 2);
+  EXPECT_EQ(f->max_result_streams, 2);
+  EXPECT_EQ(f->job_retention, "2h");
+  EXPECT_EQ(f->keepalive_time_seconds, 2);
+  EXPECT_EQ(f->keepalive_timeout_seconds, 2);
+  EXPECT_EQ(f->ready_file, "/f/ready");
+  EXPECT_EQ(f->tls_cert, "/f/cert");
+  EXPECT_EQ(f->tls_key, "/f/key");
+  EXPECT_EQ(f->tls_client_ca, "/f/ca");
+  EXPECT_EQ(f->auth_token_file, "/f/tokens");
+  EXPECT_EQ(f->admin_principals, std::vector<std::string>{"f-admin"});
+  EXPECT_EQ(f->metrics_token_file, "/f/metrics");
+  EXPECT_EQ(f->auth_reload_seconds, 2);
+  EXPECT_EQ(f->max_queued_jobs_per_principal, 2);
+  EXPECT_TRUE(f->insecure);
+  EXPECT_FALSE(f->reflection);
+  EXPECT_EQ(f->log_level, "debug");
+  EXPECT_EQ(f->device_memory_budgets, std::vector<std::string>{"cpu=2G"});
+
+  const std::string path = Write(
+      dir,
+      "listen: 127.0.0.1:1\nmetrics-listen: 127.0.0.1:2\ndata-dir: /f/data\n"
+      "allowed-root: [/f/root]\nmax-concurrent-jobs: 2\nthreads: 2\n"
+      "cpu-workers: 2\nmax-queued-jobs: 2\nmax-spec-bytes: 2048\n"
+      "drain-timeout: 2\njournal-max-bytes: 2\njournal-reserve-bytes: 2\n"
+      "max-interrupted-runs: 2\nmax-result-streams: 2\njob-retention: 2h\n"
+      "keepalive-time: 2\nkeepalive-timeout: 2\nready-file: /f/ready\n"
+      "tls-cert: /f/cert\ntls-key: /f/key\ntls-client-ca: /f/ca\n"
+      "auth-token-file: /f/tokens\nadmin-principal: [f-admin]\n"
+      "metrics-token-file: /f/metrics\nauth-reload-interval: 2\n"
+      "max-queued-jobs-per-principal: 2\ninsecure: false\nreflection: true\n"
+      "log-level: debug\ndevice-memory-budget: [cpu=2G]\n");
+  absl::StatusOr<ServerConfig> c = Parse({"--config",
+                                          path,
+                                          "--listen",
+                                          "127.0.0.1:3",
+                                          "--metrics-listen",
+                                          "127.0.0.1:4",
+                                          "--data-dir",
+                                          "/c/data",
+                                          "--allowed-root",
+                                          "/c/root",
+                                          "--max-concurrent-jobs",
+                                          "3",
+                                          "--threads",
+                                          "3",
+                                          "--cpu-workers",
+                                          "3",
+                                          "--max-queued-jobs",
+                                          "3",
+                                          "--max-spec-bytes",
+                                          "3072",
+                                          "--drain-timeout",
+                                          "3",
+                                          "--journal-max-bytes",
+                                          "3",
+                                          "--journal-reserve-bytes",
+                                          "3",
+                                          "--max-interrupted-runs",
+                                          "3",
+                                          "--max-result-streams",
+                                          "3",
+                                          "--job-retention",
+                                          "3h",
+                                          "--keepalive-time",
+                                          "3",
+                                          "--keepalive-timeout",
+                                          "3",
+                                          "--ready-file",
+                                          "/c/ready",
+                                          "--tls-cert",
+                                          "/c/cert",
+                                          "--tls-key",
+                                          "/c/key",
+                                          "--tls-client-ca",
+                                          "/c/ca",
+                                          "--auth-token-file",
+                                          "/c/tokens",
+                                          "--admin-principal",
+                                          "c-admin",
+                                          "--metrics-token-file",
+                                          "/c/metrics",
+                                          "--auth-reload-interval",
+                                          "3",
+                                          "--max-queued-jobs-per-principal",
+                                          "3",
+                                          "--insecure",
+                                          "--reflection",
+                                          "false",
+                                          "--log-level",
+                                          "error",
+                                          "--device-memory-budget",
+                                          "cpu=3G"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->listen, "127.0.0.1:3");
+  EXPECT_EQ(c->metrics_listen, "127.0.0.1:4");
+  EXPECT_EQ(c->data_dir, "/c/data");
+  EXPECT_EQ(c->allowed_roots, std::vector<std::string>{"/c/root"});
+  EXPECT_EQ(c->max_concurrent_jobs, 3);
+  EXPECT_EQ(c->threads, 3);
+  EXPECT_EQ(c->cpu_workers, 3);
+  EXPECT_EQ(c->max_queued_jobs, 3);
+  EXPECT_EQ(c->max_spec_bytes, 3072);
+  EXPECT_EQ(c->drain_timeout_seconds, 3);
+  EXPECT_EQ(c->journal_max_bytes, 3);
+  EXPECT_EQ(c->journal_reserve_bytes, 3);
+  EXPECT_EQ(c->max_interrupted_runs, 3);
+  EXPECT_EQ(c->max_result_streams, 3);
+  EXPECT_EQ(c->job_retention, "3h");
+  EXPECT_EQ(c->keepalive_time_seconds, 3);
+  EXPECT_EQ(c->keepalive_timeout_seconds, 3);
+  EXPECT_EQ(c->ready_file, "/c/ready");
+  EXPECT_EQ(c->tls_cert, "/c/cert");
+  EXPECT_EQ(c->tls_key, "/c/key");
+  EXPECT_EQ(c->tls_client_ca, "/c/ca");
+  EXPECT_EQ(c->auth_token_file, "/c/tokens");
+  EXPECT_EQ(c->admin_principals, std::vector<std::string>{"c-admin"});
+  EXPECT_EQ(c->metrics_token_file, "/c/metrics");
+  EXPECT_EQ(c->auth_reload_seconds, 3);
+  EXPECT_EQ(c->max_queued_jobs_per_principal, 3);
+  EXPECT_TRUE(c->insecure);
+  EXPECT_FALSE(c->reflection);
+  EXPECT_EQ(c->log_level, "error");
+  EXPECT_EQ(c->device_memory_budgets, std::vector<std::string>{"cpu=3G"});
+}
+
 TEST(ServerConfigTest, BadSettingsNameTheSettingAndTheRule) {
   TempDir dir;
   absl::StatusOr<ServerConfig> c =

@@ -40,11 +40,6 @@ int64_t ResidentKib(pid_t pid) {
   return absl::SimpleAtoi(digits, &kib) ? kib : 0;
 }
 
-bool IsTerminal(const v1::FusionJob& j) {
-  return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED ||
-         j.state() == v1::CANCELLED;
-}
-
 // Point 10: after_sequence = INT64_MAX with a dozen jobs stored.
 TEST_F(TailordTest, WatchAfterInt64MaxEndsWithoutEvents) {
   auto server = Start({"--max-concurrent-jobs", "2"});

@@ -104,6 +104,12 @@ inline int WaitExit(pid_t pid, int seconds = 120) {
   return -1;
 }
 
+// Whether `j` is in a final state (SUCCEEDED, FAILED or CANCELLED).
+inline bool IsTerminal(const v1::FusionJob& j) {
+  return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED ||
+         j.state() == v1::CANCELLED;
+}
+
 class TailordTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -238,6 +244,11 @@ class TailordTest : public ::testing::Test {
     }
     ADD_FAILURE() << "timed out waiting for " << name;
     return v1::FusionJob();
+  }
+
+  // Polls (WaitUntil's deadline) until the job reaches a final state.
+  v1::FusionJob WaitDone(const std::string& name) {
+    return WaitUntil(name, IsTerminal);
   }
 
   std::vector<v1::JobEvent> Watch(const std::string& name, int64_t after,
