@@ -259,7 +259,9 @@ at::Tensor DellaKeepProbabilities(const at::Tensor& delta, double density,
       delta.to(at::kDouble).abs().reshape({rows, -1}).contiguous();
   const int64_t c = mag.size(1);
   // Ascending, stable: equal magnitudes rank in index order.
-  const at::Tensor order = std::get<1>(at::sort(mag, /*stable=*/true, 1));
+  const at::Tensor order =
+      std::get<1>(at::sort(mag, c10::optional<bool>(true), /*dim=*/1,
+                           /*descending=*/false));
   at::Tensor rank = at::empty_like(mag);
   rank.scatter_(1, order,
                 at::arange(c, mag.options()).unsqueeze(0).expand({rows, c}));

@@ -81,6 +81,7 @@ class MergekitStreamTest : public ::testing::Test {
       spec.tasks.push_back(task);
     }
     spec.device = "cpu";
+    spec.output_uri = tmp_.Join("unused-out");  // replaced per run
     return spec;
   }
 
