@@ -65,7 +65,8 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
               "run in-process (required; to run on tailord, use submit)");
   c->add_option(
        "-f,--job-file", job_file_,
-       "YAML job file with the same fields as these flags; flags override it")
+       "YAML job file with the same fields as these flags, or a mergekit "
+       "config (a top-level merge_method); flags override it")
       ->check(CLI::ExistingFile);
   c->add_option("--pretrained", pretrained_, "pre-trained checkpoint URI");
   c->add_option(
@@ -106,11 +107,13 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
       "--aggregate", aggregate_,
       "stitching: mean_selected|mean_all|sum (default mean_selected)");
   c->add_option("--lambda", lambda_,
-                "task_arithmetic/ties/dare scale (default 1)");
+                "task_arithmetic/ties/dare/dare_ties/breadcrumbs/della scale "
+                "(default 1)");
   c->add_option("--density", density_,
-                "ties: fraction kept per task (default 0.2)");
+                "ties, breadcrumbs, della: fraction kept per task (default "
+                "0.2)");
   c->add_option("--drop", drop_,
-                "dare: drop probability p in [0,1) (default 0.9)");
+                "dare, dare_ties: drop probability p in [0,1) (default 0.9)");
   c->add_option("--seed", seed_,
                 "dare, dare_ties, della: random seed (default 0)");
   c->add_option("--weight", weights_,
