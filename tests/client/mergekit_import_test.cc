@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/strings/match.h"
+#include "api/spec_convert.h"
 #include "client/job_file.h"
 #include "testing/temp_dir.h"
 #include "util/file_util.h"
@@ -16,6 +17,7 @@
 namespace tailor::cli {
 namespace {
 
+namespace v1 = ::tailor::v1;
 using ::tailor::testing::TempDir;
 
 class MergekitImportTest : public ::testing::Test {
@@ -234,6 +236,42 @@ TEST_F(MergekitImportTest, OrdinaryJobFilesAreNotMergekitConfigs) {
   ASSERT_FALSE(s.ok());
   EXPECT_TRUE(absl::StrContains(s.status().message(), "weight: 1 given for 2"))
       << s.status();
+}
+
+// The new fields survive the proto (tailord's API) both ways: enums by
+// name, optional numbers and booleans by presence.
+TEST_F(MergekitImportTest, NewFieldsRoundTripThroughTheProto) {
+  FusionSpec spec;
+  spec.pretrained_uri = "/b";
+  spec.output_uri = "/o";
+  spec.method = Method::kModelStock;
+  spec.tasks.resize(2);
+  spec.tasks[0].finetuned_uri = "/a";
+  spec.tasks[1].finetuned_uri = "/c";
+  spec.t = 0.25;
+  spec.gamma = 0.03;
+  spec.epsilon = 0.05;
+  spec.normalize_weights = false;
+  spec.count_rule = CountRule::kFloor;
+  spec.sign_cancel = SignCancel::kPositive;
+  const nlohmann::json j = spec.ToJson(/*with_overwrite=*/true);
+  absl::StatusOr<v1::FusionJobSpec> proto = api::SpecFromJson(j);
+  ASSERT_TRUE(proto.ok()) << proto.status();
+  EXPECT_EQ(proto->method(), v1::METHOD_MODEL_STOCK);
+  EXPECT_EQ(proto->count_rule(), v1::COUNT_RULE_FLOOR);
+  EXPECT_EQ(proto->sign_cancel(), v1::SIGN_CANCEL_POSITIVE);
+  EXPECT_TRUE(proto->has_normalize_weights());
+  absl::StatusOr<FusionSpec> back =
+      FusionSpec::FromJson(api::SpecToJson(*proto));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->ToJson(true), j);
+  spec.method = Method::kDareTies;
+  spec.tasks[1].weight = 0.5;
+  proto = api::SpecFromJson(spec.ToJson(true));
+  ASSERT_TRUE(proto.ok()) << proto.status();
+  EXPECT_EQ(proto->method(), v1::METHOD_DARE_TIES);
+  EXPECT_FALSE(proto->tasks(0).has_weight());
+  EXPECT_EQ(proto->tasks(1).weight(), 0.5);
 }
 
 }  // namespace
