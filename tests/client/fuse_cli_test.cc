@@ -226,10 +226,10 @@ TEST_F(FuseCliTest, JobFileKeysAreTheSpecKeys) {
       {ft + "keep-ratio: 0.1\n",
        ": keep_ratio: unknown key (see tailorctl fuse --help)"},
       {ft + "keep: 0.1\nkeep: 0.2\n", ": keep: given twice"},
-      {absl::StrCat("tasks:\n  - finetuned: ", ft_, "\n    weight: 2\n",
+      {absl::StrCat("tasks:\n  - finetuned: ", ft_, "\n    density: 2\n",
                     "report: r.json\n"),
-       ": tasks[0].weight: unknown key (allowed: label, finetuned, patch, "
-       "hessians, keep, omega)"},
+       ": tasks[0].density: unknown key (allowed: label, finetuned, patch, "
+       "hessians, keep, omega, weight)"},
       {absl::StrCat("tasks:\n  - finetuned: ", ft_, "\n    omega: half\n",
                     "report: r.json\n"),
        ": tasks[0].omega: must be a number, not 'half'"},
