@@ -43,8 +43,7 @@ uint64_t DareSeed(uint64_t seed, absl::string_view tensor_name, uint64_t task) {
 
 }  // namespace
 
-uint64_t DrawSeed(uint64_t seed, absl::string_view tensor_name,
-                  uint64_t task) {
+uint64_t DrawSeed(uint64_t seed, absl::string_view tensor_name, uint64_t task) {
   return DareSeed(seed, tensor_name, task);
 }
 
