@@ -65,7 +65,8 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
               "run in-process (required; to run on tailord, use submit)");
   c->add_option(
        "-f,--job-file", job_file_,
-       "YAML job file with the same fields as these flags; flags override it")
+       "YAML job file with the same fields as these flags, or a mergekit "
+       "config (a top-level merge_method); flags override it")
       ->check(CLI::ExistingFile);
   c->add_option("--pretrained", pretrained_, "pre-trained checkpoint URI");
   c->add_option(
@@ -79,7 +80,8 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
   c->add_option("--label", labels_, "task labels, in task order (repeatable)");
   c->add_option(
       "--method", method_,
-      "tailor|magnitude|task_arithmetic|ties|dare|spider (default tailor)");
+      "tailor|magnitude|task_arithmetic|ties|dare|spider|linear|slerp|"
+      "dare_ties|breadcrumbs|della|model_stock (default tailor)");
   c->add_option(
       "--keep", keep_,
       "rho: fraction of fine-tuned entries kept, (0,1] (default 0.1)");
@@ -105,12 +107,40 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
       "--aggregate", aggregate_,
       "stitching: mean_selected|mean_all|sum (default mean_selected)");
   c->add_option("--lambda", lambda_,
-                "task_arithmetic/ties/dare scale (default 1)");
+                "task_arithmetic/ties/dare/dare_ties/breadcrumbs/della scale "
+                "(default 1)");
   c->add_option("--density", density_,
-                "ties: fraction kept per task (default 0.2)");
+                "ties, breadcrumbs, della: fraction kept per task (default "
+                "0.2)");
   c->add_option("--drop", drop_,
-                "dare: drop probability p in [0,1) (default 0.9)");
-  c->add_option("--seed", seed_, "dare: random seed (default 0)");
+                "dare, dare_ties: drop probability p in [0,1) (default 0.9)");
+  c->add_option("--seed", seed_,
+                "dare, dare_ties, della: random seed (default 0)");
+  c->add_option("--weight", weights_,
+                "linear, task_arithmetic, ties, dare_ties, breadcrumbs, della: "
+                "task weight w_i, paired in order with the tasks (repeatable; "
+                "default 1 each)");
+  c->add_option("--normalize-weights", normalize_weights_,
+                "true|false: divide by the sum of the weights (default: the "
+                "method's mergekit default: linear, ties, della true; "
+                "task_arithmetic, dare_ties, breadcrumbs false)");
+  c->add_option("--t", t_,
+                "slerp: interpolation factor in [0,1] from the pretrained "
+                "checkpoint to the task (default 0.5)");
+  c->add_option("--gamma", gamma_,
+                "breadcrumbs: fraction of the largest |delta| dropped, [0,1) "
+                "(default 0.01)");
+  c->add_option("--epsilon", epsilon_,
+                "della: keep probabilities span density +- epsilon (default "
+                "0.15)");
+  c->add_option(
+      "--count-rule", count_rule_,
+      "ties, breadcrumbs: round|floor: keep round(density*n) (default) "
+      "or mergekit's int(density*n)");
+  c->add_option(
+      "--sign-cancel", sign_cancel_,
+      "ties, dare_ties, della: zero|positive: where the trimmed values "
+      "sum to exactly 0, write 0 (default) or elect + as mergekit");
   c->add_option("--include", include_,
                 "RE2 regex searched for in tensor names: fuse only matching "
                 "names (repeatable)");
@@ -182,7 +212,10 @@ int FuseCommand::Run() {
               dead_columns_),
         apply("--aggregate", ParseAggregation, &spec.aggregation, aggregate_),
         apply("--on-mismatch", ParseMismatchPolicy, &spec.on_mismatch,
-              on_mismatch_)}) {
+              on_mismatch_),
+        apply("--count-rule", ParseCountRule, &spec.count_rule, count_rule_),
+        apply("--sign-cancel", ParseSignCancel, &spec.sign_cancel,
+              sign_cancel_)}) {
     if (!s.ok()) return ReportFailure(s);
   }
   if (given("--keep")) spec.tailor.keep_ratio = keep_;
@@ -194,6 +227,16 @@ int FuseCommand::Run() {
   if (given("--density")) spec.density = density_;
   if (given("--drop")) spec.drop = drop_;
   if (given("--seed")) spec.seed = seed_;
+  if (given("--t")) spec.t = t_;
+  if (given("--gamma")) spec.gamma = gamma_;
+  if (given("--epsilon")) spec.epsilon = epsilon_;
+  if (given("--normalize-weights")) {
+    spec.normalize_weights = normalize_weights_;
+  }
+  if (given("--weight")) {
+    absl::Status s = ApplyWeights(weights_, &spec.tasks);
+    if (!s.ok()) return ReportFailure(s);
+  }
   if (given("--include")) spec.include = include_;
   if (given("--exclude")) spec.exclude = exclude_;
   if (given("--out")) spec.output_uri = out_;

@@ -25,6 +25,10 @@ class FuseCommand {
   std::string method_, scope_, normalize_, compensation_, dead_columns_,
       aggregate_, on_mismatch_;
   double keep_ = 0, omega_ = 0, damp_ = 0, lambda_ = 0, density_ = 0, drop_ = 0;
+  double t_ = 0, gamma_ = 0, epsilon_ = 0;
+  std::vector<double> weights_;
+  bool normalize_weights_ = false;
+  std::string count_rule_, sign_cancel_;
   int64_t block_size_ = 0;
   uint64_t seed_ = 0;
   bool float64_ = false, overwrite_ = false;

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
+#include "client/mergekit_import.h"
 #include "storage/uri_resolver.h"
 #include "util/file_util.h"
 #include "util/status_macros.h"
@@ -151,6 +152,19 @@ void ResolveAgainst(const std::string& dir, std::string* uri) {
   *uri = rel.empty() ? base : JoinPath(base, rel);
 }
 
+// The spec's plain relative paths made relative to `dir`.
+void ResolvePaths(const std::string& dir, FusionSpec* spec) {
+  for (std::string* uri : {&spec->pretrained_uri, &spec->output_uri,
+                           &spec->patch_uri, &spec->report_uri}) {
+    ResolveAgainst(dir, uri);
+  }
+  for (TaskSpec& t : spec->tasks) {
+    for (std::string* uri : {&t.finetuned_uri, &t.patch_uri, &t.hessian_uri}) {
+      ResolveAgainst(dir, uri);
+    }
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
@@ -164,10 +178,15 @@ absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
   }
   if (!root.IsMap())
     return Bad(path, "(top level)", "must be a mapping of job fields");
+  if (IsMergekitConfig(root)) {
+    TAILOR_ASSIGN_OR_RETURN(FusionSpec spec, MergekitToSpec(root, path));
+    ResolvePaths(AbsoluteDirOf(path), &spec);
+    return spec;
+  }
   // YAML -> FromJson's form -> FusionSpec: the spec's keys are defined once
   // (fusion_spec.cc); a job file adds only the flag-style task lists.
   nlohmann::json json = nlohmann::json::object();
-  std::vector<std::string> finetuned, patches, hessians, labels;
+  std::vector<std::string> finetuned, patches, hessians, labels, weights;
   bool has_tasks = false;
   std::set<std::string> seen;
   for (const auto& kv : root) {
@@ -182,6 +201,8 @@ absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
       TAILOR_ASSIGN_OR_RETURN(hessians, Strings(v, path, key));
     } else if (key == "labels") {
       TAILOR_ASSIGN_OR_RETURN(labels, Strings(v, path, key));
+    } else if (key == "weights") {
+      TAILOR_ASSIGN_OR_RETURN(weights, Strings(v, path, key));
     } else if (key == "tasks") {
       has_tasks = true;
       TAILOR_ASSIGN_OR_RETURN(json[key], ToJsonTasks(v, path));
@@ -192,10 +213,10 @@ absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
     }
   }
   if (has_tasks && (!finetuned.empty() || !patches.empty() ||
-                    !hessians.empty() || !labels.empty())) {
-    return Bad(
-        path, "tasks",
-        "cannot be combined with top-level finetuned/patch/hessians/labels");
+                    !hessians.empty() || !labels.empty() || !weights.empty())) {
+    return Bad(path, "tasks",
+               "cannot be combined with top-level "
+               "finetuned/patch/hessians/labels/weights");
   }
   // Every value has its key's JSON type by now: what FromJson can still
   // refuse is an enum's name (ParseMethod's error, as before).
@@ -209,17 +230,32 @@ absl::StatusOr<FusionSpec> LoadJobFile(const std::string& path) {
     }
     spec.tasks = *tasks;
   }
-  const std::string dir = AbsoluteDirOf(path);
-  for (std::string* uri : {&spec.pretrained_uri, &spec.output_uri,
-                           &spec.patch_uri, &spec.report_uri}) {
-    ResolveAgainst(dir, uri);
-  }
-  for (TaskSpec& t : spec.tasks) {
-    for (std::string* uri : {&t.finetuned_uri, &t.patch_uri, &t.hessian_uri}) {
-      ResolveAgainst(dir, uri);
+  if (!weights.empty()) {
+    std::vector<double> w;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      TAILOR_ASSIGN_OR_RETURN(
+          double x, As<double>(YAML::Node(weights[i]), path,
+                               absl::StrCat("weights[", i, "]"), "a number"));
+      w.push_back(x);
+    }
+    absl::Status s = ApplyWeights(w, &spec.tasks);
+    if (!s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
     }
   }
+  ResolvePaths(AbsoluteDirOf(path), &spec);
   return spec;
+}
+
+absl::Status ApplyWeights(const std::vector<double>& weights,
+                          std::vector<TaskSpec>* tasks) {
+  if (weights.size() != tasks->size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight: ", weights.size(), " given for ", tasks->size(),
+                     " tasks; they pair in order, one each"));
+  }
+  for (size_t i = 0; i < weights.size(); ++i) (*tasks)[i].weight = weights[i];
+  return absl::OkStatus();
 }
 
 absl::StatusOr<nlohmann::json> LoadJobFileJson(const std::string& path) {

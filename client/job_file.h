@@ -13,10 +13,14 @@ namespace tailor::cli {
 // the long flag names of `tailorctl fuse` with '-' or '_' (pretrained,
 // finetuned, patch, hessians, labels, method, keep, omega, scope, normalize,
 // compensation, dead-columns, damp, block-size, float64, aggregate, lambda,
-// density, drop, seed, include, exclude, on-mismatch, out, patch-out,
-// report, overwrite, device, threads), plus `tasks:` — a list of {label,
-// finetuned | patch, hessians, keep, omega} for per-task settings (not together
-// with the top-level finetuned/patch/hessians lists). Unknown keys and wrongly
+// density, drop, seed, t, gamma, epsilon, normalize-weights, count-rule,
+// sign-cancel, include, exclude, on-mismatch, out, patch-out, report,
+// overwrite, device, threads), `weights` (a list paired in order with the
+// tasks, as --weight), plus `tasks:` — a list of {label, finetuned | patch,
+// hessians, keep, omega, weight} for per-task settings (not together with
+// the top-level finetuned/patch/hessians/weights lists). A file with a
+// top-level `merge_method` is a mergekit config instead
+// (mergekit_import.h). Unknown keys and wrongly
 // typed values are INVALID_ARGUMENT naming the file and the key. Plain relative
 // paths in it are relative to the job file's own directory (as in kubectl
 // and docker compose), not to the working directory: they come back
@@ -36,6 +40,12 @@ absl::StatusOr<std::vector<TaskSpec>> TasksFromLists(
     const std::vector<std::string>& patches,
     const std::vector<std::string>& hessians,
     const std::vector<std::string>& labels);
+
+// Sets tasks[i].weight = weights[i]: `--weight` and a job file's
+// `weights:` list pair with the tasks in order, one each (INVALID_ARGUMENT
+// "weight: ..." otherwise).
+absl::Status ApplyWeights(const std::vector<double>& weights,
+                          std::vector<TaskSpec>* tasks);
 
 }  // namespace tailor::cli
 

@@ -254,6 +254,14 @@ class FusionRun {
   // holding one (pre-trained before fine-tuned within a chunk).
   absl::StatusOr<JournalEntry> StreamOne(size_t index, const TensorInfo& info);
 
+  // StreamOne for the elementwise mergekit-family methods
+  // (mergekit_methods.h: ChunkedMergekit), in fusion_run_mergekit.cc: SLERP
+  // and Model Stock read the chunks twice (their float64 statistics, then
+  // the output pass); the bytes are FuseOne's (MergekitMerge is the same
+  // class fed one chunk).
+  absl::StatusOr<JournalEntry> StreamMergekit(size_t index,
+                                              const TensorInfo& info);
+
   // Whether the job stitches task patches only (tailor or magnitude, every
   // task a patch): no fine-tuned tensor is read and every merge is
   // elementwise, so tensors stream (StreamStitch).

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "fusion/fusion_run.h"
 #include "fusion/merge_methods.h"
+#include "fusion/mergekit_methods.h"
 #include "fusion/tailor_kernel.h"
 #include "fusion/working_memory.h"
 #include "io/tensor_convert.h"
@@ -167,6 +168,9 @@ absl::StatusOr<JournalEntry> FusionRun::FuseOne(size_t index,
   hessians_.Finished(static_cast<int64_t>(index));
   TAILOR_ASSIGN_OR_RETURN(
       MergedDelta merged, CatchTorch(name, [&]() -> MergedDelta {
+        if (UsesMergekitPath(spec_)) {  // the mergekit family, weighted TA/TIES
+          return MergekitMerge(MergekitParamsOf(spec_), pre, dense, name);
+        }
         switch (spec_.method) {
           case Method::kTailor:
           case Method::kMagnitude:
@@ -181,6 +185,13 @@ absl::StatusOr<JournalEntry> FusionRun::FuseOne(size_t index,
             return Dare(dense, spec_.drop, spec_.lambda, spec_.seed, name);
           case Method::kSpider:
             return Spider(pre, dense[0], at::Tensor());
+          case Method::kLinear:
+          case Method::kSlerp:
+          case Method::kDareTies:
+          case Method::kBreadcrumbs:
+          case Method::kDella:
+          case Method::kModelStock:
+            break;  // UsesMergekitPath, above
         }
         return MergedDelta{};
       }));

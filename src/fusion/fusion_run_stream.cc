@@ -13,6 +13,7 @@
 #include "fusion/dense_merge_kernel.h"
 #include "fusion/fusion_run.h"
 #include "fusion/merge_methods.h"
+#include "fusion/mergekit_methods.h"
 #include "fusion/stitch_stream.h"
 #include "fusion/streamed_merge.h"
 #include "io/tensor_convert.h"
@@ -30,18 +31,23 @@ bool FusionRun::Streams(const TensorInfo& info,
     return device.is_cpu() && info.numel > 0 &&
            ToScalarType(info.dtype).has_value();
   }
-  const bool threshold = spec_.method == Method::kMagnitude ||
-                         spec_.method == Method::kTies ||
-                         spec_.method == Method::kSpider;
+  // The mergekit family (mergekit_methods.h) streams its elementwise
+  // methods only (StreamMergekit); the ranked ones are computed whole.
+  const bool mergekit = UsesMergekitPath(spec_);
+  if (mergekit && !MergekitStreams(spec_)) return false;
+  const bool threshold = !mergekit && (spec_.method == Method::kMagnitude ||
+                                       spec_.method == Method::kTies ||
+                                       spec_.method == Method::kSpider);
   if (spec_.method != Method::kTaskArithmetic &&
-      spec_.method != Method::kDare && !threshold) {
+      spec_.method != Method::kDare && !threshold && !mergekit) {
     return false;
   }
   if (!writer_ || stitched_ || !device.is_cpu() || info.numel == 0 ||
       !ToScalarType(info.dtype).has_value()) {
     return false;
   }
-  if (threshold && !at::isFloatingType(*ToScalarType(info.dtype))) {
+  if ((threshold || mergekit) &&
+      !at::isFloatingType(*ToScalarType(info.dtype))) {
     return false;
   }
   for (const auto& task : tasks_) {
@@ -136,6 +142,7 @@ absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
 absl::StatusOr<JournalEntry> FusionRun::StreamOne(size_t index,
                                                   const TensorInfo& info) {
   if (StitchesPatches()) return StreamStitch(index, info);
+  if (UsesMergekitPath(spec_)) return StreamMergekit(index, info);
   if (spec_.method != Method::kTaskArithmetic &&
       spec_.method != Method::kDare) {
     return StreamThreshold(index, info);

@@ -24,7 +24,13 @@ constexpr std::pair<absl::string_view, Method> kMethods[] = {
     {"task_arithmetic", Method::kTaskArithmetic},
     {"ties", Method::kTies},
     {"dare", Method::kDare},
-    {"spider", Method::kSpider}};
+    {"spider", Method::kSpider},
+    {"linear", Method::kLinear},
+    {"slerp", Method::kSlerp},
+    {"dare_ties", Method::kDareTies},
+    {"breadcrumbs", Method::kBreadcrumbs},
+    {"della", Method::kDella},
+    {"model_stock", Method::kModelStock}};
 
 constexpr std::pair<absl::string_view, MismatchPolicy> kPolicies[] = {
     {"error", MismatchPolicy::kError},
@@ -177,6 +183,13 @@ constexpr TaskKey kTaskKeys[] = {
        t->omega = d;
        return absl::OkStatus();
      }},
+    {"weight", SpecValue::kNumber,
+     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
+       double d = 0;
+       TAILOR_RETURN_IF_ERROR(ReadNumber(v, k, &d));
+       t->weight = d;
+       return absl::OkStatus();
+     }},
 };
 
 template <typename Key, size_t N>
@@ -267,6 +280,22 @@ constexpr SpecKey kSpecKeys[] = {
     {"drop", SpecValue::kNumber,
      TAILOR_SPEC_READER(ReadNumber(v, k, &s->drop))},
     {"seed", SpecValue::kUint64, TAILOR_SPEC_READER(ReadInt(v, k, &s->seed))},
+    {"t", SpecValue::kNumber, TAILOR_SPEC_READER(ReadNumber(v, k, &s->t))},
+    {"gamma", SpecValue::kNumber,
+     TAILOR_SPEC_READER(ReadNumber(v, k, &s->gamma))},
+    {"epsilon", SpecValue::kNumber,
+     TAILOR_SPEC_READER(ReadNumber(v, k, &s->epsilon))},
+    {"normalize_weights", SpecValue::kBool,
+     [](const nlohmann::json& v, absl::string_view k, FusionSpec* s) {
+       bool b = false;
+       TAILOR_RETURN_IF_ERROR(ReadBool(v, k, &b));
+       s->normalize_weights = b;
+       return absl::OkStatus();
+     }},
+    {"count_rule", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadEnum(v, k, ParseCountRule, &s->count_rule))},
+    {"sign_cancel", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadEnum(v, k, ParseSignCancel, &s->sign_cancel))},
     {"include", SpecValue::kStrings,
      TAILOR_SPEC_READER(ReadStrings(v, k, &s->include))},
     {"exclude", SpecValue::kStrings,
@@ -288,7 +317,84 @@ constexpr SpecKey kSpecKeys[] = {
 };
 #undef TAILOR_SPEC_READER
 
+// Whether `method` reads the per-task weights.
+bool UsesWeights(Method method) {
+  switch (method) {
+    case Method::kLinear:
+    case Method::kTaskArithmetic:
+    case Method::kTies:
+    case Method::kDareTies:
+    case Method::kBreadcrumbs:
+    case Method::kDella:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The rules of the mergekit-family fields (weight, t, gamma, epsilon,
+// normalize_weights), each naming its field.
+absl::Status ValidateMergekitFields(const FusionSpec& s) {
+  double weight_sum = 0;
+  for (size_t i = 0; i < s.tasks.size(); ++i) {
+    const std::optional<double>& w = s.tasks[i].weight;
+    weight_sum += w.value_or(1.0);
+    if (!w) continue;
+    const std::string field = absl::StrCat("tasks[", i, "].weight");
+    if (!std::isfinite(*w)) return FieldError(field, "must be a finite number");
+    if (!UsesWeights(s.method)) {
+      return FieldError(
+          field,
+          absl::StrCat("is used only by methods linear, task_arithmetic, ties, "
+                       "dare_ties, breadcrumbs and della, not ",
+                       MethodName(s.method)));
+    }
+  }
+  if (UsesWeights(s.method) && s.NormalizeWeights() &&
+      std::fabs(weight_sum) < 1e-8) {
+    return FieldError(
+        "weight",
+        absl::StrCat("the task weights sum to ", weight_sum,
+                     ": they cannot be normalised (set normalize_weights: "
+                     "false, or change a weight)"));
+  }
+  if (!(s.t >= 0 && s.t <= 1)) return FieldError("t", "must be in [0, 1]");
+  if (s.method == Method::kSlerp && s.tasks.size() != 1) {
+    return FieldError(
+        "method",
+        absl::StrCat("slerp interpolates between the pretrained checkpoint and "
+                     "exactly one task, not ",
+                     s.tasks.size()));
+  }
+  if (s.method == Method::kModelStock && s.tasks.size() < 2) {
+    return FieldError("method",
+                      "model_stock needs at least two tasks (the angle "
+                      "between their task vectors)");
+  }
+  if (!(s.gamma >= 0 && s.gamma < 1)) {
+    return FieldError("gamma", "must be in [0, 1)");
+  }
+  if (!(s.epsilon >= 0 && s.epsilon < 1)) {
+    return FieldError("epsilon", "must be in [0, 1)");
+  }
+  if (s.method == Method::kDella && s.density < 1 &&
+      !(s.density - s.epsilon > 0 && s.density + s.epsilon <= 1)) {
+    return FieldError(
+        "epsilon",
+        absl::StrCat("della keeps entries with probabilities density +- "
+                     "epsilon, which must lie in (0, 1]; density ",
+                     s.density, ", epsilon ", s.epsilon));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+bool FusionSpec::NormalizeWeights() const {
+  if (normalize_weights) return *normalize_weights;
+  return method == Method::kLinear || method == Method::kTies ||
+         method == Method::kDella;
+}
 
 absl::StatusOr<Method> ParseMethod(absl::string_view text) {
   return ParseEnumName(text, "method", kMethods);
@@ -382,6 +488,7 @@ absl::Status FusionSpec::Validate() const {
   if (!(density > 0 && density <= 1))
     return FieldError("density", "must be in (0, 1]");
   if (!(drop >= 0 && drop < 1)) return FieldError("drop", "must be in [0, 1)");
+  TAILOR_RETURN_IF_ERROR(ValidateMergekitFields(*this));
   if (threads < 0 || threads > kMaxThreads) {
     return FieldError("threads",
                       absl::StrCat("must be in [0, ", kMaxThreads, "], not ",
@@ -441,6 +548,7 @@ nlohmann::json FusionSpec::ToJson(bool with_overwrite) const {
     if (!t.hessian_uri.empty()) tj["hessians"] = t.hessian_uri;
     if (t.keep_ratio) tj["keep"] = *t.keep_ratio;
     if (t.omega) tj["omega"] = *t.omega;
+    if (t.weight) tj["weight"] = *t.weight;
     ts.push_back(tj);
   }
   j["tasks"] = ts;
@@ -458,6 +566,12 @@ nlohmann::json FusionSpec::ToJson(bool with_overwrite) const {
   j["density"] = density;
   j["drop"] = drop;
   j["seed"] = seed;
+  j["t"] = t;
+  j["gamma"] = gamma;
+  j["epsilon"] = epsilon;
+  if (normalize_weights) j["normalize_weights"] = *normalize_weights;
+  j["count_rule"] = std::string(CountRuleName(count_rule));
+  j["sign_cancel"] = std::string(SignCancelName(sign_cancel));
   j["include"] = include;
   j["exclude"] = exclude;
   j["on_mismatch"] = std::string(MismatchPolicyName(on_mismatch));

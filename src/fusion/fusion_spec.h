@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "fusion/aggregation.h"
 #include "fusion/layer_options.h"
+#include "fusion/merge_rules.h"
 #include "nlohmann/json.hpp"
 #include "util/regex.h"
 
@@ -22,6 +23,13 @@ enum class Method {
   kTies,            // trim, elect sign, disjoint mean
   kDare,            // drop and rescale, then task arithmetic
   kSpider,          // post-hoc importance weighting (one task)
+  // The mergekit family (mergekit_methods.h):
+  kLinear,       // sum_i w_i W_i / sum_i w_i
+  kSlerp,        // spherical interpolation, pretrained -> the one task, at t
+  kDareTies,     // DARE's drop and rescale, then TIES's sign election
+  kBreadcrumbs,  // drop the largest and the smallest |D|, then a weighted sum
+  kDella,        // magnitude-ranked drop probabilities, sign election
+  kModelStock,   // interpolation ratio from the angle between task vectors
 };
 absl::StatusOr<Method> ParseMethod(absl::string_view text);
 absl::string_view MethodName(Method method);
@@ -41,6 +49,9 @@ struct TaskSpec {
   std::string hessian_uri;           // calibration file (tailor only; optional)
   std::optional<double> keep_ratio;  // per-task rho; default: the job's
   std::optional<double> omega;       // per-task omega; default: the job's
+  // Per-task weight w_i (linear, task_arithmetic, ties, dare_ties,
+  // breadcrumbs, della); default 1.
+  std::optional<double> weight;
 };
 
 // Limits Validate() enforces, so that no request costs unbounded work.
@@ -58,10 +69,21 @@ struct FusionSpec {
   Method method = Method::kTailor;
   TailorOptions tailor;  // job-wide defaults and kernel knobs
   Aggregation aggregation = Aggregation::kMeanSelected;
-  double lambda = 1.0;   // task_arithmetic, ties, dare: scale
-  double density = 0.2;  // ties: fraction kept per task
-  double drop = 0.9;     // dare: drop probability p
-  uint64_t seed = 0;     // dare
+  // Scale: task_arithmetic, ties, dare, dare_ties, breadcrumbs, della.
+  double lambda = 1.0;
+  double density = 0.2;   // ties, breadcrumbs, della: fraction kept per task
+  double drop = 0.9;      // dare, dare_ties: drop probability p
+  uint64_t seed = 0;      // dare, dare_ties, della
+  double t = 0.5;         // slerp: interpolation factor in [0, 1]
+  double gamma = 0.01;    // breadcrumbs: fraction of largest |D| dropped
+  double epsilon = 0.15;  // della: keep probabilities density +- epsilon
+  // Divide the weighted sum by the sum of the weights (of the agreeing
+  // tasks, after a sign election). Unset: the method's mergekit default
+  // (linear, ties, della: true; task_arithmetic, dare_ties, breadcrumbs:
+  // false).
+  std::optional<bool> normalize_weights;
+  CountRule count_rule = CountRule::kRound;    // ties, breadcrumbs
+  SignCancel sign_cancel = SignCancel::kZero;  // ties, dare_ties, della
   // RE2 regular expressions searched for in tensor names (a tensor is fused
   // if it matches any include, or include is empty, and no exclude).
   std::vector<std::string> include;
@@ -79,6 +101,8 @@ struct FusionSpec {
   // INVALID_ARGUMENT naming the field and the rule; checks everything that
   // does not need the files.
   absl::Status Validate() const;
+  // normalize_weights, or the method's default when unset.
+  bool NormalizeWeights() const;
   // The spec as JSON. Without `with_overwrite` (reports, request
   // fingerprints) `overwrite` is left out: it is not a property of the
   // result. With it, the job service's canonical request form (Prepare, the

@@ -43,6 +43,10 @@ uint64_t DareSeed(uint64_t seed, absl::string_view tensor_name, uint64_t task) {
 
 }  // namespace
 
+uint64_t DrawSeed(uint64_t seed, absl::string_view tensor_name, uint64_t task) {
+  return DareSeed(seed, tensor_name, task);
+}
+
 at::Tensor FuseTensor(const at::Tensor& pre, const at::Tensor& mask,
                       const at::Tensor& values) {
   at::Tensor flat = pre.to(at::kFloat).reshape({-1}).clone();

@@ -68,6 +68,11 @@ MergedDelta Ties(const std::vector<at::Tensor>& deltas, double density,
 MergedDelta Dare(const std::vector<at::Tensor>& deltas, double drop,
                  double lambda, uint64_t seed, absl::string_view tensor_name);
 
+// The seed of DARE's generator for task `task` of tensor `tensor_name`: a
+// hash of the three, so the draw depends on nothing else. The mergekit
+// family's random methods (mergekit_methods.h) draw from it too.
+uint64_t DrawSeed(uint64_t seed, absl::string_view tensor_name, uint64_t task);
+
 // TaskArithmetic and Dare over a tensor fed as consecutive flat chunks (in
 // order, first to last), with no allocation per chunk beyond DARE's draw
 // buffers: the streaming form FusionJob uses. Each chunk's result is bitwise

@@ -115,6 +115,45 @@ TEST_F(FuseCliTest, JobFileWithFlagOverrides) {
   EXPECT_EQ(rep["totals"]["kept"], 100);
 }
 
+// Issue #19: `fuse -f` reads a mergekit config (mergekit's rules for ties)
+// and `--weight` pairs with the tasks; bad values name the field.
+TEST_F(FuseCliTest, MergekitConfigAndWeights) {
+  const std::string yml = tmp_.Join("merge.yml");
+  WriteFileOrDie(
+      yml, absl::StrCat("merge_method: ties\nbase_model: ", base_,
+                        "\nmodels:\n  - model: ", base_, "\n  - model: ", ft_,
+                        "\n    parameters: {weight: 0.5, density: "
+                        "0.3}\ndtype: bfloat16\n"));
+  CliResult r = Tailorctl(
+      {"fuse", "--local", "-q", "-f", yml, "--report", tmp_.Join("mk.json")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  nlohmann::json rep =
+      nlohmann::json::parse(ReadFileOrDie(tmp_.Join("mk.json")));
+  EXPECT_EQ(rep["spec"]["method"], "ties");
+  EXPECT_EQ(rep["spec"]["count_rule"], "floor");
+  EXPECT_EQ(rep["spec"]["sign_cancel"], "positive");
+  EXPECT_EQ(rep["spec"]["density"], 0.3);
+  ASSERT_EQ(rep["spec"]["tasks"].size(), 1u);
+  EXPECT_EQ(rep["spec"]["tasks"][0]["weight"], 0.5);
+
+  r = Tailorctl({"fuse", "--local", "-q", "--pretrained", base_, "--finetuned",
+                 ft_, "--method", "linear", "--weight", "2", "--report",
+                 tmp_.Join("lin.json")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  rep = nlohmann::json::parse(ReadFileOrDie(tmp_.Join("lin.json")));
+  EXPECT_EQ(rep["spec"]["tasks"][0]["weight"], 2.0);
+  r = Tailorctl({"fuse", "--local", "-q", "--pretrained", base_, "--finetuned",
+                 ft_, "--method", "slerp", "--t", "2", "--report",
+                 tmp_.Join("x.json")});
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(absl::StrContains(r.err, "t: must be in [0, 1]")) << r.err;
+  r = Tailorctl({"fuse", "--local", "-q", "--pretrained", base_, "--finetuned",
+                 ft_, "--weight", "1", "--weight", "2", "--report",
+                 tmp_.Join("x.json")});
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(absl::StrContains(r.err, "weight: 2 given for 1 tasks")) << r.err;
+}
+
 // Issue #17 point 2: relative paths in a job file are relative to the job
 // file's directory, not to where tailorctl runs; point 1: the output's
 // missing parent directories are created.
@@ -226,10 +265,10 @@ TEST_F(FuseCliTest, JobFileKeysAreTheSpecKeys) {
       {ft + "keep-ratio: 0.1\n",
        ": keep_ratio: unknown key (see tailorctl fuse --help)"},
       {ft + "keep: 0.1\nkeep: 0.2\n", ": keep: given twice"},
-      {absl::StrCat("tasks:\n  - finetuned: ", ft_, "\n    weight: 2\n",
+      {absl::StrCat("tasks:\n  - finetuned: ", ft_, "\n    density: 2\n",
                     "report: r.json\n"),
-       ": tasks[0].weight: unknown key (allowed: label, finetuned, patch, "
-       "hessians, keep, omega)"},
+       ": tasks[0].density: unknown key (allowed: label, finetuned, patch, "
+       "hessians, keep, omega, weight)"},
       {absl::StrCat("tasks:\n  - finetuned: ", ft_, "\n    omega: half\n",
                     "report: r.json\n"),
        ": tasks[0].omega: must be a number, not 'half'"},

@@ -3,6 +3,7 @@
 
 #include "fusion/fusion_spec.h"
 
+#include <cmath>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -157,12 +158,13 @@ TEST(FusionSpecTest, UnknownKeysAndWrongTypesNameTheKey) {
 }
 
 TEST(FusionSpecTest, TaskKeysAreCheckedWithTheirPath) {
-  nlohmann::json j = {{"tasks", {{{"label", "a"}, {"weight", 1}}}}};
+  nlohmann::json j = {{"tasks", {{{"label", "a"}, {"density", 1}}}}};
   ExpectInvalid(
       FusionSpec::FromJson(j).status(),
-      "tasks[0].weight: unknown key (allowed: label, finetuned, patch, "
-      "hessians, keep, omega)");
-  EXPECT_EQ(TaskKeyNames(), "label, finetuned, patch, hessians, keep, omega");
+      "tasks[0].density: unknown key (allowed: label, finetuned, patch, "
+      "hessians, keep, omega, weight)");
+  EXPECT_EQ(TaskKeyNames(),
+            "label, finetuned, patch, hessians, keep, omega, weight");
   j = {{"tasks", {{{"omega", "half"}}}}};
   ExpectInvalid(FusionSpec::FromJson(j).status(),
                 "tasks[0].omega: must be a number");
@@ -216,6 +218,119 @@ TEST(FusionSpecTest, TensorFilterIncludesAndExcludes) {
   EXPECT_TRUE(f->Included("model.lm_head.weight"));
   EXPECT_FALSE(f->Included("embed.weight"));
   EXPECT_TRUE(f->Excluded("layers.0.bias"));
+}
+
+}  // namespace
+}  // namespace tailor
+
+namespace tailor {
+namespace {
+
+FusionSpec MergekitSpec(Method method, int tasks) {
+  FusionSpec s;
+  s.pretrained_uri = "base";
+  s.output_uri = "out";
+  s.method = method;
+  for (int i = 0; i < tasks; ++i) {
+    TaskSpec t;
+    t.finetuned_uri = "ft" + std::to_string(i);
+    s.tasks.push_back(t);
+  }
+  return s;
+}
+
+TEST(FusionSpecMergekitTest, NewKeysRoundTrip) {
+  FusionSpec s = MergekitSpec(Method::kDella, 2);
+  s.tasks[0].weight = 0.25;
+  s.t = 0.75;
+  s.gamma = 0.05;
+  s.epsilon = 0.1;
+  s.normalize_weights = false;
+  s.count_rule = CountRule::kFloor;
+  s.sign_cancel = SignCancel::kPositive;
+  ASSERT_TRUE(s.Validate().ok()) << s.Validate();
+  const nlohmann::json j = s.ToJson(true);
+  EXPECT_EQ(j["method"], "della");
+  EXPECT_EQ(j["count_rule"], "floor");
+  EXPECT_EQ(j["sign_cancel"], "positive");
+  absl::StatusOr<FusionSpec> back = FusionSpec::FromJson(j);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->ToJson(true), j);
+  EXPECT_EQ(back->tasks[0].weight, 0.25);
+  EXPECT_FALSE(back->tasks[1].weight.has_value());
+  EXPECT_EQ(back->normalize_weights, false);
+  for (const char* m : {"linear", "slerp", "dare_ties", "breadcrumbs", "della",
+                        "model_stock"}) {
+    absl::StatusOr<Method> parsed = ParseMethod(m);
+    ASSERT_TRUE(parsed.ok()) << m;
+    EXPECT_EQ(MethodName(*parsed), m);
+  }
+  EXPECT_FALSE(ParseCountRule("ceil").ok());
+  EXPECT_FALSE(ParseSignCancel("negative").ok());
+}
+
+TEST(FusionSpecMergekitTest, NormalizeDefaultsFollowMergekit) {
+  for (Method m : {Method::kLinear, Method::kTies, Method::kDella}) {
+    EXPECT_TRUE(MergekitSpec(m, 1).NormalizeWeights()) << MethodName(m);
+  }
+  for (Method m :
+       {Method::kTaskArithmetic, Method::kDareTies, Method::kBreadcrumbs}) {
+    EXPECT_FALSE(MergekitSpec(m, 1).NormalizeWeights()) << MethodName(m);
+  }
+  FusionSpec s = MergekitSpec(Method::kLinear, 1);
+  s.normalize_weights = false;
+  EXPECT_FALSE(s.NormalizeWeights());
+}
+
+TEST(FusionSpecMergekitTest, BadValuesNameTheField) {
+  FusionSpec s = MergekitSpec(Method::kLinear, 2);
+  s.tasks[0].weight = 1;
+  s.tasks[1].weight = -1;
+  ExpectInvalid(s.Validate(), "weight: the task weights sum to 0");
+  s.normalize_weights = false;
+  EXPECT_TRUE(s.Validate().ok()) << s.Validate();
+
+  s = MergekitSpec(Method::kLinear, 1);
+  s.tasks[0].weight = std::nan("");
+  ExpectInvalid(s.Validate(), "tasks[0].weight: must be a finite number");
+
+  s = MergekitSpec(Method::kTailor, 1);
+  s.tasks[0].weight = 2;
+  ExpectInvalid(s.Validate(), "tasks[0].weight: is used only by");
+
+  s = MergekitSpec(Method::kSlerp, 1);
+  for (double t : {-0.1, 1.5, std::nan("")}) {
+    s.t = t;
+    ExpectInvalid(s.Validate(), "t: must be in [0, 1]");
+  }
+  s.t = 1;
+  EXPECT_TRUE(s.Validate().ok());
+  s = MergekitSpec(Method::kSlerp, 2);
+  ExpectInvalid(s.Validate(), "method: slerp interpolates");
+  s = MergekitSpec(Method::kSlerp, 1);
+  s.tasks[0].weight = 2;
+  ExpectInvalid(s.Validate(), "tasks[0].weight");
+
+  s = MergekitSpec(Method::kModelStock, 1);
+  ExpectInvalid(s.Validate(), "method: model_stock needs at least two");
+
+  for (Method m : {Method::kDareTies, Method::kBreadcrumbs, Method::kDella,
+                   Method::kTies}) {
+    s = MergekitSpec(m, 2);
+    for (double d : {0.0, -0.5, 1.5}) {
+      s.density = d;
+      ExpectInvalid(s.Validate(), "density: must be in (0, 1]");
+    }
+  }
+  s = MergekitSpec(Method::kBreadcrumbs, 2);
+  s.gamma = 1;
+  ExpectInvalid(s.Validate(), "gamma: must be in [0, 1)");
+  s = MergekitSpec(Method::kDella, 2);
+  s.density = 0.1;
+  s.epsilon = 0.15;
+  ExpectInvalid(s.Validate(), "epsilon: della keeps entries");
+  s.epsilon = 0.05;
+  EXPECT_TRUE(s.Validate().ok()) << s.Validate();
 }
 
 }  // namespace
