@@ -566,12 +566,21 @@ nlohmann::json FusionSpec::ToJson(bool with_overwrite) const {
   j["density"] = density;
   j["drop"] = drop;
   j["seed"] = seed;
-  j["t"] = t;
-  j["gamma"] = gamma;
-  j["epsilon"] = epsilon;
+  // The mergekit-family keys (issue #19) only when they differ from their
+  // defaults, so that the JSON of a spec that does not use them, and with it
+  // request fingerprints (request_id) and journal identities recorded before
+  // they existed, stays unchanged.
+  const FusionSpec defaults;
+  if (t != defaults.t) j["t"] = t;
+  if (gamma != defaults.gamma) j["gamma"] = gamma;
+  if (epsilon != defaults.epsilon) j["epsilon"] = epsilon;
   if (normalize_weights) j["normalize_weights"] = *normalize_weights;
-  j["count_rule"] = std::string(CountRuleName(count_rule));
-  j["sign_cancel"] = std::string(SignCancelName(sign_cancel));
+  if (count_rule != defaults.count_rule) {
+    j["count_rule"] = std::string(CountRuleName(count_rule));
+  }
+  if (sign_cancel != defaults.sign_cancel) {
+    j["sign_cancel"] = std::string(SignCancelName(sign_cancel));
+  }
   j["include"] = include;
   j["exclude"] = exclude;
   j["on_mismatch"] = std::string(MismatchPolicyName(on_mismatch));

@@ -239,6 +239,24 @@ FusionSpec MergekitSpec(Method method, int tasks) {
   return s;
 }
 
+// A spec that uses none of the mergekit-family keys has the JSON it had
+// before they existed (request fingerprints and journal identities compare
+// it), and still round-trips.
+TEST(FusionSpecMergekitTest, DefaultsLeaveTheJsonAsBefore) {
+  FusionSpec s = MergekitSpec(Method::kTies, 2);
+  const nlohmann::json j = s.ToJson(true);
+  for (const char* key : {"t", "gamma", "epsilon", "normalize_weights",
+                          "count_rule", "sign_cancel"}) {
+    EXPECT_FALSE(j.contains(key)) << key;
+  }
+  EXPECT_FALSE(j["tasks"][0].contains("weight"));
+  absl::StatusOr<FusionSpec> back = FusionSpec::FromJson(j);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->ToJson(true), j);
+  s.t = 0.25;
+  EXPECT_EQ(s.ToJson(true)["t"], 0.25);
+}
+
 TEST(FusionSpecMergekitTest, NewKeysRoundTrip) {
   FusionSpec s = MergekitSpec(Method::kDella, 2);
   s.tasks[0].weight = 0.25;
