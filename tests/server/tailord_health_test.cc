@@ -137,6 +137,8 @@ TEST_F(TailordHealthTest, NotServingDuringTheDrain) {
                                      grpc::InsecureChannelCredentials());
   auto stub = health::Health::NewStub(channel);
   grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(180));
   health::HealthCheckRequest request;
   auto reader = stub->Watch(&context, request);
   health::HealthCheckResponse update;
@@ -151,19 +153,27 @@ TEST_F(TailordHealthTest, NotServingDuringTheDrain) {
   // Still answering while the job stops: every probe says NOT_SERVING.
   EXPECT_EQ(Check(server->address(), ""), "NOT_SERVING");
   EXPECT_EQ(Check(server->address(), "tailor.v1.FusionService"), "NOT_SERVING");
-  CliResult draining = CtlHealth(*server);
-  EXPECT_EQ(draining.code, 7) << draining.out << draining.err;
-  EXPECT_EQ(draining.out, "NOT_SERVING\n");
   EXPECT_EQ(HttpGet(server->metrics_port(), "/readyz").status, 503);
+  // The job had not finished its tensor when those were answered (else the
+  // checks above may have raced the exit).
+  EXPECT_EQ(Get(job.name()).state(), v1::RUNNING);
   const double probed_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
           .count();
-  // The job had not finished its tensor when all of that was answered (else
-  // the checks above may have raced the exit).
-  EXPECT_EQ(Get(job.name()).state(), v1::RUNNING);
   context.TryCancel();
   reader->Finish();
-  std::cout << "drain: probed NOT_SERVING " << probed_s << " s after SIGTERM\n";
+  // tailorctl (a process that loads LibTorch's libraries: seconds, and
+  // tens of them on a starved machine) may come after the drain's end; a
+  // probe fails either way: exit 7, NOT_SERVING while tailord answers.
+  CliResult draining = CtlHealth(*server);
+  EXPECT_EQ(draining.code, 7) << draining.out << draining.err;
+  EXPECT_TRUE(draining.out == "NOT_SERVING\n" || draining.out.empty())
+      << draining.out << draining.err;
+  std::cout << "drain: probed NOT_SERVING " << probed_s
+            << " s after SIGTERM; tailorctl health then said "
+            << (draining.out.empty() ? std::string("unreachable\n")
+                                     : draining.out);
+
   // Waits for the exit (signal 0: no second SIGTERM).
   EXPECT_EQ(server->Stop(0), 0) << server->Log();
 }
