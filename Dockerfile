@@ -1,12 +1,15 @@
 # syntax=docker/dockerfile:1
 # tailor's image: tailord (the entrypoint) and tailorctl on Debian bookworm,
-# built from Debian packages only. Two stages: `build` (compilers and -dev
-# packages) and the runtime image (the base plus only the shared libraries
-# the two binaries load). Runs as uid 65532 and writes only /var/lib/tailord
-# (the job store: mount a volume) and /tmp, so a read-only root works.
+# built from Debian packages only. Three stages: `runtime-base` (the base
+# plus ca-certificates and libcurl4), `build` (compilers and -dev packages)
+# and the runtime image (runtime-base plus only the shared libraries the
+# two binaries load that it lacks). Runs as uid 65532 and writes only
+# /var/lib/tailord (the job store: mount a volume) and /tmp, so a read-only
+# root works.
 #
-#   scripts/image                        # builds and verifies it (podman)
-#   docker build -t tailor:0.1.0 --build-arg BASE_IMAGE=mirror/debian:bookworm .
+#   scripts/image --base debootstrap     # builds and verifies it (podman)
+#   docker build -t tailor:0.1.0 --build-arg BASE_IMAGE=mirror/debian:bookworm \
+#     --build-arg SOURCE=https://git.example.com/you/tailor .
 #   docker run --rm -v /models:/models:ro -v /outputs:/outputs \
 #     -v tailord-data:/var/lib/tailord -v /etc/tailor/tokens:/etc/tailord/tokens:ro \
 #     -p 50051:50051 -p 9464:9464 --read-only --tmpfs /tmp tailor:0.1.0
@@ -28,8 +31,24 @@
 #                (see README.md, "Container image": the CUDA image); the
 #                runtime stage then relies on BASE_IMAGE for LibTorch and
 #                CUDA, and copies only what Debian packages provide.
-#   VERSION, REVISION, SOURCE   the OCI labels (scripts/image sets them)
+#   VERSION, REVISION   the OCI labels org.opencontainers.image.version
+#                and .revision (scripts/image sets them from CMakeLists.txt
+#                and git)
+#   SOURCE       the label org.opencontainers.image.source: the URL of the
+#                repository the image is built from (scripts/image
+#                --source URL). Not given: the label is empty; there is no
+#                default URL.
 ARG BASE_IMAGE=docker.io/library/debian:bookworm
+
+# The runtime stage's base: BASE_IMAGE plus, from the base's own package
+# archive, the CA certificates (for https:// endpoints, e.g. the object
+# stores of issue #16; no ldd list names them) and libcurl (their HTTP
+# client, with its dependencies). The build stage stages only libraries of
+# packages this stage lacks.
+FROM ${BASE_IMAGE} AS runtime-base
+RUN export DEBIAN_FRONTEND=noninteractive && apt-get update -q && \
+    apt-get install -y -q --no-install-recommends ca-certificates libcurl4 && \
+    apt-get clean && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log
 
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_DIR=""
@@ -53,14 +72,18 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release \
     strip /build/server/tailord /build/client/tailorctl
 # /staging: the binaries, the config and every shared library they load
 # that a Debian package of this stage provides, at its real path (so that
-# /lib -> /usr/lib in the runtime base stays a link), minus the C runtime
-# the base has. Libraries no package owns (a LibTorch or CUDA of the base)
-# are the base's. Plus the CA bundle (https:// URIs).
+# /lib -> /usr/lib in the runtime base stays a link), minus those of the
+# packages runtime-base already has installed (the C runtime, libcurl, the
+# CA certificates, ...). Libraries no package owns (a LibTorch or CUDA of
+# the base) are the base's.
+COPY --from=runtime-base /var/lib/dpkg/status /tmp/runtime-dpkg-status
 RUN set -eu; s=/staging; \
-    mkdir -p $s/usr/local/bin $s/etc/tailord $s/etc/ssl/certs; \
+    mkdir -p $s/usr/local/bin $s/etc/tailord; \
     install -m 0755 /build/server/tailord /build/client/tailorctl $s/usr/local/bin/; \
     install -m 0644 deploy/image/tailord.yaml $s/etc/tailord/tailord.yaml; \
-    cp /etc/ssl/certs/ca-certificates.crt $s/etc/ssl/certs/; \
+    awk '/^Package:/ {p = $2} /^Status: install ok installed/ {print p}' \
+      /tmp/runtime-dpkg-status | sort -u > /tmp/runtime-installed; \
+    : > /tmp/packages; \
     ldd /build/server/tailord /build/client/tailorctl | \
       awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u > /tmp/libs; \
     while read -r lib; do echo "$lib"; readlink -f "$lib"; done < /tmp/libs | \
@@ -69,7 +92,8 @@ RUN set -eu; s=/staging; \
     while read -r lib; do \
       real=$(readlink -f "$lib"); \
       pkg=$(awk -v a="$lib" -v b="$real" '$1 == a || $1 == b {print $2; exit}' /tmp/owners); \
-      case "$pkg" in ""|libc6|libstdc++6|libgcc-s1) continue ;; esac; \
+      [ -n "$pkg" ] || continue; \
+      if grep -qxF "$pkg" /tmp/runtime-installed; then continue; fi; \
       dir=$(readlink -f "$(dirname "$lib")"); \
       mkdir -p "$s$dir"; cp "$real" "$s$dir/$(basename "$lib")"; \
       echo "$pkg" >> /tmp/packages; \
@@ -77,10 +101,10 @@ RUN set -eu; s=/staging; \
     sort -u /tmp/packages > $s/etc/tailord/runtime-packages.txt; \
     echo "staged $(wc -l < /tmp/packages) of the $(wc -l < /tmp/libs) libraries ldd lists, from $(wc -l < $s/etc/tailord/runtime-packages.txt) packages"
 
-FROM ${BASE_IMAGE}
+FROM runtime-base
 ARG VERSION=0.1.0
 ARG REVISION=unknown
-ARG SOURCE=https://github.com/tailor/tailor
+ARG SOURCE=""
 LABEL org.opencontainers.image.title="tailor" \
       org.opencontainers.image.description="tailord: fuses fine-tuned checkpoints into their base (Model Tailor, task arithmetic, TIES, DARE)" \
       org.opencontainers.image.version="${VERSION}" \

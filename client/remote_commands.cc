@@ -213,8 +213,9 @@ void RemoteCommands::Add(CLI::App& app) {
       "health",
       "Ask tailord's grpc.health.v1 service whether it serves (needs no "
       "token; TLS options as for the other commands). Prints the status; "
-      "exit 0 when SERVING, 7 when NOT_SERVING (e.g. draining) or "
-      "unreachable, 4 for an unknown --service. For container HEALTHCHECKs "
+      "exit 0 when SERVING, 7 when NOT_SERVING (draining, or its data "
+      "directory cannot be written) or unreachable, 4 for an unknown "
+      "--service. For container HEALTHCHECKs "
       "and exec probes.");
   common(health_);
   health_->add_option("--service", service_,

@@ -3,7 +3,9 @@
 // Life cycle: start the job manager (requeuing unfinished jobs), the gRPC
 // server (FusionService behind the authenticator, plaintext or TLS/mTLS;
 // grpc.health.v1 and reflection without credentials) and the metrics
-// endpoint; then wait for SIGTERM/SIGINT and drain: health NOT_SERVING and
+// endpoint (health SERVING and /readyz 200, except while the data
+// directory cannot be written: server/serving_state.h); then wait for
+// SIGTERM/SIGINT and drain: health NOT_SERVING and
 // /readyz 503, creates UNAVAILABLE, running jobs stop and go back to QUEUED,
 // watchers get their remaining events and a final UNAVAILABLE, and the
 // process exits within --drain-timeout.
@@ -43,6 +45,7 @@
 #include "server/metrics_http_server.h"
 #include "server/reflection_v1.h"
 #include "server/server_config.h"
+#include "server/serving_state.h"
 #include "util/cpu_tuning.h"
 #include "util/file_util.h"
 #include "util/log.h"
@@ -52,6 +55,8 @@ namespace tailor::server {
 namespace {
 
 constexpr char kServiceName[] = "tailor.v1.FusionService";
+// How often the data directory is probed for writability (readiness).
+constexpr absl::Duration kDataDirProbeInterval = absl::Seconds(5);
 
 int Fail(const absl::Status& status) {
   Log(LogLevel::kError, "", std::string(status.message()));
@@ -285,14 +290,22 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
         absl::StrCat("listen: cannot serve gRPC on '", config.listen, "'")));
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus(kServiceName, true);
-  health->SetServingStatus(true);
+  // grpc.health.v1 and /readyz: SERVING until the drain, except while the
+  // data directory cannot be written (server/serving_state.h).
+  ServingState::Options serving_options;
+  serving_options.data_dir = config.data_dir;
+  serving_options.probe_interval = kDataDirProbeInterval;
+  serving_options.on_change = [health](bool serving) {
+    health->SetServingStatus(kServiceName, serving);
+    health->SetServingStatus(serving);
+  };
+  ServingState serving(std::move(serving_options));
+  serving.Start();
 
-  std::atomic<bool> ready{true};
   absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
       MetricsHttpServer::Start(
-          config.metrics_listen, &registry, [&ready] { return ready.load(); },
-          metrics_tokens.get());
+          config.metrics_listen, &registry,
+          [&serving] { return serving.serving(); }, metrics_tokens.get());
   if (!http.ok()) {
     server->Shutdown();
     return Fail(http.status());
@@ -319,9 +332,7 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
   Log(LogLevel::kInfo, "",
       absl::StrCat("signal ", signal_number, ": draining (deadline ",
                    config.drain_timeout_seconds, " s)"));
-  ready.store(false);
-  health->SetServingStatus(kServiceName, false);
-  health->SetServingStatus(false);
+  serving.BeginDrain();
   (*manager)->BeginDrain();
   // Leave a quarter of the time to end the RPCs once the jobs stopped.
   const absl::Time jobs_deadline =

@@ -67,8 +67,8 @@ PROMQL_WORDS = {
 }
 
 
-def render(path):
-    out = subprocess.run([KUBECTL, "kustomize", os.path.join(DEPLOY, path)],
+def render(path, deploy=DEPLOY):
+    out = subprocess.run([KUBECTL, "kustomize", os.path.join(deploy, path)],
                          capture_output=True, text=True, timeout=DEADLINE)
     if out.returncode != 0:
         raise AssertionError("kubectl kustomize deploy/%s failed:\n%s" %
@@ -260,8 +260,9 @@ class ManifestTest(unittest.TestCase):
         with open(os.path.join(DEPLOY, "overlays", "gpu",
                                "kustomization.yaml")) as f:
             (gpu,) = yaml.safe_load(f)["images"]
-        # The overlay rewrites the name the base produced.
-        self.assertEqual(gpu["name"], image["newName"])
+        # The overlay's patch names the CUDA image `tailor-cuda`, which its
+        # images: entry alone resolves.
+        self.assertEqual(gpu["name"], "tailor-cuda")
         want["overlays/gpu"] = "%s:%s" % (gpu["newName"], gpu["newTag"])
         want["overlays/monitoring"] = want["base"]
         want["overlays/gpu-monitoring"] = want["overlays/gpu"]
@@ -270,6 +271,31 @@ class ManifestTest(unittest.TestCase):
             for c in sts["spec"]["template"]["spec"]["containers"]:
                 self.assertEqual(c["image"], want[k], k)
                 self.assertEqual(c["imagePullPolicy"], "IfNotPresent", k)
+
+    def test_03b_gpu_image_set_in_one_place(self):
+        # Another registry for the CPU image in the base leaves the GPU
+        # overlay's image as its kustomization says, and vice versa.
+        with tempfile.TemporaryDirectory() as tmp:
+            deploy = os.path.join(tmp, "deploy")
+            shutil.copytree(DEPLOY, deploy,
+                            ignore=shutil.ignore_patterns("node_modules"))
+            for rel, ref in (("base", ("registry.example/cpu/tailor", "9")),
+                             ("overlays/gpu",
+                              ("registry.example/gpu/tailor", "9-cuda"))):
+                path = os.path.join(deploy, rel, "kustomization.yaml")
+                with open(path) as f:
+                    k = yaml.safe_load(f)
+                k["images"][0]["newName"], k["images"][0]["newTag"] = ref
+                with open(path, "w") as f:
+                    yaml.safe_dump(k, f)
+            want = {"base": "registry.example/cpu/tailor:9",
+                    "overlays/gpu": "registry.example/gpu/tailor:9-cuda",
+                    "overlays/gpu-monitoring":
+                        "registry.example/gpu/tailor:9-cuda"}
+            for k, image in want.items():
+                sts = only(render(k, deploy), "StatefulSet")
+                (c,) = sts["spec"]["template"]["spec"]["containers"]
+                self.assertEqual(c["image"], image, k)
 
     def test_04_gpu_overlay(self):
         for k in ("overlays/gpu", "overlays/gpu-monitoring"):
