@@ -15,8 +15,8 @@
 namespace tailor::cli {
 
 struct ShardFlags {
-  bool assemble = false;     // `assemble` rather than `fuse`
-  std::optional<int> shard;  // --shard
+  bool assemble = false;      // `assemble` rather than `fuse`
+  std::optional<int> shard;   // --shard
   std::optional<int> shards;  // --shards
   std::string dir;            // --shard-dir (fuse) or --from (assemble)
 };

@@ -22,9 +22,9 @@ using Role = ShardOptions::Role;
 
 // The scratch directory of a shard's writers under the shard directory.
 std::string ScratchDir(const ShardOptions& shard) {
-  return JoinPath(shard.dir, absl::StrCat(".scratch-", ShardBundleName(
-                                                          shard.index,
-                                                          shard.count)));
+  return JoinPath(
+      shard.dir,
+      absl::StrCat(".scratch-", ShardBundleName(shard.index, shard.count)));
 }
 
 }  // namespace
@@ -84,9 +84,8 @@ absl::Status FusionRun::PlanShards() {
     expected[shard_of_[i]].push_back(
         {static_cast<int64_t>(i), plan_[i].info->name});
   }
-  TAILOR_ASSIGN_OR_RETURN(
-      bundles_,
-      OpenShardBundles(shard.dir, shard.count, plan_sha256_, expected));
+  TAILOR_ASSIGN_OR_RETURN(bundles_, OpenShardBundles(shard.dir, shard.count,
+                                                     plan_sha256_, expected));
   return absl::OkStatus();
 }
 
@@ -109,8 +108,7 @@ absl::Status FusionRun::OpenShardOutputs() {
   }
   if (!spec_.patch_uri.empty()) {
     patch_path_ = JoinPath(scratch, "patch.safetensors");
-    TAILOR_ASSIGN_OR_RETURN(stitched_,
-                            PatchWriter::Create(patch_path_, true));
+    TAILOR_ASSIGN_OR_RETURN(stitched_, PatchWriter::Create(patch_path_, true));
     if (WritesTaskPatches(spec_)) {
       for (size_t i = 0; i < tasks_.size(); ++i) {
         Task* task = tasks_[i].get();

@@ -58,10 +58,10 @@ absl::Status WriteShardBundle(const std::string& dir, int index, int count,
   nlohmann::json listed = nlohmann::json::array();
   for (const ShardBundleItem& item : items) {
     if (!journal.Has(item.index)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "shard ", index, " of ", count, ": tensor ", item.index, " ('",
-          item.name, "') was not recorded in its journal ", journal.dir(),
-          " (is the --shard-dir volume full?)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("shard ", index, " of ", count, ": tensor ", item.index,
+                       " ('", item.name, "') was not recorded in its journal ",
+                       journal.dir(), " (is the --shard-dir volume full?)"));
     }
     nlohmann::json files = nlohmann::json::object();
     for (const std::string& from :
@@ -106,6 +106,7 @@ absl::StatusOr<std::vector<std::unique_ptr<FusionJournal>>> OpenShardBundles(
   }
   TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDirectory(dir));
   std::map<int, std::string> found;  // shard -> bundle directory
+  std::string misnamed;              // reported after duplicates
   for (const std::string& name : names) {
     if (!absl::StartsWith(name, "shard-")) continue;
     const std::string path = JoinPath(dir, name);
@@ -140,20 +141,19 @@ absl::StatusOr<std::vector<std::unique_ptr<FusionJournal>>> OpenShardBundles(
           "): another spec, other inputs or another tailorctl version"));
     }
     if (shard < 0 || shard >= count) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "foreign bundle ", path, ": shard ", shard, " is not in 0..",
-          count - 1));
+      return absl::FailedPreconditionError(
+          absl::StrCat("foreign bundle ", path, ": shard ", shard,
+                       " is not in 0..", count - 1));
     }
     if (auto [it, fresh] = found.emplace(shard, path); !fresh) {
       return absl::AlreadyExistsError(
-          absl::StrCat("shard ", shard, " of ", count, " is duplicated: ",
-                       it->second, " and ", path));
+          absl::StrCat("shard ", shard, " of ", count,
+                       " is duplicated: ", it->second, " and ", path));
     }
-    if (name != ShardBundleName(shard, count)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "bundle ", path, " holds shard ", shard, " of ", count,
-          " under another name (expected ", ShardBundleName(shard, count),
-          ")"));
+    if (name != ShardBundleName(shard, count) && misnamed.empty()) {
+      misnamed = absl::StrCat("bundle ", path, " holds shard ", shard, " of ",
+                              count, " under another name (expected ",
+                              ShardBundleName(shard, count), ")");
     }
     const std::vector<ShardBundleItem>& want = expected[shard];
     const nlohmann::json& items = m["items"];
@@ -180,21 +180,23 @@ absl::StatusOr<std::vector<std::unique_ptr<FusionJournal>>> OpenShardBundles(
         if (!got.ok() || *got != sha.get<std::string>()) {
           return absl::DataLossError(absl::StrCat(
               "bundle ", path, ": ", file,
-              got.ok() ? " does not match its sha256 in the manifest"
-                       : absl::StrCat(" is unreadable: ",
-                                      got.status().message())));
+              got.ok()
+                  ? " does not match its sha256 in the manifest"
+                  : absl::StrCat(" is unreadable: ", got.status().message())));
         }
       }
     }
   }
+  if (!misnamed.empty()) return absl::FailedPreconditionError(misnamed);
   std::vector<std::unique_ptr<FusionJournal>> bundles;
   for (int s = 0; s < count; ++s) {
     auto it = found.find(s);
     if (it == found.end()) {
-      return absl::NotFoundError(absl::StrCat(
-          "shard ", s, " of ", count, " is missing: no bundle ",
-          ShardBundleDir(dir, s, count), " (run `tailorctl fuse --local --shard ",
-          s, " --shards ", count, " ...` for it)"));
+      return absl::NotFoundError(
+          absl::StrCat("shard ", s, " of ", count, " is missing: no bundle ",
+                       ShardBundleDir(dir, s, count),
+                       " (run `tailorctl fuse --local --shard ", s,
+                       " --shards ", count, " ...` for it)"));
     }
     bundles.push_back(FusionJournal::OpenForReading(it->second));
   }

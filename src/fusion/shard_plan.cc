@@ -18,8 +18,8 @@ absl::Status ValidateShardIndex(int index, int count,
   }
   if (index < 0 || index >= count) {
     return absl::InvalidArgumentError(
-        absl::StrCat(index_flag, ": must be in 0..", count - 1, " (", count_flag,
-                     " is ", count, "), not ", index));
+        absl::StrCat(index_flag, ": must be in 0..", count - 1, " (",
+                     count_flag, " is ", count, "), not ", index));
   }
   return absl::OkStatus();
 }
@@ -33,7 +33,8 @@ std::string ShardBundleDir(const std::string& dir, int index, int count) {
 }
 
 std::string ShardJournalDir(const std::string& dir, int index, int count) {
-  return JoinPath(dir, absl::StrCat(".journal-", ShardBundleName(index, count)));
+  return JoinPath(dir,
+                  absl::StrCat(".journal-", ShardBundleName(index, count)));
 }
 
 std::vector<int> AssignShards(const std::vector<ShardCostItem>& items,
