@@ -75,8 +75,8 @@ absl::Status FusionRun::OpenJournal() {
                       " belonged to another spec or other inputs; "
                       "discarded, starting from the first tensor"));
   } else if (opened.entries > 0) {
-    Note(absl::StrCat("resuming from journal ", dir, ": ",
-                      opened.entries, " fused tensors already done"));
+    Note(absl::StrCat("resuming from journal ", dir, ": ", opened.entries,
+                      " fused tensors already done"));
   }
   return absl::OkStatus();
 }

@@ -186,10 +186,9 @@ absl::Status RunCalibrateJob(const CalibrateJob& job,
   }
   if (job.shard_count > 0) {
     if (job.shard_index < 0 || job.shard_index >= job.shard_count) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--shard: must be in 0..", job.shard_count - 1,
-                       " (--shards is ", job.shard_count, "), not ",
-                       job.shard_index));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--shard: must be in 0..", job.shard_count - 1, " (--shards is ",
+          job.shard_count, "), not ", job.shard_index));
     }
     if (job.samples < job.shard_count) {
       return absl::InvalidArgumentError(
