@@ -8,6 +8,7 @@
 #include "client/exit_codes.h"
 #include "client/job_file.h"
 #include "client/progress_bar.h"
+#include "client/shard_flags.h"
 #include "fusion/apply_patch.h"
 #include "fusion/fusion_job.h"
 #include "fusion/output_plan.h"
@@ -56,13 +57,36 @@ void PrintSummary(const nlohmann::json& report) {
 }  // namespace
 
 CLI::App* FuseCommand::Add(CLI::App& app) {
-  cmd_ = app.add_subcommand(
-      "fuse",
-      "Fuse fine-tuned checkpoints (or patches) into a pre-trained base. With "
-      "--local the job runs in this process.");
+  cmd_ = assemble_
+             ? app.add_subcommand(
+                   "assemble",
+                   "Publish the outputs of a sharded job (fuse --local --shard "
+                   "I --shards N --shard-dir DIR) from its N bundles: give "
+                   "the job's spec again (-f job.yaml or the same flags); "
+                   "byte-identical to a single-machine fuse --local")
+             : app.add_subcommand(
+                   "fuse",
+                   "Fuse fine-tuned checkpoints (or patches) into a "
+                   "pre-trained base. With --local the job runs in this "
+                   "process.");
   CLI::App* c = cmd_;
-  c->add_flag("--local", local_,
-              "run in-process (required; to run on tailord, use submit)");
+  if (assemble_) {
+    c->add_option("--shards", shards_, "number of shard bundles, 1..10000");
+    c->add_option("--from", shard_dir_,
+                  "directory holding the bundles (shard-IIIII-of-NNNNN/)");
+  } else {
+    c->add_flag("--local", local_,
+                "run in-process (required; to run on tailord, use submit)");
+    c->add_option("--shard", shard_,
+                  "with --shards: compute only shard I's share of the fused "
+                  "tensors, 0 <= I < N (default $JOB_COMPLETION_INDEX), and "
+                  "write its bundle to --shard-dir instead of the outputs");
+    c->add_option("--shards", shards_,
+                  "split the job into N shards (see --shard, assemble)");
+    c->add_option("--shard-dir", shard_dir_,
+                  "directory on a volume every shard and assemble mount: "
+                  "bundles and shard journals go there (s3:// not yet)");
+  }
   c->add_option(
        "-f,--job-file", job_file_,
        "YAML job file with the same fields as these flags, or a mergekit "
@@ -172,7 +196,7 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
 }
 
 int FuseCommand::Run() {
-  if (!local_) {
+  if (!local_ && !assemble_) {
     std::cerr
         << "tailorctl: error: fuse needs --local (to run the job on tailord, "
            "use `tailorctl submit -f job.yaml`)\n";
@@ -257,8 +281,17 @@ int FuseCommand::Run() {
 
   absl::StatusOr<UriResolver> resolver = MakeResolver(allowed_roots_);
   if (!resolver.ok()) return ReportFailure(resolver.status());
+  ShardFlags shard_flags;
+  shard_flags.assemble = assemble_;
+  if (!assemble_ && given("--shard")) shard_flags.shard = shard_;
+  if (given("--shards")) shard_flags.shards = shards_;
+  shard_flags.dir = shard_dir_;
+  absl::StatusOr<ShardOptions> shard =
+      ResolveShardFlags(shard_flags, *resolver);
+  if (!shard.ok()) return ReportFailure(shard.status());
   TerminalProgress progress(quiet_);
   RunOptions options;
+  options.shard = *shard;
   options.progress = &progress;
   options.cancel = &g_cancel;
   options.workers = threads.workers;
@@ -266,15 +299,26 @@ int FuseCommand::Run() {
   std::signal(SIGTERM, OnInterrupt);
   // Missing parent directories of the outputs are created, beneath the
   // allowed roots (issue #17 point 1).
+  // A shard writes none of the outputs.
   if (absl::StatusOr<OutputPlan> plan =
           ResolveOutputPlan(spec, *resolver, /*with_inputs=*/false);
-      plan.ok()) {
+      plan.ok() && shard->role != ShardOptions::Role::kShard) {
     absl::Status made = MakeOutputParents(*plan, *resolver);
     if (!made.ok()) return ReportFailure(made);
   }
   absl::StatusOr<nlohmann::json> report =
       RunFusionJob(spec, *resolver, options);
   if (!report.ok()) return ReportFailure(report.status());
+  if (shard->role == ShardOptions::Role::kShard) {
+    const nlohmann::json& s = (*report)["shard"];
+    std::cout << absl::StrFormat(
+        "shard %d of %d: %d fused tensors (%d resumed) in %s, plan %s\n",
+        s["index"].get<int>(), s["count"].get<int>(),
+        s["tensors"].get<int64_t>(), s["resumed_tensors"].get<int64_t>(),
+        s["bundle"].get<std::string>(),
+        s["plan_sha256"].get<std::string>().substr(0, 12));
+    return kExitOk;
+  }
   PrintSummary(*report);
   return kExitOk;
 }

@@ -11,13 +11,22 @@ namespace tailor::cli {
 // `tailorctl fuse --local ...` (in-process fusion job) and
 // `tailorctl apply-patch ...`. Add() registers the subcommand; Run() is
 // called when it was chosen and returns the exit code.
+//
+// With `assemble` true the same class is `tailorctl assemble` (issue #20):
+// the same spec flags (or -f job.yaml), plus --shards and --from; it
+// publishes the spec's outputs from the shard bundles of
+// `fuse --local --shard I --shards N --shard-dir DIR`.
 class FuseCommand {
  public:
+  explicit FuseCommand(bool assemble = false) : assemble_(assemble) {}
   CLI::App* Add(CLI::App& app);
   int Run();
 
  private:
   CLI::App* cmd_ = nullptr;
+  bool assemble_ = false;
+  int shard_ = 0, shards_ = 0;
+  std::string shard_dir_;  // --shard-dir (fuse) or --from (assemble)
   bool local_ = false;
   std::string job_file_;
   std::string pretrained_;

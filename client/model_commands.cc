@@ -9,12 +9,15 @@
 #include <iostream>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/exit_codes.h"
 #include "demo/demo_report.h"
 #include "demo/forgetting_demo.h"
+#include "fusion/shard_plan.h"
 #include "model/calibrate.h"
+#include "model/calibration_merge.h"
 #include "storage/uri_resolver.h"
 #include "util/cpu_tuning.h"
 #include "util/file_util.h"
@@ -65,23 +68,32 @@ void AddDeviceOptions(CLI::App& cmd, std::string& device, int& threads) {
 }  // namespace
 
 CLI::App* CalibrateCommand::Add(CLI::App& app) {
-  CLI::App* cmd = app.add_subcommand(
+  CLI::App* cmd = cmd_ = app.add_subcommand(
       "calibrate",
       "Collect calibration statistics: run a LLaMA-family checkpoint (Hugging "
       "Face layout with config.json) on token windows and write, for every "
       "linear layer, H = (2/n) X^T X of its inputs as a tailor-hessian/1 "
       "safetensors file (q/k/v and gate/up share one matrix through the "
       "aliases table). Use the fine-tuned model and target-task data.");
-  cmd->add_option("--model", model_, "checkpoint directory (or file) URI")
-      ->required();
+  cmd->add_option("--model", model_, "checkpoint directory (or file) URI");
   cmd->add_option("--data", data_,
                   "calibration data: a .safetensors file with one integer "
                   "tensor of token ids (1-D stream or 2-D [sequences, "
                   "tokens]), or any other file read as bytes (byte-level "
-                  "vocabulary, as the demo models use)")
-      ->required();
-  cmd->add_option("--out", out_, "calibration file to write (must not exist)")
-      ->required();
+                  "vocabulary, as the demo models use)");
+  cmd->add_option("--out", out_,
+                  "calibration file to write (must not exist); --model, "
+                  "--data and --out are required unless --merge");
+  cmd->add_option("--shard", shard_,
+                  "with --shards: calibrate on share I of the windows "
+                  "(0 <= I < N, default $JOB_COMPLETION_INDEX), writing a "
+                  "partial file with its own nsamples for --merge");
+  cmd->add_option("--shards", shards_, "split the windows into N shares");
+  cmd->add_option("--merge", merge_,
+                  "OUT PART...: write OUT from partial files of --shard "
+                  "runs (their H weighted by nsamples, summed in float64; "
+                  "keys, shapes and aliases must agree)")
+      ->expected(2, 10001);
   cmd->add_option("--samples", samples_,
                   "windows to run (from a stream: evenly spaced)")
       ->capture_default_str()
@@ -111,7 +123,52 @@ int CalibrateCommand::Run() {
   if (roots.empty()) roots.push_back("/");
   absl::StatusOr<UriResolver> resolver = UriResolver::Create(roots);
   if (!resolver.ok()) return ReportFailure(resolver.status());
+  if (!merge_.empty()) {
+    absl::StatusOr<std::string> out = resolver->ResolveForWrite(merge_[0]);
+    if (!out.ok()) return ReportFailure(out.status());
+    std::vector<std::string> parts;
+    for (size_t i = 1; i < merge_.size(); ++i) {
+      absl::StatusOr<std::string> p = resolver->ResolveExisting(merge_[i]);
+      if (!p.ok()) return ReportFailure(p.status());
+      parts.push_back(*p);
+    }
+    absl::Status merged = MergeCalibrationFiles(parts, *out, &*resolver);
+    if (!merged.ok()) return ReportFailure(merged);
+    std::cout << "wrote " << merge_[0] << " (" << parts.size() << " parts)\n";
+    return kExitOk;
+  }
+  for (const auto& [flag, value] :
+       {std::pair<const char*, const std::string*>{"--model", &model_},
+        {"--data", &data_},
+        {"--out", &out_}}) {
+    if (value->empty()) {
+      return ReportFailure(absl::InvalidArgumentError(
+          absl::StrCat(flag, ": required (unless --merge)")));
+    }
+  }
   CalibrateJob job;
+  if (cmd_->count("--shard") > 0 && cmd_->count("--shards") == 0) {
+    return ReportFailure(
+        absl::InvalidArgumentError("--shards: required with --shard"));
+  }
+  if (cmd_->count("--shards") > 0) {
+    int index = shard_;
+    if (cmd_->count("--shard") == 0) {
+      const char* env = std::getenv("JOB_COMPLETION_INDEX");
+      if (env == nullptr || !absl::SimpleAtoi(env, &index)) {
+        return ReportFailure(absl::InvalidArgumentError(
+            "--shard: not given and $JOB_COMPLETION_INDEX is not set to an "
+            "integer"));
+      }
+    }
+    absl::Status valid = ValidateShardIndex(
+        index, shards_,
+        cmd_->count("--shard") > 0 ? "--shard" : "$JOB_COMPLETION_INDEX",
+        "--shards");
+    if (!valid.ok()) return ReportFailure(valid);
+    job.shard_index = index;
+    job.shard_count = shards_;
+  }
   job.model_uri = model_;
   job.data_uri = data_;
   job.out_uri = out_;

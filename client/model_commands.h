@@ -20,6 +20,9 @@ class CalibrateCommand {
   std::string model_, data_, out_, device_ = "auto";
   int64_t samples_ = 128, seq_len_ = 512, batch_size_ = 8;
   int threads_ = 0;
+  CLI::App* cmd_ = nullptr;
+  std::vector<std::string> merge_;  // --merge OUT PART...
+  int shard_ = 0, shards_ = 0;
   std::vector<std::string> allowed_roots_;
   bool quiet_ = false;
 };

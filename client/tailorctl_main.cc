@@ -45,6 +45,8 @@ int Run(int argc, char** argv) {
 
   tailor::cli::FuseCommand fuse;
   CLI::App* fuse_cmd = fuse.Add(app);
+  tailor::cli::FuseCommand assemble(/*assemble=*/true);
+  CLI::App* assemble_cmd = assemble.Add(app);
   tailor::cli::ApplyPatchCommand apply_patch;
   CLI::App* apply_cmd = apply_patch.Add(app);
   tailor::cli::CalibrateCommand calibrate;
@@ -73,6 +75,7 @@ int Run(int argc, char** argv) {
     return tailor::cli::kExitOk;
   }
   if (*fuse_cmd) return fuse.Run();
+  if (*assemble_cmd) return assemble.Run();
   if (*apply_cmd) return apply_patch.Run();
   if (*calibrate_cmd) return calibrate.Run();
   if (*demo_cmd) return demo.Run();

@@ -30,6 +30,7 @@ absl::StatusOr<nlohmann::json> FusionRun::Run() {
   TAILOR_RETURN_IF_ERROR(Plan());
   ExpectHessians();
   TAILOR_RETURN_IF_ERROR(OpenOutputs());
+  TAILOR_RETURN_IF_ERROR(PlanShards());
   Emit(ProgressEvent::Kind::kPlanned);
   TAILOR_RETURN_IF_ERROR(OpenJournal());
   // The executor (job_executor.h): items computed on options_.workers
@@ -74,6 +75,7 @@ absl::StatusOr<nlohmann::json> FusionRun::Run() {
     }
     return run;
   }
+  if (options_.shard.role == ShardOptions::Role::kShard) return FinishShard();
   TAILOR_RETURN_IF_ERROR(Publish());
   Emit(ProgressEvent::Kind::kFinished);
   return report_;
@@ -115,6 +117,13 @@ absl::Status FusionRun::ComputeItem(size_t index) {
   const WorkItem& item = plan_[index];
   const TensorInfo& info = *item.info;
   ItemResult& r = results_[index];
+  if (SkippedHere(index)) {  // another shard's (or assemble's)
+    hessians_.Finished(static_cast<int64_t>(index));
+    absl::MutexLock lock(&mu_);
+    ++done_;
+    bytes_done_ += info.nbytes;
+    return absl::OkStatus();
+  }
   ProgressEvent event;
   event.kind = ProgressEvent::Kind::kTensorDone;
   event.tensor = info.name;
@@ -124,7 +133,12 @@ absl::Status FusionRun::ComputeItem(size_t index) {
     event.action = "copied";
     event.stats = r.entry;
   } else {
-    std::optional<JournalEntry> fused = Resume(index, info);
+    std::optional<JournalEntry> fused;
+    if (options_.shard.role == ShardOptions::Role::kAssemble) {
+      TAILOR_ASSIGN_OR_RETURN(fused, FromBundle(index, info));
+    } else {
+      fused = Resume(index, info);
+    }
     event.action = fused ? "resumed" : "fused";
     if (!fused) {
       at::Device device = job_device_;
@@ -152,6 +166,9 @@ absl::Status FusionRun::ComputeItem(size_t index) {
       }
       event.busy_seconds = Seconds(busy);
       lease.reset();
+      if (options_.shard.role == ShardOptions::Role::kShard) {
+        ZeroTimings(&fused->report);
+      }
       if (journal_) WriteJournal(*fused);
     }
     // Frees prepared Hessians no later item needs (resumed items too).
@@ -178,6 +195,10 @@ absl::Status FusionRun::CommitItem(size_t index) {
   const WorkItem& item = plan_[index];
   ItemResult r = std::move(results_[index]);
   results_[index] = ItemResult{};
+  // A shard's outputs are its journal entries (its bundle), not the writers.
+  if (options_.shard.role == ShardOptions::Role::kShard) {
+    return absl::OkStatus();
+  }
   if (item.fuse) {
     TAILOR_ASSIGN_OR_RETURN(nlohmann::json entry,
                             ApplyFused(*item.info, *r.fused, r.written));

@@ -12,6 +12,8 @@
 //   fusion_run_stream.cc   streaming one fused tensor in chunks
 //   fusion_run_publish.cc  feeding results to the writers and the report,
 //                          staging and publishing every output
+//   fusion_run_shard.cc    sharded runs (issue #20): the split, a shard's
+//                          bundle, assembling from the bundles
 // Shared helpers: fusion_run_support.h. A FusionRun is used once: construct,
 // Run(), destroy. LibTorch errors are caught by the caller (CatchTorch in
 // RunFusionJob).
@@ -305,6 +307,43 @@ class FusionRun {
   // as one unit (PublishAll: all or nothing, see staged_output.h).
   absl::Status Publish();
 
+  // ---- sharded runs (fusion_run_shard.cc, shard_plan.h, shard_bundle.h)
+
+  // With options_.shard.role set: splits the fused tensors among the shards
+  // (shard_of_) and computes the plan's digest (plan_sha256_); assembling,
+  // opens and checks every bundle (bundles_). After OpenOutputs.
+  absl::Status PlanShards();
+
+  // What the plan digest covers: the knobs, the tasks' settings, which
+  // outputs exist, the inputs' content fingerprints, the plan and the shard
+  // count (not paths, device, threads or overwrite).
+  nlohmann::json PlanDigest() const;
+
+  // A shard run leaves plan item `index` to another shard (or, copied, to
+  // assemble).
+  bool SkippedHere(size_t index) const;
+
+  // A shard's writers: in a scratch directory under options_.shard.dir
+  // (streamed tensors write through them to the journal's spool); never
+  // published. The spec's outputs are not touched.
+  absl::Status OpenShardOutputs();
+
+  // Per-tensor timings in a shard's journal entries are 0: its bundle's
+  // bytes depend only on the plan.
+  static void ZeroTimings(nlohmann::json* report);
+
+  // Assembling: fused plan item `index` from its shard's bundle, checked
+  // against the plan as Resume checks a journal entry (an error, never a
+  // recomputation).
+  absl::StatusOr<JournalEntry> FromBundle(size_t index, const TensorInfo& info);
+
+  // The journal an entry of plan item `index` was read from.
+  const FusionJournal& SourceJournal(int64_t index) const;
+
+  // A shard run's last step instead of Publish: writes its bundle; returns
+  // a short report of the shard.
+  absl::StatusOr<nlohmann::json> FinishShard();
+
   const FusionSpec& spec_;
   const UriResolver& resolver_;
   const RunOptions& options_;
@@ -348,6 +387,12 @@ class FusionRun {
   bool error_mask_only_estimated_ = false, error_compensated_estimated_ = false;
   // Thread-safe; prepares each Hessian once however many workers ask.
   PreparedHessianCache hessians_;
+  // Sharded runs (PlanShards, then read-only): the shard of each plan item
+  // (-1: copied, assemble's), the plan's digest, and when assembling the
+  // bundles by shard.
+  std::vector<int> shard_of_;
+  std::string plan_sha256_;
+  std::vector<std::unique_ptr<FusionJournal>> bundles_;
 };
 
 }  // namespace fusion_internal

@@ -56,20 +56,27 @@ nlohmann::json FusionRun::JournalIdentity() const {
 }
 
 absl::Status FusionRun::OpenJournal() {
-  if (options_.journal_dir.empty()) return absl::OkStatus();
+  // A shard's journal is in the shard directory; assembling reads bundles.
+  const ShardOptions& shard = options_.shard;
+  if (shard.role == ShardOptions::Role::kAssemble) return absl::OkStatus();
+  const std::string dir =
+      shard.role == ShardOptions::Role::kShard
+          ? ShardJournalDir(shard.dir, shard.index, shard.count)
+          : options_.journal_dir;
+  if (dir.empty()) return absl::OkStatus();
   TAILOR_ASSIGN_OR_RETURN(
       FusionJournal::Opened opened,
-      FusionJournal::Open(options_.journal_dir, JournalIdentity(),
+      FusionJournal::Open(dir, JournalIdentity(),
                           JournalLimits{options_.journal_max_bytes,
                                         options_.journal_reserve_bytes}));
   journal_ = std::move(opened.journal);
   if (opened.discarded) {
-    Note(absl::StrCat("journal ", options_.journal_dir,
+    Note(absl::StrCat("journal ", dir,
                       " belonged to another spec or other inputs; "
                       "discarded, starting from the first tensor"));
   } else if (opened.entries > 0) {
-    Note(absl::StrCat("resuming from journal ", options_.journal_dir, ": ",
-                      opened.entries, " fused tensors already done"));
+    Note(absl::StrCat("resuming from journal ", dir, ": ", opened.entries,
+                      " fused tensors already done"));
   }
   return absl::OkStatus();
 }

@@ -220,6 +220,9 @@ std::vector<std::string> FusionRun::TaskTensorNames(const Task& task) {
 }
 
 absl::Status FusionRun::OpenOutputs() {
+  if (options_.shard.role == ShardOptions::Role::kShard) {
+    return OpenShardOutputs();
+  }
   // The output plan (issue #10), checked again now that the inputs are
   // open, with every file they really read.
   TAILOR_ASSIGN_OR_RETURN(OutputPlan plan, ResolveOutputPlan(spec_, resolver_));

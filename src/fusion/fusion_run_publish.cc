@@ -48,7 +48,8 @@ absl::StatusOr<nlohmann::json> FusionRun::ApplyFused(const TensorInfo& info,
     // Resumed from a sidecar (a streamed tensor): copied in pieces.
     TAILOR_ASSIGN_OR_RETURN(CheckpointWriter::TensorStream stream,
                             writer_->BeginTensor(info.name));
-    TAILOR_RETURN_IF_ERROR(journal_->CopyFused(e, [&](absl::string_view bytes) {
+    const FusionJournal& from = SourceJournal(e.index);
+    TAILOR_RETURN_IF_ERROR(from.CopyFused(e, [&](absl::string_view bytes) {
       return writer_->WriteChunk(&stream, bytes);
     }));
     TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&stream));

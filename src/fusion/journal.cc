@@ -114,6 +114,11 @@ absl::StatusOr<FusionJournal::Opened> FusionJournal::Open(
   return opened;
 }
 
+std::unique_ptr<FusionJournal> FusionJournal::OpenForReading(
+    const std::string& dir) {
+  return std::unique_ptr<FusionJournal>(new FusionJournal(dir, {}, 0));
+}
+
 std::string FusionJournal::EntryPath(int64_t index) const {
   return JoinPath(dir_, absl::StrFormat("%08d%s", index, kEntrySuffix));
 }

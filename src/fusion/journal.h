@@ -133,6 +133,10 @@ class FusionJournal {
   static absl::StatusOr<Opened> Open(const std::string& dir,
                                      const nlohmann::json& identity,
                                      JournalLimits limits = {});
+  // A journal-layout directory opened for Read() and CopyFused() only (a
+  // shard bundle, shard_bundle.h): no manifest check, nothing removed or
+  // written. The caller has verified the directory.
+  static std::unique_ptr<FusionJournal> OpenForReading(const std::string& dir);
 
   const std::string& dir() const { return dir_; }
   // Whether an entry file for `index` exists.

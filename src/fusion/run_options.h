@@ -13,6 +13,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "fusion/shard_plan.h"
 #include "nlohmann/json.hpp"
 
 namespace tailor {
@@ -116,6 +117,12 @@ struct RunOptions {
   // (a warning event says so); it only costs recomputation after a restart.
   uint64_t journal_max_bytes = 0;
   uint64_t journal_reserve_bytes = 0;
+  // Sharding one job across machines (fusion/shard_plan.h): a shard
+  // computes its share of the fused tensors into a bundle under shard.dir
+  // (its journal is ShardJournalDir there; journal_dir is not used) and
+  // writes none of the spec's outputs; assemble reads every bundle and
+  // publishes the outputs.
+  ShardOptions shard;
   // Optional, not owned. When set, each fused tensor (not copied or resumed
   // ones) is computed on the device of a lease acquired for it with an
   // estimate of its peak working memory, and spec.device is not used; its

@@ -49,6 +49,8 @@ class CalibrationFile {
   int64_t nsamples() const { return nsamples_; }
   const std::string& path() const { return file_->description(); }
   const std::map<std::string, std::string>& aliases() const { return aliases_; }
+  // The Hessians' header entries (keys, shapes), in file order.
+  const std::vector<TensorInfo>& entries() const { return file_->tensors(); }
 
  private:
   CalibrationFile() = default;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "io/checkpoint.h"
 #include "io/open_checkpoint.h"
+#include "model/calibration_merge.h"
 #include "model/hessian_collector.h"
 #include "model/llama_config.h"
 #include "util/device.h"
@@ -182,6 +183,19 @@ absl::Status RunCalibrateJob(const CalibrateJob& job,
         data_path, ": token ids must lie in [0, ", config.vocab_size,
         ") (the model's vocab_size); was the data made with this model's "
         "tokenizer?"));
+  }
+  if (job.shard_count > 0) {
+    if (job.shard_index < 0 || job.shard_index >= job.shard_count) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--shard: must be in 0..", job.shard_count - 1, " (--shards is ",
+          job.shard_count, "), not ", job.shard_index));
+    }
+    if (job.samples < job.shard_count) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--shards: ", job.shard_count, " shards need at least ",
+                       "as many --samples, not ", job.samples));
+    }
+    tokens = ShardWindows(tokens, job.shard_index, job.shard_count);
   }
   TAILOR_ASSIGN_OR_RETURN(
       LlamaModel model,

@@ -68,6 +68,11 @@ struct CalibrateJob {
   int64_t samples = 128;
   int64_t seq_len = 512;
   std::string device = "auto";  // cpu | cuda | cuda:N | auto
+  // With shard_count > 0: only windows ShardWindows(shard_index,
+  // shard_count) of the `samples` (calibration_merge.h), written as a
+  // partial file with their own nsamples; merge the parts with
+  // MergeCalibrationFiles.
+  int shard_index = 0, shard_count = 0;
   CalibrateOptions options;
 };
 absl::Status RunCalibrateJob(const CalibrateJob& job,

@@ -45,6 +45,8 @@ DEADLINE = 180
 
 KUSTOMIZATIONS = ["base", "overlays/gpu", "overlays/monitoring",
                   "overlays/gpu-monitoring"]
+# The two steps of a sharded fusion job (issue #20): no tailord.
+SHARDED = ["sharded/shards", "sharded/assemble"]
 
 # Metrics the dashboard uses that tailord does not expose yet (issue #15
 # point 6, another branch). A panel that needs one of them is checked live
@@ -341,6 +343,47 @@ class ManifestTest(unittest.TestCase):
             self.assertTrue(board["panels"])
             for p in board["panels"]:
                 self.assertTrue(p["targets"], p["title"])
+
+    def test_07_sharded_jobs(self):
+        """deploy/sharded: an Indexed Job of N shards, then assemble."""
+        rendered = {k: render(k) for k in SHARDED}
+        for k, objects in rendered.items():
+            code, out = validate(objects)
+            self.assertEqual(code, 0, "deploy/%s:\n%s" % (k, out))
+            self.assertEqual(out.count("\nok ") + out.startswith("ok "),
+                             len(objects), out)
+        shards = only(rendered["sharded/shards"], "Job", "tailor-shards")
+        spec = shards["spec"]
+        self.assertEqual(spec["completionMode"], "Indexed")
+        self.assertGreaterEqual(spec["backoffLimitPerIndex"], 1)
+        self.assertEqual(spec["parallelism"], spec["completions"])
+        (c,) = spec["template"]["spec"]["containers"]
+        args = c["args"]
+        n = int(args[args.index("--shards") + 1])
+        self.assertEqual(n, spec["completions"])
+        self.assertNotIn("--shard", args)  # from $JOB_COMPLETION_INDEX
+        self.assertEqual(args[:2], ["fuse", "--local"])
+        self.assertEqual(c["resources"]["limits"]["nvidia.com/gpu"], 1)
+        self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
+        pvc = only(rendered["sharded/shards"], "PersistentVolumeClaim")
+        self.assertEqual(pvc["spec"]["accessModes"], ["ReadWriteMany"])
+        asm = only(rendered["sharded/assemble"], "Job", "tailor-assemble")
+        (a,) = asm["spec"]["template"]["spec"]["containers"]
+        self.assertEqual(a["args"][0], "assemble")
+        self.assertEqual(int(a["args"][a["args"].index("--shards") + 1]), n)
+        self.assertEqual(a["args"][a["args"].index("--from") + 1],
+                         args[args.index("--shard-dir") + 1])
+        self.assertTrue(a["securityContext"]["readOnlyRootFilesystem"])
+        # Both steps read the same job file.
+        for k in SHARDED:
+            cm = only(rendered[k], "ConfigMap", "tailor-sharded-job")
+            self.assertIn("job.yaml", cm["data"])
+        # The validator rejects a bad completion mode (a pass means
+        # something).
+        bad = json.loads(json.dumps(shards))
+        bad["spec"]["completions"] = "four"
+        code, _ = validate([bad])
+        self.assertNotEqual(code, 0)
 
     def test_06_alert_rules_check_and_unit_tests(self):
         rule = only(self.rendered["overlays/monitoring"], "PrometheusRule")
