@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "storage/object_store_factory.h"
 
 namespace tailor::cli {
 
@@ -21,6 +22,7 @@ class CalibrateCommand {
   int64_t samples_ = 128, seq_len_ = 512, batch_size_ = 8;
   int threads_ = 0;
   std::vector<std::string> allowed_roots_;
+  RemoteStorageFlags remote_;
   bool quiet_ = false;
 };
 

@@ -250,6 +250,12 @@ absl::Status LoadServerConfigFile(const std::string& path,
       } else {
         s = FieldError(where, "must be a string or a list of strings");
       }
+    } else if (key == "ca-file") {
+      s = Read(v, where, "a string", &config->ca_file);
+    } else if (key == "cache-dir") {
+      s = Read(v, where, "a string", &config->cache_dir);
+    } else if (key == "cache-bytes") {
+      s = Read(v, where, "an integer", &config->cache_bytes);
     } else if (key == "max-concurrent-jobs") {
       s = Read(v, where, "an integer", &config->max_concurrent_jobs);
     } else if (key == "threads") {
@@ -365,9 +371,20 @@ void ServerFlags::Add(CLI::App& app) {
                  "no job output may touch it (default " +
                      d.data_dir + ")");
   app.add_option("--allowed-root", flags_.allowed_roots,
-                 "directory every job URI must lie under; an output must lie "
-                 "strictly inside it (repeatable; default: the working "
-                 "directory)");
+                 "directory or remote prefix (s3://bucket/prefix/, "
+                 "https://host/path/, hf://org/repo/) every job URI must lie "
+                 "under; an output must lie strictly inside it (repeatable; "
+                 "default: the working directory, and no remote URI)");
+  app.add_option("--ca-file", flags_.ca_file,
+                 "PEM bundle of CAs to trust for https:// and s3:// endpoints "
+                 "(default: SSL_CERT_FILE, else the system store)");
+  app.add_option("--cache-dir", flags_.cache_dir,
+                 "local read cache for remote checkpoints, keyed by URI, ETag "
+                 "and size, shared safely by concurrent jobs (default: none)");
+  app.add_option("--cache-bytes", flags_.cache_bytes,
+                 "size cap of --cache-dir in bytes; least recently used "
+                 "entries not in use are evicted (default 64 GiB)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-concurrent-jobs", flags_.max_concurrent_jobs,
                  "jobs that run at the same time, 1..256 (default 1)");
   app.add_option("--threads", flags_.threads,
@@ -473,6 +490,9 @@ absl::StatusOr<ServerConfig> ServerFlags::Resolve() const {
   if (given("--metrics-listen")) config.metrics_listen = flags_.metrics_listen;
   if (given("--data-dir")) config.data_dir = flags_.data_dir;
   if (given("--allowed-root")) config.allowed_roots = flags_.allowed_roots;
+  if (given("--ca-file")) config.ca_file = flags_.ca_file;
+  if (given("--cache-dir")) config.cache_dir = flags_.cache_dir;
+  if (given("--cache-bytes")) config.cache_bytes = flags_.cache_bytes;
   if (given("--max-concurrent-jobs")) {
     config.max_concurrent_jobs = flags_.max_concurrent_jobs;
   }

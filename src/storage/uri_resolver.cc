@@ -111,8 +111,8 @@ absl::StatusOr<std::string> UriToLocalPath(absl::string_view uri) {
   if (scheme != "file") {
     return absl::UnimplementedError(absl::StrCat(
         "unsupported scheme ", Quote(scheme), " in URI ", Quote(uri),
-        ": only file:// and local paths are supported (remote storage "
-        "backends are not implemented)"));
+        ": only file://, local paths and the remote schemes s3://, https:// "
+        "and hf:// are supported"));
   }
   const absl::string_view rest = uri.substr(scheme.size() + 3);  // "://"
   if (rest.find_first_of("?#") != absl::string_view::npos) {
