@@ -105,9 +105,11 @@ bool IsFile(const std::string& path, const UriResolver* resolver) {
                              : IsRegularFile(path);
 }
 bool Exists(const std::string& path, const UriResolver* resolver) {
-  return resolver != nullptr ? resolver->PathIsDirectory(path) ||
-                                   resolver->PathIsRegularFile(path)
-                             : PathExists(path);
+  // (A local FIFO or device exists too: opening it gives the clear error.)
+  return resolver != nullptr && IsRemoteUri(path)
+             ? resolver->PathIsDirectory(path) ||
+                   resolver->PathIsRegularFile(path)
+             : PathExists(path);
 }
 absl::StatusOr<std::vector<std::string>> List(const std::string& dir,
                                               const UriResolver* resolver) {

@@ -76,7 +76,7 @@ absl::StatusOr<PeftConfig> ReadAdapterConfig(
 // Whether `path` exists, through the resolver when there is one (it answers
 // for remote paths too).
 bool Exists(const std::string& path, const UriResolver* resolver) {
-  if (resolver == nullptr) return PathExists(path);
+  if (resolver == nullptr || !IsRemoteUri(path)) return PathExists(path);
   return resolver->PathIsRegularFile(path) || resolver->PathIsDirectory(path);
 }
 

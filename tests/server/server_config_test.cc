@@ -58,11 +58,8 @@ TEST(ServerConfigTest, RemoteStorageSettings) {
   TempDir dir;
   const std::string path =
       Write(dir,
-            "allowed-root: [/data, 's3://bkt/models/']
-cache-dir: /cache
-"
-            "cache-bytes: 1000
-");
+            "allowed-root: [/data, 's3://bkt/models/']\ncache-dir: /cache\n"
+            "cache-bytes: 1000\n");
   absl::StatusOr<ServerConfig> c =
       Parse({"--config", path, "--ca-file", "/etc/ca.pem", "--cache-bytes",
              "2000"});
