@@ -365,6 +365,7 @@ bool IsLoraAdapterDir(const std::string& dir) {
 }
 
 bool IsLoraAdapterDir(const std::string& dir, const UriResolver& resolver) {
+  if (!IsRemoteUri(dir)) return IsLoraAdapterDir(dir);
   return resolver.PathIsDirectory(dir) &&
          resolver.PathIsRegularFile(JoinPath(dir, kAdapterConfigName));
 }
