@@ -23,7 +23,6 @@ std::atomic<bool> g_cancel{false};
 
 extern "C" void OnInterrupt(int) { g_cancel.store(true); }
 
-
 void PrintSummary(const nlohmann::json& report) {
   const nlohmann::json& t = report["totals"];
   std::cout << absl::StrFormat(
@@ -209,7 +208,8 @@ int FuseCommand::Run() {
       ConfigureComputeThreads(spec.threads, workers_);
   ConfigureAllocatorForStreaming();
 
-  absl::StatusOr<UriResolver> resolver = MakeCommandResolver(allowed_roots_, remote_);
+  absl::StatusOr<UriResolver> resolver =
+      MakeCommandResolver(allowed_roots_, remote_);
   if (!resolver.ok()) return ReportFailure(resolver.status());
   TerminalProgress progress(quiet_);
   RunOptions options;
@@ -253,7 +253,8 @@ int ApplyPatchCommand::Run() {
   // The allocator policy is the binary's choice (ApplyPatch leaves it
   // alone): streaming keeps peak RSS at a few chunks over many tensors.
   ConfigureAllocatorForStreaming();
-  absl::StatusOr<UriResolver> resolver = MakeCommandResolver(allowed_roots_, remote_);
+  absl::StatusOr<UriResolver> resolver =
+      MakeCommandResolver(allowed_roots_, remote_);
   if (!resolver.ok()) return ReportFailure(resolver.status());
   if (absl::StatusOr<std::string> out = resolver->ResolveForWrite(out_);
       out.ok()) {

@@ -10,9 +10,9 @@
 #include "client/exit_codes.h"
 #include "client/fuse_command.h"
 #include "client/inspect_command.h"
-#include "client/remote_flags.h"
 #include "client/model_commands.h"
 #include "client/remote_commands.h"
+#include "client/remote_flags.h"
 
 namespace {
 

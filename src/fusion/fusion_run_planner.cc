@@ -264,9 +264,9 @@ absl::Status FusionRun::OpenOutputs() {
   }
   if (!spec_.patch_uri.empty()) {
     patch_path_ = planned("patch_out");
-    TAILOR_ASSIGN_OR_RETURN(stitched_,
-                            PatchWriter::Create(patch_path_, spec_.overwrite,
-                                                &resolver_));
+    TAILOR_ASSIGN_OR_RETURN(
+        stitched_,
+        PatchWriter::Create(patch_path_, spec_.overwrite, &resolver_));
     TAILOR_RETURN_IF_ERROR(
         SameLocation("patch_out", patch_path_, stitched_->path()));
     if (WritesTaskPatches(spec_)) {
@@ -276,8 +276,7 @@ absl::Status FusionRun::OpenOutputs() {
         task->patch_out = TaskPatchPath(patch_path_, TaskLabel(spec_, i));
         TAILOR_ASSIGN_OR_RETURN(
             task->patch_writer,
-            PatchWriter::Create(task->patch_out, spec_.overwrite,
-                                &resolver_));
+            PatchWriter::Create(task->patch_out, spec_.overwrite, &resolver_));
         TAILOR_RETURN_IF_ERROR(SameLocation("patch_out", task->patch_out,
                                             task->patch_writer->path()));
       }
@@ -286,9 +285,8 @@ absl::Status FusionRun::OpenOutputs() {
   if (!spec_.report_uri.empty()) {
     report_path_ = planned("report");
     TAILOR_ASSIGN_OR_RETURN(
-        report_out_,
-        CreateStagedOutput(report_path_, StagedOutput::Kind::kFile,
-                           spec_.overwrite, &resolver_));
+        report_out_, CreateStagedOutput(report_path_, StagedOutput::Kind::kFile,
+                                        spec_.overwrite, &resolver_));
     TAILOR_RETURN_IF_ERROR(
         SameLocation("report", report_path_, report_out_->path()));
   }

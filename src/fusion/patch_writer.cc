@@ -53,8 +53,8 @@ absl::StatusOr<std::unique_ptr<PatchWriter>> PatchWriter::Create(
   }
   std::unique_ptr<PatchWriter> w(new PatchWriter());
   TAILOR_ASSIGN_OR_RETURN(
-      w->staged_, CreateStagedOutput(path, StagedOutput::Kind::kFile,
-                                     overwrite, resolver));
+      w->staged_,
+      CreateStagedOutput(path, StagedOutput::Kind::kFile, overwrite, resolver));
   w->path_ = w->staged_->path();
   // The spool lives beside the staging file (for a remote patch: in the
   // scratch directory).

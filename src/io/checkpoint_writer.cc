@@ -372,14 +372,15 @@ CheckpointWriter::FilesToCopy() const {
   if (options_.copy_files_from.empty()) return files;
   const UriResolver* const resolver = options_.copy_resolver;
   if (resolver == nullptr && IsRemoteUri(options_.copy_files_from)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        options_.copy_files_from, ": copying from a remote base needs its "
-                                  "resolver"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(options_.copy_files_from,
+                     ": copying from a remote base needs its "
+                     "resolver"));
   }
-  TAILOR_ASSIGN_OR_RETURN(
-      std::vector<std::string> names,
-      resolver != nullptr ? resolver->ListNames(options_.copy_files_from)
-                          : ListDirectory(options_.copy_files_from));
+  TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> names,
+                          resolver != nullptr
+                              ? resolver->ListNames(options_.copy_files_from)
+                              : ListDirectory(options_.copy_files_from));
   for (const std::string& name : names) {
     const std::string from = JoinPath(options_.copy_files_from, name);
     if (name.front() == '.' || IsWeightFileName(name) ||

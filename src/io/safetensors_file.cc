@@ -94,9 +94,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   TAILOR_ASSIGN_OR_RETURN(
       SafetensorsHeader header,
       ParseSafetensorsHeaderJson(json, file_size - 8 - header_size, path));
-  return std::unique_ptr<SafetensorsFile>(
-      new SafetensorsFile(path, std::move(source), file_size,
-                          std::move(header)));
+  return std::unique_ptr<SafetensorsFile>(new SafetensorsFile(
+      path, std::move(source), file_size, std::move(header)));
 }
 
 absl::Status SafetensorsFile::ReadRaw(const TensorEntry& entry,

@@ -28,8 +28,8 @@ void AddRemoteMetrics(Registry* registry) {
        "Bytes of remote objects downloaded into the local read cache."},
   };
   const std::atomic<uint64_t>* values[] = {
-      &stats.read_bytes, &stats.written_bytes,   &stats.requests,
-      &stats.retries,    &stats.failures,        &stats.cache_hit_bytes,
+      &stats.read_bytes,      &stats.written_bytes, &stats.requests,
+      &stats.retries,         &stats.failures,      &stats.cache_hit_bytes,
       &stats.cache_miss_bytes};
   std::vector<std::pair<Family*, const std::atomic<uint64_t>*>> families;
   for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); ++i) {

@@ -155,8 +155,9 @@ absl::Status RunCalibrateJob(const CalibrateJob& job,
   TAILOR_ASSIGN_OR_RETURN(std::string model_dir,
                           resolver.ResolveExisting(job.model_uri));
   const std::string config_path =
-      resolver.PathIsDirectory(model_dir) ? JoinPath(model_dir, "config.json")
-                             : JoinPath(Dirname(model_dir), "config.json");
+      resolver.PathIsDirectory(model_dir)
+          ? JoinPath(model_dir, "config.json")
+          : JoinPath(Dirname(model_dir), "config.json");
   TAILOR_ASSIGN_OR_RETURN(LlamaConfig config,
                           LlamaConfig::Load(config_path, &resolver));
   TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint,

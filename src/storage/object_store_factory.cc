@@ -30,8 +30,8 @@ absl::StatusOr<UriResolver::Remote> MakeRemoteAccess(
   UriResolver::Remote remote;
   TAILOR_ASSIGN_OR_RETURN(remote.provider, MakeObjectStoreProvider(options));
   if (!flags.cache_dir.empty()) {
-    TAILOR_ASSIGN_OR_RETURN(remote.cache,
-                            ReadCache::Open(flags.cache_dir, flags.cache_bytes));
+    TAILOR_ASSIGN_OR_RETURN(
+        remote.cache, ReadCache::Open(flags.cache_dir, flags.cache_bytes));
   }
   remote.scratch_dir = flags.scratch_dir;
   return remote;

@@ -27,7 +27,7 @@ struct RemoteStorageFlags {
   std::string ca_file;    // --ca-file
   std::string cache_dir;  // --cache-dir (empty: no read cache)
   uint64_t cache_bytes = kDefaultCacheBytes;  // --cache-bytes
-  std::string scratch_dir;  // where remote outputs are staged
+  std::string scratch_dir;                    // where remote outputs are staged
 
   static constexpr uint64_t kDefaultCacheBytes = 64ull << 30;
 };

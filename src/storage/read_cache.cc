@@ -29,9 +29,7 @@ namespace {
 
 constexpr uint64_t kDownloadChunk = 8ull << 20;
 
-absl::Status Errno(absl::string_view what) {
-  return ErrnoError(errno, what);
-}
+absl::Status Errno(absl::string_view what) { return ErrnoError(errno, what); }
 
 // flock(2), retried on EINTR.
 bool Flock(int fd, int op) {
@@ -130,8 +128,8 @@ bool RemoveIfUnlocked(const std::string& path) {
 }  // namespace
 
 std::string ReadCacheKey(const ObjectUri& uri, const ObjectInfo& info) {
-  return Sha256Hex(absl::StrCat(uri.ToString(), std::string(1, '\0'),
-                                info.etag, std::string(1, '\0'), info.size));
+  return Sha256Hex(absl::StrCat(uri.ToString(), std::string(1, '\0'), info.etag,
+                                std::string(1, '\0'), info.size));
 }
 
 absl::StatusOr<std::shared_ptr<ReadCache>> ReadCache::Open(
@@ -143,8 +141,8 @@ absl::StatusOr<std::shared_ptr<ReadCache>> ReadCache::Open(
   for (const char* sub : {"entries", "tmp", "locks"}) {
     const absl::Status made = MakeDirectories(JoinPath(dir, sub));
     if (!made.ok()) {
-      return absl::Status(made.code(), absl::StrCat("--cache-dir ", dir, ": ",
-                                                    made.message()));
+      return absl::Status(
+          made.code(), absl::StrCat("--cache-dir ", dir, ": ", made.message()));
     }
   }
   std::shared_ptr<ReadCache> cache(new ReadCache(dir, max_bytes));
@@ -164,9 +162,9 @@ absl::Status ReadCache::Download(ObjectStore& store, const ObjectUri& uri,
                                  const ObjectInfo& info,
                                  const std::string& key) {
   static std::atomic<uint64_t> counter{0};
-  const std::string tmp = JoinPath(
-      JoinPath(dir_, "tmp"),
-      absl::StrCat(key, ".", ::getpid(), ".", counter.fetch_add(1)));
+  const std::string tmp =
+      JoinPath(JoinPath(dir_, "tmp"),
+               absl::StrCat(key, ".", ::getpid(), ".", counter.fetch_add(1)));
   ScopedFd fd(::open(tmp.c_str(),
                      O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644));
   if (!fd.valid()) return Errno(absl::StrCat("create cache file ", tmp));
@@ -190,9 +188,8 @@ absl::Status ReadCache::Download(ObjectStore& store, const ObjectUri& uri,
   }
   TAILOR_ASSIGN_OR_RETURN(uint64_t written, RegularFileSize(fd.get(), tmp));
   if (written != info.size) {
-    return absl::DataLossError(absl::StrCat(uri.ToString(), ": cached ",
-                                            written, " bytes, expected ",
-                                            info.size));
+    return absl::DataLossError(absl::StrCat(
+        uri.ToString(), ": cached ", written, " bytes, expected ", info.size));
   }
   if (::fsync(fd.get()) != 0) return Errno(absl::StrCat("fsync ", tmp));
   const std::string entry = JoinPath(JoinPath(dir_, "entries"), key);
@@ -223,7 +220,8 @@ absl::StatusOr<std::unique_ptr<ByteSource>> ReadCache::OpenObject(
     // One downloader per key (also across processes); the others wait and
     // then find the entry.
     const std::string lock_path = JoinPath(JoinPath(dir_, "locks"), key);
-    ScopedFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    ScopedFd lock(
+        ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
     if (!lock.valid()) return Errno(absl::StrCat("open ", lock_path));
     if (!Flock(lock.get(), LOCK_EX)) return Errno("lock " + lock_path);
     TAILOR_ASSIGN_OR_RETURN(hit, OpenEntry(entry, info.size));
@@ -244,10 +242,9 @@ void ReadCache::Trim() {
   uint64_t total = 0;
   for (const Listed& e : entries) total += e.size;
   if (total <= max_bytes_) return;
-  std::sort(entries.begin(), entries.end(),
-            [](const Listed& a, const Listed& b) {
-              return a.mtime_ns < b.mtime_ns;
-            });
+  std::sort(
+      entries.begin(), entries.end(),
+      [](const Listed& a, const Listed& b) { return a.mtime_ns < b.mtime_ns; });
   for (const Listed& e : entries) {
     if (total <= max_bytes_) break;
     if (RemoveIfUnlocked(e.path)) total -= e.size;

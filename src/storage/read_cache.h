@@ -31,8 +31,8 @@ namespace tailor {
 class ReadCache {
  public:
   // Creates `dir` (and its subdirectories) if missing. `max_bytes` > 0.
-  static absl::StatusOr<std::shared_ptr<ReadCache>> Open(
-      const std::string& dir, uint64_t max_bytes);
+  static absl::StatusOr<std::shared_ptr<ReadCache>> Open(const std::string& dir,
+                                                         uint64_t max_bytes);
 
   // The object `uri` of `store`, as Stat returned `info`, read from its
   // entry: a hit if a complete entry of that (uri, etag, size) exists,

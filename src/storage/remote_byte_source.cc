@@ -44,8 +44,8 @@ class RemoteByteSource : public ByteSource {
       // read fetches little more than the header) and doubles while reads
       // are sequential (tensor after tensor), up to read_ahead_.
       const bool sequential = offset == window_offset_ + window_.size();
-      next_window_ = sequential ? std::min(next_window_ * 2, read_ahead_)
-                                : kFirstWindow;
+      next_window_ =
+          sequential ? std::min(next_window_ * 2, read_ahead_) : kFirstWindow;
       const uint64_t n = std::min(std::max({length, next_window_, uint64_t{1}}),
                                   info_.size - offset);
       window_.clear();

@@ -35,8 +35,8 @@ absl::StatusOr<RemoteRoots> RemoteRoots::Create(
   RemoteRoots out;
   for (const std::string& root : roots) {
     if (!IsRemoteUri(root)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "allowed root ", Quote(root), " is not a remote URI"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("allowed root ", Quote(root), " is not a remote URI"));
     }
     absl::StatusOr<ObjectUri> uri = ParseObjectUri(root);
     if (!uri.ok()) {

@@ -66,8 +66,7 @@ class UriResolver {
   };
   static absl::StatusOr<UriResolver> Create(
       const std::vector<std::string>& allowed_roots,
-      const std::vector<std::string>& protected_paths = {},
-      Remote remote = {});
+      const std::vector<std::string>& protected_paths = {}, Remote remote = {});
 
   // Resolves a URI naming an existing file or directory.
   absl::StatusOr<std::string> ResolveExisting(absl::string_view uri) const;

@@ -46,13 +46,14 @@ absl::StatusOr<ObjectUri> UriResolver::CheckRemote(
   // the canonical text is parsed later, naming another object.
   if (absl::StrContains(uri.key, '%')) {
     return absl::InvalidArgumentError(
-        absl::StrCat(subject, ": a '%' in a remote key (after decoding) is "
-                              "not supported"));
+        absl::StrCat(subject,
+                     ": a '%' in a remote key (after decoding) is "
+                     "not supported"));
   }
   if (!remote_roots_.Admits(uri)) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        subject, " resolves to ", Quoted(uri.ToString()),
-        ", which is outside the allowed roots ", AllRoots()));
+    return absl::PermissionDeniedError(
+        absl::StrCat(subject, " resolves to ", Quoted(uri.ToString()),
+                     ", which is outside the allowed roots ", AllRoots()));
   }
   return uri;
 }
@@ -60,14 +61,15 @@ absl::StatusOr<ObjectUri> UriResolver::CheckRemote(
 absl::StatusOr<std::shared_ptr<ObjectStore>> UriResolver::StoreFor(
     const ObjectUri& uri) const {
   if (!remote_roots_.Admits(uri)) {
-    return absl::PermissionDeniedError(
-        absl::StrCat(Quoted(uri.ToString()),
-                     " is outside the allowed roots ", AllRoots()));
+    return absl::PermissionDeniedError(absl::StrCat(
+        Quoted(uri.ToString()), " is outside the allowed roots ", AllRoots()));
   }
   if (remote_.provider == nullptr) {
-    return absl::UnimplementedError(absl::StrCat(
-        Quoted(uri.ToString()), ": remote storage not configured (this build "
-                                "has no ", uri.scheme, ":// backend)"));
+    return absl::UnimplementedError(
+        absl::StrCat(Quoted(uri.ToString()),
+                     ": remote storage not configured (this build "
+                     "has no ",
+                     uri.scheme, ":// backend)"));
   }
   return remote_.provider->StoreFor(uri);
 }
@@ -123,7 +125,8 @@ absl::StatusOr<std::string> UriResolver::ReadRemoteFile(
 
 absl::StatusOr<std::unique_ptr<ByteSource>> UriResolver::OpenRemoteSource(
     absl::string_view path, absl::string_view subject) const {
-  TAILOR_ASSIGN_OR_RETURN(ObjectUri uri, CheckRemote(path, Label(subject, path)));
+  TAILOR_ASSIGN_OR_RETURN(ObjectUri uri,
+                          CheckRemote(path, Label(subject, path)));
   TAILOR_ASSIGN_OR_RETURN(std::shared_ptr<ObjectStore> store, StoreFor(uri));
   TAILOR_ASSIGN_OR_RETURN(ObjectInfo info, store->Stat(uri));
   if (remote_.cache != nullptr) {
@@ -164,7 +167,8 @@ absl::StatusOr<std::vector<std::string>> UriResolver::ListNames(
   std::set<std::string> names;
   for (const ObjectUri& child : children) {
     if (!absl::StartsWith(child.key, uri.key)) continue;
-    absl::string_view rest = absl::string_view(child.key).substr(uri.key.size());
+    absl::string_view rest =
+        absl::string_view(child.key).substr(uri.key.size());
     rest = rest.substr(0, rest.find('/'));
     if (!rest.empty()) names.insert(std::string(rest));
   }

@@ -76,21 +76,24 @@ absl::Status CheckExisting(ObjectStore& store, const ObjectUri& uri,
   if (!object && !prefix) return absl::OkStatus();
   if (!overwrite) {
     return absl::AlreadyExistsError(
-        appeared ? absl::StrCat(name, " appeared while writing; not replacing it")
-                 : absl::StrCat(name,
-                                " already exists; choose another path, or set "
-                                "overwrite: true (tailorctl --overwrite) to "
-                                "replace it"));
+        appeared
+            ? absl::StrCat(name, " appeared while writing; not replacing it")
+            : absl::StrCat(name,
+                           " already exists; choose another path, or set "
+                           "overwrite: true (tailorctl --overwrite) to "
+                           "replace it"));
   }
   if (kind == StagedOutput::Kind::kDirectory && object) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        name, " exists and is an object, not a prefix (directory); not "
-              "replacing it"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(name,
+                     " exists and is an object, not a prefix (directory); not "
+                     "replacing it"));
   }
   if (kind == StagedOutput::Kind::kFile && prefix) {
     return absl::FailedPreconditionError(absl::StrCat(
-        name, " is a prefix holding objects (a directory?); this output is a "
-              "single object; not replacing it"));
+        name,
+        " is a prefix holding objects (a directory?); this output is a "
+        "single object; not replacing it"));
   }
   return absl::OkStatus();
 }
@@ -160,9 +163,9 @@ absl::StatusOr<std::unique_ptr<StagedOutput>> StagedOutput::CreateRemote(
   static std::atomic<uint64_t> counter{0};
   std::string base = Basename(remote.uri.key);
   if (base.size() > 100) base.resize(100);
-  const std::string local =
-      JoinPath(remote.scratch_dir, absl::StrCat("remote-", ::getpid(), "-",
-                                                counter.fetch_add(1), "-", base));
+  const std::string local = JoinPath(
+      remote.scratch_dir, absl::StrCat("remote-", ::getpid(), "-",
+                                       counter.fetch_add(1), "-", base));
   TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<StagedOutput> o,
                           Create(local, kind, /*overwrite=*/false));
   o->path_ = remote.uri.ToString();
@@ -254,9 +257,9 @@ absl::Status StagedOutput::RollbackRemote() {
   remote_->committed.clear();
   published_ = false;
   if (!errors.empty()) {
-    return absl::DataLossError(absl::StrCat(
-        "roll back ", path_, ": could not delete every committed object",
-        errors));
+    return absl::DataLossError(
+        absl::StrCat("roll back ", path_,
+                     ": could not delete every committed object", errors));
   }
   return absl::OkStatus();
 }

@@ -164,7 +164,8 @@ TEST_F(InspectCliTest, ErrorsHaveDistinctExitCodes) {
   CliResult no_backend = Tailorctl(
       {"inspect", "s3://bucket/model", "--allowed-root", "s3://bucket/"});
   EXPECT_EQ(no_backend.code, 3) << no_backend.err;
-  EXPECT_TRUE(absl::StrContains(no_backend.err, "remote storage not configured"))
+  EXPECT_TRUE(
+      absl::StrContains(no_backend.err, "remote storage not configured"))
       << no_backend.err;
 
   WriteFileOrDie(dir_.Join("pytorch_model.bin"), "\x80\x02");
@@ -183,12 +184,12 @@ TEST_F(InspectCliTest, ErrorsHaveDistinctExitCodes) {
   for (const char* cmd : {"inspect", "fuse", "apply-patch", "calibrate"}) {
     CliResult h = Tailorctl({cmd, "--help"});
     EXPECT_EQ(h.code, 0) << cmd;
-    for (const char* flag : {"--ca-file", "--cache-dir", "--cache-bytes",
-                             "--allowed-root"}) {
+    for (const char* flag :
+         {"--ca-file", "--cache-dir", "--cache-bytes", "--allowed-root"}) {
       EXPECT_TRUE(absl::StrContains(h.out, flag)) << cmd << " " << flag;
     }
-    const bool writes = std::string(cmd) == "fuse" ||
-                        std::string(cmd) == "apply-patch";
+    const bool writes =
+        std::string(cmd) == "fuse" || std::string(cmd) == "apply-patch";
     EXPECT_EQ(absl::StrContains(h.out, "--scratch-dir"), writes) << cmd;
   }
   EXPECT_EQ(Tailorctl({"inspect", bad, "--cache-bytes", "0"}).code, 2);

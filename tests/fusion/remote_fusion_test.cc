@@ -41,8 +41,8 @@ class RemoteFusionTest : public ::testing::Test {
       const bool mlp = absl::StrContains(name, "mlp");
       (mlp ? b : a).push_back(ToRaw(name, t.to(at::kBFloat16)));
       (mlp ? fb : fa)
-          .push_back(ToRaw(name, (t + 0.3 * at::randn(t.sizes()))
-                                     .to(at::kBFloat16)));
+          .push_back(
+              ToRaw(name, (t + 0.3 * at::randn(t.sizes())).to(at::kBFloat16)));
     }
     WriteShardedCheckpoint(base_, {a, b});
     WriteShardedCheckpoint(ft_, {fa, fb});
@@ -122,8 +122,8 @@ TEST_F(RemoteFusionTest, RemoteInputsToRemoteOutputsMatchALocalRun) {
   // the base, giving the local fuse's bytes.
   WriteFileOrDie(tmp_.Join("remote.patch.safetensors"), patch);
   const std::string rebuilt = tmp_.Join("rebuilt");
-  absl::Status applied = ApplyPatch(base_, tmp_.Join("remote.patch.safetensors"),
-                                    rebuilt, false, *resolver_);
+  absl::Status applied = ApplyPatch(
+      base_, tmp_.Join("remote.patch.safetensors"), rebuilt, false, *resolver_);
   ASSERT_TRUE(applied.ok()) << applied;
   ::tailor::testing::ExpectSameFiles(local.output_uri, rebuilt);
 
@@ -163,9 +163,9 @@ TEST_F(RemoteFusionTest, ACancelledJobLeavesNoVisibleOutput) {
   std::atomic<bool> cancel{true};
   RunOptions options;
   options.cancel = &cancel;
-  auto report = RunFusionJob(
-      Spec("s3://bkt/in/base", "s3://bkt/in/ft", "s3://bkt/out/"), *resolver_,
-      options);
+  auto report =
+      RunFusionJob(Spec("s3://bkt/in/base", "s3://bkt/in/ft", "s3://bkt/out/"),
+                   *resolver_, options);
   EXPECT_FALSE(report.ok());
   EXPECT_TRUE(OutKeys().empty());
   EXPECT_TRUE(store_->PendingUploads().empty());

@@ -32,8 +32,8 @@ class RemoteCheckpointTest : public ::testing::Test {
     ::mkdir(local_.c_str(), 0755);
     w1_ = at::randn({4, 3});
     w2_ = at::randn({5});
-    WriteShardedCheckpoint(local_, {{ToRaw("a.weight", w1_)},
-                                    {ToRaw("b.weight", w2_)}});
+    WriteShardedCheckpoint(
+        local_, {{ToRaw("a.weight", w1_)}, {ToRaw("b.weight", w2_)}});
     store_->PutTree(local_, "s3://bkt/models/base/");
   }
   UriResolver Resolver(std::shared_ptr<ReadCache> cache = nullptr) {
@@ -53,8 +53,9 @@ class RemoteCheckpointTest : public ::testing::Test {
 
 TEST_F(RemoteCheckpointTest, ShardedThroughItsIndex) {
   UriResolver resolver = Resolver();
-  for (const char* uri : {"s3://bkt/models/base", "s3://bkt/models/base/",
-                          "s3://bkt/models/base/model.safetensors.index.json"}) {
+  for (const char* uri :
+       {"s3://bkt/models/base", "s3://bkt/models/base/",
+        "s3://bkt/models/base/model.safetensors.index.json"}) {
     auto ckpt = OpenCheckpointUri(uri, resolver);
     ASSERT_TRUE(ckpt.ok()) << uri << ": " << ckpt.status();
     EXPECT_TRUE((*ckpt)->sharded());
@@ -74,15 +75,17 @@ TEST_F(RemoteCheckpointTest, MissingShardAndEscapesAreRefused) {
   EXPECT_EQ(broken.status().code(), absl::StatusCode::kNotFound)
       << broken.status();
   // A shard name with a '/' is refused as for a local index.
-  store_->Put("s3://bkt/models/evil/model.safetensors.index.json",
-              R"({"weight_map": {"a.weight": "../base/model-00001-of-00002.safetensors"}})");
+  store_->Put(
+      "s3://bkt/models/evil/model.safetensors.index.json",
+      R"({"weight_map": {"a.weight": "../base/model-00001-of-00002.safetensors"}})");
   auto evil = OpenCheckpointUri("s3://bkt/models/evil/", resolver);
   EXPECT_EQ(evil.status().code(), absl::StatusCode::kInvalidArgument)
       << evil.status();
   // Outside the remote root.
   store_->PutTree(local_, "s3://bkt/private/base/");
-  EXPECT_EQ(OpenCheckpointUri("s3://bkt/private/base", resolver).status().code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(
+      OpenCheckpointUri("s3://bkt/private/base", resolver).status().code(),
+      absl::StatusCode::kPermissionDenied);
 }
 
 TEST_F(RemoteCheckpointTest, TruncatedObjectIsRefusedAsALocalFileIs) {
@@ -96,7 +99,8 @@ TEST_F(RemoteCheckpointTest, TruncatedObjectIsRefusedAsALocalFileIs) {
   ASSERT_FALSE(remote.ok());
   ASSERT_FALSE(local.ok());
   EXPECT_EQ(remote.status().code(), local.status().code());
-  EXPECT_TRUE(absl::StrContains(remote.status().message(), "s3://bkt/models/cut"))
+  EXPECT_TRUE(
+      absl::StrContains(remote.status().message(), "s3://bkt/models/cut"))
       << remote.status();
 }
 

@@ -60,9 +60,8 @@ TEST(ServerConfigTest, RemoteStorageSettings) {
       Write(dir,
             "allowed-root: [/data, 's3://bkt/models/']\ncache-dir: /cache\n"
             "cache-bytes: 1000\n");
-  absl::StatusOr<ServerConfig> c =
-      Parse({"--config", path, "--ca-file", "/etc/ca.pem", "--cache-bytes",
-             "2000"});
+  absl::StatusOr<ServerConfig> c = Parse(
+      {"--config", path, "--ca-file", "/etc/ca.pem", "--cache-bytes", "2000"});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->allowed_roots,
             (std::vector<std::string>{"/data", "s3://bkt/models/"}));
@@ -77,8 +76,8 @@ TEST(ServerConfigTest, RemoteStorageSettings) {
   ServerFlags flags;
   flags.Add(app);
   const std::string help = app.help();
-  for (const char* flag : {"--ca-file", "--cache-dir", "--cache-bytes",
-                           "s3://bucket/prefix/"}) {
+  for (const char* flag :
+       {"--ca-file", "--cache-dir", "--cache-bytes", "s3://bucket/prefix/"}) {
     EXPECT_TRUE(absl::StrContains(help, flag)) << flag;
   }
 }

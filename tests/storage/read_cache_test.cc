@@ -1,6 +1,8 @@
 // The read cache (storage/read_cache.h, issue #16 point 7) over the
 // in-memory store.
 
+#include "storage/read_cache.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,7 +12,6 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "storage/read_cache.h"
 #include "storage/remote_stats.h"
 #include "testing/memory_object_store.h"
 #include "testing/temp_dir.h"

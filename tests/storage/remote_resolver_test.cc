@@ -17,8 +17,8 @@ namespace tailor {
 namespace {
 
 using testing::MemoryObjectStore;
-using testing::TempDir;
 using testing::MemoryStoreProvider;
+using testing::TempDir;
 
 class RemoteResolverTest : public ::testing::Test {
  protected:
@@ -56,16 +56,16 @@ TEST_F(RemoteResolverTest, RemoteUriOutsideTheRootsIsPermissionDenied) {
                           "s3://bkt/prefix2/x", "s3://zzz/pre/x"}) {
     absl::StatusOr<std::string> r = resolver.ResolveExisting(uri);
     ASSERT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied) << uri;
-    EXPECT_TRUE(absl::StrContains(r.status().message(),
-                                  "outside the allowed roots"))
+    EXPECT_TRUE(
+        absl::StrContains(r.status().message(), "outside the allowed roots"))
         << r.status();
     EXPECT_EQ(resolver.ResolveForWrite(uri).status().code(),
               absl::StatusCode::kPermissionDenied);
   }
   // A '..' (encoded or not) never reaches the root check.
-  EXPECT_EQ(resolver.ResolveExisting("s3://bkt/pre/%2e%2e/other/x").status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      resolver.ResolveExisting("s3://bkt/pre/%2e%2e/other/x").status().code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(resolver.ResolveExisting("s3://bkt/pre/../other/x").status().code(),
             absl::StatusCode::kInvalidArgument);
 }
@@ -80,27 +80,27 @@ TEST_F(RemoteResolverTest, NoRemoteRootMeansPermissionDenied) {
 }
 
 TEST_F(RemoteResolverTest, NoProviderIsUnimplementedNotConfigured) {
-  UriResolver resolver =
-      UriResolver::Create({"s3://bkt/pre/"}, {}, {}).value();
+  UriResolver resolver = UriResolver::Create({"s3://bkt/pre/"}, {}, {}).value();
   absl::StatusOr<std::string> r = resolver.ResolveExisting("s3://bkt/pre/a");
   ASSERT_EQ(r.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_TRUE(absl::StrContains(r.status().message(),
-                                "remote storage not configured"))
+  EXPECT_TRUE(
+      absl::StrContains(r.status().message(), "remote storage not configured"))
       << r.status();
 }
 
 TEST_F(RemoteResolverTest, ResolvesObjectsAndPrefixes) {
   store_->Put("s3://bkt/pre/model/model.safetensors", "x");
   UriResolver resolver = Resolver({"s3://bkt/pre/"});
-  EXPECT_EQ(resolver.ResolveExisting("s3://bkt/pre/model/model.safetensors")
-                .value(),
-            "s3://bkt/pre/model/model.safetensors");
+  EXPECT_EQ(
+      resolver.ResolveExisting("s3://bkt/pre/model/model.safetensors").value(),
+      "s3://bkt/pre/model/model.safetensors");
   EXPECT_EQ(resolver.ResolveExisting("s3://bkt/pre/model").value(),
             "s3://bkt/pre/model/");
   EXPECT_EQ(resolver.ResolveExisting("s3://bkt/pre/model/").value(),
             "s3://bkt/pre/model/");
   EXPECT_TRUE(resolver.PathIsDirectory("s3://bkt/pre/model/"));
-  EXPECT_TRUE(resolver.PathIsRegularFile("s3://bkt/pre/model/model.safetensors"));
+  EXPECT_TRUE(
+      resolver.PathIsRegularFile("s3://bkt/pre/model/model.safetensors"));
   EXPECT_EQ(resolver.ListNames("s3://bkt/pre/model/").value(),
             std::vector<std::string>{"model.safetensors"});
   EXPECT_EQ(resolver.ResolveExisting("s3://bkt/pre/missing").status().code(),
@@ -125,20 +125,18 @@ TEST_F(RemoteResolverTest, StoreErrorsPassThrough) {
   store_->Put("s3://bkt/pre/m.safetensors", "x");
   store_->FailReads("s3://bkt/pre/m", absl::PermissionDeniedError("403"));
   UriResolver resolver = Resolver({"s3://bkt/pre/"});
-  EXPECT_EQ(resolver.ResolveExisting("s3://bkt/pre/m.safetensors")
-                .status()
-                .code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(
+      resolver.ResolveExisting("s3://bkt/pre/m.safetensors").status().code(),
+      absl::StatusCode::kPermissionDenied);
   store_->FailReads("s3://bkt/pre/m", absl::UnavailableError("503"));
   EXPECT_EQ(resolver.OpenSource("s3://bkt/pre/m.safetensors").status().code(),
             absl::StatusCode::kUnavailable);
 }
 
 std::string Safetensors(size_t data_bytes) {
-  const std::string header = "{\"w\":{\"dtype\":\"U8\",\"shape\":[" +
-                             std::to_string(data_bytes) +
-                             "],\"data_offsets\":[0," +
-                             std::to_string(data_bytes) + "]}}";
+  const std::string header =
+      "{\"w\":{\"dtype\":\"U8\",\"shape\":[" + std::to_string(data_bytes) +
+      "],\"data_offsets\":[0," + std::to_string(data_bytes) + "]}}";
   std::string out(8, '\0');
   for (int i = 0; i < 8; ++i) out[i] = char((header.size() >> (8 * i)) & 0xff);
   out += header;

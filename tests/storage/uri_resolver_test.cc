@@ -349,8 +349,8 @@ TEST_F(UriResolverTest, RejectsUnsupportedSchemes) {
 
 // Issue #16 point 5: a remote URI is admitted only by a remote allowed root.
 TEST_F(UriResolverTest, RemoteUriWithoutRemoteRootIsPermissionDenied) {
-  for (const std::string uri : {"s3://bucket/key", "hf://org/model",
-                                "https://example.com/model.bin"}) {
+  for (const std::string uri :
+       {"s3://bucket/key", "hf://org/model", "https://example.com/model.bin"}) {
     EXPECT_TRUE(IsError(resolver().ResolveExisting(uri), kDenied,
                         {"outside the allowed roots", uri}));
     EXPECT_TRUE(IsError(resolver().ResolveForWrite(uri), kDenied,

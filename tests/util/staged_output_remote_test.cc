@@ -16,8 +16,8 @@ namespace tailor {
 namespace {
 
 using testing::MemoryObjectStore;
-using testing::TempDir;
 using testing::MemoryStoreProvider;
+using testing::TempDir;
 
 class StagedOutputRemoteTest : public ::testing::Test {
  protected:
@@ -30,8 +30,8 @@ class StagedOutputRemoteTest : public ::testing::Test {
   }
   std::unique_ptr<StagedOutput> Dir(const std::string& uri,
                                     bool overwrite = false) {
-    auto o = CreateStagedOutput(uri, StagedOutput::Kind::kDirectory,
-                                overwrite, resolver_.get());
+    auto o = CreateStagedOutput(uri, StagedOutput::Kind::kDirectory, overwrite,
+                                resolver_.get());
     EXPECT_TRUE(o.ok()) << o.status();
     if (!o.ok()) return nullptr;
     WriteFileAtomically(JoinPath((*o)->staging_path(), "a.safetensors"),
@@ -121,17 +121,17 @@ TEST_F(StagedOutputRemoteTest, DestroyedUnpublishedAbortsEverything) {
 
 TEST_F(StagedOutputRemoteTest, ExistingObjectsFollowTheOverwriteRule) {
   store_->Put("s3://bkt/out/report.json", "old");
-  auto refused = CreateStagedOutput("s3://bkt/out/report.json",
-                                    StagedOutput::Kind::kFile, false,
-                                    resolver_.get());
+  auto refused =
+      CreateStagedOutput("s3://bkt/out/report.json", StagedOutput::Kind::kFile,
+                         false, resolver_.get());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kAlreadyExists);
   store_->Put("s3://bkt/out/fused/stale.safetensors", "old shard");
-  EXPECT_EQ(CreateStagedOutput("s3://bkt/out/fused",
-                               StagedOutput::Kind::kDirectory, false,
-                               resolver_.get())
-                .status()
-                .code(),
-            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(
+      CreateStagedOutput("s3://bkt/out/fused", StagedOutput::Kind::kDirectory,
+                         false, resolver_.get())
+          .status()
+          .code(),
+      absl::StatusCode::kAlreadyExists);
   // A prefix where a single object goes is never replaced.
   EXPECT_EQ(CreateStagedOutput("s3://bkt/out/fused", StagedOutput::Kind::kFile,
                                true, resolver_.get())
