@@ -8,6 +8,7 @@
 #include "client/exit_codes.h"
 #include "client/job_file.h"
 #include "client/progress_bar.h"
+#include "client/remote_flags.h"
 #include "client/shard_flags.h"
 #include "fusion/apply_patch.h"
 #include "fusion/fusion_job.h"
@@ -22,11 +23,6 @@ namespace {
 std::atomic<bool> g_cancel{false};
 
 extern "C" void OnInterrupt(int) { g_cancel.store(true); }
-
-absl::StatusOr<UriResolver> MakeResolver(std::vector<std::string> roots) {
-  if (roots.empty()) roots.push_back("/");
-  return UriResolver::Create(roots);
-}
 
 void PrintSummary(const nlohmann::json& report) {
   const nlohmann::json& t = report["totals"];
@@ -189,8 +185,8 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
       "tensors computed at once, 0..256, each with threads / workers (at "
       "least 1) OpenBLAS threads; outputs are identical for any count "
       "(default 0: one worker per compute thread, 1 thread each)");
-  c->add_option("--allowed-root", allowed_roots_,
-                "directory every URI must lie under (repeatable; default /)");
+  c->add_option("--allowed-root", allowed_roots_, kAllowedRootHelp);
+  AddRemoteStorageFlags(c, &remote_, /*writes=*/true);
   c->add_flag("-q,--quiet", quiet_, "no progress bar");
   return c;
 }
@@ -279,7 +275,8 @@ int FuseCommand::Run() {
       ConfigureComputeThreads(spec.threads, workers_);
   ConfigureAllocatorForStreaming();
 
-  absl::StatusOr<UriResolver> resolver = MakeResolver(allowed_roots_);
+  absl::StatusOr<UriResolver> resolver =
+      MakeCommandResolver(allowed_roots_, remote_);
   if (!resolver.ok()) return ReportFailure(resolver.status());
   ShardFlags shard_flags;
   shard_flags.assemble = assemble_;
@@ -334,8 +331,8 @@ CLI::App* ApplyPatchCommand::Add(CLI::App& app) {
   c->add_option("--out", out_, "output directory")->required();
   c->add_flag("--overwrite", overwrite_,
               "replace an existing output directory");
-  c->add_option("--allowed-root", allowed_roots_,
-                "directory every URI must lie under (repeatable; default /)");
+  c->add_option("--allowed-root", allowed_roots_, kAllowedRootHelp);
+  AddRemoteStorageFlags(c, &remote_, /*writes=*/true);
   return c;
 }
 
@@ -343,7 +340,8 @@ int ApplyPatchCommand::Run() {
   // The allocator policy is the binary's choice (ApplyPatch leaves it
   // alone): streaming keeps peak RSS at a few chunks over many tensors.
   ConfigureAllocatorForStreaming();
-  absl::StatusOr<UriResolver> resolver = MakeResolver(allowed_roots_);
+  absl::StatusOr<UriResolver> resolver =
+      MakeCommandResolver(allowed_roots_, remote_);
   if (!resolver.ok()) return ReportFailure(resolver.status());
   if (absl::StatusOr<std::string> out = resolver->ResolveForWrite(out_);
       out.ok()) {

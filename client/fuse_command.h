@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "storage/object_store_factory.h"
 
 namespace tailor::cli {
 
@@ -42,6 +43,7 @@ class FuseCommand {
   uint64_t seed_ = 0;
   bool float64_ = false, overwrite_ = false;
   std::vector<std::string> include_, exclude_, allowed_roots_;
+  RemoteStorageFlags remote_;
   std::string out_, patch_out_, report_, device_;
   int threads_ = 0;
   int workers_ = 0;  // 0: one per compute thread
@@ -57,6 +59,7 @@ class ApplyPatchCommand {
   std::string pretrained_, patch_, out_;
   bool overwrite_ = false;
   std::vector<std::string> allowed_roots_;
+  RemoteStorageFlags remote_;
 };
 
 }  // namespace tailor::cli

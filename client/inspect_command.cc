@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "client/remote_flags.h"
 #include "io/checkpoint.h"
 #include "io/lora_adapter.h"
 #include "io/open_checkpoint.h"
@@ -174,9 +175,17 @@ absl::Status RunInspect(const InspectArgs& args, std::ostream& out) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--output must be 'table' or 'json', not '", args.output, "'"));
   }
-  std::vector<std::string> roots = args.allowed_roots;
-  if (roots.empty()) roots.push_back("/");
-  TAILOR_ASSIGN_OR_RETURN(UriResolver resolver, UriResolver::Create(roots));
+  TAILOR_ASSIGN_OR_RETURN(UriResolver resolver,
+                          MakeCommandResolver(args.allowed_roots, args.remote));
+  return RunInspect(args, resolver, out);
+}
+
+absl::Status RunInspect(const InspectArgs& args, const UriResolver& resolver,
+                        std::ostream& out) {
+  if (args.output != "table" && args.output != "json") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--output must be 'table' or 'json', not '", args.output, "'"));
+  }
   TAILOR_ASSIGN_OR_RETURN(std::string path, resolver.ResolveExisting(args.uri));
 
   View view;
@@ -184,7 +193,7 @@ absl::Status RunInspect(const InspectArgs& args, std::ostream& out) {
   std::unique_ptr<Checkpoint> base;
   std::unique_ptr<Checkpoint> adapter_file;
   std::unique_ptr<TensorSource> merged;
-  if (IsLoraAdapterDir(path)) {
+  if (IsLoraAdapterDir(path, resolver)) {
     TAILOR_ASSIGN_OR_RETURN(view.lora, AdapterSummary(path, resolver));
     if (args.base_uri.empty()) {
       view.kind = "lora-adapter";

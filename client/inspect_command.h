@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "storage/object_store_factory.h"
+#include "storage/uri_resolver.h"
 
 namespace tailor::cli {
 
@@ -14,13 +16,19 @@ struct InspectArgs {
   std::string base_uri;          // for a LoRA adapter: show the merged view
   std::string output = "table";  // table | json
   std::vector<std::string> allowed_roots;
+  RemoteStorageFlags remote;  // --ca-file, --cache-dir, --cache-bytes
 };
 
 // `tailorctl inspect`: lists a checkpoint's tensors (name, dtype, shape,
 // bytes, file) and totals on `out`. Works on sharded and single-file
 // checkpoints and on PEFT LoRA adapter directories (alone, or merged over
 // --base).
+// Remote checkpoints (s3://, https://, hf://) are read by range: the
+// headers only.
 absl::Status RunInspect(const InspectArgs& args, std::ostream& out);
+// The same with `resolver` instead of args.allowed_roots / args.remote.
+absl::Status RunInspect(const InspectArgs& args, const UriResolver& resolver,
+                        std::ostream& out);
 
 }  // namespace tailor::cli
 

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/exit_codes.h"
+#include "client/remote_flags.h"
 #include "demo/demo_report.h"
 #include "demo/forgetting_demo.h"
 #include "fusion/shard_plan.h"
@@ -106,10 +107,13 @@ CLI::App* CalibrateCommand::Add(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   AddDeviceOptions(*cmd, device_, threads_);
   cmd->add_option("--allowed-root", allowed_roots_,
-                  "directory the URIs must lie under (repeatable; default: "
-                  "/); the model's files, its config.json, the data and the "
-                  "output are opened beneath it, so a symlink out of it is "
-                  "refused (exit 5)");
+                  "directory (or remote prefix, s3://bucket/prefix/, for the "
+                  "model and data) the URIs must lie under (repeatable; "
+                  "default: / and every remote URI); the model's files, its "
+                  "config.json, the data "
+                  "and the output are opened beneath it, so a symlink out of "
+                  "it is refused (exit 5)");
+  AddRemoteStorageFlags(cmd, &remote_, /*writes=*/false);
   cmd->add_flag("-q,--quiet", quiet_, "no progress on stderr");
   return cmd;
 }
@@ -119,9 +123,8 @@ int CalibrateCommand::Run() {
     at::set_num_threads(threads_);
     SetBlasThreads(threads_);
   }
-  std::vector<std::string> roots = allowed_roots_;
-  if (roots.empty()) roots.push_back("/");
-  absl::StatusOr<UriResolver> resolver = UriResolver::Create(roots);
+  absl::StatusOr<UriResolver> resolver =
+      MakeCommandResolver(allowed_roots_, remote_);
   if (!resolver.ok()) return ReportFailure(resolver.status());
   if (!merge_.empty()) {
     absl::StatusOr<std::string> out = resolver->ResolveForWrite(merge_[0]);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "storage/object_store_factory.h"
 
 namespace tailor::cli {
 
@@ -24,6 +25,7 @@ class CalibrateCommand {
   std::vector<std::string> merge_;  // --merge OUT PART...
   int shard_ = 0, shards_ = 0;
   std::vector<std::string> allowed_roots_;
+  RemoteStorageFlags remote_;
   bool quiet_ = false;
 };
 

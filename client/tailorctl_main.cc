@@ -12,6 +12,7 @@
 #include "client/inspect_command.h"
 #include "client/model_commands.h"
 #include "client/remote_commands.h"
+#include "client/remote_flags.h"
 
 namespace {
 
@@ -29,7 +30,9 @@ int Run(int argc, char** argv) {
       "List a checkpoint's tensors (name, dtype, shape, bytes, file) and "
       "totals. URI: a directory with model.safetensors.index.json or "
       "model.safetensors, a .safetensors file, or a PEFT LoRA adapter "
-      "directory; plain path or file://.");
+      "directory; plain path, file://, or a remote URI (s3://, https://, "
+      "hf://) under a remote --allowed-root, read by range (headers "
+      "only).");
   inspect_cmd->add_option("uri", inspect.uri, "checkpoint location")
       ->required();
   inspect_cmd->add_option(
@@ -39,9 +42,10 @@ int Run(int argc, char** argv) {
       ->add_option("-o,--output", inspect.output, "output format: table|json")
       ->check(CLI::IsMember({"table", "json"}))
       ->capture_default_str();
-  inspect_cmd->add_option(
-      "--allowed-root", inspect.allowed_roots,
-      "directory the URIs must lie under (repeatable; default: /)");
+  inspect_cmd->add_option("--allowed-root", inspect.allowed_roots,
+                          tailor::cli::kAllowedRootHelp);
+  tailor::cli::AddRemoteStorageFlags(inspect_cmd, &inspect.remote,
+                                     /*writes=*/false);
 
   tailor::cli::FuseCommand fuse;
   CLI::App* fuse_cmd = fuse.Add(app);

@@ -173,6 +173,9 @@ constexpr FlagSetting kFlagSettings[] = {
     Scalar<&ServerConfig::metrics_listen>("--metrics-listen"),
     Scalar<&ServerConfig::data_dir>("--data-dir"),
     StringList<&ServerConfig::allowed_roots>("--allowed-root"),
+    Scalar<&ServerConfig::ca_file>("--ca-file"),
+    Scalar<&ServerConfig::cache_dir>("--cache-dir"),
+    Scalar<&ServerConfig::cache_bytes>("--cache-bytes"),
     Scalar<&ServerConfig::max_concurrent_jobs>("--max-concurrent-jobs"),
     Scalar<&ServerConfig::threads>("--threads"),
     Scalar<&ServerConfig::cpu_workers>("--cpu-workers"),
@@ -410,9 +413,20 @@ void ServerFlags::Add(CLI::App& app) {
                  "no job output may touch it (default " +
                      d.data_dir + ")");
   app.add_option("--allowed-root", flags_.allowed_roots,
-                 "directory every job URI must lie under; an output must lie "
-                 "strictly inside it (repeatable; default: the working "
-                 "directory)");
+                 "directory or remote prefix (s3://bucket/prefix/, "
+                 "https://host/path/, hf://org/repo/) every job URI must lie "
+                 "under; an output must lie strictly inside it (repeatable; "
+                 "default: the working directory, and no remote URI)");
+  app.add_option("--ca-file", flags_.ca_file,
+                 "PEM bundle of CAs to trust for https:// and s3:// endpoints "
+                 "(default: SSL_CERT_FILE, else the system store)");
+  app.add_option("--cache-dir", flags_.cache_dir,
+                 "local read cache for remote checkpoints, keyed by URI, ETag "
+                 "and size, shared safely by concurrent jobs (default: none)");
+  app.add_option("--cache-bytes", flags_.cache_bytes,
+                 "size cap of --cache-dir in bytes; least recently used "
+                 "entries not in use are evicted (default 64 GiB)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-concurrent-jobs", flags_.max_concurrent_jobs,
                  "jobs that run at the same time, 1..256 (default 1)");
   app.add_option("--threads", flags_.threads,

@@ -21,7 +21,14 @@ struct ServerConfig {
   std::string listen = "127.0.0.1:50051";
   std::string metrics_listen = "127.0.0.1:9464";
   std::string data_dir = "tailord-data";
+  // Local directories and remote prefixes (s3://bucket/prefix/, issue #16).
   std::vector<std::string> allowed_roots;  // empty: the working directory
+  // Remote storage (issue #16): the CA bundle for https endpoints, and the
+  // local read cache of remote checkpoints (cache_dir empty: none) with its
+  // size cap. Remote outputs are staged under data_dir/remote-staging.
+  std::string ca_file;
+  std::string cache_dir;
+  uint64_t cache_bytes = uint64_t{64} << 30;
   int max_concurrent_jobs = 1;
   // Compute threads of the process (0: the CPUs of the cgroup quota and
   // affinity mask) and the worker slots they are split into: tensors a job

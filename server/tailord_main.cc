@@ -35,6 +35,7 @@
 #include "metrics/data_dir_metrics.h"
 #include "metrics/process_metrics.h"
 #include "metrics/registry.h"
+#include "metrics/remote_metrics.h"
 #include "nlohmann/json.hpp"
 #include "server/auth/authenticator.h"
 #include "server/auth/tls_files.h"
@@ -46,6 +47,7 @@
 #include "server/reflection_v1.h"
 #include "server/server_config.h"
 #include "server/serving_state.h"
+#include "storage/object_store_factory.h"
 #include "util/cpu_tuning.h"
 #include "util/file_util.h"
 #include "util/log.h"
@@ -152,8 +154,17 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
   // No job output may touch the data directory (the job store, journals),
   // even when it lies inside an allowed root (the defaults: root = cwd,
   // data = ./tailord-data).
+  // Remote storage (issue #16): remote outputs are staged under the data
+  // directory (which no output may touch).
+  RemoteStorageFlags remote_flags;
+  remote_flags.ca_file = config.ca_file;
+  remote_flags.cache_dir = config.cache_dir;
+  remote_flags.cache_bytes = config.cache_bytes;
+  remote_flags.scratch_dir = JoinPath(config.data_dir, "remote-staging");
+  absl::StatusOr<UriResolver::Remote> remote = MakeRemoteAccess(remote_flags);
+  if (!remote.ok()) return Fail(remote.status());
   absl::StatusOr<std::unique_ptr<jobs::JobRunner>> runner =
-      jobs::NewFusionJobRunner(roots, {config.data_dir});
+      jobs::NewFusionJobRunner(roots, {config.data_dir}, *std::move(remote));
   if (!runner.ok()) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("allowed-root: ", runner.status().message())));
@@ -166,6 +177,7 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
                 {"version", "revision"})
       ->Set({kBuildVersion, kBuildRevision}, 1);
   metrics::AddProcessMetrics(&registry);
+  metrics::AddRemoteMetrics(&registry);
   {
     metrics::DataDirMetricsOptions disk;
     disk.data_dir = config.data_dir;

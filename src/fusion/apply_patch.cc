@@ -100,7 +100,8 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
     plan.outputs.push_back({"out", out, true});
     TAILOR_ASSIGN_OR_RETURN(std::string base_path,
                             resolver.ResolveExisting(pretrained_uri));
-    plan.inputs.push_back({"pretrained", base_path, IsDirectory(base_path)});
+    plan.inputs.push_back(
+        {"pretrained", base_path, resolver.PathIsDirectory(base_path)});
     plan.inputs.push_back({"patch", CanonicalOr(patch_path), false});
     AddInputFiles(*base, "pretrained", &plan);
     TAILOR_RETURN_IF_ERROR(CheckOutputPlan(plan, resolver));
@@ -110,6 +111,7 @@ absl::Status ApplyPatch(const std::string& pretrained_uri,
     options.overwrite = overwrite;
     options.copy_files_from = base->directory();
     options.copy_resolver = &resolver;
+    options.output_resolver = &resolver;
     TAILOR_ASSIGN_OR_RETURN(
         std::unique_ptr<CheckpointWriter> writer,
         CheckpointWriter::Create(out, base->tensors(), options));

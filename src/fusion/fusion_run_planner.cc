@@ -260,14 +260,16 @@ absl::Status FusionRun::OpenOutputs() {
     options.overwrite = spec_.overwrite;
     options.copy_files_from = base_->directory();
     options.copy_resolver = &resolver_;
+    options.output_resolver = &resolver_;
     TAILOR_ASSIGN_OR_RETURN(
         writer_, CheckpointWriter::Create(out, base_->tensors(), options));
     TAILOR_RETURN_IF_ERROR(SameLocation("out", out, writer_->out_dir()));
   }
   if (!spec_.patch_uri.empty()) {
     patch_path_ = planned("patch_out");
-    TAILOR_ASSIGN_OR_RETURN(stitched_,
-                            PatchWriter::Create(patch_path_, spec_.overwrite));
+    TAILOR_ASSIGN_OR_RETURN(
+        stitched_,
+        PatchWriter::Create(patch_path_, spec_.overwrite, &resolver_));
     TAILOR_RETURN_IF_ERROR(
         SameLocation("patch_out", patch_path_, stitched_->path()));
     if (WritesTaskPatches(spec_)) {
@@ -277,7 +279,7 @@ absl::Status FusionRun::OpenOutputs() {
         task->patch_out = TaskPatchPath(patch_path_, TaskLabel(spec_, i));
         TAILOR_ASSIGN_OR_RETURN(
             task->patch_writer,
-            PatchWriter::Create(task->patch_out, spec_.overwrite));
+            PatchWriter::Create(task->patch_out, spec_.overwrite, &resolver_));
         TAILOR_RETURN_IF_ERROR(SameLocation("patch_out", task->patch_out,
                                             task->patch_writer->path()));
       }
@@ -286,9 +288,8 @@ absl::Status FusionRun::OpenOutputs() {
   if (!spec_.report_uri.empty()) {
     report_path_ = planned("report");
     TAILOR_ASSIGN_OR_RETURN(
-        report_out_,
-        StagedOutput::Create(report_path_, StagedOutput::Kind::kFile,
-                             spec_.overwrite));
+        report_out_, CreateStagedOutput(report_path_, StagedOutput::Kind::kFile,
+                                        spec_.overwrite, &resolver_));
     TAILOR_RETURN_IF_ERROR(
         SameLocation("report", report_path_, report_out_->path()));
   }

@@ -16,9 +16,12 @@
 namespace tailor {
 namespace {
 
-// Component-wise: `path` equals `dir` or lies under it (canonical paths).
+// Component-wise: `path` equals `dir` or lies under it (canonical paths, or
+// canonical remote URIs, whose prefixes end in '/').
 bool Contains(absl::string_view dir, absl::string_view path) {
   if (dir == "/") return true;
+  while (dir.size() > 1 && dir.back() == '/') dir.remove_suffix(1);
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
   if (!absl::StartsWith(path, dir)) return false;
   return path.size() == dir.size() || path[dir.size()] == '/';
 }
@@ -68,9 +71,12 @@ absl::StatusOr<OutputPlan> ResolveOutputPlan(const FusionSpec& spec,
     absl::StatusOr<std::string> path = resolver.ResolveExisting(uri);
     if (!path.ok()) return WithField(field, path.status());
     // A FIFO, socket or device would block or never end when the job opens
-    // it: refused here (a stat, which cannot block).
-    TAILOR_RETURN_IF_ERROR(WithField(field, CheckFileOrDirectory(*path)));
-    plan.inputs.push_back({field, *path, IsDirectory(*path)});
+    // it: refused here (a stat, which cannot block). Remote objects are
+    // objects or prefixes by construction.
+    if (!IsRemoteUri(*path)) {
+      TAILOR_RETURN_IF_ERROR(WithField(field, CheckFileOrDirectory(*path)));
+    }
+    plan.inputs.push_back({field, *path, resolver.PathIsDirectory(*path)});
     return absl::OkStatus();
   };
   auto output = [&](const std::string& field, const std::string& uri,
@@ -115,6 +121,16 @@ absl::Status CheckOutputPlan(const OutputPlan& plan,
                              const UriResolver& resolver) {
   for (size_t i = 0; i < plan.outputs.size(); ++i) {
     const OutputPlan::Entry& o = plan.outputs[i];
+    if (IsRemoteUri(o.path)) {
+      absl::StatusOr<ObjectUri> uri = ParseObjectUri(o.path);
+      if (!uri.ok()) return WithField(o.field, uri.status());
+      if (resolver.remote_roots().ContainsRoot(*uri)) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            o.field, ": ", Quote(o.path),
+            " is or contains an allowed root; an output must lie strictly "
+            "inside an allowed root"));
+      }
+    }
     for (const std::string& root : resolver.roots()) {
       if (Contains(o.path, root)) {
         return absl::PermissionDeniedError(absl::StrCat(
@@ -149,7 +165,9 @@ absl::Status CheckOutputPlan(const OutputPlan& plan,
       }
     }
     struct stat st;
-    if (::lstat(o.path.c_str(), &st) == 0) {
+    // (A remote output's existing object is checked when it is uploaded:
+    // fusion/remote_outputs.h.)
+    if (!IsRemoteUri(o.path) && ::lstat(o.path.c_str(), &st) == 0) {
       if (o.directory && !S_ISDIR(st.st_mode)) {
         return absl::InvalidArgumentError(absl::StrCat(
             o.field, ": ", Quote(o.path),

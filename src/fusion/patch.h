@@ -69,9 +69,12 @@ struct PackedPatchEntry {
 class PatchWriter {
  public:
   // An existing `path` is ALREADY_EXISTS unless `overwrite`; a directory
-  // there is INVALID_ARGUMENT.
+  // there is INVALID_ARGUMENT. A remote `path` (issue #16) is staged in
+  // `resolver`'s scratch directory and uploaded at publish
+  // (StagedOutput::CreateRemote); `resolver` (not owned) is needed then.
   static absl::StatusOr<std::unique_ptr<PatchWriter>> Create(
-      const std::string& path, bool overwrite = true);
+      const std::string& path, bool overwrite = true,
+      const UriResolver* resolver = nullptr);
   ~PatchWriter();
 
   // Adds weight `name` (shape of mask): bit-packs mask, stores values =

@@ -43,21 +43,24 @@ struct PatchWriter::Entry {
 };
 
 absl::StatusOr<std::unique_ptr<PatchWriter>> PatchWriter::Create(
-    const std::string& path, bool overwrite) {
+    const std::string& path, bool overwrite, const UriResolver* resolver) {
   if (path.empty()) {
     return absl::InvalidArgumentError("patch writer: empty output path");
   }
-  if (IsDirectory(path)) {
+  if (!IsRemoteUri(path) && IsDirectory(path)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "patch output ", path, " is a directory; a patch is a single file"));
   }
   std::unique_ptr<PatchWriter> w(new PatchWriter());
   TAILOR_ASSIGN_OR_RETURN(
       w->staged_,
-      StagedOutput::Create(path, StagedOutput::Kind::kFile, overwrite));
+      CreateStagedOutput(path, StagedOutput::Kind::kFile, overwrite, resolver));
   w->path_ = w->staged_->path();
+  // The spool lives beside the staging file (for a remote patch: in the
+  // scratch directory).
   w->spool_name_ = StagingName(Basename(w->path_), "spool");
-  w->spool_path_ = JoinPath(Dirname(w->path_), w->spool_name_);
+  w->spool_path_ =
+      JoinPath(Dirname(w->staged_->staging_path()), w->spool_name_);
   const int fd =
       ::openat(w->staged_->parent_fd(), w->spool_name_.c_str(),
                O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);

@@ -94,11 +94,34 @@ absl::StatusOr<ParsedIndex> ParseIndex(const std::string& index_path,
   return index;
 }
 
+// File-system questions, through the resolver when there is one (it answers
+// for remote paths too: storage/uri_resolver.h).
+bool IsDir(const std::string& path, const UriResolver* resolver) {
+  return resolver != nullptr ? resolver->PathIsDirectory(path)
+                             : IsDirectory(path);
+}
+bool IsFile(const std::string& path, const UriResolver* resolver) {
+  return resolver != nullptr ? resolver->PathIsRegularFile(path)
+                             : IsRegularFile(path);
+}
+bool Exists(const std::string& path, const UriResolver* resolver) {
+  // (A local FIFO or device exists too: opening it gives the clear error.)
+  return resolver != nullptr && IsRemoteUri(path)
+             ? resolver->PathIsDirectory(path) ||
+                   resolver->PathIsRegularFile(path)
+             : PathExists(path);
+}
+absl::StatusOr<std::vector<std::string>> List(const std::string& dir,
+                                              const UriResolver* resolver) {
+  return resolver != nullptr ? resolver->ListNames(dir) : ListDirectory(dir);
+}
+
 // What a directory holds, for the error when it is not a checkpoint.
-absl::Status NotACheckpoint(const std::string& dir) {
-  absl::StatusOr<std::vector<std::string>> names = ListDirectory(dir);
+absl::Status NotACheckpoint(const std::string& dir,
+                            const UriResolver* resolver) {
+  absl::StatusOr<std::vector<std::string>> names = List(dir, resolver);
   if (!names.ok()) return names.status();
-  if (PathExists(JoinPath(dir, "adapter_config.json"))) {
+  if (Exists(JoinPath(dir, "adapter_config.json"), resolver)) {
     return absl::InvalidArgumentError(absl::StrCat(
         dir,
         " is a PEFT adapter directory (adapter_config.json): open it as a "
@@ -129,26 +152,31 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
   ckpt->path_ = path;
   std::string index_path;
   std::string single_path;
-  if (IsDirectory(path)) {
+  const UriResolver* resolver = options.resolver;
+  if (IsRemoteUri(path) && resolver == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": a remote checkpoint needs a resolver"));
+  }
+  if (IsDir(path, resolver)) {
     ckpt->directory_ = path;
-    if (IsRegularFile(JoinPath(path, kIndexFileName))) {
+    if (IsFile(JoinPath(path, kIndexFileName), resolver)) {
       index_path = JoinPath(path, kIndexFileName);
-    } else if (IsRegularFile(JoinPath(path, kSingleFileName))) {
+    } else if (IsFile(JoinPath(path, kSingleFileName), resolver)) {
       single_path = JoinPath(path, kSingleFileName);
     } else {
       TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> names,
-                              ListDirectory(path));
+                              List(path, resolver));
       std::vector<std::string> found;
       for (const std::string& n : names) {
         if (absl::EndsWith(n, ".safetensors")) found.push_back(n);
       }
       if (found.size() != 1 ||
-          PathExists(JoinPath(path, "adapter_config.json"))) {
-        return NotACheckpoint(path);
+          Exists(JoinPath(path, "adapter_config.json"), resolver)) {
+        return NotACheckpoint(path, resolver);
       }
       single_path = JoinPath(path, found[0]);
     }
-  } else if (PathExists(path)) {
+  } else if (Exists(path, resolver)) {
     ckpt->directory_ = Dirname(path);
     if (absl::EndsWith(path, ".index.json")) {
       index_path = path;
@@ -163,13 +191,16 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
       -> absl::StatusOr<std::unique_ptr<SafetensorsFile>> {
     if (options.resolver != nullptr) {
       // Opened beneath its allowed root (issue #14 point 7): a symlink
-      // swapped in after the check cannot lead outside it.
+      // swapped in after the check cannot lead outside it. A remote shard
+      // is checked against the remote roots and read with ranged GETs (or
+      // through the read cache).
       TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
                               options.resolver->CheckLocalPath(file_path));
       TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(file_path));
       TAILOR_ASSIGN_OR_RETURN(
-          ScopedFd fd, options.resolver->OpenForRead(canonical, file_path));
-      return SafetensorsFile::Open(file_path, std::move(fd));
+          std::unique_ptr<ByteSource> source,
+          options.resolver->OpenSource(canonical, file_path));
+      return SafetensorsFile::Open(std::move(source), file_path);
     }
     return SafetensorsFile::Open(file_path);
   };
@@ -191,7 +222,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
     for (const std::string& shard : shard_names) {
       const std::string shard_path = JoinPath(ckpt->directory_, shard);
       TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(shard_path));
-      if (!PathExists(shard_path)) {
+      if (!Exists(shard_path, resolver)) {
         return absl::NotFoundError(absl::StrCat(
             index_path, ": shard ", Quote(shard),
             " named in weight_map (e.g. for ",
@@ -295,7 +326,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> OpenFormattedFile(
   auto error = [&](absl::string_view message) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", message));
   };
-  if (IsDirectory(path)) {
+  if (IsDir(path, options.resolver)) {
     return error(absl::StrCat("is a directory; a ", kind,
                               " is a single .safetensors file"));
   }

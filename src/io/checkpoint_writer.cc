@@ -61,6 +61,25 @@ absl::Status CopyOpenFileAt(int in, absl::string_view from, int dirfd,
   return absl::OkStatus();
 }
 
+// The same from any byte source (a remote object), in 8 MiB reads.
+absl::Status CopySourceAt(const ByteSource& in, int dirfd,
+                          const std::string& name, absl::string_view label) {
+  const int fd =
+      ::openat(dirfd, name.c_str(),
+               O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("create ", label));
+  ScopedFd out(fd);
+  std::string buffer;
+  for (uint64_t offset = 0; offset < in.size(); offset += buffer.size()) {
+    buffer.resize(std::min<uint64_t>(8 << 20, in.size() - offset));
+    TAILOR_RETURN_IF_ERROR(in.ReadAt(offset, buffer.size(), buffer.data()));
+    TAILOR_RETURN_IF_ERROR(
+        PWriteFully(fd, buffer.data(), buffer.size(), offset, label));
+  }
+  if (::fsync(fd) != 0) return ErrnoError(errno, absl::StrCat("fsync ", label));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
@@ -88,8 +107,9 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
   std::unique_ptr<CheckpointWriter> w(new CheckpointWriter());
   w->options_ = options;
   TAILOR_ASSIGN_OR_RETURN(
-      w->staged_, StagedOutput::Create(out_dir, StagedOutput::Kind::kDirectory,
-                                       options.overwrite));
+      w->staged_,
+      CreateStagedOutput(out_dir, StagedOutput::Kind::kDirectory,
+                         options.overwrite, options.output_resolver));
   w->out_dir_ = w->staged_->path();
   w->staging_dir_ = w->staged_->staging_path();
   for (TensorInfo& info : layout) {
@@ -350,11 +370,22 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
 CheckpointWriter::FilesToCopy() const {
   std::vector<std::pair<std::string, std::string>> files;
   if (options_.copy_files_from.empty()) return files;
+  const UriResolver* const resolver = options_.copy_resolver;
+  if (resolver == nullptr && IsRemoteUri(options_.copy_files_from)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options_.copy_files_from,
+                     ": copying from a remote base needs its "
+                     "resolver"));
+  }
   TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> names,
-                          ListDirectory(options_.copy_files_from));
+                          resolver != nullptr
+                              ? resolver->ListNames(options_.copy_files_from)
+                              : ListDirectory(options_.copy_files_from));
   for (const std::string& name : names) {
     const std::string from = JoinPath(options_.copy_files_from, name);
-    if (name.front() == '.' || IsWeightFileName(name) || !IsRegularFile(from)) {
+    if (name.front() == '.' || IsWeightFileName(name) ||
+        !(resolver != nullptr ? resolver->PathIsRegularFile(from)
+                              : IsRegularFile(from))) {
       continue;
     }
     if (std::find(file_names_.begin(), file_names_.end(), name) !=
@@ -382,6 +413,13 @@ absl::Status CheckpointWriter::CopyNonTensorFiles() {
     // Beneath the root that holds it, whatever the path has become since.
     TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
                             options_.copy_resolver->CheckLocalPath(from));
+    if (IsRemoteUri(canonical)) {
+      TAILOR_ASSIGN_OR_RETURN(
+          std::unique_ptr<ByteSource> in,
+          options_.copy_resolver->OpenSource(canonical, from));
+      TAILOR_RETURN_IF_ERROR(CopySourceAt(*in, staged_->fd(), name, label));
+      continue;
+    }
     TAILOR_ASSIGN_OR_RETURN(
         ScopedFd in, options_.copy_resolver->OpenForRead(canonical, from));
     TAILOR_RETURN_IF_ERROR(

@@ -49,6 +49,10 @@ struct CheckpointWriterOptions {
   // again when it is copied -- rather than copied into the output. Links
   // that stay inside a root (a Hugging Face cache's blobs) are followed.
   const UriResolver* copy_resolver = nullptr;
+  // Needed when `out_dir` is a remote URI (issue #16 point 3; not owned):
+  // the store and the local scratch directory the output is staged in
+  // (StagedOutput::CreateRemote).
+  const UriResolver* output_resolver = nullptr;
 };
 
 // Writes a Hugging Face-compatible safetensors checkpoint whose tensor names,

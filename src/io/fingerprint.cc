@@ -19,18 +19,18 @@ absl::StatusOr<std::string> HeaderFingerprint(const std::string& path) {
 
 absl::StatusOr<std::string> HeaderFingerprint(const std::string& path,
                                               const UriResolver& resolver) {
-  TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, resolver.OpenForRead(path));
+  TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source,
+                          resolver.OpenSource(path));
   TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
-                          SafetensorsFile::Open(path, std::move(fd)));
+                          SafetensorsFile::Open(std::move(source), path));
   return HeaderFingerprint(*file);
 }
 
 absl::StatusOr<std::string> HeaderFingerprint(const SafetensorsFile& file) {
   const std::string& path = file.path();
   const uint64_t size = file.header().data_offset();
-  const int fd = file.fd();
   std::string bytes(static_cast<size_t>(size), '\0');
-  TAILOR_RETURN_IF_ERROR(PReadFully(fd, bytes.data(), bytes.size(), 0, path));
+  TAILOR_RETURN_IF_ERROR(file.source().ReadAt(0, bytes.size(), bytes.data()));
   // The file may have changed since it was validated; the length prefix
   // must still match what was validated.
   uint64_t prefix = 0;
@@ -51,16 +51,14 @@ absl::StatusOr<std::string> DataFingerprint(const std::string& path) {
 }
 
 absl::StatusOr<std::string> DataFingerprint(const SafetensorsFile& file) {
-  const std::string& path = file.path();
   const uint64_t begin = file.header().data_offset();
   const uint64_t size = file.header().data_size;
-  const int fd = file.fd();
   Sha256 sha;
   std::string block;
   auto add = [&](uint64_t offset, uint64_t n) -> absl::Status {
     block.resize(static_cast<size_t>(n));
     TAILOR_RETURN_IF_ERROR(
-        PReadFully(fd, block.data(), block.size(), begin + offset, path));
+        file.source().ReadAt(begin + offset, block.size(), block.data()));
     sha.Update(absl::StrCat(offset, ":", n, ":"));
     sha.Update(block);
     return absl::OkStatus();

@@ -73,14 +73,24 @@ absl::StatusOr<PeftConfig> ReadAdapterConfig(
   return ParsePeftConfig(config_path, text);
 }
 
+// Whether `path` exists, through the resolver when there is one (it answers
+// for remote paths too).
+bool Exists(const std::string& path, const UriResolver* resolver) {
+  if (resolver == nullptr || !IsRemoteUri(path)) return PathExists(path);
+  return resolver->PathIsRegularFile(path) || resolver->PathIsDirectory(path);
+}
+
 // Stage 2: the weights file exists; a pickled one is refused by name.
-absl::Status CheckWeightsFile(const std::string& adapter_dir) {
-  if (PathExists(JoinPath(adapter_dir, kAdapterWeightsName))) {
+absl::Status CheckWeightsFile(const std::string& adapter_dir,
+                              const UriResolver* resolver) {
+  if (Exists(JoinPath(adapter_dir, kAdapterWeightsName), resolver)) {
     return absl::OkStatus();
   }
   for (const char* pickle : {"adapter_model.bin", "adapter_model.pt"}) {
     const std::string path = JoinPath(adapter_dir, pickle);
-    if (PathExists(path)) TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(path));
+    if (Exists(path, resolver)) {
+      TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(path));
+    }
   }
   return absl::NotFoundError(
       absl::StrCat(adapter_dir, ": no ", kAdapterWeightsName,
@@ -354,19 +364,27 @@ bool IsLoraAdapterDir(const std::string& dir) {
   return IsDirectory(dir) && PathExists(JoinPath(dir, kAdapterConfigName));
 }
 
+bool IsLoraAdapterDir(const std::string& dir, const UriResolver& resolver) {
+  if (!IsRemoteUri(dir)) return IsLoraAdapterDir(dir);
+  return resolver.PathIsDirectory(dir) &&
+         resolver.PathIsRegularFile(JoinPath(dir, kAdapterConfigName));
+}
+
 absl::StatusOr<std::unique_ptr<LoraFineTuned>> LoraFineTuned::Create(
     const TensorSource* base, const std::string& adapter_dir,
     const Checkpoint::Options& options) {
   if (base == nullptr) {
     return absl::InvalidArgumentError("LoraFineTuned: no base checkpoint");
   }
-  if (!IsDirectory(adapter_dir)) {
+  if (options.resolver != nullptr
+          ? !options.resolver->PathIsDirectory(adapter_dir)
+          : !IsDirectory(adapter_dir)) {
     return absl::NotFoundError(
         absl::StrCat("LoRA adapter directory ", adapter_dir, " not found"));
   }
   TAILOR_ASSIGN_OR_RETURN(PeftConfig parsed,
                           ReadAdapterConfig(adapter_dir, options));
-  TAILOR_RETURN_IF_ERROR(CheckWeightsFile(adapter_dir));
+  TAILOR_RETURN_IF_ERROR(CheckWeightsFile(adapter_dir, options.resolver));
   std::unique_ptr<LoraFineTuned> lora(new LoraFineTuned());
   lora->base_ = base;
   lora->config_ = parsed.config;

@@ -18,6 +18,8 @@ inline constexpr char kAdapterWeightsName[] = "adapter_model.safetensors";
 
 // True if `dir` is a directory holding adapter_config.json.
 bool IsLoraAdapterDir(const std::string& dir);
+// The same for any path `resolver` returned (a remote prefix too).
+bool IsLoraAdapterDir(const std::string& dir, const UriResolver& resolver);
 
 // One module's low-rank update, resolved against the base checkpoint.
 struct LoraModule {

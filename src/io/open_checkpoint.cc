@@ -19,7 +19,7 @@ absl::StatusOr<std::unique_ptr<TensorSource>> OpenFineTunedUri(
   TAILOR_ASSIGN_OR_RETURN(std::string path, resolver.ResolveExisting(uri));
   Checkpoint::Options options;
   options.resolver = &resolver;
-  if (IsLoraAdapterDir(path)) {
+  if (IsLoraAdapterDir(path, resolver)) {
     TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<LoraFineTuned> lora,
                             LoraFineTuned::Create(&base, path, options));
     return std::unique_ptr<TensorSource>(std::move(lora));

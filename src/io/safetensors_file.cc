@@ -56,11 +56,20 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     const std::string& path, ScopedFd fd) {
   TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(path));
-  TAILOR_ASSIGN_OR_RETURN(uint64_t file_size, RegularFileSize(fd.get(), path));
+  TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> source,
+                          NewFileByteSource(path, std::move(fd)));
+  return Open(std::move(source), path);
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
+    std::unique_ptr<ByteSource> source, const std::string& name) {
+  const std::string path = name.empty() ? source->name() : name;
+  TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(path));
+  const uint64_t file_size = source->size();
   char prefix[9] = {};
   if (file_size >= 8) {
     const size_t n = file_size >= 9 ? 9 : 8;
-    TAILOR_RETURN_IF_ERROR(PReadFully(fd.get(), prefix, n, 0, path));
+    TAILOR_RETURN_IF_ERROR(source->ReadAt(0, n, prefix));
     // A header length whose first byte is 0x80 and second 2..5 (640, 896,
     // 1152, 1408 bytes, ...) starts like a pickle stream: a file whose
     // length is plausible and whose header then opens with '{' is read as
@@ -81,20 +90,18 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   // header_size <= min(100 MB, file_size - 8): the allocation is bounded by
   // the file itself.
   std::string json(header_size, '\0');
-  TAILOR_RETURN_IF_ERROR(
-      PReadFully(fd.get(), json.data(), json.size(), 8, path));
+  TAILOR_RETURN_IF_ERROR(source->ReadAt(8, json.size(), json.data()));
   TAILOR_ASSIGN_OR_RETURN(
       SafetensorsHeader header,
       ParseSafetensorsHeaderJson(json, file_size - 8 - header_size, path));
-  return std::unique_ptr<SafetensorsFile>(
-      new SafetensorsFile(path, std::move(fd), file_size, std::move(header)));
+  return std::unique_ptr<SafetensorsFile>(new SafetensorsFile(
+      path, std::move(source), file_size, std::move(header)));
 }
 
 absl::Status SafetensorsFile::ReadRaw(const TensorEntry& entry,
                                       void* buffer) const {
-  return PReadFully(fd_.get(), buffer, entry.nbytes(),
-                    header_.data_offset() + entry.begin,
-                    absl::StrCat(path_, ": tensor ", Quote(entry.name)));
+  return source_->ReadAt(header_.data_offset() + entry.begin, entry.nbytes(),
+                         buffer);
 }
 
 absl::Status SafetensorsFile::ReadRawRange(const TensorEntry& entry,
@@ -105,9 +112,8 @@ absl::Status SafetensorsFile::ReadRawRange(const TensorEntry& entry,
         path_, ": tensor ", Quote(entry.name), ": byte range [", offset, ", ",
         offset + length, ") leaves its ", entry.nbytes(), " bytes"));
   }
-  return PReadFully(fd_.get(), buffer, length,
-                    header_.data_offset() + entry.begin + offset,
-                    absl::StrCat(path_, ": tensor ", Quote(entry.name)));
+  return source_->ReadAt(header_.data_offset() + entry.begin + offset, length,
+                         buffer);
 }
 
 }  // namespace tailor

@@ -5,14 +5,16 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "io/byte_source.h"
 #include "io/safetensors_header.h"
 #include "util/file_util.h"
 
 namespace tailor {
 
 // One validated safetensors file. Open() reads only the 8-byte prefix and the
-// header, validates both completely (see safetensors_header.h), and keeps the
-// descriptor open; tensor bytes are read on demand with pread, so nothing
+// header, validates both completely (see safetensors_header.h) against the
+// source's size, and keeps the source open; tensor bytes are read on demand
+// (pread, or a ranged GET for a remote object: io/byte_source.h), so nothing
 // larger than the header is held.
 //
 // Thread-safe: const methods may be called concurrently.
@@ -24,9 +26,13 @@ class SafetensorsFile {
   // UriResolver::OpenForRead).
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(
       const std::string& path, ScopedFd fd);
+  // The same for any byte source (a remote object); path() is `path`, or the
+  // source's name() when `path` is empty.
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(
+      std::unique_ptr<ByteSource> source, const std::string& path = "");
 
-  // The open descriptor (for pread by callers that hash the file).
-  int fd() const { return fd_.get(); }
+  // The bytes (for callers that hash or copy the file).
+  const ByteSource& source() const { return *source_; }
 
   const std::string& path() const { return path_; }
   uint64_t file_size() const { return file_size_; }
@@ -42,15 +48,15 @@ class SafetensorsFile {
                             uint64_t length, void* buffer) const;
 
  private:
-  SafetensorsFile(std::string path, ScopedFd fd, uint64_t file_size,
-                  SafetensorsHeader header)
+  SafetensorsFile(std::string path, std::unique_ptr<ByteSource> source,
+                  uint64_t file_size, SafetensorsHeader header)
       : path_(std::move(path)),
-        fd_(std::move(fd)),
+        source_(std::move(source)),
         file_size_(file_size),
         header_(std::move(header)) {}
 
   const std::string path_;
-  const ScopedFd fd_;
+  const std::unique_ptr<const ByteSource> source_;
   const uint64_t file_size_;
   const SafetensorsHeader header_;
 };

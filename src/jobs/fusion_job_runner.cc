@@ -23,9 +23,11 @@ namespace {
 class FusionJobRunner : public JobRunner {
  public:
   FusionJobRunner(UriResolver resolver,
-                  std::vector<std::string> protected_paths)
+                  std::vector<std::string> protected_paths,
+                  UriResolver::Remote remote)
       : resolver_(std::move(resolver)),
-        protected_paths_(std::move(protected_paths)) {}
+        protected_paths_(std::move(protected_paths)),
+        remote_(std::move(remote)) {}
 
   absl::StatusOr<nlohmann::json> Prepare(
       const nlohmann::json& json) const override {
@@ -48,7 +50,7 @@ class FusionJobRunner : public JobRunner {
     // The same checks against the principal's roots: a URI must lie inside
     // both the server's roots and the caller's.
     absl::StatusOr<UriResolver> mine =
-        UriResolver::Create(roots, protected_paths_);
+        UriResolver::Create(roots, protected_paths_, remote_);
     if (!mine.ok()) {
       return absl::FailedPreconditionError(
           absl::StrCat("the caller's allowed roots (token file) are unusable: ",
@@ -136,17 +138,20 @@ class FusionJobRunner : public JobRunner {
  private:
   const UriResolver resolver_;
   const std::vector<std::string> protected_paths_;
+  const UriResolver::Remote remote_;
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<JobRunner>> NewFusionJobRunner(
     const std::vector<std::string>& allowed_roots,
-    const std::vector<std::string>& protected_paths) {
-  TAILOR_ASSIGN_OR_RETURN(UriResolver resolver,
-                          UriResolver::Create(allowed_roots, protected_paths));
-  return std::unique_ptr<JobRunner>(
-      new FusionJobRunner(std::move(resolver), protected_paths));
+    const std::vector<std::string>& protected_paths,
+    UriResolver::Remote remote) {
+  TAILOR_ASSIGN_OR_RETURN(
+      UriResolver resolver,
+      UriResolver::Create(allowed_roots, protected_paths, remote));
+  return std::unique_ptr<JobRunner>(new FusionJobRunner(
+      std::move(resolver), protected_paths, std::move(remote)));
 }
 
 }  // namespace tailor::jobs

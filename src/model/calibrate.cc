@@ -156,8 +156,9 @@ absl::Status RunCalibrateJob(const CalibrateJob& job,
   TAILOR_ASSIGN_OR_RETURN(std::string model_dir,
                           resolver.ResolveExisting(job.model_uri));
   const std::string config_path =
-      IsDirectory(model_dir) ? JoinPath(model_dir, "config.json")
-                             : JoinPath(Dirname(model_dir), "config.json");
+      resolver.PathIsDirectory(model_dir)
+          ? JoinPath(model_dir, "config.json")
+          : JoinPath(Dirname(model_dir), "config.json");
   TAILOR_ASSIGN_OR_RETURN(LlamaConfig config,
                           LlamaConfig::Load(config_path, &resolver));
   TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint,
@@ -166,6 +167,11 @@ absl::Status RunCalibrateJob(const CalibrateJob& job,
                           resolver.ResolveExisting(job.data_uri));
   TAILOR_ASSIGN_OR_RETURN(std::string out_path,
                           resolver.ResolveForWrite(job.out_uri));
+  if (IsRemoteUri(out_path)) {
+    return absl::UnimplementedError(absl::StrCat(
+        "calibrate: out ", job.out_uri,
+        " is remote; calibration files are written to local paths only"));
+  }
   if (PathExists(out_path)) {
     return absl::AlreadyExistsError(
         absl::StrCat(out_path, " already exists; choose a new output path"));

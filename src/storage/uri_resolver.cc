@@ -111,8 +111,8 @@ absl::StatusOr<std::string> UriToLocalPath(absl::string_view uri) {
   if (scheme != "file") {
     return absl::UnimplementedError(absl::StrCat(
         "unsupported scheme ", Quote(scheme), " in URI ", Quote(uri),
-        ": only file:// and local paths are supported (remote storage "
-        "backends are not implemented)"));
+        ": only file://, local paths and the remote schemes s3://, https:// "
+        "and hf:// are supported"));
   }
   const absl::string_view rest = uri.substr(scheme.size() + 3);  // "://"
   if (rest.find_first_of("?#") != absl::string_view::npos) {
@@ -309,14 +309,19 @@ absl::StatusOr<std::string> ResolveWritablePath(
 
 absl::StatusOr<UriResolver> UriResolver::Create(
     const std::vector<std::string>& allowed_roots,
-    const std::vector<std::string>& protected_paths) {
+    const std::vector<std::string>& protected_paths, Remote remote) {
   if (allowed_roots.empty()) {
     return absl::InvalidArgumentError(
         "UriResolver needs at least one allowed root; pass {\"/\"} to allow "
         "every path");
   }
+  std::vector<std::string> remote_root_uris;
   std::vector<std::string> roots;
   for (const std::string& root : allowed_roots) {
+    if (IsRemoteUri(root)) {
+      remote_root_uris.push_back(root);
+      continue;
+    }
     if (root.empty()) {
       return absl::InvalidArgumentError("allowed root is an empty string");
     }
@@ -359,23 +364,34 @@ absl::StatusOr<UriResolver> UriResolver::Create(
     }
     protect.push_back(std::move(canonical));
   }
-  return UriResolver(std::move(roots), std::move(protect));
+  TAILOR_ASSIGN_OR_RETURN(RemoteRoots remote_roots,
+                          RemoteRoots::Create(remote_root_uris));
+  if (remote.admit_all_remote) remote_roots = RemoteRoots::AdmitAll();
+  return UriResolver(std::move(roots), std::move(protect),
+                     std::move(remote_roots), std::move(remote));
 }
 
 absl::StatusOr<std::string> UriResolver::ResolveExisting(
     absl::string_view uri) const {
+  if (IsRemoteUri(uri)) return ResolveRemote(uri, /*existing=*/true);
   TAILOR_ASSIGN_OR_RETURN(const std::string path, UriToLocalPath(uri));
   return ResolveExistingPath(DescribeUri(uri, path), path, roots_);
 }
 
 absl::StatusOr<std::string> UriResolver::ResolveForWrite(
     absl::string_view uri) const {
+  if (IsRemoteUri(uri)) return ResolveRemote(uri, /*existing=*/false);
   TAILOR_ASSIGN_OR_RETURN(const std::string path, UriToLocalPath(uri));
   return ResolveWritablePath(DescribeUri(uri, path), path, roots_);
 }
 
 absl::StatusOr<std::string> UriResolver::CheckLocalPath(
     absl::string_view path) const {
+  if (IsRemoteUri(path)) {
+    TAILOR_ASSIGN_OR_RETURN(
+        ObjectUri uri, CheckRemote(path, absl::StrCat("path ", Quote(path))));
+    return uri.ToString();
+  }
   TAILOR_RETURN_IF_ERROR(CheckPlainPath(path));
   return ResolveExistingPath(absl::StrCat("path ", Quote(path)),
                              std::string(path), roots_);
@@ -408,6 +424,10 @@ std::string Subject(absl::string_view subject, absl::string_view path) {
 absl::StatusOr<ScopedFd> UriResolver::OpenForRead(
     absl::string_view path, absl::string_view subject) const {
   const std::string label = Subject(subject, path);
+  if (IsRemoteUri(path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        label, " is a remote object; it is read through OpenSource()"));
+  }
   TAILOR_ASSIGN_OR_RETURN(const std::string root, RootOf(path, label));
   TAILOR_ASSIGN_OR_RETURN(
       ScopedFd fd,
@@ -418,6 +438,7 @@ absl::StatusOr<ScopedFd> UriResolver::OpenForRead(
 absl::StatusOr<std::string> UriResolver::ReadFile(
     absl::string_view path, uint64_t max_bytes,
     absl::string_view subject) const {
+  if (IsRemoteUri(path)) return ReadRemoteFile(path, max_bytes, subject);
   TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(path, subject));
   return ReadOpenFileToString(fd.get(), Subject(subject, path), max_bytes);
 }
@@ -425,6 +446,7 @@ absl::StatusOr<std::string> UriResolver::ReadFile(
 absl::Status UriResolver::MakeParentDirectories(
     absl::string_view path, absl::string_view subject) const {
   const std::string label = Subject(subject, path);
+  if (IsRemoteUri(path)) return absl::OkStatus();  // prefixes need no mkdir
   std::string parent(path);
   while (parent.size() > 1 && parent.back() == '/') parent.pop_back();
   const size_t slash = parent.rfind('/');

@@ -2,11 +2,16 @@
 #define TAILOR_STORAGE_URI_RESOLVER_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "io/byte_source.h"
+#include "storage/object_store.h"
+#include "storage/read_cache.h"
+#include "storage/remote_roots.h"
 #include "util/file_util.h"
 
 namespace tailor {
@@ -16,10 +21,15 @@ namespace tailor {
 // Accepted forms: plain absolute or relative paths (taken literally, relative
 // ones against the process's working directory) and `file://` URIs
 // (`file:///abs/path` or `file://localhost/abs/path`, percent-decoded once).
-// Every other scheme (s3://, gs://, hf://, http(s)://, ...) is refused with
-// UNIMPLEMENTED "unsupported scheme": remote storage is the seam a later
-// backend plugs into (a scheme dispatch here that downloads or mounts into a
-// local path).
+// Remote URIs (s3://, https://, hf://: IsRemoteUri) are admitted only by
+// remote allowed roots (RemoteRoots, matched component-wise on the
+// normalised ObjectUri) and served by the resolver's ObjectStoreProvider;
+// without a remote root they are PERMISSION_DENIED, without a provider
+// UNIMPLEMENTED "remote storage not configured". What a Resolve*() call
+// returns for them is the canonical URI text (ObjectUri::ToString), with a
+// trailing '/' when it names a prefix ("directory"); the path-taking methods
+// below accept those strings too. Every other scheme (gs://, http://, ...)
+// is refused with UNIMPLEMENTED "unsupported scheme".
 //
 // A resolved path is canonical (realpath: no `.`/`..`, no symlinks) and lies
 // inside one of the allowed roots, compared component-wise (root `/data` does
@@ -40,9 +50,27 @@ class UriResolver {
   // too (one that does not exist yet through its longest existing ancestor);
   // the resolver only carries them: the output plan (fusion/output_plan.h)
   // refuses outputs that overlap them.
+  //
+  // `allowed_roots` may mix local directories and remote prefixes
+  // (IsRemoteUri: s3://bucket/prefix/); at least one of either.
+  struct Remote {
+    // Serves remote URIs; null: they are UNIMPLEMENTED "remote storage not
+    // configured".
+    std::shared_ptr<ObjectStoreProvider> provider;
+    // When set, remote reads of whole objects (OpenSource) go through it.
+    std::shared_ptr<ReadCache> cache;
+    // Where remote outputs are staged before they are uploaded (tailord:
+    // under its data directory; tailorctl: --scratch-dir). Created when
+    // first needed.
+    std::string scratch_dir;
+    // Admit every remote URI, whatever the remote roots (tailorctl without
+    // --allowed-root, which then admits every local path too: a user at a
+    // terminal names what they may read anyway). tailord never sets it.
+    bool admit_all_remote = false;
+  };
   static absl::StatusOr<UriResolver> Create(
       const std::vector<std::string>& allowed_roots,
-      const std::vector<std::string>& protected_paths = {});
+      const std::vector<std::string>& protected_paths = {}, Remote remote = {});
 
   // Resolves a URI naming an existing file or directory.
   absl::StatusOr<std::string> ResolveExisting(absl::string_view uri) const;
@@ -79,13 +107,54 @@ class UriResolver {
   absl::Status MakeParentDirectories(absl::string_view path,
                                      absl::string_view subject = "") const;
 
+  // Any path a Resolve*() call returned (local or remote), opened for
+  // random access: a local one beneath its root (OpenForRead), a remote one
+  // through the read cache when there is one, else with ranged reads.
+  absl::StatusOr<std::unique_ptr<ByteSource>> OpenSource(
+      absl::string_view path, absl::string_view subject = "") const;
+  // File-system questions that work for both kinds of path. Remote: a
+  // directory is a prefix (the path ends in '/'), a file an object that
+  // Stat finds; ListNames gives the direct children's names, sorted.
+  bool PathIsDirectory(absl::string_view path) const;
+  bool PathIsRegularFile(absl::string_view path) const;
+  absl::StatusOr<std::vector<std::string>> ListNames(
+      absl::string_view path) const;
+
+  // The store for a remote path (canonical text or any remote URI), after
+  // the root check. PERMISSION_DENIED outside the remote roots,
+  // UNIMPLEMENTED without a provider.
+  absl::StatusOr<std::shared_ptr<ObjectStore>> StoreFor(
+      const ObjectUri& uri) const;
+  // Parses a remote path and checks it against the remote roots (the
+  // PERMISSION_DENIED of a local path outside the roots).
+  absl::StatusOr<ObjectUri> CheckRemote(absl::string_view uri,
+                                        absl::string_view subject) const;
+
+  // Local roots (canonical paths).
   const std::vector<std::string>& roots() const { return roots_; }
+  const RemoteRoots& remote_roots() const { return remote_roots_; }
   const std::vector<std::string>& protected_paths() const { return protected_; }
+  const std::shared_ptr<ReadCache>& cache() const { return remote_.cache; }
+  const std::string& scratch_dir() const { return remote_.scratch_dir; }
 
  private:
   UriResolver(std::vector<std::string> roots,
-              std::vector<std::string> protected_paths)
-      : roots_(std::move(roots)), protected_(std::move(protected_paths)) {}
+              std::vector<std::string> protected_paths,
+              RemoteRoots remote_roots, Remote remote)
+      : roots_(std::move(roots)),
+        protected_(std::move(protected_paths)),
+        remote_roots_(std::move(remote_roots)),
+        remote_(std::move(remote)) {}
+  // The remote halves of the public methods (uri_resolver_remote.cc).
+  absl::StatusOr<std::string> ResolveRemote(absl::string_view uri,
+                                            bool existing) const;
+  absl::StatusOr<std::string> ReadRemoteFile(absl::string_view path,
+                                             uint64_t max_bytes,
+                                             absl::string_view subject) const;
+  absl::StatusOr<std::unique_ptr<ByteSource>> OpenRemoteSource(
+      absl::string_view path, absl::string_view subject) const;
+  // Every root (local and remote), for messages.
+  std::string AllRoots() const;
   // The root that holds canonical `path` (the longest, component-wise), or
   // PERMISSION_DENIED.
   absl::StatusOr<std::string> RootOf(absl::string_view path,
@@ -93,6 +162,8 @@ class UriResolver {
 
   std::vector<std::string> roots_;  // canonical, no trailing slash except "/"
   std::vector<std::string> protected_;  // canonical
+  RemoteRoots remote_roots_;
+  Remote remote_;
 };
 
 // Returns the scheme of `uri` ("file", "s3", ...) lower-cased, or "" for a

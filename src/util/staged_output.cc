@@ -258,6 +258,7 @@ absl::StatusOr<std::unique_ptr<StagedOutput>> StagedOutput::Create(
 
 StagedOutput::~StagedOutput() {
   if (!parent_fd_.valid() || staging_name_.empty()) return;
+  // (remote_'s destructor aborts the uploads not committed.)
   if (published_) {
     if (!finalized_) Finalize();
     return;
@@ -271,6 +272,7 @@ std::string StagedOutput::staging_path() const {
 }
 
 absl::Status StagedOutput::CheckPublishable() const {
+  if (remote_ != nullptr) return CheckRemotePublishable();
   absl::StatusOr<ScopedFd> now = OpenDirectoryNoFollow(parent_path_);
   if (!now.ok() || !SameInode(now->get(), parent_fd())) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -304,6 +306,7 @@ absl::Status StagedOutput::Publish() {
         absl::StrCat(path_, ": already published"));
   }
   TAILOR_RETURN_IF_ERROR(CheckPublishable());
+  if (remote_ != nullptr) return PublishRemote();
   if (kind_ == Kind::kFile && ::fsync(fd()) != 0) {
     return ErrnoError(errno, absl::StrCat("fsync ", staging_path()));
   }
@@ -339,6 +342,7 @@ absl::Status StagedOutput::Publish() {
 
 absl::Status StagedOutput::Rollback() {
   if (!published_) return absl::OkStatus();
+  if (remote_ != nullptr) return RollbackRemote();
   const int rc = replaced_ ? RenameAt2(parent_fd(), staging_name_, parent_fd(),
                                        name_, kRenameExchange)
                            : RenameAt2(parent_fd(), name_, parent_fd(),
@@ -358,6 +362,7 @@ absl::Status StagedOutput::Rollback() {
 void StagedOutput::Finalize() {
   if (!published_ || finalized_) return;
   finalized_ = true;
+  if (remote_ != nullptr) return FinalizeRemote();
   if (replaced_) {
     backup_fd_ = ScopedFd();
     (void)RemoveTreeAt(parent_fd(), staging_name_, staging_path());
@@ -367,6 +372,10 @@ void StagedOutput::Finalize() {
 
 absl::Status PublishAll(absl::Span<StagedOutput* const> outputs) {
   for (StagedOutput* o : outputs) TAILOR_RETURN_IF_ERROR(o->CheckPublishable());
+  // Every remote output is uploaded completely before anything is
+  // committed or renamed; a failure leaves nothing visible (the pending
+  // uploads are aborted when the outputs are destroyed).
+  for (StagedOutput* o : outputs) TAILOR_RETURN_IF_ERROR(o->Upload());
   for (size_t i = 0; i < outputs.size(); ++i) {
     absl::Status s = outputs[i]->Publish();
     if (s.ok()) continue;

@@ -9,6 +9,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "storage/object_store.h"
+#include "storage/uri_resolver.h"
 #include "util/file_util.h"
 
 namespace tailor {
@@ -63,9 +65,30 @@ absl::Status RemoveTreeAt(int dirfd, const std::string& name,
 //
 // Destroyed without Publish(): the staging entry is removed. Not
 // thread-safe.
+//
+// A remote output (issue #16 point 3: `path` an s3:// URI) is staged the
+// same way in a local scratch directory (RemoteTarget), then at PublishAll
+// every file of it is uploaded (ObjectStore::BeginUpload/Append) before any
+// is committed; Publish() commits them (a fused checkpoint's index last),
+// Rollback() deletes what was committed, and destruction aborts every
+// pending upload, so a failed job leaves no visible object. The overwrite
+// rule is a local output's: an existing object (or, for a directory, any
+// object under the prefix) is ALREADY_EXISTS without `overwrite`; with it,
+// objects of the old prefix that the new output does not have are deleted
+// once all are committed (an overwritten object cannot be restored by
+// Rollback).
 class StagedOutput {
  public:
   enum class Kind { kFile, kDirectory };
+
+  // Where a remote output goes and where it is staged first.
+  struct RemoteTarget {
+    std::shared_ptr<ObjectStore> store;
+    ObjectUri uri;
+    // An existing local directory (tailord: under its data directory;
+    // tailorctl: --scratch-dir).
+    std::string scratch_dir;
+  };
 
   // `path` names the final output; its parent directory must exist (NOT_FOUND
   // otherwise) and is canonicalised here (this is the moment the location is
@@ -73,6 +96,9 @@ class StagedOutput {
   // is ALREADY_EXISTS; one of the other kind FAILED_PRECONDITION.
   static absl::StatusOr<std::unique_ptr<StagedOutput>> Create(
       const std::string& path, Kind kind, bool overwrite);
+  // A remote output (path() is remote.uri's text form).
+  static absl::StatusOr<std::unique_ptr<StagedOutput>> CreateRemote(
+      RemoteTarget remote, Kind kind, bool overwrite);
   ~StagedOutput();
 
   StagedOutput(const StagedOutput&) = delete;
@@ -88,7 +114,13 @@ class StagedOutput {
   // directory opened at Create(), the final entry is absent (or, with
   // overwrite, of the same kind and not a symlink).
   absl::Status CheckPublishable() const;
-  // Renames the staging entry into place and fsyncs the parent.
+  // A remote output: uploads every staged file without committing any
+  // (PublishAll calls it for every remote output before the first Publish).
+  // OK and nothing for a local one.
+  absl::Status Upload();
+  bool remote() const { return remote_ != nullptr; }
+  // Renames the staging entry into place and fsyncs the parent (remote:
+  // commits the uploads).
   absl::Status Publish();
   // Undoes Publish(): the replaced output goes back (or the new one goes
   // back under its staging name, to be removed).
@@ -98,6 +130,11 @@ class StagedOutput {
 
  private:
   StagedOutput() = default;
+  struct Remote;  // staged_output_remote.cc
+  absl::Status CheckRemotePublishable() const;
+  absl::Status PublishRemote();
+  absl::Status RollbackRemote();
+  void FinalizeRemote();
 
   std::string path_;         // canonical final path
   std::string parent_path_;  // canonical parent directory
@@ -111,6 +148,10 @@ class StagedOutput {
   bool published_ = false;
   bool replaced_ = false;  // Publish() exchanged with an existing output
   bool finalized_ = false;
+  struct RemoteDeleter {
+    void operator()(Remote* r) const;  // aborts its pending uploads
+  };
+  std::unique_ptr<Remote, RemoteDeleter> remote_;  // set for a remote output
 };
 
 // Publishes `outputs` as one unit: checks every one (CheckPublishable), then
@@ -123,6 +164,14 @@ class StagedOutput {
 // leaves them so (the replaced ones stay under their staging names, removed
 // as stale by the next cleanup). Renames cannot be made atomic as a group.
 absl::Status PublishAll(absl::Span<StagedOutput* const> outputs);
+
+// StagedOutput::Create() for a local `path`; CreateRemote() for a remote one
+// (IsRemoteUri: a path the resolver's ResolveForWrite returned), with the
+// store and the scratch directory of `resolver` (required then;
+// INVALID_ARGUMENT without).
+absl::StatusOr<std::unique_ptr<StagedOutput>> CreateStagedOutput(
+    const std::string& path, StagedOutput::Kind kind, bool overwrite,
+    const UriResolver* resolver);
 
 }  // namespace tailor
 

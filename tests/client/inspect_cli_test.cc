@@ -154,9 +154,19 @@ TEST_F(InspectCliTest, ErrorsHaveDistinctExitCodes) {
   EXPECT_EQ(denied.code, 5) << denied.err;
   EXPECT_TRUE(absl::StrContains(denied.err, "outside")) << denied.err;
 
-  CliResult scheme = Tailorctl({"inspect", "s3://bucket/model"});
+  CliResult scheme = Tailorctl({"inspect", "gs://bucket/model"});
   EXPECT_EQ(scheme.code, 3) << scheme.err;
   EXPECT_TRUE(absl::StrContains(scheme.err, "unsupported scheme"));
+  // Issue #16: a remote URI needs a remote allowed root; with one, this
+  // build has no remote backend yet.
+  CliResult no_root = Tailorctl({"inspect", "s3://bucket/model"});
+  EXPECT_EQ(no_root.code, 5) << no_root.err;
+  CliResult no_backend = Tailorctl(
+      {"inspect", "s3://bucket/model", "--allowed-root", "s3://bucket/"});
+  EXPECT_EQ(no_backend.code, 3) << no_backend.err;
+  EXPECT_TRUE(
+      absl::StrContains(no_backend.err, "remote storage not configured"))
+      << no_backend.err;
 
   WriteFileOrDie(dir_.Join("pytorch_model.bin"), "\x80\x02");
   CliResult pickle = Tailorctl({"inspect", dir_.Join("pytorch_model.bin")});
@@ -169,6 +179,20 @@ TEST_F(InspectCliTest, ErrorsHaveDistinctExitCodes) {
   CliResult help = Tailorctl({"--help"});
   EXPECT_EQ(help.code, 0);
   EXPECT_TRUE(absl::StrContains(help.out, "Exit codes")) << help.out;
+  // Issue #16: every command that reads or writes checkpoints has the
+  // remote-storage flags; the writing ones a scratch directory.
+  for (const char* cmd : {"inspect", "fuse", "apply-patch", "calibrate"}) {
+    CliResult h = Tailorctl({cmd, "--help"});
+    EXPECT_EQ(h.code, 0) << cmd;
+    for (const char* flag :
+         {"--ca-file", "--cache-dir", "--cache-bytes", "--allowed-root"}) {
+      EXPECT_TRUE(absl::StrContains(h.out, flag)) << cmd << " " << flag;
+    }
+    const bool writes =
+        std::string(cmd) == "fuse" || std::string(cmd) == "apply-patch";
+    EXPECT_EQ(absl::StrContains(h.out, "--scratch-dir"), writes) << cmd;
+  }
+  EXPECT_EQ(Tailorctl({"inspect", bad, "--cache-bytes", "0"}).code, 2);
 }
 
 }  // namespace

@@ -37,8 +37,11 @@ TEST(OpenCheckpointTest, ResolvesUrisThroughTheRoots) {
   auto encoded = OpenCheckpointUri(
       "file://" + root + "/%2e%2e/model.safetensors", *resolver);
   EXPECT_EQ(encoded.status().code(), absl::StatusCode::kPermissionDenied);
+  // A remote URI needs a remote allowed root (issue #16 point 5).
   auto scheme = OpenCheckpointUri("hf://meta-llama/Llama-2-7b", *resolver);
-  EXPECT_EQ(scheme.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(scheme.status().code(), absl::StatusCode::kPermissionDenied);
+  auto gs = OpenCheckpointUri("gs://bucket/model", *resolver);
+  EXPECT_EQ(gs.status().code(), absl::StatusCode::kUnimplemented);
 }
 
 TEST(OpenCheckpointTest, FineTunedIsFullCheckpointOrAdapter) {

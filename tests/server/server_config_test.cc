@@ -430,5 +430,34 @@ TEST(ServerConfigTest, KeepaliveHasDefaultsAndBounds) {
       << c.status();
 }
 
+// Issue #16: the remote-storage settings, from the file and the flags.
+TEST(ServerConfigTest, RemoteStorageSettings) {
+  TempDir dir;
+  const std::string path =
+      Write(dir,
+            "allowed-root: [/data, 's3://bkt/models/']\ncache-dir: /cache\n"
+            "cache-bytes: 1000\n");
+  absl::StatusOr<ServerConfig> c = Parse(
+      {"--config", path, "--ca-file", "/etc/ca.pem", "--cache-bytes", "2000"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->allowed_roots,
+            (std::vector<std::string>{"/data", "s3://bkt/models/"}));
+  EXPECT_EQ(c->cache_dir, "/cache");
+  EXPECT_EQ(c->cache_bytes, 2000u);  // the flag wins
+  EXPECT_EQ(c->ca_file, "/etc/ca.pem");
+  absl::StatusOr<ServerConfig> d = Parse({});
+  ASSERT_TRUE(d.ok());
+  EXPECT_TRUE(d->cache_dir.empty());
+  EXPECT_EQ(d->cache_bytes, uint64_t{64} << 30);
+  CLI::App app;
+  ServerFlags flags;
+  flags.Add(app);
+  const std::string help = app.help();
+  for (const char* flag :
+       {"--ca-file", "--cache-dir", "--cache-bytes", "s3://bucket/prefix/"}) {
+    EXPECT_TRUE(absl::StrContains(help, flag)) << flag;
+  }
+}
+
 }  // namespace
 }  // namespace tailor::server

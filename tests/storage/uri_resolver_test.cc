@@ -337,15 +337,24 @@ TEST_F(UriResolverTest, AcceptsSymlinkPointingInside) {
 }
 
 TEST_F(UriResolverTest, RejectsUnsupportedSchemes) {
-  for (const std::string uri :
-       {"s3://bucket/key", "gs://bucket/key", "hf://org/model",
-        "https://example.com/model.bin", "HTTP://example.com/x"}) {
+  for (const std::string uri : {"gs://bucket/key", "HTTP://example.com/x"}) {
     const std::string scheme = UriScheme(uri);
     EXPECT_TRUE(
         IsError(resolver().ResolveExisting(uri), kUnimplemented,
                 {"unsupported scheme", "'" + scheme + "'", uri, "file://"}));
     EXPECT_TRUE(IsError(resolver().ResolveForWrite(uri), kUnimplemented,
                         {"unsupported scheme", uri}));
+  }
+}
+
+// Issue #16 point 5: a remote URI is admitted only by a remote allowed root.
+TEST_F(UriResolverTest, RemoteUriWithoutRemoteRootIsPermissionDenied) {
+  for (const std::string uri :
+       {"s3://bucket/key", "hf://org/model", "https://example.com/model.bin"}) {
+    EXPECT_TRUE(IsError(resolver().ResolveExisting(uri), kDenied,
+                        {"outside the allowed roots", uri}));
+    EXPECT_TRUE(IsError(resolver().ResolveForWrite(uri), kDenied,
+                        {"outside the allowed roots", uri}));
   }
 }
 
