@@ -157,16 +157,17 @@ TEST_F(InspectCliTest, ErrorsHaveDistinctExitCodes) {
   CliResult scheme = Tailorctl({"inspect", "gs://bucket/model"});
   EXPECT_EQ(scheme.code, 3) << scheme.err;
   EXPECT_TRUE(absl::StrContains(scheme.err, "unsupported scheme"));
-  // Issue #16: a remote URI needs a remote allowed root; with one, this
-  // build has no remote backend yet.
-  CliResult no_root = Tailorctl({"inspect", "s3://bucket/model"});
+  // Issue #16: once --allowed-root is given, a remote URI needs a remote
+  // root (without any, tailorctl admits every URI; the s3 end-to-end test
+  // reads through the real backend).
+  CliResult no_root =
+      Tailorctl({"inspect", "s3://bucket/model", "--allowed-root", root});
   EXPECT_EQ(no_root.code, 5) << no_root.err;
-  CliResult no_backend = Tailorctl(
-      {"inspect", "s3://bucket/model", "--allowed-root", "s3://bucket/"});
-  EXPECT_EQ(no_backend.code, 3) << no_backend.err;
-  EXPECT_TRUE(
-      absl::StrContains(no_backend.err, "remote storage not configured"))
-      << no_backend.err;
+  EXPECT_TRUE(absl::StrContains(no_root.err, "outside the allowed roots"))
+      << no_root.err;
+  CliResult other_prefix = Tailorctl(
+      {"inspect", "s3://bucket/model", "--allowed-root", "s3://bucket/mod/"});
+  EXPECT_EQ(other_prefix.code, 5) << other_prefix.err;
 
   WriteFileOrDie(dir_.Join("pytorch_model.bin"), "\x80\x02");
   CliResult pickle = Tailorctl({"inspect", dir_.Join("pytorch_model.bin")});
