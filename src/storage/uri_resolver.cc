@@ -309,6 +309,12 @@ absl::StatusOr<std::string> ResolveWritablePath(
 
 absl::StatusOr<UriResolver> UriResolver::Create(
     const std::vector<std::string>& allowed_roots,
+    const std::vector<std::string>& protected_paths) {
+  return Create(allowed_roots, protected_paths, Remote());
+}
+
+absl::StatusOr<UriResolver> UriResolver::Create(
+    const std::vector<std::string>& allowed_roots,
     const std::vector<std::string>& protected_paths, Remote remote) {
   if (allowed_roots.empty()) {
     return absl::InvalidArgumentError(

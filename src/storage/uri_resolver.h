@@ -70,7 +70,12 @@ class UriResolver {
   };
   static absl::StatusOr<UriResolver> Create(
       const std::vector<std::string>& allowed_roots,
-      const std::vector<std::string>& protected_paths = {}, Remote remote = {});
+      const std::vector<std::string>& protected_paths, Remote remote);
+  // The same with no remote access (no provider, cache or scratch
+  // directory).
+  static absl::StatusOr<UriResolver> Create(
+      const std::vector<std::string>& allowed_roots,
+      const std::vector<std::string>& protected_paths = {});
 
   // Resolves a URI naming an existing file or directory.
   absl::StatusOr<std::string> ResolveExisting(absl::string_view uri) const;
