@@ -17,7 +17,7 @@ namespace tailor {
 namespace fusion_internal {
 
 absl::StatusOr<nlohmann::json> FusionRun::Run() {
-  start_ = Clock::now();
+  start_.Restart();
   TAILOR_RETURN_IF_ERROR(spec_.Validate());
   // spec_.threads and the worker slots are applied by the binary
   // (ConfigureComputeThreads, once per process): library code leaves the
@@ -145,17 +145,17 @@ absl::Status FusionRun::ComputeItem(size_t index) {
       event.device = device.str();
       std::unique_ptr<DeviceLease> lease;  // held while computing
       if (options_.device_scheduler != nullptr) {
-        const auto asked = Clock::now();
+        const Stopwatch asked;
         TAILOR_ASSIGN_OR_RETURN(lease,
                                 options_.device_scheduler->Acquire(
                                     info.name, EstimateWorkingBytes(info)));
-        event.wait_seconds = Seconds(asked);
+        event.wait_seconds = asked.Seconds();
         TAILOR_ASSIGN_OR_RETURN(device, ResolveDevice(lease->device()));
         event.device = lease->name();
         absl::MutexLock lock(&mu_);
         devices_used_.insert(event.device);
       }
-      const auto busy = Clock::now();
+      const Stopwatch busy;
       if (Streams(info, device)) {
         TAILOR_ASSIGN_OR_RETURN(fused, StreamOne(index, info));
         r.written = true;
@@ -164,7 +164,7 @@ absl::Status FusionRun::ComputeItem(size_t index) {
         DeviceStreamScope stream(device);
         TAILOR_ASSIGN_OR_RETURN(fused, FuseOne(index, info, device));
       }
-      event.busy_seconds = Seconds(busy);
+      event.busy_seconds = busy.Seconds();
       lease.reset();
       if (options_.shard.role == ShardOptions::Role::kShard) {
         ZeroTimings(&fused->report);
@@ -228,7 +228,7 @@ void FusionRun::EmitLocked(ProgressEvent event)
   event.total = static_cast<int64_t>(plan_.size());
   event.bytes_done = bytes_done_;
   event.bytes_total = bytes_total_;
-  event.elapsed_seconds = Seconds(start_);
+  event.elapsed_seconds = start_.Seconds();
   options_.progress->OnEvent(event);
 }
 

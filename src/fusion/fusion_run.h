@@ -347,7 +347,7 @@ class FusionRun {
   const FusionSpec& spec_;
   const UriResolver& resolver_;
   const RunOptions& options_;
-  Clock::time_point start_;
+  Stopwatch start_;
   // Without a scheduler, the device of every fused tensor (set before the
   // workers start); with one each tensor's lease names its own.
   at::Device job_device_ = at::kCPU;

@@ -61,7 +61,7 @@ ReadOptions FusionRun::ComputeRead(const at::Device& device) const {
 absl::StatusOr<JournalEntry> FusionRun::FuseOne(size_t index,
                                                 const TensorInfo& info,
                                                 const at::Device& device) {
-  const auto t0 = Clock::now();
+  const Stopwatch t0;
   const std::string& name = info.name;
   JournalEntry out = NewEntry(index, info);
   TAILOR_ASSIGN_OR_RETURN(at::Tensor pre,
@@ -221,7 +221,7 @@ absl::StatusOr<JournalEntry> FusionRun::FuseOne(size_t index,
     out.patches.push_back(
         JournalPatch{"stitched", std::move(packed), std::move(patch_stats)});
   }
-  entry["seconds"] = Seconds(t0);
+  entry["seconds"] = t0.Seconds();
   out.report = std::move(entry);
   return out;
 }

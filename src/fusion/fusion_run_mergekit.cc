@@ -20,7 +20,7 @@ namespace fusion_internal {
 
 absl::StatusOr<JournalEntry> FusionRun::StreamMergekit(size_t index,
                                                        const TensorInfo& info) {
-  const auto t0 = Clock::now();
+  const Stopwatch t0;
   const std::string& name = info.name;
   JournalEntry out = NewEntry(index, info);
   std::vector<const Checkpoint*> fts;
@@ -118,7 +118,7 @@ absl::StatusOr<JournalEntry> FusionRun::StreamMergekit(size_t index,
   hessians_.Finished(static_cast<int64_t>(index));
   out.fused_spool = std::move(spool);
   nlohmann::json entry = FusedReportEntry(info, kept, per_task);
-  entry["seconds"] = Seconds(t0);
+  entry["seconds"] = t0.Seconds();
   out.report = std::move(entry);
   return out;
 }

@@ -157,7 +157,7 @@ absl::Status FusionRun::Publish() {
       {"device", options_.device_scheduler == nullptr
                      ? job_device_.str()
                      : absl::StrJoin(devices_used_, ",")},
-      {"seconds", Seconds(start_)}};
+      {"seconds", start_.Seconds()}};
   if (report_out_) {
     const std::string text = report_.dump(2) + "\n";
     TAILOR_RETURN_IF_ERROR(PWriteFully(report_out_->fd(), text.data(),

@@ -199,7 +199,7 @@ absl::StatusOr<nlohmann::json> FusionRun::FinishShard() {
         {"tensors", static_cast<int64_t>(items.size())},
         {"base_bytes", bytes},
         {"resumed_tensors", resumed_tensors_},
-        {"seconds", Seconds(start_)}}},
+        {"seconds", start_.Seconds()}}},
       {"warnings", warnings_}};
 }
 

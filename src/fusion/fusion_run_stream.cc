@@ -70,7 +70,7 @@ bool FusionRun::Streams(const TensorInfo& info,
 
 absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
     size_t index, const TensorInfo& info) {
-  const auto t0 = Clock::now();
+  const Stopwatch t0;
   StreamedTensor t;
   t.name = info.name;
   t.stored = *ToScalarType(info.dtype);
@@ -129,12 +129,12 @@ absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
             absl::StrCat(info.name, " (task '", tasks_[i]->label,
                          "'): compensation skipped: ", reason));
       }
-      tj["seconds"] = Seconds(t0);
+      tj["seconds"] = t0.Seconds();
     }
     per_task.push_back(std::move(tj));
   }
   nlohmann::json entry = FusedReportEntry(info, r.kept, per_task);
-  entry["seconds"] = Seconds(t0);
+  entry["seconds"] = t0.Seconds();
   out.report = std::move(entry);
   return out;
 }
@@ -147,7 +147,7 @@ absl::StatusOr<JournalEntry> FusionRun::StreamOne(size_t index,
       spec_.method != Method::kDare) {
     return StreamThreshold(index, info);
   }
-  const auto t0 = Clock::now();
+  const Stopwatch t0;
   const std::string& name = info.name;
   JournalEntry out = NewEntry(index, info);
   std::vector<const Checkpoint*> fts;
@@ -285,7 +285,7 @@ absl::StatusOr<JournalEntry> FusionRun::StreamOne(size_t index,
   hessians_.Finished(static_cast<int64_t>(index));
   out.fused_spool = std::move(spool);
   nlohmann::json entry = FusedReportEntry(info, kept, per_task);
-  entry["seconds"] = Seconds(t0);
+  entry["seconds"] = t0.Seconds();
   out.report = std::move(entry);
   return out;
 }
@@ -300,7 +300,7 @@ bool FusionRun::StitchesPatches() const {
 
 absl::StatusOr<JournalEntry> FusionRun::StreamStitch(size_t index,
                                                      const TensorInfo& info) {
-  const auto t0 = Clock::now();
+  const Stopwatch t0;
   const std::string& name = info.name;
   JournalEntry out = NewEntry(index, info);
   std::vector<const PatchFile*> patches;
@@ -342,7 +342,7 @@ absl::StatusOr<JournalEntry> FusionRun::StreamStitch(size_t index,
   }
   out.fused_spool = std::move(spool);
   nlohmann::json entry = FusedReportEntry(info, r.kept, per_task);
-  entry["seconds"] = Seconds(t0);
+  entry["seconds"] = t0.Seconds();
   out.report = std::move(entry);
   return out;
 }

@@ -2,10 +2,10 @@
 #define TAILOR_FUSION_FUSION_RUN_SUPPORT_H_
 
 // Small helpers shared by the parts of a fusion run (fusion_run.h) and by
-// ApplyPatch (apply_patch.h): timing, input fingerprints, plan inputs and the
-// report row of a fused tensor. Internal to the fusion library.
+// ApplyPatch (apply_patch.h): input fingerprints, plan inputs and the report
+// row of a fused tensor (timing: util/stopwatch.h). Internal to the fusion
+// library.
 
-#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -13,16 +13,10 @@
 #include "fusion/output_plan.h"
 #include "io/checkpoint.h"
 #include "nlohmann/json.hpp"
+#include "util/stopwatch.h"
 
 namespace tailor {
 namespace fusion_internal {
-
-using Clock = std::chrono::steady_clock;
-
-// Seconds since `since`.
-inline double Seconds(Clock::time_point since) {
-  return std::chrono::duration<double>(Clock::now() - since).count();
-}
 
 // Per-file header fingerprints of a checkpoint-like source.
 absl::StatusOr<nlohmann::json> Fingerprints(const Checkpoint& ckpt);
