@@ -64,6 +64,12 @@ struct ObjectInfo {
   std::string etag;
 };
 
+// The INVALID_ARGUMENT of ObjectStore::ReadRange for a range past
+// `expected.size` ("GET uri: the range [a, b) lies past the object's N
+// bytes"); OK for a range inside it.
+absl::Status CheckObjectRange(const ObjectUri& uri, const ObjectInfo& expected,
+                              uint64_t offset, uint64_t length);
+
 // An object being written. Bytes become visible only at Commit(); an upload
 // that is destroyed without a successful Commit() is aborted (S3:
 // AbortMultipartUpload), so a failed, cancelled or drained job leaves no

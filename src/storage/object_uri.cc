@@ -192,6 +192,16 @@ std::string ObjectUri::ToString() const {
   return absl::StrCat(scheme, "://", bucket, "/", key);
 }
 
+absl::Status CheckObjectRange(const ObjectUri& uri, const ObjectInfo& expected,
+                              uint64_t offset, uint64_t length) {
+  if (offset > expected.size || length > expected.size - offset) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GET ", uri.ToString(), ": the range [", offset, ", ", offset + length,
+        ") lies past the object's ", expected.size, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
 ObjectUri ObjectUri::Child(absl::string_view name) const {
   ObjectUri child = *this;
   if (!child.key.empty() && !absl::EndsWith(child.key, "/")) {

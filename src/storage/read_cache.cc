@@ -39,28 +39,24 @@ bool Flock(int fd, int op) {
   return true;
 }
 
-// An entry file open with a shared lock: hit bytes are counted as read.
+// An entry file open with a shared lock (held by the file source's
+// descriptor while in use): hit bytes are counted as read.
 class CachedSource : public ByteSource {
  public:
-  CachedSource(std::string name, ScopedFd fd, uint64_t size)
-      : name_(std::move(name)), fd_(std::move(fd)), size_(size) {}
-  uint64_t size() const override { return size_; }
+  CachedSource(std::string name, std::unique_ptr<ByteSource> file)
+      : name_(std::move(name)), file_(std::move(file)) {}
+  uint64_t size() const override { return file_->size(); }
   const std::string& name() const override { return name_; }
   absl::Status ReadAt(uint64_t offset, uint64_t length,
                       void* out) const override {
-    if (offset > size_ || length > size_ - offset) {
-      return RangeOutside(name_, offset, length, size_);
-    }
-    TAILOR_RETURN_IF_ERROR(PReadFully(fd_.get(), out, length, offset,
-                                      absl::StrCat(name_, " (cached)")));
+    TAILOR_RETURN_IF_ERROR(file_->ReadAt(offset, length, out));
     GlobalRemoteStats().cache_hit_bytes += length;
     return absl::OkStatus();
   }
 
  private:
   const std::string name_;
-  const ScopedFd fd_;  // holds LOCK_SH while in use
-  const uint64_t size_;
+  const std::unique_ptr<ByteSource> file_;
 };
 
 // Opens entry `path` with a shared lock if it is complete (`size` bytes);
@@ -209,9 +205,14 @@ absl::StatusOr<std::unique_ptr<ByteSource>> ReadCache::OpenObject(
   }
   const std::string key = ReadCacheKey(uri, info);
   const std::string entry = JoinPath(JoinPath(dir_, "entries"), key);
-  auto cached = [&](ScopedFd fd) {
+  auto cached =
+      [&](ScopedFd fd) -> absl::StatusOr<std::unique_ptr<ByteSource>> {
+    TAILOR_ASSIGN_OR_RETURN(
+        std::unique_ptr<ByteSource> file,
+        NewFileByteSource(absl::StrCat(uri.ToString(), " (cached)"),
+                          std::move(fd)));
     return std::unique_ptr<ByteSource>(
-        new CachedSource(uri.ToString(), std::move(fd), info.size));
+        new CachedSource(uri.ToString(), std::move(file)));
   };
   TAILOR_ASSIGN_OR_RETURN(std::optional<ScopedFd> hit,
                           OpenEntry(entry, info.size));

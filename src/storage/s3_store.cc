@@ -142,11 +142,7 @@ absl::Status S3Store::ReadRange(const ObjectUri& uri,
                                 const ObjectInfo& expected, uint64_t offset,
                                 uint64_t length, char* out) {
   const std::string subject = uri.ToString();
-  if (offset > expected.size || length > expected.size - offset) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "GET %s: the range [%d, %d) lies past the object's %d bytes", subject,
-        offset, offset + length, expected.size));
-  }
+  TAILOR_RETURN_IF_ERROR(CheckObjectRange(uri, expected, offset, length));
   if (length == 0) return absl::OkStatus();
   HttpRequest req;
   req.url = Url(uri.bucket, uri.key, "");

@@ -10,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "util/status_macros.h"
 
 namespace tailor {
 namespace testing {
@@ -199,10 +200,7 @@ absl::Status MemoryObjectStore::ReadRange(const ObjectUri& uri,
     return absl::FailedPreconditionError(
         absl::StrCat(key, ": object changed while reading"));
   }
-  if (offset > expected.size || length > expected.size - offset) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(key, ": range past the object's end"));
-  }
+  TAILOR_RETURN_IF_ERROR(CheckObjectRange(uri, expected, offset, length));
   std::memcpy(out, it->second.bytes.data() + offset, length);
   bytes_served_ += length;
   ++range_reads_;
