@@ -10,9 +10,11 @@
 #include "jobs/proc_stats.h"
 #include "jobs/run_outcome.h"
 #include "jobs/runner_devices.h"
+#include "storage/object_store.h"
 #include "util/field_error.h"
 #include "util/file_util.h"
 #include "util/log.h"
+#include "util/quote.h"
 #include "util/status_macros.h"
 
 namespace tailor::jobs {
@@ -397,6 +399,13 @@ absl::StatusOr<JobManager::Result> JobManager::GetResult(
   if (uri.empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat(name, " wrote no patch (its spec has no patch_out)"));
+  }
+  if (IsRemoteUri(uri)) {
+    // ReadJobResult streams local files; a remote patch is read where it
+    // was published (it is committed only when the job succeeded).
+    return absl::FailedPreconditionError(absl::StrCat(
+        name, " wrote its patch to ", Quote(uri),
+        ": read it from there (ReadJobResult serves local patches only)"));
   }
   TAILOR_ASSIGN_OR_RETURN(r.path, runner_->ResolveOutput(uri));
   // Served only if the file still holds the bytes published (issue #10

@@ -419,6 +419,23 @@ TEST_F(JobManagerTest, CancelQueuedRunningAndFinished) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// Issue #16: a patch published to object storage is not streamed by
+// ReadJobResult (which serves local files); the error names where it is.
+TEST_F(JobManagerTest, ARemotePatchIsReadWhereItWasPublished) {
+  auto m = Start();
+  auto job = m->CreateJob(Request(
+      {{"pretrained", "/r"}, {"patch_out", "s3://bkt/out/p.safetensors"}}));
+  ASSERT_TRUE(job.ok()) << job.status();
+  WaitFor(*m, job->name(), JobState::kSucceeded);
+  absl::StatusOr<JobManager::Result> r =
+      m->GetResult(job->name(), ResultKind::kPatch);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(
+      absl::StrContains(r.status().message(), "s3://bkt/out/p.safetensors"))
+      << r.status();
+  EXPECT_TRUE(m->GetResult(job->name(), ResultKind::kReport).ok());
+}
+
 TEST_F(JobManagerTest, ListPagesAndFilters) {
   JobManagerOptions o;
   auto m = Start(o);
