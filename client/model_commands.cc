@@ -145,14 +145,16 @@ int CalibrateCommand::Run() {
         {"--data", &data_},
         {"--out", &out_}}) {
     if (value->empty()) {
-      return ReportFailure(absl::InvalidArgumentError(
-          absl::StrCat(flag, ": required (unless --merge)")));
+      // A usage error, as CLI11's own "required" (exit 2).
+      std::cerr << "tailorctl: error: " << flag
+                << ": required (unless --merge)\n";
+      return kExitUsage;
     }
   }
   CalibrateJob job;
   if (cmd_->count("--shard") > 0 && cmd_->count("--shards") == 0) {
-    return ReportFailure(
-        absl::InvalidArgumentError("--shards: required with --shard"));
+    std::cerr << "tailorctl: error: --shards: required with --shard\n";
+    return kExitUsage;
   }
   if (cmd_->count("--shards") > 0) {
     int index = shard_;

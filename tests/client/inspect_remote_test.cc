@@ -54,11 +54,17 @@ TEST(InspectRemoteTest, WithoutAProviderRemoteIsNotConfigured) {
   args.uri = "s3://bkt/models/m";
   args.allowed_roots = {"s3://bkt/models/"};
   std::ostringstream out;
-  absl::Status s = cli::RunInspect(args, out);
+  // A resolver with a remote root but no provider (the binaries always
+  // have one: MakeObjectStoreProvider).
+  UriResolver resolver =
+      UriResolver::Create({"s3://bkt/models/"}, {}, UriResolver::Remote())
+          .value();
+  absl::Status s = cli::RunInspect(args, resolver, out);
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
   EXPECT_TRUE(absl::StrContains(s.message(), "remote storage not configured"))
       << s;
-  args.allowed_roots = {};
+  // A root elsewhere: PERMISSION_DENIED before any store is asked.
+  args.allowed_roots = {"s3://bkt/other/"};
   EXPECT_EQ(cli::RunInspect(args, out).code(),
             absl::StatusCode::kPermissionDenied);
 }
