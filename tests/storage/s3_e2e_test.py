@@ -102,6 +102,9 @@ class S3EndToEndTest(unittest.TestCase):
                           ("m/h.safetensors", "h.safetensors")):
             with open(os.path.join(cls.local, path), "rb") as f:
                 cls.s3.put_object(Bucket="models", Key=key, Body=f.read())
+        # Empty shared files: no profile from the machine's ~/.aws leaks in.
+        for name in ("credentials", "config"):
+            open(os.path.join(cls.tmp, name), "w").close()
         cls.env = dict(os.environ)
         for k in list(cls.env):
             if k.startswith("AWS_"):
@@ -111,8 +114,8 @@ class S3EndToEndTest(unittest.TestCase):
             "AWS_ACCESS_KEY_ID": remote_fixture.ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": remote_fixture.SECRET_KEY,
             "AWS_REGION": remote_fixture.REGION,
-            "AWS_SHARED_CREDENTIALS_FILE": os.path.join(cls.tmp, "none"),
-            "AWS_CONFIG_FILE": os.path.join(cls.tmp, "none"),
+            "AWS_SHARED_CREDENTIALS_FILE": os.path.join(cls.tmp, "credentials"),
+            "AWS_CONFIG_FILE": os.path.join(cls.tmp, "config"),
             "TMPDIR": cls.tmp,
         })
 
@@ -183,7 +186,8 @@ class S3EndToEndTest(unittest.TestCase):
         self.assertIn("tensors", report)
         # Nothing staged is left in the scratch directory.
         left = [n for n in os.listdir(self.tmp)
-                if n not in ("s3", "local", "ref1", "ref2", "ref3", "none")]
+                if n not in ("s3", "local", "ref1", "ref2", "ref3", "credentials",
+                             "config")]
         self.assertEqual(left, [], left)
 
     def test_2_a_patch_from_s3_applies_to_the_local_base(self):
@@ -193,7 +197,7 @@ class S3EndToEndTest(unittest.TestCase):
             "s3://models/m/h.safetensors", "s3://out/run2/fused/",
             "s3://out/run2/p.safetensors", "s3://out/run2/report.json"))
         applied = os.path.join(self.tmp, "ref2", "applied")
-        self.tailorctl("apply-patch", "--quiet", "--pretrained",
+        self.tailorctl("apply-patch", "--pretrained",
                        os.path.join(self.local, "base"), "--patch",
                        "s3://out/run2/p.safetensors", "--out", applied)
         self.assertEqual(read(os.path.join(applied, "model.safetensors")),
