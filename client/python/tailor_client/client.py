@@ -242,7 +242,8 @@ class Client:
         final one.
 
         When the stream breaks with UNAVAILABLE (the server drains or
-        restarts, a proxy cuts it), the iterator reconnects by itself with
+        restarts, a proxy cuts it) or with a CANCELLED the server sent (a
+        server shutting down cancels its open streams), the iterator reconnects by itself with
         after_sequence set to the last event received, so the sequence is
         gap-free and without repeats across server restarts. It gives up
         with Unavailable when no connection could be re-established for
@@ -285,7 +286,12 @@ class Client:
                     yield event
                 return
             except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                # CANCELLED here is the server's (this call is cancelled
+                # only below, after the loop): a server shutting down
+                # cancels the streams its drain did not end with
+                # UNAVAILABLE. Both are a lost stream, resumed.
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.CANCELLED):
                     raise errors.from_rpc_error(e) from None
                 now = time.monotonic()
                 if (lost_since is None or received or
