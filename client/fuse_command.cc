@@ -85,8 +85,9 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
   }
   c->add_option(
        "-f,--job-file", job_file_,
-       "YAML job file with the same fields as these flags, or a mergekit "
-       "config (a top-level merge_method); flags override it")
+       "YAML job file with the same fields as these flags (keep, omega, "
+       "lambda, density, t: a number or a list over the layers), or a "
+       "mergekit config (a top-level merge_method); flags override it")
       ->check(CLI::ExistingFile);
   c->add_option("--pretrained", pretrained_, "pre-trained checkpoint URI");
   c->add_option(
@@ -238,16 +239,32 @@ int FuseCommand::Run() {
               sign_cancel_)}) {
     if (!s.ok()) return ReportFailure(s);
   }
-  if (given("--keep")) spec.tailor.keep_ratio = keep_;
-  if (given("--omega")) spec.tailor.omega = omega_;
+  // A flag's number replaces a job file's list over the layers as well.
+  if (given("--keep")) {
+    spec.tailor.keep_ratio = keep_;
+    spec.gradients.keep.clear();
+  }
+  if (given("--omega")) {
+    spec.tailor.omega = omega_;
+    spec.gradients.omega.clear();
+  }
   if (given("--damp")) spec.tailor.damp = damp_;
   if (given("--block-size")) spec.tailor.block_size = block_size_;
   if (given("--float64")) spec.tailor.float64 = float64_;
-  if (given("--lambda")) spec.lambda = lambda_;
-  if (given("--density")) spec.density = density_;
+  if (given("--lambda")) {
+    spec.lambda = lambda_;
+    spec.gradients.lambda.clear();
+  }
+  if (given("--density")) {
+    spec.density = density_;
+    spec.gradients.density.clear();
+  }
   if (given("--drop")) spec.drop = drop_;
   if (given("--seed")) spec.seed = seed_;
-  if (given("--t")) spec.t = t_;
+  if (given("--t")) {
+    spec.t = t_;
+    spec.gradients.t.clear();
+  }
   if (given("--gamma")) spec.gamma = gamma_;
   if (given("--epsilon")) spec.epsilon = epsilon_;
   if (given("--normalize-weights")) {

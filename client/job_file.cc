@@ -11,6 +11,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "client/mergekit_import.h"
+#include "fusion/layer_gradient.h"
 #include "storage/uri_resolver.h"
 #include "util/file_util.h"
 #include "util/status_macros.h"
@@ -72,6 +73,22 @@ absl::StatusOr<nlohmann::json> ToJsonValue(const YAML::Node& v,
       return As<std::string>(v, path, key, "a string");
     case SpecValue::kNumber:
       return As<double>(v, path, key, "a number");
+    case SpecValue::kNumberOrNumbers: {
+      // A per-layer list (issue #19 point 3); FromJson checks it as well.
+      if (!v.IsSequence()) return As<double>(v, path, key, "a number");
+      if (absl::Status s = CheckGradientLength(v.size(), key); !s.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": ", s.message()));
+      }
+      nlohmann::json list = nlohmann::json::array();
+      for (size_t i = 0; i < v.size(); ++i) {
+        TAILOR_ASSIGN_OR_RETURN(
+            double d,
+            As<double>(v[i], path, absl::StrCat(key, "[", i, "]"), "a number"));
+        list.push_back(d);
+      }
+      return list;
+    }
     case SpecValue::kBool:
       return As<bool>(v, path, key, "true or false");
     case SpecValue::kInt:

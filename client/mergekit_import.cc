@@ -9,6 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "fusion/layer_gradient.h"
+#include "fusion/spec_gradients.h"
+#include "nlohmann/json.hpp"
 #include "util/quote.h"
 #include "util/status_macros.h"
 
@@ -58,7 +61,8 @@ absl::StatusOr<double> Number(const YAML::Node& v, const std::string& path,
   if (v.IsSequence()) {
     return Bad(path, field,
                "lists (mergekit gradients over the layers, or filter/value "
-               "entries) are not supported: give one number");
+               "entries) are not supported here: give one number (lists: "
+               "density, t and lambda only)");
   }
   if (!v.IsScalar()) return Bad(path, field, "must be a number");
   try {
@@ -67,6 +71,30 @@ absl::StatusOr<double> Number(const YAML::Node& v, const std::string& path,
     return Bad(path, field,
                absl::StrCat("must be a number, not ", Quote(v.Scalar(), 40)));
   }
+}
+
+// A parameter that may vary over the layers (FusionSpec::gradients): a
+// number, or mergekit's gradient, a list of numbers, as the spec's JSON (a
+// number or a list). filter/value entries are refused by name.
+absl::StatusOr<nlohmann::json> NumberOrGradient(const YAML::Node& v,
+                                                const std::string& path,
+                                                const std::string& field) {
+  if (!v.IsSequence()) return Number(v, path, field);
+  if (absl::Status s = CheckGradientLength(v.size(), field); !s.ok()) {
+    return Bad(path, field, std::string(s.message().substr(field.size() + 2)));
+  }
+  nlohmann::json list = nlohmann::json::array();
+  for (size_t i = 0; i < v.size(); ++i) {
+    const std::string item = absl::StrCat(field, "[", i, "]");
+    if (v[i].IsMap()) {
+      return Bad(path, item,
+                 "filter/value entries (per-tensor-name values) are not "
+                 "supported: give one number or one list over the layers");
+    }
+    TAILOR_ASSIGN_OR_RETURN(double d, Number(v[i], path, item));
+    list.push_back(d);
+  }
+  return list;
 }
 
 absl::StatusOr<bool> Bool(const YAML::Node& v, const std::string& path,
@@ -82,18 +110,21 @@ absl::StatusOr<bool> Bool(const YAML::Node& v, const std::string& path,
 }
 
 // The parameters tailor takes one value of per job: a global one, or the
-// same value from every model that gives it.
+// same value from every model that gives it (a number, or for density a
+// list over the layers: the spec's JSON form).
 struct JobParameter {
-  std::optional<double> value;
+  std::optional<nlohmann::json> value;
   std::string field;  // where it was first given
 };
 
-absl::Status SetJobParameter(JobParameter& p, double v, const std::string& path,
+absl::Status SetJobParameter(JobParameter& p, nlohmann::json v,
+                             const std::string& path,
                              const std::string& field) {
   if (p.value && *p.value != v) {
     return Bad(
         path, field,
-        absl::StrCat(v, " differs from ", *p.value, " given at ", p.field,
+        absl::StrCat(v.dump().substr(0, 100), " differs from ",
+                     p.value->dump().substr(0, 100), " given at ", p.field,
                      ": tailor uses one value per job, not per model"));
   }
   p.value = v;
@@ -205,8 +236,9 @@ absl::StatusOr<FusionSpec> MergekitToSpec(const YAML::Node& root,
       if (per_model) return absl::OkStatus();  // read by the caller
       global_weight = w;
     } else if (name == "density") {
-      TAILOR_ASSIGN_OR_RETURN(double d, Number(v, path, field));
-      return SetJobParameter(density, d, path, field);
+      TAILOR_ASSIGN_OR_RETURN(nlohmann::json d,
+                              NumberOrGradient(v, path, field));
+      return SetJobParameter(density, std::move(d), path, field);
     } else if (name == "gamma") {
       TAILOR_ASSIGN_OR_RETURN(double d, Number(v, path, field));
       return SetJobParameter(gamma, d, path, field);
@@ -214,9 +246,13 @@ absl::StatusOr<FusionSpec> MergekitToSpec(const YAML::Node& root,
       TAILOR_ASSIGN_OR_RETURN(double d, Number(v, path, field));
       return SetJobParameter(epsilon, d, path, field);
     } else if (name == "t" && !per_model) {
-      TAILOR_ASSIGN_OR_RETURN(spec.t, Number(v, path, field));
+      TAILOR_ASSIGN_OR_RETURN(nlohmann::json t,
+                              NumberOrGradient(v, path, field));
+      return ReadNumberOrList(t, field, &spec.t, &spec.gradients.t);
     } else if (name == "lambda" && !per_model) {
-      TAILOR_ASSIGN_OR_RETURN(spec.lambda, Number(v, path, field));
+      TAILOR_ASSIGN_OR_RETURN(nlohmann::json l,
+                              NumberOrGradient(v, path, field));
+      return ReadNumberOrList(l, field, &spec.lambda, &spec.gradients.lambda);
     } else if ((name == "normalize" || name == "normalize_weights") &&
                !per_model) {
       TAILOR_ASSIGN_OR_RETURN(bool b, Bool(v, path, field));
@@ -302,11 +338,14 @@ absl::StatusOr<FusionSpec> MergekitToSpec(const YAML::Node& root,
   if (spec.method == Method::kSlerp || spec.method == Method::kModelStock) {
     for (TaskSpec& t : spec.tasks) t.weight.reset();
   }
-  if (density.value) spec.density = *density.value;
-  if (gamma.value) spec.gamma = *gamma.value;
-  if (epsilon.value) spec.epsilon = *epsilon.value;
   // mergekit's density default is 1 (keep everything).
-  if (!density.value) spec.density = 1.0;
+  spec.density = 1.0;
+  if (density.value) {
+    TAILOR_RETURN_IF_ERROR(ReadNumberOrList(
+        *density.value, density.field, &spec.density, &spec.gradients.density));
+  }
+  if (gamma.value) spec.gamma = gamma.value->get<double>();
+  if (epsilon.value) spec.epsilon = epsilon.value->get<double>();
   return spec;
 }
 

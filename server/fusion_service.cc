@@ -489,6 +489,12 @@ grpc::ServerUnaryReactor* FusionServiceImpl::CreateFusionJob(
   executor_.Post(
       [this, context, reactor, parsed, response, who = std::move(*who)] {
         const v1::CreateFusionJobRequest* request = parsed.get();
+        if (absl::Status bad = api::CheckLayerGradients(request->spec());
+            !bad.ok()) {
+          Audit(context, kMethod, &who, "", bad);
+          reactor->Finish(Outcome(kMethod, bad));
+          return;
+        }
         jobs::CreateJobRequest r;
         r.spec = api::SpecToJson(request->spec());
         r.priority = request->priority();

@@ -36,6 +36,8 @@ nlohmann::json ToJson(const Message& m) {
       for (int k = 0; k < r->FieldSize(m, f); ++k) {
         if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
           list.push_back(ToJson(r->GetRepeatedMessage(m, f, k)));
+        } else if (f->cpp_type() == FieldDescriptor::CPPTYPE_DOUBLE) {
+          list.push_back(r->GetRepeatedDouble(m, f, k));
         } else {
           list.push_back(r->GetRepeatedString(m, f, k));
         }
@@ -64,6 +66,9 @@ nlohmann::json ToJson(const Message& m) {
         break;
       case FieldDescriptor::CPPTYPE_BOOL:
         j[f->name()] = r->GetBool(m, f);
+        break;
+      case FieldDescriptor::CPPTYPE_MESSAGE:
+        j[f->name()] = ToJson(r->GetMessage(m, f));
         break;
       case FieldDescriptor::CPPTYPE_ENUM: {
         const EnumValueDescriptor* v = r->GetEnum(m, f);
@@ -109,6 +114,9 @@ absl::Status FromJson(const nlohmann::json& j, const std::string& path,
         if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
           absl::Status s = FromJson(v[k], item, r->AddMessage(m, f));
           if (!s.ok()) return s;
+        } else if (f->cpp_type() == FieldDescriptor::CPPTYPE_DOUBLE) {
+          if (!v[k].is_number()) return Bad(item, "must be a number");
+          r->AddDouble(m, f, v[k].get<double>());
         } else {
           if (!v[k].is_string()) return Bad(item, "must be a string");
           r->AddString(m, f, v[k].get<std::string>());
@@ -166,6 +174,11 @@ absl::Status FromJson(const nlohmann::json& j, const std::string& path,
         r->SetEnum(m, f, ev);
         break;
       }
+      case FieldDescriptor::CPPTYPE_MESSAGE: {
+        absl::Status s = FromJson(v, name, r->MutableMessage(m, f));
+        if (!s.ok()) return s;
+        break;
+      }
       default:
         return Bad(name, "unsupported field type");
     }
@@ -173,18 +186,58 @@ absl::Status FromJson(const nlohmann::json& j, const std::string& path,
   return absl::OkStatus();
 }
 
+// The per-layer lists (LayerGradients): in the engine's JSON each is the
+// value of its scalar's key (a number or a list), in the message a field
+// of layer_gradients.
+constexpr char kGradients[] = "layer_gradients";
+
 }  // namespace
 
 nlohmann::json SpecToJson(const tailor::v1::FusionJobSpec& spec) {
-  return ToJson(spec);
+  nlohmann::json j = ToJson(spec);
+  if (auto it = j.find(kGradients); it != j.end()) {
+    const nlohmann::json lists = std::move(*it);
+    j.erase(kGradients);
+    for (const auto& [key, list] : lists.items()) j[key] = list;
+  }
+  return j;
 }
 
 absl::StatusOr<tailor::v1::FusionJobSpec> SpecFromJson(
     const nlohmann::json& json) {
   tailor::v1::FusionJobSpec spec;
-  absl::Status s = FromJson(json, "", &spec);
+  nlohmann::json j = json;
+  if (j.is_object() && !j.contains(kGradients)) {
+    const Descriptor* d = tailor::v1::LayerGradients::descriptor();
+    for (int i = 0; i < d->field_count(); ++i) {
+      const std::string& key = d->field(i)->name();
+      if (auto it = j.find(key); it != j.end() && it->is_array()) {
+        j[kGradients][key] = std::move(*it);
+        j.erase(key);
+      }
+    }
+  }
+  absl::Status s = FromJson(j, "", &spec);
   if (!s.ok()) return s;
   return spec;
+}
+
+absl::Status CheckLayerGradients(const tailor::v1::FusionJobSpec& spec) {
+  const Message& lists = spec.layer_gradients();
+  const Descriptor* d = lists.GetDescriptor();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const FieldDescriptor* list = d->field(i);
+    if (lists.GetReflection()->FieldSize(lists, list) == 0) continue;
+    const FieldDescriptor* scalar =
+        spec.GetDescriptor()->FindFieldByName(list->name());
+    if (scalar != nullptr && spec.GetReflection()->HasField(spec, scalar)) {
+      return Bad(
+          list->name(),
+          absl::StrCat("give either the number ", list->name(), " or the list ",
+                       kGradients, ".", list->name(), ", not both"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace tailor::api

@@ -14,7 +14,14 @@
 
 namespace tailor::api {
 
+// layer_gradients' lists become the values of their scalars' keys (keep:
+// [0.1, 0.3]); SpecFromJson moves a list-valued keep, omega, lambda,
+// density or t back into layer_gradients.
 nlohmann::json SpecToJson(const tailor::v1::FusionJobSpec& spec);
+
+// INVALID_ARGUMENT naming the field when a scalar field and its list in
+// layer_gradients are both set (SpecToJson keeps the list).
+absl::Status CheckLayerGradients(const tailor::v1::FusionJobSpec& spec);
 
 // INVALID_ARGUMENT naming the key for unknown keys, wrong JSON types and
 // unknown enum spellings.

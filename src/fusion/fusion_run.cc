@@ -28,6 +28,7 @@ absl::StatusOr<nlohmann::json> FusionRun::Run() {
   }
   TAILOR_RETURN_IF_ERROR(OpenInputs());
   TAILOR_RETURN_IF_ERROR(Plan());
+  TAILOR_RETURN_IF_ERROR(PlanLayers());
   ExpectHessians();
   TAILOR_RETURN_IF_ERROR(OpenOutputs());
   TAILOR_RETURN_IF_ERROR(PlanShards());
@@ -166,6 +167,7 @@ absl::Status FusionRun::ComputeItem(size_t index) {
       }
       event.busy_seconds = busy.Seconds();
       lease.reset();
+      AddLayerParameters(index, &fused->report);
       if (options_.shard.role == ShardOptions::Role::kShard) {
         ZeroTimings(&fused->report);
       }

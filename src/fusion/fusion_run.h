@@ -7,6 +7,7 @@
 //   fusion_run.cc          Run(): the steps in order, the executor glue
 //                          (ComputeItem / CommitItem) and progress events
 //   fusion_run_planner.cc  inputs, per-tensor plan, output plan and writers
+//   fusion_run_layers.cc   per-layer parameters (FusionSpec::gradients)
 //   fusion_run_journal.cc  the per-tensor journal: resume, spool, record
 //   fusion_run_fuse.cc     computing one fused tensor whole (FuseOne)
 //   fusion_run_stream.cc   streaming one fused tensor in chunks
@@ -21,6 +22,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -62,11 +64,27 @@ struct Task {
   std::unique_ptr<PatchWriter> patch_writer;
 };
 
+// A task's Model Tailor options under `spec`: the job's, with the task's
+// own keep and omega; magnitude: omega 1 and no compensation.
+TailorOptions TaskTailorOptions(const FusionSpec& spec, const TaskSpec& task);
+
+// The parameters of one layer's tensors when the spec has per-layer values
+// (FusionSpec::gradients; layer_gradient.h): the spec at the layer's
+// gradient position and each task's options from it.
+struct LayerParams {
+  std::optional<int64_t> layer;  // nullopt: the tensors outside the layers
+  FusionSpec spec;               // SpecAtPosition, no lists left
+  std::vector<TailorOptions> task_options;  // by task, as Task::options
+};
+
 // One tensor of the base checkpoint in plan order: fused or copied.
 struct WorkItem {
   const TensorInfo* info = nullptr;
   bool fuse = false;
   std::string why_copied;  // for copied tensors
+  // Fused tensors of a spec with per-layer values: their layer's
+  // parameters (PlanLayers); null: spec_ and each Task::options.
+  const LayerParams* params = nullptr;
 };
 
 class FusionRun {
@@ -150,6 +168,21 @@ class FusionRun {
 
   // The tensor names of a task's fine-tuned model or patch.
   static std::vector<std::string> TaskTensorNames(const Task& task);
+
+  // With per-layer values (spec_.gradients): the layer count of the base
+  // (layer_gradient.h CountLayers: its config.json, else its tensor names)
+  // and each fused item's LayerParams (layer_params_). After Plan.
+  absl::Status PlanLayers();
+
+  // What fused plan item `index` is computed with: its layer's spec and
+  // task options, or spec_ and the tasks' own.
+  const FusionSpec& SpecAt(size_t index) const;
+  const TailorOptions& OptionsAt(size_t index, size_t task) const;
+
+  // With per-layer values: the layer and the values plan item `index` was
+  // computed with, added to its report row ("layer", "parameters", and
+  // each task's effective keep/omega).
+  void AddLayerParameters(size_t index, nlohmann::json* row) const;
 
   // Checks the output plan (output_plan.h) with every file the inputs
   // really read, then creates the writers (writer_, stitched_, the per-task
@@ -354,6 +387,9 @@ class FusionRun {
   std::unique_ptr<Checkpoint> base_;
   std::vector<std::unique_ptr<Task>> tasks_;
   std::vector<WorkItem> plan_;
+  // By layer index (-1: outside the layers); set by PlanLayers before the
+  // workers start, read-only after (WorkItem::params point into it).
+  std::map<int64_t, LayerParams> layer_params_;
   std::unique_ptr<CheckpointWriter> writer_;
   std::unique_ptr<PatchWriter> stitched_;
   std::unique_ptr<StagedOutput> report_out_;

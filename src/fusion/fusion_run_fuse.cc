@@ -63,6 +63,8 @@ absl::StatusOr<JournalEntry> FusionRun::FuseOne(size_t index,
                                                 const at::Device& device) {
   const Stopwatch t0;
   const std::string& name = info.name;
+  // The spec of this tensor's layer (per-layer values; fusion_run_layers.cc).
+  const FusionSpec& spec = SpecAt(index);
   JournalEntry out = NewEntry(index, info);
   TAILOR_ASSIGN_OR_RETURN(at::Tensor pre,
                           base_->Read(name, ComputeRead(device)));
@@ -72,6 +74,7 @@ absl::StatusOr<JournalEntry> FusionRun::FuseOne(size_t index,
   nlohmann::json per_task = nlohmann::json::array();
   for (size_t t = 0; t < tasks_.size(); ++t) {
     Task* task = tasks_[t].get();
+    const TailorOptions& options = OptionsAt(index, t);
     nlohmann::json tj = {{"label", task->label}};
     if (task->patch) {
       if (task->patch->Find(name) != nullptr) {
@@ -108,12 +111,11 @@ absl::StatusOr<JournalEntry> FusionRun::FuseOne(size_t index,
           TAILOR_ASSIGN_OR_RETURN(
               h, hessians_.Acquire(
                      static_cast<int>(t), *key, device,
-                     [&] { return calib->Load(*key); }, task->options));
+                     [&] { return calib->Load(*key); }, options));
         }
       }
       TAILOR_ASSIGN_OR_RETURN(
-          LayerResult r,
-          TailorLayerPrepared(name, pre, ft, h.get(), task->options));
+          LayerResult r, TailorLayerPrepared(name, pre, ft, h.get(), options));
       const LayerStats& s = r.stats;
       tj["kept"] = s.kept;
       tj["kept_fraction"] =
@@ -130,7 +132,7 @@ absl::StatusOr<JournalEntry> FusionRun::FuseOne(size_t index,
         tj["damp"] = s.damp;
         tj["dead_columns"] = s.dead_columns;
         if (s.dead_columns > 0 &&
-            task->options.dead_columns == DeadColumns::kRevert) {
+            options.dead_columns == DeadColumns::kRevert) {
           tj["dead_entries_reverted"] = s.dead_entries_reverted;
         }
         tj["error_mask_only"] = NumberOrNull(s.error_mask_only);
@@ -168,21 +170,21 @@ absl::StatusOr<JournalEntry> FusionRun::FuseOne(size_t index,
   hessians_.Finished(static_cast<int64_t>(index));
   TAILOR_ASSIGN_OR_RETURN(
       MergedDelta merged, CatchTorch(name, [&]() -> MergedDelta {
-        if (UsesMergekitPath(spec_)) {  // the mergekit family, weighted TA/TIES
-          return MergekitMerge(MergekitParamsOf(spec_), pre, dense, name);
+        if (UsesMergekitPath(spec)) {  // the mergekit family, weighted TA/TIES
+          return MergekitMerge(MergekitParamsOf(spec), pre, dense, name);
         }
-        switch (spec_.method) {
+        switch (spec.method) {
           case Method::kTailor:
           case Method::kMagnitude:
             if (deltas.size() == 1)
               return MergedDelta{deltas[0].mask, deltas[0].delta};
-            return Stitch(deltas, spec_.aggregation);
+            return Stitch(deltas, spec.aggregation);
           case Method::kTaskArithmetic:
-            return TaskArithmetic(dense, spec_.lambda);
+            return TaskArithmetic(dense, spec.lambda);
           case Method::kTies:
-            return Ties(dense, spec_.density, spec_.lambda);
+            return Ties(dense, spec.density, spec.lambda);
           case Method::kDare:
-            return Dare(dense, spec_.drop, spec_.lambda, spec_.seed, name);
+            return Dare(dense, spec.drop, spec.lambda, spec.seed, name);
           case Method::kSpider:
             return Spider(pre, dense[0], at::Tensor());
           case Method::kLinear:

@@ -36,7 +36,8 @@ absl::StatusOr<JournalEntry> FusionRun::StreamMergekit(size_t index,
   const uint64_t esize = info.nbytes / static_cast<uint64_t>(n);
   const int64_t chunk =
       std::clamp<int64_t>(options_.stream_chunk_elements, 1, n);
-  const MergekitParams params = MergekitParamsOf(spec_);
+  // This tensor's layer's values (per-layer parameters).
+  const MergekitParams params = MergekitParamsOf(SpecAt(index));
   // The tensor is begun at its first output chunk: a bad input found by
   // the statistics pass is refused before anything is written.
   std::shared_ptr<JournalFusedSpool> spool;

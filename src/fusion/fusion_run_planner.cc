@@ -51,13 +51,7 @@ absl::Status FusionRun::OpenInputs() {
     auto task = std::make_unique<Task>();
     task->spec = &ts;
     task->label = ts.label.empty() ? absl::StrCat("task", i) : ts.label;
-    task->options = spec_.tailor;
-    if (ts.keep_ratio) task->options.keep_ratio = *ts.keep_ratio;
-    if (ts.omega) task->options.omega = *ts.omega;
-    if (spec_.method == Method::kMagnitude) {
-      task->options.omega = 1.0;
-      task->options.compensation = Compensation::kNone;
-    }
+    task->options = TaskTailorOptions(spec_, ts);
     if (!ts.patch_uri.empty()) {
       TAILOR_ASSIGN_OR_RETURN(std::string path,
                               resolver_.ResolveExisting(ts.patch_uri));

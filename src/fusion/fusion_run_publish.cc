@@ -103,8 +103,16 @@ absl::Status FusionRun::Publish() {
   for (auto& task : tasks_) {
     if (!task->patch_writer) continue;
     PatchMetadata m = metadata;
-    m.knobs["keep"] = task->options.keep_ratio;
-    m.knobs["omega"] = task->options.omega;
+    // A task without its own keep/omega records the job's list over the
+    // layers, if it has one (magnitude's omega is always 1).
+    const LayerGradients& g = spec_.gradients;
+    m.knobs["keep"] = task->spec->keep_ratio || g.keep.empty()
+                          ? nlohmann::json(task->options.keep_ratio)
+                          : nlohmann::json(g.keep);
+    m.knobs["omega"] = task->spec->omega || g.omega.empty() ||
+                               spec_.method == Method::kMagnitude
+                           ? nlohmann::json(task->options.omega)
+                           : nlohmann::json(g.omega);
     m.knobs["task"] = task->label;
     TAILOR_RETURN_IF_ERROR(task->patch_writer->Stage(m));
     staged.push_back(task->patch_writer->staged());

@@ -79,17 +79,18 @@ absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
   t.chunk = std::clamp<int64_t>(options_.stream_chunk_elements, 1, t.numel);
   t.base = base_.get();
   t.float64 = spec_.tailor.float64;
+  const FusionSpec& spec = SpecAt(index);  // this tensor's layer's
   StreamedMergeOptions o;
   o.method = spec_.method == Method::kMagnitude ? StreamedMethod::kMagnitude
              : spec_.method == Method::kTies    ? StreamedMethod::kTies
                                                 : StreamedMethod::kSpider;
   o.aggregation = spec_.aggregation;
-  o.density = spec_.density;
-  o.lambda = spec_.lambda;
-  for (const auto& task : tasks_) {
+  o.density = spec.density;
+  o.lambda = spec.lambda;
+  for (size_t i = 0; i < tasks_.size(); ++i) {
     t.finetuned.push_back(
-        dynamic_cast<const Checkpoint*>(task->finetuned.get()));
-    o.keep_ratio.push_back(task->options.keep_ratio);
+        dynamic_cast<const Checkpoint*>(tasks_[i]->finetuned.get()));
+    o.keep_ratio.push_back(OptionsAt(index, i).keep_ratio);
   }
   // The streamed bytes go to the journal chunk by chunk (BeginSpool). The
   // tensor is begun at its first chunk: a bad input is refused before.
@@ -188,13 +189,14 @@ absl::StatusOr<JournalEntry> FusionRun::StreamOne(size_t index,
     }
     at::Tensor fused_buf = buffer(at::kFloat);
     at::Tensor out_buf = stored == at::kFloat ? fused_buf : buffer(stored);
+    // The scale of this tensor's layer (per-layer values).
+    const double lambda = SpecAt(index).lambda;
     ChunkedDenseMerge merge =
         spec_.method == Method::kDare
             ? ChunkedDenseMerge::Dare(static_cast<int64_t>(fts.size()),
-                                      spec_.drop, spec_.lambda, spec_.seed,
-                                      name)
+                                      spec_.drop, lambda, spec_.seed, name)
             : ChunkedDenseMerge::TaskArithmetic(
-                  static_cast<int64_t>(fts.size()), spec_.lambda);
+                  static_cast<int64_t>(fts.size()), lambda);
     std::vector<at::Tensor> deltas(fts.size());
     // BF16 task arithmetic in float32 (the common case): one fused pass
     // per chunk (dense_merge_kernel.h), the tensor ops below only for a
@@ -225,7 +227,7 @@ absl::StatusOr<JournalEntry> FusionRun::StreamOne(size_t index,
         int64_t chunk_kept = 0;
         if (TaskArithmeticBf16Chunk(
                 static_cast<const uint16_t*>(raw.data_ptr()), ft_bits, m,
-                spec_.lambda, static_cast<uint16_t*>(out_buf.data_ptr()),
+                lambda, static_cast<uint16_t*>(out_buf.data_ptr()),
                 &chunk_kept)) {
           kept += chunk_kept;
           const absl::string_view bytes(

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "fusion/spec_gradients.h"
 #include "util/enum_names.h"
 #include "util/field_error.h"
 #include "util/json_util.h"
@@ -250,10 +251,12 @@ constexpr SpecKey kSpecKeys[] = {
      }},
     {"method", SpecValue::kString,
      TAILOR_SPEC_READER(ReadEnum(v, k, ParseMethod, &s->method))},
-    {"keep", SpecValue::kNumber,
-     TAILOR_SPEC_READER(ReadNumber(v, k, &s->tailor.keep_ratio))},
-    {"omega", SpecValue::kNumber,
-     TAILOR_SPEC_READER(ReadNumber(v, k, &s->tailor.omega))},
+    {"keep", SpecValue::kNumberOrNumbers,
+     TAILOR_SPEC_READER(
+         ReadNumberOrList(v, k, &s->tailor.keep_ratio, &s->gradients.keep))},
+    {"omega", SpecValue::kNumberOrNumbers,
+     TAILOR_SPEC_READER(
+         ReadNumberOrList(v, k, &s->tailor.omega, &s->gradients.omega))},
     {"scope", SpecValue::kString,
      TAILOR_SPEC_READER(ReadEnum(v, k, ParseScope, &s->tailor.scope))},
     {"normalize", SpecValue::kString,
@@ -273,14 +276,17 @@ constexpr SpecKey kSpecKeys[] = {
      TAILOR_SPEC_READER(ReadBool(v, k, &s->tailor.float64))},
     {"aggregate", SpecValue::kString,
      TAILOR_SPEC_READER(ReadEnum(v, k, ParseAggregation, &s->aggregation))},
-    {"lambda", SpecValue::kNumber,
-     TAILOR_SPEC_READER(ReadNumber(v, k, &s->lambda))},
-    {"density", SpecValue::kNumber,
-     TAILOR_SPEC_READER(ReadNumber(v, k, &s->density))},
+    {"lambda", SpecValue::kNumberOrNumbers,
+     TAILOR_SPEC_READER(
+         ReadNumberOrList(v, k, &s->lambda, &s->gradients.lambda))},
+    {"density", SpecValue::kNumberOrNumbers,
+     TAILOR_SPEC_READER(
+         ReadNumberOrList(v, k, &s->density, &s->gradients.density))},
     {"drop", SpecValue::kNumber,
      TAILOR_SPEC_READER(ReadNumber(v, k, &s->drop))},
     {"seed", SpecValue::kUint64, TAILOR_SPEC_READER(ReadInt(v, k, &s->seed))},
-    {"t", SpecValue::kNumber, TAILOR_SPEC_READER(ReadNumber(v, k, &s->t))},
+    {"t", SpecValue::kNumberOrNumbers,
+     TAILOR_SPEC_READER(ReadNumberOrList(v, k, &s->t, &s->gradients.t))},
     {"gamma", SpecValue::kNumber,
      TAILOR_SPEC_READER(ReadNumber(v, k, &s->gamma))},
     {"epsilon", SpecValue::kNumber,
@@ -410,6 +416,12 @@ absl::string_view MismatchPolicyName(MismatchPolicy policy) {
 }
 
 absl::Status FusionSpec::Validate() const {
+  if (!gradients.empty()) {
+    // Each list's values (every anchor), then the rest with the lists'
+    // first values: the scalars they replace are not used.
+    TAILOR_RETURN_IF_ERROR(ValidateGradients(*this));
+    return SpecAtPosition(*this, 0).Validate();
+  }
   if (pretrained_uri.empty()) return FieldError("pretrained", "is required");
   if (tasks.empty()) {
     return FieldError(
@@ -589,6 +601,7 @@ nlohmann::json FusionSpec::ToJson(bool with_overwrite) const {
   j["report"] = report_uri;
   j["device"] = device;
   j["threads"] = threads;
+  GradientsToJson(*this, &j);  // lists over their keys' scalars
   return j;
 }
 

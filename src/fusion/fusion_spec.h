@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "fusion/aggregation.h"
+#include "fusion/layer_gradient.h"
 #include "fusion/layer_options.h"
 #include "fusion/merge_rules.h"
 #include "nlohmann/json.hpp"
@@ -97,6 +98,12 @@ struct FusionSpec {
   std::string device = "auto";  // cpu | cuda | cuda:N | auto
   int threads = 0;  // compute threads, 0..kMaxThreads, applied by the binary
                     // (fuse --local); 0 = the default
+  // Per-layer values (issue #19 point 3; layer_gradient.h, spec_gradients.h):
+  // a non-empty list replaces its scalar (keep: tailor.keep_ratio, omega:
+  // tailor.omega, lambda, density, t) with its value at each tensor's layer,
+  // as mergekit's gradients; a task's own keep or omega still wins. The
+  // JSON keys keep, omega, lambda, density and t hold a number or a list.
+  LayerGradients gradients;
 
   // INVALID_ARGUMENT naming the field and the rule; checks everything that
   // does not need the files.
@@ -119,7 +126,8 @@ struct FusionSpec {
 // scalars carry no type) are converted to that form by them.
 enum class SpecValue {
   kString,
-  kNumber,  // any JSON number (double)
+  kNumber,           // any JSON number (double)
+  kNumberOrNumbers,  // a number, or a list of numbers (per-layer values)
   kBool,
   kInt,      // an integer in int's range
   kInt64,    // an integer in int64_t's range

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "api/spec_convert.h"
@@ -158,17 +159,42 @@ parameters:
 }
 
 TEST_F(MergekitImportTest, UnsupportedFieldsAreNamed) {
-  // mergekit's examples/ties.yml: a density gradient.
+  // mergekit's examples/ties.yml: a weight gradient (density, t and lambda
+  // take lists; weights do not).
   ExpectError(R"(
 models:
-  - model: psmathur/orca_mini_v3_13b
+  - model: garage-bAInd/Platypus2-13B
     parameters:
-      density: [1, 0.7, 0.1] # density gradient
-      weight: 1.0
+      density: 0.5
+      weight: [0, 0.3, 0.7, 1] # weight gradient
 merge_method: ties
 base_model: TheBloke/Llama-2-13B-fp16
 )",
-              "models[0].parameters.density", "gradients");
+              "models[0].parameters.weight", "gradients");
+  // A filtered density, and a filter inside a list.
+  ExpectError(R"(
+models: [{model: a}]
+parameters:
+  density:
+    - filter: mlp
+      value: [0.5, 0.2]
+    - value: 0.3
+merge_method: ties
+base_model: b
+)",
+              "parameters.density[0]", "filter/value entries");
+  ExpectError(
+      "merge_method: ties\nbase_model: b\nmodels: [{model: a}]\n"
+      "parameters: {density: []}\n",
+      "parameters.density", "1 to 1024 numbers, not 0");
+  ExpectError(
+      "merge_method: ties\nbase_model: b\nmodels: [{model: a}]\n"
+      "parameters: {density: [0.5, x]}\n",
+      "parameters.density[1]", "must be a number");
+  ExpectError(
+      "merge_method: ties\nbase_model: b\nmodels: [{model: a}]\n"
+      "parameters: {gamma: [0.1, 0.2]}\n",
+      "parameters.gamma", "gradients");
   // A filtered weight.
   ExpectError(R"(
 models:
@@ -236,6 +262,118 @@ TEST_F(MergekitImportTest, OrdinaryJobFilesAreNotMergekitConfigs) {
   ASSERT_FALSE(s.ok());
   EXPECT_TRUE(absl::StrContains(s.status().message(), "weight: 1 given for 2"))
       << s.status();
+}
+
+// mergekit gradients (issue #19 point 3): t, lambda and density lists over
+// the layers import to the spec's lists, the same spec as a job file giving
+// them; the same list from every model is one per-job list.
+TEST_F(MergekitImportTest, GradientListsImportToTheSpecsLists) {
+  absl::StatusOr<FusionSpec> slerp = Load(R"(
+merge_method: slerp
+base_model: /m/base
+models: [{model: /m/base}, {model: /m/chat}]
+parameters:
+  t: [0, 0.5, 0.3, 0.7, 1]
+)");
+  ASSERT_TRUE(slerp.ok()) << slerp.status();
+  EXPECT_EQ(slerp->gradients.t, (std::vector<double>{0, 0.5, 0.3, 0.7, 1}));
+  absl::StatusOr<FusionSpec> native = Load(R"(
+pretrained: /m/base
+method: slerp
+tasks: [{finetuned: /m/chat, label: chat}]
+t: [0, 0.5, 0.3, 0.7, 1]
+density: 1
+)");
+  ASSERT_TRUE(native.ok()) << native.status();
+  EXPECT_EQ(slerp->ToJson(true), native->ToJson(true));
+  // A job file's list is checked by element, naming the key and index.
+  ExpectError("pretrained: /b\nfinetuned: [/a]\nkeep: [0.1, abc]\n", "keep[1]",
+              "must be a number");
+  ExpectError("pretrained: /b\nfinetuned: [/a]\nomega: []\n", "omega",
+              "1 to 1024 numbers, not 0");
+
+  absl::StatusOr<FusionSpec> ties = Load(R"(
+merge_method: ties
+base_model: /m/base
+models:
+  - model: /m/a
+    parameters: {density: [1, 0.7, 0.1], weight: 1}
+  - model: /m/b
+    parameters: {density: [1, 0.7, 0.1], weight: 0.5}
+parameters:
+  lambda: [1, 2]
+)");
+  ASSERT_TRUE(ties.ok()) << ties.status();
+  EXPECT_EQ(ties->gradients.density, (std::vector<double>{1, 0.7, 0.1}));
+  EXPECT_EQ(ties->gradients.lambda, (std::vector<double>{1, 2}));
+  EXPECT_EQ(ties->ToJson()["density"], nlohmann::json({1, 0.7, 0.1}));
+  // Another model's different list is still one value per job.
+  ExpectError(R"(
+merge_method: ties
+base_model: /m/base
+models:
+  - model: /m/a
+    parameters: {density: [1, 0.7]}
+  - model: /m/b
+    parameters: {density: [1, 0.5]}
+)",
+              "models[1].parameters.density", "one value per job");
+}
+
+// Lists survive the proto: layer_gradients there, the keys' values in the
+// engine's JSON; old clients' scalars still work; a scalar and its list
+// both set is refused naming the field.
+TEST_F(MergekitImportTest, LayerGradientsRoundTripThroughTheProto) {
+  FusionSpec spec;
+  spec.pretrained_uri = "/b";
+  spec.output_uri = "/o";
+  spec.method = Method::kTies;
+  spec.tasks.resize(1);
+  spec.tasks[0].finetuned_uri = "/a";
+  spec.gradients.density = {0.9, 0.1};
+  spec.gradients.keep = {0.5};
+  spec.lambda = 1.5;  // a scalar beside the lists
+  const nlohmann::json j = spec.ToJson(/*with_overwrite=*/true);
+  absl::StatusOr<v1::FusionJobSpec> proto = api::SpecFromJson(j);
+  ASSERT_TRUE(proto.ok()) << proto.status();
+  ASSERT_EQ(proto->layer_gradients().density_size(), 2);
+  EXPECT_EQ(proto->layer_gradients().density(1), 0.1);
+  EXPECT_EQ(proto->layer_gradients().keep_size(), 1);
+  EXPECT_FALSE(proto->has_density());
+  EXPECT_FALSE(proto->has_keep());
+  EXPECT_TRUE(proto->has_lambda());
+  EXPECT_EQ(proto->layer_gradients().lambda_size(), 0);
+  EXPECT_TRUE(api::CheckLayerGradients(*proto).ok());
+  absl::StatusOr<FusionSpec> back =
+      FusionSpec::FromJson(api::SpecToJson(*proto));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->ToJson(true), j);
+  // The wire form too.
+  v1::FusionJobSpec parsed;
+  ASSERT_TRUE(parsed.ParseFromString(proto->SerializeAsString()));
+  EXPECT_EQ(api::SpecToJson(parsed), api::SpecToJson(*proto));
+  // An old client's scalar density.
+  v1::FusionJobSpec old;
+  old.set_pretrained("/b");
+  old.set_density(0.3);
+  absl::StatusOr<FusionSpec> scalar =
+      FusionSpec::FromJson(api::SpecToJson(old));
+  ASSERT_TRUE(scalar.ok()) << scalar.status();
+  EXPECT_EQ(scalar->density, 0.3);
+  EXPECT_TRUE(scalar->gradients.empty());
+  // Both forms of one parameter.
+  old.mutable_layer_gradients()->add_density(0.5);
+  absl::Status both = api::CheckLayerGradients(old);
+  EXPECT_EQ(both.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(both.message(), "density: give either"))
+      << both;
+  // A non-number in a list.
+  absl::StatusOr<v1::FusionJobSpec> bad =
+      api::SpecFromJson({{"t", {0.5, "x"}}});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_TRUE(absl::StrContains(bad.status().message(),
+                                "layer_gradients.t[1]: must be a number"))
+      << bad.status();
 }
 
 // The new fields survive the proto (tailord's API) both ways: enums by

@@ -465,6 +465,26 @@ class SpecTest(unittest.TestCase):
         proto = tailor_client.spec_from_dict(spec)
         self.assertEqual(proto.dead_columns, pb.DEAD_COLUMNS_SELECT)
 
+    def test_layer_gradients(self):
+        # Lists over the layers (issue #19 point 3) go to layer_gradients;
+        # numbers stay the scalar fields.
+        spec = tailor_client.load_job_file(self.job_file(
+            "pretrained: base\nfinetuned: [a]\nmethod: ties\n"
+            "density: [1, 0.7, 0.1]\nlambda: 0.5\n"))
+        self.assertEqual(spec["density"], [1.0, 0.7, 0.1])
+        proto = tailor_client.spec_from_dict(spec)
+        self.assertEqual(list(proto.layer_gradients.density), [1.0, 0.7, 0.1])
+        self.assertFalse(proto.HasField("density"))
+        self.assertEqual(proto.lambda_ if hasattr(proto, "lambda_") else
+                         getattr(proto, "lambda"), 0.5)
+        with self.assertRaises(tailor_client.InvalidArgument) as e:
+            tailor_client.spec_from_dict({"t": [0.5, "x"]})
+        self.assertIn("t[1]", str(e.exception))
+        with self.assertRaises(tailor_client.InvalidArgument) as e:
+            tailor_client.spec_from_dict({"keep": []})
+        self.assertIn("1 to 1024", str(e.exception))
+        self.refused("keep: [0.1, lots]\n", "keep[1]", "a number")
+
     def test_job_file_errors_name_file_and_key(self):
         self.refused("pretrained: a\nbogus: 1\n", "bogus", "unknown key")
         self.refused("keep: lots\n", "keep", "a number")

@@ -78,6 +78,9 @@ TEST(FusionSpecTest, ToJsonFromJsonRoundTripsEveryKey) {
       case SpecValue::kNumber:
         EXPECT_TRUE(v.is_number()) << key;
         break;
+      case SpecValue::kNumberOrNumbers:
+        EXPECT_TRUE(v.is_number() || v.is_array()) << key;
+        break;
       case SpecValue::kBool:
         EXPECT_TRUE(v.is_boolean()) << key;
         break;
@@ -183,7 +186,8 @@ TEST(FusionSpecTest, KeyTypesDriveJobFileConversion) {
   EXPECT_EQ(SpecKeyValue("include"), SpecValue::kStrings);
   EXPECT_EQ(SpecKeyValue("tasks"), SpecValue::kTasks);
   EXPECT_EQ(SpecKeyValue("overwrite"), SpecValue::kBool);
-  EXPECT_EQ(SpecKeyValue("keep"), SpecValue::kNumber);
+  EXPECT_EQ(SpecKeyValue("keep"), SpecValue::kNumberOrNumbers);
+  EXPECT_EQ(SpecKeyValue("damp"), SpecValue::kNumber);
   EXPECT_EQ(SpecKeyValue("method"), SpecValue::kString);
   EXPECT_FALSE(SpecKeyValue("block-size").has_value());  // canonical only
   EXPECT_FALSE(SpecKeyValue("finetuned").has_value());   // job-file lists

@@ -8,7 +8,9 @@ omega}), method, keep, omega, scope, normalize, compensation, dead_columns,
 damp, block_size, float64, aggregate, lambda, density, drop, seed, include,
 exclude, on_mismatch, out, patch_out, report, overwrite, device, threads.
 Enum values are the engine's names ("task_arithmetic", "exact", ...; the
-proto names such as "METHOD_TIES" are accepted too).
+proto names such as "METHOD_TIES" are accepted too). keep, omega, lambda,
+density and t take a number or a list of numbers over the layers (the
+message's layer_gradients).
 
 A YAML job file is read as ``tailorctl submit -f`` reads it
 (client/job_file.cc): keys with '-' or '_', scalars read as the key's type,
@@ -109,6 +111,23 @@ def _set_field(msg, field: FieldDescriptor, value: Any, where: str) -> None:
     setattr(msg, name, value)
 
 
+_MAX_GRADIENT_VALUES = 1024
+
+
+def _set_gradient(msg, name: str, value: Any, where: str) -> None:
+    """A per-layer list (FusionJobSpec.layer_gradients) for key `name`."""
+    if not 1 <= len(value) <= _MAX_GRADIENT_VALUES:
+        raise _bad(where, "a list over the layers holds 1 to %d numbers, "
+                   "not %d" % (_MAX_GRADIENT_VALUES, len(value)))
+    values = []
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _bad("%s[%d]" % (where, i),
+                       "must be a number, not %s" % _shown(v))
+        values.append(float(v))
+    getattr(msg.layer_gradients, name).extend(values)
+
+
 def _fill(msg, values: Mapping[str, Any], where: str) -> None:
     fields = msg.DESCRIPTOR.fields_by_name
     for key, value in values.items():
@@ -122,6 +141,11 @@ def _fill(msg, values: Mapping[str, Any], where: str) -> None:
                 f.name for f in msg.DESCRIPTOR.fields))
         if value is None:
             continue  # unset: the server's default
+        if (isinstance(value, (list, tuple)) and
+                msg.DESCRIPTOR.name == "FusionJobSpec" and
+                canonical in pb.LayerGradients.DESCRIPTOR.fields_by_name):
+            _set_gradient(msg, canonical, value, here)  # keep: [0.1, 0.3]
+            continue
         if field.message_type is not None:  # tasks
             if field.message_type.name != "TaskSpec":
                 raise _bad(here, "cannot be set here")
@@ -229,6 +253,13 @@ def _typed(values: Mapping[str, Any], descriptor, path: str,
         if field is None or field.message_type is not None:
             allowed = ", ".join(f.name for f in descriptor.fields)
             raise _bad(where, "unknown key (allowed: %s)" % allowed)
+        if (isinstance(value, list) and descriptor.name == "FusionJobSpec" and
+                canonical in pb.LayerGradients.DESCRIPTOR.fields_by_name):
+            # A list over the layers: each value a number.
+            out[canonical] = [
+                _scalar(v, "%s[%d]" % (where, i), "a number", field)
+                for i, v in enumerate(value)]
+            continue
         out[canonical] = _scalar(value, where,
                                  _KINDS.get(field.type, "a string"), field)
     return out
