@@ -18,7 +18,9 @@ namespace tailor::cli {
 // overwrite, device, threads), `weights` (a list paired in order with the
 // tasks, as --weight), plus `tasks:` — a list of {label, finetuned | patch,
 // hessians, keep, omega, weight} for per-task settings (not together with
-// the top-level finetuned/patch/hessians/weights lists). A file with a
+// the top-level finetuned/patch/hessians/weights lists). The top-level
+// keep, omega, lambda, density and t take a number or a list over the
+// layers (FusionSpec::gradients). A file with a
 // top-level `merge_method` is a mergekit config instead
 // (mergekit_import.h). Unknown keys and wrongly
 // typed values are INVALID_ARGUMENT naming the file and the key. Plain relative

@@ -28,15 +28,16 @@ bool IsMergekitConfig(const YAML::Node& root);
 //   parameters    (global, or per model) weight -> tasks[i].weight; density,
 //                 gamma, epsilon (per model only if every model gives the
 //                 same value: tailor has one per job); t; normalize ->
-//                 normalize_weights; lambda; int8_mask (a memory knob:
-//                 accepted and ignored); rescale (true only: DELLA and
+//                 normalize_weights; lambda; density, t and lambda may be
+//                 gradient lists (FusionSpec::gradients); int8_mask (a memory
+//                 knob: accepted and ignored); rescale (true only: DELLA and
 //                 DARE always rescale);
 //   dtype         float32, float16 or bfloat16: accepted; tailor computes
 //                 in float32 (float64 with float64: true) and writes the
 //                 base checkpoint's dtype.
 // Model names are checkpoint paths or URIs (a Hugging Face hub id is read
 // as a relative path). No outputs are set: give --out (or patch-out,
-// report) beside -f. Anything else -- slices, gradient lists, filters,
+// report) beside -f. Anything else -- slices, other gradient lists, filters,
 // tokenizer settings, out_dtype, LoRA "+" references, other methods or
 // parameters -- is INVALID_ARGUMENT "<path>: <field>: ..." naming the field.
 absl::StatusOr<FusionSpec> MergekitToSpec(const YAML::Node& root,

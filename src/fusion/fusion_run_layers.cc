@@ -4,12 +4,17 @@
 // layer's gradient position (layer_gradient.h, mergekit's rule), decided
 // once here after the plan; the report row says what it got.
 
+#include <memory>
+#include <optional>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "fusion/fusion_run.h"
 #include "fusion/layer_gradient.h"
 #include "fusion/spec_gradients.h"
+#include "io/byte_source.h"
 #include "util/file_util.h"
 #include "util/status_macros.h"
 

@@ -26,6 +26,7 @@ v1::FusionJobSpec ServerSpec() {
       {"method", "tailor"},
       {"keep", 0.1},
       {"omega", 0.75},
+      {"density", {0.9, 0.5, 0.1}},  // a list over the layers
       {"seed", uint64_t{1234567890123}},
       {"include", {"m\\.l[0-9]+\\..*", "lm_head.weight"}},
       {"tasks",
@@ -54,6 +55,7 @@ TEST(JobOutputTest, GetAsJobFileRoundTripsThroughTheJobFileParser) {
               absl::StrContains(text, "method: \"tailor\""))
       << text;
   EXPECT_TRUE(absl::StrContains(text, "seed: 1234567890123")) << text;
+  EXPECT_EQ(spec.layer_gradients().density_size(), 3);
   TempDir dir;
   const std::string path = dir.Join("job.yaml");
   ASSERT_TRUE(WriteFileAtomically(path, text).ok());
