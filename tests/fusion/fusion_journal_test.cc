@@ -286,28 +286,6 @@ TEST_F(FusionJournalTest, JournalOfAnotherSpecIsDiscarded) {
   ExpectSameAsReference(ref, *report);
 }
 
-// Per-layer values (issue #19 point 3) are part of the spec the journal
-// belongs to: a journal of another list over the layers is not reused.
-TEST_F(FusionJournalTest, JournalOfAnotherLayerGradientIsDiscarded) {
-  FusionSpec first_spec = Spec();
-  first_spec.gradients.keep = {0.2, 0.3};
-  Recorder first(3);
-  ASSERT_EQ(Run(first_spec, &first, true).status().code(),
-            absl::StatusCode::kCancelled);
-  ASSERT_EQ(JournalEntries(), 3);
-
-  FusionSpec other = Spec();
-  other.gradients.keep = {0.2, 0.35};
-  const nlohmann::json ref = Reference(other);
-  Recorder second;
-  auto report = Run(other, &second, true);
-  ASSERT_TRUE(report.ok()) << report.status();
-  EXPECT_EQ((*report)["totals"]["resumed_tensors"], 0);
-  EXPECT_EQ(second.actions["resumed"], 0);
-  EXPECT_TRUE(second.Warned("discarded"));
-  ExpectSameAsReference(ref, *report);
-}
-
 TEST_F(FusionJournalTest, JournalOfOtherInputsIsDiscarded) {
   const FusionSpec spec = Spec();
   Recorder first(3);

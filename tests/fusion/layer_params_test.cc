@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <optional>
@@ -20,6 +21,7 @@
 #include "fusion/fusion_job.h"
 #include "fusion/layer_gradient.h"
 #include "fusion/patch.h"
+#include "fusion/run_options.h"
 #include "fusion/spec_gradients.h"
 #include "io/checkpoint.h"
 #include "testing/test_util.h"
@@ -162,7 +164,7 @@ class LayerParamsTest : public ::testing::Test {
       Run(constant, run, false);
       constant_runs[v] = run;
     }
-    // Five distinct values: the tensors outside the layers (t = 0) and
+    // Four distinct values: the tensors outside the layers (t = 0) and
     // layers 1..3 (layer 0 is also at t = 0).
     EXPECT_EQ(constant_runs.size(), 4u) << key;
     // The parameter matters: layer 1 differs from the first value's run.
@@ -235,7 +237,9 @@ TEST_F(LayerParamsTest, TaskKeepWinsAndPatchesRecordTheList) {
   spec.gradients.keep = kList;
   const nlohmann::json report = Run(spec, "own", true);
   for (const nlohmann::json& row : report["tensors"]) {
-    EXPECT_EQ(row["tasks"][0]["keep"], At(kList, row["name"])) << row.dump();
+    EXPECT_EQ(row["tasks"][0]["keep"],
+              At(kList, row["name"].get<std::string>()))
+        << row.dump();
     EXPECT_EQ(row["tasks"][1]["keep"], 0.25) << row.dump();
   }
   for (int t = 0; t < 2; ++t) {
@@ -252,6 +256,72 @@ TEST_F(LayerParamsTest, TaskKeepWinsAndPatchesRecordTheList) {
   EXPECT_EQ((*stitched)->knobs()["keep"], nlohmann::json(kList));
 }
 
+// Cancels a run once `after` tensors were fused, leaving its journal;
+// records the warnings.
+class CancelAfter : public ProgressSink {
+ public:
+  explicit CancelAfter(int after) : after_(after) {}
+  void OnEvent(const ProgressEvent& e) override {
+    if (e.kind == ProgressEvent::Kind::kTensorDone && e.action == "fused" &&
+        ++fused_ == after_) {
+      cancel = true;
+    }
+    if (e.kind == ProgressEvent::Kind::kTensorDone && e.action == "resumed") {
+      ++resumed;
+    }
+    if (e.kind == ProgressEvent::Kind::kWarning) warnings += e.message + "\n";
+  }
+  std::atomic<bool> cancel{false};
+  int resumed = 0;
+  std::string warnings;
+
+ private:
+  const int after_;
+  int fused_ = 0;
+};
+
+// The lists are part of the spec a journal belongs to: a journal written
+// under another list is discarded, not resumed; under the same list it is.
+TEST_F(LayerParamsTest, JournalOfAnotherListIsNotResumed) {
+  auto resolver = UriResolver::Create({tmp_.path()});
+  ASSERT_TRUE(resolver.ok());
+  FusionSpec first = Spec(Method::kTaskArithmetic, 2);
+  first.gradients.lambda = {1, 2};
+  first.output_uri = tmp_.Join("journal-out");
+  auto run = [&](const FusionSpec& spec, CancelAfter* sink) {
+    RunOptions options;
+    options.journal_dir = tmp_.Join("journal");
+    options.progress = sink;
+    options.cancel = &sink->cancel;
+    return RunFusionJob(spec, *resolver, options);
+  };
+  CancelAfter cancelled(3);
+  ASSERT_EQ(run(first, &cancelled).status().code(),
+            absl::StatusCode::kCancelled);
+  FusionSpec other = first;
+  other.gradients.lambda = {1, 3};
+  CancelAfter again(3);
+  ASSERT_EQ(run(other, &again).status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(again.resumed, 0);
+  EXPECT_TRUE(absl::StrContains(again.warnings, "discarded")) << again.warnings;
+  CancelAfter resumed(-1);
+  absl::StatusOr<nlohmann::json> report = run(other, &resumed);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_GT(resumed.resumed, 0);  // the same list: resumed
+  EXPECT_FALSE(absl::StrContains(resumed.warnings, "discarded"))
+      << resumed.warnings;
+  // The resumed rows name their values as the computed ones do.
+  for (const nlohmann::json& row : (*report)["tensors"]) {
+    EXPECT_EQ(row["parameters"]["lambda"],
+              At({1, 3}, row["name"].get<std::string>()))
+        << row.dump();
+  }
+  Run(other, "fresh", false);
+  for (const std::string& name : names_) {
+    EXPECT_EQ(Tensor("journal", name), Tensor("fresh", name)) << name;
+  }
+}
+
 // Without a config.json the largest layer index of the names + 1 is the
 // layer count; a config.json whose count is below a tensor's layer is an
 // error naming it.
@@ -261,7 +331,8 @@ TEST_F(LayerParamsTest, LayerCountFromNamesOrABadConfig) {
   spec.gradients.lambda = {1, 2};
   const nlohmann::json report = Run(spec, "names", false);
   for (const nlohmann::json& row : report["tensors"]) {
-    const std::optional<int64_t> layer = LayerIndexOf(row["name"]);
+    const std::optional<int64_t> layer =
+        LayerIndexOf(row["name"].get<std::string>());
     EXPECT_DOUBLE_EQ(row["parameters"]["lambda"].get<double>(),
                      1 + (layer ? *layer / 3.0 : 0))
         << row.dump();
