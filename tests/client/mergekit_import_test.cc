@@ -40,6 +40,20 @@ class MergekitImportTest : public ::testing::Test {
     EXPECT_LT(s.status().message().size(), 400u);
   }
 
+  // pretrained /b, out /o, `method`, one task per URI.
+  static FusionSpec SpecWith(Method method,
+                             const std::vector<std::string>& tasks) {
+    FusionSpec spec;
+    spec.pretrained_uri = "/b";
+    spec.output_uri = "/o";
+    spec.method = method;
+    for (const std::string& uri : tasks) {
+      spec.tasks.emplace_back();
+      spec.tasks.back().finetuned_uri = uri;
+    }
+    return spec;
+  }
+
   TempDir dir_;
 };
 
@@ -324,12 +338,7 @@ models:
 // engine's JSON; old clients' scalars still work; a scalar and its list
 // both set is refused naming the field.
 TEST_F(MergekitImportTest, LayerGradientsRoundTripThroughTheProto) {
-  FusionSpec spec;
-  spec.pretrained_uri = "/b";
-  spec.output_uri = "/o";
-  spec.method = Method::kTies;
-  spec.tasks.resize(1);
-  spec.tasks[0].finetuned_uri = "/a";
+  FusionSpec spec = SpecWith(Method::kTies, {"/a"});
   spec.gradients.density = {0.9, 0.1};
   spec.gradients.keep = {0.5};
   spec.lambda = 1.5;  // a scalar beside the lists
@@ -379,13 +388,7 @@ TEST_F(MergekitImportTest, LayerGradientsRoundTripThroughTheProto) {
 // The new fields survive the proto (tailord's API) both ways: enums by
 // name, optional numbers and booleans by presence.
 TEST_F(MergekitImportTest, NewFieldsRoundTripThroughTheProto) {
-  FusionSpec spec;
-  spec.pretrained_uri = "/b";
-  spec.output_uri = "/o";
-  spec.method = Method::kModelStock;
-  spec.tasks.resize(2);
-  spec.tasks[0].finetuned_uri = "/a";
-  spec.tasks[1].finetuned_uri = "/c";
+  FusionSpec spec = SpecWith(Method::kModelStock, {"/a", "/c"});
   spec.t = 0.25;
   spec.gamma = 0.03;
   spec.epsilon = 0.05;

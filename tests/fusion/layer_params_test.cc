@@ -9,7 +9,6 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
-#include <atomic>
 #include <functional>
 #include <map>
 #include <optional>
@@ -21,15 +20,16 @@
 #include "fusion/fusion_job.h"
 #include "fusion/layer_gradient.h"
 #include "fusion/patch.h"
-#include "fusion/run_options.h"
 #include "fusion/spec_gradients.h"
 #include "io/checkpoint.h"
+#include "testing/cancel_after.h"
 #include "testing/test_util.h"
 #include "util/file_util.h"
 
 namespace tailor {
 namespace {
 
+using ::tailor::testing::CancelAfter;
 using ::tailor::testing::RawTensor;
 using ::tailor::testing::SerializeSafetensors;
 using ::tailor::testing::TempDir;
@@ -56,7 +56,7 @@ class LayerParamsTest : public ::testing::Test {
     }
     pre["model.norm.weight"] = at::randn({8});
     pre["lm_head.weight"] = at::randn({10, 8});
-    Write(Dir("base"), pre);
+    Write(tmp_.Join("base"), pre);
     // More layers in the config than tensors have: the config decides.
     WriteFileOrDie(
         tmp_.Join("base/config.json"),
@@ -66,7 +66,7 @@ class LayerParamsTest : public ::testing::Test {
       for (const auto& [name, w] : pre) {
         ft[name] = w + 0.3 * at::randn(w.sizes());
       }
-      Write(Dir(absl::StrCat("ft", t)), ft);
+      Write(tmp_.Join(absl::StrCat("ft", t)), ft);
       std::vector<RawTensor> h;
       for (int i = 0; i < kTensorLayers; ++i) {
         at::Tensor x =
@@ -81,14 +81,10 @@ class LayerParamsTest : public ::testing::Test {
     for (const auto& [name, w] : pre) names_.push_back(name);
   }
 
-  std::string Dir(const std::string& name) {
-    const std::string p = tmp_.Join(name);
-    ::mkdir(p.c_str(), 0755);
-    return p;
-  }
-
+  // A new single-file checkpoint directory `dir`.
   static void Write(const std::string& dir,
                     const std::map<std::string, at::Tensor>& ts) {
+    ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0) << dir;
     std::vector<RawTensor> all;
     for (const auto& [name, w] : ts) all.push_back(ToRaw(name, w));
     WriteShardedCheckpoint(dir, {all});
@@ -255,30 +251,6 @@ TEST_F(LayerParamsTest, TaskKeepWinsAndPatchesRecordTheList) {
   ASSERT_TRUE(stitched.ok()) << stitched.status();
   EXPECT_EQ((*stitched)->knobs()["keep"], nlohmann::json(kList));
 }
-
-// Cancels a run once `after` tensors were fused, leaving its journal;
-// records the warnings.
-class CancelAfter : public ProgressSink {
- public:
-  explicit CancelAfter(int after) : after_(after) {}
-  void OnEvent(const ProgressEvent& e) override {
-    if (e.kind == ProgressEvent::Kind::kTensorDone && e.action == "fused" &&
-        ++fused_ == after_) {
-      cancel = true;
-    }
-    if (e.kind == ProgressEvent::Kind::kTensorDone && e.action == "resumed") {
-      ++resumed;
-    }
-    if (e.kind == ProgressEvent::Kind::kWarning) warnings += e.message + "\n";
-  }
-  std::atomic<bool> cancel{false};
-  int resumed = 0;
-  std::string warnings;
-
- private:
-  const int after_;
-  int fused_ = 0;
-};
 
 // The lists are part of the spec a journal belongs to: a journal written
 // under another list is discarded, not resumed; under the same list it is.

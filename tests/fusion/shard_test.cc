@@ -15,12 +15,14 @@
 #include "absl/strings/str_cat.h"
 #include "fusion/fusion_job.h"
 #include "fusion/shard_plan.h"
+#include "testing/cancel_after.h"
 #include "testing/test_util.h"
 #include "util/file_util.h"
 
 namespace tailor {
 namespace {
 
+using ::tailor::testing::CancelAfter;
 using ::tailor::testing::ExpectSameFiles;
 using ::tailor::testing::RawTensor;
 using ::tailor::testing::ReadFileOrDie;
@@ -32,23 +34,6 @@ using ::tailor::testing::WriteFileOrDie;
 
 constexpr int64_t kHidden = 16, kInter = 24;
 constexpr int kShards = 3;
-
-// Cancels the run once `after` tensors were fused (a shard "killed").
-class CancelAfter : public ProgressSink {
- public:
-  explicit CancelAfter(int after) : after_(after) {}
-  void OnEvent(const ProgressEvent& e) override {
-    if (e.kind == ProgressEvent::Kind::kTensorDone && e.action == "fused" &&
-        ++fused_ == after_) {
-      cancel = true;
-    }
-  }
-  std::atomic<bool> cancel{false};
-
- private:
-  const int after_;
-  int fused_ = 0;
-};
 
 class ShardTest : public ::testing::Test {
  protected:
