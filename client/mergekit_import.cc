@@ -344,6 +344,17 @@ absl::StatusOr<FusionSpec> MergekitToSpec(const YAML::Node& root,
     TAILOR_RETURN_IF_ERROR(ReadNumberOrList(
         *density.value, density.field, &spec.density, &spec.gradients.density));
   }
+  // mergekit's dare_ties reads density as the fraction of each task vector
+  // KEPT (survivors rescaled by 1 / density); our dare_ties takes DARE's
+  // drop probability, so drop = 1 - density. drop has no per-layer form.
+  if (spec.method == Method::kDareTies) {
+    if (!spec.gradients.density.empty()) {
+      return Bad(path, density.field,
+                 "a density list is not supported for dare_ties (its drop "
+                 "probability has no per-layer form); give one number");
+    }
+    spec.drop = 1.0 - spec.density;
+  }
   if (gamma.value) spec.gamma = gamma.value->get<double>();
   if (epsilon.value) spec.epsilon = epsilon.value->get<double>();
   return spec;

@@ -162,7 +162,13 @@ parameters:
       "  - model: /a\n    parameters: {density: 0.53, weight: 0.4}\n");
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->method, Method::kDareTies);
-  EXPECT_EQ(s->density, 0.53);
+  // mergekit's density is the kept fraction: DARE's drop is 1 - density.
+  EXPECT_DOUBLE_EQ(s->drop, 1.0 - 0.53);
+
+  ExpectError(
+      "merge_method: dare_ties\nbase_model: /b\nmodels:\n"
+      "  - model: /a\n    parameters: {density: [0.2, 0.8]}\n",
+      "models[0].parameters.density", "not supported for dare_ties");
 
   s = Load(
       "merge_method: model_stock\nbase_model: /b\nmodels:\n"
