@@ -20,8 +20,6 @@
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
-#include <pthread.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -52,6 +50,7 @@
 #include "server/reflection_v1.h"
 #include "server/server_config.h"
 #include "server/serving_state.h"
+#include "server/shutdown_signals.h"
 #include "storage/object_store_factory.h"
 #include "util/cpu_tuning.h"
 #include "util/file_util.h"
@@ -145,15 +144,12 @@ struct SecondSignal {
 };
 
 // Run on its own thread once the drain began: a second SIGTERM or SIGINT
-// (still blocked in every thread, so only this sigwait takes it) logs
-// "second signal: ...", waits for the job store's transaction in progress
-// and exits with kExitSecondSignal without waiting for running jobs: they
-// stay RUNNING in the store and resume from their journals at the next
-// start, as after SIGKILL. Does nothing once the drain is over.
-void ExitOnSecondSignal(sigset_t signals, SecondSignal* state,
-                        jobs::JobManager* manager) {
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+// logs "second signal: ...", waits for the job store's transaction in
+// progress and exits with kExitSecondSignal without waiting for running
+// jobs: they stay RUNNING in the store and resume from their journals at
+// the next start, as after SIGKILL. Does nothing once the drain is over.
+void ExitOnSecondSignal(SecondSignal* state, jobs::JobManager* manager) {
+  const int signal_number = NextShutdownSignal();
   absl::MutexLock lock(&state->mu);  // held until the exit
   if (state->drained) return;
   Log(LogLevel::kWarning, "",
@@ -165,7 +161,7 @@ void ExitOnSecondSignal(sigset_t signals, SecondSignal* state,
   std::_Exit(kExitSecondSignal);
 }
 
-int Serve(const ServerConfig& config, const sigset_t& signals) {
+int Serve(const ServerConfig& config) {
   SetMinLogLevel(ParseLevel(config.log_level));
   google::protobuf::SetLogHandler(&ProtobufLogHandler);
   // One compute pool for the process, sized once (--threads, default the
@@ -373,16 +369,14 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
     if (!s.ok()) Log(LogLevel::kError, "", s.ToString());
   }
 
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const int signal_number = NextShutdownSignal();
   const absl::Time deadline =
       absl::Now() + absl::Seconds(config.drain_timeout_seconds);
   Log(LogLevel::kInfo, "",
       absl::StrCat("signal ", signal_number, ": draining (deadline ",
                    config.drain_timeout_seconds, " s)"));
   auto* second_signal = new SecondSignal;
-  std::thread(ExitOnSecondSignal, signals, second_signal, manager->get())
-      .detach();
+  std::thread(ExitOnSecondSignal, second_signal, manager->get()).detach();
   serving.BeginDrain();
   (*manager)->BeginDrain();
   // Leave a quarter of the time to end the RPCs once the jobs stopped.
@@ -447,12 +441,10 @@ int main(int argc, char** argv) {
     std::cerr << "tailord: error: " << config.status().message() << "\n";
     return 2;
   }
-  // Every thread inherits this mask; the main thread takes the signals
-  // with sigwait.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  return tailor::server::Serve(*config, signals);
+  // Before any thread of ours starts (server/shutdown_signals.h).
+  if (absl::Status s = tailor::server::InstallShutdownSignals(); !s.ok()) {
+    std::cerr << "tailord: error: " << s.message() << "\n";
+    return 1;
+  }
+  return tailor::server::Serve(*config);
 }
