@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -59,19 +60,17 @@ class TailordDrainTest : public TailordTest {
 };
 
 // A ReadJobResult stream that reads its first chunk, then stops reading
-// until resume() (gRPC's flow control then holds the server's next write),
-// then reads to the end.
+// until Resume(), then reads to the end. Its own channel keeps HTTP/2 flow
+// control windows small (no BDP probing, 64 KiB read-ahead), so that while
+// it does not read, the server's write of the next 1 MiB chunk cannot
+// complete: the stream stays open, mid-way.
 class StalledResultReader {
  public:
-  StalledResultReader(v1::FusionService::Stub* stub, const std::string& name)
-      : thread_([this, stub, name] {
+  StalledResultReader(const std::string& address, const std::string& name)
+      : stub_(v1::FusionService::NewStub(SmallWindowChannel(address))),
+        thread_([this, stub = stub_.get(), name] {
           grpc::ClientContext context;
-          context.set_deadline(std::chrono::system_clock::now() +
-                               std::chrono::seconds(300));
-          v1::ReadJobResultRequest request;
-          request.set_name(name);
-          request.set_kind(v1::ReadJobResultRequest::PATCH);
-          auto reader = stub->ReadJobResult(&context, request);
+          auto reader = ReadPatchStream(stub, &context, name, 300);
           v1::ResultChunk chunk;
           if (reader->Read(&chunk)) {
             total_ = chunk.total_size();
@@ -88,6 +87,15 @@ class StalledResultReader {
           status_ = reader->Finish();
         }) {}
   ~StalledResultReader() { Join(); }
+
+  static std::shared_ptr<grpc::Channel> SmallWindowChannel(
+      const std::string& address) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 10);
+    return grpc::CreateCustomChannel(address,
+                                     grpc::InsecureChannelCredentials(), args);
+  }
 
   // Waits (up to 120 s) for the first chunk.
   bool WaitFirst() {
@@ -112,6 +120,7 @@ class StalledResultReader {
   uint64_t received_ = 0, total_ = 0;
   bool last_had_sha_ = false;
   grpc::Status status_;
+  std::unique_ptr<v1::FusionService::Stub> stub_;
   std::thread thread_;  // last: starts once the members above exist
 };
 
@@ -119,9 +128,10 @@ TEST_F(TailordDrainTest, DrainEndsResultStreamsWithUnavailable) {
   auto server = Start({"--drain-timeout", "29"});
   ASSERT_TRUE(server->ok());
   const std::string name = BigPatchJob();
-  StalledResultReader reader(stub_.get(), name);
+  StalledResultReader reader(server->address(), name);
   ASSERT_TRUE(reader.WaitFirst());
-  ASSERT_GT(reader.total(), 3u << 20) << "the patch should take >3 chunks";
+  ASSERT_GT(reader.total(), 2u << 20)
+      << "the patch should take 3 chunks or more";
   ASSERT_TRUE(server->Signal(SIGTERM));
   // The service ends its streams once the (no) jobs have stopped; only then
   // does the reader take the chunks gRPC holds for it.
@@ -139,7 +149,7 @@ TEST_F(TailordDrainTest, DrainEndsResultStreamsWithUnavailable) {
   // it, the result is whole again.
   auto again = Start();
   ASSERT_TRUE(again->ok());
-  StalledResultReader whole(stub_.get(), name);
+  StalledResultReader whole(again->address(), name);
   whole.Join();
   EXPECT_TRUE(whole.status().ok()) << whole.status().error_message();
   EXPECT_EQ(whole.received(), whole.total());
@@ -186,7 +196,7 @@ TEST_F(TailordDrainTest, SecondSignalExitsAtOnceAndTheJobResumesAfterRestart) {
     // A result stream whose reader stalls holds the drain open (up to its
     // 29 s deadline): the second signal lands during the drain.
     const std::string big = BigPatchJob();
-    StalledResultReader stalled(stub_.get(), big);
+    StalledResultReader stalled(server->address(), big);
     ASSERT_TRUE(stalled.WaitFirst());
     v1::FusionJob job;
     ASSERT_TRUE(Create(SlowSpec("twice"), &job).ok());
