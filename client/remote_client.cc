@@ -107,6 +107,14 @@ grpc::ChannelArguments WithKeepalive(grpc::ChannelArguments args) {
   return args;
 }
 
+// A request that names one job (Get, Cancel, Delete).
+template <typename Request>
+Request Naming(const std::string& name) {
+  Request request;
+  request.set_name(name);
+  return request;
+}
+
 }  // namespace
 
 RemoteClient::RemoteClient(const std::string& server, absl::Duration timeout,
@@ -151,9 +159,8 @@ absl::StatusOr<v1::FusionJob> RemoteClient::Create(
 }
 
 absl::StatusOr<v1::FusionJob> RemoteClient::Get(const std::string& name) {
-  v1::GetFusionJobRequest request;
-  request.set_name(name);
-  return Unary(&v1::FusionService::Stub::GetFusionJob, request);
+  return Unary(&v1::FusionService::Stub::GetFusionJob,
+               Naming<v1::GetFusionJobRequest>(name));
 }
 
 absl::StatusOr<v1::ListFusionJobsResponse> RemoteClient::List(
@@ -162,15 +169,14 @@ absl::StatusOr<v1::ListFusionJobsResponse> RemoteClient::List(
 }
 
 absl::StatusOr<v1::FusionJob> RemoteClient::Cancel(const std::string& name) {
-  v1::CancelFusionJobRequest request;
-  request.set_name(name);
-  return Unary(&v1::FusionService::Stub::CancelFusionJob, request);
+  return Unary(&v1::FusionService::Stub::CancelFusionJob,
+               Naming<v1::CancelFusionJobRequest>(name));
 }
 
 absl::Status RemoteClient::Delete(const std::string& name) {
-  v1::DeleteFusionJobRequest request;
-  request.set_name(name);
-  return Unary(&v1::FusionService::Stub::DeleteFusionJob, request).status();
+  return Unary(&v1::FusionService::Stub::DeleteFusionJob,
+               Naming<v1::DeleteFusionJobRequest>(name))
+      .status();
 }
 
 absl::Status RemoteClient::Watch(

@@ -112,6 +112,13 @@ void RemoteCommands::Add(CLI::App& app) {
         ->check(CLI::IsMember({"table", "json", "yaml", "job"}))
         ->capture_default_str();
   };
+  // A command about one job: the common options and its name.
+  auto job_command = [&](const char* command, const std::string& help) {
+    CLI::App* c = app.add_subcommand(command, help);
+    common(c);
+    c->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
+    return c;
+  };
   submit_ = app.add_subcommand(
       "submit",
       "Submit a fusion job to tailord (the job file of `fuse -f`; relative "
@@ -147,7 +154,7 @@ void RemoteCommands::Add(CLI::App& app) {
   submit_->add_flag("-q,--quiet", quiet_,
                     "no progress bar nor \"watching\" line");
 
-  watch_ = app.add_subcommand(
+  watch_ = job_command(
       "watch",
       "Stream a job's events (history, then live) until it ends; exit with "
       "its outcome. A progress bar goes to stderr on a terminal. Ctrl-C "
@@ -155,8 +162,6 @@ void RemoteCommands::Add(CLI::App& app) {
       "stream (UNAVAILABLE: tailord restarted, a proxy cut it) is resumed "
       "by itself after the last event received, for up to "
       "--reconnect-timeout seconds.");
-  common(watch_);
-  watch_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
   watch_->add_flag("--cancel-on-interrupt", cancel_on_interrupt_,
                    "Ctrl-C cancels the job (exit 130) instead of detaching");
   watch_->add_option("--after", after_,
@@ -172,12 +177,10 @@ void RemoteCommands::Add(CLI::App& app) {
   watch_->add_flag("-q,--quiet", quiet_,
                    "no progress bar nor \"watching\" line");
 
-  get_ = app.add_subcommand(
+  get_ = job_command(
       "get",
       "Show one job: its details and spec (-o table), the job resource "
       "(-o json|yaml), or its spec as a job file to submit again (-o job).");
-  common(get_);
-  get_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
 
   list_ = app.add_subcommand("list", "List jobs, newest first.");
   common(list_);
@@ -186,26 +189,20 @@ void RemoteCommands::Add(CLI::App& app) {
   list_->add_option("--filter", filter_,
                     "e.g. 'state=RUNNING AND labels.team=vision'");
 
-  cancel_ = app.add_subcommand(
+  cancel_ = job_command(
       "cancel", "Cancel a queued or running job; nothing is published.");
-  common(cancel_);
-  cancel_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
 
-  delete_ = app.add_subcommand(
+  delete_ = job_command(
       "delete",
       "Delete a finished job (SUCCEEDED, FAILED or CANCELLED): its record, "
       "events and journal on the server. Its outputs (fused checkpoint, "
       "patch, report) are left in place. A queued or running job is refused "
       "(exit 3): cancel it first.");
-  common(delete_);
-  delete_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
 
-  fetch_ = app.add_subcommand(
+  fetch_ = job_command(
       "fetch",
       "Download a succeeded job's stitched patch and/or JSON report (checked "
       "against the server's SHA-256).");
-  common(fetch_);
-  fetch_->add_option("name", name_, "fusionJobs/<id> or <id>")->required();
   fetch_->add_option("--patch", patch_path_, "where to write the patch");
   fetch_->add_option("--report", report_path_, "where to write the report");
 

@@ -1,22 +1,21 @@
 #ifndef TAILOR_SERVER_FUSION_SERVICE_H_
 #define TAILOR_SERVER_FUSION_SERVICE_H_
 
-#include <atomic>
-#include <set>
+#include <functional>
+#include <optional>
 #include <string>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "jobs/job_manager.h"
 #include "metrics/registry.h"
 #include "server/auth/authenticator.h"
 #include "server/blocking_executor.h"
+#include "server/rpc_counter.h"
+#include "server/stream_registry.h"
 #include "tailor/v1/fusion_service.grpc.pb.h"
 
 namespace tailor::server {
-
-class WatchReactor;
 
 namespace internal {
 using FS = ::tailor::v1::FusionService;
@@ -64,10 +63,16 @@ class FusionServiceImpl final : public internal::RawFusionService {
                     int max_result_streams = 64);
   ~FusionServiceImpl() override;
 
-  // Ends every open watch once it has sent the events available now, with
-  // UNAVAILABLE (the server is going away; resume with after_sequence); new
-  // watches end the same way. For the drain, after the jobs stopped.
-  void CloseWatches();
+  // For the drain, once the jobs have stopped: ends every open stream
+  // with UNAVAILABLE "the server is shutting down": a watch once it has
+  // sent the events available now (resume with after_sequence), a result
+  // stream after its write in flight (read it again); streams opened from
+  // now on end the same way at once. grpc::Server::Shutdown would end them
+  // CANCELLED instead.
+  void CloseStreams();
+  // Waits until every stream has ended (its status sent) or `deadline`
+  // passes; true if they all have.
+  bool WaitForStreams(absl::Time deadline);
 
   // Requests are the serialized tailor.v1 request messages; responses the
   // serialized FusionJob, ListFusionJobsResponse, JobEvent or ResultChunk.
@@ -93,44 +98,53 @@ class FusionServiceImpl final : public internal::RawFusionService {
       grpc::CallbackServerContext* context,
       const grpc::ByteBuffer* request) override;
 
-  // For reactors: counts the outcome and converts the status.
-  grpc::Status Outcome(const char* method, const absl::Status& status);
-  // For result streams: takes a slot (false at the limit) / gives it back.
-  bool TryAcquireResultStream();
-  void ReleaseResultStream();
-
  private:
-  friend class WatchReactor;
+  // Who calls and what they ask: the first step of every handler.
+  struct Admission {
+    absl::Status status;                 // OK, or the error the call ends with
+    std::optional<auth::Principal> who;  // set once authenticated
+  };
+  // Authenticates the caller (UNAUTHENTICATED before the request is read),
+  // then parses `raw` into `request` (INVALID_ARGUMENT naming the field).
+  Admission Admit(grpc::CallbackServerContext* context,
+                  const grpc::ByteBuffer& raw,
+                  google::protobuf::Message* request) const;
+
+  // What a mutating call did: its outcome and the job its audit line names.
+  struct Mutation {
+    absl::Status status;
+    std::string job;
+  };
+  // A read-only unary call (Get, List): admits the call, then `answer`
+  // (in memory, run inline) writes the response; the outcome is counted.
+  template <typename Request>
+  grpc::ServerUnaryReactor* Lookup(
+      grpc::CallbackServerContext* context, const char* method,
+      const grpc::ByteBuffer& raw,
+      std::function<absl::Status(const Request&, const jobs::Caller&)> answer);
+  // A mutating unary call (Create, Cancel, Delete): admits the call, runs
+  // `work` on the executor (store writes fsync; validation resolves paths),
+  // audits and counts the outcome, rejections included.
+  template <typename Request>
+  grpc::ServerUnaryReactor* Mutate(
+      grpc::CallbackServerContext* context, const char* method,
+      const grpc::ByteBuffer& raw,
+      std::function<Mutation(const Request&, const jobs::Caller&)> work);
   grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
                                         const char* method,
                                         const absl::Status& status);
-  // Parses the raw request `raw` of `method` into `out`. Returns nullptr
-  // when it did; otherwise a reactor that ends the call with the parse
-  // error (INVALID_ARGUMENT naming the field), counted for `method`.
-  // Reactor: grpc::ServerUnaryReactor (the context's default reactor) or
-  // grpc::ServerWriteReactor<grpc::ByteBuffer>.
-  template <typename Reactor>
-  Reactor* RejectUnparsed(grpc::CallbackServerContext* context,
-                          const char* method, const grpc::ByteBuffer& raw,
-                          google::protobuf::Message* out);
   // The audit line of a mutating call; `who` null when unauthenticated.
   static void Audit(grpc::CallbackServerContext* context, const char* method,
                     const auth::Principal* who, absl::string_view job,
                     const absl::Status& outcome);
-  void Register(WatchReactor* watch);
-  void Unregister(WatchReactor* watch);
 
   jobs::JobManager* const manager_;
   const auth::Authenticator* const auth_;
-  const int max_result_streams_;
-  std::atomic<int> result_streams_{0};  // open ReadJobResult streams
-  metrics::Family* const rpcs_;
-  metrics::Family* const watch_streams_;         // gauge: watches_.size()
-  metrics::Family* const result_streams_gauge_;  // gauge: result_streams_
+  RpcCounter rpcs_;
+  StreamRegistry watches_;  // gauge tailor_watch_streams
+  StreamRegistry results_;  // gauge tailor_result_streams
+  // Last: destroyed first, running the tasks posted (which use the above).
   BlockingExecutor executor_;
-  std::atomic<bool> watches_closed_{false};
-  absl::Mutex watches_mu_;  // guards watches_
-  std::set<WatchReactor*> watches_ ABSL_GUARDED_BY(watches_mu_);
 };
 
 }  // namespace tailor::server

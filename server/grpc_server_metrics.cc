@@ -44,67 +44,38 @@ metrics::Family::Labels MethodLabels(const char* type, absl::string_view path) {
           std::string(path.substr(slash + 1))};
 }
 
-constexpr grpc::StatusCode kAllCodes[] = {
-    grpc::OK,
-    grpc::CANCELLED,
-    grpc::UNKNOWN,
-    grpc::INVALID_ARGUMENT,
-    grpc::DEADLINE_EXCEEDED,
-    grpc::NOT_FOUND,
-    grpc::ALREADY_EXISTS,
-    grpc::PERMISSION_DENIED,
-    grpc::RESOURCE_EXHAUSTED,
-    grpc::FAILED_PRECONDITION,
-    grpc::ABORTED,
-    grpc::OUT_OF_RANGE,
-    grpc::UNIMPLEMENTED,
-    grpc::INTERNAL,
-    grpc::UNAVAILABLE,
-    grpc::DATA_LOSS,
-    grpc::UNAUTHENTICATED,
+// Every status code with its go-grpc-prometheus name, in code order.
+struct CodeAndName {
+  grpc::StatusCode code;
+  const char* name;
+};
+constexpr CodeAndName kAllCodes[] = {
+    {grpc::OK, "OK"},
+    {grpc::CANCELLED, "Canceled"},
+    {grpc::UNKNOWN, "Unknown"},
+    {grpc::INVALID_ARGUMENT, "InvalidArgument"},
+    {grpc::DEADLINE_EXCEEDED, "DeadlineExceeded"},
+    {grpc::NOT_FOUND, "NotFound"},
+    {grpc::ALREADY_EXISTS, "AlreadyExists"},
+    {grpc::PERMISSION_DENIED, "PermissionDenied"},
+    {grpc::RESOURCE_EXHAUSTED, "ResourceExhausted"},
+    {grpc::FAILED_PRECONDITION, "FailedPrecondition"},
+    {grpc::ABORTED, "Aborted"},
+    {grpc::OUT_OF_RANGE, "OutOfRange"},
+    {grpc::UNIMPLEMENTED, "Unimplemented"},
+    {grpc::INTERNAL, "Internal"},
+    {grpc::UNAVAILABLE, "Unavailable"},
+    {grpc::DATA_LOSS, "DataLoss"},
+    {grpc::UNAUTHENTICATED, "Unauthenticated"},
 };
 
 }  // namespace
 
 const char* GrpcServerMetrics::CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::OK:
-      return "OK";
-    case grpc::CANCELLED:
-      return "Canceled";
-    case grpc::UNKNOWN:
-      return "Unknown";
-    case grpc::INVALID_ARGUMENT:
-      return "InvalidArgument";
-    case grpc::DEADLINE_EXCEEDED:
-      return "DeadlineExceeded";
-    case grpc::NOT_FOUND:
-      return "NotFound";
-    case grpc::ALREADY_EXISTS:
-      return "AlreadyExists";
-    case grpc::PERMISSION_DENIED:
-      return "PermissionDenied";
-    case grpc::RESOURCE_EXHAUSTED:
-      return "ResourceExhausted";
-    case grpc::FAILED_PRECONDITION:
-      return "FailedPrecondition";
-    case grpc::ABORTED:
-      return "Aborted";
-    case grpc::OUT_OF_RANGE:
-      return "OutOfRange";
-    case grpc::UNIMPLEMENTED:
-      return "Unimplemented";
-    case grpc::INTERNAL:
-      return "Internal";
-    case grpc::UNAVAILABLE:
-      return "Unavailable";
-    case grpc::DATA_LOSS:
-      return "DataLoss";
-    case grpc::UNAUTHENTICATED:
-      return "Unauthenticated";
-    default:
-      return "Unknown";
+  for (const CodeAndName& c : kAllCodes) {
+    if (c.code == code) return c.name;
   }
+  return "Unknown";
 }
 
 // One per RPC. gRPC runs its hooks one batch at a time per call, but the
@@ -229,9 +200,9 @@ void GrpcServerMetrics::InitService(
     for (metrics::Family* f : {started_, received_, sent_, seconds_}) {
       f->Init(labels);
     }
-    for (grpc::StatusCode code : kAllCodes) {
+    for (const CodeAndName& c : kAllCodes) {
       metrics::Family::Labels with_code = labels;
-      with_code.push_back(CodeName(code));
+      with_code.push_back(c.name);
       handled_->Init(with_code);
     }
   }

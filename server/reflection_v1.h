@@ -5,8 +5,9 @@
 // serves only grpc.reflection.v1alpha; the protocol is the same under a new
 // package name). Answers from the process's generated descriptor pool, as
 // gRPC's v1alpha service does: every service, message and file compiled
-// into tailord, including grpc.health.v1 (proto/grpc/health/v1), so that a
-// reflection-only client such as grpcurl can call Health.Check.
+// into tailord, including grpc.health.v1 (compiled from Debian's grpc-proto:
+// proto/CMakeLists.txt), so that a reflection-only client such as grpcurl
+// can call Health.Check.
 
 #include <memory>
 #include <set>

@@ -147,63 +147,198 @@ void CopyField(const ServerConfig& from, ServerConfig* to) {
   to->*Field = from.*Field;
 }
 
+// Binds `flag` to flags->*Field in `app`; "{default}" in `help` becomes
+// the field's default (string settings).
+template <auto Field>
+CLI::Option* AddOption(CLI::App& app, const char* flag, std::string help,
+                       ServerConfig* flags) {
+  using T = std::remove_reference_t<decltype(flags->*Field)>;
+  if constexpr (std::is_same_v<T, std::string>) {
+    help = absl::StrReplaceAll(help, {{"{default}", ServerConfig().*Field}});
+  }
+  return app.add_option(flag, flags->*Field, std::move(help));
+}
+// The same for a flag without a value (bool).
+template <auto Field>
+CLI::Option* AddFlag(CLI::App& app, const char* flag, std::string help,
+                     ServerConfig* flags) {
+  return app.add_flag(flag, flags->*Field, std::move(help));
+}
+
 // Every setting, defined once: its flag (the config file's key is the flag
-// without "--", '-' or '_' between words), how the file's value is read,
-// and the copy of its field from the parsed flags into the configuration
-// (Resolve, when the flag is given). Every flag ServerFlags::Add binds to
-// flags_ is here.
+// without "--", '-' or '_' between words) and --help text, how the file's
+// value is read, the copy of its field from the parsed flags into the
+// configuration (Resolve, when the flag is given), and how ServerFlags::Add
+// binds the flag to that field. In --help order.
 struct FlagSetting {
   const char* flag;
+  const char* help;
   absl::Status (*read)(const YAML::Node& v, const std::string& where,
                        ServerConfig* config);
   void (*copy)(const ServerConfig& from, ServerConfig* to);
+  CLI::Option* (*add)(CLI::App& app, const char* flag, std::string help,
+                      ServerConfig* flags);
 };
 
 template <auto Field>
-constexpr FlagSetting Scalar(const char* flag) {
-  return {flag, &ReadScalar<Field>, &CopyField<Field>};
+constexpr FlagSetting Scalar(const char* flag, const char* help) {
+  return {flag, help, &ReadScalar<Field>, &CopyField<Field>, &AddOption<Field>};
 }
 template <auto Field>
-constexpr FlagSetting StringList(const char* flag) {
-  return {flag, &ReadStringList<Field>, &CopyField<Field>};
+constexpr FlagSetting Flag(const char* flag, const char* help) {
+  return {flag, help, &ReadScalar<Field>, &CopyField<Field>, &AddFlag<Field>};
+}
+template <auto Field>
+constexpr FlagSetting StringList(const char* flag, const char* help) {
+  return {flag, help, &ReadStringList<Field>, &CopyField<Field>,
+          &AddOption<Field>};
 }
 
 constexpr FlagSetting kFlagSettings[] = {
-    Scalar<&ServerConfig::listen>("--listen"),
-    Scalar<&ServerConfig::metrics_listen>("--metrics-listen"),
-    Scalar<&ServerConfig::data_dir>("--data-dir"),
-    StringList<&ServerConfig::allowed_roots>("--allowed-root"),
-    Scalar<&ServerConfig::ca_file>("--ca-file"),
-    Scalar<&ServerConfig::cache_dir>("--cache-dir"),
-    Scalar<&ServerConfig::cache_bytes>("--cache-bytes"),
-    Scalar<&ServerConfig::max_concurrent_jobs>("--max-concurrent-jobs"),
-    Scalar<&ServerConfig::threads>("--threads"),
-    Scalar<&ServerConfig::cpu_workers>("--cpu-workers"),
-    Scalar<&ServerConfig::max_queued_jobs>("--max-queued-jobs"),
-    Scalar<&ServerConfig::max_spec_bytes>("--max-spec-bytes"),
-    Scalar<&ServerConfig::drain_timeout_seconds>("--drain-timeout"),
-    Scalar<&ServerConfig::journal_max_bytes>("--journal-max-bytes"),
-    Scalar<&ServerConfig::journal_reserve_bytes>("--journal-reserve-bytes"),
-    Scalar<&ServerConfig::max_interrupted_runs>("--max-interrupted-runs"),
-    Scalar<&ServerConfig::max_result_streams>("--max-result-streams"),
-    Scalar<&ServerConfig::job_retention>("--job-retention"),
-    Scalar<&ServerConfig::keepalive_time_seconds>("--keepalive-time"),
-    Scalar<&ServerConfig::keepalive_timeout_seconds>("--keepalive-timeout"),
-    Scalar<&ServerConfig::ready_file>("--ready-file"),
-    Scalar<&ServerConfig::tls_cert>("--tls-cert"),
-    Scalar<&ServerConfig::tls_key>("--tls-key"),
-    Scalar<&ServerConfig::tls_client_ca>("--tls-client-ca"),
-    Scalar<&ServerConfig::auth_token_file>("--auth-token-file"),
-    StringList<&ServerConfig::admin_principals>("--admin-principal"),
-    Scalar<&ServerConfig::metrics_token_file>("--metrics-token-file"),
-    Scalar<&ServerConfig::auth_reload_seconds>("--auth-reload-interval"),
+    Scalar<&ServerConfig::listen>(
+        "--listen",
+        "gRPC address HOST:PORT (port 0: any free port; default {default})"),
+    Scalar<&ServerConfig::metrics_listen>(
+        "--metrics-listen",
+        "HTTP address IPV4:PORT for /metrics, /healthz, /readyz "
+        "(port 0: any free port; default {default})"),
+    Scalar<&ServerConfig::data_dir>(
+        "--data-dir",
+        "directory of the job store (jobs.db), created if missing; "
+        "no job output may touch it (default {default})"),
+    StringList<&ServerConfig::allowed_roots>(
+        "--allowed-root",
+        "directory or remote prefix (s3://bucket/prefix/, "
+        "https://host/path/, hf://org/repo/) every job URI must lie "
+        "under; an output must lie strictly inside it (repeatable; "
+        "default: the working directory, and no remote URI)"),
+    Scalar<&ServerConfig::ca_file>(
+        "--ca-file",
+        "PEM bundle of CAs to trust for https:// and s3:// endpoints "
+        "(default: SSL_CERT_FILE, else the system store)"),
+    Scalar<&ServerConfig::cache_dir>(
+        "--cache-dir",
+        "local read cache for remote checkpoints, keyed by URI, ETag "
+        "and size, shared safely by concurrent jobs (default: none)"),
+    Scalar<&ServerConfig::cache_bytes>(
+        "--cache-bytes",
+        "size cap of --cache-dir in bytes; least recently used "
+        "entries not in use are evicted (default 64 GiB)"),
+    Scalar<&ServerConfig::max_concurrent_jobs>(
+        "--max-concurrent-jobs",
+        "jobs that run at the same time, 1..256 (default 1)"),
+    Scalar<&ServerConfig::threads>(
+        "--threads",
+        "compute threads of the process, 0..256 (default 0: the "
+        "CPUs of the cgroup's CPU quota and affinity mask)"),
+    Scalar<&ServerConfig::cpu_workers>(
+        "--cpu-workers",
+        "tensors one job computes at once, 0..256; each worker gets "
+        "threads / cpu-workers (at least 1) OpenBLAS threads and 1 "
+        "LibTorch intra-op thread (default 0: one worker per "
+        "compute thread, 1 thread each)"),
+    Scalar<&ServerConfig::max_queued_jobs>(
+        "--max-queued-jobs",
+        "queued jobs allowed; more creates are RESOURCE_EXHAUSTED "
+        "(default 100)"),
+    Scalar<&ServerConfig::max_spec_bytes>(
+        "--max-spec-bytes",
+        "largest job spec accepted (as JSON), 1024..4194304 bytes; "
+        "larger is RESOURCE_EXHAUSTED (default 65536)"),
+    Scalar<&ServerConfig::drain_timeout_seconds>(
+        "--drain-timeout",
+        "seconds from SIGTERM to exit, in (0, 30) (default 20)"),
+    Scalar<&ServerConfig::journal_max_bytes>(
+        "--journal-max-bytes",
+        "bytes one job's resume journal may take on the data volume; "
+        "past it the job goes on without journalling (0, the "
+        "default: half the volume's free space at the job's start)"),
+    Scalar<&ServerConfig::journal_reserve_bytes>(
+        "--journal-reserve-bytes",
+        "free bytes journal writes always leave on the data volume "
+        "for the job store (default 268435456)"),
+    Scalar<&ServerConfig::max_interrupted_runs>(
+        "--max-interrupted-runs",
+        "a job whose runs the server did not survive (crash, kill) "
+        "this many times in a row is FAILED at startup instead of "
+        "run again; drains do not count, 1..100 (default 2)"),
+    Scalar<&ServerConfig::max_result_streams>(
+        "--max-result-streams",
+        "ReadJobResult streams open at once; more are "
+        "RESOURCE_EXHAUSTED, 1..4096 (default 64)"),
+    Scalar<&ServerConfig::job_retention>(
+        "--job-retention",
+        "delete finished jobs (record, events, journal; never their "
+        "outputs) this long after they ended: a whole number with "
+        "unit s, m, h or d, or 0 to keep them forever; swept at "
+        "startup and every minute (default 30d)"),
+    Scalar<&ServerConfig::keepalive_time_seconds>(
+        "--keepalive-time",
+        "seconds without activity after which tailord pings a "
+        "connection (idle watches included), so that proxies do not "
+        "cut quiet streams; 1..86400 (default 30). Clients may ping "
+        "every 10 s at most"),
+    Scalar<&ServerConfig::keepalive_timeout_seconds>(
+        "--keepalive-timeout",
+        "seconds to wait for a ping's answer before dropping the "
+        "connection, 1..600 (default 20)"),
+    Scalar<&ServerConfig::tls_cert>(
+        "--tls-cert",
+        "PEM certificate chain of the gRPC port: serve TLS (with "
+        "--tls-key); re-read when it changes"),
+    Scalar<&ServerConfig::tls_key>(
+        "--tls-key", "PEM private key of --tls-cert; re-read when it changes"),
+    Scalar<&ServerConfig::tls_client_ca>(
+        "--tls-client-ca",
+        "PEM CA bundle: require client certificates it signed "
+        "(mTLS); a caller's principal is its certificate's first "
+        "DNS SAN, else first URI SAN, else CN"),
+    Scalar<&ServerConfig::auth_token_file>(
+        "--auth-token-file",
+        "bearer tokens: lines 'SHA256-HEX-OF-TOKEN PRINCIPAL "
+        "[user|admin] [root=DIR]...' ('#' comments; root=DIR: that "
+        "principal's jobs must also lie inside DIR); callers send "
+        "'authorization: Bearer <token>'; re-read when it changes"),
+    StringList<&ServerConfig::admin_principals>(
+        "--admin-principal",
+        "principal (from a token or a client certificate) with role "
+        "admin: sees and acts on every job (repeatable)"),
+    Scalar<&ServerConfig::metrics_token_file>(
+        "--metrics-token-file",
+        "token file (same format) whose tokens /metrics requires "
+        "as 'Authorization: Bearer <token>' (default: /metrics is "
+        "open; /healthz and /readyz always are)"),
+    Scalar<&ServerConfig::auth_reload_seconds>(
+        "--auth-reload-interval",
+        "seconds between checks of the certificate and token files "
+        "for changes, 1..3600 (default 5)"),
     Scalar<&ServerConfig::max_queued_jobs_per_principal>(
-        "--max-queued-jobs-per-principal"),
-    Scalar<&ServerConfig::insecure>("--insecure"),
-    Scalar<&ServerConfig::reflection>("--reflection"),
-    Scalar<&ServerConfig::log_level>("--log-level"),
-    {"--device-memory-budget", &ReadDeviceBudgets,
-     &CopyField<&ServerConfig::device_memory_budgets>},
+        "--max-queued-jobs-per-principal",
+        "queued jobs one principal may have; more of its creates are "
+        "RESOURCE_EXHAUSTED (default 0: no quota)"),
+    Flag<&ServerConfig::insecure>(
+        "--insecure",
+        "allow a non-loopback --listen without authentication "
+        "(without it tailord refuses to start)"),
+    Scalar<&ServerConfig::reflection>(
+        "--reflection",
+        "serve gRPC server reflection, grpc.reflection.v1 and "
+        "v1alpha, true|false (default true; like grpc.health.v1 it "
+        "needs no credentials)"),
+    Scalar<&ServerConfig::ready_file>(
+        "--ready-file",
+        "write {\"grpc_port\": N, \"metrics_port\": M} here once "
+        "serving (for scripts and tests using port 0)"),
+    Scalar<&ServerConfig::log_level>("--log-level",
+                                     "debug|info|warning|error (default info)"),
+    {"--device-memory-budget",
+     "memory the device pool lets running tensors reserve on a device, as "
+     "DEVICE=BYTES (suffixes K M G T, Ki Mi Gi Ti) or DEVICE=FRACTION of "
+     "its memory, with a dot (0.5, 1.0); DEVICE: cpu, cuda (every CUDA "
+     "device) or cuda:N (repeatable; default cpu=0.5 of physical RAM or of "
+     "the cgroup memory limit, cuda=0.9 of device memory)",
+     &ReadDeviceBudgets, &CopyField<&ServerConfig::device_memory_budgets>,
+     &AddOption<&ServerConfig::device_memory_budgets>},
 };
 
 // The setting whose config-file key is `key` ('-' between words); null if
@@ -396,129 +531,14 @@ absl::Status LoadServerConfigFile(const std::string& path,
 
 void ServerFlags::Add(CLI::App& app) {
   app_ = &app;
-  const ServerConfig d;
   app.add_option("--config", config_file_,
                  "YAML file with any of these settings (keys: the long flag "
                  "names, '-' or '_'); flags given here override it")
       ->check(CLI::ExistingFile);
-  app.add_option("--listen", flags_.listen,
-                 "gRPC address HOST:PORT (port 0: any free port; default " +
-                     d.listen + ")");
-  app.add_option("--metrics-listen", flags_.metrics_listen,
-                 "HTTP address IPV4:PORT for /metrics, /healthz, /readyz "
-                 "(port 0: any free port; default " +
-                     d.metrics_listen + ")");
-  app.add_option("--data-dir", flags_.data_dir,
-                 "directory of the job store (jobs.db), created if missing; "
-                 "no job output may touch it (default " +
-                     d.data_dir + ")");
-  app.add_option("--allowed-root", flags_.allowed_roots,
-                 "directory or remote prefix (s3://bucket/prefix/, "
-                 "https://host/path/, hf://org/repo/) every job URI must lie "
-                 "under; an output must lie strictly inside it (repeatable; "
-                 "default: the working directory, and no remote URI)");
-  app.add_option("--ca-file", flags_.ca_file,
-                 "PEM bundle of CAs to trust for https:// and s3:// endpoints "
-                 "(default: SSL_CERT_FILE, else the system store)");
-  app.add_option("--cache-dir", flags_.cache_dir,
-                 "local read cache for remote checkpoints, keyed by URI, ETag "
-                 "and size, shared safely by concurrent jobs (default: none)");
-  app.add_option("--cache-bytes", flags_.cache_bytes,
-                 "size cap of --cache-dir in bytes; least recently used "
-                 "entries not in use are evicted (default 64 GiB)")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--max-concurrent-jobs", flags_.max_concurrent_jobs,
-                 "jobs that run at the same time, 1..256 (default 1)");
-  app.add_option("--threads", flags_.threads,
-                 "compute threads of the process, 0..256 (default 0: the "
-                 "CPUs of the cgroup's CPU quota and affinity mask)");
-  app.add_option("--cpu-workers", flags_.cpu_workers,
-                 "tensors one job computes at once, 0..256; each worker gets "
-                 "threads / cpu-workers (at least 1) OpenBLAS threads and 1 "
-                 "LibTorch intra-op thread (default 0: one worker per "
-                 "compute thread, 1 thread each)");
-  app.add_option("--max-queued-jobs", flags_.max_queued_jobs,
-                 "queued jobs allowed; more creates are RESOURCE_EXHAUSTED "
-                 "(default 100)");
-  app.add_option("--max-spec-bytes", flags_.max_spec_bytes,
-                 "largest job spec accepted (as JSON), 1024..4194304 bytes; "
-                 "larger is RESOURCE_EXHAUSTED (default 65536)");
-  app.add_option("--drain-timeout", flags_.drain_timeout_seconds,
-                 "seconds from SIGTERM to exit, in (0, 30) (default 20)");
-  app.add_option("--journal-max-bytes", flags_.journal_max_bytes,
-                 "bytes one job's resume journal may take on the data volume; "
-                 "past it the job goes on without journalling (0, the "
-                 "default: half the volume's free space at the job's start)");
-  app.add_option("--journal-reserve-bytes", flags_.journal_reserve_bytes,
-                 "free bytes journal writes always leave on the data volume "
-                 "for the job store (default 268435456)");
-  app.add_option("--max-interrupted-runs", flags_.max_interrupted_runs,
-                 "a job whose runs the server did not survive (crash, kill) "
-                 "this many times in a row is FAILED at startup instead of "
-                 "run again; drains do not count, 1..100 (default 2)");
-  app.add_option("--max-result-streams", flags_.max_result_streams,
-                 "ReadJobResult streams open at once; more are "
-                 "RESOURCE_EXHAUSTED, 1..4096 (default 64)");
-  app.add_option("--job-retention", flags_.job_retention,
-                 "delete finished jobs (record, events, journal; never their "
-                 "outputs) this long after they ended: a whole number with "
-                 "unit s, m, h or d, or 0 to keep them forever; swept at "
-                 "startup and every minute (default 30d)");
-  app.add_option("--keepalive-time", flags_.keepalive_time_seconds,
-                 "seconds without activity after which tailord pings a "
-                 "connection (idle watches included), so that proxies do not "
-                 "cut quiet streams; 1..86400 (default 30). Clients may ping "
-                 "every 10 s at most");
-  app.add_option("--keepalive-timeout", flags_.keepalive_timeout_seconds,
-                 "seconds to wait for a ping's answer before dropping the "
-                 "connection, 1..600 (default 20)");
-  app.add_option("--tls-cert", flags_.tls_cert,
-                 "PEM certificate chain of the gRPC port: serve TLS (with "
-                 "--tls-key); re-read when it changes");
-  app.add_option("--tls-key", flags_.tls_key,
-                 "PEM private key of --tls-cert; re-read when it changes");
-  app.add_option("--tls-client-ca", flags_.tls_client_ca,
-                 "PEM CA bundle: require client certificates it signed "
-                 "(mTLS); a caller's principal is its certificate's first "
-                 "DNS SAN, else first URI SAN, else CN");
-  app.add_option("--auth-token-file", flags_.auth_token_file,
-                 "bearer tokens: lines 'SHA256-HEX-OF-TOKEN PRINCIPAL "
-                 "[user|admin] [root=DIR]...' ('#' comments; root=DIR: that "
-                 "principal's jobs must also lie inside DIR); callers send "
-                 "'authorization: Bearer <token>'; re-read when it changes");
-  app.add_option("--admin-principal", flags_.admin_principals,
-                 "principal (from a token or a client certificate) with role "
-                 "admin: sees and acts on every job (repeatable)");
-  app.add_option("--metrics-token-file", flags_.metrics_token_file,
-                 "token file (same format) whose tokens /metrics requires "
-                 "as 'Authorization: Bearer <token>' (default: /metrics is "
-                 "open; /healthz and /readyz always are)");
-  app.add_option("--auth-reload-interval", flags_.auth_reload_seconds,
-                 "seconds between checks of the certificate and token files "
-                 "for changes, 1..3600 (default 5)");
-  app.add_option("--max-queued-jobs-per-principal",
-                 flags_.max_queued_jobs_per_principal,
-                 "queued jobs one principal may have; more of its creates are "
-                 "RESOURCE_EXHAUSTED (default 0: no quota)");
-  app.add_flag("--insecure", flags_.insecure,
-               "allow a non-loopback --listen without authentication "
-               "(without it tailord refuses to start)");
-  app.add_option("--reflection", flags_.reflection,
-                 "serve gRPC server reflection, grpc.reflection.v1 and "
-                 "v1alpha, true|false (default true; like grpc.health.v1 it "
-                 "needs no credentials)");
-  app.add_option("--ready-file", flags_.ready_file,
-                 "write {\"grpc_port\": N, \"metrics_port\": M} here once "
-                 "serving (for scripts and tests using port 0)");
-  app.add_option("--log-level", flags_.log_level,
-                 "debug|info|warning|error (default info)");
-  app.add_option(
-      "--device-memory-budget", flags_.device_memory_budgets,
-      "memory the device pool lets running tensors reserve on a device, as "
-      "DEVICE=BYTES (suffixes K M G T, Ki Mi Gi Ti) or DEVICE=FRACTION of "
-      "its memory, with a dot (0.5, 1.0); DEVICE: cpu, cuda (every CUDA "
-      "device) or cuda:N (repeatable; default cpu=0.5 of physical RAM or of "
-      "the cgroup memory limit, cuda=0.9 of device memory)");
+  for (const FlagSetting& f : kFlagSettings) {
+    f.add(app, f.flag, f.help, &flags_);
+  }
+  app.get_option("--cache-bytes")->check(CLI::PositiveNumber);
 }
 
 absl::StatusOr<ServerConfig> ServerFlags::Resolve() const {

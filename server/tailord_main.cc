@@ -7,8 +7,10 @@
 // directory cannot be written: server/serving_state.h); then wait for
 // SIGTERM/SIGINT and drain: health NOT_SERVING and
 // /readyz 503, creates UNAVAILABLE, running jobs stop and go back to QUEUED,
-// watchers get their remaining events and a final UNAVAILABLE, and the
-// process exits within --drain-timeout.
+// watchers get their remaining events and a final UNAVAILABLE (result
+// streams an UNAVAILABLE after their chunk in flight), and the process exits
+// within --drain-timeout. A second SIGTERM/SIGINT during the drain exits at
+// once with kExitSecondSignal (ExitOnSecondSignal).
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -18,16 +20,17 @@
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
-#include <pthread.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <iostream>
+#include <thread>
 
 #include "CLI/CLI.hpp"
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/stubs/logging.h"
 #include "jobs/fusion_job_runner.h"
@@ -47,6 +50,7 @@
 #include "server/reflection_v1.h"
 #include "server/server_config.h"
 #include "server/serving_state.h"
+#include "server/shutdown_signals.h"
 #include "storage/object_store_factory.h"
 #include "util/cpu_tuning.h"
 #include "util/file_util.h"
@@ -59,6 +63,9 @@ namespace {
 constexpr char kServiceName[] = "tailor.v1.FusionService";
 // How often the data directory is probed for writability (readiness).
 constexpr absl::Duration kDataDirProbeInterval = absl::Seconds(5);
+
+// tailord's exit status after a second SIGTERM/SIGINT cut its drain short.
+constexpr int kExitSecondSignal = 3;
 
 int Fail(const absl::Status& status) {
   Log(LogLevel::kError, "", std::string(status.message()));
@@ -129,7 +136,32 @@ class WithoutReflection final : public grpc::ServerBuilderOption {
   }
 };
 
-int Serve(const ServerConfig& config, const sigset_t& signals) {
+// The second signal of a drain. Leaked on purpose: the thread waiting for
+// that signal may outlive Serve().
+struct SecondSignal {
+  absl::Mutex mu;
+  bool drained ABSL_GUARDED_BY(mu) = false;  // Serve() is past the drain
+};
+
+// Run on its own thread once the drain began: a second SIGTERM or SIGINT
+// logs "second signal: ...", waits for the job store's transaction in
+// progress and exits with kExitSecondSignal without waiting for running
+// jobs: they stay RUNNING in the store and resume from their journals at
+// the next start, as after SIGKILL. Does nothing once the drain is over.
+void ExitOnSecondSignal(SecondSignal* state, jobs::JobManager* manager) {
+  const int signal_number = NextShutdownSignal();
+  absl::MutexLock lock(&state->mu);  // held until the exit
+  if (state->drained) return;
+  Log(LogLevel::kWarning, "",
+      absl::StrCat("second signal: exiting without waiting for running jobs "
+                   "(signal ",
+                   signal_number,
+                   "); they resume from their journals at the next start"));
+  manager->FreezeStore();
+  std::_Exit(kExitSecondSignal);
+}
+
+int Serve(const ServerConfig& config) {
   SetMinLogLevel(ParseLevel(config.log_level));
   google::protobuf::SetLogHandler(&ProtobufLogHandler);
   // One compute pool for the process, sized once (--threads, default the
@@ -337,22 +369,36 @@ int Serve(const ServerConfig& config, const sigset_t& signals) {
     if (!s.ok()) Log(LogLevel::kError, "", s.ToString());
   }
 
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const int signal_number = NextShutdownSignal();
   const absl::Time deadline =
       absl::Now() + absl::Seconds(config.drain_timeout_seconds);
   Log(LogLevel::kInfo, "",
       absl::StrCat("signal ", signal_number, ": draining (deadline ",
                    config.drain_timeout_seconds, " s)"));
+  auto* second_signal = new SecondSignal;
+  std::thread(ExitOnSecondSignal, second_signal, manager->get()).detach();
   serving.BeginDrain();
   (*manager)->BeginDrain();
   // Leave a quarter of the time to end the RPCs once the jobs stopped.
   const absl::Time jobs_deadline =
       absl::Now() + (deadline - absl::Now()) * 3 / 4;
   const bool stopped = (*manager)->WaitForWorkers(jobs_deadline);
-  service.CloseWatches();
+  // The service ends its streams itself (UNAVAILABLE: clients resume)
+  // before Shutdown, which would cancel them.
+  Log(LogLevel::kInfo, "",
+      "draining: ending the open watch and result streams");
+  service.CloseStreams();
+  if (!service.WaitForStreams(deadline)) {
+    Log(LogLevel::kWarning, "",
+        "a stream did not end before the deadline (its client does not "
+        "read); cancelling it");
+  }
   server->Shutdown(absl::ToChronoTime(deadline));
   http->reset();
+  {
+    absl::MutexLock lock(&second_signal->mu);
+    second_signal->drained = true;
+  }
   if (!stopped) {
     // A tensor outlived the deadline. The store still says RUNNING, so the
     // job runs again after the restart, as after a crash.
@@ -374,9 +420,12 @@ int main(int argc, char** argv) {
       "tailord: the tailor gRPC service. Runs Model Tailor fusion jobs "
       "submitted over gRPC (tailor.v1.FusionService), keeps them in a "
       "durable job store, streams their progress and results, and exposes "
-      "Prometheus metrics. SIGTERM drains it gracefully."};
+      "Prometheus metrics. SIGTERM drains it gracefully; a second SIGTERM "
+      "or SIGINT during the drain exits at once without waiting for running "
+      "jobs (they resume from their journals at the next start)."};
   app.footer(
-      "Exit status: 0 after a drain, 1 on a startup error, 2 on bad flags.");
+      "Exit status: 0 after a drain, 1 on a startup error, 2 on bad flags, "
+      "3 when a second signal cut the drain short.");
   app.set_version_flag(
       "--version", absl::StrCat("tailord ", tailor::server::kBuildVersion, " (",
                                 tailor::server::kBuildRevision, ")"));
@@ -392,12 +441,10 @@ int main(int argc, char** argv) {
     std::cerr << "tailord: error: " << config.status().message() << "\n";
     return 2;
   }
-  // Every thread inherits this mask; the main thread takes the signals
-  // with sigwait.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  return tailor::server::Serve(*config, signals);
+  // Before any thread of ours starts (server/shutdown_signals.h).
+  if (absl::Status s = tailor::server::InstallShutdownSignals(); !s.ok()) {
+    std::cerr << "tailord: error: " << s.message() << "\n";
+    return 1;
+  }
+  return tailor::server::Serve(*config);
 }

@@ -284,6 +284,13 @@ class JobManager {
   // Waits until every worker has stopped or `deadline` passes; true if they
   // stopped.
   bool WaitForWorkers(absl::Time deadline);
+  // For an exit that does not wait for the jobs (tailord's second signal):
+  // waits for the store transaction in progress, if any, and takes the
+  // store-writer lock for good, so that none starts after it returns. The
+  // process must exit next (any later change to a job blocks); the store
+  // then reads as after a crash: running jobs resume from their journals
+  // at the next start.
+  void FreezeStore() ABSL_NO_THREAD_SAFETY_ANALYSIS;
 
  private:
   struct Entry {

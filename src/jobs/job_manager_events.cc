@@ -70,6 +70,10 @@ absl::Status JobManager::Record(const std::string& id, const Update& update,
   return s;
 }
 
+void JobManager::FreezeStore() {
+  write_mu_.Lock();  // never released: the process exits next
+}
+
 bool JobManager::FlushUnsaved() {
   std::set<std::string> ids;
   {

@@ -22,12 +22,7 @@ class OutputSafetyTest : public TailordTest {
   // Reads the job's patch through ReadJobResult; the status and the bytes.
   grpc::Status ReadPatch(const std::string& name, std::string* bytes) {
     grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::seconds(60));
-    v1::ReadJobResultRequest request;
-    request.set_name(name);
-    request.set_kind(v1::ReadJobResultRequest::PATCH);
-    auto reader = stub_->ReadJobResult(&context, request);
+    auto reader = ReadPatchStream(stub_.get(), &context, name, 60);
     v1::ResultChunk chunk;
     bytes->clear();
     while (reader->Read(&chunk)) bytes->append(chunk.data());

@@ -104,6 +104,19 @@ inline int WaitExit(pid_t pid, int seconds = 120) {
   return -1;
 }
 
+// Opens a ReadJobResult stream of job `name`'s patch on `stub`, with a
+// deadline `seconds` away.
+inline std::unique_ptr<grpc::ClientReader<v1::ResultChunk>> ReadPatchStream(
+    v1::FusionService::Stub* stub, grpc::ClientContext* context,
+    const std::string& name, int seconds) {
+  context->set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::seconds(seconds));
+  v1::ReadJobResultRequest request;
+  request.set_name(name);
+  request.set_kind(v1::ReadJobResultRequest::PATCH);
+  return stub->ReadJobResult(context, request);
+}
+
 // Whether `j` is in a final state (SUCCEEDED, FAILED or CANCELLED).
 inline bool IsTerminal(const v1::FusionJob& j) {
   return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED ||

@@ -125,8 +125,16 @@ std::string TailordProcess::address() const {
 }
 
 int TailordProcess::Stop(int signal) {
+  Signal(signal);
+  return Wait();
+}
+
+bool TailordProcess::Signal(int signal) {
+  return pid_ > 0 && ::kill(pid_, signal) == 0;
+}
+
+int TailordProcess::Wait() {
   if (pid_ <= 0) return -1;
-  ::kill(pid_, signal);
   int status = 0;
   ::waitpid(pid_, &status, 0);
   pid_ = -1;

@@ -43,6 +43,10 @@ class TailordProcess {
   // Sends `signal` and waits for the exit; returns the exit status (-1 if
   // killed by a signal).
   int Stop(int signal);
+  // Sends `signal` without waiting (false if the process is gone).
+  bool Signal(int signal);
+  // Waits for the exit; its status as Stop's.
+  int Wait();
   // Everything tailord wrote to stderr so far.
   std::string Log() const;
 

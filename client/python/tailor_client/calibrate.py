@@ -27,13 +27,13 @@ import fnmatch
 import json
 import os
 import re
-import uuid
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import (Any, Callable, Dict, Iterable, List, Optional, Pattern,
                     Sequence, Union)
 
+from tailor_client._files import write_atomically
 from tailor_client.errors import InvalidArgument
 
 FORMAT = "tailor-hessian/1"
@@ -314,34 +314,16 @@ def _write(path: str, groups: List[_Group]) -> CalibrationResult:
         offset += 4 * c * c
     header = (",".join(parts) + "}").encode("utf-8")
     header += b" " * (-len(header) % 8)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, ".%s.tailor-stage-%d-%s" % (
-        os.path.basename(path), os.getpid(), uuid.uuid4().hex[:8]))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC |
-                 getattr(os, "O_NOFOLLOW", 0), 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(header).to_bytes(8, "little"))
-            f.write(header)
-            for k in keys:  # one matrix at a time
-                g = by_key[k]
-                h = (g.sum + g.sum.t()) * (1.0 / g.rows)
-                f.write(h.to(device="cpu", dtype=torch.float32).contiguous()
-                        .numpy().astype("<f4", copy=False).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)  # never replaces: FileExistsError
-        os.unlink(tmp)
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    def write(f):
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        for k in keys:  # one matrix at a time
+            g = by_key[k]
+            h = (g.sum + g.sum.t()) * (1.0 / g.rows)
+            f.write(h.to(device="cpu", dtype=torch.float32).contiguous()
+                    .numpy().astype("<f4", copy=False).tobytes())
+
+    write_atomically(path, write, tag="tailor-stage")
     return CalibrationResult(path=path, nsamples=n, columns=columns,
                              rows=rows, aliases=aliases)

@@ -20,6 +20,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 import grpc
 
 from tailor_client import errors
+from tailor_client._files import write_atomically
 from tailor_client._proto import fusion_service_pb2 as pb
 from tailor_client._proto import fusion_service_pb2_grpc as pb_grpc
 from tailor_client.spec import SpecSource, to_spec
@@ -390,32 +391,9 @@ class Client:
         path = os.fspath(path)
         if not overwrite and os.path.lexists(path):
             raise FileExistsError("%s already exists (overwrite=False)" % path)
-        directory = os.path.dirname(os.path.abspath(path))
-        tmp = os.path.join(directory, ".%s.tailor-fetch-%d-%s" % (
-            os.path.basename(path), os.getpid(), uuid.uuid4().hex[:8]))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                     | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                self._receive(request, label, f.write, timeout)
-                f.flush()
-                os.fsync(f.fileno())
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)  # fails if path appeared meanwhile
-                os.unlink(tmp)
-            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_atomically(
+            path, lambda f: self._receive(request, label, f.write, timeout),
+            tag="tailor-fetch", overwrite=overwrite)
         return path
 
     def _receive(self, request, label: str, sink, timeout) -> None:
