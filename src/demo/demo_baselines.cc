@@ -39,25 +39,14 @@ FusionSpec BaselineSpec(const DemoPreset& preset, FusionSpec spec,
   spec.method = method;
   spec.tasks = std::move(tasks);
   for (TaskSpec& t : spec.tasks) t.hessian_uri.clear();
-  spec.lambda = 1.0;
+  spec.lambda =
+      method == Method::kTaskArithmetic ? preset.task_arithmetic_lambda : 1.0;
   spec.density = preset.ties_density;
   spec.drop = preset.dare_drop;
-  switch (method) {
-    case Method::kTaskArithmetic:
-      spec.lambda = preset.task_arithmetic_lambda;
-      break;
-    case Method::kSlerp:
-      spec.t = preset.slerp_t;
-      break;
-    case Method::kBreadcrumbs:
-      spec.gamma = preset.breadcrumbs_gamma;
-      break;
-    case Method::kDella:
-      spec.epsilon = preset.della_epsilon;
-      break;
-    default:
-      break;
-  }
+  // Each read by one method only (slerp, breadcrumbs, della).
+  spec.t = preset.slerp_t;
+  spec.gamma = preset.breadcrumbs_gamma;
+  spec.epsilon = preset.della_epsilon;
   return spec;
 }
 
