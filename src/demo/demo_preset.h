@@ -31,8 +31,8 @@ struct DemoPreset {
   double keep = 0.10;            // rho of the main table
   double omega = 0.5;            // omega of the main table
   double multitask_keep = 0.05;  // rho per task when stitching B + C
-  double ties_density = 0.10;    // TIES trim: the same budget as rho
-  double dare_drop = 0.90;       // DARE p: keeps 1 - p = rho on average
+  double ties_density = 0.10;    // TIES, breadcrumbs, DELLA: the budget rho
+  double dare_drop = 0.90;       // DARE, DARE-TIES p: keep 1 - p = rho
   double task_arithmetic_lambda = 0.5;
   // The mergekit-family baselines (demo/demo_baselines.h); their sparse
   // ones keep ties_density and drop dare_drop as TIES and DARE do.
