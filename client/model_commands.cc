@@ -202,14 +202,17 @@ CLI::App* DemoCommand::Add(CLI::App& app) {
       "demo",
       "The forgetting benchmark on real text: pre-train a byte-level LLaMA on "
       "English prose (A), fine-tune it on Python (B) and C (C) source, fuse "
-      "back with every method at rho = 10% (and a rho x omega sweep, and a "
-      "B + C stitch), and print the paper-style tables (accuracy on held-out "
-      "A and B, Avg, H-score, retention). Trained checkpoints are cached in "
+      "back with every method at rho = 10% (Model Tailor, magnitude, DARE, "
+      "TIES, task arithmetic, linear, SLERP, DARE-TIES, breadcrumbs, DELLA, "
+      "Model Stock; and a rho x omega sweep, and a B + C stitch), and print "
+      "the paper-style tables (accuracy on held-out A and B, Avg, H-score, "
+      "retention). Trained checkpoints are cached in "
       "the work directory, keyed by the configuration.");
   cmd->add_flag(
       "--quick", quick_,
       "small preset for tests (2 layers, hidden 64, 64-token windows, "
-      "256 KiB corpora; same steps and rates)");
+      "256 KiB corpora; same steps and rates; the partial table without the "
+      "mergekit-family rows)");
   cmd->add_option("--json", json_, "also write the report as JSON here");
   cmd->add_option("--workdir", workdir_,
                   "cache and outputs (default: $XDG_CACHE_HOME/tailor/demo or "

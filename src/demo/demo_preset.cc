@@ -56,10 +56,14 @@ nlohmann::json DemoPreset::ToJson() const {
           {"ties_density", ties_density},
           {"dare_drop", dare_drop},
           {"task_arithmetic_lambda", task_arithmetic_lambda},
+          {"slerp_t", slerp_t},
+          {"breadcrumbs_gamma", breadcrumbs_gamma},
+          {"della_epsilon", della_epsilon},
           {"sweep_keep", sweep_keep},
           {"sweep_omega", sweep_omega},
           {"partial", partial},
-          {"multitask", multitask}};
+          {"multitask", multitask},
+          {"partial_mergekit", partial_mergekit}};
 }
 
 DemoPreset FullDemoPreset() {
@@ -99,6 +103,7 @@ DemoPreset QuickDemoPreset() {
   p.eval_seq_len = 64;
   p.sweep_keep = {0.05, 0.5};
   p.sweep_omega = {0.0, 1.0};
+  p.partial_mergekit = false;
   return p;
 }
 

@@ -31,13 +31,22 @@ struct DemoPreset {
   double keep = 0.10;            // rho of the main table
   double omega = 0.5;            // omega of the main table
   double multitask_keep = 0.05;  // rho per task when stitching B + C
-  double ties_density = 0.10;    // TIES trim: the same budget as rho
-  double dare_drop = 0.90;       // DARE p: keeps 1 - p = rho on average
+  double ties_density = 0.10;    // TIES, breadcrumbs, DELLA: the budget rho
+  double dare_drop = 0.90;       // DARE, DARE-TIES p: keep 1 - p = rho
   double task_arithmetic_lambda = 0.5;
+  // The mergekit-family baselines (demo/demo_baselines.h); their sparse
+  // ones keep ties_density and drop dare_drop as TIES and DARE do.
+  double slerp_t = 0.5;             // halfway from pretrained to the task
+  double breadcrumbs_gamma = 0.01;  // mergekit's default: top 1% of |D| out
+  double della_epsilon = 0.05;      // keep p in density +- epsilon (> 0)
   std::vector<double> sweep_keep;   // empty: no sweep
   std::vector<double> sweep_omega;  // empty: no sweep
   bool partial = true;              // run the partial fine-tuning setting
   bool multitask = true;            // run the B + C stitch
+  // The mergekit-family rows in the partial setting too (they always run
+  // in the full one and the stitch); off in the quick preset, whose partial
+  // table keeps only the original baselines to bound CI time.
+  bool partial_mergekit = true;
 
   // Everything that shapes the cached checkpoints and the results.
   nlohmann::json ToJson() const;

@@ -103,6 +103,12 @@ std::string FormatDemoTables(const nlohmann::json& report) {
                             row["avg"].get<double>());
     }
   }
+  if (report.contains("baseline_notes")) {
+    absl::StrAppend(&out, "\nBaselines' parameters:\n");
+    for (const nlohmann::json& note : report["baseline_notes"]) {
+      absl::StrAppend(&out, "  ", note.get<std::string>(), "\n");
+    }
+  }
   return out;
 }
 

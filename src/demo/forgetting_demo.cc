@@ -7,11 +7,11 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "demo/demo_baselines.h"
 #include "demo/model_cache.h"
 #include "demo/score_memo.h"
 #include "fusion/fusion_job.h"
@@ -97,6 +97,7 @@ class Demo {
       single.push_back(std::move(partial));
     }
     report_["single_task"] = std::move(single);
+    report_["baseline_notes"] = BaselineNotes(preset_);
     if (!preset_.sweep_keep.empty() && !preset_.sweep_omega.empty()) {
       TAILOR_ASSIGN_OR_RETURN(report_["sweep"], Sweep());
     }
@@ -239,6 +240,15 @@ class Demo {
     bool keep_output = false;  // leave the fused checkpoint on disk
   };
 
+  // The baselines' rows (their fused checkpoints are not kept).
+  static void AppendBaselines(std::vector<DemoBaseline> baselines,
+                              std::vector<FusionRow>& rows) {
+    for (DemoBaseline& b : baselines) {
+      rows.push_back(FusionRow{std::move(b.label), std::move(b.slug),
+                               std::move(b.spec), /*keep_output=*/false});
+    }
+  }
+
   // Runs a fusion job into fused/<slug> and scores it on `keys`; the fused
   // checkpoint is removed afterwards unless row.keep_output. Thread-safe.
   absl::StatusOr<nlohmann::json> FuseAndScore(
@@ -315,18 +325,6 @@ class Demo {
     return t;
   }
 
-  // The baselines' knobs (DemoPreset) on `tasks`, without Hessians.
-  FusionSpec BaselineSpec(Method method, std::vector<TaskSpec> tasks) const {
-    FusionSpec spec = BaseSpec("");
-    spec.method = method;
-    spec.tasks = std::move(tasks);
-    for (TaskSpec& t : spec.tasks) t.hessian_uri.clear();
-    if (method == Method::kTaskArithmetic) {
-      spec.lambda = preset_.task_arithmetic_lambda;
-    }
-    return spec;
-  }
-
   absl::StatusOr<nlohmann::json> SingleTask(const std::string& setting,
                                             const std::string& ft_name) {
     Log(absl::StrCat("single task (", setting, " fine-tune): fusing"));
@@ -355,14 +353,10 @@ class Demo {
            Compensation::kSequential);
     tailor("tailor (exact)", "tailor-exact", Method::kTailor,
            Compensation::kExact);
-    for (const auto& [method, slug, engine] :
-         std::vector<std::tuple<std::string, std::string, Method>>{
-             {"dare", "dare", Method::kDare},
-             {"ties", "ties", Method::kTies},
-             {"task arithmetic", "task-arithmetic", Method::kTaskArithmetic}}) {
-      fusions.push_back(FusionRow{method, absl::StrCat(setting, "-", slug),
-                                  BaselineSpec(engine, {task}), false});
-    }
+    AppendBaselines(
+        SingleTaskBaselines(preset_, BaseSpec(""), task, setting,
+                            setting != "partial" || preset_.partial_mergekit),
+        fusions);
     TAILOR_ASSIGN_OR_RETURN(std::vector<nlohmann::json> fused,
                             FuseAndScoreAll(fusions, keys));
     nlohmann::json rows = nlohmann::json::array({zero_shot, finetuned});
@@ -435,15 +429,8 @@ class Demo {
     tailor(absl::StrCat("tailor C (", pct, ")"), "multi-tailor-C", {c}, false);
     tailor(absl::StrCat("tailor B+C stitched (", pct, " each)"),
            "multi-tailor-stitched", {b, c}, true);
-    for (const auto& [method, slug, engine] :
-         std::vector<std::tuple<std::string, std::string, Method>>{
-             {"dare B+C", "multi-dare", Method::kDare},
-             {"ties B+C", "multi-ties", Method::kTies},
-             {"task arithmetic B+C", "multi-task-arithmetic",
-              Method::kTaskArithmetic}}) {
-      fusions.push_back(
-          FusionRow{method, slug, BaselineSpec(engine, {b, c}), false});
-    }
+    AppendBaselines(MultiTaskBaselines(preset_, BaseSpec(""), {b, c}, " B+C"),
+                    fusions);
     TAILOR_ASSIGN_OR_RETURN(std::vector<nlohmann::json> fused,
                             FuseAndScoreAll(fusions, keys));
     for (nlohmann::json& row : fused) rows.push_back(std::move(row));

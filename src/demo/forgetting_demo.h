@@ -19,11 +19,12 @@ namespace tailor {
 // task B (Python source) -- the whole model, and separately only its last
 // layers (the paper's partial setting) -- and on task C (C source).
 // Calibration statistics for B and C are collected on the fine-tuned models.
-// Every engine method then fuses the fine-tuned model back into the
-// pre-trained one through RunFusionJob (the same code the CLI and the
-// service run), and each result is scored on held-out A and B by next-byte
-// accuracy and perplexity: the paper's table (Avg, H-score, retention), a
-// rho x omega sweep, and a two-task stitch (B + C at 5% each).
+// Model Tailor and every other engine method (demo/demo_baselines.h) then
+// fuse the fine-tuned model back into the pre-trained one through
+// RunFusionJob (the same code the CLI and the service run), and each result
+// is scored on held-out A and B by next-byte accuracy and perplexity: the
+// paper's table (Avg, H-score, retention), a rho x omega sweep, and a
+// two-task stitch (B + C at 5% each, beside every multi-task method).
 //
 // Trained checkpoints and calibration files are cached under the work
 // directory in a folder keyed by the preset and the corpora's digests;
@@ -52,6 +53,8 @@ struct DemoOptions {
 //   kept_fraction?, error_reduction?}]}],
 //   sweep: [{keep, omega, A, B, avg, h_score, ...}],
 //   multi_task: {rows: [{method, A, B, C, avg}]},
+//   baseline_notes: [the baselines' parameters, one line per method
+//   family; demo/demo_baselines.h],
 //   score_memo {hits, misses}: checkpoints whose scores came from the memo
 //   (same bytes as a checkpoint scored before) and those evaluated,
 //   seconds {total, ...}.

@@ -5,8 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
+#include <initializer_list>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "nlohmann/json.hpp"
@@ -33,6 +36,20 @@ double A(const Json& row) { return row["A"]["accuracy"].get<double>(); }
 double B(const Json& row) { return row["B"]["accuracy"].get<double>(); }
 double C(const Json& row) { return row["C"]["accuracy"].get<double>(); }
 double H(const Json& row) { return row["h_score"].get<double>(); }
+
+// A row's accuracy (a percentage) and perplexity on each of `keys`.
+void ExpectFiniteScores(const Json& row,
+                        std::initializer_list<const char*> keys) {
+  for (const char* key : keys) {
+    SCOPED_TRACE(row["method"].get<std::string>() + " on " + key);
+    ASSERT_TRUE(row.contains(key));
+    const double accuracy = row[key]["accuracy"].get<double>();
+    const double perplexity = row[key]["perplexity"].get<double>();
+    EXPECT_TRUE(std::isfinite(accuracy) && accuracy >= 0 && accuracy <= 100)
+        << accuracy;
+    EXPECT_TRUE(std::isfinite(perplexity) && perplexity >= 1) << perplexity;
+  }
+}
 
 class DemoTest : public ::testing::Test {
  protected:
@@ -99,12 +116,28 @@ TEST_F(DemoTest, TailorRecoversTheOriginalTaskAndKeepsTheNewOne) {
 TEST_F(DemoTest, TableRowsAreConsistent) {
   for (const Json& block : (*report_)["single_task"]) {
     auto rows = RowsByMethod(block);
-    for (const char* method :
-         {"zero-shot", "fine-tuned", "magnitude", "tailor (sequential)",
-          "tailor (exact)", "dare", "ties", "task arithmetic"}) {
+    std::vector<std::string> methods = {
+        "zero-shot",      "fine-tuned", "magnitude", "tailor (sequential)",
+        "tailor (exact)", "dare",       "ties",      "task arithmetic"};
+    const std::vector<std::string> mergekit = {"linear", "slerp", "dare_ties",
+                                               "breadcrumbs", "della"};
+    // Every method in the full setting; in the partial one as the preset
+    // says (the quick preset leaves the mergekit family out there).
+    const bool with_mergekit =
+        block["setting"] == "full" ||
+        (*report_)["preset"]["partial_mergekit"].get<bool>();
+    for (const std::string& method : mergekit) {
+      if (with_mergekit) {
+        methods.push_back(method);
+      } else {
+        EXPECT_EQ(rows.count(method), 0u) << method;
+      }
+    }
+    for (const std::string& method : methods) {
       ASSERT_TRUE(rows.count(method)) << method;
       const Json& row = rows.at(method);
       const double a = A(row), b = B(row);
+      ExpectFiniteScores(row, {"A", "B"});
       EXPECT_NEAR(row["avg"].get<double>(), (a + b) / 2, 1e-9);
       EXPECT_NEAR(H(row), 2 * a * b / (a + b), 1e-9);
       EXPECT_NEAR(row["retention_a"].get<double>(),
@@ -115,7 +148,22 @@ TEST_F(DemoTest, TableRowsAreConsistent) {
     }
     // Compensation changes the result of the same mask's selection.
     EXPECT_NE(B(rows.at("tailor (sequential)")), B(rows.at("magnitude")));
+    // Model Stock needs two task vectors: not in a single-task table.
+    EXPECT_EQ(rows.count("model_stock"), 0u);
+    if (!with_mergekit) continue;
+    // Linear over the pretrained model and B, 1:1, is task arithmetic at
+    // lambda 0.5 up to float rounding (the preset's lambda).
+    ASSERT_EQ((*report_)["preset"]["task_arithmetic_lambda"], 0.5);
+    const Json& linear = rows.at("linear");
+    const Json& arithmetic = rows.at("task arithmetic");
+    EXPECT_NEAR(A(linear), A(arithmetic), 0.5);
+    EXPECT_NEAR(B(linear), B(arithmetic), 0.5);
   }
+  // The parameters of every baseline are stated under the tables.
+  EXPECT_TRUE(absl::StrContains(cold_.out, "Baselines' parameters"))
+      << cold_.out;
+  EXPECT_TRUE(absl::StrContains(cold_.out, "slerp: t = 0.5")) << cold_.out;
+  EXPECT_EQ((*report_)["baseline_notes"].size(), 5u);
   EXPECT_TRUE(absl::StrContains(cold_.out, "H-score")) << cold_.out;
   EXPECT_TRUE(absl::StrContains(cold_.out, "tailor (exact)")) << cold_.out;
 }
@@ -148,8 +196,19 @@ TEST_F(DemoTest, StitchedPatchesServeBothNewTasks) {
   EXPECT_GT(B(stitched), B(zero));
   EXPECT_GT(C(stitched), C(zero));
   EXPECT_GT(A(stitched), A(rows.at("fine-tuned B")));
-  EXPECT_TRUE(rows.count("ties B+C") && rows.count("dare B+C") &&
-              rows.count("task arithmetic B+C"));
+  // Every multi-task method beside the stitch; SLERP takes one task only.
+  for (const char* method :
+       {"dare B+C", "ties B+C", "task arithmetic B+C", "linear B+C",
+        "dare_ties B+C", "breadcrumbs B+C", "della B+C", "model_stock B+C"}) {
+    ASSERT_TRUE(rows.count(method)) << method;
+    const Json& row = rows.at(method);
+    ExpectFiniteScores(row, {"A", "B", "C"});
+    EXPECT_NEAR(row["avg"].get<double>(), (A(row) + B(row) + C(row)) / 3, 1e-9);
+  }
+  EXPECT_EQ(rows.count("slerp B+C"), 0u);
+  // Linear over B and C, 1:1, is task arithmetic at lambda 0.5.
+  EXPECT_NEAR(B(rows.at("linear B+C")), B(rows.at("task arithmetic B+C")), 0.5);
+  EXPECT_NEAR(C(rows.at("linear B+C")), C(rows.at("task arithmetic B+C")), 0.5);
 }
 
 // A second run finds every trained checkpoint in the cache and, every
