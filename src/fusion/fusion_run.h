@@ -42,6 +42,7 @@
 #include "fusion/layer_options.h"
 #include "fusion/patch.h"
 #include "fusion/run_options.h"
+#include "fusion/streamed_merge.h"
 #include "io/checkpoint.h"
 #include "io/checkpoint_writer.h"
 #include "io/tensor_source.h"
@@ -268,6 +269,37 @@ class FusionRun {
   // the job's compute type; z-score normalisation, Scope::kBlock and
   // several-row Scope::kRow are computed whole.
   bool Streams(const TensorInfo& info, const at::Device& device) const;
+
+  // The streamed paths' view of fused tensor `info` (a tensor that
+  // Streams() with fine-tuned tasks): its stored dtype and element size,
+  // chunks of options_.stream_chunk_elements (at most the tensor), the base
+  // and every task's fine-tuned checkpoint, the job's compute type.
+  StreamedTensor StreamedTensorOf(const TensorInfo& info) const;
+
+  // Where a streamed tensor's stored bytes go: writer_ and, with a journal,
+  // its spool (BeginSpool).
+  struct StreamedOutput {
+    std::optional<CheckpointWriter::TensorStream> stream;
+    std::shared_ptr<JournalFusedSpool> spool;
+  };
+
+  // Appends the next chunk of streamed tensor `index` to writer_ and the
+  // spool. The tensor is begun in both at its first chunk, so that a bad
+  // input found before it is refused with nothing begun.
+  absl::Status WriteStreamed(size_t index, const TensorInfo& info,
+                             absl::string_view bytes, StreamedOutput* output);
+
+  // A streamed tensor's last step: ends it in writer_ (if begun), tells
+  // hessians_ plan item `index` is done, and completes `entry` with the
+  // spool and the report row (FusedReportEntry with `kept` and `per_task`,
+  // the seconds since `t0`).
+  absl::Status FinishStreamed(size_t index, const TensorInfo& info,
+                              int64_t kept, const nlohmann::json& per_task,
+                              const Stopwatch& t0, StreamedOutput* output,
+                              JournalEntry* entry);
+
+  // The report's per-task rows of a streamed tensor: each task's label.
+  nlohmann::json TaskLabels() const;
 
   // StreamOne for magnitude, TIES and SPIDER (streamed_merge.h). A tensor
   // holding a non-finite input or delta is computed whole by FuseOne

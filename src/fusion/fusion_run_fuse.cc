@@ -187,13 +187,8 @@ absl::StatusOr<JournalEntry> FusionRun::FuseOne(size_t index,
             return Dare(dense, spec.drop, spec.lambda, spec.seed, name);
           case Method::kSpider:
             return Spider(pre, dense[0], at::Tensor());
-          case Method::kLinear:
-          case Method::kSlerp:
-          case Method::kDareTies:
-          case Method::kBreadcrumbs:
-          case Method::kDella:
-          case Method::kModelStock:
-            break;  // UsesMergekitPath, above
+          default:
+            break;  // the mergekit family (IsMergekitMethod): above
         }
         return MergedDelta{};
       }));

@@ -46,6 +46,17 @@ absl::Status FusionRun::OpenInputs() {
                       {"data_samples", base_data}});
   Checkpoint::Options open;
   open.resolver = &resolver_;
+  // A task's patch or calibration file, opened at `path` (resolved from
+  // `uri`): recorded in sources_ with its header fingerprint.
+  auto record_file = [&](const char* role, const std::string& label,
+                         const std::string& uri,
+                         const std::string& path) -> absl::Status {
+    TAILOR_ASSIGN_OR_RETURN(std::string sha,
+                            HeaderFingerprint(path, resolver_));
+    sources_.push_back(
+        {{"role", role}, {"label", label}, {"uri", uri}, {"sha256", sha}});
+    return absl::OkStatus();
+  };
   for (size_t i = 0; i < spec_.tasks.size(); ++i) {
     const TaskSpec& ts = spec_.tasks[i];
     auto task = std::make_unique<Task>();
@@ -56,12 +67,8 @@ absl::Status FusionRun::OpenInputs() {
       TAILOR_ASSIGN_OR_RETURN(std::string path,
                               resolver_.ResolveExisting(ts.patch_uri));
       TAILOR_ASSIGN_OR_RETURN(task->patch, PatchFile::Open(path, open));
-      TAILOR_ASSIGN_OR_RETURN(std::string sha,
-                              HeaderFingerprint(path, resolver_));
-      sources_.push_back({{"role", "patch"},
-                          {"label", task->label},
-                          {"uri", ts.patch_uri},
-                          {"sha256", sha}});
+      TAILOR_RETURN_IF_ERROR(
+          record_file("patch", task->label, ts.patch_uri, path));
     } else {
       TAILOR_ASSIGN_OR_RETURN(
           task->finetuned,
@@ -83,12 +90,8 @@ absl::Status FusionRun::OpenInputs() {
                               resolver_.ResolveExisting(ts.hessian_uri));
       TAILOR_ASSIGN_OR_RETURN(task->calibration,
                               CalibrationFile::Open(path, open));
-      TAILOR_ASSIGN_OR_RETURN(std::string sha,
-                              HeaderFingerprint(path, resolver_));
-      sources_.push_back({{"role", "hessians"},
-                          {"label", task->label},
-                          {"uri", ts.hessian_uri},
-                          {"sha256", sha}});
+      TAILOR_RETURN_IF_ERROR(
+          record_file("hessians", task->label, ts.hessian_uri, path));
     }
     tasks_.push_back(std::move(task));
   }

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "fusion/delta_chunk_reader.h"
 #include "fusion/dense_merge_kernel.h"
 #include "fusion/fusion_run.h"
 #include "fusion/merge_methods.h"
@@ -68,9 +69,7 @@ bool FusionRun::Streams(const TensorInfo& info,
   return true;
 }
 
-absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
-    size_t index, const TensorInfo& info) {
-  const Stopwatch t0;
+StreamedTensor FusionRun::StreamedTensorOf(const TensorInfo& info) const {
   StreamedTensor t;
   t.name = info.name;
   t.stored = *ToScalarType(info.dtype);
@@ -79,6 +78,52 @@ absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
   t.chunk = std::clamp<int64_t>(options_.stream_chunk_elements, 1, t.numel);
   t.base = base_.get();
   t.float64 = spec_.tailor.float64;
+  for (const auto& task : tasks_) {
+    t.finetuned.push_back(
+        dynamic_cast<const Checkpoint*>(task->finetuned.get()));
+  }
+  return t;
+}
+
+absl::Status FusionRun::WriteStreamed(size_t index, const TensorInfo& info,
+                                      absl::string_view bytes,
+                                      StreamedOutput* output) {
+  if (!output->stream) {
+    TAILOR_ASSIGN_OR_RETURN(output->stream, writer_->BeginTensor(info.name));
+    output->spool = BeginSpool(index, info);
+  }
+  TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&*output->stream, bytes));
+  Spool(output->spool, bytes);
+  return absl::OkStatus();
+}
+
+absl::Status FusionRun::FinishStreamed(size_t index, const TensorInfo& info,
+                                       int64_t kept,
+                                       const nlohmann::json& per_task,
+                                       const Stopwatch& t0,
+                                       StreamedOutput* output,
+                                       JournalEntry* entry) {
+  if (output->stream) {
+    TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&*output->stream));
+  }
+  hessians_.Finished(static_cast<int64_t>(index));
+  entry->fused_spool = std::move(output->spool);
+  nlohmann::json row = FusedReportEntry(info, kept, per_task);
+  row["seconds"] = t0.Seconds();
+  entry->report = std::move(row);
+  return absl::OkStatus();
+}
+
+nlohmann::json FusionRun::TaskLabels() const {
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& task : tasks_) rows.push_back({{"label", task->label}});
+  return rows;
+}
+
+absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
+    size_t index, const TensorInfo& info) {
+  const Stopwatch t0;
+  const StreamedTensor t = StreamedTensorOf(info);
   const FusionSpec& spec = SpecAt(index);  // this tensor's layer's
   StreamedMergeOptions o;
   o.method = spec_.method == Method::kMagnitude ? StreamedMethod::kMagnitude
@@ -88,33 +133,21 @@ absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
   o.density = spec.density;
   o.lambda = spec.lambda;
   for (size_t i = 0; i < tasks_.size(); ++i) {
-    t.finetuned.push_back(
-        dynamic_cast<const Checkpoint*>(tasks_[i]->finetuned.get()));
     o.keep_ratio.push_back(OptionsAt(index, i).keep_ratio);
   }
   // The streamed bytes go to the journal chunk by chunk (BeginSpool). The
   // tensor is begun at its first chunk: a bad input is refused before.
-  std::shared_ptr<JournalFusedSpool> spool;
-  std::optional<CheckpointWriter::TensorStream> stream;
-  auto write = [&](absl::string_view bytes) -> absl::Status {
-    if (!stream) {
-      TAILOR_ASSIGN_OR_RETURN(stream, writer_->BeginTensor(info.name));
-      spool = BeginSpool(index, info);
-    }
-    TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&*stream, bytes));
-    Spool(spool, bytes);
-    return absl::OkStatus();
+  StreamedOutput output;
+  auto write = [&](absl::string_view bytes) {
+    return WriteStreamed(index, info, bytes, &output);
   };
   TAILOR_ASSIGN_OR_RETURN(StreamedMergeResult r, CatchTorch(info.name, [&] {
                             return StreamThresholdMerge(t, o, write);
                           }));
-  TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&*stream));
-  hessians_.Finished(static_cast<int64_t>(index));
   JournalEntry out = NewEntry(index, info);
-  out.fused_spool = std::move(spool);
-  nlohmann::json per_task = nlohmann::json::array();
+  nlohmann::json per_task = TaskLabels();
   for (size_t i = 0; i < tasks_.size(); ++i) {
-    nlohmann::json tj = {{"label", tasks_[i]->label}};
+    nlohmann::json& tj = per_task[i];
     if (spec_.method == Method::kMagnitude) {
       // TailorLayerPrepared's stats without a Hessian.
       const int64_t kept = r.task_kept[i];
@@ -132,11 +165,9 @@ absl::StatusOr<JournalEntry> FusionRun::StreamThreshold(
       }
       tj["seconds"] = t0.Seconds();
     }
-    per_task.push_back(std::move(tj));
   }
-  nlohmann::json entry = FusedReportEntry(info, r.kept, per_task);
-  entry["seconds"] = t0.Seconds();
-  out.report = std::move(entry);
+  TAILOR_RETURN_IF_ERROR(
+      FinishStreamed(index, info, r.kept, per_task, t0, &output, &out));
   return out;
 }
 
@@ -151,44 +182,26 @@ absl::StatusOr<JournalEntry> FusionRun::StreamOne(size_t index,
   const Stopwatch t0;
   const std::string& name = info.name;
   JournalEntry out = NewEntry(index, info);
-  std::vector<const Checkpoint*> fts;
-  nlohmann::json per_task = nlohmann::json::array();
-  for (const auto& task : tasks_) {
-    fts.push_back(dynamic_cast<const Checkpoint*>(task->finetuned.get()));
-    per_task.push_back({{"label", task->label}});
-  }
-  const at::ScalarType stored = *ToScalarType(info.dtype);
-  const at::ScalarType compute =
-      spec_.tailor.float64 ? at::kDouble : at::kFloat;
-  const int64_t n = info.numel;
-  const uint64_t esize = info.nbytes / static_cast<uint64_t>(n);
-  const int64_t chunk =
-      std::clamp<int64_t>(options_.stream_chunk_elements, 1, n);
-  std::shared_ptr<JournalFusedSpool> spool = BeginSpool(index, info);
+  const StreamedTensor t = StreamedTensorOf(info);
+  const std::vector<const Checkpoint*>& fts = t.finetuned;
+  const int64_t n = t.numel;
+  StreamedOutput output;
   int64_t kept = 0;
-  TAILOR_ASSIGN_OR_RETURN(CheckpointWriter::TensorStream stream,
-                          writer_->BeginTensor(name));
   TAILOR_RETURN_IF_ERROR(CatchTorch(name, [&]() -> absl::Status {
-    auto buffer = [&](at::ScalarType t) {
-      return at::empty({chunk}, at::TensorOptions().dtype(t));
-    };
-    // Reused for every chunk: raw input, pre-trained, one delta per task,
-    // the mask, float32 views of pre and delta (float64 compute), the
-    // fused chunk and its stored form.
-    at::Tensor raw = buffer(stored);
-    at::Tensor pre_buf = buffer(compute);
-    std::vector<at::Tensor> delta_buf;
-    for (size_t t = 0; t < fts.size(); ++t) {
-      delta_buf.push_back(buffer(compute));
-    }
-    at::Tensor mask_buf = buffer(at::kBool);
+    // Reused for every chunk: the reader's (raw input, pre-trained, one
+    // delta per task), the mask, float32 views of pre and delta (float64
+    // compute), the fused chunk and its stored form.
+    DeltaChunkReader in(t);
+    const at::ScalarType stored = t.stored;
+    const at::ScalarType compute = in.compute();
+    at::Tensor mask_buf = in.Buffer(at::kBool);
     at::Tensor pre_f_buf, delta_f_buf;
     if (compute != at::kFloat) {
-      pre_f_buf = buffer(at::kFloat);
-      delta_f_buf = buffer(at::kFloat);
+      pre_f_buf = in.Buffer(at::kFloat);
+      delta_f_buf = in.Buffer(at::kFloat);
     }
-    at::Tensor fused_buf = buffer(at::kFloat);
-    at::Tensor out_buf = stored == at::kFloat ? fused_buf : buffer(stored);
+    at::Tensor fused_buf = in.Buffer(at::kFloat);
+    at::Tensor out_buf = stored == at::kFloat ? fused_buf : in.Buffer(stored);
     // The scale of this tensor's layer (per-layer values).
     const double lambda = SpecAt(index).lambda;
     ChunkedDenseMerge merge =
@@ -197,7 +210,6 @@ absl::StatusOr<JournalEntry> FusionRun::StreamOne(size_t index,
                                       spec_.drop, lambda, spec_.seed, name)
             : ChunkedDenseMerge::TaskArithmetic(
                   static_cast<int64_t>(fts.size()), lambda);
-    std::vector<at::Tensor> deltas(fts.size());
     // BF16 task arithmetic in float32 (the common case): one fused pass
     // per chunk (dense_merge_kernel.h), the tensor ops below only for a
     // chunk holding a non-finite value.
@@ -206,56 +218,39 @@ absl::StatusOr<JournalEntry> FusionRun::StreamOne(size_t index,
     std::vector<at::Tensor> raw_ft;
     std::vector<const uint16_t*> ft_bits;
     if (fused_pass) {
-      for (size_t t = 0; t < fts.size(); ++t) {
-        raw_ft.push_back(buffer(stored));
+      for (size_t i = 0; i < fts.size(); ++i) {
+        raw_ft.push_back(in.Buffer(stored));
         ft_bits.push_back(
             static_cast<const uint16_t*>(raw_ft.back().data_ptr()));
       }
     }
-    for (int64_t off = 0; off < n; off += chunk) {
-      const int64_t m = std::min(chunk, n - off);
-      auto view = [m](const at::Tensor& t) { return t.narrow(0, 0, m); };
-      const uint64_t byte_off = static_cast<uint64_t>(off) * esize;
-      const uint64_t byte_len = static_cast<uint64_t>(m) * esize;
+    for (int64_t off = 0; off < n; off += t.chunk) {
+      const int64_t m = std::min(t.chunk, n - off);
+      auto view = [m](const at::Tensor& x) { return x.narrow(0, 0, m); };
+      const uint64_t byte_off = static_cast<uint64_t>(off) * t.element_size;
+      const uint64_t byte_len = static_cast<uint64_t>(m) * t.element_size;
       if (fused_pass) {
+        void* raw = in.raw().data_ptr();
         TAILOR_RETURN_IF_ERROR(
-            base_->ReadRawRange(name, byte_off, byte_len, raw.data_ptr()));
-        for (size_t t = 0; t < fts.size(); ++t) {
-          TAILOR_RETURN_IF_ERROR(fts[t]->ReadRawRange(name, byte_off, byte_len,
-                                                      raw_ft[t].data_ptr()));
+            base_->ReadRawRange(name, byte_off, byte_len, raw));
+        for (size_t i = 0; i < fts.size(); ++i) {
+          TAILOR_RETURN_IF_ERROR(fts[i]->ReadRawRange(name, byte_off, byte_len,
+                                                      raw_ft[i].data_ptr()));
         }
         int64_t chunk_kept = 0;
         if (TaskArithmeticBf16Chunk(
-                static_cast<const uint16_t*>(raw.data_ptr()), ft_bits, m,
-                lambda, static_cast<uint16_t*>(out_buf.data_ptr()),
-                &chunk_kept)) {
+                static_cast<const uint16_t*>(raw), ft_bits, m, lambda,
+                static_cast<uint16_t*>(out_buf.data_ptr()), &chunk_kept)) {
           kept += chunk_kept;
           const absl::string_view bytes(
               static_cast<const char*>(out_buf.data_ptr()), byte_len);
-          TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
-          Spool(spool, bytes);
+          TAILOR_RETURN_IF_ERROR(WriteStreamed(index, info, bytes, &output));
           continue;
         }
       }
-      // Reads elements [off, off + m) of `src` into `dst` (compute type).
-      auto read = [&](const Checkpoint& src, const at::Tensor& dst) {
-        const at::Tensor& into = stored == compute ? dst : view(raw);
-        TAILOR_RETURN_IF_ERROR(
-            src.ReadRawRange(name, byte_off, byte_len, into.data_ptr()));
-        if (stored != compute) dst.copy_(into);
-        return absl::OkStatus();
-      };
-      at::Tensor pre = view(pre_buf);
-      TAILOR_RETURN_IF_ERROR(read(*base_, pre));
-      TAILOR_RETURN_IF_ERROR(
-          CheckFiniteTensor(pre, name, "pre-trained tensor"));
-      for (size_t t = 0; t < fts.size(); ++t) {
-        deltas[t] = view(delta_buf[t]);
-        TAILOR_RETURN_IF_ERROR(read(*fts[t], deltas[t]));
-        TAILOR_RETURN_IF_ERROR(
-            CheckFiniteTensor(deltas[t], name, "fine-tuned tensor"));
-        deltas[t].sub_(pre);  // ft - pre
-      }
+      TAILOR_RETURN_IF_ERROR(in.Read(off, m));
+      const at::Tensor& pre = in.pre();
+      std::vector<at::Tensor>& deltas = in.deltas();
       merge.Merge(deltas);
       at::Tensor delta = deltas[0];
       at::Tensor mask = view(mask_buf);
@@ -276,19 +271,13 @@ absl::StatusOr<JournalEntry> FusionRun::StreamOne(size_t index,
       at::Tensor stored_chunk = view(out_buf);
       if (stored != at::kFloat) stored_chunk.copy_(fused);
       const absl::string_view bytes(
-          static_cast<const char*>(stored_chunk.data_ptr()),
-          static_cast<size_t>(m) * esize);
-      TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
-      Spool(spool, bytes);
+          static_cast<const char*>(stored_chunk.data_ptr()), byte_len);
+      TAILOR_RETURN_IF_ERROR(WriteStreamed(index, info, bytes, &output));
     }
     return absl::OkStatus();
   }));
-  TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&stream));
-  hessians_.Finished(static_cast<int64_t>(index));
-  out.fused_spool = std::move(spool);
-  nlohmann::json entry = FusedReportEntry(info, kept, per_task);
-  entry["seconds"] = t0.Seconds();
-  out.report = std::move(entry);
+  TAILOR_RETURN_IF_ERROR(
+      FinishStreamed(index, info, kept, TaskLabels(), t0, &output, &out));
   return out;
 }
 
@@ -312,40 +301,29 @@ absl::StatusOr<JournalEntry> FusionRun::StreamStitch(size_t index,
   }
   const at::ScalarType compute =
       spec_.tailor.float64 ? at::kDouble : at::kFloat;
-  std::shared_ptr<JournalFusedSpool> spool;
-  if (writer_) spool = BeginSpool(index, info);
-  CheckpointWriter::TensorStream stream;
-  if (writer_) {
-    TAILOR_ASSIGN_OR_RETURN(stream, writer_->BeginTensor(name));
-  }
+  // The tensor is begun at its first chunk, as every streamed tensor.
+  StreamedOutput output;
   auto sink = [&](absl::string_view bytes) -> absl::Status {
     if (!writer_) return absl::OkStatus();
-    TAILOR_RETURN_IF_ERROR(writer_->WriteChunk(&stream, bytes));
-    Spool(spool, bytes);
-    return absl::OkStatus();
+    return WriteStreamed(index, info, bytes, &output);
   };
   TAILOR_ASSIGN_OR_RETURN(
       StitchStreamResult r,
       StreamStitchedTensor(*base_, info, patches, spec_.aggregation, compute,
                            options_.stream_chunk_elements, stitched_ != nullptr,
                            sink));
-  if (writer_) TAILOR_RETURN_IF_ERROR(writer_->EndTensor(&stream));
-  hessians_.Finished(static_cast<int64_t>(index));
-  nlohmann::json per_task = nlohmann::json::array();
+  nlohmann::json per_task = TaskLabels();
   for (size_t t = 0; t < tasks_.size(); ++t) {
-    per_task.push_back({{"label", tasks_[t]->label},
-                        {"source", "patch"},
-                        {"kept", r.task_kept[t]}});
+    per_task[t]["source"] = "patch";
+    per_task[t]["kept"] = r.task_kept[t];
   }
   if (stitched_) {
     nlohmann::json patch_stats = {{"kept", r.kept}, {"tasks", per_task}};
     out.patches.push_back(JournalPatch{"stitched", *std::move(r.stitched),
                                        std::move(patch_stats)});
   }
-  out.fused_spool = std::move(spool);
-  nlohmann::json entry = FusedReportEntry(info, r.kept, per_task);
-  entry["seconds"] = t0.Seconds();
-  out.report = std::move(entry);
+  TAILOR_RETURN_IF_ERROR(
+      FinishStreamed(index, info, r.kept, per_task, t0, &output, &out));
   return out;
 }
 

@@ -135,6 +135,16 @@ absl::Status ReadStrings(const nlohmann::json& v, absl::string_view key,
   }
   return absl::OkStatus();
 }
+// Reads an optional field with `read` (one of the readers above); the
+// field is set only when the value is valid.
+template <typename T, typename Read>
+absl::Status ReadOptional(const nlohmann::json& v, absl::string_view key,
+                          Read read, std::optional<T>* out) {
+  T value{};
+  TAILOR_RETURN_IF_ERROR(read(v, key, &value));
+  *out = value;
+  return absl::OkStatus();
+}
 template <typename E, typename Parse>
 absl::Status ReadEnum(const nlohmann::json& v, absl::string_view key,
                       Parse parse, E* out) {
@@ -153,45 +163,27 @@ struct TaskKey {
   SpecValue type;
   TaskReader read;
 };
+// A TaskReader from an expression in v (the value), k (the key), t (the
+// task).
+#define TAILOR_TASK_READER(call) \
+  [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) { return call; }
 constexpr TaskKey kTaskKeys[] = {
     {"label", SpecValue::kString,
-     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
-       return ReadString(v, k, &t->label);
-     }},
+     TAILOR_TASK_READER(ReadString(v, k, &t->label))},
     {"finetuned", SpecValue::kString,
-     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
-       return ReadString(v, k, &t->finetuned_uri);
-     }},
+     TAILOR_TASK_READER(ReadString(v, k, &t->finetuned_uri))},
     {"patch", SpecValue::kString,
-     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
-       return ReadString(v, k, &t->patch_uri);
-     }},
+     TAILOR_TASK_READER(ReadString(v, k, &t->patch_uri))},
     {"hessians", SpecValue::kString,
-     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
-       return ReadString(v, k, &t->hessian_uri);
-     }},
+     TAILOR_TASK_READER(ReadString(v, k, &t->hessian_uri))},
     {"keep", SpecValue::kNumber,
-     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
-       double d = 0;
-       TAILOR_RETURN_IF_ERROR(ReadNumber(v, k, &d));
-       t->keep_ratio = d;
-       return absl::OkStatus();
-     }},
+     TAILOR_TASK_READER(ReadOptional(v, k, ReadNumber, &t->keep_ratio))},
     {"omega", SpecValue::kNumber,
-     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
-       double d = 0;
-       TAILOR_RETURN_IF_ERROR(ReadNumber(v, k, &d));
-       t->omega = d;
-       return absl::OkStatus();
-     }},
+     TAILOR_TASK_READER(ReadOptional(v, k, ReadNumber, &t->omega))},
     {"weight", SpecValue::kNumber,
-     [](const nlohmann::json& v, absl::string_view k, TaskSpec* t) {
-       double d = 0;
-       TAILOR_RETURN_IF_ERROR(ReadNumber(v, k, &d));
-       t->weight = d;
-       return absl::OkStatus();
-     }},
+     TAILOR_TASK_READER(ReadOptional(v, k, ReadNumber, &t->weight))},
 };
+#undef TAILOR_TASK_READER
 
 template <typename Key, size_t N>
 const Key* FindKey(const Key (&table)[N], absl::string_view key) {
@@ -292,12 +284,7 @@ constexpr SpecKey kSpecKeys[] = {
     {"epsilon", SpecValue::kNumber,
      TAILOR_SPEC_READER(ReadNumber(v, k, &s->epsilon))},
     {"normalize_weights", SpecValue::kBool,
-     [](const nlohmann::json& v, absl::string_view k, FusionSpec* s) {
-       bool b = false;
-       TAILOR_RETURN_IF_ERROR(ReadBool(v, k, &b));
-       s->normalize_weights = b;
-       return absl::OkStatus();
-     }},
+     TAILOR_SPEC_READER(ReadOptional(v, k, ReadBool, &s->normalize_weights))},
     {"count_rule", SpecValue::kString,
      TAILOR_SPEC_READER(ReadEnum(v, k, ParseCountRule, &s->count_rule))},
     {"sign_cancel", SpecValue::kString,

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <utility>
 
 #include "fusion/top_k.h"
@@ -165,15 +166,17 @@ MergekitParams MergekitParamsOf(const FusionSpec& spec) {
   return p;
 }
 
+bool IsMergekitMethod(Method method) {
+  constexpr Method kFamily[] = {Method::kLinear,   Method::kSlerp,
+                                Method::kDareTies, Method::kBreadcrumbs,
+                                Method::kDella,    Method::kModelStock};
+  return std::find(std::begin(kFamily), std::end(kFamily), method) !=
+         std::end(kFamily);
+}
+
 bool UsesMergekitPath(const FusionSpec& spec) {
+  if (IsMergekitMethod(spec.method)) return true;
   switch (spec.method) {
-    case Method::kLinear:
-    case Method::kSlerp:
-    case Method::kDareTies:
-    case Method::kBreadcrumbs:
-    case Method::kDella:
-    case Method::kModelStock:
-      return true;
     case Method::kTaskArithmetic:
     case Method::kTies: {
       bool weighted = spec.normalize_weights.has_value();
@@ -188,16 +191,11 @@ bool UsesMergekitPath(const FusionSpec& spec) {
 }
 
 bool MergekitStreams(const FusionSpec& spec) {
-  switch (spec.method) {
-    case Method::kLinear:
-    case Method::kSlerp:
-    case Method::kDareTies:
-    case Method::kModelStock:
-    case Method::kTaskArithmetic:
-      return true;
-    default:
-      return false;
-  }
+  // Every method but the ranked ones (breadcrumbs and della rank |D| over
+  // the whole tensor); task_arithmetic with weights too (ties ranks).
+  if (spec.method == Method::kTaskArithmetic) return true;
+  return IsMergekitMethod(spec.method) && spec.method != Method::kBreadcrumbs &&
+         spec.method != Method::kDella;
 }
 
 at::Tensor ElectAndMerge(const std::vector<at::Tensor>& sparse,

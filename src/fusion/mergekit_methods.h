@@ -48,6 +48,10 @@ struct MergekitParams {
 };
 MergekitParams MergekitParamsOf(const FusionSpec& spec);
 
+// Whether `method` is of the mergekit family (fusion_spec.h: kLinear ..
+// kModelStock), which only this file computes.
+bool IsMergekitMethod(Method method);
+
 // Whether `spec` merges through this file: the mergekit-family methods, and
 // task_arithmetic / ties given a task weight, normalize_weights or a
 // non-default count_rule / sign_cancel (without any, they keep their own

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "io/tensor_convert.h"
+#include "storage/read_local_file.h"
 #include "util/file_util.h"
 #include "util/json_util.h"
 #include "util/quote.h"
@@ -45,15 +46,8 @@ struct ParsedIndex {
 // Reads the index beneath its allowed root when there is a resolver.
 absl::StatusOr<ParsedIndex> ParseIndex(const std::string& index_path,
                                        const UriResolver* resolver) {
-  std::string text;
-  if (resolver != nullptr) {
-    TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
-                            resolver->CheckLocalPath(index_path));
-    TAILOR_ASSIGN_OR_RETURN(
-        text, resolver->ReadFile(canonical, kMaxIndexBytes, index_path));
-  } else {
-    TAILOR_ASSIGN_OR_RETURN(text, ReadFileToString(index_path, kMaxIndexBytes));
-  }
+  TAILOR_ASSIGN_OR_RETURN(const std::string text,
+                          ReadLocalFile(resolver, index_path, kMaxIndexBytes));
   TAILOR_ASSIGN_OR_RETURN(nlohmann::json json,
                           ParseJsonStrict(text, index_path));
   if (!json.is_object()) {

@@ -11,6 +11,7 @@
 #include <numeric>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -33,51 +34,57 @@ bool IsWeightFileName(absl::string_view name) {
   return false;
 }
 
-// Copies the open regular file `in` (named `from` in messages) into a new
-// entry `name` of directory `dirfd` (O_EXCL, never following a symlink
-// there; named `label`) and fsyncs the copy.
-absl::Status CopyOpenFileAt(int in, absl::string_view from, int dirfd,
-                            const std::string& name, absl::string_view label) {
+// Creates a new entry `name` of directory `dirfd` (O_EXCL, never following
+// a symlink there; named `label`), has `fill` write it through its fd, and
+// fsyncs it.
+absl::Status WriteNewFileAt(int dirfd, const std::string& name,
+                            absl::string_view label,
+                            absl::FunctionRef<absl::Status(int fd)> fill) {
   const int fd =
       ::openat(dirfd, name.c_str(),
                O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoError(errno, absl::StrCat("create ", label));
   ScopedFd out(fd);
-  std::vector<char> buffer(1 << 20);
-  uint64_t offset = 0;
-  for (;;) {
-    const ssize_t n =
-        ::pread(in, buffer.data(), buffer.size(), static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError(errno, absl::StrCat("read ", from));
-    }
-    if (n == 0) break;
-    TAILOR_RETURN_IF_ERROR(
-        PWriteFully(fd, buffer.data(), static_cast<size_t>(n), offset, label));
-    offset += static_cast<uint64_t>(n);
-  }
+  TAILOR_RETURN_IF_ERROR(fill(fd));
   if (::fsync(fd) != 0) return ErrnoError(errno, absl::StrCat("fsync ", label));
   return absl::OkStatus();
+}
+
+// Copies the open regular file `in` (named `from` in messages) into a new
+// entry `name` of directory `dirfd` (WriteNewFileAt).
+absl::Status CopyOpenFileAt(int in, absl::string_view from, int dirfd,
+                            const std::string& name, absl::string_view label) {
+  return WriteNewFileAt(dirfd, name, label, [&](int fd) -> absl::Status {
+    std::vector<char> buffer(1 << 20);
+    uint64_t offset = 0;
+    for (;;) {
+      const ssize_t n =
+          ::pread(in, buffer.data(), buffer.size(), static_cast<off_t>(offset));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoError(errno, absl::StrCat("read ", from));
+      }
+      if (n == 0) return absl::OkStatus();
+      TAILOR_RETURN_IF_ERROR(PWriteFully(
+          fd, buffer.data(), static_cast<size_t>(n), offset, label));
+      offset += static_cast<uint64_t>(n);
+    }
+  });
 }
 
 // The same from any byte source (a remote object), in 8 MiB reads.
 absl::Status CopySourceAt(const ByteSource& in, int dirfd,
                           const std::string& name, absl::string_view label) {
-  const int fd =
-      ::openat(dirfd, name.c_str(),
-               O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError(errno, absl::StrCat("create ", label));
-  ScopedFd out(fd);
-  std::string buffer;
-  for (uint64_t offset = 0; offset < in.size(); offset += buffer.size()) {
-    buffer.resize(std::min<uint64_t>(8 << 20, in.size() - offset));
-    TAILOR_RETURN_IF_ERROR(in.ReadAt(offset, buffer.size(), buffer.data()));
-    TAILOR_RETURN_IF_ERROR(
-        PWriteFully(fd, buffer.data(), buffer.size(), offset, label));
-  }
-  if (::fsync(fd) != 0) return ErrnoError(errno, absl::StrCat("fsync ", label));
-  return absl::OkStatus();
+  return WriteNewFileAt(dirfd, name, label, [&](int fd) -> absl::Status {
+    std::string buffer;
+    for (uint64_t offset = 0; offset < in.size(); offset += buffer.size()) {
+      buffer.resize(std::min<uint64_t>(8 << 20, in.size() - offset));
+      TAILOR_RETURN_IF_ERROR(in.ReadAt(offset, buffer.size(), buffer.data()));
+      TAILOR_RETURN_IF_ERROR(
+          PWriteFully(fd, buffer.data(), buffer.size(), offset, label));
+    }
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "io/peft_config.h"
 #include "io/peft_keys.h"
 #include "io/tensor_convert.h"
+#include "storage/read_local_file.h"
 #include "util/file_util.h"
 #include "util/quote.h"
 #include "util/status_macros.h"
@@ -59,17 +60,9 @@ struct AdapterTensors {
 absl::StatusOr<PeftConfig> ReadAdapterConfig(
     const std::string& adapter_dir, const Checkpoint::Options& options) {
   const std::string config_path = JoinPath(adapter_dir, kAdapterConfigName);
-  std::string text;
-  if (options.resolver != nullptr) {
-    // Read beneath its allowed root (issue #14 point 7).
-    TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
-                            options.resolver->CheckLocalPath(config_path));
-    TAILOR_ASSIGN_OR_RETURN(text, options.resolver->ReadFile(
-                                      canonical, kMaxConfigBytes, config_path));
-  } else {
-    TAILOR_ASSIGN_OR_RETURN(text,
-                            ReadFileToString(config_path, kMaxConfigBytes));
-  }
+  TAILOR_ASSIGN_OR_RETURN(
+      const std::string text,
+      ReadLocalFile(options.resolver, config_path, kMaxConfigBytes));
   return ParsePeftConfig(config_path, text);
 }
 
@@ -276,6 +269,36 @@ absl::StatusOr<std::vector<LoraModule>> ResolveModules(
   return modules;
 }
 
+// Why adapter tensor `info` cannot replace base tensor `name` (`w`), which
+// the LoRA modules of `merged_from` (base name -> module) may update; empty
+// if it can.
+std::string ReplacementProblem(
+    const TensorInfo& info, const std::string& name, const TensorInfo& w,
+    const std::map<std::string, std::string>& merged_from) {
+  if (merged_from.count(name) > 0) {
+    return absl::StrCat("replaces base tensor ", Quote(name),
+                        ", which LoRA module ", Quote(merged_from.at(name)),
+                        " also updates; refusing to guess which applies");
+  }
+  if (info.shape != w.shape) {
+    return absl::StrCat("shape ", Shape(info.shape),
+                        " does not match base tensor ", Quote(name), " ",
+                        Shape(w.shape),
+                        " (a modules_to_save tensor replaces the base tensor "
+                        "and must have its shape)");
+  }
+  const bool compatible = IsFloatingDType(w.dtype) ? IsFloatingDType(info.dtype)
+                                                   : info.dtype == w.dtype;
+  if (!compatible) {
+    return absl::StrCat("dtype ", DTypeName(info.dtype),
+                        " cannot stand in for base tensor ", Quote(name), " (",
+                        DTypeName(w.dtype),
+                        "); floating tensors may differ only in float width, "
+                        "others must match exactly");
+  }
+  return "";
+}
+
 // Stage 6: the full-tensor replacements (modules_to_save), base name ->
 // adapter key; each must fit its base tensor and not be LoRA-merged too.
 absl::StatusOr<std::map<std::string, std::string>> ResolveReplacements(
@@ -287,35 +310,8 @@ absl::StatusOr<std::map<std::string, std::string>> ResolveReplacements(
   for (const auto& [target, info] : tensors.full) {
     const std::string name = map.Apply(target);
     const TensorInfo* w = base.Find(name);  // resolved above
-    if (merged_from.count(name) > 0) {
-      return AdapterTensorError(
-          file, info->name,
-          absl::StrCat("replaces base tensor ", Quote(name),
-                       ", which LoRA module ", Quote(merged_from.at(name)),
-                       " also updates; refusing to guess which "
-                       "applies"));
-    }
-    if (info->shape != w->shape) {
-      return AdapterTensorError(
-          file, info->name,
-          absl::StrCat("shape ", Shape(info->shape),
-                       " does not match base tensor ", Quote(name), " ",
-                       Shape(w->shape),
-                       " (a modules_to_save tensor replaces the "
-                       "base tensor and must have its shape)"));
-    }
-    const bool compatible = IsFloatingDType(w->dtype)
-                                ? IsFloatingDType(info->dtype)
-                                : info->dtype == w->dtype;
-    if (!compatible) {
-      return AdapterTensorError(
-          file, info->name,
-          absl::StrCat("dtype ", DTypeName(info->dtype),
-                       " cannot stand in for base tensor ", Quote(name), " (",
-                       DTypeName(w->dtype),
-                       "); floating tensors may differ only in float "
-                       "width, others must match exactly"));
-    }
+    const std::string why = ReplacementProblem(*info, name, *w, merged_from);
+    if (!why.empty()) return AdapterTensorError(file, info->name, why);
     replaced.emplace(name, info->name);
   }
   return replaced;

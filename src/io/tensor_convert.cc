@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "util/quote.h"
@@ -16,30 +17,17 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "safetensors data is little-endian; this host is not");
 
 std::optional<at::ScalarType> ToScalarType(DType dtype) {
-  switch (dtype) {
-    case DType::kBOOL:
-      return at::kBool;
-    case DType::kU8:
-      return at::kByte;
-    case DType::kI8:
-      return at::kChar;
-    case DType::kI16:
-      return at::kShort;
-    case DType::kI32:
-      return at::kInt;
-    case DType::kI64:
-      return at::kLong;
-    case DType::kF16:
-      return at::kHalf;
-    case DType::kBF16:
-      return at::kBFloat16;
-    case DType::kF32:
-      return at::kFloat;
-    case DType::kF64:
-      return at::kDouble;
-    default:
-      return std::nullopt;
+  constexpr std::pair<DType, at::ScalarType> kTypes[] = {
+      {DType::kBOOL, at::kBool}, {DType::kU8, at::kByte},
+      {DType::kI8, at::kChar},   {DType::kI16, at::kShort},
+      {DType::kI32, at::kInt},   {DType::kI64, at::kLong},
+      {DType::kF16, at::kHalf},  {DType::kBF16, at::kBFloat16},
+      {DType::kF32, at::kFloat}, {DType::kF64, at::kDouble},
+  };
+  for (const auto& [d, type] : kTypes) {
+    if (d == dtype) return type;
   }
+  return std::nullopt;
 }
 
 absl::StatusOr<at::Tensor> ApplyReadOptions(const at::Tensor& tensor,

@@ -23,6 +23,17 @@ constexpr char kRecovery[] =
     "directory and move jobs.db, jobs.db-wal, jobs.db-shm and store.id "
     "aside (or restore them from a backup); see README.md, 'Job store'.";
 
+// A failed marker write is not fatal (the marker then lags the database,
+// which CheckIdentity allows): a warning "job store: cannot <verb> <marker>:
+// <why> (<lag_note>)".
+void WarnIfMarkerFailed(const absl::Status& s, const std::string& marker,
+                        absl::string_view verb, absl::string_view lag_note) {
+  if (s.ok()) return;
+  Log(LogLevel::kWarning, "",
+      absl::StrCat("job store: cannot ", verb, " ", marker, ": ", s.message(),
+                   " (", lag_note, ")"));
+}
+
 std::string NewStoreId() {
   absl::BitGen gen;
   return absl::StrFormat("%016x%016x", absl::Uniform<uint64_t>(gen),
@@ -246,12 +257,8 @@ absl::Status JobStore::CheckIdentity(bool marker_exists,
   if (!marker_path_.empty()) {
     // Not fatal: on a full volume the store must still open (the marker
     // only ever lags the database, which the checks above allow).
-    absl::Status s = WriteMarker();
-    if (!s.ok()) {
-      Log(LogLevel::kWarning, "",
-          absl::StrCat("job store: cannot write ", marker_path_, ": ",
-                       s.message(), " (loss detection uses the old marker)"));
-    }
+    WarnIfMarkerFailed(WriteMarker(), marker_path_, "write",
+                       "loss detection uses the old marker");
   }
   return absl::OkStatus();
 }
@@ -331,12 +338,8 @@ absl::Status JobStore::Transact(absl::FunctionRef<absl::Status()> body,
   }
   ++commit_seq_;
   if (mark && !marker_path_.empty()) {
-    absl::Status m = WriteMarker();
-    if (!m.ok()) {
-      Log(LogLevel::kWarning, "",
-          absl::StrCat("job store: cannot update ", marker_path_, ": ",
-                       m.message(), " (the marker lags the store)"));
-    }
+    WarnIfMarkerFailed(WriteMarker(), marker_path_, "update",
+                       "the marker lags the store");
   }
   return absl::OkStatus();
 }

@@ -57,12 +57,16 @@ std::string FormatValue(double value) {
   return absl::StrFormat("%.17g", value);
 }
 
-std::string EscapeLabelValue(absl::string_view value) {
+namespace {
+
+// The text format's escapes: backslash and newline, and the double quote
+// where `quotes` (label values).
+std::string Escape(absl::string_view text, bool quotes) {
   std::string out;
-  for (char c : value) {
+  for (char c : text) {
     if (c == '\\') {
       out += "\\\\";
-    } else if (c == '"') {
+    } else if (c == '"' && quotes) {
       out += "\\\"";
     } else if (c == '\n') {
       out += "\\n";
@@ -73,18 +77,14 @@ std::string EscapeLabelValue(absl::string_view value) {
   return out;
 }
 
+}  // namespace
+
+std::string EscapeLabelValue(absl::string_view value) {
+  return Escape(value, /*quotes=*/true);
+}
+
 std::string EscapeHelp(absl::string_view help) {
-  std::string out;
-  for (char c : help) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out.push_back(c);
-    }
-  }
-  return out;
+  return Escape(help, /*quotes=*/false);
 }
 
 Family::Family(std::string name, std::string help, MetricType type,

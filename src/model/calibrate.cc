@@ -12,6 +12,7 @@
 #include "model/calibration_merge.h"
 #include "model/hessian_collector.h"
 #include "model/llama_config.h"
+#include "storage/read_local_file.h"
 #include "util/device.h"
 #include "util/file_util.h"
 #include "util/status_macros.h"
@@ -95,15 +96,8 @@ absl::StatusOr<at::Tensor> LoadCalibrationTokens(const std::string& path,
     TAILOR_ASSIGN_OR_RETURN(tokens, ReadTokenTensor(path, resolver));
   } else {
     TAILOR_RETURN_IF_ERROR(RefuseIfPickleName(path));
-    std::string bytes;
-    if (resolver != nullptr) {
-      TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
-                              resolver->CheckLocalPath(path));
-      TAILOR_ASSIGN_OR_RETURN(
-          bytes, resolver->ReadFile(canonical, kMaxTextBytes, path));
-    } else {
-      TAILOR_ASSIGN_OR_RETURN(bytes, ReadFileToString(path, kMaxTextBytes));
-    }
+    TAILOR_ASSIGN_OR_RETURN(const std::string bytes,
+                            ReadLocalFile(resolver, path, kMaxTextBytes));
     TAILOR_RETURN_IF_ERROR(RefuseIfPickle(bytes.substr(0, 64), path));
     tokens = at::empty({static_cast<int64_t>(bytes.size())}, at::kLong);
     int64_t* out = tokens.data_ptr<int64_t>();

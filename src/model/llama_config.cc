@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "storage/read_local_file.h"
 #include "storage/uri_resolver.h"
 #include "util/file_util.h"
 #include "util/json_util.h"
@@ -303,15 +304,8 @@ absl::StatusOr<LlamaConfig> LlamaConfig::Load(const std::string& path,
                                               const UriResolver* resolver) {
   const std::string file =
       IsDirectory(path) ? JoinPath(path, "config.json") : path;
-  std::string text;
-  if (resolver != nullptr) {
-    TAILOR_ASSIGN_OR_RETURN(const std::string canonical,
-                            resolver->CheckLocalPath(file));
-    TAILOR_ASSIGN_OR_RETURN(
-        text, resolver->ReadFile(canonical, kMaxConfigBytes, file));
-  } else {
-    TAILOR_ASSIGN_OR_RETURN(text, ReadFileToString(file, kMaxConfigBytes));
-  }
+  TAILOR_ASSIGN_OR_RETURN(const std::string text,
+                          ReadLocalFile(resolver, file, kMaxConfigBytes));
   TAILOR_ASSIGN_OR_RETURN(Json json, ParseJsonStrict(text, file));
   return FromJson(json, file);
 }

@@ -9,7 +9,8 @@
 //              first byte instead (Content-Range: bytes 0-0/SIZE)
 //   ReadRange  GET with Range (and If-Match for a strong ETag); a 200
 //              where a part was asked for is FAILED_PRECONDITION (the
-//              server ignores Range), a different ETag too
+//              server ignores Range), a different ETag or object size
+//              too (storage/http_object_read.h, shared with s3://)
 //   List       UNIMPLEMENTED
 //   BeginUpload, Delete  PERMISSION_DENIED (read-only scheme)
 //

@@ -56,12 +56,7 @@ absl::StatusOr<std::shared_ptr<ObjectStoreProvider>> NewRemoteStoreProvider(
   if (options.max_attempts < 1 || options.max_attempts > 100) {
     return absl::InvalidArgumentError("remote max_attempts must be 1..100");
   }
-  HttpClientOptions http_options;
-  http_options.ca_file = options.ca_file;
-  http_options.connect_timeout = options.connect_timeout;
-  http_options.stall_timeout = options.stall_timeout;
-  http_options.max_attempts = options.max_attempts;
-  http_options.initial_backoff = options.initial_backoff;
+  HttpClientOptions http_options = options;
   if (!options.ca_file.empty()) {
     // Named but unreadable is a configuration error now, not a TLS error
     // at the first request.
@@ -76,17 +71,7 @@ absl::StatusOr<std::shared_ptr<ObjectStoreProvider>> NewRemoteStoreProvider(
 
   S3StoreOptions s3;
   TAILOR_ASSIGN_OR_RETURN(s3.aws, LoadAwsConfig(env));
-  switch (options.s3_addressing) {
-    case RemoteOptions::S3Addressing::kAuto:
-      s3.addressing = S3StoreOptions::Addressing::kAuto;
-      break;
-    case RemoteOptions::S3Addressing::kPath:
-      s3.addressing = S3StoreOptions::Addressing::kPath;
-      break;
-    case RemoteOptions::S3Addressing::kVirtual:
-      s3.addressing = S3StoreOptions::Addressing::kVirtual;
-      break;
-  }
+  s3.addressing = options.s3_addressing;
   std::string hf_endpoint = env("HF_ENDPOINT");
   if (hf_endpoint.empty()) hf_endpoint = kDefaultHfEndpoint;
   TAILOR_ASSIGN_OR_RETURN(hf_endpoint,

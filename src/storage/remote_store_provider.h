@@ -18,27 +18,21 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "absl/time/time.h"
 #include "storage/aws_config.h"
+#include "storage/http_client.h"
 #include "storage/object_store.h"
+#include "storage/s3_store.h"
 
 namespace tailor {
 
-struct RemoteOptions {
-  // PEM bundle of CAs to trust for https (s3 endpoints, https://, hf://);
-  // empty: SSL_CERT_FILE if set, else the system store.
-  std::string ca_file;
-  absl::Duration connect_timeout = absl::Seconds(30);
-  // A request that transfers nothing for this long is retried.
-  absl::Duration stall_timeout = absl::Seconds(60);
-  // Attempts per idempotent request (1 = no retries); backoff is
-  // exponential with full jitter, starting at `initial_backoff`.
-  int max_attempts = 5;
-  absl::Duration initial_backoff = absl::Milliseconds(200);
-  // s3:// addressing: kAuto is path-style when a custom endpoint is named
-  // (AWS_ENDPOINT_URL[_S3] or the profile's endpoint_url), virtual-hosted
-  // on AWS itself.
-  enum class S3Addressing { kAuto, kPath, kVirtual };
+// The transport's settings (HttpClientOptions: the PEM bundle of CAs to
+// trust for https -- s3 endpoints, https://, hf:// --, the connect and
+// stall timeouts, attempts per idempotent request (1..100; 1 = no retries)
+// and their backoff) and s3:// addressing: kAuto is path-style when a
+// custom endpoint is named (AWS_ENDPOINT_URL[_S3] or the profile's
+// endpoint_url), virtual-hosted on AWS itself.
+struct RemoteOptions : HttpClientOptions {
+  using S3Addressing = S3StoreOptions::Addressing;
   S3Addressing s3_addressing = S3Addressing::kAuto;
 };
 

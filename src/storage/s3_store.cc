@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "storage/http_object_read.h"
 #include "storage/s3_upload.h"
 #include "storage/uri_encode.h"
 #include "storage/xml_extract.h"
@@ -22,13 +23,6 @@ namespace {
 
 // The List bound of the ObjectStore contract.
 constexpr size_t kMaxListKeys = 100000;
-
-std::string StripQuotes(absl::string_view etag) {
-  if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') {
-    etag = etag.substr(1, etag.size() - 2);
-  }
-  return std::string(etag);
-}
 
 }  // namespace
 
@@ -92,34 +86,13 @@ absl::Status S3Store::ErrorFor(const HttpResponse& r, absl::string_view op,
   if (code.ok() && !code->empty()) {
     absl::StrAppend(&detail, " ", Quote(*code, 64));
   }
-  const std::string what = absl::StrCat(op, " ", subject, ": ");
-  switch (r.status) {
-    case 401:
-    case 403:
-      return absl::PermissionDeniedError(
-          absl::StrCat(what, "access denied (", detail,
-                       "; check the credentials, region and bucket policy)"));
-    case 404:
-      return absl::NotFoundError(
-          absl::StrCat(what, "not found (", detail, ")"));
-    case 412:
-      return absl::FailedPreconditionError(
-          absl::StrCat(what, "object changed while reading (", detail, ")"));
-    case 416:
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, "range not satisfiable (", detail, ")"));
-    case 301:
-    case 307:
-      return absl::FailedPreconditionError(
-          absl::StrCat(what, "the bucket is served elsewhere (", detail,
-                       "; check AWS_REGION / AWS_ENDPOINT_URL)"));
-    default:
-      if (r.status >= 500 || r.status == 429) {
-        return absl::UnavailableError(absl::StrCat(what, detail));
-      }
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, "refused (", detail, ")"));
+  if (r.status == 301 || r.status == 307) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(op, " ", subject, ": the bucket is served elsewhere (",
+                     detail, "; check AWS_REGION / AWS_ENDPOINT_URL)"));
   }
+  return HttpStatusError(r.status, op, subject, detail,
+                         "; check the credentials, region and bucket policy");
 }
 
 absl::StatusOr<ObjectInfo> S3Store::Stat(const ObjectUri& uri) {
@@ -134,7 +107,7 @@ absl::StatusOr<ObjectInfo> S3Store::Stat(const ObjectUri& uri) {
     return absl::DataLossError(absl::StrCat(
         "HEAD ", subject, ": no valid Content-Length in the response"));
   }
-  info.etag = StripQuotes(r.Header("etag"));
+  info.etag = UnquoteEtag(r.Header("etag"));
   return info;
 }
 
@@ -142,34 +115,11 @@ absl::Status S3Store::ReadRange(const ObjectUri& uri,
                                 const ObjectInfo& expected, uint64_t offset,
                                 uint64_t length, char* out) {
   const std::string subject = uri.ToString();
-  TAILOR_RETURN_IF_ERROR(CheckObjectRange(uri, expected, offset, length));
-  if (length == 0) return absl::OkStatus();
-  HttpRequest req;
-  req.url = Url(uri.bucket, uri.key, "");
-  req.headers.emplace_back(
-      "Range", absl::StrCat("bytes=", offset, "-", offset + length - 1));
-  if (!expected.etag.empty()) {
-    req.headers.emplace_back("If-Match",
-                             absl::StrCat("\"", expected.etag, "\""));
-  }
-  req.expected_body_bytes = length;
-  req.out = out;
-  TAILOR_ASSIGN_OR_RETURN(HttpResponse r, Send(std::move(req), "", subject));
-  const bool whole = offset == 0 && length == expected.size;
-  if (r.status != 206 && !(r.status == 200 && whole)) {
-    if (r.status == 200) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "GET ", subject, ": the server ignored the Range header"));
-    }
-    return ErrorFor(r, "GET", subject);
-  }
-  const std::string etag = StripQuotes(r.Header("etag"));
-  if (!expected.etag.empty() && !etag.empty() && etag != expected.etag) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "GET ", subject, ": object changed while reading (ETag ",
-        Quote(etag, 80), ", expected ", Quote(expected.etag, 80), ")"));
-  }
-  return absl::OkStatus();
+  auto send = [&](HttpRequest req) {
+    req.url = Url(uri.bucket, uri.key, "");
+    return Send(std::move(req), "", subject);
+  };
+  return ReadRangeOverHttp(uri, expected, offset, length, out, send, &ErrorFor);
 }
 
 absl::StatusOr<std::vector<ObjectUri>> S3Store::List(const ObjectUri& prefix) {

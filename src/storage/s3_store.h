@@ -6,7 +6,8 @@
 // SHA-256 in x-amz-content-sha256). Torch-free (tailor_remote).
 //
 //   Stat       HEAD -> size, ETag
-//   ReadRange  GET with Range and If-Match (412 -> FAILED_PRECONDITION)
+//   ReadRange  GET with Range and If-Match (412 -> FAILED_PRECONDITION),
+//              checked as https:// is (storage/http_object_read.h)
 //   List       ListObjectsV2, paginated (continuation tokens); keys that
 //              end in '/' (folder markers) or that are no valid ObjectUri
 //              key ("a//b", "..") are left out

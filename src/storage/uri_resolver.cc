@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -210,17 +211,25 @@ std::optional<std::string> DanglingTarget(const std::string& path,
   return DanglingTarget(target, depth + 1);
 }
 
-// If `path` exists: its canonical form, or PERMISSION_DENIED when that lies
-// outside the roots. Otherwise nullopt, with realpath's errno in *err.
-std::optional<absl::StatusOr<std::string>> CanonicalIfExists(
+// Canonicalises `path` (named by `subject` in messages): if it exists, its
+// canonical form, or PERMISSION_DENIED when that lies outside the roots;
+// otherwise what `missing` makes of realpath's error ("<subject> cannot be
+// resolved").
+absl::StatusOr<std::string> Canonicalise(
     absl::string_view subject, const std::string& path,
-    const std::vector<std::string>& roots, int* err) {
+    const std::vector<std::string>& roots,
+    absl::FunctionRef<absl::StatusOr<std::string>(const absl::Status&)>
+        missing) {
   std::string canonical;
-  if (!RealPath(path, &canonical, err)) return std::nullopt;
-  if (!IsUnderAnyRoot(canonical, roots)) {
-    return absl::StatusOr<std::string>(OutsideRoots(subject, canonical, roots));
+  int err = 0;
+  if (!RealPath(path, &canonical, &err)) {
+    return missing(
+        ErrnoStatus(err, absl::StrCat(subject, " cannot be resolved")));
   }
-  return absl::StatusOr<std::string>(std::move(canonical));
+  if (!IsUnderAnyRoot(canonical, roots)) {
+    return OutsideRoots(subject, canonical, roots);
+  }
+  return canonical;
 }
 
 // Canonicalises `path` (named by `subject` in messages), which must exist and
@@ -228,33 +237,29 @@ std::optional<absl::StatusOr<std::string>> CanonicalIfExists(
 absl::StatusOr<std::string> ResolveExistingPath(
     absl::string_view subject, const std::string& path,
     const std::vector<std::string>& roots) {
-  int err = 0;
-  if (std::optional<absl::StatusOr<std::string>> existing =
-          CanonicalIfExists(subject, path, roots, &err)) {
-    return *std::move(existing);
-  }
-  // Report a location outside the roots as PERMISSION_DENIED whether or not
-  // it exists, so callers cannot probe the file system outside the roots --
-  // also through a dangling symlink inside the roots (issue #10 point 21).
-  const std::optional<std::string> target = DanglingTarget(path);
-  if (target.has_value() &&
-      (!IsUnderAnyRoot(*target, roots) ||
-       absl::StrContains(absl::StrCat(*target, "/"), "/../"))) {
-    return OutsideRoots(subject, *target, roots);
-  }
-  return ErrnoStatus(err, absl::StrCat(subject, " cannot be resolved"));
+  return Canonicalise(
+      subject, path, roots,
+      [&](const absl::Status& resolve_error) -> absl::StatusOr<std::string> {
+        // Report a location outside the roots as PERMISSION_DENIED whether
+        // or not it exists, so callers cannot probe the file system outside
+        // the roots -- also through a dangling symlink inside the roots
+        // (issue #10 point 21).
+        const std::optional<std::string> target = DanglingTarget(path);
+        if (target.has_value() &&
+            (!IsUnderAnyRoot(*target, roots) ||
+             absl::StrContains(absl::StrCat(*target, "/"), "/../"))) {
+          return OutsideRoots(subject, *target, roots);
+        }
+        return resolve_error;
+      });
 }
 
-absl::StatusOr<std::string> ResolveWritablePath(
+// ResolveWritablePath of a `path` that does not exist (realpath failed with
+// `resolve_error`): its longest existing ancestor's canonical form plus the
+// missing components, which must be plain names, checked against the roots.
+absl::StatusOr<std::string> WritableMissing(
     absl::string_view subject, const std::string& path,
-    const std::vector<std::string>& roots) {
-  int err = 0;
-  if (std::optional<absl::StatusOr<std::string>> existing =
-          CanonicalIfExists(subject, path, roots, &err)) {
-    return *std::move(existing);
-  }
-  const absl::Status resolve_error =
-      ErrnoStatus(err, absl::StrCat(subject, " cannot be resolved"));
+    const std::vector<std::string>& roots, const absl::Status& resolve_error) {
   absl::StatusOr<Ancestor> ancestor = LongestExistingAncestor(path);
   if (!ancestor.ok() || ancestor->missing.empty()) return resolve_error;
   if (!IsUnderAnyRoot(ancestor->canonical, roots)) {
@@ -303,6 +308,16 @@ absl::StatusOr<std::string> ResolveWritablePath(
         lstat_err, absl::StrCat(subject, ": cannot inspect ", Quote(first)));
   }
   return JoinPath(ancestor->canonical, ancestor->missing);
+}
+
+// Canonicalises `path`, which need not exist yet (an output), inside a root.
+absl::StatusOr<std::string> ResolveWritablePath(
+    absl::string_view subject, const std::string& path,
+    const std::vector<std::string>& roots) {
+  return Canonicalise(
+      subject, path, roots, [&](const absl::Status& resolve_error) {
+        return WritableMissing(subject, path, roots, resolve_error);
+      });
 }
 
 }  // namespace

@@ -53,14 +53,7 @@ absl::StatusOr<ScopedFd> OpenForRead(const std::string& path) {
 absl::StatusOr<ScopedFd> FinishOpenForRead(ScopedFd owned,
                                            absl::string_view path) {
   const int fd = owned.get();
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    return ErrnoError(errno, absl::StrCat("stat ", path));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, " is not a regular file (", FileTypeName(st.st_mode), ")"));
-  }
+  TAILOR_RETURN_IF_ERROR(RegularFileSize(fd, path).status());
   const int flags = ::fcntl(fd, F_GETFL);
   if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
     return ErrnoError(errno, absl::StrCat("fcntl ", path));

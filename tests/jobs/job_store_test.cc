@@ -154,6 +154,29 @@ TEST_F(StoreLossTest, IntactStoreReopensAndTheMarkerFollowsCommits) {
   EXPECT_TRUE(PathExists(marker()));
 }
 
+// A marker that cannot be written (its directory is missing) is not fatal:
+// the store opens and commits, and each failed write is a warning that
+// names the marker and what the lagging marker means.
+TEST_F(StoreLossTest, AMarkerThatCannotBeWrittenIsAWarningOnly) {
+  const std::string marker = dir_.Join("gone/store.id");
+  ::testing::internal::CaptureStderr();
+  auto store = JobStore::Open(db(), marker);
+  if (store.ok()) Create(**store, 1);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->LoadJobs()->size(), 1u);
+  EXPECT_FALSE(PathExists(marker));
+  EXPECT_TRUE(absl::StrContains(
+      err, absl::StrCat("job store: cannot write ", marker, ": ")))
+      << err;
+  EXPECT_TRUE(absl::StrContains(err, "(loss detection uses the old marker)"))
+      << err;
+  EXPECT_TRUE(absl::StrContains(
+      err, absl::StrCat("job store: cannot update ", marker, ": ")))
+      << err;
+  EXPECT_TRUE(absl::StrContains(err, "(the marker lags the store)")) << err;
+}
+
 TEST_F(StoreLossTest, TruncatedOrMissingDatabaseIsRefused) {
   {
     auto store = Open();
