@@ -26,7 +26,7 @@ namespace {
 
 constexpr absl::string_view kRecordSuffix = ".tailor-uploads";
 constexpr absl::string_view kRemotePrefix = ".remote-";
-constexpr absl::string_view kStageInfix = ".tailor-stage-";
+constexpr char kStageInfix[] = ".tailor-stage-";
 // A record lists one output's files; far below this.
 constexpr uint64_t kMaxRecordBytes = 16 << 20;
 

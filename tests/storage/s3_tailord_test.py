@@ -42,40 +42,23 @@ from s3_e2e_test import (FaultProxy, read, start_fixture,  # noqa: E402
 import tailor_client  # noqa: E402
 from tailor_client import pb  # noqa: E402
 
-TAILORD = os.environ.get("TAILORD", "tailord")
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "client"))
+import tailor_client_test  # noqa: E402
+
 TAILORCTL = os.environ.get("TAILORCTL", "tailorctl")
 DEADLINE = 600  # generous: the machine may be loaded
 
 
-class Tailord:
-    """tailord on loopback, its log in a file, AWS_* from `env`."""
+class Tailord(tailor_client_test.Tailord):
+    """tailord on loopback (tests/client/tailor_client_test.py), its data
+    under `d`, the s3:// roots and AWS_* from `env`."""
 
-    def __init__(self, d, data_dir, env, tag):
-        ready = os.path.join(d, "ready-%s.json" % tag)
-        self.log_path = os.path.join(d, "tailord-%s.log" % tag)
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [TAILORD, "--listen", "127.0.0.1:0", "--metrics-listen",
-             "127.0.0.1:0", "--data-dir", data_dir,
-             "--allowed-root", "s3://models/m/", "--allowed-root",
-             "s3://out/", "--ready-file", ready, "--drain-timeout", "5",
-             "--threads", "1"],
-            stderr=self.log, env=env)
-        end = time.monotonic() + DEADLINE
-        while not os.path.exists(ready):
-            if self.proc.poll() is not None:
-                raise RuntimeError("tailord exited early:\n" + self.text())
-            if time.monotonic() > end:
-                raise RuntimeError("tailord did not start:\n" + self.text())
-            time.sleep(0.05)
-        with open(ready) as f:
-            ports = json.load(f)
-        self.metrics_port = ports["metrics_port"]
-        self.client = tailor_client.Client("127.0.0.1:%d" % ports["grpc_port"])
-
-    def text(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")[-6000:]
+    def __init__(self, d, env, tag):
+        os.makedirs(d, exist_ok=True)
+        super().__init__(d, tag=tag, env=env, extra_args=[
+            "--allowed-root", "s3://models/m/", "--allowed-root",
+            "s3://out/"])
+        self.client = tailor_client.Client(self.address)
 
     def metric(self, name):
         """The sum of every sample of metric `name` on /metrics."""
@@ -91,11 +74,7 @@ class Tailord:
 
     def stop(self, sig=signal.SIGTERM):
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=DEADLINE)
-        self.log.close()
-        return code
+        return super().stop(sig)
 
 
 class S3TailordTest(unittest.TestCase):
@@ -146,9 +125,8 @@ class S3TailordTest(unittest.TestCase):
         port = self.proxy.port if proxied else self.port
         return dict(self.env, AWS_ENDPOINT_URL="http://127.0.0.1:%d" % port)
 
-    def tailord(self, tag, proxied, data="data"):
-        d = Tailord(self.tmp, os.path.join(self.tmp, data),
-                    self.endpoint(proxied), tag)
+    def tailord(self, tag, proxied, data="d1"):
+        d = Tailord(os.path.join(self.tmp, data), self.endpoint(proxied), tag)
         self.addCleanup(lambda: d.proc.poll() is None and d.stop(
             signal.SIGKILL))
         return d
@@ -181,8 +159,8 @@ class S3TailordTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         return out
 
-    def staging(self, data="data"):
-        d = os.path.join(self.tmp, data, "remote-staging")
+    def staging(self, data="d1"):
+        d = os.path.join(self.tmp, data, "data", "remote-staging")
         return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
     def test_1_s3_job_equals_a_local_fuse_and_counts_remote_bytes(self):
@@ -228,7 +206,7 @@ class S3TailordTest(unittest.TestCase):
 
     def test_2_a_job_cancelled_while_uploading_leaves_nothing(self):
         self.proxy.plan("rule:PUT:partNumber=:delay=2")
-        d = self.tailord("2", proxied=True, data="data2")
+        d = self.tailord("2", proxied=True, data="d2")
         job = d.client.submit(self.big_spec("j2"))
         self.proxy.wait_for(lambda rs: any("upload_id" in r for r in rs),
                             "a CreateMultipartUpload")
@@ -243,13 +221,13 @@ class S3TailordTest(unittest.TestCase):
         self.assertTrue(started)
         for upload_id, path in started.items():
             self.assertEqual(aborted.get(upload_id), path, upload_id)
-        self.assertEqual(self.staging("data2"), [])
+        self.assertEqual(self.staging("d2"), [])
         d.stop()
 
     def test_3_killed_while_uploading_then_restarted(self):
         ref = self.local_big_fuse("ref3")
         self.proxy.plan("rule:PUT:partNumber=:delay=3")
-        d = self.tailord("3a", proxied=True, data="data3")
+        d = self.tailord("3a", proxied=True, data="d3")
         job = d.client.submit(self.big_spec("j3"))
         self.proxy.wait_for(lambda rs: any("upload_id" in r for r in rs),
                             "a CreateMultipartUpload")
@@ -257,13 +235,13 @@ class S3TailordTest(unittest.TestCase):
         started = self.proxy.started_uploads()
         self.assertTrue(started)
         # Left behind: the staging and the record of the started uploads.
-        left = self.staging("data3")
+        left = self.staging("d3")
         self.assertTrue(any(n.endswith(".tailor-uploads") for n in left), left)
         self.assertTrue(any(".tailor-stage-" in n for n in left), left)
         self.assertEqual(self.keys("j3/"), [])
 
         self.proxy.plan()  # full speed from here
-        d = self.tailord("3b", proxied=True, data="data3")
+        d = self.tailord("3b", proxied=True, data="d3")
         aborted = self.proxy.aborted_uploads()
         for upload_id, path in started.items():
             self.assertEqual(aborted.get(upload_id), path,
@@ -276,7 +254,7 @@ class S3TailordTest(unittest.TestCase):
                                             "j3/report.json"])
         self.assertEqual(self.get("j3/fused/model.safetensors"),
                          read(os.path.join(ref, "model.safetensors")))
-        self.assertEqual(self.staging("data3"), [])
+        self.assertEqual(self.staging("d3"), [])
         d.stop()
 
 

@@ -145,7 +145,9 @@ TEST_F(UploadRecordTest, ADeadWritersUploadsAreAbortedAndItsStagingRemoved) {
   EXPECT_EQ(store_->aborted_ids(), expected);
   // Only the live writer's staging and record remain.
   EXPECT_EQ(RecordLines().size(), 2u);
-  for (const std::string& n : *ListDirectory(tmp_.Join("scratch"))) {
+  const std::vector<std::string> left =
+      ListDirectory(tmp_.Join("scratch")).value();
+  for (const std::string& n : left) {
     EXPECT_EQ(n.find("dead"), std::string::npos) << n;
   }
   StagedOutput* one[] = {live.get()};
