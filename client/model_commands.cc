@@ -83,7 +83,8 @@ CLI::App* CalibrateCommand::Add(CLI::App& app) {
                   "tokens]), or any other file read as bytes (byte-level "
                   "vocabulary, as the demo models use)");
   cmd->add_option("--out", out_,
-                  "calibration file to write (must not exist); --model, "
+                  "calibration file to write (must not exist; a local path "
+                  "or s3://bucket/key, uploaded once complete); --model, "
                   "--data and --out are required unless --merge");
   cmd->add_option("--shard", shard_,
                   "with --shards: calibrate on share I of the windows "
@@ -113,7 +114,7 @@ CLI::App* CalibrateCommand::Add(CLI::App& app) {
                   "config.json, the data "
                   "and the output are opened beneath it, so a symlink out of "
                   "it is refused (exit 5)");
-  AddRemoteStorageFlags(cmd, &remote_, /*writes=*/false);
+  AddRemoteStorageFlags(cmd, &remote_, /*writes=*/true);
   cmd->add_flag("-q,--quiet", quiet_, "no progress on stderr");
   return cmd;
 }

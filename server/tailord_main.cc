@@ -56,6 +56,7 @@
 #include "util/file_util.h"
 #include "util/log.h"
 #include "util/memory.h"
+#include "util/upload_record.h"
 
 namespace tailor::server {
 namespace {
@@ -195,6 +196,20 @@ int Serve(const ServerConfig& config) {
   remote_flags.scratch_dir = JoinPath(config.data_dir, "remote-staging");
   absl::StatusOr<UriResolver::Remote> remote = MakeRemoteAccess(remote_flags);
   if (!remote.ok()) return Fail(remote.status());
+  {
+    // A tailord killed while uploading left its remote staging and the
+    // multipart uploads it had begun (issue #16 point 3): aborted and
+    // removed before any job runs (a requeued job publishes anew).
+    const RemoteScratchCleanup cleaned =
+        CleanRemoteScratch(remote_flags.scratch_dir, remote->provider.get());
+    if (cleaned.records > 0 || cleaned.staging_removed > 0) {
+      Log(LogLevel::kInfo, "",
+          absl::StrCat("remote staging of a stopped run: ", cleaned.aborted,
+                       " upload(s) aborted, ", cleaned.abort_failures, " not, ",
+                       cleaned.staging_removed, " staging entr",
+                       cleaned.staging_removed == 1 ? "y" : "ies", " removed"));
+    }
+  }
   absl::StatusOr<std::unique_ptr<jobs::JobRunner>> runner =
       jobs::NewFusionJobRunner(roots, {config.data_dir}, *std::move(remote));
   if (!runner.ok()) {

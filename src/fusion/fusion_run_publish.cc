@@ -173,7 +173,8 @@ absl::Status FusionRun::Publish() {
                                        report_out_->staging_path()));
     staged.push_back(report_out_.get());
   }
-  return PublishAll(staged);
+  // A cancel or drain during the uploads stops them (nothing visible).
+  return PublishAll(staged, options_.cancel);
 }
 
 }  // namespace fusion_internal

@@ -211,6 +211,26 @@ absl::StatusOr<at::Tensor> CalibrationFile::Load(absl::string_view key) const {
   return h;
 }
 
+namespace {
+
+// Copies all of `from` into the open file `to_fd` (labelled `to`).
+absl::Status CopyInto(const std::string& from, int to_fd,
+                      const std::string& to) {
+  TAILOR_ASSIGN_OR_RETURN(ScopedFd in, OpenForRead(from));
+  TAILOR_ASSIGN_OR_RETURN(uint64_t size, RegularFileSize(in.get(), from));
+  std::string chunk;
+  for (uint64_t offset = 0; offset < size; offset += chunk.size()) {
+    chunk.resize(std::min<uint64_t>(uint64_t{8} << 20, size - offset));
+    TAILOR_RETURN_IF_ERROR(
+        PReadFully(in.get(), chunk.data(), chunk.size(), offset, from));
+    TAILOR_RETURN_IF_ERROR(
+        PWriteFully(to_fd, chunk.data(), chunk.size(), offset, to));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status WriteCalibrationFile(
     const std::string& path, int64_t nsamples,
     const std::map<std::string, int64_t>& columns,
@@ -218,6 +238,22 @@ absl::Status WriteCalibrationFile(
     const std::function<absl::StatusOr<at::Tensor>(const std::string& key)>&
         hessian,
     const UriResolver* resolver) {
+  if (IsRemoteUri(path)) {
+    // Issue #16: written locally beside a remote output's staging file in
+    // the resolver's scratch directory, copied into it, then uploaded and
+    // committed as one object (never replacing one: ALREADY_EXISTS).
+    TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<StagedOutput> out,
+                            CreateStagedOutput(path, StagedOutput::Kind::kFile,
+                                               /*overwrite=*/false, resolver));
+    const std::string local = absl::StrCat(out->staging_path(), ".local");
+    absl::Status s =
+        WriteCalibrationFile(local, nsamples, columns, aliases, hessian);
+    if (s.ok()) s = CopyInto(local, out->fd(), out->staging_path());
+    (void)::unlink(local.c_str());
+    TAILOR_RETURN_IF_ERROR(s);
+    StagedOutput* const one[] = {out.get()};
+    return PublishAll(one);
+  }
   if (PathExists(path)) {
     return absl::AlreadyExistsError(
         absl::StrCat(path, " already exists; choose a new output path"));

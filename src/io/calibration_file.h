@@ -81,6 +81,12 @@ std::optional<std::string> HessianKeyOf(absl::string_view weight_name);
 // has been swapped for a symbolic link since, nothing is written and the
 // error names `path` (PERMISSION_DENIED when it now leads outside the
 // roots, FAILED_PRECONDITION otherwise).
+//
+// A remote `path` (s3://, issue #16; `resolver` required, with its store and
+// scratch directory) is written locally in the scratch directory, then
+// uploaded and committed as one object, visible only once complete; an
+// existing object is ALREADY_EXISTS (checked before writing and again
+// before committing).
 absl::Status WriteCalibrationFile(
     const std::string& path, int64_t nsamples,
     const std::map<std::string, int64_t>& columns,

@@ -15,6 +15,7 @@
 #include "storage/read_local_file.h"
 #include "util/device.h"
 #include "util/file_util.h"
+#include "util/staged_output.h"
 #include "util/status_macros.h"
 #include "util/torch_status.h"
 
@@ -162,11 +163,13 @@ absl::Status RunCalibrateJob(const CalibrateJob& job,
   TAILOR_ASSIGN_OR_RETURN(std::string out_path,
                           resolver.ResolveForWrite(job.out_uri));
   if (IsRemoteUri(out_path)) {
-    return absl::UnimplementedError(absl::StrCat(
-        "calibrate: out ", job.out_uri,
-        " is remote; calibration files are written to local paths only"));
-  }
-  if (PathExists(out_path)) {
+    // Fails fast on an existing object (or a read-only scheme); the write
+    // checks again (io/calibration_file.h).
+    TAILOR_RETURN_IF_ERROR(CreateStagedOutput(out_path,
+                                              StagedOutput::Kind::kFile,
+                                              /*overwrite=*/false, &resolver)
+                               .status());
+  } else if (PathExists(out_path)) {
     return absl::AlreadyExistsError(
         absl::StrCat(out_path, " already exists; choose a new output path"));
   }

@@ -10,12 +10,14 @@
 // Torch-free (part of tailor_base's storage layer).
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
 namespace tailor {
@@ -86,6 +88,22 @@ class ObjectUpload {
   // Abandons the upload; idempotent; best effort (errors are logged by the
   // caller, never fatal).
   virtual absl::Status Abort() = 0;
+
+  // Called with the store's id of this upload once it exists on the server
+  // (S3: after CreateMultipartUpload, before the first part is sent), so
+  // the caller can record it durably and abort it after a crash
+  // (ObjectStore::AbortUpload). Not called for an upload that is one PUT at
+  // Commit(). An error from it fails the upload (which is then aborted).
+  using StartedCallback = std::function<absl::Status(const std::string& id)>;
+  void set_on_started(StartedCallback f) { on_started_ = std::move(f); }
+
+ protected:
+  absl::Status Started(const std::string& id) const {
+    return on_started_ ? on_started_(id) : absl::OkStatus();
+  }
+
+ private:
+  StartedCallback on_started_;
 };
 
 // A remote object store. Thread-safe: every method may be called
@@ -127,6 +145,18 @@ class ObjectStore {
 
   // Removes `uri`; NOT_FOUND is reported as OK (idempotent).
   virtual absl::Status Delete(const ObjectUri& uri) = 0;
+
+  // Abandons the upload of `uri` whose id ObjectUpload's started callback
+  // reported, possibly in an earlier process (S3: AbortMultipartUpload; an
+  // upload that no longer exists is OK). UNIMPLEMENTED for stores without
+  // such uploads.
+  virtual absl::Status AbortUpload(const ObjectUri& uri,
+                                   const std::string& upload_id) {
+    (void)upload_id;
+    return absl::UnimplementedError(
+        absl::StrCat("abort upload ", uri.ToString(),
+                     ": this store has no pending uploads"));
+  }
 };
 
 // Hands out the store for a URI's scheme and endpoint. The binaries' main()

@@ -8,13 +8,16 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "storage/remote_byte_source.h"
@@ -28,6 +31,10 @@ namespace tailor {
 namespace {
 
 constexpr uint64_t kDownloadChunk = 8ull << 20;
+// Bytes a miss reads straight from the store before the object is
+// downloaded into the cache (LazyEntrySource): room for a safetensors
+// header.
+constexpr uint64_t kDirectBudget = 1ull << 20;
 
 absl::Status Errno(absl::string_view what) { return ErrnoError(errno, what); }
 
@@ -57,6 +64,55 @@ class CachedSource : public ByteSource {
  private:
   const std::string name_;
   const std::unique_ptr<ByteSource> file_;
+};
+
+// The source of entry `fd` of object `uri`, a CachedSource.
+absl::StatusOr<std::unique_ptr<ByteSource>> EntrySource(const ObjectUri& uri,
+                                                        ScopedFd fd) {
+  TAILOR_ASSIGN_OR_RETURN(
+      std::unique_ptr<ByteSource> file,
+      NewFileByteSource(absl::StrCat(uri.ToString(), " (cached)"),
+                        std::move(fd)));
+  return std::unique_ptr<ByteSource>(
+      new CachedSource(uri.ToString(), std::move(file)));
+}
+
+// A miss on an object larger than kDirectBudget: reads go straight to the
+// store (ranged, RemoteByteSource) while they total at most kDirectBudget
+// bytes -- a header-only reader (`tailorctl inspect`) never downloads the
+// object -- and the first read beyond fills the entry (`fill`) and serves
+// that read and every later one from it. Thread-safe.
+class LazyEntrySource : public ByteSource {
+ public:
+  using Fill = std::function<absl::StatusOr<std::unique_ptr<ByteSource>>()>;
+  LazyEntrySource(std::unique_ptr<ByteSource> direct, Fill fill)
+      : direct_(std::move(direct)), fill_(std::move(fill)) {}
+  uint64_t size() const override { return direct_->size(); }
+  const std::string& name() const override { return direct_->name(); }
+  absl::Status ReadAt(uint64_t offset, uint64_t length,
+                      void* out) const override {
+    const ByteSource* from = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      if (entry_ == nullptr && direct_bytes_ + length <= kDirectBudget) {
+        direct_bytes_ += length;
+        from = direct_.get();
+      } else {
+        if (entry_ == nullptr) {
+          TAILOR_ASSIGN_OR_RETURN(entry_, fill_());
+        }
+        from = entry_.get();  // never replaced once set
+      }
+    }
+    return from->ReadAt(offset, length, out);
+  }
+
+ private:
+  const std::unique_ptr<ByteSource> direct_;
+  const Fill fill_;
+  mutable absl::Mutex mu_;
+  mutable uint64_t direct_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable std::unique_ptr<ByteSource> entry_ ABSL_GUARDED_BY(mu_);
 };
 
 // Opens entry `path` with a shared lock if it is complete (`size` bytes);
@@ -205,18 +261,25 @@ absl::StatusOr<std::unique_ptr<ByteSource>> ReadCache::OpenObject(
   }
   const std::string key = ReadCacheKey(uri, info);
   const std::string entry = JoinPath(JoinPath(dir_, "entries"), key);
-  auto cached =
-      [&](ScopedFd fd) -> absl::StatusOr<std::unique_ptr<ByteSource>> {
-    TAILOR_ASSIGN_OR_RETURN(
-        std::unique_ptr<ByteSource> file,
-        NewFileByteSource(absl::StrCat(uri.ToString(), " (cached)"),
-                          std::move(fd)));
-    return std::unique_ptr<ByteSource>(
-        new CachedSource(uri.ToString(), std::move(file)));
-  };
   TAILOR_ASSIGN_OR_RETURN(std::optional<ScopedFd> hit,
                           OpenEntry(entry, info.size));
-  if (hit.has_value()) return cached(*std::move(hit));
+  if (hit.has_value()) return EntrySource(uri, *std::move(hit));
+  if (info.size > kDirectBudget) {
+    // Downloaded only once more than a header is read (LazyEntrySource).
+    std::shared_ptr<ReadCache> self = shared_from_this();
+    return std::unique_ptr<ByteSource>(new LazyEntrySource(
+        NewRemoteByteSource(store, uri, info),
+        [self, store, uri, info] { return self->Fill(store, uri, info); }));
+  }
+  return Fill(std::move(store), uri, info);
+}
+
+absl::StatusOr<std::unique_ptr<ByteSource>> ReadCache::Fill(
+    std::shared_ptr<ObjectStore> store, const ObjectUri& uri,
+    const ObjectInfo& info) {
+  const std::string key = ReadCacheKey(uri, info);
+  const std::string entry = JoinPath(JoinPath(dir_, "entries"), key);
+  std::optional<ScopedFd> hit;
   {
     // One downloader per key (also across processes); the others wait and
     // then find the entry.
@@ -226,13 +289,13 @@ absl::StatusOr<std::unique_ptr<ByteSource>> ReadCache::OpenObject(
     if (!lock.valid()) return Errno(absl::StrCat("open ", lock_path));
     if (!Flock(lock.get(), LOCK_EX)) return Errno("lock " + lock_path);
     TAILOR_ASSIGN_OR_RETURN(hit, OpenEntry(entry, info.size));
-    if (hit.has_value()) return cached(*std::move(hit));
+    if (hit.has_value()) return EntrySource(uri, *std::move(hit));
     TAILOR_RETURN_IF_ERROR(Download(*store, uri, info, key));
     // Locked (in use) before trimming, so the trim cannot take it.
     TAILOR_ASSIGN_OR_RETURN(hit, OpenEntry(entry, info.size));
   }
   Trim();
-  if (hit.has_value()) return cached(*std::move(hit));
+  if (hit.has_value()) return EntrySource(uri, *std::move(hit));
   // Evicted by another process between the rename and the open: read the
   // store directly this time.
   return NewRemoteByteSource(std::move(store), uri, info);

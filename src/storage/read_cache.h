@@ -28,7 +28,7 @@
 
 namespace tailor {
 
-class ReadCache {
+class ReadCache : public std::enable_shared_from_this<ReadCache> {
  public:
   // Creates `dir` (and its subdirectories) if missing. `max_bytes` > 0.
   static absl::StatusOr<std::shared_ptr<ReadCache>> Open(const std::string& dir,
@@ -39,7 +39,11 @@ class ReadCache {
   // otherwise the object is downloaded into one first (a miss; counted in
   // GlobalRemoteStats().cache_miss_bytes). Bytes read from the returned
   // source count as cache_hit_bytes. An object with no ETag or larger than
-  // the cap is not cached: the result reads the store directly.
+  // the cap is not cached: the result reads the store directly. A miss on
+  // an object over 1 MiB is downloaded only at the first read past the
+  // first 1 MiB of bytes read (those go to the store as ranged reads), so
+  // reading a header only (`tailorctl inspect`) never fetches the whole
+  // object.
   absl::StatusOr<std::unique_ptr<ByteSource>> OpenObject(
       std::shared_ptr<ObjectStore> store, const ObjectUri& uri,
       const ObjectInfo& info);
@@ -54,6 +58,11 @@ class ReadCache {
  private:
   ReadCache(std::string dir, uint64_t max_bytes)
       : dir_(std::move(dir)), max_bytes_(max_bytes) {}
+  // The miss path: downloads the entry (one downloader per key) and opens
+  // it, or reads the store directly if it was evicted at once.
+  absl::StatusOr<std::unique_ptr<ByteSource>> Fill(
+      std::shared_ptr<ObjectStore> store, const ObjectUri& uri,
+      const ObjectInfo& info);
   absl::Status Download(ObjectStore& store, const ObjectUri& uri,
                         const ObjectInfo& info, const std::string& key);
 

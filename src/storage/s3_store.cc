@@ -202,4 +202,16 @@ absl::Status S3Store::Delete(const ObjectUri& uri) {
   return ErrorFor(r, "DELETE", subject);
 }
 
+absl::Status S3Store::AbortUpload(const ObjectUri& uri,
+                                  const std::string& upload_id) {
+  const std::string subject = uri.ToString();
+  HttpRequest req;
+  req.method = "DELETE";
+  req.url = Url(uri.bucket, uri.key,
+                absl::StrCat("uploadId=", UriEncode(upload_id, false)));
+  TAILOR_ASSIGN_OR_RETURN(HttpResponse r, Send(std::move(req), "", subject));
+  if (r.status / 100 == 2 || r.status == 404) return absl::OkStatus();
+  return ErrorFor(r, "AbortMultipartUpload", subject);
+}
+
 }  // namespace tailor

@@ -63,6 +63,9 @@ class S3Store : public ObjectStore,
   absl::StatusOr<std::unique_ptr<ObjectUpload>> BeginUpload(
       const ObjectUri& uri) override;
   absl::Status Delete(const ObjectUri& uri) override;
+  // AbortMultipartUpload (204; 404 NoSuchUpload is OK).
+  absl::Status AbortUpload(const ObjectUri& uri,
+                           const std::string& upload_id) override;
 
   // The URL of `key` in `bucket` ("" key: the bucket), with `query`
   // (already canonical: sorted, SigV4-encoded) appended. Public for tests.

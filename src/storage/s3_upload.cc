@@ -91,7 +91,7 @@ absl::Status S3Upload::Create() {
                                             ": no UploadId in the response"));
   }
   upload_id_ = *std::move(id);
-  return absl::OkStatus();
+  return Started(upload_id_);
 }
 
 absl::Status S3Upload::SendPart(absl::string_view bytes) {
@@ -217,15 +217,7 @@ absl::Status S3Upload::Abort() {
   buffer_.clear();
   buffer_.shrink_to_fit();
   if (upload_id_.empty()) return absl::OkStatus();
-  HttpRequest req;
-  req.method = "DELETE";
-  req.url =
-      store_->Url(uri_.bucket, uri_.key,
-                  absl::StrCat("uploadId=", UriEncode(upload_id_, false)));
-  TAILOR_ASSIGN_OR_RETURN(HttpResponse r,
-                          store_->Send(std::move(req), "", subject_));
-  if (r.status / 100 == 2 || r.status == 404) return absl::OkStatus();
-  return S3Store::ErrorFor(r, "AbortMultipartUpload", subject_);
+  return store_->AbortUpload(uri_, upload_id_);
 }
 
 }  // namespace tailor

@@ -370,12 +370,25 @@ void StagedOutput::Finalize() {
   }
 }
 
-absl::Status PublishAll(absl::Span<StagedOutput* const> outputs) {
+absl::Status PublishAll(absl::Span<StagedOutput* const> outputs,
+                        const std::atomic<bool>* cancel) {
   for (StagedOutput* o : outputs) TAILOR_RETURN_IF_ERROR(o->CheckPublishable());
   // Every remote output is uploaded completely before anything is
   // committed or renamed; a failure leaves nothing visible (the pending
   // uploads are aborted when the outputs are destroyed).
-  for (StagedOutput* o : outputs) TAILOR_RETURN_IF_ERROR(o->Upload());
+  for (StagedOutput* o : outputs) {
+    absl::Status s = o->Upload(cancel);
+    if (absl::IsCancelled(s)) {
+      return absl::CancelledError(absl::StrCat(
+          s.message(), "; no output was published (every upload aborted)"));
+    }
+    TAILOR_RETURN_IF_ERROR(s);
+  }
+  if (cancel != nullptr && cancel->load()) {
+    return absl::CancelledError(
+        "cancelled before the outputs were committed; no output was "
+        "published");
+  }
   for (size_t i = 0; i < outputs.size(); ++i) {
     absl::Status s = outputs[i]->Publish();
     if (s.ok()) continue;

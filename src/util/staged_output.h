@@ -1,6 +1,7 @@
 #ifndef TAILOR_UTIL_STAGED_OUTPUT_H_
 #define TAILOR_UTIL_STAGED_OUTPUT_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -116,8 +117,11 @@ class StagedOutput {
   absl::Status CheckPublishable() const;
   // A remote output: uploads every staged file without committing any
   // (PublishAll calls it for every remote output before the first Publish).
-  // OK and nothing for a local one.
-  absl::Status Upload();
+  // OK and nothing for a local one. CANCELLED (naming the object) once
+  // `cancel` (may be null) is set, checked before every part-sized chunk.
+  // Each multipart upload's id is recorded in the scratch directory before
+  // its first part (util/upload_record.h), so a crash leaves it abortable.
+  absl::Status Upload(const std::atomic<bool>* cancel = nullptr);
   bool remote() const { return remote_ != nullptr; }
   // Renames the staging entry into place and fsyncs the parent (remote:
   // commits the uploads).
@@ -157,13 +161,16 @@ class StagedOutput {
 // Publishes `outputs` as one unit: checks every one (CheckPublishable), then
 // renames them into place in order; if a rename fails, the ones already
 // published are rolled back (in reverse order, restoring what they
-// replaced). Finally the replaced outputs are removed.
+// replaced). Finally the replaced outputs are removed. Setting `cancel`
+// (may be null) while remote outputs upload stops the publish (CANCELLED,
+// nothing visible); once the commits begin it is not looked at.
 //
 // Remaining window: between the first and the last rename (a few syscalls)
 // a reader can see some outputs new and others old, and a crash inside it
 // leaves them so (the replaced ones stay under their staging names, removed
 // as stale by the next cleanup). Renames cannot be made atomic as a group.
-absl::Status PublishAll(absl::Span<StagedOutput* const> outputs);
+absl::Status PublishAll(absl::Span<StagedOutput* const> outputs,
+                        const std::atomic<bool>* cancel = nullptr);
 
 // StagedOutput::Create() for a local `path`; CreateRemote() for a remote one
 // (IsRemoteUri: a path the resolver's ResolveForWrite returned), with the

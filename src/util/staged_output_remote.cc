@@ -20,6 +20,7 @@
 #include "util/log.h"
 #include "util/staged_output.h"
 #include "util/status_macros.h"
+#include "util/upload_record.h"
 
 namespace tailor {
 
@@ -33,10 +34,31 @@ struct StagedOutput::Remote {
   bool uploaded = false;
   std::vector<Pending> pending;      // uploaded, not yet committed, in order
   std::vector<ObjectUri> committed;  // visible now
+  // The started multipart uploads, for a cleanup after a crash
+  // (util/upload_record.h); created at the first one.
+  std::string scratch_dir;
+  std::string local_name;  // the local output's name in scratch_dir
+  std::unique_ptr<UploadRecord> record;
+
+  absl::Status Record(const ObjectUri& target, const std::string& id) {
+    if (record == nullptr) {
+      TAILOR_ASSIGN_OR_RETURN(record,
+                              UploadRecord::Create(scratch_dir, local_name));
+    }
+    return record->Add(target, id);
+  }
 
   ~Remote() {
     for (Pending& p : pending) {
-      if (p.upload != nullptr) (void)p.upload->Abort();
+      if (p.upload == nullptr) continue;
+      const absl::Status s = p.upload->Abort();
+      if (!s.ok()) {
+        Log(LogLevel::kWarning, "",
+            absl::StrCat("abandoning the upload of ", p.uri.ToString(), ": ",
+                         s.message()));
+      }
+      // The store unreachable: the next start's cleanup aborts it.
+      if (absl::IsUnavailable(s) && record != nullptr) record->Keep();
     }
   }
 };
@@ -130,13 +152,19 @@ absl::Status ListTree(const std::string& dir, const std::string& rel,
   return absl::OkStatus();
 }
 
-// Streams local file `path` into `upload`.
-absl::Status UploadFile(const std::string& path, ObjectUpload& upload) {
+// Streams local file `path` into `upload`; CANCELLED as soon as `cancel`
+// (may be null) is set.
+absl::Status UploadFile(const std::string& path, ObjectUpload& upload,
+                        const std::atomic<bool>* cancel) {
   ScopedFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd.valid()) return ErrnoError(errno, absl::StrCat("open ", path));
   TAILOR_ASSIGN_OR_RETURN(uint64_t size, RegularFileSize(fd.get(), path));
   std::string chunk;
   for (uint64_t offset = 0; offset < size; offset += chunk.size()) {
+    if (cancel != nullptr && cancel->load()) {
+      return absl::CancelledError(
+          absl::StrCat("cancelled after ", offset, " of its ", size, " bytes"));
+    }
     chunk.resize(std::min<uint64_t>(kUploadChunk, size - offset));
     TAILOR_RETURN_IF_ERROR(
         PReadFully(fd.get(), chunk.data(), chunk.size(), offset, path));
@@ -173,6 +201,8 @@ absl::StatusOr<std::unique_ptr<StagedOutput>> StagedOutput::CreateRemote(
   o->remote_.reset(new Remote());
   o->remote_->store = std::move(remote.store);
   o->remote_->uri = std::move(remote.uri);
+  o->remote_->scratch_dir = o->parent_path_;  // canonical
+  o->remote_->local_name = Basename(local);
   return o;
 }
 
@@ -200,7 +230,7 @@ absl::Status StagedOutput::CheckRemotePublishable() const {
                        /*appeared=*/true);
 }
 
-absl::Status StagedOutput::Upload() {
+absl::Status StagedOutput::Upload(const std::atomic<bool>* cancel) {
   if (remote_ == nullptr || remote_->uploaded) return absl::OkStatus();
   std::vector<std::pair<ObjectUri, std::string>> files;  // target, local
   if (kind_ == Kind::kFile) {
@@ -220,9 +250,14 @@ absl::Status StagedOutput::Upload() {
   for (auto& [target, local] : files) {
     TAILOR_ASSIGN_OR_RETURN(std::unique_ptr<ObjectUpload> upload,
                             remote_->store->BeginUpload(target));
+    Remote* const r = remote_.get();
+    upload->set_on_started([r, uri = target](const std::string& id) {
+      return r->Record(uri, id);
+    });
     Remote::Pending pending{target, std::move(upload)};
     remote_->pending.push_back(std::move(pending));
-    const absl::Status s = UploadFile(local, *remote_->pending.back().upload);
+    const absl::Status s =
+        UploadFile(local, *remote_->pending.back().upload, cancel);
     if (!s.ok()) {
       return absl::Status(s.code(), absl::StrCat("upload ", target.ToString(),
                                                  ": ", s.message()));

@@ -79,7 +79,7 @@ def write_pair(d, tag, count, rows, cols, seed):
 class Tailord:
     """tailord on loopback with its log in a file."""
 
-    def __init__(self, d, port=0, tag="0"):
+    def __init__(self, d, port=0, tag="0", extra_args=(), env=None):
         ready = os.path.join(d, "ready-%s.json" % tag)
         self.log_path = os.path.join(d, "tailord-%s.log" % tag)
         self.log = open(self.log_path, "wb")
@@ -87,8 +87,8 @@ class Tailord:
             [os.environ["TAILORD"], "--listen", "127.0.0.1:%d" % port,
              "--metrics-listen", "127.0.0.1:0", "--data-dir",
              os.path.join(d, "data"), "--allowed-root", d, "--ready-file",
-             ready, "--drain-timeout", "5", "--threads", "1"],
-            stderr=self.log)
+             ready, "--drain-timeout", "5", "--threads", "1"] +
+            list(extra_args), stderr=self.log, env=env)
         end = time.monotonic() + DEADLINE
         while not os.path.exists(ready):
             if self.proc.poll() is not None:
@@ -97,7 +97,9 @@ class Tailord:
                 raise RuntimeError("tailord did not start:\n" + self.text())
             time.sleep(0.05)
         with open(ready) as f:
-            self.port = json.load(f)["grpc_port"]
+            ports = json.load(f)
+        self.port = ports["grpc_port"]
+        self.metrics_port = ports["metrics_port"]
         self.address = "127.0.0.1:%d" % self.port
 
     def text(self):

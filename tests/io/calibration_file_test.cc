@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "storage/uri_resolver.h"
+#include "testing/memory_object_store.h"
 #include "testing/test_util.h"
 #include "util/file_util.h"
 
@@ -104,6 +106,47 @@ TEST(CalibrationFileTest, AHessianErrorFailsTheWriteAndLeavesNothing) {
   absl::StatusOr<std::vector<std::string>> names = ListDirectory(dir.path());
   ASSERT_TRUE(names.ok());
   EXPECT_TRUE(names->empty());
+}
+
+TEST(CalibrationFileTest, ARemotePathGetsTheBytesOfALocalWrite) {
+  // Issue #16: s3:// staged in the scratch directory, uploaded once whole;
+  // an existing object is never replaced.
+  TempDir dir;
+  auto store = std::make_shared<::tailor::testing::MemoryObjectStore>();
+  UriResolver::Remote remote;
+  remote.provider =
+      std::make_shared<::tailor::testing::MemoryStoreProvider>(store);
+  remote.scratch_dir = dir.Join("scratch");
+  const UriResolver resolver =
+      UriResolver::Create({dir.path(), "s3://bkt/calib/"}, {}, remote).value();
+  const std::map<std::string, at::Tensor> hessians = {
+      {"model.layers.0.mlp.up_proj.hessian", Symmetric(6, 3)}};
+  const std::map<std::string, int64_t> columns = {
+      {"model.layers.0.mlp.up_proj.hessian", 6}};
+  auto hessian = [&](const std::string& key) { return hessians.at(key); };
+  const std::string local = dir.Join("local.safetensors");
+  ASSERT_TRUE(WriteCalibrationFile(local, 12, columns, {}, hessian).ok());
+  const std::string uri = "s3://bkt/calib/h.safetensors";
+  const absl::Status written =
+      WriteCalibrationFile(uri, 12, columns, {}, hessian, &resolver);
+  ASSERT_TRUE(written.ok()) << written;
+  std::string bytes;
+  ASSERT_TRUE(store->Get(uri, &bytes));
+  EXPECT_EQ(bytes, ReadFileOrDie(local));
+  EXPECT_TRUE(store->PendingUploads().empty());
+  EXPECT_TRUE(ListDirectory(dir.Join("scratch"))->empty());
+
+  store->Put(uri, "theirs");
+  const absl::Status again =
+      WriteCalibrationFile(uri, 12, columns, {}, hessian, &resolver);
+  EXPECT_EQ(again.code(), absl::StatusCode::kAlreadyExists) << again;
+  EXPECT_TRUE(absl::StrContains(again.message(), uri)) << again;
+  ASSERT_TRUE(store->Get(uri, &bytes));
+  EXPECT_EQ(bytes, "theirs");
+  // Without a resolver a remote path cannot be written.
+  EXPECT_FALSE(WriteCalibrationFile("s3://bkt/calib/x.safetensors", 12, columns,
+                                    {}, hessian)
+                   .ok());
 }
 
 TEST(CalibrationFileTest, HessianKeyOf) {

@@ -67,6 +67,38 @@ TEST_F(ReadCacheTest, SecondOpenTransfersNothing) {
   EXPECT_GE(GlobalRemoteStats().cache_hit_bytes - hit0, bytes.size());
 }
 
+TEST_F(ReadCacheTest, AHeaderOnlyReadDoesNotDownloadTheObject) {
+  // 8 MiB: what `tailorctl inspect --cache-dir` reads of it is its header.
+  std::string bytes(8 << 20, 'w');
+  for (size_t i = 0; i < bytes.size(); i += 4096) bytes[i] = 'a' + i % 26;
+  store_->Put("s3://bkt/big.safetensors", bytes);
+  auto cache = ReadCache::Open(tmp_.Join("cache"), 64 << 20).value();
+  {
+    auto source = Open(*cache, "s3://bkt/big.safetensors");
+    ASSERT_NE(source, nullptr);
+    std::string head(8, '\0'), header(4000, '\0');
+    ASSERT_TRUE(source->ReadAt(0, 8, head.data()).ok());
+    ASSERT_TRUE(source->ReadAt(8, header.size(), header.data()).ok());
+    EXPECT_EQ(head, bytes.substr(0, 8));
+    EXPECT_EQ(header, bytes.substr(8, header.size()));
+    // Ranged: far below the object's size, and nothing cached.
+    EXPECT_LE(store_->bytes_served(), 256u << 10);
+    EXPECT_EQ(Entries(), 0);
+    // Reading on (a fuse reads the tensors) fills the entry once.
+    std::string tensor(2 << 20, '\0');
+    ASSERT_TRUE(source->ReadAt(5 << 20, tensor.size(), tensor.data()).ok());
+    EXPECT_EQ(tensor, bytes.substr(5 << 20, tensor.size()));
+    EXPECT_EQ(Entries(), 1);
+    const uint64_t served = store_->bytes_served();
+    EXPECT_LE(served, bytes.size() + (256u << 10));
+    EXPECT_EQ(ReadAll(*source), bytes);
+    EXPECT_EQ(store_->bytes_served(), served);
+  }
+  store_->ResetCounters();
+  EXPECT_EQ(ReadAll(*Open(*cache, "s3://bkt/big.safetensors")), bytes);
+  EXPECT_EQ(store_->bytes_served(), 0u);
+}
+
 TEST_F(ReadCacheTest, AChangedEtagIsADifferentEntry) {
   store_->Put("s3://bkt/m", "version one");
   auto cache = ReadCache::Open(tmp_.Join("cache"), 1 << 20).value();
@@ -86,8 +118,12 @@ TEST_F(ReadCacheTest, AFailedDownloadLeavesNoEntry) {
   const ObjectInfo info = store_->Stat(u).value();
   absl::StatusOr<std::unique_ptr<ByteSource>> s =
       cache->OpenObject(store_, u, info);
-  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition)
-      << s.status();
+  // Downloaded at the first read past its first MiB (a header read
+  // downloads nothing): that read fails.
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::string out(info.size, '\0');
+  const absl::Status read = (*s)->ReadAt(0, out.size(), out.data());
+  EXPECT_EQ(read.code(), absl::StatusCode::kFailedPrecondition) << read;
   EXPECT_EQ(Entries(), 0);
   EXPECT_TRUE(ListDirectory(JoinPath(tmp_.path(), "cache/tmp"))->empty());
 }

@@ -18,11 +18,14 @@ stdin is closed or it gets SIGTERM, and stops its children):
       Records every request as a JSON line {"method", "path", "headers"} in F
       and answers 200 with an empty body (ETag "e"), so a test can see
       exactly what a client sent (the SigV4 comparison).
-  fault --upstream PORT
+  fault --upstream PORT [--log F]
       A proxy to 127.0.0.1:PORT that injects faults. A test posts the fault
       plan to the proxy itself: POST /__faults with a comma-separated body
       (each request that follows takes the next entry; an empty queue is
-      "ok"; "always:X" makes X the default): ok, 503, 429, 403, drop
+      "ok"; "always:X" makes X the default; "rule:METHOD:TEXT:X" applies X
+      to every METHOD request whose path contains TEXT, before the queue,
+      and X may also be "delay=S": forwarded after S seconds, a slow
+      upload): ok, 503, 429, 403, drop
       (headers, then half the body, then the connection is closed), lose
       (forwarded, then the connection is closed with no response; a
       CompleteMultipartUpload lost so is remembered, and a re-sent one
@@ -30,7 +33,10 @@ stdin is closed or it gets SIGTERM, and stops its children):
       short
       (a consistent response with half the body), slow (half the body, then
       silence for 60 s). GET /__count answers the number of proxied
-      requests.
+      requests. With --log, every proxied request is appended to F as
+      {"method", "path", "status", "bytes" (of the upstream answer's body)}
+      (and "upload_id", parsed from the answer, for a
+      CreateMultipartUpload) once it is answered.
   nginx --root D --cert C --key K
       Debian nginx ($NGINX, else the one on PATH or /usr/sbin/nginx),
       unprivileged, https only, serving D (Range and ETag
@@ -278,8 +284,21 @@ def sign(args):
 # ---------------------------------------------------------------- fault
 
 def serve_fault(args):
-    state = {"queue": [], "default": "ok", "count": 0}
+    state = {"queue": [], "default": "ok", "count": 0, "rules": []}
     lock = threading.Lock()
+
+    def log(method, path, status, body=b""):
+        if not args.log:
+            return
+        entry = {"method": method, "path": path, "status": status,
+                 "bytes": len(body)}
+        if method == "POST" and "?uploads" in path:
+            text = body.decode(errors="replace")
+            if "<UploadId>" in text:
+                entry["upload_id"] = text.split("<UploadId>")[1].split(
+                    "</UploadId>")[0]
+        with lock, open(args.log, "a") as f:
+            f.write(json.dumps(entry) + "\n")
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -300,6 +319,9 @@ def serve_fault(args):
             if self.path == "/__faults":
                 plan = [p for p in body.decode().split(",") if p]
                 with lock:
+                    state["rules"] = [p.split(":", 3) for p in plan
+                                      if p.startswith("rule:")]
+                    plan = [p for p in plan if not p.startswith("rule:")]
                     state["queue"] = [p for p in plan
                                       if not p.startswith("always:")]
                     for p in plan:
@@ -315,11 +337,21 @@ def serve_fault(args):
                 return self.reply(200, str(n).encode())
             with lock:
                 state["count"] += 1
-                fault = (state["queue"].pop(0) if state["queue"]
-                         else state["default"])
+                fault = None
+                for _, method, text, action in state["rules"]:
+                    if method == self.command and text in self.path:
+                        fault = action
+                        break
+                if fault is None:
+                    fault = (state["queue"].pop(0) if state["queue"]
+                             else state["default"])
+            if fault.startswith("delay="):
+                time.sleep(float(fault[len("delay="):]))
+                fault = "ok"
             if fault in ("503", "429", "403"):
                 code = {"503": "SlowDown", "429": "SlowDown",
                         "403": "AccessDenied"}[fault]
+                log(self.command, self.path, int(fault))
                 return self.reply(int(fault), (
                     "<Error><Code>%s</Code></Error>" % code).encode())
             query = urllib.parse.parse_qs(
@@ -338,6 +370,7 @@ def serve_fault(args):
             resp = upstream.getresponse()
             data = resp.read() if self.command != "HEAD" else b""
             upstream.close()
+            log(self.command, self.path, resp.status, data)
             if fault == "lose":
                 # The request took effect; its response never arrives.
                 if self.command == "POST" and upload_id and \
@@ -642,6 +675,7 @@ def main():
     s.add_argument("--log", required=True)
     s = sub.add_parser("fault")
     s.add_argument("--upstream", type=int, required=True)
+    s.add_argument("--log", default="")
     s = sub.add_parser("nginx")
     s.add_argument("--root", required=True)
     s.add_argument("--cert", required=True)

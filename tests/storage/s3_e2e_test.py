@@ -7,20 +7,33 @@ writes through its libcurl backend (AWS_ENDPOINT_URL, path-style). Checks:
 s3:// inputs to s3:// outputs give the bytes a local fuse of the same files
 gives; a patch made from s3:// inputs applies to the local base; a run that
 fails at upload time leaves no visible object; inspect reads a remote file.
+Through the fault proxy (remote_fixture.py fault, with its request log): a
+run whose part upload fails after the retries, and one interrupted
+(SIGTERM) while its parts upload slowly, leave no visible object and abort
+every multipart upload they began -- checked on the wire, because s3rver
+3.7.1 implements neither AbortMultipartUpload (DELETE ?uploadId= is 405
+MethodNotAllowed there) nor ListMultipartUploads (GET ?uploads is
+NotImplemented): its routes (lib/routes.js) have no such handler.
+`tailorctl calibrate --out s3://...` writes the bytes a local calibrate
+writes.
 
-Environment: TAILORCTL (the binary), TAILOR_SOURCE_DIR; the fixture's NODE,
-NPM, S3RVER_PREFIX.
+Environment: TAILORCTL (the binary), TAILOR_SOURCE_DIR, DEMO_MODEL (the demo
+checkpoint, for calibrate); the fixture's NODE, NPM, S3RVER_PREFIX.
 """
 
+import array
 import json
 import os
 import random
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -73,6 +86,94 @@ def write_models(d, count=4, rows=24, cols=16, seed=5):
                                    "nsamples": str(3 * cols)}))
 
 
+def write_big(d, tensors=3, n=1 << 20):
+    """d/bbase, d/bft: `tensors` F32 tensors of `n` values each (12 MiB by
+    default: S3Store's 8 MiB parts make every fused shard a multipart
+    upload of two parts)."""
+    for sub, delta in (("bbase", 0.0), ("bft", 0.001)):
+        header, blobs, offset = {}, [], 0
+        for t in range(tensors):
+            values = array.array("f", [((i * 7 + t) % 251) * 0.01 +
+                                       delta * (i % 5) for i in range(n)])
+            blob = values.tobytes()
+            header["model.layers.%d.mlp.proj.weight" % t] = {
+                "dtype": "F32", "shape": [n // 1024, 1024],
+                "data_offsets": [offset, offset + len(blob)]}
+            blobs.append(blob)
+            offset += len(blob)
+        text = json.dumps(header).encode()
+        text += b" " * (-len(text) % 8)
+        os.makedirs(os.path.join(d, sub))
+        with open(os.path.join(d, sub, "model.safetensors"), "wb") as f:
+            f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def start_fixture(*args):
+    """remote_fixture.py ARGS as a server: (process, its JSON line)."""
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "remote_fixture.py")] +
+        list(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError("remote_fixture.py %s did not start" % args[0])
+    return proc, json.loads(line)
+
+
+def stop_fixture(proc):
+    proc.stdin.close()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class FaultProxy:
+    """The fault proxy in front of s3rver, with its request log."""
+
+    def __init__(self, upstream_port, log_path):
+        self.log_path = log_path
+        self.proc, info = start_fixture("fault", "--upstream",
+                                        str(upstream_port), "--log", log_path)
+        self.port = info["port"]
+
+    def plan(self, *entries):
+        open(self.log_path, "w").close()
+        req = urllib.request.Request(
+            "http://127.0.0.1:%d/__faults" % self.port,
+            data=",".join(entries).encode(), method="POST")
+        urllib.request.urlopen(req, timeout=60).read()
+
+    def requests(self):
+        with open(self.log_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def started_uploads(self):
+        """{upload id: path} of every CreateMultipartUpload answered."""
+        return {r["upload_id"]: r["path"].split("?")[0]
+                for r in self.requests() if "upload_id" in r}
+
+    def aborted_uploads(self):
+        """{upload id: path} of every AbortMultipartUpload sent."""
+        out = {}
+        for r in self.requests():
+            if r["method"] == "DELETE" and "uploadId=" in r["path"]:
+                path, _, query = r["path"].partition("?")
+                out[query.split("uploadId=")[1].split("&")[0]] = path
+        return out
+
+    def wait_for(self, predicate, what, deadline_s=DEADLINE):
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if predicate(self.requests()):
+                return
+            time.sleep(0.1)
+        raise AssertionError("the proxy never saw " + what)
+
+    def stop(self):
+        stop_fixture(self.proc)
+
+
 def read(path):
     with open(path, "rb") as f:
         return f.read()
@@ -96,6 +197,14 @@ class S3EndToEndTest(unittest.TestCase):
         cls.s3 = remote_fixture.s3_client(cls.port)
         cls.local = os.path.join(cls.tmp, "local")
         write_models(cls.local)
+        write_big(cls.local)
+        for sub in ("bbase", "bft"):
+            with open(os.path.join(cls.local, sub, "model.safetensors"),
+                      "rb") as f:
+                cls.s3.put_object(Bucket="models",
+                                  Key="m/%s/model.safetensors" % sub,
+                                  Body=f.read())
+        cls.proxy = FaultProxy(cls.port, os.path.join(cls.tmp, "proxy.log"))
         for key, path in (("m/base/model.safetensors", "base/model.safetensors"),
                           ("m/base/config.json", "base/config.json"),
                           ("m/ft/model.safetensors", "ft/model.safetensors"),
@@ -121,6 +230,7 @@ class S3EndToEndTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        cls.proxy.stop()
         cls.server.stdin.close()
         try:
             cls.server.wait(60)
@@ -144,6 +254,32 @@ class S3EndToEndTest(unittest.TestCase):
         for page in pages:
             out += [o["Key"] for o in page.get("Contents", [])]
         return sorted(out)
+
+    def scratch_left(self):
+        """What the runs left in the scratch directory ($TMPDIR)."""
+        return [n for n in os.listdir(self.tmp)
+                if n not in ("s3", "local", "credentials", "config",
+                             "proxy.log") and not n.startswith("ref")]
+
+    def proxied(self):
+        return dict(self.env,
+                    AWS_ENDPOINT_URL="http://127.0.0.1:%d" % self.proxy.port)
+
+    def big_fuse(self, run):
+        return ["fuse", "--local", "--quiet", "--method", "task_arithmetic",
+                "--lambda", "0.5", "--pretrained", "s3://models/m/bbase/",
+                "--finetuned", "s3://models/m/bft/",
+                "--out", "s3://out/%s/fused/" % run,
+                "--report", "s3://out/%s/report.json" % run]
+
+    def assertEveryUploadAborted(self):
+        started = self.proxy.started_uploads()
+        self.assertTrue(started, "no multipart upload was begun")
+        aborted = self.proxy.aborted_uploads()
+        for upload_id, path in started.items():
+            self.assertEqual(aborted.get(upload_id), path,
+                             "upload %s of %s never aborted" % (upload_id,
+                                                               path))
 
     def get(self, bucket, key):
         return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -185,10 +321,7 @@ class S3EndToEndTest(unittest.TestCase):
         report = json.loads(self.get("out", "run1/report.json"))
         self.assertIn("tensors", report)
         # Nothing staged is left in the scratch directory.
-        left = [n for n in os.listdir(self.tmp)
-                if n not in ("s3", "local", "ref1", "ref2", "ref3", "credentials",
-                             "config")]
-        self.assertEqual(left, [], left)
+        self.assertEqual(self.scratch_left(), [])
 
     def test_2_a_patch_from_s3_applies_to_the_local_base(self):
         ref = self.local_fuse("ref2")
@@ -230,6 +363,88 @@ class S3EndToEndTest(unittest.TestCase):
                            env=bad, capture_output=True, text=True,
                            timeout=DEADLINE)
         self.assertEqual(r.returncode, 5, r.stderr)
+
+    def test_5_a_part_failing_after_the_retries_leaves_nothing(self):
+        # Every attempt at part 2 is refused: part 1 went up, so the
+        # multipart upload exists and must be aborted.
+        self.proxy.plan("rule:PUT:partNumber=2&:503")
+        r = subprocess.run([TAILORCTL] + self.big_fuse("run5"),
+                           env=self.proxied(), capture_output=True, text=True,
+                           timeout=DEADLINE)
+        self.assertEqual(r.returncode, 7, r.stderr)  # UNAVAILABLE
+        self.assertIn("s3://out/run5/fused/model.safetensors", r.stderr)
+        self.assertIn("no output was published", r.stderr)
+        self.assertEqual(self.keys("out", "run5/"), [])
+        self.assertEveryUploadAborted()
+        self.assertEqual(self.scratch_left(), [])
+
+    def test_6_sigterm_while_uploading_leaves_nothing(self):
+        # Each part answered after 2 s: SIGTERM lands while the first part
+        # of the fused shard is on its way; the run stops before the next.
+        self.proxy.plan("rule:PUT:partNumber=:delay=2")
+        proc = subprocess.Popen([TAILORCTL] + self.big_fuse("run6"),
+                                env=self.proxied(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            self.proxy.wait_for(
+                lambda rs: any("upload_id" in r for r in rs),
+                "a CreateMultipartUpload")
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=DEADLINE)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assertEqual(proc.returncode, 130, err)  # cancelled
+        self.assertIn("cancelled", err)
+        self.assertIn("no output was published", err)
+        self.assertEqual(self.keys("out", "run6/"), [])
+        self.assertEveryUploadAborted()
+        puts = [r for r in self.proxy.requests()
+                if r["method"] == "PUT" and "partNumber=" in r["path"]]
+        self.assertLess(len(puts), 2, "parts kept going up after SIGTERM")
+        self.assertEqual(self.scratch_left(), [])
+
+    def test_8_inspect_with_a_cache_reads_the_header_only(self):
+        self.proxy.plan()
+        cache = os.path.join(self.tmp, "ref8-cache")
+        r = subprocess.run(
+            [TAILORCTL, "inspect", "s3://models/m/bbase/model.safetensors",
+             "--cache-dir", cache, "-o", "json"], env=self.proxied(),
+            capture_output=True, text=True, timeout=DEADLINE)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("model.layers.2.mlp.proj.weight", r.stdout)
+        size = len(read(os.path.join(self.local, "bbase",
+                                     "model.safetensors")))
+        got = sum(q["bytes"] for q in self.proxy.requests()
+                  if q["method"] == "GET")
+        self.assertGreater(got, 0)
+        self.assertLess(got, size // 16, "inspect downloaded %d of %d bytes"
+                        % (got, size))
+        self.assertEqual(os.listdir(os.path.join(cache, "entries")), [])
+
+    def test_7_calibrate_to_s3_equals_a_local_calibrate(self):
+        model = os.environ.get("DEMO_MODEL")
+        self.assertTrue(model and os.path.isdir(model),
+                        "DEMO_MODEL must name the demo checkpoint")
+        data = os.path.join(self.tmp, "ref7-data.txt")
+        with open(data, "w") as f:
+            f.write("the quick brown fox jumps over the lazy dog " * 40)
+        common = ["calibrate", "--quiet", "--model", model, "--data", data,
+                  "--samples", "4", "--seq-len", "32", "--device", "cpu"]
+        local = os.path.join(self.tmp, "ref7-h.safetensors")
+        self.tailorctl(*common, "--out", local)
+        self.tailorctl(*common, "--out", "s3://out/run7/h.safetensors")
+        self.assertEqual(self.get("out", "run7/h.safetensors"), read(local))
+        # Same overwrite rule as a local output: refused, untouched.
+        again = self.tailorctl(*common, "--out", "s3://out/run7/h.safetensors",
+                               expect=None)
+        self.assertNotEqual(again.returncode, 0, again.stderr)
+        self.assertIn("s3://out/run7/h.safetensors already exists",
+                      again.stderr)
+        self.assertEqual(self.get("out", "run7/h.safetensors"), read(local))
+        self.assertEqual(self.keys("out", "run7/"), ["run7/h.safetensors"])
+        self.assertEqual(self.scratch_left(), [])
 
 
 if __name__ == "__main__":

@@ -29,6 +29,15 @@ class MemoryObjectStore::Upload : public ObjectUpload {
         return store_->fail_append_status_;
       }
     }
+    if (id_.empty()) {
+      // As S3's CreateMultipartUpload at the first part.
+      {
+        absl::MutexLock lock(&store_->mu_);
+        id_ = absl::StrCat("mem-upload-", store_->next_upload_id_++);
+      }
+      absl::Status s = Started(id_);
+      if (!s.ok()) return s;
+    }
     bytes_.append(bytes.data(), bytes.size());
     return absl::OkStatus();
   }
@@ -56,8 +65,21 @@ class MemoryObjectStore::Upload : public ObjectUpload {
   MemoryObjectStore* const store_;
   const std::string uri_;
   std::string bytes_;
+  std::string id_;
   bool done_ = false;
 };
+
+absl::Status MemoryObjectStore::AbortUpload(const ObjectUri& uri,
+                                            const std::string& upload_id) {
+  absl::MutexLock lock(&mu_);
+  aborted_ids_.push_back(absl::StrCat(uri.ToString(), " ", upload_id));
+  return absl::OkStatus();
+}
+
+std::vector<std::string> MemoryObjectStore::aborted_ids() const {
+  absl::MutexLock lock(&mu_);
+  return aborted_ids_;
+}
 
 void MemoryObjectStore::PutLocked(const std::string& uri, std::string bytes) {
   objects_[uri] = Object{std::move(bytes), absl::StrCat("etag-", next_etag_++)};

@@ -37,6 +37,9 @@ class MemoryObjectStore : public ObjectStore {
   // Uploads begun and neither committed nor aborted.
   std::vector<std::string> PendingUploads() const;
   int aborted_uploads() const;
+  // "<uri> <id>" of every AbortUpload call (an upload begun by another
+  // process: ids are "mem-upload-<n>", started at the first Append).
+  std::vector<std::string> aborted_ids() const;
 
   // Bytes returned by ReadRange (all objects), and ReadRange calls.
   uint64_t bytes_served() const;
@@ -62,6 +65,8 @@ class MemoryObjectStore : public ObjectStore {
   absl::StatusOr<std::unique_ptr<ObjectUpload>> BeginUpload(
       const ObjectUri& uri) override;
   absl::Status Delete(const ObjectUri& uri) override;
+  absl::Status AbortUpload(const ObjectUri& uri,
+                           const std::string& upload_id) override;
 
  private:
   class Upload;
@@ -88,6 +93,8 @@ class MemoryObjectStore : public ObjectStore {
   absl::Status fail_commit_status_ ABSL_GUARDED_BY(mu_);
   std::multiset<std::string> pending_ ABSL_GUARDED_BY(mu_);
   int aborted_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_upload_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::vector<std::string> aborted_ids_ ABSL_GUARDED_BY(mu_);
 };
 
 // A provider serving one store for every s3:// and https:// URI.

@@ -1,6 +1,7 @@
 // Remote outputs (util/staged_output.h, issue #16 point 3): staged locally,
 // uploaded, visible only when every output was committed.
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -91,6 +92,22 @@ TEST_F(StagedOutputRemoteTest, AFailedUploadLeavesNoVisibleObject) {
   EXPECT_TRUE(store_->Keys().empty());
   EXPECT_TRUE(store_->PendingUploads().empty());
   EXPECT_GE(store_->aborted_uploads(), 1);
+  EXPECT_TRUE(ListDirectory(tmp_.Join("scratch"))->empty());
+}
+
+TEST_F(StagedOutputRemoteTest, ACancelWhileUploadingAbortsEverything) {
+  auto dir = Dir("s3://bkt/out/fused");
+  auto report = File("s3://bkt/out/report.json", "{}");
+  std::atomic<bool> cancel{true};
+  StagedOutput* both[] = {dir.get(), report.get()};
+  absl::Status s = PublishAll(both, &cancel);
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "s3://bkt/out/fused/")) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "no output was published")) << s;
+  dir.reset();
+  report.reset();
+  EXPECT_TRUE(store_->Keys().empty());
+  EXPECT_TRUE(store_->PendingUploads().empty());
   EXPECT_TRUE(ListDirectory(tmp_.Join("scratch"))->empty());
 }
 
