@@ -149,6 +149,12 @@ absl::StatusOr<std::unique_ptr<CalibrationFile>> CalibrationFile::Open(
       calib->aliases_.emplace(it.key(), target);
     }
   }
+  if (auto shard = md.find(kCalibrationShardKey); shard != md.end()) {
+    TAILOR_ASSIGN_OR_RETURN(
+        calib->shard_,
+        ParseCalibrationShard(shard->second,
+                              absl::StrCat("calibration file ", path)));
+  }
   return calib;
 }
 
@@ -217,7 +223,8 @@ absl::Status WriteCalibrationFile(
     const std::map<std::string, std::string>& aliases,
     const std::function<absl::StatusOr<at::Tensor>(const std::string& key)>&
         hessian,
-    const UriResolver* resolver) {
+    const UriResolver* resolver,
+    const std::map<std::string, std::string>& extra_metadata) {
   if (PathExists(path)) {
     return absl::AlreadyExistsError(
         absl::StrCat(path, " already exists; choose a new output path"));
@@ -239,6 +246,9 @@ absl::Status WriteCalibrationFile(
   options.metadata = {{"format", kHessianFormat},
                       {"nsamples", std::to_string(nsamples)},
                       {"aliases", alias_json.dump()}};
+  for (const auto& [key, value] : extra_metadata) {
+    options.metadata.emplace(key, value);
+  }
 
   if (resolver != nullptr) {
     // The directory `path` was resolved in must still be reachable without

@@ -231,6 +231,37 @@ class S3EndToEndTest(unittest.TestCase):
                            timeout=DEADLINE)
         self.assertEqual(r.returncode, 5, r.stderr)
 
+    def test_5_shards_through_s3_assemble_to_a_local_fuse(self):
+        # Issue #20: three shards upload their bundles to s3://, assemble
+        # reads them from there; the outputs equal a single local run's.
+        ref = self.local_fuse("ref5")
+        mine = os.path.join(self.tmp, "run5")
+        args = self.fuse_args(
+            os.path.join(self.local, "base"), os.path.join(self.local, "ft"),
+            os.path.join(self.local, "h.safetensors"),
+            os.path.join(mine, "fused"), os.path.join(mine, "p.safetensors"),
+            os.path.join(mine, "report.json"))
+        for i in range(3):
+            self.tailorctl(*args, "--shard", str(i), "--shards", "3",
+                           "--shard-dir", "s3://out/shards5/")
+        keys = self.keys("out", "shards5/")
+        for i in range(3):
+            self.assertIn("shards5/shard-%05d-of-00003/manifest.json" % i, keys)
+        self.assertFalse(os.path.exists(os.path.join(mine, "fused")))
+        self.tailorctl("assemble", *args[2:], "--shards", "3", "--from",
+                       "s3://out/shards5/")
+        for name in ("fused/model.safetensors", "fused/config.json",
+                     "p.safetensors"):
+            self.assertEqual(read(os.path.join(mine, name)),
+                             read(os.path.join(ref, name)), name)
+        # A missing bundle is named by its URI.
+        self.s3.delete_object(Bucket="out",
+                              Key="shards5/shard-00001-of-00003/manifest.json")
+        r = self.tailorctl("assemble", *args[2:], "--overwrite", "--shards",
+                           "3", "--from", "s3://out/shards5/", expect=None)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn("s3://out/shards5/shard-00001-of-00003", r.stderr)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
