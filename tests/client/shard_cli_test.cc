@@ -165,34 +165,32 @@ class ShardProcessTest : public ::testing::Test {
     shards_ = dir_.Join("shards");
   }
 
+  // `head` followed by the output flags (--out, --report, with `patch`
+  // --patch-out) and the run flags.
+  std::vector<std::string> WithOutputs(std::vector<std::string> head,
+                                       bool patch) const {
+    for (const std::string& a :
+         {std::string("--out"), dir_.Join("out"), std::string("--report"),
+          dir_.Join("report.json"), std::string("--device"), std::string("cpu"),
+          std::string("-q")}) {
+      head.push_back(a);
+    }
+    if (patch) {
+      head.push_back("--patch-out");
+      head.push_back(dir_.Join("p.safetensors"));
+    }
+    return head;
+  }
+
   // Model Tailor with Hessians over two tasks: fused checkpoint, stitched
   // patch, per-task patches, report.
   std::vector<std::string> TailorJob() const {
-    return {"--pretrained",
-            in_.base,
-            "--finetuned",
-            in_.finetuned[0],
-            "--finetuned",
-            in_.finetuned[1],
-            "--hessians",
-            in_.hessians[0],
-            "--hessians",
-            in_.hessians[1],
-            "--label",
-            "t0",
-            "--label",
-            "t1",
-            "--keep",
-            "0.2",
-            "--out",
-            dir_.Join("out"),
-            "--patch-out",
-            dir_.Join("p.safetensors"),
-            "--report",
-            dir_.Join("report.json"),
-            "--device",
-            "cpu",
-            "-q"};
+    return WithOutputs(
+        {"--pretrained", in_.base, "--finetuned", in_.finetuned[0],
+         "--finetuned", in_.finetuned[1], "--hessians", in_.hessians[0],
+         "--hessians", in_.hessians[1], "--label", "t0", "--label", "t1",
+         "--keep", "0.2"},
+        /*patch=*/true);
   }
 
   // The outputs a job writes (TailorJob's; Outputs() of the others).
@@ -269,23 +267,10 @@ TEST_F(ShardProcessTest, TailorWithHessians) {
 }
 
 TEST_F(ShardProcessTest, Ties) {
-  std::vector<std::string> job = {"--pretrained",
-                                  in_.base,
-                                  "--finetuned",
-                                  in_.finetuned[0],
-                                  "--finetuned",
-                                  in_.finetuned[1],
-                                  "--method",
-                                  "ties",
-                                  "--density",
-                                  "0.3",
-                                  "--out",
-                                  dir_.Join("out"),
-                                  "--report",
-                                  dir_.Join("report.json"),
-                                  "--device",
-                                  "cpu",
-                                  "-q"};
+  const std::vector<std::string> job = WithOutputs(
+      {"--pretrained", in_.base, "--finetuned", in_.finetuned[0], "--finetuned",
+       in_.finetuned[1], "--method", "ties", "--density", "0.3"},
+      /*patch=*/false);
   ExpectShardedEqualsSingle(job, Outputs(false, false));
 }
 
@@ -301,21 +286,10 @@ TEST_F(ShardProcessTest, TwoTaskStitchOfPatches) {
   for (const std::string& f : Outputs(true, false)) {
     ASSERT_TRUE(RemoveAll(f).ok());
   }
-  std::vector<std::string> job = {"--pretrained",
-                                  in_.base,
-                                  "--patch",
-                                  dir_.Join("task0.safetensors"),
-                                  "--patch",
-                                  dir_.Join("task1.safetensors"),
-                                  "--out",
-                                  dir_.Join("out"),
-                                  "--patch-out",
-                                  dir_.Join("p.safetensors"),
-                                  "--report",
-                                  dir_.Join("report.json"),
-                                  "--device",
-                                  "cpu",
-                                  "-q"};
+  const std::vector<std::string> job = WithOutputs(
+      {"--pretrained", in_.base, "--patch", dir_.Join("task0.safetensors"),
+       "--patch", dir_.Join("task1.safetensors")},
+      /*patch=*/true);
   ExpectShardedEqualsSingle(job, Outputs(true, false));
 }
 

@@ -138,27 +138,24 @@ TEST(CalibrationFileTest, ShardRecordReadsBackAndIsChecked) {
       {"[1]", "must be a JSON object"},
       {R"({"index": 3, "count": 3, "windows": 9, "model": ")" +
            std::string(64, 'a') + R"(", "data": ")" + std::string(64, 'b') +
-           ""}",
+           R"("})",
        "0 <= index < count"},
       {R"({"index": 0, "count": 3, "windows": 9, "model": "x", "data": "y"})",
        "'model' must be a sha256"},
-      {
-    R"({"index": 0, "count": 3, "model": "x"})", "'windows' must be"
+      {R"({"index": 0, "count": 3, "model": "x"})", "'windows' must be"}};
+  for (size_t i = 0; i < bad.size(); ++i) {
+    const std::string path = dir.Join(absl::StrCat("bad", i));
+    ASSERT_TRUE(WriteCalibrationFile(path, 3, columns, {}, hessian, nullptr,
+                                     {{kCalibrationShardKey, bad[i].first}})
+                    .ok());
+    file = CalibrationFile::Open(path, {});
+    ASSERT_FALSE(file.ok()) << bad[i].first;
+    EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(file.status().message(), path))
+        << file.status();
+    EXPECT_TRUE(absl::StrContains(file.status().message(), bad[i].second))
+        << file.status();
   }
-};
-for (size_t i = 0; i < bad.size(); ++i) {
-  const std::string path = dir.Join(absl::StrCat("bad", i));
-  ASSERT_TRUE(WriteCalibrationFile(path, 3, columns, {}, hessian, nullptr,
-                                   {{kCalibrationShardKey, bad[i].first}})
-                  .ok());
-  file = CalibrationFile::Open(path, {});
-  ASSERT_FALSE(file.ok()) << bad[i].first;
-  EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(absl::StrContains(file.status().message(), path))
-      << file.status();
-  EXPECT_TRUE(absl::StrContains(file.status().message(), bad[i].second))
-      << file.status();
-}
 }
 
 TEST(CalibrationFileTest, HessianKeyOf) {
