@@ -15,6 +15,7 @@
 #include "fusion/output_plan.h"
 #include "storage/uri_resolver.h"
 #include "util/cpu_tuning.h"
+#include "util/file_util.h"
 #include "util/memory.h"
 
 namespace tailor::cli {
@@ -57,7 +58,8 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
              ? app.add_subcommand(
                    "assemble",
                    "Publish the outputs of a sharded job (fuse --local --shard "
-                   "I --shards N --shard-dir DIR) from its N bundles: give "
+                   "I --shards N --shard-dir DIR|s3://...) from its N "
+                   "bundles: give "
                    "the job's spec again (-f job.yaml or the same flags); "
                    "byte-identical to a single-machine fuse --local")
              : app.add_subcommand(
@@ -69,7 +71,9 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
   if (assemble_) {
     c->add_option("--shards", shards_, "number of shard bundles, 1..10000");
     c->add_option("--from", shard_dir_,
-                  "directory holding the bundles (shard-IIIII-of-NNNNN/)");
+                  "directory or s3:// prefix holding the bundles "
+                  "(shard-IIIII-of-NNNNN/; from s3:// they are read into "
+                  "--scratch-dir, removed when assemble ends)");
   } else {
     c->add_flag("--local", local_,
                 "run in-process (required; to run on tailord, use submit)");
@@ -80,8 +84,10 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
     c->add_option("--shards", shards_,
                   "split the job into N shards (see --shard, assemble)");
     c->add_option("--shard-dir", shard_dir_,
-                  "directory on a volume every shard and assemble mount: "
-                  "bundles and shard journals go there (s3:// not yet)");
+                  "directory on a volume every shard and assemble mount "
+                  "(bundles and shard journals go there), or an s3:// "
+                  "prefix (bundles uploaded there, each visible once "
+                  "complete; the journal stays in --scratch-dir)");
   }
   c->add_option(
        "-f,--job-file", job_file_,
@@ -322,6 +328,9 @@ int FuseCommand::Run() {
   }
   absl::StatusOr<nlohmann::json> report =
       RunFusionJob(spec, *resolver, options);
+  if (shard->role == ShardOptions::Role::kAssemble && !shard->remote.empty()) {
+    (void)RemoveAll(shard->dir);  // the bundles' local copy
+  }
   if (!report.ok()) return ReportFailure(report.status());
   if (shard->role == ShardOptions::Role::kShard) {
     const nlohmann::json& s = (*report)["shard"];

@@ -89,12 +89,14 @@ CLI::App* CalibrateCommand::Add(CLI::App& app) {
   cmd->add_option("--shard", shard_,
                   "with --shards: calibrate on share I of the windows "
                   "(0 <= I < N, default $JOB_COMPLETION_INDEX), writing a "
-                  "partial file with its own nsamples for --merge");
+                  "partial file with its own nsamples and a record of its "
+                  "model and split for --merge");
   cmd->add_option("--shards", shards_, "split the windows into N shares");
   cmd->add_option("--merge", merge_,
                   "OUT PART...: write OUT from partial files of --shard "
                   "runs (their H weighted by nsamples, summed in float64; "
-                  "keys, shapes and aliases must agree)")
+                  "keys, shapes and aliases must agree, and the parts must "
+                  "be every shard, once, of one split of one model)")
       ->expected(2, 10001);
   cmd->add_option("--samples", samples_,
                   "windows to run (from a stream: evenly spaced)")

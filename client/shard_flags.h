@@ -24,10 +24,14 @@ struct ShardFlags {
 // fuse: no flag given is an ordinary run (Role::kNone). Otherwise --shards
 // and --shard-dir are required; the index is --shard, else
 // $JOB_COMPLETION_INDEX (a Kubernetes Indexed Job's), and 0 <= I < N.
-// assemble: --shards and --from are required. The directory is a local or
+// assemble: --shards and --from are required. The location is a local or
 // shared-volume path (or file:// URI) under the allowed roots, created for a
-// shard; any other scheme (s3://) is UNIMPLEMENTED for now. Errors name the
-// flag (or the variable) and the rule broken.
+// shard, or an s3:// prefix under the remote allowed roots (ShardOptions::
+// remote; a trailing '/' is implied), whose local scratch directory is
+// <scratch dir>/tailor-shards-<16 hex digits of the prefix's sha256> for a
+// shard, ...tailor-assemble-<those digits>-<pid> for assemble (which the
+// caller removes when it ends); any other scheme is INVALID_ARGUMENT. Errors
+// name the flag (or the variable) and the rule broken.
 absl::StatusOr<ShardOptions> ResolveShardFlags(const ShardFlags& flags,
                                                const UriResolver& resolver);
 

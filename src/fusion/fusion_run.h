@@ -226,6 +226,13 @@ class FusionRun {
   // fits this job's outputs; otherwise nullopt (and a note if it was
   // damaged), and the tensor is computed again.
   std::optional<JournalEntry> Resume(size_t index, const TensorInfo& info);
+  // A journal or bundle entry read for plan item `info` (`e`: the read's
+  // result) fits this job's outputs: the same tensor, the fused bytes when
+  // a checkpoint is written, the stitched and per-task patch entries when
+  // patches are. Otherwise the read's error or INVALID_ARGUMENT saying what
+  // does not fit (Resume and FromBundle word it for their caller).
+  absl::Status EntryFits(const absl::StatusOr<JournalEntry>& e,
+                         const TensorInfo& info) const;
 
   // ---- computing a tensor whole (fusion_run_fuse.cc)
 

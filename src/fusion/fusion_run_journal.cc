@@ -130,19 +130,7 @@ std::optional<JournalEntry> FusionRun::Resume(size_t index,
     return std::nullopt;
   }
   absl::StatusOr<JournalEntry> e = journal_->Read(static_cast<int64_t>(index));
-  absl::Status fits = e.status();
-  if (fits.ok() &&
-      (e->name != info.name || (writer_ && e->FusedBytes() != info.nbytes) ||
-       (stitched_ && e->FindPatch("stitched") == nullptr))) {
-    fits = absl::InvalidArgumentError("it does not fit the plan");
-  }
-  for (size_t t = 0; fits.ok() && t < tasks_.size(); ++t) {
-    if (tasks_[t]->patch_writer &&
-        e->FindPatch(absl::StrCat("task", t)) == nullptr) {
-      fits = absl::InvalidArgumentError("it lacks a per-task patch");
-    }
-  }
-  if (!fits.ok()) {
+  if (const absl::Status fits = EntryFits(e, info); !fits.ok()) {
     Note(absl::StrCat("journal entry ", index, " ('", info.name,
                       "') is unusable, computing it again: ", fits.message()));
     return std::nullopt;
@@ -150,6 +138,22 @@ std::optional<JournalEntry> FusionRun::Resume(size_t index,
   absl::MutexLock lock(&mu_);
   ++resumed_tensors_;
   return *std::move(e);
+}
+
+absl::Status FusionRun::EntryFits(const absl::StatusOr<JournalEntry>& e,
+                                  const TensorInfo& info) const {
+  if (!e.ok()) return e.status();
+  if (e->name != info.name || (writer_ && e->FusedBytes() != info.nbytes) ||
+      (stitched_ && e->FindPatch("stitched") == nullptr)) {
+    return absl::InvalidArgumentError("it does not fit the plan");
+  }
+  for (size_t t = 0; t < tasks_.size(); ++t) {
+    if (tasks_[t]->patch_writer &&
+        e->FindPatch(absl::StrCat("task", t)) == nullptr) {
+      return absl::InvalidArgumentError("it lacks a per-task patch");
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace fusion_internal

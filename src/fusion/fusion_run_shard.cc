@@ -84,8 +84,15 @@ absl::Status FusionRun::PlanShards() {
     expected[shard_of_[i]].push_back(
         {static_cast<int64_t>(i), plan_[i].info->name});
   }
-  TAILOR_ASSIGN_OR_RETURN(bundles_, OpenShardBundles(shard.dir, shard.count,
-                                                     plan_sha256_, expected));
+  if (shard.remote.empty()) {
+    TAILOR_ASSIGN_OR_RETURN(bundles_, OpenShardBundles(shard.dir, shard.count,
+                                                       plan_sha256_, expected));
+  } else {
+    TAILOR_ASSIGN_OR_RETURN(
+        bundles_, OpenRemoteShardBundles(resolver_, shard.remote,
+                                         JoinPath(shard.dir, ".assemble"),
+                                         shard.count, plan_sha256_, expected));
+  }
   return absl::OkStatus();
 }
 
@@ -134,19 +141,7 @@ absl::StatusOr<JournalEntry> FusionRun::FromBundle(size_t index,
                                                    const TensorInfo& info) {
   const FusionJournal& bundle = SourceJournal(static_cast<int64_t>(index));
   absl::StatusOr<JournalEntry> e = bundle.Read(static_cast<int64_t>(index));
-  absl::Status fits = e.status();
-  if (fits.ok() &&
-      (e->name != info.name || (writer_ && e->FusedBytes() != info.nbytes) ||
-       (stitched_ && e->FindPatch("stitched") == nullptr))) {
-    fits = absl::InvalidArgumentError("it does not fit the plan");
-  }
-  for (size_t t = 0; fits.ok() && t < tasks_.size(); ++t) {
-    if (tasks_[t]->patch_writer &&
-        e->FindPatch(absl::StrCat("task", t)) == nullptr) {
-      fits = absl::InvalidArgumentError("it lacks a per-task patch");
-    }
-  }
-  if (!fits.ok()) {
+  if (const absl::Status fits = EntryFits(e, info); !fits.ok()) {
     return absl::FailedPreconditionError(
         absl::StrCat("bundle ", bundle.dir(), ": tensor ", index, " ('",
                      info.name, "') is unusable: ", fits.message()));
@@ -185,8 +180,14 @@ absl::StatusOr<nlohmann::json> FusionRun::FinishShard() {
     items.push_back({static_cast<int64_t>(i), plan_[i].info->name});
     bytes += static_cast<int64_t>(plan_[i].info->nbytes);
   }
-  TAILOR_RETURN_IF_ERROR(WriteShardBundle(shard.dir, shard.index, shard.count,
-                                          plan_sha256_, *journal_, items));
+  if (shard.remote.empty()) {
+    TAILOR_RETURN_IF_ERROR(WriteShardBundle(shard.dir, shard.index, shard.count,
+                                            plan_sha256_, *journal_, items));
+  } else {
+    TAILOR_RETURN_IF_ERROR(UploadShardBundle(resolver_, shard.remote,
+                                             shard.index, shard.count,
+                                             plan_sha256_, *journal_, items));
+  }
   Emit(ProgressEvent::Kind::kFinished);
   absl::MutexLock lock(&mu_);
   return nlohmann::json{
@@ -194,7 +195,11 @@ absl::StatusOr<nlohmann::json> FusionRun::FinishShard() {
       {"shard",
        {{"index", shard.index},
         {"count", shard.count},
-        {"bundle", ShardBundleDir(shard.dir, shard.index, shard.count)},
+        {"bundle",
+         shard.remote.empty()
+             ? ShardBundleDir(shard.dir, shard.index, shard.count)
+             : absl::StrCat(shard.remote,
+                            ShardBundleName(shard.index, shard.count), "/")},
         {"plan_sha256", plan_sha256_},
         {"tensors", static_cast<int64_t>(items.size())},
         {"base_bytes", bytes},

@@ -17,8 +17,8 @@
 namespace tailor {
 namespace {
 
-constexpr char kManifestName[] = "manifest.json";
-constexpr uint64_t kMaxManifestBytes = 64 << 20;
+using shard_bundle_internal::kManifestName;
+using shard_bundle_internal::kMaxManifestBytes;
 
 absl::StatusOr<std::string> FileSha256(const std::string& path) {
   TAILOR_ASSIGN_OR_RETURN(ScopedFd fd, OpenForRead(path));
@@ -45,16 +45,12 @@ absl::Status LinkOrCopy(const std::string& from, const std::string& to) {
 
 }  // namespace
 
-absl::Status WriteShardBundle(const std::string& dir, int index, int count,
-                              const std::string& plan_sha256,
-                              const FusionJournal& journal,
-                              const std::vector<ShardBundleItem>& items) {
-  const std::string name = ShardBundleName(index, count);
-  const std::string final_dir = JoinPath(dir, name);
-  const std::string staging = JoinPath(dir, absl::StrCat(".staging-", name));
-  const std::string old = JoinPath(dir, absl::StrCat(".old-", name));
-  TAILOR_RETURN_IF_ERROR(RemoveAll(staging));
-  TAILOR_RETURN_IF_ERROR(MakeDirectories(staging));
+namespace shard_bundle_internal {
+
+absl::Status FillShardBundle(const std::string& staging, int index, int count,
+                             const std::string& plan_sha256,
+                             const FusionJournal& journal,
+                             const std::vector<ShardBundleItem>& items) {
   nlohmann::json listed = nlohmann::json::array();
   for (const ShardBundleItem& item : items) {
     if (!journal.Has(item.index)) {
@@ -82,7 +78,23 @@ absl::Status WriteShardBundle(const std::string& dir, int index, int count,
                                    {"items", listed}};
   TAILOR_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(staging, kManifestName),
                                              manifest.dump(2) + "\n"));
-  TAILOR_RETURN_IF_ERROR(FsyncDirectory(staging));
+  return FsyncDirectory(staging);
+}
+
+}  // namespace shard_bundle_internal
+
+absl::Status WriteShardBundle(const std::string& dir, int index, int count,
+                              const std::string& plan_sha256,
+                              const FusionJournal& journal,
+                              const std::vector<ShardBundleItem>& items) {
+  const std::string name = ShardBundleName(index, count);
+  const std::string final_dir = JoinPath(dir, name);
+  const std::string staging = JoinPath(dir, absl::StrCat(".staging-", name));
+  const std::string old = JoinPath(dir, absl::StrCat(".old-", name));
+  TAILOR_RETURN_IF_ERROR(RemoveAll(staging));
+  TAILOR_RETURN_IF_ERROR(MakeDirectories(staging));
+  TAILOR_RETURN_IF_ERROR(shard_bundle_internal::FillShardBundle(
+      staging, index, count, plan_sha256, journal, items));
   // Replacing an earlier bundle of this shard: moved aside, then removed.
   TAILOR_RETURN_IF_ERROR(RemoveAll(old));
   if (PathExists(final_dir) && ::rename(final_dir.c_str(), old.c_str()) != 0) {
@@ -97,61 +109,68 @@ absl::Status WriteShardBundle(const std::string& dir, int index, int count,
   return RemoveAll(old);
 }
 
-absl::StatusOr<std::vector<std::unique_ptr<FusionJournal>>> OpenShardBundles(
-    const std::string& dir, int count, const std::string& plan_sha256,
+namespace shard_bundle_internal {
+
+absl::StatusOr<std::vector<FoundBundle>> CheckShardManifests(
+    const std::string& dir, const std::string& shown_root, int count,
+    const std::string& plan_sha256,
     const std::vector<std::vector<ShardBundleItem>>& expected) {
-  if (!IsDirectory(dir)) {
-    return absl::NotFoundError(
-        absl::StrCat("--from: ", dir, " is not a directory"));
-  }
+  auto shown_as = [&](const std::string& name) {
+    return shown_root.empty() ? JoinPath(dir, name)
+                              : absl::StrCat(shown_root, name);
+  };
   TAILOR_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDirectory(dir));
-  std::map<int, std::string> found;  // shard -> bundle directory
-  std::string misnamed;              // reported after duplicates
+  std::map<int, FoundBundle> found;
+  std::string misnamed;  // reported after duplicates
   for (const std::string& name : names) {
     if (!absl::StartsWith(name, "shard-")) continue;
     const std::string path = JoinPath(dir, name);
+    const std::string shown = shown_as(name);
     absl::StatusOr<std::string> text =
         ReadFileToString(JoinPath(path, kManifestName), kMaxManifestBytes);
     if (!text.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "bundle ", path, " is incomplete or foreign: no readable ",
-          kManifestName, " (", text.status().message(), ")"));
+          "bundle ", shown, " is incomplete or foreign: no ", "readable ",
+          kManifestName,
+          shown_root.empty() ? absl::StrCat(" (", text.status().message(), ")")
+                             : std::string()));
     }
-    const nlohmann::json m = nlohmann::json::parse(*text, nullptr, false);
+    nlohmann::json m = nlohmann::json::parse(*text, nullptr, false);
     if (!m.is_object() || m.value("format", "") != kShardBundleFormat ||
         !m.contains("shard") || !m["shard"].is_number_integer() ||
         !m.contains("shards") || !m["shards"].is_number_integer() ||
         !m.contains("items") || !m["items"].is_array()) {
       return absl::FailedPreconditionError(
-          absl::StrCat("bundle ", path, ": ", kManifestName, " is not a ",
+          absl::StrCat("bundle ", shown, ": ", kManifestName, " is not a ",
                        kShardBundleFormat, " manifest"));
     }
     const int shard = m["shard"].get<int>();
     const int shards = m["shards"].get<int>();
     if (shards != count) {
       return absl::FailedPreconditionError(
-          absl::StrCat("foreign bundle ", path, ": written for ", shards,
+          absl::StrCat("foreign bundle ", shown, ": written for ", shards,
                        " shards, assembling ", count));
     }
     if (m.value("plan_sha256", "") != plan_sha256) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "foreign bundle ", path, ": it belongs to another plan (plan_sha256 ",
+          "foreign bundle ", shown,
+          ": it belongs to another plan (plan_sha256 ",
           m.value("plan_sha256", "?").substr(0, 64), ", this job's ",
           plan_sha256,
           "): another spec, other inputs or another tailorctl version"));
     }
     if (shard < 0 || shard >= count) {
       return absl::FailedPreconditionError(
-          absl::StrCat("foreign bundle ", path, ": shard ", shard,
+          absl::StrCat("foreign bundle ", shown, ": shard ", shard,
                        " is not in 0..", count - 1));
     }
-    if (auto [it, fresh] = found.emplace(shard, path); !fresh) {
+    if (auto it = found.find(shard); it != found.end()) {
       return absl::AlreadyExistsError(
           absl::StrCat("shard ", shard, " of ", count,
-                       " is duplicated: ", it->second, " and ", path));
+                       " is duplicated: ", it->second.shown, " and ", shown));
     }
     if (name != ShardBundleName(shard, count) && misnamed.empty()) {
-      misnamed = absl::StrCat("bundle ", path, " holds shard ", shard, " of ",
+      misnamed = absl::StrCat("bundle ", shown, " holds shard ", shard, " of ",
                               count, " under another name (expected ",
                               ShardBundleName(shard, count), ")");
     }
@@ -166,39 +185,81 @@ absl::StatusOr<std::vector<std::unique_ptr<FusionJournal>>> OpenShardBundles(
     }
     if (!same) {
       return absl::FailedPreconditionError(
-          absl::StrCat("foreign bundle ", path, ": its tensors are not shard ",
+          absl::StrCat("foreign bundle ", shown, ": its tensors are not shard ",
                        shard, "'s share of this plan"));
     }
     for (const nlohmann::json& item : items) {
       for (const auto& [file, sha] : item["files"].items()) {
-        if (file.find('/') != std::string::npos || !sha.is_string()) {
+        if (file.empty() || file == "." || file == ".." ||
+            file == kManifestName ||
+            file.find_first_of(std::string("/\0", 2)) != std::string::npos ||
+            !sha.is_string()) {
           return absl::FailedPreconditionError(
-              absl::StrCat("bundle ", path, ": bad file entry in manifest"));
-        }
-        const std::string p = JoinPath(path, file);
-        absl::StatusOr<std::string> got = FileSha256(p);
-        if (!got.ok() || *got != sha.get<std::string>()) {
-          return absl::DataLossError(absl::StrCat(
-              "bundle ", path, ": ", file,
-              got.ok()
-                  ? " does not match its sha256 in the manifest"
-                  : absl::StrCat(" is unreadable: ", got.status().message())));
+              absl::StrCat("bundle ", shown, ": bad file entry in manifest"));
         }
       }
     }
+    found.emplace(shard, FoundBundle{path, shown, std::move(m)});
   }
   if (!misnamed.empty()) return absl::FailedPreconditionError(misnamed);
-  std::vector<std::unique_ptr<FusionJournal>> bundles;
+  std::vector<FoundBundle> bundles;
   for (int s = 0; s < count; ++s) {
     auto it = found.find(s);
     if (it == found.end()) {
       return absl::NotFoundError(
           absl::StrCat("shard ", s, " of ", count, " is missing: no bundle ",
-                       ShardBundleDir(dir, s, count),
+                       shown_as(ShardBundleName(s, count)),
                        " (run `tailorctl fuse --local --shard ", s,
                        " --shards ", count, " ...` for it)"));
     }
-    bundles.push_back(FusionJournal::OpenForReading(it->second));
+    bundles.push_back(std::move(it->second));
+  }
+  return bundles;
+}
+
+std::vector<std::pair<std::string, std::string>> ManifestFiles(
+    const FoundBundle& bundle) {
+  std::vector<std::pair<std::string, std::string>> files;
+  for (const nlohmann::json& item : bundle.manifest["items"]) {
+    for (const auto& [file, sha] : item["files"].items()) {
+      files.emplace_back(file, sha.get<std::string>());
+    }
+  }
+  return files;
+}
+
+absl::Status VerifyShardFiles(const FoundBundle& bundle) {
+  for (const auto& [file, sha] : ManifestFiles(bundle)) {
+    absl::StatusOr<std::string> got = FileSha256(JoinPath(bundle.path, file));
+    if (!got.ok() || *got != sha) {
+      return absl::DataLossError(absl::StrCat(
+          "bundle ", bundle.shown, ": ", file,
+          got.ok() ? " does not match its sha256 in the manifest"
+                   : absl::StrCat(" is unreadable: ", got.status().message())));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace shard_bundle_internal
+
+absl::StatusOr<std::vector<std::unique_ptr<FusionJournal>>> OpenShardBundles(
+    const std::string& dir, int count, const std::string& plan_sha256,
+    const std::vector<std::vector<ShardBundleItem>>& expected) {
+  using shard_bundle_internal::CheckShardManifests;
+  using shard_bundle_internal::FoundBundle;
+  using shard_bundle_internal::VerifyShardFiles;
+  if (!IsDirectory(dir)) {
+    return absl::NotFoundError(
+        absl::StrCat("--from: ", dir, " is not a directory"));
+  }
+  TAILOR_ASSIGN_OR_RETURN(
+      std::vector<FoundBundle> found,
+      CheckShardManifests(dir, "", count, plan_sha256, expected));
+  std::vector<std::unique_ptr<FusionJournal>> bundles;
+  for (const FoundBundle& bundle : found) {
+    TAILOR_RETURN_IF_ERROR(VerifyShardFiles(bundle));
+    bundles.push_back(FusionJournal::OpenForReading(bundle.path));
   }
   return bundles;
 }

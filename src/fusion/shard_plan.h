@@ -31,7 +31,12 @@ struct ShardOptions {
   int count = 0;  // the number of shards, >= 1
   // A local (or shared-volume) directory, already resolved: holds
   // shard-<index>-of-<count>/ bundles and each shard's work journal.
+  // With `remote` set, a local scratch directory instead: the shard's
+  // journal and scratch writers, or assemble's copy of the bundles.
   std::string dir;
+  // The bundles' object-storage prefix (canonical s3:// URI ending in '/',
+  // inside the allowed roots), or empty: they are in `dir`.
+  std::string remote;
 };
 
 // The most shards a job may be split into.

@@ -149,6 +149,12 @@ absl::StatusOr<std::unique_ptr<CalibrationFile>> CalibrationFile::Open(
       calib->aliases_.emplace(it.key(), target);
     }
   }
+  if (auto shard = md.find(kCalibrationShardKey); shard != md.end()) {
+    TAILOR_ASSIGN_OR_RETURN(
+        calib->shard_,
+        ParseCalibrationShard(shard->second,
+                              absl::StrCat("calibration file ", path)));
+  }
   return calib;
 }
 
@@ -237,7 +243,8 @@ absl::Status WriteCalibrationFile(
     const std::map<std::string, std::string>& aliases,
     const std::function<absl::StatusOr<at::Tensor>(const std::string& key)>&
         hessian,
-    const UriResolver* resolver) {
+    const UriResolver* resolver,
+    const std::map<std::string, std::string>& extra_metadata) {
   if (IsRemoteUri(path)) {
     // Issue #16: written locally beside a remote output's staging file in
     // the resolver's scratch directory, copied into it, then uploaded and
@@ -247,7 +254,8 @@ absl::Status WriteCalibrationFile(
                                                /*overwrite=*/false, resolver));
     const std::string local = absl::StrCat(out->staging_path(), ".local");
     absl::Status s =
-        WriteCalibrationFile(local, nsamples, columns, aliases, hessian);
+        WriteCalibrationFile(local, nsamples, columns, aliases, hessian,
+                             /*resolver=*/nullptr, extra_metadata);
     if (s.ok()) s = CopyInto(local, out->fd(), out->staging_path());
     (void)::unlink(local.c_str());
     TAILOR_RETURN_IF_ERROR(s);
@@ -275,6 +283,9 @@ absl::Status WriteCalibrationFile(
   options.metadata = {{"format", kHessianFormat},
                       {"nsamples", std::to_string(nsamples)},
                       {"aliases", alias_json.dump()}};
+  for (const auto& [key, value] : extra_metadata) {
+    options.metadata.emplace(key, value);
+  }
 
   if (resolver != nullptr) {
     // The directory `path` was resolved in must still be reachable without

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "io/calibration_shard.h"
 #include "io/checkpoint.h"
 
 namespace tailor {
@@ -25,7 +26,8 @@ inline constexpr char kHessianFormat[] = "tailor-hessian/1";
 // c x c tensor per linear weight keyed by the weight name with ".weight"
 // replaced by ".hessian", holding H = (2/n) X^T X. `__metadata__`: format =
 // tailor-hessian/1, nsamples = n (decimal, > 0), optional aliases = JSON
-// object {weight name: hessian key} for weights sharing an input.
+// object {weight name: hessian key} for weights sharing an input, optional
+// shard = the record of a partial file (calibration_shard.h).
 //
 // Open() checks the metadata and every header entry (F32, 2-D, square, key
 // ends with ".hessian", aliases name existing keys and weight names ending in
@@ -49,6 +51,9 @@ class CalibrationFile {
   int64_t nsamples() const { return nsamples_; }
   const std::string& path() const { return file_->description(); }
   const std::map<std::string, std::string>& aliases() const { return aliases_; }
+  // A partial file's record of its model and data split; nullopt for a
+  // full file or a partial one written before the record existed.
+  const std::optional<CalibrationShard>& shard() const { return shard_; }
   // The Hessians' header entries (keys, shapes), in file order.
   const std::vector<TensorInfo>& entries() const { return file_->tensors(); }
 
@@ -57,6 +62,7 @@ class CalibrationFile {
   std::unique_ptr<Checkpoint> file_;
   int64_t nsamples_ = 0;
   std::map<std::string, std::string> aliases_;
+  std::optional<CalibrationShard> shard_;
 };
 
 // The Hessian key of a weight without an alias: the name with ".weight"
@@ -67,7 +73,8 @@ std::optional<std::string> HessianKeyOf(absl::string_view weight_name);
 // (ALREADY_EXISTS): one F32 c x c tensor per entry {key: c} of `columns`,
 // `hessian(key)` giving its values (float32 c x c, read one at a time),
 // metadata format, nsamples (decimal) and aliases (a JSON object, "{}" when
-// empty). Atomic: written in a hidden staging directory beside `path`
+// empty), plus `extra_metadata` (e.g. the shard record). Atomic: written in a
+// hidden staging directory beside `path`
 // (".<name>.tailor-stage-<pid>-<k>", a CheckpointWriter's, created through
 // the parent directory's descriptor, opened without following symlinks),
 // then renamed to `path` relative to that descriptor without replacing
@@ -93,7 +100,8 @@ absl::Status WriteCalibrationFile(
     const std::map<std::string, std::string>& aliases,
     const std::function<absl::StatusOr<at::Tensor>(const std::string& key)>&
         hessian,
-    const UriResolver* resolver = nullptr);
+    const UriResolver* resolver = nullptr,
+    const std::map<std::string, std::string>& extra_metadata = {});
 
 }  // namespace tailor
 

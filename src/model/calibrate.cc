@@ -142,7 +142,7 @@ absl::Status WriteCalibration(const LlamaModel& model, const at::Tensor& tokens,
         collector.Calibrate(model, tokens.narrow(0, begin, b)));
     if (options.on_progress) options.on_progress(begin + b, n);
   }
-  return collector.Write(out_path, options.resolver);
+  return collector.Write(out_path, options.resolver, options.metadata);
 }
 
 absl::Status RunCalibrateJob(const CalibrateJob& job,
@@ -187,6 +187,7 @@ absl::Status RunCalibrateJob(const CalibrateJob& job,
         ") (the model's vocab_size); was the data made with this model's "
         "tokenizer?"));
   }
+  std::map<std::string, std::string> shard_metadata;
   if (job.shard_count > 0) {
     if (job.shard_index < 0 || job.shard_index >= job.shard_count) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -198,6 +199,11 @@ absl::Status RunCalibrateJob(const CalibrateJob& job,
           absl::StrCat("--shards: ", job.shard_count, " shards need at least ",
                        "as many --samples, not ", job.samples));
     }
+    TAILOR_ASSIGN_OR_RETURN(
+        CalibrationShard record,
+        CalibrationShardRecord(*checkpoint, tokens, job.shard_index,
+                               job.shard_count));
+    shard_metadata[kCalibrationShardKey] = CalibrationShardJson(record);
     tokens = ShardWindows(tokens, job.shard_index, job.shard_count);
   }
   TAILOR_ASSIGN_OR_RETURN(
@@ -205,6 +211,7 @@ absl::Status RunCalibrateJob(const CalibrateJob& job,
       LlamaModel::Load(*checkpoint, config, device, at::kFloat));
   CalibrateOptions options = job.options;
   options.resolver = &resolver;
+  options.metadata = std::move(shard_metadata);
   return WriteCalibration(model, tokens, out_path, options);
 }
 

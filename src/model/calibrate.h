@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -44,6 +45,9 @@ struct CalibrateOptions {
   // When set, the output path came from this resolver's ResolveForWrite()
   // and is written beneath its root (WriteCalibrationFile). Not owned.
   const UriResolver* resolver = nullptr;
+  // Extra __metadata__ of the file (RunCalibrateJob: a partial file's
+  // shard record, io/calibration_shard.h).
+  std::map<std::string, std::string> metadata;
 };
 
 // Runs `model` on `tokens` [n, T] (no autograd) and writes the calibration

@@ -13,6 +13,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "io/calibration_shard.h"
+#include "io/checkpoint.h"
 #include "storage/uri_resolver.h"
 
 namespace tailor {
@@ -21,6 +24,12 @@ namespace tailor {
 // shards' windows partition the single run's, in order. REQUIRES
 // 0 <= index < count. May be empty (n < count).
 at::Tensor ShardWindows(const at::Tensor& tokens, int index, int count);
+
+// The record (io/calibration_shard.h) of share `index` of `count` of the
+// windows `tokens` [n, T] (the whole split) calibrated on `model`: the
+// model's content fingerprint, the windows' and their number.
+absl::StatusOr<CalibrationShard> CalibrationShardRecord(
+    const Checkpoint& model, const at::Tensor& tokens, int index, int count);
 
 // Writes to `out_path` (which must not exist; written atomically) the
 // calibration file whose every Hessian is
@@ -31,8 +40,14 @@ at::Tensor ShardWindows(const at::Tensor& tokens, int index, int count);
 // batches) every element agrees within 1e-5 * max|H| of its matrix plus
 // float32 rounding (calibrate_shard_test checks 1e-5 relative). The parts
 // must agree on the keys, shapes and aliases (FAILED_PRECONDITION naming the
-// file and the key otherwise); the format carries no model identity, so
-// files of another model with the same architecture are not detected.
+// file and the key otherwise). Partial files record their model and data
+// split (CalibrationFile::shard()): the parts must all be shards of one
+// split of the same windows of the same model (FAILED_PRECONDITION naming
+// the file and what differs), no shard may be given twice (ALREADY_EXISTS
+// naming both files) and none may be missing (NOT_FOUND naming it). Parts
+// written before the record existed are still merged when none of the parts
+// has one (then another model of the same architecture, or a missing
+// shard, cannot be detected); mixing the two is FAILED_PRECONDITION.
 // Paths are resolved by the caller; with `resolver` the output is written
 // beneath its root (WriteCalibrationFile).
 absl::Status MergeCalibrationFiles(const std::vector<std::string>& parts,

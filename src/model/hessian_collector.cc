@@ -112,8 +112,9 @@ absl::StatusOr<at::Tensor> HessianCollector::Hessian(
   });
 }
 
-absl::Status HessianCollector::Write(const std::string& path,
-                                     const UriResolver* resolver) const {
+absl::Status HessianCollector::Write(
+    const std::string& path, const UriResolver* resolver,
+    const std::map<std::string, std::string>& extra_metadata) const {
   TAILOR_RETURN_IF_ERROR(status_);
   if (sums_.empty()) {
     return absl::FailedPreconditionError(
@@ -139,7 +140,8 @@ absl::Status HessianCollector::Write(const std::string& path,
   for (const auto& [key, acc] : sums_) columns[key] = acc.sum.size(0);
   return WriteCalibrationFile(
       path, n, columns, aliases_,
-      [this](const std::string& key) { return Hessian(key); }, resolver);
+      [this](const std::string& key) { return Hessian(key); }, resolver,
+      extra_metadata);
 }
 
 }  // namespace tailor

@@ -68,9 +68,11 @@ class HessianCollector : public ForwardHooks {
   // atomic. FAILED_PRECONDITION before any rows, when keys saw different
   // row counts, or when an alias names a key never reported. With
   // `resolver`, `path` came from its ResolveForWrite() and is written
-  // beneath its root (WriteCalibrationFile).
-  absl::Status Write(const std::string& path,
-                     const UriResolver* resolver = nullptr) const;
+  // beneath its root (WriteCalibrationFile). `extra_metadata` goes into
+  // the file's __metadata__ too (a partial file's shard record).
+  absl::Status Write(
+      const std::string& path, const UriResolver* resolver = nullptr,
+      const std::map<std::string, std::string>& extra_metadata = {}) const;
 
  private:
   struct Accumulator {

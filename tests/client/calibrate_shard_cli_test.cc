@@ -1,8 +1,11 @@
 // Calibration sharded by data (issue #20 point 3): `tailorctl calibrate
 // --shard I --shards 3` partial files merged with `calibrate --merge` equal
 // a single run over all the windows (nsamples exactly, every Hessian within
-// 1e-5 of its largest element); parts of another model are refused naming
-// the file; shard flags are checked. Runs the real binary.
+// 1e-5 of its largest element); parts of another model (even of the same
+// architecture), of another split of the data, a missing or a duplicated
+// shard are refused naming the file or the shard; partial files without a
+// shard record (written before it existed) still merge among themselves;
+// shard flags are checked. Runs the real binary.
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -30,9 +33,12 @@ using ::tailor::testing::WriteFileOrDie;
 class CalibrateShardTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (int layers : {1, 2}) {
+    // model1 and model2 differ in architecture; model3 is model1's
+    // architecture with other weights.
+    for (int layers : {1, 2, 3}) {
       absl::StatusOr<LlamaModel> model = LlamaModel::Init(
-          ::tailor::testing::TinyByteLlama(layers), 9, at::kFloat, at::kCPU);
+          ::tailor::testing::TinyByteLlama(layers == 3 ? 1 : layers),
+          layers == 3 ? 10 : 9, at::kFloat, at::kCPU);
       ASSERT_TRUE(model.ok()) << model.status();
       ASSERT_TRUE(model->Save(dir_.Join(absl::StrCat("model", layers))).ok());
     }
@@ -44,7 +50,7 @@ class CalibrateShardTest : public ::testing::Test {
   }
 
   CliResult Calibrate(const std::string& out, std::vector<std::string> extra,
-                      int layers = 1) {
+                      int layers = 1, const char* samples = "7") {
     std::vector<std::string> args = {"calibrate",
                                      "--model",
                                      dir_.Join(absl::StrCat("model", layers)),
@@ -53,7 +59,7 @@ class CalibrateShardTest : public ::testing::Test {
                                      "--out",
                                      out,
                                      "--samples",
-                                     "7",
+                                     samples,
                                      "--seq-len",
                                      "16",
                                      "--batch-size",
@@ -124,6 +130,91 @@ TEST_F(CalibrateShardTest, PartsOfAnotherModelAreRefused) {
   EXPECT_TRUE(absl::StrContains(r.err, p1)) << r.err;
   EXPECT_TRUE(absl::StrContains(r.err, "not of one model")) << r.err;
   EXPECT_FALSE(PathExists(dir_.Join("m.safetensors")));
+}
+
+// What the shard record adds: the old checks (keys, shapes, aliases)
+// cannot tell these parts apart.
+TEST_F(CalibrateShardTest, PartsOfAnotherSplitOrWeightsAreRefused) {
+  const std::string p0 = dir_.Join("p0"), p1 = dir_.Join("p1");
+  const std::string other_weights = dir_.Join("w1"),
+                    other_split = dir_.Join("s1");
+  ASSERT_EQ(Calibrate(p0, {"--shard", "0", "--shards", "2"}).code, 0);
+  ASSERT_EQ(Calibrate(p1, {"--shard", "1", "--shards", "2"}).code, 0);
+  ASSERT_EQ(Calibrate(other_weights, {"--shard", "1", "--shards", "2"}, 3).code,
+            0);
+  ASSERT_EQ(
+      Calibrate(other_split, {"--shard", "1", "--shards", "2"}, 1, "8").code,
+      0);
+  auto part = Open(p1);
+  ASSERT_NE(part, nullptr);
+  ASSERT_TRUE(part->shard().has_value());
+  EXPECT_EQ(part->shard()->index, 1);
+  EXPECT_EQ(part->shard()->count, 2);
+  EXPECT_EQ(part->shard()->windows, 7);
+  const std::string out = dir_.Join("m.safetensors");
+  CliResult r = RunTailorctl({"calibrate", "--merge", out, p0, other_weights},
+                             dir_.path());
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(absl::StrContains(r.err, other_weights)) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "its model differs")) << r.err;
+  r = RunTailorctl({"calibrate", "--merge", out, p0, other_split}, dir_.path());
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(absl::StrContains(r.err, other_split)) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "differs")) << r.err;
+  EXPECT_FALSE(PathExists(out));
+  // The right pair merges.
+  r = RunTailorctl({"calibrate", "--merge", out, p1, p0}, dir_.path());
+  EXPECT_EQ(r.code, 0) << r.err;
+}
+
+TEST_F(CalibrateShardTest, MissingOrDuplicatedShardsAreRefused) {
+  std::vector<std::string> parts;
+  for (int i = 0; i < 3; ++i) {
+    parts.push_back(dir_.Join(absl::StrCat("p", i)));
+    ASSERT_EQ(
+        Calibrate(parts[i], {"--shard", std::to_string(i), "--shards", "3"})
+            .code,
+        0);
+  }
+  const std::string out = dir_.Join("m.safetensors");
+  CliResult r = RunTailorctl({"calibrate", "--merge", out, parts[0], parts[2]},
+                             dir_.path());
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(absl::StrContains(r.err, "shard 1 of 3 is missing")) << r.err;
+  const std::string copy = dir_.Join("p1-again");
+  WriteFileOrDie(copy, ::tailor::testing::ReadFileOrDie(parts[1]));
+  r = RunTailorctl(
+      {"calibrate", "--merge", out, parts[0], parts[1], copy, parts[2]},
+      dir_.path());
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(absl::StrContains(r.err, "shard 1 of 3 is given twice")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, copy)) << r.err;
+  EXPECT_FALSE(PathExists(out));
+}
+
+// Files without a shard record (a single run's, or partial files of an
+// earlier version) are still read and merged among themselves; mixed with
+// partial files that have one they are refused.
+TEST_F(CalibrateShardTest, FilesWithoutAShardRecordStillMerge) {
+  const std::string single = dir_.Join("single"), p0 = dir_.Join("p0");
+  ASSERT_EQ(Calibrate(single, {}).code, 0);
+  ASSERT_EQ(Calibrate(p0, {"--shard", "0", "--shards", "2"}).code, 0);
+  auto f = Open(single);
+  ASSERT_NE(f, nullptr);
+  EXPECT_FALSE(f->shard().has_value());
+  CliResult r =
+      RunTailorctl({"calibrate", "--merge", dir_.Join("twice"), single, single},
+                   dir_.path());
+  EXPECT_EQ(r.code, 0) << r.err;
+  auto merged = Open(dir_.Join("twice"));
+  ASSERT_NE(merged, nullptr);
+  EXPECT_EQ(merged->nsamples(), 2 * f->nsamples());
+  r = RunTailorctl({"calibrate", "--merge", dir_.Join("mixed"), p0, single},
+                   dir_.path());
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(absl::StrContains(r.err, single)) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "no shard record")) << r.err;
+  EXPECT_FALSE(PathExists(dir_.Join("mixed")));
 }
 
 TEST_F(CalibrateShardTest, ShardFlagsAreChecked) {

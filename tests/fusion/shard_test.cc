@@ -2,11 +2,12 @@
 // each as a separate run over its own copy of the plan) plus assemble give
 // the outputs of a single run byte for byte; a shard cancelled midway and
 // run again writes the same bundle; a missing, duplicated or foreign
-// bundle makes assemble fail naming it, publishing nothing.
+// bundle makes assemble fail naming it, publishing nothing. The same with
+// the bundles in object storage (the in-memory store): a bundle is visible
+// only once complete, assemble checks it as a directory's.
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 
 #include <cstdio>
 #include <map>
@@ -16,6 +17,8 @@
 #include "fusion/fusion_job.h"
 #include "fusion/shard_plan.h"
 #include "testing/cancel_after.h"
+#include "testing/memory_object_store.h"
+#include "testing/shard_inputs.h"
 #include "testing/test_util.h"
 #include "util/file_util.h"
 
@@ -24,66 +27,29 @@ namespace {
 
 using ::tailor::testing::CancelAfter;
 using ::tailor::testing::ExpectSameFiles;
-using ::tailor::testing::RawTensor;
+using ::tailor::testing::MemoryObjectStore;
+using ::tailor::testing::MemoryStoreProvider;
 using ::tailor::testing::ReadFileOrDie;
-using ::tailor::testing::SerializeSafetensors;
 using ::tailor::testing::TempDir;
-using ::tailor::testing::ToRaw;
 using ::tailor::testing::WithoutRunFacts;
 using ::tailor::testing::WriteFileOrDie;
 
 constexpr int64_t kHidden = 16, kInter = 24;
 constexpr int kShards = 3;
+constexpr char kRemoteRoot[] = "s3://bkt/jobs/";
 
 class ShardTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    at::manual_seed(11);
-    base_ = Dir("base");
-    std::map<std::string, at::Tensor> pre;
-    for (int l = 0; l < 3; ++l) {
-      const std::string p = absl::StrCat("model.layers.", l, ".");
-      pre[p + "self_attn.q_proj.weight"] = at::randn({kHidden, kHidden});
-      pre[p + "mlp.up_proj.weight"] = at::randn({kInter, kHidden});
-      pre[p + "mlp.down_proj.weight"] = at::randn({kHidden, kInter});
-    }
-    pre["model.norm.weight"] = at::ones({kHidden});
-    ::tailor::testing::WriteBf16TwoShardCheckpoint(base_, pre);
-    for (int t = 0; t < 2; ++t) {
-      std::map<std::string, at::Tensor> ft;
-      for (auto& [name, w] : pre) ft[name] = w + 0.3 * at::randn(w.sizes());
-      const std::string dir = Dir(absl::StrCat("ft", t));
-      ::tailor::testing::WriteBf16TwoShardCheckpoint(dir, ft);
-      ft_.push_back(dir);
-      hessians_.push_back(WriteHessians(tmp_.Join(absl::StrCat("h", t))));
-    }
+    const ::tailor::testing::ShardInputs in =
+        ::tailor::testing::WriteShardInputs(tmp_, kHidden, kInter);
+    base_ = in.base;
+    ft_ = in.finetuned;
+    hessians_ = in.hessians;
     out_ = tmp_.Join("out");
     patch_ = tmp_.Join("p.safetensors");
     report_ = tmp_.Join("report.json");
     shard_dir_ = tmp_.Join("shards");
-  }
-
-  std::string Dir(const std::string& name) {
-    const std::string p = tmp_.Join(name);
-    ::mkdir(p.c_str(), 0755);
-    return p;
-  }
-
-  std::string WriteHessians(const std::string& path) {
-    std::vector<RawTensor> t;
-    for (const char* name : {"model.layers.0.self_attn.q_proj.hessian",
-                             "model.layers.2.mlp.up_proj.hessian"}) {
-      at::Tensor x = at::randn({100, kHidden});
-      t.push_back(ToRaw(name, (2.0 / 100 * x.t().matmul(x)).contiguous()));
-    }
-    WriteFileOrDie(path, SerializeSafetensors(
-                             t, {{"format", "tailor-hessian/1"},
-                                 {"nsamples", "100"},
-                                 {"aliases",
-                                  "{\"model.layers.1.self_attn.q_proj.weight\""
-                                  ": \"model.layers.0.self_attn.q_proj."
-                                  "hessian\"}"}}));
-    return path;
   }
 
   // Model Tailor with Hessians, two tasks: fused checkpoint, stitched and
@@ -109,7 +75,14 @@ class ShardTest : public ::testing::Test {
   absl::StatusOr<nlohmann::json> Run(const FusionSpec& spec,
                                      ShardOptions shard = {},
                                      CancelAfter* sink = nullptr) {
-    auto resolver = UriResolver::Create({tmp_.path()});
+    UriResolver::Remote remote;
+    std::vector<std::string> roots = {tmp_.path()};
+    if (store_ != nullptr) {
+      remote.provider = std::make_shared<MemoryStoreProvider>(store_);
+      remote.scratch_dir = tmp_.Join("scratch");
+      roots.push_back(kRemoteRoot);
+    }
+    auto resolver = UriResolver::Create(roots, {}, remote);
     if (!resolver.ok()) return resolver.status();
     RunOptions options;
     options.shard = std::move(shard);
@@ -127,6 +100,11 @@ class ShardTest : public ::testing::Test {
     s.index = index;
     s.count = kShards;
     s.dir = dir.empty() ? shard_dir_ : dir;
+    if (!remote_.empty() && dir.empty()) {
+      // Each shard on a machine of its own: a scratch directory each.
+      s.remote = remote_;
+      s.dir = tmp_.Join(absl::StrCat("machine", index));
+    }
     EXPECT_TRUE(MakeDirectories(s.dir).ok());
     return s;
   }
@@ -136,6 +114,10 @@ class ShardTest : public ::testing::Test {
     s.role = ShardOptions::Role::kAssemble;
     s.count = kShards;
     s.dir = shard_dir_;
+    if (!remote_.empty()) {
+      s.remote = remote_;
+      s.dir = tmp_.Join("assembler");
+    }
     return s;
   }
 
@@ -185,6 +167,10 @@ class ShardTest : public ::testing::Test {
   }
 
   TempDir tmp_;
+  // Set by the object-storage cases: the shards' bundles go to remote_
+  // (under kRemoteRoot) in store_.
+  std::shared_ptr<MemoryObjectStore> store_;
+  std::string remote_;
   std::string base_, out_, patch_, report_, shard_dir_;
   std::vector<std::string> ft_, hessians_;
 };
@@ -318,6 +304,143 @@ TEST_F(ShardBundleErrorTest, DamagedBundleFileIsNamed) {
   ASSERT_TRUE(RemoveAll(path).ok());
   WriteFileOrDie(path, bytes);
   ExpectAssembleFails(absl::StatusCode::kDataLoss, victim);
+}
+
+// Bundles in object storage (--shard-dir s3://...): each shard on its own
+// machine (its own scratch directory), assemble on another.
+class ShardRemoteTest : public ShardTest {
+ protected:
+  void SetUp() override {
+    ShardTest::SetUp();
+    store_ = std::make_shared<MemoryObjectStore>();
+    remote_ = absl::StrCat(kRemoteRoot, "run1/");
+  }
+  std::string BundleUri(int i) const {
+    return absl::StrCat(remote_, ShardBundleName(i, kShards), "/");
+  }
+  // The keys of the visible objects under `prefix`.
+  std::vector<std::string> KeysUnder(const std::string& prefix) const {
+    std::vector<std::string> keys;
+    for (const std::string& k : store_->Keys()) {
+      if (absl::StartsWith(k, prefix)) keys.push_back(k);
+    }
+    return keys;
+  }
+  void RunShards() {
+    for (int i = 0; i < kShards; ++i) {
+      absl::StatusOr<nlohmann::json> r = Run(TailorSpec(), Shard(i));
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_EQ((*r)["shard"]["bundle"], BundleUri(i));
+    }
+  }
+  // Assemble fails with `code`, naming `what`, and publishes nothing.
+  void ExpectAssembleFails(absl::StatusCode code, const std::string& what) {
+    absl::StatusOr<nlohmann::json> r = Run(TailorSpec(), Assemble());
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), code) << r.status();
+    EXPECT_TRUE(absl::StrContains(r.status().message(), what)) << r.status();
+    for (const std::string& f : Outputs(TailorSpec())) {
+      EXPECT_FALSE(PathExists(f)) << f;
+    }
+  }
+};
+
+TEST_F(ShardRemoteTest, TailorShardedThroughObjectStorageEqualsSingleRun) {
+  ExpectShardedEqualsSingle(TailorSpec());
+  for (int i = 0; i < kShards; ++i) {
+    EXPECT_TRUE(store_->Has(BundleUri(i) + "manifest.json")) << i;
+    EXPECT_GT(KeysUnder(BundleUri(i)).size(), 1u) << i;
+  }
+  EXPECT_TRUE(store_->PendingUploads().empty());
+  // Assemble read the bundles through the store.
+  EXPECT_GT(store_->range_reads(), 0u);
+}
+
+TEST_F(ShardRemoteTest, ABundleIsVisibleOnlyWhenComplete) {
+  // The upload fails: nothing of the bundle is visible, nothing pending.
+  store_->FailAppend(1, absl::UnavailableError("injected"));
+  absl::StatusOr<nlohmann::json> r = Run(TailorSpec(), Shard(0));
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "injected"))
+      << r.status();
+  EXPECT_TRUE(KeysUnder(BundleUri(0)).empty());
+  EXPECT_TRUE(store_->PendingUploads().empty());
+  // Run again (its journal reused): the same bundle as a clean run's.
+  r = Run(TailorSpec(), Shard(0));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GE((*r)["shard"]["resumed_tensors"].get<int64_t>(), 1);
+  std::map<std::string, std::string> first;
+  for (const std::string& k : KeysUnder(BundleUri(0))) {
+    ASSERT_TRUE(store_->Get(k, &first[k]));
+  }
+  ASSERT_TRUE(RemoveAll(tmp_.Join("machine0")).ok());  // journal gone too
+  ASSERT_TRUE(Run(TailorSpec(), Shard(0)).ok());
+  std::map<std::string, std::string> again;
+  for (const std::string& k : KeysUnder(BundleUri(0))) {
+    ASSERT_TRUE(store_->Get(k, &again[k]));
+  }
+  EXPECT_EQ(first, again);
+}
+
+TEST_F(ShardRemoteTest, MissingDuplicatedForeignAndDamagedBundlesAreNamed) {
+  RunShards();
+  EXPECT_TRUE(Run(TailorSpec(), Assemble()).ok());
+  for (const std::string& f : Outputs(TailorSpec())) {
+    ASSERT_TRUE(RemoveAll(f).ok());
+  }
+  // Duplicated: shard 1's objects again under another name.
+  for (const std::string& k : KeysUnder(BundleUri(1))) {
+    std::string bytes;
+    ASSERT_TRUE(store_->Get(k, &bytes));
+    store_->Put(absl::StrCat(remote_, "shard-00001-copy/",
+                             k.substr(BundleUri(1).size())),
+                bytes);
+  }
+  ExpectAssembleFails(
+      absl::StatusCode::kAlreadyExists,
+      absl::StrCat("shard 1 of 3 is duplicated: ", remote_, "shard-00001"));
+  for (const std::string& k : KeysUnder(remote_ + "shard-00001-copy/")) {
+    ASSERT_TRUE(store_->Delete(ParseObjectUri(k).value()).ok());
+  }
+  // Damaged: one tensor file of shard 2 changed.
+  std::string victim;
+  for (const std::string& k : KeysUnder(BundleUri(2))) {
+    if (absl::EndsWith(k, ".safetensors")) victim = k;
+  }
+  ASSERT_FALSE(victim.empty());
+  std::string bytes;
+  ASSERT_TRUE(store_->Get(victim, &bytes));
+  std::string damaged = bytes;
+  damaged[damaged.size() - 1] ^= 1;
+  store_->Put(victim, damaged);
+  ExpectAssembleFails(
+      absl::StatusCode::kDataLoss,
+      absl::StrCat("bundle ", BundleUri(2).substr(0, BundleUri(2).size() - 1)));
+  store_->Put(victim, bytes);
+  // Incomplete (no manifest), then missing.
+  ASSERT_TRUE(
+      store_->Delete(ParseObjectUri(BundleUri(2) + "manifest.json").value())
+          .ok());
+  ExpectAssembleFails(absl::StatusCode::kFailedPrecondition, "incomplete");
+  for (const std::string& k : KeysUnder(BundleUri(2))) {
+    ASSERT_TRUE(store_->Delete(ParseObjectUri(k).value()).ok());
+  }
+  ExpectAssembleFails(absl::StatusCode::kNotFound,
+                      absl::StrCat("shard 2 of 3 is missing: no bundle ",
+                                   remote_, "shard-00002-of-00003"));
+  // Foreign: shard 2 of another spec.
+  ASSERT_TRUE(Run(TailorSpec(/*keep=*/0.3), Shard(2)).ok());
+  ExpectAssembleFails(absl::StatusCode::kFailedPrecondition,
+                      absl::StrCat("foreign bundle ", remote_));
+}
+
+TEST_F(ShardRemoteTest, AShardDirOutsideTheAllowedRootsIsRefused) {
+  remote_ = "s3://other-bucket/shards/";
+  absl::StatusOr<nlohmann::json> r = Run(TailorSpec(), Shard(0));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied)
+      << r.status();
+  EXPECT_TRUE(store_->Keys().empty());
 }
 
 TEST(ShardPlanTest, SplitIsBalancedByCostAndDeterministic) {

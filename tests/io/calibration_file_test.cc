@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "storage/uri_resolver.h"
 #include "testing/memory_object_store.h"
+#include "absl/strings/str_cat.h"
 #include "testing/test_util.h"
 #include "util/file_util.h"
 
@@ -147,6 +148,55 @@ TEST(CalibrationFileTest, ARemotePathGetsTheBytesOfALocalWrite) {
   EXPECT_FALSE(WriteCalibrationFile("s3://bkt/calib/x.safetensors", 12, columns,
                                     {}, hessian)
                    .ok());
+// A partial file's shard record (calibration_shard.h) reads back; a
+// malformed one is refused naming the file and the rule.
+TEST(CalibrationFileTest, ShardRecordReadsBackAndIsChecked) {
+  TempDir dir;
+  const std::map<std::string, int64_t> columns = {
+      {"model.layers.0.mlp.up_proj.hessian", 4}};
+  auto hessian = [](const std::string&) { return Symmetric(4, 3); };
+  CalibrationShard shard;
+  shard.index = 1;
+  shard.count = 3;
+  shard.windows = 9;
+  shard.model = std::string(64, 'a');
+  shard.data = std::string(64, 'b');
+  const std::string good = dir.Join("good.safetensors");
+  ASSERT_TRUE(WriteCalibrationFile(
+                  good, 3, columns, {}, hessian, nullptr,
+                  {{kCalibrationShardKey, CalibrationShardJson(shard)}})
+                  .ok());
+  absl::StatusOr<std::unique_ptr<CalibrationFile>> file =
+      CalibrationFile::Open(good, {});
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_TRUE((*file)->shard().has_value());
+  EXPECT_EQ((*file)->shard()->index, 1);
+  EXPECT_EQ((*file)->shard()->count, 3);
+  EXPECT_EQ((*file)->shard()->windows, 9);
+  EXPECT_EQ((*file)->shard()->model, shard.model);
+  EXPECT_EQ((*file)->shard()->data, shard.data);
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"[1]", "must be a JSON object"},
+      {R"({"index": 3, "count": 3, "windows": 9, "model": ")" +
+           std::string(64, 'a') + R"(", "data": ")" + std::string(64, 'b') +
+           R"("})",
+       "0 <= index < count"},
+      {R"({"index": 0, "count": 3, "windows": 9, "model": "x", "data": "y"})",
+       "'model' must be a sha256"},
+      {R"({"index": 0, "count": 3, "model": "x"})", "'windows' must be"}};
+  for (size_t i = 0; i < bad.size(); ++i) {
+    const std::string path = dir.Join(absl::StrCat("bad", i));
+    ASSERT_TRUE(WriteCalibrationFile(path, 3, columns, {}, hessian, nullptr,
+                                     {{kCalibrationShardKey, bad[i].first}})
+                    .ok());
+    file = CalibrationFile::Open(path, {});
+    ASSERT_FALSE(file.ok()) << bad[i].first;
+    EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(file.status().message(), path))
+        << file.status();
+    EXPECT_TRUE(absl::StrContains(file.status().message(), bad[i].second))
+        << file.status();
+  }
 }
 
 TEST(CalibrationFileTest, HessianKeyOf) {

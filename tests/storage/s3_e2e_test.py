@@ -445,6 +445,36 @@ class S3EndToEndTest(unittest.TestCase):
         self.assertEqual(self.get("out", "run7/h.safetensors"), read(local))
         self.assertEqual(self.keys("out", "run7/"), ["run7/h.safetensors"])
         self.assertEqual(self.scratch_left(), [])
+    def test_9_shards_through_s3_assemble_to_a_local_fuse(self):
+        # Issue #20: three shards upload their bundles to s3://, assemble
+        # reads them from there; the outputs equal a single local run's.
+        ref = self.local_fuse("ref9")
+        mine = os.path.join(self.tmp, "run9")
+        args = self.fuse_args(
+            os.path.join(self.local, "base"), os.path.join(self.local, "ft"),
+            os.path.join(self.local, "h.safetensors"),
+            os.path.join(mine, "fused"), os.path.join(mine, "p.safetensors"),
+            os.path.join(mine, "report.json"))
+        for i in range(3):
+            self.tailorctl(*args, "--shard", str(i), "--shards", "3",
+                           "--shard-dir", "s3://out/shards9/")
+        keys = self.keys("out", "shards9/")
+        for i in range(3):
+            self.assertIn("shards9/shard-%05d-of-00003/manifest.json" % i, keys)
+        self.assertFalse(os.path.exists(os.path.join(mine, "fused")))
+        self.tailorctl("assemble", *args[2:], "--shards", "3", "--from",
+                       "s3://out/shards9/")
+        for name in ("fused/model.safetensors", "fused/config.json",
+                     "p.safetensors"):
+            self.assertEqual(read(os.path.join(mine, name)),
+                             read(os.path.join(ref, name)), name)
+        # A missing bundle is named by its URI.
+        self.s3.delete_object(Bucket="out",
+                              Key="shards9/shard-00001-of-00003/manifest.json")
+        r = self.tailorctl("assemble", *args[2:], "--overwrite", "--shards",
+                           "3", "--from", "s3://out/shards9/", expect=None)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn("s3://out/shards9/shard-00001-of-00003", r.stderr)
 
 
 if __name__ == "__main__":
