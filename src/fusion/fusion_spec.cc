@@ -296,6 +296,8 @@ constexpr SpecKey kSpecKeys[] = {
      TAILOR_SPEC_READER(ReadEnum(v, k, ParseCountRule, &s->count_rule))},
     {"sign_cancel", SpecValue::kString,
      TAILOR_SPEC_READER(ReadEnum(v, k, ParseSignCancel, &s->sign_cancel))},
+    {"variant", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadEnum(v, k, ParseVariant, &s->tailor.variant))},
     {"include", SpecValue::kStrings,
      TAILOR_SPEC_READER(ReadStrings(v, k, &s->include))},
     {"exclude", SpecValue::kStrings,
@@ -479,6 +481,12 @@ absl::Status FusionSpec::Validate() const {
                               MethodName(method)));
     }
   }
+  if (tailor.variant != Variant::kPaper && method != Method::kTailor) {
+    return FieldError("variant",
+                      absl::StrCat("authors-code is a variant of method "
+                                   "tailor, not ",
+                                   MethodName(method)));
+  }
   if (method == Method::kSpider && tasks.size() != 1) {
     return FieldError("method", "spider merges exactly one task");
   }
@@ -581,6 +589,11 @@ nlohmann::json FusionSpec::ToJson(bool with_overwrite) const {
   if (sign_cancel != defaults.sign_cancel) {
     j["sign_cancel"] = std::string(SignCancelName(sign_cancel));
   }
+  // The same for the variant (issue #19 point 5): specs of the paper's
+  // Model Tailor keep their JSON.
+  if (tailor.variant != defaults.tailor.variant) {
+    j["variant"] = std::string(VariantName(tailor.variant));
+  }
   j["include"] = include;
   j["exclude"] = exclude;
   j["on_mismatch"] = std::string(MismatchPolicyName(on_mismatch));
@@ -600,6 +613,9 @@ absl::StatusOr<FusionSpec> FusionSpec::FromJson(const nlohmann::json& j) {
     if (k == nullptr) return FieldError(KeyName(key), "unknown key");
     TAILOR_RETURN_IF_ERROR(k->read(v, key, &s));
   }
+  ApplyVariantDefaults(
+      [&](absl::string_view key) { return j.contains(std::string(key)); },
+      &s.tailor);
   return s;
 }
 
