@@ -427,6 +427,12 @@ absl::Status FusionSpec::Validate() const {
   TAILOR_RETURN_IF_ERROR(CheckUri(patch_uri, "patch_out"));
   TAILOR_RETURN_IF_ERROR(CheckUri(report_uri, "report"));
   TAILOR_RETURN_IF_ERROR(tailor.Validate());
+  if (tailor.variant != Variant::kPaper && method != Method::kTailor) {
+    return FieldError("variant",
+                      absl::StrCat("authors-code is a variant of method "
+                                   "tailor, not ",
+                                   MethodName(method)));
+  }
   std::set<std::string> labels;
   for (size_t i = 0; i < tasks.size(); ++i) {
     const TaskSpec& t = tasks[i];
@@ -480,12 +486,6 @@ absl::Status FusionSpec::Validate() const {
           field, absl::StrCat("hessians are used only by method tailor, not ",
                               MethodName(method)));
     }
-  }
-  if (tailor.variant != Variant::kPaper && method != Method::kTailor) {
-    return FieldError("variant",
-                      absl::StrCat("authors-code is a variant of method "
-                                   "tailor, not ",
-                                   MethodName(method)));
   }
   if (method == Method::kSpider && tasks.size() != 1) {
     return FieldError("method", "spider merges exactly one task");

@@ -18,38 +18,13 @@
 
 #include "absl/strings/match.h"
 #include "fusion/tailor_kernel.h"
+#include "kernel_test_layers.h"
 
 namespace tailor {
 namespace {
 
-using Matrix = std::vector<std::vector<double>>;
-
-Matrix ToMatrix(const at::Tensor& t) {
-  at::Tensor c = t.to(at::kDouble).contiguous().cpu();
-  Matrix m(c.size(0), std::vector<double>(c.size(1)));
-  auto a = c.accessor<double, 2>();
-  for (int64_t i = 0; i < c.size(0); ++i) {
-    for (int64_t j = 0; j < c.size(1); ++j) m[i][j] = a[i][j];
-  }
-  return m;
-}
-
-// A layer with correlated inputs: H = (2/n) X^T X, X = Z A.
-struct Layer {
-  at::Tensor w_pre, w_ft, h;
-};
-
 Layer CorrelatedLayer(int64_t rows, int64_t cols, uint64_t seed) {
-  at::manual_seed(seed);
-  const int64_t samples = 3 * cols;
-  at::Tensor mix =
-      at::randn({cols, cols}, at::kDouble) * 0.5 + at::eye(cols, at::kDouble);
-  at::Tensor x = at::randn({samples, cols}, at::kDouble).matmul(mix);
-  Layer l;
-  l.h = 2.0 / samples * x.t().matmul(x);
-  l.w_pre = at::randn({rows, cols}, at::kDouble);
-  l.w_ft = l.w_pre + 0.1 * at::randn({rows, cols}, at::kDouble);
-  return l;
+  return RandomLayer(rows, cols, 3 * cols, seed);
 }
 
 // Their preparation: dead H_jj = 1, H += 0.01 mean(diag H) I, U = upper
