@@ -189,22 +189,22 @@ TEST_F(FuseCliTest, AuthorsCodeVariant) {
   ASSERT_EQ(r.code, 0) << r.err;
   rep = nlohmann::json::parse(ReadFileOrDie(tmp_.Join("ac2.json")));
   EXPECT_EQ(rep["spec"]["omega"], 0.4);
-  r = with({"--variant", "authors", "--report", tmp_.Join("x.json")});
-  EXPECT_NE(r.code, 0);
-  EXPECT_TRUE(absl::StrContains(
-      r.err, "variant must be one of paper|authors-code, not 'authors'"))
-      << r.err;
-  r = with({"--variant", "authors-code", "--compensation", "exact", "--report",
-            tmp_.Join("x.json")});
-  EXPECT_NE(r.code, 0);
-  EXPECT_TRUE(absl::StrContains(
-      r.err, "compensation must be sequential with variant authors-code"))
-      << r.err;
-  r = with({"--variant", "authors-code", "--method", "ties", "--report",
-            tmp_.Join("x.json")});
-  EXPECT_NE(r.code, 0);
-  EXPECT_TRUE(absl::StrContains(r.err, "variant: authors-code is a variant"))
-      << r.err;
+  // Refused, naming the field and the rule.
+  const std::pair<std::vector<std::string>, std::string> refused[] = {
+      {{"--variant", "authors"},
+       "variant must be one of paper|authors-code, not 'authors'"},
+      {{"--variant", "authors-code", "--compensation", "exact"},
+       "compensation must be sequential with variant authors-code"},
+      {{"--variant", "authors-code", "--method", "ties"},
+       "variant: authors-code is a variant of method tailor"}};
+  for (const auto& [flags, message] : refused) {
+    std::vector<std::string> extra = flags;
+    extra.push_back("--report");
+    extra.push_back(tmp_.Join("x.json"));
+    r = with(extra);
+    EXPECT_NE(r.code, 0) << message;
+    EXPECT_TRUE(absl::StrContains(r.err, message)) << r.err;
+  }
 }
 
 // Issue #17 point 2: relative paths in a job file are relative to the job
