@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "client/exit_codes.h"
 #include "client/job_file.h"
 #include "client/progress_bar.h"
@@ -168,6 +169,12 @@ CLI::App* FuseCommand::Add(CLI::App& app) {
       "--sign-cancel", sign_cancel_,
       "ties, dare_ties, della: zero|positive: where the trimmed values "
       "sum to exactly 0, write 0 (default) or elect + as mergekit");
+  c->add_option(
+      "--variant", variant_,
+      "tailor: paper|authors-code: the paper's Model Tailor (default) or "
+      "the loop of the authors' released code, for reproducing their "
+      "numbers (its + sign raises the error; README): sets omega 0.8, "
+      "scope block, normalize zscore, dead-columns select unless given");
   c->add_option("--include", include_,
                 "RE2 regex searched for in tensor names: fuse only matching "
                 "names (repeatable)");
@@ -228,6 +235,7 @@ int FuseCommand::Run() {
     if (!tasks.ok()) return ReportFailure(tasks.status());
     spec.tasks = *tasks;
   }
+  const Variant file_variant = spec.tailor.variant;
   for (absl::Status s :
        {apply("--method", ParseMethod, &spec.method, method_),
         apply("--scope", ParseScope, &spec.tailor.scope, scope_),
@@ -242,7 +250,8 @@ int FuseCommand::Run() {
               on_mismatch_),
         apply("--count-rule", ParseCountRule, &spec.count_rule, count_rule_),
         apply("--sign-cancel", ParseSignCancel, &spec.sign_cancel,
-              sign_cancel_)}) {
+              sign_cancel_),
+        apply("--variant", ParseVariant, &spec.tailor.variant, variant_)}) {
     if (!s.ok()) return ReportFailure(s);
   }
   // A flag's number replaces a job file's list over the layers as well.
@@ -253,6 +262,18 @@ int FuseCommand::Run() {
   if (given("--omega")) {
     spec.tailor.omega = omega_;
     spec.gradients.omega.clear();
+  }
+  if (given("--variant") && file_variant != spec.tailor.variant) {
+    // The variant's knobs, for those no flag gives (a job file that did not
+    // ask for this variant has its replaced: the flag wins; one that did
+    // had them resolved when it was read).
+    ApplyVariantDefaults(
+        [&](absl::string_view key) {
+          return given(
+              absl::StrCat("--", absl::StrReplaceAll(key, {{"_", "-"}}))
+                  .c_str());
+        },
+        &spec.tailor);
   }
   if (given("--damp")) spec.tailor.damp = damp_;
   if (given("--block-size")) spec.tailor.block_size = block_size_;

@@ -38,7 +38,7 @@ class FuseCommand {
   double t_ = 0, gamma_ = 0, epsilon_ = 0;
   std::vector<double> weights_;
   bool normalize_weights_ = false;
-  std::string count_rule_, sign_cancel_;
+  std::string count_rule_, sign_cancel_, variant_;
   int64_t block_size_ = 0;
   uint64_t seed_ = 0;
   bool float64_ = false, overwrite_ = false;

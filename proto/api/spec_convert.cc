@@ -6,6 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 #include "util/quote.h"
@@ -159,8 +160,10 @@ absl::Status FromJson(const nlohmann::json& j, const std::string& path,
       case FieldDescriptor::CPPTYPE_ENUM: {
         if (!v.is_string()) return Bad(name, "must be a string");
         const EnumDescriptor* e = f->enum_type();
-        const EnumValueDescriptor* ev = e->FindValueByName(
-            EnumPrefix(f) + absl::AsciiStrToUpper(v.get<std::string>()));
+        // "authors-code" (a spec's spelling) is VARIANT_AUTHORS_CODE.
+        const EnumValueDescriptor* ev = e->FindValueByName(absl::StrReplaceAll(
+            EnumPrefix(f) + absl::AsciiStrToUpper(v.get<std::string>()),
+            {{"-", "_"}}));
         if (ev == nullptr || ev->number() == 0) {
           std::string allowed;
           for (int k = 1; k < e->value_count(); ++k) {

@@ -289,6 +289,8 @@ constexpr SpecKey kSpecKeys[] = {
      TAILOR_SPEC_READER(ReadEnum(v, k, ParseCountRule, &s->count_rule))},
     {"sign_cancel", SpecValue::kString,
      TAILOR_SPEC_READER(ReadEnum(v, k, ParseSignCancel, &s->sign_cancel))},
+    {"variant", SpecValue::kString,
+     TAILOR_SPEC_READER(ReadEnum(v, k, ParseVariant, &s->tailor.variant))},
     {"include", SpecValue::kStrings,
      TAILOR_SPEC_READER(ReadStrings(v, k, &s->include))},
     {"exclude", SpecValue::kStrings,
@@ -424,6 +426,12 @@ absl::Status FusionSpec::Validate() const {
   TAILOR_RETURN_IF_ERROR(CheckUri(patch_uri, "patch_out"));
   TAILOR_RETURN_IF_ERROR(CheckUri(report_uri, "report"));
   TAILOR_RETURN_IF_ERROR(tailor.Validate());
+  if (tailor.variant != Variant::kPaper && method != Method::kTailor) {
+    return FieldError("variant",
+                      absl::StrCat("authors-code is a variant of method "
+                                   "tailor, not ",
+                                   MethodName(method)));
+  }
   std::set<std::string> labels;
   for (size_t i = 0; i < tasks.size(); ++i) {
     const TaskSpec& t = tasks[i];
@@ -580,6 +588,11 @@ nlohmann::json FusionSpec::ToJson(bool with_overwrite) const {
   if (sign_cancel != defaults.sign_cancel) {
     j["sign_cancel"] = std::string(SignCancelName(sign_cancel));
   }
+  // The same for the variant (issue #19 point 5): specs of the paper's
+  // Model Tailor keep their JSON.
+  if (tailor.variant != defaults.tailor.variant) {
+    j["variant"] = std::string(VariantName(tailor.variant));
+  }
   j["include"] = include;
   j["exclude"] = exclude;
   j["on_mismatch"] = std::string(MismatchPolicyName(on_mismatch));
@@ -600,6 +613,9 @@ absl::StatusOr<FusionSpec> FusionSpec::FromJson(const nlohmann::json& j) {
     if (k == nullptr) return FieldError(KeyName(key), "unknown key");
     TAILOR_RETURN_IF_ERROR(k->read(v, key, &s));
   }
+  ApplyVariantDefaults(
+      [&](absl::string_view key) { return j.contains(std::string(key)); },
+      &s.tailor);
   return s;
 }
 

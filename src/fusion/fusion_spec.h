@@ -116,8 +116,10 @@ struct FusionSpec {
   // job store, tailorctl submit): FromJson() reads it back to an equal spec.
   nlohmann::json ToJson(bool with_overwrite = false) const;
   // The inverse of ToJson(), also reading "overwrite": keys may be missing
-  // (defaults apply); unknown keys and wrongly typed values are
-  // INVALID_ARGUMENT naming the key. Does not call Validate().
+  // (defaults apply; with variant authors-code, its omega, scope, normalize
+  // and dead_columns for those not given: ApplyVariantDefaults); unknown
+  // keys and wrongly typed values are INVALID_ARGUMENT naming the key. Does
+  // not call Validate().
   static absl::StatusOr<FusionSpec> FromJson(const nlohmann::json& json);
 };
 

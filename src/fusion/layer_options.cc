@@ -18,6 +18,36 @@ constexpr std::pair<absl::string_view, Compensation> kComps[] = {
     {"none", Compensation::kNone}};
 constexpr std::pair<absl::string_view, DeadColumns> kDead[] = {
     {"revert", DeadColumns::kRevert}, {"select", DeadColumns::kSelect}};
+constexpr std::pair<absl::string_view, Variant> kVariants[] = {
+    {"paper", Variant::kPaper}, {"authors-code", Variant::kAuthorsCode}};
+
+// The authors' code's rules (TailorOptions::Validate).
+absl::Status ValidateAuthorsCode(const TailorOptions& o) {
+  auto only = [](absl::string_view knob, absl::string_view value,
+                 absl::string_view given, absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(knob, " must be ", value, " with variant authors-code (",
+                     why, "), not '", given, "'"));
+  };
+  if (o.scope != Scope::kBlock) {
+    return only("scope", "block", ScopeName(o.scope),
+                "its mask is chosen per block of block_size columns");
+  }
+  if (o.normalization != Normalization::kZScore) {
+    return only("normalize", "zscore", NormalizationName(o.normalization),
+                "it z-scores per row within each block");
+  }
+  if (o.compensation != Compensation::kSequential) {
+    return only("compensation", "sequential", CompensationName(o.compensation),
+                "its compensation is its own sequential loop");
+  }
+  if (o.dead_columns != DeadColumns::kSelect) {
+    return only("dead_columns", "select", DeadColumnsName(o.dead_columns),
+                "it keeps SparseGPT's H_jj = 1 fix-up and lets dead columns "
+                "compete");
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -41,6 +71,21 @@ absl::string_view CompensationName(Compensation c) {
   return EnumName(c, kComps);
 }
 absl::string_view DeadColumnsName(DeadColumns d) { return EnumName(d, kDead); }
+absl::StatusOr<Variant> ParseVariant(absl::string_view text) {
+  std::string name(text);
+  if (name == "authors_code") name = "authors-code";
+  return ParseEnumName(name, "variant", kVariants);
+}
+absl::string_view VariantName(Variant v) { return EnumName(v, kVariants); }
+
+void ApplyVariantDefaults(const std::function<bool(absl::string_view)>& given,
+                          TailorOptions* options) {
+  if (options->variant != Variant::kAuthorsCode) return;
+  if (!given("omega")) options->omega = kAuthorsCodeOmega;
+  if (!given("scope")) options->scope = Scope::kBlock;
+  if (!given("normalize")) options->normalization = Normalization::kZScore;
+  if (!given("dead_columns")) options->dead_columns = DeadColumns::kSelect;
+}
 
 absl::Status TailorOptions::Validate() const {
   if (!(keep_ratio > 0 && keep_ratio <= 1)) {
@@ -66,6 +111,7 @@ absl::Status TailorOptions::Validate() const {
   if (exact_chunk_bytes < 1) {
     return absl::InvalidArgumentError("exact chunk bytes must be positive");
   }
+  if (variant == Variant::kAuthorsCode) return ValidateAuthorsCode(*this);
   return absl::OkStatus();
 }
 

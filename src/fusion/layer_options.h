@@ -2,6 +2,7 @@
 #define TAILOR_FUSION_LAYER_OPTIONS_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -23,6 +24,12 @@ enum class Compensation { kSequential, kExact, kNone };
 // scored through SparseGPT's fix-up H_jj = 1 (the behaviour before).
 enum class DeadColumns { kRevert, kSelect };
 
+// Which Model Tailor (src/DESIGN.md §2.1). kPaper: the paper's algorithm
+// (the default). kAuthorsCode: the loop of the authors' released code
+// (fusion/authors_variant.h), for reproducing their numbers; its + sign
+// raises the reconstruction error. Never the default.
+enum class Variant { kPaper, kAuthorsCode };
+
 absl::StatusOr<Scope> ParseScope(absl::string_view text);
 absl::StatusOr<Normalization> ParseNormalization(absl::string_view text);
 absl::StatusOr<Compensation> ParseCompensation(absl::string_view text);
@@ -31,6 +38,13 @@ absl::string_view NormalizationName(Normalization n);
 absl::StatusOr<DeadColumns> ParseDeadColumns(absl::string_view text);
 absl::string_view CompensationName(Compensation c);
 absl::string_view DeadColumnsName(DeadColumns d);
+// "paper" | "authors-code" ("authors_code", the proto enum's spelling, is
+// read as "authors-code").
+absl::StatusOr<Variant> ParseVariant(absl::string_view text);
+absl::string_view VariantName(Variant v);
+
+// omega of the authors' released code (0.8 salience, 0.2 sensitivity).
+inline constexpr double kAuthorsCodeOmega = 0.8;
 
 // The knobs of the per-layer Model Tailor kernel.
 struct TailorOptions {
@@ -59,10 +73,22 @@ struct TailorOptions {
   // Compute the mask-only reconstruction error exactly (an r x c x c GEMM
   // per tensor) instead of estimating it from sampled rows (LayerStats).
   bool exact_errors = false;
+  Variant variant = Variant::kPaper;
 
-  // INVALID_ARGUMENT naming the knob and its rule.
+  // INVALID_ARGUMENT naming the knob and its rule. With
+  // Variant::kAuthorsCode: scope block, normalize zscore, compensation
+  // sequential and dead_columns select, the authors' code's only settings.
   absl::Status Validate() const;
 };
+
+// With options->variant kAuthorsCode, the knobs its code fixes that a spec
+// did not give (`given(key)`, the spec's key: "omega", "scope", "normalize",
+// "dead_columns") take its values: omega kAuthorsCodeOmega, scope block,
+// normalize zscore, dead_columns select. Knobs given keep their values (an
+// explicit omega wins; a conflicting scope is then Validate()'s error).
+// Nothing for Variant::kPaper.
+void ApplyVariantDefaults(const std::function<bool(absl::string_view)>& given,
+                          TailorOptions* options);
 
 }  // namespace tailor
 

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <utility>
 
 #include "fusion/hessian_prep.h"
@@ -32,6 +33,25 @@ at::Tensor CompensateSequential(const at::Tensor& d0, const at::Tensor& mask,
 // no copy of it; returns ||Err||_F^2.
 double CompensateSequentialInPlace(at::Tensor& d, const at::Tensor& mask,
                                    const at::Tensor& u, int64_t block_size);
+
+// The sign of the OBS update of the later columns: kMinus is the paper's
+// (D[r, j:] -= err U[j, j:]; Theorem 4.5), kPlus that of the authors'
+// released code (+=), which raises the error (src/DESIGN.md §2.1).
+enum class ObsSign { kMinus, kPlus };
+
+// Chooses block [i1, i2)'s mask (bool r x (i2 - i1), true = kept) from the
+// current D (r x c, every earlier block finished and its lazy update
+// applied; columns >= i1 not yet touched by this block).
+using BlockSelector =
+    std::function<at::Tensor(const at::Tensor& d, int64_t i1, int64_t i2)>;
+
+// The column loop of CompensateSequential with each block's mask chosen by
+// `select` at the start of the block and the update's `sign`. Returns
+// {mask, delta}; *err_sq (when given) receives ||Err||_F^2, which is
+// tr((d0 - D) H (d0 - D)^T) only for ObsSign::kMinus.
+std::pair<at::Tensor, at::Tensor> CompensateAdaptiveBlocks(
+    const at::Tensor& d0, const at::Tensor& u, int64_t block_size,
+    const BlockSelector& select, ObsSign sign, double* err_sq = nullptr);
 
 // Scope::kBlock with sequential compensation: each block's mask is chosen
 // from the current compensated D with U_jj^2 as the diagonal (never a

@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "fusion/authors_variant.h"
 #include "fusion/kernel_types.h"
 #include "util/status_macros.h"
 #include "util/stopwatch.h"
@@ -121,15 +122,23 @@ absl::StatusOr<LayerResult> TailorLayerPrepared(
     at::Tensor mask, delta;
     // ||Err||_F^2 of sequential compensation, when it ran.
     std::optional<double> err_sq;
-    if (prepared && options.scope == Scope::kBlock &&
-        options.compensation == Compensation::kSequential) {
+    const int64_t sample = options.exact_errors ? d0.size(0) : kErrorSampleRows;
+    if (prepared && options.variant == Variant::kAuthorsCode) {
+      // The authors' loop (authors_variant.h). Under its + sign ||Err||^2
+      // is not E: E is measured.
+      std::tie(mask, delta) = AuthorsCodeLayer(
+          d0, w_pre.to(type).reshape(d0.sizes()), *prepared, options);
+      stats.compensation = "authors-code";
+      stats.error_mask_only = MaskOnlyError(d0, mask, prepared->h, sample,
+                                            &stats.error_mask_only_estimated);
+      err_sq = ReconstructionError(d0, delta, prepared->h);
+    } else if (prepared && options.scope == Scope::kBlock &&
+               options.compensation == Compensation::kSequential) {
       double e = 0;
       std::tie(mask, delta) =
           SelectAndCompensateBlocks(d0, *prepared, options, &e);
       err_sq = e;
       stats.compensation = "sequential";
-      const int64_t sample =
-          options.exact_errors ? d0.size(0) : kErrorSampleRows;
       stats.error_mask_only = MaskOnlyError(d0, mask, prepared->h, sample,
                                             &stats.error_mask_only_estimated);
     } else {
@@ -141,8 +150,6 @@ absl::StatusOr<LayerResult> TailorLayerPrepared(
           options, dead);
       if (prepared) {
         // Before any compensation: the sequential one runs in place on d0.
-        const int64_t sample =
-            options.exact_errors ? d0.size(0) : kErrorSampleRows;
         stats.error_mask_only = MaskOnlyError(d0, mask, prepared->h, sample,
                                               &stats.error_mask_only_estimated);
       }

@@ -154,6 +154,59 @@ TEST_F(FuseCliTest, MergekitConfigAndWeights) {
   EXPECT_TRUE(absl::StrContains(r.err, "weight: 2 given for 1 tasks")) << r.err;
 }
 
+// Issue #19 point 5: --variant authors-code sets its knobs unless given,
+// keeps their count (int(n (1 - rho)) + 1 reverted per block) and is
+// refused with what it does not support.
+TEST_F(FuseCliTest, AuthorsCodeVariant) {
+  const std::vector<std::string> job = {
+      "fuse", "--local",    "-q",      "--pretrained", base_, "--finetuned",
+      ft_,    "--hessians", hessians_, "--device",     "cpu"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = job;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return Tailorctl(args);
+  };
+  CliResult r =
+      with({"--variant", "authors-code", "--report", tmp_.Join("ac.json")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  nlohmann::json rep =
+      nlohmann::json::parse(ReadFileOrDie(tmp_.Join("ac.json")));
+  EXPECT_EQ(rep["spec"]["variant"], "authors-code");
+  EXPECT_EQ(rep["spec"]["omega"], 0.8);
+  EXPECT_EQ(rep["spec"]["scope"], "block");
+  EXPECT_EQ(rep["spec"]["normalize"], "zscore");
+  EXPECT_EQ(rep["spec"]["dead_columns"], "select");
+  // up and down (96 entries, one block each): 96 - (int(86.4) + 1) = 9
+  // kept each (round(9.6) = 10 with the paper's rule); the norm (no
+  // Hessian) round(0.8) = 1.
+  EXPECT_EQ(rep["totals"]["kept"], 19);
+  for (const auto& t : rep["tensors"]) {
+    if (t["name"] == "m.norm.weight") continue;
+    EXPECT_EQ(t["tasks"][0]["compensation"], "authors-code") << t.dump();
+  }
+  r = with({"--variant", "authors-code", "--omega", "0.4", "--report",
+            tmp_.Join("ac2.json")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  rep = nlohmann::json::parse(ReadFileOrDie(tmp_.Join("ac2.json")));
+  EXPECT_EQ(rep["spec"]["omega"], 0.4);
+  // Refused, naming the field and the rule.
+  const std::pair<std::vector<std::string>, std::string> refused[] = {
+      {{"--variant", "authors"},
+       "variant must be one of paper|authors-code, not 'authors'"},
+      {{"--variant", "authors-code", "--compensation", "exact"},
+       "compensation must be sequential with variant authors-code"},
+      {{"--variant", "authors-code", "--method", "ties"},
+       "variant: authors-code is a variant of method tailor"}};
+  for (const auto& [flags, message] : refused) {
+    std::vector<std::string> extra = flags;
+    extra.push_back("--report");
+    extra.push_back(tmp_.Join("x.json"));
+    r = with(extra);
+    EXPECT_NE(r.code, 0) << message;
+    EXPECT_TRUE(absl::StrContains(r.err, message)) << r.err;
+  }
+}
+
 // Issue #17 point 2: relative paths in a job file are relative to the job
 // file's directory, not to where tailorctl runs; point 1: the output's
 // missing parent directories are created.

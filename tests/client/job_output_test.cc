@@ -122,5 +122,73 @@ TEST(JobOutputTest, ProgressTextLabelsBytesAndTensors) {
       << line;
 }
 
+// Issue #19 point 5: variant authors-code through the proto (field 33),
+// `get -o job` and a hand-written job file.
+TEST(JobOutputTest, AuthorsCodeVariantRoundTripsThroughProtoAndJobFiles) {
+  absl::StatusOr<FusionSpec> spec = FusionSpec::FromJson(
+      {{"pretrained", "/b"},
+       {"tasks", {{{"finetuned", "/f"}, {"hessians", "/h"}}}},
+       {"out", "/o"},
+       {"variant", "authors-code"}});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const nlohmann::json j = spec->ToJson(/*with_overwrite=*/true);
+  absl::StatusOr<v1::FusionJobSpec> proto = api::SpecFromJson(j);
+  ASSERT_TRUE(proto.ok()) << proto.status();
+  EXPECT_EQ(proto->variant(), v1::VARIANT_AUTHORS_CODE);
+  EXPECT_EQ(proto->scope(), v1::SCOPE_BLOCK);
+  EXPECT_EQ(proto->omega(), 0.8);
+  absl::StatusOr<FusionSpec> back =
+      FusionSpec::FromJson(api::SpecToJson(*proto));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->ToJson(/*with_overwrite=*/true), j);
+
+  // A proto with the variant alone (what a gRPC client sends) gets the
+  // variant's knobs from the engine.
+  v1::FusionJobSpec bare;
+  bare.set_pretrained("/b");
+  bare.add_tasks()->set_finetuned("/f");
+  bare.set_out("/o");
+  bare.set_variant(v1::VARIANT_AUTHORS_CODE);
+  back = FusionSpec::FromJson(api::SpecToJson(bare));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->tailor.variant, Variant::kAuthorsCode);
+  EXPECT_EQ(back->tailor.omega, 0.8);
+  EXPECT_EQ(back->tailor.normalization, Normalization::kZScore);
+
+  TempDir dir;
+  const std::string path = dir.Join("job.yaml");
+  ASSERT_TRUE(WriteFileAtomically(path, FormatJobFile(*proto)).ok());
+  absl::StatusOr<FusionSpec> loaded = LoadJobFile(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->ToJson(/*with_overwrite=*/true), j);
+
+  ASSERT_TRUE(WriteFileAtomically(path,
+                                  "pretrained: /b\n"
+                                  "tasks:\n"
+                                  "  - finetuned: /f\n"
+                                  "out: /o\n"
+                                  "variant: authors-code\n"
+                                  "omega: 0.6\n")
+                  .ok());
+  loaded = LoadJobFile(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->tailor.variant, Variant::kAuthorsCode);
+  EXPECT_EQ(loaded->tailor.omega, 0.6);  // given: it wins
+  EXPECT_EQ(loaded->tailor.scope, Scope::kBlock);
+
+  ASSERT_TRUE(
+      WriteFileAtomically(path, "pretrained: /b\nvariant: authors\n").ok());
+  loaded = LoadJobFile(path);
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(loaded.status().message(), "variant"))
+      << loaded.status();
+  absl::StatusOr<v1::FusionJobSpec> bad =
+      api::SpecFromJson({{"variant", "bogus"}});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_TRUE(absl::StrContains(bad.status().message(),
+                                "variant: must be one of paper|authors_code"))
+      << bad.status();
+}
+
 }  // namespace
 }  // namespace tailor::cli

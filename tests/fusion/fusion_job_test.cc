@@ -217,6 +217,51 @@ TEST_F(FusionJobTest, ApplyPatchReproducesTheFusedCheckpointBitForBit) {
   }
 }
 
+// Issue #19 point 5: variant authors-code end to end: its count rule on
+// the calibrated tensors, the variant in the report and the patch's knobs
+// (and so in the journal identity, which hashes the same spec JSON), and a
+// patch that rebuilds the checkpoint.
+TEST_F(FusionJobTest, AuthorsCodeVariantRunsAndIsRecorded) {
+  FusionSpec spec = Spec("authors");
+  spec.tailor.variant = Variant::kAuthorsCode;
+  ApplyVariantDefaults([](absl::string_view) { return false; }, &spec.tailor);
+  auto report = Run(spec);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ((*report)["spec"]["variant"], "authors-code");
+  EXPECT_EQ((*report)["spec"]["omega"], 0.8);
+  int calibrated = 0;
+  for (const auto& t : (*report)["tensors"]) {
+    if (t["action"] != "fused" || !t["tasks"][0].value("hessian", false)) {
+      continue;
+    }
+    ++calibrated;
+    const nlohmann::json& task = t["tasks"][0];
+    EXPECT_EQ(task["compensation"], "authors-code") << t.dump();
+    // One block (at most 40 columns < 128): int(n 0.9) + 1 reverted.
+    int64_t n = 1;
+    for (const auto& d : t["shape"]) n *= d.get<int64_t>();
+    EXPECT_EQ(task["kept"].get<int64_t>(),
+              n - (static_cast<int64_t>(n * 0.9) + 1))
+        << t.dump();
+  }
+  EXPECT_EQ(calibrated, 5);
+  Checkpoint::Options open;
+  auto patch = PatchFile::Open(spec.patch_uri, open);
+  ASSERT_TRUE(patch.ok()) << patch.status();
+  EXPECT_EQ((*patch)->knobs()["variant"], "authors-code");
+  auto resolver = UriResolver::Create({tmp_.path()});
+  const std::string rebuilt = tmp_.Join("authors-rebuilt");
+  absl::Status s = ApplyPatch(base_, spec.patch_uri, rebuilt, false, *resolver);
+  ASSERT_TRUE(s.ok()) << s;
+  ExpectSameFiles(spec.output_uri, rebuilt);
+  // The same job with the paper's variant keeps round(rho n) instead.
+  FusionSpec paper = Spec("paper");
+  auto paper_report = Run(paper);
+  ASSERT_TRUE(paper_report.ok()) << paper_report.status();
+  EXPECT_FALSE((*paper_report)["spec"].contains("variant"));
+  EXPECT_NE((*paper_report)["totals"]["kept"], (*report)["totals"]["kept"]);
+}
+
 TEST_F(FusionJobTest, EveryMethodProducesACheckpointAndIsDeterministic) {
   for (const char* method :
        {"tailor", "magnitude", "task_arithmetic", "ties", "dare", "spider"}) {

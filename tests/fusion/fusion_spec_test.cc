@@ -355,5 +355,95 @@ TEST(FusionSpecMergekitTest, BadValuesNameTheField) {
   EXPECT_TRUE(s.Validate().ok()) << s.Validate();
 }
 
+// Issue #19 point 5: the authors'-code variant. Its knobs take the
+// values of their code where not given; given ones win or are refused.
+TEST(FusionSpecTest, AuthorsCodeVariantFillsItsKnobsAndRoundTrips) {
+  // Absent: the paper, and no "variant" key (fingerprints unchanged).
+  EXPECT_EQ(FusionSpec().tailor.variant, Variant::kPaper);
+  EXPECT_FALSE(FusionSpec().ToJson().contains("variant"));
+  nlohmann::json j = {{"pretrained", "b"},
+                      {"tasks", {{{"finetuned", "f"}}}},
+                      {"out", "o"},
+                      {"variant", "authors-code"}};
+  absl::StatusOr<FusionSpec> s = FusionSpec::FromJson(j);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->tailor.variant, Variant::kAuthorsCode);
+  EXPECT_EQ(s->tailor.omega, 0.8);
+  EXPECT_EQ(s->tailor.scope, Scope::kBlock);
+  EXPECT_EQ(s->tailor.normalization, Normalization::kZScore);
+  EXPECT_EQ(s->tailor.dead_columns, DeadColumns::kSelect);
+  EXPECT_EQ(s->tailor.compensation, Compensation::kSequential);
+  EXPECT_TRUE(s->Validate().ok()) << s->Validate();
+  const nlohmann::json out = s->ToJson(/*with_overwrite=*/true);
+  EXPECT_EQ(out["variant"], "authors-code");
+  absl::StatusOr<FusionSpec> back = FusionSpec::FromJson(out);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->ToJson(/*with_overwrite=*/true), out);
+  // The proto enum's spelling reads the same.
+  j["variant"] = "authors_code";
+  s = FusionSpec::FromJson(j);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->tailor.variant, Variant::kAuthorsCode);
+  // An explicit omega wins; "paper" changes nothing.
+  j["omega"] = 0.3;
+  s = FusionSpec::FromJson(j);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->tailor.omega, 0.3);
+  EXPECT_EQ(s->tailor.scope, Scope::kBlock);
+  j.erase("omega");
+  j["variant"] = "paper";
+  s = FusionSpec::FromJson(j);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->ToJson(), [] {
+    FusionSpec d;
+    d.pretrained_uri = "b";
+    d.tasks.resize(1);
+    d.tasks[0].finetuned_uri = "f";
+    d.output_uri = "o";
+    return d.ToJson();
+  }());
+  ExpectInvalid(FusionSpec::FromJson({{"variant", "authors"}}).status(),
+                "variant must be one of paper|authors-code, not 'authors'");
+  ExpectInvalid(FusionSpec::FromJson({{"variant", 2}}).status(),
+                "variant: must be a string");
+}
+
+TEST(FusionSpecTest, AuthorsCodeVariantRefusesWhatItsCodeDoesNotDo) {
+  nlohmann::json base = {{"pretrained", "b"},
+                         {"tasks", {{{"finetuned", "f"}}}},
+                         {"out", "o"},
+                         {"variant", "authors-code"}};
+  auto invalid = [&](const nlohmann::json& extra, const std::string& text) {
+    nlohmann::json j = base;
+    j.update(extra);
+    absl::StatusOr<FusionSpec> s = FusionSpec::FromJson(j);
+    ASSERT_TRUE(s.ok()) << s.status();
+    ExpectInvalid(s->Validate(), text);
+  };
+  invalid({{"compensation", "exact"}},
+          "compensation must be sequential with variant authors-code");
+  invalid({{"compensation", "none"}}, "not 'none'");
+  invalid({{"scope", "layer"}},
+          "scope must be block with variant authors-code");
+  invalid({{"normalize", "minmax"}},
+          "normalize must be zscore with variant authors-code");
+  invalid({{"dead_columns", "revert"}},
+          "dead_columns must be select with variant authors-code");
+  invalid({{"method", "magnitude"}},
+          "variant: authors-code is a variant of method tailor, not "
+          "magnitude");
+  invalid({{"method", "ties"}}, "variant: authors-code");
+  // The knobs it does allow.
+  nlohmann::json ok = base;
+  ok.update({{"scope", "block"},
+             {"block_size", 64},
+             {"float64", true},
+             {"keep", 0.3},
+             {"damp", 0.1}});
+  absl::StatusOr<FusionSpec> s = FusionSpec::FromJson(ok);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->Validate().ok()) << s->Validate();
+}
+
 }  // namespace
 }  // namespace tailor
