@@ -148,6 +148,8 @@ TEST(CalibrationFileTest, ARemotePathGetsTheBytesOfALocalWrite) {
   EXPECT_FALSE(WriteCalibrationFile("s3://bkt/calib/x.safetensors", 12, columns,
                                     {}, hessian)
                    .ok());
+}
+
 // A partial file's shard record (calibration_shard.h) reads back; a
 // malformed one is refused naming the file and the rule.
 TEST(CalibrationFileTest, ShardRecordReadsBackAndIsChecked) {

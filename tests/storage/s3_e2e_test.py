@@ -445,6 +445,7 @@ class S3EndToEndTest(unittest.TestCase):
         self.assertEqual(self.get("out", "run7/h.safetensors"), read(local))
         self.assertEqual(self.keys("out", "run7/"), ["run7/h.safetensors"])
         self.assertEqual(self.scratch_left(), [])
+
     def test_9_shards_through_s3_assemble_to_a_local_fuse(self):
         # Issue #20: three shards upload their bundles to s3://, assemble
         # reads them from there; the outputs equal a single local run's.
